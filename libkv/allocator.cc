@@ -1,0 +1,215 @@
+// SPDX-License-Identifier: MIT
+//
+// Block allocator: the data area is cut into slabs; a slab serves one size
+// class; every possible block of every slab has one 64-bit block word that
+// is the single authority on who owns the block (region.h, "Block word").
+//
+// Allocation claims a FREE block word with one CAS that also records the
+// claiming client (OWNED), so there is no instant at which a block is owned
+// by nobody on record: a process that dies anywhere leaves blocks that are
+// FREE, OWNED(itself), or ENTRY(e), and the reaper frees OWNED(dead) blocks.
+// There are no free lists to corrupt: the per-slab free_hint / scan_hint and
+// per-class cursor_slab are hints (relaxed), and a full scan that ignores
+// them runs before the caller resorts to eviction, so a hint that drifted
+// (a process died between its CAS and its hint update) costs time, not space.
+//
+// Slab states (region.h): FREE -> ACTIVATING(owner) -> ACTIVE(class) ->
+// RETIRING(owner) -> FREE or back to ACTIVE. An owner that dies leaves
+// ACTIVATING/RETIRING with its client index; the reaper completes the
+// activation or rolls the retirement back.
+//
+// Memory orders: A1 (claim, acq_rel) pairs with A3 (free, release) so the
+// new owner sees the previous owner's last writes to the block finished.
+// A2 (slab ACTIVE, release) pairs with the acquire load of a slab's ctl
+// before scanning its block words.
+// ABA: block words carry a 24-bit tag bumped by every CAS; slab ctl a 32-bit tag.
+#include "detail.h"
+
+namespace kv::detail {
+
+namespace {
+
+constexpr uint64_t kNone = UINT64_MAX;
+
+int32_t hint(uint32_t &v) { return int32_t(load(v, std::memory_order_relaxed)); }
+
+// Claim one FREE block of slab s (class cls) for this client.
+uint64_t scan_slab(kv_pool *p, uint32_t s, uint32_t cls) {
+    kv_slab &sl = p->slabs[s];
+    const uint32_t n = p->classes[cls].blocks_per_slab;
+    uint64_t *words = p->blocks + uint64_t(s) * p->hdr->blocks_per_slab;
+    uint32_t start = load(sl.scan_hint, std::memory_order_relaxed);
+    if (start >= n) start = 0;
+    for (uint32_t j = 0; j < n; j++) {
+        uint32_t slot = start + j < n ? start + j : start + j - n;
+        uint64_t w = load(words[slot], std::memory_order_relaxed);
+        if (Blk::state(w) != KV_BLOCK_FREE) continue;
+        // A1: claim and record the owner in one step.
+        if (!cas(words[slot], w, Blk::next(w, p->client, KV_BLOCK_OWNED), std::memory_order_acq_rel)) continue;
+        aref(sl.free_hint).fetch_sub(1, std::memory_order_relaxed);
+        store(sl.scan_hint, slot + 1, std::memory_order_relaxed);
+        return block_id(p, s, slot);
+    }
+    return kNone;
+}
+
+// Write the block words of a slab being activated for class cls. The owner
+// keeps slot 0 (OWNED) when keep_first is set.
+void fill_slab(kv_pool *p, uint32_t s, uint32_t cls, bool keep_first, uint32_t owner) {
+    const uint32_t n = p->classes[cls].blocks_per_slab;
+    uint64_t *words = p->blocks + uint64_t(s) * p->hdr->blocks_per_slab;
+    for (uint32_t slot = 0; slot < p->hdr->blocks_per_slab; slot++) {
+        uint64_t w = load(words[slot], std::memory_order_relaxed);
+        uint32_t st = slot >= n ? KV_BLOCK_UNUSED : (slot == 0 && keep_first ? KV_BLOCK_OWNED : KV_BLOCK_FREE);
+        store(words[slot], Blk::next(w, st == KV_BLOCK_OWNED ? owner : 0, st), std::memory_order_relaxed);
+    }
+    store(p->slabs[s].free_hint, n - (keep_first ? 1 : 0), std::memory_order_relaxed);
+    store(p->slabs[s].scan_hint, keep_first ? 1U : 0U, std::memory_order_relaxed);
+}
+
+// Take a FREE slab for class cls; returns block 0 of it, OWNED by us.
+uint64_t activate_slab(kv_pool *p, uint32_t cls) {
+    const uint32_t n = p->hdr->n_slabs;
+    uint32_t start = uint32_t(load(p->state->slab_hand, std::memory_order_relaxed) % n);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t s = (start + i) % n;
+        kv_slab &sl = p->slabs[s];
+        uint64_t c = load(sl.ctl, std::memory_order_acquire);
+        if (SlabCtl::state(c) != KV_SLAB_FREE) continue;
+        uint64_t act = SlabCtl::make(KV_SLAB_ACTIVATING, cls, p->client + 1, SlabCtl::tag(c) + 1);
+        if (!cas(sl.ctl, c, act, std::memory_order_acq_rel)) continue;
+        fill_slab(p, s, cls, true, p->client);
+        // A2: publish the block words with the ACTIVE state.
+        store(sl.ctl, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(act) + 1), std::memory_order_release);
+        store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
+        return block_id(p, s, 0);
+    }
+    return kNone;
+}
+
+uint64_t find_in_class(kv_pool *p, uint32_t cls, bool thorough) {
+    const uint32_t n = p->hdr->n_slabs;
+    uint32_t start = load(p->classes[cls].cursor_slab, std::memory_order_relaxed);
+    if (start >= n) start = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t s = start + i < n ? start + i : start + i - n;
+        uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
+        if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) continue;
+        if (!thorough && hint(p->slabs[s].free_hint) <= 0) continue;
+        uint64_t id = scan_slab(p, s, cls);
+        if (id != kNone) {
+            if (s != start) store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
+            return id;
+        }
+        if (thorough) store(p->slabs[s].free_hint, 0U, std::memory_order_relaxed); // re-sync the hint
+    }
+    return kNone;
+}
+
+} // namespace
+
+uint32_t class_for(const kv_pool *p, uint64_t len) {
+    uint32_t lo = 0, hi = p->hdr->n_classes;
+    if (len == 0 || len > p->classes[hi - 1].block_size) return KV_NIL32;
+    while (lo < hi) { // first class with block_size >= len
+        uint32_t mid = (lo + hi) / 2;
+        if (p->classes[mid].block_size < len)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough) {
+    uint64_t id = find_in_class(p, cls, false);
+    if (id != kNone) return id;
+    id = activate_slab(p, cls);
+    if (id != kNone) return id;
+    return thorough ? find_in_class(p, cls, true) : kNone;
+}
+
+bool block_free(kv_pool *p, uint64_t id, uint64_t expected) {
+    uint64_t &w = p->blocks[id];
+    // A3: release: our writes to the block happen-before the next claim (A1).
+    if (!cas(w, expected, Blk::next(expected, 0, KV_BLOCK_FREE), std::memory_order_release)) return false;
+    uint32_t s = uint32_t(id / p->hdr->blocks_per_slab), slot = uint32_t(id % p->hdr->blocks_per_slab);
+    aref(p->slabs[s].free_hint).fetch_add(1, std::memory_order_relaxed);
+    if (slot < load(p->slabs[s].scan_hint, std::memory_order_relaxed))
+        store(p->slabs[s].scan_hint, slot, std::memory_order_relaxed);
+    return true;
+}
+
+void slab_finish_activation(kv_pool *p, uint32_t s) {
+    kv_slab &sl = p->slabs[s];
+    uint64_t c = load(sl.ctl, std::memory_order_acquire);
+    if (SlabCtl::state(c) != KV_SLAB_ACTIVATING) return;
+    uint32_t cls = SlabCtl::cls(c);
+    if (cls >= p->hdr->n_classes) cls = 0; // corrupted: any valid class will do
+    fill_slab(p, s, cls, false, 0);       // the dead owner's block 0 goes back too
+    cas(sl.ctl, c, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(c) + 1), std::memory_order_release);
+}
+
+void slab_rollback_retire(kv_pool *p, uint32_t s) {
+    kv_slab &sl = p->slabs[s];
+    uint64_t c = load(sl.ctl, std::memory_order_acquire);
+    if (SlabCtl::state(c) != KV_SLAB_RETIRING) return;
+    uint32_t cls = SlabCtl::cls(c);
+    uint32_t owner = SlabCtl::client1(c) - 1;
+    uint64_t *words = p->blocks + uint64_t(s) * p->hdr->blocks_per_slab;
+    for (uint32_t slot = 0; slot < p->classes[cls].blocks_per_slab; slot++) {
+        uint64_t w = load(words[slot], std::memory_order_acquire);
+        if (Blk::state(w) == KV_BLOCK_RETIRED && Blk::owner(w) == owner) {
+            if (cas(words[slot], w, Blk::next(w, 0, KV_BLOCK_FREE), std::memory_order_release))
+                aref(sl.free_hint).fetch_add(1, std::memory_order_relaxed);
+        }
+    }
+    store(sl.scan_hint, 0U, std::memory_order_relaxed);
+    cas(sl.ctl, c, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(c) + 1), std::memory_order_release);
+}
+
+bool slab_retire(kv_pool *p, uint32_t s) {
+    kv_slab &sl = p->slabs[s];
+    uint64_t c = load(sl.ctl, std::memory_order_acquire);
+    if (SlabCtl::state(c) != KV_SLAB_ACTIVE) return false;
+    uint32_t cls = SlabCtl::cls(c);
+    uint64_t ret = SlabCtl::make(KV_SLAB_RETIRING, cls, p->client + 1, SlabCtl::tag(c) + 1);
+    if (!cas(sl.ctl, c, ret, std::memory_order_acq_rel)) return false;
+    // No allocator claims from a RETIRING slab (they scan ACTIVE slabs only),
+    // but a claim that started earlier may still land: it leaves an OWNED
+    // word, which makes us roll back.
+    const uint32_t n = p->classes[cls].blocks_per_slab;
+    uint64_t *words = p->blocks + uint64_t(s) * p->hdr->blocks_per_slab;
+    for (uint32_t slot = 0; slot < n; slot++) {
+        for (int tries = 0;; tries++) {
+            uint64_t w = load(words[slot], std::memory_order_acquire);
+            uint32_t st = Blk::state(w);
+            if (st == KV_BLOCK_RETIRED) break;
+            if (st == KV_BLOCK_FREE) {
+                if (cas(words[slot], w, Blk::next(w, p->client, KV_BLOCK_RETIRED), std::memory_order_acq_rel))
+                    break;
+                continue;
+            }
+            if (st == KV_BLOCK_ENTRY && tries < 4) {
+                uint32_t e = Blk::owner(w);
+                if (e < p->hdr->n_entries) {
+                    uint64_t ec = load(p->entries[e].ctl, std::memory_order_acquire);
+                    if (Ctl::state(ec) == KV_ENTRY_COMMITTED && Ctl::pins(ec) == 0 &&
+                        entry_kill(p, e, Ctl::gen(ec), true)) {
+                        bump(my_stats(p).evictions);
+                        continue; // its block is FREE now (or freed by the last unpinner soon)
+                    }
+                }
+            }
+            slab_rollback_retire(p, s); // pinned, reserved, being written: give up on this slab
+            return false;
+        }
+    }
+    // Every block word is RETIRED(us) now; they stay so until the next
+    // activation rewrites them (fill_slab), so dying here loses nothing.
+    store(sl.free_hint, 0U, std::memory_order_relaxed);
+    store(sl.ctl, SlabCtl::make(KV_SLAB_FREE, 0, 0, SlabCtl::tag(ret) + 1), std::memory_order_release);
+    return true;
+}
+
+} // namespace kv::detail

@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: MIT
+//
+// Pool lifecycle entry points of the C API: create, attach, detach, destroy,
+// plus error strings. Data-path entry points live in store.cc.
+#include "backing.h"
+#include "detail.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+using namespace kv::detail;
+
+namespace {
+
+// The v1 size of kv_create_opts: callers built against an older header pass
+// a smaller struct_size; fields past it take their defaults.
+constexpr uint32_t kOptsMin = offsetof(kv_create_opts, mode) + sizeof(uint32_t);
+
+int check_opts(const kv_create_opts *o, kv_create_opts *out, char *err, size_t errlen) {
+    if (!o) {
+        errf(err, errlen, "opts is NULL");
+        return -EINVAL;
+    }
+    if (o->struct_size < kOptsMin) {
+        errf(err, errlen, "opts.struct_size %u: expected at least %u (call kv_create_opts_init)", o->struct_size,
+             kOptsMin);
+        return -EINVAL;
+    }
+    *out = *o;
+    if (o->hugepages > KV_HUGEPAGES_REQUIRE) {
+        errf(err, errlen, "opts.hugepages %u: expected 0 (never), 1 (prefer) or 2 (require)", o->hugepages);
+        return -EINVAL;
+    }
+    if (o->flags & ~(KV_CREATE_F_PREFAULT | KV_CREATE_F_EXCL)) {
+        errf(err, errlen, "opts.flags 0x%x has unknown bits", o->flags);
+        return -EINVAL;
+    }
+    if (o->size == 0) {
+        errf(err, errlen, "opts.size is 0");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+// Lay out, reserve, place and initialize a region on an open, empty fd.
+int init_on_fd(int fd, const kv_create_opts &o, uint64_t page_size, uint32_t backing, char *err,
+               size_t errlen) {
+    kv_region_header h;
+    int rc = layout_compute(o, page_size, &h, err, errlen);
+    if (rc) return rc;
+    bool huge = page_size > 4096;
+    if ((rc = size_backing(fd, h.region_size, err, errlen))) return rc;
+    uint8_t *base = nullptr;
+    if ((rc = map_region(fd, h.region_size, false, &base, err, errlen))) return rc;
+    if (o.numa_node >= 0) {
+        if ((rc = bind_numa(base, h.region_size, o.numa_node, err, errlen))) {
+            munmap(base, h.region_size);
+            return rc;
+        }
+        h.numa_node = uint32_t(o.numa_node);
+        h.flags |= KV_REGION_F_NUMA_BOUND;
+    }
+    if ((rc = reserve_backing(fd, h.region_size, huge, page_size, err, errlen))) {
+        munmap(base, h.region_size);
+        return rc;
+    }
+    if (o.flags & KV_CREATE_F_PREFAULT) {
+        prefault(base, h.region_size, page_size);
+        h.flags |= KV_REGION_F_PREFAULTED;
+    }
+    h.backing = backing;
+    h.creator_pid = uint32_t(getpid());
+    h.create_time_ns = now_ns();
+    uint64_t id[2] = {0, 0};
+    if (getrandom(id, sizeof id, 0) != sizeof id) id[0] = h.create_time_ns ^ h.creator_pid;
+    h.pool_id_lo = id[0];
+    h.pool_id_hi = id[1];
+    layout_init_region(base, h);
+    munmap(base, h.region_size);
+    return 0;
+}
+
+int attach_mapped(int fd, uint32_t flags, kv_pool **out, char *err, size_t errlen) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        errf(err, errlen, "fstat: %s", strerror(e));
+        return -e;
+    }
+    uint64_t len = uint64_t(st.st_size);
+    if (len < KV_HEADER_BYTES) {
+        errf(err, errlen, "region is %llu bytes: expected at least the %u-byte header", (unsigned long long)len,
+             KV_HEADER_BYTES);
+        return -ENODATA;
+    }
+    uint8_t *base = nullptr;
+    int rc = map_region(fd, len, false, &base, err, errlen);
+    if (rc) return rc;
+    if ((rc = validate_region(base, len, err, errlen))) {
+        munmap(base, len);
+        return rc;
+    }
+    auto *p = new (std::nothrow) kv_pool;
+    if (!p) {
+        munmap(base, len);
+        return -ENOMEM;
+    }
+    pool_bind(p, base, len);
+    p->pid = uint32_t(getpid());
+    if ((rc = client_claim(p))) {
+        errf(err, errlen, "client table full: %u clients attached (max_clients)", p->hdr->max_clients);
+        munmap(base, len);
+        delete p;
+        return rc;
+    }
+    if (!(flags & KV_ATTACH_F_NO_REAP)) reap_dead_clients(p);
+    *out = p;
+    return 0;
+}
+
+} // namespace
+
+extern "C" {
+
+void kv_create_opts_init(kv_create_opts *o, uint64_t size) noexcept {
+    if (!o) return;
+    *o = kv_create_opts{};
+    o->struct_size = sizeof(kv_create_opts);
+    o->size = size;
+    o->numa_node = -1;
+    o->hugepages = KV_HUGEPAGES_NEVER;
+    o->mode = 0660;
+}
+
+int kv_pool_create(const char *path, const kv_create_opts *opts, char *err, size_t errlen) noexcept {
+    kv_create_opts o;
+    int rc = check_opts(opts, &o, err, errlen);
+    if (rc) return rc;
+    if (!path || !*path) {
+        errf(err, errlen, "path is empty");
+        return -EINVAL;
+    }
+    uint64_t hp = 0;
+    int on_huge = dir_is_hugetlbfs(path, &hp);
+    if (on_huge < 0) {
+        errf(err, errlen, "%s: directory not usable: %s", path, strerror(-on_huge));
+        return on_huge;
+    }
+    if (o.hugepages == KV_HUGEPAGES_REQUIRE && !on_huge) {
+        errf(err, errlen,
+             "%s is not on hugetlbfs but hugepages are required: create the pool on a hugetlbfs mount "
+             "(mount -t hugetlbfs none DIR) or with kv_pool_create_memfd",
+             path);
+        return -EINVAL;
+    }
+    uint64_t page = on_huge ? hp : 4096;
+    if (!(o.flags & KV_CREATE_F_EXCL)) unlink(path); // attached processes keep their mapping
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, o.mode ? o.mode : 0660);
+    if (fd < 0) {
+        int e = errno;
+        errf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    fchmod(fd, o.mode ? o.mode : 0660); // umask must not narrow the requested mode
+    rc = init_on_fd(fd, o, page, on_huge ? KV_BACKING_HUGETLBFS : KV_BACKING_SHM, err, errlen);
+    close(fd);
+    if (rc) unlink(path);
+    return rc;
+}
+
+int kv_pool_create_memfd(const char *name, const kv_create_opts *opts, int *fd_out, char *err,
+                         size_t errlen) noexcept {
+    kv_create_opts o;
+    int rc = check_opts(opts, &o, err, errlen);
+    if (rc) return rc;
+    if (!fd_out) {
+        errf(err, errlen, "fd_out is NULL");
+        return -EINVAL;
+    }
+    const char *n = name && *name ? name : "kvpool";
+    if (o.hugepages != KV_HUGEPAGES_NEVER) {
+        uint64_t hp = default_hugepage_size();
+        int fd = memfd_create(n, MFD_CLOEXEC | MFD_HUGETLB);
+        if (fd >= 0) {
+            rc = init_on_fd(fd, o, hp, KV_BACKING_MEMFD_HUGETLB, err, errlen);
+            if (rc == 0) {
+                *fd_out = fd;
+                return 0;
+            }
+            close(fd);
+            if (o.hugepages == KV_HUGEPAGES_REQUIRE) return rc;
+        } else if (o.hugepages == KV_HUGEPAGES_REQUIRE) {
+            int e = errno;
+            errf(err, errlen, "memfd_create(MFD_HUGETLB): %s", strerror(e));
+            return -e;
+        }
+    }
+    int fd = memfd_create(n, MFD_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        errf(err, errlen, "memfd_create: %s", strerror(e));
+        return -e;
+    }
+    rc = init_on_fd(fd, o, 4096, KV_BACKING_SHM, err, errlen);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+int kv_pool_destroy(const char *path) noexcept {
+    if (!path) return -EINVAL;
+    return unlink(path) == 0 ? 0 : -errno;
+}
+
+int kv_pool_attach(const char *path, uint32_t flags, kv_pool **out, char *err, size_t errlen) noexcept {
+    if (!path || !out) {
+        errf(err, errlen, "path or out is NULL");
+        return -EINVAL;
+    }
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        errf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    int rc = attach_mapped(fd, flags, out, err, errlen);
+    close(fd); // the mapping keeps the file alive
+    return rc;
+}
+
+int kv_pool_attach_fd(int fd, uint32_t flags, kv_pool **out, char *err, size_t errlen) noexcept {
+    if (fd < 0 || !out) {
+        errf(err, errlen, "bad fd %d or out is NULL", fd);
+        return -EINVAL;
+    }
+    return attach_mapped(fd, flags, out, err, errlen);
+}
+
+int kv_pool_detach(kv_pool *p) noexcept {
+    if (!p) return -EINVAL;
+    // Give back everything this client holds, exactly as a reaper would if
+    // the process had died: the same code path, so it is tested every detach.
+    client_release_slot(p);
+    munmap(p->base, p->len);
+    delete p;
+    return 0;
+}
+
+int kv_region_validate(const void *base, uint64_t len, char *err, size_t errlen) noexcept {
+    if (!base) return -EINVAL;
+    return validate_region(static_cast<const uint8_t *>(base), len, err, errlen);
+}
+
+const kv_region_header *kv_pool_header(const kv_pool *p) noexcept { return p ? p->hdr : nullptr; }
+uint32_t kv_pool_client_index(const kv_pool *p) noexcept { return p ? p->client : KV_NIL32; }
+
+const char *kv_strerror(int code) noexcept {
+    switch (code) {
+    case 0: return "success";
+    case KV_DEDUP: return "already stored (deduplicated)";
+    case -ENOENT: return "no such block or namespace";
+    case -EBUSY: return "key is reserved by another writer";
+    case -EMSGSIZE: return "block size is zero or larger than the slab size";
+    case -ENOSPC: return "no space: every block that could be evicted is pinned or reserved";
+    case -ENOBUFS: return "pin journal full: too many pins outstanding in this client";
+    case -EINVAL: return "invalid argument";
+    case -EEXIST: return "already exists";
+    case -EPROTO: return "not a compatible kvpool region (magic, version or feature mismatch)";
+    case -EBADMSG: return "corrupted region or data (inconsistent geometry or checksum mismatch)";
+    case -ENODATA: return "region not initialized or truncated";
+    case -EUSERS: return "client table full";
+    case -ENOMEM: return "out of memory (or hugepages)";
+    default: return code < 0 ? strerror(-code) : "unknown result";
+    }
+}
+
+} // extern "C"

@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: MIT
+//
+// Client table: claiming a slot at attach, freeing it at detach, and telling
+// whether the process behind a slot is gone (pid plus start time, so a
+// recycled pid is not mistaken for the original client).
+#include "detail.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+namespace kv::detail {
+
+SlotStack::SlotStack(uint32_t n)
+    : head_(uint64_t(KV_NIL32)), next_(new std::atomic<uint32_t>[n]) {
+    for (uint32_t i = 0; i < n; i++) next_[i].store(KV_NIL32, std::memory_order_relaxed);
+}
+
+// Treiber stack, process-local. The tag in head's upper half makes a pop
+// that read (top, next) before another thread popped and re-pushed top fail
+// its CAS (ABA). next_[top] is read after loading head with acquire (P1
+// pairs with the release CAS in push, U1).
+uint32_t SlotStack::pop() {
+    uint64_t h = head_.load(std::memory_order_acquire); // P1
+    for (;;) {
+        uint32_t top = uint32_t(h);
+        if (top == KV_NIL32) return KV_NIL32;
+        uint32_t nx = next_[top].load(std::memory_order_relaxed);
+        uint64_t nh = ((h >> 32) + 1) << 32 | nx;
+        if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire)) return top;
+    }
+}
+
+void SlotStack::push(uint32_t slot) {
+    uint64_t h = head_.load(std::memory_order_relaxed);
+    for (;;) {
+        next_[slot].store(uint32_t(h), std::memory_order_relaxed);
+        uint64_t nh = ((h >> 32) + 1) << 32 | slot;
+        // U1: release publishes next_[slot] to the popper's P1.
+        if (head_.compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed)) return;
+    }
+}
+
+namespace {
+
+// Parse /proc/<pid>/stat: state (field 3) and starttime (field 22). The
+// command name (field 2) may hold spaces and parentheses: skip to the last ')'.
+bool read_stat(uint32_t pid, char *state, uint64_t *start) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return false;
+    buf[n] = 0;
+    char *s = strrchr(buf, ')');
+    if (!s) return false;
+    s += 2; // ") "
+    *state = *s;
+    int field = 3;
+    while (*s && field < 22) {
+        if (*s++ == ' ') field++;
+    }
+    *start = strtoull(s, nullptr, 10);
+    return true;
+}
+
+} // namespace
+
+uint64_t proc_start_time(uint32_t pid) {
+    char st;
+    uint64_t start = 0;
+    return read_stat(pid, &st, &start) ? start : 0;
+}
+
+bool client_is_dead(uint32_t pid, uint64_t start_time) {
+    if (pid == 0) return true;
+    if (kill(pid_t(pid), 0) != 0 && errno == ESRCH) return true;
+    char st;
+    uint64_t start = 0;
+    if (!read_stat(pid, &st, &start)) return false; // exists but unreadable (other pid namespace): alive
+    if (st == 'Z' || st == 'X') return true;          // exited, not yet waited for
+    return start_time != 0 && start != start_time;   // pid recycled by another process
+}
+
+int client_claim(kv_pool *p) {
+    const uint32_t n = p->hdr->max_clients;
+    const uint32_t start = p->pid % n; // spread concurrent attachers
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = (start + k) % n;
+        kv_client &c = p->clients[i];
+        uint64_t w = load(c.ctl, std::memory_order_acquire);
+        if (ClientCtl::state(w) != KV_CLIENT_FREE) continue;
+        // C1: one CAS claims the slot and records the pid, so the slot is
+        // never LIVE without a pid a reaper can check. acq_rel: pairs with
+        // the release that freed the slot (C2), so the journal slots the last
+        // user or its reaper cleared are visible before we reuse them.
+        if (!cas(c.ctl, w, ClientCtl::make(KV_CLIENT_LIVE, ClientCtl::tag(w) + 1, p->pid),
+                 std::memory_order_acq_rel))
+            continue;
+        store(c.start_time, proc_start_time(p->pid), std::memory_order_release);
+        store(c.attach_ns, now_ns(), std::memory_order_relaxed);
+        store(c.pins, uint64_t(0), std::memory_order_relaxed);
+        p->client = i;
+        const uint32_t slots = p->hdr->pins_per_client;
+        p->journal = p->journal_all + uint64_t(i) * slots;
+        p->free_slots = std::make_unique<SlotStack>(slots);
+        for (uint32_t s = slots; s-- > 0;) {
+            // Only FREE slots are usable; anything else would have been
+            // resolved by the reaper before it freed the client slot.
+            if (PinB::phase(load(p->journal[s].b, std::memory_order_relaxed)) == KV_PIN_FREE)
+                p->free_slots->push(s);
+        }
+        p->entry_cursor = uint32_t((uint64_t(p->pid) * 2654435761ULL) % p->hdr->n_entries);
+        return 0;
+    }
+    return -EUSERS;
+}
+
+void reclaim_client(kv_pool *p, uint32_t client);
+
+void client_release_slot(kv_pool *p) {
+    reclaim_client(p, p->client);
+    kv_client &c = p->clients[p->client];
+    uint64_t w = load(c.ctl, std::memory_order_relaxed);
+    // C2: release so the next claimant (C1) sees the cleared journal.
+    while (!cas(c.ctl, w, ClientCtl::make(KV_CLIENT_FREE, ClientCtl::tag(w) + 1, 0), std::memory_order_release)) {
+    }
+}
+
+} // namespace kv::detail

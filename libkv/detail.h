@@ -1,0 +1,286 @@
+// SPDX-License-Identifier: MIT
+//
+// libkv internals shared by the sources: the process-local pool handle,
+// accessors for the region's tables, bit-field packing of the shared words,
+// and the atomic helpers every shared access goes through.
+#pragma once
+
+#include <kv/kv.h>
+#include <kvpool/region.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <tuple>
+
+namespace kv::detail {
+
+// ---- Atomics ---------------------------------------------------------------
+// Shared fields are plain integers in the UAPI structs; every concurrent
+// access goes through std::atomic_ref so the memory order is explicit.
+static_assert(std::atomic_ref<uint64_t>::is_always_lock_free);
+static_assert(std::atomic_ref<uint32_t>::is_always_lock_free);
+
+template <typename T> inline std::atomic_ref<T> aref(T &v) { return std::atomic_ref<T>(v); }
+template <typename T> inline T load(T &v, std::memory_order mo) { return aref(v).load(mo); }
+template <typename T> inline void store(T &v, T x, std::memory_order mo) { aref(v).store(x, mo); }
+template <typename T> inline bool cas(T &v, T &expected, T desired, std::memory_order mo) {
+    return aref(v).compare_exchange_strong(expected, desired, mo, std::memory_order_relaxed);
+}
+
+// 16-byte CAS on an entry's (ctl, aux) pair. std::atomic<__int128> is not
+// always lock-free in libstdc++ (it may call libatomic), so use the builtin
+// that -mcx16 turns into lock cmpxchg16b: a full barrier (seq_cst) on x86.
+struct Pair {
+    uint64_t lo; // ctl
+    uint64_t hi; // aux
+};
+inline bool cas16(uint64_t *addr, Pair expected, Pair desired) {
+    __extension__ typedef unsigned __int128 u128;
+    u128 e = (static_cast<u128>(expected.hi) << 64) | expected.lo;
+    u128 d = (static_cast<u128>(desired.hi) << 64) | desired.lo;
+    return __sync_bool_compare_and_swap(reinterpret_cast<u128 *>(addr), e, d);
+}
+
+// ---- Packed words ----------------------------------------------------------
+// kv_entry.ctl: [63:32] gen, [31:24] state, [23:0] pins
+struct Ctl {
+    static constexpr uint64_t make(uint32_t gen, uint32_t state, uint32_t pins) {
+        return (uint64_t(gen) << 32) | (uint64_t(state & 0xff) << 24) | (pins & 0xffffff);
+    }
+    static constexpr uint32_t gen(uint64_t w) { return uint32_t(w >> 32); }
+    static constexpr uint32_t state(uint64_t w) { return uint32_t(w >> 24) & 0xff; }
+    static constexpr uint32_t pins(uint64_t w) { return uint32_t(w) & 0xffffff; }
+};
+
+// kv_entry.aux: [3:0] op, [15:4] client+1, [31:16] slot, [63:32] seq
+struct Aux {
+    static constexpr uint64_t make(uint32_t op, uint32_t client_plus1, uint32_t slot, uint32_t seq) {
+        return (uint64_t(seq) << 32) | (uint64_t(slot & 0xffff) << 16) |
+               (uint64_t(client_plus1 & 0xfff) << 4) | (op & 0xf);
+    }
+    static constexpr uint32_t op(uint64_t w) { return uint32_t(w) & 0xf; }
+    static constexpr uint32_t client1(uint64_t w) { return uint32_t(w >> 4) & 0xfff; }
+    static constexpr uint32_t slot(uint64_t w) { return uint32_t(w >> 16) & 0xffff; }
+    static constexpr uint32_t seq(uint64_t w) { return uint32_t(w >> 32); }
+    static constexpr uint64_t owner(uint32_t client) { return make(KV_AUX_OWNER, client + 1, 0, 0); }
+};
+
+// Index link word: [63:32] idx, [31:1] tag, [0] mark
+struct Link {
+    static constexpr uint64_t make(uint32_t idx, uint32_t tag, bool mark) {
+        return (uint64_t(idx) << 32) | (uint64_t(tag & 0x7fffffff) << 1) | (mark ? 1 : 0);
+    }
+    static constexpr uint32_t idx(uint64_t w) { return uint32_t(w >> 32); }
+    static constexpr uint32_t tag(uint64_t w) { return uint32_t(w >> 1) & 0x7fffffff; }
+    static constexpr bool marked(uint64_t w) { return w & KV_LINK_MARK; }
+};
+
+// Block word: [63:32] owner, [31:24] state, [23:0] tag
+struct Blk {
+    static constexpr uint64_t make(uint32_t owner, uint32_t state, uint32_t tag) {
+        return (uint64_t(owner) << 32) | (uint64_t(state & 0xff) << 24) | (tag & 0xffffff);
+    }
+    static constexpr uint32_t owner(uint64_t w) { return uint32_t(w >> 32); }
+    static constexpr uint32_t state(uint64_t w) { return uint32_t(w >> 24) & 0xff; }
+    static constexpr uint32_t tag(uint64_t w) { return uint32_t(w) & 0xffffff; }
+    // The successor of w with a new owner/state and the tag bumped.
+    static constexpr uint64_t next(uint64_t w, uint32_t owner, uint32_t state) {
+        return make(owner, state, tag(w) + 1);
+    }
+};
+
+// Slab ctl: [7:0] state, [15:8] class, [27:16] client+1, [63:32] tag
+struct SlabCtl {
+    static constexpr uint64_t make(uint32_t state, uint32_t cls, uint32_t client1, uint32_t tag) {
+        return (uint64_t(tag) << 32) | (uint64_t(client1 & 0xfff) << 16) | (uint64_t(cls & 0xff) << 8) |
+               (state & 0xff);
+    }
+    static constexpr uint32_t state(uint64_t w) { return uint32_t(w) & 0xff; }
+    static constexpr uint32_t cls(uint64_t w) { return uint32_t(w >> 8) & 0xff; }
+    static constexpr uint32_t client1(uint64_t w) { return uint32_t(w >> 16) & 0xfff; }
+    static constexpr uint32_t tag(uint64_t w) { return uint32_t(w >> 32); }
+};
+
+// Client ctl: [7:0] state, [23:8] tag, [63:32] pid
+struct ClientCtl {
+    static constexpr uint64_t make(uint32_t state, uint32_t tag, uint32_t pid) {
+        return (uint64_t(pid) << 32) | (uint64_t(tag & 0xffff) << 8) | (state & 0xff);
+    }
+    static constexpr uint32_t state(uint64_t w) { return uint32_t(w) & 0xff; }
+    static constexpr uint32_t tag(uint64_t w) { return uint32_t(w >> 8) & 0xffff; }
+    static constexpr uint32_t pid(uint64_t w) { return uint32_t(w >> 32); }
+};
+
+// Namespace ctl: [7:0] state, [19:8] client+1, [63:32] tag
+struct NsCtl {
+    static constexpr uint64_t make(uint32_t state, uint32_t client1, uint32_t tag) {
+        return (uint64_t(tag) << 32) | (uint64_t(client1 & 0xfff) << 8) | (state & 0xff);
+    }
+    static constexpr uint32_t state(uint64_t w) { return uint32_t(w) & 0xff; }
+    static constexpr uint32_t client1(uint64_t w) { return uint32_t(w >> 8) & 0xfff; }
+};
+
+// Pin journal slot words.
+struct PinA {
+    static constexpr uint64_t make(uint32_t entry, uint32_t gen) { return (uint64_t(entry) << 32) | gen; }
+    static constexpr uint32_t entry(uint64_t w) { return uint32_t(w >> 32); }
+    static constexpr uint32_t gen(uint64_t w) { return uint32_t(w); }
+};
+struct PinB {
+    static constexpr uint64_t make(uint32_t seq, uint32_t phase) { return (uint64_t(seq) << 32) | phase; }
+    static constexpr uint32_t seq(uint64_t w) { return uint32_t(w >> 32); }
+    static constexpr uint32_t phase(uint64_t w) { return uint32_t(w); }
+};
+
+// ---- Process-local free list of journal slots ------------------------------
+// A Treiber stack over slot indices, private to this process (threads of one
+// client share it). head: [63:32] tag, [31:0] top index (KV_NIL32 = empty).
+// ABA: the tag is bumped by every successful CAS on head.
+class SlotStack {
+  public:
+    explicit SlotStack(uint32_t n);
+    uint32_t pop();            // KV_NIL32 when empty
+    void push(uint32_t slot);
+
+  private:
+    std::atomic<uint64_t> head_;
+    std::unique_ptr<std::atomic<uint32_t>[]> next_;
+};
+
+// ---- The pool handle ---------------------------------------------------------
+} // namespace kv::detail
+
+struct kv_pool {
+    uint8_t *base = nullptr;
+    uint64_t len = 0;
+    int fd = -1;
+    uint32_t client = 0; // index in the client table
+    uint32_t pid = 0;
+    const kv_region_header *hdr = nullptr;
+    kv_region_state *state = nullptr;
+    kv_class *classes = nullptr;
+    kv_namespace *ns = nullptr;
+    kv_client *clients = nullptr;
+    kv_pin_slot *journal = nullptr; // this client's slots
+    kv_pin_slot *journal_all = nullptr;
+    uint64_t *buckets = nullptr;
+    kv_entry *entries = nullptr;
+    kv_slab *slabs = nullptr;
+    uint64_t *blocks = nullptr;
+    uint8_t *data = nullptr;
+    uint32_t bucket_mask = 0;
+    uint32_t entry_cursor = 0; // this client's scan position for free entries
+    std::unique_ptr<kv::detail::SlotStack> free_slots;
+};
+
+namespace kv::detail {
+
+// ---- Small helpers -------------------------------------------------------------
+__attribute__((format(printf, 3, 4))) inline void errf(char *buf, size_t len, const char *fmt, ...) {
+    if (!buf || len == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+}
+
+inline kv_client_stats &my_stats(kv_pool *p) { return p->clients[p->client].stats; }
+// Owner-only counter: relaxed is enough, readers sum approximately-current values.
+inline void bump(uint64_t &counter, uint64_t by = 1) {
+    aref(counter).store(aref(counter).load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+}
+
+inline uint64_t block_id(const kv_pool *p, uint32_t slab, uint32_t slot) {
+    return uint64_t(slab) * p->hdr->blocks_per_slab + slot;
+}
+inline uint8_t *block_data(const kv_pool *p, uint64_t id, uint32_t cls) {
+    uint32_t slab = uint32_t(id / p->hdr->blocks_per_slab);
+    uint32_t slot = uint32_t(id % p->hdr->blocks_per_slab);
+    return p->data + uint64_t(slab) * p->hdr->slab_size + uint64_t(slot) * p->classes[cls].block_size;
+}
+uint64_t now_ns();
+
+// ---- layout.cc -------------------------------------------------------------------
+struct Geometry; // computed section layout
+int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header *out, char *err, size_t errlen);
+void layout_init_region(uint8_t *base, const kv_region_header &h);
+int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen);
+void pool_bind(kv_pool *p, uint8_t *base, uint64_t len);
+
+// ---- client.cc -------------------------------------------------------------------
+int client_claim(kv_pool *p);
+void client_release_slot(kv_pool *p);
+bool client_is_dead(uint32_t pid, uint64_t start_time);
+uint64_t proc_start_time(uint32_t pid);
+
+// ---- index.cc (lock-free ordered lists per bucket; Michael 2002 with tags) ------
+struct Found {
+    uint64_t *prev;    // link word that points at cur
+    uint64_t prev_val; // its value when read
+    uint32_t cur;      // first entry with key >= search key, or KV_NIL32
+    bool found;        // cur has exactly the search key
+};
+uint32_t bucket_of(const kv_pool *p, uint32_t ns, const kv_key &k);
+Found index_find(kv_pool *p, uint32_t ns, const kv_key &k);
+// Link entry e (key already written, state RESERVED). Returns KV_NIL32 when
+// linked, else the index of the entry that already holds the key.
+uint32_t index_insert(kv_pool *p, uint32_t e);
+// Make sure entry e (state DEAD at gen) is marked and unlinked; returns once
+// e is unreachable, and moves it to UNLINKED (freeing it if unpinned).
+void index_remove(kv_pool *p, uint32_t e, uint32_t gen);
+// e (seen at gen) is unreachable now: DEAD -> UNLINKED, free if unpinned.
+void on_unlinked_gen(kv_pool *p, uint32_t e, uint32_t gen);
+bool entry_key_is(const kv_entry &en, uint32_t ns, const kv_key &k);
+
+// ---- pin.cc ------------------------------------------------------------------------
+// Pin entry e at generation gen (must be COMMITTED). Returns 0 with *slot_out,
+// -ENOENT when the entry is no longer committed at gen, -ENOBUFS when out of slots.
+int pin_entry(kv_pool *p, uint32_t e, uint32_t gen, uint32_t *slot_out);
+// Unpin via journal slot. Returns 0 or -EINVAL.
+int unpin_slot(kv_pool *p, uint32_t client, uint32_t slot);
+// Acknowledge the pending op recorded in aux (helping), see region.h.
+void help_pending(kv_pool *p, uint64_t aux);
+// Resolve a dead client's journal slot (reaper): finish or undo its op.
+void journal_recover_slot(kv_pool *p, uint32_t client, uint32_t slot);
+
+// ---- allocator.cc ------------------------------------------------------------------
+uint32_t class_for(const kv_pool *p, uint64_t len); // KV_NIL32 if too large
+// Claim a block of class cls for this client: OWNED(client). Returns the
+// block id or UINT64_MAX when none is free (after trying to activate a free
+// slab; thorough: also scan slabs whose hints say full).
+uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough);
+// Return a block whose word is expected (OWNED or ENTRY) to FREE.
+bool block_free(kv_pool *p, uint64_t id, uint64_t expected_word);
+void slab_finish_activation(kv_pool *p, uint32_t slab);
+void slab_rollback_retire(kv_pool *p, uint32_t slab);
+bool slab_retire(kv_pool *p, uint32_t slab); // evicts its entries; true if now FREE
+
+// ---- store.cc ----------------------------------------------------------------------
+// Free an entry whose ctl is FREEING (owner this client): return its block and the entry.
+void entry_finish_free(kv_pool *p, uint32_t e);
+// After a transition that may have made (UNLINKED, pins 0): try to claim the free.
+void entry_maybe_free(kv_pool *p, uint32_t e);
+// Remove committed entry e at gen (eviction or remove). If require_unpinned,
+// only succeeds when the pin count is 0. Returns the length freed-to-be or 0.
+bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned);
+// Abort a RESERVED entry (owner may be dead).
+void entry_abort(kv_pool *p, uint32_t e, uint64_t ctl_seen, uint64_t aux_seen);
+
+// ---- evict.cc ------------------------------------------------------------------------
+// Free space for a block of class cls. Returns true if something was freed.
+bool evict_for_class(kv_pool *p, uint32_t cls);
+// Free an entry slot by eviction. True if one was freed.
+bool evict_any(kv_pool *p);
+
+// ---- namespace.cc ----------------------------------------------------------------------
+bool ns_valid(const kv_pool *p, uint32_t ns);
+
+// ---- reap.cc ---------------------------------------------------------------------------
+int reap_dead_clients(kv_pool *p);
+
+} // namespace kv::detail

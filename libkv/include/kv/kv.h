@@ -1,0 +1,304 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libkv: the kvpool client library, C API.
+ *
+ * Every function is safe to call from C and C++, never throws, never prints,
+ * and returns 0 (or a documented non-negative value) on success and -errno
+ * on failure. Functions that can fail for a reason a person must read also
+ * fill a caller-provided message buffer (errbuf, errlen; may be NULL/0).
+ *
+ * Concurrency: a struct kv_pool is one client of a pool (one slot in the
+ * pool's client table). All data-path calls on one kv_pool may be made from
+ * many threads at once. Many processes may attach to the same pool; every
+ * data-path call is lock-free and survives any other process dying at any
+ * instruction (see docs/protocol.md).
+ */
+#ifndef KV_KV_H
+#define KV_KV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <kvpool/region.h>
+
+#ifdef __cplusplus
+extern "C" {
+#define KV_NOEXCEPT noexcept
+#else
+#define KV_NOEXCEPT
+#endif
+
+struct kv_pool;
+
+/* A 128-bit block key, unique within a namespace. */
+struct kv_key {
+	uint64_t lo;
+	uint64_t hi;
+};
+
+/* ---- Pool lifecycle ---------------------------------------------------- */
+
+#define KV_HUGEPAGES_NEVER 0   /* 4 KiB pages */
+#define KV_HUGEPAGES_PREFER 1  /* hugepages when the path is on hugetlbfs (or memfd) and pages are free, else 4 KiB */
+#define KV_HUGEPAGES_REQUIRE 2 /* fail with -ENOMEM/-EINVAL and a message when hugepages cannot back the pool */
+
+#define KV_CREATE_F_PREFAULT (1U << 0) /* fault every page in at creation */
+#define KV_CREATE_F_EXCL (1U << 1)     /* fail with -EEXIST if the path exists */
+
+struct kv_create_opts {
+	uint32_t struct_size;     /* sizeof(struct kv_create_opts) */
+	uint32_t hugepages;       /* KV_HUGEPAGES_* */
+	uint64_t size;            /* total region bytes, metadata included; rounded up to the page size */
+	int32_t numa_node;        /* node to bind to, or -1 for no binding */
+	uint32_t flags;           /* KV_CREATE_F_* */
+	uint64_t slab_size;       /* 0: 4 MiB. Power of two, 64 KiB..1 GiB; also the largest block */
+	uint64_t avg_block_size;  /* 0: 16 KiB. Sizes the entry table: entries = data / avg_block_size */
+	uint32_t max_clients;     /* 0: 64 */
+	uint32_t pins_per_client; /* 0: 4096 */
+	uint32_t max_namespaces;  /* 0: 64 */
+	uint32_t mode;            /* file mode of a created file; 0: 0660 */
+};
+
+/* Fill opts with defaults for a pool of size bytes. */
+void kv_create_opts_init(struct kv_create_opts *opts, uint64_t size) KV_NOEXCEPT;
+
+/*
+ * Create a pool backed by the file at path (tmpfs such as /dev/shm for 4 KiB
+ * pages, a hugetlbfs mount for hugepages) and initialize it. The backing is
+ * reserved up front (fallocate), so running out of memory later cannot
+ * SIGBUS a client.
+ * Returns 0, -EEXIST (KV_CREATE_F_EXCL), -EINVAL (bad option: message says
+ * which), -ENOMEM / -ENOSPC (not enough memory or hugepages: message says how
+ * many are needed), or another -errno from the system.
+ */
+int kv_pool_create(const char *path, const struct kv_create_opts *opts, char *errbuf,
+		   size_t errlen) KV_NOEXCEPT;
+
+/*
+ * Create an anonymous pool in a memfd (MFD_HUGETLB when hugepages are asked
+ * for and available). On success *fd_out is the memfd; pass it to
+ * kv_pool_attach_fd or to other processes (SCM_RIGHTS, /proc/PID/fd/N).
+ */
+int kv_pool_create_memfd(const char *name, const struct kv_create_opts *opts, int *fd_out,
+			 char *errbuf, size_t errlen) KV_NOEXCEPT;
+
+/* Remove the pool file. Attached processes keep their mapping. */
+int kv_pool_destroy(const char *path) KV_NOEXCEPT;
+
+#define KV_ATTACH_F_NO_REAP (1U << 0) /* do not reap dead clients during attach */
+
+/*
+ * Attach to a pool: map it, validate the header (magic, ABI major, unknown
+ * incompat bits, sizes, every section offset, reserved fields) and claim a
+ * client slot. Validation errors return -EPROTO (wrong format or version),
+ * -EBADMSG (inconsistent geometry), -ENODATA (magic not yet published /
+ * truncated file) and describe the value seen and the value expected in
+ * errbuf. -EUSERS: the client table is full.
+ */
+int kv_pool_attach(const char *path, uint32_t flags, struct kv_pool **out, char *errbuf,
+		   size_t errlen) KV_NOEXCEPT;
+int kv_pool_attach_fd(int fd, uint32_t flags, struct kv_pool **out, char *errbuf,
+		      size_t errlen) KV_NOEXCEPT;
+
+/* Release every pin and reservation this client holds, free its slot, unmap. */
+int kv_pool_detach(struct kv_pool *pool) KV_NOEXCEPT;
+
+/*
+ * Check a mapped region image without attaching (used by attach, tools and
+ * fuzzers): 0 or a negative code as for attach, with the reason in errbuf.
+ */
+int kv_region_validate(const void *base, uint64_t len, char *errbuf, size_t errlen) KV_NOEXCEPT;
+
+/* ---- Namespaces --------------------------------------------------------- */
+
+void kv_manifest_init(struct kv_manifest *m, const char *model_name, uint32_t block_tokens) KV_NOEXCEPT;
+
+/*
+ * Find the namespace whose manifest equals *m byte for byte, or register it.
+ * *ns_out receives its id, *seed_out (optional) its chain seed.
+ * -EINVAL: invalid manifest (message says which field); -ENOSPC: table full.
+ */
+int kv_ns_register(struct kv_pool *pool, const struct kv_manifest *m, uint32_t *ns_out,
+		   uint64_t *seed_out) KV_NOEXCEPT;
+
+/* Copy out the manifest of namespace ns. -ENOENT if not registered. */
+int kv_ns_get(struct kv_pool *pool, uint32_t ns, struct kv_manifest *out, uint64_t *seed_out) KV_NOEXCEPT;
+
+/* The chain seed a manifest yields (XXH3-64 of its bytes). */
+uint64_t kv_manifest_seed(const struct kv_manifest *m) KV_NOEXCEPT;
+
+/* ---- Chained block hashing --------------------------------------------- */
+
+/*
+ * key = XXH3-128(seed, prev || tokens[0..n)), with prev = {0,0} for the first
+ * block of a sequence. Equal prefixes give equal keys; any earlier token that
+ * differs changes every later key.
+ */
+struct kv_key kv_hash_block(uint64_t seed, const struct kv_key *prev, const uint32_t *tokens,
+			    size_t n) KV_NOEXCEPT;
+
+/*
+ * Hash the full blocks of a token sequence: keys[i] for i < n_tokens /
+ * block_tokens (at most max_keys). Returns the number of keys written.
+ */
+size_t kv_hash_chain(uint64_t seed, const uint32_t *tokens, size_t n_tokens, uint32_t block_tokens,
+		     struct kv_key *keys, size_t max_keys) KV_NOEXCEPT;
+
+/* ---- Data path ----------------------------------------------------------- */
+
+/* Optional metadata stored with a block. */
+struct kv_meta {
+	uint32_t tokens;   /* token count the block covers */
+	uint32_t priority; /* larger survives longer under priority eviction */
+	uint64_t user_tag; /* opaque to kvpool */
+};
+
+/* Returned by put and reserve when the key is already committed: no copy was made. */
+#define KV_DEDUP 1
+
+/* A pinned, read-only, zero-copy view of a committed block. */
+struct kv_view {
+	const void *data;
+	uint64_t length;
+	uint64_t checksum;
+	struct kv_meta meta;
+	uint64_t handle[2]; /* private: identifies the pin */
+};
+
+/* A reservation: the caller writes up to length bytes at data, then commits or aborts. */
+struct kv_reservation {
+	void *data;
+	uint64_t length;
+	uint64_t handle[2]; /* private */
+};
+
+/*
+ * Copy len bytes in under (ns, key) and commit them, with an XXH3-64
+ * checksum computed during the copy.
+ * Returns 0 (stored), KV_DEDUP (already committed; nothing copied),
+ * -EBUSY (another client holds a reservation on the key), -EMSGSIZE (len is 0
+ * or larger than the slab size), -ENOSPC (no space even after evicting every
+ * unpinned block), -ENOENT (unknown namespace).
+ */
+int kv_put(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, const void *data,
+	   uint64_t len, const struct kv_meta *meta) KV_NOEXCEPT;
+
+/*
+ * Reserve len bytes under (ns, key) for the caller to write in place.
+ * Returns 0 with *out filled, KV_DEDUP (already committed; *out untouched), or
+ * the errors of kv_put. Until committed the key is invisible to readers and
+ * other writers get -EBUSY.
+ */
+int kv_reserve(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, uint64_t len,
+	       const struct kv_meta *meta, struct kv_reservation *out) KV_NOEXCEPT;
+
+#define KV_COMMIT_F_CHECKSUM (1U << 0) /* checksum argument is the XXH3-64 of the data: do not recompute */
+
+/*
+ * Publish a reservation: the block becomes immutable and visible. Unless
+ * KV_COMMIT_F_CHECKSUM is given the checksum is computed here.
+ * Returns 0 or -EINVAL (not a live reservation of this client).
+ */
+int kv_commit(struct kv_pool *pool, struct kv_reservation *r, uint32_t flags, uint64_t checksum) KV_NOEXCEPT;
+
+/* Drop a reservation; its space is freed. 0 or -EINVAL. */
+int kv_abort(struct kv_pool *pool, struct kv_reservation *r) KV_NOEXCEPT;
+
+/*
+ * Pin a committed block and return a zero-copy view of it. The memory stays
+ * valid and unchanged until kv_release, even if the block is removed.
+ * Returns 0, -ENOENT (absent, or still being written), -ENOBUFS (this client
+ * has pins_per_client pins outstanding).
+ */
+int kv_get(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, struct kv_view *out) KV_NOEXCEPT;
+
+/* Unpin. 0 or -EINVAL (not a pin of this client). */
+int kv_release(struct kv_pool *pool, struct kv_view *view) KV_NOEXCEPT;
+
+/* 1 if committed, 0 if not. */
+int kv_contains(struct kv_pool *pool, uint32_t ns, const struct kv_key *key) KV_NOEXCEPT;
+
+/*
+ * Remove a committed block. Pinned views stay valid; memory is freed at the
+ * last release. Returns 0, -ENOENT, -EBUSY (reserved by a writer).
+ */
+int kv_remove(struct kv_pool *pool, uint32_t ns, const struct kv_key *key) KV_NOEXCEPT;
+
+#define KV_MATCH_F_PIN (1U << 0) /* pin every matched block; views[] must hold n entries */
+
+/*
+ * Longest present prefix of a key chain: the number m of leading keys that
+ * are committed (0..n). With KV_MATCH_F_PIN, views[0..m) are pinned and must
+ * each be released. Returns m, or -ENOBUFS if pins ran out (none are kept).
+ */
+int kv_match_prefix(struct kv_pool *pool, uint32_t ns, const struct kv_key *keys, size_t n,
+		    uint32_t flags, struct kv_view *views) KV_NOEXCEPT;
+
+/* Read block data through a view and check it against its checksum: 0 or -EBADMSG. */
+int kv_view_verify(const struct kv_view *view) KV_NOEXCEPT;
+
+/* ---- Maintenance ----------------------------------------------------------- */
+
+/*
+ * Find clients whose process is gone (pid and start time), release their
+ * pins, abort their reservations, finish any half-done free, activation or
+ * retirement they left, and free their slots. Any process may call it at any
+ * time; it is also run at attach. Returns the number of clients reaped.
+ */
+int kv_reap(struct kv_pool *pool) KV_NOEXCEPT;
+
+/* Evict unpinned blocks until at least bytes are freed. Returns bytes freed (capped at INT32_MAX) or -errno. */
+int64_t kv_evict_bytes(struct kv_pool *pool, uint64_t bytes) KV_NOEXCEPT;
+
+struct kv_stats {
+	uint64_t capacity;   /* data bytes */
+	uint64_t slab_size;
+	uint64_t page_size;
+	uint32_t numa_node;
+	uint32_t backing;
+	uint32_t clients;    /* LIVE client slots */
+	uint32_t n_entries;  /* entry table size */
+	uint64_t gets, hits, misses, puts, dedups, evictions, removes;
+	uint64_t bytes_committed, bytes_freed;
+	uint64_t reaps;
+};
+
+/* Counter totals (sum over client slots) and geometry. O(max_clients). */
+int kv_pool_stats(struct kv_pool *pool, struct kv_stats *out) KV_NOEXCEPT;
+
+/*
+ * Exact accounting by a full scan of the authoritative tables. On a quiescent
+ * pool (no operation in flight) the counts are exact and consistency errors
+ * are real; under load, transitional states are counted as seen.
+ */
+struct kv_usage {
+	uint64_t entries_committed;
+	uint64_t entries_reserved;
+	uint64_t entries_dead;       /* removed but still pinned (or being freed) */
+	uint64_t entries_free;
+	uint64_t bytes_committed;    /* sum of lengths of committed entries */
+	uint64_t blocks_free;
+	uint64_t blocks_used;        /* ENTRY or OWNED */
+	uint64_t block_bytes_used;   /* class sizes of used blocks */
+	uint64_t pins;               /* sum of entry pin counts */
+	uint64_t journal_pins;       /* HELD journal slots of live clients */
+	uint64_t slabs_free, slabs_active;
+	uint64_t orphan_blocks;      /* used blocks no live entry or live client owns: leaks */
+	uint64_t bad_links;          /* index inconsistencies found */
+	uint64_t unreachable;        /* committed entries the index does not reach */
+};
+int kv_pool_usage(struct kv_pool *pool, struct kv_usage *out) KV_NOEXCEPT;
+
+/* The region base and header of an attached pool (read-only use). */
+const struct kv_region_header *kv_pool_header(const struct kv_pool *pool) KV_NOEXCEPT;
+/* This client's slot index. */
+uint32_t kv_pool_client_index(const struct kv_pool *pool) KV_NOEXCEPT;
+
+/* A short English description of a libkv return code. */
+const char *kv_strerror(int code) KV_NOEXCEPT;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KV_KV_H */

@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: MIT
+//
+// The index: a hash table of buckets, each the head of a lock-free ordered
+// list of entries (Maged Michael, "High Performance Dynamic Lock-Free Hash
+// Tables and List-Based Sets", SPAA 2002), with tagged links instead of
+// hazard pointers because entries are type-stable: they live in the entry
+// table forever and are only ever recycled, never unmapped.
+//
+// Invariants
+//  I1. Lists are sorted by (key_hi, key_lo, ns) and hold at most one
+//      unmarked entry per key.
+//  I2. An entry's key fields change only while it is unreachable (RESERVED
+//      and not yet linked); a linked entry's key is immutable.
+//  I3. Every successful CAS on a link word increments its tag, and an
+//      entry's next tag keeps increasing across recycling, so a link word
+//      never returns to an earlier value (ABA): a CAS or validation that
+//      expects an old value fails.
+//  I4. A mark bit on an entry's next word means "logically deleted"; only
+//      entries whose ctl state is DEAD are marked, and a marked next word is
+//      never changed again until the entry is recycled.
+//  I5. Whoever's CAS unlinks an entry calls on_unlinked(); if it dies before
+//      doing so, the reaper's sweep (reap.cc) does it: the state stays DEAD,
+//      and a DEAD entry that a full find() pass did not meet is unreachable.
+//
+// Crash safety: every change is one CAS; an entry marked but not unlinked is
+// unlinked by the next traversal that meets it, by any process.
+#include "detail.h"
+
+namespace kv::detail {
+
+namespace {
+
+struct KeyView {
+    uint64_t hi, lo;
+    uint32_t ns;
+};
+
+KeyView read_key(kv_entry &en) {
+    return {load(en.key_hi, std::memory_order_relaxed), load(en.key_lo, std::memory_order_relaxed),
+            load(en.ns_id, std::memory_order_relaxed)};
+}
+
+int cmp(const KeyView &a, uint32_t ns, const kv_key &k) {
+    if (a.hi != k.hi) return a.hi < k.hi ? -1 : 1;
+    if (a.lo != k.lo) return a.lo < k.lo ? -1 : 1;
+    if (a.ns != ns) return a.ns < ns ? -1 : 1;
+    return 0;
+}
+
+// Set the mark on e's next word (logical deletion). Idempotent.
+void mark(kv_pool *p, uint32_t e) {
+    uint64_t &nx = p->entries[e].next;
+    uint64_t v = load(nx, std::memory_order_acquire);
+    while (!Link::marked(v)) {
+        // M1: acq_rel; the finder that sees the mark (F2) then unlinks.
+        if (cas(nx, v, Link::make(Link::idx(v), Link::tag(v) + 1, true), std::memory_order_acq_rel)) return;
+    }
+}
+
+} // namespace
+
+uint32_t bucket_of(const kv_pool *p, uint32_t ns, const kv_key &k) {
+    // Keys are XXH3 outputs, uniformly distributed: mixing in the namespace
+    // is enough; the high bits of a multiply spread it.
+    uint64_t h = (k.lo ^ (uint64_t(ns) * 0x9E3779B97F4A7C15ULL)) * 0xD6E8FEB86659FD93ULL;
+    return uint32_t(h >> 32) & p->bucket_mask;
+}
+
+bool entry_key_is(const kv_entry &en, uint32_t ns, const kv_key &k) {
+    kv_entry &e = const_cast<kv_entry &>(en);
+    return cmp(read_key(e), ns, k) == 0;
+}
+
+Found index_find(kv_pool *p, uint32_t ns, const kv_key &k) {
+    const uint32_t n = p->hdr->n_entries;
+    uint64_t *head = &p->buckets[bucket_of(p, ns, k)];
+retry:
+    uint64_t *prev = head;
+    // F1: acquire pairs with the release of the insert CAS (N1) that linked
+    // the first entry, so its key and next are visible.
+    uint64_t pv = load(*prev, std::memory_order_acquire);
+    for (;;) {
+        uint32_t cur = Link::idx(pv);
+        if (cur == KV_NIL32 || cur >= n) // >= n: a corrupted link ends the list, it is never followed
+            return {prev, pv, KV_NIL32, false};
+        kv_entry &en = p->entries[cur];
+        // F2: acquire pairs with N1 / M1 on cur's next.
+        uint64_t nx = load(en.next, std::memory_order_acquire);
+        KeyView ck = read_key(en);
+        uint32_t gen = Ctl::gen(load(en.ctl, std::memory_order_relaxed));
+        // F3: the reads above must complete before the validation below; if
+        // prev still holds pv (I3: no ABA), cur was linked, hence not
+        // recycled, while we read it, so ck/nx/gen belong to one instance.
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (load(*prev, std::memory_order_acquire) != pv) goto retry;
+        if (!Link::marked(nx)) {
+            int c = cmp(ck, ns, k);
+            if (c >= 0) return {prev, pv, cur, c == 0};
+            prev = &en.next;
+            pv = nx;
+            continue;
+        }
+        // cur is logically deleted: unlink it (U1). acq_rel: acquire keeps
+        // our reads ordered, release publishes the new successor.
+        uint64_t nv = Link::make(Link::idx(nx), Link::tag(pv) + 1, false);
+        if (!cas(*prev, pv, nv, std::memory_order_acq_rel)) goto retry;
+        on_unlinked_gen(p, cur, gen);
+        pv = nv;
+    }
+}
+
+uint32_t index_insert(kv_pool *p, uint32_t e) {
+    kv_entry &en = p->entries[e];
+    KeyView kv = read_key(en);
+    kv_key k{kv.lo, kv.hi};
+    for (;;) {
+        Found f = index_find(p, kv.ns, k);
+        if (f.found) {
+            // A holder exists. If it is being removed but not yet marked,
+            // help the remover (mark it) and look again; otherwise report it.
+            kv_entry &h = p->entries[f.cur];
+            uint64_t c = load(h.ctl, std::memory_order_acquire);
+            uint32_t st = Ctl::state(c);
+            if (st == KV_ENTRY_RESERVED || st == KV_ENTRY_COMMITTED) {
+                std::atomic_thread_fence(std::memory_order_acquire);
+                if (entry_key_is(h, kv.ns, k)) return f.cur;
+                continue; // recycled under us: look again
+            }
+            if (st == KV_ENTRY_DEAD) mark(p, f.cur);
+            continue;
+        }
+        // Keep the tag of our next word increasing across reuse (I3).
+        uint64_t old = load(en.next, std::memory_order_relaxed);
+        store(en.next, Link::make(f.cur, Link::tag(old) + 1, false), std::memory_order_relaxed);
+        // N1: release publishes key, next and the RESERVED ctl to F1/F2.
+        uint64_t nv = Link::make(e, Link::tag(f.prev_val) + 1, false);
+        uint64_t expect = f.prev_val;
+        if (cas(*f.prev, expect, nv, std::memory_order_release)) return KV_NIL32;
+    }
+}
+
+void index_remove(kv_pool *p, uint32_t e, uint32_t gen) {
+    kv_entry &en = p->entries[e];
+    mark(p, e);
+    KeyView kv = read_key(en);
+    // A find for e's key passes e if it is still linked (I1: a marked entry
+    // precedes any unmarked entry with the same key) and unlinks it, so when
+    // it returns e is unreachable.
+    index_find(p, kv.ns, kv_key{kv.lo, kv.hi});
+    on_unlinked_gen(p, e, gen);
+}
+
+void on_unlinked_gen(kv_pool *p, uint32_t e, uint32_t gen) {
+    kv_entry &en = p->entries[e];
+    for (;;) {
+        uint64_t c = load(en.ctl, std::memory_order_acquire);
+        uint64_t x = load(en.aux, std::memory_order_relaxed);
+        if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_DEAD) return; // someone else did it
+        uint64_t nc = Ctl::make(gen, KV_ENTRY_UNLINKED, Ctl::pins(c));
+        if (cas16(&en.ctl, {c, x}, {nc, x})) {
+            if (Ctl::pins(c) == 0) entry_maybe_free(p, e);
+            return;
+        }
+    }
+}
+
+} // namespace kv::detail

@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvpool shared-memory region, ABI v1.
+ *
+ * This header is the contract between every process that maps a kvpool
+ * region. It is C11 and C++20, depends on <stdint.h> only, uses fixed-width
+ * unsigned types only, and holds no pointers: every cross-reference is an
+ * offset from the region base or an index into a table.
+ *
+ * The protocol (attach, allocate, publish, pin, release, remove, reap) and
+ * what is left behind when a process dies between any two steps is written
+ * down in docs/protocol.md; the comments here name each field's writers.
+ *
+ * Compatibility rules:
+ *  - Structs grow only at the end; each published size has a KV_*_SIZE_V1.
+ *  - An attacher refuses another abi_major, an incompat feature bit it does
+ *    not know, or a non-zero reserved field; it ignores compat bits it does
+ *    not know.
+ *  - All multi-byte fields are little-endian (x86-64 and aarch64 hosts).
+ */
+#ifndef KVPOOL_UAPI_REGION_H
+#define KVPOOL_UAPI_REGION_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+#define KV_STATIC_ASSERT(c, m) static_assert(c, m)
+#define KV_OFFSETOF(t, f) __builtin_offsetof(t, f)
+#else
+#define KV_STATIC_ASSERT(c, m) _Static_assert(c, m)
+#define KV_OFFSETOF(t, f) __builtin_offsetof(t, f)
+#endif
+
+/* "KVPOOL\0\1" read as a little-endian uint64_t. Published last, with release. */
+#define KV_REGION_MAGIC 0x01004c4f4f50564bULL
+#define KV_ABI_MAJOR 1
+#define KV_ABI_MINOR 0
+
+/* Incompatible features: an attacher that does not know a set bit refuses. */
+#define KV_INCOMPAT_F_CAS16 (1ULL << 0) /* entry ctl/aux pair updated with 16-byte CAS */
+#define KV_INCOMPAT_KNOWN (KV_INCOMPAT_F_CAS16)
+/* Compatible features: unknown bits are ignored. None defined in v1.0. */
+#define KV_COMPAT_KNOWN 0ULL
+
+#define KV_CACHELINE 64
+#define KV_HEADER_BYTES 4096  /* the header owns the first 4 KiB of the region */
+#define KV_NIL32 0xffffffffU  /* "no index" in 32-bit index fields */
+#define KV_NUMA_NONE 0xffffffffU
+#define KV_MIN_BLOCK_SHIFT 12 /* smallest size class: 4 KiB; all classes are multiples */
+#define KV_MAX_CLASSES 64
+#define KV_MAX_CLIENTS 4095   /* client index + 1 must fit in 12 bits of kv_entry.aux */
+#define KV_MAX_PINS_PER_CLIENT 65536 /* slot index must fit in 16 bits of kv_entry.aux */
+
+/* kv_region_header.backing */
+#define KV_BACKING_SHM 1       /* 4 KiB pages: tmpfs file or plain memfd */
+#define KV_BACKING_HUGETLBFS 2 /* file on a hugetlbfs mount */
+#define KV_BACKING_MEMFD_HUGETLB 3 /* memfd_create(MFD_HUGETLB) */
+
+/* kv_region_header.flags */
+#define KV_REGION_F_PREFAULTED (1U << 0)
+#define KV_REGION_F_NUMA_BOUND (1U << 1)
+
+/*
+ * The region header. Written once by the creator before the magic is
+ * published; read-only afterwards. Size: KV_REGION_HEADER_SIZE_V1.
+ */
+struct kv_region_header {
+	uint64_t magic;             /* KV_REGION_MAGIC, stored last (release) */
+	uint16_t abi_major;         /* KV_ABI_MAJOR */
+	uint16_t abi_minor;         /* KV_ABI_MINOR */
+	uint32_t header_size;       /* sizeof(struct kv_region_header) of the creator */
+	uint64_t compat_features;   /* KV_COMPAT_* */
+	uint64_t incompat_features; /* KV_INCOMPAT_* */
+	uint64_t region_size;       /* bytes mapped; equals the backing file size */
+	uint64_t page_size;         /* backing page size in effect: 4096 or the hugepage size */
+	uint32_t numa_node;         /* node the memory is bound to, or KV_NUMA_NONE */
+	uint32_t backing;           /* KV_BACKING_* */
+	uint32_t flags;             /* KV_REGION_F_* */
+	uint32_t creator_pid;
+	uint64_t create_time_ns;    /* CLOCK_REALTIME at creation */
+	uint64_t pool_id_lo;        /* random id of this region instance */
+	uint64_t pool_id_hi;
+
+	/* Geometry. */
+	uint32_t max_clients;       /* client table entries, <= KV_MAX_CLIENTS */
+	uint32_t pins_per_client;   /* journal slots per client, <= KV_MAX_PINS_PER_CLIENT */
+	uint32_t max_namespaces;
+	uint32_t n_classes;         /* size classes in use, <= KV_MAX_CLASSES */
+	uint32_t n_entries;         /* entry table size; KV_NIL32 is never a valid index */
+	uint32_t n_buckets;         /* power of two */
+	uint32_t n_slabs;
+	uint32_t blocks_per_slab;   /* slab_size >> KV_MIN_BLOCK_SHIFT: block words per slab */
+	uint64_t slab_size;         /* power of two; the largest block */
+
+	/* Sections: offset from the region base and length in bytes. */
+	uint64_t state_off, state_len;     /* struct kv_region_state */
+	uint64_t class_off, class_len;     /* struct kv_class[n_classes] */
+	uint64_t ns_off, ns_len;           /* struct kv_namespace[max_namespaces] */
+	uint64_t client_off, client_len;   /* struct kv_client[max_clients] */
+	uint64_t journal_off, journal_len; /* struct kv_pin_slot[max_clients][pins_per_client] */
+	uint64_t bucket_off, bucket_len;   /* uint64_t link words [n_buckets] */
+	uint64_t entry_off, entry_len;     /* struct kv_entry[n_entries] */
+	uint64_t slab_off, slab_len;       /* struct kv_slab[n_slabs] */
+	uint64_t block_off, block_len;     /* uint64_t block words [n_slabs][blocks_per_slab] */
+	uint64_t data_off, data_len;       /* n_slabs * slab_size bytes, page_size aligned */
+
+	uint64_t reserved[32];      /* zero on write, checked on attach */
+};
+#define KV_REGION_HEADER_SIZE_V1 544
+KV_STATIC_ASSERT(sizeof(struct kv_region_header) == KV_REGION_HEADER_SIZE_V1, "header v1 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, max_clients) == 88, "header geometry offset");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, state_off) == 128, "header sections offset");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, reserved) == 288, "header reserved offset");
+
+/*
+ * Pool-wide mutable words, each on its own cache line because different
+ * processes write them independently. All are hints or hands: losing an
+ * update (a process dies mid-way) costs at most a little extra scanning.
+ */
+struct kv_region_state {
+	uint64_t clock_hand;     /* eviction hand over the entry table; fetch_add by any process */
+	uint64_t pad0[7];
+	uint64_t slab_hand;      /* rebalancing hand over the slab table */
+	uint64_t pad1[7];
+	uint64_t reap_epoch;     /* incremented by every completed reap pass */
+	uint64_t pad2[7];
+	uint64_t reserved[8];
+};
+#define KV_REGION_STATE_SIZE_V1 256
+KV_STATIC_ASSERT(sizeof(struct kv_region_state) == KV_REGION_STATE_SIZE_V1, "state v1 size");
+
+/*
+ * One size class. block_size and blocks_per_slab are written by the creator;
+ * cursor_slab is an allocation hint any process may store (relaxed).
+ */
+struct kv_class {
+	uint64_t block_size;      /* multiple of 4 KiB */
+	uint32_t blocks_per_slab; /* slab_size / block_size */
+	uint32_t cursor_slab;     /* hint: last slab of this class that had a free block */
+	uint64_t reserved[6];
+};
+#define KV_CLASS_SIZE_V1 64
+KV_STATIC_ASSERT(sizeof(struct kv_class) == KV_CLASS_SIZE_V1, "class v1 size");
+
+/*
+ * Identity manifest of a namespace: a key is only meaningful together with
+ * the model, weights, layout and hashing that produced it, so two engines
+ * share blocks only when every field matches byte for byte.
+ */
+struct kv_manifest {
+	uint8_t model_name[64];          /* NUL-padded UTF-8 */
+	uint8_t weights_fingerprint[32]; /* e.g. a digest of the weights files */
+	uint32_t dtype;                  /* KV_DTYPE_* or engine-defined above 1024 */
+	uint32_t kv_layout;              /* engine-defined layout code */
+	uint32_t block_tokens;           /* tokens per block, > 0 */
+	uint32_t tp_rank;
+	uint32_t tp_world;               /* > tp_rank */
+	uint32_t hash_scheme;            /* KV_HASH_* */
+	uint64_t hash_seed;
+	uint64_t reserved[4];            /* zero */
+};
+#define KV_MANIFEST_SIZE_V1 160
+KV_STATIC_ASSERT(sizeof(struct kv_manifest) == KV_MANIFEST_SIZE_V1, "manifest v1 size");
+
+#define KV_DTYPE_FP16 1
+#define KV_DTYPE_BF16 2
+#define KV_DTYPE_FP8_E4M3 3
+#define KV_DTYPE_FP8_E5M2 4
+#define KV_DTYPE_FP32 5
+#define KV_DTYPE_INT8 6
+
+/* key(i) = XXH3-128(seed = chain_seed, bytes = key(i-1) || token ids of block i) */
+#define KV_HASH_XXH3_128_CHAINED 1
+
+/* kv_namespace.ctl: [7:0] state, [19:8] client+1 while WRITING, [63:32] tag */
+#define KV_NS_FREE 0
+#define KV_NS_WRITING 1 /* claimed by a client that is filling the manifest */
+#define KV_NS_ACTIVE 2
+
+struct kv_namespace {
+	uint64_t ctl;        /* CAS by registrants; WRITING -> ACTIVE by the claimant (release) */
+	uint64_t chain_seed; /* XXH3-64 of the manifest; written before ACTIVE */
+	uint32_t id;         /* equals the table index; written before ACTIVE */
+	uint32_t reserved0;
+	uint64_t reserved[5];
+	struct kv_manifest manifest;
+	uint64_t reserved2[4];
+};
+#define KV_NAMESPACE_SIZE_V1 256
+KV_STATIC_ASSERT(sizeof(struct kv_namespace) == KV_NAMESPACE_SIZE_V1, "namespace v1 size");
+
+/*
+ * Client table. ctl: [7:0] state, [23:8] tag, [31:24] zero, [63:32] pid.
+ * A process claims a FREE slot with one CAS that also records its pid, so a
+ * slot is never LIVE without a pid to check. start_time is written right
+ * after; 0 means "not yet known" and the slot is then judged by pid alone.
+ */
+#define KV_CLIENT_FREE 0
+#define KV_CLIENT_LIVE 1
+#define KV_CLIENT_REAPING 2 /* pid field holds the reaper's pid */
+
+/* Per-client counters, written only by the client (relaxed), read by anyone. */
+struct kv_client_stats {
+	uint64_t gets;
+	uint64_t hits;
+	uint64_t misses;
+	uint64_t puts;            /* blocks committed (new keys) */
+	uint64_t dedups;          /* puts/reserves that found the key already committed */
+	uint64_t evictions;       /* blocks this client evicted */
+	uint64_t removes;
+	uint64_t bytes_committed; /* sum of lengths committed */
+	uint64_t bytes_freed;     /* sum of lengths of blocks whose memory this client freed */
+	uint64_t reaps;           /* dead clients this process reaped */
+	uint64_t reserved[6];
+};
+#define KV_CLIENT_STATS_SIZE_V1 128
+KV_STATIC_ASSERT(sizeof(struct kv_client_stats) == KV_CLIENT_STATS_SIZE_V1, "client stats v1 size");
+
+struct kv_client {
+	uint64_t ctl;            /* see above; CAS only */
+	uint64_t start_time;     /* /proc/<pid>/stat starttime (clock ticks since boot) */
+	uint64_t attach_ns;      /* CLOCK_REALTIME at attach */
+	uint64_t pins;           /* journal slots in use (owner writes, relaxed; informational) */
+	uint64_t reserved[4];
+	/* Counters accumulate across the slot's users: pool totals are the sum over slots. */
+	struct kv_client_stats stats;
+	uint64_t reserved2[8];
+};
+#define KV_CLIENT_SIZE_V1 256
+KV_STATIC_ASSERT(sizeof(struct kv_client) == KV_CLIENT_SIZE_V1, "client v1 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_client, stats) == 64, "client stats on their own line");
+
+/*
+ * Pin journal slot: the record that makes a client's pins recoverable.
+ * a: [63:32] entry index, [31:0] entry generation.
+ * b: [63:32] op sequence number, [31:0] phase.
+ * The owner writes a, then b = (seq, INTENT_*), then CASes the entry; the
+ * entry's aux word then names (client, slot, seq, op) until someone else's
+ * pin/unpin CAS replaces it, and that someone first acknowledges the slot
+ * with a CAS on b (INTENT_PIN -> HELD, INTENT_UNPIN -> FREE) that only
+ * matches the same seq. docs/protocol.md proves why a reaper can always tell
+ * whether an INTENT took effect.
+ */
+#define KV_PIN_FREE 0
+#define KV_PIN_INTENT_PIN 1
+#define KV_PIN_HELD 2
+#define KV_PIN_INTENT_UNPIN 3
+
+struct kv_pin_slot {
+	uint64_t a;
+	uint64_t b;
+};
+#define KV_PIN_SLOT_SIZE_V1 16
+KV_STATIC_ASSERT(sizeof(struct kv_pin_slot) == KV_PIN_SLOT_SIZE_V1, "pin slot v1 size");
+
+/*
+ * Index link word (bucket heads and kv_entry.next):
+ * [63:32] entry index or KV_NIL32, [31:1] tag (incremented by every CAS),
+ * [0] mark (set on an entry's next word: the entry is logically deleted).
+ */
+#define KV_LINK_MARK 1ULL
+
+/*
+ * Entry control words, updated together with a 16-byte CAS
+ * (KV_INCOMPAT_F_CAS16); either may be read alone with an 8-byte load.
+ * ctl: [63:32] generation (incremented each time the entry is freed),
+ *      [31:24] state, [23:0] pin count.
+ * aux: [3:0] op, [15:4] client index + 1 (0: none), [31:16] pin slot,
+ *      [63:32] op sequence number. In RESERVED and FREEING, op is
+ *      KV_AUX_OWNER and client names the owner. In COMMITTED and later, op is
+ *      the last pin/unpin applied (KV_AUX_PIN / KV_AUX_UNPIN) or KV_AUX_NONE.
+ */
+#define KV_ENTRY_FREE 0
+#define KV_ENTRY_RESERVED 1  /* owned by aux.client; linked or being linked; data being written */
+#define KV_ENTRY_COMMITTED 2 /* immutable, visible, pinnable */
+#define KV_ENTRY_DEAD 3      /* removed: no new pins; may still be linked */
+#define KV_ENTRY_UNLINKED 4  /* removed and no longer reachable from the index */
+#define KV_ENTRY_FREEING 5   /* pin count 0, unlinked; aux.client returns block and entry */
+
+#define KV_AUX_NONE 0
+#define KV_AUX_OWNER 1
+#define KV_AUX_PIN 2
+#define KV_AUX_UNPIN 3
+
+#define KV_ENTRY_MAX_PINS 0xffffffU
+
+struct kv_entry {
+	/* Line 0: everything a lookup touches. */
+	uint64_t ctl;      /* CAS16 with aux */
+	uint64_t aux;
+	uint64_t next;     /* index link word; tag never decreases, across reuse too */
+	uint64_t key_lo;   /* key and ns_id: written while RESERVED and unlinked, then immutable */
+	uint64_t key_hi;
+	uint32_t ns_id;
+	uint32_t class_id;
+	uint64_t block;    /* block id: slab * blocks_per_slab + slot */
+	uint64_t length;   /* bytes of data in the block */
+	/* Line 1: metadata, written by the owner before COMMITTED (release). */
+	uint64_t checksum; /* XXH3-64 of the block's data */
+	uint32_t tokens;
+	uint32_t priority;
+	uint64_t user_tag;
+	uint64_t commit_ns;  /* CLOCK_REALTIME at commit */
+	uint32_t clock;      /* CLOCK reference bit: set by gets, cleared by the eviction hand */
+	uint32_t flags;      /* zero in v1 */
+	uint64_t reserved[3];
+};
+#define KV_ENTRY_SIZE_V1 128
+KV_STATIC_ASSERT(sizeof(struct kv_entry) == KV_ENTRY_SIZE_V1, "entry v1 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_entry, checksum) == 64, "entry metadata on line 1");
+
+/*
+ * Slab descriptor. ctl: [7:0] state, [15:8] class, [27:16] client + 1 while
+ * ACTIVATING or RETIRING, [31:28] zero, [63:32] tag.
+ * free_hint and scan_hint are hints (relaxed); block words are the truth.
+ */
+#define KV_SLAB_FREE 0
+#define KV_SLAB_ACTIVATING 1 /* owner is writing FREE into its block words */
+#define KV_SLAB_ACTIVE 2     /* serves allocations of its class */
+#define KV_SLAB_RETIRING 3   /* owner is taking every block back to give the slab to another class */
+
+struct kv_slab {
+	uint64_t ctl;
+	uint32_t free_hint;  /* approximate free blocks; read as int32_t */
+	uint32_t scan_hint;  /* approximate lowest free slot */
+	uint64_t reserved[6];
+};
+#define KV_SLAB_SIZE_V1 64
+KV_STATIC_ASSERT(sizeof(struct kv_slab) == KV_SLAB_SIZE_V1, "slab v1 size");
+
+/*
+ * Block word, one per possible block of every slab: the authority on who
+ * owns each block. [63:32] owner (entry index for ENTRY, client index for
+ * OWNED and RETIRED), [31:24] state, [23:0] tag (incremented by every CAS).
+ */
+#define KV_BLOCK_UNUSED 0 /* slot beyond its slab's class capacity, or slab not ACTIVE */
+#define KV_BLOCK_FREE 1
+#define KV_BLOCK_OWNED 2  /* claimed by a client, not yet attached to an entry */
+#define KV_BLOCK_ENTRY 3  /* holds the data of the entry named by owner */
+#define KV_BLOCK_RETIRED 4 /* taken back by a slab retirer (owner) */
+
+#endif /* KVPOOL_UAPI_REGION_H */
