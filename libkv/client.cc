@@ -112,7 +112,8 @@ int client_claim(kv_pool *p) {
             if (PinB::phase(load(p->journal[s].b, std::memory_order_relaxed)) == KV_PIN_FREE)
                 p->free_slots->push(s);
         }
-        p->entry_cursor = uint32_t((uint64_t(p->pid) * 2654435761ULL) % p->hdr->n_entries);
+        p->entry_cursor.store(uint32_t((uint64_t(p->pid) * 2654435761ULL) % p->hdr->n_entries),
+                              std::memory_order_relaxed);
         return 0;
     }
     return -EUSERS;

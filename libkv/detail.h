@@ -174,7 +174,7 @@ struct kv_pool {
     uint64_t *blocks = nullptr;
     uint8_t *data = nullptr;
     uint32_t bucket_mask = 0;
-    uint32_t entry_cursor = 0; // this client's scan position for free entries
+    std::atomic<uint32_t> entry_cursor{0}; // scan position for free entries (a hint; threads share it)
     std::unique_ptr<kv::detail::SlotStack> free_slots;
 };
 
@@ -190,10 +190,9 @@ __attribute__((format(printf, 3, 4))) inline void errf(char *buf, size_t len, co
 }
 
 inline kv_client_stats &my_stats(kv_pool *p) { return p->clients[p->client].stats; }
-// Owner-only counter: relaxed is enough, readers sum approximately-current values.
-inline void bump(uint64_t &counter, uint64_t by = 1) {
-    aref(counter).store(aref(counter).load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
-}
+// Per-client counter: only this client's threads write it (its own cache
+// line), readers sum over clients. Relaxed: counts, not synchronization.
+inline void bump(uint64_t &counter, uint64_t by = 1) { aref(counter).fetch_add(by, std::memory_order_relaxed); }
 
 inline uint64_t block_id(const kv_pool *p, uint32_t slab, uint32_t slot) {
     return uint64_t(slab) * p->hdr->blocks_per_slab + slot;

@@ -12,7 +12,7 @@
 // eviction: the CAS requires pins == 0 for eviction); whoever unlinks for
 // DEAD->UNLINKED (index.cc); whoever sees UNLINKED with no pins for
 // ->FREEING (exactly one CAS wins); the FREEING owner (or the reaper, if it
-// died) for ->FREE. docs/protocol.md lists what each crash point leaves.
+// died) for ->FREE. uapi/PROTOCOL.md lists what each crash point leaves.
 //
 // Memory orders: C1 (commit, cmpxchg16b: full barrier) publishes the data,
 // checksum and metadata; readers load ctl with acquire (G1) before reading
@@ -34,7 +34,7 @@ constexpr int kAllocAttempts = 64;
 
 uint32_t entry_claim(kv_pool *p, uint32_t budget) {
     const uint32_t n = p->hdr->n_entries;
-    uint32_t i = p->entry_cursor % n;
+    uint32_t i = p->entry_cursor.load(std::memory_order_relaxed) % n;
     for (uint32_t k = 0; k < budget && k < n; k++, i = i + 1 == n ? 0 : i + 1) {
         kv_entry &en = p->entries[i];
         uint64_t c = load(en.ctl, std::memory_order_relaxed);
@@ -43,10 +43,10 @@ uint32_t entry_claim(kv_pool *p, uint32_t budget) {
         if (!cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_RESERVED, 0), Aux::owner(p->client)}))
             continue;
         std::atomic_thread_fence(std::memory_order_release); // K1
-        p->entry_cursor = i + 1;
+        p->entry_cursor.store(i + 1, std::memory_order_relaxed);
         return i;
     }
-    p->entry_cursor = i;
+    p->entry_cursor.store(i, std::memory_order_relaxed);
     return KV_NIL32;
 }
 

@@ -9,7 +9,7 @@
  *
  * The protocol (attach, allocate, publish, pin, release, remove, reap) and
  * what is left behind when a process dies between any two steps is written
- * down in docs/protocol.md; the comments here name each field's writers.
+ * down in uapi/PROTOCOL.md; the comments here name each field's writers.
  *
  * Compatibility rules:
  *  - Structs grow only at the end; each published size has a KV_*_SIZE_V1.
@@ -238,7 +238,7 @@ KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_client, stats) == 64, "client stats on th
  * entry's aux word then names (client, slot, seq, op) until someone else's
  * pin/unpin CAS replaces it, and that someone first acknowledges the slot
  * with a CAS on b (INTENT_PIN -> HELD, INTENT_UNPIN -> FREE) that only
- * matches the same seq. docs/protocol.md proves why a reaper can always tell
+ * matches the same seq. uapi/PROTOCOL.md proves why a reaper can always tell
  * whether an INTENT took effect.
  */
 #define KV_PIN_FREE 0

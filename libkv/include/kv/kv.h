@@ -11,7 +11,7 @@
  * pool's client table). All data-path calls on one kv_pool may be made from
  * many threads at once. Many processes may attach to the same pool; every
  * data-path call is lock-free and survives any other process dying at any
- * instruction (see docs/protocol.md).
+ * instruction (see uapi/PROTOCOL.md).
  */
 #ifndef KV_KV_H
 #define KV_KV_H
