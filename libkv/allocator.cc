@@ -33,8 +33,13 @@ constexpr uint64_t kNone = UINT64_MAX;
 
 int32_t hint(uint32_t &v) { return int32_t(load(v, std::memory_order_relaxed)); }
 
-// Claim one FREE block of slab s (class cls) for this client.
-uint64_t scan_slab(kv_pool *p, uint32_t s, uint32_t cls) {
+// Claim one FREE block of slab s for this client. ctl is the slab word seen
+// as ACTIVE(cls) before the scan. The slab may be retired and re-activated
+// for another class while we scan, and a FREE word of the new activation
+// would then be claimed with the old class's geometry; so after a claim the
+// slab word is checked again (its tag makes any transition visible) and the
+// block is given back if the slab changed.
+uint64_t scan_slab(kv_pool *p, uint32_t s, uint32_t cls, uint64_t ctl) {
     kv_slab &sl = p->slabs[s];
     const uint32_t n = p->classes[cls].blocks_per_slab;
     uint64_t *words = p->blocks + uint64_t(s) * p->hdr->blocks_per_slab;
@@ -45,7 +50,12 @@ uint64_t scan_slab(kv_pool *p, uint32_t s, uint32_t cls) {
         uint64_t w = load(words[slot], std::memory_order_relaxed);
         if (Blk::state(w) != KV_BLOCK_FREE) continue;
         // A1: claim and record the owner in one step.
-        if (!cas(words[slot], w, Blk::next(w, p->client, KV_BLOCK_OWNED), std::memory_order_acq_rel)) continue;
+        uint64_t mine = Blk::next(w, p->client, KV_BLOCK_OWNED);
+        if (!cas(words[slot], w, mine, std::memory_order_acq_rel)) continue;
+        if (load(sl.ctl, std::memory_order_acquire) != ctl) {
+            block_free(p, block_id(p, s, slot), mine);
+            return kNone;
+        }
         aref(sl.free_hint).fetch_sub(1, std::memory_order_relaxed);
         store(sl.scan_hint, slot + 1, std::memory_order_relaxed);
         return block_id(p, s, slot);
@@ -96,7 +106,7 @@ uint64_t find_in_class(kv_pool *p, uint32_t cls, bool thorough) {
         uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
         if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) continue;
         if (!thorough && hint(p->slabs[s].free_hint) <= 0) continue;
-        uint64_t id = scan_slab(p, s, cls);
+        uint64_t id = scan_slab(p, s, cls, c);
         if (id != kNone) {
             if (s != start) store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
             return id;
