@@ -101,7 +101,6 @@ int client_claim(kv_pool *p) {
             continue;
         store(c.start_time, proc_start_time(p->pid), std::memory_order_release);
         store(c.attach_ns, now_ns(), std::memory_order_relaxed);
-        store(c.pins, uint64_t(0), std::memory_order_relaxed);
         p->client = i;
         const uint32_t slots = p->hdr->pins_per_client;
         p->journal = p->journal_all + uint64_t(i) * slots;

@@ -73,9 +73,10 @@ int pin_entry(kv_pool *p, uint32_t e, uint32_t gen, uint32_t *slot_out) {
         // P2: count and record in one 16-byte CAS (full barrier).
         if (cas16(&en.ctl, {c, x}, {c + 1, mine})) break;
     }
-    uint64_t intent = PinB::make(seq, KV_PIN_INTENT_PIN);
-    cas(js.b, intent, PinB::make(seq, KV_PIN_HELD), std::memory_order_acq_rel); // P3; fails if helped
-    bump(p->clients[p->client].pins);
+    // P3: a helper can only have written the same value (HELD for this seq),
+    // and after this store the seq moves on only through our own unpin, so
+    // a plain store is enough.
+    store(js.b, PinB::make(seq, KV_PIN_HELD), std::memory_order_release);
     *slot_out = slot;
     return 0;
 }
@@ -88,10 +89,11 @@ static int unpin_held(kv_pool *p, uint32_t client, uint32_t slot, uint64_t a, ui
     uint32_t e = PinA::entry(a), gen = PinA::gen(a);
     if (e >= p->hdr->n_entries) return -EINVAL;
     uint32_t seq = PinB::seq(b) + 1;
-    uint64_t intent = PinB::make(seq, KV_PIN_INTENT_UNPIN);
-    // P1 for the unpin: CAS, not store, so a concurrent recoverer that
-    // already resolved this HELD slot makes us stop instead of unpinning twice.
-    if (!cas(js.b, b, intent, std::memory_order_acq_rel)) return -EINVAL;
+    // P1 for the unpin. A slot is unpinned by one party only: its owner
+    // (release, detach) or, once the owner is dead, the one reaper that
+    // claimed the client slot; so a store is enough. cmpxchg16b below is a
+    // full barrier: the intent is visible before the entry names it.
+    store(js.b, PinB::make(seq, KV_PIN_INTENT_UNPIN), std::memory_order_release);
     kv_entry &en = p->entries[e];
     const uint64_t mine = Aux::make(KV_AUX_UNPIN, client + 1, slot, seq);
     uint64_t c, nc;
@@ -108,7 +110,7 @@ static int unpin_held(kv_pool *p, uint32_t client, uint32_t slot, uint64_t a, ui
         nc = c - 1;
         if (cas16(&en.ctl, {c, x}, {nc, mine})) break; // P2
     }
-    cas(js.b, intent, PinB::make(seq, KV_PIN_FREE), std::memory_order_acq_rel); // P3
+    store(js.b, PinB::make(seq, KV_PIN_FREE), std::memory_order_release); // P3 (a helper writes the same)
     if (Ctl::pins(nc) == 0 && Ctl::state(nc) == KV_ENTRY_UNLINKED) entry_maybe_free(p, e);
     return 0;
 }
@@ -118,10 +120,7 @@ int unpin_slot(kv_pool *p, uint32_t client, uint32_t slot) {
     uint64_t a = load(js.a, std::memory_order_acquire);
     uint64_t b = load(js.b, std::memory_order_acquire);
     if (PinB::phase(b) != KV_PIN_HELD) return -EINVAL;
-    int rc = unpin_held(p, client, slot, a, b);
-    if (rc == 0 && client == p->client)
-        aref(p->clients[client].pins).fetch_sub(1, std::memory_order_relaxed);
-    return rc;
+    return unpin_held(p, client, slot, a, b);
 }
 
 void journal_recover_slot(kv_pool *p, uint32_t client, uint32_t slot) {
@@ -132,7 +131,7 @@ void journal_recover_slot(kv_pool *p, uint32_t client, uint32_t slot) {
         uint32_t phase = PinB::phase(b), seq = PinB::seq(b);
         if (phase == KV_PIN_FREE) return;
         if (phase == KV_PIN_HELD) {
-            if (unpin_held(p, client, slot, a, b) == -EINVAL) continue; // raced: re-read
+            unpin_held(p, client, slot, a, b);
             return;
         }
         uint32_t e = PinA::entry(a), gen = PinA::gen(a);

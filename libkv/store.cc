@@ -333,7 +333,6 @@ int kv_put(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint64_
 int kv_get(kv_pool *p, uint32_t ns, const kv_key *key, kv_view *out) noexcept {
     if (!p || !key || !out) return -EINVAL;
     kv_client_stats &st = my_stats(p);
-    bump(st.gets);
     int rc = get_one(p, ns, *key, out);
     bump(rc == 0 ? st.hits : st.misses);
     return rc;
@@ -404,7 +403,6 @@ int kv_match_prefix(kv_pool *p, uint32_t ns, const kv_key *keys, size_t n, uint3
         }
     }
     kv_client_stats &st = my_stats(p);
-    bump(st.gets, m + (m < n ? 1 : 0));
     bump(st.hits, m);
     if (m < n) bump(st.misses);
     return int(m);

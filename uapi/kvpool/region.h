@@ -201,7 +201,7 @@ KV_STATIC_ASSERT(sizeof(struct kv_namespace) == KV_NAMESPACE_SIZE_V1, "namespace
 
 /* Per-client counters, written only by the client (relaxed), read by anyone. */
 struct kv_client_stats {
-	uint64_t gets;
+	uint64_t reserved0;       /* gets are hits + misses */
 	uint64_t hits;
 	uint64_t misses;
 	uint64_t puts;            /* blocks committed (new keys) */
@@ -220,7 +220,7 @@ struct kv_client {
 	uint64_t ctl;            /* see above; CAS only */
 	uint64_t start_time;     /* /proc/<pid>/stat starttime (clock ticks since boot) */
 	uint64_t attach_ns;      /* CLOCK_REALTIME at attach */
-	uint64_t pins;           /* journal slots in use (owner writes, relaxed; informational) */
+	uint64_t reserved1;
 	uint64_t reserved[4];
 	/* Counters accumulate across the slot's users: pool totals are the sum over slots. */
 	struct kv_client_stats stats;
