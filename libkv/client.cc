@@ -123,8 +123,13 @@ void reclaim_client(kv_pool *p, uint32_t client);
 void client_release_slot(kv_pool *p) {
     reclaim_client(p, p->client);
     kv_client &c = p->clients[p->client];
+    // start_time 0 means "not yet known": the next claimant's pid must never
+    // be judged against our start time (a reaper would take it for a
+    // recycled pid and reap a live client).
+    store(c.start_time, uint64_t(0), std::memory_order_relaxed);
     uint64_t w = load(c.ctl, std::memory_order_relaxed);
-    // C2: release so the next claimant (C1) sees the cleared journal.
+    // C2: release so the next claimant (C1), and any reaper that reads its
+    // claim, sees the cleared journal and start_time.
     while (!cas(c.ctl, w, ClientCtl::make(KV_CLIENT_FREE, ClientCtl::tag(w) + 1, 0), std::memory_order_release)) {
     }
 }

@@ -89,6 +89,7 @@ int reap_dead_clients(kv_pool *p) {
         uint64_t mine = ClientCtl::make(KV_CLIENT_REAPING, ClientCtl::tag(w) + 1, me);
         if (!cas(c.ctl, w, mine, std::memory_order_acq_rel)) continue;
         reclaim_client(p, i);
+        store(c.start_time, uint64_t(0), std::memory_order_relaxed); // see client_release_slot
         // C2 (client.cc): release, so the next claimant sees a clean journal.
         cas(c.ctl, mine, ClientCtl::make(KV_CLIENT_FREE, ClientCtl::tag(mine) + 1, 0), std::memory_order_release);
         bump(my_stats(p).reaps);
