@@ -11,6 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <string>
+
 using namespace kv::detail;
 
 namespace {
@@ -81,6 +84,31 @@ int init_on_fd(int fd, const kv_create_opts &o, uint64_t page_size, uint32_t bac
     layout_init_region(base, h);
     munmap(base, h.region_size);
     return 0;
+}
+
+// Move a fully built region file to its public name. With `exclusive`,
+// an existing file wins and the create fails with -EEXIST.
+int publish_file(const char *tmp, const char *path, bool exclusive, char *err, size_t errlen) {
+    if (!exclusive) {
+        if (rename(tmp, path) == 0) return 0;
+        int e = errno;
+        errf(err, errlen, "rename %s -> %s: %s", tmp, path, strerror(e));
+        return -e;
+    }
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0) return 0;
+    int e = errno;
+    if (e == EINVAL || e == ENOSYS) { // a filesystem without RENAME_NOREPLACE
+        if (link(tmp, path) == 0) {
+            unlink(tmp);
+            return 0;
+        }
+        e = errno;
+    }
+    if (e == EEXIST)
+        errf(err, errlen, "%s exists (KV_CREATE_F_EXCL)", path);
+    else
+        errf(err, errlen, "rename %s -> %s: %s", tmp, path, strerror(e));
+    return -e;
 }
 
 int attach_mapped(int fd, uint32_t flags, kv_pool **out, char *err, size_t errlen) {
@@ -157,17 +185,26 @@ int kv_pool_create(const char *path, const kv_create_opts *opts, char *err, size
         return -EINVAL;
     }
     uint64_t page = on_huge ? hp : 4096;
-    if (!(o.flags & KV_CREATE_F_EXCL)) unlink(path); // attached processes keep their mapping
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, o.mode ? o.mode : 0660);
+    // Build the region under a private name and rename it into place, so a
+    // pool at `path` is either the old one, untouched, or the new one fully
+    // initialized: a failed create (bad geometry, no hugepages, full tmpfs)
+    // never takes the existing pool with it, and no attacher ever sees a
+    // half-built file. Attached processes keep their mapping of a replaced
+    // pool.
+    std::string tmp = std::string(path) + ".creating." + std::to_string(getpid());
+    unlink(tmp.c_str()); // a leftover of an earlier process that had our pid
+    mode_t mode = o.mode ? mode_t(o.mode) : 0660;
+    int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     if (fd < 0) {
         int e = errno;
-        errf(err, errlen, "%s: %s", path, strerror(e));
+        errf(err, errlen, "%s: %s", tmp.c_str(), strerror(e));
         return -e;
     }
-    fchmod(fd, o.mode ? o.mode : 0660); // umask must not narrow the requested mode
+    fchmod(fd, mode); // umask must not narrow the requested mode
     rc = init_on_fd(fd, o, page, on_huge ? KV_BACKING_HUGETLBFS : KV_BACKING_SHM, err, errlen);
     close(fd);
-    if (rc) unlink(path);
+    if (rc == 0) rc = publish_file(tmp.c_str(), path, o.flags & KV_CREATE_F_EXCL, err, errlen);
+    if (rc) unlink(tmp.c_str());
     return rc;
 }
 

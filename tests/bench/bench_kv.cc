@@ -1,0 +1,872 @@
+// SPDX-License-Identifier: MIT
+//
+// kvpool benchmarks. Every figure is measured next to a baseline in this
+// same binary (std::unordered_map, memcpy, XXH3 alone, Boost.Interprocess),
+// so that on a shared, noisy machine the ratio is what to read.
+// tests/bench/run_benchmarks.sh runs this and prints the ratios.
+//
+//  1 BM_GetRelease/keys:10000      get + release of present 64 KiB blocks, random keys
+//                                  (keys:1000: a cache-resident working set, for context)
+//    BM_GetRelease_UnorderedMap    baseline: std::unordered_map::find on the same keys
+//  2 BM_GetRelease_Scaling         the same from 1 and then 2 forked processes
+//  3 BM_Put2MiB                    put (copy + checksum) of 2 MiB under a fresh key
+//    BM_Memcpy2MiB                 baseline: memcpy of 2 MiB
+//    BM_Memcpy2MiB_XXH3            context: memcpy then a separate XXH3-64 pass
+//  4 BM_ReserveCommit64KiB         reserve + commit(KV_COMMIT_F_CHECKSUM), no data written;
+//                                  remove timed separately (counter remove_ns)
+//    BM_CommitChecksum2MiB         commit without the flag: the checksum pass at commit
+//    BM_XXH3_2MiB                  baseline: XXH3-64 of 2 MiB
+//  5 BM_AllocFree_2Proc            2 processes: reserve+abort vs Boost.Interprocess
+//                                  managed_shared_memory allocate+deallocate
+//  6 BM_MatchPrefix/*              hash a 16,000-token chain and match its 1,000 keys
+//    BM_MatchPrefix_Baseline       baseline: the same chain hashed inline with XXH3-128
+//                                  + std::unordered_map::find of each key
+//  7 BM_MetadataOverhead           (region_size - data_len) / region_size
+//
+// Single-process figures are per CPU-second of the benchmark thread (Google
+// Benchmark's default; manually timed spans use the thread's CPU time too),
+// so other tenants of the machine do not count against kvpool. Forked
+// figures are wall-clock, with per-CPU-second companions and the share of
+// the time the workers were on a CPU.
+//
+// Pools live under /dev/shm with unique names and are removed at exit.
+#include "bench_util.h"
+
+#include <kv/kv.h>
+
+#include <benchmark/benchmark.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#ifdef KVBENCH_HAVE_BOOST
+#include <boost/interprocess/managed_shared_memory.hpp>
+#endif
+
+namespace {
+
+using kvbench::BenchPool;
+using kvbench::make_key;
+// Manually timed spans use the thread's CPU time: on a shared 2-core
+// machine wall time also counts the other tenants. Nothing timed here blocks.
+inline uint64_t cpu_now() { return kvbench::thread_cpu_ns(); }
+using kvbench::PoolSpec;
+using kvbench::Rng;
+using kvbench::Worker;
+
+constexpr uint64_t KiB = 1024;
+constexpr uint64_t MiB = 1024 * KiB;
+constexpr uint64_t GiB = 1024 * MiB;
+
+// Forked benchmarks: phases of kPhaseSeconds, kRounds rounds of (subject,
+// baseline) in ABBA order so drift on a shared machine hits both alike.
+constexpr double kPhaseSeconds = 0.5;
+constexpr int kRounds = 4;
+
+std::string errstr(const char *what, int rc) {
+    return std::string(what) + ": " + std::to_string(rc) + " (" + kv_strerror(rc) + ")";
+}
+
+void *alloc_touched(size_t len, uint64_t seed) {
+    auto *p = static_cast<uint64_t *>(std::aligned_alloc(4096, len));
+    Rng r(seed);
+    for (size_t i = 0; i < len / 8; ++i) p[i] = r.next();
+    return p;
+}
+
+// ---- Read fixture: 2 key sets x 10,000 present 64 KiB blocks -------------------
+
+constexpr uint32_t kReadKeys = 10000;
+constexpr uint64_t kReadBlock = 64 * KiB;
+
+struct ReadFixture {
+    std::unique_ptr<BenchPool> pool;
+    std::vector<kv_key> keys[2]; // set 0: the single-process set; set 1: the second process's
+    std::string error;
+};
+
+ReadFixture &read_fixture() {
+    static ReadFixture f = [] {
+        ReadFixture f;
+        PoolSpec spec;
+        spec.size = 2 * kReadKeys * kReadBlock + 256 * MiB;
+        auto p = BenchPool::create(spec, "read");
+        if (!p) {
+            f.error = p.error();
+            return f;
+        }
+        f.pool = std::move(*p);
+        auto *data = static_cast<uint64_t *>(alloc_touched(kReadBlock, 1));
+        for (int set = 0; set < 2; ++set) {
+            for (uint32_t i = 0; i < kReadKeys; ++i) {
+                kv_key k = make_key(static_cast<uint64_t>(set), i);
+                data[0] = k.lo;
+                data[1] = k.hi;
+                int rc = kv_put(f.pool->get(), f.pool->ns(), &k, data, kReadBlock, nullptr);
+                if (rc < 0) {
+                    f.error = errstr("kv_put (read fixture)", rc);
+                    break;
+                }
+                f.keys[set].push_back(k);
+            }
+        }
+        std::free(data);
+        return f;
+    }();
+    return f;
+}
+
+// ---- 1: get + release ------------------------------------------------------------
+
+void BM_GetRelease(benchmark::State &state) {
+    ReadFixture &f = read_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    kv_pool *p = f.pool->get();
+    const uint32_t ns = f.pool->ns();
+    const kv_key *keys = f.keys[0].data();
+    const auto n = static_cast<uint32_t>(state.range(0));
+    Rng rng(1);
+    for (auto _ : state) {
+        kv_view v;
+        int rc = kv_get(p, ns, &keys[rng.below(n)], &v);
+        if (rc != 0) [[unlikely]] {
+            state.SkipWithError(errstr("kv_get", rc).c_str());
+            break;
+        }
+        benchmark::DoNotOptimize(v.data);
+        rc = kv_release(p, &v);
+        if (rc != 0) [[unlikely]] {
+            state.SkipWithError(errstr("kv_release", rc).c_str());
+            break;
+        }
+    }
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
+}
+BENCHMARK(BM_GetRelease)->ArgName("keys")->Arg(kReadKeys)->Arg(1000);
+
+struct KeyHash {
+    size_t operator()(const kv_key &k) const noexcept { return k.lo ^ (k.hi * 0x9e3779b97f4a7c15ULL); }
+};
+struct KeyEq {
+    bool operator()(const kv_key &a, const kv_key &b) const noexcept {
+        return a.lo == b.lo && a.hi == b.hi;
+    }
+};
+
+void BM_GetRelease_UnorderedMap(benchmark::State &state) {
+    // The same keys and key sequence, with a (pointer, length) value as a
+    // process-private cache would hold.
+    struct Value {
+        const void *data;
+        uint64_t length;
+    };
+    static std::vector<char> blobs(kReadKeys);
+    static std::unordered_map<kv_key, Value, KeyHash, KeyEq> map = [] {
+        std::unordered_map<kv_key, Value, KeyHash, KeyEq> m;
+        for (uint32_t i = 0; i < kReadKeys; ++i) m.emplace(make_key(0, i), Value{&blobs[i], kReadBlock});
+        return m;
+    }();
+    std::vector<kv_key> keys;
+    for (uint32_t i = 0; i < kReadKeys; ++i) keys.push_back(make_key(0, i));
+    const auto n = static_cast<uint32_t>(keys.size());
+    Rng rng(1);
+    for (auto _ : state) {
+        auto it = map.find(keys[rng.below(n)]);
+        if (it == map.end()) [[unlikely]] {
+            state.SkipWithError("key missing from the baseline map");
+            break;
+        }
+        benchmark::DoNotOptimize(it->second);
+    }
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
+}
+BENCHMARK(BM_GetRelease_UnorderedMap);
+
+// ---- 2: get + release, 1 vs 2 processes --------------------------------------------
+
+int get_release_worker(Worker &w, const std::string &path, uint32_t ns,
+                       const std::vector<kv_key> &keys) {
+    kv_pool *p = nullptr;
+    char msg[256] = "";
+    int rc = kv_pool_attach(path.c_str(), 0, &p, msg, sizeof msg);
+    if (rc < 0) return w.fail(rc, std::string("kv_pool_attach: ") + msg);
+    const auto n = static_cast<uint32_t>(keys.size());
+    Rng rng(100 + w.index());
+    uint64_t ops = 0;
+    int result = 0;
+    w.start();
+    while (!w.stopped() && result == 0) {
+        for (int i = 0; i < 64; ++i) {
+            kv_view v;
+            rc = kv_get(p, ns, &keys[rng.below(n)], &v);
+            if (rc != 0) [[unlikely]] {
+                result = w.fail(rc, "kv_get");
+                break;
+            }
+            benchmark::DoNotOptimize(v.data);
+            rc = kv_release(p, &v);
+            if (rc != 0) [[unlikely]] {
+                result = w.fail(rc, "kv_release");
+                break;
+            }
+        }
+        ops += 64;
+    }
+    w.finish(ops);
+    kv_pool_detach(p);
+    return result;
+}
+
+void BM_GetRelease_Scaling(benchmark::State &state) {
+    ReadFixture &f = read_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    const std::string path = f.pool->path();
+    const uint32_t ns = f.pool->ns();
+    kvbench::PhaseTotals one, two;
+    std::string err;
+    for (auto _ : state) {
+        for (int r = 0; r < kRounds && err.empty(); ++r) {
+            for (int leg = 0; leg < 2 && err.empty(); ++leg) {
+                const unsigned procs = ((r + leg) % 2 == 0) ? 1 : 2; // ABBA
+                auto res = kvbench::run_workers(procs, kPhaseSeconds, [&](Worker &w) {
+                    return get_release_worker(w, path, ns, f.keys[w.index()]);
+                });
+                if (!res) {
+                    err = res.error();
+                    break;
+                }
+                (procs == 1 ? one : two).add(*res);
+            }
+        }
+    }
+    if (!err.empty()) {
+        state.SkipWithError(err.c_str());
+        return;
+    }
+    // scaling: wall-clock throughput, 2 processes over 1 (the target).
+    // scaling_cpu: the same from ops per CPU-second, i.e. what 2 processes
+    // would do if each had a core to itself; it separates contention inside
+    // kvpool from other tenants taking the cores (cpu_share < ~0.95).
+    state.counters["ops_per_s_1proc"] = one.ops_per_s / kRounds;
+    state.counters["ops_per_s_2proc"] = two.ops_per_s / kRounds;
+    state.counters["scaling"] = one.ops_per_s > 0 ? two.ops_per_s / one.ops_per_s : 0;
+    state.counters["scaling_cpu"] = one.ops_per_cpu_s > 0 ? two.ops_per_cpu_s / one.ops_per_cpu_s : 0;
+    state.counters["cpu_share_1proc"] = one.cpu_share / kRounds;
+    state.counters["cpu_share_2proc"] = two.cpu_share / (2 * kRounds);
+}
+BENCHMARK(BM_GetRelease_Scaling)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// ---- Write fixture: puts, reserves, commits ------------------------------------------
+
+constexpr uint64_t kBig = 2 * MiB;
+
+struct WriteFixture {
+    std::unique_ptr<BenchPool> pool;
+    void *src = nullptr; // 2 MiB of random bytes
+    void *dst = nullptr; // 2 MiB, faulted in
+    std::string error;
+};
+
+WriteFixture &write_fixture() {
+    static WriteFixture f = [] {
+        WriteFixture f;
+        PoolSpec spec;
+        spec.size = 256 * MiB;
+        auto p = BenchPool::create(spec, "write");
+        if (!p) {
+            f.error = p.error();
+            return f;
+        }
+        f.pool = std::move(*p);
+        f.src = alloc_touched(kBig, 2);
+        f.dst = alloc_touched(kBig, 3);
+        return f;
+    }();
+    return f;
+}
+
+// Key sets, kept distinct across benchmarks sharing a pool and across calls.
+uint64_t fresh_serial() {
+    static uint64_t serial = 0;
+    return serial++;
+}
+
+// ---- 3: put 2 MiB vs memcpy 2 MiB ---------------------------------------------------------
+
+// Both timed per iteration with the same clock (UseManualTime, thread CPU
+// time as everywhere below), so the clock's cost is on both sides of the ratio.
+void BM_Put2MiB(benchmark::State &state) {
+    WriteFixture &f = write_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    kv_pool *p = f.pool->get();
+    const uint32_t ns = f.pool->ns();
+    for (auto _ : state) {
+        kv_key k = make_key(30, fresh_serial());
+        uint64_t t0 = cpu_now();
+        int rc = kv_put(p, ns, &k, f.src, kBig, nullptr);
+        uint64_t t1 = cpu_now();
+        if (rc != 0) [[unlikely]] {
+            state.SkipWithError(errstr("kv_put", rc).c_str());
+            break;
+        }
+        rc = kv_remove(p, ns, &k); // every iteration really copies into a free block
+        if (rc != 0) [[unlikely]] {
+            state.SkipWithError(errstr("kv_remove", rc).c_str());
+            break;
+        }
+        state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+    }
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBig));
+}
+BENCHMARK(BM_Put2MiB)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void BM_Memcpy2MiB(benchmark::State &state) {
+    WriteFixture &f = write_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    for (auto _ : state) {
+        uint64_t t0 = cpu_now();
+        std::memcpy(f.dst, f.src, kBig);
+        benchmark::ClobberMemory();
+        uint64_t t1 = cpu_now();
+        state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+    }
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBig));
+}
+BENCHMARK(BM_Memcpy2MiB)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// What a put would cost done naively: copy, then checksum the copy.
+void BM_Memcpy2MiB_XXH3(benchmark::State &state) {
+    WriteFixture &f = write_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    for (auto _ : state) {
+        uint64_t t0 = cpu_now();
+        std::memcpy(f.dst, f.src, kBig);
+        uint64_t h = XXH3_64bits(f.dst, kBig);
+        benchmark::DoNotOptimize(h);
+        uint64_t t1 = cpu_now();
+        state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+    }
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBig));
+}
+BENCHMARK(BM_Memcpy2MiB_XXH3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- 4: reserve + commit overhead, commit-time checksum -------------------------------------
+
+// A batch of kBatch fresh keys: reserve + commit(KV_COMMIT_F_CHECKSUM) each,
+// timed as one span; then remove each, timed as another. No data is written.
+// The reported time per iteration is for the whole batch of reserve+commit;
+// the counters give nanoseconds per operation.
+constexpr int kBatch = 256;
+constexpr uint64_t kSmall = 64 * KiB;
+
+void BM_ReserveCommit64KiB(benchmark::State &state) {
+    WriteFixture &f = write_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    kv_pool *p = f.pool->get();
+    const uint32_t ns = f.pool->ns();
+    std::vector<kv_key> keys(kBatch);
+    uint64_t rc_ns = 0, rm_ns = 0;
+    for (auto _ : state) {
+        for (auto &k : keys) k = make_key(40, fresh_serial());
+        int rc = 0;
+        const char *what = "";
+        uint64_t t0 = cpu_now();
+        for (auto &k : keys) {
+            kv_reservation r;
+            rc = kv_reserve(p, ns, &k, kSmall, nullptr, &r);
+            if (rc != 0) [[unlikely]] {
+                what = "kv_reserve";
+                break;
+            }
+            rc = kv_commit(p, &r, KV_COMMIT_F_CHECKSUM, 0x6b7670006b767000ULL);
+            if (rc != 0) [[unlikely]] {
+                what = "kv_commit";
+                break;
+            }
+        }
+        uint64_t t1 = cpu_now();
+        for (auto &k : keys) {
+            if (rc != 0) break;
+            rc = kv_remove(p, ns, &k);
+            if (rc != 0) [[unlikely]]
+                what = "kv_remove";
+        }
+        uint64_t t2 = cpu_now();
+        if (rc != 0) [[unlikely]] {
+            state.SkipWithError(errstr(what, rc).c_str());
+            break;
+        }
+        rc_ns += t1 - t0;
+        rm_ns += t2 - t1;
+        state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+    }
+    const double ops = static_cast<double>(state.iterations()) * kBatch;
+    if (ops > 0) {
+        state.counters["reserve_commit_ns"] = static_cast<double>(rc_ns) / ops;
+        state.counters["remove_ns"] = static_cast<double>(rm_ns) / ops;
+    }
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kBatch);
+}
+BENCHMARK(BM_ReserveCommit64KiB)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// The commit-time checksum: reserve 2 MiB, write it (untimed, so the data is
+// as warm as right after a producer wrote it), commit without the flag (timed).
+void BM_CommitChecksum2MiB(benchmark::State &state) {
+    WriteFixture &f = write_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    kv_pool *p = f.pool->get();
+    const uint32_t ns = f.pool->ns();
+    for (auto _ : state) {
+        kv_key k = make_key(41, fresh_serial());
+        kv_reservation r;
+        int rc = kv_reserve(p, ns, &k, kBig, nullptr, &r);
+        if (rc != 0) [[unlikely]] {
+            state.SkipWithError(errstr("kv_reserve", rc).c_str());
+            break;
+        }
+        std::memcpy(r.data, f.src, kBig);
+        uint64_t t0 = cpu_now();
+        rc = kv_commit(p, &r, 0, 0);
+        uint64_t t1 = cpu_now();
+        if (rc != 0) [[unlikely]] {
+            state.SkipWithError(errstr("kv_commit", rc).c_str());
+            break;
+        }
+        rc = kv_remove(p, ns, &k);
+        if (rc != 0) [[unlikely]] {
+            state.SkipWithError(errstr("kv_remove", rc).c_str());
+            break;
+        }
+        state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+    }
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBig));
+}
+BENCHMARK(BM_CommitChecksum2MiB)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void BM_XXH3_2MiB(benchmark::State &state) {
+    WriteFixture &f = write_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    for (auto _ : state) {
+        std::memcpy(f.dst, f.src, kBig); // untimed, as in BM_CommitChecksum2MiB
+        benchmark::ClobberMemory();
+        uint64_t t0 = cpu_now();
+        uint64_t h = XXH3_64bits(f.dst, kBig);
+        benchmark::DoNotOptimize(h);
+        uint64_t t1 = cpu_now();
+        state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+    }
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBig));
+}
+BENCHMARK(BM_XXH3_2MiB)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- 5: allocation + free from 2 processes: kvpool vs Boost.Interprocess ------------------
+
+// Each process keeps a window of live allocations: per operation it frees
+// the oldest and allocates the next size of a shared sequence (uniform in
+// 4 KiB..2 MiB; worker i starts at a different offset). window 1 is
+// allocate-then-free.
+constexpr uint64_t kAllocRegion = 1 * GiB;
+constexpr size_t kSizes = 4096; // power of two
+
+struct AllocFixture {
+    std::unique_ptr<BenchPool> pool;
+    std::vector<uint64_t> sizes;
+#ifdef KVBENCH_HAVE_BOOST
+    std::string bip_name;
+    std::unique_ptr<boost::interprocess::managed_shared_memory> bip;
+#endif
+    std::string error;
+    ~AllocFixture() {
+#ifdef KVBENCH_HAVE_BOOST
+        bip.reset();
+        if (!bip_name.empty()) {
+            boost::interprocess::shared_memory_object::remove(bip_name.c_str());
+            kvbench::Cleanup::remove("/dev/shm/" + bip_name);
+        }
+#endif
+    }
+};
+
+AllocFixture &alloc_fixture() {
+    static AllocFixture f;
+    static bool done = false;
+    if (done) return f;
+    done = true;
+    Rng r(5);
+    for (size_t i = 0; i < kSizes; ++i) f.sizes.push_back(4 * KiB + r.below(2 * MiB - 4 * KiB + 1));
+    PoolSpec spec;
+    spec.size = kAllocRegion;
+    auto p = BenchPool::create(spec, "alloc");
+    if (!p) {
+        f.error = p.error();
+        return f;
+    }
+    f.pool = std::move(*p);
+#ifdef KVBENCH_HAVE_BOOST
+    namespace bip = boost::interprocess;
+    f.bip_name = kvbench::unique_name("bip");
+    try {
+        bip::shared_memory_object::remove(f.bip_name.c_str());
+        kvbench::Cleanup::add("/dev/shm/" + f.bip_name);
+        f.bip = std::make_unique<bip::managed_shared_memory>(bip::create_only, f.bip_name.c_str(),
+                                                             kAllocRegion);
+        // Fault the segment in, as KV_CREATE_F_PREFAULT does for the pool.
+        size_t len = f.bip->get_free_memory() - 1 * MiB;
+        void *all = f.bip->allocate(len, std::nothrow);
+        if (all) {
+            std::memset(all, 0, len);
+            f.bip->deallocate(all);
+        }
+    } catch (const std::exception &e) {
+        f.error = std::string("Boost.Interprocess: ") + e.what();
+    }
+#endif
+    return f;
+}
+
+int kv_alloc_worker(Worker &w, const std::string &path, uint32_t ns,
+                    const std::vector<uint64_t> &sizes, unsigned window) {
+    kv_pool *p = nullptr;
+    char msg[256] = "";
+    int rc = kv_pool_attach(path.c_str(), 0, &p, msg, sizeof msg);
+    if (rc < 0) return w.fail(rc, std::string("kv_pool_attach: ") + msg);
+    const uint64_t set = 1000 + w.index() + 16 * static_cast<uint64_t>(getpid());
+    uint64_t serial = 0;
+    size_t si = w.index() * 1237;
+    std::vector<kv_reservation> win(window);
+    int result = 0;
+    for (auto &r : win) {
+        kv_key k = make_key(set, serial++);
+        rc = kv_reserve(p, ns, &k, sizes[si++ % kSizes], nullptr, &r);
+        if (rc != 0) {
+            result = w.fail(rc, "kv_reserve (window)");
+            kv_pool_detach(p);
+            return result;
+        }
+    }
+    uint64_t ops = 0;
+    unsigned h = 0;
+    w.start();
+    while (!w.stopped() && result == 0) {
+        for (int i = 0; i < 32; ++i) {
+            rc = kv_abort(p, &win[h]);
+            if (rc != 0) [[unlikely]] {
+                result = w.fail(rc, "kv_abort");
+                break;
+            }
+            kv_key k = make_key(set, serial++);
+            rc = kv_reserve(p, ns, &k, sizes[si++ % kSizes], nullptr, &win[h]);
+            if (rc != 0) [[unlikely]] {
+                result = w.fail(rc, "kv_reserve");
+                break;
+            }
+            h = h + 1 == window ? 0 : h + 1;
+        }
+        ops += 32;
+    }
+    w.finish(ops);
+    if (result == 0)
+        for (auto &r : win) kv_abort(p, &r);
+    kv_pool_detach(p);
+    return result;
+}
+
+#ifdef KVBENCH_HAVE_BOOST
+int bip_alloc_worker(Worker &w, const std::string &name, const std::vector<uint64_t> &sizes,
+                     unsigned window) {
+    namespace bip = boost::interprocess;
+    try {
+        bip::managed_shared_memory seg(bip::open_only, name.c_str());
+        size_t si = w.index() * 1237;
+        std::vector<void *> win(window);
+        for (auto &a : win) {
+            a = seg.allocate(sizes[si++ % kSizes], std::nothrow);
+            if (!a) return w.fail(-ENOMEM, "managed_shared_memory::allocate (window)");
+        }
+        uint64_t ops = 0;
+        unsigned h = 0;
+        int result = 0;
+        w.start();
+        while (!w.stopped() && result == 0) {
+            for (int i = 0; i < 32; ++i) {
+                seg.deallocate(win[h]);
+                win[h] = seg.allocate(sizes[si++ % kSizes], std::nothrow);
+                if (!win[h]) [[unlikely]] {
+                    result = w.fail(-ENOMEM, "managed_shared_memory::allocate");
+                    break;
+                }
+                h = h + 1 == window ? 0 : h + 1;
+            }
+            ops += 32;
+        }
+        w.finish(ops);
+        for (auto *a : win)
+            if (a) seg.deallocate(a);
+        return result;
+    } catch (const std::exception &e) {
+        return w.fail(-EIO, std::string("Boost.Interprocess: ") + e.what());
+    }
+}
+#endif
+
+void BM_AllocFree_2Proc(benchmark::State &state) {
+#ifndef KVBENCH_HAVE_BOOST
+    state.SkipWithError("built without Boost.Interprocess (the baseline)");
+    return;
+#else
+    AllocFixture &f = alloc_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    const auto window = static_cast<unsigned>(state.range(0));
+    const std::string path = f.pool->path();
+    const uint32_t ns = f.pool->ns();
+    kvbench::PhaseTotals kv, bip;
+    std::string err;
+    for (auto _ : state) {
+        for (int r = 0; r < kRounds && err.empty(); ++r) {
+            for (int leg = 0; leg < 2 && err.empty(); ++leg) {
+                const bool is_kv = (r + leg) % 2 == 0; // ABBA
+                auto res = is_kv ? kvbench::run_workers(2, kPhaseSeconds,
+                                                        [&](Worker &w) {
+                                                            return kv_alloc_worker(w, path, ns,
+                                                                                   f.sizes, window);
+                                                        })
+                                 : kvbench::run_workers(2, kPhaseSeconds, [&](Worker &w) {
+                                       return bip_alloc_worker(w, f.bip_name, f.sizes, window);
+                                   });
+                if (!res) {
+                    err = std::string(is_kv ? "kvpool: " : "boost: ") + res.error();
+                    break;
+                }
+                (is_kv ? kv : bip).add(*res);
+            }
+        }
+    }
+    if (!err.empty()) {
+        state.SkipWithError(err.c_str());
+        return;
+    }
+    // ratio: wall-clock throughput (the target). ratio_cpu: per CPU-second;
+    // it flatters Boost, whose contended mutex sleeps instead of spending CPU.
+    state.counters["kv_ops_per_s"] = kv.ops_per_s / kRounds;
+    state.counters["bip_ops_per_s"] = bip.ops_per_s / kRounds;
+    state.counters["ratio"] = bip.ops_per_s > 0 ? kv.ops_per_s / bip.ops_per_s : 0;
+    state.counters["ratio_cpu"] = bip.ops_per_cpu_s > 0 ? kv.ops_per_cpu_s / bip.ops_per_cpu_s : 0;
+    state.counters["kv_cpu_share"] = kv.cpu_share / (2 * kRounds);
+    state.counters["bip_cpu_share"] = bip.cpu_share / (2 * kRounds);
+#endif
+}
+BENCHMARK(BM_AllocFree_2Proc)
+    ->ArgName("window")
+    ->Arg(1)
+    ->Arg(8)
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// ---- 6: match_prefix over a 1,000-block chain -------------------------------------------------
+
+constexpr uint32_t kBlockTokens = 16;
+constexpr size_t kChainBlocks = 1000;
+constexpr size_t kChainTokens = kChainBlocks * kBlockTokens;
+
+struct MatchFixture {
+    std::unique_ptr<BenchPool> pool;
+    std::vector<uint32_t> tokens;
+    std::vector<kv_key> keys;
+    std::string error;
+};
+
+MatchFixture &match_fixture() {
+    static MatchFixture f = [] {
+        MatchFixture f;
+        PoolSpec spec;
+        spec.size = 64 * MiB;
+        auto p = BenchPool::create(spec, "match");
+        if (!p) {
+            f.error = p.error();
+            return f;
+        }
+        f.pool = std::move(*p);
+        Rng r(6);
+        for (size_t i = 0; i < kChainTokens; ++i) f.tokens.push_back(r.below(150000));
+        f.keys.resize(kChainBlocks);
+        size_t n = kv_hash_chain(f.pool->seed(), f.tokens.data(), f.tokens.size(), kBlockTokens,
+                                 f.keys.data(), f.keys.size());
+        if (n != kChainBlocks) {
+            f.error = "kv_hash_chain returned " + std::to_string(n) + ", expected " +
+                      std::to_string(kChainBlocks);
+            return f;
+        }
+        std::vector<uint8_t> block(4 * KiB, 0x5a);
+        for (const auto &k : f.keys) {
+            int rc = kv_put(f.pool->get(), f.pool->ns(), &k, block.data(), block.size(), nullptr);
+            if (rc < 0) {
+                f.error = errstr("kv_put (match fixture)", rc);
+                break;
+            }
+        }
+        return f;
+    }();
+    return f;
+}
+
+enum class Match {
+    HashOnly,          // kv_hash_chain alone
+    MatchOnly,         // kv_match_prefix alone, keys precomputed
+    HashMatch,         // the target: hash + match
+    HashMatchPin,      // with KV_MATCH_F_PIN; releasing the 1,000 views is timed too
+    HashMatchPinNoRel, // with KV_MATCH_F_PIN; the releases are outside the timing
+};
+
+void BM_MatchPrefix(benchmark::State &state, Match mode) {
+    MatchFixture &f = match_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    kv_pool *p = f.pool->get();
+    const uint32_t ns = f.pool->ns();
+    const uint64_t seed = f.pool->seed();
+    std::vector<kv_key> keys = f.keys;
+    std::vector<kv_view> views(kChainBlocks);
+    const bool pin = mode == Match::HashMatchPin || mode == Match::HashMatchPinNoRel;
+    for (auto _ : state) {
+        if (mode != Match::MatchOnly) {
+            size_t n = kv_hash_chain(seed, f.tokens.data(), kChainTokens, kBlockTokens, keys.data(),
+                                     kChainBlocks);
+            benchmark::DoNotOptimize(n);
+        }
+        if (mode == Match::HashOnly) {
+            benchmark::ClobberMemory();
+            continue;
+        }
+        int m = kv_match_prefix(p, ns, keys.data(), kChainBlocks, pin ? KV_MATCH_F_PIN : 0U,
+                                pin ? views.data() : nullptr);
+        if (m != static_cast<int>(kChainBlocks)) [[unlikely]] {
+            state.SkipWithError(("kv_match_prefix returned " + std::to_string(m) + ", expected " +
+                                 std::to_string(kChainBlocks))
+                                    .c_str());
+            break;
+        }
+        if (pin) {
+            if (mode == Match::HashMatchPinNoRel) state.PauseTiming();
+            for (int i = 0; i < m; ++i) kv_release(p, &views[static_cast<size_t>(i)]);
+            if (mode == Match::HashMatchPinNoRel) state.ResumeTiming();
+        }
+    }
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kChainBlocks));
+}
+BENCHMARK_CAPTURE(BM_MatchPrefix, hash_only, Match::HashOnly)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_MatchPrefix, match_only, Match::MatchOnly)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_MatchPrefix, hash_match, Match::HashMatch)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_MatchPrefix, hash_match_pin_release_timed, Match::HashMatchPin)
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_MatchPrefix, hash_match_pin_release_untimed, Match::HashMatchPinNoRel)
+    ->Unit(benchmark::kMicrosecond);
+
+// The same work without kvpool: key(i) = XXH3-128(seed, key(i-1) || tokens)
+// computed inline on a stack buffer, then a lookup of each key in a
+// process-private hash map. Also checks kv_hash_chain against that formula.
+void BM_MatchPrefix_Baseline(benchmark::State &state) {
+    MatchFixture &f = match_fixture();
+    if (!f.error.empty()) {
+        state.SkipWithError(f.error.c_str());
+        return;
+    }
+    const uint64_t seed = f.pool->seed();
+    std::unordered_map<kv_key, uint32_t, KeyHash, KeyEq> map;
+    for (uint32_t i = 0; i < kChainBlocks; ++i) map.emplace(f.keys[i], i);
+    std::vector<kv_key> keys(kChainBlocks);
+    for (auto _ : state) {
+        kv_key prev{0, 0};
+        for (size_t i = 0; i < kChainBlocks; ++i) {
+            uint8_t buf[16 + 4 * kBlockTokens];
+            std::memcpy(buf, &prev, 16);
+            std::memcpy(buf + 16, &f.tokens[i * kBlockTokens], 4 * kBlockTokens);
+            XXH128_hash_t h = XXH3_128bits_withSeed(buf, sizeof buf, seed);
+            prev = kv_key{h.low64, h.high64};
+            keys[i] = prev;
+        }
+        size_t m = 0;
+        while (m < kChainBlocks && map.find(keys[m]) != map.end()) ++m;
+        if (m != kChainBlocks) [[unlikely]] {
+            state.SkipWithError(("inline XXH3-128 chain differs from kv_hash_chain at block " +
+                                 std::to_string(m))
+                                    .c_str());
+            break;
+        }
+        benchmark::DoNotOptimize(m);
+    }
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kChainBlocks));
+}
+BENCHMARK(BM_MatchPrefix_Baseline)->Unit(benchmark::kMicrosecond);
+
+// ---- 7: metadata overhead ---------------------------------------------------------------------
+
+// The time reported is create + attach + detach + destroy of the pool.
+void BM_MetadataOverhead(benchmark::State &state) {
+    PoolSpec spec;
+    spec.size = static_cast<uint64_t>(state.range(0)) * GiB;
+    spec.avg_block_size = static_cast<uint64_t>(state.range(1)) * KiB;
+    spec.prefault = false;
+    double overhead = 0, entries = 0, data_mib = 0;
+    for (auto _ : state) {
+        auto p = BenchPool::create(spec, "meta");
+        if (!p) {
+            state.SkipWithError(p.error().c_str());
+            return;
+        }
+        const kv_region_header *h = kv_pool_header((*p)->get());
+        overhead = 100.0 * static_cast<double>(h->region_size - h->data_len) /
+                   static_cast<double>(h->region_size);
+        entries = h->n_entries;
+        data_mib = static_cast<double>(h->data_len) / MiB;
+    }
+    state.counters["overhead_pct"] = overhead;
+    state.counters["n_entries"] = entries;
+    state.counters["data_MiB"] = data_mib;
+}
+// avg_block_KiB 0: the library's default (16 KiB).
+BENCHMARK(BM_MetadataOverhead)
+    ->ArgNames({"size_GiB", "avg_block_KiB"})
+    ->ArgsProduct({{1, 4}, {0, 64}})
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+} // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,12 @@
+/* SPDX-License-Identifier: MIT */
+/* kv.h is included first, so it cannot lean on anything included before it. */
+#include <kv/kv.h>
+
+#include "kv_checks.h"
+
+_Static_assert(__STDC_VERSION__ == 201112L, "compiled as C11");
+
+int main(void)
+{
+	return kv_test_kv_checks();
+}

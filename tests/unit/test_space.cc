@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: MIT
+//
+// Running out of things: pins (-ENOBUFS), space (-ENOSPC only when every
+// block is pinned), and eviction when the pool or the entry table is full
+// (kv_put succeeds, kv_evict_bytes).
+#include "pool_fixture.h"
+
+#include <kv/kv.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <gtest/gtest.h>
+#include <vector>
+
+namespace kvtest {
+namespace {
+
+// ---- Pins ------------------------------------------------------------------
+
+class PinLimitTest : public PoolTest {
+  protected:
+    static constexpr uint32_t kPins = 8;
+    void customize(kv_create_opts &o) override { o.pins_per_client = kPins; }
+};
+
+TEST_F(PinLimitTest, GetFailsWithENOBUFSWhenPinsRunOut) {
+    ASSERT_EQ(kv_pool_header(pool_)->pins_per_client, kPins);
+    for (uint64_t i = 0; i <= kPins; i++) ASSERT_EQ(put(i, payload(4096, i)), 0);
+    std::vector<kv_view> views(kPins + 1);
+    for (uint32_t i = 0; i < kPins; i++) ASSERT_EQ(get(i, &views[i]), 0) << i;
+    EXPECT_EQ(get(kPins, &views[kPins]), -ENOBUFS);
+    EXPECT_EQ(get(0, &views[kPins]), -ENOBUFS) << "a second pin of a pinned block needs a slot too";
+    kv_usage u = usage();
+    EXPECT_EQ(u.pins, kPins);
+    EXPECT_EQ(u.journal_pins, kPins);
+
+    // Another client has its own journal.
+    kv_pool *other = attach_another();
+    ASSERT_NE(other, nullptr);
+    kv_view ov{};
+    const kv_key k = key_of(kPins);
+    ASSERT_EQ(kv_get(other, ns_, &k, &ov), 0);
+    EXPECT_EQ(kv_release(other, &ov), 0);
+
+    // A release frees a slot.
+    EXPECT_EQ(kv_release(pool_, &views[3]), 0);
+    ASSERT_EQ(get(kPins, &views[3]), 0);
+    for (uint32_t i = 0; i < kPins; i++) EXPECT_EQ(kv_release(pool_, &views[i]), 0) << i;
+    EXPECT_EQ(usage().pins, 0u);
+    expect_consistent();
+}
+
+TEST_F(PinLimitTest, SlotsAreReusedIndefinitely) {
+    ASSERT_EQ(put(1, payload(4096, 1)), 0);
+    for (int i = 0; i < 10000; i++) {
+        kv_view v{};
+        ASSERT_EQ(get(1, &v), 0) << i;
+        ASSERT_EQ(kv_release(pool_, &v), 0) << i;
+    }
+    EXPECT_EQ(usage().pins, 0u);
+}
+
+TEST_F(PinLimitTest, MatchPrefixPinKeepsNothingOnENOBUFS) {
+    constexpr size_t n = kPins + 2;
+    std::vector<kv_key> keys(n);
+    for (size_t i = 0; i < n; i++) {
+        keys[i] = key_of(i);
+        ASSERT_EQ(put(i, payload(4096, i)), 0);
+    }
+    std::vector<kv_view> views(n);
+    EXPECT_EQ(kv_match_prefix(pool_, ns_, keys.data(), n, KV_MATCH_F_PIN, views.data()), -ENOBUFS);
+    EXPECT_EQ(usage().pins, 0u) << "a failed pinned match must release what it pinned";
+    EXPECT_EQ(kv_match_prefix(pool_, ns_, keys.data(), n, 0, nullptr), static_cast<int>(n));
+    ASSERT_EQ(kv_match_prefix(pool_, ns_, keys.data(), kPins, KV_MATCH_F_PIN, views.data()),
+              static_cast<int>(kPins));
+    EXPECT_EQ(usage().pins, kPins);
+    for (size_t i = 0; i < kPins; i++) EXPECT_EQ(kv_release(pool_, &views[i]), 0);
+    EXPECT_EQ(usage().pins, 0u);
+}
+
+// ---- Space -----------------------------------------------------------------
+
+class SmallPoolTest : public PoolTest {
+  protected:
+    void customize(kv_create_opts &o) override {
+        o.size = 16 * MiB;
+        o.slab_size = 1 * MiB;
+        o.max_clients = 4;
+        o.pins_per_client = 256;
+        o.max_namespaces = 4;
+    }
+};
+
+// Fill the pool with slab-sized blocks, pinning each: the put after the last
+// free slab is pinned is the only one that may fail, with -ENOSPC.
+TEST_F(SmallPoolTest, ENOSPCOnlyWhenEverythingIsPinned) {
+    const uint64_t slab = opts_.slab_size;
+    const uint64_t n_slabs = kv_pool_header(pool_)->n_slabs;
+    ASSERT_GT(n_slabs, 1u);
+    std::vector<kv_view> views;
+    uint64_t stored = 0;
+    int rc = 0;
+    for (uint64_t i = 0; i < 4 * n_slabs; i++) {
+        rc = put(i, payload(slab, i));
+        if (rc != 0) break;
+        kv_view v{};
+        ASSERT_EQ(get(i, &v), 0) << "block " << i << " evicted while pinned?";
+        views.push_back(v);
+        stored++;
+    }
+    EXPECT_EQ(rc, -ENOSPC);
+    EXPECT_EQ(stored, n_slabs) << "-ENOSPC while unpinned space remained";
+    // Smaller blocks do not fit either: every slab is a pinned block.
+    EXPECT_EQ(put(10000, payload(4096, 1)), -ENOSPC);
+    kv_reservation r{};
+    const kv_key k = key_of(10001);
+    EXPECT_EQ(kv_reserve(pool_, ns_, &k, 4096, nullptr, &r), -ENOSPC);
+    EXPECT_LE(kv_evict_bytes(pool_, slab), 0) << "nothing is evictable";
+
+    // Every pinned view still holds its data.
+    for (uint64_t i = 0; i < views.size(); i++)
+        EXPECT_TRUE(view_equals(views[i], payload(slab, i))) << i;
+
+    // One release makes room for one more block.
+    EXPECT_EQ(kv_release(pool_, &views.back()), 0);
+    views.pop_back();
+    EXPECT_EQ(put(20000, payload(slab, 20000)), 0);
+    for (kv_view &v : views) EXPECT_EQ(kv_release(pool_, &v), 0);
+    expect_consistent();
+}
+
+TEST_F(SmallPoolTest, PinnedBlocksSurviveEviction) {
+    const uint64_t slab = opts_.slab_size;
+    ASSERT_EQ(put(1, payload(slab / 2, 1)), 0);
+    kv_view v{};
+    ASSERT_EQ(get(1, &v), 0);
+    for (uint64_t i = 0; i < 200; i++) ASSERT_EQ(put(100 + i, payload(slab / 2, 100 + i)), 0) << i;
+    EXPECT_EQ(contains(1), 1) << "a pinned block was evicted";
+    EXPECT_TRUE(view_equals(v, payload(slab / 2, 1)));
+    EXPECT_EQ(kv_release(pool_, &v), 0);
+    EXPECT_GT(stats().evictions, 0u);
+    expect_consistent();
+}
+
+// ---- Eviction --------------------------------------------------------------
+
+class EvictionTest : public PoolTest {};
+
+TEST_F(EvictionTest, PutsSucceedFarBeyondCapacity) {
+    const uint64_t capacity = stats().capacity;
+    const uint64_t len = 64 * KiB;
+    const uint64_t n = 4 * capacity / len;
+    for (uint64_t i = 0; i < n; i++) ASSERT_EQ(put(i, payload(len, i)), 0) << i;
+    kv_stats s = stats();
+    EXPECT_GT(s.evictions, 0u);
+    EXPECT_EQ(s.puts, n);
+    kv_usage u = usage();
+    EXPECT_LE(u.bytes_committed, capacity);
+    EXPECT_GE(u.entries_committed + s.evictions, n);
+    EXPECT_EQ(u.entries_committed + s.evictions, n) << "every block is either present or evicted";
+    EXPECT_EQ(contains(n - 1), 1) << "the newest block must be present";
+    kv_view v{};
+    ASSERT_EQ(get(n - 1, &v), 0);
+    EXPECT_TRUE(view_equals(v, payload(len, n - 1)));
+    EXPECT_EQ(kv_release(pool_, &v), 0);
+    expect_consistent();
+}
+
+// Small blocks exhaust the entry table (data / 16 KiB entries) long before
+// the data area: the entry table must be evicted from too.
+TEST_F(EvictionTest, PutsSucceedWhenEntryTableIsFull) {
+    const uint64_t n_entries = kv_pool_header(pool_)->n_entries;
+    const uint64_t n = 3 * n_entries;
+    for (uint64_t i = 0; i < n; i++) ASSERT_EQ(put(i, payload(512, i)), 0) << i;
+    EXPECT_GT(stats().evictions, 0u);
+    EXPECT_LE(usage().entries_committed, n_entries);
+    EXPECT_EQ(contains(n - 1), 1);
+    expect_consistent();
+}
+
+// Slabs taken by one size class must be given to another once the first
+// class's blocks are evictable.
+TEST_F(EvictionTest, EvictionAcrossSizeClasses) {
+    const uint64_t capacity = stats().capacity;
+    const uint64_t phases[] = {1 * MiB, 4 * KiB, 256 * KiB, 1 * MiB, 12 * KiB};
+    uint64_t id = 0;
+    for (uint64_t len : phases) {
+        SCOPED_TRACE(len);
+        const uint64_t n = std::min<uint64_t>(2 * capacity / len, 8000);
+        for (uint64_t i = 0; i < n; i++, id++)
+            ASSERT_EQ(put(id, payload(len, id)), 0) << "put " << i << " of " << n;
+        EXPECT_EQ(contains(id - 1), 1);
+    }
+    expect_consistent();
+}
+
+// CLOCK: a block that is read between every two evictions keeps getting its
+// second chance, so it outlives many rounds of the pool's capacity.
+TEST_F(EvictionTest, HotBlockSurvivesEviction) {
+    const uint64_t len = 64 * KiB;
+    const auto hot = payload(len, 424242);
+    ASSERT_EQ(put(424242, hot), 0);
+    const uint64_t n = 3 * stats().capacity / len;
+    for (uint64_t i = 0; i < n; i++) {
+        ASSERT_EQ(put(i, payload(len, i)), 0) << i;
+        kv_view v{};
+        ASSERT_EQ(get(424242, &v), 0) << "hot block evicted after " << i << " puts";
+        EXPECT_EQ(kv_release(pool_, &v), 0);
+    }
+    EXPECT_GT(stats().evictions, n / 2);
+    // A block nobody reads again is gone after that many puts.
+    EXPECT_EQ(contains(0), 0);
+}
+
+TEST_F(EvictionTest, EvictBytes) {
+    const uint64_t len = 64 * KiB;
+    for (uint64_t i = 0; i < 20; i++) ASSERT_EQ(put(i, payload(len, i)), 0);
+    EXPECT_EQ(kv_evict_bytes(pool_, 0), 0);
+    EXPECT_EQ(usage().entries_committed, 20u);
+
+    int64_t freed = kv_evict_bytes(pool_, 2 * len);
+    EXPECT_GE(freed, static_cast<int64_t>(2 * len));
+    EXPECT_LT(freed, static_cast<int64_t>(20 * len));
+    kv_usage u = usage();
+    EXPECT_LE(u.entries_committed, 18u);
+    EXPECT_EQ(u.bytes_committed + static_cast<uint64_t>(freed), 20 * len);
+    EXPECT_EQ(stats().evictions, 20u - u.entries_committed);
+
+    // A pinned block is never evicted, even when everything is asked for.
+    uint64_t pinned = 0;
+    while (contains(pinned) != 1) pinned++;
+    kv_view v{};
+    ASSERT_EQ(get(pinned, &v), 0);
+    freed = kv_evict_bytes(pool_, uint64_t{1} << 40);
+    EXPECT_GE(freed, 0);
+    EXPECT_EQ(contains(pinned), 1);
+    EXPECT_TRUE(view_equals(v, payload(len, pinned)));
+    u = usage();
+    EXPECT_EQ(u.entries_committed, 1u);
+    EXPECT_EQ(kv_release(pool_, &v), 0);
+    expect_consistent();
+}
+
+} // namespace
+} // namespace kvtest
