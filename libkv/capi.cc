@@ -313,7 +313,9 @@ const char *kv_strerror(int code) noexcept {
     case -ENODATA: return "region not initialized or truncated";
     case -EUSERS: return "client table full";
     case -ENOMEM: return "out of memory (or hugepages)";
-    default: return code < 0 ? strerror(-code) : "unknown result";
+    default:
+        // INT_MIN has no positive counterpart: negate in a wider type.
+        return code < 0 && code > -4096 ? strerror(-code) : "unknown result";
     }
 }
 
