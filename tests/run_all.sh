@@ -15,7 +15,8 @@ sanitizers=1
 [[ "${1:-}" == "--no-sanitizers" ]] && sanitizers=0
 
 deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libboost-dev libjemalloc-dev
-      libbenchmark-dev libgtest-dev libgmock-dev libxxhash-dev libsystemd-dev)
+      libbenchmark-dev libgtest-dev libgmock-dev libxxhash-dev libsystemd-dev
+      libtomlplusplus-dev nlohmann-json3-dev)
 missing=()
 for d in "${deps[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
 if ((${#missing[@]})); then

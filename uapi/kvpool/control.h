@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvpoold control protocol, version 1.
+ *
+ * Transport: a SOCK_STREAM unix socket (default /run/kvpool/control). A
+ * client sends requests and reads one response per request, in order; it may
+ * keep the connection open for several. Every message is a 16-byte
+ * struct kv_ctl_hdr followed by exactly hdr.length bytes of body, at most
+ * KV_CTL_MAX_BODY. All integers are little-endian fixed-width.
+ *
+ * Request body: struct kv_ctl_request, hdr.length == its size. A client built
+ * against an older header may send a shorter struct (>= KV_CTL_REQUEST_SIZE_V1);
+ * fields past it read as zero. Unknown op, unknown flag bits, a non-zero
+ * reserved field, a pool name that is not NUL-terminated, or a wrong magic or
+ * version is answered with an error response (EPROTO / EINVAL / EOPNOTSUPP)
+ * and, for a bad header, the connection is closed: the daemon never trusts a
+ * length it has not checked against KV_CTL_MAX_BODY.
+ *
+ * Response body: struct kv_ctl_response followed by body_len bytes of UTF-8:
+ * a JSON document when error == 0, an English message naming the problem
+ * when error != 0 (error is a positive errno value). The JSON document of
+ * each op is described next to the op below; kvctl renders it as a table.
+ *
+ * Authorization (SO_PEERCRED): read ops (KV_CTL_OP_LIST, STATUS, ENTRIES,
+ * HEALTH, CLIENTS, STATS, VERSION) are open to anyone who can connect.
+ * Ops that change state need uid 0, or membership (primary or supplementary)
+ * of the pool's group; CREATE needs uid 0 or the daemon's admin group.
+ * Refused: error = EPERM.
+ */
+#ifndef KVPOOL_UAPI_CONTROL_H
+#define KVPOOL_UAPI_CONTROL_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+#define KV_CTL_STATIC_ASSERT(c, m) static_assert(c, m)
+#else
+#define KV_CTL_STATIC_ASSERT(c, m) _Static_assert(c, m)
+#endif
+
+/* "KCTL" read as a little-endian uint32_t. */
+#define KV_CTL_MAGIC 0x4c54434bU
+#define KV_CTL_VERSION 1
+#define KV_CTL_MAX_BODY (1U << 20) /* larger bodies are refused with EMSGSIZE */
+#define KV_CTL_NAME_MAX 64         /* pool names: [A-Za-z0-9_.-]{1,63}, NUL-padded */
+#define KV_CTL_PATH_MAX 256
+
+/* Ops. A response carries the op of its request. */
+#define KV_CTL_OP_VERSION 1  /* {"daemon": "0.1.0", "protocol": 1, "pid": N} */
+#define KV_CTL_OP_LIST 2     /* {"pools": [POOL, ...]} */
+#define KV_CTL_OP_STATUS 3   /* pool set: POOL; pool empty: as LIST */
+#define KV_CTL_OP_CREATE 4   /* size, hugepages, numa_node, mode, flags: POOL of the new pool */
+#define KV_CTL_OP_DESTROY 5  /* {"pool": name, "destroyed": true} */
+#define KV_CTL_OP_ENTRIES 6  /* arg: row limit (0: 1000): {"pool", "entries": [ENTRY...], "total", "truncated"} */
+#define KV_CTL_OP_HEALTH 7   /* {"pool", "healthy", "problems": [text...], "usage": {...}} */
+#define KV_CTL_OP_EVICT 8    /* arg: percent 1..100 of unpinned bytes: {"pool", "requested_bytes", "freed_bytes"} */
+#define KV_CTL_OP_PERSIST 9  /* path optional: {"pool", "path", "bytes", "seconds"} */
+#define KV_CTL_OP_RESTORE 10 /* path optional: {"pool", "path", "bytes", "seconds", ...} */
+#define KV_CTL_OP_CLIENTS 11 /* {"pool", "clients": [CLIENT...]} */
+#define KV_CTL_OP_DETACH 12  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"} */
+#define KV_CTL_OP_STATS 13   /* {"daemon": {...}, "pools": [POOL...]} */
+#define KV_CTL_OP_MAX 13
+
+/* kv_ctl_request.flags */
+#define KV_CTL_F_KILL (1U << 0)     /* DETACH: SIGKILL a live process first */
+#define KV_CTL_F_PREFAULT (1U << 1) /* CREATE: fault every page in */
+#define KV_CTL_F_KNOWN (KV_CTL_F_KILL | KV_CTL_F_PREFAULT)
+
+/* kv_ctl_request.numa_node special values */
+#define KV_CTL_NUMA_NONE 0xffffffffU
+#define KV_CTL_NUMA_LOCAL 0xfffffffeU /* the node of the daemon's CPU */
+
+struct kv_ctl_hdr {
+	uint32_t magic;   /* KV_CTL_MAGIC */
+	uint16_t version; /* KV_CTL_VERSION */
+	uint16_t op;      /* KV_CTL_OP_* */
+	uint32_t length;  /* body bytes after this header, <= KV_CTL_MAX_BODY */
+	uint32_t seq;     /* chosen by the client, echoed in the response */
+};
+#define KV_CTL_HDR_SIZE_V1 16
+KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_hdr) == KV_CTL_HDR_SIZE_V1, "ctl header v1 size");
+
+struct kv_ctl_request {
+	uint8_t pool[KV_CTL_NAME_MAX]; /* NUL-terminated, NUL-padded; empty: all pools (LIST, STATUS, STATS) */
+	uint64_t size;                 /* CREATE: bytes */
+	uint64_t arg;                  /* EVICT: percent; DETACH: pid; ENTRIES: row limit */
+	uint32_t flags;                /* KV_CTL_F_* */
+	uint32_t hugepages;            /* CREATE: KV_HUGEPAGES_* (0 never, 1 prefer, 2 require) */
+	uint32_t numa_node;            /* CREATE: node, KV_CTL_NUMA_NONE or KV_CTL_NUMA_LOCAL */
+	uint32_t mode;                 /* CREATE: file mode bits (0: 0660) */
+	uint8_t path[KV_CTL_PATH_MAX]; /* PERSIST / RESTORE: snapshot path, empty for the pool's default */
+	uint64_t reserved[8];          /* zero */
+};
+#define KV_CTL_REQUEST_SIZE_V1 416
+KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_request) == KV_CTL_REQUEST_SIZE_V1, "ctl request v1 size");
+KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, path) == 96, "ctl request path offset");
+
+struct kv_ctl_response {
+	uint32_t error;    /* 0, or a positive errno value */
+	uint32_t body_len; /* bytes of UTF-8 that follow: JSON if error == 0, else a message */
+	uint64_t reserved; /* zero */
+};
+#define KV_CTL_RESPONSE_SIZE_V1 16
+KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_response) == KV_CTL_RESPONSE_SIZE_V1, "ctl response v1 size");
+
+#endif /* KVPOOL_UAPI_CONTROL_H */
