@@ -289,6 +289,58 @@ struct kv_usage {
 };
 int kv_pool_usage(struct kv_pool *pool, struct kv_usage *out) KV_NOEXCEPT;
 
+/* ---- Inspection (tools and the daemon) ---------------------------------------- */
+
+/* One row of the entry table, as read (not a consistent snapshot under load). */
+struct kv_entry_info {
+	uint32_t index;    /* entry table index */
+	uint32_t state;    /* KV_ENTRY_RESERVED, KV_ENTRY_COMMITTED or KV_ENTRY_DEAD */
+	uint32_t ns;
+	uint32_t pins;
+	struct kv_key key;
+	uint64_t length;
+	uint64_t checksum; /* valid once committed */
+	struct kv_meta meta;
+	uint64_t commit_ns; /* CLOCK_REALTIME at commit, 0 while reserved */
+};
+
+/*
+ * Copy out up to max rows of in-use entries (reserved, committed, or removed
+ * but still pinned), starting at table index *cursor, which is advanced past
+ * the last index examined; start with *cursor = 0 and stop when it reaches
+ * kv_pool_header(pool)->n_entries. Rows whose state changed while being read
+ * are skipped. Returns the number of rows written, or -EINVAL.
+ */
+int kv_pool_entries(struct kv_pool *pool, uint64_t *cursor, struct kv_entry_info *out,
+		    size_t max) KV_NOEXCEPT;
+
+/* One occupied slot of the client table. */
+struct kv_client_info {
+	uint32_t slot;
+	uint32_t pid;          /* the client's pid (the reaper's while REAPING) */
+	uint32_t state;        /* KV_CLIENT_LIVE or KV_CLIENT_REAPING */
+	uint32_t alive;        /* 1 if the process still exists (pid and start time match) */
+	uint64_t start_time;   /* /proc/PID/stat starttime, 0 if unknown */
+	uint64_t attach_ns;    /* CLOCK_REALTIME at attach */
+	uint32_t pins;         /* pins held (journal slots in use) */
+	uint32_t reservations; /* entries reserved and not yet committed */
+	uint64_t bytes_reserved; /* block bytes of those reservations */
+};
+
+/*
+ * Describe occupied client slots: writes up to max rows, returns how many
+ * slots are occupied (may exceed max), or -EINVAL. O(max_clients *
+ * pins_per_client + n_entries).
+ */
+int kv_pool_clients(struct kv_pool *pool, struct kv_client_info *out, size_t max) KV_NOEXCEPT;
+
+/*
+ * Reap the client slots of one process, which must be gone: 0 when it held
+ * no slot, the number of slots reaped, -EBUSY when the process is still
+ * alive (kill it first), -EINVAL.
+ */
+int kv_reap_pid(struct kv_pool *pool, uint32_t pid) KV_NOEXCEPT;
+
 /* The region base and header of an attached pool (read-only use). */
 const struct kv_region_header *kv_pool_header(const struct kv_pool *pool) KV_NOEXCEPT;
 /* This client's slot index. */

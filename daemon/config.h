@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: MIT
+//
+// kvpoold's configuration: the TOML file parsed into plain structs. Parsing
+// is strict, since a typo silently taking a default is how a pool ends up on
+// 4 KiB pages or readable by everyone:
+//   - unknown keys at any level are errors (the message lists the known ones);
+//   - wrong types are errors ("expected a boolean, got string "yes"");
+//   - every path must be absolute; numbers must be in range.
+// Every error names the file, the line:column when toml++ knows it, the key
+// path (daemon.metrics, pool[1].size), the value seen and what is expected.
+// Only the first error is reported.
+//
+// Layout:
+//   [daemon]            optional; every key optional
+//   control_socket, shm_dir, hugepage_dir, state_dir, admin_group, metrics,
+//   reap_interval_ms, evict_interval_ms, log_level
+//
+//   [[pool]]            zero or more
+//   name, size          required
+//   hugepages, numa_node, eviction, group, mode, prefault, high_watermark,
+//   low_watermark, slab_size, avg_block_size, max_clients, snapshot_dir,
+//   persist_on_stop, restore_on_start
+//
+// Nothing here throws, prints or touches the system beyond reading the file
+// in load_config: groups are not resolved and directories not checked here;
+// the daemon does that when it applies the config.
+#pragma once
+
+#include <cstdint>
+#include <expected>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kv::daemon {
+
+// Same values as KV_HUGEPAGES_* in <kv/kv.h>, so a cast fills kv_create_opts.
+enum class HugepageMode : uint32_t { Never = 0, Prefer = 1, Require = 2 };
+
+// syslog priorities, the <N> prefix journald reads from stderr.
+enum class LogLevel { Error = 3, Warning = 4, Notice = 5, Info = 6, Debug = 7 };
+
+inline constexpr int kNumaNone = -1;  // no NUMA binding
+inline constexpr int kNumaLocal = -2; // the node the daemon runs on when it creates the pool
+
+inline constexpr uint64_t kMinPoolSize = 16ULL << 20;
+
+struct PoolConfig {
+    std::string name;  // [A-Za-z0-9_.-]{1,63}, not "." or "..", unique across pools
+    uint64_t size = 0; // >= kMinPoolSize; "512M" or an integer byte count
+    HugepageMode hugepages = HugepageMode::Prefer; // "require" | "prefer" | "never"
+    int numa_node = kNumaNone;                     // node >= 0, kNumaLocal or kNumaNone
+    std::string eviction = "clock";                // the only policy today
+    std::string group;    // owner group of the pool file; "" = DaemonConfig::admin_group
+    uint32_t mode = 0660; // file mode; the file gives it as a quoted octal string
+    bool prefault = true;
+    double high_watermark = 0.95; // fractions of capacity, 0 < low < high <= 1
+    double low_watermark = 0.85;
+    uint64_t slab_size = 0;      // 0 = libkv default; else a power of two, 64 KiB..1 GiB
+    uint64_t avg_block_size = 0; // 0 = libkv default; else 4 KiB..slab size
+    uint32_t max_clients = 0;    // 0 = libkv default; else 1..KV_MAX_CLIENTS (4095)
+    std::string snapshot_dir;    // parse_config fills in DaemonConfig::state_dir when absent
+    bool persist_on_stop = false;
+    bool restore_on_start = false;
+};
+
+struct DaemonConfig {
+    std::string control_socket = "/run/kvpool/control";
+    std::string shm_dir = "/dev/shm/kvpool";            // where 4 KiB-page pool files live
+    std::string hugepage_dir = "/dev/hugepages/kvpool"; // a directory on a hugetlbfs mount
+    std::string state_dir = "/var/lib/kvpool";
+    std::string admin_group = "kvpool"; // may create pools; owns the control socket
+    // "" (off), "tcp:127.0.0.1:9464", "tcp:[::1]:9464" or "unix:/run/kvpool/metrics".
+    // TCP only on loopback (127.0.0.0/8 or ::1): the endpoint has no auth.
+    std::string metrics;
+    uint32_t reap_interval_ms = 200;  // 10..1000
+    uint32_t evict_interval_ms = 100; // 10..10000
+    uint32_t watchdog_divisor = 2;    // not configurable: ping at WATCHDOG_USEC / this
+    LogLevel log_level = LogLevel::Info;
+    std::vector<PoolConfig> pools;
+};
+
+// Parse the text of a config file. origin names it in messages (a path, or
+// "<stdin>"). Errors look like
+//   /etc/kvpool/kvpoold.toml:14:12: pool[0].prefault: expected a boolean, got string "yes"
+// Never throws.
+std::expected<DaemonConfig, std::string> parse_config(std::string_view text,
+                                                      std::string_view origin);
+
+// Read path and parse it. A missing or unreadable file is an error naming
+// the path and strerror; so is a file over 1 MiB. Never throws.
+std::expected<DaemonConfig, std::string> load_config(const std::string &path);
+
+// One line for the startup log, e.g.
+//   control_socket=/run/kvpool/control ... pools=1 [default 1.0 GiB hugepages=prefer ...]
+std::string describe(const DaemonConfig &cfg);
+
+// The spellings used in the file, for logs and kvctl.
+std::string_view to_string(HugepageMode m);
+std::string_view to_string(LogLevel l);
+
+// DaemonConfig::metrics taken apart. parse_config has already checked the
+// string; the metrics server calls this again to get the pieces.
+struct MetricsEndpoint {
+    enum class Kind { Off, Tcp, Unix };
+    Kind kind = Kind::Off;
+    std::string host;  // Tcp: "127.0.0.1" or "::1" (no brackets)
+    uint16_t port = 0; // Tcp: 1..65535
+    std::string path;  // Unix: absolute, fits sockaddr_un
+};
+// Errors name the text seen and the accepted forms (no file or key prefix).
+std::expected<MetricsEndpoint, std::string> parse_metrics(std::string_view s);
+
+} // namespace kv::daemon

@@ -1,0 +1,436 @@
+// SPDX-License-Identifier: MIT
+#include "control_server.h"
+
+#include "log.h"
+#include "metrics.h"
+#include "units.h"
+
+#include <numa.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace kv::daemon {
+
+namespace {
+
+constexpr const char *kComp = "control";
+constexpr size_t kMaxMetricsRequest = 8192;
+
+uint64_t mono_ms() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
+}
+
+const char *op_name(uint16_t op) {
+    static const char *names[] = {"?",       "version", "list",    "status",  "create", "destroy", "entries",
+                                  "health",  "evict",   "persist", "restore", "clients", "detach", "stats"};
+    return op <= KV_CTL_OP_MAX ? names[op] : "unknown";
+}
+
+bool mutating(uint16_t op) {
+    switch (op) {
+    case KV_CTL_OP_CREATE:
+    case KV_CTL_OP_DESTROY:
+    case KV_CTL_OP_EVICT:
+    case KV_CTL_OP_PERSIST:
+    case KV_CTL_OP_RESTORE:
+    case KV_CTL_OP_DETACH: return true;
+    default: return false;
+    }
+}
+
+bool valid_pool_name(std::string_view n) {
+    if (n.empty() || n.size() >= KV_CTL_NAME_MAX || n == "." || n == "..") return false;
+    return std::all_of(n.begin(), n.end(), [](char ch) {
+        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+               ch == '-' || ch == '.';
+    });
+}
+
+std::string frame(uint16_t op, uint32_t seq, int error, const std::string &body) {
+    kv_ctl_hdr h{KV_CTL_MAGIC, KV_CTL_VERSION, op, uint32_t(sizeof(kv_ctl_response) + body.size()), seq};
+    kv_ctl_response r{uint32_t(error), uint32_t(body.size()), 0};
+    std::string out(reinterpret_cast<const char *>(&h), sizeof h);
+    out.append(reinterpret_cast<const char *>(&r), sizeof r);
+    out += body;
+    return out;
+}
+
+std::string dump(const nlohmann::json &j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
+} // namespace
+
+ControlServer::ControlServer(int epfd, PoolManager &pm, DaemonCounters &counters)
+    : epfd_(epfd), pm_(pm), counters_(counters) {}
+
+ControlServer::~ControlServer() {
+    for (auto &[fd, c] : conns_) close(fd);
+    for (int fd : metrics_fds_) close(fd);
+    if (control_fd_ >= 0) {
+        close(control_fd_);
+        unlink(control_path_.c_str());
+    }
+}
+
+std::expected<void, std::string> ControlServer::listen_control(const std::string &path) {
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    if (path.size() >= sizeof sa.sun_path)
+        return std::unexpected("control_socket " + path + ": longer than " + std::to_string(sizeof sa.sun_path - 1) +
+                               " bytes");
+    memcpy(sa.sun_path, path.c_str(), path.size());
+    std::string dir = path.substr(0, path.rfind('/'));
+    if (!dir.empty()) mkdir(dir.c_str(), 0755);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return std::unexpected(std::string("control socket: ") + strerror(errno));
+    unlink(path.c_str()); // a stale socket of a previous daemon
+    if (bind(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0 || listen(fd, 64) != 0) {
+        std::string e = strerror(errno);
+        close(fd);
+        return std::unexpected("control socket " + path + ": " + e);
+    }
+    chmod(path.c_str(), 0666);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+    control_fd_ = fd;
+    control_path_ = path;
+    return {};
+}
+
+void ControlServer::add_metrics_listener(int fd) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+    metrics_fds_.push_back(fd);
+}
+
+bool ControlServer::handle(int fd, uint32_t events) {
+    if (fd == control_fd_) {
+        accept_on(fd, Kind::Control);
+        return true;
+    }
+    if (std::find(metrics_fds_.begin(), metrics_fds_.end(), fd) != metrics_fds_.end()) {
+        accept_on(fd, Kind::Metrics);
+        return true;
+    }
+    if (!conns_.contains(fd)) return false;
+    on_io(fd, events);
+    return true;
+}
+
+void ControlServer::accept_on(int lfd, Kind kind) {
+    for (;;) {
+        int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return; // EAGAIN, or a transient error: try at the next event
+        if (conns_.size() >= kMaxConnections) {
+            KV_LOGW(kComp, "connection refused: %zu connections open", conns_.size());
+            close(fd);
+            continue;
+        }
+        Conn c{kind, {}, {}, {}, false, mono_ms()};
+        if (kind == Kind::Control) {
+            ucred cr{};
+            socklen_t len = sizeof cr;
+            if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0) {
+                c.peer.uid = cr.uid;
+                c.peer.pid = cr.pid;
+                c.peer.groups.push_back(cr.gid);
+            }
+            gid_t groups[256];
+            len = sizeof groups;
+            if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
+                c.peer.groups.insert(c.peer.groups.end(), groups, groups + len / sizeof(gid_t));
+        }
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLRDHUP;
+        ev.data.fd = fd;
+        epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+        conns_.emplace(fd, std::move(c));
+    }
+}
+
+void ControlServer::drop(int fd) {
+    epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+    close(fd);
+    conns_.erase(fd);
+}
+
+void ControlServer::expire(uint64_t now_ms, uint64_t idle_ms) {
+    std::vector<int> old;
+    for (auto &[fd, c] : conns_)
+        if (now_ms - c.last_ms > idle_ms) old.push_back(fd);
+    for (int fd : old) drop(fd);
+}
+
+void ControlServer::on_io(int fd, uint32_t events) {
+    Conn &c = conns_.at(fd);
+    c.last_ms = mono_ms();
+    if (events & EPOLLIN) {
+        char buf[16384];
+        for (;;) {
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n > 0) {
+                c.in.append(buf, size_t(n));
+                // Never buffer more than one maximal message ahead.
+                if (c.in.size() > sizeof(kv_ctl_hdr) + KV_CTL_MAX_BODY + sizeof buf) break;
+                continue;
+            }
+            if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+                if (c.out.empty()) {
+                    drop(fd);
+                    return;
+                }
+                c.close_after_flush = true;
+            }
+            break;
+        }
+        process(fd, c);
+        if (!conns_.contains(fd)) return;
+    }
+    if ((events & (EPOLLHUP | EPOLLERR)) && c.out.empty()) {
+        drop(fd);
+        return;
+    }
+    flush(fd, c);
+}
+
+void ControlServer::flush(int fd, Conn &c) {
+    while (!c.out.empty()) {
+        ssize_t n = send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
+        if (n > 0) {
+            c.out.erase(0, size_t(n));
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+        drop(fd); // peer gone
+        return;
+    }
+    if (c.out.empty() && c.close_after_flush) {
+        drop(fd);
+        return;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP | (c.out.empty() ? 0u : uint32_t(EPOLLOUT));
+    ev.data.fd = fd;
+    epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev);
+}
+
+void ControlServer::process(int fd, Conn &c) {
+    if (c.kind == Kind::Metrics) {
+        size_t end = c.in.find("\r\n\r\n");
+        if (end == std::string::npos && c.in.find("\n\n") == std::string::npos) {
+            if (c.in.size() > kMaxMetricsRequest) {
+                c.out = http_response(false, "request too large\n");
+                c.close_after_flush = true;
+            }
+            return;
+        }
+        bool get = c.in.rfind("GET ", 0) == 0;
+        c.out = get ? http_response(true, prometheus_text(pm_, counters_)) : http_response(false, "expected GET\n");
+        c.in.clear();
+        c.close_after_flush = true;
+        return;
+    }
+    // A pipeline of requests may be waiting; answer them in order.
+    while (c.in.size() >= sizeof(kv_ctl_hdr) && !c.close_after_flush) {
+        kv_ctl_hdr h;
+        memcpy(&h, c.in.data(), sizeof h);
+        std::string bad;
+        int bad_code = EPROTO;
+        if (h.magic != KV_CTL_MAGIC) {
+            char b[128];
+            snprintf(b, sizeof b, "bad magic 0x%08x: expected 0x%08x (not a kvpool control client?)", h.magic,
+                     KV_CTL_MAGIC);
+            bad = b;
+        } else if (h.version != KV_CTL_VERSION) {
+            bad = "protocol version " + std::to_string(h.version) + ": this daemon speaks " +
+                  std::to_string(KV_CTL_VERSION);
+        } else if (h.length > KV_CTL_MAX_BODY) {
+            bad = "message body of " + std::to_string(h.length) + " bytes: at most " +
+                  std::to_string(KV_CTL_MAX_BODY) + " are accepted";
+            bad_code = EMSGSIZE;
+        }
+        if (!bad.empty()) {
+            // The stream cannot be resynchronized after a bad header: answer and close.
+            counters_.requests++;
+            counters_.request_errors++;
+            KV_LOGN(kComp, "peer pid %d uid %u: %s", int(c.peer.pid), unsigned(c.peer.uid), bad.c_str());
+            c.out += frame(h.op, h.seq, bad_code, bad);
+            c.in.clear();
+            c.close_after_flush = true;
+            return;
+        }
+        if (c.in.size() < sizeof h + h.length) return; // wait for the body
+        kv_ctl_request req{};
+        std::string body = c.in.substr(sizeof h, h.length);
+        c.in.erase(0, sizeof h + h.length);
+        counters_.requests++;
+        int err = 0;
+        std::string reply;
+        if (body.size() < KV_CTL_REQUEST_SIZE_V1) {
+            err = EPROTO;
+            reply = "request body of " + std::to_string(body.size()) + " bytes: expected at least " +
+                    std::to_string(KV_CTL_REQUEST_SIZE_V1);
+        } else {
+            // A newer client's larger struct: the tail must be zero (we cannot honour it).
+            memcpy(&req, body.data(), sizeof req);
+            bool tail_zero = std::all_of(body.begin() + sizeof req, body.end(), [](char ch) { return ch == 0; });
+            bool reserved_zero = std::all_of(std::begin(req.reserved), std::end(req.reserved),
+                                             [](uint64_t v) { return v == 0; });
+            if (!tail_zero || !reserved_zero) {
+                err = EINVAL;
+                reply = "request has non-zero reserved or unknown trailing fields";
+            } else if (!memchr(req.pool, 0, sizeof req.pool) || !memchr(req.path, 0, sizeof req.path)) {
+                err = EINVAL;
+                reply = "pool name or path is not NUL-terminated";
+            } else if (req.flags & ~KV_CTL_F_KNOWN) {
+                err = EINVAL;
+                reply = "unknown flag bits 0x" + std::to_string(req.flags & ~KV_CTL_F_KNOWN);
+            } else {
+                try {
+                    std::tie(err, reply) = dispatch(c, h.op, req);
+                } catch (const std::exception &e) { // JSON or allocation failure: one request fails, not the daemon
+                    err = EIO;
+                    reply = std::string("internal error: ") + e.what();
+                }
+            }
+        }
+        if (err) {
+            counters_.request_errors++;
+            KV_LOGD(kComp, "%s from pid %d uid %u: %s", op_name(h.op), int(c.peer.pid), unsigned(c.peer.uid),
+                    reply.c_str());
+        }
+        c.out += frame(h.op, h.seq, err, reply);
+    }
+    (void)fd;
+}
+
+bool ControlServer::allowed(const Peer &p, gid_t gid) const {
+    if (p.uid == 0) return true;
+    return std::find(p.groups.begin(), p.groups.end(), gid) != p.groups.end();
+}
+
+std::pair<int, std::string> ControlServer::dispatch(const Conn &c, uint16_t op, const kv_ctl_request &req) {
+    const std::string name(reinterpret_cast<const char *>(req.pool));
+    auto list = [&] {
+        nlohmann::json pools = nlohmann::json::array();
+        for (const auto &p : pm_.pools()) pools.push_back(pool_json(*p));
+        return pools;
+    };
+    if (op == 0 || op > KV_CTL_OP_MAX) return {EOPNOTSUPP, "unknown op " + std::to_string(op)};
+    if (op == KV_CTL_OP_VERSION)
+        return {0, dump({{"daemon", KVPOOL_VERSION}, {"protocol", KV_CTL_VERSION}, {"pid", getpid()}})};
+    if (op == KV_CTL_OP_LIST || ((op == KV_CTL_OP_STATUS) && name.empty())) return {0, dump({{"pools", list()}})};
+    if (op == KV_CTL_OP_STATS) return {0, dump({{"daemon", daemon_json(counters_)}, {"pools", list()}})};
+
+    if (op == KV_CTL_OP_CREATE) {
+        if (!allowed(c.peer, pm_.admin_gid()))
+            return {EPERM, "create needs root or membership of the admin group " + pm_.config().admin_group};
+        if (!valid_pool_name(name))
+            return {EINVAL, "pool name \"" + name + "\": expected 1-63 characters of A-Z a-z 0-9 _ . -"};
+        if (req.size < (16ULL << 20))
+            return {EINVAL, "size " + std::to_string(req.size) + ": expected at least 16 MiB"};
+        if (req.hugepages > 2)
+            return {EINVAL, "hugepages " + std::to_string(req.hugepages) + ": expected 0 (never), 1 (prefer) or 2 (require)"};
+        if (req.mode > 07777) return {EINVAL, "mode " + std::to_string(req.mode) + ": expected at most 07777"};
+        PoolConfig pc;
+        pc.name = name;
+        pc.size = req.size;
+        pc.hugepages = HugepageMode(req.hugepages);
+        if (req.numa_node == KV_CTL_NUMA_NONE)
+            pc.numa_node = kNumaNone;
+        else if (req.numa_node == KV_CTL_NUMA_LOCAL)
+            pc.numa_node = kNumaLocal;
+        else if (numa_available() < 0 || int64_t(req.numa_node) > numa_max_node())
+            return {EINVAL, "numa node " + std::to_string(req.numa_node) + ": expected 0.." +
+                                std::to_string(numa_available() < 0 ? 0 : numa_max_node())};
+        else
+            pc.numa_node = int(req.numa_node);
+        pc.mode = req.mode ? req.mode : 0660;
+        pc.prefault = req.flags & KV_CTL_F_PREFAULT;
+        auto p = pm_.create(pc, "runtime");
+        if (!p) return {p.error().code, p.error().message};
+        KV_LOGI(kComp, "pool %s created by pid %d uid %u", name.c_str(), int(c.peer.pid), unsigned(c.peer.uid));
+        return {0, dump(pool_json(**p))};
+    }
+
+    if (name.empty()) return {EINVAL, std::string(op_name(op)) + " needs a pool name"};
+    Pool *p = pm_.find(name);
+    if (!p) return {ENOENT, "no pool named \"" + name + "\""};
+    if (mutating(op) && !allowed(c.peer, p->gid))
+        return {EPERM, std::string(op_name(op)) + " " + name + " needs root or membership of group " + p->group_name};
+
+    switch (op) {
+    case KV_CTL_OP_STATUS: return {0, dump(pool_json(*p))};
+    case KV_CTL_OP_ENTRIES: return {0, dump(entries_json(*p, req.arg ? req.arg : 1000))};
+    case KV_CTL_OP_HEALTH: return {0, dump(health_json(*p))};
+    case KV_CTL_OP_CLIENTS: return {0, dump(clients_json(*p))};
+    case KV_CTL_OP_DESTROY: {
+        auto r = pm_.destroy(name);
+        if (!r) return {r.error().code, r.error().message};
+        return {0, dump({{"pool", name}, {"destroyed", true}})};
+    }
+    case KV_CTL_OP_EVICT: {
+        if (req.arg < 1 || req.arg > 100)
+            return {EINVAL, "percent " + std::to_string(req.arg) + ": expected 1..100"};
+        const uint64_t want = unpinned_bytes(*p) * req.arg / 100;
+        uint64_t freed = 0;
+        while (freed < want) {
+            int64_t got = kv_evict_bytes(p->handle, std::min<uint64_t>(want - freed, 1ULL << 30));
+            if (got <= 0) break;
+            freed += uint64_t(got);
+        }
+        KV_LOGI(kComp, "pool %s: evicted %s of %s requested (%llu%% of unpinned) for pid %d", name.c_str(),
+                kv::detail::format_size(freed).c_str(), kv::detail::format_size(want).c_str(),
+                (unsigned long long)req.arg, int(c.peer.pid));
+        return {0, dump({{"pool", name}, {"requested_bytes", want}, {"freed_bytes", freed}})};
+    }
+    case KV_CTL_OP_DETACH: {
+        if (req.arg == 0 || req.arg > uint64_t(INT32_MAX))
+            return {EINVAL, "pid " + std::to_string(req.arg) + ": expected a process id"};
+        const uint32_t pid = uint32_t(req.arg);
+        if (pid == uint32_t(getpid())) return {EINVAL, "pid " + std::to_string(pid) + " is kvpoold itself"};
+        int rc = kv_reap_pid(p->handle, pid);
+        bool killed = false;
+        if (rc == -EBUSY) {
+            if (!(req.flags & KV_CTL_F_KILL))
+                return {EBUSY, "process " + std::to_string(pid) +
+                                   " is alive and attached; pass --kill to SIGKILL it first (its pins and "
+                                   "reservations are then reclaimed)"};
+            if (kill(pid_t(pid), SIGKILL) != 0)
+                return {errno, "kill " + std::to_string(pid) + ": " + strerror(errno)};
+            killed = true;
+            // Wait (bounded) for the process to die; a zombie counts as dead.
+            for (int i = 0; i < 200 && (rc = kv_reap_pid(p->handle, pid)) == -EBUSY; i++) usleep(10000);
+            if (rc == -EBUSY)
+                return {ETIMEDOUT, "process " + std::to_string(pid) + " did not exit within 2 s of SIGKILL"};
+        }
+        if (rc < 0) return {-rc, std::string("reap: ") + kv_strerror(rc)};
+        if (rc == 0 && !killed) return {ENOENT, "process " + std::to_string(pid) + " is not attached to " + name};
+        p->reaped_clients += uint64_t(rc);
+        KV_LOGI(kComp, "pool %s: detached pid %u (%d slot%s%s) for pid %d", name.c_str(), pid, rc,
+                rc == 1 ? "" : "s", killed ? ", killed" : "", int(c.peer.pid));
+        return {0, dump({{"pool", name}, {"pid", pid}, {"killed", killed}, {"reaped", rc}})};
+    }
+    case KV_CTL_OP_PERSIST:
+    case KV_CTL_OP_RESTORE:
+        return {EOPNOTSUPP, std::string(op_name(op)) +
+                                ": snapshots are not supported by this kvpoold yet (the persistence work adds them)"};
+    }
+    return {EOPNOTSUPP, "unknown op " + std::to_string(op)};
+}
+
+} // namespace kv::daemon

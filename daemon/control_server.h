@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: MIT
+//
+// The control socket (protocol: uapi/kvpool/control.h) and the metrics
+// endpoint's connections, served from the daemon's single epoll loop. Every
+// socket is non-blocking and every length is checked before it is trusted,
+// so a slow, malformed or hostile peer costs one connection, never the loop.
+#pragma once
+
+#include "pool_manager.h"
+#include "pool_report.h"
+
+#include <kvpool/control.h>
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <expected>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace kv::daemon {
+
+class ControlServer {
+  public:
+    ControlServer(int epfd, PoolManager &pm, DaemonCounters &counters);
+    ~ControlServer();
+    ControlServer(const ControlServer &) = delete;
+    ControlServer &operator=(const ControlServer &) = delete;
+
+    // Bind the control socket (mode 0666: authorization is per request).
+    std::expected<void, std::string> listen_control(const std::string &path);
+    void add_metrics_listener(int fd);
+
+    // Dispatch an epoll event; false if fd is not one of ours.
+    bool handle(int fd, uint32_t events);
+    // Close connections idle for longer than idle_ms.
+    void expire(uint64_t now_ms, uint64_t idle_ms);
+
+    static constexpr size_t kMaxConnections = 256;
+
+  private:
+    enum class Kind { Control, Metrics };
+    struct Peer {
+        uid_t uid = uid_t(-1);
+        pid_t pid = 0;
+        std::vector<gid_t> groups; // primary and supplementary
+    };
+    struct Conn {
+        Kind kind;
+        Peer peer;
+        std::string in, out;
+        bool close_after_flush = false;
+        uint64_t last_ms = 0;
+    };
+
+    void accept_on(int lfd, Kind kind);
+    void on_io(int fd, uint32_t events);
+    void process(int fd, Conn &c);
+    void flush(int fd, Conn &c);
+    void drop(int fd);
+    // Handle one request; returns the response body (JSON or message) and error.
+    std::pair<int, std::string> dispatch(const Conn &c, uint16_t op, const kv_ctl_request &req);
+    bool allowed(const Peer &p, gid_t gid) const;
+
+    int epfd_;
+    PoolManager &pm_;
+    DaemonCounters &counters_;
+    int control_fd_ = -1;
+    std::string control_path_;
+    std::vector<int> metrics_fds_;
+    std::map<int, Conn> conns_;
+};
+
+} // namespace kv::daemon

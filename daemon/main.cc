@@ -1,0 +1,242 @@
+// SPDX-License-Identifier: MIT
+//
+// kvpoold: creates or re-attaches the configured pools, then serves the
+// control socket and runs housekeeping from one epoll loop until SIGTERM.
+// Readiness, status and the watchdog go to systemd through sd_notify.
+#include "backing.h"
+#include "config.h"
+#include "control_server.h"
+#include "housekeeping.h"
+#include "log.h"
+#include "metrics.h"
+#include "pool_manager.h"
+#include "pool_report.h"
+
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+
+using namespace kv::daemon;
+
+namespace {
+
+constexpr const char *kComp = "kvpoold";
+
+void usage(FILE *f) {
+    fprintf(f, "usage: kvpoold [--config PATH] [--check-config] [--reserve-hugepages] [--version]\n"
+               "  --config PATH          config file (default %s)\n"
+               "  --check-config         parse the config, print a summary, exit 0 (valid) or 1\n"
+               "  --reserve-hugepages    raise /proc/sys/vm/nr_hugepages to what the config's pools need, exit\n"
+               "exit codes: 0 clean stop, 1 config or start-up error, 2 usage error\n",
+            KVPOOL_DEFAULT_CONFIG);
+}
+
+uint64_t mono_ms() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
+}
+
+int reserve_hugepages(const DaemonConfig &cfg) {
+    const uint64_t page = kv::detail::default_hugepage_size();
+    const uint64_t need = hugepages_needed(cfg, page);
+    const uint64_t free_now = kv::detail::free_hugepages(page);
+    bool required = false;
+    for (const PoolConfig &pc : cfg.pools) required |= pc.hugepages == HugepageMode::Require;
+    if (need <= free_now) {
+        KV_LOGI(kComp, "hugepages: %llu needed, %llu free: nothing to reserve", (unsigned long long)need,
+                (unsigned long long)free_now);
+        return 0;
+    }
+    uint64_t total = 0;
+    {
+        std::ifstream f("/proc/sys/vm/nr_hugepages");
+        f >> total;
+    }
+    const uint64_t want = total + (need - free_now);
+    {
+        std::ofstream f("/proc/sys/vm/nr_hugepages");
+        f << want << '\n';
+    }
+    uint64_t got_free = kv::detail::free_hugepages(page);
+    if (got_free >= need) {
+        KV_LOGI(kComp, "hugepages: reserved %llu more (nr_hugepages %llu -> %llu)",
+                (unsigned long long)(need - free_now), (unsigned long long)total, (unsigned long long)want);
+        return 0;
+    }
+    KV_LOGW(kComp,
+            "hugepages: needed %llu free %llu KiB pages, the kernel gave %llu (nr_hugepages %llu asked); "
+            "pools with hugepages = \"prefer\" fall back to 4 KiB pages",
+            (unsigned long long)need, (unsigned long long)(page >> 10), (unsigned long long)got_free,
+            (unsigned long long)want);
+    return required ? 1 : 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+    std::string config_path = KVPOOL_DEFAULT_CONFIG;
+    bool check = false, reserve = false;
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i];
+        if (a == "--config" && i + 1 < argc) {
+            config_path = argv[++i];
+        } else if (a.rfind("--config=", 0) == 0) {
+            config_path = a.substr(9);
+        } else if (a == "--check-config") {
+            check = true;
+        } else if (a == "--reserve-hugepages") {
+            reserve = true;
+        } else if (a == "--version") {
+            printf("kvpoold %s (control protocol %d, region ABI %d.%d)\n", KVPOOL_VERSION, KV_CTL_VERSION,
+                   KV_ABI_MAJOR, KV_ABI_MINOR);
+            return 0;
+        } else if (a == "-h" || a == "--help") {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "kvpoold: unknown or incomplete argument \"%s\"\n", a.c_str());
+            usage(stderr);
+            return 2;
+        }
+    }
+
+    auto loaded = load_config(config_path);
+    if (!loaded) {
+        KV_LOGE(kComp, "%s", loaded.error().c_str());
+        return 1;
+    }
+    DaemonConfig cfg = std::move(*loaded);
+    set_log_level(cfg.log_level);
+    if (check) {
+        printf("%s: valid, %zu pool%s\n", config_path.c_str(), cfg.pools.size(), cfg.pools.size() == 1 ? "" : "s");
+        return 0;
+    }
+    if (reserve) return reserve_hugepages(cfg);
+
+    // Signals are read from a signalfd in the loop: no async handlers.
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+    umask(0022);
+
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
+    int sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (epfd < 0 || sigfd < 0) {
+        KV_LOGE(kComp, "epoll/signalfd: %s", strerror(errno));
+        return 1;
+    }
+    epoll_event sev{};
+    sev.events = EPOLLIN;
+    sev.data.fd = sigfd;
+    epoll_ctl(epfd, EPOLL_CTL_ADD, sigfd, &sev);
+
+    DaemonCounters counters;
+    counters.start_ns = realtime_ns();
+    KV_LOGN(kComp, "starting kvpoold %s, config %s, %zu pool%s", KVPOOL_VERSION, config_path.c_str(),
+            cfg.pools.size(), cfg.pools.size() == 1 ? "" : "s");
+    sd_notifyf(0, "STATUS=opening %zu pools", cfg.pools.size());
+
+    auto pm = std::make_unique<PoolManager>(cfg);
+    if (auto r = pm->open_all(); !r) {
+        KV_LOGE(kComp, "%s", r.error().c_str());
+        sd_notifyf(0, "STATUS=failed: %s", r.error().c_str());
+        return 1;
+    }
+    auto server = std::make_unique<ControlServer>(epfd, *pm, counters);
+    if (auto r = server->listen_control(cfg.control_socket); !r) {
+        KV_LOGE(kComp, "%s", r.error().c_str());
+        return 1;
+    }
+    if (!cfg.metrics.empty()) {
+        auto m = metrics_listen(cfg.metrics);
+        if (!m) {
+            KV_LOGE(kComp, "%s", m.error().c_str());
+            return 1;
+        }
+        server->add_metrics_listener(*m);
+        KV_LOGI(kComp, "metrics on %s", cfg.metrics.c_str());
+    }
+
+    Timer reap_timer(epfd, uint64_t(cfg.reap_interval_ms) * 1000);
+    Timer evict_timer(epfd, uint64_t(cfg.evict_interval_ms) * 1000);
+    Timer idle_timer(epfd, 5ULL * 1000000);
+    uint64_t wd_usec = 0;
+    bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0;
+    Timer wd_timer(epfd, watchdog ? wd_usec / 2 : 0);
+
+    KV_LOGN(kComp, "ready: %zu pool%s, control socket %s", pm->pools().size(), pm->pools().size() == 1 ? "" : "s",
+            cfg.control_socket.c_str());
+    sd_notifyf(0, "READY=1\nSTATUS=serving %zu pools on %s", pm->pools().size(), cfg.control_socket.c_str());
+
+    bool running = true;
+    while (running) {
+        epoll_event evs[64];
+        int n = epoll_wait(epfd, evs, 64, -1);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            KV_LOGE(kComp, "epoll_wait: %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == sigfd) {
+                signalfd_siginfo si;
+                while (read(sigfd, &si, sizeof si) == sizeof si) {
+                    if (si.ssi_signo == SIGHUP) {
+                        sd_notify(0, "RELOADING=1");
+                        auto next = load_config(config_path);
+                        if (!next) {
+                            KV_LOGE(kComp, "reload refused, keeping the running config: %s", next.error().c_str());
+                        } else {
+                            for (const std::string &line : pm->reload(*next)) KV_LOGN(kComp, "reload: %s", line.c_str());
+                            reap_timer.set_interval(uint64_t(pm->config().reap_interval_ms) * 1000);
+                            evict_timer.set_interval(uint64_t(pm->config().evict_interval_ms) * 1000);
+                            KV_LOGN(kComp, "reloaded %s: %zu pools", config_path.c_str(), pm->pools().size());
+                        }
+                        sd_notifyf(0, "READY=1\nSTATUS=serving %zu pools on %s", pm->pools().size(),
+                                   cfg.control_socket.c_str());
+                    } else {
+                        KV_LOGN(kComp, "signal %s from pid %u: stopping", strsignal(int(si.ssi_signo)),
+                                si.ssi_pid);
+                        running = false;
+                    }
+                }
+            } else if (fd == reap_timer.fd()) {
+                reap_timer.drain();
+                counters.reaped_clients += uint64_t(pm->reap_pass());
+            } else if (fd == evict_timer.fd()) {
+                evict_timer.drain();
+                counters.background_evicted_bytes += pm->watermark_pass(kEvictChunkBytes);
+            } else if (fd == wd_timer.fd()) {
+                wd_timer.drain();
+                sd_notify(0, "WATCHDOG=1");
+            } else if (fd == idle_timer.fd()) {
+                idle_timer.drain();
+                server->expire(mono_ms(), 60000);
+            } else {
+                server->handle(fd, evs[i].events);
+            }
+        }
+    }
+
+    sd_notify(0, "STOPPING=1\nSTATUS=stopping");
+    server.reset(); // no new requests while pools go away
+    pm.reset();     // detach: regions stay in place for a warm restart
+    KV_LOGN(kComp, "stopped");
+    return 0;
+}

@@ -1,0 +1,359 @@
+// SPDX-License-Identifier: MIT
+#include "pool_manager.h"
+
+#include "log.h"
+#include "units.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/magic.h>
+#include <numa.h>
+#include <sched.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+namespace kv::daemon {
+
+namespace {
+
+constexpr const char *kComp = "pools";
+
+// mkdir -p with mode for the directories the daemon owns.
+int make_dirs(const std::string &dir, mode_t mode) {
+    std::string cur;
+    size_t pos = 0;
+    while (pos != std::string::npos) {
+        pos = dir.find('/', pos + 1);
+        cur = dir.substr(0, pos);
+        if (cur.empty()) continue;
+        if (mkdir(cur.c_str(), mode) != 0 && errno != EEXIST) return -errno;
+    }
+    return 0;
+}
+
+bool on_hugetlbfs(const std::string &dir, uint64_t *page_size) {
+    struct statfs sf;
+    if (statfs(dir.c_str(), &sf) != 0 || sf.f_type != HUGETLBFS_MAGIC) return false;
+    *page_size = uint64_t(sf.f_bsize);
+    return true;
+}
+
+bool file_exists(const std::string &p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0;
+}
+
+int resolve_numa(int node) {
+    if (node != kNumaLocal) return node;
+    if (numa_available() < 0) return -1;
+    int cpu = sched_getcpu();
+    return cpu < 0 ? -1 : numa_node_of_cpu(cpu);
+}
+
+uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
+
+const char *hugepages_name(HugepageMode m) {
+    switch (m) {
+    case HugepageMode::Never: return "never";
+    case HugepageMode::Prefer: return "prefer";
+    case HugepageMode::Require: return "require";
+    }
+    return "?";
+}
+
+} // namespace
+
+uint64_t pool_live_bytes(kv_pool *p) {
+    kv_stats st;
+    if (kv_pool_stats(p, &st) != 0) return 0;
+    return st.bytes_committed > st.bytes_freed ? st.bytes_committed - st.bytes_freed : 0;
+}
+
+PoolManager::PoolManager(DaemonConfig cfg) : cfg_(std::move(cfg)) {
+    auto g = resolve_group(cfg_.admin_group);
+    if (g) {
+        admin_gid_ = *g;
+    } else {
+        KV_LOGW(kComp, "admin group: %s; only root may create pools", g.error().c_str());
+        admin_gid_ = 0;
+    }
+}
+
+PoolManager::~PoolManager() {
+    for (auto &p : pools_)
+        if (p->handle) kv_pool_detach(p->handle);
+}
+
+std::expected<gid_t, std::string> PoolManager::resolve_group(const std::string &name) const {
+    if (name.empty()) return admin_gid_;
+    char buf[4096];
+    struct group gr, *res = nullptr;
+    int rc = getgrnam_r(name.c_str(), &gr, buf, sizeof buf, &res);
+    if (rc != 0 || !res)
+        return std::unexpected("group \"" + name + "\" does not exist (create it with systemd-sysusers or groupadd " +
+                               name + ")");
+    return res->gr_gid;
+}
+
+Pool *PoolManager::find(std::string_view name) {
+    for (auto &p : pools_)
+        if (p->cfg.name == name) return p.get();
+    return nullptr;
+}
+
+std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolConfig &pc, const char *origin) {
+    auto gid = resolve_group(pc.group);
+    if (!gid) return std::unexpected(Error{EINVAL, "pool " + pc.name + ": " + gid.error()});
+    auto pool = std::make_unique<Pool>();
+    pool->cfg = pc;
+    pool->gid = *gid;
+    pool->group_name = pc.group.empty() ? cfg_.admin_group : pc.group;
+    pool->origin = origin;
+
+    if (int rc = make_dirs(cfg_.shm_dir, 0755); rc)
+        return std::unexpected(Error{-rc, "shm_dir " + cfg_.shm_dir + ": " + strerror(-rc)});
+    const std::string shm_path = cfg_.shm_dir + "/" + pc.name;
+    std::string huge_path;
+    uint64_t huge_page = 0;
+    if (pc.hugepages != HugepageMode::Never) {
+        make_dirs(cfg_.hugepage_dir, 0755); // fails harmlessly when no hugetlbfs is mounted
+        if (on_hugetlbfs(cfg_.hugepage_dir, &huge_page)) {
+            huge_path = cfg_.hugepage_dir + "/" + pc.name;
+        } else if (pc.hugepages == HugepageMode::Require) {
+            return std::unexpected(Error{
+                ENODEV, "pool " + pc.name + ": hugepages = \"require\" but hugepage_dir " + cfg_.hugepage_dir +
+                            " is not on a hugetlbfs mount (mount -t hugetlbfs none /dev/hugepages, or set "
+                            "[daemon] hugepage_dir)"});
+        }
+    }
+
+    // Warm restart: a region that survived the previous daemon is re-attached
+    // as it is, whatever its size, when its ABI matches and its size agrees
+    // with the config. Otherwise it is rebuilt.
+    for (const std::string &cand : {huge_path, shm_path}) {
+        if (cand.empty() || !file_exists(cand)) continue;
+        char err[512] = "";
+        kv_pool *h = nullptr;
+        int rc = kv_pool_attach(cand.c_str(), 0, &h, err, sizeof err);
+        if (rc != 0) {
+            KV_LOGW(kComp, "pool %s: existing region %s is unusable (%s): rebuilding it", pc.name.c_str(),
+                    cand.c_str(), err);
+            unlink(cand.c_str());
+            continue;
+        }
+        const kv_region_header *hd = kv_pool_header(h);
+        uint64_t want = round_up(pc.size, hd->page_size);
+        bool huge_ok = pc.hugepages != HugepageMode::Require || hd->page_size > 4096;
+        if (hd->region_size != want || !huge_ok) {
+            KV_LOGW(kComp,
+                    "pool %s: existing region %s is %llu bytes with %llu-byte pages, config asks %llu bytes "
+                    "(hugepages %s): rebuilding it, its blocks are dropped",
+                    pc.name.c_str(), cand.c_str(), (unsigned long long)hd->region_size,
+                    (unsigned long long)hd->page_size, (unsigned long long)want, hugepages_name(pc.hugepages));
+            kv_pool_detach(h);
+            unlink(cand.c_str());
+            continue;
+        }
+        pool->handle = h;
+        pool->path = cand;
+        pool->state = "reattached";
+        break;
+    }
+
+    if (!pool->handle) {
+        kv_create_opts o;
+        kv_create_opts_init(&o, pc.size);
+        o.numa_node = resolve_numa(pc.numa_node);
+        o.mode = pc.mode;
+        o.slab_size = pc.slab_size;
+        o.avg_block_size = pc.avg_block_size;
+        if (pc.max_clients) o.max_clients = pc.max_clients;
+        if (pc.prefault) o.flags |= KV_CREATE_F_PREFAULT;
+        char err[512] = "";
+        int rc = -ENOENT;
+        if (!huge_path.empty()) {
+            o.hugepages = KV_HUGEPAGES_REQUIRE;
+            rc = kv_pool_create(huge_path.c_str(), &o, err, sizeof err);
+            if (rc == 0) {
+                pool->path = huge_path;
+            } else if (pc.hugepages == HugepageMode::Require) {
+                return std::unexpected(Error{-rc, "pool " + pc.name + ": " + err});
+            } else {
+                KV_LOGN(kComp, "pool %s: no hugepages (%s): using 4 KiB pages", pc.name.c_str(), err);
+            }
+        } else if (pc.hugepages == HugepageMode::Prefer) {
+            KV_LOGN(kComp, "pool %s: hugepage_dir %s is not on hugetlbfs: using 4 KiB pages", pc.name.c_str(),
+                    cfg_.hugepage_dir.c_str());
+        }
+        if (rc != 0) {
+            o.hugepages = KV_HUGEPAGES_NEVER;
+            rc = kv_pool_create(shm_path.c_str(), &o, err, sizeof err);
+            if (rc != 0) return std::unexpected(Error{-rc, "pool " + pc.name + ": " + err});
+            pool->path = shm_path;
+        }
+        rc = kv_pool_attach(pool->path.c_str(), 0, &pool->handle, err, sizeof err);
+        if (rc != 0) return std::unexpected(Error{-rc, "pool " + pc.name + ": attach after create: " + err});
+        pool->state = "created";
+    }
+    // The file's group decides who may attach (mode 0660 by default) and
+    // who may change the pool through the control socket.
+    if (chown(pool->path.c_str(), uid_t(-1), pool->gid) != 0 || chmod(pool->path.c_str(), pc.mode) != 0)
+        KV_LOGW(kComp, "pool %s: cannot set group %u / mode %04o on %s: %s", pc.name.c_str(), unsigned(pool->gid),
+                pc.mode, pool->path.c_str(), strerror(errno));
+    const kv_region_header *hd = kv_pool_header(pool->handle);
+    KV_LOGI(kComp, "pool %s %s: %s, %s, page size %s, numa %s, %u entry slots", pc.name.c_str(), pool->state.c_str(),
+            pool->path.c_str(), kv::detail::format_size(hd->region_size).c_str(),
+            kv::detail::format_size(hd->page_size).c_str(),
+            hd->numa_node == KV_NUMA_NONE ? "none" : std::to_string(hd->numa_node).c_str(), hd->n_entries);
+    return pool;
+}
+
+std::expected<void, std::string> PoolManager::open_all() {
+    for (const PoolConfig &pc : cfg_.pools) {
+        if (find(pc.name)) continue;
+        auto p = open_pool(pc, "config");
+        if (!p) return std::unexpected(p.error().message);
+        pools_.push_back(std::move(*p));
+    }
+    return {};
+}
+
+std::expected<Pool *, Error> PoolManager::create(const PoolConfig &pc, const char *origin) {
+    if (find(pc.name)) return std::unexpected(Error{EEXIST, "pool " + pc.name + " exists"});
+    auto p = open_pool(pc, origin);
+    if (!p) return std::unexpected(p.error());
+    pools_.push_back(std::move(*p));
+    return pools_.back().get();
+}
+
+std::expected<void, Error> PoolManager::destroy(const std::string &name) {
+    for (auto it = pools_.begin(); it != pools_.end(); ++it) {
+        if ((*it)->cfg.name != name) continue;
+        Pool &p = **it;
+        kv_pool_detach(p.handle);
+        p.handle = nullptr;
+        int rc = kv_pool_destroy(p.path.c_str());
+        std::string path = p.path;
+        pools_.erase(it);
+        if (rc != 0 && rc != -ENOENT) return std::unexpected(Error{-rc, "unlink " + path + ": " + strerror(-rc)});
+        KV_LOGI(kComp, "pool %s destroyed (%s removed)", name.c_str(), path.c_str());
+        return {};
+    }
+    return std::unexpected(Error{ENOENT, "no pool named " + name});
+}
+
+int PoolManager::reap_pass() {
+    int total = 0;
+    for (auto &p : pools_) {
+        int n = kv_reap(p->handle);
+        if (n > 0) {
+            p->reaped_clients += uint64_t(n);
+            total += n;
+            KV_LOGI(kComp, "pool %s: reaped %d dead client%s", p->cfg.name.c_str(), n, n == 1 ? "" : "s");
+        }
+    }
+    return total;
+}
+
+uint64_t PoolManager::watermark_pass(uint64_t max_bytes) {
+    uint64_t total = 0;
+    for (auto &p : pools_) {
+        const uint64_t cap = kv_pool_header(p->handle)->data_len;
+        const uint64_t live = pool_live_bytes(p->handle);
+        if (double(live) <= p->cfg.high_watermark * double(cap)) continue;
+        uint64_t target = uint64_t(p->cfg.low_watermark * double(cap));
+        uint64_t want = std::min(live - target, max_bytes);
+        int64_t got = kv_evict_bytes(p->handle, want);
+        if (got > 0) {
+            p->bg_evicted_bytes += uint64_t(got);
+            total += uint64_t(got);
+            KV_LOGD(kComp, "pool %s: evicted %lld bytes in the background", p->cfg.name.c_str(), (long long)got);
+        }
+    }
+    return total;
+}
+
+std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
+    std::vector<std::string> out;
+    auto refuse = [&](const std::string &what) { out.push_back("refused: " + what + " (needs a restart)"); };
+    if (next.control_socket != cfg_.control_socket) refuse("control_socket change");
+    if (next.shm_dir != cfg_.shm_dir) refuse("shm_dir change");
+    if (next.hugepage_dir != cfg_.hugepage_dir) refuse("hugepage_dir change");
+    if (next.metrics != cfg_.metrics) refuse("metrics change");
+    if (next.admin_group != cfg_.admin_group) refuse("admin_group change");
+    cfg_.state_dir = next.state_dir;
+    cfg_.reap_interval_ms = next.reap_interval_ms;
+    cfg_.evict_interval_ms = next.evict_interval_ms;
+    cfg_.log_level = next.log_level;
+    set_log_level(next.log_level);
+
+    for (const PoolConfig &pc : next.pools) {
+        Pool *p = find(pc.name);
+        if (!p) {
+            auto np = open_pool(pc, "config");
+            if (!np) {
+                out.push_back("pool " + pc.name + " not added: " + np.error().message);
+                continue;
+            }
+            pools_.push_back(std::move(*np));
+            out.push_back("pool " + pc.name + " added");
+            continue;
+        }
+        const PoolConfig &cur = p->cfg;
+        if (pc.size != cur.size || pc.hugepages != cur.hugepages || pc.numa_node != cur.numa_node ||
+            pc.slab_size != cur.slab_size || pc.avg_block_size != cur.avg_block_size ||
+            pc.max_clients != cur.max_clients) {
+            refuse("pool " + pc.name + ": geometry change (size, hugepages, numa_node, slab_size, avg_block_size, "
+                                       "max_clients); destroy and re-create the pool to apply it");
+            continue;
+        }
+        if (pc.eviction != cur.eviction) {
+            refuse("pool " + pc.name + ": eviction policy change");
+            continue;
+        }
+        if (pc.group != cur.group || pc.mode != cur.mode) {
+            auto gid = resolve_group(pc.group);
+            if (!gid) {
+                out.push_back("pool " + pc.name + ": group not changed: " + gid.error());
+                continue;
+            }
+            if (chown(p->path.c_str(), uid_t(-1), *gid) != 0 || chmod(p->path.c_str(), pc.mode) != 0) {
+                out.push_back("pool " + pc.name + ": cannot change group/mode: " + strerror(errno));
+                continue;
+            }
+            p->gid = *gid;
+            p->group_name = pc.group.empty() ? cfg_.admin_group : pc.group;
+        }
+        p->cfg = pc;
+        p->origin = "config";
+    }
+    for (auto &p : pools_) {
+        bool listed = false;
+        for (const PoolConfig &pc : next.pools) listed |= pc.name == p->cfg.name;
+        if (!listed && p->origin == "config")
+            out.push_back("pool " + p->cfg.name + " is no longer in the config: still running; remove it with "
+                          "kvctl destroy " + p->cfg.name);
+    }
+    cfg_.pools = next.pools;
+    return out;
+}
+
+uint64_t hugepages_needed(const DaemonConfig &cfg, uint64_t page_size) {
+    uint64_t need = 0;
+    for (const PoolConfig &pc : cfg.pools) {
+        if (pc.hugepages == HugepageMode::Never) continue;
+        // A region that already exists on hugetlbfs holds its pages already.
+        struct stat st;
+        std::string path = cfg.hugepage_dir + "/" + pc.name;
+        if (stat(path.c_str(), &st) == 0 && uint64_t(st.st_size) == round_up(pc.size, page_size)) continue;
+        need += round_up(pc.size, page_size) / page_size;
+    }
+    return need;
+}
+
+} // namespace kv::daemon

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: MIT
+//
+// The daemon's pools: creating or re-attaching each configured pool at
+// start, runtime create/destroy from the control socket, config reloads,
+// and the periodic passes (reap dead clients, watermark eviction) that the
+// main loop drives. Single-threaded: only the main loop calls it.
+#pragma once
+
+#include "config.h"
+
+#include <kv/kv.h>
+
+#include <sys/types.h>
+
+#include <expected>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kv::daemon {
+
+// A failed request: a positive errno value and a message for people.
+struct Error {
+    int code;
+    std::string message;
+};
+
+struct Pool {
+    PoolConfig cfg;
+    std::string path;          // the backing file clients attach to
+    kv_pool *handle = nullptr; // the daemon's own client slot
+    gid_t gid = 0;             // owner group of the file; may change pools
+    std::string group_name;
+    std::string origin;        // "config" or "runtime"
+    std::string state;         // "created" or "reattached"
+    uint64_t bg_evicted_bytes = 0;
+    uint64_t reaped_clients = 0;
+};
+
+class PoolManager {
+  public:
+    explicit PoolManager(DaemonConfig cfg);
+    ~PoolManager(); // detaches every pool; the regions stay for a warm restart
+    PoolManager(const PoolManager &) = delete;
+    PoolManager &operator=(const PoolManager &) = delete;
+
+    // Create or re-attach every configured pool. The first failure is
+    // returned and the daemon refuses to start (pools already opened stay).
+    std::expected<void, std::string> open_all();
+
+    std::expected<Pool *, Error> create(const PoolConfig &pc, const char *origin);
+    // Unlink the pool's file and forget it; attached clients keep their mapping.
+    std::expected<void, Error> destroy(const std::string &name);
+    Pool *find(std::string_view name);
+    const std::vector<std::unique_ptr<Pool>> &pools() const { return pools_; }
+    const DaemonConfig &config() const { return cfg_; }
+    gid_t admin_gid() const { return admin_gid_; }
+
+    // Reap dead clients of every pool; returns how many were reaped.
+    int reap_pass();
+    // Evict down to the low watermark in pools above the high one, at most
+    // max_bytes per pool per call so the loop stays responsive.
+    uint64_t watermark_pass(uint64_t max_bytes);
+    // Apply a new config: add new pools, apply safe changes, refuse the
+    // rest. Returns one line per refused or notable change, for the log.
+    std::vector<std::string> reload(const DaemonConfig &next);
+
+  private:
+    std::expected<gid_t, std::string> resolve_group(const std::string &name) const;
+    std::expected<std::unique_ptr<Pool>, Error> open_pool(const PoolConfig &pc, const char *origin);
+
+    DaemonConfig cfg_;
+    gid_t admin_gid_ = 0;
+    std::vector<std::unique_ptr<Pool>> pools_;
+};
+
+// Live data bytes (committed minus freed) from the counters: cheap enough
+// for every watermark tick.
+uint64_t pool_live_bytes(kv_pool *p);
+// Hugepages the config's hugepage pools need beyond those already backing
+// existing pool files; used by --reserve-hugepages.
+uint64_t hugepages_needed(const DaemonConfig &cfg, uint64_t page_size);
+
+} // namespace kv::daemon

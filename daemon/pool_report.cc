@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: MIT
+#include "pool_report.h"
+
+#include <time.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <fstream>
+#include <vector>
+
+namespace kv::daemon {
+
+namespace {
+
+const char *backing_name(uint32_t b) {
+    switch (b) {
+    case KV_BACKING_SHM: return "shm";
+    case KV_BACKING_HUGETLBFS: return "hugetlbfs";
+    case KV_BACKING_MEMFD_HUGETLB: return "memfd-hugetlb";
+    }
+    return "unknown";
+}
+
+std::string hex(uint64_t v, int digits) {
+    char b[40];
+    snprintf(b, sizeof b, "%0*" PRIx64, digits, v);
+    return b;
+}
+
+std::string comm_of(uint32_t pid) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/comm");
+    std::string s;
+    std::getline(f, s);
+    return s;
+}
+
+const char *entry_state(uint32_t st) {
+    switch (st) {
+    case KV_ENTRY_RESERVED: return "reserved";
+    case KV_ENTRY_COMMITTED: return "committed";
+    default: return "dead";
+    }
+}
+
+template <typename F> void for_each_entry(kv_pool *h, F &&f) {
+    std::vector<kv_entry_info> rows(1024);
+    uint64_t cursor = 0;
+    const uint64_t n = kv_pool_header(h)->n_entries;
+    while (cursor < n) {
+        int k = kv_pool_entries(h, &cursor, rows.data(), rows.size());
+        if (k < 0) return;
+        for (int i = 0; i < k; i++)
+            if (!f(rows[size_t(i)])) return;
+    }
+}
+
+} // namespace
+
+uint64_t realtime_ns() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
+}
+
+uint64_t rss_bytes() {
+    std::ifstream f("/proc/self/statm");
+    uint64_t size = 0, rss = 0;
+    f >> size >> rss;
+    return rss * uint64_t(sysconf(_SC_PAGESIZE));
+}
+
+uint64_t unpinned_bytes(const Pool &p) {
+    uint64_t sum = 0;
+    for_each_entry(p.handle, [&](const kv_entry_info &e) {
+        if (e.state == KV_ENTRY_COMMITTED && e.pins == 0) sum += e.length;
+        return true;
+    });
+    return sum;
+}
+
+nlohmann::json pool_json(const Pool &p) {
+    const kv_region_header *h = kv_pool_header(p.handle);
+    kv_stats st{};
+    kv_pool_stats(p.handle, &st);
+    const uint64_t live = pool_live_bytes(p.handle);
+    uint64_t entries = 0, pins = 0;
+    for_each_entry(p.handle, [&](const kv_entry_info &e) {
+        if (e.state == KV_ENTRY_COMMITTED) entries++;
+        pins += e.pins;
+        return true;
+    });
+    const uint64_t gets = st.hits + st.misses;
+    char mode[8];
+    snprintf(mode, sizeof mode, "%04o", p.cfg.mode);
+    return {
+        {"name", p.cfg.name},
+        {"path", p.path},
+        {"size", h->region_size},
+        {"capacity", h->data_len},
+        {"used_bytes", live},
+        {"used_pct", h->data_len ? 100.0 * double(live) / double(h->data_len) : 0.0},
+        {"entries", entries},
+        {"entry_slots", h->n_entries},
+        {"bytes_committed", st.bytes_committed},
+        {"hits", st.hits},
+        {"misses", st.misses},
+        {"hit_rate", gets ? double(st.hits) / double(gets) : 0.0},
+        {"puts", st.puts},
+        {"dedups", st.dedups},
+        {"evictions", st.evictions},
+        {"removes", st.removes},
+        {"pins", pins},
+        {"clients", st.clients},
+        {"policy", p.cfg.eviction},
+        {"page_size", h->page_size},
+        {"backing", backing_name(h->backing)},
+        {"numa_node", h->numa_node == KV_NUMA_NONE ? -1 : int64_t(h->numa_node)},
+        {"group", p.group_name},
+        {"mode", mode},
+        {"high_watermark", p.cfg.high_watermark},
+        {"low_watermark", p.cfg.low_watermark},
+        {"origin", p.origin},
+        {"state", p.state},
+        {"background_evicted_bytes", p.bg_evicted_bytes},
+        {"reaped_clients", p.reaped_clients},
+    };
+}
+
+nlohmann::json entries_json(const Pool &p, uint64_t limit) {
+    nlohmann::json rows = nlohmann::json::array();
+    const uint64_t now = realtime_ns();
+    uint64_t total = 0;
+    for_each_entry(p.handle, [&](const kv_entry_info &e) {
+        total++;
+        if (rows.size() < limit) {
+            rows.push_back({
+                {"ns", e.ns},
+                {"key", hex(e.key.hi, 16) + hex(e.key.lo, 16)},
+                {"length", e.length},
+                {"tokens", e.meta.tokens},
+                {"priority", e.meta.priority},
+                {"user_tag", e.meta.user_tag},
+                {"pins", e.pins},
+                {"state", entry_state(e.state)},
+                {"checksum", hex(e.checksum, 16)},
+                {"age_s", e.commit_ns && now > e.commit_ns ? double(now - e.commit_ns) / 1e9 : 0.0},
+            });
+        }
+        return true;
+    });
+    return {{"pool", p.cfg.name}, {"total", total}, {"truncated", total > rows.size()}, {"entries", rows}};
+}
+
+nlohmann::json clients_json(const Pool &p) {
+    std::vector<kv_client_info> rows(kv_pool_header(p.handle)->max_clients);
+    int n = kv_pool_clients(p.handle, rows.data(), rows.size());
+    nlohmann::json out = nlohmann::json::array();
+    const uint64_t now = realtime_ns();
+    const uint32_t self = kv_pool_client_index(p.handle);
+    for (int i = 0; i < n && size_t(i) < rows.size(); i++) {
+        const kv_client_info &c = rows[size_t(i)];
+        if (c.slot == self) continue; // the daemon's own slot is not a client
+        out.push_back({
+            {"slot", c.slot},
+            {"pid", c.pid},
+            {"alive", c.alive != 0},
+            {"comm", c.alive ? comm_of(c.pid) : std::string()},
+            {"pins", c.pins},
+            {"reservations", c.reservations},
+            {"bytes_reserved", c.bytes_reserved},
+            {"attached_s", c.attach_ns && now > c.attach_ns ? double(now - c.attach_ns) / 1e9 : 0.0},
+        });
+    }
+    return {{"pool", p.cfg.name}, {"clients", out}};
+}
+
+nlohmann::json health_json(const Pool &p) {
+    kv_usage u{};
+    std::vector<std::string> problems;
+    // Under load a scan sees transitional states; a problem must show in
+    // two scans a moment apart to be reported.
+    for (int attempt = 0; attempt < 2; attempt++) {
+        problems.clear();
+        kv_pool_usage(p.handle, &u);
+        if (u.orphan_blocks)
+            problems.push_back(std::to_string(u.orphan_blocks) + " used blocks owned by no entry or live client");
+        if (u.bad_links) problems.push_back(std::to_string(u.bad_links) + " index link inconsistencies");
+        if (u.unreachable)
+            problems.push_back(std::to_string(u.unreachable) + " committed entries not reachable from the index");
+        if (problems.empty()) break;
+        usleep(20000);
+    }
+    std::vector<kv_client_info> rows(kv_pool_header(p.handle)->max_clients);
+    int n = kv_pool_clients(p.handle, rows.data(), rows.size());
+    uint64_t dead = 0;
+    for (int i = 0; i < n && size_t(i) < rows.size(); i++) dead += rows[size_t(i)].alive ? 0 : 1;
+    if (dead) problems.push_back(std::to_string(dead) + " dead clients not yet reaped");
+    nlohmann::json usage = {
+        {"entries_committed", u.entries_committed}, {"entries_reserved", u.entries_reserved},
+        {"entries_dead", u.entries_dead},           {"entries_free", u.entries_free},
+        {"bytes_committed", u.bytes_committed},     {"blocks_free", u.blocks_free},
+        {"blocks_used", u.blocks_used},             {"block_bytes_used", u.block_bytes_used},
+        {"pins", u.pins},                           {"journal_pins", u.journal_pins},
+        {"slabs_free", u.slabs_free},               {"slabs_active", u.slabs_active},
+        {"orphan_blocks", u.orphan_blocks},         {"bad_links", u.bad_links},
+        {"unreachable", u.unreachable},
+    };
+    return {{"pool", p.cfg.name},
+            {"healthy", problems.empty()},
+            {"problems", problems},
+            {"dead_clients", dead},
+            {"usage", usage}};
+}
+
+nlohmann::json daemon_json(const DaemonCounters &c) {
+    const uint64_t now = realtime_ns();
+    return {
+        {"version", KVPOOL_VERSION},
+        {"pid", getpid()},
+        {"uptime_s", now > c.start_ns ? double(now - c.start_ns) / 1e9 : 0.0},
+        {"rss_bytes", rss_bytes()},
+        {"requests", c.requests},
+        {"request_errors", c.request_errors},
+        {"reaped_clients", c.reaped_clients},
+        {"background_evicted_bytes", c.background_evicted_bytes},
+    };
+}
+
+std::string prometheus_text(const PoolManager &pm, const DaemonCounters &c) {
+    std::string out;
+    auto metric = [&](const char *name, const char *type, const char *help) {
+        out += "# HELP ";
+        out += name;
+        out += ' ';
+        out += help;
+        out += "\n# TYPE ";
+        out += name;
+        out += ' ';
+        out += type;
+        out += '\n';
+    };
+    auto sample = [&](const char *name, const std::string &pool, double v) {
+        char b[256];
+        if (pool.empty())
+            snprintf(b, sizeof b, "%s %.17g\n", name, v);
+        else
+            snprintf(b, sizeof b, "%s{pool=\"%s\"} %.17g\n", name, pool.c_str(), v);
+        out += b;
+    };
+    struct Row {
+        std::string name;
+        kv_stats st;
+        uint64_t live, cap, pins, entries, bg;
+    };
+    std::vector<Row> rows;
+    for (const auto &p : pm.pools()) {
+        Row r{p->cfg.name, {}, pool_live_bytes(p->handle), kv_pool_header(p->handle)->data_len, 0, 0,
+              p->bg_evicted_bytes};
+        kv_pool_stats(p->handle, &r.st);
+        for_each_entry(p->handle, [&](const kv_entry_info &e) {
+            r.pins += e.pins;
+            r.entries += e.state == KV_ENTRY_COMMITTED;
+            return true;
+        });
+        rows.push_back(r);
+    }
+    auto family = [&](const char *name, const char *type, const char *help, auto get) {
+        metric(name, type, help);
+        for (const Row &r : rows) sample(name, r.name, double(get(r)));
+    };
+    family("kvpool_capacity_bytes", "gauge", "Data bytes of the pool.", [](const Row &r) { return r.cap; });
+    family("kvpool_used_bytes", "gauge", "Bytes of live blocks.", [](const Row &r) { return r.live; });
+    family("kvpool_entries", "gauge", "Committed blocks.", [](const Row &r) { return r.entries; });
+    family("kvpool_hits_total", "counter", "Lookups that found a block.", [](const Row &r) { return r.st.hits; });
+    family("kvpool_misses_total", "counter", "Lookups that found nothing.",
+           [](const Row &r) { return r.st.misses; });
+    family("kvpool_puts_total", "counter", "Blocks committed.", [](const Row &r) { return r.st.puts; });
+    family("kvpool_evictions_total", "counter", "Blocks evicted.", [](const Row &r) { return r.st.evictions; });
+    family("kvpool_background_evicted_bytes_total", "counter", "Bytes evicted by the daemon's watermark pass.",
+           [](const Row &r) { return r.bg; });
+    family("kvpool_pins", "gauge", "Outstanding pins.", [](const Row &r) { return r.pins; });
+    family("kvpool_clients", "gauge", "Attached client processes (the daemon included).",
+           [](const Row &r) { return r.st.clients; });
+    family("kvpool_reaps_total", "counter", "Dead clients reaped.", [](const Row &r) { return r.st.reaps; });
+    metric("kvpoold_requests_total", "counter", "Control requests served.");
+    sample("kvpoold_requests_total", "", double(c.requests));
+    metric("kvpoold_request_errors_total", "counter", "Control requests answered with an error.");
+    sample("kvpoold_request_errors_total", "", double(c.request_errors));
+    metric("kvpoold_resident_bytes", "gauge", "Resident set size of kvpoold.");
+    sample("kvpoold_resident_bytes", "", double(rss_bytes()));
+    return out;
+}
+
+} // namespace kv::daemon

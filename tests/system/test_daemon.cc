@@ -1,0 +1,582 @@
+// SPDX-License-Identifier: MIT
+//
+// kvpoold end to end: the real daemon on a private config, driven by the
+// real kvctl and by libkv clients. Covers every kvctl verb in human and JSON
+// form, reaping of killed clients, forced detach, runtime create/destroy,
+// eviction by percent, reload, metrics, warm restart, permissions, and bad
+// input on every surface (config, arguments, control socket).
+#include "daemon_fixture.h"
+
+#include <kv/kv.h>
+#include <kvpool/control.h>
+
+#include <grp.h>
+#include <pwd.h>
+
+#include <nlohmann/json.hpp>
+
+using namespace kvtest;
+using nlohmann::json;
+
+namespace {
+
+kv_key key_of(uint64_t i) { return kv_key{i * 0x9e3779b97f4a7c15ULL + 7, i ^ 0xabcdef0123456789ULL}; }
+
+struct Client {
+    kv_pool *pool = nullptr;
+    uint32_t ns = 0;
+    std::string error;
+    explicit Client(const std::string &path) {
+        char err[512] = "";
+        if (kv_pool_attach(path.c_str(), 0, &pool, err, sizeof err) != 0) {
+            error = err;
+            return;
+        }
+        kv_manifest m;
+        kv_manifest_init(&m, "test-model", 16);
+        kv_ns_register(pool, &m, &ns, nullptr);
+    }
+    ~Client() {
+        if (pool) kv_pool_detach(pool);
+    }
+    int put(uint64_t i, size_t len) {
+        std::vector<uint8_t> d(len, uint8_t(i));
+        return kv_put(pool, ns, &(const kv_key &)key_of(i), d.data(), len, nullptr);
+    }
+};
+
+json parse(const Proc &r) {
+    try {
+        return json::parse(r.out);
+    } catch (const std::exception &e) {
+        ADD_FAILURE() << "not JSON: " << e.what() << "\n" << r.out << r.err;
+        return json::object();
+    }
+}
+
+} // namespace
+
+TEST_F(DaemonTest, StartsReadyAndLists) {
+    ASSERT_TRUE(start_daemon(config()));
+    EXPECT_NE(notified_.find("STATUS="), std::string::npos) << notified_;
+    Proc r = ctl({"list"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("alpha"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("NAME"), std::string::npos) << r.out;
+    Proc j = ctl({"--json", "list"});
+    ASSERT_EQ(j.code, 0) << j.err;
+    json doc = parse(j);
+    ASSERT_EQ(doc["pools"].size(), 1u);
+    EXPECT_EQ(doc["pools"][0]["name"], "alpha");
+    EXPECT_EQ(doc["pools"][0]["page_size"], 4096);
+    EXPECT_EQ(doc["pools"][0]["state"], "created");
+    EXPECT_EQ(doc["pools"][0]["policy"], "clock");
+    EXPECT_GT(doc["pools"][0]["capacity"].get<uint64_t>(), 32u << 20);
+    // Log lines carry journald priority prefixes.
+    EXPECT_NE(log().find("<5>kvpoold: ready"), std::string::npos) << log();
+    EXPECT_EQ(stop_daemon(), 0);
+    EXPECT_NE(log().find("stopped"), std::string::npos);
+}
+
+TEST_F(DaemonTest, ReadCommandsHumanAndJson) {
+    ASSERT_TRUE(start_daemon(config()));
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    for (uint64_t i = 0; i < 10; i++) ASSERT_EQ(c.put(i, 64 << 10), 0);
+    kv_view v;
+    ASSERT_EQ(kv_get(c.pool, c.ns, &(const kv_key &)key_of(3), &v), 0);
+
+    Proc st = ctl({"--json", "status", "alpha"});
+    ASSERT_EQ(st.code, 0) << st.err;
+    json s = parse(st);
+    EXPECT_EQ(s["entries"], 10);
+    EXPECT_EQ(s["pins"], 1);
+    EXPECT_EQ(s["hits"], 1);
+    EXPECT_EQ(s["clients"], 2); // the daemon and us
+    EXPECT_EQ(s["bytes_committed"], 10u * (64 << 10));
+    Proc sh = ctl({"status", "alpha"});
+    EXPECT_EQ(sh.code, 0) << sh.err;
+    EXPECT_NE(sh.out.find("alpha"), std::string::npos) << sh.out;
+
+    Proc en = ctl({"--json", "entries", "alpha"});
+    ASSERT_EQ(en.code, 0) << en.err;
+    json e = parse(en);
+    EXPECT_EQ(e["total"], 10);
+    ASSERT_EQ(e["entries"].size(), 10u);
+    int pinned = 0;
+    for (const auto &row : e["entries"]) {
+        EXPECT_EQ(row["length"], 64 << 10);
+        EXPECT_EQ(row["state"], "committed");
+        EXPECT_EQ(row["key"].get<std::string>().size(), 32u);
+        pinned += row["pins"].get<int>();
+    }
+    EXPECT_EQ(pinned, 1);
+    Proc enl = ctl({"--json", "entries", "alpha", "--limit", "3"});
+    json el = parse(enl);
+    EXPECT_EQ(el["entries"].size(), 3u);
+    EXPECT_EQ(el["truncated"], true);
+    EXPECT_EQ(ctl({"entries", "alpha"}).code, 0);
+
+    Proc he = ctl({"--json", "health", "alpha"});
+    ASSERT_EQ(he.code, 0) << he.err << he.out;
+    json h = parse(he);
+    EXPECT_EQ(h["healthy"], true) << he.out;
+    EXPECT_EQ(h["usage"]["entries_committed"], 10);
+    EXPECT_EQ(h["usage"]["orphan_blocks"], 0);
+    EXPECT_EQ(ctl({"health", "alpha"}).code, 0);
+
+    Proc cl = ctl({"--json", "clients", "alpha"});
+    ASSERT_EQ(cl.code, 0) << cl.err;
+    json cj = parse(cl);
+    ASSERT_EQ(cj["clients"].size(), 1u) << cl.out;
+    EXPECT_EQ(cj["clients"][0]["pid"], getpid());
+    EXPECT_EQ(cj["clients"][0]["pins"], 1);
+    EXPECT_EQ(cj["clients"][0]["alive"], true);
+    Proc clh = ctl({"clients", "alpha"});
+    EXPECT_EQ(clh.code, 0);
+    EXPECT_NE(clh.out.find(std::to_string(getpid())), std::string::npos) << clh.out;
+
+    Proc sa = ctl({"--json", "stats"});
+    ASSERT_EQ(sa.code, 0) << sa.err;
+    json sj = parse(sa);
+    EXPECT_GT(sj["daemon"]["requests"].get<uint64_t>(), 5u);
+    EXPECT_GT(sj["daemon"]["rss_bytes"].get<uint64_t>(), 0u);
+    EXPECT_EQ(sj["pools"][0]["name"], "alpha");
+    EXPECT_EQ(ctl({"stats"}).code, 0);
+    Proc ve = ctl({"--json", "version"});
+    EXPECT_EQ(ve.code, 0) << ve.err;
+    EXPECT_EQ(parse(ve)["protocol"], KV_CTL_VERSION);
+    kv_release(c.pool, &v);
+}
+
+TEST_F(DaemonTest, KilledClientIsReapedWithinOneSecond) {
+    ASSERT_TRUE(start_daemon(config()));
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool) << c.error;
+        ASSERT_EQ(c.put(1, 4096), 0);
+    }
+    int ready[2];
+    ASSERT_EQ(pipe(ready), 0);
+    pid_t child = fork();
+    if (child == 0) {
+        Client c(pool_path("alpha"));
+        kv_view v;
+        kv_key k = key_of(1);
+        if (!c.pool || kv_get(c.pool, c.ns, &k, &v) != 0) _exit(1);
+        kv_reservation r;
+        kv_key k2 = key_of(2);
+        if (kv_reserve(c.pool, c.ns, &k2, 8192, nullptr, &r) != 0) _exit(1);
+        char b = 1;
+        if (write(ready[1], &b, 1) != 1) _exit(1);
+        pause();
+        _exit(0);
+    }
+    children_.push_back(child);
+    char b;
+    ASSERT_EQ(read(ready[0], &b, 1), 1);
+    json before = parse(ctl({"--json", "clients", "alpha"}));
+    ASSERT_EQ(before["clients"].size(), 1u);
+    EXPECT_EQ(before["clients"][0]["pins"], 1);
+    EXPECT_EQ(before["clients"][0]["reservations"], 1);
+    EXPECT_GE(before["clients"][0]["bytes_reserved"].get<uint64_t>(), 8192u);
+
+    Client probe(pool_path("alpha"));
+    ASSERT_TRUE(probe.pool);
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    children_.clear();
+    const uint64_t t0 = mono_ms();
+    // The daemon reaps by itself (reap_interval_ms = 100); the probe must not.
+    bool reaped = eventually(
+        [&] {
+            kv_usage u;
+            kv_pool_usage(probe.pool, &u);
+            return u.pins == 0 && u.entries_reserved == 0;
+        },
+        1000);
+    EXPECT_TRUE(reaped) << "pins/reservations of the killed client still held after " << mono_ms() - t0 << " ms";
+    kv_stats st;
+    kv_pool_stats(probe.pool, &st);
+    EXPECT_EQ(st.reaps, 1u); // counted in the daemon's slot, not ours
+    EXPECT_NE(log().find("reaped 1 dead client"), std::string::npos) << log();
+}
+
+TEST_F(DaemonTest, DetachRefusesLiveClientUnlessKill) {
+    ASSERT_TRUE(start_daemon(config()));
+    int ready[2];
+    ASSERT_EQ(pipe(ready), 0);
+    pid_t child = fork();
+    if (child == 0) {
+        Client c(pool_path("alpha"));
+        if (!c.pool || c.put(5, 4096) != 0) _exit(1);
+        kv_view v;
+        kv_key k = key_of(5);
+        if (kv_get(c.pool, c.ns, &k, &v) != 0) _exit(1);
+        char b = 1;
+        if (write(ready[1], &b, 1) != 1) _exit(1);
+        pause();
+        _exit(0);
+    }
+    children_.push_back(child);
+    char b;
+    ASSERT_EQ(read(ready[0], &b, 1), 1);
+    Proc r = ctl({"detach", "alpha", "--pid", std::to_string(child)});
+    EXPECT_EQ(r.code, 1) << r.out << r.err;
+    EXPECT_NE(r.err.find("--kill"), std::string::npos) << r.err;
+    EXPECT_EQ(kill(child, 0), 0) << "detach without --kill must not kill";
+    Proc k = ctl({"--json", "detach", "alpha", "--pid", std::to_string(child), "--kill"});
+    ASSERT_EQ(k.code, 0) << k.err;
+    json j = parse(k);
+    EXPECT_EQ(j["killed"], true);
+    EXPECT_EQ(j["reaped"], 1);
+    int st = 0;
+    waitpid(child, &st, 0);
+    children_.clear();
+    EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    json cl = parse(ctl({"--json", "clients", "alpha"}));
+    EXPECT_EQ(cl["clients"].size(), 0u) << cl.dump();
+    Proc nf = ctl({"detach", "alpha", "--pid", std::to_string(child)});
+    EXPECT_EQ(nf.code, 5) << nf.err; // not attached any more
+}
+
+TEST_F(DaemonTest, CreateAndDestroyAtRuntime) {
+    ASSERT_TRUE(start_daemon(config()));
+    Proc c = ctl({"--json", "create", "beta", "--size", "32M", "--hugepages", "never", "--mode", "0640"});
+    ASSERT_EQ(c.code, 0) << c.err;
+    json j = parse(c);
+    EXPECT_EQ(j["name"], "beta");
+    EXPECT_EQ(j["origin"], "runtime");
+    EXPECT_EQ(j["mode"], "0640");
+    struct stat sb;
+    ASSERT_EQ(stat(pool_path("beta").c_str(), &sb), 0);
+    EXPECT_EQ(sb.st_mode & 07777, 0640u);
+    {
+        Client cl(pool_path("beta"));
+        ASSERT_TRUE(cl.pool) << cl.error;
+        EXPECT_EQ(cl.put(1, 4096), 0);
+    }
+    EXPECT_EQ(ctl({"create", "beta", "--size", "32M"}).code, 6);
+    Proc bad = ctl({"create", "bad/name", "--size", "32M"});
+    EXPECT_NE(bad.code, 0) << bad.err;
+    EXPECT_NE(bad.err.find("bad/name"), std::string::npos) << bad.err;
+    Proc small = ctl({"create", "tiny", "--size", "1M"});
+    EXPECT_NE(small.code, 0);
+    EXPECT_NE(small.err.find("16 MiB"), std::string::npos) << small.err;
+    EXPECT_EQ(ctl({"destroy", "beta"}).code, 0);
+    EXPECT_NE(stat(pool_path("beta").c_str(), &sb), 0);
+    EXPECT_EQ(ctl({"destroy", "beta"}).code, 5);
+    EXPECT_EQ(ctl({"status", "beta"}).code, 5);
+    json l = parse(ctl({"--json", "list"}));
+    EXPECT_EQ(l["pools"].size(), 1u);
+}
+
+TEST_F(DaemonTest, EvictPercentFreesThatShareOfUnpinnedBytes) {
+    ASSERT_TRUE(start_daemon(config()));
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    const size_t len = 64 << 10;
+    for (uint64_t i = 0; i < 200; i++) ASSERT_EQ(c.put(i, len), 0);
+    kv_view pinned;
+    ASSERT_EQ(kv_get(c.pool, c.ns, &(const kv_key &)key_of(7), &pinned), 0);
+    Proc r = ctl({"--json", "evict", "alpha", "--percent", "50"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    json j = parse(r);
+    const uint64_t unpinned = 199 * len;
+    EXPECT_EQ(j["requested_bytes"], unpinned / 2);
+    const uint64_t freed = j["freed_bytes"];
+    EXPECT_GE(freed, unpinned / 2);
+    EXPECT_LE(freed, unpinned / 2 + len) << "more than one block beyond the share";
+    kv_usage u;
+    kv_pool_usage(c.pool, &u);
+    EXPECT_EQ(u.bytes_committed, 200 * len - freed);
+    EXPECT_EQ(kv_view_verify(&pinned), 0);
+    EXPECT_EQ(kv_contains(c.pool, c.ns, &(const kv_key &)key_of(7)), 1) << "a pinned block was evicted";
+    EXPECT_EQ(ctl({"evict", "alpha", "--percent", "0"}).code, 2);
+    EXPECT_EQ(ctl({"evict", "alpha", "--percent", "101"}).code, 2);
+    kv_release(c.pool, &pinned);
+}
+
+TEST_F(DaemonTest, BackgroundEvictionKeepsUsageUnderHighWatermark) {
+    std::string pools = "high_watermark = 0.5\nlow_watermark = 0.3\n";
+    ASSERT_TRUE(start_daemon(config("", pools)));
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    const uint64_t cap = kv_pool_header(c.pool)->data_len;
+    const size_t len = 256 << 10;
+    for (uint64_t i = 0; i < cap * 6 / 10 / len; i++) ASSERT_GE(c.put(i, len), 0);
+    bool below = eventually(
+        [&] {
+            kv_usage u;
+            kv_pool_usage(c.pool, &u);
+            // Once above 0.5 the pass evicts down to 0.3; puts racing with
+            // it may refill up to, but not past, the high watermark.
+            return double(u.bytes_committed) <= 0.5 * double(cap);
+        },
+        3000);
+    EXPECT_TRUE(below) << log();
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_GT(s["background_evicted_bytes"].get<uint64_t>(), 0u);
+}
+
+TEST_F(DaemonTest, WarmRestartReattachesWithBlocks) {
+    ASSERT_TRUE(start_daemon(config()));
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool);
+        for (uint64_t i = 0; i < 20; i++) ASSERT_EQ(c.put(i, 8192), 0);
+    }
+    ASSERT_EQ(stop_daemon(), 0);
+    ASSERT_TRUE(start_daemon(config()));
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["state"], "reattached");
+    EXPECT_EQ(s["entries"], 20);
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool);
+    for (uint64_t i = 0; i < 20; i++) {
+        kv_view v;
+        ASSERT_EQ(kv_get(c.pool, c.ns, &(const kv_key &)key_of(i), &v), 0);
+        EXPECT_EQ(kv_view_verify(&v), 0);
+        EXPECT_EQ(static_cast<const uint8_t *>(v.data)[100], uint8_t(i));
+        kv_release(c.pool, &v);
+    }
+    // A size change in the config rebuilds the pool and says so.
+    ASSERT_EQ(stop_daemon(), 0);
+    std::string cfg = config();
+    cfg.replace(cfg.find("\"64M\""), 5, "\"32M\"");
+    ASSERT_TRUE(start_daemon(cfg));
+    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["state"], "created");
+    EXPECT_NE(log().find("rebuilding it"), std::string::npos);
+}
+
+TEST_F(DaemonTest, ReloadAddsPoolsAndRefusesUnsafeChanges) {
+    ASSERT_TRUE(start_daemon(config()));
+    std::string cfg = config("", "\n[[pool]]\nname = \"gamma\"\nsize = \"32M\"\nhugepages = \"never\"\n"
+                                 "prefault = false\n");
+    cfg.replace(cfg.find("\"64M\""), 5, "\"128M\"");
+    spit(cfg_path_, cfg);
+    kill(daemon_, SIGHUP);
+    EXPECT_TRUE(eventually([&] { return ctl({"status", "gamma"}).code == 0; }, 5000)) << log();
+    EXPECT_TRUE(eventually([&] { return log().find("refused: pool alpha") != std::string::npos; }, 2000)) << log();
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_LT(s["size"].get<uint64_t>(), 100u << 20) << "alpha must keep its size";
+    // A broken config on reload keeps the running one.
+    spit(cfg_path_, "this is not toml = = =");
+    kill(daemon_, SIGHUP);
+    EXPECT_TRUE(eventually([&] { return log().find("reload refused") != std::string::npos; }, 3000)) << log();
+    EXPECT_EQ(ctl({"status", "alpha"}).code, 0);
+}
+
+TEST_F(DaemonTest, MetricsEndpointServesPrometheusText) {
+    std::string msock = dir_ + "/metrics";
+    ASSERT_TRUE(start_daemon(config("metrics = \"unix:" + msock + "\"\n")));
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    strncpy(sa.sun_path, msock.c_str(), sizeof sa.sun_path - 1);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa), 0);
+    const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    ASSERT_EQ(write(fd, req, sizeof req - 1), ssize_t(sizeof req - 1));
+    std::string resp;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, size_t(n));
+    close(fd);
+    EXPECT_EQ(resp.rfind("HTTP/1.1 200 OK", 0), 0u) << resp;
+    EXPECT_NE(resp.find("kvpool_capacity_bytes{pool=\"alpha\"}"), std::string::npos) << resp;
+    EXPECT_NE(resp.find("# TYPE kvpool_hits_total counter"), std::string::npos);
+    EXPECT_NE(resp.find("kvpoold_resident_bytes"), std::string::npos);
+}
+
+TEST_F(DaemonTest, MetricsRefusesNonLoopbackTcp) {
+    Proc r = run({kvpoold_, "--check-config", "--config", "/nonexistent/kvpoold.toml"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.err.find("/nonexistent/kvpoold.toml"), std::string::npos) << r.err;
+    spit(dir_ + "/bad.toml", config("metrics = \"tcp:0.0.0.0:9464\"\n"));
+    Proc b = run({kvpoold_, "--config", dir_ + "/bad.toml"});
+    EXPECT_EQ(b.code, 1);
+    EXPECT_NE(b.err.find("loopback"), std::string::npos) << b.err;
+}
+
+TEST_F(DaemonTest, BadConfigsFailWithAMessage) {
+    struct Case {
+        std::string text, expect;
+    };
+    const Case cases[] = {
+        {config() + "sise = \"1G\"\n", "sise"},
+        {config() + "\n[[pool]]\nname = \"alpha\"\nsize = \"32M\"\n", "alpha"},
+        {"[daemon]\nreap_interval_ms = \"fast\"\n", "reap_interval_ms"},
+        {"[[pool]]\nname = \"x\"\nsize = \"12Q\"\n", "12Q"},
+        {"[[pool]]\nname = \"x\"\nsize = \"64M\"\nhugepages = \"sometimes\"\n", "sometimes"},
+        {"[[pool]]\nname = \"x\"\nsize = \"64M\"\neviction = \"random\"\n", "random"},
+        {"not toml at all [", "syntax"},
+    };
+    for (const Case &c : cases) {
+        spit(dir_ + "/bad.toml", c.text);
+        Proc r = run({kvpoold_, "--check-config", "--config", dir_ + "/bad.toml"});
+        EXPECT_EQ(r.code, 1) << c.text;
+        EXPECT_NE(r.err.find(c.expect), std::string::npos) << "config:\n" << c.text << "\nstderr: " << r.err;
+        EXPECT_NE(r.err.find("<3>"), std::string::npos) << "error priority prefix missing: " << r.err;
+    }
+    spit(dir_ + "/good.toml", config());
+    Proc g = run({kvpoold_, "--check-config", "--config", dir_ + "/good.toml"});
+    EXPECT_EQ(g.code, 0) << g.err;
+    EXPECT_EQ(run({kvpoold_, "--bogus"}).code, 2);
+    // A pool that requires hugepages where there is no hugetlbfs: start fails, says how to fix.
+    spit(dir_ + "/huge.toml", "[daemon]\ncontrol_socket = \"" + sock_ + "\"\nshm_dir = \"" + shm_ +
+                                  "\"\nhugepage_dir = \"" + dir_ + "/huge\"\nadmin_group = \"root\"\n"
+                                  "[[pool]]\nname = \"h\"\nsize = \"64M\"\nhugepages = \"require\"\n");
+    Proc h = run({kvpoold_, "--config", dir_ + "/huge.toml"});
+    EXPECT_EQ(h.code, 1);
+    EXPECT_NE(h.err.find("hugetlbfs"), std::string::npos) << h.err;
+}
+
+TEST_F(DaemonTest, GarbageOnTheControlSocketNeverHurtsTheDaemon) {
+    ASSERT_TRUE(start_daemon(config()));
+    auto connect_raw = [&] {
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un sa{};
+        sa.sun_family = AF_UNIX;
+        strncpy(sa.sun_path, sock_.c_str(), sizeof sa.sun_path - 1);
+        EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa), 0);
+        timeval tv{5, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        return fd;
+    };
+    auto reply = [](int fd, kv_ctl_hdr *h, kv_ctl_response *r, std::string *msg) {
+        if (read(fd, h, sizeof *h) != ssize_t(sizeof *h)) return false;
+        if (read(fd, r, sizeof *r) != ssize_t(sizeof *r)) return false;
+        msg->resize(r->body_len);
+        size_t got = 0;
+        while (got < r->body_len) {
+            ssize_t n = read(fd, msg->data() + got, r->body_len - got);
+            if (n <= 0) return false;
+            got += size_t(n);
+        }
+        return true;
+    };
+    kv_ctl_hdr h;
+    kv_ctl_response r;
+    std::string msg;
+    {   // bad magic: error reply, then the connection closes
+        int fd = connect_raw();
+        const char junk[] = "GET / HTTP/1.0\r\n\r\n";
+        ASSERT_EQ(write(fd, junk, sizeof junk), ssize_t(sizeof junk));
+        ASSERT_TRUE(reply(fd, &h, &r, &msg));
+        EXPECT_EQ(r.error, uint32_t(EPROTO));
+        EXPECT_NE(msg.find("magic"), std::string::npos) << msg;
+        char b;
+        EXPECT_EQ(read(fd, &b, 1), 0);
+        close(fd);
+    }
+    {   // oversized length: refused before any body is read
+        int fd = connect_raw();
+        kv_ctl_hdr big{KV_CTL_MAGIC, KV_CTL_VERSION, KV_CTL_OP_LIST, 0xffffffffU, 9};
+        ASSERT_EQ(write(fd, &big, sizeof big), ssize_t(sizeof big));
+        ASSERT_TRUE(reply(fd, &h, &r, &msg));
+        EXPECT_EQ(r.error, uint32_t(EMSGSIZE));
+        EXPECT_EQ(h.seq, 9u);
+        close(fd);
+    }
+    {   // wrong version, unknown op, short body, reserved bits, unterminated name
+        int fd = connect_raw();
+        kv_ctl_hdr v2{KV_CTL_MAGIC, 2, KV_CTL_OP_LIST, 0, 1};
+        ASSERT_EQ(write(fd, &v2, sizeof v2), ssize_t(sizeof v2));
+        ASSERT_TRUE(reply(fd, &h, &r, &msg));
+        EXPECT_EQ(r.error, uint32_t(EPROTO));
+        EXPECT_NE(msg.find("version 2"), std::string::npos) << msg;
+        close(fd);
+
+        fd = connect_raw();
+        auto send_req = [&](uint16_t op, const kv_ctl_request &q, uint32_t len) {
+            kv_ctl_hdr hh{KV_CTL_MAGIC, KV_CTL_VERSION, op, len, 5};
+            std::string buf(reinterpret_cast<const char *>(&hh), sizeof hh);
+            buf.append(reinterpret_cast<const char *>(&q), std::min<size_t>(len, sizeof q));
+            buf.resize(sizeof hh + len, '\0');
+            ASSERT_EQ(write(fd, buf.data(), buf.size()), ssize_t(buf.size()));
+        };
+        kv_ctl_request q{};
+        send_req(200, q, sizeof q);
+        ASSERT_TRUE(reply(fd, &h, &r, &msg));
+        EXPECT_EQ(r.error, uint32_t(EOPNOTSUPP));
+        send_req(KV_CTL_OP_LIST, q, 8);
+        ASSERT_TRUE(reply(fd, &h, &r, &msg));
+        EXPECT_EQ(r.error, uint32_t(EPROTO));
+        q.reserved[3] = 1;
+        send_req(KV_CTL_OP_LIST, q, sizeof q);
+        ASSERT_TRUE(reply(fd, &h, &r, &msg));
+        EXPECT_EQ(r.error, uint32_t(EINVAL));
+        q = {};
+        memset(q.pool, 'a', sizeof q.pool);
+        send_req(KV_CTL_OP_STATUS, q, sizeof q);
+        ASSERT_TRUE(reply(fd, &h, &r, &msg));
+        EXPECT_EQ(r.error, uint32_t(EINVAL));
+        q = {};
+        send_req(KV_CTL_OP_LIST, q, sizeof q); // and the connection still works
+        ASSERT_TRUE(reply(fd, &h, &r, &msg));
+        EXPECT_EQ(r.error, 0u) << msg;
+        close(fd);
+    }
+    {   // random bytes, a half message left hanging, and a burst of connections
+        uint64_t x = 0x12345678;
+        for (int i = 0; i < 50; i++) {
+            int fd = connect_raw();
+            std::string b(size_t(1 + i * 13), '\0');
+            for (char &ch : b) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                ch = char(x);
+            }
+            if (i % 2) memcpy(b.data(), "KCTL", std::min<size_t>(4, b.size())); // plausible magic
+            ssize_t w = write(fd, b.data(), b.size());
+            (void)w;
+            close(fd);
+        }
+        int hang = connect_raw();
+        kv_ctl_hdr part{KV_CTL_MAGIC, KV_CTL_VERSION, KV_CTL_OP_LIST, sizeof(kv_ctl_request), 1};
+        ASSERT_EQ(write(hang, &part, sizeof part), ssize_t(sizeof part));
+        Proc ok = ctl({"list"}); // a half-sent request elsewhere must not stall anyone
+        EXPECT_EQ(ok.code, 0) << ok.err;
+        close(hang);
+    }
+    EXPECT_EQ(kill(daemon_, 0), 0) << "kvpoold died";
+    EXPECT_EQ(ctl({"status", "alpha"}).code, 0);
+}
+
+// An unprivileged user can read status but cannot change pools, and cannot
+// attach to a pool whose mode excludes it.
+TEST_F(DaemonTest, UnprivilegedUserReadsButCannotChange) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to create a test user";
+    test_user_ = "kvpt" + std::to_string(getpid() % 100000);
+    Proc add = run({"/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", test_user_});
+    if (add.code != 0) {
+        test_user_.clear();
+        GTEST_SKIP() << "useradd failed: " << add.err;
+    }
+    passwd *pw = getpwnam(test_user_.c_str());
+    ASSERT_NE(pw, nullptr);
+    const int uid = int(pw->pw_uid), gid = int(pw->pw_gid);
+    ASSERT_TRUE(start_daemon(config()));
+    Proc st = ctl({"status", "alpha"}, uid, gid);
+    EXPECT_EQ(st.code, 0) << st.err;
+    Proc ls = ctl({"--json", "list"}, uid, gid);
+    EXPECT_EQ(ls.code, 0) << ls.err;
+    Proc d = ctl({"destroy", "alpha"}, uid, gid);
+    EXPECT_EQ(d.code, 4) << d.out << d.err;
+    EXPECT_NE(d.err.find("root"), std::string::npos) << d.err;
+    EXPECT_EQ(ctl({"evict", "alpha", "--percent", "10"}, uid, gid).code, 4);
+    EXPECT_EQ(ctl({"create", "mine", "--size", "32M"}, uid, gid).code, 4);
+    struct stat sb;
+    EXPECT_EQ(stat(pool_path("alpha").c_str(), &sb), 0) << "pool destroyed by an unprivileged user";
+    // Attaching as that user: the pool file is root:root 0660.
+    pid_t child = fork();
+    if (child == 0) {
+        if (setgroups(0, nullptr) != 0 || setgid(gid_t(gid)) != 0 || setuid(uid_t(uid)) != 0) _exit(3);
+        kv_pool *p = nullptr;
+        char err[256];
+        int rc = kv_pool_attach(pool_path("alpha").c_str(), 0, &p, err, sizeof err);
+        _exit(rc == -EACCES ? 0 : 1);
+    }
+    int wst = 0;
+    waitpid(child, &wst, 0);
+    EXPECT_TRUE(WIFEXITED(wst) && WEXITSTATUS(wst) == 0) << "attach as an outsider must fail with EACCES";
+}
