@@ -205,6 +205,11 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
     if (chown(pool->path.c_str(), uid_t(-1), pool->gid) != 0 || chmod(pool->path.c_str(), pc.mode) != 0)
         KV_LOGW(kComp, "pool %s: cannot set group %u / mode %04o on %s: %s", pc.name.c_str(), unsigned(pool->gid),
                 pc.mode, pool->path.c_str(), strerror(errno));
+    if (pc.persist_on_stop || pc.restore_on_start)
+        KV_LOGW(kComp,
+                "pool %s: persist_on_stop/restore_on_start are set, but this kvpoold cannot write snapshots yet: "
+                "the pool survives daemon restarts in shared memory, not reboots",
+                pc.name.c_str());
     const kv_region_header *hd = kv_pool_header(pool->handle);
     KV_LOGI(kComp, "pool %s %s: %s, %s, page size %s, numa %s, %u entry slots", pc.name.c_str(), pool->state.c_str(),
             pool->path.c_str(), kv::detail::format_size(hd->region_size).c_str(),

@@ -27,7 +27,7 @@ fi
 
 jobs=$(nproc)
 run_suites() { # build-dir
-    meson test -C "$1" --suite uapi --suite unit --suite mp --print-errorlogs --num-processes "$jobs"
+    meson test -C "$1" --suite uapi --suite unit --suite mp --suite system --print-errorlogs --num-processes "$jobs"
 }
 
 echo "== build (warnings as errors) =="

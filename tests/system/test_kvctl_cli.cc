@@ -1,0 +1,595 @@
+// SPDX-License-Identifier: MIT
+//
+// kvctl without a daemon: argument handling, exit codes and messages, and its
+// protocol client against a fake kvpoold that this test runs on a temporary
+// unix socket and that answers one request the way each test asks (a valid
+// document, a bad magic, an error, a truncated message, silence).
+//
+// The kvctl binary is taken from $KVCTL (meson passes kvctl.full_path()):
+//   KVCTL=build/tools/kvctl ./test_kvctl_cli
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <functional>
+#include <gtest/gtest.h>
+#include <kvpool/control.h>
+#include <nlohmann/json.hpp>
+#include <poll.h>
+#include <string>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+extern char **environ;
+
+namespace {
+
+constexpr const char *kNoSocket = "/nonexistent/kvctl-test/control";
+
+struct Outcome {
+    int code = -1; // exit status, or 128 + signal
+    std::string out, err;
+};
+
+std::string kvctl_path() {
+    const char *p = std::getenv("KVCTL");
+    return p ? p : "";
+}
+
+// Run kvctl with args; KVPOOL_SOCKET is removed from its environment unless
+// socket_env is given, so the host's daemon is never reached by accident.
+Outcome run_kvctl(const std::vector<std::string> &args, const char *socket_env = nullptr) {
+    Outcome r;
+    const std::string bin = kvctl_path();
+    std::vector<std::string> env_store;
+    for (char **e = environ; *e; e++)
+        if (std::strncmp(*e, "KVPOOL_SOCKET=", 14) != 0) env_store.emplace_back(*e);
+    if (socket_env) env_store.push_back(std::string("KVPOOL_SOCKET=") + socket_env);
+    std::vector<char *> argv{const_cast<char *>(bin.c_str())}, envp;
+    for (const std::string &a : args)
+        argv.push_back(const_cast<char *>(a.c_str()));
+    argv.push_back(nullptr);
+    for (std::string &e : env_store)
+        envp.push_back(e.data());
+    envp.push_back(nullptr);
+
+    int out[2], err[2];
+    if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+        ADD_FAILURE() << "pipe2: " << std::strerror(errno);
+        return r;
+    }
+    const pid_t pid = fork();
+    if (pid == 0) {
+        dup2(out[1], 1);
+        dup2(err[1], 2);
+        execve(argv[0], argv.data(), envp.data());
+        _exit(127);
+    }
+    close(out[1]);
+    close(err[1]);
+    pollfd pfd[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+    std::string *dst[2] = {&r.out, &r.err};
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (poll(pfd, 2, 20000) <= 0) break; // a hung kvctl is a failure below, not a hang
+        for (int i = 0; i < 2; i++) {
+            if (pfd[i].fd < 0 || !pfd[i].revents) continue;
+            char buf[4096];
+            const ssize_t n = read(pfd[i].fd, buf, sizeof buf);
+            if (n > 0) {
+                dst[i]->append(buf, size_t(n));
+            } else if (n == 0 || errno != EINTR) {
+                close(pfd[i].fd);
+                pfd[i].fd = -1;
+                open_fds--;
+            }
+        }
+    }
+    if (open_fds > 0) kill(pid, SIGKILL);
+    for (pollfd &p : pfd)
+        if (p.fd >= 0) close(p.fd);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return r;
+}
+
+std::string describe(const std::vector<std::string> &args, const Outcome &r) {
+    std::string s = "kvctl";
+    for (const std::string &a : args)
+        s += " " + a;
+    return s + "\n exit " + std::to_string(r.code) + "\n stdout: " + r.out + "\n stderr: " + r.err;
+}
+
+bool read_full(int fd, void *buf, size_t n) {
+    auto *p = static_cast<char *>(buf);
+    while (n) {
+        const ssize_t k = read(fd, p, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return false;
+        p += k;
+        n -= size_t(k);
+    }
+    return true;
+}
+
+bool write_full(int fd, const void *buf, size_t n) {
+    const auto *p = static_cast<const char *>(buf);
+    while (n) {
+        const ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return false;
+        p += k;
+        n -= size_t(k);
+    }
+    return true;
+}
+
+// One well-formed response message: header, kv_ctl_response, body.
+std::string response(const kv_ctl_hdr &req, uint32_t error, const std::string &body) {
+    kv_ctl_hdr h{KV_CTL_MAGIC, KV_CTL_VERSION, req.op,
+                 uint32_t(sizeof(kv_ctl_response) + body.size()), req.seq};
+    kv_ctl_response r{error, uint32_t(body.size()), 0};
+    std::string msg(reinterpret_cast<const char *>(&h), sizeof h);
+    msg.append(reinterpret_cast<const char *>(&r), sizeof r);
+    return msg + body;
+}
+
+// A kvpoold stand-in: listens on a socket in a fresh temporary directory,
+// accepts one connection, reads one request and lets the test answer it.
+class FakeDaemon {
+  public:
+    // Called with the connection and the request read; writes whatever it likes.
+    using Answer = std::function<void(int fd, const kv_ctl_hdr &, const kv_ctl_request &)>;
+
+    explicit FakeDaemon(Answer answer) : answer_(std::move(answer)) {
+        char tmpl[] = "/tmp/kvctl-test-XXXXXX";
+        if (!mkdtemp(tmpl)) {
+            ADD_FAILURE() << "mkdtemp: " << std::strerror(errno);
+            return;
+        }
+        dir_ = tmpl;
+        path_ = dir_ + "/control";
+        listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
+        if (bind(listen_fd_, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0 ||
+            listen(listen_fd_, 4) != 0) {
+            ADD_FAILURE() << "bind/listen " << path_ << ": " << std::strerror(errno);
+            return;
+        }
+        thread_ = std::thread([this] { serve(); });
+    }
+
+    ~FakeDaemon() {
+        if (thread_.joinable()) thread_.join();
+        if (listen_fd_ >= 0) close(listen_fd_);
+        if (!path_.empty()) unlink(path_.c_str());
+        if (!dir_.empty()) rmdir(dir_.c_str());
+    }
+
+    const std::string &path() const { return path_; }
+
+    // Valid once run_kvctl has returned (the thread has finished by then or
+    // is about to: join first).
+    void join() {
+        if (thread_.joinable()) thread_.join();
+    }
+    bool got_request = false;
+    kv_ctl_hdr hdr{};
+    kv_ctl_request req{};
+
+  private:
+    void serve() {
+        pollfd p{listen_fd_, POLLIN, 0};
+        if (poll(&p, 1, 20000) != 1) return; // kvctl never connected
+        const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd < 0) return;
+        if (read_full(fd, &hdr, sizeof hdr) && hdr.length == sizeof req &&
+            read_full(fd, &req, sizeof req)) {
+            got_request = true;
+            answer_(fd, hdr, req);
+        }
+        close(fd);
+    }
+
+    Answer answer_;
+    std::string dir_, path_;
+    int listen_fd_ = -1;
+    std::thread thread_;
+};
+
+FakeDaemon::Answer reply(uint32_t error, std::string body) {
+    return [error, body](int fd, const kv_ctl_hdr &h, const kv_ctl_request &) {
+        const std::string msg = response(h, error, body);
+        write_full(fd, msg.data(), msg.size());
+    };
+}
+
+const char *kPoolJson = R"({
+  "name": "llama", "path": "/dev/shm/kvpool/llama", "size": 17179869184,
+  "capacity": 17000000000, "used_bytes": 1073741824, "used_pct": 6.3157,
+  "entries": 1234, "entry_slots": 1037597, "bytes_committed": 1073741824,
+  "hits": 863, "misses": 137, "hit_rate": 0.863, "puts": 1500, "dedups": 3,
+  "evictions": 10, "removes": 2, "pins": 4, "clients": 3, "policy": "clock",
+  "page_size": 2097152, "backing": "hugetlbfs", "numa_node": -1, "group": "kvpool",
+  "mode": "0660", "high_watermark": 0.95, "low_watermark": 0.85,
+  "origin": "config", "state": "created"})";
+
+class KvctlCli : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        if (kvctl_path().empty())
+            GTEST_FAIL() << "set KVCTL to the kvctl binary (meson's test() does)";
+        if (access(kvctl_path().c_str(), X_OK) != 0)
+            GTEST_FAIL() << "KVCTL=" << kvctl_path() << ": " << std::strerror(errno);
+    }
+};
+
+// ---- Usage errors: exit 2, and the message names what was wrong ------------------
+
+struct BadArgs {
+    std::vector<std::string> args;
+    std::string names; // must appear in stderr
+};
+
+TEST_F(KvctlCli, BadArgumentsAreUsageErrors) {
+    const std::vector<BadArgs> cases = {
+        {{}, "missing verb"},
+        {{"frobnicate"}, "\"frobnicate\""},
+        {{"--bogus", "list"}, "\"--bogus\""},
+        {{"--timeout", "soon", "list"}, "--timeout \"soon\""},
+        {{"--timeout", "-1", "list"}, "--timeout \"-1\""},
+        {{"list", "--timeout"}, "--timeout: missing value"},
+        {{"list", "--json=yes"}, "--json"},
+        {{"--socket", "", "list"}, "--socket"},
+        {{"--socket", "/tmp/" + std::string(200, 's'), "list"}, "--socket"},
+        {{"list", "extra"}, "\"extra\""},
+        {{"list", "--limit", "3"}, "\"--limit\""},
+        {{"status", "a", "b"}, "\"b\""},
+        {{"status", "bad/name"}, "POOL \"bad/name\""},
+        {{"create"}, "missing POOL"},
+        {{"create", "p"}, "missing --size"},
+        {{"create", "p", "--size"}, "--size: missing value"},
+        {{"create", "p", "--size", "12Q"}, "--size \"12Q\": expected"},
+        {{"create", "p", "--size", "1.5G"}, "--size \"1.5G\""},
+        {{"create", "p", "--size", "0"}, "--size \"0\""},
+        {{"create", "p", "--size", "1G", "--hugepages", "sometimes"}, "--hugepages \"sometimes\""},
+        {{"create", "p", "--size", "1G", "--numa", "far"}, "--numa \"far\""},
+        {{"create", "p", "--size", "1G", "--numa", "-3"}, "--numa \"-3\""},
+        {{"create", "p", "--size", "1G", "--mode", "0999"}, "--mode \"0999\""},
+        {{"create", "p", "--size", "1G", "--mode", "0"}, "--mode \"0\""},
+        {{"create", "p", "--size", "1G", "--prefault=yes"}, "--prefault"},
+        {{"create", "p", "--size", "1G", "--size", "2G"}, "--size: given more than once"},
+        {{"create", std::string(64, 'n'), "--size", "1G"}, "64 bytes long"},
+        {{"create", "..", "--size", "1G"}, "POOL \"..\""},
+        {{"destroy"}, "missing POOL"},
+        {{"destroy", "p", "--force"}, "\"--force\""},
+        {{"entries"}, "missing POOL"},
+        {{"entries", "p", "--limit", "0"}, "--limit \"0\""},
+        {{"entries", "p", "--limit", "many"}, "--limit \"many\""},
+        {{"health"}, "missing POOL"},
+        {{"health", "p", "q"}, "\"q\""},
+        {{"evict", "p"}, "missing --percent"},
+        {{"evict", "p", "--percent", "0"}, "--percent \"0\""},
+        {{"evict", "p", "--percent", "101"}, "--percent \"101\""},
+        {{"evict", "p", "--percent", "half"}, "--percent \"half\""},
+        {{"persist"}, "missing POOL"},
+        {{"persist", "p", "--path"}, "--path: missing value"},
+        {{"persist", "p", "--path", "/" + std::string(300, 'f')}, "--path"},
+        {{"restore"}, "missing POOL"},
+        {{"restore", "p", "--path", ""}, "--path \"\""},
+        {{"clients"}, "missing POOL"},
+        {{"clients", "p", "--all"}, "\"--all\""},
+        {{"detach", "p"}, "missing --pid"},
+        {{"detach", "p", "--pid", "0"}, "--pid \"0\""},
+        {{"detach", "p", "--pid", "12x"}, "--pid \"12x\""},
+        {{"detach", "p", "--pid", "1", "--kill=now"}, "--kill"},
+        {{"stats", "p"}, "\"p\""},
+        {{"version", "--pid", "1"}, "\"--pid\""},
+        {{"help", "frobnicate"}, "\"frobnicate\""},
+    };
+    for (const BadArgs &c : cases) {
+        std::vector<std::string> args = {"--socket", kNoSocket};
+        if (c.args.size() >= 2 && c.args[0] == "--socket") args.clear();
+        args.insert(args.end(), c.args.begin(), c.args.end());
+        const Outcome r = run_kvctl(args);
+        EXPECT_EQ(r.code, 2) << describe(args, r);
+        EXPECT_NE(r.err.find(c.names), std::string::npos)
+            << "expected stderr to name " << c.names << "\n"
+            << describe(args, r);
+        EXPECT_EQ(r.err.rfind("kvctl: ", 0), 0u) << describe(args, r);
+        EXPECT_TRUE(r.out.empty()) << describe(args, r);
+    }
+}
+
+TEST_F(KvctlCli, HelpExitsZero) {
+    for (const std::vector<std::string> &args :
+         std::vector<std::vector<std::string>>{{"--help"},
+                                               {"-h"},
+                                               {"help"},
+                                               {"help", "create"},
+                                               {"create", "--help"},
+                                               {"list", "-h"}}) {
+        const Outcome r = run_kvctl(args);
+        EXPECT_EQ(r.code, 0) << describe(args, r);
+        EXPECT_NE(r.out.find("Usage: kvctl"), std::string::npos) << describe(args, r);
+        EXPECT_TRUE(r.err.empty()) << describe(args, r);
+    }
+    const Outcome r = run_kvctl({"--help"});
+    for (const char *verb : {"list", "status", "create", "destroy", "entries", "health", "evict",
+                             "persist", "restore", "clients", "detach", "stats", "version"}) {
+        EXPECT_NE(r.out.find(std::string("\n  ") + verb), std::string::npos) << verb;
+        const Outcome v = run_kvctl({"help", verb});
+        EXPECT_EQ(v.code, 0) << verb << "\n" << v.err;
+    }
+    // The exit codes are documented.
+    for (const char *code :
+         {"  0  ", "  1  ", "  2  ", "  3  ", "  4  ", "  5  ", "  6  ", "  7  "})
+        EXPECT_NE(r.out.find(code), std::string::npos) << code;
+}
+
+// ---- Cannot connect: exit 3, naming the socket ------------------------------------
+
+TEST_F(KvctlCli, MissingSocketExits3) {
+    const Outcome r = run_kvctl({"--socket", kNoSocket, "list"});
+    EXPECT_EQ(r.code, 3) << r.err;
+    EXPECT_NE(r.err.find(kNoSocket), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(std::strerror(ENOENT)), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("systemctl start kvpoold"), std::string::npos) << r.err;
+
+    // $KVPOOL_SOCKET is the default; --socket overrides it.
+    const Outcome e = run_kvctl({"status"}, "/nonexistent/from-env");
+    EXPECT_EQ(e.code, 3) << e.err;
+    EXPECT_NE(e.err.find("/nonexistent/from-env"), std::string::npos) << e.err;
+    const Outcome o = run_kvctl({"--socket", kNoSocket, "status"}, "/nonexistent/from-env");
+    EXPECT_NE(o.err.find(kNoSocket), std::string::npos) << o.err;
+}
+
+TEST_F(KvctlCli, UsageIsCheckedBeforeConnecting) {
+    // With no daemon, a bad argument is still a usage error, not a connect error.
+    const Outcome r = run_kvctl({"--socket", kNoSocket, "evict", "p", "--percent", "200"});
+    EXPECT_EQ(r.code, 2) << r.err;
+}
+
+// ---- Against a fake daemon ----------------------------------------------------------
+
+TEST_F(KvctlCli, ListRendersTable) {
+    FakeDaemon d(reply(0, std::string(R"({"pools": [)") + kPoolJson + "]}"));
+    const Outcome r = run_kvctl({"--socket", d.path(), "list"});
+    d.join();
+    ASSERT_EQ(r.code, 0) << r.err;
+    ASSERT_TRUE(d.got_request);
+    EXPECT_EQ(d.hdr.magic, KV_CTL_MAGIC);
+    EXPECT_EQ(d.hdr.version, KV_CTL_VERSION);
+    EXPECT_EQ(d.hdr.op, KV_CTL_OP_LIST);
+    EXPECT_EQ(d.hdr.length, sizeof(kv_ctl_request));
+    EXPECT_EQ(d.req.pool[0], 0);
+    for (const char *col : {"NAME", "SIZE", "USED", "USED%", "ENTRIES", "HIT RATE", "POLICY",
+                            "PAGE", "NUMA", "CLIENTS"})
+        EXPECT_NE(r.out.find(col), std::string::npos) << col << "\n" << r.out;
+    for (const char *cell :
+         {"llama", "16.0 GiB", "1.0 GiB", "6.3%", "1234", "86.3%", "clock", "2.0 MiB", "none"})
+        EXPECT_NE(r.out.find(cell), std::string::npos) << cell << "\n" << r.out;
+    // Header and row line up: both lines are as long (right-aligned last column).
+    const size_t nl = r.out.find('\n');
+    ASSERT_NE(nl, std::string::npos);
+    EXPECT_EQ(r.out.find('\n', nl + 1) - nl - 1, nl) << r.out;
+}
+
+TEST_F(KvctlCli, ListWithMissingKeysPrintsDashes) {
+    FakeDaemon d(reply(0, R"({"pools": [{"name": "bare"}, 42, {"size": "big"}]})"));
+    const Outcome r = run_kvctl({"--socket", d.path(), "list"});
+    d.join();
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("bare"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" -"), std::string::npos) << r.out;
+}
+
+TEST_F(KvctlCli, JsonPrintsTheDocument) {
+    FakeDaemon d(reply(0, std::string(R"({"pools": [)") + kPoolJson + "]}"));
+    const Outcome r = run_kvctl({"--socket", d.path(), "--json", "list"});
+    d.join();
+    ASSERT_EQ(r.code, 0) << r.err;
+    const auto doc = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(doc.is_discarded()) << r.out;
+    EXPECT_EQ(doc["pools"][0]["name"], "llama");
+    EXPECT_NE(r.out.find("\n  \"pools\""), std::string::npos) << "2-space indent\n" << r.out;
+}
+
+TEST_F(KvctlCli, StatusOfOnePool) {
+    FakeDaemon d(reply(0, kPoolJson));
+    const Outcome r = run_kvctl({"--socket", d.path(), "status", "llama"});
+    d.join();
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(d.hdr.op, KV_CTL_OP_STATUS);
+    EXPECT_STREQ(reinterpret_cast<const char *>(d.req.pool), "llama");
+    EXPECT_NE(r.out.find("17179869184 bytes"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("high 95.0%, low 85.0%"), std::string::npos) << r.out;
+}
+
+TEST_F(KvctlCli, CreateEncodesTheRequest) {
+    FakeDaemon d(reply(EEXIST, "pool \"llama\" already exists"));
+    const Outcome r =
+        run_kvctl({"--socket", d.path(), "create", "llama", "--size", "512M", "--hugepages=require",
+                   "--numa", "local", "--mode", "0640", "--prefault"});
+    d.join();
+    EXPECT_EQ(r.code, 6) << r.err;
+    EXPECT_NE(r.err.find("kvctl: create llama: pool \"llama\" already exists"), std::string::npos)
+        << r.err;
+    ASSERT_TRUE(d.got_request);
+    EXPECT_EQ(d.hdr.op, KV_CTL_OP_CREATE);
+    EXPECT_STREQ(reinterpret_cast<const char *>(d.req.pool), "llama");
+    EXPECT_EQ(d.req.size, 512ULL << 20);
+    EXPECT_EQ(d.req.hugepages, 2u);
+    EXPECT_EQ(d.req.numa_node, KV_CTL_NUMA_LOCAL);
+    EXPECT_EQ(d.req.mode, 0640u);
+    EXPECT_EQ(d.req.flags, KV_CTL_F_PREFAULT);
+    for (uint64_t r64 : d.req.reserved)
+        EXPECT_EQ(r64, 0u);
+}
+
+TEST_F(KvctlCli, DetachEncodesPidAndKill) {
+    FakeDaemon d(reply(0, R"({"pool": "p", "pid": 4242, "killed": true, "reaped": 1})"));
+    const Outcome r = run_kvctl({"detach", "p", "--pid", "4242", "--kill", "--socket", d.path()});
+    d.join();
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(d.req.arg, 4242u);
+    EXPECT_EQ(d.req.flags, KV_CTL_F_KILL);
+    EXPECT_NE(r.out.find("4242"), std::string::npos) << r.out;
+}
+
+TEST_F(KvctlCli, BadMagicExits7) {
+    FakeDaemon d([](int fd, const kv_ctl_hdr &h, const kv_ctl_request &) {
+        std::string msg = response(h, 0, "{}");
+        msg[0] ^= 0x20; // "kCTL"
+        write_full(fd, msg.data(), msg.size());
+    });
+    const Outcome r = run_kvctl({"--socket", d.path(), "list"});
+    d.join();
+    EXPECT_EQ(r.code, 7) << r.err;
+    EXPECT_NE(r.err.find("magic"), std::string::npos) << r.err;
+}
+
+TEST_F(KvctlCli, EpermExits4WithTheMessage) {
+    FakeDaemon d(reply(EPERM, "uid 1000 is not in group kvpool-admin\n"));
+    const Outcome r = run_kvctl({"--socket", d.path(), "destroy", "llama"});
+    d.join();
+    EXPECT_EQ(r.code, 4) << r.err;
+    EXPECT_EQ(d.hdr.op, KV_CTL_OP_DESTROY);
+    EXPECT_EQ(r.err, "kvctl: destroy llama: uid 1000 is not in group kvpool-admin\n");
+}
+
+TEST_F(KvctlCli, ErrnoToExitCode) {
+    struct Case {
+        uint32_t error;
+        int code;
+    };
+    for (const Case c : {Case{ENOENT, 5}, Case{EEXIST, 6}, Case{EACCES, 4}, Case{EINVAL, 1},
+                         Case{EOPNOTSUPP, 1}}) {
+        FakeDaemon d(reply(c.error, ""));
+        const Outcome r = run_kvctl({"--socket", d.path(), "persist", "llama"});
+        d.join();
+        EXPECT_EQ(r.code, c.code) << c.error << ": " << r.err;
+        // No message from the daemon: strerror stands in.
+        EXPECT_NE(r.err.find(std::strerror(int(c.error))), std::string::npos) << r.err;
+    }
+}
+
+TEST_F(KvctlCli, TruncatedResponsesExit7) {
+    // Half a header, then close.
+    {
+        FakeDaemon d([](int fd, const kv_ctl_hdr &h, const kv_ctl_request &) {
+            const std::string msg = response(h, 0, "{}");
+            write_full(fd, msg.data(), 8);
+        });
+        const Outcome r = run_kvctl({"--socket", d.path(), "list"});
+        d.join();
+        EXPECT_EQ(r.code, 7) << r.err;
+        EXPECT_NE(r.err.find("closed"), std::string::npos) << r.err;
+    }
+    // A header promising more body than is sent.
+    {
+        FakeDaemon d([](int fd, const kv_ctl_hdr &h, const kv_ctl_request &) {
+            const std::string msg = response(h, 0, R"({"pools": []})");
+            write_full(fd, msg.data(), msg.size() - 4);
+        });
+        const Outcome r = run_kvctl({"--socket", d.path(), "list"});
+        d.join();
+        EXPECT_EQ(r.code, 7) << r.err;
+        EXPECT_NE(r.err.find("closed"), std::string::npos) << r.err;
+    }
+    // Closed without a byte.
+    {
+        FakeDaemon d([](int, const kv_ctl_hdr &, const kv_ctl_request &) {});
+        const Outcome r = run_kvctl({"--socket", d.path(), "stats"});
+        d.join();
+        EXPECT_EQ(r.code, 7) << r.err;
+    }
+}
+
+TEST_F(KvctlCli, MalformedHeadersExit7) {
+    struct Case {
+        const char *what;
+        std::function<void(kv_ctl_hdr &, kv_ctl_response &)> mutate;
+        const char *names;
+    };
+    const std::vector<Case> cases = {
+        {"version", [](kv_ctl_hdr &h, kv_ctl_response &) { h.version = 2; }, "version 2"},
+        {"op", [](kv_ctl_hdr &h, kv_ctl_response &) { h.op = KV_CTL_OP_STATS; }, "op"},
+        {"seq", [](kv_ctl_hdr &h, kv_ctl_response &) { h.seq ^= 1; }, "seq"},
+        {"huge length", [](kv_ctl_hdr &h, kv_ctl_response &) { h.length = KV_CTL_MAX_BODY + 1; },
+         "length"},
+        {"short length", [](kv_ctl_hdr &h, kv_ctl_response &) { h.length = 8; }, "length 8"},
+        {"body_len", [](kv_ctl_hdr &, kv_ctl_response &r) { r.body_len += 1; }, "body_len"},
+    };
+    for (const Case &c : cases) {
+        FakeDaemon d([&c](int fd, const kv_ctl_hdr &req, const kv_ctl_request &) {
+            std::string body = R"({"pools": []})";
+            kv_ctl_hdr h{KV_CTL_MAGIC, KV_CTL_VERSION, req.op,
+                         uint32_t(sizeof(kv_ctl_response) + body.size()), req.seq};
+            kv_ctl_response r{0, uint32_t(body.size()), 0};
+            c.mutate(h, r);
+            std::string msg(reinterpret_cast<const char *>(&h), sizeof h);
+            msg.append(reinterpret_cast<const char *>(&r), sizeof r);
+            msg += body;
+            write_full(fd, msg.data(), msg.size());
+        });
+        const Outcome r = run_kvctl({"--socket", d.path(), "list"});
+        d.join();
+        EXPECT_EQ(r.code, 7) << c.what << ": " << r.err;
+        EXPECT_NE(r.err.find(c.names), std::string::npos) << c.what << ": " << r.err;
+    }
+}
+
+TEST_F(KvctlCli, BadJsonExits7) {
+    for (const char *body : {"{\"pools\": [", "not json", "[1, 2]", "{\"pools\": 3}",
+                             "{\"pools\": [{\"name\": \"\xff\"}]}"}) {
+        FakeDaemon d(reply(0, body));
+        const Outcome r = run_kvctl({"--socket", d.path(), "list"});
+        d.join();
+        EXPECT_EQ(r.code, 7) << body << ": " << r.err;
+        EXPECT_NE(r.err.find("malformed"), std::string::npos) << body << ": " << r.err;
+    }
+}
+
+TEST_F(KvctlCli, SilentDaemonTimesOut) {
+    FakeDaemon d([](int fd, const kv_ctl_hdr &, const kv_ctl_request &) {
+        // Hold the connection open without answering until kvctl gives up.
+        pollfd p{fd, POLLIN, 0};
+        poll(&p, 1, 10000);
+    });
+    const Outcome r = run_kvctl({"--socket", d.path(), "--timeout", "0.3", "list"});
+    d.join();
+    EXPECT_EQ(r.code, 7) << r.err;
+    EXPECT_NE(r.err.find("no response"), std::string::npos) << r.err;
+}
+
+TEST_F(KvctlCli, UnhealthyExits1) {
+    FakeDaemon d(reply(0, R"({"pool": "p", "healthy": false,
+        "problems": ["2 index link inconsistencies"], "dead_clients": 0,
+        "usage": {"entries_committed": 5, "bad_links": 2}})"));
+    const Outcome r = run_kvctl({"--socket", d.path(), "health", "p"});
+    d.join();
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.out.find("2 index link inconsistencies"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("entries committed"), std::string::npos) << r.out;
+}
+
+TEST_F(KvctlCli, PersistShowsRate) {
+    FakeDaemon d(reply(0, R"({"pool": "p", "path": "/var/lib/kvpool/p.kvs",
+        "bytes": 4294967296, "seconds": 2.0, "blocks": 7, "checksum": "ab"})"));
+    const Outcome r = run_kvctl({"--socket", d.path(), "persist", "p", "--path", "/tmp/p.kvs"});
+    d.join();
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_STREQ(reinterpret_cast<const char *>(d.req.path), "/tmp/p.kvs");
+    EXPECT_NE(r.out.find("2.00 GiB/s"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("checksum"), std::string::npos) << "unknown keys are shown\n" << r.out;
+}
+
+} // namespace

@@ -1,0 +1,1381 @@
+// SPDX-License-Identifier: MIT
+//
+// kvctl: the command-line client of kvpoold's control socket
+// (uapi/kvpool/control.h).
+//
+// One run sends one request and reads one response. Nothing the daemon sends
+// is trusted: the response header's magic, version, op, seq and length are
+// checked before the body is read (never more than KV_CTL_MAX_BODY), body_len
+// is checked against length, the JSON is parsed inside a try block, and every
+// field is read through accessors that show "-" for a missing or mistyped
+// key, so an older or newer daemon cannot crash kvctl. Every wait is bounded
+// by --timeout, so a stuck daemon cannot hang it either.
+//
+// Exit codes are part of the interface (scripts test them) and are listed in
+// the --help text.
+#include "units.h"
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <expected>
+#include <initializer_list>
+#include <kv/kv.h>
+#include <kvpool/control.h>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <poll.h>
+#include <span>
+#include <string>
+#include <string_view>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <utility>
+#include <vector>
+
+#ifndef KVCTL_VERSION
+#define KVCTL_VERSION "0.1.0" // meson can pass the project version with -DKVCTL_VERSION
+#endif
+
+namespace {
+
+using kv::detail::format_size;
+// Not a using-declaration: ADL would find std::quoted for std::string arguments.
+std::string quote(std::string_view s) {
+    return kv::detail::quoted(s);
+}
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// Requests are sent and responses read as the structs lie in memory.
+static_assert(std::endian::native == std::endian::little,
+              "the control protocol is little-endian; kvctl would need byte swapping");
+
+constexpr const char *kDefaultSocket = "/run/kvpool/control";
+constexpr double kDefaultTimeout = 30.0;
+constexpr double kMaxTimeout = 365.0 * 86400.0;
+constexpr const char *kNone = "-"; // shown for a key the daemon did not send
+
+enum Exit : int {
+    kExitOk = 0,
+    kExitFailed = 1,   // the daemon refused or failed the request; health: unhealthy
+    kExitUsage = 2,    // bad command line
+    kExitConnect = 3,  // cannot connect to the socket
+    kExitPerm = 4,     // EPERM / EACCES from the daemon
+    kExitNoPool = 5,   // ENOENT from the daemon
+    kExitExists = 6,   // EEXIST from the daemon
+    kExitProtocol = 7, // malformed or truncated response, closed connection, timeout
+};
+
+struct Failure {
+    int exit;
+    std::string message; // printed after "kvctl: "
+};
+
+template <typename T>
+using Result = std::expected<T, Failure>;
+
+std::unexpected<Failure> fail(int exit, std::string message) {
+    return std::unexpected(Failure{exit, std::move(message)});
+}
+
+[[gnu::format(printf, 1, 2)]] std::string strf(const char *fmt, ...) {
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    const int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0) return {};
+    if (size_t(n) < sizeof buf) return std::string(buf, size_t(n));
+    std::string s(size_t(n), '\0');
+    va_start(ap, fmt);
+    std::vsnprintf(s.data(), s.size() + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+// ---- The verbs -------------------------------------------------------------
+
+enum class PoolArg { None, Optional, Required };
+
+struct Option {
+    std::string_view name;  // "--size"
+    std::string_view value; // placeholder for the help text; empty for a flag
+    std::string_view help;
+};
+
+struct Verb {
+    std::string_view name;
+    uint16_t op;
+    PoolArg pool;
+    std::span<const Option> options;
+    std::string_view synopsis; // what follows the verb
+    std::string_view help;
+};
+
+constexpr std::span<const Option> kNoOptions;
+constexpr Option kCreateOptions[] = {
+    {"--size", "SIZE", "bytes, or with a binary K, M, G or T suffix: 512M, 16G (required)"},
+    {"--hugepages", "MODE", "require, prefer (default) or never"},
+    {"--numa", "NODE", "a node number, local (the daemon's node) or none (default)"},
+    {"--mode", "MODE", "octal mode of the pool file (default 0660)"},
+    {"--prefault", "", "fault every page in at creation"},
+};
+constexpr Option kEntriesOptions[] = {
+    {"--limit", "N", "show at most N rows (default: the daemon's limit, 1000)"},
+};
+constexpr Option kEvictOptions[] = {
+    {"--percent", "N", "percent of the pool's unpinned bytes, 1..100 (required)"},
+};
+constexpr Option kSnapshotOptions[] = {
+    {"--path", "FILE",
+     "snapshot file, opened by kvpoold: use an absolute path (default: the pool's)"},
+};
+constexpr Option kDetachOptions[] = {
+    {"--pid", "PID", "the client's process id (required)"},
+    {"--kill", "", "send SIGKILL first if the process is alive"},
+};
+
+constexpr Verb kVerbs[] = {
+    {"list", KV_CTL_OP_LIST, PoolArg::None, kNoOptions, "", "Show every pool as a table."},
+    {"status", KV_CTL_OP_STATUS, PoolArg::Optional, kNoOptions, "[POOL]",
+     "Show one pool in detail, or every pool as list does."},
+    {"create", KV_CTL_OP_CREATE, PoolArg::Required, kCreateOptions,
+     "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault]",
+     "Create a pool (needs uid 0 or the daemon's admin group)."},
+    {"destroy", KV_CTL_OP_DESTROY, PoolArg::Required, kNoOptions, "POOL",
+     "Remove a pool (attached processes keep their mapping)."},
+    {"entries", KV_CTL_OP_ENTRIES, PoolArg::Required, kEntriesOptions, "POOL [--limit N]",
+     "List a pool's entries."},
+    {"health", KV_CTL_OP_HEALTH, PoolArg::Required, kNoOptions, "POOL",
+     "Check a pool's consistency; exits 1 when unhealthy."},
+    {"evict", KV_CTL_OP_EVICT, PoolArg::Required, kEvictOptions, "POOL --percent N",
+     "Evict part of a pool's unpinned bytes now."},
+    {"persist", KV_CTL_OP_PERSIST, PoolArg::Required, kSnapshotOptions, "POOL [--path FILE]",
+     "Write a pool's snapshot (no timeout unless --timeout)."},
+    {"restore", KV_CTL_OP_RESTORE, PoolArg::Required, kSnapshotOptions, "POOL [--path FILE]",
+     "Load a pool from a snapshot (no timeout unless --timeout)."},
+    {"clients", KV_CTL_OP_CLIENTS, PoolArg::Required, kNoOptions, "POOL",
+     "List the processes attached to a pool."},
+    {"detach", KV_CTL_OP_DETACH, PoolArg::Required, kDetachOptions, "POOL --pid PID [--kill]",
+     "Release a client's slot, pins and reservations."},
+    {"stats", KV_CTL_OP_STATS, PoolArg::None, kNoOptions, "",
+     "Show the daemon's counters, then each pool's."},
+    {"version", KV_CTL_OP_VERSION, PoolArg::None, kNoOptions, "",
+     "Show kvctl's and kvpoold's versions."},
+};
+
+const Verb *find_verb(std::string_view name) {
+    for (const Verb &v : kVerbs)
+        if (v.name == name) return &v;
+    return nullptr;
+}
+
+std::string verb_names() {
+    std::string s;
+    for (const Verb &v : kVerbs)
+        s += std::string(s.empty() ? "" : ", ") + std::string(v.name);
+    return s + ", help";
+}
+
+// ---- Help ------------------------------------------------------------------
+
+constexpr const char *kGlobalOptions =
+    "Options (before or after the verb):\n"
+    "  --socket PATH      the control socket (default: $KVPOOL_SOCKET, else\n"
+    "                     /run/kvpool/control)\n"
+    "  --json             print the daemon's JSON document instead of tables\n"
+    "  --timeout SECONDS  give up waiting for the daemon after SECONDS (default 30;\n"
+    "                     persist and restore wait forever); 0: wait forever\n"
+    "  -h, --help         show this help; VERB --help or help VERB shows a verb's\n"
+    "  --                 end of options: a pool name after it may start with -\n";
+
+constexpr const char *kExitCodes =
+    "Exit status:\n"
+    "  0  success\n"
+    "  1  the daemon refused or failed the request; health: the pool is unhealthy\n"
+    "  2  usage error: unknown verb, bad or missing argument\n"
+    "  3  cannot connect to kvpoold (not running, wrong --socket, socket permissions)\n"
+    "  4  permission denied by kvpoold\n"
+    "  5  no such pool\n"
+    "  6  the pool already exists\n"
+    "  7  protocol error: malformed or truncated response, connection closed, timeout\n";
+
+void print_usage(FILE *out) {
+    std::fputs("Usage: kvctl [--socket PATH] [--json] [--timeout SECONDS] VERB [ARGS]\n\n"
+               "Query and manage the pools of kvpoold, the kvpool daemon.\n\n"
+               "Verbs:\n",
+               out);
+    constexpr size_t kCol = 22;
+    for (const Verb &v : kVerbs) {
+        std::string left = "  " + std::string(v.name);
+        if (!v.synopsis.empty()) left += " " + std::string(v.synopsis);
+        if (left.size() + 2 > kCol)
+            left += "\n" + std::string(kCol, ' ');
+        else
+            left.resize(kCol, ' ');
+        std::fprintf(out, "%s%.*s\n", left.c_str(), int(v.help.size()), v.help.data());
+    }
+    std::fprintf(out, "%-*s%s\n\n", int(kCol), "  help VERB", "Show a verb's options.");
+    std::fputs(kGlobalOptions, out);
+    std::fputs("\n", out);
+    std::fputs(kExitCodes, out);
+}
+
+void print_verb_usage(const Verb &v, FILE *out) {
+    std::fprintf(out, "Usage: kvctl [OPTIONS] %.*s%s%.*s\n\n%.*s\n", int(v.name.size()),
+                 v.name.data(), v.synopsis.empty() ? "" : " ", int(v.synopsis.size()),
+                 v.synopsis.data(), int(v.help.size()), v.help.data());
+    if (!v.options.empty()) {
+        std::fputs("\nVerb options:\n", out);
+        auto left = [](const Option &o) {
+            return "  " + std::string(o.name) + (o.value.empty() ? "" : " ") + std::string(o.value);
+        };
+        size_t w = 0;
+        for (const Option &o : v.options)
+            w = std::max(w, left(o).size() + 2);
+        for (const Option &o : v.options)
+            std::fprintf(out, "%-*s%.*s\n", int(w), left(o).c_str(), int(o.help.size()),
+                         o.help.data());
+    }
+    std::fputs("\n", out);
+    std::fputs(kGlobalOptions, out);
+    std::fputs("\nRun kvctl --help for the exit codes.\n", out);
+}
+
+// ---- Command line ------------------------------------------------------------
+
+struct Command {
+    std::string socket = kDefaultSocket;
+    std::string socket_source = "the default socket path"; // for messages about a bad path
+    bool json = false;
+    std::optional<double> timeout_s;
+    bool help = false;
+    bool help_verb = false; // "kvctl help [VERB]"
+    const Verb *verb = nullptr;
+    std::vector<std::string> positional;
+    std::vector<std::pair<const Option *, std::string>> options; // value "" for a flag
+
+    const std::string *option(std::string_view name) const {
+        for (const auto &[o, value] : options)
+            if (o->name == name) return &value;
+        return nullptr;
+    }
+};
+
+Failure usage_error(const Command &c, std::string message) {
+    std::string hint = c.verb ? "\nTry 'kvctl help " + std::string(c.verb->name) + "'."
+                              : std::string("\nTry 'kvctl --help'.");
+    return Failure{kExitUsage, message + hint};
+}
+
+std::optional<uint64_t> parse_uint(std::string_view s) {
+    uint64_t v = 0;
+    if (s.empty() || s[0] < '0' || s[0] > '9') return std::nullopt; // no sign, no space
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 10);
+    if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+    return v;
+}
+
+Result<double> parse_timeout(const Command &c, const std::string &s) {
+    errno = 0;
+    char *end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    if (s.empty() || end != s.c_str() + s.size() || errno == ERANGE || !std::isfinite(v) || v < 0 ||
+        v > kMaxTimeout)
+        return std::unexpected(
+            usage_error(c, "--timeout " + quote(s) +
+                               ": expected a number of seconds from 0 (wait forever) to 31536000"));
+    return v;
+}
+
+Result<Command> parse_command(int argc, char **argv) {
+    Command c;
+    if (const char *env = std::getenv("KVPOOL_SOCKET"); env && *env) {
+        c.socket = env;
+        c.socket_source = "$KVPOOL_SOCKET";
+    }
+    bool socket_given = false, json_given = false;
+    bool options_done = false;
+    for (int i = 1; i < argc; i++) {
+        const std::string_view arg = argv[i];
+        const bool is_option = !options_done && arg.size() > 1 && arg[0] == '-' && arg != "--";
+        if (!options_done && arg == "--") {
+            options_done = true;
+            continue;
+        }
+        if (!is_option) {
+            if (c.verb || c.help_verb) {
+                c.positional.emplace_back(arg);
+            } else if (arg == "help") {
+                c.help_verb = true;
+            } else if (!(c.verb = find_verb(arg))) {
+                return std::unexpected(usage_error(c, "unknown verb " + quote(arg) +
+                                                          "; expected one of " + verb_names()));
+            }
+            continue;
+        }
+
+        // --name=value or --name value.
+        std::string_view name = arg;
+        std::optional<std::string> inline_value;
+        if (size_t eq = arg.find('='); eq != std::string_view::npos && arg.starts_with("--")) {
+            name = arg.substr(0, eq);
+            inline_value = std::string(arg.substr(eq + 1));
+        }
+        auto take_value = [&](std::string_view what) -> Result<std::string> {
+            if (inline_value) return *inline_value;
+            if (i + 1 >= argc)
+                return std::unexpected(usage_error(
+                    c, std::string(name) + ": missing value; expected " + std::string(what)));
+            return std::string(argv[++i]);
+        };
+        auto no_value = [&]() -> Result<void> {
+            if (inline_value)
+                return std::unexpected(
+                    usage_error(c, std::string(name) + " takes no value; got " + quote(arg)));
+            return {};
+        };
+
+        if (name == "-h" || name == "--help") {
+            if (auto r = no_value(); !r) return std::unexpected(r.error());
+            c.help = true;
+        } else if (name == "--json") {
+            if (auto r = no_value(); !r) return std::unexpected(r.error());
+            if (json_given) return std::unexpected(usage_error(c, "--json: given more than once"));
+            json_given = c.json = true;
+        } else if (name == "--socket") {
+            auto v = take_value("the path of kvpoold's control socket");
+            if (!v) return std::unexpected(v.error());
+            if (socket_given)
+                return std::unexpected(usage_error(c, "--socket: given more than once"));
+            socket_given = true;
+            c.socket = *v;
+            c.socket_source = "--socket";
+        } else if (name == "--timeout") {
+            auto v = take_value("a number of seconds (0: wait forever)");
+            if (!v) return std::unexpected(v.error());
+            if (c.timeout_s)
+                return std::unexpected(usage_error(c, "--timeout: given more than once"));
+            auto t = parse_timeout(c, *v);
+            if (!t) return std::unexpected(t.error());
+            c.timeout_s = *t;
+        } else {
+            const Option *opt = nullptr;
+            if (c.verb)
+                for (const Option &o : c.verb->options)
+                    if (o.name == name) opt = &o;
+            if (!opt) {
+                std::string msg = "unknown option " + quote(name);
+                if (c.verb) {
+                    msg += " for " + std::string(c.verb->name);
+                    std::string known;
+                    for (const Option &o : c.verb->options)
+                        known += (known.empty() ? "" : ", ") + std::string(o.name);
+                    msg += known.empty() ? "; it takes none besides --socket, --json, --timeout"
+                                         : "; expected one of " + known;
+                } else {
+                    msg += "; verb options go after the verb";
+                }
+                return std::unexpected(usage_error(c, msg));
+            }
+            if (c.option(opt->name))
+                return std::unexpected(
+                    usage_error(c, std::string(opt->name) + ": given more than once"));
+            std::string value;
+            if (opt->value.empty()) {
+                if (auto r = no_value(); !r) return std::unexpected(r.error());
+            } else {
+                auto v = take_value(opt->value);
+                if (!v) return std::unexpected(v.error());
+                value = std::move(*v);
+            }
+            c.options.emplace_back(opt, std::move(value));
+        }
+    }
+    return c;
+}
+
+// Pool names as the protocol defines them: [A-Za-z0-9_.-]{1,63}, not "." or "..".
+Result<void> check_pool_name(const Command &c, const std::string &name) {
+    const std::string what = "POOL " + quote(name) + ": ";
+    if (name.empty()) return std::unexpected(usage_error(c, what + "expected a pool name"));
+    if (name.size() >= KV_CTL_NAME_MAX)
+        return std::unexpected(usage_error(c, what + strf("%zu bytes long; expected at most %d",
+                                                          name.size(), KV_CTL_NAME_MAX - 1)));
+    for (char ch : name) {
+        const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                        (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-';
+        if (!ok)
+            return std::unexpected(
+                usage_error(c, what + "expected only letters, digits, '_', '.' and '-'"));
+    }
+    if (name == "." || name == "..")
+        return std::unexpected(usage_error(c, what + "not a valid pool name"));
+    return {};
+}
+
+Result<void> check_socket_path(const Command &c) {
+    const size_t max = sizeof(sockaddr_un::sun_path) - 1;
+    if (c.socket.empty())
+        return std::unexpected(
+            usage_error(c, c.socket_source + ": expected the path of kvpoold's control socket"));
+    if (c.socket.size() > max)
+        return std::unexpected(
+            usage_error(c, c.socket_source + " " + quote(c.socket) +
+                               strf(": %zu bytes long; a unix socket path holds at most %zu",
+                                    c.socket.size(), max)));
+    return {};
+}
+
+// The request for a parsed command; every verb option is converted and
+// range-checked here so that a bad one is a usage error before connecting.
+Result<kv_ctl_request> build_request(const Command &c) {
+    kv_ctl_request req;
+    std::memset(&req, 0, sizeof req); // reserved fields and padding must be zero
+    const Verb &v = *c.verb;
+
+    if (v.pool == PoolArg::None && !c.positional.empty())
+        return std::unexpected(usage_error(c, std::string(v.name) + ": unexpected argument " +
+                                                  quote(c.positional[0]) + "; " +
+                                                  std::string(v.name) + " takes no pool name"));
+    if (v.pool == PoolArg::Required && c.positional.empty())
+        return std::unexpected(
+            usage_error(c, std::string(v.name) + ": missing POOL; expected a pool name"));
+    if (c.positional.size() > 1)
+        return std::unexpected(usage_error(c, std::string(v.name) + ": unexpected argument " +
+                                                  quote(c.positional[1]) + "; expected one POOL"));
+    if (!c.positional.empty()) {
+        const std::string &name = c.positional[0];
+        if (auto r = check_pool_name(c, name); !r) return std::unexpected(r.error());
+        std::memcpy(req.pool, name.data(), name.size());
+    }
+
+    auto bad = [&](std::string_view opt, const std::string &value, std::string_view expected) {
+        return std::unexpected(
+            usage_error(c, std::string(opt) + " " + quote(value) + ": " + std::string(expected)));
+    };
+    auto required = [&](std::string_view opt) -> Result<std::string> {
+        if (const std::string *s = c.option(opt)) return *s;
+        return std::unexpected(usage_error(c, std::string(v.name) + ": missing " +
+                                                  std::string(opt) + "; it is required"));
+    };
+
+    switch (v.op) {
+    case KV_CTL_OP_CREATE: {
+        auto size_text = required("--size");
+        if (!size_text) return std::unexpected(size_text.error());
+        auto size = kv::detail::parse_size(*size_text);
+        // parse_size's message starts with "size \"TEXT\": ", naming the option completes it.
+        if (!size) return std::unexpected(usage_error(c, "--" + size.error()));
+        if (*size == 0) return bad("--size", *size_text, "expected a size above 0");
+        req.size = *size;
+
+        req.hugepages = KV_HUGEPAGES_PREFER;
+        if (const std::string *h = c.option("--hugepages")) {
+            if (*h == "require")
+                req.hugepages = KV_HUGEPAGES_REQUIRE;
+            else if (*h == "prefer")
+                req.hugepages = KV_HUGEPAGES_PREFER;
+            else if (*h == "never")
+                req.hugepages = KV_HUGEPAGES_NEVER;
+            else
+                return bad("--hugepages", *h, "expected require, prefer or never");
+        }
+
+        req.numa_node = KV_CTL_NUMA_NONE;
+        if (const std::string *n = c.option("--numa")) {
+            if (*n == "none") {
+                req.numa_node = KV_CTL_NUMA_NONE;
+            } else if (*n == "local") {
+                req.numa_node = KV_CTL_NUMA_LOCAL;
+            } else {
+                // Linux has at most 1024 nodes (NODES_SHIFT 10).
+                auto node = parse_uint(*n);
+                if (!node || *node > 1023)
+                    return bad("--numa", *n, "expected a node number 0..1023, local or none");
+                req.numa_node = uint32_t(*node);
+            }
+        }
+
+        if (const std::string *m = c.option("--mode")) {
+            auto mode = kv::detail::parse_mode(*m);
+            if (!mode) return std::unexpected(usage_error(c, "--" + mode.error()));
+            // The protocol reads 0 as "the default, 0660": refuse it rather than surprise.
+            if (*mode == 0)
+                return bad("--mode", *m,
+                           "expected a non-zero mode (0 would mean the default, 0660)");
+            req.mode = *mode;
+        }
+        if (c.option("--prefault")) req.flags |= KV_CTL_F_PREFAULT;
+        break;
+    }
+    case KV_CTL_OP_ENTRIES:
+        if (const std::string *l = c.option("--limit")) {
+            auto n = parse_uint(*l);
+            if (!n || *n == 0) return bad("--limit", *l, "expected a row count of at least 1");
+            req.arg = *n;
+        }
+        break;
+    case KV_CTL_OP_EVICT: {
+        auto p = required("--percent");
+        if (!p) return std::unexpected(p.error());
+        std::string_view digits = *p;
+        if (digits.ends_with('%')) digits.remove_suffix(1);
+        auto n = parse_uint(digits);
+        if (!n || *n < 1 || *n > 100) return bad("--percent", *p, "expected a whole number 1..100");
+        req.arg = *n;
+        break;
+    }
+    case KV_CTL_OP_PERSIST:
+    case KV_CTL_OP_RESTORE:
+        if (const std::string *path = c.option("--path")) {
+            if (path->empty()) return bad("--path", *path, "expected a file path");
+            if (path->size() >= KV_CTL_PATH_MAX)
+                return bad(
+                    "--path", *path,
+                    strf("%zu bytes long; expected at most %d", path->size(), KV_CTL_PATH_MAX - 1));
+            std::memcpy(req.path, path->data(), path->size());
+        }
+        break;
+    case KV_CTL_OP_DETACH: {
+        auto p = required("--pid");
+        if (!p) return std::unexpected(p.error());
+        auto pid = parse_uint(*p);
+        if (!pid || *pid < 1 || *pid > uint64_t(INT32_MAX))
+            return bad("--pid", *p, "expected a process id 1..2147483647");
+        req.arg = *pid;
+        if (c.option("--kill")) req.flags |= KV_CTL_F_KILL;
+        break;
+    }
+    default:
+        break;
+    }
+    return req;
+}
+
+// ---- The connection ----------------------------------------------------------
+
+class Socket {
+  public:
+    explicit Socket(int fd) : fd_(fd) {}
+    Socket(const Socket &) = delete;
+    Socket &operator=(const Socket &) = delete;
+    ~Socket() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    int fd() const { return fd_; }
+
+  private:
+    int fd_;
+};
+
+struct Response {
+    uint32_t error = 0;
+    std::string body;
+};
+
+// deadline: none means wait forever.
+struct Deadline {
+    std::optional<Clock::time_point> at;
+
+    // Milliseconds to pass to poll(): -1 forever, 0 expired.
+    int poll_ms() const {
+        if (!at) return -1;
+        const auto left = *at - Clock::now();
+        if (left <= Clock::duration::zero()) return 0;
+        const auto ms = std::chrono::ceil<std::chrono::milliseconds>(left).count();
+        return ms > INT_MAX ? INT_MAX : int(ms);
+    }
+};
+
+Result<std::unique_ptr<Socket>> connect_daemon(const Command &c, double timeout_s) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return fail(kExitConnect, std::string("socket(AF_UNIX): ") + std::strerror(errno));
+    auto sock = std::make_unique<Socket>(fd);
+
+    // A unix connect() blocks while the listener's backlog is full, and send()
+    // while the socket buffer is; SO_SNDTIMEO bounds both (EAGAIN when it expires).
+    if (timeout_s > 0) {
+        timeval tv{};
+        tv.tv_sec = time_t(timeout_s);
+        tv.tv_usec = suseconds_t((timeout_s - double(tv.tv_sec)) * 1e6);
+        if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1;
+        (void)::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, c.socket.data(), c.socket.size()); // length checked by the caller
+    int r;
+    do {
+        r = ::connect(fd, reinterpret_cast<const sockaddr *>(&addr), sizeof addr);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        const int e = errno;
+        std::string msg = "cannot connect to kvpoold at " + c.socket + ": " + std::strerror(e);
+        if (e == EACCES || e == EPERM)
+            msg += " (the socket's group and mode decide who may connect)";
+        else if (e == EAGAIN)
+            msg += strf(" (kvpoold did not accept the connection within %g s)", timeout_s);
+        else
+            msg += " (is kvpoold running? try 'systemctl start kvpoold', or give --socket)";
+        return fail(kExitConnect, msg);
+    }
+    return sock;
+}
+
+Result<void> send_all(int fd, const void *buf, size_t n) {
+    const auto *p = static_cast<const uint8_t *>(buf);
+    size_t done = 0;
+    while (done < n) {
+        const ssize_t k = ::send(fd, p + done, n - done, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return fail(kExitProtocol, "timed out sending the request to kvpoold");
+        if (k < 0)
+            return fail(kExitProtocol,
+                        std::string("sending the request to kvpoold: ") + std::strerror(errno));
+        done += size_t(k);
+    }
+    return {};
+}
+
+// Read exactly n bytes; what names them in messages.
+Result<void> recv_all(int fd, void *buf, size_t n, const Deadline &deadline, const char *what,
+                      double timeout_s) {
+    auto *p = static_cast<uint8_t *>(buf);
+    size_t done = 0;
+    while (done < n) {
+        pollfd pfd{fd, POLLIN, 0};
+        const int ms = deadline.poll_ms();
+        const int r = ms == 0 ? 0 : ::poll(&pfd, 1, ms);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0)
+            return fail(kExitProtocol,
+                        std::string("poll on the control socket: ") + std::strerror(errno));
+        if (r == 0)
+            return fail(kExitProtocol,
+                        strf("no response from kvpoold within %g s (%zu of %zu bytes of the %s "
+                             "received); raise --timeout or use 0 to wait forever",
+                             timeout_s, done, n, what));
+        const ssize_t k = ::recv(fd, p + done, n - done, MSG_DONTWAIT);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        if (k < 0 && errno != ECONNRESET)
+            return fail(kExitProtocol,
+                        std::string("reading the response from kvpoold: ") + std::strerror(errno));
+        if (k <= 0)
+            return fail(kExitProtocol,
+                        strf("kvpoold closed the connection after %zu of %zu bytes of the %s", done,
+                             n, what));
+        done += size_t(k);
+    }
+    return {};
+}
+
+Result<Response> transact(const Command &c, const kv_ctl_request &req) {
+    double timeout_s = kDefaultTimeout;
+    if (c.timeout_s)
+        timeout_s = *c.timeout_s;
+    else if (c.verb->op == KV_CTL_OP_PERSIST || c.verb->op == KV_CTL_OP_RESTORE)
+        timeout_s = 0;
+    Deadline deadline;
+    if (timeout_s > 0)
+        deadline.at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                         std::chrono::duration<double>(timeout_s));
+
+    auto sock = connect_daemon(c, timeout_s);
+    if (!sock) return std::unexpected(sock.error());
+    const int fd = (*sock)->fd();
+
+    // One connection per run, so any seq would do; the pid makes a confused
+    // daemon that answers another client's request visible.
+    const uint32_t seq = uint32_t(::getpid());
+    struct {
+        kv_ctl_hdr hdr;
+        kv_ctl_request req;
+    } msg;
+    static_assert(sizeof msg == sizeof(kv_ctl_hdr) + sizeof(kv_ctl_request), "no padding");
+    std::memset(&msg, 0, sizeof msg);
+    msg.hdr.magic = KV_CTL_MAGIC;
+    msg.hdr.version = KV_CTL_VERSION;
+    msg.hdr.op = c.verb->op;
+    msg.hdr.length = sizeof(kv_ctl_request);
+    msg.hdr.seq = seq;
+    msg.req = req;
+    if (auto r = send_all(fd, &msg, sizeof msg); !r) return std::unexpected(r.error());
+
+    kv_ctl_hdr hdr{};
+    if (auto r = recv_all(fd, &hdr, sizeof hdr, deadline, "response header", timeout_s); !r)
+        return std::unexpected(r.error());
+    if (hdr.magic != KV_CTL_MAGIC)
+        return fail(kExitProtocol,
+                    strf("bad response magic 0x%08x (expected 0x%08x): is %s kvpoold's control "
+                         "socket?",
+                         hdr.magic, KV_CTL_MAGIC, c.socket.c_str()));
+    if (hdr.version != KV_CTL_VERSION)
+        return fail(kExitProtocol, strf("response has protocol version %u (kvctl speaks %u)",
+                                        unsigned(hdr.version), unsigned(KV_CTL_VERSION)));
+    if (hdr.op != c.verb->op)
+        return fail(kExitProtocol, strf("response is for op %u (expected %u, the request's op)",
+                                        unsigned(hdr.op), unsigned(c.verb->op)));
+    if (hdr.seq != seq)
+        return fail(kExitProtocol,
+                    strf("response seq %u (expected %u, the request's seq)", hdr.seq, seq));
+    if (hdr.length > KV_CTL_MAX_BODY)
+        return fail(kExitProtocol, strf("response length %u (expected at most %u, KV_CTL_MAX_BODY)",
+                                        hdr.length, KV_CTL_MAX_BODY));
+    if (hdr.length < sizeof(kv_ctl_response))
+        return fail(kExitProtocol, strf("response length %u (expected at least %zu, the size of "
+                                        "struct kv_ctl_response)",
+                                        hdr.length, sizeof(kv_ctl_response)));
+
+    std::string body(hdr.length, '\0');
+    if (auto r = recv_all(fd, body.data(), body.size(), deadline, "response body", timeout_s); !r)
+        return std::unexpected(r.error());
+    kv_ctl_response resp;
+    std::memcpy(&resp, body.data(), sizeof resp);
+    // reserved is not checked: a later version may use it for something a
+    // version-1 client can ignore.
+    if (uint64_t(resp.body_len) + sizeof resp != hdr.length)
+        return fail(kExitProtocol, strf("response body_len %u does not match its length %u "
+                                        "(expected body_len = length - %zu)",
+                                        resp.body_len, hdr.length, sizeof resp));
+    body.erase(0, sizeof resp);
+    return Response{resp.error, std::move(body)};
+}
+
+// ---- Reading the daemon's JSON: nothing here throws ---------------------------
+
+const json *field(const json &o, const char *key) {
+    if (!o.is_object()) return nullptr;
+    const auto it = o.find(key);
+    return it == o.end() ? nullptr : &*it;
+}
+
+std::optional<uint64_t> get_u64(const json &o, const char *key) {
+    const json *v = field(o, key);
+    if (!v) return std::nullopt;
+    if (v->is_number_unsigned()) return v->get<uint64_t>();
+    if (v->is_number_integer()) {
+        const int64_t i = v->get<int64_t>();
+        return i >= 0 ? std::optional<uint64_t>(uint64_t(i)) : std::nullopt;
+    }
+    if (v->is_number_float()) {
+        const double d = v->get<double>();
+        if (d >= 0 && d < 18446744073709551616.0 && d == std::floor(d)) return uint64_t(d);
+    }
+    return std::nullopt;
+}
+
+std::optional<int64_t> get_i64(const json &o, const char *key) {
+    const json *v = field(o, key);
+    if (!v) return std::nullopt;
+    if (v->is_number_unsigned()) {
+        const uint64_t u = v->get<uint64_t>();
+        return u <= uint64_t(INT64_MAX) ? std::optional<int64_t>(int64_t(u)) : std::nullopt;
+    }
+    if (v->is_number_integer()) return v->get<int64_t>();
+    return std::nullopt;
+}
+
+std::optional<double> get_double(const json &o, const char *key) {
+    const json *v = field(o, key);
+    if (!v || !v->is_number()) return std::nullopt;
+    const double d = v->get<double>();
+    return std::isfinite(d) ? std::optional<double>(d) : std::nullopt;
+}
+
+std::optional<bool> get_bool(const json &o, const char *key) {
+    const json *v = field(o, key);
+    if (!v || !v->is_boolean()) return std::nullopt;
+    return v->get<bool>();
+}
+
+// Text from the daemon goes to a terminal: control characters (C0, DEL and
+// the UTF-8 encoded C1 range, which holds CSI) become '?'.
+std::string sanitize(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < s.size(); i++) {
+        const auto b = static_cast<unsigned char>(s[i]);
+        if (b < 0x20 || b == 0x7f) {
+            out += '?';
+        } else if (b == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+                   static_cast<unsigned char>(s[i + 1]) <= 0x9f) {
+            out += '?';
+            i++;
+        } else {
+            out += char(b);
+        }
+    }
+    return out;
+}
+
+std::string text(const json &o, const char *key) {
+    const json *v = field(o, key);
+    if (!v || !v->is_string()) return kNone;
+    return sanitize(v->get_ref<const std::string &>());
+}
+
+std::string count(std::optional<uint64_t> v) {
+    return v ? std::to_string(*v) : kNone;
+}
+std::string count(const json &o, const char *key) {
+    return count(get_u64(o, key));
+}
+
+std::string size(std::optional<uint64_t> v) {
+    return v ? format_size(*v) : kNone;
+}
+std::string size(const json &o, const char *key) {
+    return size(get_u64(o, key));
+}
+
+// "16.0 GiB (17179869184 bytes)"; the exact count matters next to a rounded one.
+std::string size_exact(const json &o, const char *key) {
+    const auto v = get_u64(o, key);
+    if (!v) return kNone;
+    if (*v < 1024) return format_size(*v);
+    return format_size(*v) + " (" + std::to_string(*v) + " bytes)";
+}
+
+// A value already in percent (0..100).
+std::string percent(std::optional<double> v) {
+    return v ? strf("%.1f%%", *v) : kNone;
+}
+// A fraction (0..1) shown in percent.
+std::string fraction(std::optional<double> v) {
+    return v ? strf("%.1f%%", *v * 100.0) : kNone;
+}
+
+std::string yes_no(std::optional<bool> v) {
+    if (!v) return kNone;
+    return *v ? "yes" : "no";
+}
+
+std::string duration(std::optional<double> s) {
+    if (!s || *s < 0) return kNone;
+    if (*s < 10) return strf("%.1fs", *s);
+    if (*s < 60) return strf("%.0fs", *s);
+    if (*s >= 1e12) return strf("%.3gs", *s); // keeps the conversions below in range
+    const auto t = uint64_t(*s);
+    if (t < 3600) return strf("%um%02us", unsigned(t / 60), unsigned(t % 60));
+    if (t < 86400) return strf("%uh%02um", unsigned(t / 3600), unsigned(t / 60 % 60));
+    return strf("%llud%02uh", (unsigned long long)(t / 86400), unsigned(t / 3600 % 24));
+}
+
+std::string numa(const json &o, const char *key) {
+    const auto n = get_i64(o, key);
+    if (!n) return kNone;
+    return *n == -1 ? "none" : std::to_string(*n);
+}
+
+// "-" when nothing was looked up: a 0.0% hit rate then would read as all misses.
+std::string hit_rate(const json &pool) {
+    const auto hits = get_u64(pool, "hits"), misses = get_u64(pool, "misses");
+    if (hits && misses && *hits == 0 && *misses == 0) return kNone;
+    return fraction(get_double(pool, "hit_rate"));
+}
+
+// A value of a key kvctl does not know, shown as well as it can be.
+std::string any_value(const json &v) {
+    if (v.is_string()) return sanitize(v.get_ref<const std::string &>());
+    if (v.is_boolean()) return v.get<bool>() ? "yes" : "no";
+    if (v.is_null()) return kNone;
+    return sanitize(v.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+// ---- Output ------------------------------------------------------------------
+
+using Lines = std::vector<std::pair<std::string, std::string>>;
+
+// "key: value" lines with the values aligned.
+void print_lines(const Lines &lines, const char *indent = "") {
+    size_t w = 0;
+    for (const auto &[k, v] : lines)
+        w = std::max(w, k.size() + 1);
+    for (const auto &[k, v] : lines)
+        std::printf("%s%-*s %s\n", indent, int(w), (k + ":").c_str(), v.c_str());
+}
+
+// The keys of o that are not in known, appended as they are: a newer daemon's
+// additions show up without a new kvctl.
+void add_unknown(Lines &lines, const json &o, std::initializer_list<std::string_view> known) {
+    if (!o.is_object()) return;
+    for (const auto &[k, v] : o.items()) {
+        bool seen = false;
+        for (std::string_view n : known)
+            seen = seen || n == k;
+        if (!seen) lines.emplace_back(sanitize(k), any_value(v));
+    }
+}
+
+size_t display_width(std::string_view s) {
+    size_t n = 0;
+    for (char ch : s)
+        n += (static_cast<unsigned char>(ch) & 0xc0) != 0x80; // UTF-8 lead bytes
+    return n;
+}
+
+class Table {
+  public:
+    struct Column {
+        const char *title;
+        bool right; // numbers are right-aligned
+    };
+
+    explicit Table(std::vector<Column> columns) : columns_(std::move(columns)) {}
+    void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+
+    void print() const {
+        std::vector<size_t> w(columns_.size());
+        for (size_t i = 0; i < columns_.size(); i++)
+            w[i] = display_width(columns_[i].title);
+        for (const auto &row : rows_)
+            for (size_t i = 0; i < row.size() && i < w.size(); i++)
+                w[i] = std::max(w[i], display_width(row[i]));
+        std::vector<std::string> header;
+        for (const Column &col : columns_)
+            header.emplace_back(col.title);
+        print_row(header, w);
+        for (const auto &row : rows_)
+            print_row(row, w);
+    }
+
+  private:
+    void print_row(const std::vector<std::string> &row, const std::vector<size_t> &w) const {
+        std::string line;
+        for (size_t i = 0; i < columns_.size(); i++) {
+            const std::string &cell = i < row.size() ? row[i] : std::string(kNone);
+            const std::string pad(w[i] - std::min(w[i], display_width(cell)), ' ');
+            if (i) line += "  ";
+            if (columns_[i].right)
+                line += pad + cell;
+            else
+                line += cell + (i + 1 < columns_.size() ? pad : "");
+        }
+        std::printf("%s\n", line.c_str());
+    }
+
+    std::vector<Column> columns_;
+    std::vector<std::vector<std::string>> rows_;
+};
+
+// A response whose shape is wrong where kvctl cannot print "-" instead.
+Failure malformed(const Command &c, const std::string &what) {
+    return Failure{kExitProtocol,
+                   "malformed " + std::string(c.verb->name) + " response from kvpoold: " + what};
+}
+
+Result<const json *> array_field(const Command &c, const json &doc, const char *key) {
+    const json *a = field(doc, key);
+    if (!a || !a->is_array())
+        return std::unexpected(malformed(c, strf("expected a \"%s\" array", key)));
+    return a;
+}
+
+Result<int> print_pools(const Command &c, const json &doc) {
+    auto pools = array_field(c, doc, "pools");
+    if (!pools) return std::unexpected(pools.error());
+    Table t({{"NAME", false},
+             {"SIZE", true},
+             {"USED", true},
+             {"USED%", true},
+             {"ENTRIES", true},
+             {"HIT RATE", true},
+             {"POLICY", false},
+             {"PAGE", true},
+             {"NUMA", true},
+             {"CLIENTS", true}});
+    for (const json &p : **pools)
+        t.add({text(p, "name"), size(p, "size"), size(p, "used_bytes"),
+               percent(get_double(p, "used_pct")), count(p, "entries"), hit_rate(p),
+               text(p, "policy"), size(p, "page_size"), numa(p, "numa_node"), count(p, "clients")});
+    t.print();
+    return kExitOk;
+}
+
+void print_pool(const json &p) {
+    Lines l = {
+        {"name", text(p, "name")},
+        {"path", text(p, "path")},
+        {"state", text(p, "state")},
+        {"origin", text(p, "origin")},
+        {"size", size_exact(p, "size")},
+        {"capacity", size_exact(p, "capacity")},
+        {"used", size(p, "used_bytes") + " (" + percent(get_double(p, "used_pct")) + ")"},
+        {"entries", count(p, "entries") + " committed of " + count(p, "entry_slots") + " slots"},
+        {"bytes committed", size_exact(p, "bytes_committed")},
+        {"hit rate",
+         hit_rate(p) + " (" + count(p, "hits") + " hits, " + count(p, "misses") + " misses)"},
+        {"puts", count(p, "puts")},
+        {"dedups", count(p, "dedups")},
+        {"evictions", count(p, "evictions")},
+        {"removes", count(p, "removes")},
+        {"pins", count(p, "pins")},
+        {"clients", count(p, "clients")},
+        {"policy", text(p, "policy")},
+        {"page size", size(p, "page_size")},
+        {"backing", text(p, "backing")},
+        {"numa node", numa(p, "numa_node")},
+        {"group", text(p, "group")},
+        {"mode", text(p, "mode")},
+        {"watermarks", "high " + fraction(get_double(p, "high_watermark")) + ", low " +
+                           fraction(get_double(p, "low_watermark"))},
+    };
+    // Keys the contract does not list yet: shown only when sent.
+    if (field(p, "background_evicted_bytes"))
+        l.emplace_back("background evicted", size(p, "background_evicted_bytes"));
+    if (field(p, "reaped_clients")) l.emplace_back("reaped clients", count(p, "reaped_clients"));
+    add_unknown(l, p,
+                {"name",
+                 "path",
+                 "state",
+                 "origin",
+                 "size",
+                 "capacity",
+                 "used_bytes",
+                 "used_pct",
+                 "entries",
+                 "entry_slots",
+                 "bytes_committed",
+                 "hits",
+                 "misses",
+                 "hit_rate",
+                 "puts",
+                 "dedups",
+                 "evictions",
+                 "removes",
+                 "pins",
+                 "clients",
+                 "policy",
+                 "page_size",
+                 "backing",
+                 "numa_node",
+                 "group",
+                 "mode",
+                 "high_watermark",
+                 "low_watermark",
+                 "background_evicted_bytes",
+                 "reaped_clients"});
+    print_lines(l);
+}
+
+Result<int> print_entries(const Command &c, const json &doc) {
+    auto entries = array_field(c, doc, "entries");
+    if (!entries) return std::unexpected(entries.error());
+    Table t({{"NS", true},
+             {"KEY", false},
+             {"LENGTH", true},
+             {"TOKENS", true},
+             {"PRIORITY", true},
+             {"PINS", true},
+             {"STATE", false},
+             {"AGE", true}});
+    for (const json &e : **entries)
+        t.add({count(e, "ns"), text(e, "key"), size(e, "length"), count(e, "tokens"),
+               count(e, "priority"), count(e, "pins"), text(e, "state"),
+               duration(get_double(e, "age_s"))});
+    t.print();
+    if (get_bool(doc, "truncated").value_or(false))
+        std::fprintf(stderr, "kvctl: showing %zu of %s entries; raise --limit to see more\n",
+                     (*entries)->size(), count(doc, "total").c_str());
+    return kExitOk;
+}
+
+Result<int> print_health(const Command &c, const json &doc) {
+    const auto healthy = get_bool(doc, "healthy");
+    if (!healthy) return std::unexpected(malformed(c, "expected a \"healthy\" boolean"));
+    if (*healthy) {
+        std::printf("healthy\n");
+    } else {
+        std::printf("unhealthy:\n");
+        if (const json *problems = field(doc, "problems"); problems && problems->is_array())
+            for (const json &p : *problems)
+                std::printf("  - %s\n", any_value(p).c_str());
+    }
+    Lines l = {{"dead clients", count(doc, "dead_clients")}};
+    static const json kEmpty = json::object();
+    const json *u = field(doc, "usage");
+    const json &usage = u ? *u : kEmpty;
+    l.insert(l.end(), {
+                          {"entries committed", count(usage, "entries_committed")},
+                          {"entries reserved", count(usage, "entries_reserved")},
+                          {"entries dead", count(usage, "entries_dead")},
+                          {"entries free", count(usage, "entries_free")},
+                          {"bytes committed", size_exact(usage, "bytes_committed")},
+                          {"blocks used", count(usage, "blocks_used")},
+                          {"blocks free", count(usage, "blocks_free")},
+                          {"block bytes used", size_exact(usage, "block_bytes_used")},
+                          {"pins", count(usage, "pins")},
+                          {"journal pins", count(usage, "journal_pins")},
+                          {"slabs active", count(usage, "slabs_active")},
+                          {"slabs free", count(usage, "slabs_free")},
+                          {"orphan blocks", count(usage, "orphan_blocks")},
+                          {"bad links", count(usage, "bad_links")},
+                          {"unreachable", count(usage, "unreachable")},
+                      });
+    add_unknown(l, usage,
+                {"entries_committed", "entries_reserved", "entries_dead", "entries_free",
+                 "bytes_committed", "blocks_used", "blocks_free", "block_bytes_used", "pins",
+                 "journal_pins", "slabs_active", "slabs_free", "orphan_blocks", "bad_links",
+                 "unreachable"});
+    std::printf("\n");
+    print_lines(l);
+    return *healthy ? kExitOk : kExitFailed;
+}
+
+// persist and restore: the daemon's figures, and the rate they imply.
+void print_snapshot(const json &doc) {
+    const auto bytes = get_u64(doc, "bytes");
+    const auto seconds = get_double(doc, "seconds");
+    std::string rate = kNone;
+    if (bytes && seconds && *seconds > 0)
+        rate = strf("%.2f GiB/s", double(*bytes) / *seconds / double(1ULL << 30));
+    Lines l = {
+        {"pool", text(doc, "pool")},
+        {"path", text(doc, "path")},
+        {"bytes", size_exact(doc, "bytes")},
+        {"seconds", seconds ? strf("%.3f", *seconds) : kNone},
+        {"rate", rate},
+    };
+    if (field(doc, "blocks")) l.emplace_back("blocks", count(doc, "blocks"));
+    add_unknown(l, doc, {"pool", "path", "bytes", "seconds", "blocks"});
+    print_lines(l);
+}
+
+Result<int> print_clients(const Command &c, const json &doc) {
+    auto clients = array_field(c, doc, "clients");
+    if (!clients) return std::unexpected(clients.error());
+    Table t({{"SLOT", true},
+             {"PID", true},
+             {"ALIVE", false},
+             {"COMM", false},
+             {"PINS", true},
+             {"RESERVATIONS", true},
+             {"BYTES RESERVED", true},
+             {"ATTACHED FOR", true}});
+    for (const json &cl : **clients)
+        t.add({count(cl, "slot"), count(cl, "pid"), yes_no(get_bool(cl, "alive")), text(cl, "comm"),
+               count(cl, "pins"), count(cl, "reservations"), size(cl, "bytes_reserved"),
+               duration(get_double(cl, "attached_s"))});
+    t.print();
+    return kExitOk;
+}
+
+Result<int> print_stats(const Command &c, const json &doc) {
+    static const json kEmpty = json::object();
+    const json *d = field(doc, "daemon");
+    const json &daemon = d ? *d : kEmpty;
+    Lines l = {
+        {"version", text(daemon, "version")},
+        {"pid", count(daemon, "pid")},
+        {"uptime", duration(get_double(daemon, "uptime_s"))},
+        {"rss", size(daemon, "rss_bytes")},
+        {"requests", count(daemon, "requests")},
+        {"request errors", count(daemon, "request_errors")},
+        {"reaped clients", count(daemon, "reaped_clients")},
+        {"background evicted", size(daemon, "background_evicted_bytes")},
+    };
+    add_unknown(l, daemon,
+                {"version", "pid", "uptime_s", "rss_bytes", "requests", "request_errors",
+                 "reaped_clients", "background_evicted_bytes"});
+    std::printf("kvpoold:\n");
+    print_lines(l, "  ");
+    std::printf("\n");
+
+    auto pools = array_field(c, doc, "pools");
+    if (!pools) return std::unexpected(pools.error());
+    Table t({{"NAME", false},
+             {"ENTRIES", true},
+             {"USED", true},
+             {"HITS", true},
+             {"MISSES", true},
+             {"HIT RATE", true},
+             {"PUTS", true},
+             {"DEDUPS", true},
+             {"EVICTIONS", true},
+             {"REMOVES", true},
+             {"PINS", true},
+             {"CLIENTS", true}});
+    for (const json &p : **pools)
+        t.add({text(p, "name"), count(p, "entries"), size(p, "used_bytes"), count(p, "hits"),
+               count(p, "misses"), hit_rate(p), count(p, "puts"), count(p, "dedups"),
+               count(p, "evictions"), count(p, "removes"), count(p, "pins"), count(p, "clients")});
+    t.print();
+    return kExitOk;
+}
+
+Result<int> render(const Command &c, const json &doc) {
+    if (!doc.is_object())
+        return std::unexpected(
+            malformed(c, std::string("expected a JSON object, got ") + doc.type_name()));
+    const std::string pool = text(doc, "pool");
+    switch (c.verb->op) {
+    case KV_CTL_OP_LIST:
+        return print_pools(c, doc);
+    case KV_CTL_OP_STATUS:
+        if (c.positional.empty()) return print_pools(c, doc);
+        print_pool(doc);
+        return kExitOk;
+    case KV_CTL_OP_CREATE:
+        std::printf("created pool %s\n\n", text(doc, "name").c_str());
+        print_pool(doc);
+        return kExitOk;
+    case KV_CTL_OP_DESTROY:
+        if (get_bool(doc, "destroyed") != true) {
+            std::fprintf(stderr,
+                         "kvctl: destroy %s: kvpoold answered without \"destroyed\": true\n",
+                         pool.c_str());
+            return kExitFailed;
+        }
+        std::printf("destroyed pool %s\n", pool.c_str());
+        return kExitOk;
+    case KV_CTL_OP_ENTRIES:
+        return print_entries(c, doc);
+    case KV_CTL_OP_HEALTH:
+        return print_health(c, doc);
+    case KV_CTL_OP_EVICT:
+        std::printf("pool %s: freed %s of %s requested\n", pool.c_str(),
+                    size(doc, "freed_bytes").c_str(), size(doc, "requested_bytes").c_str());
+        return kExitOk;
+    case KV_CTL_OP_PERSIST:
+    case KV_CTL_OP_RESTORE:
+        print_snapshot(doc);
+        return kExitOk;
+    case KV_CTL_OP_CLIENTS:
+        return print_clients(c, doc);
+    case KV_CTL_OP_DETACH:
+        std::printf("pool %s: detached pid %s (killed: %s, clients reaped: %s)\n", pool.c_str(),
+                    count(doc, "pid").c_str(), yes_no(get_bool(doc, "killed")).c_str(),
+                    count(doc, "reaped").c_str());
+        return kExitOk;
+    case KV_CTL_OP_STATS:
+        return print_stats(c, doc);
+    case KV_CTL_OP_VERSION:
+        std::printf("kvpoold %s (protocol %s, pid %s)\n", text(doc, "daemon").c_str(),
+                    count(doc, "protocol").c_str(), count(doc, "pid").c_str());
+        return kExitOk;
+    }
+    return kExitOk;
+}
+
+int exit_for_errno(uint32_t e) {
+    switch (e) {
+    case EPERM:
+    case EACCES:
+        return kExitPerm;
+    case ENOENT:
+        return kExitNoPool;
+    case EEXIST:
+        return kExitExists;
+    case EPROTO: // the daemon could not make sense of what kvctl sent
+        return kExitProtocol;
+    default:
+        return kExitFailed;
+    }
+}
+
+Result<int> run(const Command &c) {
+    if (c.help_verb) {
+        if (c.positional.empty()) {
+            print_usage(stdout);
+            return kExitOk;
+        }
+        const Verb *v = c.positional.size() == 1 ? find_verb(c.positional[0]) : nullptr;
+        if (!v)
+            return std::unexpected(usage_error(c, "help: unknown verb " + quote(c.positional[0]) +
+                                                      "; expected one of " + verb_names()));
+        print_verb_usage(*v, stdout);
+        return kExitOk;
+    }
+    if (c.help) {
+        if (c.verb)
+            print_verb_usage(*c.verb, stdout);
+        else
+            print_usage(stdout);
+        return kExitOk;
+    }
+    if (!c.verb)
+        return std::unexpected(usage_error(c, "missing verb; expected one of " + verb_names()));
+
+    auto req = build_request(c);
+    if (!req) return std::unexpected(req.error());
+    if (auto r = check_socket_path(c); !r) return std::unexpected(r.error());
+
+    if (c.verb->op == KV_CTL_OP_VERSION && !c.json)
+        std::printf("kvctl %s (protocol %u)\n", KVCTL_VERSION, unsigned(KV_CTL_VERSION));
+
+    auto resp = transact(c, *req);
+    if (!resp) return std::unexpected(resp.error());
+
+    const std::string where =
+        std::string(c.verb->name) + (c.positional.empty() ? "" : " " + c.positional[0]);
+    if (resp->error != 0) {
+        std::string_view body = resp->body;
+        // Trailing newlines, and a NUL should the daemon send a C string's.
+        constexpr std::string_view kTrim(" \t\r\n\0", 5);
+        while (!body.empty() && kTrim.find(body.back()) != std::string_view::npos)
+            body.remove_suffix(1);
+        std::string msg = sanitize(body);
+        if (msg.empty()) msg = std::strerror(int(resp->error));
+        return fail(exit_for_errno(resp->error), where + ": " + msg);
+    }
+
+    json doc;
+    try {
+        doc = json::parse(resp->body);
+    } catch (const json::exception &e) {
+        return std::unexpected(malformed(c, std::string("not JSON: ") + e.what()));
+    }
+    if (c.json) {
+        std::printf("%s\n", doc.dump(2, ' ', false, json::error_handler_t::replace).c_str());
+        // health keeps its exit status: scripts test it with or without --json.
+        if (c.verb->op == KV_CTL_OP_HEALTH && get_bool(doc, "healthy") == false) return kExitFailed;
+        return kExitOk;
+    }
+    return render(c, doc);
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+    int code;
+    try {
+        auto cmd = parse_command(argc, argv);
+        auto r = cmd ? run(*cmd) : Result<int>(std::unexpected(cmd.error()));
+        if (r) {
+            code = *r;
+        } else {
+            std::fflush(stdout);
+            std::fprintf(stderr, "kvctl: %s\n", r.error().message.c_str());
+            code = r.error().exit;
+        }
+    } catch (const nlohmann::json::exception &e) {
+        // Accessors do not throw; this is a last line against a response kvctl misread.
+        std::fflush(stdout);
+        std::fprintf(stderr, "kvctl: malformed response from kvpoold: %s\n", e.what());
+        code = kExitProtocol;
+    } catch (const std::exception &e) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "kvctl: %s\n", e.what());
+        code = kExitFailed;
+    }
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+        std::fprintf(stderr, "kvctl: writing the output: %s\n", std::strerror(errno));
+        if (code == kExitOk) code = kExitFailed;
+    }
+    return code;
+}
