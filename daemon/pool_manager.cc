@@ -121,7 +121,10 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
     std::string huge_path;
     uint64_t huge_page = 0;
     if (pc.hugepages != HugepageMode::Never) {
-        make_dirs(cfg_.hugepage_dir, 0755); // fails harmlessly when no hugetlbfs is mounted
+        // Create the directory only inside a hugetlbfs mount: never litter
+        // /dev (devtmpfs) when hugetlbfs is not mounted at /dev/hugepages.
+        const std::string parent = cfg_.hugepage_dir.substr(0, cfg_.hugepage_dir.rfind('/'));
+        if (on_hugetlbfs(parent.empty() ? "/" : parent, &huge_page)) make_dirs(cfg_.hugepage_dir, 0755);
         if (on_hugetlbfs(cfg_.hugepage_dir, &huge_page)) {
             huge_path = cfg_.hugepage_dir + "/" + pc.name;
         } else if (pc.hugepages == HugepageMode::Require) {

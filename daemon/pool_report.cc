@@ -111,7 +111,7 @@ nlohmann::json pool_json(const Pool &p) {
         {"evictions", st.evictions},
         {"removes", st.removes},
         {"pins", pins},
-        {"clients", st.clients},
+        {"clients", st.clients > 0 ? st.clients - 1 : 0}, // not the daemon's own slot
         {"policy", p.cfg.eviction},
         {"page_size", h->page_size},
         {"backing", backing_name(h->backing)},

@@ -55,7 +55,8 @@ using kv::detail::format_size;
 std::string quote(std::string_view s) {
     return kv::detail::quoted(s);
 }
-using nlohmann::json;
+// ordered_json keeps the daemon's key order, so --json prints the document as sent.
+using json = nlohmann::ordered_json;
 using Clock = std::chrono::steady_clock;
 
 // Requests are sent and responses read as the structs lie in memory.
@@ -825,7 +826,7 @@ std::string sanitize(std::string_view s) {
 
 std::string text(const json &o, const char *key) {
     const json *v = field(o, key);
-    if (!v || !v->is_string()) return kNone;
+    if (!v || !v->is_string() || v->get_ref<const std::string &>().empty()) return kNone;
     return sanitize(v->get_ref<const std::string &>());
 }
 
@@ -1089,9 +1090,11 @@ Result<int> print_entries(const Command &c, const json &doc) {
                count(e, "priority"), count(e, "pins"), text(e, "state"),
                duration(get_double(e, "age_s"))});
     t.print();
-    if (get_bool(doc, "truncated").value_or(false))
+    if (get_bool(doc, "truncated").value_or(false)) {
+        std::fflush(stdout); // after the table when both go to one terminal or file
         std::fprintf(stderr, "kvctl: showing %zu of %s entries; raise --limit to see more\n",
                      (*entries)->size(), count(doc, "total").c_str());
+    }
     return kExitOk;
 }
 

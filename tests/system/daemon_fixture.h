@@ -149,6 +149,7 @@ class DaemonTest : public ::testing::Test {
 
     void TearDown() override {
         stop_daemon();
+        for (auto it = cleanups_.rbegin(); it != cleanups_.rend(); ++it) (*it)();
         for (pid_t c : children_) {
             kill(c, SIGKILL);
             waitpid(c, nullptr, 0);
@@ -234,6 +235,7 @@ class DaemonTest : public ::testing::Test {
     std::string test_user_;
     pid_t daemon_ = -1;
     std::vector<pid_t> children_;
+    std::vector<std::function<void()>> cleanups_; // run in reverse order in TearDown, pass or fail
 };
 
 } // namespace kvtest

@@ -92,7 +92,7 @@ TEST_F(DaemonTest, ReadCommandsHumanAndJson) {
     EXPECT_EQ(s["entries"], 10);
     EXPECT_EQ(s["pins"], 1);
     EXPECT_EQ(s["hits"], 1);
-    EXPECT_EQ(s["clients"], 2); // the daemon and us
+    EXPECT_EQ(s["clients"], 1); // us; the daemon's own slot is not counted
     EXPECT_EQ(s["bytes_committed"], 10u * (64 << 10));
     Proc sh = ctl({"status", "alpha"});
     EXPECT_EQ(sh.code, 0) << sh.err;
@@ -579,4 +579,45 @@ TEST_F(DaemonTest, UnprivilegedUserReadsButCannotChange) {
     int wst = 0;
     waitpid(child, &wst, 0);
     EXPECT_TRUE(WIFEXITED(wst) && WEXITSTATUS(wst) == 0) << "attach as an outsider must fail with EACCES";
+}
+
+// A pool that requires hugepages, on a private hugetlbfs mount, with the
+// pages reserved by `kvpoold --reserve-hugepages` as the unit's
+// ExecStartPre= does. The machine's nr_hugepages and mounts are restored
+// whatever happens.
+TEST_F(DaemonTest, HugepagePoolWithReservedPages) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to mount hugetlbfs and reserve hugepages";
+    const std::string huge = dir_ + "/huge";
+    mkdir(huge.c_str(), 0755);
+    if (run({"/bin/mount", "-t", "hugetlbfs", "none", huge}).code != 0)
+        GTEST_SKIP() << "cannot mount hugetlbfs here";
+    cleanups_.push_back([huge] { run({"/bin/umount", "-l", huge}); });
+    const std::string nr_path = "/proc/sys/vm/nr_hugepages";
+    const std::string nr_before = slurp(nr_path);
+    cleanups_.push_back([nr_path, nr_before] { spit(nr_path, nr_before); });
+
+    std::string cfg = config();
+    const std::string never = "hugepages = \"never\"";
+    cfg.replace(cfg.find(never), never.size(), "hugepages = \"require\"");
+    spit(dir_ + "/huge.toml", cfg);
+    Proc r = run({kvpoold_, "--reserve-hugepages", "--config", dir_ + "/huge.toml"});
+    if (r.code != 0 && r.err.find("the kernel gave") != std::string::npos)
+        GTEST_SKIP() << "the kernel would not reserve hugepages: " << r.err;
+    ASSERT_EQ(r.code, 0) << r.err;
+    ASSERT_TRUE(start_daemon(cfg));
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["backing"], "hugetlbfs") << s.dump();
+    EXPECT_GT(s["page_size"].get<uint64_t>(), 4096u);
+    EXPECT_EQ(s["path"], huge + "/alpha");
+    Client c(huge + "/alpha");
+    ASSERT_TRUE(c.pool) << c.error;
+    ASSERT_EQ(c.put(1, 1 << 20), 0);
+    kv_view v;
+    ASSERT_EQ(kv_get(c.pool, c.ns, &(const kv_key &)key_of(1), &v), 0);
+    EXPECT_EQ(kv_view_verify(&v), 0);
+    kv_release(c.pool, &v);
+    EXPECT_EQ(stop_daemon(), 0);
+    kv_pool_detach(c.pool);
+    c.pool = nullptr;
+    unlink((huge + "/alpha").c_str()); // give the pages back before the mount goes
 }

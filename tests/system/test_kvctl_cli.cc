@@ -163,11 +163,17 @@ class FakeDaemon {
             ADD_FAILURE() << "bind/listen " << path_ << ": " << std::strerror(errno);
             return;
         }
+        if (pipe2(stop_, O_CLOEXEC) != 0) {
+            ADD_FAILURE() << "pipe2: " << std::strerror(errno);
+            return;
+        }
         thread_ = std::thread([this] { serve(); });
     }
 
     ~FakeDaemon() {
-        if (thread_.joinable()) thread_.join();
+        join();
+        for (int fd : stop_)
+            if (fd >= 0) close(fd);
         if (listen_fd_ >= 0) close(listen_fd_);
         if (!path_.empty()) unlink(path_.c_str());
         if (!dir_.empty()) rmdir(dir_.c_str());
@@ -175,19 +181,23 @@ class FakeDaemon {
 
     const std::string &path() const { return path_; }
 
-    // Valid once run_kvctl has returned (the thread has finished by then or
-    // is about to: join first).
+    // Call once kvctl has exited: a connection it made is then queued, and
+    // the server stops waiting for one that never came.
     void join() {
-        if (thread_.joinable()) thread_.join();
+        if (!thread_.joinable()) return;
+        const char b = 0;
+        (void)!write(stop_[1], &b, 1);
+        thread_.join();
     }
+    // Valid after join().
     bool got_request = false;
     kv_ctl_hdr hdr{};
     kv_ctl_request req{};
 
   private:
     void serve() {
-        pollfd p{listen_fd_, POLLIN, 0};
-        if (poll(&p, 1, 20000) != 1) return; // kvctl never connected
+        pollfd p[2] = {{listen_fd_, POLLIN, 0}, {stop_[0], POLLIN, 0}};
+        if (poll(p, 2, 20000) <= 0 || !(p[0].revents & POLLIN)) return; // kvctl never connected
         const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
         if (fd < 0) return;
         if (read_full(fd, &hdr, sizeof hdr) && hdr.length == sizeof req &&
@@ -201,6 +211,7 @@ class FakeDaemon {
     Answer answer_;
     std::string dir_, path_;
     int listen_fd_ = -1;
+    int stop_[2] = {-1, -1};
     std::thread thread_;
 };
 
