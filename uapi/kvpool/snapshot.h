@@ -1,0 +1,143 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvpool on-disk snapshot format, version 1.
+ *
+ * A snapshot holds the committed blocks of one pool, with their keys,
+ * namespaces (identity manifests), metadata and checksums, so that a fresh
+ * region can be refilled after a reboot. It is a stable format held to the
+ * same rules as the region ABI (uapi/kvpool/region.h): fixed-width
+ * little-endian fields, no pointers, explicit padding, reserved fields zero
+ * on write and checked on read, sizes static_asserted, structs grow only at
+ * the end.
+ *
+ * Layout (every part starts on a KV_SNAP_ALIGN boundary, so the whole file
+ * can be written and read with O_DIRECT):
+ *
+ *   file header      struct kv_snap_header, then namespaces[n_namespaces]
+ *                    (struct kv_snap_namespace), zero-padded to header_len
+ *   segment 0        struct kv_snap_segment, then records[n_records]
+ *                    (struct kv_snap_record), zero-padded to KV_SNAP_SEGMENT_HEAD;
+ *                    then the data of each record at data_off (relative to
+ *                    the segment start), each extent KV_SNAP_ALIGN aligned and
+ *                    padded with zeros to a multiple of KV_SNAP_ALIGN
+ *   segment 1 ...
+ *   trailer          struct kv_snap_trailer, zero-padded to KV_SNAP_ALIGN
+ *
+ * Integrity: the header, each segment head (struct + records) and the
+ * trailer carry an XXH3-64 of their bytes computed with the checksum field
+ * zero; every block keeps the XXH3-64 of its data (the same checksum the
+ * region holds). The trailer's segments_hash chains the segment checksums
+ * (h = XXH3-64(seed = h, segment.checksum) from h = 0), so a complete file
+ * proves it holds every segment written.
+ *
+ * Reading: a reader refuses a file whose header is damaged (magic, version,
+ * unknown incompat bit, checksum, sizes). It then takes segments in order and
+ * stops at the first segment head that is missing, truncated or damaged;
+ * what came before is restored (a truncated file restores its verified
+ * part). A block whose data fails its checksum is dropped and counted. No
+ * length or offset is used before it is bounds-checked against the file size
+ * and the segment.
+ *
+ * Writing: to "<path>.tmp", then fsync, rename over <path>, fsync of the
+ * directory, so the previous snapshot stays valid until the new one is whole.
+ */
+#ifndef KVPOOL_UAPI_SNAPSHOT_H
+#define KVPOOL_UAPI_SNAPSHOT_H
+
+#include <stdint.h>
+
+#include "region.h"
+
+/* "KVSNAP\0\1", "KVSEG\0\0\1", "KVTRL\0\0\1" read as little-endian uint64_t. */
+#define KV_SNAP_MAGIC 0x010050414e53564bULL
+#define KV_SNAP_SEGMENT_MAGIC 0x010000474553564bULL
+#define KV_SNAP_TRAILER_MAGIC 0x0100004c5254564bULL
+#define KV_SNAP_VERSION_MAJOR 1
+#define KV_SNAP_VERSION_MINOR 0
+#define KV_SNAP_INCOMPAT_KNOWN 0ULL
+#define KV_SNAP_COMPAT_KNOWN 0ULL
+
+#define KV_SNAP_ALIGN 4096        /* every part and data extent; O_DIRECT-safe */
+#define KV_SNAP_SEGMENT_HEAD 8192 /* bytes of a segment head: struct + records + zero padding */
+#define KV_SNAP_SEGMENT_RECORDS 127 /* (KV_SNAP_SEGMENT_HEAD - 64) / 64 */
+
+struct kv_snap_header {
+	uint64_t magic;            /* KV_SNAP_MAGIC */
+	uint16_t version_major;    /* KV_SNAP_VERSION_MAJOR: another one is refused */
+	uint16_t version_minor;
+	uint32_t header_size;      /* sizeof(struct kv_snap_header) of the writer */
+	uint64_t compat_features;
+	uint64_t incompat_features;
+	uint64_t checksum;         /* XXH3-64 of header_len bytes with this field 0 */
+	uint64_t header_len;       /* bytes of header + namespaces + padding; multiple of KV_SNAP_ALIGN */
+	uint64_t snapshot_ns;      /* CLOCK_REALTIME when the snapshot started */
+	/* The source pool, for people and for compatibility checks. */
+	uint64_t pool_id_lo, pool_id_hi;
+	uint64_t region_size;
+	uint64_t data_len;
+	uint64_t slab_size;        /* largest block the pool could hold */
+	uint64_t page_size;
+	uint32_t n_namespaces;     /* struct kv_snap_namespace that follow */
+	uint32_t region_abi_major; /* KV_ABI_MAJOR of the source region */
+	uint8_t pool_name[64];     /* NUL-padded */
+	uint64_t reserved[16];     /* zero */
+};
+#define KV_SNAP_HEADER_SIZE_V1 304
+KV_STATIC_ASSERT(sizeof(struct kv_snap_header) == KV_SNAP_HEADER_SIZE_V1, "snapshot header v1 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_header, pool_name) == 112, "snapshot header name offset");
+
+/* A namespace in use when the snapshot was taken. */
+struct kv_snap_namespace {
+	uint32_t id;        /* the id records use (the source pool's id) */
+	uint32_t reserved0; /* zero */
+	uint64_t chain_seed;
+	struct kv_manifest manifest;
+	uint64_t reserved[2]; /* zero */
+};
+#define KV_SNAP_NAMESPACE_SIZE_V1 192
+KV_STATIC_ASSERT(sizeof(struct kv_snap_namespace) == KV_SNAP_NAMESPACE_SIZE_V1, "snapshot namespace v1 size");
+
+struct kv_snap_segment {
+	uint64_t magic;     /* KV_SNAP_SEGMENT_MAGIC */
+	uint64_t checksum;  /* XXH3-64 of KV_SNAP_SEGMENT_HEAD bytes with this field 0 */
+	uint64_t seq;       /* 0, 1, 2, ... */
+	uint64_t length;    /* bytes of this segment: head + data extents; multiple of KV_SNAP_ALIGN */
+	uint32_t n_records; /* 1..KV_SNAP_SEGMENT_RECORDS */
+	uint32_t reserved0;
+	uint64_t reserved[3];
+};
+#define KV_SNAP_SEGMENT_SIZE_V1 64
+KV_STATIC_ASSERT(sizeof(struct kv_snap_segment) == KV_SNAP_SEGMENT_SIZE_V1, "snapshot segment v1 size");
+
+/* One block. */
+struct kv_snap_record {
+	uint64_t key_lo, key_hi;
+	uint32_t ns;        /* kv_snap_namespace.id */
+	uint32_t tokens;
+	uint64_t length;    /* data bytes, 1..slab_size */
+	uint64_t checksum;  /* XXH3-64 of the data */
+	uint64_t data_off;  /* from the segment start; KV_SNAP_ALIGN aligned, >= KV_SNAP_SEGMENT_HEAD */
+	uint64_t user_tag;
+	uint32_t priority;
+	uint32_t reserved0; /* zero */
+};
+#define KV_SNAP_RECORD_SIZE_V1 64
+KV_STATIC_ASSERT(sizeof(struct kv_snap_record) == KV_SNAP_RECORD_SIZE_V1, "snapshot record v1 size");
+KV_STATIC_ASSERT(KV_SNAP_SEGMENT_SIZE_V1 + KV_SNAP_SEGMENT_RECORDS * KV_SNAP_RECORD_SIZE_V1 <= KV_SNAP_SEGMENT_HEAD,
+		 "segment head holds its records");
+
+struct kv_snap_trailer {
+	uint64_t magic;         /* KV_SNAP_TRAILER_MAGIC */
+	uint64_t checksum;      /* XXH3-64 of this struct with this field 0 */
+	uint64_t n_segments;
+	uint64_t n_records;
+	uint64_t data_bytes;    /* sum of record lengths */
+	uint64_t file_len;      /* total file bytes, trailer included */
+	uint64_t segments_hash; /* chain of segment checksums, see above */
+	uint64_t header_checksum; /* the header's checksum again: the trailer belongs to that header */
+	uint64_t reserved[8];
+};
+#define KV_SNAP_TRAILER_SIZE_V1 128
+KV_STATIC_ASSERT(sizeof(struct kv_snap_trailer) == KV_SNAP_TRAILER_SIZE_V1, "snapshot trailer v1 size");
+
+#endif /* KVPOOL_UAPI_SNAPSHOT_H */
