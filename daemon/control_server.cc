@@ -3,6 +3,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "snapshot_jobs.h"
 #include "units.h"
 
 #include <numa.h>
@@ -140,7 +141,7 @@ void ControlServer::accept_on(int lfd, Kind kind) {
             close(fd);
             continue;
         }
-        Conn c{kind, {}, {}, {}, false, mono_ms()};
+        Conn c{kind, {}, {}, {}, false, mono_ms(), next_id_++, 0};
         if (kind == Kind::Control) {
             ucred cr{};
             socklen_t len = sizeof cr;
@@ -171,7 +172,7 @@ void ControlServer::drop(int fd) {
 void ControlServer::expire(uint64_t now_ms, uint64_t idle_ms) {
     std::vector<int> old;
     for (auto &[fd, c] : conns_)
-        if (now_ms - c.last_ms > idle_ms) old.push_back(fd);
+        if (now_ms - c.last_ms > idle_ms && c.waiting == 0) old.push_back(fd);
     for (int fd : old) drop(fd);
 }
 
@@ -301,12 +302,16 @@ void ControlServer::process(int fd, Conn &c) {
                 reply = "unknown flag bits 0x" + std::to_string(req.flags & ~KV_CTL_F_KNOWN);
             } else {
                 try {
-                    std::tie(err, reply) = dispatch(c, h.op, req);
+                    std::tie(err, reply) = dispatch(c, h.op, h.seq, req);
                 } catch (const std::exception &e) { // JSON or allocation failure: one request fails, not the daemon
                     err = EIO;
                     reply = std::string("internal error: ") + e.what();
                 }
             }
+        }
+        if (err == kDeferred) {
+            c.waiting++;
+            continue;
         }
         if (err) {
             counters_.request_errors++;
@@ -323,7 +328,20 @@ bool ControlServer::allowed(const Peer &p, gid_t gid) const {
     return std::find(p.groups.begin(), p.groups.end(), gid) != p.groups.end();
 }
 
-std::pair<int, std::string> ControlServer::dispatch(const Conn &c, uint16_t op, const kv_ctl_request &req) {
+void ControlServer::deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int error, const std::string &body) {
+    if (error) counters_.request_errors++;
+    for (auto &[fd, c] : conns_) {
+        if (c.id != conn_id) continue;
+        if (c.waiting) c.waiting--;
+        c.out += frame(op, seq, error, body);
+        c.last_ms = mono_ms();
+        int f = fd;
+        flush(f, c);
+        return;
+    }
+}
+
+std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32_t seq, const kv_ctl_request &req) {
     const std::string name(reinterpret_cast<const char *>(req.pool));
     auto list = [&] {
         nlohmann::json pools = nlohmann::json::array();
@@ -426,9 +444,23 @@ std::pair<int, std::string> ControlServer::dispatch(const Conn &c, uint16_t op, 
         return {0, dump({{"pool", name}, {"pid", pid}, {"killed", killed}, {"reaped", rc}})};
     }
     case KV_CTL_OP_PERSIST:
-    case KV_CTL_OP_RESTORE:
-        return {EOPNOTSUPP, std::string(op_name(op)) +
-                                ": snapshots are not supported by this kvpoold yet (the persistence work adds them)"};
+    case KV_CTL_OP_RESTORE: {
+        std::string path(reinterpret_cast<const char *>(req.path));
+        if (path.empty()) path = p->snapshot_path;
+        if (path.front() != '/') return {EINVAL, "path \"" + path + "\": expected an absolute path"};
+        // The daemon runs as root: a group member may only name files in
+        // the pool's snapshot directory; root may name any path.
+        const std::string dir = p->snapshot_path.substr(0, p->snapshot_path.rfind('/') + 1);
+        if (c.peer.uid != 0 && (path.rfind(dir, 0) != 0 || path.find("/..") != std::string::npos ||
+                                path.find('/', dir.size()) != std::string::npos))
+            return {EPERM, "path " + path + ": only root may name a snapshot outside " + dir};
+        if (op == KV_CTL_OP_RESTORE && access(path.c_str(), R_OK) != 0)
+            return {errno, "restore " + name + ": " + path + ": " + strerror(errno)};
+        if (op == KV_CTL_OP_PERSIST && path.rfind(dir, 0) == 0) mkdir(dir.c_str(), 0750); // the pool's own directory
+        auto r = start_job(*p, op, path, c.id, seq, wake_fd_);
+        if (!r) return {r.error().code, r.error().message};
+        return {kDeferred, ""};
+    }
     }
     return {EOPNOTSUPP, "unknown op " + std::to_string(op)};
 }

@@ -34,8 +34,14 @@ class ControlServer {
 
     // Dispatch an epoll event; false if fd is not one of ours.
     bool handle(int fd, uint32_t events);
-    // Close connections idle for longer than idle_ms.
+    // Close connections idle for longer than idle_ms (not those waiting
+    // for a persist or restore to finish).
     void expire(uint64_t now_ms, uint64_t idle_ms);
+    // Send the answer of a deferred request (persist, restore) if its
+    // connection is still open.
+    void deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int error, const std::string &body);
+    // The eventfd snapshot workers signal when they finish.
+    void set_job_wake_fd(int fd) { wake_fd_ = fd; }
 
     static constexpr size_t kMaxConnections = 256;
 
@@ -52,7 +58,10 @@ class ControlServer {
         std::string in, out;
         bool close_after_flush = false;
         uint64_t last_ms = 0;
+        uint64_t id = 0;      // unique for the daemon's life: fds are reused, ids are not
+        unsigned waiting = 0; // deferred requests not yet answered
     };
+    static constexpr int kDeferred = -1; // dispatch: the answer comes later through deliver()
 
     void accept_on(int lfd, Kind kind);
     void on_io(int fd, uint32_t events);
@@ -60,7 +69,7 @@ class ControlServer {
     void flush(int fd, Conn &c);
     void drop(int fd);
     // Handle one request; returns the response body (JSON or message) and error.
-    std::pair<int, std::string> dispatch(const Conn &c, uint16_t op, const kv_ctl_request &req);
+    std::pair<int, std::string> dispatch(Conn &c, uint16_t op, uint32_t seq, const kv_ctl_request &req);
     bool allowed(const Peer &p, gid_t gid) const;
 
     int epfd_;
@@ -70,6 +79,8 @@ class ControlServer {
     std::string control_path_;
     std::vector<int> metrics_fds_;
     std::map<int, Conn> conns_;
+    uint64_t next_id_ = 1;
+    int wake_fd_ = -1;
 };
 
 } // namespace kv::daemon

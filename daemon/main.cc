@@ -11,9 +11,11 @@
 #include "metrics.h"
 #include "pool_manager.h"
 #include "pool_report.h"
+#include "snapshot_jobs.h"
 
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
@@ -151,7 +153,13 @@ int main(int argc, char **argv) {
             cfg.pools.size(), cfg.pools.size() == 1 ? "" : "s");
     sd_notifyf(0, "STATUS=opening %zu pools", cfg.pools.size());
 
+    // Long steps (restore at start, persist at stop) keep systemd informed
+    // and push its start/stop timeout out while they make progress.
+    auto status = [](const std::string &line) {
+        sd_notifyf(0, "STATUS=%s\nEXTEND_TIMEOUT_USEC=%llu", line.c_str(), 60ULL * 1000000);
+    };
     auto pm = std::make_unique<PoolManager>(cfg);
+    pm->set_status_hook(status);
     if (auto r = pm->open_all(); !r) {
         KV_LOGE(kComp, "%s", r.error().c_str());
         sd_notifyf(0, "STATUS=failed: %s", r.error().c_str());
@@ -171,6 +179,13 @@ int main(int argc, char **argv) {
         server->add_metrics_listener(*m);
         KV_LOGI(kComp, "metrics on %s", cfg.metrics.c_str());
     }
+
+    int jobfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    epoll_event jev{};
+    jev.events = EPOLLIN;
+    jev.data.fd = jobfd;
+    epoll_ctl(epfd, EPOLL_CTL_ADD, jobfd, &jev);
+    server->set_job_wake_fd(jobfd);
 
     Timer reap_timer(epfd, uint64_t(cfg.reap_interval_ms) * 1000);
     Timer evict_timer(epfd, uint64_t(cfg.evict_interval_ms) * 1000);
@@ -216,6 +231,11 @@ int main(int argc, char **argv) {
                         running = false;
                     }
                 }
+            } else if (fd == jobfd) {
+                uint64_t n;
+                ssize_t r = read(jobfd, &n, sizeof n);
+                (void)r; // EAGAIN: another event already drained it
+                for (const Completion &c : collect_jobs(*pm)) server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
             } else if (fd == reap_timer.fd()) {
                 reap_timer.drain();
                 counters.reaped_clients += uint64_t(pm->reap_pass());
@@ -236,7 +256,19 @@ int main(int argc, char **argv) {
 
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     server.reset(); // no new requests while pools go away
-    pm.reset();     // detach: regions stay in place for a warm restart
+    join_all_jobs(*pm);
+    int failed = 0;
+    for (const auto &p : pm->pools()) {
+        if (!p->cfg.persist_on_stop) continue;
+        status("persisting pool " + p->cfg.name + " to " + p->snapshot_path);
+        failed += persist_at_stop(*p, status) ? 0 : 1;
+    }
+    pm.reset(); // detach: regions stay in place for a warm restart
+    if (failed) {
+        KV_LOGE(kComp, "stopped; %d pool%s could not be persisted (their previous snapshots are intact)", failed,
+                failed == 1 ? "" : "s");
+        return 1;
+    }
     KV_LOGN(kComp, "stopped");
     return 0;
 }

@@ -2,6 +2,7 @@
 #include "pool_manager.h"
 
 #include "log.h"
+#include "snapshot_jobs.h"
 #include "units.h"
 
 #include <fcntl.h>
@@ -208,11 +209,15 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
     if (chown(pool->path.c_str(), uid_t(-1), pool->gid) != 0 || chmod(pool->path.c_str(), pc.mode) != 0)
         KV_LOGW(kComp, "pool %s: cannot set group %u / mode %04o on %s: %s", pc.name.c_str(), unsigned(pool->gid),
                 pc.mode, pool->path.c_str(), strerror(errno));
-    if (pc.persist_on_stop || pc.restore_on_start)
-        KV_LOGW(kComp,
-                "pool %s: persist_on_stop/restore_on_start are set, but this kvpoold cannot write snapshots yet: "
-                "the pool survives daemon restarts in shared memory, not reboots",
-                pc.name.c_str());
+    const std::string snap_dir = pc.snapshot_dir.empty() ? cfg_.state_dir : pc.snapshot_dir;
+    pool->snapshot_path = snap_dir + "/" + pc.name + ".kvsnap";
+    // A persist cut short (the daemon was killed) leaves its temporary file:
+    // the snapshot itself is intact, the leftover only wastes disk.
+    if (unlink((pool->snapshot_path + ".tmp").c_str()) == 0)
+        KV_LOGN(kComp, "pool %s: removed %s.tmp left by an interrupted persist", pc.name.c_str(),
+                pool->snapshot_path.c_str());
+    if ((pc.persist_on_stop || pc.restore_on_start) && make_dirs(snap_dir, 0750) != 0)
+        KV_LOGW(kComp, "pool %s: snapshot_dir %s: %s", pc.name.c_str(), snap_dir.c_str(), strerror(errno));
     const kv_region_header *hd = kv_pool_header(pool->handle);
     KV_LOGI(kComp, "pool %s %s: %s, %s, page size %s, numa %s, %u entry slots", pc.name.c_str(), pool->state.c_str(),
             pool->path.c_str(), kv::detail::format_size(hd->region_size).c_str(),
@@ -226,7 +231,14 @@ std::expected<void, std::string> PoolManager::open_all() {
         if (find(pc.name)) continue;
         auto p = open_pool(pc, "config");
         if (!p) return std::unexpected(p.error().message);
+        Pool &pool = **p;
         pools_.push_back(std::move(*p));
+        // A region that survived (warm restart) is newer than any snapshot;
+        // only a freshly created one is refilled from disk.
+        if (pc.restore_on_start && pool.state == "created" && file_exists(pool.snapshot_path)) {
+            if (status_hook_) status_hook_("restoring pool " + pc.name + " from " + pool.snapshot_path);
+            restore_at_start(pool, status_hook_);
+        }
     }
     return {};
 }
@@ -243,6 +255,7 @@ std::expected<void, Error> PoolManager::destroy(const std::string &name) {
     for (auto it = pools_.begin(); it != pools_.end(); ++it) {
         if ((*it)->cfg.name != name) continue;
         Pool &p = **it;
+        if (p.job) return std::unexpected(Error{EBUSY, "pool " + name + ": a persist or restore is running"});
         kv_pool_detach(p.handle);
         p.handle = nullptr;
         int rc = kv_pool_destroy(p.path.c_str());

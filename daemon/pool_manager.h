@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include <expected>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,6 +26,19 @@ struct Error {
     std::string message;
 };
 
+struct SnapshotJob; // snapshot_jobs.h
+
+// The outcome of the last persist or restore of a pool (main thread only).
+struct SnapshotRecord {
+    bool done = false; // false: never ran since the daemon started
+    bool ok = false;
+    std::string path, error;
+    uint64_t blocks = 0, bytes = 0, dropped = 0;
+    double seconds = 0;
+    uint64_t finished_ns = 0;
+    bool truncated = false;
+};
+
 struct Pool {
     PoolConfig cfg;
     std::string path;          // the backing file clients attach to
@@ -35,6 +49,9 @@ struct Pool {
     std::string state;         // "created" or "reattached"
     uint64_t bg_evicted_bytes = 0;
     uint64_t reaped_clients = 0;
+    std::string snapshot_path;            // default snapshot file: snapshot_dir/NAME.kvsnap
+    std::shared_ptr<SnapshotJob> job;     // a persist or restore in progress, else null
+    SnapshotRecord last_persist, last_restore;
 };
 
 class PoolManager {
@@ -64,6 +81,8 @@ class PoolManager {
     // Apply a new config: add new pools, apply safe changes, refuse the
     // rest. Returns one line per refused or notable change, for the log.
     std::vector<std::string> reload(const DaemonConfig &next);
+    // Called with a line for systemd's STATUS= while a long step runs.
+    void set_status_hook(std::function<void(const std::string &)> hook) { status_hook_ = std::move(hook); }
 
   private:
     std::expected<gid_t, std::string> resolve_group(const std::string &name) const;
@@ -72,6 +91,7 @@ class PoolManager {
     DaemonConfig cfg_;
     gid_t admin_gid_ = 0;
     std::vector<std::unique_ptr<Pool>> pools_;
+    std::function<void(const std::string &)> status_hook_;
 };
 
 // Live data bytes (committed minus freed) from the counters: cheap enough

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "pool_report.h"
 
+#include "snapshot_jobs.h"
+
 #include <time.h>
 #include <unistd.h>
 
@@ -124,6 +126,7 @@ nlohmann::json pool_json(const Pool &p) {
         {"state", p.state},
         {"background_evicted_bytes", p.bg_evicted_bytes},
         {"reaped_clients", p.reaped_clients},
+        {"snapshot", snapshot_json(p)},
     };
 }
 
@@ -252,11 +255,14 @@ std::string prometheus_text(const PoolManager &pm, const DaemonCounters &c) {
         std::string name;
         kv_stats st;
         uint64_t live, cap, pins, entries, bg;
+        double persist_s, restore_s;
+        uint64_t persist_bytes, restore_bytes, persist_failures;
     };
     std::vector<Row> rows;
     for (const auto &p : pm.pools()) {
         Row r{p->cfg.name, {}, pool_live_bytes(p->handle), kv_pool_header(p->handle)->data_len, 0, 0,
-              p->bg_evicted_bytes};
+              p->bg_evicted_bytes, p->last_persist.seconds, p->last_restore.seconds, p->last_persist.bytes,
+              p->last_restore.bytes, p->last_persist.done && !p->last_persist.ok ? 1u : 0u};
         kv_pool_stats(p->handle, &r.st);
         for_each_entry(p->handle, [&](const kv_entry_info &e) {
             r.pins += e.pins;
@@ -283,6 +289,16 @@ std::string prometheus_text(const PoolManager &pm, const DaemonCounters &c) {
     family("kvpool_clients", "gauge", "Attached client processes (the daemon included).",
            [](const Row &r) { return r.st.clients; });
     family("kvpool_reaps_total", "counter", "Dead clients reaped.", [](const Row &r) { return r.st.reaps; });
+    family("kvpool_last_persist_seconds", "gauge", "Duration of the last persist (0: none yet).",
+           [](const Row &r) { return r.persist_s; });
+    family("kvpool_last_persist_bytes", "gauge", "Data bytes written by the last persist.",
+           [](const Row &r) { return r.persist_bytes; });
+    family("kvpool_last_persist_failed", "gauge", "1 if the last persist failed.",
+           [](const Row &r) { return r.persist_failures; });
+    family("kvpool_last_restore_seconds", "gauge", "Duration of the last restore (0: none yet).",
+           [](const Row &r) { return r.restore_s; });
+    family("kvpool_last_restore_bytes", "gauge", "Data bytes restored by the last restore.",
+           [](const Row &r) { return r.restore_bytes; });
     metric("kvpoold_requests_total", "counter", "Control requests served.");
     sample("kvpoold_requests_total", "", double(c.requests));
     metric("kvpoold_request_errors_total", "counter", "Control requests answered with an error.");

@@ -37,6 +37,8 @@
 #include <poll.h>
 #include <span>
 #include <string>
+#include <thread>
+#include <atomic>
 #include <string_view>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -1040,6 +1042,26 @@ void print_pool(const json &p) {
     if (field(p, "background_evicted_bytes"))
         l.emplace_back("background evicted", size(p, "background_evicted_bytes"));
     if (field(p, "reaped_clients")) l.emplace_back("reaped clients", count(p, "reaped_clients"));
+    if (const json *snap = field(p, "snapshot"); snap && snap->is_object()) {
+        std::string when;
+        if (get_bool(*snap, "persist_on_stop").value_or(false)) when += "persist on stop";
+        if (get_bool(*snap, "restore_on_start").value_or(false))
+            when += std::string(when.empty() ? "" : ", ") + "restore on start";
+        l.emplace_back("snapshot", text(*snap, "path") + (when.empty() ? "" : " (" + when + ")"));
+        if (const json *run = field(*snap, "running"); run && run->is_object())
+            l.emplace_back("running", text(*run, "op") + ": " + size(*run, "done_bytes") + " of " +
+                                          size(*run, "total_bytes"));
+        for (const char *k : {"last_persist", "last_restore"}) {
+            const json *r = field(*snap, k);
+            if (!r || !r->is_object()) continue;
+            const bool ok = get_bool(*r, "ok").value_or(false);
+            std::string line = ok ? count(*r, "blocks") + " blocks, " + size(*r, "bytes") + " in " +
+                                        duration(get_double(*r, "seconds"))
+                                  : "FAILED: " + text(*r, "error");
+            if (ok && get_u64(*r, "dropped").value_or(0)) line += ", " + count(*r, "dropped") + " dropped";
+            l.emplace_back(k[5] == 'p' ? "last persist" : "last restore", line);
+        }
+    }
     add_unknown(l, p,
                 {"name",
                  "path",
@@ -1068,6 +1090,7 @@ void print_pool(const json &p) {
                  "group",
                  "mode",
                  "high_watermark",
+                 "snapshot",
                  "low_watermark",
                  "background_evicted_bytes",
                  "reaped_clients"});
@@ -1291,6 +1314,42 @@ int exit_for_errno(uint32_t e) {
     }
 }
 
+// Poll the pool's status once a second and print the running job's
+// progress on stderr: one updating line on a terminal, a line every 10 s
+// otherwise. Quiet for jobs that finish within the first second.
+void show_progress(const Command &c, const std::atomic<bool> &finished) {
+    const Verb *status = find_verb("status");
+    if (!status) return;
+    Command sc = c;
+    sc.verb = status;
+    sc.timeout_s = 5;
+    auto req = build_request(sc);
+    if (!req) return;
+    const bool tty = isatty(STDERR_FILENO);
+    bool printed = false;
+    for (int tick = 1; !finished.load(); tick++) {
+        for (int i = 0; i < 10 && !finished.load(); i++) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (finished.load()) break;
+        if (!tty && tick % 10 != 0) continue;
+        auto resp = transact(sc, *req);
+        if (!resp || resp->error) continue;
+        json doc = json::parse(resp->body, nullptr, false);
+        if (doc.is_discarded()) continue;
+        const json *snap = field(doc, "snapshot");
+        const json *run = snap ? field(*snap, "running") : nullptr;
+        if (!run || !run->is_object()) continue;
+        const auto done = get_u64(*run, "done_bytes"), total = get_u64(*run, "total_bytes");
+        const auto secs = get_double(*run, "seconds");
+        std::string line = strf("%s %s: %s of %s", std::string(c.verb->name).c_str(), c.positional.empty() ? "" : c.positional[0].c_str(),
+                                size(done).c_str(), size(total).c_str());
+        if (done && secs && *secs > 0)
+            line += strf(" (%.2f GiB/s)", double(*done) / *secs / double(1ULL << 30));
+        std::fprintf(stderr, tty ? "\r%s\033[K" : "%s\n", line.c_str());
+        printed = true;
+    }
+    if (printed && tty) std::fprintf(stderr, "\n");
+}
+
 Result<int> run(const Command &c) {
     if (c.help_verb) {
         if (c.positional.empty()) {
@@ -1321,7 +1380,15 @@ Result<int> run(const Command &c) {
     if (c.verb->op == KV_CTL_OP_VERSION && !c.json)
         std::printf("kvctl %s (protocol %u)\n", KVCTL_VERSION, unsigned(KV_CTL_VERSION));
 
+    // A persist or restore can run for minutes: show its progress from the
+    // pool's status (a second connection) while the answer is pending.
+    std::atomic<bool> finished{false};
+    std::thread progress;
+    if ((c.verb->op == KV_CTL_OP_PERSIST || c.verb->op == KV_CTL_OP_RESTORE) && !c.json)
+        progress = std::thread([&c, &finished] { show_progress(c, finished); });
     auto resp = transact(c, *req);
+    finished.store(true);
+    if (progress.joinable()) progress.join();
     if (!resp) return std::unexpected(resp.error());
 
     const std::string where =

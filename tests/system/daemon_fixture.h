@@ -180,6 +180,7 @@ class DaemonTest : public ::testing::Test {
             dup2(fd, 2);
             std::string ns = "NOTIFY_SOCKET=" + dir_ + "/notify";
             putenv(const_cast<char *>(ns.c_str()));
+            for (std::string &e : daemon_env_) putenv(e.data());
             execl(kvpoold_.c_str(), kvpoold_.c_str(), "--config", cfg_path_.c_str(), nullptr);
             _exit(127);
         }
@@ -233,6 +234,7 @@ class DaemonTest : public ::testing::Test {
 
     std::string tag_, dir_, shm_, sock_, cfg_path_, log_path_, kvpoold_, kvctl_, notified_;
     std::string test_user_;
+    std::vector<std::string> daemon_env_; // extra NAME=VALUE for the next start_daemon
     pid_t daemon_ = -1;
     std::vector<pid_t> children_;
     std::vector<std::function<void()>> cleanups_; // run in reverse order in TearDown, pass or fail

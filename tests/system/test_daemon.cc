@@ -621,3 +621,207 @@ TEST_F(DaemonTest, HugepagePoolWithReservedPages) {
     c.pool = nullptr;
     unlink((huge + "/alpha").c_str()); // give the pages back before the mount goes
 }
+
+// ---- Persistence through the daemon ------------------------------------------
+
+namespace {
+
+// Block i: length and bytes are functions of i alone. Few distinct size
+// classes, so a 64 MiB pool (4 MiB slabs) holds them all without evicting.
+size_t snap_len(uint64_t i) {
+    static const size_t lens[] = {5000, 64 << 10, 200000, 128 << 10, 4096};
+    return lens[i % 5];
+}
+std::vector<uint8_t> snap_bytes(uint64_t i) {
+    std::vector<uint8_t> d(snap_len(i));
+    uint64_t x = i * 0x9e3779b97f4a7c15ULL + 1;
+    for (auto &b : d) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        b = uint8_t(x);
+    }
+    return d;
+}
+
+void put_snap_blocks(Client &c, uint64_t n) {
+    for (uint64_t i = 0; i < n; i++) {
+        auto d = snap_bytes(i);
+        kv_meta m{uint32_t(i), uint32_t(i % 5), i * 3};
+        kv_key k = key_of(i);
+        ASSERT_EQ(kv_put(c.pool, c.ns, &k, d.data(), d.size(), &m), 0);
+    }
+}
+
+// Every block present with its bytes and metadata.
+::testing::AssertionResult check_snap_blocks(Client &c, uint64_t n) {
+    for (uint64_t i = 0; i < n; i++) {
+        kv_view v;
+        kv_key k = key_of(i);
+        if (int rc = kv_get(c.pool, c.ns, &k, &v); rc != 0)
+            return ::testing::AssertionFailure() << "block " << i << ": " << kv_strerror(rc);
+        auto d = snap_bytes(i);
+        bool same = v.length == d.size() && memcmp(v.data, d.data(), d.size()) == 0 && kv_view_verify(&v) == 0 &&
+                    v.meta.tokens == uint32_t(i) && v.meta.priority == uint32_t(i % 5) && v.meta.user_tag == i * 3;
+        kv_release(c.pool, &v);
+        if (!same) return ::testing::AssertionFailure() << "block " << i << " differs";
+    }
+    return ::testing::AssertionSuccess();
+}
+
+uint64_t snap_total(uint64_t n) {
+    uint64_t t = 0;
+    for (uint64_t i = 0; i < n; i++) t += snap_len(i);
+    return t;
+}
+
+} // namespace
+
+TEST_F(DaemonTest, PersistAndRestoreOnDemand) {
+    ASSERT_TRUE(start_daemon(config()));
+    const uint64_t n = 60;
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool) << c.error;
+        put_snap_blocks(c, n);
+    }
+    Proc p = ctl({"--json", "persist", "alpha"});
+    ASSERT_EQ(p.code, 0) << p.err << log();
+    json pj = parse(p);
+    EXPECT_EQ(pj["blocks"], n);
+    EXPECT_EQ(pj["bytes"], snap_total(n));
+    const std::string file = dir_ + "/state/alpha.kvsnap";
+    EXPECT_EQ(pj["path"], file);
+    struct stat sb;
+    ASSERT_EQ(stat(file.c_str(), &sb), 0);
+    EXPECT_NE(stat((file + ".tmp").c_str(), &sb), 0) << "temporary file left behind";
+    json st = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(st["snapshot"]["last_persist"]["ok"], true) << st.dump();
+    EXPECT_NE(ctl({"status", "alpha"}).out.find("last persist"), std::string::npos);
+
+    // Empty the pool, then restore from the snapshot.
+    ASSERT_EQ(ctl({"destroy", "alpha"}).code, 0);
+    ASSERT_EQ(ctl({"create", "alpha", "--size", "64M", "--hugepages", "never"}).code, 0);
+    Proc r = ctl({"--json", "restore", "alpha", "--path", file});
+    ASSERT_EQ(r.code, 0) << r.err << log();
+    json rj = parse(r);
+    EXPECT_EQ(rj["blocks"], n);
+    EXPECT_EQ(rj["dropped"], 0);
+    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["state"], "restored");
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    EXPECT_TRUE(check_snap_blocks(c, n));
+
+    // Bad paths: relative, missing file.
+    Proc rel = ctl({"persist", "alpha", "--path", "relative.kvsnap"});
+    EXPECT_NE(rel.code, 0);
+    EXPECT_NE(rel.err.find("absolute"), std::string::npos) << rel.err;
+    Proc miss = ctl({"restore", "alpha", "--path", dir_ + "/nope.kvsnap"});
+    EXPECT_NE(miss.code, 0);
+    EXPECT_NE(miss.err.find("nope.kvsnap"), std::string::npos) << miss.err;
+}
+
+TEST_F(DaemonTest, PersistOnStopAndRestoreOnStart) {
+    const std::string pools = "persist_on_stop = true\nrestore_on_start = true\n";
+    ASSERT_TRUE(start_daemon(config("", pools)));
+    const uint64_t n = 80;
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool) << c.error;
+        put_snap_blocks(c, n);
+    }
+    ASSERT_EQ(stop_daemon(), 0) << log();
+    EXPECT_NE(log().find("persist pool alpha"), std::string::npos) << log();
+    // A reboot: the region is gone, the snapshot is not.
+    ASSERT_EQ(unlink(pool_path("alpha").c_str()), 0);
+    ASSERT_TRUE(start_daemon(config("", pools)));
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["state"], "restored") << s.dump();
+    EXPECT_EQ(s["entries"], n);
+    EXPECT_EQ(s["snapshot"]["last_restore"]["blocks"], n);
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    EXPECT_TRUE(check_snap_blocks(c, n));
+    // A warm restart re-attaches and does not restore over live data.
+    ASSERT_EQ(stop_daemon(), 0);
+    ASSERT_TRUE(start_daemon(config("", pools)));
+    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["state"], "reattached");
+}
+
+TEST_F(DaemonTest, FailedPersistKeepsThePreviousSnapshotAndTheBlocks) {
+    ASSERT_TRUE(start_daemon(config()));
+    const uint64_t n = 40;
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool) << c.error;
+        put_snap_blocks(c, n);
+    }
+    ASSERT_EQ(ctl({"persist", "alpha"}).code, 0) << log();
+    const std::string file = dir_ + "/state/alpha.kvsnap";
+    const std::string before = slurp(file);
+    ASSERT_GT(before.size(), snap_total(n));
+    ASSERT_EQ(stop_daemon(), 0);
+    daemon_env_ = {"KVPOOL_FAULT_IO_NTH=4"}; // the 4th io request fails with EIO
+    ASSERT_TRUE(start_daemon(config()));
+    Proc p = ctl({"persist", "alpha"});
+    EXPECT_EQ(p.code, 1) << p.out << p.err;
+    EXPECT_NE(p.err.find("alpha.kvsnap"), std::string::npos) << p.err;
+    EXPECT_EQ(slurp(file), before) << "the previous snapshot changed";
+    struct stat sb;
+    EXPECT_NE(stat((file + ".tmp").c_str(), &sb), 0) << "temporary file left behind";
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["snapshot"]["last_persist"]["ok"], false) << s.dump();
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    EXPECT_TRUE(check_snap_blocks(c, n)) << "a failed persist must not touch committed blocks";
+}
+
+TEST_F(DaemonTest, DaemonKilledMidPersistLeavesThePreviousSnapshot) {
+    std::string cfg = config();
+    cfg.replace(cfg.find("\"64M\""), 5, "\"512M\"");
+    ASSERT_TRUE(start_daemon(cfg));
+    const uint64_t n = 40;
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool) << c.error;
+        put_snap_blocks(c, n);
+    }
+    ASSERT_EQ(ctl({"persist", "alpha"}).code, 0) << log();
+    const std::string file = dir_ + "/state/alpha.kvsnap";
+    const std::string before = slurp(file);
+    {   // much more data, so the next persist takes a while
+        Client c(pool_path("alpha"));
+        std::vector<uint8_t> big(2 << 20, 0x5a);
+        for (uint64_t i = 1000; i < 1200; i++) {
+            kv_key k = key_of(i);
+            ASSERT_GE(kv_put(c.pool, c.ns, &k, big.data(), big.size(), nullptr), 0);
+        }
+    }
+    pid_t kv = fork();
+    if (kv == 0) {
+        execl(kvctl_.c_str(), kvctl_.c_str(), "--socket", sock_.c_str(), "persist", "alpha", nullptr);
+        _exit(127);
+    }
+    usleep(30000);
+    kill(daemon_, SIGKILL);
+    waitpid(daemon_, nullptr, 0);
+    daemon_ = -1;
+    int st = 0;
+    waitpid(kv, &st, 0);
+    // Either the persist finished before the kill (a whole new snapshot) or
+    // the old one is untouched; never a torn file at the snapshot's path.
+    const std::string after = slurp(file);
+    if (after != before) {
+        EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "snapshot changed by a killed persist";
+    }
+    ASSERT_TRUE(start_daemon(cfg));
+    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["state"], "reattached");
+    ASSERT_EQ(ctl({"destroy", "alpha"}).code, 0);
+    ASSERT_EQ(ctl({"create", "alpha", "--size", "512M", "--hugepages", "never"}).code, 0);
+    Proc r = ctl({"--json", "restore", "alpha", "--path", file});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(parse(r)["dropped"], 0);
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    EXPECT_TRUE(check_snap_blocks(c, n));
+    // And the daemon can persist again over the leftover temporary file.
+    EXPECT_EQ(ctl({"persist", "alpha"}).code, 0) << log();
+}

@@ -14,7 +14,9 @@
  * can be written and read with O_DIRECT):
  *
  *   file header      struct kv_snap_header, then namespaces[n_namespaces]
- *                    (struct kv_snap_namespace), zero-padded to header_len
+ *                    (struct kv_snap_namespace) from offset header_size (the
+ *                    writer's struct size, so a reader finds them behind a
+ *                    header that grew), zero-padded to header_len
  *   segment 0        struct kv_snap_segment, then records[n_records]
  *                    (struct kv_snap_record), zero-padded to KV_SNAP_SEGMENT_HEAD;
  *                    then the data of each record at data_off (relative to
@@ -23,12 +25,21 @@
  *   segment 1 ...
  *   trailer          struct kv_snap_trailer, zero-padded to KV_SNAP_ALIGN
  *
+ * A reader tells a segment head from the trailer by its magic. A pool with
+ * no committed block gives a file of header and trailer (n_segments 0).
+ * kv_snap_namespace, kv_snap_segment and kv_snap_record have no size field:
+ * in v1 their sizes are fixed, and a layout that grows them needs an
+ * incompat feature bit.
+ *
  * Integrity: the header, each segment head (struct + records) and the
  * trailer carry an XXH3-64 of their bytes computed with the checksum field
  * zero; every block keeps the XXH3-64 of its data (the same checksum the
  * region holds). The trailer's segments_hash chains the segment checksums
- * (h = XXH3-64(seed = h, segment.checksum) from h = 0), so a complete file
- * proves it holds every segment written.
+ * (h = XXH3-64(seed = h, the 8 little-endian bytes of segment.checksum)
+ * from h = 0), so a complete file proves it holds every segment written.
+ * The padding of a data extent is zero: a writer copies a block's last
+ * partial page out rather than writing whatever the region holds past the
+ * block's length (a former block's bytes).
  *
  * Reading: a reader refuses a file whose header is damaged (magic, version,
  * unknown incompat bit, checksum, sizes). It then takes segments in order and
@@ -69,7 +80,8 @@ struct kv_snap_header {
 	uint64_t compat_features;
 	uint64_t incompat_features;
 	uint64_t checksum;         /* XXH3-64 of header_len bytes with this field 0 */
-	uint64_t header_len;       /* bytes of header + namespaces + padding; multiple of KV_SNAP_ALIGN */
+	uint64_t header_len;       /* bytes of header + namespaces + padding; multiple of KV_SNAP_ALIGN,
+				      >= header_size + n_namespaces * KV_SNAP_NAMESPACE_SIZE_V1 */
 	uint64_t snapshot_ns;      /* CLOCK_REALTIME when the snapshot started */
 	/* The source pool, for people and for compatibility checks. */
 	uint64_t pool_id_lo, pool_id_hi;
@@ -135,7 +147,7 @@ struct kv_snap_trailer {
 	uint64_t file_len;      /* total file bytes, trailer included */
 	uint64_t segments_hash; /* chain of segment checksums, see above */
 	uint64_t header_checksum; /* the header's checksum again: the trailer belongs to that header */
-	uint64_t reserved[8];
+	uint64_t reserved[8];     /* zero */
 };
 #define KV_SNAP_TRAILER_SIZE_V1 128
 KV_STATIC_ASSERT(sizeof(struct kv_snap_trailer) == KV_SNAP_TRAILER_SIZE_V1, "snapshot trailer v1 size");

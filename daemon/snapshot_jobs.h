@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: MIT
+//
+// Persist and restore as the daemon runs them: synchronously at start
+// (restore before READY=1) and stop (persist after STOPPING=1), and on
+// demand from the control socket in a worker thread per pool, so the event
+// loop keeps reaping clients and answering status (with progress) while
+// gigabytes stream to disk. The worker uses the daemon's own kv_pool handle,
+// which libkv allows from many threads; the main thread never destroys a
+// pool that has a job (EBUSY) and joins every job before it exits.
+#pragma once
+
+#include "pool_manager.h"
+#include "snapshot.h"
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <expected>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace kv::daemon {
+
+struct SnapshotJob {
+    uint16_t op = 0; // KV_CTL_OP_PERSIST or KV_CTL_OP_RESTORE
+    std::string path;
+    uint64_t conn_id = 0; // the connection to answer; 0: nobody
+    uint32_t seq = 0;
+    uint64_t start_ns = 0;
+    std::atomic<uint64_t> done_bytes{0}, total_bytes{0}; // progress, written by the worker (relaxed)
+    std::atomic<bool> finished{false};                   // release by the worker, acquire by collect
+    std::expected<snapshot::Result, snapshot::Error> result{std::unexpected(snapshot::Error{EINPROGRESS, ""})};
+    std::thread thread;
+};
+
+// A response the main loop must send for a finished job.
+struct Completion {
+    uint64_t conn_id;
+    uint16_t op;
+    uint32_t seq;
+    int error;
+    std::string body;
+};
+
+// Options for the snapshot engine: queue depth, fault injection from the
+// environment (KVPOOL_FAULT_IO_NTH), progress forwarding.
+snapshot::Options snapshot_options(std::function<void(uint64_t, uint64_t)> progress);
+
+// At start: refill a freshly created pool from its snapshot file. Failures
+// are logged and the pool starts empty: a bad snapshot never blocks start-up.
+void restore_at_start(Pool &p, const std::function<void(const std::string &)> &status);
+// At stop: write the pool to its snapshot file. False (logged) on failure.
+bool persist_at_stop(Pool &p, const std::function<void(const std::string &)> &status);
+
+// Start a background persist/restore of p into/from path. wake_fd (an
+// eventfd) is written when it finishes. EBUSY if a job is running.
+std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &path, uint64_t conn_id, uint32_t seq,
+                                     int wake_fd);
+// Join finished jobs, record their outcome in their pools, and return the
+// responses to send.
+std::vector<Completion> collect_jobs(PoolManager &pm);
+// Shutdown: wait for every running job (their answers are dropped).
+void join_all_jobs(PoolManager &pm);
+
+// The "snapshot" object of a pool's status: file, running job with
+// progress, and the last persist and restore.
+nlohmann::json snapshot_json(const Pool &p);
+
+} // namespace kv::daemon

@@ -1,0 +1,588 @@
+// SPDX-License-Identifier: MIT
+//
+// restore(): a snapshot file into a pool; inspect(): its header alone.
+//
+// Every length and offset from the file is checked (snapshot_format.cc)
+// before it is used. Segments are read in order; the head of the next one
+// is read while the current one's data is in flight. Each record gets a
+// reservation (kv_reserve) and its extent is read with O_DIRECT straight
+// into the reserved block: a whole number of pages, which fits because
+// every size class is a multiple of 4 KiB and every block is page-aligned
+// (checked once against the pool's class table). Reads of extents that
+// follow each other in the file are merged up to max_request_bytes (a
+// readv into several reservations; one iovec: a read_fixed). When the last
+// read of a block completes its XXH3-64 is checked and the reservation
+// committed with that checksum, or aborted: a damaged block is never
+// visible, and nothing outside a reservation is ever written.
+#include "snapshot.h"
+#include "snapshot_format.h"
+#include "uring.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cinttypes>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+namespace kv::daemon::snapshot {
+
+namespace {
+
+constexpr uint64_t kMaxFixedBuf = 1ULL << 30; // the kernel's cap on one registered buffer
+constexpr uint64_t kProgressStep = 64ULL << 20;
+constexpr unsigned kMaxIov = 512; // under IOV_MAX (1024)
+constexpr uint32_t kNone = UINT32_MAX;
+constexpr uint32_t kRefused = UINT32_MAX; // namespace map: the pool refused the manifest
+
+uint64_t fault_nth(const Options &o) {
+    if (o.fail_nth_io) return o.fail_nth_io;
+    const char *e = getenv("KVPOOL_FAULT_IO_NTH");
+    return e ? strtoull(e, nullptr, 10) : 0;
+}
+
+struct RecSlot {
+    kv_reservation r{};
+    uint64_t length = 0, checksum = 0;
+    uint32_t pieces = 0; // reads not yet completed (+1 while being queued)
+    bool failed = false, used = false;
+};
+
+// A read: of block data (recs) or of a part of the format (meta >= 0: the
+// index of the MetaRead it fills).
+struct Req {
+    uint64_t off = 0, len = 0;
+    std::vector<iovec> iov;
+    std::vector<uint32_t> recs;
+    int meta = -1;
+};
+
+struct MetaRead {
+    bool pending = false;
+    int res = 0;
+};
+
+class Reader {
+  public:
+    Reader(kv_pool *pool, const std::string &path, const Options &o)
+        : pool_(pool), hdr_(kv_pool_header(pool)), path_(path), opts_(o) {}
+    ~Reader() { cleanup(); }
+    std::expected<Result, Error> run();
+
+  private:
+    bool setup();
+    bool read_header();
+    bool map_namespaces();
+    bool segments();
+    bool add_record(const kv_snap_record &rec, uint64_t seg_off);
+    void finish_record(uint32_t slot);
+
+    uint32_t acquire_rec();
+    void drop_piece(uint32_t slot);
+    Req *acquire_req();
+    bool add_piece(uint64_t off, uint8_t *addr, uint64_t len, uint32_t rec);
+    bool flush();
+    bool reap(bool wait);
+    bool wait_some();
+    void complete(uint32_t req, int res);
+    bool start_meta(int m, uint64_t off, uint8_t *buf, uint64_t len);
+    int wait_meta(int m); // bytes read, or -errno (also on a ring failure)
+    uint64_t my_evictions() const;
+    void cleanup();
+
+    bool fail(int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+    bool failed() const { return err_.has_value(); }
+    bool cancelled() const { return opts_.cancel && opts_.cancel->load(std::memory_order_relaxed); }
+
+    kv_pool *pool_;
+    const kv_region_header *hdr_;
+    const std::string path_;
+    const Options &opts_;
+    std::optional<Error> err_;
+    Result res_;
+    int fd_ = -1;
+    uint64_t size_ = 0, max_req_ = 0;
+    uint8_t *data_base_ = nullptr;
+    uint64_t data_len_ = 0;
+
+    AlignedBuffer arena_;  // two segment-head buffers (current, next)
+    AlignedBuffer header_; // the file header
+    Header header_info_;
+    std::vector<uint32_t> ns_map_; // index: position in header_info_.namespaces
+    std::vector<RecSlot> recs_;
+    std::vector<uint32_t> free_recs_;
+    std::vector<Req> reqs_;
+    std::vector<uint32_t> free_reqs_;
+    std::vector<Completion> cqes_;
+    MetaRead meta_[3];
+    std::optional<Ring> ring_; // declared after the buffers: destroyed before them
+    uint32_t cur_ = kNone;
+
+    bool pool_full_ = false;
+    uint64_t evictions_at_start_ = 0;
+    uint64_t done_bytes_ = 0, next_progress_ = kProgressStep;
+    std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+bool Reader::fail(int code, const char *fmt, ...) {
+    if (failed()) return false;
+    char what[320];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    err_ = Error{code, "restore " + path_ + ": " + what};
+    return false;
+}
+
+bool Reader::setup() {
+    if (!hdr_) return fail(EINVAL, "no pool");
+    data_base_ = reinterpret_cast<uint8_t *>(const_cast<kv_region_header *>(hdr_)) + hdr_->data_off;
+    data_len_ = hdr_->data_len;
+    max_req_ = std::clamp<uint64_t>(opts_.max_request_bytes & ~(kAlign - 1), kAlign, kMaxFixedBuf);
+    const unsigned qd = std::clamp(opts_.queue_depth, 1U, 4096U);
+
+    // Reading whole pages into a block is only safe if every block is
+    // page-aligned and a whole number of pages.
+    const auto *classes = reinterpret_cast<const kv_class *>(reinterpret_cast<const uint8_t *>(hdr_) + hdr_->class_off);
+    if (hdr_->data_off % kAlign || hdr_->slab_size % kAlign)
+        return fail(EINVAL, "pool data_off %" PRIu64 ", slab_size %" PRIu64 ": expected multiples of %" PRIu64,
+                    hdr_->data_off, hdr_->slab_size, kAlign);
+    for (uint32_t i = 0; i < hdr_->n_classes; i++)
+        if (classes[i].block_size % kAlign)
+            return fail(EINVAL, "pool size class %u: block_size %" PRIu64 ": expected a multiple of %" PRIu64, i,
+                        classes[i].block_size, kAlign);
+
+    fd_ = open(path_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd_ < 0 && errno == EINVAL) fd_ = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) return fail(errno, "open: %s", strerror(errno));
+    struct stat sb{};
+    if (fstat(fd_, &sb) != 0) return fail(errno, "fstat: %s", strerror(errno));
+    if (!S_ISREG(sb.st_mode)) return fail(EINVAL, "not a regular file (mode 0%o)", unsigned(sb.st_mode));
+    size_ = uint64_t(sb.st_size);
+
+    auto arena = AlignedBuffer::create(2 * kSegmentHead);
+    if (!arena) return fail(arena.error(), "allocate I/O buffers: %s", strerror(arena.error()));
+    arena_ = std::move(*arena);
+    // A reservation per record in flight: enough for every request to be a
+    // full merged read of small blocks, and two whole segments.
+    const uint32_t nrecs = std::max<uint32_t>(2 * KV_SNAP_SEGMENT_RECORDS, 4 * qd);
+    recs_.resize(nrecs);
+    for (uint32_t i = nrecs; i-- > 0;) free_recs_.push_back(i);
+    reqs_.resize(qd);
+    for (uint32_t i = qd; i-- > 0;) free_reqs_.push_back(i);
+    cqes_.resize(qd);
+
+    auto ring = Ring::create(qd);
+    if (!ring) return fail(ring.error(), "set up io_uring (%u entries): %s", qd, strerror(ring.error()));
+    ring_.emplace(std::move(*ring));
+    ring_->fail_nth(fault_nth(opts_));
+    if (opts_.register_buffers) {
+        std::vector<iovec> bufs;
+        for (uint64_t off = 0; off < data_len_; off += kMaxFixedBuf)
+            bufs.push_back({data_base_ + off, std::min(kMaxFixedBuf, data_len_ - off)});
+        bufs.push_back({arena_.data(), arena_.size()});
+        res_.fixed_buffers = ring_->register_buffers(bufs) == 0;
+    }
+    evictions_at_start_ = my_evictions();
+    return true;
+}
+
+uint64_t Reader::my_evictions() const {
+    // This client's own counter (region.h: written only by this client,
+    // relaxed): evictions by other clients of a live pool do not count.
+    auto *clients = reinterpret_cast<kv_client *>(reinterpret_cast<uint8_t *>(const_cast<kv_region_header *>(hdr_)) +
+                                                  hdr_->client_off);
+    const uint32_t me = kv_pool_client_index(pool_);
+    if (me >= hdr_->max_clients) return 0;
+    return std::atomic_ref<uint64_t>(clients[me].stats.evictions).load(std::memory_order_relaxed);
+}
+
+bool Reader::read_header() {
+    auto first = AlignedBuffer::create(kAlign);
+    if (!first) return fail(first.error(), "allocate: %s", strerror(first.error()));
+    header_ = std::move(*first);
+    if (!start_meta(0, 0, header_.data(), kAlign)) return false;
+    int got = wait_meta(0);
+    if (got < 0) return fail(-got, "read the header at offset 0: %s", strerror(-got));
+    auto len = check_header_prefix({header_.data(), size_t(got)}, size_);
+    if (!len) return fail(len.error().code, "header: %s", len.error().what.c_str());
+    if (*len > kAlign) {
+        auto whole = AlignedBuffer::create(*len);
+        if (!whole) return fail(whole.error(), "allocate %" PRIu64 " bytes: %s", *len, strerror(whole.error()));
+        header_ = std::move(*whole);
+        if (!start_meta(0, 0, header_.data(), *len)) return false;
+        got = wait_meta(0);
+        if (got < 0) return fail(-got, "read the header at offset 0: %s", strerror(-got));
+    }
+    auto h = parse_header({header_.data(), std::min<size_t>(size_t(got), *len)}, size_);
+    if (!h) return fail(h.error().code, "header: %s", h.error().what.c_str());
+    header_info_ = std::move(*h);
+    return true;
+}
+
+bool Reader::map_namespaces() {
+    // A manifest the pool refuses (invalid, table full) costs its records,
+    // not the restore.
+    for (const kv_snap_namespace &ns : header_info_.namespaces) {
+        uint32_t id = kRefused;
+        if (kv_ns_register(pool_, &ns.manifest, &id, nullptr) != 0) id = kRefused;
+        ns_map_.push_back(id);
+    }
+    return true;
+}
+
+bool Reader::segments() {
+    const kv_snap_header &h = header_info_.hdr;
+    uint64_t off = h.header_len, seq = 0, n_records = 0, data_bytes = 0, chain = 0;
+    int cur = 1; // meta_[1] and meta_[2] hold the two head buffers
+    auto head = [&](int m) { return arena_.data() + uint64_t(m - 1) * kSegmentHead; };
+    if (!start_meta(cur, off, head(cur), kSegmentHead)) return false;
+    for (;;) {
+        int got = wait_meta(cur);
+        if (got < 0) return fail(-got, "read segment %" PRIu64 " at offset %" PRIu64 ": %s", seq, off, strerror(-got));
+        uint64_t magic = 0;
+        if (got >= 8) memcpy(&magic, head(cur), 8);
+        if (magic == KV_SNAP_TRAILER_MAGIC) {
+            TrailerExpect e{seq, n_records, data_bytes, off, chain, h.checksum, size_};
+            if (!check_trailer({head(cur), size_t(got)}, e).empty()) res_.truncated = true;
+            res_.file_bytes = off + kAlign;
+            return true;
+        }
+        auto seg = parse_segment({head(cur), size_t(got)}, seq, off, size_, header_info_);
+        if (!seg) { // cut off or damaged here: what came before stays
+            res_.truncated = true;
+            res_.file_bytes = off;
+            return true;
+        }
+        const uint64_t next = off + seg->seg.length;
+        if (!seg->data_cut && !start_meta(3 - cur, next, head(3 - cur), kSegmentHead)) return false;
+        for (uint32_t i = 0; i < seg->seg.n_records; i++) {
+            if (cancelled()) return fail(ECANCELED, "cancelled at segment %" PRIu64, seq);
+            if (!add_record(seg->records[i], off)) return false;
+            data_bytes += seg->records[i].length;
+        }
+        n_records += seg->seg.n_records;
+        chain = chain_segment(chain, seg->seg.checksum);
+        seq++;
+        if (seg->data_cut) {
+            res_.truncated = true;
+            res_.file_bytes = size_;
+            return true;
+        }
+        off = next;
+        cur = 3 - cur;
+    }
+}
+
+bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
+    auto pos = std::lower_bound(header_info_.namespaces.begin(), header_info_.namespaces.end(), rec.ns,
+                                [](const kv_snap_namespace &n, uint32_t v) { return n.id < v; });
+    const uint32_t ns = ns_map_[size_t(pos - header_info_.namespaces.begin())]; // parse_segment checked it exists
+    if (!record_in_file(rec, seg_off, size_)) return true; // cut off: truncated, not dropped
+    if (pool_full_ || ns == kRefused || rec.length > hdr_->slab_size) {
+        res_.dropped++;
+        return true;
+    }
+    const uint32_t slot = acquire_rec();
+    if (slot == kNone) return false;
+    RecSlot &rs = recs_[slot];
+    const kv_key key{rec.key_lo, rec.key_hi};
+    const kv_meta meta{rec.tokens, rec.priority, rec.user_tag};
+    int rc = kv_reserve(pool_, ns, &key, rec.length, &meta, &rs.r);
+    if (rc != 0) {
+        rs.used = false;
+        free_recs_.push_back(slot);
+        if (rc == KV_DEDUP || rc == -EBUSY) {
+            res_.skipped++;
+        } else {
+            if (rc == -ENOSPC) pool_full_ = true;
+            res_.dropped++;
+        }
+        return true;
+    }
+    // Never write outside the reservation: the block must be page-aligned,
+    // inside the data section, with room for the padded extent.
+    const uint64_t padded = align_up(rec.length, kAlign);
+    auto *d = static_cast<uint8_t *>(rs.r.data);
+    const uint64_t boff = uint64_t(d - data_base_);
+    if (d < data_base_ || boff % kAlign || boff > data_len_ || padded > data_len_ - boff || rs.r.length < rec.length) {
+        kv_abort(pool_, &rs.r);
+        rs.used = false;
+        free_recs_.push_back(slot);
+        res_.dropped++;
+        return true;
+    }
+    // The pool had to evict to make room: it is full. This block goes in;
+    // the rest would only push out blocks restored before them.
+    if (my_evictions() != evictions_at_start_) pool_full_ = true;
+    rs.length = rec.length;
+    rs.checksum = rec.checksum;
+    rs.failed = false;
+    rs.pieces = 1;
+    uint64_t off = seg_off + rec.data_off;
+    bool ok = true;
+    for (uint64_t done = 0; ok && done < padded;) {
+        uint64_t room = max_req_;
+        if (cur_ != kNone) {
+            const Req &r = reqs_[cur_];
+            if (r.off + r.len == off && r.iov.size() < kMaxIov) room = max_req_ - r.len;
+            if (room == 0) {
+                ok = flush();
+                room = max_req_;
+            }
+        }
+        const uint64_t take = std::min(padded - done, room);
+        ok = ok && add_piece(off, d + done, take, slot);
+        off += take;
+        done += take;
+    }
+    drop_piece(slot);
+    return ok;
+}
+
+void Reader::finish_record(uint32_t slot) {
+    RecSlot &rs = recs_[slot];
+    bool ok = !rs.failed && XXH3_64bits(rs.r.data, rs.length) == rs.checksum;
+    if (ok && kv_commit(pool_, &rs.r, KV_COMMIT_F_CHECKSUM, rs.checksum) == 0) {
+        res_.blocks++;
+        res_.bytes += rs.length;
+    } else {
+        if (!ok) kv_abort(pool_, &rs.r);
+        res_.dropped++;
+    }
+    rs.used = false;
+    free_recs_.push_back(slot);
+}
+
+uint32_t Reader::acquire_rec() {
+    while (free_recs_.empty())
+        if (!wait_some()) return kNone;
+    const uint32_t slot = free_recs_.back();
+    free_recs_.pop_back();
+    recs_[slot].used = true;
+    recs_[slot].pieces = 0;
+    return slot;
+}
+
+void Reader::drop_piece(uint32_t slot) {
+    if (--recs_[slot].pieces == 0) finish_record(slot);
+}
+
+Req *Reader::acquire_req() {
+    while (free_reqs_.empty())
+        if (!wait_some()) return nullptr;
+    cur_ = free_reqs_.back();
+    free_reqs_.pop_back();
+    Req &r = reqs_[cur_];
+    r.off = r.len = 0;
+    r.iov.clear();
+    r.recs.clear();
+    r.meta = -1;
+    return &r;
+}
+
+bool Reader::add_piece(uint64_t off, uint8_t *addr, uint64_t len, uint32_t rec) {
+    if (cur_ != kNone) {
+        const Req &r = reqs_[cur_];
+        if (r.off + r.len != off || r.len + len > max_req_ || r.iov.size() >= kMaxIov)
+            if (!flush()) return false;
+    }
+    Req *r = cur_ != kNone ? &reqs_[cur_] : acquire_req();
+    if (!r) return false;
+    if (r->len == 0) r->off = off;
+    if (!r->iov.empty() && static_cast<uint8_t *>(r->iov.back().iov_base) + r->iov.back().iov_len == addr)
+        r->iov.back().iov_len += len;
+    else
+        r->iov.push_back({addr, len});
+    r->len += len;
+    r->recs.push_back(rec);
+    recs_[rec].pieces++;
+    return true;
+}
+
+bool Reader::flush() {
+    if (cur_ == kNone) return !failed();
+    const uint32_t id = cur_;
+    cur_ = kNone;
+    Req &r = reqs_[id];
+    io_uring_sqe *s = failed() ? nullptr : ring_->sqe(id);
+    if (!s) { // failed already (do not start more I/O), or no entry (cannot happen)
+        complete(id, -ECANCELED);
+        return false;
+    }
+    if (r.iov.size() == 1) {
+        const int idx = ring_->fixed_index(r.iov[0].iov_base, r.len);
+        if (idx >= 0)
+            io_uring_prep_read_fixed(s, fd_, r.iov[0].iov_base, unsigned(r.len), r.off, idx);
+        else
+            io_uring_prep_read(s, fd_, r.iov[0].iov_base, unsigned(r.len), r.off);
+    } else {
+        io_uring_prep_readv(s, fd_, r.iov.data(), unsigned(r.iov.size()), r.off);
+    }
+    if (int rc = ring_->submit(); rc < 0) return fail(-rc, "io_uring submit: %s", strerror(-rc));
+    return true;
+}
+
+bool Reader::reap(bool wait) {
+    int n = ring_->reap(cqes_, wait);
+    if (n < 0) return fail(-n, "io_uring wait: %s", strerror(-n));
+    for (int i = 0; i < n; i++) complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
+    return !failed();
+}
+
+bool Reader::wait_some() {
+    if (!flush()) return false;
+    if (ring_->in_flight() == 0) return fail(EIO, "internal error: waiting with no I/O in flight");
+    return reap(true);
+}
+
+void Reader::complete(uint32_t id, int res) {
+    Req &r = reqs_[id];
+    if (r.meta >= 0) {
+        meta_[r.meta].pending = false;
+        meta_[r.meta].res = res;
+    } else {
+        // An I/O error or a short read (the file changed under us) costs the
+        // blocks of this request; the checksum would catch a short read too.
+        const bool bad = res < 0 || uint64_t(res) < r.len;
+        for (uint32_t rec : r.recs) {
+            if (bad) recs_[rec].failed = true;
+            drop_piece(rec);
+        }
+        if (res > 0) done_bytes_ += uint64_t(res);
+    }
+    r.recs.clear();
+    r.meta = -1;
+    free_reqs_.push_back(id);
+    if (opts_.progress && done_bytes_ >= next_progress_) {
+        next_progress_ = done_bytes_ + kProgressStep;
+        opts_.progress(done_bytes_, size_);
+    }
+}
+
+bool Reader::start_meta(int m, uint64_t off, uint8_t *buf, uint64_t len) {
+    if (!flush()) return false; // a request of its own
+    Req *r = acquire_req();
+    if (!r) return false;
+    r->off = off;
+    r->len = len;
+    r->iov.push_back({buf, len});
+    r->meta = m;
+    meta_[m].pending = true;
+    meta_[m].res = 0;
+    return flush();
+}
+
+int Reader::wait_meta(int m) {
+    while (meta_[m].pending) {
+        if (!flush()) break;
+        if (!reap(true)) break;
+    }
+    if (meta_[m].pending) return err_ ? -err_->code : -EIO;
+    return meta_[m].res;
+}
+
+void Reader::cleanup() {
+    if (ring_) {
+        if (cur_ != kNone) { // queued, never submitted: those blocks are not read
+            const uint32_t id = cur_;
+            cur_ = kNone;
+            complete(id, -ECANCELED);
+        }
+        while (ring_->in_flight()) {
+            int n = ring_->reap(cqes_, true);
+            if (n < 0) break;
+            for (int i = 0; i < n; i++) complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
+        }
+    }
+    for (RecSlot &rs : recs_) {
+        if (!rs.used) continue;
+        kv_abort(pool_, &rs.r);
+        rs.used = false;
+    }
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+}
+
+std::expected<Result, Error> Reader::run() {
+    bool ok = setup() && read_header() && map_namespaces() && segments();
+    // Whatever is in flight completes (and is committed when it verifies).
+    if (ok) {
+        ok = flush();
+        while (ok && ring_->in_flight()) ok = reap(true);
+    }
+    cleanup();
+    if (!ok) {
+        if (!failed()) fail(EIO, "internal error");
+        return std::unexpected(*err_);
+    }
+    res_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    if (opts_.progress) opts_.progress(done_bytes_, size_);
+    return res_;
+}
+
+} // namespace
+
+std::expected<Result, Error> restore(kv_pool *pool, const std::string &path, const Options &opts) {
+    try {
+        Reader r(pool, path, opts);
+        return r.run();
+    } catch (const std::bad_alloc &) {
+        return std::unexpected(Error{ENOMEM, "restore " + path + ": out of memory"});
+    } catch (...) {
+        return std::unexpected(Error{EIO, "restore " + path + ": unexpected exception"});
+    }
+}
+
+std::expected<kv_snap_header, Error> inspect(const std::string &path) {
+    auto err = [&](int code, const std::string &what) {
+        return std::unexpected(Error{code, "inspect " + path + ": " + what});
+    };
+    try {
+        int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return err(errno, std::string("open: ") + strerror(errno));
+        struct Closer {
+            int fd;
+            ~Closer() { close(fd); }
+        } closer{fd};
+        struct stat sb{};
+        if (fstat(fd, &sb) != 0) return err(errno, std::string("fstat: ") + strerror(errno));
+        const uint64_t size = uint64_t(sb.st_size);
+        auto read_at = [&](std::vector<uint8_t> &buf, uint64_t len) -> int {
+            buf.assign(len, 0);
+            uint64_t done = 0;
+            while (done < len) {
+                ssize_t n = pread(fd, buf.data() + done, len - done, off_t(done));
+                if (n < 0 && errno == EINTR) continue;
+                if (n < 0) return -errno;
+                if (n == 0) break;
+                done += uint64_t(n);
+            }
+            buf.resize(done);
+            return 0;
+        };
+        std::vector<uint8_t> buf;
+        if (int rc = read_at(buf, kAlign); rc < 0) return err(-rc, std::string("read: ") + strerror(-rc));
+        auto len = check_header_prefix(buf, size);
+        if (!len) return err(len.error().code, "header: " + len.error().what);
+        if (int rc = read_at(buf, *len); rc < 0) return err(-rc, std::string("read: ") + strerror(-rc));
+        auto h = parse_header(buf, size);
+        if (!h) return err(h.error().code, "header: " + h.error().what);
+        return h->hdr;
+    } catch (const std::bad_alloc &) {
+        return err(ENOMEM, "out of memory");
+    }
+}
+
+} // namespace kv::daemon::snapshot

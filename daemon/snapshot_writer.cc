@@ -1,0 +1,650 @@
+// SPDX-License-Identifier: MIT
+//
+// persist(): a live pool to a snapshot file.
+//
+// One pass over the entry table. Each committed row is pinned with kv_get
+// (the pin is what makes the write safe: a pinned block is immutable and
+// its memory is not reused until released), given a record in the open
+// segment and an extent behind the segment's head, and its pages are
+// written straight from the region. Extents that follow each other in the
+// file are merged into one request of up to max_request_bytes (a writev
+// whose iovecs point into the region; one iovec: a write_fixed from the
+// registered data section), and queue_depth requests stay in flight. A
+// segment's head is written once its last record is known, from a buffer of
+// our own. A pin is released as soon as the last request covering its
+// block completes, so the pins held stay bounded (see kPinBudget).
+//
+// Only a block's last partial page is copied: into a page of our own,
+// zero-filled past the length, because the region holds a former block's
+// bytes there and the format promises zero padding.
+//
+// The file is preallocated ahead of the writes (fallocate): ext4 serializes
+// O_DIRECT writes that extend the file (exclusive inode lock, waited for
+// synchronously), while writes inside i_size run in parallel. The excess is
+// cut off at the end.
+#include "snapshot.h"
+#include "snapshot_format.h"
+#include "uring.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdarg>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <optional>
+#include <vector>
+
+namespace kv::daemon::snapshot {
+
+namespace {
+
+constexpr uint64_t kMaxFixedBuf = 1ULL << 30; // the kernel's cap on one registered buffer
+constexpr uint64_t kProgressStep = 64ULL << 20;
+constexpr uint64_t kPreallocStep = 256ULL << 20;
+constexpr unsigned kMaxIov = 512;      // under IOV_MAX (1024)
+constexpr unsigned kHeadSlots = 8;     // segment heads written or being filled
+constexpr unsigned kEntryBatch = 256;  // rows per kv_pool_entries call
+constexpr uint32_t kNone = UINT32_MAX;
+
+// Pins held at once: enough to keep queue_depth requests of merged small
+// blocks busy, and at most half of this client's journal, which the
+// daemon's other work on the same handle also uses.
+uint32_t pin_budget(const kv_region_header &h) {
+    return std::clamp<uint32_t>(h.pins_per_client / 2, 1, 1024);
+}
+
+uint64_t fault_nth(const Options &o) {
+    if (o.fail_nth_io) return o.fail_nth_io;
+    const char *e = getenv("KVPOOL_FAULT_IO_NTH");
+    return e ? strtoull(e, nullptr, 10) : 0;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+struct PinSlot {
+    kv_view view{};
+    uint32_t pieces = 0; // requests not yet completed that cover this block (+1 while it is being added)
+    bool used = false;
+};
+
+struct Req {
+    uint64_t off = 0, len = 0;
+    std::vector<iovec> iov;
+    std::vector<uint32_t> pins; // one per piece of a block in this request
+    uint32_t head = kNone;      // the head slot this request writes
+};
+
+class Writer {
+  public:
+    Writer(kv_pool *pool, const std::string &name, const std::string &path, const Options &o)
+        : pool_(pool), hdr_(kv_pool_header(pool)), name_(name), path_(path), tmp_(path + ".tmp"),
+          opts_(o) {}
+    ~Writer();
+    std::expected<Result, Error> run();
+
+  private:
+    bool setup();
+    bool write_header();
+    bool scan();
+    bool pin_and_add(const kv_entry_info &row);
+    bool add_block(uint32_t pin, const kv_entry_info &row);
+    bool open_segment();
+    bool close_segment();
+    bool finish();
+
+    uint32_t acquire_pin();
+    void drop_piece(uint32_t pin);
+    Req *acquire_req();
+    bool add_piece(uint64_t off, const uint8_t *addr, uint64_t len, uint32_t pin);
+    bool add_range(uint64_t off, const uint8_t *addr, uint64_t len, uint32_t pin);
+    bool flush();
+    bool reap(bool wait);
+    bool wait_some();
+    void complete(uint32_t req, int res);
+    bool ensure_alloc(uint64_t end);
+    void cleanup();
+
+    bool fail(int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+    bool failed() const { return err_.has_value(); }
+    bool cancelled() const { return opts_.cancel && opts_.cancel->load(std::memory_order_relaxed); }
+    uint8_t *head_buf(uint32_t slot) const { return arena_.data() + uint64_t(slot) * kSegmentHead; }
+    uint8_t *tail_page(uint32_t pin) const {
+        return arena_.data() + kHeadSlots * kSegmentHead + uint64_t(pin) * kAlign;
+    }
+    uint8_t *trailer_page() const { return tail_page(uint32_t(pins_.size())); }
+
+    kv_pool *pool_;
+    const kv_region_header *hdr_;
+    const std::string name_, path_, tmp_;
+    const Options &opts_;
+    std::optional<Error> err_;
+    Result res_;
+    int fd_ = -1;
+    bool renamed_ = false, done_ = false;
+    uint64_t max_req_ = 0;
+    const uint8_t *data_base_ = nullptr;
+    uint64_t data_len_ = 0;
+
+    // Declared before the ring: destroyed after it.
+    AlignedBuffer arena_;  // head slots, tail pages (one per pin slot), trailer page
+    AlignedBuffer header_; // the file header
+    std::vector<PinSlot> pins_;
+    std::vector<uint32_t> free_pins_;
+    std::vector<uint32_t> free_heads_;
+    std::vector<Req> reqs_;
+    std::vector<uint32_t> free_reqs_;
+    std::vector<Completion> cqes_;
+    std::optional<Ring> ring_;
+    uint32_t cur_ = kNone; // the request being filled
+
+    std::vector<kv_snap_namespace> namespaces_;
+    uint64_t header_checksum_ = 0;
+    uint64_t front_ = 0; // file offset where the next segment (or the trailer) goes
+    uint32_t seg_head_ = kNone;
+    uint64_t seg_off_ = 0, seg_cursor_ = 0, seq_ = 0, segments_hash_ = 0, n_records_ = 0;
+    uint32_t seg_n_ = 0;
+    bool prealloc_ = true;
+    uint64_t alloc_end_ = 0, total_est_ = 0, done_bytes_ = 0, next_progress_ = kProgressStep;
+    std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+bool Writer::fail(int code, const char *fmt, ...) {
+    if (failed()) return false; // the first error is the one to report
+    char what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    err_ = Error{code, "persist " + path_ + ": " + what + ": " + strerror(code)};
+    return false;
+}
+
+bool Writer::setup() {
+    if (!hdr_) return fail(EINVAL, "no pool");
+    data_base_ = reinterpret_cast<const uint8_t *>(hdr_) + hdr_->data_off;
+    data_len_ = hdr_->data_len;
+    max_req_ = std::clamp<uint64_t>(opts_.max_request_bytes & ~(kAlign - 1), kAlign, kMaxFixedBuf);
+    const unsigned qd = std::clamp(opts_.queue_depth, 1U, 4096U);
+
+    // Namespaces in use now; ids never change once registered.
+    for (uint32_t i = 0; i < hdr_->max_namespaces; i++) {
+        kv_snap_namespace ns{};
+        if (kv_ns_get(pool_, i, &ns.manifest, &ns.chain_seed) != 0) continue;
+        ns.id = i;
+        namespaces_.push_back(ns);
+    }
+
+    const uint32_t npins = pin_budget(*hdr_);
+    auto arena = AlignedBuffer::create(kHeadSlots * kSegmentHead + (uint64_t(npins) + 1) * kAlign);
+    if (!arena) return fail(arena.error(), "allocate I/O buffers");
+    arena_ = std::move(*arena);
+    pins_.resize(npins);
+    for (uint32_t i = npins; i-- > 0;) free_pins_.push_back(i);
+    for (uint32_t i = kHeadSlots; i-- > 0;) free_heads_.push_back(i);
+    reqs_.resize(qd);
+    for (uint32_t i = qd; i-- > 0;) free_reqs_.push_back(i);
+    cqes_.resize(qd);
+
+    auto ring = Ring::create(qd);
+    if (!ring) return fail(ring.error(), "set up io_uring (%u entries)", qd);
+    ring_.emplace(std::move(*ring));
+    ring_->fail_nth(fault_nth(opts_));
+    if (opts_.register_buffers) {
+        // The data section in pieces of at most 1 GiB (slab boundaries: a
+        // block never straddles two), then our own buffers. Failure (the
+        // locked-memory limit, memory the kernel cannot pin) only costs the
+        // fixed-buffer fast path.
+        std::vector<iovec> bufs;
+        for (uint64_t off = 0; off < data_len_; off += kMaxFixedBuf)
+            bufs.push_back({const_cast<uint8_t *>(data_base_) + off, std::min(kMaxFixedBuf, data_len_ - off)});
+        bufs.push_back({arena_.data(), arena_.size()});
+        res_.fixed_buffers = ring_->register_buffers(bufs) == 0;
+    }
+
+    fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0640);
+    if (fd_ < 0 && errno == EINVAL) // the filesystem has no O_DIRECT: buffered, still fsync'ed
+        fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd_ < 0) return fail(errno, "create %s", tmp_.c_str());
+
+    kv_stats st{};
+    if (kv_pool_stats(pool_, &st) == 0 && st.bytes_committed > st.bytes_freed)
+        total_est_ = st.bytes_committed - st.bytes_freed;
+    return true;
+}
+
+bool Writer::write_header() {
+    kv_snap_header h{};
+    h.snapshot_ns = [] {
+        timespec ts{};
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
+    }();
+    h.pool_id_lo = hdr_->pool_id_lo;
+    h.pool_id_hi = hdr_->pool_id_hi;
+    h.region_size = hdr_->region_size;
+    h.data_len = hdr_->data_len;
+    h.slab_size = hdr_->slab_size;
+    h.page_size = hdr_->page_size;
+    h.region_abi_major = hdr_->abi_major;
+    memcpy(h.pool_name, name_.data(), std::min(name_.size(), sizeof h.pool_name));
+    const uint64_t len = header_len_for(sizeof h, namespaces_.size());
+    auto buf = AlignedBuffer::create(len);
+    if (!buf) return fail(buf.error(), "allocate the %" PRIu64 "-byte header", len);
+    header_ = std::move(*buf);
+    build_header({header_.data(), len}, h, namespaces_);
+    memcpy(&header_checksum_, header_.data() + offsetof(kv_snap_header, checksum), sizeof header_checksum_);
+    front_ = len;
+    // The first preallocation covers the estimate; later ones step.
+    if (!ensure_alloc(len + total_est_ + total_est_ / 64 + kAlign)) return false;
+    return add_piece(0, header_.data(), len, kNone) && flush();
+}
+
+bool Writer::scan() {
+    std::vector<kv_entry_info> rows(kEntryBatch);
+    uint64_t cursor = 0;
+    while (cursor < hdr_->n_entries) {
+        int k = kv_pool_entries(pool_, &cursor, rows.data(), rows.size());
+        if (k < 0) return fail(-k, "read the entry table at row %" PRIu64, cursor);
+        for (int i = 0; i < k; i++) {
+            if (rows[i].state != KV_ENTRY_COMMITTED) continue;
+            if (cancelled()) return fail(ECANCELED, "cancelled after %" PRIu64 " blocks", res_.blocks);
+            if (!pin_and_add(rows[i])) return false;
+        }
+        if (!reap(false)) return false;
+    }
+    return true;
+}
+
+bool Writer::pin_and_add(const kv_entry_info &row) {
+    auto known = std::find_if(namespaces_.begin(), namespaces_.end(),
+                              [&](const kv_snap_namespace &n) { return n.id == row.ns; });
+    if (known == namespaces_.end()) { // registered after the header was built
+        res_.skipped++;
+        return true;
+    }
+    uint32_t pin = acquire_pin();
+    if (pin == kNone) return false;
+    PinSlot &ps = pins_[pin];
+    for (;;) {
+        int rc = kv_get(pool_, row.ns, &row.key, &ps.view);
+        if (rc == 0) break;
+        if (rc == -ENOBUFS && (cur_ != kNone || ring_->in_flight())) {
+            // Our other pins come back as their writes complete.
+            if (!flush() || !reap(true)) return false;
+            continue;
+        }
+        ps.used = false;
+        free_pins_.push_back(pin);
+        if (rc == -ENOENT || rc == -ENOBUFS) { // removed since the row was read / pins all taken elsewhere
+            res_.skipped++;
+            return true;
+        }
+        return fail(-rc, "pin block %" PRIu64 ":%016" PRIx64 "%016" PRIx64, uint64_t(row.ns), row.key.hi,
+                    row.key.lo);
+    }
+    // The view is what gets stored (a re-commit of the key since the row
+    // was read is as good). Refuse anything the region could not hold.
+    const auto *d = static_cast<const uint8_t *>(ps.view.data);
+    const uint64_t off = uint64_t(d - data_base_);
+    if (d < data_base_ || off % kAlign || ps.view.length == 0 || ps.view.length > hdr_->slab_size ||
+        off > data_len_ || align_up(ps.view.length, kAlign) > data_len_ - off) {
+        kv_release(pool_, &ps.view);
+        ps.used = false;
+        free_pins_.push_back(pin);
+        res_.skipped++;
+        return true;
+    }
+    return add_block(pin, row);
+}
+
+bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
+    PinSlot &ps = pins_[pin];
+    const kv_view &v = ps.view;
+    if (seg_head_ != kNone && seg_n_ == KV_SNAP_SEGMENT_RECORDS && !close_segment()) return false;
+    if (seg_head_ == kNone && !open_segment()) return false;
+    const uint64_t padded = align_up(v.length, kAlign);
+    const uint64_t off = seg_off_ + seg_cursor_;
+    if (!ensure_alloc(off + padded)) return false;
+
+    kv_snap_record rec{};
+    rec.key_lo = row.key.lo;
+    rec.key_hi = row.key.hi;
+    rec.ns = row.ns;
+    rec.tokens = v.meta.tokens;
+    rec.length = v.length;
+    rec.checksum = v.checksum;
+    rec.data_off = seg_cursor_;
+    rec.user_tag = v.meta.user_tag;
+    rec.priority = v.meta.priority;
+    memcpy(head_buf(seg_head_) + sizeof(kv_snap_segment) + uint64_t(seg_n_) * sizeof rec, &rec, sizeof rec);
+    seg_n_++;
+    seg_cursor_ += padded;
+    res_.blocks++;
+    res_.bytes += v.length;
+
+    // pieces starts at 1 so that a completion reaped while the pieces are
+    // queued (add_piece may wait for a free request) cannot release the pin.
+    ps.pieces = 1;
+    const auto *d = static_cast<const uint8_t *>(v.data);
+    const uint64_t full = v.length & ~(kAlign - 1), tail = v.length - full;
+    bool ok = full == 0 || add_range(off, d, full, pin);
+    if (ok && tail) {
+        uint8_t *page = tail_page(pin);
+        memcpy(page, d + full, tail);
+        memset(page + tail, 0, kAlign - tail);
+        ok = add_piece(off + full, page, kAlign, pin);
+    }
+    drop_piece(pin);
+    return ok;
+}
+
+bool Writer::open_segment() {
+    while (free_heads_.empty())
+        if (!wait_some()) return false;
+    seg_head_ = free_heads_.back();
+    free_heads_.pop_back();
+    memset(head_buf(seg_head_), 0, kSegmentHead);
+    seg_off_ = front_;
+    seg_cursor_ = kSegmentHead;
+    seg_n_ = 0;
+    return true;
+}
+
+bool Writer::close_segment() {
+    const uint32_t slot = seg_head_;
+    seg_head_ = kNone;
+    if (seg_n_ == 0) { // nothing was added: the slot goes back unused
+        free_heads_.push_back(slot);
+        return true;
+    }
+    const uint64_t sum = seal_segment(head_buf(slot), seq_, seg_cursor_, seg_n_);
+    segments_hash_ = chain_segment(segments_hash_, sum);
+    n_records_ += seg_n_;
+    seq_++;
+    front_ = seg_off_ + seg_cursor_;
+    // The head sits before this segment's data in the file: its own request.
+    if (!flush() || !add_piece(seg_off_, head_buf(slot), kSegmentHead, kNone)) {
+        free_heads_.push_back(slot);
+        return false;
+    }
+    reqs_[cur_].head = slot;
+    return flush();
+}
+
+bool Writer::finish() {
+    if (seg_head_ != kNone && !close_segment()) return false;
+    kv_snap_trailer t;
+    const uint64_t file_len = front_ + kAlign;
+    build_trailer(&t, seq_, n_records_, res_.bytes, file_len, segments_hash_, header_checksum_);
+    memset(trailer_page(), 0, kAlign);
+    memcpy(trailer_page(), &t, sizeof t);
+    if (!ensure_alloc(file_len) || !add_piece(front_, trailer_page(), kAlign, kNone) || !flush()) return false;
+    while (ring_->in_flight())
+        if (!reap(true)) return false;
+    if (failed()) return false;
+    res_.file_bytes = file_len;
+    // Preallocation may have gone past the end (or a failed one left i_size there).
+    struct stat sb{};
+    if (fstat(fd_, &sb) == 0 && uint64_t(sb.st_size) != file_len && ftruncate(fd_, off_t(file_len)) != 0)
+        return fail(errno, "truncate %s to %" PRIu64 " bytes", tmp_.c_str(), file_len);
+    if (fdatasync(fd_) != 0) return fail(errno, "fdatasync %s", tmp_.c_str());
+    int fd = fd_;
+    fd_ = -1;
+    if (close(fd) != 0) return fail(errno, "close %s", tmp_.c_str());
+    if (rename(tmp_.c_str(), path_.c_str()) != 0) return fail(errno, "rename %s over it", tmp_.c_str());
+    renamed_ = true;
+    // The rename is durable once the directory is.
+    const size_t slash = path_.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash);
+    int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return fail(errno, "open directory %s", dir.c_str());
+    int rc = fsync(dfd);
+    int e = errno;
+    close(dfd);
+    if (rc != 0) return fail(e, "fsync directory %s", dir.c_str());
+    return true;
+}
+
+uint32_t Writer::acquire_pin() {
+    while (free_pins_.empty())
+        if (!wait_some()) return kNone;
+    uint32_t pin = free_pins_.back();
+    free_pins_.pop_back();
+    pins_[pin].used = true;
+    pins_[pin].pieces = 0;
+    return pin;
+}
+
+void Writer::drop_piece(uint32_t pin) {
+    PinSlot &ps = pins_[pin];
+    if (--ps.pieces != 0) return;
+    kv_release(pool_, &ps.view);
+    ps.used = false;
+    free_pins_.push_back(pin);
+}
+
+Req *Writer::acquire_req() {
+    while (free_reqs_.empty())
+        if (!wait_some()) return nullptr;
+    cur_ = free_reqs_.back();
+    free_reqs_.pop_back();
+    Req &r = reqs_[cur_];
+    r.off = r.len = 0;
+    r.iov.clear();
+    r.pins.clear();
+    r.head = kNone;
+    return &r;
+}
+
+bool Writer::add_piece(uint64_t off, const uint8_t *addr, uint64_t len, uint32_t pin) {
+    if (cur_ != kNone) {
+        const Req &r = reqs_[cur_];
+        if (r.off + r.len != off || r.len + len > max_req_ || r.iov.size() >= kMaxIov)
+            if (!flush()) return false;
+    }
+    Req *r = cur_ != kNone ? &reqs_[cur_] : acquire_req();
+    if (!r) return false;
+    if (r->len == 0) r->off = off;
+    if (!r->iov.empty() && static_cast<uint8_t *>(r->iov.back().iov_base) + r->iov.back().iov_len == addr)
+        r->iov.back().iov_len += len; // neighbours in memory too: one iovec
+    else
+        r->iov.push_back({const_cast<uint8_t *>(addr), len});
+    r->len += len;
+    if (pin != kNone) {
+        r->pins.push_back(pin);
+        pins_[pin].pieces++;
+    }
+    return true;
+}
+
+bool Writer::add_range(uint64_t off, const uint8_t *addr, uint64_t len, uint32_t pin) {
+    // Pieces of at most max_req_ bytes, each topping up the request being
+    // filled when the file offsets meet.
+    while (len) {
+        uint64_t room = max_req_;
+        if (cur_ != kNone) {
+            const Req &r = reqs_[cur_];
+            if (r.off + r.len == off && r.iov.size() < kMaxIov) room = max_req_ - r.len;
+            if (room == 0) {
+                if (!flush()) return false;
+                room = max_req_;
+            }
+        }
+        const uint64_t take = std::min(len, room);
+        if (!add_piece(off, addr, take, pin)) return false;
+        off += take;
+        addr += take;
+        len -= take;
+    }
+    return true;
+}
+
+bool Writer::flush() {
+    if (cur_ == kNone) return !failed();
+    const uint32_t id = cur_;
+    cur_ = kNone;
+    Req &r = reqs_[id];
+    if (failed()) { // do not start more I/O: hand the request back
+        complete(id, -ECANCELED);
+        return false;
+    }
+    io_uring_sqe *s = ring_->sqe(id);
+    if (!s) { // cannot happen: requests in flight never outnumber the ring's entries
+        complete(id, -EBUSY);
+        return fail(EBUSY, "no free io_uring entry");
+    }
+    if (r.iov.size() == 1) {
+        const int idx = ring_->fixed_index(r.iov[0].iov_base, r.len);
+        if (idx >= 0)
+            io_uring_prep_write_fixed(s, fd_, r.iov[0].iov_base, unsigned(r.len), r.off, idx);
+        else
+            io_uring_prep_write(s, fd_, r.iov[0].iov_base, unsigned(r.len), r.off);
+    } else {
+        io_uring_prep_writev(s, fd_, r.iov.data(), unsigned(r.iov.size()), r.off);
+    }
+    if (int rc = ring_->submit(); rc < 0) return fail(-rc, "io_uring submit");
+    return true;
+}
+
+bool Writer::reap(bool wait) {
+    int n = ring_->reap(cqes_, wait);
+    if (n < 0) return fail(-n, "io_uring wait");
+    for (int i = 0; i < n; i++) complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
+    return !failed();
+}
+
+// Submit what is being filled and wait for at least one completion: how
+// every wait for a free pin, head slot or request is made.
+bool Writer::wait_some() {
+    if (!flush()) return false;
+    if (ring_->in_flight() == 0) return fail(EIO, "internal error: waiting with no I/O in flight");
+    return reap(true);
+}
+
+void Writer::complete(uint32_t id, int res) {
+    Req &r = reqs_[id];
+    if (res >= 0 && uint64_t(res) < r.len && !failed()) {
+        // A short write (the disk filling up, a signal): finish it in place;
+        // what remains of an O_DIRECT write is still aligned, or the kernel
+        // says why not.
+        uint64_t done = uint64_t(res);
+        while (done < r.len) {
+            std::vector<iovec> rest;
+            uint64_t skip = done;
+            for (const iovec &v : r.iov) {
+                if (skip >= v.iov_len) {
+                    skip -= v.iov_len;
+                    continue;
+                }
+                rest.push_back({static_cast<uint8_t *>(v.iov_base) + skip, v.iov_len - skip});
+                skip = 0;
+            }
+            ssize_t w = pwritev(fd_, rest.data(), int(rest.size()), off_t(r.off + done));
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) {
+                res = w < 0 ? -errno : -ENOSPC;
+                break;
+            }
+            done += uint64_t(w);
+        }
+        if (done == r.len) res = int(r.len);
+    }
+    if (res < 0)
+        fail(-res, "write of %" PRIu64 " bytes at offset %" PRIu64, r.len, r.off);
+    else
+        done_bytes_ += r.len;
+    for (uint32_t pin : r.pins) drop_piece(pin);
+    r.pins.clear();
+    if (r.head != kNone) free_heads_.push_back(r.head);
+    r.head = kNone;
+    free_reqs_.push_back(id);
+    if (opts_.progress && done_bytes_ >= next_progress_ && !failed()) {
+        next_progress_ = done_bytes_ + kProgressStep;
+        opts_.progress(done_bytes_, std::max(total_est_, done_bytes_));
+    }
+}
+
+bool Writer::ensure_alloc(uint64_t end) {
+    if (!prealloc_ || end <= alloc_end_) return true;
+    const uint64_t target = std::max(end, alloc_end_ + kPreallocStep);
+    const uint64_t new_end = align_up(target, 1ULL << 20);
+    if (fallocate(fd_, 0, off_t(alloc_end_), off_t(new_end - alloc_end_)) == 0) {
+        alloc_end_ = new_end;
+        return true;
+    }
+    // Not supported, or not that much room: write without it; a disk that
+    // is really full fails the write that does not fit.
+    if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL || errno == ENOSPC || errno == EDQUOT) {
+        prealloc_ = false;
+        return true;
+    }
+    return fail(errno, "preallocate %" PRIu64 " bytes at offset %" PRIu64, new_end - alloc_end_, alloc_end_);
+}
+
+void Writer::cleanup() {
+    // Nothing may be released or freed while the kernel still uses it.
+    if (ring_) {
+        if (cur_ != kNone) {
+            const uint32_t id = cur_;
+            cur_ = kNone;
+            complete(id, -ECANCELED);
+        }
+        while (ring_->in_flight()) {
+            int n = ring_->reap(cqes_, true);
+            if (n < 0) break; // the ring is broken; its teardown waits for the kernel
+            for (int i = 0; i < n; i++) complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
+        }
+    }
+    for (PinSlot &ps : pins_) {
+        if (!ps.used) continue;
+        kv_release(pool_, &ps.view);
+        ps.used = false;
+    }
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+    if (!renamed_) unlink(tmp_.c_str());
+}
+
+Writer::~Writer() {
+    if (!done_) cleanup();
+}
+
+std::expected<Result, Error> Writer::run() {
+    bool ok = setup() && write_header() && scan() && finish();
+    if (!ok && !failed()) fail(EIO, "internal error");
+    if (!ok) {
+        cleanup();
+        done_ = true;
+        return std::unexpected(*err_);
+    }
+    done_ = true;
+    res_.seconds = seconds_since(t0_);
+    if (opts_.progress) opts_.progress(done_bytes_, done_bytes_);
+    return res_;
+}
+
+} // namespace
+
+std::expected<Result, Error> persist(kv_pool *pool, const std::string &pool_name, const std::string &path,
+                                     const Options &opts) {
+    try {
+        Writer w(pool, pool_name, path, opts);
+        return w.run();
+    } catch (const std::bad_alloc &) {
+        return std::unexpected(Error{ENOMEM, "persist " + path + ": out of memory"});
+    } catch (...) {
+        return std::unexpected(Error{EIO, "persist " + path + ": unexpected exception"});
+    }
+}
+
+} // namespace kv::daemon::snapshot
