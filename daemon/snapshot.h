@@ -47,21 +47,25 @@
 // nothing prints: progress goes through Options::progress.
 #pragma once
 
-#include <kv/kv.h>
-#include <kvpool/snapshot.h>
-
 #include <atomic>
 #include <cstdint>
 #include <expected>
 #include <functional>
+#include <kv/kv.h>
+#include <kvpool/snapshot.h>
 #include <string>
 
 namespace kv::daemon::snapshot {
 
 struct Options {
-    unsigned queue_depth = 32;            // io_uring requests in flight (1..4096)
-    uint64_t max_request_bytes = 4 << 20; // cap on one request; adjacent extents are merged up to it
-    bool register_buffers = true;         // the pool's data section as fixed buffers (falls back to plain I/O)
+    unsigned queue_depth = 32; // io_uring requests in flight (1..4096)
+    uint64_t max_request_bytes = 4
+                                 << 20; // cap on one request; adjacent extents are merged up to it
+    // Register the pool's data section as fixed buffers (when it is at most
+    // 4x the data to move: registering pins every page of it). Falls back to
+    // plain I/O when the kernel refuses (e.g. RLIMIT_MEMLOCK without
+    // CAP_IPC_LOCK); Result::fixed_buffers says which was used.
+    bool register_buffers = true;
     // Fault injection: the Nth io request (1-based) of the run completes with
     // -EIO; 0 = off, then the env KVPOOL_FAULT_IO_NTH is used if set.
     uint64_t fail_nth_io = 0;
@@ -76,9 +80,11 @@ struct Result {
     uint64_t bytes = 0;      // their data bytes
     uint64_t file_bytes = 0; // persist: file size; restore: bytes of the file taken in
     uint64_t dropped = 0;    // restore: not restored (see above)
-    uint64_t skipped = 0;    // persist: removed or unpinnable during the run; restore: key already present
+    uint64_t skipped =
+        0; // persist: removed or unpinnable during the run; restore: key already present
     double seconds = 0;
-    bool truncated = false;  // restore: file ended early / damaged segment: the verified part was restored
+    bool truncated =
+        false; // restore: file ended early / damaged segment: the verified part was restored
     bool fixed_buffers = false; // the data section was registered (false: plain reads/writes)
 };
 

@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "snapshot_format.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <bit>
 #include <cinttypes>
@@ -10,6 +8,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <xxhash.h>
 
 namespace kv::daemon::snapshot {
 
@@ -69,36 +68,41 @@ bool Header::has_namespace(uint32_t id) const {
 std::expected<uint64_t, FormatError> check_header_prefix(std::span<const uint8_t> first,
                                                          uint64_t file_size) {
     if (file_size < kAlign || first.size() < sizeof(kv_snap_header))
-        return std::unexpected(fail(ENODATA, "file is %" PRIu64 " bytes: expected at least %" PRIu64
-                                             " (a snapshot header)",
-                                    file_size, kAlign));
+        return std::unexpected(fail(
+            ENODATA, "file is %" PRIu64 " bytes: expected at least %" PRIu64 " (a snapshot header)",
+            file_size, kAlign));
     kv_snap_header h;
     memcpy(&h, first.data(), sizeof h);
     if (h.magic != KV_SNAP_MAGIC)
-        return std::unexpected(fail(EPROTO, "magic 0x%016" PRIx64 ": expected 0x%016llx (a kvpool snapshot)",
-                                    h.magic, KV_SNAP_MAGIC));
+        return std::unexpected(
+            fail(EPROTO, "magic 0x%016" PRIx64 ": expected 0x%016llx (a kvpool snapshot)", h.magic,
+                 KV_SNAP_MAGIC));
     if (h.version_major != KV_SNAP_VERSION_MAJOR)
         return std::unexpected(fail(EPROTO, "format version %u.%u: this reader reads version %u.x",
                                     h.version_major, h.version_minor, KV_SNAP_VERSION_MAJOR));
     if (h.incompat_features & ~KV_SNAP_INCOMPAT_KNOWN)
-        return std::unexpected(fail(EPROTO, "incompat features 0x%" PRIx64 ": this reader knows 0x%llx",
+        return std::unexpected(fail(EPROTO,
+                                    "incompat features 0x%" PRIx64 ": this reader knows 0x%llx",
                                     h.incompat_features, KV_SNAP_INCOMPAT_KNOWN));
     if (h.header_size < KV_SNAP_HEADER_SIZE_V1 || h.header_size % 8 != 0 || h.header_size > kAlign)
-        return std::unexpected(fail(EBADMSG, "header_size %u: expected a multiple of 8 from %u to %" PRIu64,
+        return std::unexpected(fail(EBADMSG,
+                                    "header_size %u: expected a multiple of 8 from %u to %" PRIu64,
                                     h.header_size, KV_SNAP_HEADER_SIZE_V1, kAlign));
     const uint64_t need = header_len_for(h.header_size, h.n_namespaces);
     if (h.header_len % kAlign != 0 || h.header_len < need || h.header_len > kMaxHeaderLen)
         return std::unexpected(fail(EBADMSG,
-                                    "header_len %" PRIu64 " for %u namespaces: expected a multiple of %" PRIu64
+                                    "header_len %" PRIu64
+                                    " for %u namespaces: expected a multiple of %" PRIu64
                                     " from %" PRIu64 " to %" PRIu64,
                                     h.header_len, h.n_namespaces, kAlign, need, kMaxHeaderLen));
     if (h.header_len > file_size)
-        return std::unexpected(fail(ENODATA, "header_len %" PRIu64 ": the file is only %" PRIu64 " bytes",
+        return std::unexpected(fail(ENODATA,
+                                    "header_len %" PRIu64 ": the file is only %" PRIu64 " bytes",
                                     h.header_len, file_size));
     if (!std::has_single_bit(h.slab_size) || h.slab_size < kAlign || h.slab_size > kMaxSlabSize)
-        return std::unexpected(fail(EBADMSG, "slab_size %" PRIu64 ": expected a power of two from %" PRIu64
-                                             " to %" PRIu64,
-                                    h.slab_size, kAlign, kMaxSlabSize));
+        return std::unexpected(fail(
+            EBADMSG, "slab_size %" PRIu64 ": expected a power of two from %" PRIu64 " to %" PRIu64,
+            h.slab_size, kAlign, kMaxSlabSize));
     return h.header_len;
 }
 
@@ -106,14 +110,16 @@ std::expected<Header, FormatError> parse_header(std::span<uint8_t> buf, uint64_t
     auto len = check_header_prefix(buf, file_size);
     if (!len) return std::unexpected(len.error());
     if (buf.size() < *len)
-        return std::unexpected(fail(ENODATA, "header is %zu bytes: expected header_len %" PRIu64, buf.size(), *len));
+        return std::unexpected(
+            fail(ENODATA, "header is %zu bytes: expected header_len %" PRIu64, buf.size(), *len));
     Header out;
     memcpy(&out.hdr, buf.data(), sizeof out.hdr);
     const kv_snap_header &h = out.hdr;
     const uint64_t sum = header_checksum(buf.first(*len));
     if (sum != h.checksum)
-        return std::unexpected(fail(EBADMSG, "header checksum 0x%016" PRIx64 ": the header's %" PRIu64
-                                             " bytes hash to 0x%016" PRIx64,
+        return std::unexpected(fail(EBADMSG,
+                                    "header checksum 0x%016" PRIx64 ": the header's %" PRIu64
+                                    " bytes hash to 0x%016" PRIx64,
                                     h.checksum, *len, sum));
     if (!all_zero(h.reserved, sizeof h.reserved))
         return std::unexpected(fail(EBADMSG, "header reserved fields are not zero"));
@@ -122,13 +128,15 @@ std::expected<Header, FormatError> parse_header(std::span<uint8_t> buf, uint64_t
         kv_snap_namespace &ns = out.namespaces[i];
         memcpy(&ns, buf.data() + h.header_size + uint64_t(i) * sizeof ns, sizeof ns);
         if (ns.reserved0 != 0 || !all_zero(ns.reserved, sizeof ns.reserved))
-            return std::unexpected(fail(EBADMSG, "namespace %u (id %u): reserved fields are not zero", i, ns.id));
+            return std::unexpected(
+                fail(EBADMSG, "namespace %u (id %u): reserved fields are not zero", i, ns.id));
     }
     std::sort(out.namespaces.begin(), out.namespaces.end(),
               [](const kv_snap_namespace &a, const kv_snap_namespace &b) { return a.id < b.id; });
     for (size_t i = 1; i < out.namespaces.size(); i++)
         if (out.namespaces[i].id == out.namespaces[i - 1].id)
-            return std::unexpected(fail(EBADMSG, "namespace id %u appears twice: expected unique ids",
+            return std::unexpected(fail(EBADMSG,
+                                        "namespace id %u appears twice: expected unique ids",
                                         out.namespaces[i].id));
     return out;
 }
@@ -137,54 +145,67 @@ std::expected<Segment, FormatError> parse_segment(std::span<const uint8_t> head,
                                                   uint64_t seg_off, uint64_t file_size,
                                                   const Header &h) {
     if (head.size() < kSegmentHead || seg_off > file_size || file_size - seg_off < kSegmentHead)
-        return std::unexpected(fail(ENODATA, "segment %" PRIu64 " at offset %" PRIu64 ": the file ends after %" PRIu64
-                                             " bytes of its %" PRIu64 "-byte head",
-                                    seq, seg_off, seg_off < file_size ? file_size - seg_off : 0, kSegmentHead));
+        return std::unexpected(
+            fail(ENODATA,
+                 "segment %" PRIu64 " at offset %" PRIu64 ": the file ends after %" PRIu64
+                 " bytes of its %" PRIu64 "-byte head",
+                 seq, seg_off, seg_off < file_size ? file_size - seg_off : 0, kSegmentHead));
     Segment out{};
     kv_snap_segment &s = out.seg;
     memcpy(&s, head.data(), sizeof s);
     if (s.magic != KV_SNAP_SEGMENT_MAGIC)
-        return std::unexpected(fail(EBADMSG, "segment %" PRIu64 " at offset %" PRIu64 ": magic 0x%016" PRIx64
-                                             ": expected 0x%016llx",
+        return std::unexpected(fail(EBADMSG,
+                                    "segment %" PRIu64 " at offset %" PRIu64 ": magic 0x%016" PRIx64
+                                    ": expected 0x%016llx",
                                     seq, seg_off, s.magic, KV_SNAP_SEGMENT_MAGIC));
     const uint64_t sum = segment_checksum(head.data());
     if (sum != s.checksum)
-        return std::unexpected(fail(EBADMSG, "segment %" PRIu64 " at offset %" PRIu64 ": checksum 0x%016" PRIx64
-                                             ": the head hashes to 0x%016" PRIx64,
+        return std::unexpected(fail(EBADMSG,
+                                    "segment %" PRIu64 " at offset %" PRIu64
+                                    ": checksum 0x%016" PRIx64 ": the head hashes to 0x%016" PRIx64,
                                     seq, seg_off, s.checksum, sum));
     if (s.seq != seq)
-        return std::unexpected(fail(EBADMSG, "segment at offset %" PRIu64 ": seq %" PRIu64 ": expected %" PRIu64,
-                                    seg_off, s.seq, seq));
+        return std::unexpected(
+            fail(EBADMSG, "segment at offset %" PRIu64 ": seq %" PRIu64 ": expected %" PRIu64,
+                 seg_off, s.seq, seq));
     if (s.n_records < 1 || s.n_records > KV_SNAP_SEGMENT_RECORDS)
-        return std::unexpected(fail(EBADMSG, "segment %" PRIu64 ": n_records %u: expected 1..%u", seq,
-                                    s.n_records, KV_SNAP_SEGMENT_RECORDS));
-    const uint64_t max_len = kSegmentHead + uint64_t(s.n_records) * align_up(h.hdr.slab_size, kAlign);
+        return std::unexpected(fail(EBADMSG, "segment %" PRIu64 ": n_records %u: expected 1..%u",
+                                    seq, s.n_records, KV_SNAP_SEGMENT_RECORDS));
+    const uint64_t max_len =
+        kSegmentHead + uint64_t(s.n_records) * align_up(h.hdr.slab_size, kAlign);
     if (s.length % kAlign != 0 || s.length < kSegmentHead + kAlign || s.length > max_len)
-        return std::unexpected(fail(EBADMSG, "segment %" PRIu64 ": length %" PRIu64 ": expected a multiple of %"
-                                             PRIu64 " from %" PRIu64 " to %" PRIu64,
+        return std::unexpected(fail(EBADMSG,
+                                    "segment %" PRIu64 ": length %" PRIu64
+                                    ": expected a multiple of %" PRIu64 " from %" PRIu64
+                                    " to %" PRIu64,
                                     seq, s.length, kAlign, kSegmentHead + kAlign, max_len));
     if (s.reserved0 != 0 || !all_zero(s.reserved, sizeof s.reserved))
-        return std::unexpected(fail(EBADMSG, "segment %" PRIu64 ": reserved fields are not zero", seq));
+        return std::unexpected(
+            fail(EBADMSG, "segment %" PRIu64 ": reserved fields are not zero", seq));
     memcpy(out.records, head.data() + sizeof s, uint64_t(s.n_records) * sizeof(kv_snap_record));
     for (uint32_t i = 0; i < s.n_records; i++) {
         const kv_snap_record &r = out.records[i];
         if (r.length < 1 || r.length > h.hdr.slab_size)
-            return std::unexpected(fail(EBADMSG, "segment %" PRIu64 " record %u: length %" PRIu64
-                                                 ": expected 1..%" PRIu64 " (slab_size)",
+            return std::unexpected(fail(EBADMSG,
+                                        "segment %" PRIu64 " record %u: length %" PRIu64
+                                        ": expected 1..%" PRIu64 " (slab_size)",
                                         seq, i, r.length, h.hdr.slab_size));
         if (r.data_off < kSegmentHead || r.data_off % kAlign != 0 || r.data_off > s.length ||
             align_up(r.length, kAlign) > s.length - r.data_off)
-            return std::unexpected(fail(EBADMSG, "segment %" PRIu64 " record %u: data_off %" PRIu64 " + %" PRIu64
-                                                 " bytes: expected a multiple of %" PRIu64
-                                                 " inside the segment [%" PRIu64 ", %" PRIu64 ")",
+            return std::unexpected(fail(EBADMSG,
+                                        "segment %" PRIu64 " record %u: data_off %" PRIu64
+                                        " + %" PRIu64 " bytes: expected a multiple of %" PRIu64
+                                        " inside the segment [%" PRIu64 ", %" PRIu64 ")",
                                         seq, i, r.data_off, align_up(r.length, kAlign), kAlign,
                                         kSegmentHead, s.length));
         if (r.reserved0 != 0)
-            return std::unexpected(fail(EBADMSG, "segment %" PRIu64 " record %u: reserved0 %u: expected 0", seq, i,
-                                        r.reserved0));
+            return std::unexpected(fail(EBADMSG,
+                                        "segment %" PRIu64 " record %u: reserved0 %u: expected 0",
+                                        seq, i, r.reserved0));
         if (!h.has_namespace(r.ns))
-            return std::unexpected(fail(EBADMSG, "segment %" PRIu64 " record %u: namespace %u: not in the header",
-                                        seq, i, r.ns));
+            return std::unexpected(
+                fail(EBADMSG, "segment %" PRIu64 " record %u: namespace %u: not in the header", seq,
+                     i, r.ns));
     }
     out.data_cut = s.length > file_size - seg_off;
     return out;
@@ -198,8 +219,8 @@ bool record_in_file(const kv_snap_record &r, uint64_t seg_off, uint64_t file_siz
 std::string check_trailer(std::span<const uint8_t> buf, const TrailerExpect &e) {
     char msg[256];
     if (buf.size() < sizeof(kv_snap_trailer)) {
-        snprintf(msg, sizeof msg, "trailer at offset %" PRIu64 ": %zu bytes: expected %zu", e.offset, buf.size(),
-                 sizeof(kv_snap_trailer));
+        snprintf(msg, sizeof msg, "trailer at offset %" PRIu64 ": %zu bytes: expected %zu",
+                 e.offset, buf.size(), sizeof(kv_snap_trailer));
         return msg;
     }
     kv_snap_trailer t;
@@ -220,23 +241,27 @@ std::string check_trailer(std::span<const uint8_t> buf, const TrailerExpect &e) 
     };
     for (const Field &f : fields) {
         if (f.seen == f.want) continue;
-        snprintf(msg, sizeof msg, "trailer at offset %" PRIu64 ": %s 0x%" PRIx64 ": expected 0x%" PRIx64, e.offset,
+        snprintf(msg, sizeof msg,
+                 "trailer at offset %" PRIu64 ": %s 0x%" PRIx64 ": expected 0x%" PRIx64, e.offset,
                  f.name, f.seen, f.want);
         return msg;
     }
     if (!all_zero(t.reserved, sizeof t.reserved)) {
-        snprintf(msg, sizeof msg, "trailer at offset %" PRIu64 ": reserved fields are not zero", e.offset);
+        snprintf(msg, sizeof msg, "trailer at offset %" PRIu64 ": reserved fields are not zero",
+                 e.offset);
         return msg;
     }
     if (t.file_len > e.file_size) {
-        snprintf(msg, sizeof msg, "trailer: file_len %" PRIu64 ": the file is only %" PRIu64 " bytes", t.file_len,
+        snprintf(msg, sizeof msg,
+                 "trailer: file_len %" PRIu64 ": the file is only %" PRIu64 " bytes", t.file_len,
                  e.file_size);
         return msg;
     }
     return {};
 }
 
-void build_header(std::span<uint8_t> out, kv_snap_header h, std::span<const kv_snap_namespace> namespaces) {
+void build_header(std::span<uint8_t> out, kv_snap_header h,
+                  std::span<const kv_snap_namespace> namespaces) {
     h.magic = KV_SNAP_MAGIC;
     h.version_major = KV_SNAP_VERSION_MAJOR;
     h.version_minor = KV_SNAP_VERSION_MINOR;
@@ -246,7 +271,8 @@ void build_header(std::span<uint8_t> out, kv_snap_header h, std::span<const kv_s
     h.checksum = 0;
     memcpy(out.data(), &h, sizeof h);
     if (!namespaces.empty())
-        memcpy(out.data() + sizeof h, namespaces.data(), namespaces.size() * sizeof(kv_snap_namespace));
+        memcpy(out.data() + sizeof h, namespaces.data(),
+               namespaces.size() * sizeof(kv_snap_namespace));
     h.checksum = header_checksum(out.first(h.header_len));
     memcpy(out.data() + offsetof(kv_snap_header, checksum), &h.checksum, sizeof h.checksum);
 }
@@ -263,8 +289,9 @@ uint64_t seal_segment(uint8_t *head, uint64_t seq, uint64_t length, uint32_t n_r
     return s.checksum;
 }
 
-void build_trailer(kv_snap_trailer *out, uint64_t n_segments, uint64_t n_records, uint64_t data_bytes,
-                   uint64_t file_len, uint64_t segments_hash, uint64_t hdr_checksum) {
+void build_trailer(kv_snap_trailer *out, uint64_t n_segments, uint64_t n_records,
+                   uint64_t data_bytes, uint64_t file_len, uint64_t segments_hash,
+                   uint64_t hdr_checksum) {
     kv_snap_trailer t{};
     t.magic = KV_SNAP_TRAILER_MAGIC;
     t.n_segments = n_segments;

@@ -8,10 +8,9 @@
 // seen and the value expected.
 #pragma once
 
-#include <kvpool/snapshot.h>
-
 #include <cstdint>
 #include <expected>
+#include <kvpool/snapshot.h>
 #include <span>
 #include <string>
 #include <vector>
@@ -26,7 +25,9 @@ constexpr uint64_t kMaxHeaderLen = 64ULL << 20;
 // Largest slab size a region can have (kv_create_opts.slab_size).
 constexpr uint64_t kMaxSlabSize = 1ULL << 30;
 
-constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+constexpr uint64_t align_up(uint64_t v, uint64_t a) {
+    return (v + a - 1) & ~(a - 1);
+}
 
 // A part that failed validation. code: EPROTO (not a snapshot, or a version
 // or feature this reader does not know), EBADMSG (damaged or inconsistent),

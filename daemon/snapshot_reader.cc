@@ -18,11 +18,6 @@
 #include "snapshot_format.h"
 #include "uring.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#include <xxhash.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -32,7 +27,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <optional>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 namespace kv::daemon::snapshot {
@@ -154,40 +152,52 @@ bool Reader::setup() {
 
     // Reading whole pages into a block is only safe if every block is
     // page-aligned and a whole number of pages.
-    const auto *classes = reinterpret_cast<const kv_class *>(reinterpret_cast<const uint8_t *>(hdr_) + hdr_->class_off);
+    const auto *classes = reinterpret_cast<const kv_class *>(
+        reinterpret_cast<const uint8_t *>(hdr_) + hdr_->class_off);
     if (hdr_->data_off % kAlign || hdr_->slab_size % kAlign)
-        return fail(EINVAL, "pool data_off %" PRIu64 ", slab_size %" PRIu64 ": expected multiples of %" PRIu64,
+        return fail(EINVAL,
+                    "pool data_off %" PRIu64 ", slab_size %" PRIu64
+                    ": expected multiples of %" PRIu64,
                     hdr_->data_off, hdr_->slab_size, kAlign);
     for (uint32_t i = 0; i < hdr_->n_classes; i++)
         if (classes[i].block_size % kAlign)
-            return fail(EINVAL, "pool size class %u: block_size %" PRIu64 ": expected a multiple of %" PRIu64, i,
-                        classes[i].block_size, kAlign);
+            return fail(EINVAL,
+                        "pool size class %u: block_size %" PRIu64
+                        ": expected a multiple of %" PRIu64,
+                        i, classes[i].block_size, kAlign);
 
     fd_ = open(path_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (fd_ < 0 && errno == EINVAL) fd_ = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) return fail(errno, "open: %s", strerror(errno));
-    struct stat sb{};
+    struct stat sb {};
     if (fstat(fd_, &sb) != 0) return fail(errno, "fstat: %s", strerror(errno));
-    if (!S_ISREG(sb.st_mode)) return fail(EINVAL, "not a regular file (mode 0%o)", unsigned(sb.st_mode));
+    if (!S_ISREG(sb.st_mode))
+        return fail(EINVAL, "not a regular file (mode 0%o)", unsigned(sb.st_mode));
     size_ = uint64_t(sb.st_size);
 
     auto arena = AlignedBuffer::create(2 * kSegmentHead);
     if (!arena) return fail(arena.error(), "allocate I/O buffers: %s", strerror(arena.error()));
     arena_ = std::move(*arena);
-    // A reservation per record in flight: enough for every request to be a
-    // full merged read of small blocks, and two whole segments.
-    const uint32_t nrecs = std::max<uint32_t>(2 * KV_SNAP_SEGMENT_RECORDS, 4 * qd);
+    // One reservation per block being read: enough for queue_depth full
+    // requests of 64 KiB blocks (capped: each holds an entry and a block the
+    // pool cannot use meanwhile), and at least two segments' worth.
+    const uint64_t per_req = std::max<uint64_t>(1, max_req_ / (64 << 10));
+    const uint32_t nrecs =
+        uint32_t(std::clamp<uint64_t>(qd * per_req, 2 * KV_SNAP_SEGMENT_RECORDS, 2048));
     recs_.resize(nrecs);
-    for (uint32_t i = nrecs; i-- > 0;) free_recs_.push_back(i);
+    for (uint32_t i = nrecs; i-- > 0;)
+        free_recs_.push_back(i);
     reqs_.resize(qd);
-    for (uint32_t i = qd; i-- > 0;) free_reqs_.push_back(i);
+    for (uint32_t i = qd; i-- > 0;)
+        free_reqs_.push_back(i);
     cqes_.resize(qd);
 
     auto ring = Ring::create(qd);
-    if (!ring) return fail(ring.error(), "set up io_uring (%u entries): %s", qd, strerror(ring.error()));
+    if (!ring)
+        return fail(ring.error(), "set up io_uring (%u entries): %s", qd, strerror(ring.error()));
     ring_.emplace(std::move(*ring));
     ring_->fail_nth(fault_nth(opts_));
-    if (opts_.register_buffers) {
+    if (opts_.register_buffers && data_len_ <= 4 * size_) { // as in persist (snapshot_writer.cc)
         std::vector<iovec> bufs;
         for (uint64_t off = 0; off < data_len_; off += kMaxFixedBuf)
             bufs.push_back({data_base_ + off, std::min(kMaxFixedBuf, data_len_ - off)});
@@ -201,8 +211,8 @@ bool Reader::setup() {
 uint64_t Reader::my_evictions() const {
     // This client's own counter (region.h: written only by this client,
     // relaxed): evictions by other clients of a live pool do not count.
-    auto *clients = reinterpret_cast<kv_client *>(reinterpret_cast<uint8_t *>(const_cast<kv_region_header *>(hdr_)) +
-                                                  hdr_->client_off);
+    auto *clients = reinterpret_cast<kv_client *>(
+        reinterpret_cast<uint8_t *>(const_cast<kv_region_header *>(hdr_)) + hdr_->client_off);
     const uint32_t me = kv_pool_client_index(pool_);
     if (me >= hdr_->max_clients) return 0;
     return std::atomic_ref<uint64_t>(clients[me].stats.evictions).load(std::memory_order_relaxed);
@@ -219,7 +229,9 @@ bool Reader::read_header() {
     if (!len) return fail(len.error().code, "header: %s", len.error().what.c_str());
     if (*len > kAlign) {
         auto whole = AlignedBuffer::create(*len);
-        if (!whole) return fail(whole.error(), "allocate %" PRIu64 " bytes: %s", *len, strerror(whole.error()));
+        if (!whole)
+            return fail(whole.error(), "allocate %" PRIu64 " bytes: %s", *len,
+                        strerror(whole.error()));
         header_ = std::move(*whole);
         if (!start_meta(0, 0, header_.data(), *len)) return false;
         got = wait_meta(0);
@@ -250,7 +262,9 @@ bool Reader::segments() {
     if (!start_meta(cur, off, head(cur), kSegmentHead)) return false;
     for (;;) {
         int got = wait_meta(cur);
-        if (got < 0) return fail(-got, "read segment %" PRIu64 " at offset %" PRIu64 ": %s", seq, off, strerror(-got));
+        if (got < 0)
+            return fail(-got, "read segment %" PRIu64 " at offset %" PRIu64 ": %s", seq, off,
+                        strerror(-got));
         uint64_t magic = 0;
         if (got >= 8) memcpy(&magic, head(cur), 8);
         if (magic == KV_SNAP_TRAILER_MAGIC) {
@@ -286,10 +300,12 @@ bool Reader::segments() {
 }
 
 bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
-    auto pos = std::lower_bound(header_info_.namespaces.begin(), header_info_.namespaces.end(), rec.ns,
-                                [](const kv_snap_namespace &n, uint32_t v) { return n.id < v; });
-    const uint32_t ns = ns_map_[size_t(pos - header_info_.namespaces.begin())]; // parse_segment checked it exists
-    if (!record_in_file(rec, seg_off, size_)) return true; // cut off: truncated, not dropped
+    auto pos =
+        std::lower_bound(header_info_.namespaces.begin(), header_info_.namespaces.end(), rec.ns,
+                         [](const kv_snap_namespace &n, uint32_t v) { return n.id < v; });
+    const uint32_t ns =
+        ns_map_[size_t(pos - header_info_.namespaces.begin())]; // parse_segment checked it exists
+    if (!record_in_file(rec, seg_off, size_)) return true;      // cut off: truncated, not dropped
     if (pool_full_ || ns == kRefused || rec.length > hdr_->slab_size) {
         res_.dropped++;
         return true;
@@ -316,7 +332,8 @@ bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
     const uint64_t padded = align_up(rec.length, kAlign);
     auto *d = static_cast<uint8_t *>(rs.r.data);
     const uint64_t boff = uint64_t(d - data_base_);
-    if (d < data_base_ || boff % kAlign || boff > data_len_ || padded > data_len_ - boff || rs.r.length < rec.length) {
+    if (d < data_base_ || boff % kAlign || boff > data_len_ || padded > data_len_ - boff ||
+        rs.r.length < rec.length) {
         kv_abort(pool_, &rs.r);
         rs.used = false;
         free_recs_.push_back(slot);
@@ -353,7 +370,10 @@ bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
 
 void Reader::finish_record(uint32_t slot) {
     RecSlot &rs = recs_[slot];
-    bool ok = !rs.failed && XXH3_64bits(rs.r.data, rs.length) == rs.checksum;
+    // libkv's own check (its fastest XXH3-64 for this CPU): the same sum
+    // kv_put computes and readers verify against.
+    const kv_view v{rs.r.data, rs.length, rs.checksum, {}, {}};
+    bool ok = !rs.failed && kv_view_verify(&v) == 0;
     if (ok && kv_commit(pool_, &rs.r, KV_COMMIT_F_CHECKSUM, rs.checksum) == 0) {
         res_.blocks++;
         res_.bytes += rs.length;
@@ -401,7 +421,8 @@ bool Reader::add_piece(uint64_t off, uint8_t *addr, uint64_t len, uint32_t rec) 
     Req *r = cur_ != kNone ? &reqs_[cur_] : acquire_req();
     if (!r) return false;
     if (r->len == 0) r->off = off;
-    if (!r->iov.empty() && static_cast<uint8_t *>(r->iov.back().iov_base) + r->iov.back().iov_len == addr)
+    if (!r->iov.empty() &&
+        static_cast<uint8_t *>(r->iov.back().iov_base) + r->iov.back().iov_len == addr)
         r->iov.back().iov_len += len;
     else
         r->iov.push_back({addr, len});
@@ -437,7 +458,8 @@ bool Reader::flush() {
 bool Reader::reap(bool wait) {
     int n = ring_->reap(cqes_, wait);
     if (n < 0) return fail(-n, "io_uring wait: %s", strerror(-n));
-    for (int i = 0; i < n; i++) complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
+    for (int i = 0; i < n; i++)
+        complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
     return !failed();
 }
 
@@ -503,7 +525,8 @@ void Reader::cleanup() {
         while (ring_->in_flight()) {
             int n = ring_->reap(cqes_, true);
             if (n < 0) break;
-            for (int i = 0; i < n; i++) complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
+            for (int i = 0; i < n; i++)
+                complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
         }
     }
     for (RecSlot &rs : recs_) {
@@ -520,7 +543,8 @@ std::expected<Result, Error> Reader::run() {
     // Whatever is in flight completes (and is committed when it verifies).
     if (ok) {
         ok = flush();
-        while (ok && ring_->in_flight()) ok = reap(true);
+        while (ok && ring_->in_flight())
+            ok = reap(true);
     }
     cleanup();
     if (!ok) {
@@ -556,7 +580,7 @@ std::expected<kv_snap_header, Error> inspect(const std::string &path) {
             int fd;
             ~Closer() { close(fd); }
         } closer{fd};
-        struct stat sb{};
+        struct stat sb {};
         if (fstat(fd, &sb) != 0) return err(errno, std::string("fstat: ") + strerror(errno));
         const uint64_t size = uint64_t(sb.st_size);
         auto read_at = [&](std::vector<uint8_t> &buf, uint64_t len) -> int {
@@ -573,10 +597,12 @@ std::expected<kv_snap_header, Error> inspect(const std::string &path) {
             return 0;
         };
         std::vector<uint8_t> buf;
-        if (int rc = read_at(buf, kAlign); rc < 0) return err(-rc, std::string("read: ") + strerror(-rc));
+        if (int rc = read_at(buf, kAlign); rc < 0)
+            return err(-rc, std::string("read: ") + strerror(-rc));
         auto len = check_header_prefix(buf, size);
         if (!len) return err(len.error().code, "header: " + len.error().what);
-        if (int rc = read_at(buf, *len); rc < 0) return err(-rc, std::string("read: ") + strerror(-rc));
+        if (int rc = read_at(buf, *len); rc < 0)
+            return err(-rc, std::string("read: ") + strerror(-rc));
         auto h = parse_header(buf, size);
         if (!h) return err(h.error().code, "header: " + h.error().what);
         return h->hdr;

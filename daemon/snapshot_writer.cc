@@ -26,20 +26,19 @@
 #include "snapshot_format.h"
 #include "uring.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstdarg>
 #include <cinttypes>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fcntl.h>
 #include <optional>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 namespace kv::daemon::snapshot {
@@ -49,9 +48,9 @@ namespace {
 constexpr uint64_t kMaxFixedBuf = 1ULL << 30; // the kernel's cap on one registered buffer
 constexpr uint64_t kProgressStep = 64ULL << 20;
 constexpr uint64_t kPreallocStep = 256ULL << 20;
-constexpr unsigned kMaxIov = 512;      // under IOV_MAX (1024)
-constexpr unsigned kHeadSlots = 8;     // segment heads written or being filled
-constexpr unsigned kEntryBatch = 256;  // rows per kv_pool_entries call
+constexpr unsigned kMaxIov = 512;     // under IOV_MAX (1024)
+constexpr unsigned kHeadSlots = 8;    // segment heads written or being filled
+constexpr unsigned kEntryBatch = 256; // rows per kv_pool_entries call
 constexpr uint32_t kNone = UINT32_MAX;
 
 // Pins held at once: enough to keep queue_depth requests of merged small
@@ -73,7 +72,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 struct PinSlot {
     kv_view view{};
-    uint32_t pieces = 0; // requests not yet completed that cover this block (+1 while it is being added)
+    uint32_t pieces =
+        0; // requests not yet completed that cover this block (+1 while it is being added)
     bool used = false;
 };
 
@@ -130,7 +130,7 @@ class Writer {
     std::optional<Error> err_;
     Result res_;
     int fd_ = -1;
-    bool renamed_ = false, done_ = false;
+    bool created_ = false, renamed_ = false, done_ = false;
     uint64_t max_req_ = 0;
     const uint8_t *data_base_ = nullptr;
     uint64_t data_len_ = 0;
@@ -148,6 +148,7 @@ class Writer {
     uint32_t cur_ = kNone; // the request being filled
 
     std::vector<kv_snap_namespace> namespaces_;
+    std::vector<uint8_t> ns_known_; // by id
     uint64_t header_checksum_ = 0;
     uint64_t front_ = 0; // file offset where the next segment (or the trailer) goes
     uint32_t seg_head_ = kNone;
@@ -177,48 +178,57 @@ bool Writer::setup() {
     const unsigned qd = std::clamp(opts_.queue_depth, 1U, 4096U);
 
     // Namespaces in use now; ids never change once registered.
+    ns_known_.assign(hdr_->max_namespaces, 0);
     for (uint32_t i = 0; i < hdr_->max_namespaces; i++) {
         kv_snap_namespace ns{};
         if (kv_ns_get(pool_, i, &ns.manifest, &ns.chain_seed) != 0) continue;
         ns.id = i;
         namespaces_.push_back(ns);
-    }
-
-    const uint32_t npins = pin_budget(*hdr_);
-    auto arena = AlignedBuffer::create(kHeadSlots * kSegmentHead + (uint64_t(npins) + 1) * kAlign);
-    if (!arena) return fail(arena.error(), "allocate I/O buffers");
-    arena_ = std::move(*arena);
-    pins_.resize(npins);
-    for (uint32_t i = npins; i-- > 0;) free_pins_.push_back(i);
-    for (uint32_t i = kHeadSlots; i-- > 0;) free_heads_.push_back(i);
-    reqs_.resize(qd);
-    for (uint32_t i = qd; i-- > 0;) free_reqs_.push_back(i);
-    cqes_.resize(qd);
-
-    auto ring = Ring::create(qd);
-    if (!ring) return fail(ring.error(), "set up io_uring (%u entries)", qd);
-    ring_.emplace(std::move(*ring));
-    ring_->fail_nth(fault_nth(opts_));
-    if (opts_.register_buffers) {
-        // The data section in pieces of at most 1 GiB (slab boundaries: a
-        // block never straddles two), then our own buffers. Failure (the
-        // locked-memory limit, memory the kernel cannot pin) only costs the
-        // fixed-buffer fast path.
-        std::vector<iovec> bufs;
-        for (uint64_t off = 0; off < data_len_; off += kMaxFixedBuf)
-            bufs.push_back({const_cast<uint8_t *>(data_base_) + off, std::min(kMaxFixedBuf, data_len_ - off)});
-        bufs.push_back({arena_.data(), arena_.size()});
-        res_.fixed_buffers = ring_->register_buffers(bufs) == 0;
+        ns_known_[i] = 1;
     }
 
     fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0640);
     if (fd_ < 0 && errno == EINVAL) // the filesystem has no O_DIRECT: buffered, still fsync'ed
         fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd_ < 0) return fail(errno, "create %s", tmp_.c_str());
+    created_ = true;
 
+    const uint32_t npins = pin_budget(*hdr_);
+    auto arena = AlignedBuffer::create(kHeadSlots * kSegmentHead + (uint64_t(npins) + 1) * kAlign);
+    if (!arena) return fail(arena.error(), "allocate I/O buffers");
+    arena_ = std::move(*arena);
+    pins_.resize(npins);
+    for (uint32_t i = npins; i-- > 0;)
+        free_pins_.push_back(i);
+    for (uint32_t i = kHeadSlots; i-- > 0;)
+        free_heads_.push_back(i);
+    reqs_.resize(qd);
+    for (uint32_t i = qd; i-- > 0;)
+        free_reqs_.push_back(i);
+    cqes_.resize(qd);
+
+    auto ring = Ring::create(qd);
+    if (!ring) return fail(ring.error(), "set up io_uring (%u entries)", qd);
+    ring_.emplace(std::move(*ring));
+    ring_->fail_nth(fault_nth(opts_));
     kv_stats st{};
     if (kv_pool_stats(pool_, &st) == 0 && st.bytes_committed > st.bytes_freed)
         total_est_ = st.bytes_committed - st.bytes_freed;
+    if (opts_.register_buffers && data_len_ <= 4 * total_est_) {
+        // The data section in pieces of at most 1 GiB (slab boundaries: a
+        // block never straddles two), then our own buffers. Registering pins
+        // (and on a fresh pool first zeroes) every page, about 0.1 s per
+        // GiB: not worth it for a pool much larger than what is written,
+        // where per-request pinning touches only that. Failure (the
+        // locked-memory limit, memory the kernel cannot pin) only costs the
+        // fixed-buffer fast path.
+        std::vector<iovec> bufs;
+        for (uint64_t off = 0; off < data_len_; off += kMaxFixedBuf)
+            bufs.push_back(
+                {const_cast<uint8_t *>(data_base_) + off, std::min(kMaxFixedBuf, data_len_ - off)});
+        bufs.push_back({arena_.data(), arena_.size()});
+        res_.fixed_buffers = ring_->register_buffers(bufs) == 0;
+    }
     return true;
 }
 
@@ -242,7 +252,8 @@ bool Writer::write_header() {
     if (!buf) return fail(buf.error(), "allocate the %" PRIu64 "-byte header", len);
     header_ = std::move(*buf);
     build_header({header_.data(), len}, h, namespaces_);
-    memcpy(&header_checksum_, header_.data() + offsetof(kv_snap_header, checksum), sizeof header_checksum_);
+    memcpy(&header_checksum_, header_.data() + offsetof(kv_snap_header, checksum),
+           sizeof header_checksum_);
     front_ = len;
     // The first preallocation covers the estimate; later ones step.
     if (!ensure_alloc(len + total_est_ + total_est_ / 64 + kAlign)) return false;
@@ -257,7 +268,8 @@ bool Writer::scan() {
         if (k < 0) return fail(-k, "read the entry table at row %" PRIu64, cursor);
         for (int i = 0; i < k; i++) {
             if (rows[i].state != KV_ENTRY_COMMITTED) continue;
-            if (cancelled()) return fail(ECANCELED, "cancelled after %" PRIu64 " blocks", res_.blocks);
+            if (cancelled())
+                return fail(ECANCELED, "cancelled after %" PRIu64 " blocks", res_.blocks);
             if (!pin_and_add(rows[i])) return false;
         }
         if (!reap(false)) return false;
@@ -266,9 +278,7 @@ bool Writer::scan() {
 }
 
 bool Writer::pin_and_add(const kv_entry_info &row) {
-    auto known = std::find_if(namespaces_.begin(), namespaces_.end(),
-                              [&](const kv_snap_namespace &n) { return n.id == row.ns; });
-    if (known == namespaces_.end()) { // registered after the header was built
+    if (row.ns >= ns_known_.size() || !ns_known_[row.ns]) { // registered after the header was built
         res_.skipped++;
         return true;
     }
@@ -285,12 +295,13 @@ bool Writer::pin_and_add(const kv_entry_info &row) {
         }
         ps.used = false;
         free_pins_.push_back(pin);
-        if (rc == -ENOENT || rc == -ENOBUFS) { // removed since the row was read / pins all taken elsewhere
+        if (rc == -ENOENT ||
+            rc == -ENOBUFS) { // removed since the row was read / pins all taken elsewhere
             res_.skipped++;
             return true;
         }
-        return fail(-rc, "pin block %" PRIu64 ":%016" PRIx64 "%016" PRIx64, uint64_t(row.ns), row.key.hi,
-                    row.key.lo);
+        return fail(-rc, "pin block %" PRIu64 ":%016" PRIx64 "%016" PRIx64, uint64_t(row.ns),
+                    row.key.hi, row.key.lo);
     }
     // The view is what gets stored (a re-commit of the key since the row
     // was read is as good). Refuse anything the region could not hold.
@@ -326,7 +337,8 @@ bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
     rec.data_off = seg_cursor_;
     rec.user_tag = v.meta.user_tag;
     rec.priority = v.meta.priority;
-    memcpy(head_buf(seg_head_) + sizeof(kv_snap_segment) + uint64_t(seg_n_) * sizeof rec, &rec, sizeof rec);
+    memcpy(head_buf(seg_head_) + sizeof(kv_snap_segment) + uint64_t(seg_n_) * sizeof rec, &rec,
+           sizeof rec);
     seg_n_++;
     seg_cursor_ += padded;
     res_.blocks++;
@@ -388,24 +400,29 @@ bool Writer::finish() {
     build_trailer(&t, seq_, n_records_, res_.bytes, file_len, segments_hash_, header_checksum_);
     memset(trailer_page(), 0, kAlign);
     memcpy(trailer_page(), &t, sizeof t);
-    if (!ensure_alloc(file_len) || !add_piece(front_, trailer_page(), kAlign, kNone) || !flush()) return false;
+    if (!ensure_alloc(file_len) || !add_piece(front_, trailer_page(), kAlign, kNone) || !flush())
+        return false;
     while (ring_->in_flight())
         if (!reap(true)) return false;
     if (failed()) return false;
     res_.file_bytes = file_len;
     // Preallocation may have gone past the end (or a failed one left i_size there).
-    struct stat sb{};
-    if (fstat(fd_, &sb) == 0 && uint64_t(sb.st_size) != file_len && ftruncate(fd_, off_t(file_len)) != 0)
+    struct stat sb {};
+    if (fstat(fd_, &sb) == 0 && uint64_t(sb.st_size) != file_len &&
+        ftruncate(fd_, off_t(file_len)) != 0)
         return fail(errno, "truncate %s to %" PRIu64 " bytes", tmp_.c_str(), file_len);
     if (fdatasync(fd_) != 0) return fail(errno, "fdatasync %s", tmp_.c_str());
     int fd = fd_;
     fd_ = -1;
     if (close(fd) != 0) return fail(errno, "close %s", tmp_.c_str());
-    if (rename(tmp_.c_str(), path_.c_str()) != 0) return fail(errno, "rename %s over it", tmp_.c_str());
+    if (rename(tmp_.c_str(), path_.c_str()) != 0)
+        return fail(errno, "rename %s over it", tmp_.c_str());
     renamed_ = true;
     // The rename is durable once the directory is.
     const size_t slash = path_.rfind('/');
-    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash);
+    const std::string dir = slash == std::string::npos ? "."
+                            : slash == 0               ? "/"
+                                                       : path_.substr(0, slash);
     int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) return fail(errno, "open directory %s", dir.c_str());
     int rc = fsync(dfd);
@@ -455,7 +472,8 @@ bool Writer::add_piece(uint64_t off, const uint8_t *addr, uint64_t len, uint32_t
     Req *r = cur_ != kNone ? &reqs_[cur_] : acquire_req();
     if (!r) return false;
     if (r->len == 0) r->off = off;
-    if (!r->iov.empty() && static_cast<uint8_t *>(r->iov.back().iov_base) + r->iov.back().iov_len == addr)
+    if (!r->iov.empty() &&
+        static_cast<uint8_t *>(r->iov.back().iov_base) + r->iov.back().iov_len == addr)
         r->iov.back().iov_len += len; // neighbours in memory too: one iovec
     else
         r->iov.push_back({const_cast<uint8_t *>(addr), len});
@@ -519,7 +537,8 @@ bool Writer::flush() {
 bool Writer::reap(bool wait) {
     int n = ring_->reap(cqes_, wait);
     if (n < 0) return fail(-n, "io_uring wait");
-    for (int i = 0; i < n; i++) complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
+    for (int i = 0; i < n; i++)
+        complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
     return !failed();
 }
 
@@ -563,7 +582,8 @@ void Writer::complete(uint32_t id, int res) {
         fail(-res, "write of %" PRIu64 " bytes at offset %" PRIu64, r.len, r.off);
     else
         done_bytes_ += r.len;
-    for (uint32_t pin : r.pins) drop_piece(pin);
+    for (uint32_t pin : r.pins)
+        drop_piece(pin);
     r.pins.clear();
     if (r.head != kNone) free_heads_.push_back(r.head);
     r.head = kNone;
@@ -584,11 +604,13 @@ bool Writer::ensure_alloc(uint64_t end) {
     }
     // Not supported, or not that much room: write without it; a disk that
     // is really full fails the write that does not fit.
-    if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL || errno == ENOSPC || errno == EDQUOT) {
+    if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL || errno == ENOSPC ||
+        errno == EDQUOT) {
         prealloc_ = false;
         return true;
     }
-    return fail(errno, "preallocate %" PRIu64 " bytes at offset %" PRIu64, new_end - alloc_end_, alloc_end_);
+    return fail(errno, "preallocate %" PRIu64 " bytes at offset %" PRIu64, new_end - alloc_end_,
+                alloc_end_);
 }
 
 void Writer::cleanup() {
@@ -602,7 +624,8 @@ void Writer::cleanup() {
         while (ring_->in_flight()) {
             int n = ring_->reap(cqes_, true);
             if (n < 0) break; // the ring is broken; its teardown waits for the kernel
-            for (int i = 0; i < n; i++) complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
+            for (int i = 0; i < n; i++)
+                complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
         }
     }
     for (PinSlot &ps : pins_) {
@@ -612,7 +635,7 @@ void Writer::cleanup() {
     }
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
-    if (!renamed_) unlink(tmp_.c_str());
+    if (created_ && !renamed_) unlink(tmp_.c_str());
 }
 
 Writer::~Writer() {
@@ -635,8 +658,8 @@ std::expected<Result, Error> Writer::run() {
 
 } // namespace
 
-std::expected<Result, Error> persist(kv_pool *pool, const std::string &pool_name, const std::string &path,
-                                     const Options &opts) {
+std::expected<Result, Error> persist(kv_pool *pool, const std::string &pool_name,
+                                     const std::string &path, const Options &opts) {
     try {
         Writer w(pool, pool_name, path, opts);
         return w.run();

@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: MIT
 #include "uring.h"
 
-#include <sys/mman.h>
-
 #include <cerrno>
 #include <cstring>
+#include <sys/mman.h>
 
 namespace kv::daemon {
 
@@ -27,9 +26,9 @@ std::expected<Ring, int> Ring::create(unsigned entries) {
 }
 
 Ring::Ring(Ring &&o) noexcept
-    : ring_(o.ring_), bufs_(std::move(o.bufs_)), live_(o.live_), registered_(o.registered_), in_flight_(o.in_flight_),
-      queued_(o.queued_), issued_(o.issued_), fail_nth_(o.fail_nth_), fault_ud_(o.fault_ud_),
-      fault_armed_(o.fault_armed_) {
+    : ring_(o.ring_), bufs_(std::move(o.bufs_)), live_(o.live_), registered_(o.registered_),
+      in_flight_(o.in_flight_), queued_(o.queued_), issued_(o.issued_), fail_nth_(o.fail_nth_),
+      fault_ud_(o.fault_ud_), fault_armed_(o.fault_armed_) {
     o.live_ = false;
     o.registered_ = false;
 }

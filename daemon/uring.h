@@ -6,13 +6,12 @@
 // request completes with -EIO). Single-threaded; never throws or prints.
 #pragma once
 
-#include <liburing.h>
-#include <sys/uio.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <expected>
+#include <liburing.h>
 #include <span>
+#include <sys/uio.h>
 #include <vector>
 
 namespace kv::daemon {
@@ -29,7 +28,8 @@ class Ring {
     Ring(Ring &&o) noexcept;
     Ring &operator=(Ring &&) = delete;
     Ring(const Ring &) = delete;
-    ~Ring(); // the caller must have reaped every request first (the kernel may still use its buffers)
+    ~Ring(); // the caller must have reaped every request first (the kernel may still use its
+             // buffers)
 
     // Register bufs as fixed buffers, index = position. 0 or -errno (ENOMEM
     // or EPERM: locked-memory limit; EOPNOTSUPP/EFAULT: memory the kernel
