@@ -61,10 +61,12 @@ struct Options {
     unsigned queue_depth = 32; // io_uring requests in flight (1..4096)
     uint64_t max_request_bytes = 4
                                  << 20; // cap on one request; adjacent extents are merged up to it
-    // Register the pool's data section as fixed buffers (when it is at most
-    // 4x the data to move: registering pins every page of it). Falls back to
-    // plain I/O when the kernel refuses (e.g. RLIMIT_MEMLOCK without
-    // CAP_IPC_LOCK); Result::fixed_buffers says which was used.
+    // Register the pool's data section as fixed buffers, when it is at most
+    // 4x the data to move (registering pins every page of it) and, for a
+    // restore, the pool was prefaulted (else registering would first
+    // allocate and zero every page, serially). Falls back to plain I/O when
+    // the kernel refuses (e.g. RLIMIT_MEMLOCK without CAP_IPC_LOCK);
+    // Result::fixed_buffers says which was used.
     bool register_buffers = true;
     // Fault injection: the Nth io request (1-based) of the run completes with
     // -EIO; 0 = off, then the env KVPOOL_FAULT_IO_NTH is used if set.

@@ -330,7 +330,7 @@ TEST_F(SnapshotTest, RoundTripMixedSizes) {
     // Persist options and restore options, crossed: fixed buffers or not,
     // merged requests or one per page, deep queue or depth 1.
     struct Variant {
-        bool fixed;
+        bool fixed; // restore registers buffers only into a prefaulted pool
         uint64_t max_req;
         unsigned qd;
     };
@@ -338,7 +338,9 @@ TEST_F(SnapshotTest, RoundTripMixedSizes) {
         {true, 4 << 20, 32}, {false, 64 << 10, 4}, {true, (1 << 20) + 4096, 1}};
     for (const Variant &v : variants) {
         SCOPED_TRACE("fixed " + std::to_string(v.fixed) + " max_req " + std::to_string(v.max_req));
-        Pool &dst = make_pool(128 << 20);
+        Pool &dst = make_pool(128 << 20, 0, true, [&](kv_create_opts &o) {
+            if (v.fixed) o.flags |= KV_CREATE_F_PREFAULT;
+        });
         snap::Options ro;
         ro.register_buffers = v.fixed;
         ro.max_request_bytes = v.max_req;
