@@ -235,7 +235,7 @@ int main(int argc, char **argv) {
                 uint64_t n;
                 ssize_t r = read(jobfd, &n, sizeof n);
                 (void)r; // EAGAIN: another event already drained it
-                for (const Completion &c : collect_jobs(*pm)) server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
+                for (const JobAnswer &c : collect_jobs(*pm)) server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
             } else if (fd == reap_timer.fd()) {
                 reap_timer.drain();
                 counters.reaped_clients += uint64_t(pm->reap_pass());

@@ -144,8 +144,8 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
     return {};
 }
 
-std::vector<Completion> collect_jobs(PoolManager &pm) {
-    std::vector<Completion> out;
+std::vector<JobAnswer> collect_jobs(PoolManager &pm) {
+    std::vector<JobAnswer> out;
     for (const auto &pp : pm.pools()) {
         Pool &p = *pp;
         if (!p.job || !p.job->finished.load(std::memory_order_acquire)) continue;

@@ -36,7 +36,7 @@ struct SnapshotJob {
 };
 
 // A response the main loop must send for a finished job.
-struct Completion {
+struct JobAnswer {
     uint64_t conn_id;
     uint16_t op;
     uint32_t seq;
@@ -60,7 +60,7 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
                                      int wake_fd);
 // Join finished jobs, record their outcome in their pools, and return the
 // responses to send.
-std::vector<Completion> collect_jobs(PoolManager &pm);
+std::vector<JobAnswer> collect_jobs(PoolManager &pm);
 // Shutdown: wait for every running job (their answers are dropped).
 void join_all_jobs(PoolManager &pm);
 

@@ -70,7 +70,14 @@ int size_backing(int fd, uint64_t size, char *err, size_t errlen) {
 }
 
 int reserve_backing(int fd, uint64_t size, bool huge, uint64_t page_size, char *err, size_t errlen) {
-    if (fallocate(fd, 0, 0, off_t(size)) != 0) {
+    // hugetlbfs reserves page by page and gives up with EINTR when a signal
+    // arrives meanwhile (a timer, a debugger): the reservation made so far
+    // stays, so simply go on.
+    int r;
+    do
+        r = fallocate(fd, 0, 0, off_t(size));
+    while (r != 0 && errno == EINTR);
+    if (r != 0) {
         int e = errno;
         if (e == EOPNOTSUPP) return 0; // some filesystems: fall back to faulting in
         if (huge && (e == ENOSPC || e == ENOMEM)) {
