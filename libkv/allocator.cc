@@ -36,13 +36,15 @@
 // simply adopted by the next process that needs a slab of the class. A block
 // is freed where it lives, so a process that turns its own blocks over (an
 // engine writing, aborting, re-writing) keeps to lines no other process
-// writes. block_alloc tries, in order: the home slab it used last
+// writes. block_alloc tries, in order: the home slabs it used last
 // (kv_pool::home_slabs, process-local); another slab of the class that is its
-// home or nobody live's (adopting it); a FREE slab (activated as its home);
-// then any slab of the class, other clients' homes included, so a full pool
-// is shared exactly as before. The cost: while FREE slabs remain, a process
-// starts a slab of its own instead of filling holes in another live
-// process's home (per-process slabs, as per-CPU slabs in kernel allocators).
+// home or nobody live's (adopting it); while more than half of the pool's
+// slabs are FREE, a FREE slab (activated as its home); then any slab of the
+// class with room, other clients' homes included; then a FREE slab. So a
+// process starts a slab of its own instead of joining another live process's
+// (per-process slabs, as per-CPU slabs in kernel allocators) only while the
+// pool is mostly unused; past half, FREE slabs are kept for classes without
+// room and allocation is what it was before homes.
 #include "detail.h"
 
 #if defined(__x86_64__)
@@ -185,19 +187,21 @@ bool home_is_ours_or_free(kv_pool *p, uint64_t c) {
 // Step 2 of block_alloc, one pass over the slabs: a block from a slab of
 // class cls that is our home or nobody live's, which then becomes our home;
 // failing that, *other is the first slab of the class with free blocks that
-// is another live client's home (KV_NIL32 if none). Adopting a slab rewrites
-// its ctl word (client field and tag): a claim racing in that slab sees the
-// change in its post-claim check and gives its block back (scan_slab), and
-// of two adopters only one wins the CAS.
-uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other) {
+// is another live client's home (KV_NIL32 if none), and *free_slabs the
+// FREE slabs seen. Adopting a slab rewrites its ctl word (client field and
+// tag): a claim racing in that slab sees the change in its post-claim check
+// and gives its block back (scan_slab), and of two adopters only one wins.
+uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_slabs) {
     const uint32_t n = p->hdr->n_slabs;
     uint32_t start = load(p->classes[cls].cursor_slab, std::memory_order_relaxed);
     if (start >= n) start = 0;
     *other = KV_NIL32;
+    *free_slabs = 0;
     for (uint32_t i = 0; i < n; i++) {
         const uint32_t s = start + i < n ? start + i : start + i - n;
         kv_slab &sl = p->slabs[s];
         uint64_t c = load(sl.ctl, std::memory_order_acquire);
+        if (SlabCtl::state(c) == KV_SLAB_FREE) ++*free_slabs;
         if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) continue;
         if (hint(sl.free_hint) <= 0) continue;
         if (!home_is_ours_or_free(p, c)) {
@@ -206,8 +210,9 @@ uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other) {
         }
         if (SlabCtl::client1(c) != p->client + 1) {
             uint64_t ours = SlabCtl::make(KV_SLAB_ACTIVE, cls, p->client + 1, SlabCtl::tag(c) + 1);
-            // H1: acq_rel like every slab ctl CAS. A failure means the slab
-            // changed under us (adopted or retired): leave it to step 4.
+            // H1: acq_rel like every slab ctl CAS; ABA: the tag is bumped, so
+            // a slab that was retired and re-activated in between fails it.
+            // A failure means the slab changed under us: leave it to step 4.
             if (!cas(sl.ctl, c, ours, std::memory_order_acq_rel)) {
                 if (*other == KV_NIL32) *other = s;
                 continue;
@@ -274,17 +279,23 @@ uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough) {
         i++;
     }
     // 2. Another slab of ours, or one nobody live calls home (adopted).
-    uint32_t other;
-    uint64_t id = find_home(p, cls, &other);
-    // 3. A FREE slab, which becomes our home.
-    if (id == kNone) id = activate_slab(p, cls);
+    uint32_t other, free_slabs;
+    uint64_t id = find_home(p, cls, &other, &free_slabs);
+    // 3. While most of the pool is FREE, a slab of our own (our home). Past
+    // that, FREE slabs are kept for classes that have no slab with room.
+    const bool mostly_free = 2 * uint64_t(free_slabs) > p->hdr->n_slabs;
+    if (id == kNone && mostly_free) id = activate_slab(p, cls);
     // 4. Another live client's home, then (if that raced) any slab of the
-    // class: a full pool is shared as before homes. If other is NIL, step 2
-    // found no slab of the class with free blocks, so no second scan then.
+    // class. If other is NIL, step 2 found no slab of the class with free
+    // blocks, so no second scan then.
     if (id == kNone && other != KV_NIL32) {
         id = take_from(p, other, cls);
         if (id == kNone) id = find_in_class(p, cls, false);
     }
+    // 5. A FREE slab, as before homes: the class has no room anywhere. Not
+    // tried if step 2 saw none (a slab freed since is found by the caller's
+    // next attempt, after its eviction).
+    if (id == kNone && !mostly_free && free_slabs > 0) id = activate_slab(p, cls);
     if (id == kNone && thorough) id = find_in_class(p, cls, true);
     return id;
 }

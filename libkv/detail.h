@@ -196,8 +196,9 @@ __attribute__((format(printf, 3, 4))) inline void errf(char *buf, size_t len, co
 // Prefetch a line this thread is about to CAS, asking for it exclusive
 // (PREFETCHW, where the CPU has it): a line last written by another process
 // then arrives once, ready for the CAS, instead of shared and then again for
-// ownership. x86 does not order prefetches after locked instructions, so a
-// miss started early overlaps the CASes that follow.
+// ownership. Locked instructions do not wait for a prefetch (x86 does not
+// order PREFETCH with them), so a miss started early overlaps the CASes that
+// follow. Not a memory access in the C++ model: no ordering to document.
 #if defined(__x86_64__)
 bool cpu_has_prefetchw();
 inline const bool kHavePrefetchw = cpu_has_prefetchw();

@@ -306,22 +306,24 @@ int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out) {
     }
 }
 
-// Allocate a block of class cls, evicting when the pool is full.
+// Allocate a block of class cls, evicting when the pool is full. Called
+// after block_alloc(p, cls, false) failed, so it evicts first.
 uint64_t alloc_with_eviction(kv_pool *p, uint32_t cls) {
     for (int attempt = 0; attempt < kAllocAttempts; attempt++) {
-        uint64_t id = block_alloc(p, cls, attempt > 0);
-        if (id != kNoBlock) return id;
-        if (!evict_for_class(p, cls)) {
-            id = block_alloc(p, cls, true);
-            return id;
+        if (attempt > 0) {
+            uint64_t id = block_alloc(p, cls, true);
+            if (id != kNoBlock) return id;
         }
+        if (!evict_for_class(p, cls)) return block_alloc(p, cls, true);
     }
     return kNoBlock;
 }
 
+// Claim an entry, evicting when the table is full. Called after
+// entry_claim(p, 4096) failed: the first attempt scans the whole table.
 uint32_t claim_with_eviction(kv_pool *p) {
     for (int attempt = 0; attempt < kAllocAttempts; attempt++) {
-        uint32_t e = entry_claim(p, attempt == 0 ? 4096 : p->hdr->n_entries);
+        uint32_t e = entry_claim(p, p->hdr->n_entries);
         if (e != KV_NIL32) return e;
         if (!evict_any(p)) return entry_claim(p, p->hdr->n_entries);
     }
