@@ -23,15 +23,69 @@
 // A2 (slab ACTIVE, release) pairs with the acquire load of a slab's ctl
 // before scanning its block words.
 // ABA: block words carry a 24-bit tag bumped by every CAS; slab ctl a 32-bit tag.
+//
+// Home slabs. Two processes allocating from one slab write the same slab
+// descriptor (free_hint, scan_hint) and block-word lines, and where moving a
+// line between cores costs a few hundred ns (about 225 ns one way on the
+// 2-vCPU VM the benchmarks run on), those transfers, not the CASes, are what
+// an allocation costs. So a process allocates from slabs it calls home: an
+// ACTIVE slab's ctl names, in its client field, the client whose home it is
+// (the activator, or a later adopter; 0: nobody). The name is a hint, like
+// free_hint: allocation from any ACTIVE slab is still a CAS on a FREE block
+// word, the reaper ignores it, and a dead or detached client's homes are
+// simply adopted by the next process that needs a slab of the class. A block
+// is freed where it lives, so a process that turns its own blocks over (an
+// engine writing, aborting, re-writing) keeps to lines no other process
+// writes. block_alloc tries, in order: the home slabs it used last
+// (kv_pool::home_slabs, process-local); another slab of the class that is its
+// home or nobody live's (adopting it); while more than half of the pool's
+// slabs are FREE, a FREE slab (activated as its home); then any slab of the
+// class with room, other clients' homes included; then a FREE slab. So a
+// process starts a slab of its own instead of joining another live process's
+// (per-process slabs, as per-CPU slabs in kernel allocators) only while the
+// pool is mostly unused; past half, FREE slabs are kept for classes without
+// room and allocation is what it was before homes.
 #include "detail.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 namespace kv::detail {
+
+#if defined(__x86_64__)
+bool cpu_has_prefetchw() {
+    unsigned a, b, c, d;
+    return __get_cpuid(0x80000001U, &a, &b, &c, &d) && (c & bit_PRFCHW);
+}
+#endif
 
 namespace {
 
 constexpr uint64_t kNone = UINT64_MAX;
 
 int32_t hint(uint32_t &v) { return int32_t(load(v, std::memory_order_relaxed)); }
+
+// kv_pool::home_slabs[cls]: slab + 1 of our newest homes, newest first, 0
+// after the last. Relaxed loads and stores: a process-local list of hints;
+// two threads updating it at once can lose or repeat an entry, which only
+// costs a scan (find_home finds our slabs by their ctl word).
+void note_home(kv_pool *p, uint32_t cls, uint32_t s) {
+    std::atomic<uint32_t> *homes = p->home_slabs[cls];
+    uint32_t carry = s + 1;
+    for (uint32_t i = 0; i < kv_pool::kHomes && carry; i++) {
+        uint32_t h = homes[i].load(std::memory_order_relaxed);
+        homes[i].store(carry, std::memory_order_relaxed);
+        carry = h == s + 1 ? 0 : h; // drop an older copy of s
+    }
+}
+
+void forget_home(kv_pool *p, uint32_t cls, uint32_t i) {
+    std::atomic<uint32_t> *homes = p->home_slabs[cls];
+    for (; i + 1 < kv_pool::kHomes; i++)
+        homes[i].store(homes[i + 1].load(std::memory_order_relaxed), std::memory_order_relaxed);
+    homes[kv_pool::kHomes - 1].store(0, std::memory_order_relaxed);
+}
 
 // Claim one FREE block of slab s for this client. ctl is the slab word seen
 // as ACTIVE(cls) before the scan. The slab may be retired and re-activated
@@ -89,9 +143,12 @@ uint64_t activate_slab(kv_pool *p, uint32_t cls) {
         uint64_t act = SlabCtl::make(KV_SLAB_ACTIVATING, cls, p->client + 1, SlabCtl::tag(c) + 1);
         if (!cas(sl.ctl, c, act, std::memory_order_acq_rel)) continue;
         fill_slab(p, s, cls, true, p->client);
-        // A2: publish the block words with the ACTIVE state.
-        store(sl.ctl, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(act) + 1), std::memory_order_release);
+        // A2: publish the block words with the ACTIVE state; the slab is our
+        // home ("Home slabs" above).
+        store(sl.ctl, SlabCtl::make(KV_SLAB_ACTIVE, cls, p->client + 1, SlabCtl::tag(act) + 1),
+              std::memory_order_release);
         store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
+        note_home(p, cls, s);
         return block_id(p, s, 0);
     }
     return kNone;
@@ -116,6 +173,68 @@ uint64_t find_in_class(kv_pool *p, uint32_t cls, bool thorough) {
     return kNone;
 }
 
+// True if the ACTIVE slab word c names no home, or this client's, or the
+// home of a client that is not LIVE (detached or dead: the hint is stale).
+bool home_is_ours_or_free(kv_pool *p, uint64_t c) {
+    uint32_t h1 = SlabCtl::client1(c);
+    if (h1 == 0 || h1 == p->client + 1 || h1 > p->hdr->max_clients) return true;
+    // Relaxed: advice only; a client that attaches right after this load
+    // just finds its old slabs adopted.
+    uint64_t owner = load(p->clients[h1 - 1].ctl, std::memory_order_relaxed);
+    return ClientCtl::state(owner) != KV_CLIENT_LIVE;
+}
+
+// Step 2 of block_alloc, one pass over the slabs: a block from a slab of
+// class cls that is our home or nobody live's, which then becomes our home;
+// failing that, *other is the first slab of the class with free blocks that
+// is another live client's home (KV_NIL32 if none), and *free_slabs the
+// FREE slabs seen. Adopting a slab rewrites its ctl word (client field and
+// tag): a claim racing in that slab sees the change in its post-claim check
+// and gives its block back (scan_slab), and of two adopters only one wins.
+uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_slabs) {
+    const uint32_t n = p->hdr->n_slabs;
+    uint32_t start = load(p->classes[cls].cursor_slab, std::memory_order_relaxed);
+    if (start >= n) start = 0;
+    *other = KV_NIL32;
+    *free_slabs = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint32_t s = start + i < n ? start + i : start + i - n;
+        kv_slab &sl = p->slabs[s];
+        uint64_t c = load(sl.ctl, std::memory_order_acquire);
+        if (SlabCtl::state(c) == KV_SLAB_FREE) ++*free_slabs;
+        if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) continue;
+        if (hint(sl.free_hint) <= 0) continue;
+        if (!home_is_ours_or_free(p, c)) {
+            if (*other == KV_NIL32) *other = s;
+            continue;
+        }
+        if (SlabCtl::client1(c) != p->client + 1) {
+            uint64_t ours = SlabCtl::make(KV_SLAB_ACTIVE, cls, p->client + 1, SlabCtl::tag(c) + 1);
+            // H1: acq_rel like every slab ctl CAS; ABA: the tag is bumped, so
+            // a slab that was retired and re-activated in between fails it.
+            // A failure means the slab changed under us: leave it to step 4.
+            if (!cas(sl.ctl, c, ours, std::memory_order_acq_rel)) {
+                if (*other == KV_NIL32) *other = s;
+                continue;
+            }
+            c = ours;
+        }
+        uint64_t id = scan_slab(p, s, cls, c);
+        if (id != kNone) {
+            note_home(p, cls, s);
+            return id;
+        }
+    }
+    return kNone;
+}
+
+// Step 4: a block of another live client's home slab s.
+uint64_t take_from(kv_pool *p, uint32_t s, uint32_t cls) {
+    uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
+    if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) return kNone;
+    return scan_slab(p, s, cls, c);
+}
+
 } // namespace
 
 uint32_t class_for(const kv_pool *p, uint64_t len) {
@@ -131,12 +250,54 @@ uint32_t class_for(const kv_pool *p, uint64_t len) {
     return lo;
 }
 
+void block_prefetch(kv_pool *p, uint64_t id) {
+    if (id >= uint64_t(p->hdr->n_slabs) * p->hdr->blocks_per_slab) return;
+    prefetch_w(&p->blocks[id]);
+    prefetch_w(&p->slabs[id / p->hdr->blocks_per_slab]);
+}
+
 uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough) {
-    uint64_t id = find_in_class(p, cls, false);
-    if (id != kNone) return id;
-    id = activate_slab(p, cls);
-    if (id != kNone) return id;
-    return thorough ? find_in_class(p, cls, true) : kNone;
+    // 1. The home slabs we used last ("Home slabs" above), newest first,
+    // without touching any other slab's line. Relaxed: a process-local hint;
+    // the acquire load of each slab's ctl (pairs with A2) validates it, and a
+    // stale value only changes which slab is tried first.
+    std::atomic<uint32_t> *homes = p->home_slabs[cls];
+    for (uint32_t i = 0; i < kv_pool::kHomes;) {
+        const uint32_t h = homes[i].load(std::memory_order_relaxed);
+        if (h == 0 || h > p->hdr->n_slabs) break;
+        const uint32_t s = h - 1;
+        uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
+        if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls ||
+            SlabCtl::client1(c) != p->client + 1) {
+            forget_home(p, cls, i); // retired, another class's now, or adopted after a reap
+            continue;
+        }
+        if (hint(p->slabs[s].free_hint) > 0) {
+            uint64_t id = scan_slab(p, s, cls, c);
+            if (id != kNone) return id;
+        }
+        i++;
+    }
+    // 2. Another slab of ours, or one nobody live calls home (adopted).
+    uint32_t other, free_slabs;
+    uint64_t id = find_home(p, cls, &other, &free_slabs);
+    // 3. While most of the pool is FREE, a slab of our own (our home). Past
+    // that, FREE slabs are kept for classes that have no slab with room.
+    const bool mostly_free = 2 * uint64_t(free_slabs) > p->hdr->n_slabs;
+    if (id == kNone && mostly_free) id = activate_slab(p, cls);
+    // 4. Another live client's home, then (if that raced) any slab of the
+    // class. If other is NIL, step 2 found no slab of the class with free
+    // blocks, so no second scan then.
+    if (id == kNone && other != KV_NIL32) {
+        id = take_from(p, other, cls);
+        if (id == kNone) id = find_in_class(p, cls, false);
+    }
+    // 5. A FREE slab, as before homes: the class has no room anywhere. Not
+    // tried if step 2 saw none (a slab freed since is found by the caller's
+    // next attempt, after its eviction).
+    if (id == kNone && !mostly_free && free_slabs > 0) id = activate_slab(p, cls);
+    if (id == kNone && thorough) id = find_in_class(p, cls, true);
+    return id;
 }
 
 bool block_free(kv_pool *p, uint64_t id, uint64_t expected) {

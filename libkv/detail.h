@@ -175,6 +175,10 @@ struct kv_pool {
     uint8_t *data = nullptr;
     uint32_t bucket_mask = 0;
     std::atomic<uint32_t> entry_cursor{0}; // scan position for free entries (a hint; threads share it)
+    // Per size class, slab index + 1 of this process's newest home slabs,
+    // where it allocates first (allocator.cc, "Home slabs"). Hints.
+    static constexpr uint32_t kHomes = 4;
+    std::atomic<uint32_t> home_slabs[KV_MAX_CLASSES][kHomes] = {};
     std::unique_ptr<kv::detail::SlotStack> free_slots;
 };
 
@@ -188,6 +192,25 @@ __attribute__((format(printf, 3, 4))) inline void errf(char *buf, size_t len, co
     vsnprintf(buf, len, fmt, ap);
     va_end(ap);
 }
+
+// Prefetch a line this thread is about to CAS, asking for it exclusive
+// (PREFETCHW, where the CPU has it): a line last written by another process
+// then arrives once, ready for the CAS, instead of shared and then again for
+// ownership. Locked instructions do not wait for a prefetch (x86 does not
+// order PREFETCH with them), so a miss started early overlaps the CASes that
+// follow. Not a memory access in the C++ model: no ordering to document.
+#if defined(__x86_64__)
+bool cpu_has_prefetchw();
+inline const bool kHavePrefetchw = cpu_has_prefetchw();
+inline void prefetch_w(const void *a) {
+    if (kHavePrefetchw)
+        asm volatile("prefetchw %0" ::"m"(*static_cast<const char *>(a)));
+    else
+        __builtin_prefetch(a, 1, 3);
+}
+#else
+inline void prefetch_w(const void *a) { __builtin_prefetch(a, 1, 3); }
+#endif
 
 inline kv_client_stats &my_stats(kv_pool *p) { return p->clients[p->client].stats; }
 // Per-client counter: only this client's threads write it (its own cache
@@ -255,11 +278,20 @@ uint32_t class_for(const kv_pool *p, uint64_t len); // KV_NIL32 if too large
 uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough);
 // Return a block whose word is expected (OWNED or ENTRY) to FREE.
 bool block_free(kv_pool *p, uint64_t id, uint64_t expected_word);
+// Prefetch, for writing, the block word and slab descriptor of block id
+// (about to be freed); ids out of range are ignored.
+void block_prefetch(kv_pool *p, uint64_t id);
 void slab_finish_activation(kv_pool *p, uint32_t slab);
 void slab_rollback_retire(kv_pool *p, uint32_t slab);
 bool slab_retire(kv_pool *p, uint32_t slab); // evicts its entries; true if now FREE
 
 // ---- store.cc ----------------------------------------------------------------------
+// Copy len bytes from src to dst and return XXH3_64bits of the bytes stored,
+// in one pass (store.cc explains how); dst == nullptr: only hash src. width
+// caps the vector width in bytes (64, 32 or 16; 0: the widest this CPU has,
+// copy_hash_width()), so tests can check each variant.
+uint64_t copy_hash(void *dst, const void *src, uint64_t len, unsigned width = 0);
+unsigned copy_hash_width();
 // Free an entry whose ctl is FREEING (owner this client): return its block and the entry.
 void entry_finish_free(kv_pool *p, uint32_t e);
 // After a transition that may have made (UNLINKED, pins 0): try to claim the free.

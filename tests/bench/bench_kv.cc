@@ -9,9 +9,13 @@
 //                                  (keys:1000: a cache-resident working set, for context)
 //    BM_GetRelease_UnorderedMap    baseline: std::unordered_map::find on the same keys
 //  2 BM_GetRelease_Scaling         the same from 1 and then 2 forked processes
-//  3 BM_Put2MiB                    put (copy + checksum) of 2 MiB under a fresh key
-//    BM_Memcpy2MiB                 baseline: memcpy of 2 MiB
-//    BM_Memcpy2MiB_XXH3            context: memcpy then a separate XXH3-64 pass
+//  3 BM_Put2MiB_Rotate             put (copy + checksum) of 2 MiB under a fresh key, 127
+//                                  keys kept live: destinations rotate over 256 MiB of pool
+//    BM_Memcpy2MiB_Rotate          baseline (the target's): memcpy of 2 MiB into 128
+//                                  destinations in turn, 256 MiB of prefaulted shared memory
+//    BM_Memcpy2MiB_XXH3_Rotate     context: the same memcpy, then a separate XXH3-64 pass
+//    BM_Put2MiB, BM_Memcpy2MiB     context: one destination reused, all in cache
+//    BM_Memcpy2MiB_XXH3            context: the same, memcpy then XXH3-64
 //  4 BM_ReserveCommit64KiB         reserve + commit(KV_COMMIT_F_CHECKSUM), no data written;
 //                                  remove timed separately (counter remove_ns)
 //    BM_CommitChecksum2MiB         commit without the flag: the checksum pass at commit
@@ -38,6 +42,9 @@
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -303,10 +310,14 @@ uint64_t fresh_serial() {
     return serial++;
 }
 
-// ---- 3: put 2 MiB vs memcpy 2 MiB ---------------------------------------------------------
+// ---- 3 (context): put 2 MiB vs memcpy 2 MiB, one destination, all in cache ---------------
 
 // Both timed per iteration with the same clock (UseManualTime, thread CPU
 // time as everywhere below), so the clock's cost is on both sides of the ratio.
+// The put's key is removed after each put, so the next put reuses the same
+// block: like the memcpy below, a copy from cache to cache (2 MiB source and
+// 2 MiB destination fit in L2 + L3). The target is checked on the rotating
+// pair further down.
 void BM_Put2MiB(benchmark::State &state) {
     WriteFixture &f = write_fixture();
     if (!f.error.empty()) {
@@ -324,7 +335,7 @@ void BM_Put2MiB(benchmark::State &state) {
             state.SkipWithError(errstr("kv_put", rc).c_str());
             break;
         }
-        rc = kv_remove(p, ns, &k); // every iteration really copies into a free block
+        rc = kv_remove(p, ns, &k); // the next put gets the same block back
         if (rc != 0) [[unlikely]] {
             state.SkipWithError(errstr("kv_remove", rc).c_str());
             break;
@@ -370,6 +381,142 @@ void BM_Memcpy2MiB_XXH3(benchmark::State &state) {
     state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBig));
 }
 BENCHMARK(BM_Memcpy2MiB_XXH3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- 3 (the target): put 2 MiB into a pool larger than the caches ---------------------------
+//
+// The pairs above reuse one destination, so both sides copy from cache to
+// cache. An engine writes KV blocks into a pool far larger than the caches,
+// so the figure the target is checked on is this pair: the put keeps
+// kRotateLive keys live and removes the oldest after each put, so successive
+// puts land on kRotateBlocks distinct blocks (256 MiB, counted and reported
+// as dest_blocks); the baseline memcpys the same source into kRotateBlocks
+// destinations taken in turn from a region of the same size and kind
+// (shared memory on tmpfs, prefaulted, as the pool). Only the put or the
+// memcpy is timed; the remove is not.
+constexpr uint32_t kRotateBlocks = 128;
+constexpr uint32_t kRotateLive = kRotateBlocks - 1;
+
+struct RotateFixture {
+    std::unique_ptr<BenchPool> pool;
+    uint8_t *region = nullptr; // kRotateBlocks * kBig bytes of shared memory
+    std::string error;
+};
+
+RotateFixture &rotate_fixture() {
+    static RotateFixture f = [] {
+        RotateFixture f;
+        PoolSpec spec;
+        spec.size = uint64_t(kRotateBlocks) * kBig * 3 / 2; // room for the blocks and the tables
+        auto p = BenchPool::create(spec, "rotate");
+        if (!p) {
+            f.error = p.error();
+            return f;
+        }
+        f.pool = std::move(*p);
+        const size_t len = size_t(kRotateBlocks) * kBig;
+        int fd = memfd_create("kvbench-rotate", MFD_CLOEXEC);
+        if (fd < 0 || ftruncate(fd, off_t(len)) != 0) {
+            f.error = std::string("memfd: ") + std::strerror(errno);
+            if (fd >= 0) close(fd);
+            return f;
+        }
+        void *m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+        if (m == MAP_FAILED) {
+            f.error = std::string("mmap: ") + std::strerror(errno);
+            return f;
+        }
+        std::memset(m, 0x5a, len); // fault every page in, as KV_CREATE_F_PREFAULT does
+        f.region = static_cast<uint8_t *>(m);
+        return f;
+    }();
+    return f;
+}
+
+void BM_Put2MiB_Rotate(benchmark::State &state) {
+    WriteFixture &w = write_fixture();
+    RotateFixture &f = rotate_fixture();
+    if (!w.error.empty() || !f.error.empty()) {
+        state.SkipWithError((w.error + f.error).c_str());
+        return;
+    }
+    kv_pool *p = f.pool->get();
+    const uint32_t ns = f.pool->ns();
+    const uint64_t set = 50 + fresh_serial();
+    std::vector<kv_key> live; // oldest first
+    std::unordered_map<const void *, int> dest;
+    uint64_t n = 0;
+    auto put = [&](bool timed) -> int {
+        kv_key k = make_key(set, n++);
+        uint64_t t0 = cpu_now();
+        int rc = kv_put(p, ns, &k, w.src, kBig, nullptr);
+        uint64_t t1 = cpu_now();
+        if (rc != 0) return rc;
+        if (timed) state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+        kv_view v; // where it went (untimed)
+        if ((rc = kv_get(p, ns, &k, &v)) != 0) return rc;
+        dest[v.data]++;
+        if ((rc = kv_release(p, &v)) != 0) return rc;
+        live.push_back(k);
+        if (live.size() > kRotateLive) {
+            rc = kv_remove(p, ns, &live.front());
+            live.erase(live.begin());
+        }
+        return rc;
+    };
+    for (uint32_t i = 0; i < kRotateLive; i++) { // fill, untimed
+        if (int rc = put(false)) {
+            state.SkipWithError(errstr("kv_put (fill)", rc).c_str());
+            return;
+        }
+    }
+    dest.clear();
+    for (auto _ : state) {
+        if (int rc = put(true)) [[unlikely]] {
+            state.SkipWithError(errstr("kv_put/kv_remove", rc).c_str());
+            break;
+        }
+    }
+    for (const kv_key &k : live) kv_remove(p, ns, &k);
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBig));
+    state.counters["dest_blocks"] = static_cast<double>(dest.size());
+}
+BENCHMARK(BM_Put2MiB_Rotate)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+template <bool Hash> void BM_Memcpy2MiB_Rotate(benchmark::State &state) {
+    WriteFixture &w = write_fixture();
+    RotateFixture &f = rotate_fixture();
+    if (!w.error.empty() || !f.error.empty()) {
+        state.SkipWithError((w.error + f.error).c_str());
+        return;
+    }
+    uint32_t i = 0;
+    for (auto _ : state) {
+        uint8_t *dst = f.region + uint64_t(i) * kBig;
+        i = i + 1 == kRotateBlocks ? 0 : i + 1;
+        uint64_t t0 = cpu_now();
+        std::memcpy(dst, w.src, kBig);
+        if constexpr (Hash) {
+            uint64_t h = XXH3_64bits(dst, kBig);
+            benchmark::DoNotOptimize(h);
+        }
+        benchmark::ClobberMemory();
+        uint64_t t1 = cpu_now();
+        state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+    }
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBig));
+    state.counters["dest_blocks"] = kRotateBlocks;
+}
+// The baseline of the target.
+BENCHMARK(BM_Memcpy2MiB_Rotate<false>)
+    ->Name("BM_Memcpy2MiB_Rotate")
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+// Context: the naive put, copy then a second pass to hash the copy.
+BENCHMARK(BM_Memcpy2MiB_Rotate<true>)
+    ->Name("BM_Memcpy2MiB_XXH3_Rotate")
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
 // ---- 4: reserve + commit overhead, commit-time checksum -------------------------------------
 

@@ -53,6 +53,11 @@ class Table:
     def __init__(self, med, cv, errors):
         self.med, self.cv, self.errors = med, cv, errors
         self.rows = []
+        self.notes = []
+
+    def footnote(self, text):
+        if text not in self.notes:
+            self.notes.append(text)
 
     def get(self, name, field):
         b = self.med.get(name)
@@ -99,6 +104,8 @@ class Table:
             print(line.rstrip())
             if i == 0:
                 print("  ".join("-" * w for w in widths))
+        for n in self.notes:
+            print("note " + n)
 
 
 def mops(v):
@@ -140,16 +147,32 @@ def main():
               "%.2fx" % s + t.noise(k, "scaling"), ">= 1.6x", s >= 1.6,
               "per CPU-second: %.2fx; workers on CPU %.0f%% of the time" % (sc, 100 * sh))
 
-    # 3: put vs memcpy
-    k, b = "BM_Put2MiB", "BM_Memcpy2MiB"
+    # 3: put vs memcpy. The target is checked on the rotating pair: destinations
+    # cycle over 256 MiB of pool (put) and of shared memory (memcpy), as an
+    # engine's writes into a pool far larger than the caches do. The pair that
+    # reuses one destination copies cache to cache: context only.
+    k, b = "BM_Put2MiB_Rotate", "BM_Memcpy2MiB_Rotate"
     if not t.missing("3 put 2 MiB", k, b):
         kv, base = t.get(k, "bytes_per_second"), t.get(b, "bytes_per_second")
-        t.add("3 put 2 MiB", gibs(kv) + t.noise(k, "bytes_per_second"), gibs(base) + " (memcpy)",
-              "%.2fx" % (kv / base), ">= 0.8x", kv / base >= 0.8)
+        dest = t.get(k, "dest_blocks") or 0
+        t.add("3 put 2 MiB, 256 MiB rotation", gibs(kv) + t.noise(k, "bytes_per_second"),
+              gibs(base) + " (memcpy, same rotation)", "%.2fx" % (kv / base), ">= 0.8x", kv / base >= 0.8,
+              "target checked here; puts landed on %d distinct blocks" % dest)
+        c = "BM_Memcpy2MiB_XXH3_Rotate"
+        if c in med:
+            x = t.get(c, "bytes_per_second")
+            t.add("  context: memcpy, then XXH3 pass", gibs(x), gibs(base) + " (memcpy, same rotation)",
+                  "%.2fx" % (x / base), note="a two-pass put")
+    k, b = "BM_Put2MiB", "BM_Memcpy2MiB"
+    if not t.missing("  context: put 2 MiB, in cache", k, b):
+        kv, base = t.get(k, "bytes_per_second"), t.get(b, "bytes_per_second")
+        t.add("  context: put 2 MiB, one dest", gibs(kv) + t.noise(k, "bytes_per_second"),
+              gibs(base) + " (memcpy, one dest)", "%.2fx" % (kv / base),
+              note="same 2 MiB source and destination every time: cache to cache, not the target")
         c = "BM_Memcpy2MiB_XXH3"
         if c in med:
             x = t.get(c, "bytes_per_second")
-            t.add("  context: memcpy then XXH3", gibs(x), gibs(base) + " (memcpy)",
+            t.add("  context: memcpy, then XXH3 pass", gibs(x), gibs(base) + " (memcpy, one dest)",
                   "%.2fx" % (x / base))
 
     # 4: reserve + commit, commit checksum
@@ -164,7 +187,8 @@ def main():
         kv, base = t.get(k, "bytes_per_second"), t.get(b, "bytes_per_second")
         t.add("4 commit checksum 2 MiB", gibs(kv) + t.noise(k, "bytes_per_second"),
               gibs(base) + " (XXH3 alone)", "%.2fx" % (kv / base),
-              note="%.0f us per 2 MiB commit" % (t.get(k, "time") / 1e3))
+              note="%.0f us per 2 MiB commit; baseline: xxhash.h inlined in bench_kv (SSE2), "
+                   "libkv uses its own AVX-512/AVX2 XXH3" % (t.get(k, "time") / 1e3))
 
     # 5: allocation from 2 processes
     for w in (1, 8):
@@ -176,6 +200,9 @@ def main():
             t.add(fig, mops(kv), mops(bip) + " (Boost.IPC)", "%.1fx" % r + t.noise(k, "ratio"),
                   ">= 10x", r >= 10,
                   "per CPU-second: %.1fx; on CPU: kvpool %.0f%%, Boost %.0f%%" % (rc, 100 * ks, 100 * bs))
+            t.footnote("5: one op = free the oldest live allocation + allocate the next size, no data "
+                       "written; kvpool: kv_abort + kv_reserve (also a keyed index insert/remove and an "
+                       "entry), Boost: deallocate + allocate; ratio = wall-clock ops/s, 2 processes summed")
 
     # 6: match_prefix
     b = "BM_MatchPrefix_Baseline"

@@ -310,8 +310,9 @@ KV_STATIC_ASSERT(sizeof(struct kv_entry) == KV_ENTRY_SIZE_V1, "entry v1 size");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_entry, checksum) == 64, "entry metadata on line 1");
 
 /*
- * Slab descriptor. ctl: [7:0] state, [15:8] class, [27:16] client + 1 while
- * ACTIVATING or RETIRING, [31:28] zero, [63:32] tag.
+ * Slab descriptor. ctl: [7:0] state, [15:8] class, [27:16] client + 1: the
+ * owner while ACTIVATING or RETIRING; while ACTIVE the slab's home client
+ * (a hint, 0: none; see PROTOCOL.md section 5), [31:28] zero, [63:32] tag.
  * free_hint and scan_hint are hints (relaxed); block words are the truth.
  */
 #define KV_SLAB_FREE 0

@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: MIT
+//
+// Correctness checks for the paths the benchmarks drove faster:
+//  - copy_hash (store.cc): the one-pass copy + XXH3-64 equals libxxhash's
+//    XXH3_64bits for every length and alignment, for each vector width this
+//    CPU has, copies exactly len bytes, and the data path stores it;
+//  - reserve (store.cc): a key found only at the insert gives its entry and
+//    block back, and a duplicate put into a full pool evicts nothing;
+//  - home slabs (allocator.cc): clients start slabs of their own while the
+//    pool has FREE ones, keep to them, adopt a departed client's, and still
+//    share every slab when none is FREE.
+#include "pool_fixture.h"
+
+#include "detail.h"
+
+#include <xxhash.h>
+
+#include <vector>
+
+namespace {
+
+using namespace kvtest;
+
+std::vector<unsigned> widths() {
+    std::vector<unsigned> w;
+    for (unsigned x : {16U, 32U, 64U})
+        if (x <= kv::detail::copy_hash_width()) w.push_back(x);
+    return w;
+}
+
+TEST(CopyHash, EqualsXXH3ForEveryLengthAlignmentAndWidth) {
+    constexpr size_t kMax = 5000, kPad = 64;
+    std::vector<uint8_t> src = payload(kMax + 2 * kPad, 1);
+    std::vector<uint8_t> dst(kMax + 2 * kPad);
+    for (unsigned w : widths()) {
+        for (size_t len = 0; len <= kMax; len++) {
+            for (size_t so : {size_t{0}, size_t{1}, size_t{7}, size_t{63}}) {
+                const size_t dofs = kPad + (len % 3); // unaligned destinations too
+                std::fill(dst.begin(), dst.end(), uint8_t{0xa5});
+                const uint64_t want = XXH3_64bits(src.data() + so, len);
+                ASSERT_EQ(kv::detail::copy_hash(dst.data() + dofs, src.data() + so, len, w), want)
+                    << "width " << w << " len " << len << " src offset " << so;
+                ASSERT_EQ(std::memcmp(dst.data() + dofs, src.data() + so, len), 0) << "width " << w << " len " << len;
+                for (size_t i = 0; i < dofs; i++) ASSERT_EQ(dst[i], 0xa5) << "wrote before dst, len " << len;
+                for (size_t i = dofs + len; i < dst.size(); i++) ASSERT_EQ(dst[i], 0xa5) << "wrote past len " << len;
+                ASSERT_EQ(kv::detail::copy_hash(nullptr, src.data() + so, len, w), want)
+                    << "hash only, width " << w << " len " << len;
+            }
+        }
+    }
+}
+
+TEST(CopyHash, EqualsXXH3ForLargeBlocks) {
+    std::vector<uint8_t> src = payload(2 * MiB + 4096, 2), dst(2 * MiB + 4096);
+    for (unsigned w : widths()) {
+        for (size_t len : {size_t{64 * KiB} - 1, size_t{64 * KiB}, size_t{64 * KiB} + 1, size_t{1 * MiB} + 13,
+                           size_t{2 * MiB} - 64, size_t{2 * MiB}, size_t{2 * MiB} + 4095}) {
+            const uint64_t want = XXH3_64bits(src.data() + 1, len);
+            EXPECT_EQ(kv::detail::copy_hash(dst.data(), src.data() + 1, len, w), want) << "width " << w << " len " << len;
+            EXPECT_EQ(std::memcmp(dst.data(), src.data() + 1, len), 0);
+            EXPECT_EQ(kv::detail::copy_hash(nullptr, dst.data(), len, w), want);
+        }
+    }
+}
+
+class DataPathChecksum : public PoolTest {};
+
+TEST_F(DataPathChecksum, PutAndCommitStoreXXH3) {
+    uint64_t i = 0;
+    for (size_t len : {size_t{1}, size_t{240}, size_t{241}, size_t{1000}, size_t{4096}, size_t{65535},
+                       size_t{200 * KiB} + 3, size_t{1 * MiB}}) {
+        std::vector<uint8_t> data = payload(len, len);
+        const uint64_t want = XXH3_64bits(data.data(), len);
+        kv_key k = key_of(++i);
+        ASSERT_EQ(kv_put(pool_, ns_, &k, data.data(), len, nullptr), 0) << len;
+        kv_view v;
+        ASSERT_EQ(kv_get(pool_, ns_, &k, &v), 0);
+        EXPECT_EQ(v.checksum, want) << "put, len " << len;
+        EXPECT_TRUE(view_equals(v, data));
+        EXPECT_EQ(kv_view_verify(&v), 0);
+        EXPECT_EQ(kv_release(pool_, &v), 0);
+
+        k = key_of(++i);
+        kv_reservation r;
+        ASSERT_EQ(kv_reserve(pool_, ns_, &k, len, nullptr, &r), 0);
+        std::memcpy(r.data, data.data(), len);
+        ASSERT_EQ(kv_commit(pool_, &r, 0, 0), 0); // checksum computed at commit
+        ASSERT_EQ(kv_get(pool_, ns_, &k, &v), 0);
+        EXPECT_EQ(v.checksum, want) << "commit, len " << len;
+        EXPECT_EQ(kv_view_verify(&v), 0);
+        static_cast<uint8_t *>(const_cast<void *>(v.data))[len / 2] ^= 1;
+        EXPECT_EQ(kv_view_verify(&v), -EBADMSG) << "a flipped bit went unnoticed, len " << len;
+        EXPECT_EQ(kv_release(pool_, &v), 0);
+    }
+}
+
+class Reserve : public PoolTest {};
+
+TEST_F(Reserve, DuplicateGivesEntryAndBlockBack) {
+    std::vector<uint8_t> data = payload(100 * KiB, 3);
+    kv_key k = key_of(1);
+    ASSERT_EQ(kv_put(pool_, ns_, &k, data.data(), data.size(), nullptr), 0);
+    kv_usage before, after;
+    ASSERT_EQ(kv_pool_usage(pool_, &before), 0);
+    for (int i = 0; i < 100; i++) {
+        ASSERT_EQ(kv_put(pool_, ns_, &k, data.data(), data.size(), nullptr), KV_DEDUP);
+        kv_reservation r;
+        ASSERT_EQ(kv_reserve(pool_, ns_, &k, data.size(), nullptr, &r), KV_DEDUP);
+    }
+    ASSERT_EQ(kv_pool_usage(pool_, &after), 0);
+    EXPECT_EQ(after.blocks_used, before.blocks_used);
+    EXPECT_EQ(after.entries_free, before.entries_free);
+    EXPECT_EQ(after.entries_committed, 1u);
+    EXPECT_EQ(after.orphan_blocks, 0u);
+}
+
+TEST_F(Reserve, DuplicatePutIntoFullPoolEvictsNothing) {
+    std::vector<uint8_t> data = payload(64 * KiB, 4);
+    kv_stats st;
+    uint64_t n = 0;
+    do { // fill the pool until puts start evicting
+        kv_key k = key_of(++n);
+        ASSERT_EQ(kv_put(pool_, ns_, &k, data.data(), data.size(), nullptr), 0);
+        ASSERT_EQ(kv_pool_stats(pool_, &st), 0);
+    } while (st.evictions == 0 && n < 100000);
+    ASSERT_GT(st.evictions, 0u);
+    const uint64_t evictions = st.evictions;
+    kv_key last = key_of(n);
+    ASSERT_EQ(kv_contains(pool_, ns_, &last), 1);
+    for (int i = 0; i < 50; i++) ASSERT_EQ(kv_put(pool_, ns_, &last, data.data(), data.size(), nullptr), KV_DEDUP);
+    ASSERT_EQ(kv_pool_stats(pool_, &st), 0);
+    EXPECT_EQ(st.evictions, evictions) << "a duplicate put evicted a block";
+}
+
+// Slab of a reservation's block, from the public layout.
+uint64_t slab_of(kv_pool *p, const kv_reservation &r) {
+    const kv_region_header *h = kv_pool_header(p);
+    const auto *data = reinterpret_cast<const uint8_t *>(h) + h->data_off;
+    return uint64_t(static_cast<const uint8_t *>(r.data) - data) / h->slab_size;
+}
+
+class HomeSlabs : public PoolTest {};
+
+TEST_F(HomeSlabs, ClientsKeepToSlabsOfTheirOwn) {
+    kv_pool *b = attach_another();
+    ASSERT_NE(b, nullptr);
+    constexpr uint64_t kLen = 300 * KiB; // 3 blocks per 1 MiB slab
+    kv_reservation ra, rb;
+    kv_key ka = key_of(1), kb = key_of(2);
+    ASSERT_EQ(kv_reserve(pool_, ns_, &ka, kLen, nullptr, &ra), 0);
+    ASSERT_EQ(kv_reserve(b, ns_, &kb, kLen, nullptr, &rb), 0);
+    const uint64_t sa = slab_of(pool_, ra), sb = slab_of(b, rb);
+    EXPECT_NE(sa, sb) << "the second client joined the first one's slab while FREE slabs remained";
+    for (uint64_t i = 0; i < 20; i++) { // turn blocks over: each stays home
+        ASSERT_EQ(kv_abort(pool_, &ra), 0);
+        ASSERT_EQ(kv_abort(b, &rb), 0);
+        ka = key_of(100 + 2 * i);
+        kb = key_of(101 + 2 * i);
+        ASSERT_EQ(kv_reserve(pool_, ns_, &ka, kLen, nullptr, &ra), 0);
+        ASSERT_EQ(kv_reserve(b, ns_, &kb, kLen, nullptr, &rb), 0);
+        EXPECT_EQ(slab_of(pool_, ra), sa);
+        EXPECT_EQ(slab_of(b, rb), sb);
+    }
+    ASSERT_EQ(kv_abort(b, &rb), 0);
+    ASSERT_EQ(kv_abort(pool_, &ra), 0);
+
+    // A client that leaves hands its home to the next one that needs the class.
+    kv_usage u0, u1;
+    ASSERT_EQ(kv_pool_usage(pool_, &u0), 0);
+    ASSERT_EQ(kv_pool_detach(b), 0);
+    others_.clear();
+    kv_pool *c = attach_another();
+    ASSERT_NE(c, nullptr);
+    kv_reservation rc;
+    kv_key kc = key_of(999);
+    ASSERT_EQ(kv_reserve(c, ns_, &kc, kLen, nullptr, &rc), 0);
+    ASSERT_EQ(kv_pool_usage(pool_, &u1), 0);
+    EXPECT_EQ(u1.slabs_active, u0.slabs_active) << "started a slab although a departed client's was free";
+    EXPECT_NE(slab_of(c, rc), sa) << "adopted a live client's home";
+    ASSERT_EQ(kv_abort(c, &rc), 0);
+}
+
+TEST_F(HomeSlabs, FullPoolIsSharedAsBefore) {
+    // Two clients alternately take blocks until nothing is left: every block
+    // of the pool must be usable, whoever's home its slab is.
+    kv_pool *b = attach_another();
+    ASSERT_NE(b, nullptr);
+    const kv_region_header *h = kv_pool_header(pool_);
+    constexpr uint64_t kLen = 256 * KiB;
+    const uint64_t capacity = h->n_slabs * (h->slab_size / kLen);
+    std::vector<kv_reservation> rs;
+    uint64_t i = 0;
+    for (;; i++) {
+        kv_reservation r;
+        kv_key k = key_of(i);
+        kv_pool *p = i % 2 ? b : pool_;
+        int rc = kv_reserve(p, ns_, &k, kLen, nullptr, &r);
+        if (rc == -ENOSPC) break;
+        ASSERT_EQ(rc, 0) << i;
+        rs.push_back(r);
+    }
+    EXPECT_EQ(rs.size(), capacity) << "-ENOSPC while blocks were free";
+    for (uint64_t j = 0; j < rs.size(); j++) EXPECT_EQ(kv_abort(j % 2 ? b : pool_, &rs[j]), 0);
+}
+
+} // namespace
