@@ -68,6 +68,13 @@ struct Options {
     // the kernel refuses (e.g. RLIMIT_MEMLOCK without CAP_IPC_LOCK);
     // Result::fixed_buffers says which was used.
     bool register_buffers = true;
+    // Keep the snapshot a persist replaces as PATH.spare and write the next
+    // persist over it (PATH.tmp while in progress). Overwriting extents the
+    // filesystem has already written is a pure data write: no unwritten
+    // extents to convert and journal at fdatasync, no blocks to allocate,
+    // and no multi-GiB unlink when the rename replaces the old file (on ext4
+    // those cost more than the writes). Costs a second snapshot's disk space.
+    bool recycle_spare = true;
     // Fault injection: the Nth io request (1-based) of the run completes with
     // -EIO; 0 = off, then the env KVPOOL_FAULT_IO_NTH is used if set.
     uint64_t fail_nth_io = 0;
@@ -88,6 +95,7 @@ struct Result {
     bool truncated =
         false; // restore: file ended early / damaged segment: the verified part was restored
     bool fixed_buffers = false; // the data section was registered (false: plain reads/writes)
+    bool recycled = false;      // persist: written over PATH.spare's blocks (Options::recycle_spare)
 };
 
 // code: a positive errno value; message names the file, what was seen and what was expected.

@@ -32,7 +32,9 @@ nlohmann::json result_json(const Pool &p, uint16_t op, const std::string &path, 
             {"gib_per_s", rate_gib(r.file_bytes ? r.file_bytes : r.bytes, r.seconds)},
             {"dropped", r.dropped},
             {"skipped", r.skipped},
-            {"truncated", r.truncated}};
+            {"truncated", r.truncated},
+            {"fixed_buffers", r.fixed_buffers},
+            {"recycled_spare", r.recycled}};
 }
 
 void record(SnapshotRecord &rec, const std::string &path,

@@ -22,6 +22,18 @@
 // O_DIRECT writes that extend the file (exclusive inode lock, waited for
 // synchronously), while writes inside i_size run in parallel. The excess is
 // cut off at the end.
+//
+// Spare recycling (Options::recycle_spare): the snapshot a persist replaces
+// is kept as PATH.spare, and the next persist renames it to PATH.tmp and
+// writes over it instead of creating a new file. Measured on ext4 (virtio
+// disk, 4 GiB): the writes into a fresh preallocated file took 1.5 s, but
+// the fdatasync (committing the conversion of every unwritten extent) 1.9 s
+// and the rename over the old snapshot (freeing its 4 GiB) 1.7 s more;
+// overwriting blocks that are already written needs neither. Safety does
+// not change: PATH is only ever replaced by a complete, fdatasync'ed file
+// (renameat2 RENAME_EXCHANGE, then the old one becomes the spare), every
+// byte of [0, file length) is rewritten (checked: the bytes written must
+// add up to the file length), and the excess past the new end is truncated.
 #include "snapshot.h"
 #include "snapshot_format.h"
 #include "uring.h"
@@ -88,12 +100,14 @@ class Writer {
   public:
     Writer(kv_pool *pool, const std::string &name, const std::string &path, const Options &o)
         : pool_(pool), hdr_(kv_pool_header(pool)), name_(name), path_(path), tmp_(path + ".tmp"),
+          spare_(path + ".spare"),
           opts_(o) {}
     ~Writer();
     std::expected<Result, Error> run();
 
   private:
     bool setup();
+    bool open_target(); // PATH.tmp: the spare to write over, or a new file
     bool write_header();
     bool scan();
     bool pin_and_add(const kv_entry_info &row);
@@ -125,7 +139,7 @@ class Writer {
 
     kv_pool *pool_;
     const kv_region_header *hdr_;
-    const std::string name_, path_, tmp_;
+    const std::string name_, path_, tmp_, spare_;
     const Options &opts_;
     std::optional<Error> err_;
     Result res_;
@@ -187,11 +201,7 @@ bool Writer::setup() {
         ns_known_[i] = 1;
     }
 
-    fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0640);
-    if (fd_ < 0 && errno == EINVAL) // the filesystem has no O_DIRECT: buffered, still fsync'ed
-        fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-    if (fd_ < 0) return fail(errno, "create %s", tmp_.c_str());
-    created_ = true;
+    if (!open_target()) return false;
 
     const uint32_t npins = pin_budget(*hdr_);
     auto arena = AlignedBuffer::create(kHeadSlots * kSegmentHead + (uint64_t(npins) + 1) * kAlign);
@@ -232,6 +242,29 @@ bool Writer::setup() {
     return true;
 }
 
+bool Writer::open_target() {
+    // A spare (the snapshot before the current one) becomes PATH.tmp and is
+    // written over; a stale PATH.tmp (an interrupted persist) is replaced.
+    if (opts_.recycle_spare && rename(spare_.c_str(), tmp_.c_str()) == 0) {
+        fd_ = open(tmp_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+        struct stat sb {};
+        if (fd_ >= 0 && fstat(fd_, &sb) == 0 && S_ISREG(sb.st_mode)) {
+            created_ = true;
+            res_.recycled = true;
+            alloc_end_ = uint64_t(sb.st_size); // already allocated (and written)
+            return true;
+        }
+        if (fd_ >= 0) close(fd_);
+        fd_ = -1; // not usable (no O_DIRECT, not a file): start afresh below
+    }
+    fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0640);
+    if (fd_ < 0 && errno == EINVAL) // the filesystem has no O_DIRECT: buffered, still fsync'ed
+        fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd_ < 0) return fail(errno, "create %s", tmp_.c_str());
+    created_ = true;
+    return true;
+}
+
 bool Writer::write_header() {
     kv_snap_header h{};
     h.snapshot_ns = [] {
@@ -255,8 +288,12 @@ bool Writer::write_header() {
     memcpy(&header_checksum_, header_.data() + offsetof(kv_snap_header, checksum),
            sizeof header_checksum_);
     front_ = len;
-    // The first preallocation covers the estimate; later ones step.
-    if (!ensure_alloc(len + total_est_ + total_est_ / 64 + kAlign)) return false;
+    // The first preallocation covers the estimate; later ones step. A
+    // recycled spare is allocated already: it is only extended when this
+    // snapshot outgrows it (so there is no excess to truncate when the pool
+    // holds what it held last time).
+    const uint64_t first = res_.recycled ? len : len + total_est_ + total_est_ / 64 + kAlign;
+    if (!ensure_alloc(first)) return false;
     return add_piece(0, header_.data(), len, kNone) && flush();
 }
 
@@ -406,6 +443,11 @@ bool Writer::finish() {
         if (!reap(true)) return false;
     if (failed()) return false;
     res_.file_bytes = file_len;
+    // Requests never overlap, so this proves every byte of the file was
+    // written by this persist (what makes writing over a spare safe).
+    if (done_bytes_ != file_len)
+        return fail(EIO, "wrote %" PRIu64 " bytes of a %" PRIu64 "-byte file (internal error)",
+                    done_bytes_, file_len);
     // Preallocation may have gone past the end (or a failed one left i_size there).
     struct stat sb {};
     if (fstat(fd_, &sb) == 0 && uint64_t(sb.st_size) != file_len &&
@@ -415,9 +457,21 @@ bool Writer::finish() {
     int fd = fd_;
     fd_ = -1;
     if (close(fd) != 0) return fail(errno, "close %s", tmp_.c_str());
-    if (rename(tmp_.c_str(), path_.c_str()) != 0)
+    // Swap the new file in. RENAME_EXCHANGE keeps the old snapshot, now at
+    // PATH.tmp, for the spare; where there is none (or the filesystem cannot
+    // exchange) a plain rename replaces it.
+    bool exchanged = false;
+    if (opts_.recycle_spare) {
+        if (renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, path_.c_str(), RENAME_EXCHANGE) == 0)
+            exchanged = true;
+        else if (errno != ENOENT && errno != EINVAL && errno != ENOSYS)
+            return fail(errno, "exchange %s with it", tmp_.c_str());
+    }
+    if (!exchanged && rename(tmp_.c_str(), path_.c_str()) != 0)
         return fail(errno, "rename %s over it", tmp_.c_str());
     renamed_ = true;
+    if (exchanged && rename(tmp_.c_str(), spare_.c_str()) != 0)
+        unlink(tmp_.c_str()); // the old snapshot, superseded: only the next persist is slower
     // The rename is durable once the directory is.
     const size_t slash = path_.rfind('/');
     const std::string dir = slash == std::string::npos ? "."

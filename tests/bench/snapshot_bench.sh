@@ -152,6 +152,8 @@ huge="/dev/hugepages/kvpool-bench-$$"
 work="$base_dir/kvpool-bench-$$"      # the filesystem under test
 raw="$tmp/raw.tsv"
 sup_pid=                              # a supervise helper (kvpoold or redis-server under it)
+huge_mounted=0                        # a private hugetlbfs on $huge (--hugepages prefer|require)
+old_nr_huge=                          # vm.nr_hugepages to put back on exit
 
 stop_sup() { # SIGTERM through the supervisor (it forwards and reaps); SIGKILL after 60 s
     [[ -n $sup_pid ]] || return 0
@@ -176,7 +178,12 @@ cleanup() {
         { mkdir -p "${out%.json}-logs" && cp "$tmp"/*.log "${out%.json}-logs/"; } 2>/dev/null || true
     fi
     rm -rf "$shm" "$work" "$tmp"
+    if ((huge_mounted)); then
+        rm -f "$huge"/* 2>/dev/null || true
+        umount "$huge" 2>/dev/null || true
+    fi
     [[ -d $huge ]] && rm -rf "$huge"
+    [[ -z $old_nr_huge ]] || echo "$old_nr_huge" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
     exit "$rc"
 }
 trap cleanup EXIT
@@ -184,6 +191,26 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 mkdir -p "$work"
 : >"$raw"
+
+# Hugepage pools: a private hugetlbfs mount and enough reserved 2 MiB pages
+# for the largest pool (the bench and warm-restart pools never coexist);
+# both are undone on exit.
+if [[ $hugepages != never ]]; then
+    need=$(((size_b > reattach_b ? size_b : reattach_b) / (2 << 20) + 64))
+    have=$(cat /proc/sys/vm/nr_hugepages)
+    if ((have < need)); then
+        old_nr_huge=$have
+        echo "$need" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+        have=$(cat /proc/sys/vm/nr_hugepages)
+        echo "reserved 2 MiB hugepages: $old_nr_huge -> $have (asked $need; put back on exit)"
+    fi
+    ((have >= need)) || [[ $hugepages == prefer ]] ||
+        die "--hugepages require: only $have of $need 2 MiB hugepages could be reserved"
+    mkdir -p "$huge"
+    mount -t hugetlbfs -o pagesize=2M none "$huge" || die "cannot mount hugetlbfs on $huge"
+    huge_mounted=1
+    record info.hugepages "$hugepages: $have 2 MiB pages reserved, hugetlbfs on $huge"
+fi
 
 record() { # key value... (words joined by spaces)
     local k=$1
@@ -351,7 +378,9 @@ if ! skipped kvpool; then
         record kv.persist.bytes "$db"
         record kv.persist.file_bytes "$fb"
         record kv.persist.json "$(tr -d '\n ' <"$tmp/persist.json")"
-        echo "  $w s wall, ${ds:-?} s daemon: $(gib "$fb" "$w") GiB/s of file ($fb bytes; data $db)"
+        rc=$(jget "$tmp/persist.json" recycled_spare)
+        echo "  $w s wall, ${ds:-?} s daemon: $(gib "$fb" "$w") GiB/s of file ($fb bytes; data $db;" \
+            "$([[ $rc == true ]] && echo "written over the spare" || echo "a new file"))"
     done
     echo "  $(stat -c '%n: %s bytes' "$work/bench.kvsnap")"
 
@@ -406,6 +435,9 @@ fio_run() { # rw bs iodepth direct -> bytes/s
     fio --name="seq$rw" --filename="$f" --rw="$rw" --bs="$bs" --iodepth="$qd" --direct="$direct" \
         --ioengine=io_uring --size="$fill_b" --numjobs=1 --output-format=json --output="$tmp/fio.json" \
         >/dev/null 2>"$tmp/fio.err" || { cat "$tmp/fio.err" >&2; die "fio $rw bs=$bs iodepth=$qd failed"; }
+    if [[ $rw == write ]]; then # also: the same write made durable, as a snapshot is
+        python3 "$helper" fio-durable "$tmp/fio.json" "$f" >"$tmp/fio-durable.txt"
+    fi
     python3 "$helper" fio-bw "$tmp/fio.json" "$rw"
 }
 fio_grid() { # rw: one run per configuration, then reps-1 more of the best
@@ -418,7 +450,13 @@ fio_grid() { # rw: one run per configuration, then reps-1 more of the best
                 cfg="$([[ $direct == 1 ]] && echo direct || echo buffered) bs=$bs qd=$qd"
                 bw=$(fio_run "$rw" "$bs" "$qd" "$direct")
                 record "fio.$rw.$cfg" "$bw"
-                printf '  fio %-5s %-22s %s GiB/s\n' "$rw" "$cfg" "$(gib "$bw")"
+                if [[ $rw == write ]]; then
+                    record "fio.write_durable.$cfg" "$(cat "$tmp/fio-durable.txt")"
+                    printf '  fio %-5s %-22s %s GiB/s; with fdatasync %s GiB/s\n' "$rw" "$cfg" "$(gib "$bw")" \
+                        "$(gib "$(cat "$tmp/fio-durable.txt")")"
+                else
+                    printf '  fio %-5s %-22s %s GiB/s\n' "$rw" "$cfg" "$(gib "$bw")"
+                fi
                 if ((bw > best_bw)); then best_bw=$bw; best=$cfg; fi
             done
         done
@@ -428,6 +466,7 @@ fio_grid() { # rw: one run per configuration, then reps-1 more of the best
     for ((i = 1; i < reps; i++)); do
         bw=$(fio_run "$rw" "${bs#bs=}" "${qd#qd=}" "$([[ $direct == direct ]] && echo 1 || echo 0)")
         record "fio.$rw.$best" "$bw"
+        [[ $rw != write ]] || record "fio.write_durable.$best" "$(cat "$tmp/fio-durable.txt")"
         printf '  fio %-5s %-22s %s GiB/s (repeat)\n' "$rw" "$best" "$(gib "$bw")"
     done
 }

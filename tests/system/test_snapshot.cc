@@ -520,6 +520,94 @@ TEST_F(SnapshotTest, FailedPersistKeepsPreviousSnapshot) {
         EXPECT_TRUE(check_block(dst.p, dst.ns[nsi], k));
 }
 
+// ---- Spare recycling ------------------------------------------------------------
+
+// The snapshot a persist replaces becomes PATH.spare and the next persist
+// is written over it: the result must be exactly what a fresh file would
+// hold (every byte rewritten, the excess cut off), whatever the spare held.
+TEST_F(SnapshotTest, SpareIsRecycled) {
+    Pool &src = make_pool(128 << 20);
+    auto blocks = populate(src, 60);
+    const std::string path = file("spare.kvsnap"), spare = path + ".spare";
+
+    auto w1 = snap::persist(src.p, "spare", path, {});
+    ASSERT_TRUE(w1.has_value()) << w1.error().message;
+    EXPECT_FALSE(w1->recycled);
+    EXPECT_FALSE(fs::exists(spare)); // nothing was replaced
+    const auto first = read_file(path);
+
+    auto w2 = snap::persist(src.p, "spare", path, {});
+    ASSERT_TRUE(w2.has_value()) << w2.error().message;
+    EXPECT_FALSE(w2->recycled);
+    EXPECT_EQ(read_file(spare), first); // the replaced snapshot, kept whole
+
+    // The spare full of garbage and larger than the next snapshot: nothing
+    // of it may survive into the new file.
+    {
+        std::vector<uint8_t> junk(fs::file_size(path) * 2 + 12345);
+        for (size_t i = 0; i < junk.size(); i++)
+            junk[i] = uint8_t(i * 131 + 7);
+        FILE *f = fopen(spare.c_str(), "wb");
+        ASSERT_NE(f, nullptr);
+        ASSERT_EQ(fwrite(junk.data(), 1, junk.size(), f), junk.size());
+        fclose(f);
+    }
+    const auto second = read_file(path);
+    populate(src, 30, 7); // more blocks: the new file differs from both
+    auto w3 = snap::persist(src.p, "spare", path, {});
+    ASSERT_TRUE(w3.has_value()) << w3.error().message;
+    EXPECT_TRUE(w3->recycled);
+    EXPECT_EQ(w3->file_bytes, fs::file_size(path));
+    EXPECT_EQ(read_file(spare), second);
+    EXPECT_FALSE(fs::exists(path + ".tmp"));
+    {
+        const auto bytes = read_file(path);
+        Layout l = layout_of(bytes); // parses every segment, checks the trailer
+        EXPECT_EQ(l.segs.size(),
+                  (90 + KV_SNAP_SEGMENT_RECORDS - 1) / KV_SNAP_SEGMENT_RECORDS);
+    }
+    Pool &dst = make_pool(128 << 20);
+    auto r = snap::restore(dst.p, path, {});
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    EXPECT_EQ(r->blocks, 90u);
+    EXPECT_EQ(r->dropped, 0u);
+    EXPECT_FALSE(r->truncated);
+    EXPECT_EQ(check_every_block(dst.p), 90u);
+
+    // Smaller than the spare it is written over: the tail is cut off.
+    remove_all(src.p);
+    auto few = populate(src, 5, 11);
+    const uint64_t spare_size = fs::file_size(spare);
+    auto w4 = snap::persist(src.p, "spare", path, {});
+    ASSERT_TRUE(w4.has_value()) << w4.error().message;
+    EXPECT_TRUE(w4->recycled);
+    EXPECT_LT(fs::file_size(path), spare_size);
+    Pool &dst2 = make_pool(128 << 20);
+    auto r2 = snap::restore(dst2.p, path, {});
+    ASSERT_TRUE(r2.has_value()) << r2.error().message;
+    EXPECT_EQ(r2->blocks, few.size());
+    EXPECT_EQ(check_every_block(dst2.p), few.size());
+
+    // A failed persist over the spare leaves PATH as it was.
+    const auto good = read_file(path);
+    snap::Options o;
+    o.fail_nth_io = 2;
+    auto bad = snap::persist(src.p, "spare", path, o);
+    ASSERT_FALSE(bad.has_value());
+    EXPECT_EQ(read_file(path), good);
+    EXPECT_FALSE(fs::exists(path + ".tmp"));
+
+    // Off: a plain rename, no spare kept.
+    fs::remove(spare);
+    snap::Options off;
+    off.recycle_spare = false;
+    auto w5 = snap::persist(src.p, "spare", path, off);
+    ASSERT_TRUE(w5.has_value()) << w5.error().message;
+    EXPECT_FALSE(w5->recycled);
+    EXPECT_FALSE(fs::exists(spare));
+    expect_no_leaks(src.p);
+}
+
 // ---- Read faults --------------------------------------------------------------------
 
 TEST_F(SnapshotTest, ReadFaults) {
