@@ -5,10 +5,12 @@
 #include "snapshot_jobs.h"
 #include "units.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/magic.h>
 #include <numa.h>
+#include <signal.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -107,6 +109,28 @@ Pool *PoolManager::find(std::string_view name) {
     return nullptr;
 }
 
+// kv_pool_create builds a region as NAME.creating.PID and renames it into
+// place; a creator killed in between (kvpoold stopped by SIGKILL while it
+// created a pool) leaves that file, and on /dev/shm or hugetlbfs it holds
+// memory. Remove the ones whose creator is gone.
+void PoolManager::remove_stale_creations(const std::string &dir, const std::string &name) {
+    DIR *d = opendir(dir.c_str());
+    if (!d) return;
+    const std::string prefix = name + ".creating.";
+    while (dirent *e = readdir(d)) {
+        const std::string f = e->d_name;
+        if (f.compare(0, prefix.size(), prefix) != 0) continue;
+        char *end = nullptr;
+        const long pid = strtol(f.c_str() + prefix.size(), &end, 10);
+        if (pid <= 0 || *end != '\0') continue;
+        if (kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue; // its creator still runs
+        if (unlinkat(dirfd(d), f.c_str(), 0) == 0)
+            KV_LOGN(kComp, "pool %s: removed %s/%s, left by a creator that died", name.c_str(), dir.c_str(),
+                    f.c_str());
+    }
+    closedir(d);
+}
+
 std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolConfig &pc, const char *origin) {
     auto gid = resolve_group(pc.group);
     if (!gid) return std::unexpected(Error{EINVAL, "pool " + pc.name + ": " + gid.error()});
@@ -119,6 +143,8 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
     if (int rc = make_dirs(cfg_.shm_dir, 0755); rc)
         return std::unexpected(Error{-rc, "shm_dir " + cfg_.shm_dir + ": " + strerror(-rc)});
     const std::string shm_path = cfg_.shm_dir + "/" + pc.name;
+    remove_stale_creations(cfg_.shm_dir, pc.name);
+    if (pc.hugepages != HugepageMode::Never) remove_stale_creations(cfg_.hugepage_dir, pc.name);
     std::string huge_path;
     uint64_t huge_page = 0;
     if (pc.hugepages != HugepageMode::Never) {

@@ -87,6 +87,7 @@ class PoolManager {
   private:
     std::expected<gid_t, std::string> resolve_group(const std::string &name) const;
     std::expected<std::unique_ptr<Pool>, Error> open_pool(const PoolConfig &pc, const char *origin);
+    static void remove_stale_creations(const std::string &dir, const std::string &name);
 
     DaemonConfig cfg_;
     gid_t admin_gid_ = 0;

@@ -349,6 +349,25 @@ TEST_F(DaemonTest, WarmRestartReattachesWithBlocks) {
     EXPECT_NE(log().find("rebuilding it"), std::string::npos);
 }
 
+// A creator killed between building NAME.creating.PID and renaming it
+// leaves that file (memory, on /dev/shm): kvpoold removes it at start when
+// its PID is gone, and leaves one whose creator still runs.
+TEST_F(DaemonTest, StaleCreationFilesAreRemoved) {
+    mkdir(shm_.c_str(), 0755);
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    waitpid(dead, nullptr, 0);
+    const std::string stale = pool_path("alpha") + ".creating." + std::to_string(dead);
+    const std::string live = pool_path("alpha") + ".creating." + std::to_string(getpid());
+    spit(stale, "half-built region");
+    spit(live, "another creator's region");
+    ASSERT_TRUE(start_daemon(config()));
+    EXPECT_NE(access(stale.c_str(), F_OK), 0) << stale << " is still there";
+    EXPECT_EQ(access(live.c_str(), F_OK), 0) << "removed a file whose creator runs";
+    EXPECT_NE(log().find("left by a creator that died"), std::string::npos) << log();
+    unlink(live.c_str());
+}
+
 TEST_F(DaemonTest, ReloadAddsPoolsAndRefusesUnsafeChanges) {
     ASSERT_TRUE(start_daemon(config()));
     std::string cfg = config("", "\n[[pool]]\nname = \"gamma\"\nsize = \"32M\"\nhugepages = \"never\"\n"
