@@ -8,7 +8,13 @@
 // the pool (reserve + commit). It reports hit rate and prefill tokens saved.
 //
 // Usage: kvdemo [--pool PATH] [--create SIZE] [--clients N] [--requests N]
-//               [--kill-one] [--hugepages]
+//               [--kill-one] [--hugepages] [--duration SECONDS [--report SECONDS]]
+//
+// --duration runs the clients until that many seconds have passed instead of
+// for --requests requests each (the soak test, tests/soak/soak.sh); --report
+// then prints a JSON line every that many seconds: elapsed time, requests
+// and blocks written in the interval, hit rate, verify failures and errors
+// so far, and each client's pid (to sample their memory).
 #include <kv/kv.h>
 
 #include <sys/mman.h>
@@ -23,6 +29,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -66,7 +73,11 @@ bool check_block(const uint8_t *src, uint64_t len, const kv_key &k) {
     return true;
 }
 
-int run_client(const char *path, int id, int requests, Totals *t) {
+bool past(std::chrono::steady_clock::time_point deadline) {
+    return deadline != std::chrono::steady_clock::time_point{} && std::chrono::steady_clock::now() >= deadline;
+}
+
+int run_client(const char *path, int id, int requests, std::chrono::steady_clock::time_point deadline, Totals *t) {
     char err[256] = "";
     kv_pool *p = nullptr;
     if (kv_pool_attach(path, 0, &p, err, sizeof err) < 0) {
@@ -89,7 +100,7 @@ int run_client(const char *path, int id, int requests, Totals *t) {
     std::vector<kv_view> views;
     std::vector<uint32_t> chat;
     int turns_left = 0;
-    for (int r = 0; r < requests; r++) {
+    for (int r = 0; deadline != std::chrono::steady_clock::time_point{} ? !past(deadline) : r < requests; r++) {
         if (turns_left == 0) { // a new conversation on a shared system prompt
             chat = system[rng() % kSystemPrompts];
             turns_left = 2 + int(rng() % 6);
@@ -142,6 +153,7 @@ int main(int argc, char **argv) {
     std::string path = "/dev/shm/kvpool-demo";
     uint64_t create = 0;
     int clients = 4, requests = 400;
+    double duration = 0, report = 0;
     bool kill_one = false, huge = false;
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
@@ -158,13 +170,20 @@ int main(int argc, char **argv) {
         else if (a == "--requests") requests = atoi(next());
         else if (a == "--kill-one") kill_one = true;
         else if (a == "--hugepages") huge = true;
+        else if (a == "--duration") duration = atof(next());
+        else if (a == "--report") report = atof(next());
         else {
-            fprintf(stderr, "usage: kvdemo [--pool PATH] [--create SIZE] [--clients N] [--requests N] [--kill-one] [--hugepages]\n");
+            fprintf(stderr, "usage: kvdemo [--pool PATH] [--create SIZE] [--clients N] [--requests N] [--kill-one] "
+                            "[--hugepages] [--duration SECONDS [--report SECONDS]]\n");
             return 2;
         }
     }
     if (clients < 1 || clients > 64 || requests < 1) {
         fprintf(stderr, "kvdemo: --clients must be 1..64 and --requests positive\n");
+        return 2;
+    }
+    if (duration < 0 || report < 0 || (report > 0 && duration == 0)) {
+        fprintf(stderr, "kvdemo: --duration must be positive seconds, and --report needs --duration\n");
         return 2;
     }
     char err[256] = "";
@@ -183,11 +202,36 @@ int main(int argc, char **argv) {
     if (totals == MAP_FAILED) return 1;
     new (totals) Totals[clients]();
     auto t0 = std::chrono::steady_clock::now();
+    const auto deadline = duration > 0 ? t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                  std::chrono::duration<double>(duration))
+                                       : std::chrono::steady_clock::time_point{};
     std::vector<pid_t> pids;
     for (int c = 0; c < clients; c++) {
         pid_t pid = fork();
-        if (pid == 0) _exit(run_client(path.c_str(), c, requests, &totals[c]));
+        if (pid == 0) _exit(run_client(path.c_str(), c, requests, deadline, &totals[c]));
         pids.push_back(pid);
+    }
+    if (report > 0) { // one JSON line per interval until the deadline
+        uint64_t last_req = 0, last_written = 0;
+        for (auto next = t0;;) {
+            next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(report));
+            if (next > deadline) break;
+            std::this_thread::sleep_until(next);
+            uint64_t req = 0, written = 0, hit = 0, looked = 0, vf = 0, errs = 0;
+            for (int c = 0; c < clients; c++) {
+                req += totals[c].requests, written += totals[c].blocks_written, hit += totals[c].blocks_hit;
+                looked += totals[c].blocks_looked_up, vf += totals[c].verify_failures, errs += totals[c].errors;
+            }
+            std::string pid_list;
+            for (pid_t pid : pids) pid_list += (pid_list.empty() ? "" : ",") + std::to_string(pid);
+            printf("{\"t\": %.1f, \"requests\": %" PRIu64 ", \"req_per_s\": %.1f, \"blocks_written\": %" PRIu64
+                   ", \"hit_rate\": %.4f, \"verify_failures\": %" PRIu64 ", \"errors\": %" PRIu64
+                   ", \"client_pids\": [%s]}\n",
+                   std::chrono::duration<double>(next - t0).count(), req - last_req, double(req - last_req) / report,
+                   written - last_written, looked ? double(hit) / double(looked) : 0.0, vf, errs, pid_list.c_str());
+            fflush(stdout);
+            last_req = req, last_written = written;
+        }
     }
     int failed = 0;
     if (kill_one && clients > 1) { // an engine crashes mid-request: its pins must not leak
