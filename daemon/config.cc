@@ -473,7 +473,8 @@ bool read_pool(Reader &r, const toml::table &t, const std::string &p, PoolConfig
                           format_size(kMinAvgBlock) + " to the slab size (" +
                           format_size(slab_bytes) + ")");
 
-    return r.u32(field(t, p, "max_clients"), 1, KV_MAX_CLIENTS, &pool.max_clients) &&
+    // At least 2: kvpoold itself takes one client slot of every pool.
+    return r.u32(field(t, p, "max_clients"), 2, KV_MAX_CLIENTS, &pool.max_clients) &&
            r.path(field(t, p, "snapshot_dir"), &pool.snapshot_dir) &&
            r.boolean(field(t, p, "persist_on_stop"), &pool.persist_on_stop) &&
            r.boolean(field(t, p, "restore_on_start"), &pool.restore_on_start);

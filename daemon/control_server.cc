@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cinttypes>
 #include <cstring>
 
 namespace kv::daemon {
@@ -79,7 +80,8 @@ ControlServer::~ControlServer() {
     for (int fd : metrics_fds_) close(fd);
     if (control_fd_ >= 0) {
         close(control_fd_);
-        unlink(control_path_.c_str());
+        struct stat sb {}; // only our own socket: never one another daemon bound since
+        if (stat(control_path_.c_str(), &sb) == 0 && sb.st_ino == control_ino_) unlink(control_path_.c_str());
     }
 }
 
@@ -92,6 +94,19 @@ std::expected<void, std::string> ControlServer::listen_control(const std::string
     memcpy(sa.sun_path, path.c_str(), path.size());
     std::string dir = path.substr(0, path.rfind('/'));
     if (!dir.empty()) mkdir(dir.c_str(), 0755);
+    // A socket someone answers on belongs to a running kvpoold: taking the
+    // path over would cut it off from every client (and unlinking it at our
+    // stop would leave none). Only a socket nobody listens on is stale.
+    if (int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); probe >= 0) {
+        const bool live = connect(probe, reinterpret_cast<sockaddr *>(&sa), sizeof sa) == 0;
+        ucred cr{};
+        socklen_t crlen = sizeof cr;
+        if (live) getsockopt(probe, SOL_SOCKET, SO_PEERCRED, &cr, &crlen);
+        close(probe);
+        if (live)
+            return std::unexpected("control socket " + path + ": another kvpoold (pid " + std::to_string(cr.pid) +
+                                   ") is serving it; stop it first, or give this one another control_socket");
+    }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return std::unexpected(std::string("control socket: ") + strerror(errno));
     unlink(path.c_str()); // a stale socket of a previous daemon
@@ -101,6 +116,8 @@ std::expected<void, std::string> ControlServer::listen_control(const std::string
         return std::unexpected("control socket " + path + ": " + e);
     }
     chmod(path.c_str(), 0666);
+    struct stat sb {};
+    if (stat(path.c_str(), &sb) == 0) control_ino_ = sb.st_ino;
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
@@ -136,11 +153,6 @@ void ControlServer::accept_on(int lfd, Kind kind) {
     for (;;) {
         int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return; // EAGAIN, or a transient error: try at the next event
-        if (conns_.size() >= kMaxConnections) {
-            KV_LOGW(kComp, "connection refused: %zu connections open", conns_.size());
-            close(fd);
-            continue;
-        }
         Conn c{kind, {}, {}, {}, false, mono_ms(), next_id_++, 0};
         if (kind == Kind::Control) {
             ucred cr{};
@@ -150,6 +162,29 @@ void ControlServer::accept_on(int lfd, Kind kind) {
                 c.peer.pid = cr.pid;
                 c.peer.groups.push_back(cr.gid);
             }
+        }
+        // The socket is open to every local user: one user may hold at most
+        // kMaxPerUser connections, so nobody can lock the others out, and
+        // root keeps kRootReserve of its own beyond kMaxConnections.
+        size_t mine = 0;
+        for (const auto &[ofd, o] : conns_)
+            mine += o.kind == Kind::Control && o.peer.uid == c.peer.uid;
+        const bool root = kind == Kind::Control && c.peer.uid == 0;
+        const bool over = conns_.size() >= kMaxConnections + (root ? kRootReserve : 0) ||
+                          (kind == Kind::Control && !root && mine >= kMaxPerUser);
+        if (over) {
+            const uint64_t now = mono_ms();
+            refused_++;
+            if (now - refused_logged_ms_ >= 10000) { // one line per 10 s, with the count
+                KV_LOGW(kComp, "refused %" PRIu64 " connection(s) in the last 10 s: %zu open, uid %u holds %zu",
+                        refused_, conns_.size(), unsigned(c.peer.uid), mine);
+                refused_logged_ms_ = now, refused_ = 0;
+            }
+            close(fd);
+            continue;
+        }
+        if (kind == Kind::Control) {
+            socklen_t len;
             gid_t groups[256];
             len = sizeof groups;
             if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
@@ -299,7 +334,9 @@ void ControlServer::process(int fd, Conn &c) {
                 reply = "pool name or path is not NUL-terminated";
             } else if (req.flags & ~KV_CTL_F_KNOWN) {
                 err = EINVAL;
-                reply = "unknown flag bits 0x" + std::to_string(req.flags & ~KV_CTL_F_KNOWN);
+                char hex[32];
+                snprintf(hex, sizeof hex, "0x%x", unsigned(req.flags & ~KV_CTL_F_KNOWN));
+                reply = std::string("unknown flag bits ") + hex;
             } else {
                 try {
                     std::tie(err, reply) = dispatch(c, h.op, h.seq, req);
@@ -363,7 +400,13 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
             return {EINVAL, "size " + std::to_string(req.size) + ": expected at least 16 MiB"};
         if (req.hugepages > 2)
             return {EINVAL, "hugepages " + std::to_string(req.hugepages) + ": expected 0 (never), 1 (prefer) or 2 (require)"};
-        if (req.mode > 07777) return {EINVAL, "mode " + std::to_string(req.mode) + ": expected at most 07777"};
+        if (req.mode & ~0777U) {
+            char m[64];
+            snprintf(m, sizeof m, "mode %04o: ", unsigned(req.mode));
+            return {EINVAL, m + std::string(req.mode > 07777 ? "expected at most 0777 (octal)"
+                                                             : "setuid, setgid and sticky bits have no meaning on "
+                                                               "a pool file; expected 0..0777 (octal)")};
+        }
         PoolConfig pc;
         pc.name = name;
         pc.size = req.size;
@@ -455,7 +498,7 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
                                 path.find('/', dir.size()) != std::string::npos))
             return {EPERM, "path " + path + ": only root may name a snapshot outside " + dir};
         if (op == KV_CTL_OP_RESTORE && access(path.c_str(), R_OK) != 0)
-            return {errno, "restore " + name + ": " + path + ": " + strerror(errno)};
+            return {file_error_code(errno), path + ": " + strerror(errno)};
         if (op == KV_CTL_OP_PERSIST && path.rfind(dir, 0) == 0) mkdir(dir.c_str(), 0750); // the pool's own directory
         auto r = start_job(*p, op, path, c.id, seq, wake_fd_);
         if (!r) return {r.error().code, r.error().message};

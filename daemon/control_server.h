@@ -44,6 +44,8 @@ class ControlServer {
     void set_job_wake_fd(int fd) { wake_fd_ = fd; }
 
     static constexpr size_t kMaxConnections = 256;
+    static constexpr size_t kMaxPerUser = 32; // control connections of one uid (root: see kRootReserve)
+    static constexpr size_t kRootReserve = 16;
 
   private:
     enum class Kind { Control, Metrics };
@@ -77,6 +79,8 @@ class ControlServer {
     DaemonCounters &counters_;
     int control_fd_ = -1;
     std::string control_path_;
+    ino_t control_ino_ = 0;                     // the socket file we bound (unlinked at stop only if still ours)
+    uint64_t refused_ = 0, refused_logged_ms_ = 0; // connections refused since the last log line
     std::vector<int> metrics_fds_;
     std::map<int, Conn> conns_;
     uint64_t next_id_ = 1;

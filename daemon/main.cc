@@ -13,6 +13,11 @@
 #include "pool_report.h"
 #include "snapshot_jobs.h"
 
+#include "detail.h"
+
+#include <grp.h>
+#include <numa.h>
+
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -47,6 +52,44 @@ uint64_t mono_ms() {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
+}
+
+// --check-config: what parsing cannot know but starting would refuse:
+// groups that do not exist, NUMA nodes this machine does not have, and pool
+// geometry libkv cannot lay out (a slab larger than the pool, too many
+// clients for its size). Returns the first problem, or "".
+std::string check_against_machine(const DaemonConfig &cfg) {
+    auto group_exists = [](const std::string &g) {
+        char buf[4096];
+        struct group gr, *res = nullptr;
+        return getgrnam_r(g.c_str(), &gr, buf, sizeof buf, &res) == 0 && res;
+    };
+    if (!group_exists(cfg.admin_group))
+        return "daemon.admin_group \"" + cfg.admin_group + "\": no such group on this machine";
+    for (size_t i = 0; i < cfg.pools.size(); i++) {
+        const PoolConfig &pc = cfg.pools[i];
+        const std::string at = "pool[" + std::to_string(i) + "] (" + pc.name + ")";
+        if (!pc.group.empty() && !group_exists(pc.group))
+            return at + ".group \"" + pc.group + "\": no such group on this machine";
+        if (pc.numa_node >= 0) {
+            if (numa_available() < 0)
+                return at + ".numa_node " + std::to_string(pc.numa_node) + ": this machine has no NUMA support";
+            if (pc.numa_node > numa_max_node())
+                return at + ".numa_node " + std::to_string(pc.numa_node) + ": this machine has nodes 0.." +
+                       std::to_string(numa_max_node());
+        }
+        kv_create_opts o;
+        kv_create_opts_init(&o, pc.size);
+        o.slab_size = pc.slab_size;
+        o.avg_block_size = pc.avg_block_size;
+        if (pc.max_clients) o.max_clients = pc.max_clients;
+        kv_region_header h{};
+        char err[512] = "";
+        // 4 KiB pages: the layout every pool falls back to (and the
+        // smallest alignment; a hugepage layout only rounds up).
+        if (kv::detail::layout_compute(o, 4096, &h, err, sizeof err) != 0) return at + ": " + err;
+    }
+    return "";
 }
 
 int reserve_hugepages(const DaemonConfig &cfg) {
@@ -121,6 +164,10 @@ int main(int argc, char **argv) {
     DaemonConfig cfg = std::move(*loaded);
     set_log_level(cfg.log_level);
     if (check) {
+        if (std::string bad = check_against_machine(cfg); !bad.empty()) {
+            KV_LOGE(kComp, "%s: parses, but kvpoold would refuse it here: %s", config_path.c_str(), bad.c_str());
+            return 1;
+        }
         printf("%s: valid, %zu pool%s\n", config_path.c_str(), cfg.pools.size(), cfg.pools.size() == 1 ? "" : "s");
         return 0;
     }

@@ -161,7 +161,8 @@ std::vector<JobAnswer> collect_jobs(PoolManager &pm) {
                            result_json(p, j->op, j->path, *j->result).dump(-1, ' ', false,
                                                                             nlohmann::json::error_handler_t::replace)});
         else
-            out.push_back({j->conn_id, j->op, j->seq, j->result.error().code, j->result.error().message});
+            out.push_back({j->conn_id, j->op, j->seq, file_error_code(j->result.error().code),
+                           j->result.error().message});
     }
     return out;
 }

@@ -44,6 +44,13 @@ struct JobAnswer {
     std::string body;
 };
 
+// The errno a failed persist or restore answers with. A snapshot file's own
+// failure (missing, not a snapshot, damaged) is a failed request, not "no
+// such pool" (ENOENT) or "kvctl sent garbage" (EPROTO), which is what
+// kvctl's exit codes make of those; the message keeps the real reason.
+// Permission errors stay what they are.
+inline int file_error_code(int e) { return e == ENOENT || e == EPROTO || e == EEXIST ? EIO : e; }
+
 // Options for the snapshot engine: queue depth, fault injection from the
 // environment (KVPOOL_FAULT_IO_NTH), progress forwarding.
 snapshot::Options snapshot_options(std::function<void(uint64_t, uint64_t)> progress);

@@ -368,6 +368,32 @@ TEST_F(DaemonTest, StaleCreationFilesAreRemoved) {
     unlink(live.c_str());
 }
 
+// Found by going through every input surface (tests/BAD_INPUT.md).
+TEST_F(DaemonTest, RefusesBadRequestsFoundByTheInputReview) {
+    ASSERT_TRUE(start_daemon(config()));
+    // A second kvpoold on the same control socket must not take it over.
+    Proc second = run({kvpoold_, "--config", cfg_path_}, -1, -1, 20);
+    EXPECT_EQ(second.code, 1) << second.err;
+    EXPECT_NE(second.err.find("another kvpoold (pid " + std::to_string(daemon_) + ")"), std::string::npos)
+        << second.err;
+    EXPECT_EQ(ctl({"list"}).code, 0) << "the first daemon lost its socket";
+    // setuid, setgid and sticky bits on a runtime pool.
+    Proc m = ctl({"create", "s", "--size", "32M", "--hugepages", "never", "--mode", "4660"});
+    EXPECT_EQ(m.code, 1) << m.out << m.err;
+    EXPECT_NE(m.err.find("setuid"), std::string::npos) << m.err;
+    EXPECT_NE(access(pool_path("s").c_str(), F_OK), 0);
+    // A missing snapshot file is a failed request (exit 1), not "no such pool" (5).
+    Proc r = ctl({"restore", "alpha", "--path", dir_ + "/nope.kvsnap"});
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find(dir_ + "/nope.kvsnap: No such file"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("restore alpha: restore alpha"), std::string::npos) << r.err;
+    // Nor is a file that is not a snapshot a protocol error (7).
+    spit(dir_ + "/state/junk.kvsnap", std::string(8192, 'x'));
+    Proc j = ctl({"restore", "alpha", "--path", dir_ + "/state/junk.kvsnap"});
+    EXPECT_EQ(j.code, 1) << j.err;
+    EXPECT_NE(j.err.find("junk.kvsnap"), std::string::npos) << j.err;
+}
+
 TEST_F(DaemonTest, ReloadAddsPoolsAndRefusesUnsafeChanges) {
     ASSERT_TRUE(start_daemon(config()));
     std::string cfg = config("", "\n[[pool]]\nname = \"gamma\"\nsize = \"32M\"\nhugepages = \"never\"\n"
@@ -429,6 +455,11 @@ TEST_F(DaemonTest, BadConfigsFailWithAMessage) {
         {"[[pool]]\nname = \"x\"\nsize = \"64M\"\nhugepages = \"sometimes\"\n", "sometimes"},
         {"[[pool]]\nname = \"x\"\nsize = \"64M\"\neviction = \"random\"\n", "random"},
         {"not toml at all [", "syntax"},
+        // Parses, but the daemon would refuse it on this machine.
+        {"[daemon]\nadmin_group = \"no-such-group-kvpool\"\n[[pool]]\nname = \"x\"\nsize = \"64M\"\n",
+         "no-such-group-kvpool"},
+        {config("", "numa_node = 1000\n"), "numa_node 1000"},
+        {config("", "slab_size = \"1G\"\n"), "too small"},
     };
     for (const Case &c : cases) {
         spit(dir_ + "/bad.toml", c.text);

@@ -177,7 +177,7 @@ hugepages = "never"
 numa_node = "none"
 mode = "0o600"
 prefault = false
-max_clients = 1
+max_clients = 2
 group = "render$"
 )");
     EXPECT_EQ(c.metrics, "unix:/run/kvpool/metrics");
@@ -201,7 +201,7 @@ group = "render$"
     EXPECT_EQ(c.pools[1].numa_node, kNumaNone);
     EXPECT_EQ(c.pools[1].mode, 0600u);
     EXPECT_FALSE(c.pools[1].prefault);
-    EXPECT_EQ(c.pools[1].max_clients, 1u);
+    EXPECT_EQ(c.pools[1].max_clients, 2u);
     EXPECT_EQ(c.pools[1].group, "render$");
     EXPECT_EQ(static_cast<uint32_t>(c.pools[1].hugepages), 0u); // KV_HUGEPAGES_NEVER
 
@@ -422,10 +422,13 @@ std::vector<BadCase> bad_cases() {
          {"pool[0].avg_block_size", "to the slab size (64.0 KiB)"}},
         {"max_clients type",
          pool_with("max_clients = \"64\""),
-         {"pool[0].max_clients", "integer from 1 to 4095", "got string \"64\""}},
+         {"pool[0].max_clients", "integer from 2 to 4095", "got string \"64\""}},
         {"max_clients zero",
          pool_with("max_clients = 0"),
          {"pool[0].max_clients", "got integer 0"}},
+        {"max_clients one (kvpoold takes a slot itself)",
+         pool_with("max_clients = 1"),
+         {"pool[0].max_clients", "integer from 2 to 4095", "got integer 1"}},
         {"max_clients big",
          pool_with("max_clients = 4096"),
          {"pool[0].max_clients", "got integer 4096"}},
