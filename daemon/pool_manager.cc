@@ -109,6 +109,18 @@ Pool *PoolManager::find(std::string_view name) {
     return nullptr;
 }
 
+// A complete region (magic published) whose ABI major is above ours or
+// that uses incompatible features we do not know.
+static bool made_by_newer_kvpool(const std::string &path) {
+    kv_region_header h{};
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    const bool got = pread(fd, &h, sizeof h, 0) == ssize_t(sizeof h);
+    close(fd);
+    return got && h.magic == KV_REGION_MAGIC &&
+           (h.abi_major > KV_ABI_MAJOR || (h.abi_major == KV_ABI_MAJOR && (h.incompat_features & ~KV_INCOMPAT_KNOWN)));
+}
+
 // kv_pool_create builds a region as NAME.creating.PID and renames it into
 // place; a creator killed in between (kvpoold stopped by SIGKILL while it
 // created a pool) leaves that file, and on /dev/shm or hugetlbfs it holds
@@ -171,6 +183,13 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         kv_pool *h = nullptr;
         int rc = kv_pool_attach(cand.c_str(), 0, &h, err, sizeof err);
         if (rc != 0) {
+            // A region a newer kvpool made is not ours to throw away: its
+            // blocks may be exactly what that version's clients want back.
+            if (rc == -EPROTO && made_by_newer_kvpool(cand))
+                return std::unexpected(Error{
+                    EPROTO, "pool " + pc.name + ": region " + cand + " was made by a newer kvpool (" + err +
+                                "); refusing to rebuild it and drop its blocks: run the kvpoold that made it, "
+                                "or remove " + cand + " to discard them"});
             KV_LOGW(kComp, "pool %s: existing region %s is unusable (%s): rebuilding it", pc.name.c_str(),
                     cand.c_str(), err);
             unlink(cand.c_str());

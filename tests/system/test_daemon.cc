@@ -394,6 +394,34 @@ TEST_F(DaemonTest, RefusesBadRequestsFoundByTheInputReview) {
     EXPECT_NE(j.err.find("junk.kvsnap"), std::string::npos) << j.err;
 }
 
+// A region a newer kvpool made (ABI major above ours, or unknown
+// incompatible features) is refused with a message, never rebuilt.
+TEST_F(DaemonTest, RegionOfANewerKvpoolIsKeptNotRebuilt) {
+    ASSERT_TRUE(start_daemon(config()));
+    ASSERT_EQ(stop_daemon(), 0);
+    const std::string path = pool_path("alpha");
+    for (int variant = 0; variant < 2; variant++) {
+        kv_region_header h{};
+        int fd = open(path.c_str(), O_RDWR);
+        ASSERT_GE(fd, 0);
+        ASSERT_EQ(pread(fd, &h, sizeof h, 0), ssize_t(sizeof h));
+        kv_region_header newer = h;
+        if (variant == 0) newer.abi_major = KV_ABI_MAJOR + 1;
+        else newer.incompat_features |= 1ULL << 40;
+        ASSERT_EQ(pwrite(fd, &newer, sizeof newer, 0), ssize_t(sizeof newer));
+        Proc r = run({kvpoold_, "--config", cfg_path_}, -1, -1, 20);
+        EXPECT_EQ(r.code, 1) << r.err;
+        EXPECT_NE(r.err.find("made by a newer kvpool"), std::string::npos) << r.err;
+        kv_region_header after{};
+        ASSERT_EQ(pread(fd, &after, sizeof after, 0), ssize_t(sizeof after));
+        EXPECT_EQ(memcmp(&after, &newer, sizeof after), 0) << "the region was touched";
+        ASSERT_EQ(pwrite(fd, &h, sizeof h, 0), ssize_t(sizeof h)); // ours again
+        close(fd);
+    }
+    ASSERT_TRUE(start_daemon(config()));
+    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["state"], "reattached");
+}
+
 TEST_F(DaemonTest, ReloadAddsPoolsAndRefusesUnsafeChanges) {
     ASSERT_TRUE(start_daemon(config()));
     std::string cfg = config("", "\n[[pool]]\nname = \"gamma\"\nsize = \"32M\"\nhugepages = \"never\"\n"
