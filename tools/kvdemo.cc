@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -44,16 +45,45 @@ struct Totals { // one per client, in a shared anonymous mapping
         bytes_written, verify_failures, errors;
 };
 
-uint64_t parse_size(const char *s) {
+[[noreturn]] void bad_value(const char *opt, const char *v, const char *want) {
+    fprintf(stderr, "kvdemo: %s \"%s\": expected %s\n", opt, v, want);
+    exit(2);
+}
+
+// "512M", "1G", "4096": a whole number with an optional K, M or G.
+uint64_t parse_size(const char *opt, const char *s) {
     char *end;
-    double v = strtod(s, &end);
+    errno = 0;
+    uint64_t v = strtoull(s, &end, 10);
+    unsigned shift = 0;
     switch (*end) {
-    case 'G': case 'g': v *= 1 << 30; break;
-    case 'M': case 'm': v *= 1 << 20; break;
-    case 'K': case 'k': v *= 1 << 10; break;
+    case 'G': case 'g': shift = 30, end++; break;
+    case 'M': case 'm': shift = 20, end++; break;
+    case 'K': case 'k': shift = 10, end++; break;
     default: break;
     }
-    return uint64_t(v);
+    if (*s < '0' || *s > '9' || *end || errno || v == 0 || v > (UINT64_MAX >> shift))
+        bad_value(opt, s, "a size such as 256M, 1G or 65536");
+    return v << shift;
+}
+
+long parse_int(const char *opt, const char *s, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi) {
+        char want[64];
+        snprintf(want, sizeof want, "a whole number from %ld to %ld", lo, hi);
+        bad_value(opt, s, want);
+    }
+    return v;
+}
+
+double parse_seconds(const char *opt, const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v > 0) || v > 1e7) bad_value(opt, s, "a positive number of seconds");
+    return v;
 }
 
 // Deterministic "KV data" of a block: every reader can check every byte.
@@ -165,13 +195,13 @@ int main(int argc, char **argv) {
             return argv[++i];
         };
         if (a == "--pool") path = next();
-        else if (a == "--create") create = parse_size(next());
-        else if (a == "--clients") clients = atoi(next());
-        else if (a == "--requests") requests = atoi(next());
+        else if (a == "--create") create = parse_size("--create", next());
+        else if (a == "--clients") clients = int(parse_int("--clients", next(), 1, 64));
+        else if (a == "--requests") requests = int(parse_int("--requests", next(), 1, 1L << 30));
         else if (a == "--kill-one") kill_one = true;
         else if (a == "--hugepages") huge = true;
-        else if (a == "--duration") duration = atof(next());
-        else if (a == "--report") report = atof(next());
+        else if (a == "--duration") duration = parse_seconds("--duration", next());
+        else if (a == "--report") report = parse_seconds("--report", next());
         else {
             fprintf(stderr, "usage: kvdemo [--pool PATH] [--create SIZE] [--clients N] [--requests N] [--kill-one] "
                             "[--hugepages] [--duration SECONDS [--report SECONDS]]\n");

@@ -14,6 +14,7 @@
 
 #include <kv/kv.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -58,9 +59,11 @@ int main(int argc, char **argv) {
                 *out = *r;
                 return true;
             }
+            if (v.empty() || v[0] < '0' || v[0] > '9') return false; // strtoull would take "-1" as 2^64-1
             char *end = nullptr;
+            errno = 0;
             *out = strtoull(v.c_str(), &end, 10);
-            return !v.empty() && *end == 0;
+            return *end == 0 && errno == 0;
         };
         if (a == "--pool" && i + 1 < argc) {
             path = argv[++i];
@@ -91,6 +94,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kvfill: namespace: %s\n", kv_strerror(rc));
         return 3;
     }
+    kv_stats st0{};
+    kv_pool_stats(pool, &st0);
     const uint64_t n = (bytes + block - 1) / block;
     std::vector<uint8_t> buf(block);
     uint64_t ok = 0, bad = 0, missing = 0, done_bytes = 0;
@@ -131,6 +136,14 @@ int main(int argc, char **argv) {
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     printf("%s %" PRIu64 " blocks, %s in %.2f s: %" PRIu64 " ok, %" PRIu64 " missing, %" PRIu64 " wrong\n",
            verify ? "verified" : "filled", n, kv::detail::format_size(done_bytes).c_str(), s, ok, missing, bad);
+    // A fill the pool could not hold evicts blocks it put earlier: the set
+    // --verify would check is not in the pool, so say so and fail.
+    kv_stats st1{};
+    kv_pool_stats(pool, &st1);
+    const uint64_t evicted = st1.evictions - st0.evictions;
+    if (!verify && evicted)
+        fprintf(stderr, "kvfill: the pool evicted %" PRIu64 " blocks during the fill: %s does not hold %s\n", evicted,
+                path.c_str(), kv::detail::format_size(bytes).c_str());
     kv_pool_detach(pool);
-    return bad || missing ? 1 : 0;
+    return bad || missing || (!verify && evicted) ? 1 : 0;
 }
