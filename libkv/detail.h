@@ -147,11 +147,12 @@ struct Kids {
     static constexpr uint32_t gen16(uint32_t w) { return w >> 16; }
     static constexpr uint32_t count(uint32_t w) { return w & 0xffff; }
 };
-// kv_entry.parent: [63:32] parent entry index (KV_NIL32: none), [31:0] its generation.
+// kv_entry.parent: [63:32] parent entry index + 1 (0: none, so zeroed and
+// v1.0 entries have none), [31:0] its generation.
 struct ParentRef {
-    static constexpr uint64_t make(uint32_t idx, uint32_t gen) { return (uint64_t(idx) << 32) | gen; }
-    static constexpr uint64_t none() { return make(KV_NIL32, 0); }
-    static constexpr uint32_t idx(uint64_t w) { return uint32_t(w >> 32); }
+    static constexpr uint64_t make(uint32_t idx, uint32_t gen) { return (uint64_t(idx + 1) << 32) | gen; }
+    static constexpr uint64_t none() { return 0; }
+    static constexpr uint32_t idx(uint64_t w) { return uint32_t(w >> 32) - 1; } // KV_NIL32 when none
     static constexpr uint32_t gen(uint64_t w) { return uint32_t(w); }
 };
 

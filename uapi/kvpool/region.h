@@ -350,7 +350,7 @@ struct kv_entry {
 	 */
 	uint64_t rank;       /* policy rank (KV_EVICT_*): access tick, LFU count or reserve tick;
 	                      * stored (relaxed) by gets in LRU, LFU, PRIORITY and PREFIX pools */
-	uint64_t parent;     /* [63:32] parent entry index or KV_NIL32, [31:0] its generation when
+	uint64_t parent;     /* [63:32] parent entry index + 1 (0: none), [31:0] its generation when
 	                      * this entry counted itself in its kids; CAS to NIL by the one who
 	                      * uncounts it (at free) */
 	uint32_t kids;       /* [31:16] low 16 bits of this entry's generation, [15:0] children
