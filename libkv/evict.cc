@@ -36,9 +36,9 @@ namespace kv::detail {
 namespace {
 
 constexpr uint32_t kBatch = 64;
-// Candidates per sampled eviction. 32 keeps each policy within the 2-point
-// hit-ratio target of its exact model on tools/kvsim's traces (README);
-// the probes are prefetched a few ahead so their misses overlap.
+// Candidates per sampled eviction; with the candidate pool below this keeps
+// each policy close to its exact model on tools/kvsim's traces (README).
+// The probes are prefetched a few ahead so their misses overlap.
 constexpr uint32_t kSample = 32;
 constexpr uint32_t kPrefetchAhead = 4;
 constexpr int kKillAttempts = 8;
@@ -96,7 +96,9 @@ Key key_of(kv_pool *p, const kv_entry &en, uint64_t &now) {
     case KV_EVICT_PRIORITY: return {1 + uint64_t(load(const_cast<uint32_t &>(en.priority), std::memory_order_relaxed)), rank};
     case KV_EVICT_PREFIX:
         return {1 + (Kids::count(load(const_cast<uint32_t &>(en.kids), std::memory_order_relaxed)) ? 1u : 0u), rank};
-    default: return {1, rank}; // LRU, LFU, FIFO: the rank says it all
+    case KV_EVICT_LFU: // equal counts are common: the older commit goes first
+        return {1 + rank, load(const_cast<uint64_t &>(en.commit_ns), std::memory_order_relaxed)};
+    default: return {1, rank}; // LRU, FIFO: the rank says it all
     }
 }
 
@@ -115,8 +117,61 @@ void raise_lfu_floor(kv_pool *p, uint64_t rank) {
     }
 }
 
+// The best candidates of this thread's earlier samples (Redis keeps such an
+// "eviction pool" too): a sample of kSample sees few chain tails or few
+// really old blocks, the pool remembers the best it has seen, so the choice
+// approaches the exact order. Thread-local, so nothing is shared; an entry
+// named here may since have been read, removed or recycled: its state,
+// generation and key are read again before it is chosen, and the kill CAS
+// names the generation.
+struct Cand {
+    uint32_t e, gen;
+    Key key;
+};
+constexpr uint32_t kPoolSize = 16;
+struct CandPool {
+    const kv_pool *owner = nullptr;
+    uint64_t pool_id = 0;
+    uint32_t n = 0;
+    Cand c[kPoolSize];
+};
+thread_local CandPool t_cands;
+
+CandPool &cands_of(kv_pool *p) {
+    CandPool &cp = t_cands;
+    if (cp.owner != p || cp.pool_id != p->hdr->pool_id_lo) {
+        cp.owner = p;
+        cp.pool_id = p->hdr->pool_id_lo;
+        cp.n = 0;
+    }
+    return cp;
+}
+
+// Keep the kPoolSize smallest keys, sorted, one slot per entry.
+void cands_offer(CandPool &cp, const Cand &x) {
+    for (uint32_t i = 0; i < cp.n; i++)
+        if (cp.c[i].e == x.e) { // newer reading of the same entry
+            for (uint32_t j = i; j + 1 < cp.n; j++) cp.c[j] = cp.c[j + 1];
+            cp.n--;
+            break;
+        }
+    uint32_t at = cp.n;
+    while (at > 0 && x.key < cp.c[at - 1].key) at--;
+    if (at >= kPoolSize) return;
+    uint32_t last = cp.n < kPoolSize ? cp.n : kPoolSize - 1;
+    for (uint32_t j = last; j > at; j--) cp.c[j] = cp.c[j - 1];
+    cp.c[at] = x;
+    if (cp.n < kPoolSize) cp.n++;
+}
+
+void cands_drop(CandPool &cp, uint32_t i) {
+    for (uint32_t j = i; j + 1 < cp.n; j++) cp.c[j] = cp.c[j + 1];
+    cp.n--;
+}
+
 template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want) {
     const uint64_t n = p->hdr->n_entries;
+    CandPool &cp = cands_of(p);
     for (int attempt = 0; attempt < kKillAttempts; attempt++) {
         const uint64_t stride = coprime_stride(n);
         uint64_t idx = rng() % n, ahead = idx;
@@ -125,8 +180,7 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want) {
             __builtin_prefetch(&p->entries[ahead].rank);
             ahead = (ahead + stride) % n;
         }
-        uint32_t best = KV_NIL32, best_gen = 0, found = 0;
-        Key best_key{};
+        uint32_t found = 0;
         uint64_t now = 0;
         for (uint64_t probe = 0; probe < n && found < kSample; probe++, idx = (idx + stride) % n) {
             __builtin_prefetch(&p->entries[ahead]);
@@ -136,22 +190,36 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want) {
             uint64_t c = load(en.ctl, std::memory_order_acquire); // the commit published rank, kids, ttl
             if (Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0 || !want(en)) continue;
             found++;
-            Key k = key_of(p, en, now);
-            if (best == KV_NIL32 || k < best_key) {
-                best = uint32_t(idx);
-                best_gen = Ctl::gen(c);
-                best_key = k;
+            cands_offer(cp, {uint32_t(idx), Ctl::gen(c), key_of(p, en, now)});
+        }
+        // Choose from the pool: the smallest key that still holds.
+        for (uint32_t i = 0; i < cp.n;) {
+            Cand c = cp.c[i];
+            kv_entry &en = p->entries[c.e];
+            uint64_t ctl = load(en.ctl, std::memory_order_acquire);
+            if (Ctl::gen(ctl) != c.gen || Ctl::state(ctl) != KV_ENTRY_COMMITTED || Ctl::pins(ctl) != 0 ||
+                !want(en)) {
+                // Removed, recycled, pinned, or not the class asked for:
+                // forget it (a sample finds it again if it still matters).
+                cands_drop(cp, i);
+                continue;
             }
+            Key k = key_of(p, en, now);
+            if (c.key < k) { // read since it was sampled: re-rank it
+                cands_drop(cp, i);
+                cands_offer(cp, {c.e, c.gen, k});
+                continue;
+            }
+            uint64_t len = load(en.length, std::memory_order_relaxed);
+            cands_drop(cp, i);
+            if (entry_kill(p, c.e, c.gen, true)) {
+                bump(my_stats(p).evictions);
+                if (p->policy == KV_EVICT_LFU && k.k1) raise_lfu_floor(p, k.k1 - 1);
+                return len ? len : 1;
+            }
+            // Pinned, removed or recycled since we looked: the next one.
         }
-        if (best == KV_NIL32) return 0; // nothing evictable
-        kv_entry &en = p->entries[best];
-        uint64_t len = load(en.length, std::memory_order_relaxed);
-        if (entry_kill(p, best, best_gen, true)) {
-            bump(my_stats(p).evictions);
-            if (p->policy == KV_EVICT_LFU && best_key.k1) raise_lfu_floor(p, best_key.k2);
-            return len ? len : 1;
-        }
-        // Pinned, removed or recycled since we looked: sample again.
+        if (found == 0) return 0; // nothing evictable
     }
     return 0;
 }

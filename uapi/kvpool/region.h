@@ -57,7 +57,8 @@
  * expired (ttl_ms) first, then per policy:
  *   CLOCK    second chance over the entry table (v1.0 behaviour; 0 in v1.0 regions)
  *   LRU      rank = last access tick
- *   LFU      rank = LFU with dynamic ageing: max(rank, lfu_floor) + 1 per access
+ *   LFU      rank = LFU with dynamic ageing: max(rank, lfu_floor) + 1 per access;
+ *            equal ranks: the older commit_ns first
  *   FIFO     rank = tick at reserve; accesses do not change it
  *   PRIORITY (priority, rank as LRU): lowest priority first, LRU among equals
  *   PREFIX   (has children, rank as LRU): chain tails first, LRU among tails
