@@ -12,10 +12,14 @@
 // Block ids are nodes of a trie of block contents, so two requests share
 // ids exactly as far as their token prefixes agree: what chained hashing
 // gives an engine. Families:
-//   system-prompt  a few long system prompts (Zipf popularity) + a unique question
-//   multi-turn     conversations (Zipf popularity) whose history grows each turn
-//   rag            a short instruction + 1-3 documents (Zipf) + a unique question
-//   zipf           many independent prompts of 4-32 blocks, Zipf popularity
+//   system-prompt  100 system prompts of 32-128 blocks (Zipf popularity) + a
+//                  unique question of 4-20 blocks
+//   multi-turn     200 live conversations (Zipf popularity), 8 shared blocks of
+//                  instructions, each turn adds 4-24 blocks, 2-10 turns each
+//   rag            2 blocks of instructions + 1-3 of 200 documents of 8-32 blocks
+//                  (Zipf) + a unique question of 1-2 blocks
+//   zipf           2000 independent prompts of 4-32 blocks, Zipf popularity
+// (--items changes the count of prompts, conversations or documents.)
 //
 // Replay of a request, as an engine does it: match the longest cached
 // prefix (the blocks are read, which refreshes them), then put every block
@@ -151,16 +155,17 @@ std::vector<Request> generate(const std::string &family, uint64_t n_req, uint64_
     auto push = [&](Request &q, uint64_t c) { q.ids.push_back(trie.child(q.ids.empty() ? 0 : q.ids.back(), c)); };
 
     if (family == "system-prompt") {
-        const uint64_t n = items ? items : 16;
+        // System prompts of 512-2048 tokens, questions of 64-320.
+        const uint64_t n = items ? items : 100;
         std::vector<uint64_t> len(n);
-        for (auto &l : len) l = r.range(8, 32);
+        for (auto &l : len) l = r.range(32, 128);
         Zipf z(n, s);
         for (uint64_t i = 0; i < n_req; i++) {
             Request q;
             uint64_t p = z.draw(r);
             for (uint64_t b = 0; b < len[p]; b++) push(q, content(kSys, p, b));
             q.shared = uint32_t(q.ids.size());
-            for (uint64_t b = 0, u = r.range(1, 6); b < u; b++) push(q, content(kUser, unique++, 0));
+            for (uint64_t b = 0, u = r.range(4, 20); b < u; b++) push(q, content(kUser, unique++, 0));
             out.push_back(std::move(q));
         }
     } else if (family == "multi-turn") {
@@ -171,9 +176,11 @@ std::vector<Request> generate(const std::string &family, uint64_t n_req, uint64_
             std::vector<uint64_t> contents;
             uint64_t turns_left;
         };
+        // Shared instructions of 128 tokens; each turn (question and answer)
+        // adds 64-384 tokens; 2-10 turns.
         auto fresh = [&]() {
-            Conv c{{}, r.range(2, 12)};
-            for (uint64_t b = 0; b < 2; b++) c.contents.push_back(content(kSys, 0, b)); // shared instructions
+            Conv c{{}, r.range(2, 10)};
+            for (uint64_t b = 0; b < 8; b++) c.contents.push_back(content(kSys, 0, b));
             return c;
         };
         std::vector<Conv> conv(n);
@@ -181,17 +188,18 @@ std::vector<Request> generate(const std::string &family, uint64_t n_req, uint64_
         Zipf z(n, s);
         for (uint64_t i = 0; i < n_req; i++) {
             Conv &c = conv[z.draw(r)];
-            for (uint64_t b = 0, t = r.range(1, 4); b < t; b++) c.contents.push_back(content(kTurn, unique++, 0));
+            for (uint64_t b = 0, t = r.range(4, 24); b < t; b++) c.contents.push_back(content(kTurn, unique++, 0));
             Request q;
             for (uint64_t x : c.contents) push(q, x);
-            q.shared = 2;
+            q.shared = 8;
             out.push_back(std::move(q));
             if (--c.turns_left == 0) c = fresh();
         }
     } else if (family == "rag") {
+        // Document chunks of 128-512 tokens.
         const uint64_t n = items ? items : 200;
         std::vector<uint64_t> len(n);
-        for (auto &l : len) l = r.range(4, 16);
+        for (auto &l : len) l = r.range(8, 32);
         Zipf z(n, s);
         for (uint64_t i = 0; i < n_req; i++) {
             Request q;
