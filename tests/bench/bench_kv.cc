@@ -1033,8 +1033,7 @@ void BM_PutSteady(benchmark::State &state) {
     const uint64_t blocks = block >= MiB ? 64 : 1024; // capacity
     PoolSpec spec;
     spec.size = blocks * block + 64 * MiB;
-    spec.avg_block_size = block;
-    spec.slab_size = std::max<uint64_t>(block, 1 * MiB);
+    spec.slab_size = std::max<uint64_t>(block, 1 * MiB); // entry table: the default (16 KiB average)
     auto bp = BenchPool::create(spec, "steady");
     if (!bp) {
         state.SkipWithError(bp.error().c_str());
