@@ -552,7 +552,7 @@ void plot(const std::string &png, const Trace &t, const std::vector<Row> &rows, 
             "set terminal pngcairo size 900,600 noenhanced\nset output '%s'\n"
             "set title 'kvsim: %s trace, %zu requests, %" PRIu64 " distinct blocks'\n"
             "set xlabel 'cache size (%% of distinct blocks)'\nset ylabel 'block hit ratio (%%)'\n"
-            "set key left top\nset grid\nset yrange [0:*]\n",
+            "set key right bottom\nset grid\nset yrange [0:*]\n",
             png.c_str(), t.family.c_str(), t.reqs.size(), t.distinct);
     fprintf(s, "plot ");
     for (size_t i = 0; i < policies.size(); i++) {
