@@ -13,7 +13,9 @@
 // unpinned entries, visited in a random permutation of the entry table
 // (random start, random stride coprime with the table size, so no entry is
 // looked at twice and a table with at most kSample candidates is examined
-// whole: the choice is then exact), and evict the one with the smallest
+// whole: the choice is then exact; in a sparse table the probes stop at
+// twice the sample size once a candidate is found), and evict the one with
+// the smallest
 // policy key (kept, with the best of earlier samples, in a per-thread
 // candidate pool). Nothing is locked and nothing is written until the victim's
 // CAS: a key read from an entry being recycled is harmless because the kill
@@ -189,7 +191,12 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want) {
         }
         uint32_t found = 0;
         uint64_t now = 0;
-        for (uint64_t probe = 0; probe < n && found < sample; probe++, idx = (idx + stride) % n) {
+        // Stop at `sample` candidates, or after 2 x `sample` probes once one
+        // is found: in a sparse table (blocks larger than avg_block_size) a
+        // full sample would cost a scan of most of the table per eviction;
+        // the candidate pool makes up for the smaller sample.
+        for (uint64_t probe = 0; probe < n && found < sample && (found == 0 || probe < 2 * uint64_t(sample));
+             probe++, idx = (idx + stride) % n) {
             __builtin_prefetch(&p->entries[ahead]);
             __builtin_prefetch(&p->entries[ahead].rank);
             ahead = (ahead + stride) % n;
