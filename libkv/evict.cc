@@ -12,10 +12,10 @@
 // Every other policy: sampled eviction. Look at up to kSample committed,
 // unpinned entries, visited in a random permutation of the entry table
 // (random start, random stride coprime with the table size, so no entry is
-// looked at twice and a table with at most kSample candidates is examined
-// whole: the choice is then exact; in a sparse table the probes stop at
-// twice the sample size once a candidate is found), and evict the one with
-// the smallest
+// looked at twice; the probes stop at the sample size in candidates, or at
+// twice the sample size in probes once a candidate is found, so a table of
+// at most twice the sample size is examined whole and the choice is then
+// exact), and evict the one with the smallest
 // policy key (kept, with the best of earlier samples, in a per-thread
 // candidate pool). Nothing is locked and nothing is written until the victim's
 // CAS: a key read from an entry being recycled is harmless because the kill

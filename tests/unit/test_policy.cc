@@ -2,8 +2,9 @@
 //
 // Eviction policies on a real pool (region.h KV_EVICT_*, PROTOCOL.md
 // section 10): for each policy a sequence whose exact victim order is known.
-// A pool holding at most 32 unpinned committed blocks is sampled whole, so
-// the sampled choice is exact and the order is deterministic. Also: time to
+// The pools have a 64-entry table (avg_block_size 1 MiB), which every
+// sampled eviction examines whole (it probes up to twice its sample size),
+// so the choice is exact and the order deterministic. Also: time to
 // live, pinned blocks under any policy, kv_evict_bytes' accuracy, the
 // policy's validation at create and its report in the header.
 #include "pool_fixture.h"
@@ -24,13 +25,17 @@ constexpr uint64_t kLen = 4096;
 class PolicyTest : public PoolTest {
   protected:
     uint32_t policy_ = KV_EVICT_LRU;
-    void customize(kv_create_opts &o) override { o.evict_policy = policy_; }
+    void customize(kv_create_opts &o) override {
+        o.evict_policy = policy_;
+        o.avg_block_size = 1 * MiB; // 64 entries: sampled whole
+    }
     void SetUp() override {} // each test picks its policy first: start(policy)
 
     void start(uint32_t policy) {
         policy_ = policy;
         PoolTest::SetUp();
         ASSERT_EQ(kv_pool_header(pool_)->evict_policy, policy);
+        ASSERT_LE(kv_pool_header(pool_)->n_entries, 64u);
     }
 
     int put_ex(uint64_t i, const kv_put_opts &o) {
