@@ -51,7 +51,8 @@ constexpr std::string_view kPoolKeys[] = {
     "high_watermark", "low_watermark", "slab_size", "avg_block_size", "max_clients",
     "snapshot_dir", "persist_on_stop", "restore_on_start"};
 // clang-format on
-constexpr std::array<std::string_view, 1> kEvictionPolicies{"clock"};
+// The names of KV_EVICT_* (kv_evict_policy_name).
+constexpr std::array<std::string_view, 6> kEvictionPolicies{"clock", "lru", "lfu", "fifo", "priority", "prefix"};
 
 std::string join(std::span<const std::string_view> words) {
     std::string out;

@@ -325,7 +325,8 @@ void ControlServer::process(int fd, Conn &c) {
             memcpy(&req, body.data(), sizeof req);
             bool tail_zero = std::all_of(body.begin() + sizeof req, body.end(), [](char ch) { return ch == 0; });
             bool reserved_zero = std::all_of(std::begin(req.reserved), std::end(req.reserved),
-                                             [](uint64_t v) { return v == 0; });
+                                             [](uint64_t v) { return v == 0; }) &&
+                                 req.reserved0 == 0;
             if (!tail_zero || !reserved_zero) {
                 err = EINVAL;
                 reply = "request has non-zero reserved or unknown trailing fields";
@@ -421,6 +422,15 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         else
             pc.numa_node = int(req.numa_node);
         pc.mode = req.mode ? req.mode : 0660;
+        if (req.flags & KV_CTL_F_POLICY) {
+            const char *policy = kv_evict_policy_name(req.evict_policy);
+            if (!policy)
+                return {EINVAL, "eviction policy " + std::to_string(req.evict_policy) + ": expected 0.." +
+                                    std::to_string(KV_EVICT_MAX) + " (clock, lru, lfu, fifo, priority, prefix)"};
+            pc.eviction = policy;
+        } else if (req.evict_policy) {
+            return {EINVAL, "evict_policy " + std::to_string(req.evict_policy) + " without KV_CTL_F_POLICY"};
+        }
         pc.prefault = req.flags & KV_CTL_F_PREFAULT;
         auto p = pm_.create(pc, "runtime");
         if (!p) return {p.error().code, p.error().message};

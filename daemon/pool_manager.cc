@@ -198,6 +198,16 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         const kv_region_header *hd = kv_pool_header(h);
         uint64_t want = round_up(pc.size, hd->page_size);
         bool huge_ok = pc.hugepages != HugepageMode::Require || hd->page_size > 4096;
+        const int want_policy = kv_evict_policy_parse(pc.eviction.c_str());
+        if (want_policy >= 0 && hd->evict_policy != uint32_t(want_policy)) {
+            KV_LOGW(kComp,
+                    "pool %s: existing region %s has eviction policy %s, config asks %s (fixed at creation): "
+                    "rebuilding it, its blocks are dropped",
+                    pc.name.c_str(), cand.c_str(), kv_evict_policy_name(hd->evict_policy), pc.eviction.c_str());
+            kv_pool_detach(h);
+            unlink(cand.c_str());
+            continue;
+        }
         if (hd->region_size != want || !huge_ok) {
             KV_LOGW(kComp,
                     "pool %s: existing region %s is %llu bytes with %llu-byte pages, config asks %llu bytes "
@@ -223,6 +233,10 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         o.avg_block_size = pc.avg_block_size;
         if (pc.max_clients) o.max_clients = pc.max_clients;
         if (pc.prefault) o.flags |= KV_CREATE_F_PREFAULT;
+        const int policy = kv_evict_policy_parse(pc.eviction.c_str());
+        if (policy < 0) // the config parser and the control server validate it first
+            return std::unexpected(Error{EINVAL, "pool " + pc.name + ": unknown eviction policy \"" + pc.eviction + "\""});
+        o.evict_policy = uint32_t(policy);
         char err[512] = "";
         int rc = -ENOENT;
         if (!huge_path.empty()) {

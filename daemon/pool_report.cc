@@ -114,7 +114,7 @@ nlohmann::json pool_json(const Pool &p) {
         {"removes", st.removes},
         {"pins", pins},
         {"clients", st.clients > 0 ? st.clients - 1 : 0}, // not the daemon's own slot
-        {"policy", p.cfg.eviction},
+        {"policy", kv_evict_policy_name(kv_pool_header(p.handle)->evict_policy)},
         {"page_size", h->page_size},
         {"backing", backing_name(h->backing)},
         {"numa_node", h->numa_node == KV_NUMA_NONE ? -1 : int64_t(h->numa_node)},
@@ -299,6 +299,13 @@ std::string prometheus_text(const PoolManager &pm, const DaemonCounters &c) {
            [](const Row &r) { return r.restore_s; });
     family("kvpool_last_restore_bytes", "gauge", "Data bytes restored by the last restore.",
            [](const Row &r) { return r.restore_bytes; });
+    metric("kvpool_info", "gauge", "Constant 1, labelled with the pool's eviction policy.");
+    for (const auto &p : pm.pools()) {
+        char b[256];
+        snprintf(b, sizeof b, "kvpool_info{pool=\"%s\",policy=\"%s\"} 1\n", p->cfg.name.c_str(),
+                 kv_evict_policy_name(kv_pool_header(p->handle)->evict_policy));
+        out += b;
+    }
     metric("kvpoold_requests_total", "counter", "Control requests served.");
     sample("kvpoold_requests_total", "", double(c.requests));
     metric("kvpoold_request_errors_total", "counter", "Control requests answered with an error.");

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -32,7 +33,16 @@ int check_opts(const kv_create_opts *o, kv_create_opts *out, char *err, size_t e
              kOptsMin);
         return -EINVAL;
     }
-    *out = *o;
+    // Copy what the caller's struct has; later fields keep their defaults.
+    // A v1 caller (no evict_policy) gets CLOCK, what v1 pools did.
+    kv_create_opts_init(out, o->size);
+    out->evict_policy = KV_EVICT_CLOCK;
+    memcpy(out, o, std::min<size_t>(o->struct_size, sizeof *out));
+    out->struct_size = sizeof *out;
+    if (out->evict_policy > KV_EVICT_MAX) {
+        errf(err, errlen, "opts.evict_policy %u: expected 0..%u (KV_EVICT_*)", out->evict_policy, KV_EVICT_MAX);
+        return -EINVAL;
+    }
     if (o->hugepages > KV_HUGEPAGES_REQUIRE) {
         errf(err, errlen, "opts.hugepages %u: expected 0 (never), 1 (prefer) or 2 (require)", o->hugepages);
         return -EINVAL;
@@ -161,6 +171,7 @@ void kv_create_opts_init(kv_create_opts *o, uint64_t size) noexcept {
     o->numa_node = -1;
     o->hugepages = KV_HUGEPAGES_NEVER;
     o->mode = 0660;
+    o->evict_policy = KV_EVICT_PREFIX;
 }
 
 int kv_pool_create(const char *path, const kv_create_opts *opts, char *err, size_t errlen) noexcept {

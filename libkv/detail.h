@@ -137,6 +137,25 @@ struct PinB {
     static constexpr uint32_t phase(uint64_t w) { return uint32_t(w); }
 };
 
+// kv_entry.kids: [31:16] low 16 bits of the entry's generation, [15:0]
+// children counted (saturates at 0xffff and then stays). The generation tag
+// makes a child's CAS fail on a recycled parent (ABA across 65536 reuses of
+// one slot during the child's CAS retry window is accepted: kids is a hint).
+struct Kids {
+    static constexpr uint32_t kMax = 0xffff;
+    static constexpr uint32_t make(uint32_t gen, uint32_t count) { return ((gen & 0xffff) << 16) | (count & 0xffff); }
+    static constexpr uint32_t gen16(uint32_t w) { return w >> 16; }
+    static constexpr uint32_t count(uint32_t w) { return w & 0xffff; }
+};
+// kv_entry.parent: [63:32] parent entry index + 1 (0: none, so zeroed and
+// v1.0 entries have none), [31:0] its generation.
+struct ParentRef {
+    static constexpr uint64_t make(uint32_t idx, uint32_t gen) { return (uint64_t(idx + 1) << 32) | gen; }
+    static constexpr uint64_t none() { return 0; }
+    static constexpr uint32_t idx(uint64_t w) { return uint32_t(w >> 32) - 1; } // KV_NIL32 when none
+    static constexpr uint32_t gen(uint64_t w) { return uint32_t(w); }
+};
+
 // ---- Process-local free list of journal slots ------------------------------
 // A Treiber stack over slot indices, private to this process (threads of one
 // client share it). head: [63:32] tag, [31:0] top index (KV_NIL32 = empty).
@@ -174,6 +193,7 @@ struct kv_pool {
     uint64_t *blocks = nullptr;
     uint8_t *data = nullptr;
     uint32_t bucket_mask = 0;
+    uint32_t policy = 0; // hdr->evict_policy, fixed at creation (KV_EVICT_*)
     std::atomic<uint32_t> entry_cursor{0}; // scan position for free entries (a hint; threads share it)
     // Per size class, slab index + 1 of this process's newest home slabs,
     // where it allocates first (allocator.cc, "Home slabs"). Hints.
@@ -226,6 +246,62 @@ inline uint8_t *block_data(const kv_pool *p, uint64_t id, uint32_t cls) {
     return p->data + uint64_t(slab) * p->hdr->slab_size + uint64_t(slot) * p->classes[cls].block_size;
 }
 uint64_t now_ns();
+
+// ---- Eviction ranks (evict.cc, PROTOCOL.md section 10) --------------------------
+// The access clock: the CPU's invariant timestamp counter, which Linux keeps
+// synchronized across cores (it refuses the TSC as clocksource otherwise),
+// so ticks from different processes compare. Only compared, never converted
+// to time. Elsewhere CLOCK_MONOTONIC in ns.
+#if defined(__x86_64__)
+inline uint64_t tick() { return __builtin_ia32_rdtsc(); }
+#elif defined(__aarch64__)
+inline uint64_t tick() {
+    uint64_t v;
+    asm volatile("mrs %0, cntvct_el0" : "=r"(v));
+    return v;
+}
+#else
+uint64_t tick();
+#endif
+// A get skips re-stamping an entry stamped less than this many ticks ago
+// (~0.2 us): a hot block read by many cores is not written on every read.
+inline constexpr uint64_t kTouchSlack = 512;
+
+// Record an access to a pinned, committed entry (the get path): one relaxed
+// load and at most one relaxed store on the entry's metadata line. Relaxed:
+// ranks are hints that no other memory access depends on; concurrent
+// stamps may overwrite each other (the later tick usually wins; LFU may lose
+// a count).
+inline void touch(kv_pool *p, kv_entry &en) {
+    switch (p->policy) {
+    case KV_EVICT_CLOCK:
+        // CLOCK reference bit; written only when clear so hot blocks stay shared in caches.
+        if (load(en.clock, std::memory_order_relaxed) == 0) store(en.clock, 1U, std::memory_order_relaxed);
+        break;
+    case KV_EVICT_FIFO: break;
+    case KV_EVICT_LFU: {
+        uint64_t floor = load(p->state->lfu_floor, std::memory_order_relaxed);
+        uint64_t r = load(en.rank, std::memory_order_relaxed);
+        store(en.rank, (r > floor ? r : floor) + 1, std::memory_order_relaxed);
+        break;
+    }
+    default: {
+        uint64_t t = tick();
+        if (t - load(en.rank, std::memory_order_relaxed) > kTouchSlack) store(en.rank, t, std::memory_order_relaxed);
+    }
+    }
+}
+// The rank a new entry starts with.
+inline uint64_t initial_rank(kv_pool *p) {
+    if (p->policy == KV_EVICT_LFU) return load(p->state->lfu_floor, std::memory_order_relaxed) + 1;
+    return tick();
+}
+// A committed entry whose time to live has passed (ctl read with acquire
+// before: ttl_ms and commit_ns were published by the commit).
+inline bool entry_expired(const kv_entry &en, uint64_t now) {
+    uint32_t ttl = load(const_cast<uint32_t &>(en.ttl_ms), std::memory_order_relaxed);
+    return ttl && now >= load(const_cast<uint64_t &>(en.commit_ns), std::memory_order_relaxed) + uint64_t(ttl) * 1000000;
+}
 
 // ---- layout.cc -------------------------------------------------------------------
 struct Geometry; // computed section layout
@@ -299,6 +375,11 @@ void entry_maybe_free(kv_pool *p, uint32_t e);
 // Remove committed entry e at gen (eviction or remove). If require_unpinned,
 // only succeeds when the pin count is 0. Returns the length freed-to-be or 0.
 bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned);
+// Count entry e (RESERVED, ours, linked) as a child of the committed entry
+// with key parent: kids + 1 on the parent, e.parent names it.
+void entry_link_parent(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &parent);
+// Uncount en from its parent's kids (at free; once, whoever frees it).
+void entry_unlink_parent(kv_pool *p, kv_entry &en);
 // Abort a RESERVED entry (owner may be dead).
 void entry_abort(kv_pool *p, uint32_t e, uint64_t ctl_seen, uint64_t aux_seen);
 
@@ -307,6 +388,10 @@ void entry_abort(kv_pool *p, uint32_t e, uint64_t ctl_seen, uint64_t aux_seen);
 bool evict_for_class(kv_pool *p, uint32_t cls);
 // Free an entry slot by eviction. True if one was freed.
 bool evict_any(kv_pool *p);
+// Evict one unpinned block chosen by the pool's policy (any class); the one
+// code path of inline, watermark and kvctl eviction. Returns bytes freed-to-be
+// (at least 1) or 0 when nothing is evictable.
+uint64_t evict_one(kv_pool *p);
 
 // ---- namespace.cc ----------------------------------------------------------------------
 bool ns_valid(const kv_pool *p, uint32_t ns);

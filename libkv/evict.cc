@@ -1,27 +1,61 @@
 // SPDX-License-Identifier: MIT
 //
-// Eviction: CLOCK (second chance) over the entry table. Gets set an entry's
-// reference bit; the hand, shared by all processes (a fetch_add on
+// Eviction. Every trigger (a put that finds no space, the daemon's
+// watermark pass, kvctl evict, kv_evict_bytes) ends in the same victim
+// choice, by the pool's policy (region.h KV_EVICT_*, PROTOCOL.md section 10):
+//
+// CLOCK (v1.0 pools): second chance over the entry table. Gets set an
+// entry's reference bit; the hand, shared by all processes (a fetch_add on
 // kv_region_state.clock_hand, in batches so processes sweep disjoint runs),
-// clears set bits and evicts entries whose bit is already clear. Eviction is
-// a remove that requires the pin count to be zero in the same CAS
-// (entry_kill), so a pinned block is never evicted, however full the pool.
+// clears set bits and evicts entries whose bit is already clear.
+//
+// Every other policy: sampled eviction. Look at up to kSample committed,
+// unpinned entries, visited in a random permutation of the entry table
+// (random start, random stride coprime with the table size, so no entry is
+// looked at twice; the probes stop at the sample size in candidates, or at
+// twice the sample size in probes once a candidate is found, so a table of
+// at most twice the sample size is examined whole and the choice is then
+// exact), and evict the one with the smallest
+// policy key (kept, with the best of earlier samples, in a per-thread
+// candidate pool). Nothing is locked and nothing is written until the victim's
+// CAS: a key read from an entry being recycled is harmless because the kill
+// CAS names the generation seen with the key.
+//
+// Eviction is a remove that requires the pin count to be zero in the same
+// CAS (entry_kill), so a pinned block is never evicted, however full the pool.
 //
 // A put that needs a block of class k first evicts class-k entries; if the
 // class has no slab or nothing evictable, it retires a whole slab of another
-// class (allocator.cc) so the slab can serve class k.
+// class (allocator.cc) so the slab can serve class k. Retirement empties the
+// slab whatever the policy says of its blocks: it is how space moves between
+// size classes.
 #include "detail.h"
+
+#include <numeric>
+#include <unistd.h>
 
 namespace kv::detail {
 
 namespace {
 
 constexpr uint32_t kBatch = 64;
+// Candidates per sampled eviction; with the candidate pool below this keeps
+// each policy within 2 points of hit ratio of its exact model on
+// tools/kvsim's traces (README). PREFIX and FIFO look at 4x more: only
+// chain tails (about one block per chain) are PREFIX's real candidates, and
+// FIFO's order is never refreshed by reads, so a near-oldest block is far
+// more often a useful one; with 32 they fell 4 and 8 points behind their
+// models. The probes are prefetched a few ahead so their misses overlap.
+constexpr uint32_t kSample = 32;
+constexpr uint32_t kSampleWide = 128;
+constexpr uint32_t kPrefetchAhead = 4;
+constexpr int kKillAttempts = 8;
 
 // Sweep up to budget entries; evict the first candidate that passes the
 // second-chance test and the filter. Returns the bytes evicted (0: none).
 template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Filter &&want) {
     const uint32_t n = p->hdr->n_entries;
+    uint64_t now = 0;
     while (budget > 0) {
         uint64_t start = aref(p->state->clock_hand).fetch_add(kBatch, std::memory_order_relaxed);
         for (uint32_t i = 0; i < kBatch && budget > 0; i++, budget--) {
@@ -30,7 +64,8 @@ template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Fil
             uint64_t c = load(en.ctl, std::memory_order_acquire);
             if (Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0) continue;
             if (!want(en)) continue;
-            if (load(en.clock, std::memory_order_relaxed)) {
+            bool expired = load(en.ttl_ms, std::memory_order_relaxed) && entry_expired(en, now ? now : (now = now_ns()));
+            if (!expired && load(en.clock, std::memory_order_relaxed)) {
                 store(en.clock, 0U, std::memory_order_relaxed); // second chance
                 continue;
             }
@@ -42,6 +77,170 @@ template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Fil
         }
     }
     return 0;
+}
+
+// Per-thread xorshift64*: sampling only needs spread, not secrecy.
+uint64_t rng() {
+    thread_local uint64_t s = 0;
+    if (s == 0) s = (tick() ^ (uint64_t(getpid()) << 32) ^ uint64_t(uintptr_t(&s))) | 1;
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return s * 0x2545F4914F6CDD1DULL;
+}
+
+// The victim order: smaller (k1, k2) first. Expired blocks (k1 = 0) go
+// before everything; then per policy.
+struct Key {
+    uint64_t k1, k2;
+    bool operator<(const Key &o) const { return k1 != o.k1 ? k1 < o.k1 : k2 < o.k2; }
+};
+Key key_of(kv_pool *p, const kv_entry &en, uint64_t &now) {
+    if (load(const_cast<uint32_t &>(en.ttl_ms), std::memory_order_relaxed) &&
+        entry_expired(en, now ? now : (now = now_ns())))
+        return {0, 0};
+    uint64_t rank = load(const_cast<uint64_t &>(en.rank), std::memory_order_relaxed);
+    switch (p->policy) {
+    case KV_EVICT_PRIORITY: return {1 + uint64_t(load(const_cast<uint32_t &>(en.priority), std::memory_order_relaxed)), rank};
+    case KV_EVICT_PREFIX:
+        return {1 + (Kids::count(load(const_cast<uint32_t &>(en.kids), std::memory_order_relaxed)) ? 1u : 0u), rank};
+    case KV_EVICT_LFU: // equal counts are common: the older commit goes first
+        return {1 + rank, load(const_cast<uint64_t &>(en.commit_ns), std::memory_order_relaxed)};
+    default: return {1, rank}; // LRU, FIFO: the rank says it all
+    }
+}
+
+// A stride in [1, n) coprime with n, so start + i * stride visits every index once.
+uint64_t coprime_stride(uint64_t n) {
+    if (n <= 2) return 1;
+    uint64_t s = 1 + rng() % (n - 1);
+    while (std::gcd(s, n) != 1) s = s + 1 < n ? s + 1 : 1;
+    return s;
+}
+
+// Lift lfu_floor to at least rank (relaxed CAS loop: a hint, see region.h).
+void raise_lfu_floor(kv_pool *p, uint64_t rank) {
+    uint64_t f = load(p->state->lfu_floor, std::memory_order_relaxed);
+    while (f < rank && !cas(p->state->lfu_floor, f, rank, std::memory_order_relaxed)) {
+    }
+}
+
+// The best candidates of this thread's earlier samples (Redis keeps such an
+// "eviction pool" too): a sample of kSample sees few chain tails or few
+// really old blocks, the pool remembers the best it has seen, so the choice
+// approaches the exact order. Thread-local, so nothing is shared; an entry
+// named here may since have been read, removed or recycled: its state,
+// generation and key are read again before it is chosen, and the kill CAS
+// names the generation.
+struct Cand {
+    uint32_t e, gen;
+    Key key;
+};
+constexpr uint32_t kPoolSize = 16;
+struct CandPool {
+    const kv_pool *owner = nullptr;
+    uint64_t pool_id = 0;
+    uint32_t n = 0;
+    Cand c[kPoolSize];
+};
+thread_local CandPool t_cands;
+
+CandPool &cands_of(kv_pool *p) {
+    CandPool &cp = t_cands;
+    if (cp.owner != p || cp.pool_id != p->hdr->pool_id_lo) {
+        cp.owner = p;
+        cp.pool_id = p->hdr->pool_id_lo;
+        cp.n = 0;
+    }
+    return cp;
+}
+
+// Keep the kPoolSize smallest keys, sorted, one slot per entry.
+void cands_offer(CandPool &cp, const Cand &x) {
+    for (uint32_t i = 0; i < cp.n; i++)
+        if (cp.c[i].e == x.e) { // newer reading of the same entry
+            for (uint32_t j = i; j + 1 < cp.n; j++) cp.c[j] = cp.c[j + 1];
+            cp.n--;
+            break;
+        }
+    uint32_t at = cp.n;
+    while (at > 0 && x.key < cp.c[at - 1].key) at--;
+    if (at >= kPoolSize) return;
+    uint32_t last = cp.n < kPoolSize ? cp.n : kPoolSize - 1;
+    for (uint32_t j = last; j > at; j--) cp.c[j] = cp.c[j - 1];
+    cp.c[at] = x;
+    if (cp.n < kPoolSize) cp.n++;
+}
+
+void cands_drop(CandPool &cp, uint32_t i) {
+    for (uint32_t j = i; j + 1 < cp.n; j++) cp.c[j] = cp.c[j + 1];
+    cp.n--;
+}
+
+template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want) {
+    const uint64_t n = p->hdr->n_entries;
+    CandPool &cp = cands_of(p);
+    const uint32_t sample = p->policy == KV_EVICT_PREFIX || p->policy == KV_EVICT_FIFO ? kSampleWide : kSample;
+    for (int attempt = 0; attempt < kKillAttempts; attempt++) {
+        const uint64_t stride = coprime_stride(n);
+        uint64_t idx = rng() % n, ahead = idx;
+        for (uint32_t i = 0; i < kPrefetchAhead; i++) {
+            __builtin_prefetch(&p->entries[ahead]);
+            __builtin_prefetch(&p->entries[ahead].rank);
+            ahead = (ahead + stride) % n;
+        }
+        uint32_t found = 0;
+        uint64_t now = 0;
+        // Stop at `sample` candidates, or after 2 x `sample` probes once one
+        // is found: in a sparse table (blocks larger than avg_block_size) a
+        // full sample would cost a scan of most of the table per eviction;
+        // the candidate pool makes up for the smaller sample.
+        for (uint64_t probe = 0; probe < n && found < sample && (found == 0 || probe < 2 * uint64_t(sample));
+             probe++, idx = (idx + stride) % n) {
+            __builtin_prefetch(&p->entries[ahead]);
+            __builtin_prefetch(&p->entries[ahead].rank);
+            ahead = (ahead + stride) % n;
+            kv_entry &en = p->entries[idx];
+            uint64_t c = load(en.ctl, std::memory_order_acquire); // the commit published rank, kids, ttl
+            if (Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0 || !want(en)) continue;
+            found++;
+            cands_offer(cp, {uint32_t(idx), Ctl::gen(c), key_of(p, en, now)});
+        }
+        // Choose from the pool: the smallest key that still holds.
+        for (uint32_t i = 0; i < cp.n;) {
+            Cand c = cp.c[i];
+            kv_entry &en = p->entries[c.e];
+            uint64_t ctl = load(en.ctl, std::memory_order_acquire);
+            if (Ctl::gen(ctl) != c.gen || Ctl::state(ctl) != KV_ENTRY_COMMITTED || Ctl::pins(ctl) != 0 ||
+                !want(en)) {
+                // Removed, recycled, pinned, or not the class asked for:
+                // forget it (a sample finds it again if it still matters).
+                cands_drop(cp, i);
+                continue;
+            }
+            Key k = key_of(p, en, now);
+            if (c.key < k) { // read since it was sampled: re-rank it
+                cands_drop(cp, i);
+                cands_offer(cp, {c.e, c.gen, k});
+                continue;
+            }
+            uint64_t len = load(en.length, std::memory_order_relaxed);
+            cands_drop(cp, i);
+            if (entry_kill(p, c.e, c.gen, true)) {
+                bump(my_stats(p).evictions);
+                if (p->policy == KV_EVICT_LFU && k.k1) raise_lfu_floor(p, k.k1 - 1);
+                return len ? len : 1;
+            }
+            // Pinned, removed or recycled since we looked: the next one.
+        }
+        if (found == 0) return 0; // nothing evictable
+    }
+    return 0;
+}
+
+template <typename Filter> uint64_t evict_by_policy(kv_pool *p, Filter &&want) {
+    if (p->policy == KV_EVICT_CLOCK) return clock_sweep(p, 2ULL * p->hdr->n_entries, want);
+    return sample_evict(p, want);
 }
 
 bool class_has_slab(kv_pool *p, uint32_t cls) {
@@ -66,18 +265,18 @@ bool retire_some_slab(kv_pool *p, uint32_t keep_cls) {
 } // namespace
 
 bool evict_for_class(kv_pool *p, uint32_t cls) {
-    // Two passes over the table give every entry its second chance.
-    if (class_has_slab(p, cls) &&
-        clock_sweep(p, 2ULL * p->hdr->n_entries, [cls](kv_entry &en) {
+    if (class_has_slab(p, cls) && evict_by_policy(p, [cls](kv_entry &en) {
             return load(en.class_id, std::memory_order_relaxed) == cls;
         }))
         return true;
     return retire_some_slab(p, cls);
 }
 
-bool evict_any(kv_pool *p) {
-    return clock_sweep(p, 2ULL * p->hdr->n_entries, [](kv_entry &) { return true; }) != 0;
+uint64_t evict_one(kv_pool *p) {
+    return evict_by_policy(p, [](kv_entry &) { return true; });
 }
+
+bool evict_any(kv_pool *p) { return evict_one(p) != 0; }
 
 } // namespace kv::detail
 
@@ -87,9 +286,22 @@ extern "C" int64_t kv_evict_bytes(kv_pool *p, uint64_t bytes) noexcept {
     if (!p) return -EINVAL;
     uint64_t freed = 0;
     while (freed < bytes) {
-        uint64_t got = clock_sweep(p, 2ULL * p->hdr->n_entries, [](kv_entry &) { return true; });
+        uint64_t got = evict_one(p);
         if (!got) break;
         freed += got;
     }
     return int64_t(freed > INT32_MAX ? INT32_MAX : freed);
+}
+
+static const char *const kPolicyNames[KV_EVICT_MAX + 1] = {"clock", "lru", "lfu", "fifo", "priority", "prefix"};
+
+extern "C" const char *kv_evict_policy_name(uint32_t policy) noexcept {
+    return policy <= KV_EVICT_MAX ? kPolicyNames[policy] : nullptr;
+}
+
+extern "C" int kv_evict_policy_parse(const char *name) noexcept {
+    if (!name) return -EINVAL;
+    for (uint32_t i = 0; i <= KV_EVICT_MAX; i++)
+        if (strcmp(name, kPolicyNames[i]) == 0) return int(i);
+    return -EINVAL;
 }

@@ -97,6 +97,14 @@ uint64_t now_ns() {
     return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
 }
 
+#if !defined(__x86_64__) && !defined(__aarch64__)
+uint64_t tick() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
+}
+#endif
+
 int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header *out, char *err,
                    size_t errlen) {
     kv_region_header h{};
@@ -112,6 +120,11 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
              (unsigned long long)slab);
         return -EINVAL;
     }
+    if (o.evict_policy > KV_EVICT_MAX) {
+        errf(err, errlen, "evict_policy %u: expected 0..%u (KV_EVICT_*)", o.evict_policy, KV_EVICT_MAX);
+        return -EINVAL;
+    }
+    h.evict_policy = o.evict_policy;
     h.max_clients = o.max_clients ? o.max_clients : 64;
     h.pins_per_client = o.pins_per_client ? o.pins_per_client : 4096;
     h.max_namespaces = o.max_namespaces ? o.max_namespaces : 64;
@@ -161,7 +174,7 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
     h.abi_minor = KV_ABI_MINOR;
     h.header_size = sizeof(kv_region_header);
     h.incompat_features = KV_INCOMPAT_F_CAS16;
-    h.compat_features = 0;
+    h.compat_features = KV_COMPAT_F_EVICT_POLICY;
     h.numa_node = KV_NUMA_NONE;
     *out = h;
     return 0;
@@ -225,6 +238,10 @@ int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen)
     if (!(h.incompat_features & KV_INCOMPAT_F_CAS16))
         BAD(-EPROTO, "incompat_features 0x%llx lacks CAS16 (0x%llx), required by v1", (ull)h.incompat_features,
             (ull)KV_INCOMPAT_F_CAS16);
+    if (h.evict_policy > KV_EVICT_MAX)
+        BAD(-EPROTO, "evict_policy %u: this library knows 0..%u (KV_EVICT_*); a newer library made this region",
+            h.evict_policy, KV_EVICT_MAX);
+    if (h.reserved0) BAD(-EPROTO, "header reserved0 is 0x%x: expected 0", h.reserved0);
     for (size_t i = 0; i < sizeof h.reserved / sizeof h.reserved[0]; i++)
         if (h.reserved[i])
             BAD(-EPROTO, "header reserved[%zu] is 0x%llx: expected 0", i, (ull)h.reserved[i]);
@@ -313,6 +330,7 @@ void pool_bind(kv_pool *p, uint8_t *base, uint64_t len) {
     p->blocks = reinterpret_cast<uint64_t *>(base + h.block_off);
     p->data = base + h.data_off;
     p->bucket_mask = h.n_buckets - 1;
+    p->policy = h.evict_policy;
 }
 
 } // namespace kv::detail

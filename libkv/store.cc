@@ -25,6 +25,8 @@
 #define XXH_STATIC_LINKING_ONLY // XXH3_generateSecret_fromSeed
 #include <xxhash.h>
 
+#include <algorithm>
+
 namespace kv::detail {
 
 // ---- Copying a block with its XXH3-64 ---------------------------------------------
@@ -270,6 +272,9 @@ uint64_t committed_ctl(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &k) {
     if (Ctl::state(c) != KV_ENTRY_COMMITTED) return 0;
     if (!entry_key_is(en, ns, k)) return 0; // recycled since the find
     std::atomic_thread_fence(std::memory_order_acquire); // K2
+    // An expired block is not found (it is evicted first, and a put of its
+    // key replaces it). If e was recycled meanwhile, the pin CAS fails.
+    if (load(en.ttl_ms, std::memory_order_relaxed) && entry_expired(en, now_ns())) return 0;
     return c;
 }
 
@@ -285,8 +290,7 @@ void fill_view(kv_pool *p, uint32_t e, uint32_t gen, uint32_t slot, kv_view *v) 
     uint32_t seq = PinB::seq(load(p->journal[slot].b, std::memory_order_relaxed));
     v->handle[0] = (uint64_t(seq) << 32) | slot;
     v->handle[1] = PinA::make(e, gen);
-    // CLOCK reference bit; written only when clear so hot blocks stay shared in caches.
-    if (load(en.clock, std::memory_order_relaxed) == 0) store(en.clock, 1U, std::memory_order_relaxed);
+    touch(p, en); // pinned: e cannot be recycled under the stamp
 }
 
 int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out) {
@@ -337,6 +341,8 @@ int find_holder(kv_pool *p, uint32_t ns, const kv_key &k) {
     if (!f.found) return 0;
     uint64_t c = load(p->entries[f.cur].ctl, std::memory_order_acquire);
     if (Ctl::state(c) == KV_ENTRY_COMMITTED && entry_key_is(p->entries[f.cur], ns, k)) {
+        std::atomic_thread_fence(std::memory_order_acquire); // K2
+        if (entry_expired(p->entries[f.cur], now_ns())) return 0; // the insert replaces it
         bump(my_stats(p).dedups);
         return KV_DEDUP;
     }
@@ -352,8 +358,8 @@ int find_holder(kv_pool *p, uint32_t ns, const kv_key &k) {
 // A key that turns out to be present costs a claim and a release, unless
 // claiming would evict: then the key is looked up first, so a duplicate
 // put never evicts anything.
-int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const kv_meta *meta, uint32_t *e_out,
-                 uint32_t *gen_out) {
+int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const kv_meta *meta,
+                 const kv_key *parent, uint32_t ttl_ms, uint32_t *e_out, uint32_t *gen_out) {
     // The bucket head is as likely as not in another process's cache (the
     // last one that touched it): start that miss now, so that it overlaps
     // the entry and block claims below instead of following them.
@@ -380,6 +386,11 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     store(en.user_tag, meta ? meta->user_tag : uint64_t(0), std::memory_order_relaxed);
     store(en.clock, 0U, std::memory_order_relaxed);
     store(en.checksum, uint64_t(0), std::memory_order_relaxed);
+    // v1.1 eviction fields; published with the rest by the commit (C1).
+    store(en.rank, initial_rank(p), std::memory_order_relaxed);
+    store(en.parent, ParentRef::none(), std::memory_order_relaxed);
+    store(en.kids, Kids::make(gen, 0), std::memory_order_relaxed);
+    store(en.ttl_ms, ttl_ms, std::memory_order_relaxed);
 
     uint64_t b = block_alloc(p, cls, false);
     if (b == kNoBlock) {
@@ -402,6 +413,17 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     cas(p->blocks[b], w, mine, std::memory_order_acq_rel);
 
     uint32_t holder = index_insert(p, e);
+    for (int tries = 0; holder != KV_NIL32 && tries < 4; tries++) {
+        // An expired holder is removed (as kv_remove would) and the insert
+        // retried: a put replaces an expired block.
+        kv_entry &he = p->entries[holder];
+        uint64_t hc = load(he.ctl, std::memory_order_acquire);
+        if (Ctl::state(hc) != KV_ENTRY_COMMITTED || !entry_key_is(he, ns, k)) break;
+        std::atomic_thread_fence(std::memory_order_acquire); // K2
+        if (!entry_expired(he, now_ns())) break;
+        if (entry_kill(p, holder, Ctl::gen(hc), false)) bump(my_stats(p).removes);
+        holder = index_insert(p, e);
+    }
     if (holder != KV_NIL32) {
         // The key is there. Our entry was never linked, so nobody can reach
         // it: give the block back, then the entry (a crash in between leaves
@@ -416,6 +438,7 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
         }
         return -EBUSY;
     }
+    if (parent) entry_link_parent(p, e, ns, *parent);
     *e_out = e;
     *gen_out = gen;
     return 0;
@@ -444,6 +467,44 @@ int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t su
 
 // ---- Entry life cycle (shared with index.cc, evict.cc, reap.cc) ----------------
 
+// ---- Chain links for prefix-aware eviction (PROTOCOL.md section 10) ------------
+//
+// A child counts itself in its parent's kids word once, at reserve, and
+// uncounts itself once, when it is freed. Both are CASes on kids that carry
+// the parent's generation (low 16 bits) in the same word, so they fail on a
+// recycled parent instead of counting into its next life. Relaxed: kids is
+// an eviction hint that orders nothing else. The uncount first swaps the
+// child's parent word to NIL (CAS): of a FREEING entry's owner and a reaper
+// that both finish its free, only one uncounts. A process dying between
+// count and record (or swap and uncount) leaves a parent counting one child
+// too many: it is evicted after its tails instead of among them, until it
+// is freed. kids only ever says "not a tail"; it never protects a block.
+void entry_link_parent(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &parent) {
+    Found f = index_find(p, ns, parent);
+    if (!f.found || f.cur == e) return;
+    kv_entry &pe = p->entries[f.cur];
+    uint64_t c = load(pe.ctl, std::memory_order_acquire); // the parent's commit published its kids reset
+    if (Ctl::state(c) != KV_ENTRY_COMMITTED || !entry_key_is(pe, ns, parent)) return;
+    uint32_t pg = Ctl::gen(c);
+    uint32_t w = load(pe.kids, std::memory_order_relaxed);
+    do {
+        if (Kids::gen16(w) != (pg & 0xffff) || Kids::count(w) == Kids::kMax) return;
+    } while (!cas(pe.kids, w, Kids::make(pg, Kids::count(w) + 1), std::memory_order_relaxed));
+    store(p->entries[e].parent, ParentRef::make(f.cur, pg), std::memory_order_relaxed);
+}
+
+void entry_unlink_parent(kv_pool *p, kv_entry &en) {
+    uint64_t r = load(en.parent, std::memory_order_relaxed);
+    if (ParentRef::idx(r) >= p->hdr->n_entries) return; // none (KV_NIL32), or garbage in a damaged region
+    if (!cas(en.parent, r, ParentRef::none(), std::memory_order_relaxed)) return; // another finisher has it
+    kv_entry &pe = p->entries[ParentRef::idx(r)];
+    uint32_t w = load(pe.kids, std::memory_order_relaxed);
+    do {
+        if (Kids::gen16(w) != (ParentRef::gen(r) & 0xffff) || Kids::count(w) == 0 || Kids::count(w) == Kids::kMax)
+            return; // parent recycled, or saturated (a saturated count stays)
+    } while (!cas(pe.kids, w, Kids::make(ParentRef::gen(r), Kids::count(w) - 1), std::memory_order_relaxed));
+}
+
 void entry_finish_free(kv_pool *p, uint32_t e) {
     kv_entry &en = p->entries[e];
     uint64_t c = load(en.ctl, std::memory_order_acquire);
@@ -457,6 +518,7 @@ void entry_finish_free(kv_pool *p, uint32_t e) {
             bump(my_stats(p).bytes_freed, len);
     }
     store(en.clock, 0U, std::memory_order_relaxed);
+    entry_unlink_parent(p, en);
     // F: FREE with the next generation; release pairs with the claim CAS.
     cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c) + 1, KV_ENTRY_FREE, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
 }
@@ -502,13 +564,39 @@ void entry_abort(kv_pool *p, uint32_t e, uint64_t c, uint64_t x) {
 
 using namespace kv::detail;
 
+namespace {
+
+// kv_put_opts, read up to the caller's struct_size (fields past it are zero).
+struct PutOpts {
+    kv_meta meta{};
+    kv_key parent_key{};
+    const kv_key *parent = nullptr;
+    uint32_t ttl_ms = 0;
+};
+int put_opts(const kv_put_opts *in, PutOpts *out) {
+    if (!in) return 0;
+    if (in->struct_size < offsetof(kv_put_opts, meta)) return -EINVAL;
+    kv_put_opts o{};
+    memcpy(&o, in, std::min<size_t>(in->struct_size, sizeof o));
+    if ((o.flags & ~KV_PUT_F_PARENT) || o.reserved) return -EINVAL;
+    out->meta = o.meta;
+    out->ttl_ms = o.ttl_ms;
+    if (o.flags & KV_PUT_F_PARENT) {
+        out->parent_key = o.parent;
+        out->parent = &out->parent_key;
+    }
+    return 0;
+}
+
+} // namespace
+
 extern "C" {
 
 int kv_reserve(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const kv_meta *meta,
                kv_reservation *out) noexcept {
     if (!p || !key || !out) return -EINVAL;
     uint32_t e, gen;
-    int rc = reserve_impl(p, ns, *key, len, meta, &e, &gen);
+    int rc = reserve_impl(p, ns, *key, len, meta, nullptr, 0, &e, &gen);
     if (rc) return rc;
     kv_entry &en = p->entries[e];
     out->data = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
@@ -541,12 +629,42 @@ int kv_put(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint64_
            const kv_meta *meta) noexcept {
     if (!p || !key || (!data && len)) return -EINVAL;
     uint32_t e, gen;
-    int rc = reserve_impl(p, ns, *key, len, meta, &e, &gen);
+    int rc = reserve_impl(p, ns, *key, len, meta, nullptr, 0, &e, &gen);
     if (rc) return rc;
     kv_entry &en = p->entries[e];
     uint8_t *dst = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
     uint64_t sum = copy_hash(dst, data, len);
     return commit_impl(p, e, gen, true, sum);
+}
+
+int kv_put_ex(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint64_t len,
+              const kv_put_opts *opts) noexcept {
+    if (!p || !key || (!data && len)) return -EINVAL;
+    PutOpts o;
+    if (int rc = put_opts(opts, &o)) return rc;
+    uint32_t e, gen;
+    int rc = reserve_impl(p, ns, *key, len, &o.meta, o.parent, o.ttl_ms, &e, &gen);
+    if (rc) return rc;
+    kv_entry &en = p->entries[e];
+    uint8_t *dst = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
+    uint64_t sum = copy_hash(dst, data, len);
+    return commit_impl(p, e, gen, true, sum);
+}
+
+int kv_reserve_ex(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const kv_put_opts *opts,
+                  kv_reservation *out) noexcept {
+    if (!p || !key || !out) return -EINVAL;
+    PutOpts o;
+    if (int rc = put_opts(opts, &o)) return rc;
+    uint32_t e, gen;
+    int rc = reserve_impl(p, ns, *key, len, &o.meta, o.parent, o.ttl_ms, &e, &gen);
+    if (rc) return rc;
+    kv_entry &en = p->entries[e];
+    out->data = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
+    out->length = len;
+    out->handle[0] = PinA::make(e, gen);
+    out->handle[1] = p->client;
+    return 0;
 }
 
 int kv_get(kv_pool *p, uint32_t ns, const kv_key *key, kv_view *out) noexcept {

@@ -134,6 +134,7 @@ constexpr Option kCreateOptions[] = {
     {"--numa", "NODE", "a node number, local (the daemon's node) or none (default)"},
     {"--mode", "MODE", "octal mode of the pool file (default 0660)"},
     {"--prefault", "", "fault every page in at creation"},
+    {"--policy", "POLICY", "eviction policy: prefix (default), lru, lfu, fifo, priority or clock"},
 };
 constexpr Option kEntriesOptions[] = {
     {"--limit", "N", "show at most N rows (default: the daemon's limit, 1000)"},
@@ -155,7 +156,7 @@ constexpr Verb kVerbs[] = {
     {"status", KV_CTL_OP_STATUS, PoolArg::Optional, kNoOptions, "[POOL]",
      "Show one pool in detail, or every pool as list does."},
     {"create", KV_CTL_OP_CREATE, PoolArg::Required, kCreateOptions,
-     "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault]",
+     "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault] [--policy POLICY]",
      "Create a pool (needs uid 0 or the daemon's admin group)."},
     {"destroy", KV_CTL_OP_DESTROY, PoolArg::Required, kNoOptions, "POOL",
      "Remove a pool (attached processes keep their mapping)."},
@@ -522,6 +523,12 @@ Result<kv_ctl_request> build_request(const Command &c) {
             req.mode = *mode;
         }
         if (c.option("--prefault")) req.flags |= KV_CTL_F_PREFAULT;
+        if (const std::string *pol = c.option("--policy")) {
+            int v = kv_evict_policy_parse(pol->c_str());
+            if (v < 0) return bad("--policy", *pol, "expected prefix, lru, lfu, fifo, priority or clock");
+            req.flags |= KV_CTL_F_POLICY;
+            req.evict_policy = uint32_t(v);
+        }
         break;
     }
     case KV_CTL_OP_ENTRIES:

@@ -47,6 +47,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <deque>
 #include <cstring>
 #include <string>
 #include <unordered_map>
@@ -1015,5 +1016,89 @@ BENCHMARK(BM_MetadataOverhead)
     ->Unit(benchmark::kMillisecond);
 
 } // namespace
+
+// ---- 8: eviction's share of a put (issue 5) ----------------------------------------
+//
+// Put chained blocks (each names the previous as parent) into a pool of the
+// default policy (prefix-aware, sampled eviction) at steady state:
+//   full:1  the pool is full of unpinned blocks, so every put evicts inline
+//           (the policy's sampled choice, kill, free) before it copies;
+//   full:0  the same pool, full too, but before each put the oldest block is
+//           removed, untimed, so the put finds one free block and does not
+//           evict.
+// Both puts therefore copy into a block that was written long ago (cold in
+// the caches), and differ only by the eviction. Only the put is timed
+// (thread CPU time, as above). The ratio full/room is eviction's cost as a
+// share of a put; the target is <= 1.10.
+void BM_PutSteady(benchmark::State &state) {
+    const bool full = state.range(0) != 0;
+    const uint64_t block = uint64_t(state.range(1)) * KiB;
+    const uint64_t blocks = block >= MiB ? 64 : 1024; // capacity
+    PoolSpec spec;
+    spec.size = blocks * block + 64 * MiB;
+    spec.slab_size = std::max<uint64_t>(block, 1 * MiB); // entry table: the default (16 KiB average)
+    auto bp = BenchPool::create(spec, "steady");
+    if (!bp) {
+        state.SkipWithError(bp.error().c_str());
+        return;
+    }
+    kv_pool *p = (*bp)->get();
+    const uint32_t ns = (*bp)->ns();
+    void *src = alloc_touched(block, 5);
+    const uint64_t cap = kv_pool_header(p)->data_len / block;
+    std::deque<kv_key> live;
+    uint64_t serial = 0;
+    auto put = [&](bool timed, uint64_t *ns_spent) {
+        kv_key k = make_key(80 + (full ? 1 : 0), serial);
+        kv_put_opts o{};
+        o.struct_size = sizeof o;
+        if (serial % 16) { // chains of 16 blocks
+            o.flags = KV_PUT_F_PARENT;
+            o.parent = make_key(80 + (full ? 1 : 0), serial - 1);
+        }
+        serial++;
+        uint64_t t0 = timed ? cpu_now() : 0;
+        int rc = kv_put_ex(p, ns, &k, src, block, &o);
+        if (timed) *ns_spent = cpu_now() - t0;
+        live.push_back(k);
+        return rc;
+    };
+    // Warm up: fill to capacity and one more round (which evicts).
+    uint64_t spent = 0;
+    for (uint64_t i = 0; i < 2 * cap; i++) {
+        if (int rc = put(false, &spent); rc < 0) {
+            state.SkipWithError(errstr("kv_put_ex (warm-up)", rc).c_str());
+            std::free(src);
+            return;
+        }
+        if (live.size() > cap) live.pop_front(); // evicted long ago
+    }
+    kv_stats before{};
+    kv_pool_stats(p, &before);
+    for (auto _ : state) {
+        if (!full) { // make room: drop the oldest block still there
+            while (!live.empty() && kv_remove(p, ns, &live.front()) != 0) live.pop_front();
+            if (!live.empty()) live.pop_front();
+        }
+        int rc = put(true, &spent);
+        if (rc < 0) [[unlikely]] {
+            state.SkipWithError(errstr("kv_put_ex", rc).c_str());
+            break;
+        }
+        state.SetIterationTime(static_cast<double>(spent) * 1e-9);
+        if (live.size() > cap) live.pop_front();
+    }
+    kv_stats after{};
+    kv_pool_stats(p, &after);
+    state.counters["evictions_per_put"] =
+        state.iterations() ? double(after.evictions - before.evictions) / double(state.iterations()) : 0;
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * block));
+    std::free(src);
+}
+BENCHMARK(BM_PutSteady)
+    ->ArgNames({"full", "block_KiB"})
+    ->ArgsProduct({{0, 1}, {64, 2048}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

@@ -222,6 +222,16 @@ def main():
             else:
                 t.add(fig, val)
 
+    # 8: eviction's share of a put (issue 5)
+    for kib in (64, 2048):
+        full, room = ("BM_PutSteady/full:%d/block_KiB:%d" % (f, kib) for f in (1, 0))
+        fig = "8 put %s into a full pool" % ("2 MiB" if kib == 2048 else "%d KiB" % kib)
+        if not t.missing(fig, full, room):
+            us_full, us_room = t.get(full, "time") / 1e3, t.get(room, "time") / 1e3
+            r = us_full / us_room
+            t.add(fig, "%.1f us" % us_full + t.noise(full, "time"), "%.1f us (pool with room)" % us_room,
+                  "%.2fx" % r, "<= 1.10x", r <= 1.10, "every timed put in the full pool evicts one block")
+
     # 7: metadata overhead
     for gib in (1, 4):
         for avg in (64, 0):

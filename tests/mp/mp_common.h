@@ -276,6 +276,47 @@ inline ::testing::AssertionResult quiescent(const kv_usage &u, uint64_t held_pin
            << " pins)\n  " << usage_str(u);
 }
 
+// Chain links of a quiescent pool (PROTOCOL.md section 10): every entry's
+// kids word carries its own generation and counts exactly the entries whose
+// parent word names it at that generation (saturated counts excepted).
+// Wrong CAS tags or a double uncount at free make this fail.
+inline ::testing::AssertionResult kids_consistent(kv_pool *p) {
+    const kv_region_header *h = kv_pool_header(p);
+    const auto *base = reinterpret_cast<const uint8_t *>(h);
+    const auto *ents = reinterpret_cast<const kv_entry *>(base + h->entry_off);
+    const uint32_t n = h->n_entries;
+    std::vector<uint32_t> expect(n, 0);
+    uint64_t linked = 0;
+    auto gen = [&](uint32_t i) { return uint32_t(__atomic_load_n(&ents[i].ctl, __ATOMIC_ACQUIRE) >> 32); };
+    auto state = [&](uint32_t i) { return uint32_t(__atomic_load_n(&ents[i].ctl, __ATOMIC_ACQUIRE) >> 24) & 0xff; };
+    for (uint32_t i = 0; i < n; i++) {
+        if (state(i) == KV_ENTRY_FREE) {
+            if (ents[i].parent != 0)
+                return ::testing::AssertionFailure() << "free entry " << i << " still names a parent";
+            continue;
+        }
+        if (ents[i].parent == 0) continue; // [63:32] parent index + 1, 0: none
+        uint32_t pi = uint32_t(ents[i].parent >> 32) - 1, pg = uint32_t(ents[i].parent);
+        if (pi >= n) return ::testing::AssertionFailure() << "entry " << i << " names parent " << pi;
+        if (state(pi) != KV_ENTRY_FREE && gen(pi) == pg) {
+            expect[pi]++;
+            linked++;
+        }
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (state(i) == KV_ENTRY_FREE) continue;
+        uint32_t k = ents[i].kids;
+        if ((k >> 16) != (gen(i) & 0xffff))
+            return ::testing::AssertionFailure() << "entry " << i << " kids tag " << (k >> 16) << ", generation "
+                                                 << gen(i) << " (low 16 bits " << (gen(i) & 0xffff) << ")";
+        if ((k & 0xffff) != 0xffff && (k & 0xffff) != expect[i])
+            return ::testing::AssertionFailure() << "entry " << i << " counts " << (k & 0xffff)
+                                                 << " children, " << expect[i] << " name it";
+    }
+    fprintf(stderr, "kids_consistent: %" PRIu64 " live parent links\n", linked);
+    return ::testing::AssertionSuccess();
+}
+
 inline const kv_client *client_table(kv_pool *p) {
     const kv_region_header *h = kv_pool_header(p);
     return reinterpret_cast<const kv_client *>(reinterpret_cast<const char *>(h) + h->client_off);
@@ -577,11 +618,18 @@ class Worker {
         return false;
     }
 
-    void put(const kv_key &k) {
+    // parent: the previous block of k's chain (prefix-aware eviction), or null.
+    void put(const kv_key &k, const kv_key *parent = nullptr) {
         uint64_t len = block_len(k);
         fill_block(k, buf_.data(), len);
-        kv_meta m = block_meta(k);
-        int rc = kv_put(p_, ks_.ns, &k, buf_.data(), len, &m);
+        kv_put_opts po{};
+        po.struct_size = sizeof po;
+        po.meta = block_meta(k);
+        if (parent) {
+            po.flags = KV_PUT_F_PARENT;
+            po.parent = *parent;
+        }
+        int rc = kv_put_ex(p_, ks_.ns, &k, buf_.data(), len, &po);
         if (rc == 0) {
             counted_ok(c_.puts_stored);
             c_.bytes_committed.fetch_add(len, std::memory_order_relaxed);
@@ -591,11 +639,17 @@ class Worker {
     }
 
     // 0: reservation in *o; 1: not reserved (dedup, busy, nospc)
-    int reserve(const kv_key &k, Open *o) {
+    int reserve(const kv_key &k, Open *o, const kv_key *parent = nullptr) {
         uint64_t len = block_len(k);
-        kv_meta m = block_meta(k);
+        kv_put_opts po{};
+        po.struct_size = sizeof po;
+        po.meta = block_meta(k);
+        if (parent) {
+            po.flags = KV_PUT_F_PARENT;
+            po.parent = *parent;
+        }
         o->k = k;
-        int rc = kv_reserve(p_, ks_.ns, &k, len, &m, &o->r);
+        int rc = kv_reserve_ex(p_, ks_.ns, &k, len, &po, &o->r);
         if (rc == 0) {
             counted_ok(c_.reserves);
             if (o->r.data == nullptr || o->r.length < len) {
@@ -694,11 +748,12 @@ class Worker {
         }
         // An engine stores the blocks it had to compute.
         for (size_t i = static_cast<size_t>(m); fill && i < keys.size(); i++) {
+            const kv_key *parent = i ? &keys[i - 1] : nullptr;
             if (rng_.chance(30)) {
                 Open o;
-                if (reserve(keys[i], &o) == 0) commit(o);
+                if (reserve(keys[i], &o, parent) == 0) commit(o);
             } else {
-                put(keys[i]);
+                put(keys[i], parent);
             }
         }
     }
@@ -869,9 +924,11 @@ class MpTest : public ::testing::Test {
     }
 
     // Create a pool under /dev/shm; ASSERT-style: returns false on failure.
-    ::testing::AssertionResult create_pool(const char *tag, uint64_t size, uint64_t slab) {
+    ::testing::AssertionResult create_pool(const char *tag, uint64_t size, uint64_t slab,
+                                           uint32_t policy = KV_EVICT_PREFIX) {
         path_ = unique_pool_path("/dev/shm", tag);
         kv_create_opts o = pool_opts(size, slab);
+        o.evict_policy = policy;
         char err[256] = "";
         int rc = kv_pool_create(path_.c_str(), &o, err, sizeof err);
         if (rc != 0)

@@ -29,6 +29,7 @@ struct StressParams {
     uint64_t seconds;
     uint64_t ops;
     unsigned max_held;
+    uint32_t policy = KV_EVICT_PREFIX;
 };
 
 class StressTest : public MpTest {
@@ -38,8 +39,9 @@ class StressTest : public MpTest {
 
 void StressTest::run_stress(const StressParams &sp) {
     uint64_t seed = test_seed(sp.tag);
-    ASSERT_TRUE(create_pool(sp.tag, sp.pool_size, sp.slab_size));
+    ASSERT_TRUE(create_pool(sp.tag, sp.pool_size, sp.slab_size, sp.policy));
     ASSERT_TRUE(attach());
+    ASSERT_EQ(kv_pool_header(pool_)->evict_policy, sp.policy);
 
     KeySpace ks;
     ASSERT_TRUE(build_keys(&ks, sp.n_rand, sp.n_prompts, sp.families));
@@ -133,6 +135,7 @@ void StressTest::run_stress(const StressParams &sp) {
     kv_usage u{};
     ASSERT_EQ(kv_pool_usage(pool_, &u), 0);
     EXPECT_TRUE(quiescent(u));
+    EXPECT_TRUE(kids_consistent(pool_));
 
     WalkResult w = walk_all(pool_, ks);
     EXPECT_EQ(w.bad, 0u) << "first error: " << w.first_error;
@@ -177,6 +180,19 @@ TEST_F(StressTest, FourWorkersRandomOps) {
 
 // Few keys, many writers: reserve/put/remove races on the same keys, -EBUSY
 // and KV_DEDUP on nearly every write.
+// The same load under each sampled policy (prefix runs above): eviction
+// under multi-process put/get keeps every invariant, chain links included.
+TEST_F(StressTest, FourWorkersEachPolicy) {
+    for (uint32_t policy : {KV_EVICT_LRU, KV_EVICT_LFU, KV_EVICT_FIFO, KV_EVICT_PRIORITY}) {
+        SCOPED_TRACE(kv_evict_policy_name(policy));
+        StressParams sp{"policy", 4, 64 * kMiB, 1 * kMiB, 2048, 48, 8, 3, 8000, 16};
+        sp.policy = policy;
+        run_stress(sp);
+        TearDown();
+        if (HasFatalFailure()) return;
+    }
+}
+
 TEST_F(StressTest, FourWorkersHotKeys) {
     run_stress({"hotkeys", 4, 64 * kMiB, 1 * kMiB, 24, 8, 2, 4, 20000, 8});
 }

@@ -70,7 +70,7 @@ TEST_F(DaemonTest, StartsReadyAndLists) {
     EXPECT_EQ(doc["pools"][0]["name"], "alpha");
     EXPECT_EQ(doc["pools"][0]["page_size"], 4096);
     EXPECT_EQ(doc["pools"][0]["state"], "created");
-    EXPECT_EQ(doc["pools"][0]["policy"], "clock");
+    EXPECT_EQ(doc["pools"][0]["policy"], "prefix") << "the default policy";
     EXPECT_GT(doc["pools"][0]["capacity"].get<uint64_t>(), 32u << 20);
     // Log lines carry journald priority prefixes.
     EXPECT_NE(log().find("<5>kvpoold: ready"), std::string::npos) << log();
@@ -265,6 +265,16 @@ TEST_F(DaemonTest, CreateAndDestroyAtRuntime) {
     EXPECT_NE(small.err.find("16 MiB"), std::string::npos) << small.err;
     EXPECT_EQ(ctl({"destroy", "beta"}).code, 0);
     EXPECT_NE(stat(pool_path("beta").c_str(), &sb), 0);
+    // The eviction policy is chosen at creation and shown in status.
+    Proc lfu = ctl({"create", "gamma", "--size", "32M", "--hugepages", "never", "--policy", "lfu"});
+    ASSERT_EQ(lfu.code, 0) << lfu.err;
+    EXPECT_EQ(parse(ctl({"--json", "status", "gamma"}))["policy"], "lfu");
+    EXPECT_NE(ctl({"status", "gamma"}).out.find("lfu"), std::string::npos);
+    Proc badpol = ctl({"create", "delta", "--size", "32M", "--policy", "random"});
+    EXPECT_EQ(badpol.code, 2);
+    EXPECT_NE(badpol.err.find("--policy"), std::string::npos) << badpol.err;
+    EXPECT_NE(badpol.err.find("random"), std::string::npos) << badpol.err;
+    EXPECT_EQ(ctl({"destroy", "gamma"}).code, 0);
     EXPECT_EQ(ctl({"destroy", "beta"}).code, 5);
     EXPECT_EQ(ctl({"status", "beta"}).code, 5);
     json l = parse(ctl({"--json", "list"}));
@@ -458,6 +468,7 @@ TEST_F(DaemonTest, MetricsEndpointServesPrometheusText) {
     EXPECT_EQ(resp.rfind("HTTP/1.1 200 OK", 0), 0u) << resp;
     EXPECT_NE(resp.find("kvpool_capacity_bytes{pool=\"alpha\"}"), std::string::npos) << resp;
     EXPECT_NE(resp.find("# TYPE kvpool_hits_total counter"), std::string::npos);
+    EXPECT_NE(resp.find("kvpool_info{pool=\"alpha\",policy=\"prefix\"} 1"), std::string::npos) << resp;
     EXPECT_NE(resp.find("kvpoold_resident_bytes"), std::string::npos);
 }
 

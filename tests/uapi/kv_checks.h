@@ -13,7 +13,8 @@
 static int kv_test_kv_checks(void)
 {
 	KV_TEST_SIZE(struct kv_key, 16);
-	KV_TEST_SIZE(struct kv_create_opts, 56);
+	KV_TEST_SIZE(struct kv_create_opts, 64);
+	KV_TEST_SIZE(struct kv_put_opts, 48);
 	KV_TEST_SIZE(struct kv_meta, 16);
 	KV_TEST_SIZE(struct kv_view, 56);
 	KV_TEST_SIZE(struct kv_reservation, 32);
@@ -22,6 +23,10 @@ static int kv_test_kv_checks(void)
 	KV_TEST_OFFSET(struct kv_create_opts, struct_size, 0);
 	KV_TEST_OFFSET(struct kv_create_opts, slab_size, 24);
 	KV_TEST_OFFSET(struct kv_create_opts, mode, 52);
+	KV_TEST_OFFSET(struct kv_create_opts, evict_policy, 56);
+	KV_TEST_OFFSET(struct kv_put_opts, meta, 8);
+	KV_TEST_OFFSET(struct kv_put_opts, parent, 24);
+	KV_TEST_OFFSET(struct kv_put_opts, ttl_ms, 40);
 	KV_TEST_OFFSET(struct kv_view, handle, 40);
 	kv_test_check("KV_DEDUP", KV_DEDUP, 1);
 	return kv_test_region_checks();

@@ -49,12 +49,21 @@ static int kv_test_region_checks(void)
 	KV_TEST_OFFSET(struct kv_region_header, slab_size, 120);
 	KV_TEST_OFFSET(struct kv_region_header, state_off, 128);
 	KV_TEST_OFFSET(struct kv_region_header, data_len, 280);
-	KV_TEST_OFFSET(struct kv_region_header, reserved, 288);
+	KV_TEST_OFFSET(struct kv_region_header, evict_policy, 288);
+	KV_TEST_OFFSET(struct kv_region_header, reserved0, 292);
+	KV_TEST_OFFSET(struct kv_region_header, reserved, 296);
 	KV_TEST_OFFSET(struct kv_region_state, slab_hand, 64);
 	KV_TEST_OFFSET(struct kv_region_state, reap_epoch, 128);
+	KV_TEST_OFFSET(struct kv_region_state, lfu_floor, 192);
 	KV_TEST_OFFSET(struct kv_namespace, manifest, 64);
 	KV_TEST_OFFSET(struct kv_client, stats, 64);
 	KV_TEST_OFFSET(struct kv_entry, checksum, 64);
+	KV_TEST_OFFSET(struct kv_entry, clock, 96);
+	KV_TEST_OFFSET(struct kv_entry, flags, 100);
+	KV_TEST_OFFSET(struct kv_entry, rank, 104);
+	KV_TEST_OFFSET(struct kv_entry, parent, 112);
+	KV_TEST_OFFSET(struct kv_entry, kids, 120);
+	KV_TEST_OFFSET(struct kv_entry, ttl_ms, 124);
 
 	/* The magic is "KVPOOL\0\1" read little-endian. */
 	kv_test_check("KV_REGION_MAGIC byte 0 ('K')", KV_REGION_MAGIC & 0xff, 'K');

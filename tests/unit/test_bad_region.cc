@@ -204,8 +204,14 @@ TEST_F(BadRegionTest, HeaderSizeTooSmall) {
 
 TEST_F(BadRegionTest, NonZeroReserved) {
     check({"reserved5", [](Image &i) { hdr(i).reserved[5] = 1; }, {-EPROTO}, {"reserved"}, {}});
-    check({"reserved31", [](Image &i) { hdr(i).reserved[31] = 1ULL << 63; }, {-EPROTO}, {"reserved"},
+    check({"reserved30", [](Image &i) { hdr(i).reserved[30] = 1ULL << 63; }, {-EPROTO}, {"reserved"},
            {}});
+    check({"reserved0", [](Image &i) { hdr(i).reserved0 = 1; }, {-EPROTO}, {"reserved0"}, {}});
+}
+
+TEST_F(BadRegionTest, UnknownEvictionPolicy) {
+    check({"policy6", [](Image &i) { hdr(i).evict_policy = KV_EVICT_MAX + 1; }, {-EPROTO},
+           {"evict_policy"}, {"6"}});
 }
 
 TEST_F(BadRegionTest, RegionSizeDisagreesWithFile) {

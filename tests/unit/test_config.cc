@@ -125,7 +125,7 @@ TEST(Config, PoolDefaults) {
     EXPECT_EQ(p.size, 16ULL << 20);
     EXPECT_EQ(p.hugepages, HugepageMode::Prefer);
     EXPECT_EQ(p.numa_node, kNumaNone);
-    EXPECT_EQ(p.eviction, "clock");
+    EXPECT_EQ(p.eviction, "prefix");
     EXPECT_EQ(p.group, "");
     EXPECT_EQ(p.mode, 0660u);
     EXPECT_TRUE(p.prefault);
@@ -364,8 +364,8 @@ std::vector<BadCase> bad_cases() {
          pool_with("eviction = 1"),
          {"pool[0].eviction", "expected a string", "got integer 1"}},
         {"eviction value",
-         pool_with("eviction = \"lru\""),
-         {"pool[0].eviction", "unknown eviction policy \"lru\"; known policies: clock"}},
+         pool_with("eviction = \"random\""),
+         {"pool[0].eviction", "unknown eviction policy \"random\"; known policies: clock, lru, lfu, fifo, priority, prefix"}},
         {"group type", pool_with("group = 0"), {"pool[0].group", "group name", "got integer 0"}},
         {"group dash", pool_with("group = \"-x\""), {"pool[0].group", "got string \"-x\""}},
         {"group space", pool_with("group = \"a b\""), {"pool[0].group", "got string \"a b\""}},

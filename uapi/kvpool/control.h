@@ -64,7 +64,8 @@
 /* kv_ctl_request.flags */
 #define KV_CTL_F_KILL (1U << 0)     /* DETACH: SIGKILL a live process first */
 #define KV_CTL_F_PREFAULT (1U << 1) /* CREATE: fault every page in */
-#define KV_CTL_F_KNOWN (KV_CTL_F_KILL | KV_CTL_F_PREFAULT)
+#define KV_CTL_F_POLICY (1U << 2)   /* CREATE: evict_policy is set (else the daemon's default) */
+#define KV_CTL_F_KNOWN (KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY)
 
 /* kv_ctl_request.numa_node special values */
 #define KV_CTL_NUMA_NONE 0xffffffffU
@@ -89,11 +90,16 @@ struct kv_ctl_request {
 	uint32_t numa_node;            /* CREATE: node, KV_CTL_NUMA_NONE or KV_CTL_NUMA_LOCAL */
 	uint32_t mode;                 /* CREATE: file mode bits (0: 0660) */
 	uint8_t path[KV_CTL_PATH_MAX]; /* PERSIST / RESTORE: snapshot path, empty for the pool's default */
-	uint64_t reserved[8];          /* zero */
+	uint32_t evict_policy;         /* CREATE with KV_CTL_F_POLICY: KV_EVICT_* (region.h); else zero.
+	                                * Carved from reserved[0]: a daemon that predates it refuses
+	                                * the request (non-zero reserved, unknown flag). */
+	uint32_t reserved0;            /* zero */
+	uint64_t reserved[7];          /* zero */
 };
 #define KV_CTL_REQUEST_SIZE_V1 416
 KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_request) == KV_CTL_REQUEST_SIZE_V1, "ctl request v1 size");
 KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, path) == 96, "ctl request path offset");
+KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, evict_policy) == 352, "ctl request policy offset");
 
 struct kv_ctl_response {
 	uint32_t error;    /* 0, or a positive errno value */

@@ -34,13 +34,43 @@
 /* "KVPOOL\0\1" read as a little-endian uint64_t. Published last, with release. */
 #define KV_REGION_MAGIC 0x01004c4f4f50564bULL
 #define KV_ABI_MAJOR 1
-#define KV_ABI_MINOR 0
+#define KV_ABI_MINOR 1 /* 1.1: eviction policies (KV_COMPAT_F_EVICT_POLICY) */
 
 /* Incompatible features: an attacher that does not know a set bit refuses. */
 #define KV_INCOMPAT_F_CAS16 (1ULL << 0) /* entry ctl/aux pair updated with 16-byte CAS */
 #define KV_INCOMPAT_KNOWN (KV_INCOMPAT_F_CAS16)
-/* Compatible features: unknown bits are ignored. None defined in v1.0. */
-#define KV_COMPAT_KNOWN 0ULL
+/*
+ * Compatible features: unknown bits are ignored.
+ * EVICT_POLICY (v1.1): the header's evict_policy names the pool's eviction
+ * policy and the entry fields rank, parent, kids and ttl_ms are maintained
+ * (PROTOCOL.md section 10). A v1.0 process ignores the bit; it still refuses
+ * a pool whose evict_policy is not KV_EVICT_CLOCK, because it sees a non-zero
+ * reserved header word, so only CLOCK pools are shared with v1.0 processes
+ * (which neither stamp ranks nor honour ttl_ms).
+ */
+#define KV_COMPAT_F_EVICT_POLICY (1ULL << 0)
+#define KV_COMPAT_KNOWN (KV_COMPAT_F_EVICT_POLICY)
+
+/*
+ * kv_region_header.evict_policy (v1.1). Fixed at creation. The victim is the
+ * unpinned committed block with the smallest key, compared in this order:
+ * expired (ttl_ms) first, then per policy:
+ *   CLOCK    second chance over the entry table (v1.0 behaviour; 0 in v1.0 regions)
+ *   LRU      rank = last access tick
+ *   LFU      rank = LFU with dynamic ageing: max(rank, lfu_floor) + 1 per access;
+ *            equal ranks: the older commit_ns first
+ *   FIFO     rank = tick at reserve; accesses do not change it
+ *   PRIORITY (priority, rank as LRU): lowest priority first, LRU among equals
+ *   PREFIX   (has children, rank as LRU): chain tails first, LRU among tails
+ * Every policy but CLOCK picks among a sample of entries (PROTOCOL.md 10).
+ */
+#define KV_EVICT_CLOCK 0
+#define KV_EVICT_LRU 1
+#define KV_EVICT_LFU 2
+#define KV_EVICT_FIFO 3
+#define KV_EVICT_PRIORITY 4
+#define KV_EVICT_PREFIX 5
+#define KV_EVICT_MAX 5
 
 #define KV_CACHELINE 64
 #define KV_HEADER_BYTES 4096  /* the header owns the first 4 KiB of the region */
@@ -104,13 +134,17 @@ struct kv_region_header {
 	uint64_t block_off, block_len;     /* uint64_t block words [n_slabs][blocks_per_slab] */
 	uint64_t data_off, data_len;       /* n_slabs * slab_size bytes, page_size aligned */
 
-	uint64_t reserved[32];      /* zero on write, checked on attach */
+	/* v1.1 (KV_COMPAT_F_EVICT_POLICY), carved from reserved[0]. */
+	uint32_t evict_policy;      /* KV_EVICT_*; 0 (CLOCK) in v1.0 regions */
+	uint32_t reserved0;         /* zero */
+	uint64_t reserved[31];      /* zero on write, checked on attach */
 };
 #define KV_REGION_HEADER_SIZE_V1 544
 KV_STATIC_ASSERT(sizeof(struct kv_region_header) == KV_REGION_HEADER_SIZE_V1, "header v1 size");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, max_clients) == 88, "header geometry offset");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, state_off) == 128, "header sections offset");
-KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, reserved) == 288, "header reserved offset");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, evict_policy) == 288, "header v1.1 policy offset");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, reserved) == 296, "header reserved offset");
 
 /*
  * Pool-wide mutable words, each on its own cache line because different
@@ -124,10 +158,15 @@ struct kv_region_state {
 	uint64_t pad1[7];
 	uint64_t reap_epoch;     /* incremented by every completed reap pass */
 	uint64_t pad2[7];
-	uint64_t reserved[8];
+	/* v1.1, LFU pools: the rank of the last LFU victim (dynamic ageing).
+	 * Raised (CAS, relaxed) by evictors, read (relaxed) by gets and puts; a
+	 * hint: a lost raise only delays ageing. */
+	uint64_t lfu_floor;
+	uint64_t reserved[7];
 };
 #define KV_REGION_STATE_SIZE_V1 256
 KV_STATIC_ASSERT(sizeof(struct kv_region_state) == KV_REGION_STATE_SIZE_V1, "state v1 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_state, lfu_floor) == 192, "lfu_floor on its own line");
 
 /*
  * One size class. block_size and blocks_per_slab are written by the creator;
@@ -303,11 +342,27 @@ struct kv_entry {
 	uint64_t commit_ns;  /* CLOCK_REALTIME at commit */
 	uint32_t clock;      /* CLOCK reference bit: set by gets, cleared by the eviction hand */
 	uint32_t flags;      /* zero in v1 */
-	uint64_t reserved[3];
+	/*
+	 * v1.1 (KV_COMPAT_F_EVICT_POLICY), carved from reserved[3]. Written by
+	 * the owner while RESERVED (published by the commit); rank and kids are
+	 * also written later, see each field. All are eviction hints: a lost or
+	 * stale update changes which block is evicted, never what a get returns
+	 * (ttl_ms excepted, which is immutable once committed).
+	 */
+	uint64_t rank;       /* policy rank (KV_EVICT_*): access tick, LFU count or reserve tick;
+	                      * stored (relaxed) by gets in LRU, LFU, PRIORITY and PREFIX pools */
+	uint64_t parent;     /* [63:32] parent entry index + 1 (0: none), [31:0] its generation when
+	                      * this entry counted itself in its kids; CAS to NIL by the one who
+	                      * uncounts it (at free) */
+	uint32_t kids;       /* [31:16] low 16 bits of this entry's generation, [15:0] children
+	                      * counted (saturating); CAS only, by children at reserve and free */
+	uint32_t ttl_ms;     /* 0, or expiry: commit_ns + ttl_ms milliseconds */
 };
 #define KV_ENTRY_SIZE_V1 128
 KV_STATIC_ASSERT(sizeof(struct kv_entry) == KV_ENTRY_SIZE_V1, "entry v1 size");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_entry, checksum) == 64, "entry metadata on line 1");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_entry, rank) == 104, "entry v1.1 fields in the old reserved words");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_entry, ttl_ms) == 124, "entry v1.1 ttl offset");
 
 /*
  * Slab descriptor. ctl: [7:0] state, [15:8] class, [27:16] client + 1: the

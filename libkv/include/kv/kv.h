@@ -57,9 +57,12 @@ struct kv_create_opts {
 	uint32_t pins_per_client; /* 0: 4096 */
 	uint32_t max_namespaces;  /* 0: 64 */
 	uint32_t mode;            /* file mode of a created file; 0: 0660 */
+	/* Since LIBKV_0.2 (struct_size >= 64; a smaller struct gets KV_EVICT_CLOCK): */
+	uint32_t evict_policy;    /* KV_EVICT_* (region.h); kv_create_opts_init: KV_EVICT_PREFIX */
+	uint32_t reserved0;       /* zero */
 };
 
-/* Fill opts with defaults for a pool of size bytes. */
+/* Fill opts with defaults for a pool of size bytes (policy: KV_EVICT_PREFIX). */
 void kv_create_opts_init(struct kv_create_opts *opts, uint64_t size) KV_NOEXCEPT;
 
 /*
@@ -156,6 +159,23 @@ struct kv_meta {
 /* Returned by put and reserve when the key is already committed: no copy was made. */
 #define KV_DEDUP 1
 
+/*
+ * Options of kv_put_ex / kv_reserve_ex (since LIBKV_0.2). Zero it, set
+ * struct_size = sizeof(struct kv_put_opts); a smaller struct_size (an older
+ * caller) leaves later fields at zero.
+ */
+#define KV_PUT_F_PARENT (1U << 0) /* parent is set: the block before this one in its chain */
+struct kv_put_opts {
+	uint32_t struct_size;
+	uint32_t flags;       /* KV_PUT_F_* */
+	struct kv_meta meta;
+	struct kv_key parent; /* with KV_PUT_F_PARENT: the preceding block of the chain, without
+	                       * which this one is useless; PREFIX pools evict children first */
+	uint32_t ttl_ms;      /* 0: no expiry; else the block expires ttl_ms after its commit: gets,
+	                       * contains and match_prefix stop finding it and eviction takes it first */
+	uint32_t reserved;    /* zero */
+};
+
 /* A pinned, read-only, zero-copy view of a committed block. */
 struct kv_view {
 	const void *data;
@@ -191,6 +211,18 @@ int kv_put(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, const vo
  */
 int kv_reserve(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, uint64_t len,
 	       const struct kv_meta *meta, struct kv_reservation *out) KV_NOEXCEPT;
+
+/*
+ * kv_put / kv_reserve with options (parent in a chain, time to live); opts may
+ * be NULL. A parent that is not committed is ignored (the block is then a
+ * chain root for eviction). Returns what kv_put / kv_reserve return, and
+ * -EINVAL for an opts struct_size below 8, unknown flags or non-zero reserved.
+ * A put of a key whose block has expired replaces it.
+ */
+int kv_put_ex(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, const void *data,
+	      uint64_t len, const struct kv_put_opts *opts) KV_NOEXCEPT;
+int kv_reserve_ex(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, uint64_t len,
+		  const struct kv_put_opts *opts, struct kv_reservation *out) KV_NOEXCEPT;
 
 #define KV_COMMIT_F_CHECKSUM (1U << 0) /* checksum argument is the XXH3-64 of the data: do not recompute */
 
@@ -247,7 +279,11 @@ int kv_view_verify(const struct kv_view *view) KV_NOEXCEPT;
  */
 int kv_reap(struct kv_pool *pool) KV_NOEXCEPT;
 
-/* Evict unpinned blocks until at least bytes are freed. Returns bytes freed (capped at INT32_MAX) or -errno. */
+/*
+ * Evict unpinned blocks, by the pool's policy, until at least bytes are
+ * freed (the same victim choice as a put that finds no space). Returns bytes
+ * freed (capped at INT32_MAX) or -errno.
+ */
 int64_t kv_evict_bytes(struct kv_pool *pool, uint64_t bytes) KV_NOEXCEPT;
 
 struct kv_stats {
@@ -345,6 +381,11 @@ int kv_reap_pid(struct kv_pool *pool, uint32_t pid) KV_NOEXCEPT;
 const struct kv_region_header *kv_pool_header(const struct kv_pool *pool) KV_NOEXCEPT;
 /* This client's slot index. */
 uint32_t kv_pool_client_index(const struct kv_pool *pool) KV_NOEXCEPT;
+
+/* The name of a KV_EVICT_* policy ("clock", "lru", "lfu", "fifo", "priority", "prefix"), or NULL. */
+const char *kv_evict_policy_name(uint32_t policy) KV_NOEXCEPT;
+/* The KV_EVICT_* value of a policy name, or -EINVAL. */
+int kv_evict_policy_parse(const char *name) KV_NOEXCEPT;
 
 /* A short English description of a libkv return code. */
 const char *kv_strerror(int code) KV_NOEXCEPT;
