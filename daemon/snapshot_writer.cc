@@ -2,11 +2,12 @@
 //
 // persist(): a live pool to a snapshot file.
 //
-// One pass over the entry table. Each committed row is pinned with kv_get
-// (the pin is what makes the write safe: a pinned block is immutable and
-// its memory is not reused until released), given a record in the open
-// segment and an extent behind the segment's head, and its pages are
-// written straight from the region. Extents that follow each other in the
+// One pass over the entry table. Each committed row is pinned (as kv_get
+// does, but counting no hit and leaving its eviction rank alone:
+// kv::detail::pin_for_snapshot); the pin is what makes the write safe: a
+// pinned block is immutable and its memory is not reused until released.
+// Each block gets a record in the open segment and an extent behind the
+// segment's head, and its pages are written straight from the region. Extents that follow each other in the
 // file are merged into one request of up to max_request_bytes (a writev
 // whose iovecs point into the region; one iovec: a write_fixed from the
 // registered data section), and queue_depth requests stay in flight. A
@@ -35,6 +36,7 @@
 // byte of [0, file length) is rewritten (checked: the bytes written must
 // add up to the file length), and the excess past the new end is truncated.
 #include "snapshot.h"
+#include "detail.h"
 #include "snapshot_format.h"
 #include "uring.h"
 
@@ -323,7 +325,7 @@ bool Writer::pin_and_add(const kv_entry_info &row) {
     if (pin == kNone) return false;
     PinSlot &ps = pins_[pin];
     for (;;) {
-        int rc = kv_get(pool_, row.ns, &row.key, &ps.view);
+        int rc = kv::detail::pin_for_snapshot(pool_, row.ns, row.key, &ps.view);
         if (rc == 0) break;
         if (rc == -ENOBUFS && (cur_ != kNone || ring_->in_flight())) {
             // Our other pins come back as their writes complete.

@@ -383,6 +383,13 @@ void entry_unlink_parent(kv_pool *p, kv_entry &en);
 // Abort a RESERVED entry (owner may be dead).
 void entry_abort(kv_pool *p, uint32_t e, uint64_t ctl_seen, uint64_t aux_seen);
 
+// ---- store.cc: for the daemon's snapshot writer ----------------------------------
+// kv_get without its side effects: the block is pinned and its view filled,
+// but no hit or miss is counted and its eviction rank is not refreshed, so a
+// persist neither inflates the pool's hit rate nor makes every block look
+// just used to LRU/LFU/prefix eviction. Release with kv_release.
+int pin_for_snapshot(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out);
+
 // ---- evict.cc ------------------------------------------------------------------------
 // Free space for a block of class cls. Returns true if something was freed.
 bool evict_for_class(kv_pool *p, uint32_t cls);

@@ -278,7 +278,7 @@ uint64_t committed_ctl(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &k) {
     return c;
 }
 
-void fill_view(kv_pool *p, uint32_t e, uint32_t gen, uint32_t slot, kv_view *v) {
+void fill_view(kv_pool *p, uint32_t e, uint32_t gen, uint32_t slot, kv_view *v, bool touch_rank = true) {
     kv_entry &en = p->entries[e];
     uint32_t cls = load(en.class_id, std::memory_order_relaxed);
     v->data = block_data(p, load(en.block, std::memory_order_relaxed), cls);
@@ -290,10 +290,10 @@ void fill_view(kv_pool *p, uint32_t e, uint32_t gen, uint32_t slot, kv_view *v) 
     uint32_t seq = PinB::seq(load(p->journal[slot].b, std::memory_order_relaxed));
     v->handle[0] = (uint64_t(seq) << 32) | slot;
     v->handle[1] = PinA::make(e, gen);
-    touch(p, en); // pinned: e cannot be recycled under the stamp
+    if (touch_rank) touch(p, en); // pinned: e cannot be recycled under the stamp
 }
 
-int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out) {
+int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out, bool touch_rank) {
     for (;;) {
         Found f = index_find(p, ns, k);
         if (!f.found) return -ENOENT;
@@ -303,7 +303,7 @@ int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out) {
         int rc = pin_entry(p, f.cur, Ctl::gen(c), &slot);
         if (rc == -ENOENT) continue; // removed or recycled between find and pin: look again
         if (rc) return rc;
-        fill_view(p, f.cur, Ctl::gen(c), slot, out);
+        fill_view(p, f.cur, Ctl::gen(c), slot, out, touch_rank);
         return 0;
     }
 }
@@ -560,6 +560,11 @@ void entry_abort(kv_pool *p, uint32_t e, uint64_t c, uint64_t x) {
     index_remove(p, e, Ctl::gen(c)); // linked or not, it ends UNLINKED and is freed
 }
 
+int pin_for_snapshot(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out) {
+    if (!p || !out) return -EINVAL;
+    return get_one(p, ns, k, out, false);
+}
+
 } // namespace kv::detail
 
 using namespace kv::detail;
@@ -670,7 +675,7 @@ int kv_reserve_ex(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, cons
 int kv_get(kv_pool *p, uint32_t ns, const kv_key *key, kv_view *out) noexcept {
     if (!p || !key || !out) return -EINVAL;
     kv_client_stats &st = my_stats(p);
-    int rc = get_one(p, ns, *key, out);
+    int rc = get_one(p, ns, *key, out, true);
     bump(rc == 0 ? st.hits : st.misses);
     return rc;
 }
@@ -728,7 +733,7 @@ int kv_match_prefix(kv_pool *p, uint32_t ns, const kv_key *keys, size_t n, uint3
         // miss; start loading it now.
         if (m + 4 < n) __builtin_prefetch(&p->buckets[bucket_of(p, ns, keys[m + 4])]);
         if (flags & KV_MATCH_F_PIN) {
-            int rc = get_one(p, ns, keys[m], &views[m]);
+            int rc = get_one(p, ns, keys[m], &views[m], true);
             if (rc == -ENOENT) break;
             if (rc < 0) {
                 for (size_t i = 0; i < m; i++) kv_release(p, &views[i]);

@@ -192,6 +192,14 @@ trap 'exit 143' TERM
 mkdir -p "$work"
 : >"$raw"
 
+
+record() { # key value... (words joined by spaces)
+    local k=$1
+    shift
+    printf '%s\t%s\n' "$k" "$*" >>"$raw"
+}
+jget() { python3 "$helper" jget "$@"; }
+
 # Hugepage pools: a private hugetlbfs mount and enough reserved 2 MiB pages
 # for the largest pool (the bench and warm-restart pools never coexist);
 # both are undone on exit.
@@ -211,13 +219,6 @@ if [[ $hugepages != never ]]; then
     huge_mounted=1
     record info.hugepages "$hugepages: $have 2 MiB pages reserved, hugetlbfs on $huge"
 fi
-
-record() { # key value... (words joined by spaces)
-    local k=$1
-    shift
-    printf '%s\t%s\n' "$k" "$*" >>"$raw"
-}
-jget() { python3 "$helper" jget "$@"; }
 drop_caches() {
     sync
     if ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then

@@ -520,6 +520,33 @@ TEST_F(SnapshotTest, FailedPersistKeepsPreviousSnapshot) {
         EXPECT_TRUE(check_block(dst.p, dst.ns[nsi], k));
 }
 
+// A persist reads every block but is not a client using them: it counts no
+// hit and leaves every block's eviction rank as it was, so the pool's hit
+// rate and its LRU/LFU/prefix order are the same after a snapshot.
+TEST_F(SnapshotTest, PersistLeavesHitsAndEvictionRanksAlone) {
+    Pool &src = make_pool(128 << 20);
+    populate(src, 50);
+    const kv_region_header *h = kv_pool_header(src.p);
+    const auto *entries =
+        reinterpret_cast<const kv_entry *>(reinterpret_cast<const uint8_t *>(h) + h->entry_off);
+    std::vector<uint64_t> ranks(h->n_entries);
+    for (uint32_t i = 0; i < h->n_entries; i++)
+        ranks[i] = __atomic_load_n(&entries[i].rank, __ATOMIC_RELAXED);
+    kv_stats before{}, after{};
+    ASSERT_EQ(kv_pool_stats(src.p, &before), 0);
+    auto w = snap::persist(src.p, "ranks", file("ranks.kvsnap"), {});
+    ASSERT_TRUE(w.has_value()) << w.error().message;
+    EXPECT_EQ(w->blocks, 50u);
+    ASSERT_EQ(kv_pool_stats(src.p, &after), 0);
+    EXPECT_EQ(after.hits, before.hits);
+    EXPECT_EQ(after.misses, before.misses);
+    size_t changed = 0;
+    for (uint32_t i = 0; i < h->n_entries; i++)
+        changed += __atomic_load_n(&entries[i].rank, __ATOMIC_RELAXED) != ranks[i];
+    EXPECT_EQ(changed, 0u) << "a persist refreshed eviction ranks";
+    expect_no_leaks(src.p);
+}
+
 // ---- Spare recycling ------------------------------------------------------------
 
 // The snapshot a persist replaces becomes PATH.spare and the next persist
