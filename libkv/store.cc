@@ -593,15 +593,22 @@ int put_opts(const kv_put_opts *in, PutOpts *out) {
     return 0;
 }
 
-} // namespace
-
-extern "C" {
-
-int kv_reserve(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const kv_meta *meta,
-               kv_reservation *out) noexcept {
-    if (!p || !key || !out) return -EINVAL;
+// The bodies of kv_put / kv_put_ex and kv_reserve / kv_reserve_ex.
+int put_common(kv_pool *p, uint32_t ns, const kv_key &key, const void *data, uint64_t len, const kv_meta *meta,
+               const kv_key *parent, uint32_t ttl_ms) {
     uint32_t e, gen;
-    int rc = reserve_impl(p, ns, *key, len, meta, nullptr, 0, &e, &gen);
+    int rc = reserve_impl(p, ns, key, len, meta, parent, ttl_ms, &e, &gen);
+    if (rc) return rc;
+    kv_entry &en = p->entries[e];
+    uint8_t *dst = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
+    uint64_t sum = copy_hash(dst, data, len);
+    return commit_impl(p, e, gen, true, sum);
+}
+
+int reserve_common(kv_pool *p, uint32_t ns, const kv_key &key, uint64_t len, const kv_meta *meta,
+                   const kv_key *parent, uint32_t ttl_ms, kv_reservation *out) {
+    uint32_t e, gen;
+    int rc = reserve_impl(p, ns, key, len, meta, parent, ttl_ms, &e, &gen);
     if (rc) return rc;
     kv_entry &en = p->entries[e];
     out->data = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
@@ -609,6 +616,16 @@ int kv_reserve(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const k
     out->handle[0] = PinA::make(e, gen);
     out->handle[1] = p->client;
     return 0;
+}
+
+} // namespace
+
+extern "C" {
+
+int kv_reserve(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const kv_meta *meta,
+               kv_reservation *out) noexcept {
+    if (!p || !key || !out) return -EINVAL;
+    return reserve_common(p, ns, *key, len, meta, nullptr, 0, out);
 }
 
 int kv_commit(kv_pool *p, kv_reservation *r, uint32_t flags, uint64_t checksum) noexcept {
@@ -633,13 +650,7 @@ int kv_abort(kv_pool *p, kv_reservation *r) noexcept {
 int kv_put(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint64_t len,
            const kv_meta *meta) noexcept {
     if (!p || !key || (!data && len)) return -EINVAL;
-    uint32_t e, gen;
-    int rc = reserve_impl(p, ns, *key, len, meta, nullptr, 0, &e, &gen);
-    if (rc) return rc;
-    kv_entry &en = p->entries[e];
-    uint8_t *dst = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
-    uint64_t sum = copy_hash(dst, data, len);
-    return commit_impl(p, e, gen, true, sum);
+    return put_common(p, ns, *key, data, len, meta, nullptr, 0);
 }
 
 int kv_put_ex(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint64_t len,
@@ -647,13 +658,7 @@ int kv_put_ex(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint
     if (!p || !key || (!data && len)) return -EINVAL;
     PutOpts o;
     if (int rc = put_opts(opts, &o)) return rc;
-    uint32_t e, gen;
-    int rc = reserve_impl(p, ns, *key, len, &o.meta, o.parent, o.ttl_ms, &e, &gen);
-    if (rc) return rc;
-    kv_entry &en = p->entries[e];
-    uint8_t *dst = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
-    uint64_t sum = copy_hash(dst, data, len);
-    return commit_impl(p, e, gen, true, sum);
+    return put_common(p, ns, *key, data, len, &o.meta, o.parent, o.ttl_ms);
 }
 
 int kv_reserve_ex(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const kv_put_opts *opts,
@@ -661,15 +666,7 @@ int kv_reserve_ex(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, cons
     if (!p || !key || !out) return -EINVAL;
     PutOpts o;
     if (int rc = put_opts(opts, &o)) return rc;
-    uint32_t e, gen;
-    int rc = reserve_impl(p, ns, *key, len, &o.meta, o.parent, o.ttl_ms, &e, &gen);
-    if (rc) return rc;
-    kv_entry &en = p->entries[e];
-    out->data = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
-    out->length = len;
-    out->handle[0] = PinA::make(e, gen);
-    out->handle[1] = p->client;
-    return 0;
+    return reserve_common(p, ns, *key, len, &o.meta, o.parent, o.ttl_ms, out);
 }
 
 int kv_get(kv_pool *p, uint32_t ns, const kv_key *key, kv_view *out) noexcept {
