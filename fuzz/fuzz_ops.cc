@@ -41,6 +41,8 @@ constexpr uint64_t kSlab = 64 << 10;
 constexpr uint32_t kPins = 16;
 constexpr uint32_t kKeys = 24;   // key space
 constexpr size_t kMaxOps = 512;  // per input
+// FUZZ_OPS_TRACE=1 in the environment: print the model after each operation.
+const bool g_trace = getenv("FUZZ_OPS_TRACE") != nullptr;
 
 [[noreturn]] void fail(const std::string &what) {
     fprintf(stderr, "fuzz_ops: pool and model disagree: %s\n", what.c_str());
@@ -416,6 +418,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         i += kArgs[op];
         if (op != 10) run.resync(name);
+        if (g_trace)
+            fprintf(stderr, "%3zu %-18s key %2u: %zu committed, %zu reserved, %u pins\n", ops, name, key,
+                    run.committed.size(), run.reserved.size(), run.pins_held);
     }
     run.finish();
     return 0;

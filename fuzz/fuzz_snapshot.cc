@@ -2,7 +2,7 @@
 //
 // Snapshot files whose bytes are arbitrary (a damaged disk, a hostile
 // file): the daemon's snapshot engine (daemon/snapshot.h) inspects the file
-// and restores it into a fresh small pool (memfd, 8 MiB, 64 KiB slabs);
+// and restores it into a fresh small pool (memfd, 2 MiB, 64 KiB slabs);
 // the pure format checks (daemon/snapshot_format.h) see the same bytes.
 // Nothing may crash or hang, and:
 //  - inspect and restore agree on the header: a file inspect refuses is
@@ -40,7 +40,7 @@ namespace snap = kv::daemon::snapshot;
 
 namespace {
 
-constexpr uint64_t kPoolSize = 8 << 20;
+constexpr uint64_t kPoolSize = 2 << 20;
 std::string g_path;
 
 [[noreturn]] void fail(const std::string &what) {

@@ -55,6 +55,9 @@ nice -n 15 ninja -C "$build" -j2 "${targets[@]/#/fuzz/fuzz_}" >/dev/null
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+for s in /usr/lib/llvm-19/bin/llvm-symbolizer /usr/bin/llvm-symbolizer; do
+    [[ -x $s ]] && { export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-$s}; break; }
+done
 export KVPOOL_FUZZ_TMPDIR=${KVPOOL_FUZZ_TMPDIR:-/var/tmp}
 mkdir -p fuzz/artifacts
 logdir=$(mktemp -d /var/tmp/kvpool-fuzz-logs.XXXXXX)

@@ -6,7 +6,10 @@
 #   2. build with warnings as errors and run every meson test suite
 #      (uapi, unit, mp) -- benchmarks are built, not run,
 #   3. build again with AddressSanitizer + UndefinedBehaviorSanitizer and
-#      run the same suites.
+#      run the same suites,
+#   4. build the libFuzzer targets with clang-19 and run each for 10 s
+#      (fuzz/run_fuzz.sh --ci), when clang-19 is installed (it is in deps).
+# The uapi, unit, mp, system and fuzz (corpus replay) suites run in 2 and 3.
 # Usage: tests/run_all.sh [--no-sanitizers]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +19,7 @@ sanitizers=1
 
 deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libboost-dev libjemalloc-dev
       libbenchmark-dev libgtest-dev libgmock-dev libxxhash-dev libsystemd-dev
-      libtomlplusplus-dev nlohmann-json3-dev)
+      libtomlplusplus-dev nlohmann-json3-dev clang-19 libclang-rt-19-dev)
 missing=()
 for d in "${deps[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
 if ((${#missing[@]})); then
@@ -27,7 +30,7 @@ fi
 
 jobs=$(nproc)
 run_suites() { # build-dir
-    meson test -C "$1" --suite uapi --suite unit --suite mp --suite system --print-errorlogs --num-processes "$jobs"
+    meson test -C "$1" --suite uapi --suite unit --suite mp --suite system --suite fuzz --print-errorlogs --num-processes "$jobs"
 }
 
 echo "== build (warnings as errors) =="
@@ -42,5 +45,11 @@ if ((sanitizers)); then
     ninja -C build-asan
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         run_suites build-asan
+fi
+if command -v clang++-19 >/dev/null && dpkg -s libclang-rt-19-dev >/dev/null 2>&1; then
+    echo "== libFuzzer targets, 10 s each =="
+    fuzz/run_fuzz.sh --ci
+else
+    echo "== libFuzzer targets skipped: clang-19 / libclang-rt-19-dev not installed =="
 fi
 echo "all test suites passed"
