@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all_targets=(region snapshot control config ops)
-declare -A max_len=([region]=8192 [snapshot]=65536 [control]=8192 [config]=8192 [ops]=2048)
+declare -A max_len=([region]=8192 [snapshot]=32768 [control]=8192 [config]=8192 [ops]=2048)
 secs=60 build=build-fuzz merge=1 ci=0 targets=()
 while (($#)); do
     case $1 in
