@@ -91,5 +91,9 @@ for t in "${targets[@]}"; do
 done
 printf '%-9s %12s %8s %22s %9s\n' target execs exec/s "new corpus entries" findings
 printf '%s\n' "${rows[@]}"
-echo "logs: $logdir"
+if ((ci && !failed)); then
+    rm -rf "$logdir" # CI keeps logs only when something was found
+else
+    echo "logs: $logdir"
+fi
 exit $failed
