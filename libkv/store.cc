@@ -309,11 +309,17 @@ int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out) {
         if (!f.found) return -ENOENT;
         uint64_t c = committed_ctl(p, f.cur, ns, k);
         if (!c) return -ENOENT;
-        if (!entry_extent_ok(p, p->entries[f.cur])) return -ENOENT; // damaged: a miss, never a bad view
         uint32_t slot;
         int rc = pin_entry(p, f.cur, Ctl::gen(c), &slot);
         if (rc == -ENOENT) continue; // removed or recycled between find and pin: look again
         if (rc) return rc;
+        // Checked once pinned: the entry can no longer be recycled, so these
+        // are the committed fields, not a new reservation's.
+        if (!entry_extent_ok(p, p->entries[f.cur])) { // damaged: a miss, never a bad view
+            const int urc = unpin_slot(p, p->client, slot);
+            if (urc == 0 || urc == -EBADMSG) p->free_slots->push(slot); // as kv_release
+            return -ENOENT;
+        }
         fill_view(p, f.cur, Ctl::gen(c), slot, out);
         return 0;
     }
