@@ -51,7 +51,11 @@ if [[ ! -d $build ]]; then
     CC=$cc CXX=$cxx nice -n 15 meson setup "$build" --buildtype=debugoptimized -Dwerror=true \
         -Dfuzz=enabled -Dtests=enabled -Dbenchmarks=disabled -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 fi
-nice -n 15 ninja -C "$build" -j2 "${targets[@]/#/fuzz/fuzz_}" >/dev/null
+if ! nice -n 15 ninja -C "$build" -j2 "${targets[@]/#/fuzz/fuzz_}" >"$build/fuzz-build.log" 2>&1; then
+    tail -40 "$build/fuzz-build.log" >&2
+    echo "building the fuzz targets failed (log: $build/fuzz-build.log)" >&2
+    exit 1
+fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
