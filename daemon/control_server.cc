@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "control_server.h"
 
+#include "control_codec.h"
 #include "log.h"
 #include "metrics.h"
 #include "snapshot_jobs.h"
@@ -51,22 +52,8 @@ bool mutating(uint16_t op) {
     }
 }
 
-bool valid_pool_name(std::string_view n) {
-    if (n.empty() || n.size() >= KV_CTL_NAME_MAX || n == "." || n == "..") return false;
-    return std::all_of(n.begin(), n.end(), [](char ch) {
-        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-               ch == '-' || ch == '.';
-    });
-}
-
-std::string frame(uint16_t op, uint32_t seq, int error, const std::string &body) {
-    kv_ctl_hdr h{KV_CTL_MAGIC, KV_CTL_VERSION, op, uint32_t(sizeof(kv_ctl_response) + body.size()), seq};
-    kv_ctl_response r{uint32_t(error), uint32_t(body.size()), 0};
-    std::string out(reinterpret_cast<const char *>(&h), sizeof h);
-    out.append(reinterpret_cast<const char *>(&r), sizeof r);
-    out += body;
-    return out;
-}
+using control::frame;
+using control::valid_pool_name;
 
 std::string dump(const nlohmann::json &j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
@@ -282,69 +269,29 @@ void ControlServer::process(int fd, Conn &c) {
     }
     // A pipeline of requests may be waiting; answer them in order.
     while (c.in.size() >= sizeof(kv_ctl_hdr) && !c.close_after_flush) {
-        kv_ctl_hdr h;
-        memcpy(&h, c.in.data(), sizeof h);
-        std::string bad;
-        int bad_code = EPROTO;
-        if (h.magic != KV_CTL_MAGIC) {
-            char b[128];
-            snprintf(b, sizeof b, "bad magic 0x%08x: expected 0x%08x (not a kvpool control client?)", h.magic,
-                     KV_CTL_MAGIC);
-            bad = b;
-        } else if (h.version != KV_CTL_VERSION) {
-            bad = "protocol version " + std::to_string(h.version) + ": this daemon speaks " +
-                  std::to_string(KV_CTL_VERSION);
-        } else if (h.length > KV_CTL_MAX_BODY) {
-            bad = "message body of " + std::to_string(h.length) + " bytes: at most " +
-                  std::to_string(KV_CTL_MAX_BODY) + " are accepted";
-            bad_code = EMSGSIZE;
-        }
-        if (!bad.empty()) {
+        control::Message m = control::next_message(c.in);
+        if (m.kind == control::Message::Kind::NeedMore) return; // wait for the body
+        if (m.kind == control::Message::Kind::BadHeader) {
             // The stream cannot be resynchronized after a bad header: answer and close.
             counters_.requests++;
             counters_.request_errors++;
-            KV_LOGN(kComp, "peer pid %d uid %u: %s", int(c.peer.pid), unsigned(c.peer.uid), bad.c_str());
-            c.out += frame(h.op, h.seq, bad_code, bad);
+            KV_LOGN(kComp, "peer pid %d uid %u: %s", int(c.peer.pid), unsigned(c.peer.uid), m.message.c_str());
+            c.out += frame(m.hdr.op, m.hdr.seq, m.error, m.message);
             c.in.clear();
             c.close_after_flush = true;
             return;
         }
-        if (c.in.size() < sizeof h + h.length) return; // wait for the body
-        kv_ctl_request req{};
-        std::string body = c.in.substr(sizeof h, h.length);
-        c.in.erase(0, sizeof h + h.length);
+        const kv_ctl_hdr h = m.hdr;
+        c.in.erase(0, m.consumed);
         counters_.requests++;
-        int err = 0;
-        std::string reply;
-        if (body.size() < KV_CTL_REQUEST_SIZE_V1) {
-            err = EPROTO;
-            reply = "request body of " + std::to_string(body.size()) + " bytes: expected at least " +
-                    std::to_string(KV_CTL_REQUEST_SIZE_V1);
-        } else {
-            // A newer client's larger struct: the tail must be zero (we cannot honour it).
-            memcpy(&req, body.data(), sizeof req);
-            bool tail_zero = std::all_of(body.begin() + sizeof req, body.end(), [](char ch) { return ch == 0; });
-            bool reserved_zero = std::all_of(std::begin(req.reserved), std::end(req.reserved),
-                                             [](uint64_t v) { return v == 0; }) &&
-                                 req.reserved0 == 0;
-            if (!tail_zero || !reserved_zero) {
-                err = EINVAL;
-                reply = "request has non-zero reserved or unknown trailing fields";
-            } else if (!memchr(req.pool, 0, sizeof req.pool) || !memchr(req.path, 0, sizeof req.path)) {
-                err = EINVAL;
-                reply = "pool name or path is not NUL-terminated";
-            } else if (req.flags & ~KV_CTL_F_KNOWN) {
-                err = EINVAL;
-                char hex[32];
-                snprintf(hex, sizeof hex, "0x%x", unsigned(req.flags & ~KV_CTL_F_KNOWN));
-                reply = std::string("unknown flag bits ") + hex;
-            } else {
-                try {
-                    std::tie(err, reply) = dispatch(c, h.op, h.seq, req);
-                } catch (const std::exception &e) { // JSON or allocation failure: one request fails, not the daemon
-                    err = EIO;
-                    reply = std::string("internal error: ") + e.what();
-                }
+        int err = m.error;
+        std::string reply = std::move(m.message);
+        if (!err) {
+            try {
+                std::tie(err, reply) = dispatch(c, h.op, h.seq, m.req);
+            } catch (const std::exception &e) { // JSON or allocation failure: one request fails, not the daemon
+                err = EIO;
+                reply = std::string("internal error: ") + e.what();
             }
         }
         if (err == kDeferred) {

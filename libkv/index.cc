@@ -76,12 +76,16 @@ Found index_find(kv_pool *p, uint32_t ns, const kv_key &k) {
     uint64_t *head = &p->buckets[bucket_of(p, ns, k)];
 retry:
     uint64_t *prev = head;
+    // A list holds at most n entries, so a pass that takes more than n steps
+    // (advances or unlinks) is going round a cycle a damaged region made
+    // (found by fuzz/fuzz_region): end the list there instead of hanging.
+    uint32_t steps = 0;
     // F1: acquire pairs with the release of the insert CAS (N1) that linked
     // the first entry, so its key and next are visible.
     uint64_t pv = load(*prev, std::memory_order_acquire);
     for (;;) {
         uint32_t cur = Link::idx(pv);
-        if (cur == KV_NIL32 || cur >= n) // >= n: a corrupted link ends the list, it is never followed
+        if (cur == KV_NIL32 || cur >= n || ++steps > n) // >= n: a corrupted link ends the list, it is never followed
             return {prev, pv, KV_NIL32, false};
         kv_entry &en = p->entries[cur];
         // F2: acquire pairs with N1 / M1 on cur's next.

@@ -7,6 +7,8 @@
 // checks the index, for tests, tools and the daemon's health command.
 #include "detail.h"
 
+#include <algorithm>
+
 using namespace kv::detail;
 
 namespace {
@@ -112,8 +114,16 @@ int kv_pool_usage(kv_pool *p, kv_usage *out) noexcept {
         if (SlabCtl::state(c) != KV_SLAB_ACTIVE) continue;
         out->slabs_active++;
         uint32_t cls = SlabCtl::cls(c);
+        // A damaged slab word (class past the table) or class row must not
+        // send the scan outside the block words (found by fuzz/fuzz_region):
+        // its blocks count as orphans, so a health check reports it.
+        if (cls >= h.n_classes) {
+            out->orphan_blocks++;
+            continue;
+        }
         uint64_t bsz = p->classes[cls].block_size;
-        for (uint32_t slot = 0; slot < p->classes[cls].blocks_per_slab; slot++) {
+        const uint32_t slots = std::min(p->classes[cls].blocks_per_slab, h.blocks_per_slab);
+        for (uint32_t slot = 0; slot < slots; slot++) {
             uint64_t id = block_id(p, s, slot);
             uint64_t w = load(p->blocks[id], std::memory_order_acquire);
             switch (Blk::state(w)) {

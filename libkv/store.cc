@@ -115,16 +115,13 @@ template <class V, bool Copy>
         V dk = data ^ key;
         V product = (dk & 0xffffffffULL) * (dk >> 32); // 32 x 32 -> 64 per lane
         V swapped;                                     // acc[i ^ 1] += data[i]
-        if constexpr (sizeof(V) == 16) {
-            const V m = {1, 0};
-            swapped = __builtin_shuffle(data, m);
-        } else if constexpr (sizeof(V) == 32) {
-            const V m = {1, 0, 3, 2};
-            swapped = __builtin_shuffle(data, m);
-        } else {
-            const V m = {1, 0, 3, 2, 5, 4, 7, 6};
-            swapped = __builtin_shuffle(data, m);
-        }
+        // __builtin_shufflevector: g++ >= 12 and clang (the fuzz build) both have it.
+        if constexpr (sizeof(V) == 16)
+            swapped = __builtin_shufflevector(data, data, 1, 0);
+        else if constexpr (sizeof(V) == 32)
+            swapped = __builtin_shufflevector(data, data, 1, 0, 3, 2);
+        else
+            swapped = __builtin_shufflevector(data, data, 1, 0, 3, 2, 5, 4, 7, 6);
         acc[j] += swapped + product;
     }
 }
@@ -142,8 +139,9 @@ template <class V> [[gnu::always_inline]] inline void scramble(V *acc, const uin
 }
 
 // XXH3_hashLong_64b over src[0, len), len > 240; also copies it to dst when
-// Copy, and then takes the last, overlapping stripe from dst, so every byte
-// hashed is a byte stored.
+// Copy (else dst is null: no offset may be added to it, that is UB), and
+// then takes the last, overlapping stripe from dst, so every byte hashed is
+// a byte stored.
 template <class V, bool Copy>
 [[gnu::always_inline]] inline uint64_t xxh3_long(uint8_t *dst, const uint8_t *src, uint64_t len) {
     const uint64_t init[8] = {kP32_3, kP64_1, kP64_2, kP64_3, kP64_4, kP32_2, kP64_5, kP32_1};
@@ -153,14 +151,14 @@ template <class V, bool Copy>
     for (uint64_t b = 0; b < blocks; b++) {
         for (uint64_t i = 0; i < kBlockLen / kStripe; i++) {
             const uint64_t off = b * kBlockLen + i * kStripe;
-            stripe<V, Copy>(acc, src + off, dst + off, kSecret + 8 * i);
+            stripe<V, Copy>(acc, src + off, Copy ? dst + off : nullptr, kSecret + 8 * i);
         }
         scramble<V>(acc, kSecret + kSecretLen - kStripe);
     }
     const uint64_t base = blocks * kBlockLen, stripes = (len - 1 - base) / kStripe;
     for (uint64_t i = 0; i < stripes; i++) {
         const uint64_t off = base + i * kStripe;
-        stripe<V, Copy>(acc, src + off, dst + off, kSecret + 8 * i);
+        stripe<V, Copy>(acc, src + off, Copy ? dst + off : nullptr, kSecret + 8 * i);
     }
     const uint8_t *last = src + len - kStripe;
     if constexpr (Copy) {
@@ -293,6 +291,20 @@ void fill_view(kv_pool *p, uint32_t e, uint32_t gen, uint32_t slot, kv_view *v, 
     if (touch_rank) touch(p, en); // pinned: e cannot be recycled under the stamp
 }
 
+// A committed entry's class, block and length name bytes inside the data
+// section. They are immutable once committed, but live in memory every
+// client can write: a stray write (or a hostile process) must not turn a
+// get into a view of memory outside the region. Found by fuzz/fuzz_region.
+bool entry_extent_ok(const kv_pool *p, const kv_entry &en) {
+    const uint32_t cls = load(en.class_id, std::memory_order_relaxed);
+    if (cls >= p->hdr->n_classes) return false;
+    const uint64_t slab = p->hdr->slab_size, bs = p->classes[cls].block_size;
+    const uint64_t id = load(en.block, std::memory_order_relaxed);
+    if (bs == 0 || bs > slab || id / p->hdr->blocks_per_slab >= p->hdr->n_slabs) return false;
+    if (id % p->hdr->blocks_per_slab >= slab / bs) return false;
+    return load(en.length, std::memory_order_relaxed) <= bs;
+}
+
 int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out, bool touch_rank) {
     for (;;) {
         Found f = index_find(p, ns, k);
@@ -303,6 +315,13 @@ int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out, bool touch_r
         int rc = pin_entry(p, f.cur, Ctl::gen(c), &slot);
         if (rc == -ENOENT) continue; // removed or recycled between find and pin: look again
         if (rc) return rc;
+        // Checked once pinned: the entry can no longer be recycled, so these
+        // are the committed fields, not a new reservation's.
+        if (!entry_extent_ok(p, p->entries[f.cur])) { // damaged: a miss, never a bad view
+            const int urc = unpin_slot(p, p->client, slot);
+            if (urc == 0 || urc == -EBADMSG) p->free_slots->push(slot); // as kv_release
+            return -ENOENT;
+        }
         fill_view(p, f.cur, Ctl::gen(c), slot, out, touch_rank);
         return 0;
     }

@@ -6,7 +6,11 @@
 #   2. build with warnings as errors and run every meson test suite
 #      (uapi, unit, mp) -- benchmarks are built, not run,
 #   3. build again with AddressSanitizer + UndefinedBehaviorSanitizer and
-#      run the same suites.
+#      run the same suites, then the threaded tests (kvpoold, the snapshot
+#      engine, libkv in threads) under ThreadSanitizer,
+#   4. build the libFuzzer targets with clang-19 and run each for 10 s
+#      (fuzz/run_fuzz.sh --ci), when clang-19 is installed (it is in deps).
+# The uapi, unit, mp, system and fuzz (corpus replay) suites run in 2 and 3.
 # Usage: tests/run_all.sh [--no-sanitizers]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +20,7 @@ sanitizers=1
 
 deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libboost-dev libjemalloc-dev
       libbenchmark-dev libgtest-dev libgmock-dev libxxhash-dev libsystemd-dev
-      libtomlplusplus-dev nlohmann-json3-dev)
+      libtomlplusplus-dev nlohmann-json3-dev clang-19 libclang-rt-19-dev gnuplot-nox)
 missing=()
 for d in "${deps[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
 if ((${#missing[@]})); then
@@ -27,7 +31,7 @@ fi
 
 jobs=$(nproc)
 run_suites() { # build-dir
-    meson test -C "$1" --suite uapi --suite unit --suite mp --suite system --print-errorlogs --num-processes "$jobs"
+    meson test -C "$1" --suite uapi --suite unit --suite mp --suite system --suite fuzz --print-errorlogs --num-processes "$jobs"
 }
 
 echo "== build (warnings as errors) =="
@@ -42,5 +46,27 @@ if ((sanitizers)); then
     ninja -C build-asan
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         run_suites build-asan
+
+    # The threaded code under ThreadSanitizer: kvpoold (its epoll loop,
+    # snapshot worker threads and housekeeping) through the daemon and
+    # snapshot tests, and libkv used from many threads of one process.
+    # -Wno-tsan: gcc warns that TSan does not model standalone fences; the
+    # ones in libkv order memory for other processes, which TSan cannot see
+    # anyway. A race makes the process exit non-zero (a kvpoold that does
+    # fails the test that stops it).
+    echo "== ThreadSanitizer: kvpoold, the snapshot engine, libkv in threads =="
+    [[ -d build-tsan ]] || meson setup build-tsan --buildtype=debugoptimized -Dwerror=true -Dbenchmarks=disabled \
+        -Dtests=enabled -Db_sanitize=thread -Dcpp_args=-Wno-tsan -Dc_args=-Wno-tsan
+    ninja -C build-tsan daemon/kvpoold tools/kvctl tools/kvfill tests/system/test_daemon \
+        tests/system/test_snapshot tests/unit/unit_tests
+    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+        meson test -C build-tsan --no-rebuild --print-errorlogs daemon snapshot
+    TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/unit_tests --gtest_filter='ConcurrencyTest.*'
+fi
+if command -v clang++-19 >/dev/null && dpkg -s libclang-rt-19-dev >/dev/null 2>&1; then
+    echo "== libFuzzer targets, 10 s each =="
+    fuzz/run_fuzz.sh --ci
+else
+    echo "== libFuzzer targets skipped: clang-19 / libclang-rt-19-dev not installed =="
 fi
 echo "all test suites passed"
