@@ -3,8 +3,10 @@
 #
 # Build the libFuzzer targets (clang, ASan + UBSan) and run them.
 #
-#   fuzz/run_fuzz.sh [--time SECONDS] [--build DIR] [--no-merge] [TARGET...]
-#       Run each named target (default: all) for SECONDS (default 60) with
+#   fuzz/run_fuzz.sh [--time SECONDS] [--runs N] [--build DIR] [--no-merge] [TARGET...]
+#       Run each named target (default: all) for SECONDS (default 60), or
+#       until it has executed N inputs when --runs is given (whichever
+#       comes first), with
 #       its dictionary (fuzz/dict/TARGET.dict) and corpus, then merge the
 #       inputs that found new coverage back into fuzz/corpus/TARGET
 #       (-merge=1 keeps it minimal). Crashing inputs are written to
@@ -23,14 +25,15 @@ cd "$(dirname "$0")/.."
 
 all_targets=(region snapshot control config ops)
 declare -A max_len=([region]=8192 [snapshot]=32768 [control]=8192 [config]=8192 [ops]=2048)
-secs=60 build=build-fuzz merge=1 ci=0 targets=()
+secs=60 runs=-1 build=build-fuzz merge=1 ci=0 targets=()
 while (($#)); do
     case $1 in
     --time) secs=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --no-merge) merge=0; shift ;;
     --ci) ci=1 secs=10 merge=0; shift ;;
-    -h|--help) sed -n '3,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '3,22p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
     esac
@@ -71,7 +74,7 @@ for t in "${targets[@]}"; do
     mkdir -p "$new" "$corpus"
     before=$(ls "$corpus" | wc -l)
     set +e
-    nice -n 15 "$bin" -max_total_time="$secs" -dict="fuzz/dict/$t.dict" -max_len="${max_len[$t]}" \
+    nice -n 15 "$bin" -max_total_time="$secs" -runs="$runs" -dict="fuzz/dict/$t.dict" -max_len="${max_len[$t]}" \
         -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t-" \
         "$new" "$corpus" >"$logdir/$t.log" 2>&1
     rc=$?
