@@ -7,6 +7,7 @@
 //             [--seed N] [--zipf S] [--items N] [--block-tokens N] --out FILE
 //   kvsim run --trace FILE [--policies all|P,P...] [--sizes 10,25,50,100]
 //             [--pool] [--json] [--plot FILE.png]
+//             [--engines N [--engine-size PCT] [--seed N]]
 //
 // A trace is a list of requests, each a chain of block ids (root first).
 // Block ids are nodes of a trie of block contents, so two requests share
@@ -30,6 +31,12 @@
 // libkv against a pool of exactly that many blocks, with the pool's
 // approximate (sampled) policy.
 //
+// --engines N puts N engines, each with its own prefix cache of PCT % of the
+// trace's distinct blocks (default 5), in front of the cache, as a host-wide
+// pool is used (see EngineTier): requests are routed at random (--seed), an
+// engine asks the cache only for the blocks after the prefix it holds, and
+// hit ratio and tokens saved then count only what the cache was asked for.
+//
 // File format (text): "# kvsim-trace v1 family=F block_tokens=N ...", then
 // one line per request: "R SHARED N ID1 ... IDN"; the first SHARED blocks
 // are the shared part (system prompt, documents) and get priority 1 under
@@ -47,6 +54,7 @@
 #include <cstdarg>
 #include <cstdlib>
 #include <cstring>
+#include <list>
 #include <map>
 #include <set>
 #include <string>
@@ -72,7 +80,8 @@ constexpr const char *kUsage =
     "usage: kvsim gen --family {system-prompt,multi-turn,rag,zipf} [--requests N] [--seed N]\n"
     "                 [--zipf S] [--items N] [--block-tokens N] --out FILE\n"
     "       kvsim run --trace FILE [--policies all|lru,lfu,fifo,priority,prefix,clock]\n"
-    "                 [--sizes 10,25,50,100] [--pool] [--json] [--plot FILE.png]\n";
+    "                 [--sizes 10,25,50,100] [--pool] [--json] [--plot FILE.png]\n"
+    "                 [--engines N [--engine-size PCT] [--seed N]]\n";
 
 uint64_t parse_u64(const std::string &opt, const std::string &v, uint64_t lo, uint64_t hi) {
     char *end = nullptr;
@@ -334,6 +343,64 @@ Trace read_trace(const std::string &path) {
     return t;
 }
 
+// ---- Engine tier (run --engines N) ---------------------------------------------------
+//
+// How an engine uses a host-wide cache behind its own: each of N engines
+// keeps an exact prefix cache of B blocks (GPU memory), and a request is
+// routed to one of them at random (seeded, so every policy and the pool see
+// the same routing). The engine serves the longest prefix it holds itself
+// and asks the shared cache only for the blocks after it (chained keys make
+// a lookup from the middle of a chain valid), so the shared cache's copies
+// of the prefix are not read, and not refreshed, while engines hold them.
+// The engine then holds the whole request, stamped as vLLM and SGLang do:
+// at one time, so its own eviction takes tails first. The tier does not
+// depend on the shared cache's answers, only on the trace.
+class EngineTier {
+  public:
+    EngineTier(uint32_t engines, uint64_t blocks, uint64_t seed) : lru_(engines), index_(engines), cap_(blocks), rng_(seed) {}
+
+    // The blocks of q the engine chosen for it holds (a prefix length); 0
+    // without a tier.
+    size_t begin(const Request &q) {
+        if (lru_.empty()) return 0;
+        cur_ = size_t(rng_.below(lru_.size()));
+        auto &idx = index_[cur_];
+        size_t g = 0;
+        while (g < q.ids.size() && idx.count(q.ids[g])) g++;
+        return g;
+    }
+    // The engine now holds every block of q; its least recently used go.
+    void end(const Request &q) {
+        if (lru_.empty()) return;
+        auto &lru = lru_[cur_];
+        auto &idx = index_[cur_];
+        for (size_t i = q.ids.size(); i-- > 0;) { // tail first: the root ends most recent
+            auto it = idx.find(q.ids[i]);
+            if (it != idx.end()) lru.erase(it->second);
+            lru.push_front(q.ids[i]);
+            idx[q.ids[i]] = lru.begin();
+        }
+        while (lru.size() > cap_) {
+            idx.erase(lru.back());
+            lru.pop_back();
+        }
+    }
+
+  private:
+    std::vector<std::list<uint64_t>> lru_;
+    std::vector<std::unordered_map<uint64_t, std::list<uint64_t>::iterator>> index_;
+    uint64_t cap_;
+    Rng rng_;
+    size_t cur_ = 0;
+};
+
+struct TierSpec {
+    uint32_t engines = 0;  // 0: no tier, every request asks the shared cache from its root
+    uint64_t blocks = 0;   // per engine
+    uint64_t seed = 1;
+    EngineTier make() const { return EngineTier(engines, blocks, seed); }
+};
+
 // ---- Exact models ---------------------------------------------------------------
 //
 // Each keeps every resident block with its exact policy key in an ordered
@@ -350,14 +417,16 @@ class Model {
   public:
     Model(uint32_t policy, uint64_t capacity) : policy_(policy), cap_(capacity) {}
 
-    Result run(const Trace &t) {
+    Result run(const Trace &t, const TierSpec &ts) {
         Result r;
+        EngineTier tier = ts.make();
         for (const Request &q : t.reqs) {
-            size_t m = 0;
+            const size_t g = tier.begin(q); // held by the engine: not asked for
+            size_t m = g;
             while (m < q.ids.size() && blocks_.count(q.ids[m])) m++;
-            for (size_t i = 0; i < m; i++) access(q.ids[i]);
-            r.requested += q.ids.size();
-            r.served += m;
+            for (size_t i = g; i < m; i++) access(q.ids[i]);
+            r.requested += q.ids.size() - g;
+            r.served += m - g;
             for (size_t i = m; i < q.ids.size(); i++) {
                 if (blocks_.count(q.ids[i])) continue; // a repeated id inside one chain
                 if (blocks_.size() >= cap_) {
@@ -367,6 +436,7 @@ class Model {
                 insert(q.ids[i], i ? q.ids[i - 1] : 0, i < q.shared ? 1 : 0);
                 r.puts++;
             }
+            tier.end(q);
         }
         return r;
     }
@@ -466,7 +536,7 @@ kv_pool *make_pool(uint32_t policy, uint64_t blocks, uint64_t max_chain, uint64_
     die(1, "could not size a pool to %" PRIu64 " slabs", want_slabs);
 }
 
-Result replay_pool(kv_pool *p, const Trace &t) {
+Result replay_pool(kv_pool *p, const Trace &t, const TierSpec &ts) {
     kv_manifest m;
     kv_manifest_init(&m, "kvsim", uint32_t(t.block_tokens));
     uint32_t ns;
@@ -477,18 +547,23 @@ Result replay_pool(kv_pool *p, const Trace &t) {
     kv_stats before{};
     kv_pool_stats(p, &before);
     Result r;
+    EngineTier tier = ts.make();
     for (const Request &q : t.reqs) {
+        const size_t g = tier.begin(q); // held by the engine: not asked for
         keys.resize(q.ids.size());
         views.resize(q.ids.size());
         for (size_t i = 0; i < q.ids.size(); i++) keys[i] = key_of(q.ids[i]);
         // An engine pins what it matched while it prefills the rest; the
         // model does not pin, so release at once (the reads refreshed them).
-        int mt = kv_match_prefix(p, ns, keys.data(), keys.size(), KV_MATCH_F_PIN, views.data());
-        if (mt < 0) die(1, "kv_match_prefix: %s", kv_strerror(mt));
+        int mt = 0;
+        if (g < q.ids.size()) {
+            mt = kv_match_prefix(p, ns, keys.data() + g, keys.size() - g, KV_MATCH_F_PIN, views.data());
+            if (mt < 0) die(1, "kv_match_prefix: %s", kv_strerror(mt));
+        }
         for (int i = 0; i < mt; i++) kv_release(p, &views[size_t(i)]);
-        r.requested += q.ids.size();
+        r.requested += q.ids.size() - g;
         r.served += uint64_t(mt);
-        for (size_t i = size_t(mt); i < q.ids.size(); i++) {
+        for (size_t i = g + size_t(mt); i < q.ids.size(); i++) {
             kv_put_opts o{};
             o.struct_size = sizeof o;
             o.meta.priority = i < q.shared ? 1 : 0;
@@ -502,6 +577,7 @@ Result replay_pool(kv_pool *p, const Trace &t) {
             if (rc < 0) die(1, "kv_put_ex: %s", kv_strerror(rc));
             if (rc == 0) r.puts++;
         }
+        tier.end(q);
     }
     kv_stats after{};
     kv_pool_stats(p, &after);
@@ -581,6 +657,8 @@ void plot(const std::string &png, const Trace &t, const std::vector<Row> &rows, 
 int cmd_run(int argc, char **argv) {
     std::string trace, policies = "all", sizes = "10,25,50,100", png;
     bool with_pool = false, json = false;
+    TierSpec ts;
+    double engine_pct = 5;
     for (int i = 2; i < argc; i++) {
         std::string a = argv[i];
         if (a == "--pool") { with_pool = true; continue; }
@@ -591,6 +669,9 @@ int cmd_run(int argc, char **argv) {
         else if (a == "--policies") policies = v;
         else if (a == "--sizes") sizes = v;
         else if (a == "--plot") png = v;
+        else if (a == "--engines") ts.engines = uint32_t(parse_u64(a, v, 0, 1024));
+        else if (a == "--engine-size") engine_pct = parse_double(a, v, 0.01, 100);
+        else if (a == "--seed") ts.seed = parse_u64(a, v, 0, UINT64_MAX);
         else die(2, "unknown option %s\n%s", a.c_str(), kUsage);
     }
     if (trace.empty()) die(2, "run needs --trace FILE\n%s", kUsage);
@@ -603,6 +684,7 @@ int cmd_run(int argc, char **argv) {
     std::vector<uint64_t> pcts;
     for (const std::string &s : split(sizes)) pcts.push_back(parse_u64("--sizes", s, 1, 1000));
     Trace t = read_trace(trace);
+    if (ts.engines) ts.blocks = std::max<uint64_t>(1, uint64_t(double(t.distinct) * engine_pct / 100));
 
     std::vector<Row> rows;
     for (uint32_t pol : pols) {
@@ -611,20 +693,20 @@ int cmd_run(int argc, char **argv) {
             if (with_pool) {
                 int fd = -1;
                 kv_pool *p = make_pool(pol, row.blocks, t.max_chain, &row.blocks, &fd);
-                row.pool = replay_pool(p, t);
+                row.pool = replay_pool(p, t, ts);
                 row.has_pool = true;
                 kv_pool_detach(p);
                 close(fd);
             }
-            row.model = Model(pol, row.blocks).run(t); // the pool's exact capacity
+            row.model = Model(pol, row.blocks).run(t, ts); // the pool's exact capacity
             rows.push_back(row);
         }
     }
 
     if (json) {
         printf("{\"trace\": \"%s\", \"family\": \"%s\", \"requests\": %zu, \"distinct_blocks\": %" PRIu64
-               ", \"block_tokens\": %" PRIu64 ", \"rows\": [",
-               trace.c_str(), t.family.c_str(), t.reqs.size(), t.distinct, t.block_tokens);
+               ", \"block_tokens\": %" PRIu64 ", \"engines\": %u, \"engine_blocks\": %" PRIu64 ", \"rows\": [",
+               trace.c_str(), t.family.c_str(), t.reqs.size(), t.distinct, t.block_tokens, ts.engines, ts.blocks);
         for (size_t i = 0; i < rows.size(); i++) {
             const Row &r = rows[i];
             printf("%s\n  {\"policy\": \"%s\", \"size_pct\": %" PRIu64 ", \"blocks\": %" PRIu64
@@ -638,9 +720,13 @@ int cmd_run(int argc, char **argv) {
         }
         printf("\n]}\n");
     } else {
-        printf("trace %s: family %s, %zu requests, %" PRIu64 " distinct blocks, %" PRIu64 " tokens per block\n\n",
+        printf("trace %s: family %s, %zu requests, %" PRIu64 " distinct blocks, %" PRIu64 " tokens per block\n",
                trace.c_str(), t.family.c_str(), t.reqs.size(), t.distinct, t.block_tokens);
-        printf("%-9s %5s %8s  %9s %13s %10s", "policy", "size", "blocks", "model hit", "tokens saved", "evictions");
+        if (ts.engines)
+            printf("engine tier: %u engines of %" PRIu64 " blocks each (seed %" PRIu64
+                   "); hits count only the blocks asked of the cache\n",
+                   ts.engines, ts.blocks, ts.seed);
+        printf("\n%-9s %5s %8s  %9s %13s %10s", "policy", "size", "blocks", "model hit", "tokens saved", "evictions");
         if (with_pool) printf("  %9s %13s %10s %7s", "pool hit", "tokens saved", "evictions", "diff pp");
         printf("\n");
         for (const Row &r : rows) {

@@ -6,7 +6,8 @@
 # when the cache grows, a cache as large as the trace evicts nothing), no
 # sampled in-pool policy falls more than 10 points of hit ratio below its
 # exact model (it may do better: not a failure), prefix-aware saves no fewer prefill tokens than LRU in the exact
-# models, and --plot writes a PNG when gnuplot is installed.
+# models, the engine tier (--engines) behaves, and --plot writes a PNG when
+# gnuplot is installed.
 #
 # usage: test_kvsim.py KVSIM
 import json
@@ -73,6 +74,30 @@ try:
               <= by[("lru", 100)]["model"]["hit_ratio"], f"{family}: exact LRU gains hits with size")
         check(by[("prefix", 25)]["model"]["tokens_saved"] >= by[("lru", 25)]["model"]["tokens_saved"],
               f"{family}: exact prefix-aware saves at least LRU's tokens at 25%")
+
+    # The engine tier: engines serve what they hold, so the cache is asked
+    # for fewer blocks and saves no more tokens than without engines; the
+    # pool still follows its model; the routing is seeded (same answer twice).
+    trace = f"{tmp}/multi-turn.trace"
+    r = run("run", "--trace", trace, "--policies", "lru,prefix", "--sizes", "25", "--engines", "3", "--json")
+    solo = json.loads(run("run", "--trace", trace, "--policies", "lru,prefix", "--sizes", "25", "--json").stdout)
+    check(r.returncode == 0, f"run --engines 3: {r.stderr.strip()}")
+    doc = json.loads(r.stdout)
+    check(doc["engines"] == 3 and doc["engine_blocks"] == max(1, doc["distinct_blocks"] * 5 // 100),
+          "engine tier: 3 engines of 5% of the distinct blocks by default")
+    for x, y in zip(doc["rows"], solo["rows"]):
+        check(x["model"]["tokens_saved"] < y["model"]["tokens_saved"],
+              f"engine tier {x['policy']}: the cache saves fewer tokens when engines hold prefixes")
+    again = run("run", "--trace", trace, "--policies", "lru,prefix", "--sizes", "25", "--engines", "3", "--json")
+    check(json.loads(again.stdout)["rows"] == doc["rows"], "engine tier: seeded routing gives the same models twice")
+    r = run("run", "--trace", trace, "--policies", "prefix", "--sizes", "25", "--engines", "3", "--pool", "--json")
+    x = json.loads(r.stdout)["rows"][0]
+    check(r.returncode == 0 and x["pool"]["hit_ratio"] >= x["model"]["hit_ratio"] - 0.10,
+          "engine tier: prefix pool at most 10 points below its model")
+    r = run("run", "--trace", trace, "--engines", "many")
+    check(r.returncode == 2 and "--engines" in r.stderr, "--engines with a non-number refused")
+    r = run("run", "--trace", trace, "--engines", "2", "--engine-size", "0")
+    check(r.returncode == 2 and "--engine-size" in r.stderr, "--engine-size 0 refused")
 
     r = run("run", "--trace", f"{tmp}/multi-turn.trace", "--policies", "lru", "--sizes", "50")
     check(r.returncode == 0 and "lru" in r.stdout and "model hit" in r.stdout, "text table")
