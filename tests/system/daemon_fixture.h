@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -217,6 +218,25 @@ class DaemonTest : public ::testing::Test {
     Proc ctl(std::vector<std::string> args, int as_uid = -1, int as_gid = -1) {
         args.insert(args.begin(), {kvctl_, "--socket", sock_});
         return run(args, as_uid, as_gid);
+    }
+
+    // Create a system user for this test (removed in TearDown); false when
+    // useradd fails (the caller skips).
+    bool make_test_user(int *uid, int *gid, std::string *why) {
+        test_user_ = "kvpt" + std::to_string(getpid() % 100000);
+        Proc add = run({"/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", test_user_});
+        if (add.code != 0) {
+            test_user_.clear();
+            *why = "useradd failed: " + add.err;
+            return false;
+        }
+        passwd *pw = getpwnam(test_user_.c_str());
+        if (!pw) {
+            *why = "getpwnam " + test_user_ + " failed after useradd";
+            return false;
+        }
+        *uid = int(pw->pw_uid), *gid = int(pw->pw_gid);
+        return true;
     }
 
     std::string pool_path(const std::string &name) const { return shm_ + "/" + name; }

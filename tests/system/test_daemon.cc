@@ -638,15 +638,9 @@ TEST_F(DaemonTest, GarbageOnTheControlSocketNeverHurtsTheDaemon) {
 // attach to a pool whose mode excludes it.
 TEST_F(DaemonTest, UnprivilegedUserReadsButCannotChange) {
     if (geteuid() != 0) GTEST_SKIP() << "needs root to create a test user";
-    test_user_ = "kvpt" + std::to_string(getpid() % 100000);
-    Proc add = run({"/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", test_user_});
-    if (add.code != 0) {
-        test_user_.clear();
-        GTEST_SKIP() << "useradd failed: " << add.err;
-    }
-    passwd *pw = getpwnam(test_user_.c_str());
-    ASSERT_NE(pw, nullptr);
-    const int uid = int(pw->pw_uid), gid = int(pw->pw_gid);
+    int uid = -1, gid = -1;
+    std::string why;
+    if (!make_test_user(&uid, &gid, &why)) GTEST_SKIP() << why;
     ASSERT_TRUE(start_daemon(config()));
     Proc st = ctl({"status", "alpha"}, uid, gid);
     EXPECT_EQ(st.code, 0) << st.err;
@@ -671,6 +665,69 @@ TEST_F(DaemonTest, UnprivilegedUserReadsButCannotChange) {
     int wst = 0;
     waitpid(child, &wst, 0);
     EXPECT_TRUE(WIFEXITED(wst) && WEXITSTATUS(wst) == 0) << "attach as an outsider must fail with EACCES";
+}
+
+// The control socket is open to every local user, so one user may hold at
+// most kMaxPerUser (32) connections: a user holding 32 idle ones gets the
+// 33rd closed at once, while root and the others are still served, and the
+// user is served again once it lets go.
+TEST_F(DaemonTest, PerUserConnectionCap) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to create a test user";
+    int uid = -1, gid = -1;
+    std::string why;
+    if (!make_test_user(&uid, &gid, &why)) GTEST_SKIP() << why;
+    ASSERT_TRUE(start_daemon(config()));
+    constexpr int kCap = 32; // daemon/control_server.h kMaxPerUser
+    int ready[2], release[2];
+    ASSERT_EQ(pipe(ready), 0);
+    ASSERT_EQ(pipe(release), 0);
+    pid_t holder = fork();
+    if (holder == 0) { // the user, holding kCap idle connections until told to let go
+        close(ready[0]);
+        close(release[1]);
+        if (setgroups(0, nullptr) != 0 || setgid(gid_t(gid)) != 0 || setuid(uid_t(uid)) != 0) _exit(3);
+        std::vector<int> fds;
+        for (int i = 0; i < kCap; i++) {
+            int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            sockaddr_un sa{};
+            sa.sun_family = AF_UNIX;
+            strncpy(sa.sun_path, sock_.c_str(), sizeof sa.sun_path - 1);
+            if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) _exit(4);
+            fds.push_back(fd);
+        }
+        char c = 'r';
+        if (write(ready[1], &c, 1) != 1) _exit(5);
+        if (read(release[0], &c, 1) < 0) _exit(6); // EOF or a byte: let go
+        // Every one of ours was kept open while we held it.
+        for (int fd : fds) {
+            pollfd pf{fd, POLLIN, 0};
+            if (poll(&pf, 1, 0) != 0) _exit(7); // readable means EOF: the daemon dropped it
+        }
+        _exit(0);
+    }
+    children_.push_back(holder);
+    close(ready[1]);
+    close(release[0]);
+    char c = 0;
+    ASSERT_EQ(read(ready[0], &c, 1), 1) << "the holder could not open its connections";
+
+    Proc over = ctl({"status", "alpha"}, uid, gid);
+    EXPECT_NE(over.code, 0) << "connection " << kCap + 1 << " of one user was served: " << over.out;
+    EXPECT_FALSE(over.err.empty());
+    Proc root = ctl({"status", "alpha"});
+    EXPECT_EQ(root.code, 0) << "root was locked out by a user's connections: " << root.err;
+    EXPECT_TRUE(eventually([&] { return log().find("refused") != std::string::npos; }, 5000))
+        << "no log line for the refused connection:\n" << log();
+
+    ASSERT_EQ(write(release[1], &c, 1), 1);
+    int st = 0;
+    ASSERT_EQ(waitpid(holder, &st, 0), holder);
+    children_.pop_back();
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "holder exit " << WEXITSTATUS(st);
+    close(ready[0]);
+    close(release[1]);
+    // Its connections are gone (the daemon sees the hang-ups): served again.
+    EXPECT_TRUE(eventually([&] { return ctl({"status", "alpha"}, uid, gid).code == 0; }, 5000));
 }
 
 // A pool that requires hugepages, on a private hugetlbfs mount, with the
