@@ -10,6 +10,7 @@
 #include <cstring>
 #include <gtest/gtest.h>
 #include <span>
+#include <unistd.h>
 #include <vector>
 
 namespace kvtest {
@@ -98,6 +99,41 @@ TEST_F(CppApiTest, PutGetViewReleasesOnScopeExit) {
     EXPECT_EQ(pool->remove(*ns, key_of(1)), 0);
     EXPECT_EQ(pool->remove(*ns, key_of(1)), -ENOENT);
     EXPECT_EQ(pool->reap(), 0);
+}
+
+// PutOptions reaches kv_put_ex / kv_reserve_ex: metadata, the parent link
+// (the parent is then evicted after its child in a PREFIX pool, the
+// default) and the time to live.
+TEST_F(CppApiTest, PutOptionsCarryParentAndTtl) {
+    auto pool = kv::Pool::attach(path_);
+    ASSERT_TRUE(pool.has_value()) << pool.error().message;
+    ASSERT_EQ(kv_pool_header(pool->get())->evict_policy, uint32_t(KV_EVICT_PREFIX));
+    kv_manifest m;
+    kv_manifest_init(&m, "cpp", 16);
+    const uint32_t ns = pool->ns(m).value();
+    const auto data = payload(4096, 3);
+
+    const kv::Meta meta{.tokens = 7, .priority = 0, .user_tag = 5};
+    ASSERT_TRUE(pool->put(ns, key_of(1), as_bytes(data), kv::PutOptions{.meta = &meta}).has_value());
+    const kv::Key parent = key_of(1);
+    {
+        auto r = pool->reserve(ns, key_of(2), data.size(), kv::PutOptions{.parent = &parent});
+        ASSERT_TRUE(r.has_value()) << r.error().message;
+        std::memcpy(r->bytes().data(), data.data(), data.size());
+        ASSERT_EQ(r->commit(), 0);
+    }
+    EXPECT_EQ(pool->get(ns, key_of(1)).value().meta().tokens, 7u);
+    // The child is evicted first: the parent has a live child.
+    ASSERT_GT(kv_evict_bytes(pool->get(), 1), 0);
+    EXPECT_FALSE(pool->contains(ns, key_of(2)));
+    EXPECT_TRUE(pool->contains(ns, key_of(1)));
+
+    ASSERT_TRUE(pool->put(ns, key_of(3), as_bytes(data), kv::PutOptions{.ttl_ms = 1}).has_value());
+    for (int i = 0; i < 200 && pool->contains(ns, key_of(3)); i++) usleep(10000);
+    EXPECT_FALSE(pool->contains(ns, key_of(3))) << "ttl_ms = 1 never expired";
+    auto gone = pool->get(ns, key_of(3));
+    ASSERT_FALSE(gone.has_value());
+    EXPECT_EQ(gone.error().code, -ENOENT);
 }
 
 TEST_F(CppApiTest, ReservationCommitsOrAbortsOnScopeExit) {

@@ -95,6 +95,27 @@ class Reservation {
 // Outcome of a put or reserve that did not fail.
 enum class PutResult { Stored, Deduplicated };
 
+// What kv_put_ex / kv_reserve_ex take beyond the data: metadata, the block
+// before this one in its chain (PREFIX pools evict children first), and a
+// time to live (0: none).
+struct PutOptions {
+    const Meta *meta = nullptr;
+    const Key *parent = nullptr;
+    uint32_t ttl_ms = 0;
+
+    kv_put_opts to_c() const {
+        kv_put_opts o{};
+        o.struct_size = sizeof o;
+        if (meta) o.meta = *meta;
+        if (parent) {
+            o.flags |= KV_PUT_F_PARENT;
+            o.parent = *parent;
+        }
+        o.ttl_ms = ttl_ms;
+        return o;
+    }
+};
+
 class Pool {
   public:
     static std::expected<Pool, Error> attach(const std::string &path, uint32_t flags = 0) {
@@ -139,6 +160,13 @@ class Pool {
         if (rc < 0) return std::unexpected(Error{rc, kv_strerror(rc)});
         return rc == KV_DEDUP ? PutResult::Deduplicated : PutResult::Stored;
     }
+    std::expected<PutResult, Error> put(uint32_t ns, const Key &k, std::span<const std::byte> data,
+                                        const PutOptions &opts) {
+        const kv_put_opts o = opts.to_c();
+        int rc = kv_put_ex(p_, ns, &k, data.data(), data.size(), &o);
+        if (rc < 0) return std::unexpected(Error{rc, kv_strerror(rc)});
+        return rc == KV_DEDUP ? PutResult::Deduplicated : PutResult::Stored;
+    }
     // An empty optional-like result: Error{-ENOENT} when absent.
     std::expected<View, Error> get(uint32_t ns, const Key &k) {
         kv_view v{};
@@ -151,6 +179,13 @@ class Pool {
                                               const Meta *meta = nullptr) {
         kv_reservation r{};
         int rc = kv_reserve(p_, ns, &k, len, meta, &r);
+        if (rc != 0) return std::unexpected(Error{rc, rc == KV_DEDUP ? "deduplicated" : kv_strerror(rc)});
+        return Reservation(p_, r);
+    }
+    std::expected<Reservation, Error> reserve(uint32_t ns, const Key &k, uint64_t len, const PutOptions &opts) {
+        const kv_put_opts o = opts.to_c();
+        kv_reservation r{};
+        int rc = kv_reserve_ex(p_, ns, &k, len, &o, &r);
         if (rc != 0) return std::unexpected(Error{rc, rc == KV_DEDUP ? "deduplicated" : kv_strerror(rc)});
         return Reservation(p_, r);
     }
