@@ -300,6 +300,14 @@ uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough) {
     return id;
 }
 
+uint64_t block_alloc_near(kv_pool *p, uint32_t cls, uint64_t near) {
+    if (near >= uint64_t(p->hdr->n_slabs) * p->hdr->blocks_per_slab) return kNone;
+    const uint32_t s = uint32_t(near / p->hdr->blocks_per_slab);
+    uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire); // pairs with A2, as in block_alloc
+    if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) return kNone;
+    return scan_slab(p, s, cls, c); // block_free lowered scan_hint to the freed slot
+}
+
 bool block_free(kv_pool *p, uint64_t id, uint64_t expected) {
     uint64_t &w = p->blocks[id];
     // A3: release: our writes to the block happen-before the next claim (A1).

@@ -352,6 +352,10 @@ uint32_t class_for(const kv_pool *p, uint64_t len); // KV_NIL32 if too large
 // block id or UINT64_MAX when none is free (after trying to activate a free
 // slab; thorough: also scan slabs whose hints say full).
 uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough);
+// Claim a free block of class cls in the slab of block near (one this
+// client just freed by eviction): no search of the slab table. UINT64_MAX
+// when that slab has none (taken meanwhile) or is no longer of class cls.
+uint64_t block_alloc_near(kv_pool *p, uint32_t cls, uint64_t near);
 // Return a block whose word is expected (OWNED or ENTRY) to FREE.
 bool block_free(kv_pool *p, uint64_t id, uint64_t expected_word);
 // Prefetch, for writing, the block word and slab descriptor of block id
@@ -391,8 +395,10 @@ void entry_abort(kv_pool *p, uint32_t e, uint64_t ctl_seen, uint64_t aux_seen);
 int pin_for_snapshot(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out);
 
 // ---- evict.cc ------------------------------------------------------------------------
-// Free space for a block of class cls. Returns true if something was freed.
-bool evict_for_class(kv_pool *p, uint32_t cls);
+// Free space for a block of class cls. Returns true if something was freed;
+// then *victim_block (when given) is the victim's block id when a block of
+// the class was evicted, else UINT64_MAX (a slab was retired).
+bool evict_for_class(kv_pool *p, uint32_t cls, uint64_t *victim_block = nullptr);
 // Free an entry slot by eviction. True if one was freed.
 bool evict_any(kv_pool *p);
 // Evict one unpinned block chosen by the pool's policy (any class); the one

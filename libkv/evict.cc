@@ -67,7 +67,7 @@ constexpr int kKillAttempts = 8;
 
 // Sweep up to budget entries; evict the first candidate that passes the
 // second-chance test and the filter. Returns the bytes evicted (0: none).
-template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Filter &&want) {
+template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Filter &&want, uint64_t *victim_block) {
     const uint32_t n = p->hdr->n_entries;
     uint64_t now = 0;
     while (budget > 0) {
@@ -84,8 +84,10 @@ template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Fil
                 continue;
             }
             uint64_t len = load(en.length, std::memory_order_relaxed);
+            uint64_t blk = load(en.block, std::memory_order_relaxed); // read before the kill frees it
             if (entry_kill(p, e, Ctl::gen(c), true)) {
                 bump(my_stats(p).evictions);
+                if (victim_block) *victim_block = blk;
                 return len ? len : 1;
             }
         }
@@ -206,7 +208,7 @@ template <typename Filter> void offer_parent(kv_pool *p, CandPool &cp, uint64_t 
     cands_offer(cp, {e, Ctl::gen(c), key_of(p, en, now)});
 }
 
-template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want) {
+template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, uint64_t *victim_block) {
     const uint64_t n = p->hdr->n_entries;
     CandPool &cp = cands_of(p);
     const uint32_t full = p->policy == KV_EVICT_PREFIX || p->policy == KV_EVICT_FIFO ? kSampleWide : kSample;
@@ -260,9 +262,11 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want) {
             // Read before the kill: the kill's free clears it (and then the
             // entry may be reused). Checked against the parent's generation.
             uint64_t parent_ref = load(en.parent, std::memory_order_relaxed);
+            uint64_t blk = load(en.block, std::memory_order_relaxed);
             cands_drop(cp, i);
             if (entry_kill(p, c.e, c.gen, true)) {
                 bump(my_stats(p).evictions);
+                if (victim_block) *victim_block = blk;
                 if (p->policy == KV_EVICT_LFU && k.k1) raise_lfu_floor(p, k.k1 - 1);
                 if (parent_ref) offer_parent(p, cp, parent_ref, want);
                 return len ? len : 1;
@@ -274,9 +278,9 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want) {
     return 0;
 }
 
-template <typename Filter> uint64_t evict_by_policy(kv_pool *p, Filter &&want) {
-    if (p->policy == KV_EVICT_CLOCK) return clock_sweep(p, 2ULL * p->hdr->n_entries, want);
-    return sample_evict(p, want);
+template <typename Filter> uint64_t evict_by_policy(kv_pool *p, Filter &&want, uint64_t *victim_block = nullptr) {
+    if (p->policy == KV_EVICT_CLOCK) return clock_sweep(p, 2ULL * p->hdr->n_entries, want, victim_block);
+    return sample_evict(p, want, victim_block);
 }
 
 bool class_has_slab(kv_pool *p, uint32_t cls) {
@@ -300,10 +304,14 @@ bool retire_some_slab(kv_pool *p, uint32_t keep_cls) {
 
 } // namespace
 
-bool evict_for_class(kv_pool *p, uint32_t cls) {
-    if (class_has_slab(p, cls) && evict_by_policy(p, [cls](kv_entry &en) {
-            return load(en.class_id, std::memory_order_relaxed) == cls;
-        }))
+bool evict_for_class(kv_pool *p, uint32_t cls, uint64_t *victim_block) {
+    if (victim_block) *victim_block = UINT64_MAX;
+    if (class_has_slab(p, cls) && evict_by_policy(
+                                      p,
+                                      [cls](kv_entry &en) {
+                                          return load(en.class_id, std::memory_order_relaxed) == cls;
+                                      },
+                                      victim_block))
         return true;
     return retire_some_slab(p, cls);
 }

@@ -335,7 +335,14 @@ uint64_t alloc_with_eviction(kv_pool *p, uint32_t cls) {
             uint64_t id = block_alloc(p, cls, true);
             if (id != kNoBlock) return id;
         }
-        if (!evict_for_class(p, cls)) return block_alloc(p, cls, true);
+        // The victim's block is of our class and was freed by us just now:
+        // claim it (or a neighbour) in its slab before searching the table.
+        uint64_t victim = kNoBlock;
+        if (!evict_for_class(p, cls, &victim)) return block_alloc(p, cls, true);
+        if (victim != kNoBlock) {
+            uint64_t id = block_alloc_near(p, cls, victim);
+            if (id != kNoBlock) return id;
+        }
     }
     return kNoBlock;
 }
