@@ -207,14 +207,20 @@ int main(int argc, char **argv) {
     };
     auto pm = std::make_unique<PoolManager>(cfg);
     pm->set_status_hook(status);
-    if (auto r = pm->open_all(); !r) {
+    // The control socket first: it is how a second kvpoold on the same
+    // config finds the first one running, and it must find it before it
+    // opens a pool (opening may rebuild a region whose geometry changed,
+    // under the running daemon's clients). Clients that connect while the
+    // pools are restored wait in the listen backlog.
+    auto server = std::make_unique<ControlServer>(epfd, *pm, counters);
+    if (auto r = server->listen_control(cfg.control_socket); !r) {
         KV_LOGE(kComp, "%s", r.error().c_str());
         sd_notifyf(0, "STATUS=failed: %s", r.error().c_str());
         return 1;
     }
-    auto server = std::make_unique<ControlServer>(epfd, *pm, counters);
-    if (auto r = server->listen_control(cfg.control_socket); !r) {
+    if (auto r = pm->open_all(); !r) {
         KV_LOGE(kComp, "%s", r.error().c_str());
+        sd_notifyf(0, "STATUS=failed: %s", r.error().c_str());
         return 1;
     }
     if (!cfg.metrics.empty()) {

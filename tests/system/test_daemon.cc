@@ -390,6 +390,40 @@ TEST_F(DaemonTest, RefusesBadRequestsFoundByTheInputReview) {
     EXPECT_NE(second.err.find("another kvpoold (pid " + std::to_string(daemon_) + ")"), std::string::npos)
         << second.err;
     EXPECT_EQ(ctl({"list"}).code, 0) << "the first daemon lost its socket";
+    // Nor touch its pools: with alpha's size changed, opening alpha would
+    // rebuild the region the first daemon serves (it did, before the socket
+    // was checked first). A committed block must survive.
+    {
+        kv_pool *p = nullptr;
+        ASSERT_EQ(kv_pool_attach(pool_path("alpha").c_str(), 0, &p, nullptr, 0), 0);
+        kv_manifest man;
+        kv_manifest_init(&man, "second-daemon", 16);
+        uint32_t ns = 0;
+        ASSERT_EQ(kv_ns_register(p, &man, &ns, nullptr), 0);
+        const kv_key k{0x5ec0, 0xd};
+        const char data[] = "committed before the second kvpoold";
+        ASSERT_EQ(kv_put(p, ns, &k, data, sizeof data, nullptr), 0);
+        std::string cfg2 = slurp(cfg_path_);
+        const std::string from = "size = \"64M\"";
+        const auto at = cfg2.find(from);
+        ASSERT_NE(at, std::string::npos);
+        cfg2.replace(at, from.size(), "size = \"96M\"");
+        spit(dir_ + "/second.toml", cfg2);
+        Proc resized = run({kvpoold_, "--config", dir_ + "/second.toml"}, -1, -1, 20);
+        EXPECT_EQ(resized.code, 1) << resized.err;
+        EXPECT_NE(resized.err.find("another kvpoold"), std::string::npos) << resized.err;
+        kv_pool_detach(p);
+        // Through the path, as the next client sees it (a rebuild replaces
+        // the file: a mapping of the old one would still show the block).
+        ASSERT_EQ(kv_pool_attach(pool_path("alpha").c_str(), 0, &p, nullptr, 0), 0);
+        kv_view v{};
+        EXPECT_EQ(kv_get(p, ns, &k, &v), 0) << "the second kvpoold rebuilt the first one's pool";
+        if (v.data) {
+            EXPECT_EQ(memcmp(v.data, data, sizeof data), 0);
+            kv_release(p, &v);
+        }
+        kv_pool_detach(p);
+    }
     // setuid, setgid and sticky bits on a runtime pool.
     Proc m = ctl({"create", "s", "--size", "32M", "--hugepages", "never", "--mode", "4660"});
     EXPECT_EQ(m.code, 1) << m.out << m.err;
