@@ -109,16 +109,19 @@ Pool *PoolManager::find(std::string_view name) {
     return nullptr;
 }
 
-// A complete region (magic published) whose ABI major is above ours or
-// that uses incompatible features we do not know.
+// A complete region (magic published) whose ABI major is above ours, that
+// uses incompatible features we do not know, or (same major) names an
+// eviction policy past the ones we know: a newer minor added it.
 static bool made_by_newer_kvpool(const std::string &path) {
     kv_region_header h{};
     int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return false;
     const bool got = pread(fd, &h, sizeof h, 0) == ssize_t(sizeof h);
     close(fd);
-    return got && h.magic == KV_REGION_MAGIC &&
-           (h.abi_major > KV_ABI_MAJOR || (h.abi_major == KV_ABI_MAJOR && (h.incompat_features & ~KV_INCOMPAT_KNOWN)));
+    if (!got || h.magic != KV_REGION_MAGIC) return false;
+    if (h.abi_major != KV_ABI_MAJOR) return h.abi_major > KV_ABI_MAJOR;
+    return (h.incompat_features & ~KV_INCOMPAT_KNOWN) ||
+           ((h.compat_features & KV_COMPAT_F_EVICT_POLICY) && h.evict_policy > KV_EVICT_MAX);
 }
 
 // kv_pool_create builds a region as NAME.creating.PID and renames it into

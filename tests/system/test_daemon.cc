@@ -447,14 +447,15 @@ TEST_F(DaemonTest, RegionOfANewerKvpoolIsKeptNotRebuilt) {
     ASSERT_TRUE(start_daemon(config()));
     ASSERT_EQ(stop_daemon(), 0);
     const std::string path = pool_path("alpha");
-    for (int variant = 0; variant < 2; variant++) {
+    for (int variant = 0; variant < 3; variant++) {
         kv_region_header h{};
         int fd = open(path.c_str(), O_RDWR);
         ASSERT_GE(fd, 0);
         ASSERT_EQ(pread(fd, &h, sizeof h, 0), ssize_t(sizeof h));
         kv_region_header newer = h;
         if (variant == 0) newer.abi_major = KV_ABI_MAJOR + 1;
-        else newer.incompat_features |= 1ULL << 40;
+        else if (variant == 1) newer.incompat_features |= 1ULL << 40;
+        else newer.evict_policy = KV_EVICT_MAX + 1; // a policy a newer minor added
         ASSERT_EQ(pwrite(fd, &newer, sizeof newer, 0), ssize_t(sizeof newer));
         Proc r = run({kvpoold_, "--config", cfg_path_}, -1, -1, 20);
         EXPECT_EQ(r.code, 1) << r.err;
