@@ -105,8 +105,19 @@ TEST_F(CppApiTest, PutGetViewReleasesOnScopeExit) {
 // (the parent is then evicted after its child in a PREFIX pool, the
 // default) and the time to live.
 TEST_F(CppApiTest, PutOptionsCarryParentAndTtl) {
-    auto pool = kv::Pool::attach(path_);
+    // A table of at most 64 entries is sampled whole, so the victim order is
+    // exact (a larger table is sampled: the order is then approximate).
+    const std::string path = unique_pool_path("cpp-put-opts");
+    kv_create_opts o = small_opts();
+    o.avg_block_size = 1 * MiB;
+    ASSERT_TRUE(kv::Pool::create(path, o).has_value());
+    struct Unlink {
+        std::string p;
+        ~Unlink() { unlink(p.c_str()); }
+    } unlink_at_exit{path};
+    auto pool = kv::Pool::attach(path);
     ASSERT_TRUE(pool.has_value()) << pool.error().message;
+    ASSERT_LE(kv_pool_header(pool->get())->n_entries, 64u);
     ASSERT_EQ(kv_pool_header(pool->get())->evict_policy, uint32_t(KV_EVICT_PREFIX));
     kv_manifest m;
     kv_manifest_init(&m, "cpp", 16);
