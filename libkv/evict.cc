@@ -31,7 +31,7 @@
 // stocked, so while it holds at least half its slots an eviction tops it up
 // with a quarter-size sample instead of a full one: the steady state of a
 // full pool, every put evicting, costs a quarter of the probes. Measured on
-// tools/kvsim's traces (README): every policy within 1 point of its exact
+// tools/kvsim's traces (README): every policy within 1.2 points of its exact
 // model; with quarter samples and no feed, LRU and FIFO fell 5-8 points
 // behind.
 //
@@ -195,7 +195,10 @@ void cands_drop(CandPool &cp, uint32_t i) {
 
 // Offer entry e (a victim's parent, from its parent word read before the
 // kill) to the candidate pool if it is committed, unpinned, of the wanted
-// kind and still the generation the child linked to.
+// kind and still the generation the child linked to. The parent word is read
+// relaxed (a hint); the acquire load of the parent's ctl validates it, and
+// the kill CAS names the generation, so a recycled parent (ABA) is never
+// evicted in its next life.
 template <typename Filter> void offer_parent(kv_pool *p, CandPool &cp, uint64_t parent_ref, Filter &&want) {
     const uint32_t e = ParentRef::idx(parent_ref);
     if (e >= p->hdr->n_entries) return; // none
