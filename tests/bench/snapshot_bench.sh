@@ -6,6 +6,10 @@
 # the same run on the same filesystem (defaults to the root disk):
 #   persist  >= 0.9x fio's best sequential O_DIRECT io_uring write (bs 1M/4M
 #               x iodepth 1/8/32; the best configuration, median of --reps),
+#               both as fio runs it (no flush: the data may still sit in
+#               the disk's write cache) and made durable as a snapshot is
+#               (a write over its file with end_fsync=1, the grid's best
+#               configuration run right after each persist over the spare),
 #               and >= 3x Redis's SAVE of the same bytes;
 #   restore  >= 0.9x fio's best sequential read (O_DIRECT or buffered after
 #               dropping caches, same grid), and >= 2x Redis's restart-load;
@@ -301,6 +305,71 @@ avail_work=$(($(df -B1 --output=avail "$work" | tail -1)))
 ((avail_work > 3 * fill_b)) ||
     die "$work has $(gib "$avail_work") GiB free; needs 3x the fill ($(gib $((3 * fill_b))) GiB)"
 
+# ---- fio baselines -------------------------------------------------------------------
+fio_durable() { # bs iodepth -> bytes/s: a write over fio's laid-out file, made durable
+    # (end_fsync: fio's runtime, and so its bandwidth, includes the fsync),
+    # as a persist over the spare is.
+    drop_caches
+    fio --name=seqwritesync --filename="$work/fio.dat" --rw=write --bs="$1" --iodepth="$2" --direct=1 \
+        --ioengine=io_uring --size="$fill_b" --numjobs=1 --end_fsync=1 --output-format=json \
+        --output="$tmp/fio-sync.json" >/dev/null 2>"$tmp/fio.err" ||
+        { cat "$tmp/fio.err" >&2; die "fio write bs=$1 iodepth=$2 end_fsync=1 failed"; }
+    python3 "$helper" fio-bw "$tmp/fio-sync.json" write
+}
+fio_run() { # rw bs iodepth direct -> bytes/s
+    local rw=$1 bs=$2 qd=$3 direct=$4 f="$work/fio.dat"
+    [[ $rw == write ]] && rm -f "$f"
+    drop_caches
+    fio --name="seq$rw" --filename="$f" --rw="$rw" --bs="$bs" --iodepth="$qd" --direct="$direct" \
+        --ioengine=io_uring --size="$fill_b" --numjobs=1 --output-format=json --output="$tmp/fio.json" \
+        >/dev/null 2>"$tmp/fio.err" || { cat "$tmp/fio.err" >&2; die "fio $rw bs=$bs iodepth=$qd failed"; }
+    python3 "$helper" fio-bw "$tmp/fio.json" "$rw"
+}
+durable_cfg='' durable_bw=0 # the best durable write of the grid: "bs qd"
+fio_grid() { # rw: one run per configuration, then reps-1 more of the best
+    local rw=$1 best='' best_bw=0 bw dbw cfg direct bs qd
+    local modes=(1)
+    [[ $rw == read ]] && modes=(1 0)
+    for direct in "${modes[@]}"; do
+        for bs in 1M 4M; do
+            for qd in 1 8 32; do
+                cfg="$([[ $direct == 1 ]] && echo direct || echo buffered) bs=$bs qd=$qd"
+                bw=$(fio_run "$rw" "$bs" "$qd" "$direct")
+                record "fio.$rw.$cfg" "$bw"
+                if [[ $rw == write ]]; then # the same again over the file just written, durable
+                    dbw=$(fio_durable "$bs" "$qd")
+                    record "fio.write_durable.$cfg" "$dbw"
+                    printf '  fio %-5s %-22s %s GiB/s; over it again + end_fsync %s GiB/s\n' "$rw" "$cfg" \
+                        "$(gib "$bw")" "$(gib "$dbw")"
+                    if ((dbw > durable_bw)); then durable_bw=$dbw durable_cfg="$bs $qd"; fi
+                else
+                    printf '  fio %-5s %-22s %s GiB/s\n' "$rw" "$cfg" "$(gib "$bw")"
+                fi
+                if ((bw > best_bw)); then best_bw=$bw; best=$cfg; fi
+            done
+        done
+    done
+    record "fio.$rw.best" "$best"
+    read -r direct bs qd <<<"$best"
+    for ((i = 1; i < reps; i++)); do
+        bw=$(fio_run "$rw" "${bs#bs=}" "${qd#qd=}" "$([[ $direct == direct ]] && echo 1 || echo 0)")
+        record "fio.$rw.$best" "$bw"
+        printf '  fio %-5s %-22s %s GiB/s (repeat)\n' "$rw" "$best" "$(gib "$bw")"
+    done
+}
+# The write grid runs before kvpool: its best durable configuration is then
+# run again right after each persist ("paired"), so that a persist and its
+# like-for-like baseline meet the same state of the disk and of the host (on
+# this VM one configuration swings by 2x within minutes).
+if ! skipped fio; then
+    echo "== fio: sequential write $(gib "$fill_b") GiB, io_uring, one job =="
+    fio_grid write
+    record fio.write_durable.best "direct bs=${durable_cfg% *} qd=${durable_cfg#* }"
+    # Leave a laid-out file for the paired runs.
+    fio --name=layout --filename="$work/fio.dat" --rw=write --bs=4M --iodepth=8 --direct=1 --ioengine=io_uring \
+        --size="$fill_b" --output="$tmp/fio-layout.txt" >/dev/null 2>&1
+fi
+
 # ---- kvpool ----------------------------------------------------------------------------
 write_config() { # file pool-name size restore_on_start
     cat >"$1" <<EOF
@@ -364,8 +433,12 @@ if ! skipped kvpool; then
     "$kvfill" --pool "$(pool_file bench)" --bytes "$fill_b" --block "$block" --seed 1 | sed 's/^/  /'
     check_pool bench "$blocks" "after the fill"
 
-    echo "-- persist (kvctl persist, wall clock around it) --"
-    for ((i = 0; i < reps; i++)); do
+    # The first two persists write new files (the second finds no spare
+    # yet: the first had no snapshot to replace); from the third on, each
+    # writes over the spare, as a daemon's persists do from then on: those
+    # reps are the steady-state figure, each followed by its paired fio run.
+    echo "-- persist (kvctl persist, wall clock around it): 2 into new files, $reps over the spare --"
+    for ((i = 0; i < reps + 2; i++)); do
         sync
         w=$(python3 "$helper" timeit --stdout "$tmp/persist.json" -- \
             "$kvctl" --socket "$tmp/control" --json persist bench) ||
@@ -382,6 +455,11 @@ if ! skipped kvpool; then
         rc=$(jget "$tmp/persist.json" recycled_spare)
         echo "  $w s wall, ${ds:-?} s daemon: $(gib "$fb" "$w") GiB/s of file ($fb bytes; data $db;" \
             "$([[ $rc == true ]] && echo "written over the spare" || echo "a new file"))"
+        if [[ -n $durable_cfg && $rc == true ]]; then
+            bw=$(fio_durable $durable_cfg)
+            record fio.write_paired "$bw"
+            echo "  then fio write + end_fsync, bs=${durable_cfg% *} qd=${durable_cfg#* }: $(gib "$bw") GiB/s"
+        fi
     done
     echo "  $(stat -c '%n: %s bytes' "$work/bench.kvsnap")"
 
@@ -428,53 +506,11 @@ if ! skipped kvpool; then
     rm -f "$(pool_file bench)" "$work"/bench.kvsnap*
 fi
 
-# ---- fio baselines -------------------------------------------------------------------
-fio_run() { # rw bs iodepth direct -> bytes/s
-    local rw=$1 bs=$2 qd=$3 direct=$4 f="$work/fio.dat"
-    [[ $rw == write ]] && rm -f "$f"
-    drop_caches
-    fio --name="seq$rw" --filename="$f" --rw="$rw" --bs="$bs" --iodepth="$qd" --direct="$direct" \
-        --ioengine=io_uring --size="$fill_b" --numjobs=1 --output-format=json --output="$tmp/fio.json" \
-        >/dev/null 2>"$tmp/fio.err" || { cat "$tmp/fio.err" >&2; die "fio $rw bs=$bs iodepth=$qd failed"; }
-    if [[ $rw == write ]]; then # also: the same write made durable, as a snapshot is
-        python3 "$helper" fio-durable "$tmp/fio.json" "$f" >"$tmp/fio-durable.txt"
-    fi
-    python3 "$helper" fio-bw "$tmp/fio.json" "$rw"
-}
-fio_grid() { # rw: one run per configuration, then reps-1 more of the best
-    local rw=$1 best='' best_bw=0 bw cfg direct bs qd
-    local modes=(1)
-    [[ $rw == read ]] && modes=(1 0)
-    for direct in "${modes[@]}"; do
-        for bs in 1M 4M; do
-            for qd in 1 8 32; do
-                cfg="$([[ $direct == 1 ]] && echo direct || echo buffered) bs=$bs qd=$qd"
-                bw=$(fio_run "$rw" "$bs" "$qd" "$direct")
-                record "fio.$rw.$cfg" "$bw"
-                if [[ $rw == write ]]; then
-                    record "fio.write_durable.$cfg" "$(cat "$tmp/fio-durable.txt")"
-                    printf '  fio %-5s %-22s %s GiB/s; with fdatasync %s GiB/s\n' "$rw" "$cfg" "$(gib "$bw")" \
-                        "$(gib "$(cat "$tmp/fio-durable.txt")")"
-                else
-                    printf '  fio %-5s %-22s %s GiB/s\n' "$rw" "$cfg" "$(gib "$bw")"
-                fi
-                if ((bw > best_bw)); then best_bw=$bw; best=$cfg; fi
-            done
-        done
-    done
-    record "fio.$rw.best" "$best"
-    read -r direct bs qd <<<"$best"
-    for ((i = 1; i < reps; i++)); do
-        bw=$(fio_run "$rw" "${bs#bs=}" "${qd#qd=}" "$([[ $direct == direct ]] && echo 1 || echo 0)")
-        record "fio.$rw.$best" "$bw"
-        [[ $rw != write ]] || record "fio.write_durable.$best" "$(cat "$tmp/fio-durable.txt")"
-        printf '  fio %-5s %-22s %s GiB/s (repeat)\n' "$rw" "$best" "$(gib "$bw")"
-    done
-}
+
 if ! skipped fio; then
-    echo "== fio: sequential $(gib "$fill_b") GiB, io_uring, one job =="
-    fio_grid write
-    # Lay the file out once for the reads.
+    echo "== fio: sequential read $(gib "$fill_b") GiB, io_uring, one job =="
+    # Lay the file out again for the reads (the paired writes left it, but
+    # a run with kvpool skipped has only the grid's last write).
     fio --name=layout --filename="$work/fio.dat" --rw=write --bs=4M --iodepth=8 --direct=1 --ioengine=io_uring \
         --size="$fill_b" --output="$tmp/fio-layout.txt" >/dev/null 2>&1
     fio_grid read
