@@ -256,8 +256,8 @@ void block_prefetch(kv_pool *p, uint64_t id) {
     prefetch_w(&p->slabs[id / p->hdr->blocks_per_slab]);
 }
 
-uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough) {
-    // 1. The home slabs we used last ("Home slabs" above), newest first,
+uint64_t block_alloc_home(kv_pool *p, uint32_t cls) {
+    // The home slabs we used last ("Home slabs" above), newest first,
     // without touching any other slab's line. Relaxed: a process-local hint;
     // the acquire load of each slab's ctl (pairs with A2) validates it, and a
     // stale value only changes which slab is tried first.
@@ -278,6 +278,12 @@ uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough) {
         }
         i++;
     }
+    return kNone;
+}
+
+uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough) {
+    // 1. Our home slabs.
+    if (uint64_t id = block_alloc_home(p, cls); id != kNone) return id;
     // 2. Another slab of ours, or one nobody live calls home (adopted).
     uint32_t other, free_slabs;
     uint64_t id = find_home(p, cls, &other, &free_slabs);

@@ -199,6 +199,9 @@ struct kv_pool {
     // where it allocates first (allocator.cc, "Home slabs"). Hints.
     static constexpr uint32_t kHomes = 4;
     std::atomic<uint32_t> home_slabs[KV_MAX_CLASSES][kHomes] = {};
+    // Per size class, this process's puts in a row whose block search found
+    // nothing and had to evict (store.cc, reserve_impl). A hint.
+    std::atomic<uint32_t> evict_streak[KV_MAX_CLASSES] = {};
     std::unique_ptr<kv::detail::SlotStack> free_slots;
 };
 
@@ -352,6 +355,9 @@ uint32_t class_for(const kv_pool *p, uint64_t len); // KV_NIL32 if too large
 // block id or UINT64_MAX when none is free (after trying to activate a free
 // slab; thorough: also scan slabs whose hints say full).
 uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough);
+// Step 1 of block_alloc alone: a block of this client's home slabs of class
+// cls, touching no other slab's line. UINT64_MAX when they have none.
+uint64_t block_alloc_home(kv_pool *p, uint32_t cls);
 // Claim a free block of class cls in the slab of block near (one this
 // client just freed by eviction): no search of the slab table. UINT64_MAX
 // when that slab has none (taken meanwhile) or is no longer of class cls.

@@ -29,11 +29,14 @@
 // thousands); a candidate offered is still ranked by its key, so the feed
 // can only improve the choice. With the parents fed in the pool stays
 // stocked, so while it holds at least half its slots an eviction tops it up
-// with a quarter-size sample instead of a full one: the steady state of a
-// full pool, every put evicting, costs a quarter of the probes. Measured on
-// tools/kvsim's traces (README): every policy within 1.2 points of its exact
-// model; with quarter samples and no feed, LRU and FIFO fell 5-8 points
-// behind.
+// with a quarter-size sample instead of a full one (PREFIX: a sixteenth, 8
+// candidates, since the feed hands it the next tail): the steady state of
+// a full pool, every put evicting, costs a fraction of the probes. Measured
+// on tools/kvsim's traces (README): every policy within 1.2 points of its
+// exact model; with quarter samples and no feed, LRU and FIFO fell 5-8
+// points behind. PREFIX with 8-candidate top-ups stayed within 0.32
+// points (0.09 with 32; 0.78 with 4), and the smaller sample cut its share
+// of a 64 KiB put (BM_PutSteady) when the pool's metadata is not in cache.
 //
 // Eviction is a remove that requires the pin count to be zero in the same
 // CAS (entry_kill), so a pinned block is never evicted, however full the pool.
@@ -62,7 +65,7 @@ constexpr uint32_t kBatch = 64;
 // models. The probes are prefetched a few ahead so their misses overlap.
 constexpr uint32_t kSample = 32;
 constexpr uint32_t kSampleWide = 128;
-constexpr uint32_t kPrefetchAhead = 4;
+constexpr uint32_t kPrefetchAhead = 8;
 constexpr int kKillAttempts = 8;
 
 // Sweep up to budget entries; evict the first candidate that passes the
@@ -126,6 +129,14 @@ Key key_of(kv_pool *p, const kv_entry &en, uint64_t &now) {
     }
 }
 
+// (x + stride) mod n for x, stride < n, without a division: a 64-bit divide
+// per probe (two with the prefetch cursor) cost more than the probes' cache
+// misses in BM_PutSteady.
+inline uint64_t step(uint64_t x, uint64_t stride, uint64_t n) {
+    x += stride;
+    return x >= n ? x - n : x;
+}
+
 // A stride in [1, n) coprime with n, so start + i * stride visits every index once.
 uint64_t coprime_stride(uint64_t n) {
     if (n <= 2) return 1;
@@ -173,6 +184,11 @@ CandPool &cands_of(kv_pool *p) {
 
 // Keep the kPoolSize smallest keys, sorted, one slot per entry.
 void cands_offer(CandPool &cp, const Cand &x) {
+    // Most offers of a steady-state sample lose to the whole pool: refuse
+    // them before the duplicate scan. A copy of x.e already in the pool is
+    // then left with its older (smaller) key, which the choice re-reads and
+    // re-ranks before it evicts anything.
+    if (cp.n == kPoolSize && !(x.key < cp.c[kPoolSize - 1].key)) return;
     for (uint32_t i = 0; i < cp.n; i++)
         if (cp.c[i].e == x.e) { // newer reading of the same entry
             for (uint32_t j = i; j + 1 < cp.n; j++) cp.c[j] = cp.c[j + 1];
@@ -215,34 +231,47 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, uint
     const uint64_t n = p->hdr->n_entries;
     CandPool &cp = cands_of(p);
     const uint32_t full = p->policy == KV_EVICT_PREFIX || p->policy == KV_EVICT_FIFO ? kSampleWide : kSample;
+    // PREFIX's top-up is smaller still: its parent feed hands the pool the
+    // very next victim (the tail's parent, a tail of the same age now).
+    const uint32_t topup = p->policy == KV_EVICT_PREFIX ? kSampleWide / 16 : full / 4;
     for (int attempt = 0; attempt < kKillAttempts; attempt++) {
         // A well-stocked pool (from earlier samples) needs only a top-up; a
         // retry means the pool ran dry of valid candidates: sample in full.
-        const uint32_t sample = attempt == 0 && cp.n >= kPoolSize / 2 ? full / 4 : full;
+        const uint32_t sample = attempt == 0 && cp.n >= kPoolSize / 2 ? topup : full;
         const uint64_t stride = coprime_stride(n);
         uint64_t idx = rng() % n, ahead = idx;
+        // Two passes, for memory-level parallelism. The probes read only line
+        // 0 of an entry (state, pins, class), prefetched kPrefetchAhead
+        // ahead; a candidate's line 1 (rank, kids, TTL: its key) is
+        // prefetched when it is found and read in the second pass, so the
+        // lines 1 of the (in a sparse table, many) empty rows are never
+        // fetched and the candidates' misses overlap. The key is read after
+        // the acquire load of the candidate's ctl (which the commit's
+        // release published it with), as before; one read since the row
+        // was recycled is harmless: the kill CAS names the generation seen.
         for (uint32_t i = 0; i < kPrefetchAhead; i++) {
             __builtin_prefetch(&p->entries[ahead]);
-            __builtin_prefetch(&p->entries[ahead].rank);
-            ahead = (ahead + stride) % n;
+            ahead = step(ahead, stride, n);
         }
         uint32_t found = 0;
-        uint64_t now = 0;
+        Cand picked[kSampleWide];
         // Stop at `sample` candidates, or after 2 x `sample` probes once one
         // is found: in a sparse table (blocks larger than avg_block_size) a
         // full sample would cost a scan of most of the table per eviction;
         // the candidate pool makes up for the smaller sample.
         for (uint64_t probe = 0; probe < n && found < sample && (found == 0 || probe < 2 * uint64_t(sample));
-             probe++, idx = (idx + stride) % n) {
+             probe++, idx = step(idx, stride, n)) {
             __builtin_prefetch(&p->entries[ahead]);
-            __builtin_prefetch(&p->entries[ahead].rank);
-            ahead = (ahead + stride) % n;
+            ahead = step(ahead, stride, n);
             kv_entry &en = p->entries[idx];
             uint64_t c = load(en.ctl, std::memory_order_acquire); // the commit published rank, kids, ttl
             if (Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0 || !want(en)) continue;
-            found++;
-            cands_offer(cp, {uint32_t(idx), Ctl::gen(c), key_of(p, en, now)});
+            __builtin_prefetch(&en.rank);
+            picked[found++] = {uint32_t(idx), Ctl::gen(c), {}};
         }
+        uint64_t now = 0;
+        for (uint32_t i = 0; i < found; i++)
+            cands_offer(cp, {picked[i].e, picked[i].gen, key_of(p, p->entries[picked[i].e], now)});
         // Choose from the pool: the smallest key that still holds.
         for (uint32_t i = 0; i < cp.n;) {
             Cand c = cp.c[i];

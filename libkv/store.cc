@@ -235,6 +235,10 @@ namespace {
 
 constexpr uint64_t kNoBlock = UINT64_MAX;
 constexpr int kAllocAttempts = 64;
+// Puts in a row that had to evict before a put skips the slab-table search,
+// and how often it searches anyway (reserve_impl).
+constexpr uint32_t kEvictStreak = 4;
+constexpr uint32_t kStreakRecheck = 16;
 
 uint32_t entry_claim(kv_pool *p, uint32_t budget) {
     const uint32_t n = p->hdr->n_entries;
@@ -418,17 +422,31 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     store(en.kids, Kids::make(gen, 0), std::memory_order_relaxed);
     store(en.ttl_ms, ttl_ms, std::memory_order_relaxed);
 
-    uint64_t b = block_alloc(p, cls, false);
+    // A full pool: once this process's last kEvictStreak puts of the class
+    // all searched the slab table in vain and evicted, the next ones try
+    // only their home slabs before evicting (the search reads every slab's
+    // line, a tenth of a 64 KiB put), except every kStreakRecheck-th, which
+    // searches anyway: room that others make (removes, the daemon's
+    // watermark pass) is found within that many puts, and until then each
+    // put evicts one block it could have kept. Relaxed: a process-local
+    // hint, racing threads only change which path a put takes.
+    std::atomic<uint32_t> &streak = p->evict_streak[cls];
+    const uint32_t st = streak.load(std::memory_order_relaxed);
+    const bool skip_search = st >= kEvictStreak && st % kStreakRecheck != 0;
+    uint64_t b = skip_search ? block_alloc_home(p, cls) : block_alloc(p, cls, false);
     if (b == kNoBlock) {
         int rc = find_holder(p, ns, k);
         if (rc == 0) {
             b = alloc_with_eviction(p, cls);
             if (b == kNoBlock) rc = -ENOSPC;
+            else streak.store(st + 1 == 0 ? kEvictStreak : st + 1, std::memory_order_relaxed);
         }
         if (rc) {
             entry_unclaim(p, e);
             return rc;
         }
+    } else if (st != 0) {
+        streak.store(0, std::memory_order_relaxed);
     }
     // The entry names its block before the block names the entry: a crash
     // between leaves OWNED(us), which the reaper frees (entry_finish_free

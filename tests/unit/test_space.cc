@@ -178,6 +178,46 @@ TEST_F(EvictionTest, PutsSucceedWhenEntryTableIsFull) {
     expect_consistent();
 }
 
+// A client whose puts keep evicting stops searching the slab table before
+// it evicts (store.cc, reserve_impl), but searches again every 16th put:
+// room another client makes is found within 16 puts, so at most 15 blocks
+// are evicted that could have stayed, and none after that. The putter is a
+// second client, so it has no home slab of its own where a quicker look
+// could find the room: only the periodic search can.
+TEST_F(EvictionTest, RoomMadeByAnotherClientEndsAnEvictionStreak) {
+    const uint64_t len = 64 * KiB;
+    const uint64_t cap = stats().capacity / len;
+    for (uint64_t i = 0; i < cap + 8; i++) ASSERT_EQ(put(i, payload(len, i)), 0) << i;
+
+    kv_pool *putter = attach_another();
+    ASSERT_NE(putter, nullptr);
+    auto put_by = [&](uint64_t i) {
+        const kv_key k = key_of(i);
+        const auto d = payload(len, i);
+        return kv_put(putter, ns_, &k, d.data(), d.size(), nullptr);
+    };
+    const uint64_t base = 1 << 20;
+    const uint64_t ev_start = stats().evictions;
+    for (uint64_t i = 0; i < 64; i++) ASSERT_EQ(put_by(base + i), 0) << i;
+    ASSERT_EQ(stats().evictions - ev_start, 64u) << "the pool was full: every put evicts";
+
+    constexpr uint64_t kRemoved = 32;
+    uint64_t removed = 0;
+    for (uint64_t i = 0; i < cap + 8 && removed < kRemoved; i++) {
+        const kv_key k = key_of(i);
+        if (kv_remove(pool_, ns_, &k) == 0) removed++;
+    }
+    ASSERT_EQ(removed, kRemoved);
+
+    const uint64_t ev0 = stats().evictions;
+    for (uint64_t i = 64; i < 80; i++) ASSERT_EQ(put_by(base + i), 0) << i;
+    const uint64_t ev1 = stats().evictions;
+    EXPECT_LE(ev1 - ev0, 15u) << "the 16th put at the latest searches and finds the room";
+    for (uint64_t i = 80; i < 96; i++) ASSERT_EQ(put_by(base + i), 0) << i;
+    EXPECT_EQ(stats().evictions, ev1) << "room was left, yet puts kept evicting";
+    expect_consistent();
+}
+
 // Slabs taken by one size class must be given to another once the first
 // class's blocks are evictable.
 TEST_F(EvictionTest, EvictionAcrossSizeClasses) {
