@@ -1020,51 +1020,31 @@ BENCHMARK(BM_MetadataOverhead)
 // ---- 8: eviction's share of a put (issue 5) ----------------------------------------
 //
 // Put chained blocks (each names the previous as parent, chains of 16) into
-// two pools of the default policy (prefix-aware, sampled eviction) and the
-// same geometry, both full, at steady state, alternating batches between
-// them so that both meet the same state of the machine:
-//   full  every put evicts inline (the policy's sampled choice, kill, free)
-//         before it copies; the benchmark's time is this put's;
-//   room  before each batch, as many blocks as it will put are removed,
-//         untimed, so its puts find free blocks and do not evict.
-// Both copy into blocks written long ago (cold in the caches), and should
-// differ only by the eviction, which also means where the blocks are:
-// sampled victims lie anywhere in the pool, so with room:random the blocks
-// removed are drawn at random too; room:oldest removes the oldest blocks,
-// which lie side by side (they were put in a row), a kinder baseline for
-// the cache and TLB that eviction cannot match (reported for context). Only
-// the puts are timed, in batches (thread CPU time: a syscall of 1.6 us on
-// this VM, a third of one 64 KiB put, so per put it would swamp the
-// difference). Counters: room_us, the room pool's put; full_over_room,
-// the sum of the full pool's put times over the room pool's (the target:
-// <= 1.10); evictions_per_put (1 in the full pool, 0 in the room pool).
-namespace {
-
-struct SteadyPool {
-    std::unique_ptr<BenchPool> bp;
-    kv_pool *p = nullptr;
-    uint32_t ns = 0;
-    uint64_t cap = 0, serial = 0;
-    uint32_t key_space = 0;
-    std::deque<kv_key> live;
-
-    int put(const void *src, uint64_t block) {
-        kv_key k = make_key(key_space, serial);
-        kv_put_opts o{};
-        o.struct_size = sizeof o;
-        if (serial % 16) { // chains of 16 blocks
-            o.flags = KV_PUT_F_PARENT;
-            o.parent = make_key(key_space, serial - 1);
-        }
-        serial++;
-        int rc = kv_put_ex(p, ns, &k, src, block, &o);
-        live.push_back(k);
-        return rc;
-    }
-};
-
-} // namespace
-
+// one pool of the default policy (prefix-aware, sampled eviction), full, at
+// steady state, in batches of two kinds that alternate:
+//   full  the pool is full, so every put evicts inline (the policy's
+//         sampled choice, kill, free) before it copies; the benchmark's
+//         time is this put's;
+//   room  before the batch, as many blocks as it will put are removed,
+//         untimed, so its puts find free blocks and do not evict (and
+//         leave the pool full again for the next full batch).
+// Both copy into blocks written long ago (cold in the caches), in the same
+// pool and so the same memory, and should differ only by the eviction,
+// which also means where the blocks are: sampled victims lie anywhere in
+// the pool, so with room_oldest:0 the blocks removed are drawn at random
+// too; room_oldest:1 removes the oldest blocks, which lie side by side
+// (they were put in a row), a kinder baseline for the cache and TLB
+// (reported for context). One pool, not a full one beside one with room:
+// on this VM the pool created first was up to 1.8x slower to write than
+// the second whatever it did (its memory's placement), which swamped the
+// difference. Only the puts are timed, in batches (thread CPU time: a
+// syscall of 1.6 us on this VM, a third of one 64 KiB put). The first
+// puts of a full batch come after puts that did not evict, so they search
+// the slab table before they evict (store.cc, the eviction streak): a
+// little more than a pool that stays full pays. Counters: room_us, the put
+// of a room batch; full_over_room, the sum of the full batches' put times
+// over the room batches' (the target: <= 1.10); evictions_per_put, in the
+// full batches (1) and in the room batches (0).
 void BM_PutSteady(benchmark::State &state) {
     const uint64_t block = uint64_t(state.range(0)) * KiB;
     const bool room_random = state.range(1) == 0;
@@ -1072,72 +1052,77 @@ void BM_PutSteady(benchmark::State &state) {
     PoolSpec spec;
     spec.size = blocks * block + 64 * MiB;
     spec.slab_size = std::max<uint64_t>(block, 1 * MiB); // entry table: the default (16 KiB average)
-    SteadyPool pools[2]; // [0] full, [1] room
+    auto bp = BenchPool::create(spec, "steady");
+    if (!bp) {
+        state.SkipWithError(bp.error().c_str());
+        return;
+    }
+    kv_pool *p = (*bp)->get();
+    const uint32_t ns = (*bp)->ns();
     void *src = alloc_touched(block, 5);
-    for (uint32_t i = 0; i < 2; i++) {
-        auto bp = BenchPool::create(spec, i ? "steady-room" : "steady-full");
-        if (!bp) {
-            state.SkipWithError(bp.error().c_str());
+    const uint64_t cap = kv_pool_header(p)->data_len / block;
+    std::deque<kv_key> live;
+    uint64_t serial = 0;
+    auto put = [&] {
+        kv_key k = make_key(80, serial);
+        kv_put_opts o{};
+        o.struct_size = sizeof o;
+        if (serial % 16) { // chains of 16 blocks
+            o.flags = KV_PUT_F_PARENT;
+            o.parent = make_key(80, serial - 1);
+        }
+        serial++;
+        int rc = kv_put_ex(p, ns, &k, src, block, &o);
+        live.push_back(k);
+        return rc;
+    };
+    // Warm up: fill to capacity and one more round (which evicts).
+    for (uint64_t i = 0; i < 2 * cap; i++) {
+        if (int rc = put(); rc < 0) {
+            state.SkipWithError(errstr("kv_put_ex (warm-up)", rc).c_str());
             std::free(src);
             return;
         }
-        SteadyPool &sp = pools[i];
-        sp.bp = std::move(*bp);
-        sp.p = sp.bp->get();
-        sp.ns = sp.bp->ns();
-        sp.key_space = 80 + i;
-        sp.cap = kv_pool_header(sp.p)->data_len / block;
-        // Warm up: fill to capacity and one more round (which evicts).
-        for (uint64_t j = 0; j < 2 * sp.cap; j++) {
-            if (int rc = sp.put(src, block); rc < 0) {
-                state.SkipWithError(errstr("kv_put_ex (warm-up)", rc).c_str());
-                std::free(src);
-                return;
-            }
-            if (sp.live.size() > sp.cap) sp.live.pop_front(); // evicted long ago
-        }
+        if (live.size() > cap) live.pop_front(); // evicted long ago
     }
-    kv_stats before[2]{}, after[2]{};
-    for (uint32_t i = 0; i < 2; i++)
-        kv_pool_stats(pools[i].p, &before[i]);
     const uint64_t batch = block >= MiB ? 8 : 32;
     kvbench::Rng rng{0x5eed};
-    uint64_t spent[2] = {0, 0}, puts = 0;
-    // A batch of timed puts into pool i; false (and the benchmark skipped) on an error.
+    uint64_t spent[2] = {0, 0}, evictions[2] = {0, 0}, puts = 0; // [0] full, [1] room
+    // A batch of timed puts of kind i; false (and the benchmark skipped) on an error.
     auto run_batch = [&](uint32_t i) {
-        SteadyPool &sp = pools[i];
+        kv_stats s0{}, s1{};
+        kv_pool_stats(p, &s0);
         int rc = 0;
         const uint64_t t0 = cpu_now();
         for (uint64_t j = 0; j < batch && rc >= 0; j++)
-            rc = sp.put(src, block);
+            rc = put();
         spent[i] += cpu_now() - t0;
-        while (sp.live.size() > sp.cap) sp.live.pop_front();
+        kv_pool_stats(p, &s1);
+        evictions[i] += s1.evictions - s0.evictions;
+        while (live.size() > cap) live.pop_front();
         if (rc < 0) state.SkipWithError(errstr("kv_put_ex", rc).c_str());
         return rc >= 0;
     };
     while (state.KeepRunningBatch(int64_t(batch))) {
-        // The room pool: make room for the batch (untimed), then put it.
-        SteadyPool &rp = pools[1];
-        for (uint64_t j = 0; j < batch && !rp.live.empty();) {
-            size_t at = room_random ? size_t(rng.next() % rp.live.size()) : 0;
-            int rc = kv_remove(rp.p, rp.ns, &rp.live[at]);
-            rp.live.erase(rp.live.begin() + std::ptrdiff_t(at));
-            if (rc == 0) j++; // (a key already evicted frees nothing: draw again)
+        // Room for a batch (untimed), then the batch.
+        for (uint64_t j = 0; j < batch && !live.empty();) {
+            size_t at = room_random ? size_t(rng.next() % live.size()) : 0;
+            int rc = kv_remove(p, ns, &live[at]);
+            live.erase(live.begin() + std::ptrdiff_t(at));
+            if (rc == 0) j++; // (a key evicted already frees nothing: draw again)
         }
         if (!run_batch(1)) break;
+        // The pool is full again: a batch that evicts.
         const uint64_t before_full = spent[0];
         if (!run_batch(0)) break;
         state.SetIterationTime(static_cast<double>(spent[0] - before_full) * 1e-9);
         puts += batch;
     }
-    for (uint32_t i = 0; i < 2; i++)
-        kv_pool_stats(pools[i].p, &after[i]);
     if (puts) {
         state.counters["room_us"] = double(spent[1]) * 1e-3 / double(puts);
         state.counters["full_over_room"] = spent[1] ? double(spent[0]) / double(spent[1]) : 0;
-        state.counters["evictions_per_put"] = double(after[0].evictions - before[0].evictions) / double(puts);
-        state.counters["room_evictions_per_put"] =
-            double(after[1].evictions - before[1].evictions) / double(puts);
+        state.counters["evictions_per_put"] = double(evictions[0]) / double(puts);
+        state.counters["room_evictions_per_put"] = double(evictions[1]) / double(puts);
     }
     state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * block));
     std::free(src);
