@@ -79,6 +79,7 @@ enum Exit : int {
     kExitNoPool = 5,   // ENOENT from the daemon
     kExitExists = 6,   // EEXIST from the daemon
     kExitProtocol = 7, // malformed or truncated response, closed connection, timeout
+    kExitPartial = 8,  // restore: the snapshot was damaged; only its verified part was restored
 };
 
 struct Failure {
@@ -214,7 +215,9 @@ constexpr const char *kExitCodes =
     "  4  permission denied by kvpoold\n"
     "  5  no such pool\n"
     "  6  the pool already exists\n"
-    "  7  protocol error: malformed or truncated response, connection closed, timeout\n";
+    "  7  protocol error: malformed or truncated response, connection closed, timeout\n"
+    "  8  restore: the snapshot was truncated or damaged, or blocks were dropped;\n"
+    "     the verified blocks were restored (the output says how many)\n";
 
 void print_usage(FILE *out) {
     std::fputs("Usage: kvctl [--socket PATH] [--json] [--timeout SECONDS] VERB [ARGS]\n\n"
@@ -1066,6 +1069,8 @@ void print_pool(const json &p) {
                                         duration(get_double(*r, "seconds"))
                                   : "FAILED: " + text(*r, "error");
             if (ok && get_u64(*r, "dropped").value_or(0)) line += ", " + count(*r, "dropped") + " dropped";
+            if (ok && get_bool(*r, "truncated").value_or(false))
+                line += ", file truncated or damaged (its verified part was restored)";
             l.emplace_back(k[5] == 'p' ? "last persist" : "last restore", line);
         }
     }
@@ -1305,6 +1310,28 @@ Result<int> render(const Command &c, const json &doc) {
     return kExitOk;
 }
 
+// A restore that kept only part of its snapshot (a truncated or damaged
+// file, blocks that failed verification or found no room) succeeded at what
+// it could do, but a script must be able to tell it from a whole restore:
+// exit 8, and say why on stderr (after the summary, which says how many
+// blocks were restored).
+int partial_restore(const Command &c, const json &doc) {
+    if (c.verb->op != KV_CTL_OP_RESTORE) return kExitOk;
+    const bool truncated = get_bool(doc, "truncated").value_or(false);
+    const uint64_t dropped = get_u64(doc, "dropped").value_or(0);
+    if (!truncated && dropped == 0) return kExitOk;
+    std::string why;
+    if (truncated) why = "the snapshot is truncated or damaged: only its verified part was restored";
+    if (dropped)
+        why += std::string(why.empty() ? "" : "; ") + std::to_string(dropped) +
+               " block(s) dropped (failed verification or no room in the pool)";
+    std::fflush(stdout);
+    std::fprintf(stderr, "kvctl: restore %s: %s blocks restored; %s\n",
+                 c.positional.empty() ? "" : c.positional[0].c_str(), count(doc, "blocks").c_str(),
+                 why.c_str());
+    return kExitPartial;
+}
+
 int exit_for_errno(uint32_t e) {
     switch (e) {
     case EPERM:
@@ -1419,11 +1446,13 @@ Result<int> run(const Command &c) {
     }
     if (c.json) {
         std::printf("%s\n", doc.dump(2, ' ', false, json::error_handler_t::replace).c_str());
-        // health keeps its exit status: scripts test it with or without --json.
+        // health and restore keep their exit status: scripts test it with or without --json.
         if (c.verb->op == KV_CTL_OP_HEALTH && get_bool(doc, "healthy") == false) return kExitFailed;
-        return kExitOk;
+        return partial_restore(c, doc);
     }
-    return render(c, doc);
+    auto code = render(c, doc);
+    if (!code || *code != kExitOk) return code;
+    return partial_restore(c, doc);
 }
 
 } // namespace

@@ -894,6 +894,24 @@ TEST_F(DaemonTest, PersistAndRestoreOnDemand) {
     ASSERT_TRUE(c.pool) << c.error;
     EXPECT_TRUE(check_snap_blocks(c, n));
 
+    // A truncated snapshot restores its verified part, and kvctl says so
+    // with exit 8 (not 0, which a script would take for a whole restore).
+    {
+        const std::string cut = dir_ + "/state/cut.kvsnap";
+        std::string bytes = slurp(file);
+        ASSERT_GT(bytes.size(), 8192u);
+        spit(cut, bytes.substr(0, bytes.size() / 2));
+        ASSERT_EQ(ctl({"destroy", "alpha"}).code, 0);
+        ASSERT_EQ(ctl({"create", "alpha", "--size", "64M", "--hugepages", "never"}).code, 0);
+        Proc t = ctl({"restore", "alpha", "--path", cut});
+        EXPECT_EQ(t.code, 8) << t.out << t.err << log();
+        EXPECT_NE(t.err.find("truncated or damaged"), std::string::npos) << t.err;
+        Proc tj = ctl({"--json", "restore", "alpha", "--path", cut});
+        EXPECT_EQ(tj.code, 8) << tj.err;
+        EXPECT_EQ(parse(tj)["truncated"], true) << tj.out;
+        EXPECT_NE(ctl({"status", "alpha"}).out.find("file truncated or damaged"), std::string::npos);
+    }
+
     // Bad paths: relative, missing file.
     Proc rel = ctl({"persist", "alpha", "--path", "relative.kvsnap"});
     EXPECT_NE(rel.code, 0);

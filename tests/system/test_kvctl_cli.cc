@@ -424,6 +424,41 @@ TEST_F(KvctlCli, StatusOfOnePool) {
     EXPECT_NE(r.out.find("high 95.0%, low 85.0%"), std::string::npos) << r.out;
 }
 
+// A restore that kept only part of its snapshot exits 8, with or without
+// --json, and says on stderr what was lost; a whole restore exits 0.
+TEST_F(KvctlCli, PartialRestoreExits8) {
+    struct Case {
+        const char *body;
+        int code;
+        const char *err; // in stderr ("" = stderr empty)
+    } cases[] = {
+        {R"({"pool": "llama", "path": "/s", "blocks": 7, "bytes": 7, "seconds": 0.1, "dropped": 0,
+             "truncated": false})", 0, ""},
+        {R"({"pool": "llama", "path": "/s", "blocks": 7, "bytes": 7, "seconds": 0.1, "dropped": 0,
+             "truncated": true})", 8, "7 blocks restored; the snapshot is truncated or damaged"},
+        {R"({"pool": "llama", "path": "/s", "blocks": 0, "bytes": 0, "seconds": 0.1, "dropped": 3,
+             "truncated": false})", 8, "0 blocks restored; 3 block(s) dropped"},
+    };
+    for (const Case &cs : cases) {
+        for (bool as_json : {false, true}) {
+            SCOPED_TRACE(std::string(cs.body) + (as_json ? " --json" : ""));
+            FakeDaemon d(reply(0, cs.body));
+            std::vector<std::string> args = {"--socket", d.path()};
+            if (as_json) args.push_back("--json");
+            args.insert(args.end(), {"restore", "llama"});
+            const Outcome r = run_kvctl(args);
+            d.join();
+            EXPECT_EQ(r.code, cs.code) << r.err;
+            EXPECT_EQ(d.hdr.op, KV_CTL_OP_RESTORE);
+            if (*cs.err)
+                EXPECT_NE(r.err.find(std::string("kvctl: restore llama: ") + cs.err), std::string::npos) << r.err;
+            else
+                EXPECT_EQ(r.err, "");
+            EXPECT_NE(r.out.find("llama"), std::string::npos) << "the summary is still printed\n" << r.out;
+        }
+    }
+}
+
 TEST_F(KvctlCli, CreateEncodesTheRequest) {
     FakeDaemon d(reply(EEXIST, "pool \"llama\" already exists"));
     const Outcome r =
