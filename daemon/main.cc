@@ -32,6 +32,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
 
 using namespace kv::daemon;
 
@@ -57,15 +58,19 @@ uint64_t mono_ms() {
 // --check-config: what parsing cannot know but starting would refuse:
 // groups that do not exist, NUMA nodes this machine does not have, and pool
 // geometry libkv cannot lay out (a slab larger than the pool, too many
-// clients for its size). Returns the first problem, or "".
-std::string check_against_machine(const DaemonConfig &cfg) {
+// clients for its size). Returns the first problem, or "". What kvpoold
+// would start with but degraded (a missing admin group: it warns, and then
+// only root may create pools) goes to *warnings instead, as kvpoold logs it.
+std::string check_against_machine(const DaemonConfig &cfg, std::vector<std::string> *warnings) {
     auto group_exists = [](const std::string &g) {
         char buf[4096];
         struct group gr, *res = nullptr;
         return getgrnam_r(g.c_str(), &gr, buf, sizeof buf, &res) == 0 && res;
     };
     if (!group_exists(cfg.admin_group))
-        return "daemon.admin_group \"" + cfg.admin_group + "\": no such group on this machine";
+        warnings->push_back("daemon.admin_group \"" + cfg.admin_group +
+                            "\": no such group on this machine; kvpoold would start, but only root could "
+                            "create pools, and pools without their own group would belong to group root");
     for (size_t i = 0; i < cfg.pools.size(); i++) {
         const PoolConfig &pc = cfg.pools[i];
         const std::string at = "pool[" + std::to_string(i) + "] (" + pc.name + ")";
@@ -164,10 +169,12 @@ int main(int argc, char **argv) {
     DaemonConfig cfg = std::move(*loaded);
     set_log_level(cfg.log_level);
     if (check) {
-        if (std::string bad = check_against_machine(cfg); !bad.empty()) {
+        std::vector<std::string> warnings;
+        if (std::string bad = check_against_machine(cfg, &warnings); !bad.empty()) {
             KV_LOGE(kComp, "%s: parses, but kvpoold would refuse it here: %s", config_path.c_str(), bad.c_str());
             return 1;
         }
+        for (const std::string &w : warnings) KV_LOGW(kComp, "%s: %s", config_path.c_str(), w.c_str());
         printf("%s: valid, %zu pool%s\n", config_path.c_str(), cfg.pools.size(), cfg.pools.size() == 1 ? "" : "s");
         return 0;
     }
