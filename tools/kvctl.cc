@@ -817,20 +817,41 @@ std::optional<bool> get_bool(const json &o, const char *key) {
 }
 
 // Text from the daemon goes to a terminal: control characters (C0, DEL and
-// the UTF-8 encoded C1 range, which holds CSI) become '?'.
+// the UTF-8 encoded C1 range, which holds CSI) and every byte that does not
+// start a well-formed UTF-8 sequence (RFC 3629: no overlongs, surrogates or
+// code points past U+10FFFF) become '?'.
 std::string sanitize(std::string_view s) {
     std::string out;
     out.reserve(s.size());
-    for (size_t i = 0; i < s.size(); i++) {
-        const auto b = static_cast<unsigned char>(s[i]);
-        if (b < 0x20 || b == 0x7f) {
-            out += '?';
-        } else if (b == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
-                   static_cast<unsigned char>(s[i + 1]) <= 0x9f) {
+    auto byte = [&](size_t i) { return i < s.size() ? static_cast<unsigned char>(s[i]) : 0; };
+    for (size_t i = 0; i < s.size();) {
+        const unsigned char b = byte(i);
+        if (b < 0x80) {
+            out += b < 0x20 || b == 0x7f ? '?' : char(b);
+            i++;
+            continue;
+        }
+        // Length and the allowed range of the second byte, by the lead byte.
+        size_t len = 0;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (b >= 0xc2 && b <= 0xdf) len = 2;
+        else if (b == 0xe0) len = 3, lo = 0xa0;
+        else if (b == 0xed) len = 3, hi = 0x9f;
+        else if (b >= 0xe1 && b <= 0xef) len = 3;
+        else if (b == 0xf0) len = 4, lo = 0x90;
+        else if (b == 0xf4) len = 4, hi = 0x8f;
+        else if (b >= 0xf1 && b <= 0xf3) len = 4;
+        bool ok = len != 0 && byte(i + 1) >= lo && byte(i + 1) <= hi;
+        for (size_t k = 2; ok && k < len; k++) ok = byte(i + k) >= 0x80 && byte(i + k) <= 0xbf;
+        if (!ok) { // a stray byte: one '?', and resynchronise on the next
             out += '?';
             i++;
+        } else if (b == 0xc2 && byte(i + 1) <= 0x9f) { // C1 control
+            out += '?';
+            i += 2;
         } else {
-            out += char(b);
+            out.append(s.substr(i, len));
+            i += len;
         }
     }
     return out;
@@ -988,8 +1009,9 @@ class Table {
 
 // A response whose shape is wrong where kvctl cannot print "-" instead.
 Failure malformed(const Command &c, const std::string &what) {
+    // what may quote the response (the JSON parser's "last read"): sanitized.
     return Failure{kExitProtocol,
-                   "malformed " + std::string(c.verb->name) + " response from kvpoold: " + what};
+                   "malformed " + std::string(c.verb->name) + " response from kvpoold: " + sanitize(what)};
 }
 
 Result<const json *> array_field(const Command &c, const json &doc, const char *key) {
