@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cinttypes>
+#include <cstdio>
 #include <cstring>
 
 namespace kv::daemon {
@@ -167,6 +168,7 @@ void ControlServer::accept_on(int lfd, Kind kind) {
                         refused_, conns_.size(), unsigned(c.peer.uid), mine);
                 refused_logged_ms_ = now, refused_ = 0;
             }
+            if (kind == Kind::Control) send_refusal(fd, c.peer.uid, mine, root);
             close(fd);
             continue;
         }
@@ -183,6 +185,38 @@ void ControlServer::accept_on(int lfd, Kind kind) {
         epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
         conns_.emplace(fd, std::move(c));
     }
+}
+
+// The reason a refused control connection gets on the wire (control.h,
+// KV_CTL_OP_REFUSED), written before any request is read: one small
+// non-blocking send into a fresh socket's empty buffer; if it does not fit,
+// the client sees the connection closed, as it would without it.
+void ControlServer::send_refusal(int fd, uint32_t uid, size_t mine, bool root) {
+    char why[256];
+    if (!root && mine >= kMaxPerUser)
+        snprintf(why, sizeof why,
+                 "too many connections: uid %u holds %zu, the most one user may (close idle ones, or wait "
+                 "%llu s for them to expire)",
+                 unsigned(uid), mine, (unsigned long long)(kIdleMs / 1000));
+    else
+        snprintf(why, sizeof why,
+                 "too many connections: %zu open, the most kvpoold serves (idle ones expire after %llu s)",
+                 conns_.size(), (unsigned long long)(kIdleMs / 1000));
+    const size_t len = strlen(why);
+    struct {
+        kv_ctl_hdr hdr;
+        kv_ctl_response resp;
+        char text[sizeof why];
+    } msg{};
+    msg.hdr.magic = KV_CTL_MAGIC;
+    msg.hdr.version = KV_CTL_VERSION;
+    msg.hdr.op = KV_CTL_OP_REFUSED;
+    msg.hdr.length = uint32_t(sizeof msg.resp + len);
+    msg.hdr.seq = 0;
+    msg.resp.error = EUSERS;
+    msg.resp.body_len = uint32_t(len);
+    memcpy(msg.text, why, len);
+    (void)!send(fd, &msg, sizeof msg.hdr + sizeof msg.resp + len, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 void ControlServer::drop(int fd) {

@@ -46,6 +46,7 @@ class ControlServer {
     static constexpr size_t kMaxConnections = 256;
     static constexpr size_t kMaxPerUser = 32; // control connections of one uid (root: see kRootReserve)
     static constexpr size_t kRootReserve = 16;
+    static constexpr uint64_t kIdleMs = 60000; // what main's expire() calls use
 
   private:
     enum class Kind { Control, Metrics };
@@ -66,6 +67,7 @@ class ControlServer {
     static constexpr int kDeferred = -1; // dispatch: the answer comes later through deliver()
 
     void accept_on(int lfd, Kind kind);
+    void send_refusal(int fd, uint32_t uid, size_t mine, bool root);
     void on_io(int fd, uint32_t events);
     void process(int fd, Conn &c);
     void flush(int fd, Conn &c);

@@ -307,7 +307,7 @@ int main(int argc, char **argv) {
                 sd_notify(0, "WATCHDOG=1");
             } else if (fd == idle_timer.fd()) {
                 idle_timer.drain();
-                server->expire(mono_ms(), 60000);
+                server->expire(mono_ms(), ControlServer::kIdleMs);
             } else {
                 server->handle(fd, evs[i].events);
             }

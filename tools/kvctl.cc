@@ -211,7 +211,8 @@ constexpr const char *kExitCodes =
     "  0  success\n"
     "  1  the daemon refused or failed the request; health: the pool is unhealthy\n"
     "  2  usage error: unknown verb, bad or missing argument\n"
-    "  3  cannot connect to kvpoold (not running, wrong --socket, socket permissions)\n"
+    "  3  cannot connect to kvpoold (not running, wrong --socket, socket permissions,\n"
+    "     or it refused the connection: too many open)\n"
     "  4  permission denied by kvpoold\n"
     "  5  no such pool\n"
     "  6  the pool already exists\n"
@@ -727,11 +728,21 @@ Result<Response> transact(const Command &c, const kv_ctl_request &req) {
     msg.hdr.length = sizeof(kv_ctl_request);
     msg.hdr.seq = seq;
     msg.req = req;
-    if (auto r = send_all(fd, &msg, sizeof msg); !r) return std::unexpected(r.error());
-
     kv_ctl_hdr hdr{};
-    if (auto r = recv_all(fd, &hdr, sizeof hdr, deadline, "response header", timeout_s); !r)
-        return std::unexpected(r.error());
+    if (auto r = send_all(fd, &msg, sizeof msg); !r) {
+        // The daemon may have refused the connection and closed it before
+        // the request arrived: its reason (KV_CTL_OP_REFUSED) is then
+        // waiting to be read. Without one, the send's error stands.
+        Deadline soon;
+        soon.at = Clock::now() + std::chrono::seconds(1);
+        if (!recv_all(fd, &hdr, sizeof hdr, soon, "response header", 1.0) || hdr.magic != KV_CTL_MAGIC ||
+            hdr.op != KV_CTL_OP_REFUSED)
+            return std::unexpected(r.error());
+    } else if (auto r2 = recv_all(fd, &hdr, sizeof hdr, deadline, "response header", timeout_s); !r2) {
+        return std::unexpected(r2.error());
+    }
+    // A refusal at accept answers no request: it has op REFUSED and seq 0.
+    const bool refused = hdr.op == KV_CTL_OP_REFUSED && hdr.seq == 0;
     if (hdr.magic != KV_CTL_MAGIC)
         return fail(kExitProtocol,
                     strf("bad response magic 0x%08x (expected 0x%08x): is %s kvpoold's control "
@@ -740,10 +751,10 @@ Result<Response> transact(const Command &c, const kv_ctl_request &req) {
     if (hdr.version != KV_CTL_VERSION)
         return fail(kExitProtocol, strf("response has protocol version %u (kvctl speaks %u)",
                                         unsigned(hdr.version), unsigned(KV_CTL_VERSION)));
-    if (hdr.op != c.verb->op)
+    if (hdr.op != c.verb->op && !refused)
         return fail(kExitProtocol, strf("response is for op %u (expected %u, the request's op)",
                                         unsigned(hdr.op), unsigned(c.verb->op)));
-    if (hdr.seq != seq)
+    if (hdr.seq != seq && !refused)
         return fail(kExitProtocol,
                     strf("response seq %u (expected %u, the request's seq)", hdr.seq, seq));
     if (hdr.length > KV_CTL_MAX_BODY)
@@ -766,6 +777,8 @@ Result<Response> transact(const Command &c, const kv_ctl_request &req) {
                                         "(expected body_len = length - %zu)",
                                         resp.body_len, hdr.length, sizeof resp));
     body.erase(0, sizeof resp);
+    if (refused && resp.error == 0)
+        return fail(kExitProtocol, "kvpoold refused the connection without an error code");
     return Response{resp.error, std::move(body)};
 }
 
@@ -1365,6 +1378,8 @@ int exit_for_errno(uint32_t e) {
         return kExitExists;
     case EPROTO: // the daemon could not make sense of what kvctl sent
         return kExitProtocol;
+    case EUSERS: // refused at accept: too many connections (control.h, KV_CTL_OP_REFUSED)
+        return kExitConnect;
     default:
         return kExitFailed;
     }

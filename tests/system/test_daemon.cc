@@ -754,9 +754,12 @@ TEST_F(DaemonTest, PerUserConnectionCap) {
     char c = 0;
     ASSERT_EQ(read(ready[0], &c, 1), 1) << "the holder could not open its connections";
 
+    // Refused with the reason on the wire (control.h, KV_CTL_OP_REFUSED):
+    // kvctl says why and exits 3, "cannot connect".
     Proc over = ctl({"status", "alpha"}, uid, gid);
-    EXPECT_NE(over.code, 0) << "connection " << kCap + 1 << " of one user was served: " << over.out;
-    EXPECT_FALSE(over.err.empty());
+    EXPECT_EQ(over.code, 3) << "connection " << kCap + 1 << " of one user: " << over.out << over.err;
+    EXPECT_NE(over.err.find("too many connections: uid " + std::to_string(uid) + " holds 32"), std::string::npos)
+        << over.err;
     Proc root = ctl({"status", "alpha"});
     EXPECT_EQ(root.code, 0) << "root was locked out by a user's connections: " << root.err;
     EXPECT_TRUE(eventually([&] { return log().find("refused") != std::string::npos; }, 5000))

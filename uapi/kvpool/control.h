@@ -45,7 +45,13 @@
 #define KV_CTL_NAME_MAX 64         /* pool names: [A-Za-z0-9_.-]{1,63}, NUL-padded */
 #define KV_CTL_PATH_MAX 256
 
-/* Ops. A response carries the op of its request. */
+/* Ops. A response carries the op of its request, with one exception: a
+ * connection the daemon refuses at accept (too many open, in all or from its
+ * uid) gets, before any request is read, one response with op
+ * KV_CTL_OP_REFUSED and seq 0, error EUSERS and a message saying why, and is
+ * then closed. A client may find it when its send fails (EPIPE) or in place
+ * of the response to its request. */
+#define KV_CTL_OP_REFUSED 0
 #define KV_CTL_OP_VERSION 1  /* {"daemon": "0.1.0", "protocol": 1, "pid": N} */
 #define KV_CTL_OP_LIST 2     /* {"pools": [POOL, ...]} */
 #define KV_CTL_OP_STATUS 3   /* pool set: POOL; pool empty: as LIST */
