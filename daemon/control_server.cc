@@ -21,6 +21,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <unordered_map>
 
 namespace kv::daemon {
 
@@ -153,13 +154,17 @@ void ControlServer::accept_on(int lfd, Kind kind) {
         }
         // The socket is open to every local user: one user may hold at most
         // kMaxPerUser connections, so nobody can lock the others out, and
-        // root keeps kRootReserve of its own beyond kMaxConnections.
+        // root keeps kRootReserve of its own beyond kMaxConnections. When
+        // all kMaxConnections are taken (8 users at their cap), a user who
+        // holds fewer than the largest holder gets one of that holder's idle
+        // connections (shed_idle_for): fair shares, not first come.
         size_t mine = 0;
         for (const auto &[ofd, o] : conns_)
             mine += o.kind == Kind::Control && o.peer.uid == c.peer.uid;
         const bool root = kind == Kind::Control && c.peer.uid == 0;
-        const bool over = conns_.size() >= kMaxConnections + (root ? kRootReserve : 0) ||
-                          (kind == Kind::Control && !root && mine >= kMaxPerUser);
+        bool over = conns_.size() >= kMaxConnections + (root ? kRootReserve : 0) ||
+                    (kind == Kind::Control && !root && mine >= kMaxPerUser);
+        if (over && kind == Kind::Control && !root && mine < kMaxPerUser) over = !shed_idle_for(c.peer.uid, mine);
         if (over) {
             const uint64_t now = mono_ms();
             refused_++;
@@ -185,6 +190,40 @@ void ControlServer::accept_on(int lfd, Kind kind) {
         epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
         conns_.emplace(fd, std::move(c));
     }
+}
+
+// Make room for a connection of uid, which holds mine: close the oldest
+// idle control connection (no request buffered, none being answered) of the
+// uid that holds the most, if that is more than mine + 1 (so the shares only
+// ever get more even, and two users cannot take turns evicting each other).
+// False if there is none to close.
+bool ControlServer::shed_idle_for(uid_t uid, size_t mine) {
+    std::unordered_map<uid_t, size_t> held;
+    for (const auto &[fd, o] : conns_)
+        if (o.kind == Kind::Control) held[o.peer.uid]++;
+    uid_t top = uid;
+    size_t most = 0;
+    for (const auto &[u, n] : held)
+        if (u != 0 && n > most) top = u, most = n;
+    if (top == uid || most <= mine + 1) return false;
+    int victim = -1;
+    uint64_t oldest = UINT64_MAX;
+    for (const auto &[fd, o] : conns_)
+        if (o.kind == Kind::Control && o.peer.uid == top && o.waiting == 0 && o.in.empty() && o.out.empty() &&
+            o.last_ms < oldest)
+            victim = fd, oldest = o.last_ms;
+    if (victim < 0) return false;
+    drop(victim);
+    shed_++;
+    const uint64_t now = mono_ms();
+    if (now - shed_logged_ms_ >= 10000) {
+        KV_LOGN(kComp,
+                "all %zu connections taken: closed %" PRIu64 " idle one(s) in the last 10 s, the last of uid %u "
+                "(held %zu) to serve uid %u (held %zu)",
+                kMaxConnections, shed_, unsigned(top), most, unsigned(uid), mine);
+        shed_logged_ms_ = now, shed_ = 0;
+    }
+    return true;
 }
 
 // The reason a refused control connection gets on the wire (control.h,

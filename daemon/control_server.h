@@ -68,6 +68,7 @@ class ControlServer {
 
     void accept_on(int lfd, Kind kind);
     void send_refusal(int fd, uint32_t uid, size_t mine, bool root);
+    bool shed_idle_for(uid_t uid, size_t mine);
     void on_io(int fd, uint32_t events);
     void process(int fd, Conn &c);
     void flush(int fd, Conn &c);
@@ -83,6 +84,7 @@ class ControlServer {
     std::string control_path_;
     ino_t control_ino_ = 0;                     // the socket file we bound (unlinked at stop only if still ours)
     uint64_t refused_ = 0, refused_logged_ms_ = 0; // connections refused since the last log line
+    uint64_t shed_ = 0, shed_logged_ms_ = 0;       // idle connections closed to make room, likewise
     std::vector<int> metrics_fds_;
     std::map<int, Conn> conns_;
     uint64_t next_id_ = 1;

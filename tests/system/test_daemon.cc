@@ -776,6 +776,77 @@ TEST_F(DaemonTest, PerUserConnectionCap) {
     EXPECT_TRUE(eventually([&] { return ctl({"status", "alpha"}, uid, gid).code == 0; }, 5000));
 }
 
+// 8 users at their cap of 32 take all 256 connections; a 9th user is still
+// served: the daemon closes the oldest idle connection of a largest holder
+// to make room (fair shares), and says so in its log.
+TEST_F(DaemonTest, NinthUserIsServedWhenEightHoldEveryConnection) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to take other uids";
+    ASSERT_TRUE(start_daemon(config()));
+    constexpr int kUsers = 8, kCap = 32; // daemon/control_server.h: 8 x kMaxPerUser = kMaxConnections
+    const int base_uid = 61000 + getpid() % 1000 * 10;
+    std::vector<pid_t> holders;
+    std::vector<int> releases;
+    for (int u = 0; u < kUsers; u++) {
+        int ready[2], release[2];
+        ASSERT_EQ(pipe(ready), 0);
+        ASSERT_EQ(pipe(release), 0);
+        pid_t h = fork();
+        if (h == 0) { // exit status: how many of its connections the daemon closed
+            close(ready[0]);
+            close(release[1]);
+            if (setgroups(0, nullptr) != 0 || setgid(gid_t(base_uid + u)) != 0 || setuid(uid_t(base_uid + u)) != 0)
+                _exit(100);
+            std::vector<int> fds;
+            for (int i = 0; i < kCap; i++) {
+                int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                sockaddr_un sa{};
+                sa.sun_family = AF_UNIX;
+                strncpy(sa.sun_path, sock_.c_str(), sizeof sa.sun_path - 1);
+                if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) _exit(101);
+                fds.push_back(fd);
+            }
+            char c = 'r';
+            if (write(ready[1], &c, 1) != 1) _exit(102);
+            if (read(release[0], &c, 1) < 0) _exit(103);
+            int closed = 0;
+            for (int fd : fds) {
+                pollfd pf{fd, POLLIN, 0};
+                closed += poll(&pf, 1, 0) != 0; // readable means EOF: the daemon closed it
+            }
+            _exit(closed);
+        }
+        children_.push_back(h);
+        holders.push_back(h);
+        close(ready[1]);
+        close(release[0]);
+        char c = 0;
+        ASSERT_EQ(read(ready[0], &c, 1), 1) << "holder " << u << " could not open its connections";
+        close(ready[0]);
+        releases.push_back(release[1]);
+    }
+    // All 256 are taken; the daemon has seen every one (a status from root,
+    // served from its reserve, is answered after the accepts before it).
+    ASSERT_EQ(ctl({"status", "alpha"}).code, 0);
+
+    const int ninth = base_uid + kUsers;
+    Proc p = ctl({"status", "alpha"}, ninth, ninth);
+    EXPECT_EQ(p.code, 0) << "a 9th user was locked out by 8 users' idle connections: " << p.err;
+    EXPECT_TRUE(eventually([&] { return log().find("idle one(s)") != std::string::npos; }, 5000)) << log();
+
+    int closed = 0;
+    for (size_t u = 0; u < holders.size(); u++) {
+        char c = 'x';
+        ASSERT_EQ(write(releases[u], &c, 1), 1);
+        close(releases[u]);
+        int st = 0;
+        ASSERT_EQ(waitpid(holders[u], &st, 0), holders[u]);
+        ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) < 100) << "holder " << u << " exit " << WEXITSTATUS(st);
+        closed += WEXITSTATUS(st);
+    }
+    children_.clear();
+    EXPECT_EQ(closed, 1) << "exactly one idle connection is closed to serve the 9th user";
+}
+
 // A pool that requires hugepages, on a private hugetlbfs mount, with the
 // pages reserved by `kvpoold --reserve-hugepages` as the unit's
 // ExecStartPre= does. The machine's nr_hugepages and mounts are restored
