@@ -32,7 +32,7 @@
 // with a quarter-size sample instead of a full one (PREFIX: a sixteenth, 8
 // candidates, since the feed hands it the next tail): the steady state of
 // a full pool, every put evicting, costs a fraction of the probes. Measured
-// on tools/kvsim's traces (README): every policy within 1.2 points of its
+// on tools/kvsim's traces (README): every policy within 1.01 points of its
 // exact model; with quarter samples and no feed, LRU and FIFO fell 5-8
 // points behind. PREFIX with 8-candidate top-ups stayed within 0.32
 // points (0.09 with 32; 0.78 with 4), and the smaller sample cut its share
@@ -65,7 +65,7 @@ constexpr uint32_t kBatch = 64;
 // models. The probes are prefetched a few ahead so their misses overlap.
 constexpr uint32_t kSample = 32;
 constexpr uint32_t kSampleWide = 128;
-constexpr uint32_t kPrefetchAhead = 8;
+constexpr uint32_t kPrefetchAhead = 4;
 constexpr int kKillAttempts = 8;
 
 // Sweep up to budget entries; evict the first candidate that passes the
@@ -130,8 +130,8 @@ Key key_of(kv_pool *p, const kv_entry &en, uint64_t &now) {
 }
 
 // (x + stride) mod n for x, stride < n, without a division: a 64-bit divide
-// per probe (two with the prefetch cursor) cost more than the probes' cache
-// misses in BM_PutSteady.
+// per probe (two with the prefetch cursor) drew a share of BM_PutSteady's
+// samples in the profile next to the probes' own loads.
 inline uint64_t step(uint64_t x, uint64_t stride, uint64_t n) {
     x += stride;
     return x >= n ? x - n : x;
@@ -240,21 +240,13 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, uint
         const uint32_t sample = attempt == 0 && cp.n >= kPoolSize / 2 ? topup : full;
         const uint64_t stride = coprime_stride(n);
         uint64_t idx = rng() % n, ahead = idx;
-        // Two passes, for memory-level parallelism. The probes read only line
-        // 0 of an entry (state, pins, class), prefetched kPrefetchAhead
-        // ahead; a candidate's line 1 (rank, kids, TTL: its key) is
-        // prefetched when it is found and read in the second pass, so the
-        // lines 1 of the (in a sparse table, many) empty rows are never
-        // fetched and the candidates' misses overlap. The key is read after
-        // the acquire load of the candidate's ctl (which the commit's
-        // release published it with), as before; one read since the row
-        // was recycled is harmless: the kill CAS names the generation seen.
         for (uint32_t i = 0; i < kPrefetchAhead; i++) {
             __builtin_prefetch(&p->entries[ahead]);
+            __builtin_prefetch(&p->entries[ahead].rank);
             ahead = step(ahead, stride, n);
         }
         uint32_t found = 0;
-        Cand picked[kSampleWide];
+        uint64_t now = 0;
         // Stop at `sample` candidates, or after 2 x `sample` probes once one
         // is found: in a sparse table (blocks larger than avg_block_size) a
         // full sample would cost a scan of most of the table per eviction;
@@ -262,16 +254,14 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, uint
         for (uint64_t probe = 0; probe < n && found < sample && (found == 0 || probe < 2 * uint64_t(sample));
              probe++, idx = step(idx, stride, n)) {
             __builtin_prefetch(&p->entries[ahead]);
+            __builtin_prefetch(&p->entries[ahead].rank);
             ahead = step(ahead, stride, n);
             kv_entry &en = p->entries[idx];
             uint64_t c = load(en.ctl, std::memory_order_acquire); // the commit published rank, kids, ttl
             if (Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0 || !want(en)) continue;
-            __builtin_prefetch(&en.rank);
-            picked[found++] = {uint32_t(idx), Ctl::gen(c), {}};
+            found++;
+            cands_offer(cp, {uint32_t(idx), Ctl::gen(c), key_of(p, en, now)});
         }
-        uint64_t now = 0;
-        for (uint32_t i = 0; i < found; i++)
-            cands_offer(cp, {picked[i].e, picked[i].gen, key_of(p, p->entries[picked[i].e], now)});
         // Choose from the pool: the smallest key that still holds.
         for (uint32_t i = 0; i < cp.n;) {
             Cand c = cp.c[i];

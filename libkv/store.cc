@@ -425,7 +425,7 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     // A full pool: once this process's last kEvictStreak puts of the class
     // all searched the slab table in vain and evicted, the next ones try
     // only their home slabs before evicting (the search reads every slab's
-    // line, a tenth of a 64 KiB put), except every kStreakRecheck-th, which
+    // line), except every kStreakRecheck-th, which
     // searches anyway: room that others make (removes, the daemon's
     // watermark pass) is found within that many puts, and until then each
     // put evicts one block it could have kept. Relaxed: a process-local
