@@ -45,6 +45,59 @@ struct Client {
     }
 };
 
+// A child process that, as uid/gid, holds n idle control connections to
+// sock until release() is called. finish() returns its exit status: how
+// many of its connections the daemon closed meanwhile (0..n), or 100+ if it
+// could not set itself up.
+struct ConnectionHolder {
+    pid_t pid = -1;
+    int ready = -1, release_fd = -1;
+
+    bool start(const std::string &sock, int uid, int gid, int n) {
+        int r[2], rel[2];
+        if (pipe(r) != 0 || pipe(rel) != 0) return false;
+        pid = fork();
+        if (pid == 0) {
+            close(r[0]);
+            close(rel[1]);
+            if (setgroups(0, nullptr) != 0 || setgid(gid_t(gid)) != 0 || setuid(uid_t(uid)) != 0) _exit(100);
+            std::vector<int> fds;
+            for (int i = 0; i < n; i++) {
+                int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                sockaddr_un sa{};
+                sa.sun_family = AF_UNIX;
+                strncpy(sa.sun_path, sock.c_str(), sizeof sa.sun_path - 1);
+                if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) _exit(101);
+                fds.push_back(fd);
+            }
+            char c = 'r';
+            if (write(r[1], &c, 1) != 1) _exit(102);
+            if (read(rel[0], &c, 1) < 0) _exit(103); // EOF or a byte: let go
+            int closed = 0;
+            for (int fd : fds) {
+                pollfd pf{fd, POLLIN, 0};
+                closed += poll(&pf, 1, 0) != 0; // readable means EOF: the daemon closed it
+            }
+            _exit(closed);
+        }
+        close(r[1]);
+        close(rel[0]);
+        ready = r[0], release_fd = rel[1];
+        char c = 0;
+        return pid > 0 && read(ready, &c, 1) == 1; // its connections are open
+    }
+    // Let go and wait: the exit status, or -1 if it did not exit normally.
+    int finish() {
+        char c = 'x';
+        if (write(release_fd, &c, 1) != 1) return -1;
+        close(release_fd);
+        close(ready);
+        int st = 0;
+        if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return -1;
+        return WEXITSTATUS(st);
+    }
+};
+
 json parse(const Proc &r) {
     try {
         return json::parse(r.out);
@@ -721,38 +774,10 @@ TEST_F(DaemonTest, PerUserConnectionCap) {
     if (!make_test_user(&uid, &gid, &why)) GTEST_SKIP() << why;
     ASSERT_TRUE(start_daemon(config()));
     constexpr int kCap = 32; // daemon/control_server.h kMaxPerUser
-    int ready[2], release[2];
-    ASSERT_EQ(pipe(ready), 0);
-    ASSERT_EQ(pipe(release), 0);
-    pid_t holder = fork();
-    if (holder == 0) { // the user, holding kCap idle connections until told to let go
-        close(ready[0]);
-        close(release[1]);
-        if (setgroups(0, nullptr) != 0 || setgid(gid_t(gid)) != 0 || setuid(uid_t(uid)) != 0) _exit(3);
-        std::vector<int> fds;
-        for (int i = 0; i < kCap; i++) {
-            int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            sockaddr_un sa{};
-            sa.sun_family = AF_UNIX;
-            strncpy(sa.sun_path, sock_.c_str(), sizeof sa.sun_path - 1);
-            if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) _exit(4);
-            fds.push_back(fd);
-        }
-        char c = 'r';
-        if (write(ready[1], &c, 1) != 1) _exit(5);
-        if (read(release[0], &c, 1) < 0) _exit(6); // EOF or a byte: let go
-        // Every one of ours was kept open while we held it.
-        for (int fd : fds) {
-            pollfd pf{fd, POLLIN, 0};
-            if (poll(&pf, 1, 0) != 0) _exit(7); // readable means EOF: the daemon dropped it
-        }
-        _exit(0);
-    }
-    children_.push_back(holder);
-    close(ready[1]);
-    close(release[0]);
-    char c = 0;
-    ASSERT_EQ(read(ready[0], &c, 1), 1) << "the holder could not open its connections";
+    ConnectionHolder holder; // the user, holding kCap idle connections
+    const bool started = holder.start(sock_, uid, gid, kCap);
+    if (holder.pid > 0) children_.push_back(holder.pid);
+    ASSERT_TRUE(started) << "the holder could not open its connections";
 
     // Refused with the reason on the wire (control.h, KV_CTL_OP_REFUSED):
     // kvctl says why and exits 3, "cannot connect".
@@ -765,13 +790,9 @@ TEST_F(DaemonTest, PerUserConnectionCap) {
     EXPECT_TRUE(eventually([&] { return log().find("refused") != std::string::npos; }, 5000))
         << "no log line for the refused connection:\n" << log();
 
-    ASSERT_EQ(write(release[1], &c, 1), 1);
-    int st = 0;
-    ASSERT_EQ(waitpid(holder, &st, 0), holder);
+    // Every one of its connections was kept open while it held them.
+    EXPECT_EQ(holder.finish(), 0) << "the daemon closed some of the holder's connections (or it failed)";
     children_.pop_back();
-    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "holder exit " << WEXITSTATUS(st);
-    close(ready[0]);
-    close(release[1]);
     // Its connections are gone (the daemon sees the hang-ups): served again.
     EXPECT_TRUE(eventually([&] { return ctl({"status", "alpha"}, uid, gid).code == 0; }, 5000));
 }
@@ -784,45 +805,11 @@ TEST_F(DaemonTest, NinthUserIsServedWhenEightHoldEveryConnection) {
     ASSERT_TRUE(start_daemon(config()));
     constexpr int kUsers = 8, kCap = 32; // daemon/control_server.h: 8 x kMaxPerUser = kMaxConnections
     const int base_uid = 61000 + getpid() % 1000 * 10;
-    std::vector<pid_t> holders;
-    std::vector<int> releases;
+    std::vector<ConnectionHolder> holders(kUsers);
     for (int u = 0; u < kUsers; u++) {
-        int ready[2], release[2];
-        ASSERT_EQ(pipe(ready), 0);
-        ASSERT_EQ(pipe(release), 0);
-        pid_t h = fork();
-        if (h == 0) { // exit status: how many of its connections the daemon closed
-            close(ready[0]);
-            close(release[1]);
-            if (setgroups(0, nullptr) != 0 || setgid(gid_t(base_uid + u)) != 0 || setuid(uid_t(base_uid + u)) != 0)
-                _exit(100);
-            std::vector<int> fds;
-            for (int i = 0; i < kCap; i++) {
-                int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-                sockaddr_un sa{};
-                sa.sun_family = AF_UNIX;
-                strncpy(sa.sun_path, sock_.c_str(), sizeof sa.sun_path - 1);
-                if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) _exit(101);
-                fds.push_back(fd);
-            }
-            char c = 'r';
-            if (write(ready[1], &c, 1) != 1) _exit(102);
-            if (read(release[0], &c, 1) < 0) _exit(103);
-            int closed = 0;
-            for (int fd : fds) {
-                pollfd pf{fd, POLLIN, 0};
-                closed += poll(&pf, 1, 0) != 0; // readable means EOF: the daemon closed it
-            }
-            _exit(closed);
-        }
-        children_.push_back(h);
-        holders.push_back(h);
-        close(ready[1]);
-        close(release[0]);
-        char c = 0;
-        ASSERT_EQ(read(ready[0], &c, 1), 1) << "holder " << u << " could not open its connections";
-        close(ready[0]);
-        releases.push_back(release[1]);
+        const bool started = holders[size_t(u)].start(sock_, base_uid + u, base_uid + u, kCap);
+        if (holders[size_t(u)].pid > 0) children_.push_back(holders[size_t(u)].pid);
+        ASSERT_TRUE(started) << "holder " << u << " could not open its connections";
     }
     // All 256 are taken; the daemon has seen every one (a status from root,
     // served from its reserve, is answered after the accepts before it).
@@ -835,13 +822,9 @@ TEST_F(DaemonTest, NinthUserIsServedWhenEightHoldEveryConnection) {
 
     int closed = 0;
     for (size_t u = 0; u < holders.size(); u++) {
-        char c = 'x';
-        ASSERT_EQ(write(releases[u], &c, 1), 1);
-        close(releases[u]);
-        int st = 0;
-        ASSERT_EQ(waitpid(holders[u], &st, 0), holders[u]);
-        ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) < 100) << "holder " << u << " exit " << WEXITSTATUS(st);
-        closed += WEXITSTATUS(st);
+        const int n = holders[u].finish();
+        ASSERT_TRUE(n >= 0 && n < 100) << "holder " << u << " exit " << n;
+        closed += n;
     }
     children_.clear();
     EXPECT_EQ(closed, 1) << "exactly one idle connection is closed to serve the 9th user";
