@@ -29,14 +29,14 @@
 // thousands); a candidate offered is still ranked by its key, so the feed
 // can only improve the choice. With the parents fed in the pool stays
 // stocked, so while it holds at least half its slots an eviction tops it up
-// with a quarter-size sample instead of a full one (PREFIX: a sixteenth, 8
+// with a quarter-size sample instead of a full one (PREFIX: a 32nd, 4
 // candidates, since the feed hands it the next tail): the steady state of
 // a full pool, every put evicting, costs a fraction of the probes. Measured
 // on tools/kvsim's traces (README): every policy within 1.01 points of its
 // exact model; with quarter samples and no feed, LRU and FIFO fell 5-8
-// points behind. PREFIX with 8-candidate top-ups stayed within 0.32
-// points (0.09 with 32; 0.78 with 4), and the smaller sample cut its share
-// of a 64 KiB put (BM_PutSteady) when the pool's metadata is not in cache.
+// points behind. PREFIX's top-up traded model distance for put cost: 0.09
+// points with 32, 0.24 with 8, 0.76 with 4 (the target is 2), while 4
+// instead of 8 took 1-5% off a 64 KiB put that evicts (BM_PutSteady).
 //
 // Eviction is a remove that requires the pin count to be zero in the same
 // CAS (entry_kill), so a pinned block is never evicted, however full the pool.
@@ -137,10 +137,20 @@ inline uint64_t step(uint64_t x, uint64_t stride, uint64_t n) {
     return x >= n ? x - n : x;
 }
 
-// A stride in [1, n) coprime with n, so start + i * stride visits every index once.
+// rng() mapped onto [0, n) by a multiply (Lemire's range reduction): a
+// 64-bit division is tens of cycles, and an eviction draws a start per sample.
+uint64_t below(uint64_t n) {
+    __extension__ typedef unsigned __int128 u128;
+    return uint64_t((u128(rng()) * n) >> 64);
+}
+
+// A stride in [1, n) coprime with n, so start + i * stride visits every
+// index once. The gcd loop costs hundreds of cycles, so samples draw from a
+// few strides computed once per thread and pool (CandPool::strides); the
+// random start keeps successive samples apart.
 uint64_t coprime_stride(uint64_t n) {
     if (n <= 2) return 1;
-    uint64_t s = 1 + rng() % (n - 1);
+    uint64_t s = 1 + below(n - 1);
     while (std::gcd(s, n) != 1) s = s + 1 < n ? s + 1 : 1;
     return s;
 }
@@ -169,6 +179,9 @@ struct CandPool {
     uint64_t pool_id = 0;
     uint32_t n = 0;
     Cand c[kPoolSize];
+    static constexpr uint32_t kStrides = 8;
+    uint64_t strides[kStrides] = {};
+    uint64_t stride() { return strides[rng() % kStrides]; }
 };
 thread_local CandPool t_cands;
 
@@ -178,6 +191,7 @@ CandPool &cands_of(kv_pool *p) {
         cp.owner = p;
         cp.pool_id = p->hdr->pool_id_lo;
         cp.n = 0;
+        for (uint64_t &st : cp.strides) st = coprime_stride(p->hdr->n_entries);
     }
     return cp;
 }
@@ -233,13 +247,14 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, uint
     const uint32_t full = p->policy == KV_EVICT_PREFIX || p->policy == KV_EVICT_FIFO ? kSampleWide : kSample;
     // PREFIX's top-up is smaller still: its parent feed hands the pool the
     // very next victim (the tail's parent, a tail of the same age now).
-    const uint32_t topup = p->policy == KV_EVICT_PREFIX ? kSampleWide / 16 : full / 4;
+    // kSampleWide / 32: 4 candidates (see the top of this file).
+    const uint32_t topup = p->policy == KV_EVICT_PREFIX ? kSampleWide / 32 : full / 4;
     for (int attempt = 0; attempt < kKillAttempts; attempt++) {
         // A well-stocked pool (from earlier samples) needs only a top-up; a
         // retry means the pool ran dry of valid candidates: sample in full.
         const uint32_t sample = attempt == 0 && cp.n >= kPoolSize / 2 ? topup : full;
-        const uint64_t stride = coprime_stride(n);
-        uint64_t idx = rng() % n, ahead = idx;
+        const uint64_t stride = cp.stride();
+        uint64_t idx = below(n), ahead = idx;
         for (uint32_t i = 0; i < kPrefetchAhead; i++) {
             __builtin_prefetch(&p->entries[ahead]);
             __builtin_prefetch(&p->entries[ahead].rank);

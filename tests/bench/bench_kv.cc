@@ -1048,7 +1048,7 @@ BENCHMARK(BM_MetadataOverhead)
 void BM_PutSteady(benchmark::State &state) {
     const uint64_t block = uint64_t(state.range(0)) * KiB;
     const bool room_random = state.range(1) == 0;
-    const uint64_t blocks = block >= MiB ? 64 : 1024; // capacity
+    const uint64_t blocks = uint64_t(state.range(2)) * MiB / block; // capacity
     PoolSpec spec;
     spec.size = blocks * block + 64 * MiB;
     spec.slab_size = std::max<uint64_t>(block, 1 * MiB); // entry table: the default (16 KiB average)
@@ -1128,8 +1128,19 @@ void BM_PutSteady(benchmark::State &state) {
     std::free(src);
 }
 BENCHMARK(BM_PutSteady)
-    ->ArgNames({"block_KiB", "room_oldest"})
-    ->ArgsProduct({{64, 2048}, {0, 1}})
+    ->ArgNames({"block_KiB", "room_oldest", "data_MiB"})
+    // A small pool (64 KiB x 1024, 2 MiB x 64) and a 1 GiB one: the small
+    // one fits in this machine's L3, so room made by random removes hands
+    // its puts blocks written recently (still cached) while a victim, the
+    // oldest, is not; in 1 GiB neither is.
+    ->Args({64, 0, 64})
+    ->Args({64, 1, 64})
+    ->Args({64, 0, 1024})
+    ->Args({64, 1, 1024})
+    ->Args({2048, 0, 128})
+    ->Args({2048, 1, 128})
+    ->Args({2048, 0, 1024})
+    ->Args({2048, 1, 1024})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

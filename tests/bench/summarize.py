@@ -223,13 +223,15 @@ def main():
                 t.add(fig, val)
 
     # 8: eviction's share of a put (issue 5): a full pool and one with room
-    # made by random removes, batches alternating in one benchmark; the
-    # ratio is the benchmark's own counter (sum of full over sum of room).
-    for kib in (64, 2048):
+    # made by removes, batches alternating in one benchmark; the ratio is
+    # the benchmark's own counter (sum of full over sum of room). A small
+    # pool (fits in this machine's L3) and a 1 GiB one.
+    for kib, data_mib in ((64, 64), (64, 1024), (2048, 128), (2048, 1024)):
         for oldest in (0, 1):
-            k = "BM_PutSteady/block_KiB:%d/room_oldest:%d" % (kib, oldest)
-            fig = "8 put %s into a full pool%s" % ("2 MiB" if kib == 2048 else "%d KiB" % kib,
-                                                   " (vs oldest removed)" if oldest else "")
+            k = "BM_PutSteady/block_KiB:%d/room_oldest:%d/data_MiB:%d" % (kib, oldest, data_mib)
+            fig = "8 put %s into a full %s pool%s" % ("2 MiB" if kib == 2048 else "%d KiB" % kib,
+                                                      "1 GiB" if data_mib == 1024 else "%d MiB" % data_mib,
+                                                      " (vs oldest removed)" if oldest else "")
             if not t.missing(fig, k):
                 us_full, us_room, r = t.get(k, "time") / 1e3, t.get(k, "room_us"), t.get(k, "full_over_room")
                 base = "%.1f us (room: %s blocks removed)" % (us_room, "oldest" if oldest else "random")
