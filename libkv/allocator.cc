@@ -221,6 +221,11 @@ uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_sla
         }
         uint64_t id = scan_slab(p, s, cls, c);
         if (id != kNone) {
+            // Move the class's cursor here, as find_in_class does: the next
+            // search starts where free blocks were last found instead of
+            // walking again past every slab this one emptied (with room
+            // scattered over a large pool, tens of slab lines a put).
+            if (s != start) store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
             note_home(p, cls, s);
             return id;
         }
