@@ -223,8 +223,9 @@ uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_sla
         if (id != kNone) {
             // Move the class's cursor here, as find_in_class does: the next
             // search starts where free blocks were last found instead of
-            // walking again past every slab this one emptied (with room
-            // scattered over a large pool, tens of slab lines a put).
+            // walking again past every slab this one emptied (64 KiB puts
+            // into 1 GiB with room scattered by removes: 4.3-4.7 us a put
+            // before, 4.0-4.2 us after; BM_PutSteady, README).
             if (s != start) store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
             note_home(p, cls, s);
             return id;

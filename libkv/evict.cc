@@ -32,7 +32,7 @@
 // with a quarter-size sample instead of a full one (PREFIX: a 32nd, 4
 // candidates, since the feed hands it the next tail): the steady state of
 // a full pool, every put evicting, costs a fraction of the probes. Measured
-// on tools/kvsim's traces (README): every policy within 1.01 points of its
+// on tools/kvsim's traces (README): every policy within 0.76 points of its
 // exact model; with quarter samples and no feed, LRU and FIFO fell 5-8
 // points behind. PREFIX's top-up traded model distance for put cost: 0.09
 // points with 32, 0.24 with 8, 0.76 with 4 (the target is 2), while 4
