@@ -5,7 +5,7 @@
 //
 //   kvsim gen --family {system-prompt,multi-turn,rag,zipf} [--requests N]
 //             [--seed N] [--zipf S] [--items N] [--block-tokens N] --out FILE
-//   kvsim run --trace FILE [--policies all|P,P...] [--sizes 10,25,50,100]
+//   kvsim run --trace FILE [--policies all,opt|P,P...] [--sizes 10,25,50,100]
 //             [--pool] [--json] [--plot FILE.png]
 //             [--engines N [--engine-size PCT] [--seed N]]
 //
@@ -30,6 +30,10 @@
 // block_tokens) and evictions; with --pool, also the same replayed through
 // libkv against a pool of exactly that many blocks, with the pool's
 // approximate (sampled) policy.
+//
+// --policies opt adds the clairvoyant bound (opt_bound): the most blocks
+// any policy, knowing the future, could serve from a cache of that size;
+// an exact model only (no pool has it).
 //
 // --engines N puts N engines, each with its own prefix cache of PCT % of the
 // trace's distinct blocks (default 5), in front of the cache, as a host-wide
@@ -79,7 +83,7 @@ void die(int code, const char *fmt, ...) {
 constexpr const char *kUsage =
     "usage: kvsim gen --family {system-prompt,multi-turn,rag,zipf} [--requests N] [--seed N]\n"
     "                 [--zipf S] [--items N] [--block-tokens N] --out FILE\n"
-    "       kvsim run --trace FILE [--policies all|lru,lfu,fifo,priority,prefix,clock]\n"
+    "       kvsim run --trace FILE [--policies all,lru,lfu,fifo,priority,prefix,clock,opt]\n"
     "                 [--sizes 10,25,50,100] [--pool] [--json] [--plot FILE.png]\n"
     "                 [--engines N [--engine-size PCT] [--seed N]]\n";
 
@@ -408,6 +412,9 @@ struct TierSpec {
 // computed without sampling or races. CLOCK is modelled as exact LRU (it is
 // an approximation of it).
 
+// --policies opt: the clairvoyant bound (opt_bound), not a pool policy.
+constexpr uint32_t kOpt = 1000;
+
 struct Result {
     uint64_t requested = 0, served = 0, evictions = 0, puts = 0;
     double hit_ratio() const { return requested ? double(served) / double(requested) : 0; }
@@ -495,16 +502,75 @@ class Model {
     std::set<Key> order_;
 };
 
+// ---- The clairvoyant bound (policy "opt") ---------------------------------------------
+//
+// How many of the blocks a trace asks for could any eviction policy serve,
+// knowing the future? Relax the problem: let every asked block count as a
+// hit when it is cached, whether or not the blocks before it in its request
+// are (a real replay serves only the matched prefix). Whatever a real
+// policy keeps, its cache's contents over time are a legal schedule of the
+// relaxed problem (blocks enter only when asked for, at most the capacity
+// is held), and each of its real hits is a relaxed hit of that schedule. The
+// relaxed problem is plain caching of equal-sized items with misses allowed
+// to bypass the cache, for which Belady's MIN is optimal: on a miss, evict
+// the cached block asked for furthest in the future, or skip caching the
+// new one if it is asked for later still (or never). So MIN's relaxed hits
+// bound every policy's real hits, online or offline, from above, and its
+// tokens saved bound theirs. The engine tier, which depends only on the
+// trace, decides which blocks are asked for.
+Result opt_bound(const Trace &t, const TierSpec &ts, uint64_t cap) {
+    Result r;
+    std::vector<uint64_t> seq; // the asked blocks, in order
+    EngineTier tier = ts.make();
+    for (const Request &q : t.reqs) {
+        const size_t g = tier.begin(q);
+        seq.insert(seq.end(), q.ids.begin() + std::ptrdiff_t(g), q.ids.end());
+        r.requested += q.ids.size() - g;
+        tier.end(q);
+    }
+    constexpr uint64_t kNever = UINT64_MAX;
+    std::vector<uint64_t> next(seq.size()); // when seq[i]'s block is asked for again
+    std::unordered_map<uint64_t, uint64_t> seen;
+    for (size_t i = seq.size(); i-- > 0;) {
+        auto [it, fresh] = seen.try_emplace(seq[i], kNever);
+        next[i] = it->second;
+        it->second = i;
+    }
+    std::unordered_map<uint64_t, uint64_t> cached;      // block -> its next ask
+    std::set<std::pair<uint64_t, uint64_t>> by_next;    // (next ask, block)
+    for (size_t i = 0; i < seq.size(); i++) {
+        const uint64_t id = seq[i];
+        auto it = cached.find(id);
+        if (it != cached.end()) {
+            r.served++;
+            by_next.erase({it->second, id});
+        } else {
+            if (next[i] == kNever) continue; // never asked again: not worth a slot
+            if (cached.size() >= cap) {
+                auto far = std::prev(by_next.end());
+                if (far->first <= next[i]) continue; // everything cached is wanted sooner
+                cached.erase(far->second);
+                by_next.erase(far);
+                r.evictions++;
+            }
+            r.puts++;
+        }
+        cached[id] = next[i];
+        by_next.insert({next[i], id});
+    }
+    return r;
+}
+
 // ---- Replay against a pool -----------------------------------------------------------
 
-constexpr uint64_t kBlock = 4096, kSlab = 64 * 1024;
+constexpr uint64_t kBlock = 4096, kSlab = 64 * 1024, kBlocksPerSlab = kSlab / kBlock;
 
 kv_key key_of(uint64_t id) { return kv_key{id * 0x9E3779B97F4A7C15ULL + 1, id ^ 0x6b7673696dULL}; }
 
 // A memfd pool of exactly `blocks` 4 KiB blocks (slabs of 16): returns the
 // attached pool and sets *capacity to the blocks it holds.
 kv_pool *make_pool(uint32_t policy, uint64_t blocks, uint64_t max_chain, uint64_t *capacity, int *fd_out) {
-    const uint64_t per_slab = kSlab / kBlock;
+    const uint64_t per_slab = kBlocksPerSlab;
     const uint64_t want_slabs = std::max<uint64_t>(1, (blocks + per_slab - 1) / per_slab);
     uint64_t size = want_slabs * kSlab + (1 << 20);
     for (int tries = 0; tries < 16; tries++) {
@@ -632,9 +698,10 @@ void plot(const std::string &png, const Trace &t, const std::vector<Row> &rows, 
             png.c_str(), t.family.c_str(), t.reqs.size(), t.distinct);
     fprintf(s, "plot ");
     for (size_t i = 0; i < policies.size(); i++) {
-        fprintf(s, "%s'%s' index %zu using 1:2 with linespoints lw 2 lc %zu title '%s (exact model)'", i ? ", " : "",
-                data.c_str(), i, i + 1, policies[i].c_str());
-        if (with_pool)
+        const bool bound = policies[i] == "opt"; // no pool has it
+        fprintf(s, "%s'%s' index %zu using 1:2 with linespoints lw 2 lc %zu title '%s (%s)'", i ? ", " : "",
+                data.c_str(), i, i + 1, policies[i].c_str(), bound ? "clairvoyant bound" : "exact model");
+        if (with_pool && !bound)
             fprintf(s, ", '%s' index %zu using 1:3 with points pt 6 ps 2 lc %zu title '%s (pool)'", data.c_str(), i,
                     i + 1, policies[i].c_str());
     }
@@ -676,10 +743,16 @@ int cmd_run(int argc, char **argv) {
     }
     if (trace.empty()) die(2, "run needs --trace FILE\n%s", kUsage);
     std::vector<uint32_t> pols;
-    for (const std::string &p : split(policies == "all" ? "lru,lfu,fifo,priority,prefix" : policies)) {
-        int v = kv_evict_policy_parse(p.c_str());
-        if (v < 0) die(2, "--policies: \"%s\": expected all or a list of clock, lru, lfu, fifo, priority, prefix", p.c_str());
-        pols.push_back(uint32_t(v));
+    for (const std::string &item : split(policies)) {
+        // "all": the five policies a pool is created with by name (not
+        // clock, the v1.0 default, nor the bound opt).
+        for (const std::string &p : item == "all" ? split("lru,lfu,fifo,priority,prefix") : split(item)) {
+            int v = p == "opt" ? int(kOpt) : kv_evict_policy_parse(p.c_str());
+            if (v < 0)
+                die(2, "--policies: \"%s\": expected a list of all, clock, lru, lfu, fifo, priority, prefix, opt",
+                    p.c_str());
+            if (std::find(pols.begin(), pols.end(), uint32_t(v)) == pols.end()) pols.push_back(uint32_t(v));
+        }
     }
     std::vector<uint64_t> pcts;
     for (const std::string &s : split(sizes)) pcts.push_back(parse_u64("--sizes", s, 1, 1000));
@@ -689,7 +762,14 @@ int cmd_run(int argc, char **argv) {
     std::vector<Row> rows;
     for (uint32_t pol : pols) {
         for (uint64_t pct : pcts) {
-            Row row{kv_evict_policy_name(pol), pct, std::max<uint64_t>(1, t.distinct * pct / 100), {}, {}, false};
+            Row row{pol == kOpt ? "opt" : kv_evict_policy_name(pol), pct,
+                    std::max<uint64_t>(1, t.distinct * pct / 100), {}, {}, false};
+            if (pol == kOpt) { // a bound, not a policy a pool has; sized as the others' pools are
+                if (with_pool) row.blocks = (row.blocks + kBlocksPerSlab - 1) / kBlocksPerSlab * kBlocksPerSlab;
+                row.model = opt_bound(t, ts, row.blocks);
+                rows.push_back(row);
+                continue;
+            }
             if (with_pool) {
                 int fd = -1;
                 kv_pool *p = make_pool(pol, row.blocks, t.max_chain, &row.blocks, &fd);
