@@ -382,6 +382,10 @@ unsigned copy_hash_width();
 void entry_finish_free(kv_pool *p, uint32_t e);
 // After a transition that may have made (UNLINKED, pins 0): try to claim the free.
 void entry_maybe_free(kv_pool *p, uint32_t e);
+// This process made room in class cls (kv_remove, kv_evict_bytes): its next
+// put of the class searches for room instead of evicting (store.cc).
+void end_evict_streak(kv_pool *p, uint32_t cls);
+
 // Remove committed entry e at gen (eviction or remove). If require_unpinned,
 // only succeeds when the pin count is 0. Returns the length freed-to-be or 0.
 bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned);

@@ -371,6 +371,8 @@ extern "C" int64_t kv_evict_bytes(kv_pool *p, uint64_t bytes) noexcept {
         if (!got) break;
         freed += got;
     }
+    if (freed) // room this process made on purpose: its next puts take it
+        for (uint32_t cls = 0; cls < p->hdr->n_classes; cls++) end_evict_streak(p, cls);
     return int64_t(freed > INT32_MAX ? INT32_MAX : freed);
 }
 

@@ -240,6 +240,18 @@ constexpr int kAllocAttempts = 64;
 constexpr uint32_t kEvictStreak = 4;
 constexpr uint32_t kStreakRecheck = 16;
 
+} // namespace
+
+// This process just made room in class cls (a remove, an explicit
+// eviction): its next put of the class searches for it at once instead of
+// evicting until the streak's next recheck (reserve_impl). Room other
+// processes make is still found by the recheck alone.
+void end_evict_streak(kv_pool *p, uint32_t cls) {
+    if (cls < KV_MAX_CLASSES) p->evict_streak[cls].store(0, std::memory_order_relaxed);
+}
+
+namespace {
+
 uint32_t entry_claim(kv_pool *p, uint32_t budget) {
     const uint32_t n = p->hdr->n_entries;
     uint32_t i = p->entry_cursor.load(std::memory_order_relaxed) % n;
@@ -426,9 +438,11 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     // all searched the slab table in vain and evicted, the next ones try
     // only their home slabs before evicting (the search reads every slab's
     // line), except every kStreakRecheck-th, which
-    // searches anyway: room that others make (removes, the daemon's
-    // watermark pass) is found within that many puts, and until then each
-    // put evicts one block it could have kept. Relaxed: a process-local
+    // searches anyway: room that other processes make (removes, the
+    // daemon's watermark pass) is found within that many puts, and until
+    // then each put evicts one block it could have kept; room this process
+    // makes (kv_remove, kv_evict_bytes) ends the streak at once
+    // (end_evict_streak). Relaxed: a process-local
     // hint, racing threads only change which path a put takes.
     std::atomic<uint32_t> &streak = p->evict_streak[cls];
     const uint32_t st = streak.load(std::memory_order_relaxed);
@@ -752,12 +766,17 @@ int kv_remove(kv_pool *p, uint32_t ns, const kv_key *key) noexcept {
         if (!entry_key_is(en, ns, *key)) continue;
         switch (Ctl::state(c)) {
         case KV_ENTRY_RESERVED: return -EBUSY;
-        case KV_ENTRY_COMMITTED:
+        case KV_ENTRY_COMMITTED: {
+            // Read while committed; if the entry is recycled before the
+            // kill, the kill fails and the value is not used.
+            const uint32_t cls = load(en.class_id, std::memory_order_relaxed);
             if (entry_kill(p, f.cur, Ctl::gen(c), false)) {
                 bump(my_stats(p).removes);
+                end_evict_streak(p, cls);
                 return 0;
             }
             continue; // changed under us
+        }
         default: return -ENOENT; // already being removed
         }
     }

@@ -218,6 +218,46 @@ TEST_F(EvictionTest, RoomMadeByAnotherClientEndsAnEvictionStreak) {
     expect_consistent();
 }
 
+// A client whose puts keep evicting and which then removes blocks itself
+// knows there is room: kv_remove ends its eviction streak, so its next puts
+// take that room at once instead of evicting blocks that could stay until
+// the streak's periodic search (BM_PutSteady's 2 MiB room batches evicted
+// half the time before). The putter is a second client, as in the test
+// above, so no home slab of its own holds the room (the streak's quick
+// look would find it there anyway); three rounds, so the streak is past
+// its search-anyway count when the room appears.
+TEST_F(EvictionTest, RoomMadeByOwnRemovesIsUsedAtOnce) {
+    const uint64_t len = 64 * KiB;
+    const uint64_t cap = stats().capacity / len;
+    for (uint64_t i = 0; i < cap + 8; i++) ASSERT_EQ(put(i, payload(len, i)), 0) << i;
+
+    kv_pool *putter = attach_another();
+    ASSERT_NE(putter, nullptr);
+    auto put_by = [&](uint64_t i) {
+        const kv_key k = key_of(i);
+        const auto d = payload(len, i);
+        return kv_put(putter, ns_, &k, d.data(), d.size(), nullptr);
+    };
+    uint64_t next = 1 << 20, old = 0;
+    for (int round = 0; round < 3; round++) {
+        SCOPED_TRACE(round);
+        const uint64_t ev_full = stats().evictions;
+        for (int j = 0; j < 21; j++, next++) ASSERT_EQ(put_by(next), 0) << next;
+        ASSERT_EQ(stats().evictions - ev_full, 21u) << "the pool is full: every put evicts";
+        constexpr uint64_t kRoom = 5;
+        uint64_t removed = 0;
+        for (; old < cap + 8 && removed < kRoom; old += 3) { // the first client's blocks, scattered
+            const kv_key k = key_of(old);
+            if (kv_remove(putter, ns_, &k) == 0) removed++;
+        }
+        ASSERT_EQ(removed, kRoom);
+        const uint64_t ev0 = stats().evictions;
+        for (uint64_t j = 0; j < kRoom; j++, next++) ASSERT_EQ(put_by(next), 0) << next;
+        EXPECT_EQ(stats().evictions, ev0) << "puts evicted though this client had just made room for them";
+    }
+    expect_consistent();
+}
+
 // Slabs taken by one size class must be given to another once the first
 // class's blocks are evictable.
 TEST_F(EvictionTest, EvictionAcrossSizeClasses) {
