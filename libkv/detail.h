@@ -202,6 +202,9 @@ struct kv_pool {
     // Per size class, this process's puts in a row whose block search found
     // nothing and had to evict (store.cc, reserve_impl). A hint.
     std::atomic<uint32_t> evict_streak[KV_MAX_CLASSES] = {};
+    // Per size class, the kv_region_state.room_epoch this process's streak
+    // last saw: a new value means room was made on purpose elsewhere.
+    std::atomic<uint64_t> room_seen[KV_MAX_CLASSES] = {};
     std::unique_ptr<kv::detail::SlotStack> free_slots;
 };
 

@@ -438,15 +438,23 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     // all searched the slab table in vain and evicted, the next ones try
     // only their home slabs before evicting (the search reads every slab's
     // line), except every kStreakRecheck-th, which
-    // searches anyway: room that other processes make (removes, the
-    // daemon's watermark pass) is found within that many puts, and until
-    // then each put evicts one block it could have kept; room this process
-    // makes (kv_remove, kv_evict_bytes) ends the streak at once
-    // (end_evict_streak). Relaxed: a process-local
-    // hint, racing threads only change which path a put takes.
+    // searches anyway: room that other processes make by removes is found
+    // within that many puts, and until then each put evicts one block it
+    // could have kept. Room made on purpose ends the streak at once: this
+    // process's removes and kv_evict_bytes (end_evict_streak), and anyone's
+    // kv_evict_bytes, such as the daemon's watermark pass, which bumps
+    // kv_region_state.room_epoch. Relaxed: process-local hints and a
+    // pool-wide one; racing threads only change which path a put takes.
     std::atomic<uint32_t> &streak = p->evict_streak[cls];
     const uint32_t st = streak.load(std::memory_order_relaxed);
-    const bool skip_search = st >= kEvictStreak && st % kStreakRecheck != 0;
+    bool skip_search = st >= kEvictStreak && st % kStreakRecheck != 0;
+    if (skip_search) {
+        const uint64_t room = load(p->state->room_epoch, std::memory_order_relaxed);
+        if (room != p->room_seen[cls].load(std::memory_order_relaxed)) {
+            p->room_seen[cls].store(room, std::memory_order_relaxed);
+            skip_search = false;
+        }
+    }
     uint64_t b = skip_search ? block_alloc_home(p, cls) : block_alloc(p, cls, false);
     if (b == kNoBlock) {
         int rc = find_holder(p, ns, k);

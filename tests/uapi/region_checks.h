@@ -55,6 +55,7 @@ static int kv_test_region_checks(void)
 	KV_TEST_OFFSET(struct kv_region_state, slab_hand, 64);
 	KV_TEST_OFFSET(struct kv_region_state, reap_epoch, 128);
 	KV_TEST_OFFSET(struct kv_region_state, lfu_floor, 192);
+	KV_TEST_OFFSET(struct kv_region_state, room_epoch, 200);
 	KV_TEST_OFFSET(struct kv_namespace, manifest, 64);
 	KV_TEST_OFFSET(struct kv_client, stats, 64);
 	KV_TEST_OFFSET(struct kv_entry, checksum, 64);

@@ -258,6 +258,41 @@ TEST_F(EvictionTest, RoomMadeByOwnRemovesIsUsedAtOnce) {
     expect_consistent();
 }
 
+// Room made on purpose by another process (the daemon's watermark pass,
+// kvctl evict: kv_evict_bytes) bumps kv_region_state.room_epoch, and a
+// putter in an eviction streak searches again when it sees the new value:
+// its next puts take that room instead of evicting (before, up to 15 of
+// them evicted until the streak's periodic search). Three rounds, so the
+// streak is past its search-anyway count when the room appears.
+TEST_F(EvictionTest, RoomMadeByEvictBytesEndsOtherClientsStreaks) {
+    const uint64_t len = 64 * KiB;
+    const uint64_t cap = stats().capacity / len;
+    for (uint64_t i = 0; i < cap + 8; i++) ASSERT_EQ(put(i, payload(len, i)), 0) << i;
+
+    kv_pool *putter = attach_another();
+    ASSERT_NE(putter, nullptr);
+    auto put_by = [&](uint64_t i) {
+        const kv_key k = key_of(i);
+        const auto d = payload(len, i);
+        return kv_put(putter, ns_, &k, d.data(), d.size(), nullptr);
+    };
+    uint64_t next = 1 << 20;
+    for (int round = 0; round < 3; round++) {
+        SCOPED_TRACE(round);
+        const uint64_t ev_full = stats().evictions;
+        for (int j = 0; j < 21; j++, next++) ASSERT_EQ(put_by(next), 0) << next;
+        ASSERT_EQ(stats().evictions - ev_full, 21u) << "the pool is full: every put evicts";
+        constexpr uint64_t kRoom = 5;
+        const uint64_t ev_room = stats().evictions;
+        ASSERT_GE(kv_evict_bytes(pool_, kRoom * len), int64_t(kRoom * len)); // the first client makes room
+        ASSERT_EQ(stats().evictions - ev_room, kRoom);
+        const uint64_t ev0 = stats().evictions;
+        for (uint64_t j = 0; j < kRoom; j++, next++) ASSERT_EQ(put_by(next), 0) << next;
+        EXPECT_EQ(stats().evictions, ev0) << "puts evicted though another client had just made room for them";
+    }
+    expect_consistent();
+}
+
 // Slabs taken by one size class must be given to another once the first
 // class's blocks are evictable.
 TEST_F(EvictionTest, EvictionAcrossSizeClasses) {

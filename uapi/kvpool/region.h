@@ -162,11 +162,19 @@ struct kv_region_state {
 	 * Raised (CAS, relaxed) by evictors, read (relaxed) by gets and puts; a
 	 * hint: a lost raise only delays ageing. */
 	uint64_t lfu_floor;
-	uint64_t reserved[7];
+	/* v1.1: bumped (relaxed fetch_add) by kv_evict_bytes when it freed
+	 * something: the daemon's watermark pass and kvctl evict make room on
+	 * purpose. A process whose puts keep evicting stops searching for room
+	 * before it evicts, and searches again when it reads a new value here.
+	 * A hint: a process that never bumps or reads it (v1.0, or v1.1 before
+	 * it) only leaves that room to the periodic search (PROTOCOL.md 10). */
+	uint64_t room_epoch;
+	uint64_t reserved[6];
 };
 #define KV_REGION_STATE_SIZE_V1 256
 KV_STATIC_ASSERT(sizeof(struct kv_region_state) == KV_REGION_STATE_SIZE_V1, "state v1 size");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_state, lfu_floor) == 192, "lfu_floor on its own line");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_state, room_epoch) == 200, "room_epoch beside lfu_floor");
 
 /*
  * One size class. block_size and blocks_per_slab are written by the creator;
