@@ -244,8 +244,9 @@ constexpr uint32_t kStreakRecheck = 16;
 
 // This process just made room in class cls (a remove, an explicit
 // eviction): its next put of the class searches for it at once instead of
-// evicting until the streak's next recheck (reserve_impl). Room other
-// processes make is still found by the recheck alone.
+// evicting until the streak's next recheck (reserve_impl). Other processes
+// learn of room made by kv_evict_bytes through room_epoch, and of room made
+// by removes at their next recheck.
 void end_evict_streak(kv_pool *p, uint32_t cls) {
     if (cls < KV_MAX_CLASSES) p->evict_streak[cls].store(0, std::memory_order_relaxed);
 }
