@@ -144,7 +144,47 @@ TEST_F(SmallPoolTest, PinnedBlocksSurviveEviction) {
 
 // ---- Eviction --------------------------------------------------------------
 
-class EvictionTest : public PoolTest {};
+class EvictionTest : public PoolTest {
+  protected:
+    static constexpr uint64_t kStreakLen = 64 * KiB;
+
+    // For the eviction-streak tests: fill the pool past capacity (so it is
+    // full) with kStreakLen blocks 0.. from pool_, then attach a second
+    // client, putter_, which has no home slab of its own where the streak's
+    // quick look could find room: only a search can.
+    void fill_and_attach_putter() {
+        cap_ = stats().capacity / kStreakLen;
+        for (uint64_t i = 0; i < cap_ + 8; i++) ASSERT_EQ(put(i, payload(kStreakLen, i)), 0) << i;
+        putter_ = attach_another();
+        ASSERT_NE(putter_, nullptr);
+    }
+    int put_by_putter(uint64_t i) {
+        const kv_key k = key_of(i);
+        const auto d = payload(kStreakLen, i);
+        return kv_put(putter_, ns_, &k, d.data(), d.size(), nullptr);
+    }
+    // Three rounds of: 21 puts by putter_, every one evicting (past the
+    // streak's search-anyway count of 16 by the second round); make_room(n)
+    // frees n blocks; then n puts by putter_, which must evict nothing.
+    template <typename MakeRoom> void expect_room_used_at_once(MakeRoom &&make_room) {
+        uint64_t next = 1 << 20;
+        for (int round = 0; round < 3; round++) {
+            SCOPED_TRACE(round);
+            const uint64_t ev_full = stats().evictions;
+            for (int j = 0; j < 21; j++, next++) ASSERT_EQ(put_by_putter(next), 0) << next;
+            ASSERT_EQ(stats().evictions - ev_full, 21u) << "the pool is full: every put evicts";
+            constexpr uint64_t kRoom = 5;
+            make_room(kRoom);
+            if (HasFatalFailure()) return;
+            const uint64_t ev0 = stats().evictions;
+            for (uint64_t j = 0; j < kRoom; j++, next++) ASSERT_EQ(put_by_putter(next), 0) << next;
+            EXPECT_EQ(stats().evictions, ev0) << "puts evicted though room had just been made for them";
+        }
+    }
+
+    uint64_t cap_ = 0;
+    kv_pool *putter_ = nullptr;
+};
 
 TEST_F(EvictionTest, PutsSucceedFarBeyondCapacity) {
     const uint64_t capacity = stats().capacity;
@@ -185,35 +225,25 @@ TEST_F(EvictionTest, PutsSucceedWhenEntryTableIsFull) {
 // second client, so it has no home slab of its own where a quicker look
 // could find the room: only the periodic search can.
 TEST_F(EvictionTest, RoomMadeByAnotherClientEndsAnEvictionStreak) {
-    const uint64_t len = 64 * KiB;
-    const uint64_t cap = stats().capacity / len;
-    for (uint64_t i = 0; i < cap + 8; i++) ASSERT_EQ(put(i, payload(len, i)), 0) << i;
-
-    kv_pool *putter = attach_another();
-    ASSERT_NE(putter, nullptr);
-    auto put_by = [&](uint64_t i) {
-        const kv_key k = key_of(i);
-        const auto d = payload(len, i);
-        return kv_put(putter, ns_, &k, d.data(), d.size(), nullptr);
-    };
+    ASSERT_NO_FATAL_FAILURE(fill_and_attach_putter());
     const uint64_t base = 1 << 20;
     const uint64_t ev_start = stats().evictions;
-    for (uint64_t i = 0; i < 64; i++) ASSERT_EQ(put_by(base + i), 0) << i;
+    for (uint64_t i = 0; i < 64; i++) ASSERT_EQ(put_by_putter(base + i), 0) << i;
     ASSERT_EQ(stats().evictions - ev_start, 64u) << "the pool was full: every put evicts";
 
     constexpr uint64_t kRemoved = 32;
     uint64_t removed = 0;
-    for (uint64_t i = 0; i < cap + 8 && removed < kRemoved; i++) {
+    for (uint64_t i = 0; i < cap_ + 8 && removed < kRemoved; i++) {
         const kv_key k = key_of(i);
         if (kv_remove(pool_, ns_, &k) == 0) removed++;
     }
     ASSERT_EQ(removed, kRemoved);
 
     const uint64_t ev0 = stats().evictions;
-    for (uint64_t i = 64; i < 80; i++) ASSERT_EQ(put_by(base + i), 0) << i;
+    for (uint64_t i = 64; i < 80; i++) ASSERT_EQ(put_by_putter(base + i), 0) << i;
     const uint64_t ev1 = stats().evictions;
     EXPECT_LE(ev1 - ev0, 15u) << "the 16th put at the latest searches and finds the room";
-    for (uint64_t i = 80; i < 96; i++) ASSERT_EQ(put_by(base + i), 0) << i;
+    for (uint64_t i = 80; i < 96; i++) ASSERT_EQ(put_by_putter(base + i), 0) << i;
     EXPECT_EQ(stats().evictions, ev1) << "room was left, yet puts kept evicting";
     expect_consistent();
 }
@@ -222,39 +252,18 @@ TEST_F(EvictionTest, RoomMadeByAnotherClientEndsAnEvictionStreak) {
 // knows there is room: kv_remove ends its eviction streak, so its next puts
 // take that room at once instead of evicting blocks that could stay until
 // the streak's periodic search (BM_PutSteady's 2 MiB room batches evicted
-// half the time before). The putter is a second client, as in the test
-// above, so no home slab of its own holds the room (the streak's quick
-// look would find it there anyway); three rounds, so the streak is past
-// its search-anyway count when the room appears.
+// half the time before).
 TEST_F(EvictionTest, RoomMadeByOwnRemovesIsUsedAtOnce) {
-    const uint64_t len = 64 * KiB;
-    const uint64_t cap = stats().capacity / len;
-    for (uint64_t i = 0; i < cap + 8; i++) ASSERT_EQ(put(i, payload(len, i)), 0) << i;
-
-    kv_pool *putter = attach_another();
-    ASSERT_NE(putter, nullptr);
-    auto put_by = [&](uint64_t i) {
-        const kv_key k = key_of(i);
-        const auto d = payload(len, i);
-        return kv_put(putter, ns_, &k, d.data(), d.size(), nullptr);
-    };
-    uint64_t next = 1 << 20, old = 0;
-    for (int round = 0; round < 3; round++) {
-        SCOPED_TRACE(round);
-        const uint64_t ev_full = stats().evictions;
-        for (int j = 0; j < 21; j++, next++) ASSERT_EQ(put_by(next), 0) << next;
-        ASSERT_EQ(stats().evictions - ev_full, 21u) << "the pool is full: every put evicts";
-        constexpr uint64_t kRoom = 5;
+    ASSERT_NO_FATAL_FAILURE(fill_and_attach_putter());
+    uint64_t old = 0;
+    expect_room_used_at_once([&](uint64_t n) {
         uint64_t removed = 0;
-        for (; old < cap + 8 && removed < kRoom; old += 3) { // the first client's blocks, scattered
+        for (; old < cap_ + 8 && removed < n; old += 3) { // the first client's blocks, scattered
             const kv_key k = key_of(old);
-            if (kv_remove(putter, ns_, &k) == 0) removed++;
+            if (kv_remove(putter_, ns_, &k) == 0) removed++; // by the putter itself
         }
-        ASSERT_EQ(removed, kRoom);
-        const uint64_t ev0 = stats().evictions;
-        for (uint64_t j = 0; j < kRoom; j++, next++) ASSERT_EQ(put_by(next), 0) << next;
-        EXPECT_EQ(stats().evictions, ev0) << "puts evicted though this client had just made room for them";
-    }
+        ASSERT_EQ(removed, n);
+    });
     expect_consistent();
 }
 
@@ -262,34 +271,14 @@ TEST_F(EvictionTest, RoomMadeByOwnRemovesIsUsedAtOnce) {
 // kvctl evict: kv_evict_bytes) bumps kv_region_state.room_epoch, and a
 // putter in an eviction streak searches again when it sees the new value:
 // its next puts take that room instead of evicting (before, up to 15 of
-// them evicted until the streak's periodic search). Three rounds, so the
-// streak is past its search-anyway count when the room appears.
+// them evicted until the streak's periodic search).
 TEST_F(EvictionTest, RoomMadeByEvictBytesEndsOtherClientsStreaks) {
-    const uint64_t len = 64 * KiB;
-    const uint64_t cap = stats().capacity / len;
-    for (uint64_t i = 0; i < cap + 8; i++) ASSERT_EQ(put(i, payload(len, i)), 0) << i;
-
-    kv_pool *putter = attach_another();
-    ASSERT_NE(putter, nullptr);
-    auto put_by = [&](uint64_t i) {
-        const kv_key k = key_of(i);
-        const auto d = payload(len, i);
-        return kv_put(putter, ns_, &k, d.data(), d.size(), nullptr);
-    };
-    uint64_t next = 1 << 20;
-    for (int round = 0; round < 3; round++) {
-        SCOPED_TRACE(round);
-        const uint64_t ev_full = stats().evictions;
-        for (int j = 0; j < 21; j++, next++) ASSERT_EQ(put_by(next), 0) << next;
-        ASSERT_EQ(stats().evictions - ev_full, 21u) << "the pool is full: every put evicts";
-        constexpr uint64_t kRoom = 5;
+    ASSERT_NO_FATAL_FAILURE(fill_and_attach_putter());
+    expect_room_used_at_once([&](uint64_t n) {
         const uint64_t ev_room = stats().evictions;
-        ASSERT_GE(kv_evict_bytes(pool_, kRoom * len), int64_t(kRoom * len)); // the first client makes room
-        ASSERT_EQ(stats().evictions - ev_room, kRoom);
-        const uint64_t ev0 = stats().evictions;
-        for (uint64_t j = 0; j < kRoom; j++, next++) ASSERT_EQ(put_by(next), 0) << next;
-        EXPECT_EQ(stats().evictions, ev0) << "puts evicted though another client had just made room for them";
-    }
+        ASSERT_GE(kv_evict_bytes(pool_, n * kStreakLen), int64_t(n * kStreakLen)); // the first client
+        ASSERT_EQ(stats().evictions - ev_room, n);
+    });
     expect_consistent();
 }
 
