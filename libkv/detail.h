@@ -385,8 +385,8 @@ unsigned copy_hash_width();
 void entry_finish_free(kv_pool *p, uint32_t e);
 // After a transition that may have made (UNLINKED, pins 0): try to claim the free.
 void entry_maybe_free(kv_pool *p, uint32_t e);
-// This process made room in class cls (kv_remove, kv_evict_bytes): its next
-// put of the class searches for room instead of evicting (store.cc).
+// This process removed a block of class cls (kv_remove): its next put of
+// the class searches for room instead of evicting (store.cc).
 void end_evict_streak(kv_pool *p, uint32_t cls);
 
 // Remove committed entry e at gen (eviction or remove). If require_unpinned,

@@ -371,10 +371,9 @@ extern "C" int64_t kv_evict_bytes(kv_pool *p, uint64_t bytes) noexcept {
         if (!got) break;
         freed += got;
     }
-    if (freed) { // room made on purpose: this process's next puts take it, and others' (region.h)
-        for (uint32_t cls = 0; cls < p->hdr->n_classes; cls++) end_evict_streak(p, cls);
-        aref(p->state->room_epoch).fetch_add(1, std::memory_order_relaxed);
-    }
+    // Room made on purpose: every process's next puts, this one's included,
+    // search for it instead of evicting (region.h, room_epoch).
+    if (freed) aref(p->state->room_epoch).fetch_add(1, std::memory_order_relaxed);
     return int64_t(freed > INT32_MAX ? INT32_MAX : freed);
 }
 

@@ -242,11 +242,11 @@ constexpr uint32_t kStreakRecheck = 16;
 
 } // namespace
 
-// This process just made room in class cls (a remove, an explicit
-// eviction): its next put of the class searches for it at once instead of
-// evicting until the streak's next recheck (reserve_impl). Other processes
-// learn of room made by kv_evict_bytes through room_epoch, and of room made
-// by removes at their next recheck.
+// This process just removed a block of class cls: its next put of the
+// class searches for the room at once instead of evicting until the
+// streak's next recheck (reserve_impl). Other processes find room made by
+// removes at their next recheck; room made by kv_evict_bytes reaches every
+// process, this one included, through room_epoch.
 void end_evict_streak(kv_pool *p, uint32_t cls) {
     if (cls < KV_MAX_CLASSES) p->evict_streak[cls].store(0, std::memory_order_relaxed);
 }
@@ -442,8 +442,8 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     // searches anyway: room that other processes make by removes is found
     // within that many puts, and until then each put evicts one block it
     // could have kept. Room made on purpose ends the streak at once: this
-    // process's removes and kv_evict_bytes (end_evict_streak), and anyone's
-    // kv_evict_bytes, such as the daemon's watermark pass, which bumps
+    // process's removes (end_evict_streak), and anyone's kv_evict_bytes,
+    // such as the daemon's watermark pass, which bumps
     // kv_region_state.room_epoch. Relaxed: process-local hints and a
     // pool-wide one; racing threads only change which path a put takes.
     std::atomic<uint32_t> &streak = p->evict_streak[cls];

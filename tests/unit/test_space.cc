@@ -282,6 +282,18 @@ TEST_F(EvictionTest, RoomMadeByEvictBytesEndsOtherClientsStreaks) {
     expect_consistent();
 }
 
+// The same through the putter's own kv_evict_bytes: it learns of its own
+// room through room_epoch as any other process does.
+TEST_F(EvictionTest, RoomMadeByOwnEvictBytesIsUsedAtOnce) {
+    ASSERT_NO_FATAL_FAILURE(fill_and_attach_putter());
+    expect_room_used_at_once([&](uint64_t n) {
+        const uint64_t ev_room = stats().evictions;
+        ASSERT_GE(kv_evict_bytes(putter_, n * kStreakLen), int64_t(n * kStreakLen));
+        ASSERT_EQ(stats().evictions - ev_room, n);
+    });
+    expect_consistent();
+}
+
 // Slabs taken by one size class must be given to another once the first
 // class's blocks are evictable.
 TEST_F(EvictionTest, EvictionAcrossSizeClasses) {
