@@ -171,6 +171,41 @@ class SlotStack {
     std::unique_ptr<std::atomic<uint32_t>[]> next_;
 };
 
+// Entries this process's kv_remove freed, taken first by its next puts
+// (store.cc, reserve_impl): in a full entry table a put's scan is short and
+// would rarely find them. Hints, process-local: a slot holds entry + 1 (0:
+// empty); push overwrites the oldest slot when all are full, pop takes the
+// newest it finds. Relaxed throughout: a hint lost, repeated or stale
+// (taken by another process since) costs a scan or a claim CAS that fails,
+// never a wrong claim; pending only saves pops the scan when nothing is
+// there and is re-synced to 0 by a scan that finds nothing.
+class FreedEntries {
+  public:
+    static constexpr uint32_t kSlots = 64;
+    void push(uint32_t e) {
+        const uint32_t i = next_.fetch_add(1, std::memory_order_relaxed);
+        slots_[i % kSlots].store(e + 1, std::memory_order_relaxed);
+        pending_.fetch_add(1, std::memory_order_relaxed);
+    }
+    uint32_t pop() { // KV_NIL32 when none
+        if (pending_.load(std::memory_order_relaxed) == 0) return KV_NIL32;
+        const uint32_t top = next_.load(std::memory_order_relaxed);
+        for (uint32_t k = 1; k <= kSlots; k++) {
+            const uint32_t v = slots_[(top - k) % kSlots].exchange(0, std::memory_order_relaxed);
+            if (v == 0) continue;
+            pending_.fetch_sub(1, std::memory_order_relaxed);
+            return v - 1;
+        }
+        pending_.store(0, std::memory_order_relaxed);
+        return KV_NIL32;
+    }
+
+  private:
+    std::atomic<uint32_t> next_{0};
+    std::atomic<uint32_t> pending_{0};
+    std::atomic<uint32_t> slots_[kSlots] = {};
+};
+
 // ---- The pool handle ---------------------------------------------------------
 } // namespace kv::detail
 
@@ -205,6 +240,12 @@ struct kv_pool {
     // Per size class, the kv_region_state.room_epoch this process's streak
     // last saw: a new value means room was made on purpose elsewhere.
     std::atomic<uint64_t> room_seen[KV_MAX_CLASSES] = {};
+    // The same two for the entry table: puts in a row whose scan for a FREE
+    // entry found none and had to evict, and the room_epoch they last saw.
+    std::atomic<uint32_t> entry_streak{0};
+    std::atomic<uint64_t> entry_room_seen{0};
+    // Entries this process's removes freed, tried before the scan.
+    kv::detail::FreedEntries freed_entries;
     std::unique_ptr<kv::detail::SlotStack> free_slots;
 };
 
@@ -385,9 +426,10 @@ unsigned copy_hash_width();
 void entry_finish_free(kv_pool *p, uint32_t e);
 // After a transition that may have made (UNLINKED, pins 0): try to claim the free.
 void entry_maybe_free(kv_pool *p, uint32_t e);
-// This process removed a block of class cls (kv_remove): its next put of
-// the class searches for room instead of evicting (store.cc).
-void end_evict_streak(kv_pool *p, uint32_t cls);
+// This process removed entry freed_entry, of class cls (kv_remove): its
+// next put of the class searches for room instead of evicting, and its next
+// put claims that entry first (store.cc).
+void end_evict_streak(kv_pool *p, uint32_t cls, uint32_t freed_entry);
 
 // Remove committed entry e at gen (eviction or remove). If require_unpinned,
 // only succeeds when the pin count is 0. Returns the length freed-to-be or 0.
@@ -408,12 +450,21 @@ void entry_abort(kv_pool *p, uint32_t e, uint64_t ctl_seen, uint64_t aux_seen);
 int pin_for_snapshot(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out);
 
 // ---- evict.cc ------------------------------------------------------------------------
+// What an eviction freed, so that the put that asked for it can claim that
+// first instead of searching: the victim's block and entry (both FREE once
+// the kill finished the victim's free, which it does since the victim was
+// unpinned; another process may claim them first, so they are hints that
+// the claim CAS validates). None (UINT64_MAX, KV_NIL32) when a slab was
+// retired instead.
+struct Victim {
+    uint64_t block = UINT64_MAX;
+    uint32_t entry = KV_NIL32;
+};
 // Free space for a block of class cls. Returns true if something was freed;
-// then *victim_block (when given) is the victim's block id when a block of
-// the class was evicted, else UINT64_MAX (a slab was retired).
-bool evict_for_class(kv_pool *p, uint32_t cls, uint64_t *victim_block = nullptr);
-// Free an entry slot by eviction. True if one was freed.
-bool evict_any(kv_pool *p);
+// then *victim (when given) names the evicted block of the class, or none.
+bool evict_for_class(kv_pool *p, uint32_t cls, Victim *victim = nullptr);
+// Evict one block of any class. True if one was freed (*victim: what).
+bool evict_any(kv_pool *p, Victim *victim = nullptr);
 // Evict one unpinned block chosen by the pool's policy (any class); the one
 // code path of inline, watermark and kvctl eviction. Returns bytes freed-to-be
 // (at least 1) or 0 when nothing is evictable.

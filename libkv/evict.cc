@@ -45,7 +45,10 @@
 // class has no slab or nothing evictable, it retires a whole slab of another
 // class (allocator.cc) so the slab can serve class k. Retirement empties the
 // slab whatever the policy says of its blocks: it is how space moves between
-// size classes.
+// size classes. A put that finds the entry table full (blocks no larger than
+// avg_block_size fill it before the data area) evicts the policy's victim
+// of any class, as kv_evict_bytes does, and claims its entry directly, and
+// its block too when that is of the put's class (Victim, store.cc).
 #include "detail.h"
 
 #include <numeric>
@@ -70,7 +73,7 @@ constexpr int kKillAttempts = 8;
 
 // Sweep up to budget entries; evict the first candidate that passes the
 // second-chance test and the filter. Returns the bytes evicted (0: none).
-template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Filter &&want, uint64_t *victim_block) {
+template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Filter &&want, Victim *victim) {
     const uint32_t n = p->hdr->n_entries;
     uint64_t now = 0;
     while (budget > 0) {
@@ -90,7 +93,7 @@ template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Fil
             uint64_t blk = load(en.block, std::memory_order_relaxed); // read before the kill frees it
             if (entry_kill(p, e, Ctl::gen(c), true)) {
                 bump(my_stats(p).evictions);
-                if (victim_block) *victim_block = blk;
+                if (victim) *victim = {blk, e};
                 return len ? len : 1;
             }
         }
@@ -241,7 +244,7 @@ template <typename Filter> void offer_parent(kv_pool *p, CandPool &cp, uint64_t 
     cands_offer(cp, {e, Ctl::gen(c), key_of(p, en, now)});
 }
 
-template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, uint64_t *victim_block) {
+template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, Victim *victim) {
     const uint64_t n = p->hdr->n_entries;
     CandPool &cp = cands_of(p);
     const uint32_t full = p->policy == KV_EVICT_PREFIX || p->policy == KV_EVICT_FIFO ? kSampleWide : kSample;
@@ -303,7 +306,7 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, uint
             cands_drop(cp, i);
             if (entry_kill(p, c.e, c.gen, true)) {
                 bump(my_stats(p).evictions);
-                if (victim_block) *victim_block = blk;
+                if (victim) *victim = {blk, c.e};
                 if (p->policy == KV_EVICT_LFU && k.k1) raise_lfu_floor(p, k.k1 - 1);
                 if (parent_ref) offer_parent(p, cp, parent_ref, want);
                 return len ? len : 1;
@@ -315,9 +318,9 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, uint
     return 0;
 }
 
-template <typename Filter> uint64_t evict_by_policy(kv_pool *p, Filter &&want, uint64_t *victim_block = nullptr) {
-    if (p->policy == KV_EVICT_CLOCK) return clock_sweep(p, 2ULL * p->hdr->n_entries, want, victim_block);
-    return sample_evict(p, want, victim_block);
+template <typename Filter> uint64_t evict_by_policy(kv_pool *p, Filter &&want, Victim *victim = nullptr) {
+    if (p->policy == KV_EVICT_CLOCK) return clock_sweep(p, 2ULL * p->hdr->n_entries, want, victim);
+    return sample_evict(p, want, victim);
 }
 
 bool class_has_slab(kv_pool *p, uint32_t cls) {
@@ -341,14 +344,14 @@ bool retire_some_slab(kv_pool *p, uint32_t keep_cls) {
 
 } // namespace
 
-bool evict_for_class(kv_pool *p, uint32_t cls, uint64_t *victim_block) {
-    if (victim_block) *victim_block = UINT64_MAX;
+bool evict_for_class(kv_pool *p, uint32_t cls, Victim *victim) {
+    if (victim) *victim = {};
     if (class_has_slab(p, cls) && evict_by_policy(
                                       p,
                                       [cls](kv_entry &en) {
                                           return load(en.class_id, std::memory_order_relaxed) == cls;
                                       },
-                                      victim_block))
+                                      victim))
         return true;
     return retire_some_slab(p, cls);
 }
@@ -357,7 +360,10 @@ uint64_t evict_one(kv_pool *p) {
     return evict_by_policy(p, [](kv_entry &) { return true; });
 }
 
-bool evict_any(kv_pool *p) { return evict_one(p) != 0; }
+bool evict_any(kv_pool *p, Victim *victim) {
+    if (victim) *victim = {};
+    return evict_by_policy(p, [](kv_entry &) { return true; }, victim) != 0;
+}
 
 } // namespace kv::detail
 

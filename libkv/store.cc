@@ -239,37 +239,81 @@ constexpr int kAllocAttempts = 64;
 // and how often it searches anyway (reserve_impl).
 constexpr uint32_t kEvictStreak = 4;
 constexpr uint32_t kStreakRecheck = 16;
+// Entries a put scans for a FREE one: normally, and once a scan found none
+// (the table is full), where a scan of the normal budget would read that
+// many entry lines per put to find nothing: 16 KiB puts into a full
+// default pool, which scanned 4096 entries and then the whole table before
+// evicting, cost 12x a put with room. The short scans go on from where the
+// last one stopped, so they walk the whole table in n_entries / 8 puts and
+// find entries that other processes freed; entries this process frees are
+// taken first (kv_pool::freed_entries), and room made by kv_evict_bytes
+// ends the short scans (room_epoch), as it ends a block streak.
+constexpr uint32_t kEntryScan = 4096;
+constexpr uint32_t kEntryScanShort = 8;
 
 } // namespace
 
 // This process just removed a block of class cls: its next put of the
 // class searches for the room at once instead of evicting until the
-// streak's next recheck (reserve_impl). Other processes find room made by
-// removes at their next recheck; room made by kv_evict_bytes reaches every
+// streak's next recheck (reserve_impl), and its next put of any class
+// claims the freed entry first. Other processes find room made by removes
+// at their next recheck; room made by kv_evict_bytes reaches every
 // process, this one included, through room_epoch.
-void end_evict_streak(kv_pool *p, uint32_t cls) {
+void end_evict_streak(kv_pool *p, uint32_t cls, uint32_t freed_entry) {
     if (cls < KV_MAX_CLASSES) p->evict_streak[cls].store(0, std::memory_order_relaxed);
+    p->entry_streak.store(0, std::memory_order_relaxed);
+    p->freed_entries.push(freed_entry);
 }
 
 namespace {
 
+// Claim entry i if it is FREE.
+bool entry_claim_one(kv_pool *p, uint32_t i) {
+    kv_entry &en = p->entries[i];
+    uint64_t c = load(en.ctl, std::memory_order_relaxed);
+    if (Ctl::state(c) != KV_ENTRY_FREE) return false;
+    uint64_t x = load(en.aux, std::memory_order_relaxed);
+    if (!cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_RESERVED, 0), Aux::owner(p->client)}))
+        return false;
+    std::atomic_thread_fence(std::memory_order_release); // K1
+    return true;
+}
+
+// Claim a FREE entry, scanning up to budget entries from this process's
+// cursor (a hint), which is left where the scan stopped.
 uint32_t entry_claim(kv_pool *p, uint32_t budget) {
     const uint32_t n = p->hdr->n_entries;
     uint32_t i = p->entry_cursor.load(std::memory_order_relaxed) % n;
     for (uint32_t k = 0; k < budget && k < n; k++, i = i + 1 == n ? 0 : i + 1) {
-        kv_entry &en = p->entries[i];
-        uint64_t c = load(en.ctl, std::memory_order_relaxed);
-        if (Ctl::state(c) != KV_ENTRY_FREE) continue;
-        uint64_t x = load(en.aux, std::memory_order_relaxed);
-        if (!cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_RESERVED, 0), Aux::owner(p->client)}))
-            continue;
-        std::atomic_thread_fence(std::memory_order_release); // K1
+        if (!entry_claim_one(p, i)) continue;
         p->entry_cursor.store(i + 1, std::memory_order_relaxed);
         return i;
     }
     p->entry_cursor.store(i, std::memory_order_relaxed);
     return KV_NIL32;
 }
+
+// True if kv_evict_bytes made room since this streak last looked
+// (room_epoch; room_seen is the streak's copy). Relaxed: process-local
+// hints and a pool-wide one; racing threads only change which path a put
+// takes.
+bool room_made(kv_pool *p, std::atomic<uint64_t> &room_seen) {
+    const uint64_t room = load(p->state->room_epoch, std::memory_order_relaxed);
+    if (room == room_seen.load(std::memory_order_relaxed)) return false;
+    room_seen.store(room, std::memory_order_relaxed);
+    return true;
+}
+
+// True if this put should skip the search for a block: the last
+// kEvictStreak puts of the class all searched in vain and evicted, this is
+// not a kStreakRecheck-th put, and no room was made since (reserve_impl).
+bool in_streak(kv_pool *p, uint32_t streak, std::atomic<uint64_t> &room_seen) {
+    if (streak < kEvictStreak || streak % kStreakRecheck == 0) return false;
+    return !room_made(p, room_seen);
+}
+
+// The streak after a put that evicted (wraps to kEvictStreak, not 0).
+uint32_t streak_next(uint32_t st) { return st + 1 == 0 ? kEvictStreak : st + 1; }
 
 // Release a RESERVED entry we claimed but never linked (its block, if it had
 // one, already given back).
@@ -354,25 +398,33 @@ uint64_t alloc_with_eviction(kv_pool *p, uint32_t cls) {
         }
         // The victim's block is of our class and was freed by us just now:
         // claim it (or a neighbour) in its slab before searching the table.
-        uint64_t victim = kNoBlock;
-        if (!evict_for_class(p, cls, &victim)) return block_alloc(p, cls, true);
-        if (victim != kNoBlock) {
-            uint64_t id = block_alloc_near(p, cls, victim);
+        Victim v;
+        if (!evict_for_class(p, cls, &v)) return block_alloc(p, cls, true);
+        if (v.block != kNoBlock) {
+            uint64_t id = block_alloc_near(p, cls, v.block);
             if (id != kNoBlock) return id;
         }
     }
     return kNoBlock;
 }
 
-// Claim an entry, evicting when the table is full. Called after
-// entry_claim(p, 4096) failed: the first attempt scans the whole table.
-uint32_t claim_with_eviction(kv_pool *p) {
+// Claim an entry, evicting when the table is full. Called after the scan
+// for a FREE entry failed. The victim is the policy's choice over the whole
+// pool, as for kv_evict_bytes (the put needs an entry, not a block of some
+// class: the data area may have room); its entry, which the kill left FREE,
+// is claimed without a scan, and *freed gets its block, which reserve_impl
+// claims next when it is of the put's class: then one victim made room for
+// both. A victim's entry taken by another process first costs a short scan
+// and another eviction; the last resort is a scan of the whole table.
+uint32_t claim_with_eviction(kv_pool *p, Victim *freed) {
     for (int attempt = 0; attempt < kAllocAttempts; attempt++) {
-        uint32_t e = entry_claim(p, p->hdr->n_entries);
-        if (e != KV_NIL32) return e;
-        if (!evict_any(p)) return entry_claim(p, p->hdr->n_entries);
+        Victim v;
+        if (!evict_any(p, &v)) break;
+        freed->block = v.block;
+        if (v.entry != KV_NIL32 && entry_claim_one(p, v.entry)) return v.entry;
+        if (uint32_t e = entry_claim(p, kEntryScanShort); e != KV_NIL32) return e;
     }
-    return KV_NIL32;
+    return entry_claim(p, p->hdr->n_entries);
 }
 
 int check_ns(kv_pool *p, uint32_t ns) { return ns_valid(p, ns) ? 0 : -ENOENT; }
@@ -410,11 +462,23 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     if (int rc = check_ns(p, ns)) return rc;
     uint32_t cls = class_for(p, len);
     if (cls == KV_NIL32) return -EMSGSIZE;
-    uint32_t e = entry_claim(p, 4096);
+    // An entry: one our kv_removes freed, else a scan from our cursor,
+    // short while the table is full (kEntryScanShort), else an eviction,
+    // whose victim's block then serves this put too (freed).
+    uint32_t e = KV_NIL32;
+    for (uint32_t h; e == KV_NIL32 && (h = p->freed_entries.pop()) != KV_NIL32;)
+        if (h < p->hdr->n_entries && entry_claim_one(p, h)) e = h;
+    const uint32_t est = p->entry_streak.load(std::memory_order_relaxed);
+    if (e == KV_NIL32)
+        e = entry_claim(p, est != 0 && !room_made(p, p->entry_room_seen) ? kEntryScanShort : kEntryScan);
+    Victim freed;
     if (e == KV_NIL32) {
         if (int rc = find_holder(p, ns, k)) return rc;
-        e = claim_with_eviction(p);
+        e = claim_with_eviction(p, &freed);
         if (e == KV_NIL32) return -ENOSPC;
+        p->entry_streak.store(streak_next(est), std::memory_order_relaxed);
+    } else if (est != 0) {
+        p->entry_streak.store(0, std::memory_order_relaxed);
     }
     kv_entry &en = p->entries[e];
     uint32_t gen = Ctl::gen(load(en.ctl, std::memory_order_relaxed));
@@ -438,38 +502,33 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     // A full pool: once this process's last kEvictStreak puts of the class
     // all searched the slab table in vain and evicted, the next ones try
     // only their home slabs before evicting (the search reads every slab's
-    // line), except every kStreakRecheck-th, which
-    // searches anyway: room that other processes make by removes is found
-    // within that many puts, and until then each put evicts one block it
-    // could have kept. Room made on purpose ends the streak at once: this
-    // process's removes (end_evict_streak), and anyone's kv_evict_bytes,
-    // such as the daemon's watermark pass, which bumps
-    // kv_region_state.room_epoch. Relaxed: process-local hints and a
-    // pool-wide one; racing threads only change which path a put takes.
+    // line), except every kStreakRecheck-th, which searches anyway: room
+    // that other processes make by removes is found within that many puts,
+    // and until then each put evicts one block it could have kept. Room
+    // made on purpose ends the streak at once: this process's removes
+    // (end_evict_streak), and anyone's kv_evict_bytes, such as the daemon's
+    // watermark pass, which bumps kv_region_state.room_epoch (in_streak).
     std::atomic<uint32_t> &streak = p->evict_streak[cls];
     const uint32_t st = streak.load(std::memory_order_relaxed);
-    bool skip_search = st >= kEvictStreak && st % kStreakRecheck != 0;
-    if (skip_search) {
-        const uint64_t room = load(p->state->room_epoch, std::memory_order_relaxed);
-        if (room != p->room_seen[cls].load(std::memory_order_relaxed)) {
-            p->room_seen[cls].store(room, std::memory_order_relaxed);
-            skip_search = false;
-        }
-    }
-    uint64_t b = skip_search ? block_alloc_home(p, cls) : block_alloc(p, cls, false);
+    // The entry's victim's block, when of this class: no search, and the
+    // block streak is left as it is (this put did not look for room).
+    uint64_t b = freed.block != kNoBlock ? block_alloc_near(p, cls, freed.block) : kNoBlock;
     if (b == kNoBlock) {
-        int rc = find_holder(p, ns, k);
-        if (rc == 0) {
-            b = alloc_with_eviction(p, cls);
-            if (b == kNoBlock) rc = -ENOSPC;
-            else streak.store(st + 1 == 0 ? kEvictStreak : st + 1, std::memory_order_relaxed);
+        b = in_streak(p, st, p->room_seen[cls]) ? block_alloc_home(p, cls) : block_alloc(p, cls, false);
+        if (b == kNoBlock) {
+            int rc = find_holder(p, ns, k);
+            if (rc == 0) {
+                b = alloc_with_eviction(p, cls);
+                if (b == kNoBlock) rc = -ENOSPC;
+                else streak.store(streak_next(st), std::memory_order_relaxed);
+            }
+            if (rc) {
+                entry_unclaim(p, e);
+                return rc;
+            }
+        } else if (st != 0) {
+            streak.store(0, std::memory_order_relaxed);
         }
-        if (rc) {
-            entry_unclaim(p, e);
-            return rc;
-        }
-    } else if (st != 0) {
-        streak.store(0, std::memory_order_relaxed);
     }
     // The entry names its block before the block names the entry: a crash
     // between leaves OWNED(us), which the reaper frees (entry_finish_free
@@ -781,7 +840,7 @@ int kv_remove(kv_pool *p, uint32_t ns, const kv_key *key) noexcept {
             const uint32_t cls = load(en.class_id, std::memory_order_relaxed);
             if (entry_kill(p, f.cur, Ctl::gen(c), false)) {
                 bump(my_stats(p).removes);
-                end_evict_streak(p, cls);
+                end_evict_streak(p, cls, f.cur);
                 return 0;
             }
             continue; // changed under us

@@ -1063,7 +1063,9 @@ void BM_PutSteady(benchmark::State &state) {
     kv_pool *p = (*bp)->get();
     const uint32_t ns = (*bp)->ns();
     void *src = alloc_touched(block, 5);
-    const uint64_t cap = kv_pool_header(p)->data_len / block;
+    // Blocks the pool holds: its data area's, or its entry table's when
+    // that fills first (blocks no larger than avg_block_size, 16 KiB here).
+    const uint64_t cap = std::min<uint64_t>(kv_pool_header(p)->data_len / block, kv_pool_header(p)->n_entries);
     std::deque<kv_key> live;
     uint64_t serial = 0;
     auto put = [&] {
@@ -1150,6 +1152,15 @@ BENCHMARK(BM_PutSteady)
     // one fits in this machine's L3, so room made by random removes hands
     // its puts blocks written recently (still cached) while a victim, the
     // oldest, is not; in 1 GiB neither is.
+    // Blocks of 4 and 16 KiB fill the default entry table (one entry per
+    // 16 KiB of data) before the data area: every put into the full pool
+    // needs an entry first, and the entry table's eviction path is measured.
+    ->Args({4, 0, 64})
+    ->Args({4, 1, 64})
+    ->Args({16, 0, 64})
+    ->Args({16, 1, 64})
+    ->Args({16, 0, 1024})
+    ->Args({16, 1, 1024})
     ->Args({64, 0, 64})
     ->Args({64, 1, 64})
     ->Args({64, 0, 1024})

@@ -226,7 +226,10 @@ def main():
     # made by removes, batches alternating in one benchmark; the ratio is
     # the benchmark's own counter (sum of full over sum of room). A small
     # pool (fits in this machine's L3) and a 1 GiB one.
-    for kib, data_mib in ((64, 64), (64, 1024), (256, 1024), (2048, 128), (2048, 1024)):
+    # 4 and 16 KiB blocks fill the entry table first (the default one entry
+    # per 16 KiB): their puts evict for an entry.
+    for kib, data_mib in ((4, 64), (16, 64), (16, 1024), (64, 64), (64, 1024), (256, 1024), (2048, 128),
+                          (2048, 1024)):
         for oldest in (0, 1):
             k = "BM_PutSteady/block_KiB:%d/room_oldest:%d/data_MiB:%d" % (kib, oldest, data_mib)
             fig = "8 put %s into a full %s pool%s" % ("2 MiB" if kib == 2048 else "%d KiB" % kib,

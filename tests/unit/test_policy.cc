@@ -228,6 +228,48 @@ TEST_F(PolicyTest, InlineEvictionUsesThePolicy) {
     for (uint64_t i = 0; i + 1 < n_slabs; i++) EXPECT_EQ(contains(i), 1) << i;
 }
 
+// A pool whose entry table fills before its data area (blocks smaller than
+// avg_block_size: here 4 KiB blocks and 64 entries). A put into the full
+// table evicts the policy's victim, exactly one per put, and takes its entry
+// (store.cc, claim_with_eviction); a pinned block stays, also once the puts
+// scan only a few entries (from the second evicting put in a row on);
+// an entry freed by this process's kv_remove is taken by its next put,
+// which then evicts nothing. FIFO, because its top-up sample (32, probing
+// up to 64 entries) covers this table whole even when every entry is
+// committed, so the order is exact; LRU's top-up of 8 is approximate there.
+TEST_F(PolicyTest, PutIntoAFullEntryTableEvictsByThePolicy) {
+    start(KV_EVICT_FIFO);
+    const uint64_t n = kv_pool_header(pool_)->n_entries;
+    ASSERT_GE(n, 16u);
+    std::vector<uint64_t> ids(n);
+    for (uint64_t i = 0; i < n; i++) ids[i] = i;
+    put_all(ids);
+    ASSERT_EQ(stats().evictions, 0u);
+    kv_view pinned{};
+    ASSERT_EQ(get(2, &pinned), 0);
+    // Insertion order, less the pinned block 2, then the new blocks.
+    std::vector<uint64_t> order;
+    for (uint64_t i = 0; i < n; i++)
+        if (i != 2) order.push_back(i);
+    const uint64_t puts = n + 8;
+    for (uint64_t j = 0; j < puts; j++) order.push_back(1000 + j);
+    for (uint64_t j = 0; j < puts; j++) {
+        ASSERT_EQ(put(1000 + j, payload(kLen, 1000 + j)), 0) << "put " << j;
+        ASSERT_EQ(stats().evictions, j + 1) << "put " << j << " evicted no block, or more than one";
+        EXPECT_EQ(contains(order[j]), 0) << "put " << j << ": block " << order[j] << " is the oldest";
+        EXPECT_EQ(contains(order[j + 1]), 1) << "put " << j << " evicted block " << order[j + 1] << " too";
+    }
+    EXPECT_EQ(contains(2), 1) << "a pinned block was evicted";
+    EXPECT_TRUE(view_equals(pinned, payload(kLen, 2)));
+    EXPECT_EQ(kv_release(pool_, &pinned), 0);
+    // A remove frees an entry: the next put takes it and evicts nothing.
+    kv_key k = key_of(1000 + puts - 1);
+    ASSERT_EQ(kv_remove(pool_, ns_, &k), 0);
+    ASSERT_EQ(put(5000, payload(kLen, 5000)), 0);
+    EXPECT_EQ(stats().evictions, puts) << "a put evicted although a remove had freed an entry";
+    expect_consistent();
+}
+
 // ---- Time to live ------------------------------------------------------------
 
 TEST_F(PolicyTest, ExpiredBlocksAreNotFoundAndGoFirst) {
