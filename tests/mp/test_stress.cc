@@ -30,6 +30,7 @@ struct StressParams {
     uint64_t ops;
     unsigned max_held;
     uint32_t policy = KV_EVICT_PREFIX;
+    uint64_t avg_block_size = 0; // 0: the library's default (16 KiB)
 };
 
 class StressTest : public MpTest {
@@ -39,7 +40,7 @@ class StressTest : public MpTest {
 
 void StressTest::run_stress(const StressParams &sp) {
     uint64_t seed = test_seed(sp.tag);
-    ASSERT_TRUE(create_pool(sp.tag, sp.pool_size, sp.slab_size, sp.policy));
+    ASSERT_TRUE(create_pool(sp.tag, sp.pool_size, sp.slab_size, sp.policy, sp.avg_block_size));
     ASSERT_TRUE(attach());
     ASSERT_EQ(kv_pool_header(pool_)->evict_policy, sp.policy);
 
@@ -172,6 +173,10 @@ void StressTest::run_stress(const StressParams &sp) {
         EXPECT_GT(s.evictions, 0u)
             << "committed " << t.bytes_committed << " bytes into " << s.capacity;
     }
+    if (sp.avg_block_size) { // the entry table was the limit, not the data area
+        EXPECT_GT(s.evictions, 0u) << "the entry table never filled";
+        EXPECT_LT(u.block_bytes_used, s.capacity / 2) << "the data area filled, not (only) the entry table";
+    }
 }
 
 TEST_F(StressTest, FourWorkersRandomOps) {
@@ -191,6 +196,18 @@ TEST_F(StressTest, FourWorkersEachPolicy) {
         TearDown();
         if (HasFatalFailure()) return;
     }
+}
+
+// The entry table fills first: avg_block_size 256 KiB gives 256 entries
+// for 64 MiB of data, and blocks are mostly 4-32 KiB. Every put into the
+// full pool then takes the entry-table path (store.cc, claim_with_eviction:
+// evict, claim the victim's entry and block directly; short rolling scans;
+// entries freed by the worker's own removes first), in four processes at
+// once, under the same checks as above.
+TEST_F(StressTest, FourWorkersEntryTableFull) {
+    StressParams sp{"entries", 4, 64 * kMiB, 1 * kMiB, 2048, 48, 8, 4, 10000, 16};
+    sp.avg_block_size = 256 * kKiB;
+    run_stress(sp);
 }
 
 TEST_F(StressTest, FourWorkersHotKeys) {
