@@ -4,7 +4,9 @@
 // section 10): for each policy a sequence whose exact victim order is known.
 // The pools have a 64-entry table (avg_block_size 1 MiB), which every
 // sampled eviction examines whole (it probes up to twice its sample size),
-// so the choice is exact and the order deterministic. Also: time to
+// so the choice is exact and the order deterministic; once the candidate
+// pool is well stocked a top-up samples less, which matters only where the
+// whole table is committed (PutIntoAFullEntryTableEvictsByThePolicy). Also: time to
 // live, pinned blocks under any policy, kv_evict_bytes' accuracy, the
 // policy's validation at create and its report in the header.
 #include "pool_fixture.h"
