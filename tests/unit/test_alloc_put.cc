@@ -15,6 +15,8 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -201,6 +203,52 @@ TEST_F(HomeSlabs, FullPoolIsSharedAsBefore) {
     }
     EXPECT_EQ(rs.size(), capacity) << "-ENOSPC while blocks were free";
     for (uint64_t j = 0; j < rs.size(); j++) EXPECT_EQ(kv_abort(j % 2 ? b : pool_, &rs[j]), 0);
+}
+
+// kv_pool::freed_entries (detail.h): the hints of entries this process's
+// removes freed, which its next puts take before scanning the entry table.
+TEST(FreedEntries, NewestFirstAndTheLast64Kept) {
+    kv::detail::FreedEntries f;
+    EXPECT_EQ(f.pop(), KV_NIL32);
+    for (uint32_t e : {7u, 8u, 9u}) f.push(e);
+    EXPECT_EQ(f.pop(), 9u);
+    EXPECT_EQ(f.pop(), 8u);
+    EXPECT_EQ(f.pop(), 7u);
+    EXPECT_EQ(f.pop(), KV_NIL32);
+    // Past kSlots pushes the oldest hints are overwritten: the newest 64
+    // come back, newest first, and then nothing (the count re-syncs).
+    const uint32_t n = kv::detail::FreedEntries::kSlots;
+    for (uint32_t e = 0; e < n + 36; e++) f.push(e);
+    for (uint32_t k = 0; k < n; k++) EXPECT_EQ(f.pop(), n + 35 - k) << k;
+    EXPECT_EQ(f.pop(), KV_NIL32);
+    EXPECT_EQ(f.pop(), KV_NIL32);
+    f.push(0); // entry 0 is a hint like any other (slots hold entry + 1)
+    EXPECT_EQ(f.pop(), 0u);
+}
+
+// Threads of one process share it: a hint may be lost, but none is made
+// up and none comes back twice.
+TEST(FreedEntries, ThreadsNeverPopAHintTwiceOrOneNeverPushed) {
+    kv::detail::FreedEntries f;
+    constexpr uint32_t kPerThread = 20000;
+    std::vector<uint32_t> got[2];
+    std::vector<std::thread> ts;
+    for (uint32_t t = 0; t < 2; t++)
+        ts.emplace_back([&f, &got, t] {
+            for (uint32_t i = 0; i < kPerThread; i++) {
+                f.push(t * kPerThread + i);
+                if (i % 3 != 0)
+                    if (uint32_t e = f.pop(); e != KV_NIL32) got[t].push_back(e);
+            }
+        });
+    for (std::thread &t : ts) t.join();
+    std::vector<uint32_t> all = got[0];
+    all.insert(all.end(), got[1].begin(), got[1].end());
+    for (uint32_t e = f.pop(); e != KV_NIL32; e = f.pop()) all.push_back(e);
+    std::sort(all.begin(), all.end());
+    EXPECT_TRUE(std::adjacent_find(all.begin(), all.end()) == all.end()) << "a hint came back twice";
+    EXPECT_TRUE(all.empty() || all.back() < 2 * kPerThread) << "a hint nobody pushed: " << all.back();
+    EXPECT_GT(all.size(), kPerThread) << "most hints should come back";
 }
 
 } // namespace
