@@ -198,8 +198,9 @@ TEST_F(StressTest, FourWorkersEachPolicy) {
     }
 }
 
-// The entry table fills first: avg_block_size 256 KiB gives 256 entries
-// for 64 MiB of data, and blocks are mostly 4-32 KiB. Every put into the
+// The entry table fills first: avg_block_size 256 KiB gives one entry per
+// 256 KiB of the data area (236 here), and blocks are mostly 4-32 KiB
+// (block_len: 70% of keys; 95% are under 128 KiB). Every put into the
 // full pool then takes the entry-table path (store.cc, claim_with_eviction:
 // evict, claim the victim's entry and block directly; short rolling scans;
 // entries freed by the worker's own removes first), in four processes at
