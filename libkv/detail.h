@@ -463,12 +463,10 @@ struct Victim {
 // Free space for a block of class cls. Returns true if something was freed;
 // then *victim (when given) names the evicted block of the class, or none.
 bool evict_for_class(kv_pool *p, uint32_t cls, Victim *victim = nullptr);
-// Evict one block of any class. True if one was freed (*victim: what).
-bool evict_any(kv_pool *p, Victim *victim = nullptr);
 // Evict one unpinned block chosen by the pool's policy (any class); the one
 // code path of inline, watermark and kvctl eviction. Returns bytes freed-to-be
-// (at least 1) or 0 when nothing is evictable.
-uint64_t evict_one(kv_pool *p);
+// (at least 1) or 0 when nothing is evictable; *victim (when given): what.
+uint64_t evict_one(kv_pool *p, Victim *victim = nullptr);
 
 // ---- namespace.cc ----------------------------------------------------------------------
 bool ns_valid(const kv_pool *p, uint32_t ns);

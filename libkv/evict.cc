@@ -356,13 +356,9 @@ bool evict_for_class(kv_pool *p, uint32_t cls, Victim *victim) {
     return retire_some_slab(p, cls);
 }
 
-uint64_t evict_one(kv_pool *p) {
-    return evict_by_policy(p, [](kv_entry &) { return true; });
-}
-
-bool evict_any(kv_pool *p, Victim *victim) {
+uint64_t evict_one(kv_pool *p, Victim *victim) {
     if (victim) *victim = {};
-    return evict_by_policy(p, [](kv_entry &) { return true; }, victim) != 0;
+    return evict_by_policy(p, [](kv_entry &) { return true; }, victim);
 }
 
 } // namespace kv::detail

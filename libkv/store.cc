@@ -419,7 +419,7 @@ uint64_t alloc_with_eviction(kv_pool *p, uint32_t cls) {
 uint32_t claim_with_eviction(kv_pool *p, Victim *freed) {
     for (int attempt = 0; attempt < kAllocAttempts; attempt++) {
         Victim v;
-        if (!evict_any(p, &v)) break;
+        if (!evict_one(p, &v)) break;
         freed->block = v.block;
         if (v.entry != KV_NIL32 && entry_claim_one(p, v.entry)) return v.entry;
         if (uint32_t e = entry_claim(p, kEntryScanShort); e != KV_NIL32) return e;
