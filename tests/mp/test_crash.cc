@@ -265,13 +265,16 @@ void CrashTest::run_rounds(const CrashPool &cp) {
     EXPECT_LE(skew, kills) << stats_str(s);
     if (cp.avg_block_size) { // the entry table was the limit, not the data area
         EXPECT_GT(s.evictions, 0u) << "the entry table never filled";
-        EXPECT_LT(u.block_bytes_used, s.capacity / 2) << "the data area filled, not (only) the entry table";
+        EXPECT_LT(u.block_bytes_used, s.capacity / 2)
+            << "the data area filled, not (only) the entry table";
     }
 }
 
 // A default pool: the data area fills first, so a put that finds no space
 // evicts a block of its class (or retires another class's slab).
-TEST_F(CrashTest, KillRandomWorkerRounds) { run_rounds({"crash", 0, 200}); }
+TEST_F(CrashTest, KillRandomWorkerRounds) {
+    run_rounds({"crash", 0, 200});
+}
 
 // The entry table fills first (avg_block_size 256 KiB: 236 entries for 64
 // MiB, blocks mostly 4-32 KiB), so nearly every put takes the entry-table
@@ -280,7 +283,9 @@ TEST_F(CrashTest, KillRandomWorkerRounds) { run_rounds({"crash", 0, 200}); }
 // in it leaves a reservation (reaped) or a FREE entry and block (the kill
 // is a remove), never a leak: the rounds' quiescence and accounting checks
 // hold as for the default pool.
-TEST_F(CrashTest, KillRandomWorkerRoundsEntryTableFull) { run_rounds({"crash-entries", 256 * kKiB, 100}); }
+TEST_F(CrashTest, KillRandomWorkerRoundsEntryTableFull) {
+    run_rounds({"crash-entries", 256 * kKiB, 100});
+}
 
 // A client killed while holding many pins (match_prefix with KV_MATCH_F_PIN,
 // repeated kv_get without release) and open reservations: after kv_reap
