@@ -172,27 +172,38 @@ class SlotStack {
 };
 
 // Entries this process's kv_remove freed, taken first by its next puts
-// (store.cc, reserve_impl): in a full entry table a put's scan is short and
-// would rarely find them. Hints, process-local: a slot holds entry + 1 (0:
-// empty); push overwrites the oldest slot when all are full, pop takes the
-// newest it finds. Relaxed throughout: a hint lost, repeated or stale
-// (taken by another process since) costs a scan or a claim CAS that fails,
-// never a wrong claim; pending only saves pops the scan when nothing is
-// there and is re-synced to 0 by a scan that finds nothing.
+// (store.cc, reserve_impl): in a full entry table a put scans only a few
+// entries (kEntryScanShort) and would rarely find them, and a remove does not
+// end the short scans, since its entry is here. Hints, process-local: a slot
+// holds entry + 1 (0: empty); push overwrites the oldest slot when all are
+// full and then says so (the caller ends the short scans: a lost hint is
+// found by a full scan), pop takes the newest it finds. Relaxed throughout:
+// a hint lost, repeated or stale (taken by another process since) costs a
+// scan or a claim CAS that fails, never a wrong claim; pending only saves
+// pops the slots' reads when nothing is there and is re-synced to 0 by a
+// pop that finds nothing.
 class FreedEntries {
   public:
     static constexpr uint32_t kSlots = 64;
-    void push(uint32_t e) {
+    // True if a hint not yet taken was overwritten.
+    bool push(uint32_t e) {
         const uint32_t i = next_.fetch_add(1, std::memory_order_relaxed);
-        slots_[i % kSlots].store(e + 1, std::memory_order_relaxed);
+        const uint32_t old = slots_[i % kSlots].exchange(e + 1, std::memory_order_relaxed);
         pending_.fetch_add(1, std::memory_order_relaxed);
+        if (old == 0) return false;
+        pending_.fetch_sub(1, std::memory_order_relaxed);
+        return true;
     }
     uint32_t pop() { // KV_NIL32 when none
         if (pending_.load(std::memory_order_relaxed) == 0) return KV_NIL32;
         const uint32_t top = next_.load(std::memory_order_relaxed);
         for (uint32_t k = 1; k <= kSlots; k++) {
-            const uint32_t v = slots_[(top - k) % kSlots].exchange(0, std::memory_order_relaxed);
-            if (v == 0) continue;
+            std::atomic<uint32_t> &slot = slots_[(top - k) % kSlots];
+            // Read first: an exchange on an empty slot would still take its
+            // line exclusive, and threads share these lines.
+            if (slot.load(std::memory_order_relaxed) == 0) continue;
+            const uint32_t v = slot.exchange(0, std::memory_order_relaxed);
+            if (v == 0) continue; // another thread took it
             pending_.fetch_sub(1, std::memory_order_relaxed);
             return v - 1;
         }

@@ -246,8 +246,9 @@ constexpr uint32_t kStreakRecheck = 16;
 // evicting, cost 12x a put with room. The short scans go on from where the
 // last one stopped, so they walk the whole table in n_entries / 8 puts and
 // find entries that other processes freed; entries this process frees are
-// taken first (kv_pool::freed_entries), and room made by kv_evict_bytes
-// ends the short scans (room_epoch), as it ends a block streak.
+// taken first (kv_pool::freed_entries) and do not end the short scans;
+// room made by kv_evict_bytes ends them (room_epoch), as it ends a block
+// streak, and so does a scan that finds a FREE entry.
 constexpr uint32_t kEntryScan = 4096;
 constexpr uint32_t kEntryScanShort = 8;
 
@@ -256,13 +257,17 @@ constexpr uint32_t kEntryScanShort = 8;
 // This process just removed a block of class cls: its next put of the
 // class searches for the room at once instead of evicting until the
 // streak's next recheck (reserve_impl), and its next put of any class
-// claims the freed entry first. Other processes find room made by removes
-// at their next recheck; room made by kv_evict_bytes reaches every
-// process, this one included, through room_epoch.
+// claims the freed entry first, from freed_entries. The entry streak goes
+// on: the entry is a hint, and a full scan of a full table per remove
+// would find nothing else (a loop of one remove and two puts scanned 4096
+// entries every third put, 2-3x the cost of a put that evicts); only a
+// hint lost to the ring's overflow ends it. Other processes find room made
+// by removes at their next recheck or rolling short scan; room made by
+// kv_evict_bytes reaches every process, this one included, through
+// room_epoch.
 void end_evict_streak(kv_pool *p, uint32_t cls, uint32_t freed_entry) {
     if (cls < KV_MAX_CLASSES) p->evict_streak[cls].store(0, std::memory_order_relaxed);
-    p->entry_streak.store(0, std::memory_order_relaxed);
-    p->freed_entries.push(freed_entry);
+    if (p->freed_entries.push(freed_entry)) p->entry_streak.store(0, std::memory_order_relaxed);
 }
 
 namespace {
@@ -465,20 +470,25 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
     // An entry: one our kv_removes freed, else a scan from our cursor,
     // short while the table is full (kEntryScanShort), else an eviction,
     // whose victim's block then serves this put too (freed).
+    // Only a scan that finds a FREE entry ends the streak (the table has
+    // room); a hint does not (it is the entry this process freed).
     uint32_t e = KV_NIL32;
     for (uint32_t h; e == KV_NIL32 && (h = p->freed_entries.pop()) != KV_NIL32;)
         if (h < p->hdr->n_entries && entry_claim_one(p, h)) e = h;
     const uint32_t est = p->entry_streak.load(std::memory_order_relaxed);
-    if (e == KV_NIL32)
+    if (e == KV_NIL32) {
         e = entry_claim(p, est != 0 && !room_made(p, p->entry_room_seen) ? kEntryScanShort : kEntryScan);
+        if (e != KV_NIL32 && est != 0) p->entry_streak.store(0, std::memory_order_relaxed);
+    }
     Victim freed;
     if (e == KV_NIL32) {
         if (int rc = find_holder(p, ns, k)) return rc;
+        // A streak starts: room made before the full scan that just found
+        // nothing is not news to the short scans that follow.
+        if (est == 0) room_made(p, p->entry_room_seen);
         e = claim_with_eviction(p, &freed);
         if (e == KV_NIL32) return -ENOSPC;
         p->entry_streak.store(streak_next(est), std::memory_order_relaxed);
-    } else if (est != 0) {
-        p->entry_streak.store(0, std::memory_order_relaxed);
     }
     kv_entry &en = p->entries[e];
     uint32_t gen = Ctl::gen(load(en.ctl, std::memory_order_relaxed));
@@ -518,6 +528,7 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
         if (b == kNoBlock) {
             int rc = find_holder(p, ns, k);
             if (rc == 0) {
+                if (st == 0) room_made(p, p->room_seen[cls]); // a streak starts (as for entries)
                 b = alloc_with_eviction(p, cls);
                 if (b == kNoBlock) rc = -ENOSPC;
                 else streak.store(streak_next(st), std::memory_order_relaxed);

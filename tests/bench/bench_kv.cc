@@ -1176,4 +1176,91 @@ BENCHMARK(BM_PutSteady)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
+// ---- 9: removes among puts into a full entry table (issue 5) --------------------------
+//
+// An engine that drops blocks (kv_remove) while it puts new ones, into a
+// pool whose entry table fills first (16 KiB blocks, one entry per 16 KiB
+// of data): batches of "remove one live block, put two" alternate with
+// batches of puts only, which all evict. In the mixed batches half the puts
+// take the entry the remove freed (kv_pool::freed_entries) and evict
+// nothing, and the other half evict as the put-only batches do: a mixed put
+// should cost at most what a put-only one does (mixed_over_full <= 1). Only
+// the puts are timed (wall clock, per pair: the thread-CPU clock is a 1.6 us
+// syscall here); the removes, random live blocks, are not. Until the
+// remove stopped ending the put's short entry scans (store.cc,
+// end_evict_streak), the second put of each pair scanned the whole entry
+// table before it evicted.
+void BM_PutRemoveMix(benchmark::State &state) {
+    constexpr uint64_t block = 16 * KiB;
+    const uint64_t data = uint64_t(state.range(0)) * MiB;
+    PoolSpec spec;
+    spec.size = data + 64 * MiB;
+    spec.slab_size = 1 * MiB;
+    auto bp = BenchPool::create(spec, "mix");
+    if (!bp) {
+        state.SkipWithError(bp.error().c_str());
+        return;
+    }
+    kv_pool *p = (*bp)->get();
+    const uint32_t ns = (*bp)->ns();
+    void *src = alloc_touched(block, 6);
+    const uint64_t cap = std::min<uint64_t>(kv_pool_header(p)->data_len / block, kv_pool_header(p)->n_entries);
+    std::vector<kv_key> live; // a superset of the pool's blocks (evicted ones stay until drawn)
+    uint64_t serial = 0;
+    auto put = [&] {
+        kv_key k = make_key(90, serial++);
+        int rc = kv_put(p, ns, &k, src, block, nullptr);
+        live.push_back(k);
+        return rc;
+    };
+    for (uint64_t i = 0; i < 2 * cap; i++) // fill, then a round that evicts
+        if (int rc = put(); rc < 0) {
+            state.SkipWithError(errstr("kv_put (warm-up)", rc).c_str());
+            std::free(src);
+            return;
+        }
+    constexpr uint64_t kPairs = 16;
+    kvbench::Rng rng{0x313};
+    uint64_t spent[2] = {0, 0}, evictions[2] = {0, 0}, puts = 0; // [0] puts only, [1] mixed
+    int rc = 0;
+    while (rc >= 0 && state.KeepRunningBatch(int64_t(2 * kPairs))) {
+        kv_stats s0{}, s1{};
+        kv_pool_stats(p, &s0);
+        for (uint64_t j = 0; j < kPairs && rc >= 0;) {
+            const size_t at = size_t(rng.next() % live.size());
+            const int r = kv_remove(p, ns, &live[at]);
+            live[at] = live.back();
+            live.pop_back();
+            if (r != 0) continue; // evicted already: draw again
+            const uint64_t t0 = kvbench::now_ns();
+            rc = put();
+            if (rc >= 0) rc = put();
+            spent[1] += kvbench::now_ns() - t0;
+            j++;
+        }
+        kv_pool_stats(p, &s1);
+        evictions[1] += s1.evictions - s0.evictions;
+        s0 = s1;
+        const uint64_t t0 = kvbench::now_ns();
+        for (uint64_t j = 0; j < 2 * kPairs && rc >= 0; j++) rc = put();
+        const uint64_t t1 = kvbench::now_ns();
+        spent[0] += t1 - t0;
+        kv_pool_stats(p, &s1);
+        evictions[0] += s1.evictions - s0.evictions;
+        state.SetIterationTime(double(t1 - t0) * 1e-9);
+        puts += 2 * kPairs;
+        if (live.size() > 4 * cap) live.erase(live.begin(), live.begin() + std::ptrdiff_t(live.size() - 2 * cap));
+    }
+    if (rc < 0) state.SkipWithError(errstr("kv_put", rc).c_str());
+    if (puts) {
+        state.counters["full_us"] = double(spent[0]) * 1e-3 / double(puts);
+        state.counters["mixed_us"] = double(spent[1]) * 1e-3 / double(puts);
+        state.counters["mixed_over_full"] = spent[0] ? double(spent[1]) / double(spent[0]) : 0;
+        state.counters["evictions_per_put"] = double(evictions[0]) / double(puts);
+        state.counters["mixed_evictions_per_put"] = double(evictions[1]) / double(puts);
+    }
+    std::free(src);
+}
+BENCHMARK(BM_PutRemoveMix)->ArgNames({"data_MiB"})->Arg(64)->Arg(1024)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
 BENCHMARK_MAIN();

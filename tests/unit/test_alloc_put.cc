@@ -205,6 +205,67 @@ TEST_F(HomeSlabs, FullPoolIsSharedAsBefore) {
     for (uint64_t j = 0; j < rs.size(); j++) EXPECT_EQ(kv_abort(j % 2 ? b : pool_, &rs[j]), 0);
 }
 
+// A pool whose entry table fills first: 4 KiB blocks, one entry per 64 KiB
+// of data, so every put into the full table takes the entry-table path
+// (store.cc, reserve_impl: short rolling scans while kv_pool::entry_streak
+// is non-zero, the entries this process's removes freed first).
+class EntryTableFull : public PoolTest {
+  protected:
+    static constexpr uint64_t kLen = 4 * KiB;
+    void customize(kv_create_opts &o) override { o.avg_block_size = 64 * KiB; }
+    // Put blocks 0, 1, ... until puts evict, then kExtra more; returns the
+    // next unused id.
+    uint64_t fill(uint64_t extra) {
+        uint64_t i = 0;
+        for (; stats().evictions == 0 && i < 100000; i++) EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
+        for (uint64_t j = 0; j < extra; j++, i++) EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
+        EXPECT_LT(usage().block_bytes_used, stats().capacity / 4) << "the data area filled, not the entry table";
+        return i;
+    }
+    uint32_t streak() { return pool_->entry_streak.load(); }
+};
+
+// In a full table a remove's entry is a hint for the next put, so the put
+// after that must go on with short scans, not scan the whole table to find
+// nothing (a loop of one remove and two puts did that every third put,
+// 2-3x the cost of an evicting put). The path is read from the streak: a
+// full scan that finds nothing restarts it at 1.
+TEST_F(EntryTableFull, ARemoveKeepsTheShortScans) {
+    uint64_t next = fill(4);
+    const uint32_t st0 = streak();
+    ASSERT_GE(st0, 4u) << "the puts into the full table did not keep a streak";
+    const uint64_t ev0 = stats().evictions;
+    for (uint64_t r = 0; r < 8; r++) {
+        kv_key k = key_of(next - 1); // the newest block: still there
+        ASSERT_EQ(kv_remove(pool_, ns_, &k), 0);
+        EXPECT_EQ(streak(), st0 + r) << "kv_remove ended the short scans";
+        ASSERT_EQ(put(next, payload(kLen, next)), 0);
+        next++;
+        EXPECT_EQ(stats().evictions, ev0 + r) << "the put after a remove evicted instead of taking its entry";
+        ASSERT_EQ(put(next, payload(kLen, next)), 0);
+        next++;
+        EXPECT_EQ(streak(), st0 + r + 1) << "the second put scanned the whole table (streak restarted)";
+    }
+    expect_consistent();
+}
+
+// More removes than the ring holds: a hint is lost, so the short scans
+// end and the next scan is a full one, which finds the lost entries.
+TEST_F(EntryTableFull, HintsLostToTheRingEndTheShortScans) {
+    uint64_t next = fill(4);
+    ASSERT_GT(streak(), 0u);
+    const uint32_t n = kv::detail::FreedEntries::kSlots + 8;
+    for (uint32_t r = 0; r < n; r++) {
+        kv_key k = key_of(next - 1 - r);
+        ASSERT_EQ(kv_remove(pool_, ns_, &k), 0) << r;
+    }
+    EXPECT_EQ(streak(), 0u);
+    const uint64_t ev0 = stats().evictions;
+    for (uint32_t r = 0; r < n; r++, next++) ASSERT_EQ(put(next, payload(kLen, next)), 0) << r;
+    EXPECT_EQ(stats().evictions, ev0) << "puts evicted while entries freed by removes were FREE";
+    expect_consistent();
+}
+
 // kv_pool::freed_entries (detail.h): the hints of entries this process's
 // removes freed, which its next puts take before scanning the entry table.
 TEST(FreedEntries, NewestFirstAndTheLast64Kept) {
@@ -224,6 +285,14 @@ TEST(FreedEntries, NewestFirstAndTheLast64Kept) {
     EXPECT_EQ(f.pop(), KV_NIL32);
     f.push(0); // entry 0 is a hint like any other (slots hold entry + 1)
     EXPECT_EQ(f.pop(), 0u);
+    // push says when it overwrote a hint not yet taken: the caller then
+    // ends its short scans, so a full scan finds the lost entry.
+    for (uint32_t e = 0; e < n; e++) EXPECT_FALSE(f.push(e)) << e;
+    EXPECT_TRUE(f.push(n));
+    EXPECT_EQ(f.pop(), n);
+    while (f.pop() != KV_NIL32) {
+    }
+    EXPECT_FALSE(f.push(n + 1)) << "the ring was drained";
 }
 
 // Threads of one process share it: a hint may be lost, but none is made
