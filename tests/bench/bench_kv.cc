@@ -1204,7 +1204,8 @@ void BM_PutRemoveMix(benchmark::State &state) {
     kv_pool *p = (*bp)->get();
     const uint32_t ns = (*bp)->ns();
     void *src = alloc_touched(block, 6);
-    const uint64_t cap = std::min<uint64_t>(kv_pool_header(p)->data_len / block, kv_pool_header(p)->n_entries);
+    const uint64_t cap =
+        std::min<uint64_t>(kv_pool_header(p)->data_len / block, kv_pool_header(p)->n_entries);
     std::vector<kv_key> live; // a superset of the pool's blocks (evicted ones stay until drawn)
     uint64_t serial = 0;
     auto put = [&] {
@@ -1242,14 +1243,16 @@ void BM_PutRemoveMix(benchmark::State &state) {
         evictions[1] += s1.evictions - s0.evictions;
         s0 = s1;
         const uint64_t t0 = kvbench::now_ns();
-        for (uint64_t j = 0; j < 2 * kPairs && rc >= 0; j++) rc = put();
+        for (uint64_t j = 0; j < 2 * kPairs && rc >= 0; j++)
+            rc = put();
         const uint64_t t1 = kvbench::now_ns();
         spent[0] += t1 - t0;
         kv_pool_stats(p, &s1);
         evictions[0] += s1.evictions - s0.evictions;
         state.SetIterationTime(double(t1 - t0) * 1e-9);
         puts += 2 * kPairs;
-        if (live.size() > 4 * cap) live.erase(live.begin(), live.begin() + std::ptrdiff_t(live.size() - 2 * cap));
+        if (live.size() > 4 * cap)
+            live.erase(live.begin(), live.begin() + std::ptrdiff_t(live.size() - 2 * cap));
     }
     if (rc < 0) state.SkipWithError(errstr("kv_put", rc).c_str());
     if (puts) {
@@ -1261,6 +1264,11 @@ void BM_PutRemoveMix(benchmark::State &state) {
     }
     std::free(src);
 }
-BENCHMARK(BM_PutRemoveMix)->ArgNames({"data_MiB"})->Arg(64)->Arg(1024)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PutRemoveMix)
+    ->ArgNames({"data_MiB"})
+    ->Arg(64)
+    ->Arg(1024)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

@@ -217,9 +217,12 @@ class EntryTableFull : public PoolTest {
     // next unused id.
     uint64_t fill(uint64_t extra) {
         uint64_t i = 0;
-        for (; stats().evictions == 0 && i < 100000; i++) EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
-        for (uint64_t j = 0; j < extra; j++, i++) EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
-        EXPECT_LT(usage().block_bytes_used, stats().capacity / 4) << "the data area filled, not the entry table";
+        for (; stats().evictions == 0 && i < 100000; i++)
+            EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
+        for (uint64_t j = 0; j < extra; j++, i++)
+            EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
+        EXPECT_LT(usage().block_bytes_used, stats().capacity / 4)
+            << "the data area filled, not the entry table";
         return i;
     }
     uint32_t streak() { return pool_->entry_streak.load(); }
@@ -241,10 +244,12 @@ TEST_F(EntryTableFull, ARemoveKeepsTheShortScans) {
         EXPECT_EQ(streak(), st0 + r) << "kv_remove ended the short scans";
         ASSERT_EQ(put(next, payload(kLen, next)), 0);
         next++;
-        EXPECT_EQ(stats().evictions, ev0 + r) << "the put after a remove evicted instead of taking its entry";
+        EXPECT_EQ(stats().evictions, ev0 + r)
+            << "the put after a remove evicted instead of taking its entry";
         ASSERT_EQ(put(next, payload(kLen, next)), 0);
         next++;
-        EXPECT_EQ(streak(), st0 + r + 1) << "the second put scanned the whole table (streak restarted)";
+        EXPECT_EQ(streak(), st0 + r + 1)
+            << "the second put scanned the whole table (streak restarted)";
     }
     expect_consistent();
 }
@@ -261,7 +266,8 @@ TEST_F(EntryTableFull, HintsLostToTheRingEndTheShortScans) {
     }
     EXPECT_EQ(streak(), 0u);
     const uint64_t ev0 = stats().evictions;
-    for (uint32_t r = 0; r < n; r++, next++) ASSERT_EQ(put(next, payload(kLen, next)), 0) << r;
+    for (uint32_t r = 0; r < n; r++, next++)
+        ASSERT_EQ(put(next, payload(kLen, next)), 0) << r;
     EXPECT_EQ(stats().evictions, ev0) << "puts evicted while entries freed by removes were FREE";
     expect_consistent();
 }
@@ -287,7 +293,8 @@ TEST(FreedEntries, NewestFirstAndTheLast64Kept) {
     EXPECT_EQ(f.pop(), 0u);
     // push says when it overwrote a hint not yet taken: the caller then
     // ends its short scans, so a full scan finds the lost entry.
-    for (uint32_t e = 0; e < n; e++) EXPECT_FALSE(f.push(e)) << e;
+    for (uint32_t e = 0; e < n; e++)
+        EXPECT_FALSE(f.push(e)) << e;
     EXPECT_TRUE(f.push(n));
     EXPECT_EQ(f.pop(), n);
     while (f.pop() != KV_NIL32) {
