@@ -1188,14 +1188,14 @@ BENCHMARK(BM_PutSteady)
 // the puts are timed (wall clock, per pair: the thread-CPU clock is a 1.6 us
 // syscall here); the removes, random live blocks, are not. Until the
 // remove stopped ending the put's short entry scans (store.cc,
-// end_evict_streak), the second put of each pair scanned the whole entry
+// note_remove), the second put of each pair scanned the whole entry
 // table before it evicted.
 void BM_PutRemoveMix(benchmark::State &state) {
-    constexpr uint64_t block = 16 * KiB;
-    const uint64_t data = uint64_t(state.range(0)) * MiB;
+    const uint64_t block = uint64_t(state.range(0)) * KiB;
+    const uint64_t data = uint64_t(state.range(1)) * MiB;
     PoolSpec spec;
     spec.size = data + 64 * MiB;
-    spec.slab_size = 1 * MiB;
+    spec.slab_size = 1 * MiB; // entry table: the default (one entry per 16 KiB)
     auto bp = BenchPool::create(spec, "mix");
     if (!bp) {
         state.SkipWithError(bp.error().c_str());
@@ -1265,9 +1265,11 @@ void BM_PutRemoveMix(benchmark::State &state) {
     std::free(src);
 }
 BENCHMARK(BM_PutRemoveMix)
-    ->ArgNames({"data_MiB"})
-    ->Arg(64)
-    ->Arg(1024)
+    ->ArgNames({"block_KiB", "data_MiB"})
+    ->Args({16, 64})
+    ->Args({16, 1024})
+    ->Args({64, 64})
+    ->Args({64, 1024})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
