@@ -260,7 +260,7 @@ constexpr uint32_t kEntryScanShort = 8;
 // go on. A full search per remove would find little else: in a full pool a
 // loop of one remove and two puts scanned 4096 entries (the entry streak)
 // or read every slab's line (the block streak) every second put: 2.1-2.3x
-// an evicting put at 16 KiB, 1.07x at 64 KiB in 1 GiB (BM_PutRemoveMix).
+// an evicting put at 16 KiB, 1.06-1.07x at 64 KiB in 1 GiB (BM_PutRemoveMix).
 // Only a hint lost to a ring's overflow ends the streak, so that a full
 // search finds it. Out of a streak the class needs no hint: its next put
 // searches anyway, and a hint would draw it into a slab that may be another

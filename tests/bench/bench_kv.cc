@@ -1038,10 +1038,12 @@ BENCHMARK(BM_MetadataOverhead)
 // on this VM the pool created first was up to 1.8x slower to write than
 // the second whatever it did (its memory's placement), which swamped the
 // difference. Only the puts are timed, in batches (thread CPU time: a
-// syscall of 1.6 us on this VM, a third of one 64 KiB put). The first
-// puts of a full batch come after puts that did not evict, so they search
-// the slab table before they evict (store.cc, the eviction streak): a
-// little more than a pool that stays full pays. Counters: room_us, the put
+// syscall of 1.6 us on this VM, a third of one 64 KiB put). Below 1 MiB
+// a room batch removes 32 blocks, more than the 8 block hints a process
+// keeps per class (store.cc, note_remove), so the removes end the eviction
+// streak and the first puts of the next full batch search the slab table
+// before they evict: a little more than a pool that stays full pays. The
+// 8 removes of a 2 MiB room batch fit, so there the streak goes on. Counters: room_us, the put
 // of a room batch; full_over_room, the sum of the full batches' put times
 // over the room batches' (the target: <= 1.10); full_minus_room_us, their
 // difference per put; evictions_per_put, in the full batches (1) and in
@@ -1176,20 +1178,21 @@ BENCHMARK(BM_PutSteady)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-// ---- 9: removes among puts into a full entry table (issue 5) --------------------------
+// ---- 9: removes among puts into a full pool (issue 5) ---------------------------------
 //
 // An engine that drops blocks (kv_remove) while it puts new ones, into a
-// pool whose entry table fills first (16 KiB blocks, one entry per 16 KiB
-// of data): batches of "remove one live block, put two" alternate with
-// batches of puts only, which all evict. In the mixed batches half the puts
-// take the entry the remove freed (kv_pool::freed_entries) and evict
-// nothing, and the other half evict as the put-only batches do: a mixed put
-// should cost at most what a put-only one does (mixed_over_full <= 1). Only
-// the puts are timed (wall clock, per pair: the thread-CPU clock is a 1.6 us
-// syscall here); the removes, random live blocks, are not. Until the
-// remove stopped ending the put's short entry scans (store.cc,
-// note_remove), the second put of each pair scanned the whole entry
-// table before it evicted.
+// full pool: batches of "remove one live block, put two" alternate with
+// batches of puts only, which all evict. 16 KiB blocks fill the entry table
+// first (one entry per 16 KiB of data), 64 KiB ones the data area. In the
+// mixed batches half the puts take the entry and block the remove freed
+// (kv_pool::freed_entries, freed_blocks) and evict nothing, and the other
+// half evict as the put-only batches do: a mixed put should cost at most
+// what a put-only one does (mixed_over_full <= 1). Only the puts are timed
+// (wall clock, per pair: the thread-CPU clock is a 1.6 us syscall here);
+// the removes, of random live blocks, are not. Until a remove stopped
+// ending the puts' short searches (store.cc, note_remove), the second put
+// of each pair scanned 4096 entries (16 KiB) or read every slab's line
+// (64 KiB) before it evicted.
 void BM_PutRemoveMix(benchmark::State &state) {
     const uint64_t block = uint64_t(state.range(0)) * KiB;
     const uint64_t data = uint64_t(state.range(1)) * MiB;

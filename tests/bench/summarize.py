@@ -248,16 +248,17 @@ def main():
                     t.add(fig, "%.1f us" % us_full + t.noise(k, "time"), base, "%.2fx" % r + t.noise(k, "full_over_room"),
                           "<= 1.10x", r <= 1.10, "every timed put in the full pool evicts one block")
 
-    # 9: removes among puts into a full entry table: a put of a "remove one,
-    # put two" batch against a put of a puts-only batch (all evict), same pool.
-    for data_mib in (64, 1024):
-        k = "BM_PutRemoveMix/data_MiB:%d" % data_mib
-        fig = "9 remove 1 + put 2, 16 KiB, full %s entry table" % ("1 GiB" if data_mib == 1024 else "64 MiB")
+    # 9: removes among puts into a full pool: a put of a "remove one, put
+    # two" batch against a put of a puts-only batch (all evict), same pool.
+    # 16 KiB blocks fill the entry table first, 64 KiB ones the data area.
+    for kib, data_mib in ((16, 64), (16, 1024), (64, 64), (64, 1024)):
+        k = "BM_PutRemoveMix/block_KiB:%d/data_MiB:%d" % (kib, data_mib)
+        fig = "9 remove 1 + put 2, %d KiB, full %s pool" % (kib, "1 GiB" if data_mib == 1024 else "64 MiB")
         if not t.missing(fig, k):
             r = t.get(k, "mixed_over_full")
             t.add(fig, "%.2f us" % t.get(k, "mixed_us"), "%.2f us (puts only, each evicts)" % t.get(k, "full_us"),
                   "%.2fx" % r + t.noise(k, "mixed_over_full"), "<= 1x (ours)", r <= 1.0,
-                  "half the mixed puts take the removed entry and evict nothing")
+                  "half the mixed puts take what the remove freed and evict nothing")
 
     # 7: metadata overhead
     for gib in (1, 4):
