@@ -268,6 +268,16 @@ constexpr uint32_t kEntryScanShort = 8;
 // recheck or rolling short scan; room made by kv_evict_bytes reaches every
 // process, this one included, through room_epoch.
 void note_remove(kv_pool *p, uint32_t cls, uint32_t freed_entry, uint64_t freed_block) {
+    // A block still pinned by a reader is freed by its last release, later:
+    // no hint can name it yet, so end the streaks as before the hints, and
+    // the searches that follow find it once it is free.
+    const uint64_t nblocks = uint64_t(p->hdr->n_slabs) * p->hdr->blocks_per_slab;
+    if (freed_block >= nblocks ||
+        Blk::state(load(p->blocks[freed_block], std::memory_order_relaxed)) != KV_BLOCK_FREE) {
+        p->entry_streak.store(0, std::memory_order_relaxed);
+        if (cls < KV_MAX_CLASSES) p->evict_streak[cls].store(0, std::memory_order_relaxed);
+        return;
+    }
     if (p->freed_entries.push(freed_entry)) p->entry_streak.store(0, std::memory_order_relaxed);
     if (cls >= KV_MAX_CLASSES || p->evict_streak[cls].load(std::memory_order_relaxed) == 0) return;
     if (p->freed_blocks[cls].push(freed_block)) { // the search that follows finds them all
@@ -545,6 +555,7 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
             }
             if (rc) {
                 entry_unclaim(p, e);
+                p->freed_entries.push(e); // it may have been a hint: keep it one
                 return rc;
             }
         } else if (st != 0) { // room found: the streak ends, and hints from it are stale
@@ -580,6 +591,10 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
         uint64_t hc = load(p->entries[holder].ctl, std::memory_order_acquire);
         block_free(p, b, mine);
         entry_unclaim(p, e);
+        // Either may have been a remove's hint: give them back as hints, or
+        // the streak would go on past room this process knows of.
+        p->freed_entries.push(e);
+        if (st != 0) p->freed_blocks[cls].push(b);
         if (Ctl::state(hc) == KV_ENTRY_COMMITTED) {
             bump(my_stats(p).dedups);
             return KV_DEDUP;
@@ -790,8 +805,11 @@ int kv_abort(kv_pool *p, kv_reservation *r) noexcept {
     uint64_t c = load(en.ctl, std::memory_order_acquire);
     uint64_t x = load(en.aux, std::memory_order_relaxed);
     if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED || x != Aux::owner(p->client)) return -EINVAL;
-    block_prefetch(p, load(en.block, std::memory_order_relaxed)); // freed at the end of the abort
+    const uint64_t blk = load(en.block, std::memory_order_relaxed);
+    const uint32_t cls = load(en.class_id, std::memory_order_relaxed);
+    block_prefetch(p, blk); // freed at the end of the abort
     entry_abort(p, e, c, x);
+    note_remove(p, cls, e, blk); // room made, as by a remove
     return 0;
 }
 

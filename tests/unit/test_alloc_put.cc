@@ -230,7 +230,7 @@ class EntryTableFull : public PoolTest {
 
 // In a full table a remove's entry is a hint for the next put, so the put
 // after that must go on with short scans, not scan the whole table to find
-// nothing (a loop of one remove and two puts did that every third put,
+// nothing (a loop of one remove and two puts did that every second put,
 // 2-3x the cost of an evicting put). The path is read from the streak: a
 // full scan that finds nothing restarts it at 1.
 TEST_F(EntryTableFull, ARemoveKeepsTheShortScans) {
