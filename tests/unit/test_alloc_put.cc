@@ -317,6 +317,53 @@ TEST_F(DataAreaFull, ARemoveKeepsTheStreak) {
     expect_consistent();
 }
 
+// Paths that give room back without a remove keep it known: a put of a
+// key already there gives its claimed entry and block back, kv_abort frees
+// a reservation's; either may have been a remove's hint. Then the next put
+// takes the room instead of evicting.
+TEST_F(DataAreaFull, DuplicatePutAndAbortKeepTheHints) {
+    uint64_t next = fill(4);
+    ASSERT_GE(streak(), 4u);
+    for (int round = 0; round < 4; round++) {
+        SCOPED_TRACE(round);
+        kv_key k = key_of(next - 1);
+        ASSERT_EQ(kv_remove(pool_, ns_, &k), 0);
+        const uint64_t ev0 = stats().evictions;
+        if (round % 2 == 0) {
+            ASSERT_EQ(put(next - 2, payload(kLen, next - 2)), KV_DEDUP); // still there
+        } else {
+            kv_key rk = key_of(next + 1000000);
+            kv_reservation r;
+            ASSERT_EQ(kv_reserve(pool_, ns_, &rk, kLen, nullptr, &r), 0);
+            ASSERT_EQ(kv_abort(pool_, &r), 0);
+        }
+        ASSERT_EQ(put(next, payload(kLen, next)), 0);
+        next++;
+        EXPECT_EQ(stats().evictions, ev0) << "the put evicted though a block was free";
+        ASSERT_EQ(put(next, payload(kLen, next)), 0); // full again: evicts
+        next++;
+    }
+    expect_consistent();
+}
+
+// A removed block a reader still pins is freed by its release, later: no
+// hint can name it, so the remove ends the streak and the searches that
+// follow find the block once it is free.
+TEST_F(DataAreaFull, RemoveOfAPinnedBlockEndsTheStreak) {
+    uint64_t next = fill(4);
+    ASSERT_GE(streak(), 4u);
+    kv_view v{};
+    ASSERT_EQ(get(next - 1, &v), 0);
+    kv_key k = key_of(next - 1);
+    ASSERT_EQ(kv_remove(pool_, ns_, &k), 0);
+    EXPECT_EQ(streak(), 0u);
+    ASSERT_EQ(kv_release(pool_, &v), 0);
+    const uint64_t ev0 = stats().evictions;
+    ASSERT_EQ(put(next, payload(kLen, next)), 0);
+    EXPECT_EQ(stats().evictions, ev0) << "the put evicted though the released block was free";
+    expect_consistent();
+}
+
 // More removes than the class's ring holds: the streak ends, and the
 // searches that follow find every freed block.
 TEST_F(DataAreaFull, HintsLostToTheRingEndTheStreak) {
