@@ -205,116 +205,115 @@ TEST_F(HomeSlabs, FullPoolIsSharedAsBefore) {
     for (uint64_t j = 0; j < rs.size(); j++) EXPECT_EQ(kv_abort(j % 2 ? b : pool_, &rs[j]), 0);
 }
 
-// A pool whose entry table fills first: 4 KiB blocks, one entry per 64 KiB
-// of data, so every put into the full table takes the entry-table path
-// (store.cc, reserve_impl: short rolling scans while kv_pool::entry_streak
-// is non-zero, the entries this process's removes freed first).
-class EntryTableFull : public PoolTest {
+// A full pool, either of its two kinds below, and the checks both share:
+// a remove's entry and block are hints for the next puts, so the put after
+// them goes on with the short search (store.cc, note_remove), and hints
+// lost to a ring's overflow end it. The path is read from the process-local
+// streak: a search that finds nothing and evicts restarts it at 1.
+class FullPool : public PoolTest {
   protected:
-    static constexpr uint64_t kLen = 4 * KiB;
-    void customize(kv_create_opts &o) override { o.avg_block_size = 64 * KiB; }
-    // Put blocks 0, 1, ... until puts evict, then kExtra more; returns the
+    virtual uint64_t len() const = 0;
+    virtual uint32_t streak() = 0;
+    virtual void expect_shape() = 0; // which limit filled
+    // Put blocks 0, 1, ... until puts evict, then extra more; returns the
     // next unused id.
     uint64_t fill(uint64_t extra) {
         uint64_t i = 0;
         for (; stats().evictions == 0 && i < 100000; i++)
-            EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
+            EXPECT_EQ(put(i, payload(len(), i)), 0) << i;
         for (uint64_t j = 0; j < extra; j++, i++)
-            EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
-        EXPECT_LT(usage().block_bytes_used, stats().capacity / 4)
-            << "the data area filled, not the entry table";
+            EXPECT_EQ(put(i, payload(len(), i)), 0) << i;
+        expect_shape();
         return i;
     }
-    uint32_t streak() { return pool_->entry_streak.load(); }
+    // Rounds of: remove the newest block, put (takes what the remove freed:
+    // no eviction, streak unchanged), put (short search, evicts: streak + 1).
+    void expect_removes_keep_the_streak() {
+        uint64_t next = fill(4);
+        const uint32_t st0 = streak();
+        ASSERT_GE(st0, 4u) << "the puts into the full pool did not keep a streak";
+        const uint64_t ev0 = stats().evictions;
+        for (uint64_t r = 0; r < 8; r++) {
+            kv_key k = key_of(next - 1); // the newest block: still there
+            ASSERT_EQ(kv_remove(pool_, ns_, &k), 0);
+            EXPECT_EQ(streak(), st0 + r) << "kv_remove ended the streak";
+            ASSERT_EQ(put(next, payload(len(), next)), 0);
+            next++;
+            EXPECT_EQ(stats().evictions, ev0 + r)
+                << "the put after a remove evicted instead of taking what it freed";
+            ASSERT_EQ(put(next, payload(len(), next)), 0);
+            next++;
+            EXPECT_EQ(streak(), st0 + r + 1)
+                << "the second put searched in full (streak restarted)";
+        }
+        expect_consistent();
+    }
+    // More removes than a ring of `slots` holds: the streak ends, and the
+    // searches that follow find everything the removes freed.
+    void expect_lost_hints_end_the_streak(uint32_t slots) {
+        uint64_t next = fill(4);
+        ASSERT_GT(streak(), 0u);
+        const uint32_t n = slots + 4;
+        for (uint32_t r = 0; r < n; r++) {
+            kv_key k = key_of(next - 1 - r);
+            ASSERT_EQ(kv_remove(pool_, ns_, &k), 0) << r;
+        }
+        EXPECT_EQ(streak(), 0u);
+        const uint64_t ev0 = stats().evictions;
+        for (uint32_t r = 0; r < n; r++, next++)
+            ASSERT_EQ(put(next, payload(len(), next)), 0) << r;
+        EXPECT_EQ(stats().evictions, ev0) << "puts evicted while room freed by removes was FREE";
+        expect_consistent();
+    }
 };
 
-// In a full table a remove's entry is a hint for the next put, so the put
-// after that must go on with short scans, not scan the whole table to find
-// nothing (a loop of one remove and two puts did that every second put,
-// 2-3x the cost of an evicting put). The path is read from the streak: a
-// full scan that finds nothing restarts it at 1.
-TEST_F(EntryTableFull, ARemoveKeepsTheShortScans) {
-    uint64_t next = fill(4);
-    const uint32_t st0 = streak();
-    ASSERT_GE(st0, 4u) << "the puts into the full table did not keep a streak";
-    const uint64_t ev0 = stats().evictions;
-    for (uint64_t r = 0; r < 8; r++) {
-        kv_key k = key_of(next - 1); // the newest block: still there
-        ASSERT_EQ(kv_remove(pool_, ns_, &k), 0);
-        EXPECT_EQ(streak(), st0 + r) << "kv_remove ended the short scans";
-        ASSERT_EQ(put(next, payload(kLen, next)), 0);
-        next++;
-        EXPECT_EQ(stats().evictions, ev0 + r)
-            << "the put after a remove evicted instead of taking its entry";
-        ASSERT_EQ(put(next, payload(kLen, next)), 0);
-        next++;
-        EXPECT_EQ(streak(), st0 + r + 1)
-            << "the second put scanned the whole table (streak restarted)";
+// The entry table fills first: 4 KiB blocks, one entry per 64 KiB of data,
+// so every put into the full table takes the entry-table path (store.cc,
+// reserve_impl: short rolling scans while kv_pool::entry_streak is
+// non-zero, the entries this process's removes freed first). Before
+// b5ec50d a remove ended the short scans, and a loop of one remove and two
+// puts scanned 4096 entries every second put (2-3x an evicting put).
+class EntryTableFull : public FullPool {
+  protected:
+    static constexpr uint64_t kLen = 4 * KiB;
+    void customize(kv_create_opts &o) override { o.avg_block_size = 64 * KiB; }
+    uint64_t len() const override { return kLen; }
+    uint32_t streak() override { return pool_->entry_streak.load(); }
+    void expect_shape() override {
+        EXPECT_LT(usage().block_bytes_used, stats().capacity / 4)
+            << "the data area filled, not the entry table";
     }
-    expect_consistent();
+};
+
+TEST_F(EntryTableFull, ARemoveKeepsTheShortScans) {
+    expect_removes_keep_the_streak();
 }
 
-// More removes than the ring holds: a hint is lost, so the short scans
-// end and the next scan is a full one, which finds the lost entries.
 TEST_F(EntryTableFull, HintsLostToTheRingEndTheShortScans) {
-    uint64_t next = fill(4);
-    ASSERT_GT(streak(), 0u);
-    const uint32_t n = kv::detail::FreedEntries::kSlots + 8;
-    for (uint32_t r = 0; r < n; r++) {
-        kv_key k = key_of(next - 1 - r);
-        ASSERT_EQ(kv_remove(pool_, ns_, &k), 0) << r;
-    }
-    EXPECT_EQ(streak(), 0u);
-    const uint64_t ev0 = stats().evictions;
-    for (uint32_t r = 0; r < n; r++, next++)
-        ASSERT_EQ(put(next, payload(kLen, next)), 0) << r;
-    EXPECT_EQ(stats().evictions, ev0) << "puts evicted while entries freed by removes were FREE";
-    expect_consistent();
+    expect_lost_hints_end_the_streak(kv::detail::FreedEntries::kSlots);
 }
 
 // The data area fills first (64 KiB blocks; one entry per 16 KiB): the
-// same for the block streak (kv_pool::evict_streak[cls], store.cc), whose
-// puts try only their home slabs before they evict, and for the blocks a
-// remove frees while the class is in a streak (kv_pool::freed_blocks).
-class DataAreaFull : public PoolTest {
+// block streak (kv_pool::evict_streak[cls]), whose puts try only their
+// home slabs before they evict, and the blocks a remove frees while the
+// class is in a streak (kv_pool::freed_blocks). Before 534f112 a remove
+// ended the streak, and the next put read every slab's line (in 1 GiB a
+// loop of one remove and two 64 KiB puts cost 6% more per put than puts
+// that all evict).
+class DataAreaFull : public FullPool {
   protected:
     static constexpr uint64_t kLen = 64 * KiB;
-    uint64_t fill(uint64_t extra) {
-        uint64_t i = 0;
-        for (; stats().evictions == 0 && i < 100000; i++)
-            EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
-        for (uint64_t j = 0; j < extra; j++, i++)
-            EXPECT_EQ(put(i, payload(kLen, i)), 0) << i;
-        EXPECT_EQ(pool_->entry_streak.load(), 0u) << "the entry table filled, not the data area";
-        return i;
+    uint64_t len() const override { return kLen; }
+    uint32_t streak() override {
+        return pool_->evict_streak[kv::detail::class_for(pool_, kLen)].load();
     }
-    uint32_t streak() { return pool_->evict_streak[kv::detail::class_for(pool_, kLen)].load(); }
+    void expect_shape() override {
+        EXPECT_EQ(pool_->entry_streak.load(), 0u) << "the entry table filled, not the data area";
+    }
 };
 
-// A remove's block is a hint for the next put of its class, so the put
-// after that goes on trying its home slabs only, instead of reading every
-// slab's line to find nothing (in a 1 GiB pool that made a loop of one
-// remove and two 64 KiB puts 6% dearer per put than puts that all evict).
-// A search that finds nothing and evicts restarts the streak at 1.
 TEST_F(DataAreaFull, ARemoveKeepsTheStreak) {
-    uint64_t next = fill(4);
-    const uint32_t st0 = streak();
-    ASSERT_GE(st0, 4u) << "the puts into the full pool did not keep a streak";
-    const uint64_t ev0 = stats().evictions;
-    for (uint64_t r = 0; r < 8; r++) {
-        kv_key k = key_of(next - 1); // the newest block: still there
-        ASSERT_EQ(kv_remove(pool_, ns_, &k), 0);
-        EXPECT_EQ(streak(), st0 + r) << "kv_remove ended the streak";
-        ASSERT_EQ(put(next, payload(kLen, next)), 0);
-        next++;
-        EXPECT_EQ(stats().evictions, ev0 + r)
-            << "the put after a remove evicted instead of taking its block";
-        ASSERT_EQ(put(next, payload(kLen, next)), 0);
-        next++;
-        EXPECT_EQ(streak(), st0 + r + 1)
-            << "the second put searched the slab table (streak restarted)";
-    }
-    expect_consistent();
+    expect_removes_keep_the_streak();
 }
 
 // Paths that give room back without a remove keep it known: a put of a
@@ -364,22 +363,8 @@ TEST_F(DataAreaFull, RemoveOfAPinnedBlockEndsTheStreak) {
     expect_consistent();
 }
 
-// More removes than the class's ring holds: the streak ends, and the
-// searches that follow find every freed block.
 TEST_F(DataAreaFull, HintsLostToTheRingEndTheStreak) {
-    uint64_t next = fill(4);
-    ASSERT_GT(streak(), 0u);
-    const uint32_t n = kv::detail::FreedBlocks::kSlots + 4;
-    for (uint32_t r = 0; r < n; r++) {
-        kv_key k = key_of(next - 1 - r);
-        ASSERT_EQ(kv_remove(pool_, ns_, &k), 0) << r;
-    }
-    EXPECT_EQ(streak(), 0u);
-    const uint64_t ev0 = stats().evictions;
-    for (uint32_t r = 0; r < n; r++, next++)
-        ASSERT_EQ(put(next, payload(kLen, next)), 0) << r;
-    EXPECT_EQ(stats().evictions, ev0) << "puts evicted while blocks freed by removes were FREE";
-    expect_consistent();
+    expect_lost_hints_end_the_streak(kv::detail::FreedBlocks::kSlots);
 }
 
 // kv_pool::freed_entries (detail.h): the hints of entries this process's
