@@ -312,13 +312,16 @@ TEST_F(EvictionTest, EvictionAcrossSizeClasses) {
     expect_consistent();
 }
 
-// CLOCK: a block that is read between every two evictions keeps getting its
-// second chance, so it outlives many rounds of the pool's capacity.
+// The default policy (PREFIX; every block here is a chain of one, so it is
+// LRU among all of them): a block that is read between every two evictions
+// is always the most recently used, so it outlives many rounds of the
+// pool's capacity, while the blocks nobody reads again go.
 TEST_F(EvictionTest, HotBlockSurvivesEviction) {
     const uint64_t len = 64 * KiB;
     const auto hot = payload(len, 424242);
     ASSERT_EQ(put(424242, hot), 0);
-    const uint64_t n = 3 * stats().capacity / len;
+    const uint64_t cap = stats().capacity / len;
+    const uint64_t n = 3 * cap;
     for (uint64_t i = 0; i < n; i++) {
         ASSERT_EQ(put(i, payload(len, i)), 0) << i;
         kv_view v{};
@@ -326,8 +329,15 @@ TEST_F(EvictionTest, HotBlockSurvivesEviction) {
         EXPECT_EQ(kv_release(pool_, &v), 0);
     }
     EXPECT_GT(stats().evictions, n / 2);
-    // A block nobody reads again is gone after that many puts.
-    EXPECT_EQ(contains(0), 0);
+    // The first `cap` blocks, never read again, each saw about 2 x cap
+    // evictions. Eviction is sampled (a top-up of about 8 probes of the
+    // 4096-entry table per eviction), so any one of them is missed by every
+    // sample with probability about e^-4 (2%): "block 0 is gone" failed one
+    // CI run in a few dozen. So count: 0.5-3.3% of them survived in 40 runs
+    // here, and evicting at random instead of by age would leave e^-2, 13.5%.
+    uint64_t survivors = 0;
+    for (uint64_t i = 0; i < cap; i++) survivors += contains(i) == 1;
+    EXPECT_LT(survivors, cap / 12) << "of the " << cap << " oldest blocks";
 }
 
 TEST_F(EvictionTest, EvictBytes) {
