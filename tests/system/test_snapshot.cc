@@ -11,6 +11,7 @@
 #include "snapshot.h"
 #include "snapshot_format.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -449,8 +450,15 @@ TEST_F(SnapshotTest, PersistUnderConcurrentLoad) {
     munmap(stop, 4096);
     expect_no_leaks(src.p);
 
-    // The source ran full (the children's puts evict): room for it all.
-    Pool &dst = make_pool(256 << 20);
+    // The source ran full (the children's puts evict). A live persist is
+    // not a point-in-time copy: a block put into a slot the scan has yet to
+    // reach while an older one it wrote is evicted makes the file hold more
+    // than the pool ever did at once. Once, under ASan (a slower scan), it
+    // filled the fixed 256 MiB pool this restored into, and the restore
+    // dropped the rest. Room for it all, with slack for the size classes'
+    // rounding and slabs.
+    const uint64_t dst_size = std::max<uint64_t>(256 << 20, 2 * results.back().bytes + (64 << 20));
+    Pool &dst = make_pool(dst_size);
     auto r = snap::restore(dst.p, file("live.kvsnap"), {});
     ASSERT_TRUE(r.has_value()) << r.error().message;
     EXPECT_EQ(r->dropped, 0u);
@@ -458,8 +466,10 @@ TEST_F(SnapshotTest, PersistUnderConcurrentLoad) {
     // A key removed and put again during the scan can be met twice.
     EXPECT_EQ(r->blocks + r->skipped, results.back().blocks);
     EXPECT_EQ(check_every_block(dst.p), r->blocks);
-    printf("[          ] live persist: %zu blocks written, %zu skipped (removed meanwhile)\n",
-           size_t(results.back().blocks), size_t(results.back().skipped));
+    printf("[          ] live persist: %zu blocks (%zu MiB) written, %zu skipped (removed "
+           "meanwhile)\n",
+           size_t(results.back().blocks), size_t(results.back().bytes >> 20),
+           size_t(results.back().skipped));
 }
 
 // ---- Failed persists -------------------------------------------------------------
