@@ -268,8 +268,14 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, Vict
         // Stop at `sample` candidates, or after 2 x `sample` probes once one
         // is found: in a sparse table (blocks larger than avg_block_size) a
         // full sample would cost a scan of most of the table per eviction;
-        // the candidate pool makes up for the smaller sample.
-        for (uint64_t probe = 0; probe < n && found < sample && (found == 0 || probe < 2 * uint64_t(sample));
+        // the candidate pool makes up for the smaller sample. A table of at
+        // most 2 x `sample` entries is probed whole, so the choice there is
+        // exact (stopping at `sample` candidates in a dense one left it to
+        // the candidate pool to hold the best, which it nearly always did).
+        const bool whole = n <= 2 * uint64_t(sample);
+        for (uint64_t probe = 0;
+             probe < n &&
+             (whole || (found < sample && (found == 0 || probe < 2 * uint64_t(sample))));
              probe++, idx = step(idx, stride, n)) {
             __builtin_prefetch(&p->entries[ahead]);
             __builtin_prefetch(&p->entries[ahead].rank);

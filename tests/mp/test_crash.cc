@@ -110,7 +110,7 @@ void CrashTest::run_rounds(const CrashPool &cp) {
         if (mode == 0 || mode == 4) {
             // Only the parent may reap in these modes: no attach may come
             // after the kill (an attach reaps too).
-            for (int w = 0; w < 20000; w++) {
+            for (int w = 0; w < 100000; w++) { // up to 10 s (ASan, a loaded VM)
                 bool all = true;
                 for (int i = 0; i < kWorkers; i++)
                     all &= board_->w[i].attached.load() == 1;
@@ -584,7 +584,7 @@ TEST_F(CrashTest, KillDuringPinStorm) {
         ASSERT_GT(b, 0);
         kids_ = {a, b};
         // b must be attached before a dies, or b's attach would reap a.
-        for (int i = 0; i < 20000 && board_->w[1].attached.load() == 0; i++)
+        for (int i = 0; i < 100000 && board_->w[1].attached.load() == 0; i++) // up to 10 s
             usleep(100);
         ASSERT_EQ(board_->w[1].attached.load(), 1) << "survivor never attached\n"
                                                    << board_->messages();

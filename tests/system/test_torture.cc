@@ -29,10 +29,11 @@
 #include "../mp/mp_common.h"
 #include "daemon_fixture.h"
 
+#include <algorithm>
 #include <dirent.h>
 #include <nlohmann/json.hpp>
-
 #include <set>
+#include <sys/stat.h>
 
 namespace {
 
@@ -144,12 +145,21 @@ class TortureTest : public kvtest::DaemonTest {
         blocks_seen_ += w.found;
     }
 
-    // Restore the newest snapshot into a fresh pool "verify", twice the
-    // size (a full pool's blocks need not fit an equal pool whose slabs are
-    // carved in another order), check every block, destroy it.
+    // Restore the newest snapshot into a fresh pool "verify", check every
+    // block, destroy it. Sized from the file: a full pool's blocks need not
+    // fit an equal pool whose slabs are carved in another order (verify's
+    // slabs are kvctl's default 4 MiB, and each of alpha's two dozen size
+    // classes takes at least one), and a persist taken under load can hold
+    // more than the pool did at any one time (a block put where the scan
+    // has yet to look while one it wrote is evicted). So twice the file,
+    // plus a slab per class: a fixed 128M left 2-5 slabs to spare.
     void check_snapshot(const std::string &when) {
-        if (access(snapshot().c_str(), F_OK) != 0) return; // none completed yet
-        Proc c = ctl({"create", "verify", "--size", "128M", "--hugepages", "never"});
+        struct stat sb {};
+        if (stat(snapshot().c_str(), &sb) != 0) return; // none completed yet
+        const uint64_t verify_mib =
+            std::max<uint64_t>(128, 2 * (uint64_t(sb.st_size) >> 20) + 24 * 4);
+        Proc c = ctl({"create", "verify", "--size", std::to_string(verify_mib) + "M", "--hugepages",
+                      "never"});
         ASSERT_EQ(c.code, 0) << when << ": create verify: " << c.err;
         struct Destroy {
             TortureTest *t;

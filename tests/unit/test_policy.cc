@@ -279,13 +279,15 @@ TEST_F(PolicyTest, ExpiredBlocksAreNotFoundAndGoFirst) {
     put_all({1, 2});
     kv_put_opts o{};
     o.struct_size = sizeof o;
-    o.ttl_ms = 50;
+    // Long enough that a stall of the test (ASan, a loaded 2-core VM) does
+    // not expire a block between its put and the check that it is there.
+    o.ttl_ms = 1000;
     ASSERT_EQ(put_ex(3, o), 0);
     ASSERT_EQ(put_ex(4, o), 0);
     kv_view v{};
     ASSERT_EQ(get(3, &v), 0) << "not expired yet";
     touch(4);
-    std::this_thread::sleep_for(std::chrono::milliseconds(80));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1100));
     EXPECT_EQ(contains(4), 0);
     kv_view v2{};
     EXPECT_EQ(get(4, &v2), -ENOENT);
