@@ -406,7 +406,9 @@ Found index_find(kv_pool *p, uint32_t ns, const kv_key &k);
 // linked, else the index of the entry that already holds the key.
 uint32_t index_insert(kv_pool *p, uint32_t e);
 // Make sure entry e (state DEAD at gen) is marked and unlinked; returns once
-// e is unreachable, and moves it to UNLINKED (freeing it if unpinned).
+// e is unreachable, and moves it to UNLINKED (freeing it if unpinned). A
+// call made late, once e is no longer DEAD at gen (someone else finished the
+// removal; e may live again under another key), changes nothing.
 void index_remove(kv_pool *p, uint32_t e, uint32_t gen);
 // e (seen at gen) is unreachable now: DEAD -> UNLINKED, free if unpinned.
 void on_unlinked_gen(kv_pool *p, uint32_t e, uint32_t gen);

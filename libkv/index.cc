@@ -16,8 +16,10 @@
 //      never returns to an earlier value (ABA): a CAS or validation that
 //      expects an old value fails.
 //  I4. A mark bit on an entry's next word means "logically deleted"; only
-//      entries whose ctl state is DEAD are marked, and a marked next word is
-//      never changed again until the entry is recycled.
+//      entries whose ctl state is DEAD are marked (mark() checks the state
+//      and generation the marker saw DEAD after reading the next word, so
+//      a late marker cannot mark the entry's next life), and a marked next
+//      word is never changed again until the entry is recycled.
 //  I5. Whoever's CAS unlinks an entry calls on_unlinked(); if it dies before
 //      doing so, the reaper's sweep (reap.cc) does it: the state stays DEAD,
 //      and a DEAD entry that a full find() pass did not meet is unreachable.
@@ -47,13 +49,37 @@ int cmp(const KeyView &a, uint32_t ns, const kv_key &k) {
     return 0;
 }
 
-// Set the mark on e's next word (logical deletion). Idempotent.
-void mark(kv_pool *p, uint32_t e) {
-    uint64_t &nx = p->entries[e].next;
-    uint64_t v = load(nx, std::memory_order_acquire);
-    while (!Link::marked(v)) {
+// Set the mark on e's next word (logical deletion) if e is still DEAD in
+// generation gen; false if it is not (its removal was finished by someone
+// else and e may already live again under another key). Idempotent.
+//
+// Why the check (I4): a remover, a reaper's sweep (which helps every DEAD
+// entry, live removers' too) or an insert that met e DEAD may reach here
+// after another process unlinked e, freed it, claimed it again and linked
+// it under a new key; marking then would mark that new, COMMITTED life,
+// and the next traversal would unlink it: a committed entry nobody can
+// find (CrashTest.KillRandomWorkerRoundsEntryTableFull, where an evicting
+// put claims its victim's entry at once, caught it in CI). So the next
+// word is read first and ctl after it: if ctl still says DEAD(gen), v is a
+// value of this life (a next value of the next life is stored after that
+// life's claim CAS and its release fence K1, store.cc, so an acquire load
+// that reads it sees the claim). A recycle between the check and the CAS
+// stores a next word with a higher tag (index_insert, I3), so the CAS
+// fails and the check is made again.
+bool mark(kv_pool *p, uint32_t e, uint32_t gen) {
+    kv_entry &en = p->entries[e];
+    for (;;) {
+        uint64_t v = load(en.next, std::memory_order_acquire);
+        // Marked already: by this life's removal (a later life's, if e has
+        // lived and died again since, which the gen check of the caller's
+        // on_unlinked_gen then tells apart). Nothing to mark either way.
+        if (Link::marked(v)) return true;
+        const uint64_t c = load(en.ctl, std::memory_order_acquire);
+        if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_DEAD) return false;
         // M1: acq_rel; the finder that sees the mark (F2) then unlinks.
-        if (cas(nx, v, Link::make(Link::idx(v), Link::tag(v) + 1, true), std::memory_order_acq_rel)) return;
+        if (cas(en.next, v, Link::make(Link::idx(v), Link::tag(v) + 1, true),
+                std::memory_order_acq_rel))
+            return true;
     }
 }
 
@@ -130,7 +156,7 @@ uint32_t index_insert(kv_pool *p, uint32_t e) {
                 if (entry_key_is(h, kv.ns, k)) return f.cur;
                 continue; // recycled under us: look again
             }
-            if (st == KV_ENTRY_DEAD) mark(p, f.cur);
+            if (st == KV_ENTRY_DEAD) mark(p, f.cur, Ctl::gen(c));
             continue;
         }
         // Keep the tag of our next word increasing across reuse (I3).
@@ -145,7 +171,7 @@ uint32_t index_insert(kv_pool *p, uint32_t e) {
 
 void index_remove(kv_pool *p, uint32_t e, uint32_t gen) {
     kv_entry &en = p->entries[e];
-    mark(p, e);
+    if (!mark(p, e, gen)) return; // already unlinked (and its unlinker called on_unlinked)
     KeyView kv = read_key(en);
     // A find for e's key passes e if it is still linked (I1: a marked entry
     // precedes any unmarked entry with the same key) and unlinks it, so when
