@@ -385,6 +385,15 @@ bool slab_retire(kv_pool *p, uint32_t s) {
                 uint32_t e = Blk::owner(w);
                 if (e < p->hdr->n_entries) {
                     uint64_t ec = load(p->entries[e].ctl, std::memory_order_acquire);
+                    // Is ec the life that owns this block? Between the two
+                    // loads e's owner may have freed the block (FREE, tag
+                    // bumped) and then e, and e may live again with a block
+                    // elsewhere: killing that life would evict an unrelated
+                    // block. The free of the block precedes e's FREE(g+1),
+                    // which precedes any later life's ctl that the acquire
+                    // load above can read, so the block word read again
+                    // differs from w if the life changed.
+                    if (load(words[slot], std::memory_order_acquire) != w) continue;
                     if (Ctl::state(ec) == KV_ENTRY_COMMITTED && Ctl::pins(ec) == 0 &&
                         entry_kill(p, e, Ctl::gen(ec), true)) {
                         bump(my_stats(p).evictions);

@@ -63,9 +63,11 @@ int cmp(const KeyView &a, uint32_t ns, const kv_key &k) {
 // word is read first and ctl after it: if ctl still says DEAD(gen), v is a
 // value of this life (a next value of the next life is stored after that
 // life's claim CAS and its release fence K1, store.cc, so an acquire load
-// that reads it sees the claim). A recycle between the check and the CAS
-// stores a next word with a higher tag (index_insert, I3), so the CAS
-// fails and the check is made again.
+// that reads it sees the claim). Once the check has passed, the CAS can
+// succeed only while this life is unfinished: the only way out of DEAD(gen)
+// is on_unlinked_gen, after an unlink that needs the mark, so whoever
+// finishes the life first has changed next from v; and a later life's
+// writes to next bump its tag (I3), so v never comes back.
 bool mark(kv_pool *p, uint32_t e, uint32_t gen) {
     kv_entry &en = p->entries[e];
     for (;;) {
