@@ -152,7 +152,7 @@ class TortureTest : public kvtest::DaemonTest {
     // classes takes at least one), and a persist taken under load can hold
     // more than the pool did at any one time (a block put where the scan
     // has yet to look while one it wrote is evicted). So twice the file,
-    // plus a slab per class: a fixed 128M left 2-5 slabs to spare.
+    // plus a slab per class: a fixed 128M left only a few slabs to spare.
     void check_snapshot(const std::string &when) {
         struct stat sb {};
         if (stat(snapshot().c_str(), &sb) != 0) return; // none completed yet
