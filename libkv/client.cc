@@ -111,6 +111,13 @@ int client_claim(kv_pool *p) {
             if (PinB::phase(load(p->journal[s].b, std::memory_order_relaxed)) == KV_PIN_FREE)
                 p->free_slots->push(s);
         }
+        // A record still pending here was left by a user this slot outlived
+        // (the reaper decides records before freeing a slot; a damaged
+        // region may not have): decide it as a dead client's, then every
+        // record is free for this process's threads.
+        acct_resolve_dead(p, i);
+        p->acct_free = std::make_unique<SlotStack>(KV_ACCT_RECORDS);
+        for (uint32_t r = KV_ACCT_RECORDS; r-- > 0;) p->acct_free->push(r);
         p->entry_cursor.store(uint32_t((uint64_t(p->pid) * 2654435761ULL) % p->hdr->n_entries),
                               std::memory_order_relaxed);
         return 0;

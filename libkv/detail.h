@@ -277,6 +277,8 @@ struct kv_pool {
     kv::detail::FreedEntries freed_entries;
     kv::detail::FreedBlocks freed_blocks[KV_MAX_CLASSES];
     std::unique_ptr<kv::detail::SlotStack> free_slots;
+    // This client's live-bytes records (kv_client.acct) not held by a thread.
+    std::unique_ptr<kv::detail::SlotStack> acct_free;
 };
 
 namespace kv::detail {
@@ -308,6 +310,28 @@ inline void prefetch_w(const void *a) {
 #else
 inline void prefetch_w(const void *a) { __builtin_prefetch(a, 1, 3); }
 #endif
+
+// ---- Live-bytes accounting (accounting.cc, PROTOCOL.md section 11) --------------
+// Fault injection for the crash tests: where set (only tests set it, in a
+// child they then let die), called at each point where a process killed
+// leaves a record for its reaper to decide. Not exported by libkv.so.
+enum class AcctPoint { CommitWrittenDown, CommitDone, FreeWrittenDown, FreeDone };
+inline void (*acct_crash_hook)(AcctPoint) = nullptr;
+inline void acct_crash_point(AcctPoint at) {
+    if (acct_crash_hook) [[unlikely]]
+        acct_crash_hook(at);
+}
+
+// Write down a commit (freeing false) or a free of len committed bytes of
+// entry e in generation gen, before the CAS that does it; KV_NIL32 when
+// nothing is to be accounted (len 0, or a v1.1 region).
+uint32_t acct_begin(kv_pool *p, uint32_t e, uint32_t gen, uint64_t len, bool freeing);
+// After that CAS: account the record if the CAS succeeded, then give it back.
+void acct_end(kv_pool *p, uint32_t record, bool took_effect);
+// Decide the pending records of a dead client's slot (the reaper holds it).
+void acct_resolve_dead(kv_pool *p, uint32_t client);
+// The sum over every record: exact whenever no operation is in flight.
+uint64_t live_bytes(kv_pool *p);
 
 inline kv_client_stats &my_stats(kv_pool *p) { return p->clients[p->client].stats; }
 // Per-client counter: only this client's threads write it (its own cache

@@ -173,7 +173,7 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
     h.abi_major = KV_ABI_MAJOR;
     h.abi_minor = KV_ABI_MINOR;
     h.header_size = sizeof(kv_region_header);
-    h.incompat_features = KV_INCOMPAT_F_CAS16;
+    h.incompat_features = KV_INCOMPAT_F_CAS16 | KV_INCOMPAT_F_LIVE_ACCT;
     h.compat_features = KV_COMPAT_F_EVICT_POLICY;
     h.numa_node = KV_NUMA_NONE;
     *out = h;

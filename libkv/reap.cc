@@ -6,7 +6,8 @@
 // the same way. Every step below is idempotent, so a takeover simply runs
 // the whole sequence again.
 //
-// Order matters: journal slots first (pins), then entries the client owned
+// Order matters: live-bytes records first (accounting.cc), journal slots
+// (pins), then entries the client owned
 // (reservations and half-done frees), then slabs it was activating or
 // retiring, then OWNED blocks (claimed but never attached to an entry;
 // entry_finish_free leaves those to this last step).
@@ -16,6 +17,9 @@ namespace kv::detail {
 
 void reclaim_client(kv_pool *p, uint32_t client) {
     const kv_region_header &h = *p->hdr;
+    // First: a pending record is decided from its entry as the client left
+    // it, before the steps below abort its reservations and finish its frees.
+    acct_resolve_dead(p, client);
     for (uint32_t s = 0; s < h.pins_per_client; s++) {
         kv_pin_slot &js = p->journal_all[uint64_t(client) * h.pins_per_client + s];
         if (PinB::phase(load(js.b, std::memory_order_acquire)) != KV_PIN_FREE) journal_recover_slot(p, client, s);

@@ -617,9 +617,14 @@ int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t su
     if (!have_sum) sum = copy_hash(nullptr, block_data(p, load(en.block, std::memory_order_relaxed), en.class_id), len);
     store(en.checksum, sum, std::memory_order_relaxed);
     store(en.commit_ns, now_ns(), std::memory_order_relaxed);
+    const uint32_t rec = acct_begin(p, e, gen, len, false);
+    acct_crash_point(AcctPoint::CommitWrittenDown);
     // C1: publish (full barrier).
-    if (!cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_COMMITTED, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)}))
-        return -EINVAL;
+    const bool committed =
+        cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_COMMITTED, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
+    acct_crash_point(AcctPoint::CommitDone);
+    acct_end(p, rec, committed);
+    if (!committed) return -EINVAL;
     kv_client_stats &st = my_stats(p);
     bump(st.puts);
     bump(st.bytes_committed, len);
@@ -677,8 +682,14 @@ void entry_finish_free(kv_pool *p, uint32_t e) {
     uint64_t len = load(en.length, std::memory_order_relaxed);
     if (b < uint64_t(p->hdr->n_slabs) * p->hdr->blocks_per_slab) {
         uint64_t w = load(p->blocks[b], std::memory_order_acquire);
-        if (Blk::state(w) == KV_BLOCK_ENTRY && Blk::owner(w) == e && block_free(p, b, w))
-            bump(my_stats(p).bytes_freed, len);
+        if (Blk::state(w) == KV_BLOCK_ENTRY && Blk::owner(w) == e) {
+            const uint32_t rec = acct_begin(p, e, Ctl::gen(c), len, true);
+            acct_crash_point(AcctPoint::FreeWrittenDown);
+            const bool freed = block_free(p, b, w);
+            acct_crash_point(AcctPoint::FreeDone);
+            acct_end(p, rec, freed);
+            if (freed) bump(my_stats(p).bytes_freed, len);
+        }
     }
     store(en.clock, 0U, std::memory_order_relaxed);
     entry_unlink_parent(p, en);
@@ -718,6 +729,10 @@ bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned) {
 void entry_abort(kv_pool *p, uint32_t e, uint64_t c, uint64_t x) {
     kv_entry &en = p->entries[e];
     if (Ctl::state(c) != KV_ENTRY_RESERVED) return;
+    // A4 (accounting.cc): a block never committed is freed with length 0,
+    // so its free neither counts as freed bytes nor changes live bytes. Only
+    // the owner or its reaper writes a RESERVED entry's length.
+    store(en.length, uint64_t(0), std::memory_order_relaxed);
     if (!cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_DEAD, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)}))
         return;
     index_remove(p, e, Ctl::gen(c)); // linked or not, it ends UNLINKED and is freed

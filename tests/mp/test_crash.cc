@@ -216,6 +216,10 @@ void CrashTest::run_rounds(const CrashPool &cp) {
         kv_usage u{};
         ASSERT_EQ(kv_pool_usage(pool_, &u), 0);
         EXPECT_TRUE(quiescent(u));
+        // Live bytes are exact whatever instruction the victims died at.
+        uint64_t live = 0;
+        ASSERT_EQ(kv_pool_live_bytes(pool_, &live), 0);
+        EXPECT_EQ(live, u.bytes_committed) << "live bytes drifted from the entry table";
         EXPECT_EQ(board_->failures.load(), 0u) << board_->messages();
         rounds_run = round + 1;
         if (HasFailure()) {
@@ -252,6 +256,9 @@ void CrashTest::run_rounds(const CrashPool &cp) {
     EXPECT_EQ(w.bad, 0u) << w.first_error;
     EXPECT_EQ(w.found, u.entries_committed);
     EXPECT_EQ(w.bytes, u.bytes_committed);
+    uint64_t live = 0;
+    ASSERT_EQ(kv_pool_live_bytes(pool_, &live), 0);
+    EXPECT_EQ(live, u.bytes_committed);
     kv_stats s{};
     ASSERT_EQ(kv_pool_stats(pool_, &s), 0);
     fprintf(stderr, "[crash] stats: %s\n[crash] usage: %s\n", stats_str(s).c_str(),

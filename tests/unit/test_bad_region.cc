@@ -191,7 +191,7 @@ TEST_F(BadRegionTest, OtherAbiMajor) {
 TEST_F(BadRegionTest, UnknownIncompatBit) {
     check({"incompat40", [](Image &i) { hdr(i).incompat_features |= 1ULL << 40; }, {-EPROTO},
            {"incompat"}, {}});
-    check({"incompat1", [](Image &i) { hdr(i).incompat_features |= 1ULL << 1; }, {-EPROTO},
+    check({"incompat2", [](Image &i) { hdr(i).incompat_features |= 1ULL << 2; }, {-EPROTO},
            {"incompat"}, {}});
 }
 

@@ -34,11 +34,20 @@
 /* "KVPOOL\0\1" read as a little-endian uint64_t. Published last, with release. */
 #define KV_REGION_MAGIC 0x01004c4f4f50564bULL
 #define KV_ABI_MAJOR 1
-#define KV_ABI_MINOR 1 /* 1.1: eviction policies (KV_COMPAT_F_EVICT_POLICY) */
+#define KV_ABI_MINOR 2 /* 1.1: eviction policies; 1.2: exact live bytes (KV_INCOMPAT_F_LIVE_ACCT) */
 
 /* Incompatible features: an attacher that does not know a set bit refuses. */
 #define KV_INCOMPAT_F_CAS16 (1ULL << 0) /* entry ctl/aux pair updated with 16-byte CAS */
-#define KV_INCOMPAT_KNOWN (KV_INCOMPAT_F_CAS16)
+/*
+ * v1.2: every commit and every free of a committed block is accounted in
+ * the committing or freeing client's kv_client.acct records (PROTOCOL.md
+ * section 11), so the pool's live bytes are exact at any quiescent point,
+ * across aborts, reaps and processes killed at any instruction. Incompatible:
+ * a process that committed without accounting would make the figure wrong,
+ * so a v1.1 process must not attach such a region.
+ */
+#define KV_INCOMPAT_F_LIVE_ACCT (1ULL << 1)
+#define KV_INCOMPAT_KNOWN (KV_INCOMPAT_F_CAS16 | KV_INCOMPAT_F_LIVE_ACCT)
 /*
  * Compatible features: unknown bits are ignored.
  * EVICT_POLICY (v1.1): the header's evict_policy names the pool's eviction
@@ -263,19 +272,48 @@ struct kv_client_stats {
 #define KV_CLIENT_STATS_SIZE_V1 128
 KV_STATIC_ASSERT(sizeof(struct kv_client_stats) == KV_CLIENT_STATS_SIZE_V1, "client stats v1 size");
 
+/*
+ * v1.2 (KV_INCOMPAT_F_LIVE_ACCT): live-bytes accounting records, written by
+ * one thread of the slot's client at a time (the thread that took the
+ * record from its process-local free list) and, once that client is dead,
+ * by the one reaper that holds the slot REAPING.
+ *   live: this record's share of the pool's live bytes (a two's-complement
+ *         delta: a block committed through one record may be freed through
+ *         another, of another client; only the sum over every record of
+ *         every slot is meaningful). Accumulates across the slot's users.
+ *   pend: 0, or the operation in flight: [63:32] entry index + 1,
+ *         [31:0] entry generation. Its length and kind are acct_len.
+ * live and pend change together, with one 16-byte CAS: {live, P} ->
+ * {live +/- len, 0} is the one step that accounts an operation, so a
+ * process killed at any instruction leaves either P (the reaper decides
+ * from the entry whether the operation took effect, PROTOCOL.md section 11)
+ * or nothing to decide.
+ */
+#define KV_ACCT_RECORDS 4
+#define KV_ACCT_FREE (1ULL << 63) /* acct_len: the pending operation frees; else it commits */
+struct kv_acct_record {
+	uint64_t live;
+	uint64_t pend;
+};
+
 struct kv_client {
 	uint64_t ctl;            /* see above; CAS only */
 	uint64_t start_time;     /* /proc/<pid>/stat starttime (clock ticks since boot) */
 	uint64_t attach_ns;      /* CLOCK_REALTIME at attach */
 	uint64_t reserved1;
-	uint64_t reserved[4];
+	/* v1.2: the length (and KV_ACCT_FREE) of each record's pending
+	 * operation, written before its pend; carved from reserved[4]. */
+	uint64_t acct_len[KV_ACCT_RECORDS];
 	/* Counters accumulate across the slot's users: pool totals are the sum over slots. */
 	struct kv_client_stats stats;
-	uint64_t reserved2[8];
+	/* v1.2: carved from reserved2[8]; zero in v1.1 regions. */
+	struct kv_acct_record acct[KV_ACCT_RECORDS];
 };
 #define KV_CLIENT_SIZE_V1 256
 KV_STATIC_ASSERT(sizeof(struct kv_client) == KV_CLIENT_SIZE_V1, "client v1 size");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_client, stats) == 64, "client stats on their own line");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_client, acct_len) == 32, "client v1.2 acct_len offset");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_client, acct) == 192, "client v1.2 acct records on their own line");
 
 /*
  * Pin journal slot: the record that makes a client's pins recoverable.

@@ -303,6 +303,16 @@ struct kv_stats {
 int kv_pool_stats(struct kv_pool *pool, struct kv_stats *out) KV_NOEXCEPT;
 
 /*
+ * The pool's live bytes: lengths of the blocks committed and not yet freed
+ * (removed or evicted blocks count until their last pin is released). O(max_clients),
+ * cheap enough to poll. In a v1.2 region (KV_INCOMPAT_F_LIVE_ACCT) the figure
+ * is exact whenever no operation is in flight, whatever aborted, was reaped or
+ * was killed before; in an older region it is bytes_committed - bytes_freed.
+ * Returns 0, or -EINVAL.
+ */
+int kv_pool_live_bytes(struct kv_pool *pool, uint64_t *bytes) KV_NOEXCEPT;
+
+/*
  * Exact accounting by a full scan of the authoritative tables. On a quiescent
  * pool (no operation in flight) the counts are exact and consistency errors
  * are real; under load, transitional states are counted as seen.
