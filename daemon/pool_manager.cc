@@ -72,9 +72,8 @@ const char *hugepages_name(HugepageMode m) {
 } // namespace
 
 uint64_t pool_live_bytes(kv_pool *p) {
-    kv_stats st;
-    if (kv_pool_stats(p, &st) != 0) return 0;
-    return st.bytes_committed > st.bytes_freed ? st.bytes_committed - st.bytes_freed : 0;
+    uint64_t live = 0;
+    return kv_pool_live_bytes(p, &live) == 0 ? live : 0;
 }
 
 PoolManager::PoolManager(DaemonConfig cfg) : cfg_(std::move(cfg)) {

@@ -95,8 +95,8 @@ class PoolManager {
     std::function<void(const std::string &)> status_hook_;
 };
 
-// Live data bytes (committed minus freed) from the counters: cheap enough
-// for every watermark tick.
+// Live data bytes (kv_pool_live_bytes): exact, and cheap enough for every
+// watermark tick.
 uint64_t pool_live_bytes(kv_pool *p);
 // Hugepages the config's hugepage pools need beyond those already backing
 // existing pool files; used by --reserve-hugepages.

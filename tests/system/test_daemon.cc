@@ -385,6 +385,51 @@ TEST_F(DaemonTest, BackgroundEvictionKeepsUsageUnderHighWatermark) {
     EXPECT_GT(s["background_evicted_bytes"].get<uint64_t>(), 0u);
 }
 
+// "used" is live bytes: aborted and reaped reservations never lower it, so
+// the watermark pass still sees a pool that is over its high watermark.
+TEST_F(DaemonTest, UsedBytesIgnoreAbortsAndReapedReservations) {
+    std::string pools = "high_watermark = 0.8\nlow_watermark = 0.6\n";
+    ASSERT_TRUE(start_daemon(config("", pools)));
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    const uint64_t cap = kv_pool_header(c.pool)->data_len;
+    const size_t len = 256 << 10;
+    uint64_t i = 0;
+    for (; i < cap * 7 / 10 / len; i++) ASSERT_EQ(c.put(i, len), 0);
+    for (uint64_t k = 0; k < 40; k++) {
+        kv_reservation r{};
+        ASSERT_EQ(kv_reserve(c.pool, c.ns, &(const kv_key &)key_of(100000 + k), 512 << 10, nullptr, &r), 0);
+        ASSERT_EQ(kv_abort(c.pool, &r), 0);
+    }
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) { // dies holding four reservations
+        Client d(pool_path("alpha"));
+        for (uint64_t k = 0; k < 4; k++) {
+            kv_reservation r{};
+            if (kv_reserve(d.pool, d.ns, &(const kv_key &)key_of(200000 + k), 512 << 10, nullptr, &r) != 0) _exit(1);
+        }
+        raise(SIGKILL);
+    }
+    int st = 0;
+    ASSERT_EQ(waitpid(child, &st, 0), child);
+    ASSERT_TRUE(WIFSIGNALED(st)) << "child failed before it was killed: " << st;
+    EXPECT_TRUE(eventually([&] { return parse(ctl({"--json", "clients", "alpha"}))["clients"].size() == 1; }, 3000))
+        << "the killed client was not reaped";
+    kv_usage u;
+    ASSERT_EQ(kv_pool_usage(c.pool, &u), 0);
+    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["used_bytes"].get<uint64_t>(), u.bytes_committed);
+    // Past the high watermark: the background pass must notice and evict.
+    for (; i < cap * 9 / 10 / len; i++) ASSERT_GE(c.put(i, len), 0);
+    const bool below = eventually(
+        [&] {
+            kv_pool_usage(c.pool, &u);
+            return double(u.bytes_committed) <= 0.8 * double(cap);
+        },
+        3000);
+    EXPECT_TRUE(below) << "used " << u.bytes_committed << " of " << cap << "\n" << log();
+}
+
 TEST_F(DaemonTest, WarmRestartReattachesWithBlocks) {
     ASSERT_TRUE(start_daemon(config()));
     {
