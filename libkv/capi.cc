@@ -47,7 +47,7 @@ int check_opts(const kv_create_opts *o, kv_create_opts *out, char *err, size_t e
         errf(err, errlen, "opts.hugepages %u: expected 0 (never), 1 (prefer) or 2 (require)", o->hugepages);
         return -EINVAL;
     }
-    if (o->flags & ~(KV_CREATE_F_PREFAULT | KV_CREATE_F_EXCL)) {
+    if (o->flags & ~(KV_CREATE_F_PREFAULT | KV_CREATE_F_EXCL | KV_CREATE_F_DAEMON_SLOT)) {
         errf(err, errlen, "opts.flags 0x%x has unknown bits", o->flags);
         return -EINVAL;
     }
@@ -128,6 +128,10 @@ int attach_mapped(int fd, uint32_t flags, kv_pool **out, char *err, size_t errle
         errf(err, errlen, "fstat: %s", strerror(e));
         return -e;
     }
+    if (flags & ~(KV_ATTACH_F_NO_REAP | KV_ATTACH_F_DAEMON)) {
+        errf(err, errlen, "flags 0x%x has unknown bits (known: 0x%x)", flags, KV_ATTACH_F_NO_REAP | KV_ATTACH_F_DAEMON);
+        return -EINVAL;
+    }
     uint64_t len = uint64_t(st.st_size);
     if (len < KV_HEADER_BYTES) {
         errf(err, errlen, "region is %llu bytes: expected at least the %u-byte header", (unsigned long long)len,
@@ -148,8 +152,10 @@ int attach_mapped(int fd, uint32_t flags, kv_pool **out, char *err, size_t errle
     }
     pool_bind(p, base, len);
     p->pid = uint32_t(getpid());
-    if ((rc = client_claim(p))) {
-        errf(err, errlen, "client table full: %u clients attached (max_clients)", p->hdr->max_clients);
+    if ((rc = client_claim(p, flags & KV_ATTACH_F_DAEMON))) {
+        errf(err, errlen, "client table full: %u live clients attached (max_clients %u%s)",
+             p->hdr->max_clients - (flags & KV_ATTACH_F_DAEMON ? 0 : p->hdr->daemon_slots), p->hdr->max_clients,
+             p->hdr->daemon_slots ? ", one kept for the daemon" : "");
         munmap(base, len);
         delete p;
         return rc;

@@ -84,11 +84,48 @@ bool client_is_dead(uint32_t pid, uint64_t start_time) {
     return start_time != 0 && start != start_time;   // pid recycled by another process
 }
 
-int client_claim(kv_pool *p) {
+namespace {
+
+// This process becomes the user of slot i, which it holds (LIVE with its
+// pid): record its start time, and set up the process-local free lists of
+// the slot's journal slots and live-bytes records.
+void take_slot(kv_pool *p, uint32_t i) {
+    kv_client &c = p->clients[i];
+    store(c.start_time, proc_start_time(p->pid), std::memory_order_release);
+    store(c.attach_ns, now_ns(), std::memory_order_relaxed);
+    p->client = i;
+    const uint32_t slots = p->hdr->pins_per_client;
+    p->journal = p->journal_all + uint64_t(i) * slots;
+    p->free_slots = std::make_unique<SlotStack>(slots);
+    for (uint32_t s = slots; s-- > 0;) {
+        // Only FREE slots are usable; anything else would have been
+        // resolved by the reaper before it freed the client slot.
+        if (PinB::phase(load(p->journal[s].b, std::memory_order_relaxed)) == KV_PIN_FREE) p->free_slots->push(s);
+    }
+    // A record still pending here was left by a user this slot outlived
+    // (the reaper decides records before freeing a slot; a damaged region
+    // may not have): decide it as a dead client's, then every record is
+    // free for this process's threads.
+    acct_resolve_dead(p, i);
+    p->acct_free = std::make_unique<SlotStack>(KV_ACCT_RECORDS);
+    for (uint32_t r = KV_ACCT_RECORDS; r-- > 0;) p->acct_free->push(r);
+    p->entry_cursor.store(uint32_t((uint64_t(p->pid) * 2654435761ULL) % p->hdr->n_entries),
+                          std::memory_order_relaxed);
+}
+
+} // namespace
+
+void reclaim_client(kv_pool *p, uint32_t client);
+
+int client_claim(kv_pool *p, bool daemon) {
     const uint32_t n = p->hdr->max_clients;
-    const uint32_t start = p->pid % n; // spread concurrent attachers
-    for (uint32_t k = 0; k < n; k++) {
-        uint32_t i = (start + k) % n;
+    // Ordinary attachers use slots [0, shared); the daemon slots follow.
+    const uint32_t shared = n - p->hdr->daemon_slots;
+    const uint32_t start = p->pid % shared; // spread concurrent attachers
+    auto slot_at = [&](uint32_t k) { return daemon ? (shared + k) % n : (start + k) % shared; };
+    const uint32_t candidates = daemon ? n : shared;
+    for (uint32_t k = 0; k < candidates; k++) {
+        const uint32_t i = slot_at(k);
         kv_client &c = p->clients[i];
         uint64_t w = load(c.ctl, std::memory_order_acquire);
         if (ClientCtl::state(w) != KV_CLIENT_FREE) continue;
@@ -99,33 +136,44 @@ int client_claim(kv_pool *p) {
         if (!cas(c.ctl, w, ClientCtl::make(KV_CLIENT_LIVE, ClientCtl::tag(w) + 1, p->pid),
                  std::memory_order_acq_rel))
             continue;
-        store(c.start_time, proc_start_time(p->pid), std::memory_order_release);
-        store(c.attach_ns, now_ns(), std::memory_order_relaxed);
-        p->client = i;
-        const uint32_t slots = p->hdr->pins_per_client;
-        p->journal = p->journal_all + uint64_t(i) * slots;
-        p->free_slots = std::make_unique<SlotStack>(slots);
-        for (uint32_t s = slots; s-- > 0;) {
-            // Only FREE slots are usable; anything else would have been
-            // resolved by the reaper before it freed the client slot.
-            if (PinB::phase(load(p->journal[s].b, std::memory_order_relaxed)) == KV_PIN_FREE)
-                p->free_slots->push(s);
+        take_slot(p, i);
+        return 0;
+    }
+    // No FREE slot: take over the slot of a dead client. The CAS LIVE(dead)
+    // -> REAPING(us) is the reaper's (reap.cc), so no other reaper touches
+    // the slot while we give back what the dead client held, acting as that
+    // slot's client (its live-bytes records and counters). Then
+    // REAPING(us) -> LIVE(us) makes it ours, never FREE in between.
+    for (uint32_t k = 0; k < candidates; k++) {
+        const uint32_t i = slot_at(k);
+        kv_client &c = p->clients[i];
+        uint64_t w = load(c.ctl, std::memory_order_acquire);
+        const uint32_t st = ClientCtl::state(w);
+        if (st == KV_CLIENT_LIVE) {
+            if (!client_is_dead(ClientCtl::pid(w), load(c.start_time, std::memory_order_acquire))) continue;
+        } else if (st != KV_CLIENT_REAPING || !client_is_dead(ClientCtl::pid(w), 0)) {
+            continue;
         }
-        // A record still pending here was left by a user this slot outlived
-        // (the reaper decides records before freeing a slot; a damaged
-        // region may not have): decide it as a dead client's, then every
-        // record is free for this process's threads.
-        acct_resolve_dead(p, i);
+        const uint64_t reaping = ClientCtl::make(KV_CLIENT_REAPING, ClientCtl::tag(w) + 1, p->pid);
+        if (!cas(c.ctl, w, reaping, std::memory_order_acq_rel)) continue;
+        p->client = i;
         p->acct_free = std::make_unique<SlotStack>(KV_ACCT_RECORDS);
         for (uint32_t r = KV_ACCT_RECORDS; r-- > 0;) p->acct_free->push(r);
-        p->entry_cursor.store(uint32_t((uint64_t(p->pid) * 2654435761ULL) % p->hdr->n_entries),
-                              std::memory_order_relaxed);
+        reclaim_client(p, i); // decides the dead client's records before its operations
+        bump(my_stats(p).reaps);
+        store(c.start_time, uint64_t(0), std::memory_order_relaxed);
+        // C1 again: acq_rel, as for a FREE slot (the reclaim's writes are ours).
+        uint64_t held = reaping;
+        if (!cas(c.ctl, held, ClientCtl::make(KV_CLIENT_LIVE, ClientCtl::tag(reaping) + 1, p->pid),
+                 std::memory_order_acq_rel))
+            return -EUSERS; // cannot happen: only we write a slot we hold REAPING
+        take_slot(p, i);
+        aref(p->state->reap_epoch).fetch_add(1, std::memory_order_relaxed);
         return 0;
     }
     return -EUSERS;
 }
 
-void reclaim_client(kv_pool *p, uint32_t client);
 
 void client_release_slot(kv_pool *p) {
     reclaim_client(p, p->client);

@@ -412,7 +412,9 @@ int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen)
 void pool_bind(kv_pool *p, uint8_t *base, uint64_t len);
 
 // ---- client.cc -------------------------------------------------------------------
-int client_claim(kv_pool *p);
+// Claim a client slot: a FREE one (the daemon slot only when daemon), else
+// the slot of a dead client, reaped first. 0 or -EUSERS.
+int client_claim(kv_pool *p, bool daemon);
 void client_release_slot(kv_pool *p);
 bool client_is_dead(uint32_t pid, uint64_t start_time);
 uint64_t proc_start_time(uint32_t pid);

@@ -126,6 +126,11 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
     }
     h.evict_policy = o.evict_policy;
     h.max_clients = o.max_clients ? o.max_clients : 64;
+    if (o.flags & KV_CREATE_F_DAEMON_SLOT) {
+        // One slot beyond the ones asked for, kept for the daemon.
+        h.daemon_slots = 1;
+        h.max_clients++;
+    }
     h.pins_per_client = o.pins_per_client ? o.pins_per_client : 4096;
     h.max_namespaces = o.max_namespaces ? o.max_namespaces : 64;
     if (h.max_clients > KV_MAX_CLIENTS) {
@@ -241,7 +246,9 @@ int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen)
     if (h.evict_policy > KV_EVICT_MAX)
         BAD(-EPROTO, "evict_policy %u: this library knows 0..%u (KV_EVICT_*); a newer library made this region",
             h.evict_policy, KV_EVICT_MAX);
-    if (h.reserved0) BAD(-EPROTO, "header reserved0 is 0x%x: expected 0", h.reserved0);
+    if (h.daemon_slots > 1 || h.daemon_slots >= h.max_clients)
+        BAD(h.daemon_slots > 1 ? -EPROTO : -EBADMSG, "daemon_slots %u: expected 0 or 1, and fewer than max_clients (%u)",
+            h.daemon_slots, h.max_clients);
     for (size_t i = 0; i < sizeof h.reserved / sizeof h.reserved[0]; i++)
         if (h.reserved[i])
             BAD(-EPROTO, "header reserved[%zu] is 0x%llx: expected 0", i, (ull)h.reserved[i]);

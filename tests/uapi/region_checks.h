@@ -50,7 +50,7 @@ static int kv_test_region_checks(void)
 	KV_TEST_OFFSET(struct kv_region_header, state_off, 128);
 	KV_TEST_OFFSET(struct kv_region_header, data_len, 280);
 	KV_TEST_OFFSET(struct kv_region_header, evict_policy, 288);
-	KV_TEST_OFFSET(struct kv_region_header, reserved0, 292);
+	KV_TEST_OFFSET(struct kv_region_header, daemon_slots, 292);
 	KV_TEST_OFFSET(struct kv_region_header, reserved, 296);
 	KV_TEST_OFFSET(struct kv_region_state, slab_hand, 64);
 	KV_TEST_OFFSET(struct kv_region_state, reap_epoch, 128);

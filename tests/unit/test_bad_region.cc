@@ -206,7 +206,7 @@ TEST_F(BadRegionTest, NonZeroReserved) {
     check({"reserved5", [](Image &i) { hdr(i).reserved[5] = 1; }, {-EPROTO}, {"reserved"}, {}});
     check({"reserved30", [](Image &i) { hdr(i).reserved[30] = 1ULL << 63; }, {-EPROTO}, {"reserved"},
            {}});
-    check({"reserved0", [](Image &i) { hdr(i).reserved0 = 1; }, {-EPROTO}, {"reserved0"}, {}});
+    check({"daemon_slots", [](Image &i) { hdr(i).daemon_slots = 2; }, {-EPROTO}, {"daemon_slots"}, {"2"}});
 }
 
 TEST_F(BadRegionTest, UnknownEvictionPolicy) {

@@ -145,7 +145,11 @@ struct kv_region_header {
 
 	/* v1.1 (KV_COMPAT_F_EVICT_POLICY), carved from reserved[0]. */
 	uint32_t evict_policy;      /* KV_EVICT_*; 0 (CLOCK) in v1.0 regions */
-	uint32_t reserved0;         /* zero */
+	/* v1.2, carved from reserved0: the last daemon_slots client slots are
+	 * claimed only by attachers that ask for one (KV_ATTACH_F_DAEMON), so
+	 * the daemon finds a slot when every other one is held. 0 or 1; 0 in
+	 * older regions. */
+	uint32_t daemon_slots;
 	uint64_t reserved[31];      /* zero on write, checked on attach */
 };
 #define KV_REGION_HEADER_SIZE_V1 544

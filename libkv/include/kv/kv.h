@@ -43,7 +43,10 @@ struct kv_key {
 #define KV_HUGEPAGES_REQUIRE 2 /* fail with -ENOMEM/-EINVAL and a message when hugepages cannot back the pool */
 
 #define KV_CREATE_F_PREFAULT (1U << 0) /* fault every page in at creation */
-#define KV_CREATE_F_EXCL (1U << 1)     /* fail with -EEXIST if the path exists */
+#define KV_CREATE_F_EXCL (1U << 1)     /* fail with -EEXIST if the path exists (the default since LIBKV_0.3) */
+#define KV_CREATE_F_REPLACE (1U << 2)  /* replace an existing file: its blocks are lost to new attachers */
+/* A client slot beyond max_clients, claimed only with KV_ATTACH_F_DAEMON (v1.2). */
+#define KV_CREATE_F_DAEMON_SLOT (1U << 3)
 
 struct kv_create_opts {
 	uint32_t struct_size;     /* sizeof(struct kv_create_opts) */
@@ -89,6 +92,10 @@ int kv_pool_create_memfd(const char *name, const struct kv_create_opts *opts, in
 int kv_pool_destroy(const char *path) KV_NOEXCEPT;
 
 #define KV_ATTACH_F_NO_REAP (1U << 0) /* do not reap dead clients during attach */
+/* Claim the region's daemon slot (KV_CREATE_F_DAEMON_SLOT) if it is free,
+ * else any free slot: for kvpoold, which must be able to serve a pool
+ * whose other slots are all held. */
+#define KV_ATTACH_F_DAEMON (1U << 1)
 
 /*
  * Attach to a pool: map it, validate the header (magic, ABI major, unknown
