@@ -145,7 +145,8 @@ void PoolManager::remove_stale_creations(const std::string &dir, const std::stri
     closedir(d);
 }
 
-std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolConfig &pc, const char *origin) {
+std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolConfig &pc, const char *origin,
+                                                                   bool adopt_mismatch) {
     auto gid = resolve_group(pc.group);
     if (!gid) return std::unexpected(Error{EINVAL, "pool " + pc.name + ": " + gid.error()});
     auto pool = std::make_unique<Pool>();
@@ -176,14 +177,17 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         }
     }
 
-    // Warm restart: a region that survived the previous daemon is re-attached
-    // as it is, whatever its size, when its ABI matches and its size agrees
-    // with the config. Otherwise it is rebuilt.
+    // Warm restart: a region that survived the previous daemon is served as
+    // it is. Engines may be attached to it and writing; a rebuild would
+    // leave them in an orphaned region and lose every block. So a region is
+    // rebuilt only when it is really unusable (it does not validate), or
+    // when it differs from the config and nothing would be lost (no other
+    // client, no block). Every other failure leaves the file alone.
     for (const std::string &cand : {huge_path, shm_path}) {
         if (cand.empty() || !file_exists(cand)) continue;
         char err[512] = "";
         kv_pool *h = nullptr;
-        int rc = kv_pool_attach(cand.c_str(), 0, &h, err, sizeof err);
+        int rc = kv_pool_attach(cand.c_str(), KV_ATTACH_F_DAEMON, &h, err, sizeof err);
         if (rc != 0) {
             // A region a newer kvpool made is not ours to throw away: its
             // blocks may be exactly what that version's clients want back.
@@ -192,33 +196,56 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
                     EPROTO, "pool " + pc.name + ": region " + cand + " was made by a newer kvpool (" + err +
                                 "); refusing to rebuild it and drop its blocks: run the kvpoold that made it, "
                                 "or remove " + cand + " to discard them"});
-            KV_LOGW(kComp, "pool %s: existing region %s is unusable (%s): rebuilding it", pc.name.c_str(),
-                    cand.c_str(), err);
-            unlink(cand.c_str());
-            continue;
+            // Validation failures: no process can use this region.
+            if (rc == -EPROTO || rc == -EBADMSG || rc == -ENODATA) {
+                KV_LOGW(kComp, "pool %s: existing region %s is unusable (%s): rebuilding it", pc.name.c_str(),
+                        cand.c_str(), err);
+                unlink(cand.c_str());
+                continue;
+            }
+            // Anything else (every client slot held by a live process, no
+            // memory, no permission) says nothing against the region.
+            return std::unexpected(Error{EAGAIN, "pool " + pc.name + ": cannot attach existing region " + cand +
+                                                     " (" + err + "); it is kept as it is, with its blocks"});
         }
         const kv_region_header *hd = kv_pool_header(h);
-        uint64_t want = round_up(pc.size, hd->page_size);
-        bool huge_ok = pc.hugepages != HugepageMode::Require || hd->page_size > 4096;
+        const uint64_t want = round_up(pc.size, hd->page_size);
+        const bool huge_ok = pc.hugepages != HugepageMode::Require || hd->page_size > 4096;
         const int want_policy = kv_evict_policy_parse(pc.eviction.c_str());
-        if (want_policy >= 0 && hd->evict_policy != uint32_t(want_policy)) {
+        std::string differs;
+        if (want_policy >= 0 && hd->evict_policy != uint32_t(want_policy))
+            differs = std::string("eviction policy ") + kv_evict_policy_name(hd->evict_policy) + ", config asks " +
+                      pc.eviction;
+        if (hd->region_size != want || !huge_ok)
+            differs += (differs.empty() ? "" : "; ") + kv::detail::format_size(hd->region_size) + " with " +
+                       kv::detail::format_size(hd->page_size) + " pages, config asks " +
+                       kv::detail::format_size(want) + " (hugepages " + hugepages_name(pc.hugepages) + ")";
+        if (!differs.empty()) {
+            kv_stats st{};
+            uint64_t live = 0;
+            kv_pool_stats(h, &st);
+            kv_pool_live_bytes(h, &live);
+            const uint32_t others = st.clients > 0 ? st.clients - 1 : 0;
+            if (others == 0 && live == 0) {
+                KV_LOGN(kComp, "pool %s: existing region %s has %s; it holds no block and no client: rebuilding it",
+                        pc.name.c_str(), cand.c_str(), differs.c_str());
+                kv_pool_detach(h);
+                unlink(cand.c_str());
+                continue;
+            }
+            const std::string held = std::to_string(others) + " client(s) attached, " +
+                                     kv::detail::format_size(live) + " of blocks";
+            if (!adopt_mismatch) {
+                kv_pool_detach(h);
+                return std::unexpected(Error{EEXIST, "pool " + pc.name + ": region " + cand + " exists with " +
+                                                         differs + " (" + held + "); kvpoold serves it only as "
+                                                         "it is: remove " + cand + " to re-create it"});
+            }
             KV_LOGW(kComp,
-                    "pool %s: existing region %s has eviction policy %s, config asks %s (fixed at creation): "
-                    "rebuilding it, its blocks are dropped",
-                    pc.name.c_str(), cand.c_str(), kv_evict_policy_name(hd->evict_policy), pc.eviction.c_str());
-            kv_pool_detach(h);
-            unlink(cand.c_str());
-            continue;
-        }
-        if (hd->region_size != want || !huge_ok) {
-            KV_LOGW(kComp,
-                    "pool %s: existing region %s is %llu bytes with %llu-byte pages, config asks %llu bytes "
-                    "(hugepages %s): rebuilding it, its blocks are dropped",
-                    pc.name.c_str(), cand.c_str(), (unsigned long long)hd->region_size,
-                    (unsigned long long)hd->page_size, (unsigned long long)want, hugepages_name(pc.hugepages));
-            kv_pool_detach(h);
-            unlink(cand.c_str());
-            continue;
+                    "pool %s: existing region %s has %s; kept as it is (%s): to apply the config, stop its "
+                    "clients, then kvctl destroy %s and reload",
+                    pc.name.c_str(), cand.c_str(), differs.c_str(), held.c_str(), pc.name.c_str());
+            pool->config_differs = differs;
         }
         pool->handle = h;
         pool->path = cand;
@@ -235,6 +262,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         o.avg_block_size = pc.avg_block_size;
         if (pc.max_clients) o.max_clients = pc.max_clients;
         if (pc.prefault) o.flags |= KV_CREATE_F_PREFAULT;
+        o.flags |= KV_CREATE_F_DAEMON_SLOT;
         const int policy = kv_evict_policy_parse(pc.eviction.c_str());
         if (policy < 0) // the config parser and the control server validate it first
             return std::unexpected(Error{EINVAL, "pool " + pc.name + ": unknown eviction policy \"" + pc.eviction + "\""});
@@ -261,7 +289,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
             if (rc != 0) return std::unexpected(Error{-rc, "pool " + pc.name + ": " + err});
             pool->path = shm_path;
         }
-        rc = kv_pool_attach(pool->path.c_str(), 0, &pool->handle, err, sizeof err);
+        rc = kv_pool_attach(pool->path.c_str(), KV_ATTACH_F_DAEMON, &pool->handle, err, sizeof err);
         if (rc != 0) return std::unexpected(Error{-rc, "pool " + pc.name + ": attach after create: " + err});
         pool->state = "created";
     }
@@ -290,7 +318,12 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
 std::expected<void, std::string> PoolManager::open_all() {
     for (const PoolConfig &pc : cfg_.pools) {
         if (find(pc.name)) continue;
-        auto p = open_pool(pc, "config");
+        auto p = open_pool(pc, "config", true);
+        if (!p && p.error().code == EAGAIN) {
+            KV_LOGE(kComp, "%s; serving it once it can be attached", p.error().message.c_str());
+            waiting_.push_back(pc);
+            continue;
+        }
         if (!p) return std::unexpected(p.error().message);
         Pool &pool = **p;
         pools_.push_back(std::move(*p));
@@ -306,7 +339,11 @@ std::expected<void, std::string> PoolManager::open_all() {
 
 std::expected<Pool *, Error> PoolManager::create(const PoolConfig &pc, const char *origin) {
     if (find(pc.name)) return std::unexpected(Error{EEXIST, "pool " + pc.name + " exists"});
-    auto p = open_pool(pc, origin);
+    for (const PoolConfig &w : waiting_)
+        if (w.name == pc.name)
+            return std::unexpected(
+                Error{EEXIST, "pool " + pc.name + " is configured and waits until its region can be attached"});
+    auto p = open_pool(pc, origin, false);
     if (!p) return std::unexpected(p.error());
     pools_.push_back(std::move(*p));
     return pools_.back().get();
@@ -329,7 +366,25 @@ std::expected<void, Error> PoolManager::destroy(const std::string &name) {
     return std::unexpected(Error{ENOENT, "no pool named " + name});
 }
 
+void PoolManager::open_waiting() {
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+        auto p = open_pool(*it, "config", true);
+        if (!p && p.error().code == EAGAIN) {
+            ++it;
+            continue;
+        }
+        if (!p) {
+            KV_LOGE(kComp, "%s", p.error().message.c_str());
+        } else {
+            KV_LOGN(kComp, "pool %s: region attached; serving it", it->name.c_str());
+            pools_.push_back(std::move(*p));
+        }
+        it = waiting_.erase(it);
+    }
+}
+
 int PoolManager::reap_pass() {
+    if (!waiting_.empty()) open_waiting();
     int total = 0;
     for (auto &p : pools_) {
         int n = kv_reap(p->handle);
@@ -377,7 +432,15 @@ std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
     for (const PoolConfig &pc : next.pools) {
         Pool *p = find(pc.name);
         if (!p) {
-            auto np = open_pool(pc, "config");
+            bool waits = false;
+            for (const PoolConfig &w : waiting_) waits |= w.name == pc.name;
+            if (waits) continue;
+            auto np = open_pool(pc, "config", true);
+            if (!np && np.error().code == EAGAIN) {
+                waiting_.push_back(pc);
+                out.push_back(np.error().message + "; serving it once it can be attached");
+                continue;
+            }
             if (!np) {
                 out.push_back("pool " + pc.name + " not added: " + np.error().message);
                 continue;

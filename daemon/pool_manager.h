@@ -47,6 +47,7 @@ struct Pool {
     std::string group_name;
     std::string origin;        // "config" or "runtime"
     std::string state;         // "created" or "reattached"
+    std::string config_differs; // how a reattached region differs from its config; empty if not
     uint64_t bg_evicted_bytes = 0;
     uint64_t reaped_clients = 0;
     std::string snapshot_path;            // default snapshot file: snapshot_dir/NAME.kvsnap
@@ -73,7 +74,9 @@ class PoolManager {
     const DaemonConfig &config() const { return cfg_; }
     gid_t admin_gid() const { return admin_gid_; }
 
-    // Reap dead clients of every pool; returns how many were reaped.
+    // Reap dead clients of every pool; returns how many were reaped. Also
+    // tries again to open configured pools whose region could not be
+    // attached yet.
     int reap_pass();
     // Evict down to the low watermark in pools above the high one, at most
     // max_bytes per pool per call so the loop stays responsive.
@@ -86,12 +89,22 @@ class PoolManager {
 
   private:
     std::expected<gid_t, std::string> resolve_group(const std::string &name) const;
-    std::expected<std::unique_ptr<Pool>, Error> open_pool(const PoolConfig &pc, const char *origin);
+    // Create the pool's region, or serve the one that exists. A region that
+    // differs from pc is served as it is when adopt_mismatch (a configured
+    // pool: logged), refused with EEXIST otherwise (kvctl create), unless it
+    // holds nothing. EAGAIN: an existing region cannot be attached for now
+    // (it is left alone; open it again later).
+    std::expected<std::unique_ptr<Pool>, Error> open_pool(const PoolConfig &pc, const char *origin,
+                                                          bool adopt_mismatch);
     static void remove_stale_creations(const std::string &dir, const std::string &name);
 
     DaemonConfig cfg_;
     gid_t admin_gid_ = 0;
     std::vector<std::unique_ptr<Pool>> pools_;
+    // Configured pools whose existing region could not be attached (EAGAIN
+    // from open_pool): left alone, tried again by every reap_pass.
+    std::vector<PoolConfig> waiting_;
+    void open_waiting();
     std::function<void(const std::string &)> status_hook_;
 };
 

@@ -124,6 +124,7 @@ nlohmann::json pool_json(const Pool &p) {
         {"low_watermark", p.cfg.low_watermark},
         {"origin", p.origin},
         {"state", p.state},
+        {"config_differs", p.config_differs},
         {"background_evicted_bytes", p.bg_evicted_bytes},
         {"reaped_clients", p.reaped_clients},
         {"snapshot", snapshot_json(p)},

@@ -451,13 +451,101 @@ TEST_F(DaemonTest, WarmRestartReattachesWithBlocks) {
         EXPECT_EQ(static_cast<const uint8_t *>(v.data)[100], uint8_t(i));
         kv_release(c.pool, &v);
     }
-    // A size change in the config rebuilds the pool and says so.
+}
+
+// A size or policy change in the config never drops the blocks of a region
+// that holds some: the region is served as it is and the log says how to
+// apply the change; an empty, unattached one is rebuilt.
+TEST_F(DaemonTest, ConfigChangeKeepsARegionThatHoldsBlocks) {
+    ASSERT_TRUE(start_daemon(config()));
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool);
+        for (uint64_t i = 0; i < 20; i++) ASSERT_EQ(c.put(i, 8192), 0);
+    }
     ASSERT_EQ(stop_daemon(), 0);
-    std::string cfg = config();
+    std::string cfg = config("", "eviction = \"lru\"\n");
     cfg.replace(cfg.find("\"64M\""), 5, "\"32M\"");
     ASSERT_TRUE(start_daemon(cfg));
-    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["state"], "created");
-    EXPECT_NE(log().find("rebuilding it"), std::string::npos);
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["state"], "reattached");
+    EXPECT_EQ(s["entries"], 20);
+    EXPECT_EQ(s["size"], 64u << 20);
+    EXPECT_NE(s["config_differs"].get<std::string>().find("config asks lru"), std::string::npos) << s.dump();
+    EXPECT_NE(log().find("kept as it is"), std::string::npos) << log();
+    EXPECT_EQ(log().find("rebuilding it"), std::string::npos) << log();
+    // Emptied, it is rebuilt to the config at the next start.
+    ASSERT_EQ(ctl({"evict", "alpha", "--percent", "100"}).code, 0);
+    ASSERT_EQ(stop_daemon(), 0);
+    ASSERT_TRUE(start_daemon(cfg));
+    s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["state"], "created");
+    EXPECT_EQ(s["size"], 32u << 20);
+    EXPECT_EQ(s["policy"], "lru");
+}
+
+// The reproduction: max_clients = 4 and four engines attached
+// while kvpoold was stopped. kvpoold must serve the region as it is: no
+// rebuild, the engines' blocks and mapping intact.
+TEST_F(DaemonTest, FullClientTableAtStartKeepsThePool) {
+    const std::string cfg = config("", "max_clients = 4\n");
+    ASSERT_TRUE(start_daemon(cfg));
+    ASSERT_EQ(stop_daemon(), 0);
+    struct stat before {};
+    ASSERT_EQ(stat(pool_path("alpha").c_str(), &before), 0);
+    for (int k = 0; k < 4; k++) {
+        int ready[2];
+        ASSERT_EQ(pipe(ready), 0);
+        const pid_t pid = fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) { // an engine: attach, store a block, stay attached
+            Client e(pool_path("alpha"));
+            if (!e.pool || e.put(uint64_t(k), 4096) != 0) _exit(1);
+            if (write(ready[1], "r", 1) != 1) _exit(2);
+            pause();
+            _exit(0);
+        }
+        children_.push_back(pid);
+        char c;
+        ASSERT_EQ(read(ready[0], &c, 1), 1) << "engine " << k << " failed to attach";
+        close(ready[0]);
+        close(ready[1]);
+    }
+    ASSERT_TRUE(start_daemon(cfg));
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["state"], "reattached") << log();
+    EXPECT_EQ(s["entries"], 4);
+    EXPECT_EQ(s["clients"], 4);
+    struct stat after {};
+    ASSERT_EQ(stat(pool_path("alpha").c_str(), &after), 0);
+    EXPECT_EQ(after.st_ino, before.st_ino) << "the region was rebuilt";
+    EXPECT_EQ(log().find("rebuilding"), std::string::npos) << log();
+}
+
+// A region without a daemon slot (made by an older kvpoold, or by hand)
+// whose every slot is held by a live engine: kvpoold leaves it alone, says
+// why, and serves it as soon as a slot frees.
+TEST_F(DaemonTest, RegionWithEveryClientSlotHeldWaits) {
+    kv_create_opts o;
+    kv_create_opts_init(&o, 64 << 20);
+    o.max_clients = 2;
+    o.evict_policy = KV_EVICT_PREFIX;
+    mkdir(shm_.c_str(), 0755);
+    char err[256] = "";
+    ASSERT_EQ(kv_pool_create(pool_path("alpha").c_str(), &o, err, sizeof err), 0) << err;
+    Client first(pool_path("alpha")), second(pool_path("alpha"));
+    ASSERT_TRUE(first.pool && second.pool) << first.error << second.error;
+    ASSERT_EQ(first.put(1, 4096), 0);
+    ASSERT_TRUE(start_daemon(config("", "max_clients = 2\n")));
+    EXPECT_EQ(ctl({"status", "alpha"}).code, 5) << "served without a client slot?";
+    EXPECT_NE(log().find("it is kept as it is, with its blocks"), std::string::npos) << log();
+    EXPECT_EQ(kv_contains(first.pool, first.ns, &(const kv_key &)key_of(1)), 1);
+    kv_pool_detach(second.pool);
+    second.pool = nullptr;
+    EXPECT_TRUE(eventually([&] { return ctl({"status", "alpha"}).code == 0; }, 3000)) << log();
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["state"], "reattached");
+    EXPECT_EQ(s["entries"], 1);
 }
 
 // A creator killed between building NAME.creating.PID and renaming it
