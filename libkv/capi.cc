@@ -47,8 +47,12 @@ int check_opts(const kv_create_opts *o, kv_create_opts *out, char *err, size_t e
         errf(err, errlen, "opts.hugepages %u: expected 0 (never), 1 (prefer) or 2 (require)", o->hugepages);
         return -EINVAL;
     }
-    if (o->flags & ~(KV_CREATE_F_PREFAULT | KV_CREATE_F_EXCL | KV_CREATE_F_DAEMON_SLOT)) {
+    if (o->flags & ~(KV_CREATE_F_PREFAULT | KV_CREATE_F_EXCL | KV_CREATE_F_REPLACE | KV_CREATE_F_DAEMON_SLOT)) {
         errf(err, errlen, "opts.flags 0x%x has unknown bits", o->flags);
+        return -EINVAL;
+    }
+    if ((o->flags & KV_CREATE_F_EXCL) && (o->flags & KV_CREATE_F_REPLACE)) {
+        errf(err, errlen, "opts.flags: KV_CREATE_F_EXCL and KV_CREATE_F_REPLACE contradict each other");
         return -EINVAL;
     }
     if (o->size == 0) {
@@ -96,8 +100,10 @@ int init_on_fd(int fd, const kv_create_opts &o, uint64_t page_size, uint32_t bac
     return 0;
 }
 
-// Move a fully built region file to its public name. With `exclusive`,
-// an existing file wins and the create fails with -EEXIST.
+// Move a fully built region file to its public name. With `exclusive`
+// (unless KV_CREATE_F_REPLACE), an existing file wins and the create fails
+// with -EEXIST: replacing a live pool would split its users across two
+// regions and empty it for every new attacher.
 int publish_file(const char *tmp, const char *path, bool exclusive, char *err, size_t errlen) {
     if (!exclusive) {
         if (rename(tmp, path) == 0) return 0;
@@ -115,7 +121,10 @@ int publish_file(const char *tmp, const char *path, bool exclusive, char *err, s
         e = errno;
     }
     if (e == EEXIST)
-        errf(err, errlen, "%s exists (KV_CREATE_F_EXCL)", path);
+        errf(err, errlen,
+             "%s exists: attach to it, or pass KV_CREATE_F_REPLACE to replace it (its blocks are then lost to "
+             "every new attacher)",
+             path);
     else
         errf(err, errlen, "rename %s -> %s: %s", tmp, path, strerror(e));
     return -e;
@@ -220,7 +229,7 @@ int kv_pool_create(const char *path, const kv_create_opts *opts, char *err, size
     fchmod(fd, mode); // umask must not narrow the requested mode
     rc = init_on_fd(fd, o, page, on_huge ? KV_BACKING_HUGETLBFS : KV_BACKING_SHM, err, errlen);
     close(fd);
-    if (rc == 0) rc = publish_file(tmp.c_str(), path, o.flags & KV_CREATE_F_EXCL, err, errlen);
+    if (rc == 0) rc = publish_file(tmp.c_str(), path, !(o.flags & KV_CREATE_F_REPLACE), err, errlen);
     if (rc) unlink(tmp.c_str());
     return rc;
 }

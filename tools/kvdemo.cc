@@ -222,7 +222,9 @@ int main(int argc, char **argv) {
         kv_create_opts_init(&o, create);
         o.hugepages = huge ? KV_HUGEPAGES_PREFER : KV_HUGEPAGES_NEVER;
         o.avg_block_size = kBlockTokens * kBytesPerToken;
-        if (int rc = kv_pool_create(path.c_str(), &o, err, sizeof err); rc < 0) {
+        if (int rc = kv_pool_create(path.c_str(), &o, err, sizeof err); rc == -EEXIST) {
+            fprintf(stderr, "kvdemo: %s exists: using it as it is\n", path.c_str());
+        } else if (rc < 0) {
             fprintf(stderr, "kvdemo: create %s: %s\n", path.c_str(), err);
             return 1;
         }

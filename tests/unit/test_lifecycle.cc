@@ -121,6 +121,34 @@ TEST_F(CreateTest, ExclRefusesExistingPath) {
     ASSERT_EQ(attach(), 0) << msg_;
 }
 
+// The README's first example (kv_pool_create with default flags) used to
+// replace a live pool every time it ran: now an existing pool is left
+// alone unless the caller asks for KV_CREATE_F_REPLACE.
+TEST_F(CreateTest, DefaultCreateNeverReplacesAPool) {
+    kv_create_opts o = small_opts();
+    ASSERT_EQ(create(o), 0) << msg_;
+    ASSERT_EQ(attach(), 0) << msg_;
+    uint32_t ns = 0;
+    kv_manifest m;
+    kv_manifest_init(&m, "m", 16);
+    ASSERT_EQ(kv_ns_register(pool_, &m, &ns, nullptr), 0);
+    const kv_key k{1, 2};
+    ASSERT_EQ(kv_put(pool_, ns, &k, "block", 5, nullptr), 0);
+    struct stat before;
+    ASSERT_EQ(stat(path_.c_str(), &before), 0);
+    EXPECT_EQ(create(o), -EEXIST);
+    EXPECT_TRUE(mentions_any(msg_, {"KV_CREATE_F_REPLACE"})) << msg_;
+    struct stat after;
+    ASSERT_EQ(stat(path_.c_str(), &after), 0);
+    EXPECT_EQ(after.st_ino, before.st_ino) << "the pool was replaced";
+    o.flags = KV_CREATE_F_EXCL | KV_CREATE_F_REPLACE;
+    EXPECT_EQ(create(o), -EINVAL);
+    o.flags = KV_CREATE_F_REPLACE;
+    ASSERT_EQ(create(o), 0) << msg_;
+    ASSERT_EQ(stat(path_.c_str(), &after), 0);
+    EXPECT_NE(after.st_ino, before.st_ino);
+}
+
 TEST_F(CreateTest, SizeIsRoundedUpToThePage) {
     kv_create_opts o = small_opts(64 * MiB + 1);
     ASSERT_EQ(create(o), 0) << msg_;

@@ -73,7 +73,11 @@ void kv_create_opts_init(struct kv_create_opts *opts, uint64_t size) KV_NOEXCEPT
  * pages, a hugetlbfs mount for hugepages) and initialize it. The backing is
  * reserved up front (fallocate), so running out of memory later cannot
  * SIGBUS a client.
- * Returns 0, -EEXIST (KV_CREATE_F_EXCL), -EINVAL (bad option: message says
+ * A file already at path is left alone and the call fails with -EEXIST,
+ * unless opts.flags has KV_CREATE_F_REPLACE: then the new pool replaces it
+ * (processes attached to the old one keep it; every new attacher sees the
+ * new, empty one).
+ * Returns 0, -EEXIST (path exists), -EINVAL (bad option: message says
  * which), -ENOMEM / -ENOSPC (not enough memory or hugepages: message says how
  * many are needed), or another -errno from the system.
  */
