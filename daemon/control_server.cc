@@ -452,6 +452,10 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
             return {EINVAL, "evict_policy " + std::to_string(req.evict_policy) + " without KV_CTL_F_POLICY"};
         }
         pc.prefault = req.flags & KV_CTL_F_PREFAULT;
+        // A runtime pool is kept across restarts like a configured one, its
+        // blocks too unless the creator said otherwise.
+        pc.persist_on_stop = pc.restore_on_start = !(req.flags & KV_CTL_F_NO_PERSIST);
+        pc.snapshot_dir = pm_.config().state_dir;
         auto p = pm_.create(pc, "runtime");
         if (!p) return {p.error().code, p.error().message};
         KV_LOGI(kComp, "pool %s created by pid %d uid %u", name.c_str(), int(c.peer.pid), unsigned(c.peer.uid));

@@ -2,6 +2,7 @@
 #include "pool_manager.h"
 
 #include "log.h"
+#include "runtime_pools.h"
 #include "snapshot_jobs.h"
 #include "units.h"
 
@@ -315,38 +316,86 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
     return pool;
 }
 
+bool PoolManager::is_waiting(const std::string &name) const {
+    for (const Waiting &w : waiting_)
+        if (w.cfg.name == name) return true;
+    return false;
+}
+
+std::expected<void, Error> PoolManager::start_pool(const PoolConfig &pc, const char *origin) {
+    auto p = open_pool(pc, origin, true);
+    if (!p && p.error().code == EAGAIN) {
+        KV_LOGE(kComp, "%s; serving it once it can be attached", p.error().message.c_str());
+        waiting_.push_back({pc, origin});
+        return {};
+    }
+    if (!p) return std::unexpected(p.error());
+    Pool &pool = **p;
+    pools_.push_back(std::move(*p));
+    // A region that survived (warm restart) is newer than any snapshot;
+    // only a freshly created one is refilled from disk.
+    if (pc.restore_on_start && pool.state == "created" && file_exists(pool.snapshot_path)) {
+        if (status_hook_) status_hook_("restoring pool " + pc.name + " from " + pool.snapshot_path);
+        restore_at_start(pool, status_hook_);
+    }
+    return {};
+}
+
 std::expected<void, std::string> PoolManager::open_all() {
     for (const PoolConfig &pc : cfg_.pools) {
-        if (find(pc.name)) continue;
-        auto p = open_pool(pc, "config", true);
-        if (!p && p.error().code == EAGAIN) {
-            KV_LOGE(kComp, "%s; serving it once it can be attached", p.error().message.c_str());
-            waiting_.push_back(pc);
+        if (find(pc.name) || is_waiting(pc.name)) continue;
+        if (auto r = start_pool(pc, "config"); !r) return std::unexpected(r.error().message);
+    }
+    const std::string path = runtime_pools_path(cfg_.state_dir);
+    auto runtime = load_runtime_pools(path);
+    if (!runtime) return std::unexpected("runtime pools: " + runtime.error());
+    bool dropped = false;
+    for (const PoolConfig &pc : *runtime) {
+        if (find(pc.name) || is_waiting(pc.name)) {
+            KV_LOGN(kComp, "pool %s made with kvctl create is now in the config: the config's settings apply",
+                    pc.name.c_str());
+            dropped = true;
             continue;
         }
-        if (!p) return std::unexpected(p.error().message);
-        Pool &pool = **p;
-        pools_.push_back(std::move(*p));
-        // A region that survived (warm restart) is newer than any snapshot;
-        // only a freshly created one is refilled from disk.
-        if (pc.restore_on_start && pool.state == "created" && file_exists(pool.snapshot_path)) {
-            if (status_hook_) status_hook_("restoring pool " + pc.name + " from " + pool.snapshot_path);
-            restore_at_start(pool, status_hook_);
-        }
+        if (auto r = start_pool(pc, "runtime"); !r) return std::unexpected(r.error().message);
     }
+    if (dropped)
+        if (auto r = save_runtime(); !r) KV_LOGW(kComp, "%s", r.error().c_str());
+    return {};
+}
+
+std::expected<void, std::string> PoolManager::save_runtime() const {
+    std::vector<PoolConfig> runtime;
+    for (const auto &p : pools_)
+        if (p->origin == "runtime") runtime.push_back(p->cfg);
+    for (const Waiting &w : waiting_)
+        if (std::string_view(w.origin) == "runtime") runtime.push_back(w.cfg);
+    if (!runtime.empty())
+        if (int rc = make_dirs(cfg_.state_dir, 0750); rc)
+            return std::unexpected("state_dir " + cfg_.state_dir + ": " + strerror(-rc));
+    auto r = save_runtime_pools(runtime_pools_path(cfg_.state_dir), runtime);
+    if (!r) return std::unexpected("runtime pools: " + r.error());
     return {};
 }
 
 std::expected<Pool *, Error> PoolManager::create(const PoolConfig &pc, const char *origin) {
     if (find(pc.name)) return std::unexpected(Error{EEXIST, "pool " + pc.name + " exists"});
-    for (const PoolConfig &w : waiting_)
-        if (w.name == pc.name)
-            return std::unexpected(
-                Error{EEXIST, "pool " + pc.name + " is configured and waits until its region can be attached"});
+    if (is_waiting(pc.name))
+        return std::unexpected(
+            Error{EEXIST, "pool " + pc.name + " exists and waits until its region can be attached"});
     auto p = open_pool(pc, origin, false);
     if (!p) return std::unexpected(p.error());
     pools_.push_back(std::move(*p));
-    return pools_.back().get();
+    Pool *made = pools_.back().get();
+    if (auto r = save_runtime(); !r) {
+        // Not remembered, it would vanish at the next restart: do not make it.
+        const bool fresh = made->state == "created";
+        kv_pool_detach(made->handle);
+        if (fresh) kv_pool_destroy(made->path.c_str());
+        pools_.pop_back();
+        return std::unexpected(Error{EIO, "pool " + pc.name + " not created: " + r.error()});
+    }
+    return made;
 }
 
 std::expected<void, Error> PoolManager::destroy(const std::string &name) {
@@ -354,6 +403,13 @@ std::expected<void, Error> PoolManager::destroy(const std::string &name) {
         if ((*it)->cfg.name != name) continue;
         Pool &p = **it;
         if (p.job) return std::unexpected(Error{EBUSY, "pool " + name + ": a persist or restore is running"});
+        if (p.origin == "runtime") { // forget it first: a pool still listed would come back empty
+            p.origin = "destroyed";
+            if (auto r = save_runtime(); !r) {
+                p.origin = "runtime";
+                return std::unexpected(Error{EIO, "pool " + name + " not destroyed: " + r.error()});
+            }
+        }
         kv_pool_detach(p.handle);
         p.handle = nullptr;
         int rc = kv_pool_destroy(p.path.c_str());
@@ -368,7 +424,7 @@ std::expected<void, Error> PoolManager::destroy(const std::string &name) {
 
 void PoolManager::open_waiting() {
     for (auto it = waiting_.begin(); it != waiting_.end();) {
-        auto p = open_pool(*it, "config", true);
+        auto p = open_pool(it->cfg, it->origin, true);
         if (!p && p.error().code == EAGAIN) {
             ++it;
             continue;
@@ -376,7 +432,7 @@ void PoolManager::open_waiting() {
         if (!p) {
             KV_LOGE(kComp, "%s", p.error().message.c_str());
         } else {
-            KV_LOGN(kComp, "pool %s: region attached; serving it", it->name.c_str());
+            KV_LOGN(kComp, "pool %s: region attached; serving it", it->cfg.name.c_str());
             pools_.push_back(std::move(*p));
         }
         it = waiting_.erase(it);
@@ -432,12 +488,10 @@ std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
     for (const PoolConfig &pc : next.pools) {
         Pool *p = find(pc.name);
         if (!p) {
-            bool waits = false;
-            for (const PoolConfig &w : waiting_) waits |= w.name == pc.name;
-            if (waits) continue;
+            if (is_waiting(pc.name)) continue;
             auto np = open_pool(pc, "config", true);
             if (!np && np.error().code == EAGAIN) {
-                waiting_.push_back(pc);
+                waiting_.push_back({pc, "config"});
                 out.push_back(np.error().message + "; serving it once it can be attached");
                 continue;
             }

@@ -62,12 +62,17 @@ class PoolManager {
     PoolManager(const PoolManager &) = delete;
     PoolManager &operator=(const PoolManager &) = delete;
 
-    // Create or re-attach every configured pool. The first failure is
-    // returned and the daemon refuses to start (pools already opened stay).
+    // Create or re-attach every configured pool, then every runtime pool
+    // remembered in the state directory. The first failure is returned and
+    // the daemon refuses to start (pools already opened stay).
     std::expected<void, std::string> open_all();
 
+    // A pool made at runtime (kvctl create): remembered in the state
+    // directory before it is reported made, so it survives restarts (a pool
+    // that cannot be remembered is not made: EIO).
     std::expected<Pool *, Error> create(const PoolConfig &pc, const char *origin);
-    // Unlink the pool's file and forget it; attached clients keep their mapping.
+    // Unlink the pool's file and forget it (a runtime pool also from the
+    // state directory); attached clients keep their mapping.
     std::expected<void, Error> destroy(const std::string &name);
     Pool *find(std::string_view name);
     const std::vector<std::unique_ptr<Pool>> &pools() const { return pools_; }
@@ -101,10 +106,21 @@ class PoolManager {
     DaemonConfig cfg_;
     gid_t admin_gid_ = 0;
     std::vector<std::unique_ptr<Pool>> pools_;
-    // Configured pools whose existing region could not be attached (EAGAIN
-    // from open_pool): left alone, tried again by every reap_pass.
-    std::vector<PoolConfig> waiting_;
+    // Pools whose existing region could not be attached (EAGAIN from
+    // open_pool): left alone, tried again by every reap_pass.
+    struct Waiting {
+        PoolConfig cfg;
+        const char *origin; // "config" or "runtime"
+    };
+    std::vector<Waiting> waiting_;
     void open_waiting();
+    bool is_waiting(const std::string &name) const;
+    // Open one pool at start (or when it stops waiting) and refill it from
+    // its snapshot if it was created afresh and asks for that.
+    std::expected<void, Error> start_pool(const PoolConfig &pc, const char *origin);
+    // Write the runtime pools (origin "runtime", waiting ones included) to
+    // state_dir/runtime-pools.toml.
+    std::expected<void, std::string> save_runtime() const;
     std::function<void(const std::string &)> status_hook_;
 };
 

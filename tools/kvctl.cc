@@ -136,6 +136,7 @@ constexpr Option kCreateOptions[] = {
     {"--mode", "MODE", "octal mode of the pool file (default 0660)"},
     {"--prefault", "", "fault every page in at creation"},
     {"--policy", "POLICY", "eviction policy: prefix (default), lru, lfu, fifo, priority or clock"},
+    {"--no-persist", "", "do not persist its blocks at stop nor restore them at start (the pool is kept)"},
 };
 constexpr Option kEntriesOptions[] = {
     {"--limit", "N", "show at most N rows (default: the daemon's limit, 1000)"},
@@ -157,8 +158,10 @@ constexpr Verb kVerbs[] = {
     {"status", KV_CTL_OP_STATUS, PoolArg::Optional, kNoOptions, "[POOL]",
      "Show one pool in detail, or every pool as list does."},
     {"create", KV_CTL_OP_CREATE, PoolArg::Required, kCreateOptions,
-     "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault] [--policy POLICY]",
-     "Create a pool (needs uid 0 or the daemon's admin group)."},
+     "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault] [--policy POLICY] "
+     "[--no-persist]",
+     "Create a pool (needs uid 0 or the daemon's admin group). kvpoold keeps it across restarts, and persists "
+     "its blocks at stop and restores them at start unless --no-persist."},
     {"destroy", KV_CTL_OP_DESTROY, PoolArg::Required, kNoOptions, "POOL",
      "Remove a pool (attached processes keep their mapping)."},
     {"entries", KV_CTL_OP_ENTRIES, PoolArg::Required, kEntriesOptions, "POOL [--limit N]",
@@ -527,6 +530,7 @@ Result<kv_ctl_request> build_request(const Command &c) {
             req.mode = *mode;
         }
         if (c.option("--prefault")) req.flags |= KV_CTL_F_PREFAULT;
+        if (c.option("--no-persist")) req.flags |= KV_CTL_F_NO_PERSIST;
         if (const std::string *pol = c.option("--policy")) {
             int v = kv_evict_policy_parse(pol->c_str());
             if (v < 0) return bad("--policy", *pol, "expected prefix, lru, lfu, fifo, priority or clock");

@@ -337,6 +337,63 @@ TEST_F(DaemonTest, CreateAndDestroyAtRuntime) {
     EXPECT_EQ(l["pools"].size(), 1u);
 }
 
+// Pools made with kvctl create are kept across restarts: re-attached when
+// their region survived, re-created and restored from their snapshot when
+// it did not (a reboot), and forgotten only by destroy.
+TEST_F(DaemonTest, RuntimePoolsSurviveRestarts) {
+    ASSERT_TRUE(start_daemon(config()));
+    ASSERT_EQ(ctl({"create", "beta", "--size", "32M", "--hugepages", "never", "--policy", "lru"}).code, 0);
+    ASSERT_EQ(ctl({"create", "gamma", "--size", "16M", "--hugepages", "never", "--no-persist"}).code, 0);
+    {
+        Client c(pool_path("beta"));
+        ASSERT_TRUE(c.pool) << c.error;
+        for (uint64_t i = 0; i < 30; i++) ASSERT_EQ(c.put(i, 8192), 0);
+    }
+    ASSERT_EQ(stop_daemon(), 0);
+    ASSERT_TRUE(start_daemon(config()));
+    json s = parse(ctl({"--json", "status", "beta"}));
+    EXPECT_EQ(s["origin"], "runtime");
+    EXPECT_EQ(s["state"], "reattached");
+    EXPECT_EQ(s["entries"], 30);
+    EXPECT_EQ(s["policy"], "lru");
+    EXPECT_EQ(ctl({"status", "gamma"}).code, 0) << log();
+    // Same name again: the pool exists; its region is not rebuilt.
+    EXPECT_EQ(ctl({"create", "beta", "--size", "32M"}).code, 6);
+    EXPECT_EQ(parse(ctl({"--json", "status", "beta"}))["entries"], 30);
+    // A reboot: the regions are gone, the snapshot taken at stop is not.
+    ASSERT_EQ(stop_daemon(), 0);
+    ASSERT_EQ(unlink(pool_path("beta").c_str()), 0);
+    ASSERT_EQ(unlink(pool_path("gamma").c_str()), 0);
+    ASSERT_TRUE(start_daemon(config()));
+    s = parse(ctl({"--json", "status", "beta"}));
+    EXPECT_EQ(s["state"], "restored");
+    EXPECT_EQ(s["entries"], 30) << "not restored from its snapshot\n" << log();
+    EXPECT_EQ(parse(ctl({"--json", "status", "gamma"}))["entries"], 0);
+    // Destroyed, it stays gone.
+    EXPECT_EQ(ctl({"destroy", "beta"}).code, 0);
+    EXPECT_EQ(ctl({"destroy", "gamma"}).code, 0);
+    ASSERT_EQ(stop_daemon(), 0);
+    ASSERT_TRUE(start_daemon(config()));
+    EXPECT_EQ(ctl({"status", "beta"}).code, 5);
+    EXPECT_EQ(ctl({"status", "gamma"}).code, 5);
+    struct stat sb;
+    EXPECT_NE(stat((dir_ + "/state/runtime-pools.toml").c_str(), &sb), 0) << "an empty list leaves no file";
+}
+
+// A state directory where the list cannot be written: the pool is not
+// made (it would vanish at the next restart), and kvctl says why.
+TEST_F(DaemonTest, RuntimePoolThatCannotBeRememberedIsNotMade) {
+    ASSERT_TRUE(start_daemon(config()));
+    mkdir((dir_ + "/state").c_str(), 0750);
+    ASSERT_EQ(mkdir((dir_ + "/state/runtime-pools.toml.tmp").c_str(), 0700), 0); // blocks the write
+    Proc c = ctl({"create", "beta", "--size", "32M", "--hugepages", "never"});
+    EXPECT_EQ(c.code, 1) << c.err;
+    EXPECT_NE(c.err.find("runtime-pools.toml"), std::string::npos) << c.err;
+    EXPECT_EQ(ctl({"status", "beta"}).code, 5);
+    struct stat sb;
+    EXPECT_NE(stat(pool_path("beta").c_str(), &sb), 0) << "the region was left behind";
+}
+
 TEST_F(DaemonTest, EvictPercentFreesThatShareOfUnpinnedBytes) {
     ASSERT_TRUE(start_daemon(config()));
     Client c(pool_path("alpha"));

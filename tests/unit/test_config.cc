@@ -5,6 +5,7 @@
 // checked for the file:line:column, the key path and the words that tell a
 // person what to write instead.
 #include "config.h"
+#include "runtime_pools.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -603,3 +604,55 @@ TEST_F(LoadConfig, TooLarge) {
 
 } // namespace
 } // namespace kvtest
+
+// The runtime pools' file is written in the config's [[pool]] syntax and
+// read back by the config parser: every setting survives the round trip.
+TEST(RuntimePools, TomlRoundTrip) {
+    kv::daemon::PoolConfig a;
+    a.name = "beta.1";
+    a.size = 48ULL << 20;
+    a.hugepages = kv::daemon::HugepageMode::Never;
+    a.numa_node = kv::daemon::kNumaLocal;
+    a.eviction = "lfu";
+    a.group = "kv-pool_grp.1";
+    a.mode = 0640;
+    a.prefault = false;
+    a.high_watermark = 0.9;
+    a.low_watermark = 0.7;
+    a.slab_size = 1ULL << 20;
+    a.avg_block_size = 64ULL << 10;
+    a.max_clients = 8;
+    a.snapshot_dir = "/var/lib/kvpool";
+    a.persist_on_stop = true;
+    a.restore_on_start = true;
+    kv::daemon::PoolConfig b = a;
+    b.name = "gamma";
+    b.numa_node = 0;
+    b.high_watermark = 1;
+    b.group.clear();
+    b.slab_size = b.avg_block_size = 0;
+    b.max_clients = 0;
+    b.persist_on_stop = b.restore_on_start = false;
+    for (const auto &pc : {a, b}) {
+        auto cfg = kv::daemon::parse_config(kv::daemon::pool_toml(pc), "runtime-pools.toml");
+        ASSERT_TRUE(cfg) << cfg.error() << "\n" << kv::daemon::pool_toml(pc);
+        ASSERT_EQ(cfg->pools.size(), 1u);
+        const auto &r = cfg->pools[0];
+        EXPECT_EQ(r.name, pc.name);
+        EXPECT_EQ(r.size, pc.size);
+        EXPECT_EQ(r.hugepages, pc.hugepages);
+        EXPECT_EQ(r.numa_node, pc.numa_node);
+        EXPECT_EQ(r.eviction, pc.eviction);
+        EXPECT_EQ(r.group, pc.group);
+        EXPECT_EQ(r.mode, pc.mode);
+        EXPECT_EQ(r.prefault, pc.prefault);
+        EXPECT_EQ(r.high_watermark, pc.high_watermark);
+        EXPECT_EQ(r.low_watermark, pc.low_watermark);
+        EXPECT_EQ(r.slab_size, pc.slab_size);
+        EXPECT_EQ(r.avg_block_size, pc.avg_block_size);
+        EXPECT_EQ(r.max_clients, pc.max_clients);
+        EXPECT_EQ(r.snapshot_dir, pc.snapshot_dir);
+        EXPECT_EQ(r.persist_on_stop, pc.persist_on_stop);
+        EXPECT_EQ(r.restore_on_start, pc.restore_on_start);
+    }
+}

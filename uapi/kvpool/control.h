@@ -71,7 +71,10 @@
 #define KV_CTL_F_KILL (1U << 0)     /* DETACH: SIGKILL a live process first */
 #define KV_CTL_F_PREFAULT (1U << 1) /* CREATE: fault every page in */
 #define KV_CTL_F_POLICY (1U << 2)   /* CREATE: evict_policy is set (else the daemon's default) */
-#define KV_CTL_F_KNOWN (KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY)
+/* CREATE: do not persist the pool's blocks at stop nor restore them at start
+ * (the pool itself is remembered across restarts either way). */
+#define KV_CTL_F_NO_PERSIST (1U << 3)
+#define KV_CTL_F_KNOWN (KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_NO_PERSIST)
 
 /* kv_ctl_request.numa_node special values */
 #define KV_CTL_NUMA_NONE 0xffffffffU
