@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <pwd.h>
 #include <linux/magic.h>
 #include <numa.h>
 #include <signal.h>
@@ -39,6 +40,68 @@ int make_dirs(const std::string &dir, mode_t mode) {
     }
     return 0;
 }
+
+std::string owner_name(uid_t uid) {
+    char buf[1024];
+    struct passwd pw, *res = nullptr;
+    std::string n = "uid " + std::to_string(uid);
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) == 0 && res) n += " (" + std::string(res->pw_name) + ")";
+    return n;
+}
+
+// Whose files kvpoold trusts: its own and root's. A directory or region
+// file anyone else made before kvpoold first ran (/dev/shm is writable by
+// every user) could hand that user the pool's blocks, or let them swap
+// files under kvpoold.
+std::string untrusted_owner(const struct stat &st) {
+    if (st.st_uid == 0 || st.st_uid == geteuid()) return {};
+    return "owned by " + owner_name(st.st_uid) + ", not by kvpoold (" + owner_name(geteuid()) + ") or root";
+}
+
+} // namespace
+
+// A directory kvpoold keeps pools or snapshots in: one that exists must be
+// a real directory owned by kvpoold or root, that no other user may write
+// to (sticky directories aside: there a user can only add files, and every
+// file kvpoold adopts is checked too). Absent is fine: kvpoold makes it.
+std::expected<void, Error> check_trusted_dir(const std::string &dir, const char *what) {
+    struct stat st;
+    if (lstat(dir.c_str(), &st) != 0) return {};
+    std::string why;
+    if (S_ISLNK(st.st_mode))
+        why = "is a symbolic link";
+    else if (!S_ISDIR(st.st_mode))
+        why = "is not a directory";
+    else if (why = untrusted_owner(st); why.empty() && (st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
+        char m[16];
+        snprintf(m, sizeof m, "%04o", unsigned(st.st_mode & 07777));
+        why = std::string("has mode ") + m + ": other users may replace its files (expected no write permission "
+                                             "for group and others)";
+    }
+    if (why.empty()) return {};
+    return std::unexpected(Error{EPERM, std::string(what) + " " + dir + " " + why + "; refusing to use it: remove "
+                                            "it, or fix its owner and mode, then start kvpoold again"});
+}
+
+// A region file kvpoold adopts: a regular file (no link) owned by kvpoold
+// or root.
+std::expected<void, Error> check_trusted_region(const std::string &path, const std::string &pool) {
+    struct stat st;
+    if (lstat(path.c_str(), &st) != 0) return {};
+    std::string why;
+    if (S_ISLNK(st.st_mode))
+        why = "is a symbolic link";
+    else if (!S_ISREG(st.st_mode))
+        why = "is not a regular file";
+    else
+        why = untrusted_owner(st);
+    if (why.empty()) return {};
+    return std::unexpected(Error{EPERM, "pool " + pool + ": region " + path + " " + why +
+                                            "; refusing to adopt it (its blocks and mapping are not kvpoold's to "
+                                            "serve): remove it, then start kvpoold again"});
+}
+
+namespace {
 
 bool on_hugetlbfs(const std::string &dir, uint64_t *page_size) {
     struct statfs sf;
@@ -158,6 +221,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
 
     if (int rc = make_dirs(cfg_.shm_dir, 0755); rc)
         return std::unexpected(Error{-rc, "shm_dir " + cfg_.shm_dir + ": " + strerror(-rc)});
+    if (auto ok = check_trusted_dir(cfg_.shm_dir, "shm_dir"); !ok) return std::unexpected(ok.error());
     const std::string shm_path = cfg_.shm_dir + "/" + pc.name;
     remove_stale_creations(cfg_.shm_dir, pc.name);
     if (pc.hugepages != HugepageMode::Never) remove_stale_creations(cfg_.hugepage_dir, pc.name);
@@ -169,6 +233,8 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         const std::string parent = cfg_.hugepage_dir.substr(0, cfg_.hugepage_dir.rfind('/'));
         if (on_hugetlbfs(parent.empty() ? "/" : parent, &huge_page)) make_dirs(cfg_.hugepage_dir, 0755);
         if (on_hugetlbfs(cfg_.hugepage_dir, &huge_page)) {
+            if (auto ok = check_trusted_dir(cfg_.hugepage_dir, "hugepage_dir"); !ok)
+                return std::unexpected(ok.error());
             huge_path = cfg_.hugepage_dir + "/" + pc.name;
         } else if (pc.hugepages == HugepageMode::Require) {
             return std::unexpected(Error{
@@ -186,6 +252,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
     // client, no block). Every other failure leaves the file alone.
     for (const std::string &cand : {huge_path, shm_path}) {
         if (cand.empty() || !file_exists(cand)) continue;
+        if (auto ok = check_trusted_region(cand, pc.name); !ok) return std::unexpected(ok.error());
         char err[512] = "";
         kv_pool *h = nullptr;
         int rc = kv_pool_attach(cand.c_str(), KV_ATTACH_F_DAEMON, &h, err, sizeof err);
@@ -308,6 +375,11 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
                 pool->snapshot_path.c_str());
     if ((pc.persist_on_stop || pc.restore_on_start) && make_dirs(snap_dir, 0750) != 0)
         KV_LOGW(kComp, "pool %s: snapshot_dir %s: %s", pc.name.c_str(), snap_dir.c_str(), strerror(errno));
+    if (auto ok = check_trusted_dir(snap_dir, "snapshot_dir"); !ok) {
+        kv_pool_detach(pool->handle);
+        pool->handle = nullptr;
+        return std::unexpected(ok.error());
+    }
     const kv_region_header *hd = kv_pool_header(pool->handle);
     KV_LOGI(kComp, "pool %s %s: %s, %s, page size %s, numa %s, %u entry slots", pc.name.c_str(), pool->state.c_str(),
             pool->path.c_str(), kv::detail::format_size(hd->region_size).c_str(),
@@ -342,6 +414,7 @@ std::expected<void, Error> PoolManager::start_pool(const PoolConfig &pc, const c
 }
 
 std::expected<void, std::string> PoolManager::open_all() {
+    if (auto ok = check_trusted_dir(cfg_.state_dir, "state_dir"); !ok) return std::unexpected(ok.error().message);
     for (const PoolConfig &pc : cfg_.pools) {
         if (find(pc.name) || is_waiting(pc.name)) continue;
         if (auto r = start_pool(pc, "config"); !r) return std::unexpected(r.error().message);

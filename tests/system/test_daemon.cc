@@ -922,6 +922,51 @@ TEST_F(DaemonTest, GarbageOnTheControlSocketNeverHurtsTheDaemon) {
 
 // An unprivileged user can read status but cannot change pools, and cannot
 // attach to a pool whose mode excludes it.
+// A user who made shm_dir, a region file or state_dir before kvpoold first
+// ran must not get a pool served from it: kvpoold refuses to start, names
+// the file and its owner, and touches nothing.
+TEST_F(DaemonTest, FilesOfOtherUsersAreNotAdopted) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to create a test user";
+    int uid = -1, gid = -1;
+    std::string why;
+    if (!make_test_user(&uid, &gid, &why)) GTEST_SKIP() << why;
+    const std::string cfg = dir_ + "/kvpoold.toml";
+    spit(cfg, config());
+    auto refused = [&](const std::string &what) {
+        Proc d = run({kvpoold_, "--config", cfg});
+        EXPECT_EQ(d.code, 1) << d.err;
+        EXPECT_NE(d.err.find(what), std::string::npos) << d.err;
+    };
+    kv_create_opts o;
+    kv_create_opts_init(&o, 64 << 20);
+    char err[256] = "";
+    // 1. The user made shm_dir (and a region in it).
+    ASSERT_EQ(mkdir(shm_.c_str(), 0755), 0);
+    ASSERT_EQ(kv_pool_create(pool_path("alpha").c_str(), &o, err, sizeof err), 0) << err;
+    ASSERT_EQ(chown(shm_.c_str(), uid_t(uid), gid_t(gid)), 0);
+    ASSERT_EQ(chown(pool_path("alpha").c_str(), uid_t(uid), gid_t(gid)), 0);
+    refused("shm_dir " + shm_ + " owned by uid " + std::to_string(uid));
+    struct stat sb;
+    ASSERT_EQ(stat(pool_path("alpha").c_str(), &sb), 0);
+    EXPECT_EQ(sb.st_uid, uid_t(uid)) << "the file was re-owned";
+    // 2. shm_dir is kvpoold's, the region file is the user's.
+    ASSERT_EQ(chown(shm_.c_str(), 0, 0), 0);
+    refused("region " + pool_path("alpha") + " owned by uid " + std::to_string(uid));
+    ASSERT_EQ(stat(pool_path("alpha").c_str(), &sb), 0);
+    EXPECT_EQ(sb.st_uid, uid_t(uid));
+    // 3. A world-writable shm_dir.
+    ASSERT_EQ(unlink(pool_path("alpha").c_str()), 0);
+    ASSERT_EQ(chmod(shm_.c_str(), 0777), 0);
+    refused("has mode 0777");
+    // 4. state_dir made by the user.
+    ASSERT_EQ(chmod(shm_.c_str(), 0755), 0);
+    ASSERT_EQ(mkdir((dir_ + "/state").c_str(), 0755), 0);
+    ASSERT_EQ(chown((dir_ + "/state").c_str(), uid_t(uid), gid_t(gid)), 0);
+    refused("state_dir " + dir_ + "/state owned by uid " + std::to_string(uid));
+    ASSERT_EQ(chown((dir_ + "/state").c_str(), 0, 0), 0);
+    EXPECT_TRUE(start_daemon(config())) << "trusted directories must be used";
+}
+
 TEST_F(DaemonTest, UnprivilegedUserReadsButCannotChange) {
     if (geteuid() != 0) GTEST_SKIP() << "needs root to create a test user";
     int uid = -1, gid = -1;
