@@ -57,6 +57,19 @@ bool mutating(uint16_t op) {
 using control::frame;
 using control::valid_pool_name;
 
+// DIR/POOL.kvsnap or DIR/POOL@TAG.kvsnap (dir ends with '/').
+bool own_snapshot_file(const std::string &path, const std::string &dir, const std::string &pool) {
+    constexpr std::string_view ext = ".kvsnap";
+    std::string_view rest = path;
+    if (!rest.starts_with(dir)) return false;
+    rest.remove_prefix(dir.size());
+    if (rest.size() < pool.size() + ext.size() || !rest.starts_with(pool) || !rest.ends_with(ext)) return false;
+    rest.remove_prefix(pool.size());
+    rest.remove_suffix(ext.size());
+    if (rest.empty()) return true;
+    return rest.front() == '@' && valid_pool_name(rest.substr(1));
+}
+
 std::string dump(const nlohmann::json &j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
 } // namespace
@@ -525,16 +538,22 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         std::string path(reinterpret_cast<const char *>(req.path));
         if (path.empty()) path = p->snapshot_path;
         if (path.front() != '/') return {EINVAL, "path \"" + path + "\": expected an absolute path"};
-        // The daemon runs as root: a group member may only name files in
-        // the pool's snapshot directory; root may name any path.
+        // The daemon runs as root: a group member may only name this pool's
+        // own snapshot files (control.h); root may name any path.
         const std::string dir = p->snapshot_path.substr(0, p->snapshot_path.rfind('/') + 1);
-        if (c.peer.uid != 0 && (path.rfind(dir, 0) != 0 || path.find("/..") != std::string::npos ||
-                                path.find('/', dir.size()) != std::string::npos))
-            return {EPERM, "path " + path + ": only root may name a snapshot outside " + dir};
+        if (c.peer.uid != 0 && !own_snapshot_file(path, dir, name))
+            return {EPERM, "path " + path + ": a member of group " + p->group_name + " may only name pool " + name +
+                               "'s snapshots, " + dir + name + ".kvsnap or " + dir + name +
+                               "@TAG.kvsnap (TAG: 1-63 of A-Z a-z 0-9 _ . -); only root may name other files"};
+        if ((req.flags & KV_CTL_F_FORCE) && op != KV_CTL_OP_RESTORE)
+            return {EINVAL, std::string(op_name(op)) + ": the force flag applies to restore only"};
+        if ((req.flags & KV_CTL_F_FORCE) && c.peer.uid != 0)
+            return {EPERM, "restore " + name + " --force: only root may restore another pool's snapshot"};
         if (op == KV_CTL_OP_RESTORE && access(path.c_str(), R_OK) != 0)
             return {file_error_code(errno), path + ": " + strerror(errno)};
         if (op == KV_CTL_OP_PERSIST && path.rfind(dir, 0) == 0) mkdir(dir.c_str(), 0750); // the pool's own directory
-        auto r = start_job(*p, op, path, c.id, seq, wake_fd_);
+        auto r = start_job(*p, op, path, c.id, seq, wake_fd_,
+                           Requester{c.peer.uid == 0, (req.flags & KV_CTL_F_FORCE) != 0});
         if (!r) return {r.error().code, r.error().message};
         return {kDeferred, ""};
     }

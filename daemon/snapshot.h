@@ -82,6 +82,18 @@ struct Options {
     // estimate for persist (the pool is live) and the file size for restore.
     std::function<void(uint64_t done_bytes, uint64_t total_bytes)> progress;
     std::atomic<bool> *cancel = nullptr; // optional: set to stop with ECANCELED
+    // restore: the pool the file must have been written from (the header's
+    // pool_name). Empty: any file is taken. Otherwise a file of another pool
+    // is refused (EPERM, naming both) unless allow_foreign, and a file that
+    // names no pool (an older writer's) unless allow_unnamed; nothing is
+    // added to the pool before this check.
+    std::string expect_pool;
+    bool allow_foreign = false;
+    bool allow_unnamed = false;
+    // persist: the group of the file (-1: the daemon's). The file is mode
+    // 0640 whatever the umask or the mode of a recycled spare, so only root
+    // and that group can read it.
+    int file_gid = -1;
 };
 
 struct Result {

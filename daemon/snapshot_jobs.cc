@@ -95,23 +95,26 @@ snapshot::Options snapshot_options(std::function<void(uint64_t, uint64_t)> progr
 }
 
 void restore_at_start(Pool &p, const std::function<void(const std::string &)> &status) {
-    auto res = snapshot::restore(p.handle, p.snapshot_path,
-                                 snapshot_options(status_progress(p, KV_CTL_OP_RESTORE, status)));
+    snapshot::Options o = snapshot_options(status_progress(p, KV_CTL_OP_RESTORE, status));
+    o.expect_pool = p.cfg.name;
+    o.allow_unnamed = true;
+    auto res = snapshot::restore(p.handle, p.snapshot_path, o);
     record(p.last_restore, p.snapshot_path, res);
     log_result(p, KV_CTL_OP_RESTORE, p.snapshot_path, res);
     if (res) p.state = "restored";
 }
 
 bool persist_at_stop(Pool &p, const std::function<void(const std::string &)> &status) {
-    auto res = snapshot::persist(p.handle, p.cfg.name, p.snapshot_path,
-                                 snapshot_options(status_progress(p, KV_CTL_OP_PERSIST, status)));
+    snapshot::Options o = snapshot_options(status_progress(p, KV_CTL_OP_PERSIST, status));
+    o.file_gid = int(p.gid);
+    auto res = snapshot::persist(p.handle, p.cfg.name, p.snapshot_path, o);
     record(p.last_persist, p.snapshot_path, res);
     log_result(p, KV_CTL_OP_PERSIST, p.snapshot_path, res);
     return res.has_value();
 }
 
 std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &path, uint64_t conn_id, uint32_t seq,
-                                     int wake_fd) {
+                                     int wake_fd, Requester who) {
     if (p.job)
         return std::unexpected(Error{EBUSY, "pool " + p.cfg.name + ": a " + op_word(p.job->op) + " is already running"});
     auto job = std::make_shared<SnapshotJob>();
@@ -123,17 +126,23 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
     kv_pool *handle = p.handle;
     std::string name = p.cfg.name;
     SnapshotJob *j = job.get();
+    const int gid = int(p.gid);
     // The worker touches only the job and the pool handle; the Pool object
     // itself belongs to the main thread.
-    j->thread = std::thread([j, handle, name, wake_fd] {
+    j->thread = std::thread([j, handle, name, wake_fd, who, gid] {
         auto progress = [j](uint64_t done, uint64_t total) {
             j->done_bytes.store(done, std::memory_order_relaxed);
             j->total_bytes.store(total, std::memory_order_relaxed);
         };
+        snapshot::Options o = snapshot_options(progress);
+        o.file_gid = gid;
+        o.expect_pool = name;
+        o.allow_unnamed = who.root;
+        o.allow_foreign = who.root && who.force;
         if (j->op == KV_CTL_OP_PERSIST)
-            j->result = snapshot::persist(handle, name, j->path, snapshot_options(progress));
+            j->result = snapshot::persist(handle, name, j->path, o);
         else
-            j->result = snapshot::restore(handle, j->path, snapshot_options(progress));
+            j->result = snapshot::restore(handle, j->path, o);
         // Pairs with the acquire in collect_jobs: result is complete before finished reads true.
         j->finished.store(true, std::memory_order_release);
         uint64_t one = 1;

@@ -61,10 +61,19 @@ void restore_at_start(Pool &p, const std::function<void(const std::string &)> &s
 // At stop: write the pool to its snapshot file. False (logged) on failure.
 bool persist_at_stop(Pool &p, const std::function<void(const std::string &)> &status);
 
+// Who asked for a job, for a restore's origin check: a snapshot written
+// from another pool is refused unless root forces it; one that names no
+// pool (an older kvpool's) is taken from root only. At start the daemon
+// itself restores (root, never forced).
+struct Requester {
+    bool root = false;
+    bool force = false;
+};
+
 // Start a background persist/restore of p into/from path. wake_fd (an
 // eventfd) is written when it finishes. EBUSY if a job is running.
 std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &path, uint64_t conn_id, uint32_t seq,
-                                     int wake_fd);
+                                     int wake_fd, Requester who);
 // Join finished jobs, record their outcome in their pools, and return the
 // responses to send.
 std::vector<JobAnswer> collect_jobs(PoolManager &pm);

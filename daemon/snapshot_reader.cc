@@ -80,6 +80,7 @@ class Reader {
   private:
     bool setup();
     bool read_header();
+    bool check_origin();
     bool map_namespaces();
     bool segments();
     bool add_record(const kv_snap_record &rec, uint64_t seg_off);
@@ -248,6 +249,26 @@ bool Reader::read_header() {
     if (!h) return fail(h.error().code, "header: %s", h.error().what.c_str());
     header_info_ = std::move(*h);
     return true;
+}
+
+bool Reader::check_origin() {
+    if (opts_.expect_pool.empty()) return true;
+    const kv_snap_header &h = header_info_.hdr;
+    const auto *raw = reinterpret_cast<const char *>(h.pool_name);
+    const std::string from(raw, strnlen(raw, sizeof h.pool_name));
+    if (from.empty()) {
+        if (opts_.allow_unnamed) return true;
+        return fail(EPERM,
+                    "the snapshot does not name the pool it was written from (an older kvpool "
+                    "wrote it): only root may restore it into pool %s",
+                    opts_.expect_pool.c_str());
+    }
+    if (from == opts_.expect_pool || opts_.allow_foreign) return true;
+    return fail(
+        EPERM,
+        "the snapshot was written from pool \"%.64s\", not from pool \"%s\": restore it into "
+        "%.64s, or as root with --force",
+        from.c_str(), opts_.expect_pool.c_str(), from.c_str());
 }
 
 bool Reader::map_namespaces() {
@@ -546,7 +567,7 @@ void Reader::cleanup() {
 }
 
 std::expected<Result, Error> Reader::run() {
-    bool ok = setup() && read_header() && map_namespaces() && segments();
+    bool ok = setup() && read_header() && check_origin() && map_namespaces() && segments();
     // Whatever is in flight completes (and is committed when it verifies).
     if (ok) {
         ok = flush();

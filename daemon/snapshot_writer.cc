@@ -110,6 +110,7 @@ class Writer {
   private:
     bool setup();
     bool open_target(); // PATH.tmp: the spare to write over, or a new file
+    bool restrict_access();
     bool write_header();
     bool scan();
     bool pin_and_add(const kv_entry_info &row);
@@ -254,16 +255,26 @@ bool Writer::open_target() {
             created_ = true;
             res_.recycled = true;
             alloc_end_ = uint64_t(sb.st_size); // already allocated (and written)
-            return true;
+            return restrict_access();
         }
         if (fd_ >= 0) close(fd_);
         fd_ = -1; // not usable (no O_DIRECT, not a file): start afresh below
     }
-    fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0640);
+    fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
     if (fd_ < 0 && errno == EINVAL) // the filesystem has no O_DIRECT: buffered, still fsync'ed
-        fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+        fd_ = open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd_ < 0) return fail(errno, "create %s", tmp_.c_str());
     created_ = true;
+    return restrict_access();
+}
+
+// A snapshot holds every block of its pool: readable by root and the
+// pool's group only. Set on the file before any block is written, whatever
+// the umask, and whatever mode or group a recycled spare had.
+bool Writer::restrict_access() {
+    if (opts_.file_gid >= 0 && fchown(fd_, uid_t(-1), gid_t(opts_.file_gid)) != 0)
+        return fail(errno, "set group %d on %s", opts_.file_gid, tmp_.c_str());
+    if (fchmod(fd_, 0640) != 0) return fail(errno, "set mode 0640 on %s", tmp_.c_str());
     return true;
 }
 

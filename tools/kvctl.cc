@@ -148,6 +148,11 @@ constexpr Option kSnapshotOptions[] = {
     {"--path", "FILE",
      "snapshot file, opened by kvpoold: use an absolute path (default: the pool's)"},
 };
+constexpr Option kRestoreOptions[] = {
+    {"--path", "FILE",
+     "snapshot file, opened by kvpoold: use an absolute path (default: the pool's)"},
+    {"--force", "", "take a snapshot written from another pool (root only)"},
+};
 constexpr Option kDetachOptions[] = {
     {"--pid", "PID", "the client's process id (required)"},
     {"--kill", "", "send SIGKILL first if the process is alive"},
@@ -172,8 +177,8 @@ constexpr Verb kVerbs[] = {
      "Evict part of a pool's unpinned bytes now."},
     {"persist", KV_CTL_OP_PERSIST, PoolArg::Required, kSnapshotOptions, "POOL [--path FILE]",
      "Write a pool's snapshot (no timeout unless --timeout)."},
-    {"restore", KV_CTL_OP_RESTORE, PoolArg::Required, kSnapshotOptions, "POOL [--path FILE]",
-     "Load a pool from a snapshot (no timeout unless --timeout)."},
+    {"restore", KV_CTL_OP_RESTORE, PoolArg::Required, kRestoreOptions,
+     "POOL [--path FILE] [--force]", "Load a pool from a snapshot (no timeout unless --timeout)."},
     {"clients", KV_CTL_OP_CLIENTS, PoolArg::Required, kNoOptions, "POOL",
      "List the processes attached to a pool."},
     {"detach", KV_CTL_OP_DETACH, PoolArg::Required, kDetachOptions, "POOL --pid PID [--kill]",
@@ -566,6 +571,7 @@ Result<kv_ctl_request> build_request(const Command &c) {
                     strf("%zu bytes long; expected at most %d", path->size(), KV_CTL_PATH_MAX - 1));
             std::memcpy(req.path, path->data(), path->size());
         }
+        if (c.option("--force")) req.flags |= KV_CTL_F_FORCE;
         break;
     case KV_CTL_OP_DETACH: {
         auto p = required("--pid");

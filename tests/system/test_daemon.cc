@@ -1327,3 +1327,85 @@ TEST_F(DaemonTest, DaemonKilledMidPersistLeavesThePreviousSnapshot) {
     // And the daemon can persist again over the leftover temporary file.
     EXPECT_EQ(ctl({"persist", "alpha"}).code, 0) << log();
 }
+
+// A member of one pool's group reaches only that pool's snapshots: not
+// another pool's file by its path (restore would serve its blocks through
+// this pool, persist would replace them), not a file of another pool put
+// where this pool's names lead, and snapshot files are mode 0640 in the
+// pool's group. Root may restore another pool's snapshot with --force only.
+TEST_F(DaemonTest, GroupMemberReachesOnlyItsPoolsSnapshots) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to create a test user";
+    int uid = -1, gid = -1;
+    std::string why;
+    if (!make_test_user(&uid, &gid, &why)) GTEST_SKIP() << why;
+    const group *gr = getgrgid(gid_t(gid));
+    ASSERT_NE(gr, nullptr) << "no group " << gid;
+    const std::string probe_cfg = "\n[[pool]]\nname = \"probe\"\nsize = \"64M\"\nhugepages = \"never\"\n"
+                                  "prefault = false\ngroup = \"" +
+                                  std::string(gr->gr_name) + "\"\nmode = \"0660\"\n";
+    ASSERT_TRUE(start_daemon(config("", probe_cfg)));
+    const uint64_t n = 20;
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool) << c.error;
+        put_snap_blocks(c, n);
+    }
+    ASSERT_EQ(ctl({"persist", "alpha"}).code, 0) << log();
+    const std::string state = dir_ + "/state/";
+    const std::string secret = state + "alpha.kvsnap";
+    const std::string before = slurp(secret);
+    struct stat sb {};
+    ASSERT_EQ(stat(secret.c_str(), &sb), 0);
+    EXPECT_EQ(sb.st_mode & 0777, 0640u);
+    EXPECT_EQ(sb.st_gid, 0u) << "alpha's group is root";
+
+    // alpha's snapshot by its path, as a member of probe's group only.
+    Proc r = ctl({"restore", "probe", "--path", secret}, uid, gid);
+    EXPECT_EQ(r.code, 4) << r.out << r.err;
+    EXPECT_NE(r.err.find("may only name pool probe's snapshots"), std::string::npos) << r.err;
+    EXPECT_EQ(parse(ctl({"--json", "status", "probe"}))["entries"], 0) << "alpha's blocks reached probe";
+    Proc w = ctl({"persist", "probe", "--path", secret}, uid, gid);
+    EXPECT_EQ(w.code, 4) << w.out << w.err;
+    EXPECT_EQ(slurp(secret), before) << "alpha's snapshot was replaced";
+    for (const std::string bad : {"probe@../alpha.kvsnap", "probe@.kvsnap", "probe@..kvsnap", "probe@a@b.kvsnap",
+                                  "probe.kvsnap.spare", "probe@t.kvsnap.tmp", "probex.kvsnap", "alpha@probe.kvsnap"}) {
+        Proc b = ctl({"persist", "probe", "--path", state + bad}, uid, gid);
+        EXPECT_EQ(b.code, 4) << bad << ": " << b.out << b.err;
+    }
+
+    // probe's own files: the default and a tagged one, mode 0640 in probe's group.
+    {
+        Client c(pool_path("probe"));
+        ASSERT_TRUE(c.pool) << c.error;
+        ASSERT_EQ(c.put(5000, 8192), 0);
+    }
+    Proc own = ctl({"persist", "probe"}, uid, gid);
+    ASSERT_EQ(own.code, 0) << own.err << log();
+    ASSERT_EQ(stat((state + "probe.kvsnap").c_str(), &sb), 0);
+    EXPECT_EQ(sb.st_mode & 0777, 0640u);
+    EXPECT_EQ(sb.st_gid, gid_t(gid)) << "a snapshot of probe belongs to probe's group";
+    const std::string tagged = state + "probe@before-upgrade.kvsnap";
+    ASSERT_EQ(ctl({"persist", "probe", "--path", tagged}, uid, gid).code, 0) << log();
+    Proc back = ctl({"--json", "restore", "probe", "--path", tagged}, uid, gid);
+    EXPECT_EQ(back.code, 0) << back.out << back.err;
+
+    // alpha's snapshot put (by root) under a name probe's group may use:
+    // the header says where it came from.
+    const std::string planted = state + "probe@planted.kvsnap";
+    spit(planted, before);
+    Proc f = ctl({"restore", "probe", "--path", planted}, uid, gid);
+    EXPECT_EQ(f.code, 4) << f.out << f.err;
+    EXPECT_NE(f.err.find("written from pool \"alpha\", not from pool \"probe\""), std::string::npos) << f.err;
+    Proc ff = ctl({"restore", "probe", "--path", planted, "--force"}, uid, gid);
+    EXPECT_EQ(ff.code, 4) << ff.out << ff.err;
+    EXPECT_NE(ff.err.find("only root"), std::string::npos) << ff.err;
+    EXPECT_EQ(parse(ctl({"--json", "status", "probe"}))["entries"], 1) << "alpha's blocks reached probe";
+    // Root too needs --force.
+    Proc rr = ctl({"restore", "probe", "--path", planted});
+    EXPECT_EQ(rr.code, 4) << rr.out << rr.err;
+    EXPECT_NE(rr.err.find("\"alpha\""), std::string::npos) << rr.err;
+    EXPECT_NE(rr.err.find("--force"), std::string::npos) << rr.err;
+    Proc rf = ctl({"--json", "restore", "probe", "--path", planted, "--force"});
+    EXPECT_EQ(rf.code, 0) << rf.out << rf.err;
+    EXPECT_EQ(parse(rf)["blocks"], n);
+}

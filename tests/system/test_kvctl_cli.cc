@@ -490,6 +490,20 @@ TEST_F(KvctlCli, DetachEncodesPidAndKill) {
     EXPECT_NE(r.out.find("4242"), std::string::npos) << r.out;
 }
 
+TEST_F(KvctlCli, RestoreEncodesForce) {
+    FakeDaemon d(reply(0, R"({"pool": "p", "path": "/x/q.kvsnap", "bytes": 0, "seconds": 0.1})"));
+    const Outcome r =
+        run_kvctl({"restore", "p", "--path", "/x/q.kvsnap", "--force", "--socket", d.path()});
+    d.join();
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(d.hdr.op, KV_CTL_OP_RESTORE);
+    EXPECT_EQ(d.req.flags, KV_CTL_F_FORCE);
+    EXPECT_STREQ(reinterpret_cast<const char *>(d.req.path), "/x/q.kvsnap");
+    const Outcome p = run_kvctl({"persist", "p", "--force", "--socket", d.path()});
+    EXPECT_EQ(p.code, 2) << p.err;
+    EXPECT_NE(p.err.find("unknown option \"--force\" for persist"), std::string::npos) << p.err;
+}
+
 TEST_F(KvctlCli, BadMagicExits7) {
     FakeDaemon d([](int fd, const kv_ctl_hdr &h, const kv_ctl_request &) {
         std::string msg = response(h, 0, "{}");

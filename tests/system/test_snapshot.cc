@@ -390,6 +390,76 @@ TEST_F(SnapshotTest, EmptyPool) {
     EXPECT_FALSE(r->truncated);
 }
 
+// A restore with expect_pool takes only a file whose header names that pool:
+// another pool's is refused (naming both) unless allow_foreign, one that
+// names no pool unless allow_unnamed, and the pool is untouched by a refusal.
+TEST_F(SnapshotTest, RestoreChecksTheSourcePool) {
+    Pool &src = make_pool(64 << 20);
+    auto blocks = populate(src, 12);
+    ASSERT_TRUE(snap::persist(src.p, "secret", file("secret.kvsnap"), {}).has_value());
+    ASSERT_TRUE(snap::persist(src.p, "", file("unnamed.kvsnap"), {}).has_value());
+    Pool &dst = make_pool(64 << 20);
+    snap::Options o;
+    o.expect_pool = "probe";
+    auto r = snap::restore(dst.p, file("secret.kvsnap"), o);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, EPERM);
+    EXPECT_NE(r.error().message.find("written from pool \"secret\", not from pool \"probe\""),
+              std::string::npos)
+        << r.error().message;
+    auto u = snap::restore(dst.p, file("unnamed.kvsnap"), o);
+    ASSERT_FALSE(u.has_value());
+    EXPECT_EQ(u.error().code, EPERM);
+    EXPECT_NE(u.error().message.find("does not name the pool"), std::string::npos)
+        << u.error().message;
+    kv_usage us{};
+    ASSERT_EQ(kv_pool_usage(dst.p, &us), 0);
+    EXPECT_EQ(us.entries_committed, 0u) << "a refused restore added blocks";
+    expect_no_leaks(dst.p);
+
+    o.allow_unnamed = true;
+    auto u2 = snap::restore(dst.p, file("unnamed.kvsnap"), o);
+    ASSERT_TRUE(u2.has_value()) << u2.error().message;
+    EXPECT_EQ(u2->blocks, blocks.size());
+    close_pool(dst);
+    Pool &dst2 = make_pool(64 << 20);
+    o.allow_foreign = true;
+    auto f = snap::restore(dst2.p, file("secret.kvsnap"), o);
+    ASSERT_TRUE(f.has_value()) << f.error().message;
+    EXPECT_EQ(f->blocks, blocks.size());
+    o.expect_pool = "secret";
+    o.allow_foreign = o.allow_unnamed = false;
+    auto same = snap::restore(dst2.p, file("secret.kvsnap"), o);
+    ASSERT_TRUE(same.has_value()) << same.error().message;
+    EXPECT_EQ(same->skipped, blocks.size());
+}
+
+// A snapshot is mode 0640 in the group it is given, whatever the umask and
+// whatever mode a recycled spare had.
+TEST_F(SnapshotTest, SnapshotFileModeAndGroup) {
+    Pool &src = make_pool(64 << 20);
+    populate(src, 4);
+    const std::string path = file("mode.kvsnap");
+    const mode_t old_umask = umask(0);
+    snap::Options o;
+    o.file_gid = int(getegid());
+    auto w = snap::persist(src.p, "mode", path, o);
+    ASSERT_TRUE(w.has_value()) << w.error().message;
+    struct stat sb {};
+    ASSERT_EQ(stat(path.c_str(), &sb), 0);
+    EXPECT_EQ(sb.st_mode & 07777, 0640u);
+    EXPECT_EQ(sb.st_gid, getegid());
+    ASSERT_TRUE(
+        snap::persist(src.p, "mode", path, o).has_value()); // the first one becomes the spare
+    ASSERT_EQ(chmod((path + ".spare").c_str(), 0666), 0);
+    auto w3 = snap::persist(src.p, "mode", path, o);
+    umask(old_umask);
+    ASSERT_TRUE(w3.has_value()) << w3.error().message;
+    EXPECT_TRUE(w3->recycled);
+    ASSERT_EQ(stat(path.c_str(), &sb), 0);
+    EXPECT_EQ(sb.st_mode & 07777, 0640u) << "a recycled spare kept its mode";
+}
+
 // ---- Live pool ------------------------------------------------------------------
 
 TEST_F(SnapshotTest, PersistUnderConcurrentLoad) {

@@ -165,7 +165,8 @@ class TortureTest : public kvtest::DaemonTest {
             TortureTest *t;
             ~Destroy() { t->ctl({"destroy", "verify"}); }
         } destroy{this};
-        Proc r = ctl({"--json", "restore", "verify", "--path", snapshot()});
+        // alpha's snapshot into another pool: root, and on purpose (--force).
+        Proc r = ctl({"--json", "restore", "verify", "--path", snapshot(), "--force"});
         ASSERT_EQ(r.code, 0) << when << ": restore of the newest snapshot: " << r.out << r.err;
         json j = json::parse(r.out, nullptr, false);
         ASSERT_TRUE(j.is_object()) << r.out;

@@ -26,6 +26,16 @@
  * Ops that change state need uid 0, or membership (primary or supplementary)
  * of the pool's group; CREATE needs uid 0 or the daemon's admin group.
  * Refused: error = EPERM.
+ *
+ * Snapshots (PERSIST, RESTORE): root may name any absolute path. Anyone
+ * else may name only the pool's own snapshot files, in its snapshot
+ * directory DIR: DIR/POOL.kvsnap (the default) or DIR/POOL@TAG.kvsnap, TAG
+ * being 1-63 characters of [A-Za-z0-9_.-] ('@' is not a pool-name
+ * character, so no other pool's file has such a name). A RESTORE takes only
+ * a snapshot whose header names the pool it is restored into: one written
+ * from another pool needs root and KV_CTL_F_FORCE, one that names no pool
+ * (an older kvpool's) needs root. Refused: EPERM, naming both pools.
+ * Snapshot files are mode 0640, group the pool's group.
  */
 #ifndef KVPOOL_UAPI_CONTROL_H
 #define KVPOOL_UAPI_CONTROL_H
@@ -61,7 +71,7 @@
 #define KV_CTL_OP_HEALTH 7   /* {"pool", "healthy", "problems": [text...], "usage": {...}} */
 #define KV_CTL_OP_EVICT 8    /* arg: percent 1..100 of unpinned bytes: {"pool", "requested_bytes", "freed_bytes"} */
 #define KV_CTL_OP_PERSIST 9  /* path optional: {"pool", "path", "bytes", "seconds"} */
-#define KV_CTL_OP_RESTORE 10 /* path optional: {"pool", "path", "bytes", "seconds", ...} */
+#define KV_CTL_OP_RESTORE 10 /* path optional; KV_CTL_F_FORCE: {"pool", "path", "bytes", "seconds", ...} */
 #define KV_CTL_OP_CLIENTS 11 /* {"pool", "clients": [CLIENT...]} */
 #define KV_CTL_OP_DETACH 12  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"} */
 #define KV_CTL_OP_STATS 13   /* {"daemon": {...}, "pools": [POOL...]} */
@@ -71,10 +81,11 @@
 #define KV_CTL_F_KILL (1U << 0)     /* DETACH: SIGKILL a live process first */
 #define KV_CTL_F_PREFAULT (1U << 1) /* CREATE: fault every page in */
 #define KV_CTL_F_POLICY (1U << 2)   /* CREATE: evict_policy is set (else the daemon's default) */
+#define KV_CTL_F_FORCE (1U << 3)    /* RESTORE, root only: take a snapshot written from another pool */
 /* CREATE: do not persist the pool's blocks at stop nor restore them at start
  * (the pool itself is remembered across restarts either way). */
-#define KV_CTL_F_NO_PERSIST (1U << 3)
-#define KV_CTL_F_KNOWN (KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_NO_PERSIST)
+#define KV_CTL_F_NO_PERSIST (1U << 4)
+#define KV_CTL_F_KNOWN (KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_FORCE | KV_CTL_F_NO_PERSIST)
 
 /* kv_ctl_request.numa_node special values */
 #define KV_CTL_NUMA_NONE 0xffffffffU
