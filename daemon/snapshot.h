@@ -24,9 +24,11 @@
 // restore(pool, path)
 //   Into a fresh (or any) pool. A damaged header refuses the whole file
 //   (Error, EBADMSG/EPROTO, saying what was seen and what was expected).
-//   Segments are then taken in order until the first one that is damaged
-//   or cut off (truncated = true); its records whose data lies whole in the
-//   file are still restored, every block is checked against its XXH3-64
+//   Segments are then taken in order until the file is cut off (truncated
+//   = true; the records of the last segment whose data lies whole in the
+//   file are still restored). A segment head that fails its checks loses
+//   that segment only (truncated, damaged_segments): the reader goes on at
+//   the next page that starts a valid head of a later segment. Every block is checked against its XXH3-64
 //   before it is committed, and a block that fails is aborted (dropped).
 //   Counts: blocks/bytes committed; dropped: failed checksum, unreadable
 //   (I/O error on its data), namespace refused by the pool, longer than the
@@ -106,6 +108,8 @@ struct Result {
     double seconds = 0;
     bool truncated =
         false; // restore: file ended early / damaged segment: the verified part was restored
+    uint64_t damaged_segments = 0; // restore: segments lost to a damaged head (at least 1 if the
+                                   // file holds no valid head after it)
     bool fixed_buffers = false; // the data section was registered (false: plain reads/writes)
     bool recycled = false;      // persist: written over PATH.spare's blocks (Options::recycle_spare)
 };

@@ -33,6 +33,7 @@ nlohmann::json result_json(const Pool &p, uint16_t op, const std::string &path, 
             {"dropped", r.dropped},
             {"skipped", r.skipped},
             {"truncated", r.truncated},
+            {"damaged_segments", r.damaged_segments},
             {"fixed_buffers", r.fixed_buffers},
             {"recycled_spare", r.recycled}};
 }

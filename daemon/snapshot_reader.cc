@@ -83,6 +83,7 @@ class Reader {
     bool check_origin();
     bool map_namespaces();
     bool segments();
+    bool scan_for_segment(uint64_t from, uint64_t min_seq, uint64_t *at, uint64_t *seq);
     bool add_record(const kv_snap_record &rec, uint64_t seg_off);
     void finish_record(uint32_t slot);
 
@@ -302,10 +303,23 @@ bool Reader::segments() {
             return true;
         }
         auto seg = parse_segment({head(cur), size_t(got)}, seq, off, size_, header_info_);
-        if (!seg) { // cut off or damaged here: what came before stays
+        if (!seg) {
             res_.truncated = true;
             res_.file_bytes = off;
-            return true;
+            if (seg.error().code == ENODATA) return true; // the file ends here
+            // A damaged head costs its own segment only: the next one is
+            // found by its magic and checksum on a later page boundary.
+            uint64_t at = 0, next_seq = 0;
+            if (!scan_for_segment(off + kAlign, seq + 1, &at, &next_seq)) return false;
+            if (at == 0) { // none: what came before stays
+                res_.damaged_segments++;
+                return true;
+            }
+            res_.damaged_segments += next_seq - seq; // this one and any between
+            off = at;
+            seq = next_seq;
+            if (!start_meta(cur, off, head(cur), kSegmentHead)) return false;
+            continue;
         }
         const uint64_t next = off + seg->seg.length;
         if (!seg->data_cut && !start_meta(3 - cur, next, head(3 - cur), kSegmentHead)) return false;
@@ -325,6 +339,43 @@ bool Reader::segments() {
         off = next;
         cur = 3 - cur;
     }
+}
+
+// Look for the head of segment min_seq or a later one on every page
+// boundary from `from` to the end of the file: its magic, then every check
+// parse_segment makes (the checksum first). Synchronous reads in chunks: a
+// rare path, taken once per damaged head. *at = 0: there is none.
+bool Reader::scan_for_segment(uint64_t from, uint64_t min_seq, uint64_t *at, uint64_t *seq) {
+    constexpr uint64_t kChunk = 1ULL << 20;
+    *at = 0;
+    auto buf = AlignedBuffer::create(kChunk + kSegmentHead);
+    if (!buf) return fail(buf.error(), "allocate: %s", strerror(buf.error()));
+    for (uint64_t base = from; base < size_; base += kChunk) {
+        if (cancelled()) return fail(ECANCELED, "cancelled at offset %" PRIu64, base);
+        const uint64_t want = std::min<uint64_t>(buf->size(), align_up(size_ - base, kAlign));
+        uint64_t got = 0;
+        while (got < want) {
+            const ssize_t n = pread(fd_, buf->data() + got, want - got, off_t(base + got));
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0)
+                return fail(errno, "read %" PRIu64 " bytes at offset %" PRIu64 ": %s", want - got,
+                            base + got, strerror(errno));
+            if (n == 0) break;
+            got += uint64_t(n);
+        }
+        for (uint64_t p = 0; p < kChunk && p + sizeof(kv_snap_segment) <= got; p += kAlign) {
+            kv_snap_segment s;
+            memcpy(&s, buf->data() + p, sizeof s);
+            if (s.magic != KV_SNAP_SEGMENT_MAGIC || s.seq < min_seq) continue;
+            auto seg = parse_segment({buf->data() + p, size_t(got - p)}, s.seq, base + p, size_,
+                                     header_info_);
+            if (!seg) continue;
+            *at = base + p;
+            *seq = s.seq;
+            return true;
+        }
+    }
+    return true;
 }
 
 bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {

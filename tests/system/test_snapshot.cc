@@ -900,16 +900,50 @@ TEST_F(SnapshotDamageTest, BitFlipInHeaderRefusesTheFile) {
     EXPECT_FALSE(ins.has_value());
 }
 
-TEST_F(SnapshotDamageTest, BitFlipInSegmentHeadTruncatesThere) {
+TEST_F(SnapshotDamageTest, BitFlipInSegmentHeadLosesThatSegment) {
     auto b = good_;
-    record(b, 2, 3)->tokens ^= 0x100;
+    record(b, 1, 3)->tokens ^= 0x100;
     size_t visible = 0;
     auto r = restore_copy(b, &visible);
     ASSERT_TRUE(r.has_value()) << r.error().message;
+    const size_t lost = layout_.segs[1].s.seg.n_records;
     EXPECT_TRUE(r->truncated);
-    EXPECT_EQ(r->blocks, records_before(2));
+    EXPECT_EQ(r->damaged_segments, 1u);
+    EXPECT_EQ(r->blocks, blocks_.size() - lost);
     EXPECT_EQ(r->dropped, 0u);
-    EXPECT_EQ(visible, records_before(2));
+    EXPECT_EQ(visible, blocks_.size() - lost);
+}
+
+// The first head damaged (its magic, or its checksum), or the first two:
+// every later segment is still found and restored.
+TEST_F(SnapshotDamageTest, DamagedHeadsAreSkippedToTheNextValidOne) {
+    struct Case {
+        const char *what;
+        std::vector<size_t> heads;
+        size_t field_off;
+    };
+    const Case cases[] = {
+        {"segment 0's magic", {0}, offsetof(kv_snap_segment, magic)},
+        {"segment 0's checksum", {0}, offsetof(kv_snap_segment, checksum)},
+        {"segments 0 and 1", {0, 1}, offsetof(kv_snap_segment, length)},
+    };
+    for (const Case &c : cases) {
+        SCOPED_TRACE(c.what);
+        auto b = good_;
+        size_t lost = 0;
+        for (size_t k : c.heads) {
+            b[layout_.segs[k].off + c.field_off] ^= 0x40;
+            lost += layout_.segs[k].s.seg.n_records;
+        }
+        size_t visible = 0;
+        auto r = restore_copy(b, &visible);
+        ASSERT_TRUE(r.has_value()) << r.error().message;
+        EXPECT_TRUE(r->truncated);
+        EXPECT_EQ(r->damaged_segments, c.heads.size());
+        EXPECT_EQ(r->blocks, blocks_.size() - lost);
+        EXPECT_EQ(r->dropped, 0u);
+        EXPECT_EQ(visible, blocks_.size() - lost);
+    }
 }
 
 TEST_F(SnapshotDamageTest, TruncationRestoresTheVerifiedPrefix) {
@@ -989,7 +1023,8 @@ TEST_F(SnapshotDamageTest, HostileFiles) {
 
     // Segment 0 claims 1000 records / a huge length / data past EOF / a
     // namespace not in the header: the head is sealed with a valid checksum,
-    // so the bounds checks must catch it. Nothing is restored.
+    // so the bounds checks must catch it. Nothing of segment 0 is restored;
+    // the reader goes on at segment 1.
     struct Edit {
         const char *what;
         std::function<void(std::vector<uint8_t> &)> edit;
@@ -1044,8 +1079,9 @@ TEST_F(SnapshotDamageTest, HostileFiles) {
         r = restore_copy(b, &visible);
         ASSERT_TRUE(r.has_value()) << r.error().message;
         EXPECT_TRUE(r->truncated);
-        EXPECT_EQ(r->blocks, 0u);
-        EXPECT_EQ(visible, 0u);
+        EXPECT_EQ(r->damaged_segments, 1u);
+        EXPECT_EQ(r->blocks, blocks_.size() - records_before(1));
+        EXPECT_EQ(visible, blocks_.size() - records_before(1));
     }
 
     // Not a regular file; not there.

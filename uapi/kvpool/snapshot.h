@@ -43,9 +43,11 @@
  *
  * Reading: a reader refuses a file whose header is damaged (magic, version,
  * unknown incompat bit, checksum, sizes). It then takes segments in order and
- * stops at the first segment head that is missing, truncated or damaged;
- * what came before is restored (a truncated file restores its verified
- * part). A block whose data fails its checksum is dropped and counted. No
+ * stops where the file ends (a truncated file restores its verified part).
+ * A segment head that is damaged loses that segment only: the reader looks
+ * for the next valid head of a later segment (its magic on a KV_SNAP_ALIGN
+ * boundary, then every check, the checksum first) and goes on from there.
+ * A block whose data fails its checksum is dropped and counted. No
  * length or offset is used before it is bounds-checked against the file size
  * and the segment.
  *
