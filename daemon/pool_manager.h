@@ -33,6 +33,7 @@ struct SnapshotRecord {
     bool done = false; // false: never ran since the daemon started
     bool ok = false;
     std::string path, error;
+    std::string quarantined; // restore: where the damaged file was moved, else empty
     uint64_t blocks = 0, bytes = 0, dropped = 0;
     double seconds = 0;
     uint64_t finished_ns = 0;

@@ -103,6 +103,8 @@ struct Result {
     uint64_t bytes = 0;      // their data bytes
     uint64_t file_bytes = 0; // persist: file size; restore: bytes of the file taken in
     uint64_t dropped = 0;    // restore: not restored (see above)
+    uint64_t corrupt = 0;    // restore: of dropped, those whose copy in the file failed its
+                             // checksum or could not be read
     uint64_t skipped =
         0; // persist: removed or unpinnable during the run; restore: key already present
     double seconds = 0;

@@ -7,9 +7,14 @@
 
 #include <kvpool/control.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 namespace kv::daemon {
 
@@ -70,6 +75,66 @@ void log_result(const Pool &p, uint16_t op, const std::string &path,
             r.truncated ? ", file truncated or damaged: its verified part was restored" : "");
 }
 
+// The file itself is at fault: a header or segment head that failed its
+// checks, a block whose copy did not verify or could not be read, a file
+// cut short or a trailer that does not match. Not: another pool's file, a
+// missing one, a full pool, a cancel.
+bool file_damaged(const std::expected<snapshot::Result, snapshot::Error> &res) {
+    if (!res) {
+        const int c = res.error().code;
+        return c == EBADMSG || c == EPROTO || c == ENODATA || c == EIO;
+    }
+    return res->truncated || res->corrupt || res->damaged_segments;
+}
+
+// Move a snapshot that did not restore whole aside, as
+// PATH.bad-YYYYmmddTHHMMSSZ: the next persist then writes a new file at
+// PATH instead of replacing this one (and making it the spare the persist
+// after recycles); nothing ever writes to a .bad- file. What is left of
+// its blocks stays for a person to look at or salvage. Returns the new
+// path, or "" when it could not be moved (logged).
+std::string quarantine(const Pool &p, const std::string &path) {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    tm t{};
+    gmtime_r(&ts.tv_sec, &t);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &t);
+    const std::string base = path + ".bad-" + stamp;
+    int err = 0;
+    for (int i = 1; i <= 100; i++) {
+        const std::string to = i == 1 ? base : base + "-" + std::to_string(i);
+        int rc = renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE);
+        if (rc != 0 && errno == EINVAL) { // no RENAME_NOREPLACE here: check, then rename
+            struct stat sb {};
+            if (lstat(to.c_str(), &sb) == 0) {
+                errno = EEXIST;
+            } else {
+                rc = rename(path.c_str(), to.c_str());
+            }
+        }
+        if (rc == 0) {
+            KV_LOGW(kComp,
+                    "pool %s: snapshot %s did not restore whole: moved to %s, which no persist writes over "
+                    "(remove it once it is no longer needed)",
+                    p.cfg.name.c_str(), path.c_str(), to.c_str());
+            return to;
+        }
+        err = errno;
+        if (err != EEXIST) break;
+    }
+    KV_LOGE(kComp, "pool %s: snapshot %s did not restore whole, and moving it aside failed: %s; the next persist "
+            "may replace it", p.cfg.name.c_str(), path.c_str(), strerror(err));
+    return "";
+}
+
+// After a restore: record and log it, and move the file aside if it is damaged.
+void finish_restore(Pool &p, const std::string &path, const std::expected<snapshot::Result, snapshot::Error> &res) {
+    record(p.last_restore, path, res);
+    log_result(p, KV_CTL_OP_RESTORE, path, res);
+    if (file_damaged(res)) p.last_restore.quarantined = quarantine(p, path);
+}
+
 // Progress for logs and systemd: a line every ~10% of the work.
 std::function<void(uint64_t, uint64_t)> status_progress(const Pool &p, uint16_t op,
                                                         const std::function<void(const std::string &)> &status) {
@@ -100,8 +165,7 @@ void restore_at_start(Pool &p, const std::function<void(const std::string &)> &s
     o.expect_pool = p.cfg.name;
     o.allow_unnamed = true;
     auto res = snapshot::restore(p.handle, p.snapshot_path, o);
-    record(p.last_restore, p.snapshot_path, res);
-    log_result(p, KV_CTL_OP_RESTORE, p.snapshot_path, res);
+    finish_restore(p, p.snapshot_path, res);
     if (res) p.state = "restored";
 }
 
@@ -163,16 +227,24 @@ std::vector<JobAnswer> collect_jobs(PoolManager &pm) {
         if (!p.job || !p.job->finished.load(std::memory_order_acquire)) continue;
         std::shared_ptr<SnapshotJob> j = std::move(p.job);
         j->thread.join();
-        record(j->op == KV_CTL_OP_PERSIST ? p.last_persist : p.last_restore, j->path, j->result);
-        log_result(p, j->op, j->path, j->result);
+        if (j->op == KV_CTL_OP_RESTORE) {
+            finish_restore(p, j->path, j->result);
+        } else {
+            record(p.last_persist, j->path, j->result);
+            log_result(p, j->op, j->path, j->result);
+        }
         if (j->result && j->op == KV_CTL_OP_RESTORE) p.state = "restored";
-        if (j->result)
+        const std::string &moved = j->op == KV_CTL_OP_RESTORE ? p.last_restore.quarantined : "";
+        if (j->result) {
+            nlohmann::json doc = result_json(p, j->op, j->path, *j->result);
+            if (!moved.empty()) doc["quarantined"] = moved;
             out.push_back({j->conn_id, j->op, j->seq, 0,
-                           result_json(p, j->op, j->path, *j->result).dump(-1, ' ', false,
-                                                                            nlohmann::json::error_handler_t::replace)});
-        else
+                           doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)});
+        } else {
             out.push_back({j->conn_id, j->op, j->seq, file_error_code(j->result.error().code),
-                           j->result.error().message});
+                           j->result.error().message +
+                               (moved.empty() ? "" : "; the file was moved to " + moved)});
+        }
     }
     return out;
 }
@@ -183,8 +255,12 @@ void join_all_jobs(PoolManager &pm) {
         if (!p.job) continue;
         KV_LOGN(kComp, "waiting for the %s of pool %s to finish", op_word(p.job->op), p.cfg.name.c_str());
         p.job->thread.join();
-        record(p.job->op == KV_CTL_OP_PERSIST ? p.last_persist : p.last_restore, p.job->path, p.job->result);
-        log_result(p, p.job->op, p.job->path, p.job->result);
+        if (p.job->op == KV_CTL_OP_RESTORE) {
+            finish_restore(p, p.job->path, p.job->result);
+        } else {
+            record(p.last_persist, p.job->path, p.job->result);
+            log_result(p, p.job->op, p.job->path, p.job->result);
+        }
         p.job.reset();
     }
 }
@@ -196,6 +272,7 @@ nlohmann::json snapshot_json(const Pool &p) {
                             {"bytes", r.bytes}, {"seconds", r.seconds}, {"dropped", r.dropped},
                             {"truncated", r.truncated}, {"finished_ns", r.finished_ns}};
         if (!r.ok) j["error"] = r.error;
+        if (!r.quarantined.empty()) j["quarantined"] = r.quarantined;
         return j;
     };
     nlohmann::json running = nullptr;

@@ -459,6 +459,7 @@ void Reader::finish_record(uint32_t slot) {
     } else {
         if (!ok) kv_abort(pool_, &rs.r);
         res_.dropped++;
+        res_.corrupt += !ok;
     }
     rs.used = false;
     free_recs_.push_back(slot);

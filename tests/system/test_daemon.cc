@@ -10,6 +10,7 @@
 #include <kv/kv.h>
 #include <kvpool/control.h>
 
+#include <dirent.h>
 #include <grp.h>
 #include <pwd.h>
 
@@ -1206,6 +1207,8 @@ TEST_F(DaemonTest, PersistAndRestoreOnDemand) {
         Proc t = ctl({"restore", "alpha", "--path", cut});
         EXPECT_EQ(t.code, 8) << t.out << t.err << log();
         EXPECT_NE(t.err.find("truncated or damaged"), std::string::npos) << t.err;
+        EXPECT_NE(t.out.find("quarantined"), std::string::npos) << t.out; // moved aside
+        spit(cut, bytes.substr(0, bytes.size() / 2));
         Proc tj = ctl({"--json", "restore", "alpha", "--path", cut});
         EXPECT_EQ(tj.code, 8) << tj.err;
         EXPECT_EQ(parse(tj)["truncated"], true) << tj.out;
@@ -1408,4 +1411,83 @@ TEST_F(DaemonTest, GroupMemberReachesOnlyItsPoolsSnapshots) {
     Proc rf = ctl({"--json", "restore", "probe", "--path", planted, "--force"});
     EXPECT_EQ(rf.code, 0) << rf.out << rf.err;
     EXPECT_EQ(parse(rf)["blocks"], n);
+}
+
+namespace {
+// Files in dir whose name starts with prefix.
+std::vector<std::string> files_with_prefix(const std::string &dir, const std::string &prefix) {
+    std::vector<std::string> out;
+    if (DIR *d = opendir(dir.c_str())) {
+        while (dirent *e = readdir(d))
+            if (std::string(e->d_name).rfind(prefix, 0) == 0) out.push_back(dir + "/" + e->d_name);
+        closedir(d);
+    }
+    return out;
+}
+} // namespace
+
+// A snapshot that did not restore whole (one bit flipped in its header) is
+// moved aside, logged and never written over: the persist at stop writes a
+// new file instead of making the damaged one its spare, and the persists
+// after that never recycle it. On demand too: a restore that dropped a
+// damaged block says where the file went.
+TEST_F(DaemonTest, DamagedSnapshotIsKeptAsideNotOverwritten) {
+    const std::string pools = "persist_on_stop = true\nrestore_on_start = true\n";
+    ASSERT_TRUE(start_daemon(config("", pools)));
+    const uint64_t n = 30;
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool) << c.error;
+        put_snap_blocks(c, n);
+    }
+    ASSERT_EQ(stop_daemon(), 0) << log();
+    const std::string state = dir_ + "/state", file = state + "/alpha.kvsnap";
+    std::string damaged = slurp(file);
+    ASSERT_GT(damaged.size(), 4096u);
+    damaged[120] ^= 0x01; // in the header's pool_name: the header checksum fails
+    spit(file, damaged);
+    ASSERT_EQ(unlink(pool_path("alpha").c_str()), 0); // a reboot
+    ASSERT_TRUE(start_daemon(config("", pools)));
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["snapshot"]["last_restore"]["ok"], false) << s.dump();
+    auto bad = files_with_prefix(state, "alpha.kvsnap.bad-");
+    ASSERT_EQ(bad.size(), 1u) << "the damaged snapshot was not moved aside; log:\n" << log();
+    EXPECT_EQ(s["snapshot"]["last_restore"]["quarantined"], bad[0]) << s.dump();
+    EXPECT_EQ(slurp(bad[0]), damaged);
+    EXPECT_NE(log().find("did not restore whole: moved to " + bad[0]), std::string::npos) << log();
+    struct stat sb {};
+    EXPECT_NE(stat(file.c_str(), &sb), 0) << "the damaged file is still at the pool's path";
+
+    // Persist at stop, then twice on demand (the second recycles a spare):
+    // the damaged file stays as it is.
+    {
+        Client c(pool_path("alpha"));
+        ASSERT_TRUE(c.pool) << c.error;
+        put_snap_blocks(c, 5);
+    }
+    ASSERT_EQ(stop_daemon(), 0) << log();
+    ASSERT_TRUE(start_daemon(config("", pools)));
+    ASSERT_EQ(ctl({"persist", "alpha"}).code, 0) << log();
+    Proc again = ctl({"--json", "persist", "alpha"});
+    ASSERT_EQ(again.code, 0) << again.err << log();
+    EXPECT_EQ(parse(again)["recycled_spare"], true) << again.out;
+    EXPECT_EQ(slurp(bad[0]), damaged) << "the damaged snapshot was written over";
+    EXPECT_EQ(files_with_prefix(state, "alpha.kvsnap.bad-").size(), 1u);
+
+    // On demand: one block's bytes damaged. The good blocks are restored
+    // (exit 8) and the file is moved aside.
+    const std::string copy = state + "/alpha@copy.kvsnap";
+    std::string part = slurp(file);
+    part[4096 + 8192 + 100] ^= 0x01; // the first block's data, behind segment 0's head
+    spit(copy, part);
+    ASSERT_EQ(ctl({"destroy", "alpha"}).code, 0);
+    ASSERT_EQ(ctl({"create", "alpha", "--size", "64M", "--hugepages", "never"}).code, 0);
+    Proc r = ctl({"--json", "restore", "alpha", "--path", copy});
+    EXPECT_EQ(r.code, 8) << r.out << r.err;
+    json rj = parse(r);
+    EXPECT_EQ(rj["blocks"], 4);
+    auto moved = files_with_prefix(state, "alpha@copy.kvsnap.bad-");
+    ASSERT_EQ(moved.size(), 1u) << r.out;
+    EXPECT_EQ(rj["quarantined"], moved[0]);
+    EXPECT_EQ(slurp(moved[0]), part);
 }
