@@ -105,6 +105,8 @@ struct Result {
     uint64_t dropped = 0;    // restore: not restored (see above)
     uint64_t corrupt = 0;    // restore: of dropped, those whose copy in the file failed its
                              // checksum or could not be read
+    uint64_t no_room = 0;    // restore: of dropped, those left out because the pool was full
+    uint64_t evicted = 0;    // restore: blocks evicted from the pool by this client meanwhile
     uint64_t skipped =
         0; // persist: removed or unpinnable during the run; restore: key already present
     double seconds = 0;

@@ -36,6 +36,9 @@ nlohmann::json result_json(const Pool &p, uint16_t op, const std::string &path, 
             {"seconds", r.seconds},
             {"gib_per_s", rate_gib(r.file_bytes ? r.file_bytes : r.bytes, r.seconds)},
             {"dropped", r.dropped},
+            {"dropped_corrupt", r.corrupt},
+            {"dropped_no_room", r.no_room},
+            {"evicted", r.evicted},
             {"skipped", r.skipped},
             {"truncated", r.truncated},
             {"damaged_segments", r.damaged_segments},
@@ -68,11 +71,17 @@ void log_result(const Pool &p, uint16_t op, const std::string &path,
         return;
     }
     const snapshot::Result &r = *res;
+    std::string dropped;
+    if (r.dropped) {
+        dropped = ", " + std::to_string(r.dropped) + " dropped (" + std::to_string(r.corrupt) +
+                  " failed verification, " + std::to_string(r.no_room) + " found no room, " +
+                  std::to_string(r.dropped - r.corrupt - r.no_room) + " refused by the pool)";
+    }
+    if (r.evicted) dropped += ", " + std::to_string(r.evicted) + " blocks of the pool evicted to make room";
     KV_LOGN(kComp, "%s pool %s %s %s: %llu blocks, %s in %.2f s (%.2f GiB/s)%s%s", op_word(op), p.cfg.name.c_str(),
             op == KV_CTL_OP_PERSIST ? "to" : "from", path.c_str(), (unsigned long long)r.blocks,
             kv::detail::format_size(r.bytes).c_str(), r.seconds, rate_gib(r.file_bytes ? r.file_bytes : r.bytes, r.seconds),
-            r.dropped ? (", " + std::to_string(r.dropped) + " dropped (failed verification or no room)").c_str() : "",
-            r.truncated ? ", file truncated or damaged: its verified part was restored" : "");
+            dropped.c_str(), r.truncated ? ", file truncated or damaged: its verified part was restored" : "");
 }
 
 // The file itself is at fault: a header or segment head that failed its

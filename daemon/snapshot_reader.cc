@@ -387,6 +387,7 @@ bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
     if (!record_in_file(rec, seg_off, size_)) return true;      // cut off: truncated, not dropped
     if (pool_full_ || ns == kRefused || rec.length > hdr_->slab_size) {
         res_.dropped++;
+        res_.no_room += pool_full_;
         return true;
     }
     const uint32_t slot = acquire_rec();
@@ -403,6 +404,7 @@ bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
         } else {
             if (rc == -ENOSPC) pool_full_ = true;
             res_.dropped++;
+            res_.no_room += rc == -ENOSPC;
         }
         return true;
     }
@@ -631,6 +633,7 @@ std::expected<Result, Error> Reader::run() {
         if (!failed()) fail(EIO, "internal error");
         return std::unexpected(*err_);
     }
+    res_.evicted = my_evictions() - evictions_at_start_;
     res_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     if (opts_.progress) opts_.progress(done_bytes_, size_);
     return res_;

@@ -1367,9 +1367,17 @@ int partial_restore(const Command &c, const json &doc) {
     if (!truncated && dropped == 0) return kExitOk;
     std::string why;
     if (truncated) why = "the snapshot is truncated or damaged: only its verified part was restored";
-    if (dropped)
-        why += std::string(why.empty() ? "" : "; ") + std::to_string(dropped) +
-               " block(s) dropped (failed verification or no room in the pool)";
+    if (dropped) {
+        const uint64_t corrupt = get_u64(doc, "dropped_corrupt").value_or(0);
+        const uint64_t no_room = get_u64(doc, "dropped_no_room").value_or(0);
+        why += std::string(why.empty() ? "" : "; ") + std::to_string(dropped) + " block(s) dropped";
+        if (field(doc, "dropped_corrupt") && corrupt + no_room <= dropped)
+            why += " (" + std::to_string(corrupt) + " failed verification, " +
+                   std::to_string(no_room) + " found no room in the pool, " +
+                   std::to_string(dropped - corrupt - no_room) + " refused by the pool)";
+        else
+            why += " (failed verification or no room in the pool)";
+    }
     std::fflush(stdout);
     std::fprintf(stderr, "kvctl: restore %s: %s blocks restored; %s\n",
                  c.positional.empty() ? "" : c.positional[0].c_str(), count(doc, "blocks").c_str(),

@@ -1486,6 +1486,11 @@ TEST_F(DaemonTest, DamagedSnapshotIsKeptAsideNotOverwritten) {
     EXPECT_EQ(r.code, 8) << r.out << r.err;
     json rj = parse(r);
     EXPECT_EQ(rj["blocks"], 4);
+    EXPECT_EQ(rj["dropped_corrupt"], 1) << r.out;
+    EXPECT_EQ(rj["dropped_no_room"], 0) << r.out;
+    EXPECT_NE(r.err.find("1 block(s) dropped (1 failed verification, 0 found no room in the pool"),
+              std::string::npos)
+        << r.err;
     auto moved = files_with_prefix(state, "alpha@copy.kvsnap.bad-");
     ASSERT_EQ(moved.size(), 1u) << r.out;
     EXPECT_EQ(rj["quarantined"], moved[0]);

@@ -460,6 +460,66 @@ TEST_F(SnapshotTest, SnapshotFileModeAndGroup) {
     EXPECT_EQ(sb.st_mode & 07777, 0640u) << "a recycled spare kept its mode";
 }
 
+// A pool filled to the brim by four processes with mixed sizes (each
+// allocating from its own home slabs, so each size class ends with several
+// part-filled slabs), then idle: its snapshot restores into a fresh pool of
+// the same size with nothing dropped for room.
+TEST_F(SnapshotTest, FullPoolRestoresIntoTheSameSize) {
+    const uint64_t size = 256 << 20;
+    Pool &src = make_pool(size);
+    const std::vector<uint32_t> sizes = {4096,   5000,   12288,  20000,  40000,  65536,
+                                         100000, 131072, 250000, 524288, 800000, 1 << 20};
+    pid_t kids[4];
+    for (int c = 0; c < 4; c++) {
+        kids[c] = fork();
+        ASSERT_GE(kids[c], 0);
+        if (kids[c] == 0) {
+            // Put until the pool has to evict for one of our puts. No gtest in here.
+            kv_pool *p = nullptr;
+            if (kv_pool_attach(src.path.c_str(), 0, &p, nullptr, 0) != 0) _exit(2);
+            std::mt19937_64 rng(uint64_t(c) * 104729 + 3);
+            std::vector<uint8_t> buf(1 << 20);
+            uint64_t put = 0;
+            for (uint64_t i = 0; put < size; i++) {
+                const uint32_t len = sizes[rng() % sizes.size()];
+                const kv_key k = make_key(10 + uint32_t(c), i, len);
+                fill(k, buf.data(), len);
+                const kv_meta m = meta_for(k);
+                if (kv_put(p, src.ns[i % 3], &k, buf.data(), len, &m) != 0) _exit(3);
+                put += len;
+            }
+            kv_pool_detach(p);
+            _exit(0);
+        }
+    }
+    for (pid_t k : kids) {
+        int st = 0;
+        ASSERT_EQ(waitpid(k, &st, 0), k);
+        ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "child status " << st;
+    }
+    kv_usage u{};
+    ASSERT_EQ(kv_pool_usage(src.p, &u), 0);
+    const uint64_t data = kv_pool_header(src.p)->data_len;
+    printf("[          ] source: %llu blocks, %.1f%% of %llu MiB\n",
+           (unsigned long long)u.entries_committed,
+           100.0 * double(u.bytes_committed) / double(data), (unsigned long long)(data >> 20));
+    const std::string path = file("full.kvsnap");
+    auto w = snap::persist(src.p, "full", path, {});
+    ASSERT_TRUE(w.has_value()) << w.error().message;
+    EXPECT_EQ(w->blocks, u.entries_committed);
+    close_pool(src);
+    Pool &dst = make_pool(size);
+    auto r = snap::restore(dst.p, path, {});
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    EXPECT_EQ(r->dropped, 0u);
+    EXPECT_EQ(r->blocks, w->blocks);
+    EXPECT_EQ(check_every_block(dst.p), w->blocks);
+    kv_stats st{};
+    ASSERT_EQ(kv_pool_stats(dst.p, &st), 0);
+    EXPECT_EQ(st.evictions, 0u);
+    expect_no_leaks(dst.p);
+}
+
 // ---- Live pool ------------------------------------------------------------------
 
 TEST_F(SnapshotTest, PersistUnderConcurrentLoad) {
@@ -840,6 +900,8 @@ TEST_F(SnapshotDamageTest, BitFlipInBlockDataDropsThatBlock) {
     auto r = restore_copy(b, &visible);
     ASSERT_TRUE(r.has_value()) << r.error().message;
     EXPECT_EQ(r->dropped, 1u);
+    EXPECT_EQ(r->corrupt, 1u);
+    EXPECT_EQ(r->no_room, 0u);
     EXPECT_EQ(r->blocks, blocks_.size() - 1);
     EXPECT_FALSE(r->truncated);
     EXPECT_EQ(visible, blocks_.size() - 1);
@@ -1150,6 +1212,38 @@ TEST_F(SnapshotTest, RestoreIntoSmallerPool) {
     kv_stats st{};
     ASSERT_EQ(kv_pool_stats(dst.p, &st), 0);
     EXPECT_LE(st.evictions, 1u);
+    EXPECT_EQ(r->no_room, r->dropped) << "every block was dropped for room";
+    EXPECT_EQ(r->corrupt, 0u);
+    EXPECT_EQ(r->evicted, st.evictions);
+}
+
+// A restore into a pool that holds blocks of its own says how many of
+// them it evicted to make room, and why each block was dropped.
+TEST_F(SnapshotTest, RestoreIntoAFullPoolCountsWhatItEvicted) {
+    Pool &src = make_pool(96 << 20);
+    auto blocks = populate(src, 40, 1, {1 << 20});
+    ASSERT_TRUE(snap::persist(src.p, "big", file("big.kvsnap"), {}).has_value());
+    Pool &dst = make_pool(32 << 20);
+    std::vector<uint8_t> buf(1 << 20);
+    for (uint64_t i = 0;; i++) { // fill it with blocks of its own
+        const kv_key k = make_key(7, i, 1 << 20);
+        fill(k, buf.data(), buf.size());
+        ASSERT_EQ(kv_put(dst.p, dst.ns[0], &k, buf.data(), buf.size(), nullptr), 0);
+        kv_stats st{};
+        ASSERT_EQ(kv_pool_stats(dst.p, &st), 0);
+        if (st.evictions) break;
+    }
+    kv_stats before{};
+    ASSERT_EQ(kv_pool_stats(dst.p, &before), 0);
+    auto r = snap::restore(dst.p, file("big.kvsnap"), {});
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    kv_stats after{};
+    ASSERT_EQ(kv_pool_stats(dst.p, &after), 0);
+    EXPECT_GE(r->evicted, 1u);
+    EXPECT_EQ(r->evicted, after.evictions - before.evictions);
+    EXPECT_EQ(r->blocks + r->dropped, blocks.size());
+    EXPECT_EQ(r->no_room, r->dropped);
+    EXPECT_EQ(r->corrupt, 0u);
 }
 
 TEST_F(SnapshotTest, RefusedNamespaceDropsItsRecords) {
