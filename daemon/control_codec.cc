@@ -55,6 +55,10 @@ Message next_message(std::string_view in) {
     } else if (!memchr(req.pool, 0, sizeof req.pool) || !memchr(req.path, 0, sizeof req.path)) {
         m.error = EINVAL;
         m.message = "pool name or path is not NUL-terminated";
+    } else if (req.cursor && h.op != KV_CTL_OP_ENTRIES) {
+        m.error = EINVAL;
+        m.message =
+            "cursor " + std::to_string(req.cursor) + " on an op other than ENTRIES: expected 0";
     } else if (req.flags & ~KV_CTL_F_KNOWN) {
         m.error = EINVAL;
         char hex[32];

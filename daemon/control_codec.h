@@ -28,7 +28,8 @@ struct Message {
     // BadHeader: EPROTO or EMSGSIZE. Request: 0 when req may be dispatched,
     // else EPROTO (body shorter than KV_CTL_REQUEST_SIZE_V1) or EINVAL
     // (non-zero reserved field or unknown trailing bytes, pool name or path
-    // not NUL-terminated, unknown flag bits).
+    // not NUL-terminated, a cursor on an op other than ENTRIES, unknown
+    // flag bits).
     int error = 0;
     std::string message; // why, when error != 0
     kv_ctl_request req{}; // Request with error == 0: the body's first KV_CTL_REQUEST_SIZE_V1 bytes

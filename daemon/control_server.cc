@@ -483,7 +483,14 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
 
     switch (op) {
     case KV_CTL_OP_STATUS: return {0, dump(pool_json(*p))};
-    case KV_CTL_OP_ENTRIES: return {0, dump(entries_json(*p, req.arg ? req.arg : 1000))};
+    case KV_CTL_OP_ENTRIES: {
+        const uint64_t slots = kv_pool_header(p->handle)->n_entries;
+        if (req.cursor > slots)
+            return {EINVAL, "cursor " + std::to_string(req.cursor) + ": expected 0.." +
+                                std::to_string(slots) + " (pool " + name + " has " +
+                                std::to_string(slots) + " entry slots)"};
+        return {0, dump(entries_json(*p, req.cursor, req.arg))};
+    }
     case KV_CTL_OP_HEALTH: return {0, dump(health_json(*p))};
     case KV_CTL_OP_CLIENTS: return {0, dump(clients_json(*p))};
     case KV_CTL_OP_DESTROY: {

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: MIT
 #include "pool_report.h"
 
+#include "inspect.h"
 #include "snapshot_jobs.h"
+
+#include <kvpool/control.h>
 
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <fstream>
@@ -131,14 +135,30 @@ nlohmann::json pool_json(const Pool &p) {
     };
 }
 
-nlohmann::json entries_json(const Pool &p, uint64_t limit) {
+// One page of the ENTRIES op (control.h): the scan is bounded in table
+// slots, the page in rows and in bytes, so a request costs the same on a
+// table of millions as on a small one and its reply always fits a frame.
+nlohmann::json entries_json(const Pool &p, uint64_t cursor, uint64_t max_rows) {
+    const uint64_t slots = kv_pool_header(p.handle)->n_entries;
+    if (max_rows == 0 || max_rows > KV_CTL_ENTRIES_MAX_ROWS) max_rows = KV_CTL_ENTRIES_MAX_ROWS;
+    // The rows' share of a frame: what the envelope around them leaves.
+    constexpr size_t kRowBytes = KV_CTL_MAX_BODY - sizeof(kv_ctl_response) - 512;
+    const uint64_t end = std::min(slots, cursor + KV_CTL_ENTRIES_MAX_SCAN);
     nlohmann::json rows = nlohmann::json::array();
     const uint64_t now = realtime_ns();
-    uint64_t total = 0;
-    for_each_entry(p.handle, [&](const kv_entry_info &e) {
-        total++;
-        if (rows.size() < limit) {
-            rows.push_back({
+    size_t bytes = 0;
+    std::vector<kv_entry_info> buf(256);
+    uint64_t next = cursor; // the first index not reported
+    bool full = false;
+    while (!full && next < end) {
+        uint64_t at = next;
+        const int k = kv::detail::pool_entries_upto(
+            p.handle, &at, end, buf.data(), std::min<uint64_t>(buf.size(), max_rows - rows.size()));
+        if (k < 0) break;
+        for (int i = 0; i < k && !full; i++) {
+            const kv_entry_info &e = buf[size_t(i)];
+            nlohmann::json row = {
+                {"index", e.index},
                 {"ns", e.ns},
                 {"key", hex(e.key.hi, 16) + hex(e.key.lo, 16)},
                 {"length", e.length},
@@ -149,11 +169,27 @@ nlohmann::json entries_json(const Pool &p, uint64_t limit) {
                 {"state", entry_state(e.state)},
                 {"checksum", hex(e.checksum, 16)},
                 {"age_s", e.commit_ns && now > e.commit_ns ? double(now - e.commit_ns) / 1e9 : 0.0},
-            });
+            };
+            const size_t len =
+                row.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size() + 1;
+            if (bytes + len > kRowBytes) {
+                full = true;
+                next = e.index; // this row leads the next page
+                break;
+            }
+            bytes += len;
+            rows.push_back(std::move(row));
+            next = uint64_t(e.index) + 1;
+            full = rows.size() >= max_rows;
         }
-        return true;
-    });
-    return {{"pool", p.cfg.name}, {"total", total}, {"truncated", total > rows.size()}, {"entries", rows}};
+        if (!full) next = at; // every slot up to at was examined
+    }
+    return {{"pool", p.cfg.name},
+            {"entry_slots", slots},
+            {"cursor", cursor},
+            {"next_cursor", next < slots ? nlohmann::json(next) : nlohmann::json(nullptr)},
+            {"truncated", next < slots},
+            {"entries", std::move(rows)}};
 }
 
 nlohmann::json clients_json(const Pool &p) {

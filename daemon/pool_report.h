@@ -20,7 +20,9 @@ struct DaemonCounters {
 };
 
 nlohmann::json pool_json(const Pool &p);
-nlohmann::json entries_json(const Pool &p, uint64_t limit);
+// One page of ENTRIES from table index cursor (<= n_entries): at most
+// max_rows rows (0 or more than KV_CTL_ENTRIES_MAX_ROWS: that many).
+nlohmann::json entries_json(const Pool &p, uint64_t cursor, uint64_t max_rows);
 nlohmann::json clients_json(const Pool &p);
 nlohmann::json health_json(const Pool &p);
 nlohmann::json daemon_json(const DaemonCounters &c);

@@ -12,7 +12,7 @@
 //    is waited for;
 //  - an accepted request keeps every promise of <kvpool/control.h>: body of
 //    at least KV_CTL_REQUEST_SIZE_V1, zero reserved fields and tail, NUL
-//    terminated pool name and path, known flags;
+//    terminated pool name and path, known flags, a cursor only on ENTRIES;
 //  - each answer frames into a response whose sizes add up.
 #include "control_codec.h"
 
@@ -55,6 +55,8 @@ void check_request(const ctl::Message &m, std::string_view stream) {
         if (m.req.flags & ~KV_CTL_F_KNOWN) fail("unknown flags accepted");
         for (uint64_t r : m.req.reserved)
             if (r) fail("non-zero reserved field accepted");
+        if (m.req.cursor && m.hdr.op != KV_CTL_OP_ENTRIES)
+            fail("cursor accepted on an op other than ENTRIES");
         const std::string_view body = stream.substr(sizeof(kv_ctl_hdr), m.hdr.length);
         if (memcmp(&m.req, body.data(), sizeof m.req) != 0) fail("request differs from the bytes sent");
         if (!std::all_of(body.begin() + sizeof m.req, body.end(), [](char c) { return c == 0; }))

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -206,6 +207,15 @@ void control_seeds() {
     h = {0x11223344, KV_CTL_VERSION, KV_CTL_OP_LIST, 0, 3};
     append(b, h);
     put_file("control", "bad-magic", b);
+    for (uint16_t op : {KV_CTL_OP_ENTRIES, KV_CTL_OP_LIST}) { // a cursor: accepted on ENTRIES only
+        b = {0};
+        r = request(op, 4, "default", 0, KV_CTL_ENTRIES_MAX_ROWS, 0, "");
+        const uint64_t cursor = 4096;
+        memcpy(r.data() + sizeof(kv_ctl_hdr) + offsetof(kv_ctl_request, cursor), &cursor,
+               sizeof cursor);
+        b.insert(b.end(), r.begin(), r.end());
+        put_file("control", op == KV_CTL_OP_ENTRIES ? "entries-cursor" : "cursor-on-list", b);
+    }
 }
 
 // ---- ops: op byte + arguments (see fuzz_ops.cc) ----

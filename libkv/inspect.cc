@@ -5,7 +5,11 @@
 // never write shared state (kv_reap_pid only hands over to the reaper), so a
 // slow or killed inspector can harm nobody; in exchange rows are read, not
 // snapshotted, and a row that changes while it is copied is skipped.
+#include "inspect.h"
+
 #include "detail.h"
+
+#include <algorithm>
 
 using namespace kv::detail;
 
@@ -47,11 +51,10 @@ bool read_entry(kv_pool *p, uint32_t e, kv_entry_info *out) {
 
 } // namespace
 
-extern "C" {
-
-int kv_pool_entries(kv_pool *p, uint64_t *cursor, kv_entry_info *out, size_t max) noexcept {
+int kv::detail::pool_entries_upto(kv_pool *p, uint64_t *cursor, uint64_t end, kv_entry_info *out,
+                                  size_t max) noexcept {
     if (!p || !cursor || (!out && max)) return -EINVAL;
-    const uint64_t n = p->hdr->n_entries;
+    const uint64_t n = std::min<uint64_t>(end, p->hdr->n_entries);
     uint64_t i = *cursor;
     size_t k = 0;
     while (i < n && k < max) {
@@ -60,6 +63,12 @@ int kv_pool_entries(kv_pool *p, uint64_t *cursor, kv_entry_info *out, size_t max
     }
     *cursor = i;
     return int(k);
+}
+
+extern "C" {
+
+int kv_pool_entries(kv_pool *p, uint64_t *cursor, kv_entry_info *out, size_t max) noexcept {
+    return kv::detail::pool_entries_upto(p, cursor, UINT64_MAX, out, max);
 }
 
 int kv_pool_clients(kv_pool *p, kv_client_info *out, size_t max) noexcept {

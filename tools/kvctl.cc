@@ -139,7 +139,7 @@ constexpr Option kCreateOptions[] = {
     {"--no-persist", "", "do not persist its blocks at stop nor restore them at start (the pool is kept)"},
 };
 constexpr Option kEntriesOptions[] = {
-    {"--limit", "N", "show at most N rows (default: the daemon's limit, 1000)"},
+    {"--limit", "N", "show at most N rows (default: every entry; pages of up to 2048 rows)"},
 };
 constexpr Option kEvictOptions[] = {
     {"--percent", "N", "percent of the pool's unpinned bytes, 1..100 (required)"},
@@ -170,7 +170,7 @@ constexpr Verb kVerbs[] = {
     {"destroy", KV_CTL_OP_DESTROY, PoolArg::Required, kNoOptions, "POOL",
      "Remove a pool (attached processes keep their mapping)."},
     {"entries", KV_CTL_OP_ENTRIES, PoolArg::Required, kEntriesOptions, "POOL [--limit N]",
-     "List a pool's entries."},
+     "List a pool's entries, page by page as they arrive."},
     {"health", KV_CTL_OP_HEALTH, PoolArg::Required, kNoOptions, "POOL",
      "Check a pool's consistency; exits 1 when unhealthy."},
     {"evict", KV_CTL_OP_EVICT, PoolArg::Required, kEvictOptions, "POOL --percent N",
@@ -708,88 +708,119 @@ Result<void> recv_all(int fd, void *buf, size_t n, const Deadline &deadline, con
     return {};
 }
 
-Result<Response> transact(const Command &c, const kv_ctl_request &req) {
-    double timeout_s = kDefaultTimeout;
-    if (c.timeout_s)
-        timeout_s = *c.timeout_s;
-    else if (c.verb->op == KV_CTL_OP_PERSIST || c.verb->op == KV_CTL_OP_RESTORE)
-        timeout_s = 0;
-    Deadline deadline;
-    if (timeout_s > 0)
-        deadline.at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                         std::chrono::duration<double>(timeout_s));
+double timeout_for(const Command &c) {
+    if (c.timeout_s) return *c.timeout_s;
+    if (c.verb->op == KV_CTL_OP_PERSIST || c.verb->op == KV_CTL_OP_RESTORE) return 0;
+    return kDefaultTimeout;
+}
 
-    auto sock = connect_daemon(c, timeout_s);
-    if (!sock) return std::unexpected(sock.error());
-    const int fd = (*sock)->fd();
-
-    // One connection per run, so any seq would do; the pid makes a confused
-    // daemon that answers another client's request visible.
-    const uint32_t seq = uint32_t(::getpid());
-    struct {
-        kv_ctl_hdr hdr;
-        kv_ctl_request req;
-    } msg;
-    static_assert(sizeof msg == sizeof(kv_ctl_hdr) + sizeof(kv_ctl_request), "no padding");
-    std::memset(&msg, 0, sizeof msg);
-    msg.hdr.magic = KV_CTL_MAGIC;
-    msg.hdr.version = KV_CTL_VERSION;
-    msg.hdr.op = c.verb->op;
-    msg.hdr.length = sizeof(kv_ctl_request);
-    msg.hdr.seq = seq;
-    msg.req = req;
-    kv_ctl_hdr hdr{};
-    if (auto r = send_all(fd, &msg, sizeof msg); !r) {
-        // The daemon may have refused the connection and closed it before
-        // the request arrived: its reason (KV_CTL_OP_REFUSED) is then
-        // waiting to be read. Without one, the send's error stands.
-        Deadline soon;
-        soon.at = Clock::now() + std::chrono::seconds(1);
-        if (!recv_all(fd, &hdr, sizeof hdr, soon, "response header", 1.0) || hdr.magic != KV_CTL_MAGIC ||
-            hdr.op != KV_CTL_OP_REFUSED)
-            return std::unexpected(r.error());
-    } else if (auto r2 = recv_all(fd, &hdr, sizeof hdr, deadline, "response header", timeout_s); !r2) {
-        return std::unexpected(r2.error());
+// One connection to kvpoold, for one request or several in turn (entries
+// pages through a pool on one connection). Each request gets the whole
+// --timeout.
+class Session {
+  public:
+    static Result<Session> open(const Command &c) {
+        const double timeout_s = timeout_for(c);
+        auto sock = connect_daemon(c, timeout_s);
+        if (!sock) return std::unexpected(sock.error());
+        return Session(c, std::move(*sock), timeout_s);
     }
-    // A refusal at accept answers no request: it has op REFUSED and seq 0.
-    const bool refused = hdr.op == KV_CTL_OP_REFUSED && hdr.seq == 0;
-    if (hdr.magic != KV_CTL_MAGIC)
-        return fail(kExitProtocol,
-                    strf("bad response magic 0x%08x (expected 0x%08x): is %s kvpoold's control "
-                         "socket?",
-                         hdr.magic, KV_CTL_MAGIC, c.socket.c_str()));
-    if (hdr.version != KV_CTL_VERSION)
-        return fail(kExitProtocol, strf("response has protocol version %u (kvctl speaks %u)",
-                                        unsigned(hdr.version), unsigned(KV_CTL_VERSION)));
-    if (hdr.op != c.verb->op && !refused)
-        return fail(kExitProtocol, strf("response is for op %u (expected %u, the request's op)",
-                                        unsigned(hdr.op), unsigned(c.verb->op)));
-    if (hdr.seq != seq && !refused)
-        return fail(kExitProtocol,
-                    strf("response seq %u (expected %u, the request's seq)", hdr.seq, seq));
-    if (hdr.length > KV_CTL_MAX_BODY)
-        return fail(kExitProtocol, strf("response length %u (expected at most %u, KV_CTL_MAX_BODY)",
-                                        hdr.length, KV_CTL_MAX_BODY));
-    if (hdr.length < sizeof(kv_ctl_response))
-        return fail(kExitProtocol, strf("response length %u (expected at least %zu, the size of "
-                                        "struct kv_ctl_response)",
-                                        hdr.length, sizeof(kv_ctl_response)));
 
-    std::string body(hdr.length, '\0');
-    if (auto r = recv_all(fd, body.data(), body.size(), deadline, "response body", timeout_s); !r)
-        return std::unexpected(r.error());
-    kv_ctl_response resp;
-    std::memcpy(&resp, body.data(), sizeof resp);
-    // reserved is not checked: a later version may use it for something a
-    // version-1 client can ignore.
-    if (uint64_t(resp.body_len) + sizeof resp != hdr.length)
-        return fail(kExitProtocol, strf("response body_len %u does not match its length %u "
-                                        "(expected body_len = length - %zu)",
-                                        resp.body_len, hdr.length, sizeof resp));
-    body.erase(0, sizeof resp);
-    if (refused && resp.error == 0)
-        return fail(kExitProtocol, "kvpoold refused the connection without an error code");
-    return Response{resp.error, std::move(body)};
+    Result<Response> request(const kv_ctl_request &req) {
+        const Command &c = *c_;
+        Deadline deadline;
+        if (timeout_s_ > 0)
+            deadline.at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(timeout_s_));
+        const int fd = sock_->fd();
+        const uint32_t seq = seq_++;
+        struct {
+            kv_ctl_hdr hdr;
+            kv_ctl_request req;
+        } msg;
+        static_assert(sizeof msg == sizeof(kv_ctl_hdr) + sizeof(kv_ctl_request), "no padding");
+        std::memset(&msg, 0, sizeof msg);
+        msg.hdr.magic = KV_CTL_MAGIC;
+        msg.hdr.version = KV_CTL_VERSION;
+        msg.hdr.op = c.verb->op;
+        msg.hdr.length = sizeof(kv_ctl_request);
+        msg.hdr.seq = seq;
+        msg.req = req;
+        kv_ctl_hdr hdr{};
+        if (auto r = send_all(fd, &msg, sizeof msg); !r) {
+            // The daemon may have refused the connection and closed it before
+            // the request arrived: its reason (KV_CTL_OP_REFUSED) is then
+            // waiting to be read. Without one, the send's error stands.
+            Deadline soon;
+            soon.at = Clock::now() + std::chrono::seconds(1);
+            if (!recv_all(fd, &hdr, sizeof hdr, soon, "response header", 1.0) ||
+                hdr.magic != KV_CTL_MAGIC || hdr.op != KV_CTL_OP_REFUSED)
+                return std::unexpected(r.error());
+        } else if (auto r2 =
+                       recv_all(fd, &hdr, sizeof hdr, deadline, "response header", timeout_s_);
+                   !r2) {
+            return std::unexpected(r2.error());
+        }
+        // A refusal at accept answers no request: it has op REFUSED and seq 0.
+        const bool refused = hdr.op == KV_CTL_OP_REFUSED && hdr.seq == 0;
+        if (hdr.magic != KV_CTL_MAGIC)
+            return fail(kExitProtocol,
+                        strf("bad response magic 0x%08x (expected 0x%08x): is %s kvpoold's control "
+                             "socket?",
+                             hdr.magic, KV_CTL_MAGIC, c.socket.c_str()));
+        if (hdr.version != KV_CTL_VERSION)
+            return fail(kExitProtocol, strf("response has protocol version %u (kvctl speaks %u)",
+                                            unsigned(hdr.version), unsigned(KV_CTL_VERSION)));
+        if (hdr.op != c.verb->op && !refused)
+            return fail(kExitProtocol, strf("response is for op %u (expected %u, the request's op)",
+                                            unsigned(hdr.op), unsigned(c.verb->op)));
+        if (hdr.seq != seq && !refused)
+            return fail(kExitProtocol,
+                        strf("response seq %u (expected %u, the request's seq)", hdr.seq, seq));
+        if (hdr.length > KV_CTL_MAX_BODY)
+            return fail(kExitProtocol,
+                        strf("response length %u (expected at most %u, KV_CTL_MAX_BODY)",
+                             hdr.length, KV_CTL_MAX_BODY));
+        if (hdr.length < sizeof(kv_ctl_response))
+            return fail(kExitProtocol,
+                        strf("response length %u (expected at least %zu, the size of "
+                             "struct kv_ctl_response)",
+                             hdr.length, sizeof(kv_ctl_response)));
+
+        std::string body(hdr.length, '\0');
+        if (auto r = recv_all(fd, body.data(), body.size(), deadline, "response body", timeout_s_);
+            !r)
+            return std::unexpected(r.error());
+        kv_ctl_response resp;
+        std::memcpy(&resp, body.data(), sizeof resp);
+        // reserved is not checked: a later version may use it for something a
+        // version-1 client can ignore.
+        if (uint64_t(resp.body_len) + sizeof resp != hdr.length)
+            return fail(kExitProtocol, strf("response body_len %u does not match its length %u "
+                                            "(expected body_len = length - %zu)",
+                                            resp.body_len, hdr.length, sizeof resp));
+        body.erase(0, sizeof resp);
+        if (refused && resp.error == 0)
+            return fail(kExitProtocol, "kvpoold refused the connection without an error code");
+        return Response{resp.error, std::move(body)};
+    }
+
+  private:
+    Session(const Command &c, std::unique_ptr<Socket> sock, double timeout_s)
+        : c_(&c), sock_(std::move(sock)), timeout_s_(timeout_s) {}
+
+    const Command *c_;
+    std::unique_ptr<Socket> sock_;
+    double timeout_s_;
+    // The pid makes a confused daemon that answers another client's
+    // request visible; later requests on the connection count up from it.
+    uint32_t seq_ = uint32_t(::getpid());
+};
+
+Result<Response> transact(const Command &c, const kv_ctl_request &req) {
+    auto session = Session::open(c);
+    if (!session) return std::unexpected(session.error());
+    return session->request(req);
 }
 
 // ---- Reading the daemon's JSON: nothing here throws ---------------------------
@@ -1154,26 +1185,134 @@ void print_pool(const json &p) {
     print_lines(l);
 }
 
-Result<int> print_entries(const Command &c, const json &doc) {
-    auto entries = array_field(c, doc, "entries");
-    if (!entries) return std::unexpected(entries.error());
-    Table t({{"NS", true},
-             {"KEY", false},
-             {"LENGTH", true},
-             {"TOKENS", true},
-             {"PRIORITY", true},
-             {"PINS", true},
-             {"STATE", false},
-             {"AGE", true}});
-    for (const json &e : **entries)
-        t.add({count(e, "ns"), text(e, "key"), size(e, "length"), count(e, "tokens"),
-               count(e, "priority"), count(e, "pins"), text(e, "state"),
-               duration(get_double(e, "age_s"))});
-    t.print();
-    if (get_bool(doc, "truncated").value_or(false)) {
+// The rows of entries, printed as pages arrive: fixed column widths (the
+// widest usual value of each), so rows of later pages line up with the
+// header; a wider cell only shifts the rest of its row.
+class EntryTable {
+  public:
+    void header() const {
+        row({"NS", "KEY", "LENGTH", "TOKENS", "PRIORITY", "PINS", "STATE", "AGE"});
+    }
+    void add(const json &e) const {
+        row({count(e, "ns"), text(e, "key"), size(e, "length"), count(e, "tokens"),
+             count(e, "priority"), count(e, "pins"), text(e, "state"),
+             duration(get_double(e, "age_s"))});
+    }
+
+  private:
+    struct Column {
+        size_t width;
+        bool right;
+    };
+    static constexpr Column kColumns[] = {{4, true}, {32, false}, {10, true}, {6, true},
+                                          {8, true}, {4, true},   {9, false}, {6, true}};
+    void row(const std::vector<std::string> &cells) const {
+        std::string line;
+        for (size_t i = 0; i < std::size(kColumns); i++) {
+            const std::string &cell = cells[i];
+            const size_t w = kColumns[i].width;
+            const std::string pad(w - std::min(w, display_width(cell)), ' ');
+            if (i) line += "  ";
+            if (kColumns[i].right)
+                line += pad + cell;
+            else
+                line += cell + (i + 1 < std::size(kColumns) ? pad : "");
+        }
+        std::printf("%s\n", line.c_str());
+    }
+};
+
+Failure daemon_failure(const std::string &where, const Response &resp);
+
+// How an error is shown once the --json document has begun on stdout.
+json error_json(const Failure &f) {
+    return json{{"exit", f.exit}, {"message", f.message}};
+}
+
+// entries: pages through the pool on one connection (control.h, ENTRIES:
+// each request is bounded in the daemon's work and reply) and prints each
+// page as it arrives, so a pool of millions of blocks lists in constant
+// memory. --limit N stops after N rows (default: all). With --json, one
+// document that is written as it grows:
+//   {"pool": P, "entry_slots": N, "entries": [ROW, ...], "count": N, "truncated": B}
+// one row per line; "truncated" is true when --limit stopped the listing
+// before the end of the table. A failure after the document began closes it
+// with "error": {"exit": N, "message": TEXT} in place of count and truncated.
+Result<int> list_entries(const Command &c, kv_ctl_request req) {
+    const uint64_t limit = req.arg; // 0: every row
+    auto session = Session::open(c);
+    if (!session) return std::unexpected(session.error());
+    const std::string where = "entries " + c.positional[0];
+    const EntryTable table;
+    uint64_t shown = 0, cursor = 0;
+    bool begun = false, truncated = false, old_daemon = false;
+    auto stop = [&](Failure f) -> Result<int> {
+        if (!begun || !c.json) return std::unexpected(std::move(f));
+        std::printf("\n  ],\n  \"error\": %s\n}\n",
+                    error_json(f).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+        std::fflush(stdout);
+        std::fprintf(stderr, "kvctl: %s\n", f.message.c_str());
+        return f.exit;
+    };
+    for (;;) {
+        req.cursor = cursor;
+        req.arg = limit ? std::min<uint64_t>(limit - shown, KV_CTL_ENTRIES_MAX_ROWS) : 0;
+        auto resp = session->request(req);
+        if (!resp) return stop(resp.error());
+        if (resp->error != 0) return stop(daemon_failure(where, *resp));
+        json doc = json::parse(resp->body, nullptr, false);
+        if (doc.is_discarded() || !doc.is_object()) return stop(malformed(c, "not a JSON object"));
+        auto rows = array_field(c, doc, "entries");
+        if (!rows) return stop(rows.error());
+        if (!begun) {
+            begun = true;
+            if (c.json)
+                std::printf("{\n  \"pool\": %s,\n  \"entry_slots\": %s,\n  \"entries\": [",
+                            json(text(doc, "pool")).dump().c_str(),
+                            count(doc, "entry_slots").c_str());
+            else
+                table.header();
+        }
+        for (const json &e : **rows) {
+            if (limit && shown >= limit) break;
+            if (c.json)
+                std::printf("%s\n    %s", shown ? "," : "",
+                            e.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+            else
+                table.add(e);
+            shown++;
+        }
+        std::fflush(stdout);
+        const json *next = field(doc, "next_cursor");
+        if (!next) { // a daemon that predates paging sent everything it would
+            old_daemon = truncated = get_bool(doc, "truncated").value_or(false);
+            break;
+        }
+        if (next->is_null()) break;
+        const auto n = get_u64(doc, "next_cursor");
+        if (!n || *n <= cursor)
+            return stop(
+                malformed(c, strf("next_cursor %s after cursor %llu: expected a larger index",
+                                  any_value(*next).c_str(), (unsigned long long)cursor)));
+        if (limit && shown >= limit) {
+            truncated = true;
+            break;
+        }
+        cursor = *n;
+    }
+    if (c.json) {
+        std::printf("%s  ],\n  \"count\": %llu,\n  \"truncated\": %s\n}\n", shown ? "\n" : "",
+                    (unsigned long long)shown, truncated ? "true" : "false");
+    } else if (truncated) {
         std::fflush(stdout); // after the table when both go to one terminal or file
-        std::fprintf(stderr, "kvctl: showing %zu of %s entries; raise --limit to see more\n",
-                     (*entries)->size(), count(doc, "total").c_str());
+        if (old_daemon)
+            std::fprintf(stderr,
+                         "kvctl: showing the %llu entries of kvpoold's first page; this kvpoold "
+                         "predates paged listings\n",
+                         (unsigned long long)shown);
+        else
+            std::fprintf(stderr, "kvctl: showing the first %llu entries (--limit); more follow\n",
+                         (unsigned long long)shown);
     }
     return kExitOk;
 }
@@ -1326,8 +1465,8 @@ Result<int> render(const Command &c, const json &doc) {
         }
         std::printf("destroyed pool %s\n", pool.c_str());
         return kExitOk;
-    case KV_CTL_OP_ENTRIES:
-        return print_entries(c, doc);
+    case KV_CTL_OP_ENTRIES: // list_entries prints as pages arrive
+        return kExitOk;
     case KV_CTL_OP_HEALTH:
         return print_health(c, doc);
     case KV_CTL_OP_EVICT:
@@ -1403,6 +1542,18 @@ int exit_for_errno(uint32_t e) {
     }
 }
 
+// The daemon's error answer as kvctl reports it: "VERB POOL: MESSAGE".
+Failure daemon_failure(const std::string &where, const Response &resp) {
+    std::string_view body = resp.body;
+    // Trailing newlines, and a NUL should the daemon send a C string's.
+    constexpr std::string_view kTrim(" \t\r\n\0", 5);
+    while (!body.empty() && kTrim.find(body.back()) != std::string_view::npos)
+        body.remove_suffix(1);
+    std::string msg = sanitize(body);
+    if (msg.empty()) msg = std::strerror(int(resp.error));
+    return Failure{exit_for_errno(resp.error), where + ": " + msg};
+}
+
 // Poll the pool's status once a second and print the running job's
 // progress on stderr: one updating line on a terminal, a line every 10 s
 // otherwise. Quiet for jobs that finish within the first second.
@@ -1469,6 +1620,8 @@ Result<int> run(const Command &c) {
     if (c.verb->op == KV_CTL_OP_VERSION && !c.json)
         std::printf("kvctl %s (protocol %u)\n", KVCTL_VERSION, unsigned(KV_CTL_VERSION));
 
+    if (c.verb->op == KV_CTL_OP_ENTRIES) return list_entries(c, *req);
+
     // A persist or restore can run for minutes: show its progress from the
     // pool's status (a second connection) while the answer is pending.
     std::atomic<bool> finished{false};
@@ -1482,16 +1635,7 @@ Result<int> run(const Command &c) {
 
     const std::string where =
         std::string(c.verb->name) + (c.positional.empty() ? "" : " " + c.positional[0]);
-    if (resp->error != 0) {
-        std::string_view body = resp->body;
-        // Trailing newlines, and a NUL should the daemon send a C string's.
-        constexpr std::string_view kTrim(" \t\r\n\0", 5);
-        while (!body.empty() && kTrim.find(body.back()) != std::string_view::npos)
-            body.remove_suffix(1);
-        std::string msg = sanitize(body);
-        if (msg.empty()) msg = std::strerror(int(resp->error));
-        return fail(exit_for_errno(resp->error), where + ": " + msg);
-    }
+    if (resp->error != 0) return std::unexpected(daemon_failure(where, *resp));
 
     json doc;
     try {

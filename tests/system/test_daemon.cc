@@ -16,6 +16,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <set>
+
 using namespace kvtest;
 using nlohmann::json;
 
@@ -155,7 +158,8 @@ TEST_F(DaemonTest, ReadCommandsHumanAndJson) {
     Proc en = ctl({"--json", "entries", "alpha"});
     ASSERT_EQ(en.code, 0) << en.err;
     json e = parse(en);
-    EXPECT_EQ(e["total"], 10);
+    EXPECT_EQ(e["count"], 10);
+    EXPECT_EQ(e["truncated"], false);
     ASSERT_EQ(e["entries"].size(), 10u);
     int pinned = 0;
     for (const auto &row : e["entries"]) {
@@ -1495,4 +1499,179 @@ TEST_F(DaemonTest, DamagedSnapshotIsKeptAsideNotOverwritten) {
     ASSERT_EQ(moved.size(), 1u) << r.out;
     EXPECT_EQ(rj["quarantined"], moved[0]);
     EXPECT_EQ(slurp(moved[0]), part);
+}
+
+// ---- Every request bounded in work and reply --------------------------------
+
+namespace {
+
+// A raw control connection: requests as kvctl sends them, replies read whole.
+struct RawCtl {
+    int fd = -1;
+    explicit RawCtl(const std::string &sock) {
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un sa{};
+        sa.sun_family = AF_UNIX;
+        strncpy(sa.sun_path, sock.c_str(), sizeof sa.sun_path - 1);
+        if (connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) {
+            close(fd);
+            fd = -1;
+            return;
+        }
+        timeval tv{20, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    ~RawCtl() {
+        if (fd >= 0) close(fd);
+    }
+    static std::string message(uint16_t op, const kv_ctl_request &q, uint32_t seq) {
+        kv_ctl_hdr h{KV_CTL_MAGIC, KV_CTL_VERSION, op, sizeof q, seq};
+        std::string m(reinterpret_cast<const char *>(&h), sizeof h);
+        m.append(reinterpret_cast<const char *>(&q), sizeof q);
+        return m;
+    }
+    bool send_all(const std::string &m) {
+        size_t done = 0;
+        while (done < m.size()) {
+            ssize_t n = send(fd, m.data() + done, m.size() - done, MSG_NOSIGNAL);
+            if (n <= 0) return false;
+            done += size_t(n);
+        }
+        return true;
+    }
+    bool read_all(void *p, size_t n) {
+        auto *b = static_cast<char *>(p);
+        while (n) {
+            ssize_t k = read(fd, b, n);
+            if (k <= 0) return false;
+            b += k, n -= size_t(k);
+        }
+        return true;
+    }
+    // One reply: its header, error and body (a body longer than a frame
+    // may hold is read anyway, so the test can report its size).
+    bool reply(kv_ctl_hdr *h, uint32_t *error, std::string *body) {
+        kv_ctl_response r{};
+        if (!read_all(h, sizeof *h) || h->length < sizeof r || !read_all(&r, sizeof r))
+            return false;
+        body->resize(h->length - sizeof r);
+        *error = r.error;
+        return read_all(body->data(), body->size());
+    }
+};
+
+std::string entries_config(const std::string &base) {
+    // 512 MiB with 4 KiB average blocks: more than KV_CTL_ENTRIES_MAX_SCAN
+    // entry slots, mostly empty (a sparse table), and room for the blocks.
+    return base +
+           "\n[[pool]]\nname = \"many\"\nsize = \"512M\"\nhugepages = \"never\"\nprefault = false\n"
+           "avg_block_size = \"4K\"\ngroup = \"root\"\n";
+}
+
+} // namespace
+
+// kvctl lists a pool of many blocks, page by page, whole: before paging one
+// request built every row in the daemon's loop, and beyond about 4,000 rows
+// the reply exceeded a frame (kvctl exit 7).
+TEST_F(DaemonTest, EntriesListsAPoolOfManyBlocks) {
+    ASSERT_TRUE(start_daemon(entries_config(config())));
+    constexpr uint64_t kBlocks = 20000;
+    Proc fill = run({env_or("KVFILL", "build/tools/kvfill"), "--pool", pool_path("many"), "--bytes",
+                     std::to_string(kBlocks * 4096), "--block", "4096"});
+    ASSERT_EQ(fill.code, 0) << fill.out << fill.err;
+
+    Proc js = ctl({"--json", "entries", "many"});
+    ASSERT_EQ(js.code, 0) << js.err;
+    json doc = parse(js);
+    EXPECT_EQ(doc["pool"], "many");
+    EXPECT_EQ(doc["count"], kBlocks);
+    EXPECT_EQ(doc["truncated"], false);
+    ASSERT_EQ(doc["entries"].size(), kBlocks);
+    std::set<std::string> keys;
+    for (const auto &e : doc["entries"])
+        keys.insert(e["key"].get<std::string>());
+    EXPECT_EQ(keys.size(), kBlocks) << "a block listed twice or missed";
+
+    Proc human = ctl({"entries", "many"});
+    ASSERT_EQ(human.code, 0) << human.err;
+    EXPECT_EQ(size_t(std::count(human.out.begin(), human.out.end(), '\n')), kBlocks + 1)
+        << "header + one line a row";
+    EXPECT_EQ(human.err, "");
+
+    // --limit limits the rows of the whole listing, across pages.
+    Proc lim = ctl({"--json", "entries", "many", "--limit", "5000"});
+    ASSERT_EQ(lim.code, 0) << lim.err;
+    json l = parse(lim);
+    EXPECT_EQ(l["entries"].size(), 5000u);
+    EXPECT_EQ(l["count"], 5000);
+    EXPECT_EQ(l["truncated"], true);
+    Proc limh = ctl({"entries", "many", "--limit", "3000"});
+    EXPECT_EQ(limh.code, 0) << limh.err;
+    EXPECT_EQ(std::count(limh.out.begin(), limh.out.end(), '\n'), 3001);
+    EXPECT_NE(limh.err.find("showing the first 3000 entries"), std::string::npos) << limh.err;
+}
+
+// One ENTRIES request asking for every row gets a bounded page: at most
+// KV_CTL_ENTRIES_MAX_ROWS rows, a reply within KV_CTL_MAX_BODY, at most
+// KV_CTL_ENTRIES_MAX_SCAN slots examined; following next_cursor visits every
+// block once. A cursor past the table, or on another op, is refused.
+TEST_F(DaemonTest, EntriesRequestIsBoundedInRowsBytesAndSlots) {
+    ASSERT_TRUE(start_daemon(entries_config(config())));
+    constexpr uint64_t kBlocks = 20000;
+    Proc fill = run({env_or("KVFILL", "build/tools/kvfill"), "--pool", pool_path("many"), "--bytes",
+                     std::to_string(kBlocks * 4096), "--block", "4096"});
+    ASSERT_EQ(fill.code, 0) << fill.out << fill.err;
+    RawCtl c(sock_);
+    ASSERT_GE(c.fd, 0);
+    kv_ctl_request q{};
+    memcpy(q.pool, "many", 5);
+    q.arg = UINT64_MAX; // "every row", as kvctl --limit 100000000 sent
+    uint64_t rows = 0, pages = 0, slots = 0;
+    std::set<std::string> keys;
+    for (uint32_t seq = 1;; seq++) {
+        ASSERT_TRUE(c.send_all(RawCtl::message(KV_CTL_OP_ENTRIES, q, seq)));
+        kv_ctl_hdr h{};
+        uint32_t err = 0;
+        std::string body;
+        ASSERT_TRUE(c.reply(&h, &err, &body)) << "page " << pages;
+        ASSERT_EQ(err, 0u) << body;
+        EXPECT_LE(h.length, KV_CTL_MAX_BODY) << "page " << pages << " is larger than a frame";
+        json page = json::parse(body);
+        ASSERT_TRUE(page.contains("next_cursor")) << body.substr(0, 200);
+        EXPECT_LE(page["entries"].size(), KV_CTL_ENTRIES_MAX_ROWS);
+        slots = page["entry_slots"];
+        for (const auto &e : page["entries"]) {
+            EXPECT_GE(e["index"].get<uint64_t>(), q.cursor);
+            keys.insert(e["key"].get<std::string>());
+        }
+        rows += page["entries"].size();
+        pages++;
+        if (page["next_cursor"].is_null()) break;
+        const uint64_t next = page["next_cursor"];
+        EXPECT_GT(next, q.cursor);
+        EXPECT_LE(next - q.cursor, uint64_t(KV_CTL_ENTRIES_MAX_SCAN))
+            << "more slots examined than the cap";
+        ASSERT_LT(pages, 10000u);
+        q.cursor = next;
+    }
+    EXPECT_EQ(rows, kBlocks);
+    EXPECT_EQ(keys.size(), kBlocks);
+    EXPECT_GT(slots, uint64_t(KV_CTL_ENTRIES_MAX_SCAN))
+        << "the pool should have a table larger than one scan";
+    EXPECT_GE(pages, (kBlocks + KV_CTL_ENTRIES_MAX_ROWS - 1) / KV_CTL_ENTRIES_MAX_ROWS);
+
+    kv_ctl_hdr h{};
+    uint32_t err = 0;
+    std::string body;
+    q.cursor = slots + 1;
+    ASSERT_TRUE(c.send_all(RawCtl::message(KV_CTL_OP_ENTRIES, q, 7)));
+    ASSERT_TRUE(c.reply(&h, &err, &body));
+    EXPECT_EQ(err, uint32_t(EINVAL));
+    EXPECT_NE(body.find("cursor " + std::to_string(slots + 1)), std::string::npos) << body;
+    q.cursor = 5;
+    ASSERT_TRUE(c.send_all(RawCtl::message(KV_CTL_OP_STATUS, q, 8)));
+    ASSERT_TRUE(c.reply(&h, &err, &body));
+    EXPECT_EQ(err, uint32_t(EINVAL));
+    EXPECT_NE(body.find("cursor 5"), std::string::npos) << body;
 }

@@ -7,6 +7,7 @@
 //
 // The kvctl binary is taken from $KVCTL (meson passes kvctl.full_path()):
 //   KVCTL=build/tools/kvctl ./test_kvctl_cli
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -680,3 +681,104 @@ TEST_F(KvctlCli, PersistShowsRate) {
 }
 
 } // namespace
+
+namespace {
+
+// Answers ENTRIES requests on one connection with the given pages, in
+// order, recording the cursor and row count each request asked for.
+struct Pager {
+    std::vector<std::string> pages;
+    std::vector<std::pair<uint64_t, uint64_t>> asked; // (cursor, arg)
+    FakeDaemon::Answer answer() {
+        return [this](int fd, const kv_ctl_hdr &first, const kv_ctl_request &req) {
+            kv_ctl_hdr h = first;
+            kv_ctl_request q = req;
+            for (size_t i = 0; i < pages.size(); i++) {
+                if (i > 0 && !(read_full(fd, &h, sizeof h) && h.length == sizeof q &&
+                               read_full(fd, &q, sizeof q)))
+                    return;
+                asked.emplace_back(q.cursor, q.arg);
+                const std::string msg = response(h, 0, pages[i]);
+                write_full(fd, msg.data(), msg.size());
+            }
+        };
+    }
+};
+
+std::string entry_row(int i) {
+    return R"({"index": )" + std::to_string(i) + R"(, "ns": 1, "key": "k)" + std::to_string(i) +
+           R"(", "length": 4096, "tokens": 16, "priority": 0, "user_tag": 0, "pins": 0, "state": "committed", "age_s": 1.5})";
+}
+
+std::string entry_page(int from, int n, const std::string &next) {
+    std::string rows;
+    for (int i = from; i < from + n; i++)
+        rows += (rows.empty() ? "" : ", ") + entry_row(i);
+    return R"({"pool": "p", "entry_slots": 1000, "next_cursor": )" + next + R"(, "entries": [)" +
+           rows + "]}";
+}
+
+} // namespace
+
+// entries follows next_cursor on one connection until it is null, and
+// prints every page's rows under one header (or in one JSON document).
+TEST_F(KvctlCli, EntriesPagesThroughNextCursor) {
+    for (bool as_json : {false, true}) {
+        Pager pager{
+            {entry_page(0, 3, "300"), entry_page(300, 0, "700"), entry_page(700, 2, "null")}, {}};
+        FakeDaemon d(pager.answer());
+        std::vector<std::string> args = {"--socket", d.path()};
+        if (as_json) args.push_back("--json");
+        args.insert(args.end(), {"entries", "p"});
+        const Outcome r = run_kvctl(args);
+        d.join();
+        ASSERT_EQ(r.code, 0) << describe(args, r);
+        ASSERT_EQ(pager.asked.size(), 3u);
+        EXPECT_EQ(pager.asked[0], (std::pair<uint64_t, uint64_t>{0, 0}));
+        EXPECT_EQ(pager.asked[1].first, 300u);
+        EXPECT_EQ(pager.asked[2].first, 700u);
+        if (as_json) {
+            const auto doc = nlohmann::json::parse(r.out, nullptr, false);
+            ASSERT_FALSE(doc.is_discarded()) << r.out;
+            ASSERT_TRUE(doc.contains("count") && doc.contains("entries")) << r.out;
+            EXPECT_EQ(doc["count"], 5);
+            EXPECT_EQ(doc["truncated"], false);
+            ASSERT_EQ(doc["entries"].size(), 5u);
+            EXPECT_EQ(doc["entries"][4]["key"], "k701");
+        } else {
+            EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 6) << r.out;
+            EXPECT_EQ(r.out.rfind("  NS  KEY", 0), 0u) << r.out;
+            EXPECT_NE(r.out.find("k701"), std::string::npos) << r.out;
+        }
+    }
+    // --limit: asks for no more rows than are left, stops when they are shown.
+    Pager pager{{entry_page(0, 3, "3"), entry_page(3, 1, "4")}, {}};
+    FakeDaemon d(pager.answer());
+    const Outcome r = run_kvctl({"--socket", d.path(), "--json", "entries", "p", "--limit", "4"});
+    d.join();
+    ASSERT_EQ(r.code, 0) << r.err;
+    ASSERT_EQ(pager.asked.size(), 2u);
+    EXPECT_EQ(pager.asked[0].second, 4u);
+    EXPECT_EQ(pager.asked[1].second, 1u);
+    const auto doc = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(doc.is_discarded()) << r.out;
+    ASSERT_TRUE(doc.contains("count")) << r.out;
+    EXPECT_EQ(doc["count"], 4);
+    EXPECT_EQ(doc["truncated"], true);
+}
+
+// A daemon whose next_cursor does not move forward would loop kvctl
+// forever: exit 7, and the --json document begun is closed with the error.
+TEST_F(KvctlCli, EntriesRefusesACursorThatDoesNotAdvance) {
+    Pager pager{{entry_page(0, 2, "5"), entry_page(5, 1, "5")}, {}};
+    FakeDaemon d(pager.answer());
+    const Outcome r = run_kvctl({"--socket", d.path(), "--json", "entries", "p"});
+    d.join();
+    EXPECT_EQ(r.code, 7) << r.err;
+    EXPECT_NE(r.err.find("next_cursor 5 after cursor 5"), std::string::npos) << r.err;
+    const auto doc = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(doc.is_discarded()) << r.out;
+    ASSERT_TRUE(doc.contains("error") && doc.contains("entries")) << r.out;
+    EXPECT_EQ(doc["entries"].size(), 3u);
+    EXPECT_EQ(doc["error"]["exit"], 7);
+}

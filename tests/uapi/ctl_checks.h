@@ -16,7 +16,8 @@ static int kv_test_ctl_snapshot_checks(void)
 	KV_TEST_OFFSET(struct kv_ctl_request, path, 96);
 	KV_TEST_OFFSET(struct kv_ctl_request, evict_policy, 352);
 	KV_TEST_OFFSET(struct kv_ctl_request, reserved0, 356);
-	KV_TEST_OFFSET(struct kv_ctl_request, reserved, 360);
+	KV_TEST_OFFSET(struct kv_ctl_request, cursor, 360);
+	KV_TEST_OFFSET(struct kv_ctl_request, reserved, 368);
 	KV_TEST_SIZE(struct kv_snap_header, KV_SNAP_HEADER_SIZE_V1);
 	KV_TEST_SIZE(struct kv_snap_namespace, KV_SNAP_NAMESPACE_SIZE_V1);
 	KV_TEST_SIZE(struct kv_snap_segment, KV_SNAP_SEGMENT_SIZE_V1);

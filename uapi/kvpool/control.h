@@ -67,7 +67,8 @@
 #define KV_CTL_OP_STATUS 3   /* pool set: POOL; pool empty: as LIST */
 #define KV_CTL_OP_CREATE 4   /* size, hugepages, numa_node, mode, flags: POOL of the new pool */
 #define KV_CTL_OP_DESTROY 5  /* {"pool": name, "destroyed": true} */
-#define KV_CTL_OP_ENTRIES 6  /* arg: row limit (0: 1000): {"pool", "entries": [ENTRY...], "total", "truncated"} */
+#define KV_CTL_OP_ENTRIES                                                                          \
+    6 /* one page, see below: {"pool", "entries": [ENTRY...], "next_cursor", ...} */
 #define KV_CTL_OP_HEALTH 7   /* {"pool", "healthy", "problems": [text...], "usage": {...}} */
 #define KV_CTL_OP_EVICT 8    /* arg: percent 1..100 of unpinned bytes: {"pool", "requested_bytes", "freed_bytes"} */
 #define KV_CTL_OP_PERSIST 9  /* path optional: {"pool", "path", "bytes", "seconds"} */
@@ -76,6 +77,22 @@
 #define KV_CTL_OP_DETACH 12  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"} */
 #define KV_CTL_OP_STATS 13   /* {"daemon": {...}, "pools": [POOL...]} */
 #define KV_CTL_OP_MAX 13
+
+/*
+ * ENTRIES is paged so that no request costs the daemon more than a bounded
+ * amount of work and reply, whatever the pool's size: it examines the entry
+ * table from index `cursor` on, at most KV_CTL_ENTRIES_MAX_SCAN slots, and
+ * returns at most min(arg, KV_CTL_ENTRIES_MAX_ROWS) rows (arg 0: the
+ * maximum), fewer when the next row would take the reply past
+ * KV_CTL_MAX_BODY. "next_cursor" is the index to send as the next request's
+ * cursor, or null once the end of the table was examined; a page may hold
+ * no row and still have a next_cursor (a sparse stretch of the table).
+ * A cursor past "entry_slots" is refused (EINVAL). Rows are read, not
+ * snapshotted: an entry committed or removed while a listing pages through
+ * the table may be missed or shown once more.
+ */
+#define KV_CTL_ENTRIES_MAX_ROWS 2048
+#define KV_CTL_ENTRIES_MAX_SCAN 65536
 
 /* kv_ctl_request.flags */
 #define KV_CTL_F_KILL (1U << 0)     /* DETACH: SIGKILL a live process first */
@@ -104,8 +121,8 @@ KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_hdr) == KV_CTL_HDR_SIZE_V1, "ctl heade
 struct kv_ctl_request {
 	uint8_t pool[KV_CTL_NAME_MAX]; /* NUL-terminated, NUL-padded; empty: all pools (LIST, STATUS, STATS) */
 	uint64_t size;                 /* CREATE: bytes */
-	uint64_t arg;                  /* EVICT: percent; DETACH: pid; ENTRIES: row limit */
-	uint32_t flags;                /* KV_CTL_F_* */
+        uint64_t arg; /* EVICT: percent; DETACH: pid; ENTRIES: most rows (0: the maximum) */
+        uint32_t flags;                /* KV_CTL_F_* */
 	uint32_t hugepages;            /* CREATE: KV_HUGEPAGES_* (0 never, 1 prefer, 2 require) */
 	uint32_t numa_node;            /* CREATE: node, KV_CTL_NUMA_NONE or KV_CTL_NUMA_LOCAL */
 	uint32_t mode;                 /* CREATE: file mode bits (0: 0660) */
@@ -114,12 +131,19 @@ struct kv_ctl_request {
 	                                * Carved from reserved[0]: a daemon that predates it refuses
 	                                * the request (non-zero reserved, unknown flag). */
 	uint32_t reserved0;            /* zero */
-	uint64_t reserved[7];          /* zero */
+        uint64_t cursor;      /* ENTRIES: entry-table index to start at, the previous page's
+                               * next_cursor (0: the start); else zero. Carved from
+                               * reserved[0]: a daemon that predates it refuses a non-zero
+                               * cursor (non-zero reserved) and answers cursor 0 with one
+                               * unpaged reply without next_cursor. */
+        uint64_t reserved[6]; /* zero */
 };
 #define KV_CTL_REQUEST_SIZE_V1 416
 KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_request) == KV_CTL_REQUEST_SIZE_V1, "ctl request v1 size");
 KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, path) == 96, "ctl request path offset");
 KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, evict_policy) == 352, "ctl request policy offset");
+KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, cursor) == 360,
+                     "ctl request cursor offset");
 
 struct kv_ctl_response {
 	uint32_t error;    /* 0, or a positive errno value */

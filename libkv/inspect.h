@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: MIT
+//
+// Entry-table inspection beyond the public kv_pool_entries, for kvpoold
+// (which links libkv's objects): a scan bounded in table slots, so that one
+// call's work is bounded however large and sparse the table is. kvpoold
+// pages `kvctl entries` through it (uapi/kvpool/control.h, ENTRIES).
+#pragma once
+
+#include <kv/kv.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kv::detail {
+
+// kv_pool_entries over the table indexes [*cursor, end) only (end is
+// clamped to n_entries): copies out up to max rows of in-use entries and
+// advances *cursor past the last index examined, so *cursor < end on return
+// only when max rows were written. Returns the number of rows or -EINVAL.
+int pool_entries_upto(kv_pool *p, uint64_t *cursor, uint64_t end, kv_entry_info *out,
+                      size_t max) noexcept;
+
+} // namespace kv::detail
