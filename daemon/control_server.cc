@@ -284,17 +284,30 @@ void ControlServer::expire(uint64_t now_ms, uint64_t idle_ms) {
     for (int fd : old) drop(fd);
 }
 
+// Input is buffered up to one maximal message (and the read that
+// completed it); past that the connection stops being read until requests
+// are taken off (kMaxInput).
+bool ControlServer::input_full(const Conn &c) {
+    return c.in.size() >= kMaxInput;
+}
+
+// A request is waiting to be answered: a whole message (or a bad header) is
+// buffered and no reply is still being sent.
+bool ControlServer::ready(const Conn &c) {
+    if (c.kind != Kind::Control || c.close_after_flush || !c.out.empty()) return false;
+    return control::next_message(c.in).kind != control::Message::Kind::NeedMore;
+}
+
 void ControlServer::on_io(int fd, uint32_t events) {
     Conn &c = conns_.at(fd);
     c.last_ms = mono_ms();
-    if (events & EPOLLIN) {
+    if ((events & EPOLLIN) && !input_full(c)) {
         char buf[16384];
         for (;;) {
             ssize_t n = read(fd, buf, sizeof buf);
             if (n > 0) {
                 c.in.append(buf, size_t(n));
-                // Never buffer more than one maximal message ahead.
-                if (c.in.size() > sizeof(kv_ctl_hdr) + KV_CTL_MAX_BODY + sizeof buf) break;
+                if (input_full(c)) break;
                 continue;
             }
             if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
@@ -306,9 +319,13 @@ void ControlServer::on_io(int fd, uint32_t events) {
             }
             break;
         }
-        process(fd, c);
-        if (!conns_.contains(fd)) return;
     }
+    // Send what is pending first: a request is taken only once the reply
+    // before it is in the kernel's hands, so a peer that does not read its
+    // replies holds at most one in the daemon's memory.
+    if (!c.out.empty() && !send_out(fd, c)) return;
+    process(fd, c);
+    if (!conns_.contains(fd)) return;
     if ((events & (EPOLLHUP | EPOLLERR)) && c.out.empty()) {
         drop(fd);
         return;
@@ -316,7 +333,8 @@ void ControlServer::on_io(int fd, uint32_t events) {
     flush(fd, c);
 }
 
-void ControlServer::flush(int fd, Conn &c) {
+// Write what the socket takes; false if the connection was dropped.
+bool ControlServer::send_out(int fd, Conn &c) {
     while (!c.out.empty()) {
         ssize_t n = send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
         if (n > 0) {
@@ -325,14 +343,28 @@ void ControlServer::flush(int fd, Conn &c) {
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
         drop(fd); // peer gone
-        return;
+        return false;
     }
+    return true;
+}
+
+void ControlServer::flush(int fd, Conn &c) {
+    if (!send_out(fd, c)) return;
     if (c.out.empty() && c.close_after_flush) {
         drop(fd);
         return;
     }
+    // EPOLLOUT also while a request is ready: the socket is writable, so
+    // the loop comes back to this connection on its next turn, after the
+    // other events that are due. One request per connection per turn: a
+    // pipeline of thousands cannot hold the loop.
+    const bool more = !c.out.empty() || ready(c);
     epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP | (c.out.empty() ? 0u : uint32_t(EPOLLOUT));
+    // Not read while its input is full (nor watched for a hang-up, which
+    // would wake the loop on every turn until the reply drains): a peer
+    // that sends without reading costs one buffer and no CPU.
+    const bool reading = !input_full(c) && !c.close_after_flush;
+    ev.events = (reading ? uint32_t(EPOLLIN | EPOLLRDHUP) : 0u) | (more ? uint32_t(EPOLLOUT) : 0u);
     ev.data.fd = fd;
     epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev);
 }
@@ -353,45 +385,57 @@ void ControlServer::process(int fd, Conn &c) {
         c.close_after_flush = true;
         return;
     }
-    // A pipeline of requests may be waiting; answer them in order.
-    while (c.in.size() >= sizeof(kv_ctl_hdr) && !c.close_after_flush) {
-        control::Message m = control::next_message(c.in);
-        if (m.kind == control::Message::Kind::NeedMore) return; // wait for the body
-        if (m.kind == control::Message::Kind::BadHeader) {
-            // The stream cannot be resynchronized after a bad header: answer and close.
-            counters_.requests++;
-            counters_.request_errors++;
-            KV_LOGN(kComp, "peer pid %d uid %u: %s", int(c.peer.pid), unsigned(c.peer.uid), m.message.c_str());
-            c.out += frame(m.hdr.op, m.hdr.seq, m.error, m.message);
-            c.in.clear();
-            c.close_after_flush = true;
-            return;
-        }
-        const kv_ctl_hdr h = m.hdr;
-        c.in.erase(0, m.consumed);
+    if (!ready(c)) return;
+    control::Message m = control::next_message(c.in);
+    if (m.kind == control::Message::Kind::BadHeader) {
+        // The stream cannot be resynchronized after a bad header: answer and close.
         counters_.requests++;
-        int err = m.error;
-        std::string reply = std::move(m.message);
-        if (!err) {
-            try {
-                std::tie(err, reply) = dispatch(c, h.op, h.seq, m.req);
-            } catch (const std::exception &e) { // JSON or allocation failure: one request fails, not the daemon
-                err = EIO;
-                reply = std::string("internal error: ") + e.what();
-            }
-        }
-        if (err == kDeferred) {
-            c.waiting++;
-            continue;
-        }
-        if (err) {
-            counters_.request_errors++;
-            KV_LOGD(kComp, "%s from pid %d uid %u: %s", op_name(h.op), int(c.peer.pid), unsigned(c.peer.uid),
-                    reply.c_str());
-        }
-        c.out += frame(h.op, h.seq, err, reply);
+        counters_.request_errors++;
+        KV_LOGN(kComp, "peer pid %d uid %u: %s", int(c.peer.pid), unsigned(c.peer.uid), m.message.c_str());
+        c.out += frame(m.hdr.op, m.hdr.seq, m.error, m.message);
+        c.in.clear();
+        c.close_after_flush = true;
+        return;
     }
+    const kv_ctl_hdr h = m.hdr;
+    c.in.erase(0, m.consumed);
+    counters_.requests++;
+    int err = m.error;
+    std::string reply = std::move(m.message);
+    if (!err) {
+        try {
+            std::tie(err, reply) = dispatch(c, h.op, h.seq, m.req);
+        } catch (const std::exception &e) { // JSON or allocation failure: one request fails, not the daemon
+            err = EIO;
+            reply = std::string("internal error: ") + e.what();
+        }
+    }
+    if (err == kDeferred) {
+        c.waiting++;
+        return;
+    }
+    answer(c, h.op, h.seq, err, std::move(reply));
     (void)fd;
+}
+
+// Frame an answer, counting it. No reply may exceed a frame (a peer would
+// drop the connection): one that would is replaced by an error naming both
+// sizes, so an op that outgrows the limit fails visibly instead.
+void ControlServer::answer(Conn &c, uint16_t op, uint32_t seq, int err, std::string reply) {
+    constexpr size_t kMaxReply = KV_CTL_MAX_BODY - sizeof(kv_ctl_response);
+    if (reply.size() > kMaxReply) {
+        KV_LOGW(kComp, "%s reply of %zu bytes exceeds the %zu a frame holds: answered EMSGSIZE",
+                op_name(op), reply.size(), kMaxReply);
+        reply = std::string(op_name(op)) + " reply of " + std::to_string(reply.size()) +
+                " bytes exceeds the protocol's limit of " + std::to_string(kMaxReply);
+        err = EMSGSIZE;
+    }
+    if (err) {
+        counters_.request_errors++;
+        KV_LOGD(kComp, "%s from pid %d uid %u: %s", op_name(op), int(c.peer.pid),
+                unsigned(c.peer.uid), reply.c_str());
+    }
+    c.out += frame(op, seq, err, reply);
 }
 
 bool ControlServer::allowed(const Peer &p, gid_t gid) const {
@@ -400,16 +444,16 @@ bool ControlServer::allowed(const Peer &p, gid_t gid) const {
 }
 
 void ControlServer::deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int error, const std::string &body) {
-    if (error) counters_.request_errors++;
     for (auto &[fd, c] : conns_) {
         if (c.id != conn_id) continue;
         if (c.waiting) c.waiting--;
-        c.out += frame(op, seq, error, body);
+        answer(c, op, seq, error, body);
         c.last_ms = mono_ms();
         int f = fd;
         flush(f, c);
         return;
     }
+    if (error) counters_.request_errors++; // its connection is gone
 }
 
 std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32_t seq, const kv_ctl_request &req) {

@@ -64,14 +64,20 @@ class ControlServer {
         uint64_t id = 0;      // unique for the daemon's life: fds are reused, ids are not
         unsigned waiting = 0; // deferred requests not yet answered
     };
+    // Most bytes of input buffered for one connection: one maximal message.
+    static constexpr size_t kMaxInput = sizeof(kv_ctl_hdr) + KV_CTL_MAX_BODY;
     static constexpr int kDeferred = -1; // dispatch: the answer comes later through deliver()
 
     void accept_on(int lfd, Kind kind);
     void send_refusal(int fd, uint32_t uid, size_t mine, bool root);
     bool shed_idle_for(uid_t uid, size_t mine);
     void on_io(int fd, uint32_t events);
+    static bool input_full(const Conn &c);
+    static bool ready(const Conn &c);
     void process(int fd, Conn &c);
+    bool send_out(int fd, Conn &c);
     void flush(int fd, Conn &c);
+    void answer(Conn &c, uint16_t op, uint32_t seq, int err, std::string reply);
     void drop(int fd);
     // Handle one request; returns the response body (JSON or message) and error.
     std::pair<int, std::string> dispatch(Conn &c, uint16_t op, uint32_t seq, const kv_ctl_request &req);

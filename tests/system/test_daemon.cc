@@ -1675,3 +1675,43 @@ TEST_F(DaemonTest, EntriesRequestIsBoundedInRowsBytesAndSlots) {
     EXPECT_EQ(err, uint32_t(EINVAL));
     EXPECT_NE(body.find("cursor 5"), std::string::npos) << body;
 }
+
+// A peer that pipelines many requests and does not read its replies holds
+// at most one reply in the daemon: requests are taken one at a time, each
+// once the reply before it is in the kernel's hands. (All of a pipeline was
+// answered in one turn of the loop, every reply buffered: 300 pages of
+// entries took the daemon's RSS from 25 MB to 176 MB.) Read afterwards, the
+// replies all come, in order.
+TEST_F(DaemonTest, PipelinedRequestsHoldOneReplyAtATime) {
+    ASSERT_TRUE(start_daemon(entries_config(config())));
+    Proc fill = run({env_or("KVFILL", "build/tools/kvfill"), "--pool", pool_path("many"), "--bytes",
+                     std::to_string(20000 * 4096), "--block", "4096"});
+    ASSERT_EQ(fill.code, 0) << fill.out << fill.err;
+    ASSERT_EQ(ctl({"entries", "many"}).code, 0); // the entry table's pages are now resident
+    auto rss = [&] { return parse(ctl({"--json", "stats"}))["daemon"]["rss_bytes"].get<uint64_t>(); };
+    const uint64_t before = rss();
+
+    RawCtl c(sock_);
+    ASSERT_GE(c.fd, 0);
+    kv_ctl_request q{};
+    memcpy(q.pool, "many", 5);
+    q.arg = KV_CTL_ENTRIES_MAX_ROWS; // about 600 KB a reply
+    constexpr uint32_t kRequests = 300;
+    std::string pipeline;
+    for (uint32_t seq = 1; seq <= kRequests; seq++) pipeline += RawCtl::message(KV_CTL_OP_ENTRIES, q, seq);
+    ASSERT_TRUE(c.send_all(pipeline));
+    kv_ctl_hdr h{};
+    uint32_t err = 0;
+    std::string body;
+    ASSERT_TRUE(c.reply(&h, &err, &body)); // the daemon has begun on the pipeline
+    EXPECT_EQ(h.seq, 1u);
+    const uint64_t during = rss();
+    EXPECT_LT(during, before + (64ULL << 20)) << "RSS " << before << " -> " << during
+                                              << ": the replies of the pipeline were buffered";
+    for (uint32_t seq = 2; seq <= kRequests; seq++) {
+        ASSERT_TRUE(c.reply(&h, &err, &body)) << "reply " << seq;
+        ASSERT_EQ(h.seq, seq);
+        ASSERT_EQ(err, 0u) << body;
+    }
+    EXPECT_EQ(kill(daemon_, 0), 0);
+}
