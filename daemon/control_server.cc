@@ -2,6 +2,7 @@
 #include "control_server.h"
 
 #include "control_codec.h"
+#include "housekeeping.h"
 #include "log.h"
 #include "metrics.h"
 #include "snapshot_jobs.h"
@@ -155,7 +156,7 @@ void ControlServer::accept_on(int lfd, Kind kind) {
     for (;;) {
         int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return; // EAGAIN, or a transient error: try at the next event
-        Conn c{kind, {}, {}, {}, false, mono_ms(), next_id_++, 0};
+        Conn c{kind, {}, {}, {}, false, mono_ms(), next_id_++, 0, std::nullopt};
         if (kind == Kind::Control) {
             ucred cr{};
             socklen_t len = sizeof cr;
@@ -292,9 +293,10 @@ bool ControlServer::input_full(const Conn &c) {
 }
 
 // A request is waiting to be answered: a whole message (or a bad header) is
-// buffered and no reply is still being sent.
+// buffered, no reply is still being sent, and no EVICT of the connection
+// is still under way (its answer comes first).
 bool ControlServer::ready(const Conn &c) {
-    if (c.kind != Kind::Control || c.close_after_flush || !c.out.empty()) return false;
+    if (c.kind != Kind::Control || c.close_after_flush || !c.out.empty() || c.evict) return false;
     return control::next_message(c.in).kind != control::Message::Kind::NeedMore;
 }
 
@@ -311,7 +313,7 @@ void ControlServer::on_io(int fd, uint32_t events) {
                 continue;
             }
             if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-                if (c.out.empty()) {
+                if (c.out.empty() && !c.evict) {
                     drop(fd);
                     return;
                 }
@@ -326,7 +328,7 @@ void ControlServer::on_io(int fd, uint32_t events) {
     if (!c.out.empty() && !send_out(fd, c)) return;
     process(fd, c);
     if (!conns_.contains(fd)) return;
-    if ((events & (EPOLLHUP | EPOLLERR)) && c.out.empty()) {
+    if ((events & (EPOLLHUP | EPOLLERR)) && c.out.empty() && !c.evict) {
         drop(fd);
         return;
     }
@@ -350,15 +352,15 @@ bool ControlServer::send_out(int fd, Conn &c) {
 
 void ControlServer::flush(int fd, Conn &c) {
     if (!send_out(fd, c)) return;
-    if (c.out.empty() && c.close_after_flush) {
+    if (c.out.empty() && c.close_after_flush && !c.evict) {
         drop(fd);
         return;
     }
-    // EPOLLOUT also while a request is ready: the socket is writable, so
-    // the loop comes back to this connection on its next turn, after the
-    // other events that are due. One request per connection per turn: a
-    // pipeline of thousands cannot hold the loop.
-    const bool more = !c.out.empty() || ready(c);
+    // EPOLLOUT also while a request is ready or an EVICT is under way: the
+    // socket is writable, so the loop comes back to this connection on its
+    // next turn, after the other events that are due. One request per
+    // connection per turn: a pipeline of thousands cannot hold the loop.
+    const bool more = !c.out.empty() || ready(c) || c.evict;
     epoll_event ev{};
     // Not read while its input is full (nor watched for a hang-up, which
     // would wake the loop on every turn until the reply drains): a peer
@@ -383,6 +385,10 @@ void ControlServer::process(int fd, Conn &c) {
         c.out = get ? http_response(true, prometheus_text(pm_, counters_)) : http_response(false, "expected GET\n");
         c.in.clear();
         c.close_after_flush = true;
+        return;
+    }
+    if (c.evict) {
+        step_evict(c);
         return;
     }
     if (!ready(c)) return;
@@ -436,6 +442,36 @@ void ControlServer::answer(Conn &c, uint16_t op, uint32_t seq, int err, std::str
                 unsigned(c.peer.uid), reply.c_str());
     }
     c.out += frame(op, seq, err, reply);
+}
+
+// One turn of a running EVICT: at most kEvictChunkBytes, as the watermark
+// pass does per tick, so evicting most of a large pool never holds the loop.
+void ControlServer::step_evict(Conn &c) {
+    EvictJob &j = *c.evict;
+    Pool *p = pm_.find(j.pool);
+    int err = 0;
+    std::string reply;
+    if (!p) {
+        err = ENOENT;
+        reply = "pool \"" + j.pool + "\" was destroyed during the evict (" +
+                kv::detail::format_size(j.freed) + " freed)";
+    } else {
+        const uint64_t chunk =
+            std::min<uint64_t>(j.want - std::min(j.freed, j.want), kEvictChunkBytes);
+        const int64_t got = chunk ? kv_evict_bytes(p->handle, chunk) : 0;
+        if (got > 0) j.freed += uint64_t(got);
+        if (got > 0 && j.freed < j.want) return; // more next turn
+        KV_LOGI(kComp, "pool %s: evicted %s of %s requested (%llu%% of unpinned) for pid %d",
+                j.pool.c_str(), kv::detail::format_size(j.freed).c_str(),
+                kv::detail::format_size(j.want).c_str(), (unsigned long long)j.percent,
+                int(c.peer.pid));
+        reply = dump({{"pool", j.pool}, {"requested_bytes", j.want}, {"freed_bytes", j.freed}});
+    }
+    const uint16_t op = KV_CTL_OP_EVICT;
+    const uint32_t seq = j.seq;
+    c.evict.reset();
+    if (c.waiting) c.waiting--;
+    answer(c, op, seq, err, std::move(reply));
 }
 
 bool ControlServer::allowed(const Peer &p, gid_t gid) const {
@@ -545,17 +581,9 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
     case KV_CTL_OP_EVICT: {
         if (req.arg < 1 || req.arg > 100)
             return {EINVAL, "percent " + std::to_string(req.arg) + ": expected 1..100"};
-        const uint64_t want = unpinned_bytes(*p) * req.arg / 100;
-        uint64_t freed = 0;
-        while (freed < want) {
-            int64_t got = kv_evict_bytes(p->handle, std::min<uint64_t>(want - freed, 1ULL << 30));
-            if (got <= 0) break;
-            freed += uint64_t(got);
-        }
-        KV_LOGI(kComp, "pool %s: evicted %s of %s requested (%llu%% of unpinned) for pid %d", name.c_str(),
-                kv::detail::format_size(freed).c_str(), kv::detail::format_size(want).c_str(),
-                (unsigned long long)req.arg, int(c.peer.pid));
-        return {0, dump({{"pool", name}, {"requested_bytes", want}, {"freed_bytes", freed}})};
+        // Done in chunks over the next turns of the loop (step_evict).
+        c.evict = EvictJob{name, unpinned_bytes(*p) * req.arg / 100, 0, req.arg, seq};
+        return {kDeferred, ""};
     }
     case KV_CTL_OP_DETACH: {
         if (req.arg == 0 || req.arg > uint64_t(INT32_MAX))

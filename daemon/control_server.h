@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <expected>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,11 @@ class ControlServer {
         pid_t pid = 0;
         std::vector<gid_t> groups; // primary and supplementary
     };
+    struct EvictJob { // an EVICT under way (step_evict)
+        std::string pool;
+        uint64_t want = 0, freed = 0, percent = 0;
+        uint32_t seq = 0;
+    };
     struct Conn {
         Kind kind;
         Peer peer;
@@ -63,6 +69,7 @@ class ControlServer {
         uint64_t last_ms = 0;
         uint64_t id = 0;      // unique for the daemon's life: fds are reused, ids are not
         unsigned waiting = 0; // deferred requests not yet answered
+        std::optional<EvictJob> evict;
     };
     // Most bytes of input buffered for one connection: one maximal message.
     static constexpr size_t kMaxInput = sizeof(kv_ctl_hdr) + KV_CTL_MAX_BODY;
@@ -78,6 +85,7 @@ class ControlServer {
     bool send_out(int fd, Conn &c);
     void flush(int fd, Conn &c);
     void answer(Conn &c, uint16_t op, uint32_t seq, int err, std::string reply);
+    void step_evict(Conn &c);
     void drop(int fd);
     // Handle one request; returns the response body (JSON or message) and error.
     std::pair<int, std::string> dispatch(Conn &c, uint16_t op, uint32_t seq, const kv_ctl_request &req);

@@ -1715,3 +1715,37 @@ TEST_F(DaemonTest, PipelinedRequestsHoldOneReplyAtATime) {
     }
     EXPECT_EQ(kill(daemon_, 0), 0);
 }
+
+// An EVICT of more than kEvictChunkBytes (256 MiB) is done a chunk per
+// turn of the loop, so a request that arrives meanwhile is answered first
+// (it waited for the whole evict, as the loop did).
+TEST_F(DaemonTest, LargeEvictLetsOtherRequestsThrough) {
+    ASSERT_TRUE(start_daemon(entries_config(config())));
+    Proc fill = run({env_or("KVFILL", "build/tools/kvfill"), "--pool", pool_path("many"), "--bytes", "400M",
+                     "--block", "4096"});
+    ASSERT_EQ(fill.code, 0) << fill.out << fill.err;
+    RawCtl a(sock_), b(sock_);
+    ASSERT_GE(a.fd, 0);
+    ASSERT_GE(b.fd, 0);
+    kv_ctl_request q{};
+    memcpy(q.pool, "many", 5);
+    q.arg = 100;
+    ASSERT_TRUE(a.send_all(RawCtl::message(KV_CTL_OP_EVICT, q, 1)));
+    kv_ctl_request s{};
+    memcpy(s.pool, "alpha", 6);
+    ASSERT_TRUE(b.send_all(RawCtl::message(KV_CTL_OP_STATUS, s, 2)));
+    pollfd p[2] = {{a.fd, POLLIN, 0}, {b.fd, POLLIN, 0}};
+    ASSERT_GT(poll(p, 2, 20000), 0);
+    EXPECT_TRUE(p[1].revents & POLLIN) << "the status was not answered first";
+    EXPECT_FALSE(p[0].revents & POLLIN) << "the evict was answered before the status";
+    kv_ctl_hdr h{};
+    uint32_t err = 0;
+    std::string body;
+    ASSERT_TRUE(b.reply(&h, &err, &body));
+    EXPECT_EQ(err, 0u) << body;
+    ASSERT_TRUE(a.reply(&h, &err, &body));
+    ASSERT_EQ(err, 0u) << body;
+    json j = json::parse(body);
+    EXPECT_GT(j["requested_bytes"].get<uint64_t>(), 256ULL << 20) << "the evict should take more than one chunk";
+    EXPECT_GE(j["freed_bytes"].get<uint64_t>(), j["requested_bytes"].get<uint64_t>());
+}
