@@ -49,6 +49,16 @@ const char *entry_state(uint32_t st) {
     }
 }
 
+// "2024-05-01T12:34:56Z" (UTC) for CLOCK_REALTIME ns; "" for 0.
+std::string iso_time(uint64_t ns) {
+    if (!ns) return "";
+    const time_t t = time_t(ns / 1000000000ULL);
+    tm utc{};
+    char b[32];
+    if (!gmtime_r(&t, &utc) || !strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &utc)) return "";
+    return b;
+}
+
 template <typename F> void for_each_entry(kv_pool *h, F &&f) {
     std::vector<kv_entry_info> rows(1024);
     uint64_t cursor = 0;
@@ -59,6 +69,45 @@ template <typename F> void for_each_entry(kv_pool *h, F &&f) {
         for (int i = 0; i < k; i++)
             if (!f(rows[size_t(i)])) return;
     }
+}
+
+// The access clock's rate, measured against CLOCK_MONOTONIC since the
+// daemon started (the clock is a CPU counter of fixed rate; libkv only
+// compares its values). 0 until a millisecond has passed.
+struct TickSample {
+    uint64_t tick, ns;
+};
+TickSample sample_tick() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return {kv::detail::access_tick(), uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec)};
+}
+const TickSample kStartTick = sample_tick();
+double ticks_per_second() {
+    const TickSample now = sample_tick();
+    if (now.ns - kStartTick.ns < 1000000 || now.tick <= kStartTick.tick) return 0;
+    return double(now.tick - kStartTick.tick) * 1e9 / double(now.ns - kStartTick.ns);
+}
+
+// What the entry's eviction hints say about its use, by policy: the time
+// since its last access (LRU, PRIORITY and PREFIX stamp the access clock
+// on every get, and at reserve), its LFU count (LFU: commit and accesses,
+// aged by the pool's floor), or its CLOCK reference bit (a get since the
+// hand last passed). FIFO records no access. null where the policy keeps
+// no such thing.
+void access_fields(nlohmann::json &row, const Pool &p, uint32_t index, uint64_t now_tick,
+                   double rate) {
+    const kv::detail::EntryHints h = kv::detail::entry_hints(p.handle, index);
+    const uint32_t policy = kv_pool_header(p.handle)->evict_policy;
+    const bool stamped =
+        policy == KV_EVICT_LRU || policy == KV_EVICT_PRIORITY || policy == KV_EVICT_PREFIX;
+    row["rank"] = h.rank;
+    row["last_access_s"] = nullptr;
+    if (stamped && rate > 0)
+        row["last_access_s"] = now_tick > h.rank ? double(now_tick - h.rank) / rate : 0.0;
+    row["access_count"] = policy == KV_EVICT_LFU ? nlohmann::json(h.rank) : nlohmann::json(nullptr);
+    row["referenced"] =
+        policy == KV_EVICT_CLOCK ? nlohmann::json(h.referenced != 0) : nlohmann::json(nullptr);
 }
 
 } // namespace
@@ -106,6 +155,7 @@ nlohmann::json pool_json(const Pool &p) {
         {"capacity", h->data_len},
         {"used_bytes", live},
         {"used_pct", h->data_len ? 100.0 * double(live) / double(h->data_len) : 0.0},
+        {"free_bytes", h->data_len - std::min(live, h->data_len)},
         {"entries", entries},
         {"entry_slots", h->n_entries},
         {"bytes_committed", st.bytes_committed},
@@ -132,6 +182,8 @@ nlohmann::json pool_json(const Pool &p) {
         {"background_evicted_bytes", p.bg_evicted_bytes},
         {"reaped_clients", p.reaped_clients},
         {"snapshot", snapshot_json(p)},
+        {"create_time_ns", h->create_time_ns},
+        {"created", iso_time(h->create_time_ns)},
     };
 }
 
@@ -146,6 +198,8 @@ nlohmann::json entries_json(const Pool &p, uint64_t cursor, uint64_t max_rows) {
     const uint64_t end = std::min(slots, cursor + KV_CTL_ENTRIES_MAX_SCAN);
     nlohmann::json rows = nlohmann::json::array();
     const uint64_t now = realtime_ns();
+    const uint64_t now_tick = kv::detail::access_tick();
+    const double rate = ticks_per_second();
     size_t bytes = 0;
     std::vector<kv_entry_info> buf(256);
     uint64_t next = cursor; // the first index not reported
@@ -170,6 +224,7 @@ nlohmann::json entries_json(const Pool &p, uint64_t cursor, uint64_t max_rows) {
                 {"checksum", hex(e.checksum, 16)},
                 {"age_s", e.commit_ns && now > e.commit_ns ? double(now - e.commit_ns) / 1e9 : 0.0},
             };
+            access_fields(row, p, e.index, now_tick, rate);
             const size_t len =
                 row.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size() + 1;
             if (bytes + len > kRowBytes) {

@@ -65,6 +65,17 @@ int kv::detail::pool_entries_upto(kv_pool *p, uint64_t *cursor, uint64_t end, kv
     return int(k);
 }
 
+kv::detail::EntryHints kv::detail::entry_hints(kv_pool *p, uint32_t index) noexcept {
+    if (!p || index >= p->hdr->n_entries) return {0, 0};
+    kv_entry &en = p->entries[index];
+    // Relaxed: hints that gets store relaxed; nothing else is read through them.
+    return {load(en.rank, std::memory_order_relaxed), load(en.clock, std::memory_order_relaxed)};
+}
+
+uint64_t kv::detail::access_tick() noexcept {
+    return tick();
+}
+
 extern "C" {
 
 int kv_pool_entries(kv_pool *p, uint64_t *cursor, kv_entry_info *out, size_t max) noexcept {

@@ -20,4 +20,19 @@ namespace kv::detail {
 int pool_entries_upto(kv_pool *p, uint64_t *cursor, uint64_t end, kv_entry_info *out,
                       size_t max) noexcept;
 
+// The eviction hints of entry index (PROTOCOL.md section 10), as they are
+// now: rank (the access tick in LRU, PRIORITY and PREFIX pools, the LFU
+// count in LFU pools, the reserve tick in FIFO pools) and the CLOCK
+// reference bit. Read relaxed, after the row: hints only, and they may
+// already belong to the entry's next life if it was recycled since.
+struct EntryHints {
+    uint64_t rank;
+    uint32_t referenced;
+};
+EntryHints entry_hints(kv_pool *p, uint32_t index) noexcept;
+
+// The access clock ranks are stamped with (an invariant CPU counter, only
+// compared, never converted by libkv).
+uint64_t access_tick() noexcept;
+
 } // namespace kv::detail

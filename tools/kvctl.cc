@@ -1105,6 +1105,7 @@ void print_pool(const json &p) {
         {"size", size_exact(p, "size")},
         {"capacity", size_exact(p, "capacity")},
         {"used", size(p, "used_bytes") + " (" + percent(get_double(p, "used_pct")) + ")"},
+        {"free", size(p, "free_bytes")},
         {"entries", count(p, "entries") + " committed of " + count(p, "entry_slots") + " slots"},
         {"bytes committed", size_exact(p, "bytes_committed")},
         {"hit rate",
@@ -1124,6 +1125,15 @@ void print_pool(const json &p) {
         {"watermarks", "high " + fraction(get_double(p, "high_watermark")) + ", low " +
                            fraction(get_double(p, "low_watermark"))},
     };
+    if (field(p, "created")) {
+        const auto ns = get_u64(p, "create_time_ns");
+        const double now =
+            std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+                .count();
+        const double age = ns ? now - double(*ns) / 1e9 : -1;
+        l.emplace_back("created",
+                       text(p, "created") + (age >= 0 ? " (" + duration(age) + " ago)" : ""));
+    }
     // Keys the contract does not list yet: shown only when sent.
     if (field(p, "background_evicted_bytes"))
         l.emplace_back("background evicted", size(p, "background_evicted_bytes"));
@@ -1181,7 +1191,10 @@ void print_pool(const json &p) {
                  "snapshot",
                  "low_watermark",
                  "background_evicted_bytes",
-                 "reaped_clients"});
+                 "reaped_clients",
+                 "free_bytes",
+                 "create_time_ns",
+                 "created"});
     print_lines(l);
 }
 
@@ -1191,21 +1204,29 @@ void print_pool(const json &p) {
 class EntryTable {
   public:
     void header() const {
-        row({"NS", "KEY", "LENGTH", "TOKENS", "PRIORITY", "PINS", "STATE", "AGE"});
+        row({"NS", "KEY", "LENGTH", "TOKENS", "PRIORITY", "PINS", "STATE", "AGE", "ACCESS"});
     }
     void add(const json &e) const {
         row({count(e, "ns"), text(e, "key"), size(e, "length"), count(e, "tokens"),
              count(e, "priority"), count(e, "pins"), text(e, "state"),
-             duration(get_double(e, "age_s"))});
+             duration(get_double(e, "age_s")), access(e)});
     }
 
   private:
+    // What the pool's policy records of the block's use (control.h, ENTRY).
+    static std::string access(const json &e) {
+        if (const auto idle = get_double(e, "last_access_s")) return "idle " + duration(idle);
+        if (const auto n = get_u64(e, "access_count")) return "lfu " + std::to_string(*n);
+        if (const auto ref = get_bool(e, "referenced")) return *ref ? "referenced" : "unreferenced";
+        return kNone;
+    }
+
     struct Column {
         size_t width;
         bool right;
     };
-    static constexpr Column kColumns[] = {{4, true}, {32, false}, {10, true}, {6, true},
-                                          {8, true}, {4, true},   {9, false}, {6, true}};
+    static constexpr Column kColumns[] = {{4, true}, {32, false}, {10, true}, {6, true},  {8, true},
+                                          {4, true}, {9, false},  {6, true},  {12, false}};
     void row(const std::vector<std::string> &cells) const {
         std::string line;
         for (size_t i = 0; i < std::size(kColumns); i++) {

@@ -1749,3 +1749,69 @@ TEST_F(DaemonTest, LargeEvictLetsOtherRequestsThrough) {
     EXPECT_GT(j["requested_bytes"].get<uint64_t>(), 256ULL << 20) << "the evict should take more than one chunk";
     EXPECT_GE(j["freed_bytes"].get<uint64_t>(), j["requested_bytes"].get<uint64_t>());
 }
+
+// The entries listing says how each block was used, in the terms of the
+// pool's policy (control.h, ENTRY), and status says the free bytes and
+// when the pool was created.
+TEST_F(DaemonTest, EntriesShowAccessAndStatusShowsFreeAndCreated) {
+    const uint64_t started_ns = uint64_t(time(nullptr) - 1) * 1000000000ULL;
+    ASSERT_TRUE(start_daemon(config()));
+    for (const char *policy : {"prefix", "lfu", "clock", "fifo"}) {
+        SCOPED_TRACE(policy);
+        const std::string name = std::string("p-") + policy;
+        ASSERT_EQ(ctl({"create", name, "--size", "32M", "--hugepages", "never", "--policy", policy}).code, 0);
+        Client c(pool_path(name));
+        ASSERT_TRUE(c.pool) << c.error;
+        for (uint64_t i = 0; i < 4; i++) ASSERT_EQ(c.put(i, 4096), 0);
+        for (int n = 0; n < 3; n++) { // block 2 is read three times
+            kv_view v;
+            ASSERT_EQ(kv_get(c.pool, c.ns, &(const kv_key &)key_of(2), &v), 0);
+            kv_release(c.pool, &v);
+        }
+        json e = parse(ctl({"--json", "entries", name}));
+        ASSERT_EQ(e["entries"].size(), 4u);
+        char hot[40];
+        const kv_key k2 = key_of(2);
+        snprintf(hot, sizeof hot, "%016llx%016llx", (unsigned long long)k2.hi, (unsigned long long)k2.lo);
+        for (const auto &row : e["entries"]) {
+            const bool is_hot = row["key"] == hot;
+            ASSERT_TRUE(row.contains("last_access_s") && row.contains("access_count") && row.contains("referenced"))
+                << row.dump();
+            if (std::string(policy) == "prefix") {
+                ASSERT_TRUE(row["last_access_s"].is_number()) << row.dump();
+                EXPECT_GE(row["last_access_s"].get<double>(), 0.0);
+                EXPECT_LE(row["last_access_s"].get<double>(), row["age_s"].get<double>() + 1.0) << row.dump();
+                EXPECT_TRUE(row["access_count"].is_null());
+            } else if (std::string(policy) == "lfu") {
+                EXPECT_EQ(row["access_count"], is_hot ? 4 : 1) << row.dump(); // the commit, then each get
+                EXPECT_TRUE(row["last_access_s"].is_null());
+            } else if (std::string(policy) == "clock") {
+                EXPECT_EQ(row["referenced"], is_hot) << row.dump();
+            } else {
+                EXPECT_TRUE(row["last_access_s"].is_null() && row["access_count"].is_null() &&
+                            row["referenced"].is_null())
+                    << "FIFO records no access: " << row.dump();
+            }
+        }
+        if (std::string(policy) == "prefix") { // the block read last was used last
+            double hot_idle = 1e9, cold_idle = 1e9;
+            for (const auto &row : e["entries"]) {
+                const double idle = row["last_access_s"].get<double>();
+                if (row["key"] == hot) hot_idle = idle;
+                else cold_idle = std::min(cold_idle, idle);
+            }
+            EXPECT_LT(hot_idle, cold_idle);
+        }
+        Proc h = ctl({"entries", name});
+        EXPECT_NE(h.out.find("ACCESS"), std::string::npos) << h.out;
+    }
+    json s = parse(ctl({"--json", "status", "alpha"}));
+    EXPECT_EQ(s["free_bytes"].get<uint64_t>() + s["used_bytes"].get<uint64_t>(), s["capacity"].get<uint64_t>());
+    ASSERT_TRUE(s["create_time_ns"].is_number()) << s.dump();
+    EXPECT_GE(s["create_time_ns"].get<uint64_t>(), started_ns);
+    EXPECT_LE(s["create_time_ns"].get<uint64_t>(), uint64_t(time(nullptr) + 1) * 1000000000ULL);
+    EXPECT_EQ(s["created"].get<std::string>().size(), 20u) << s["created"]; // 2024-05-01T12:34:56Z
+    Proc sh = ctl({"status", "alpha"});
+    EXPECT_NE(sh.out.find("free:"), std::string::npos) << sh.out;
+    EXPECT_NE(sh.out.find("created:"), std::string::npos) << sh.out;
+}

@@ -64,7 +64,7 @@
 #define KV_CTL_OP_REFUSED 0
 #define KV_CTL_OP_VERSION 1  /* {"daemon": "0.1.0", "protocol": 1, "pid": N} */
 #define KV_CTL_OP_LIST 2     /* {"pools": [POOL, ...]} */
-#define KV_CTL_OP_STATUS 3   /* pool set: POOL; pool empty: as LIST */
+#define KV_CTL_OP_STATUS 3   /* pool set: POOL (with "free_bytes", "created", ...); pool empty: as LIST */
 #define KV_CTL_OP_CREATE 4   /* size, hugepages, numa_node, mode, flags: POOL of the new pool */
 #define KV_CTL_OP_DESTROY 5  /* {"pool": name, "destroyed": true} */
 #define KV_CTL_OP_ENTRIES                                                                          \
@@ -90,6 +90,12 @@
  * A cursor past "entry_slots" is refused (EINVAL). Rows are read, not
  * snapshotted: an entry committed or removed while a listing pages through
  * the table may be missed or shown once more.
+ * ENTRY: {"index", "ns", "key" (32 hex digits), "length", "tokens",
+ * "priority", "user_tag", "pins", "state", "checksum", "age_s" (since
+ * commit), "rank" (the policy's eviction rank), "last_access_s" (LRU,
+ * PRIORITY, PREFIX pools: since the last get, or the reserve), "access_count"
+ * (LFU pools: the LFU count, aged), "referenced" (CLOCK pools: the reference
+ * bit)}; a field the pool's policy does not keep is null.
  */
 #define KV_CTL_ENTRIES_MAX_ROWS 2048
 #define KV_CTL_ENTRIES_MAX_SCAN 65536
