@@ -376,13 +376,12 @@ void ControlServer::process(int fd, Conn &c) {
         size_t end = c.in.find("\r\n\r\n");
         if (end == std::string::npos && c.in.find("\n\n") == std::string::npos) {
             if (c.in.size() > kMaxMetricsRequest) {
-                c.out = http_response(false, "request too large\n");
+                c.out = http_response(431, "request too large\n");
                 c.close_after_flush = true;
             }
             return;
         }
-        bool get = c.in.rfind("GET ", 0) == 0;
-        c.out = get ? http_response(true, prometheus_text(pm_, counters_)) : http_response(false, "expected GET\n");
+        c.out = http_answer(c.in, [&] { return prometheus_text(pm_, counters_); });
         c.in.clear();
         c.close_after_flush = true;
         return;

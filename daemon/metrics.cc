@@ -73,11 +73,37 @@ std::expected<int, std::string> metrics_listen(const std::string &spec) {
     return listen_on(AF_INET, reinterpret_cast<sockaddr *>(&sa), sizeof sa, spec);
 }
 
-std::string http_response(bool ok, const std::string &body) {
-    std::string h = ok ? "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                       : "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n";
+std::string http_response(int status, const std::string &body, bool head) {
+    const char *reason = status == 200   ? "OK"
+                         : status == 404 ? "Not Found"
+                         : status == 405 ? "Method Not Allowed"
+                         : status == 431 ? "Request Header Fields Too Large"
+                                         : "Bad Request";
+    std::string h = "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\n";
+    h += status == 200 ? "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                       : "Content-Type: text/plain; charset=utf-8\r\n";
+    if (status == 405) h += "Allow: GET, HEAD\r\n";
     h += "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
-    return h + body;
+    return head ? h : h + body;
+}
+
+std::string http_answer(std::string_view request, const std::function<std::string()> &metrics) {
+    const std::string_view line = request.substr(0, request.find_first_of("\r\n"));
+    const size_t sp1 = line.find(' ');
+    const size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+    if (sp2 == std::string_view::npos || sp1 == 0 || sp2 == sp1 + 1 ||
+        line.substr(sp2 + 1).rfind("HTTP/", 0) != 0)
+        return http_response(400, "expected a request line: METHOD /metrics HTTP/1.1\n");
+    const std::string_view method = line.substr(0, sp1);
+    std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    target = target.substr(0, target.find('?'));
+    const bool head = method == "HEAD";
+    if (method != "GET" && !head)
+        return http_response(405, "method " + std::string(method.substr(0, 32)) +
+                                      ": expected GET or HEAD\n");
+    if (target != "/metrics")
+        return http_response(404, "no such path; the metrics are at /metrics\n", head);
+    return http_response(200, metrics(), head);
 }
 
 } // namespace kv::daemon

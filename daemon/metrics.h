@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 //
 // The metrics endpoint: a listening socket (loopback TCP or unix) that
-// answers any HTTP GET with the Prometheus text exposition. Connections are
+// answers GET and HEAD of /metrics with the Prometheus text exposition. Connections are
 // served by the control server's event loop (ControlServer::Kind::Metrics).
 #pragma once
 
 #include <expected>
+#include <functional>
 #include <string>
+#include <string_view>
 
 namespace kv::daemon {
 
@@ -14,7 +16,15 @@ namespace kv::daemon {
 // Returns the non-blocking listening fd.
 std::expected<int, std::string> metrics_listen(const std::string &spec);
 
-// Wrap a Prometheus body in an HTTP/1.1 response. `ok` false: 400 with body.
-std::string http_response(bool ok, const std::string &body);
+// An HTTP/1.1 response with status code status (200, 400, 404, 405, 431)
+// and body; a 200 is the Prometheus text format. head: the headers only, with
+// the Content-Length the body would have (RFC 9110, 9.3.2).
+std::string http_response(int status, const std::string &body, bool head = false);
+
+// The answer to one HTTP request (its head, up to the blank line): GET or
+// HEAD of /metrics (a query string is ignored) is 200 with metrics();
+// another path 404; another method 405 (Allow: GET, HEAD); a request line
+// that is not "METHOD TARGET HTTP/x" 400. metrics() is called only for 200.
+std::string http_answer(std::string_view request, const std::function<std::string()> &metrics);
 
 } // namespace kv::daemon

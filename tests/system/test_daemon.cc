@@ -1815,3 +1815,59 @@ TEST_F(DaemonTest, EntriesShowAccessAndStatusShowsFreeAndCreated) {
     EXPECT_NE(sh.out.find("free:"), std::string::npos) << sh.out;
     EXPECT_NE(sh.out.find("created:"), std::string::npos) << sh.out;
 }
+
+namespace {
+
+// Send one HTTP request to the metrics socket; the whole answer.
+std::string http(const std::string &msock, const std::string &request) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    strncpy(sa.sun_path, msock.c_str(), sizeof sa.sun_path - 1);
+    if (connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) {
+        close(fd);
+        return "connect failed";
+    }
+    timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (write(fd, request.data(), request.size()) != ssize_t(request.size())) {
+        close(fd);
+        return "write failed";
+    }
+    std::string resp;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, size_t(n));
+    close(fd);
+    return resp;
+}
+
+} // namespace
+
+// The endpoint serves /metrics to GET and HEAD only (any path got the
+// metrics, and HEAD got 400).
+TEST_F(DaemonTest, MetricsServesOnlyMetricsToGetAndHead) {
+    const std::string msock = dir_ + "/metrics";
+    ASSERT_TRUE(start_daemon(config("metrics = \"unix:" + msock + "\"\n")));
+    const std::string get = http(msock, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    ASSERT_EQ(get.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << get;
+    const size_t body = get.find("\r\n\r\n") + 4;
+    const std::string head = http(msock, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(head.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << head;
+    EXPECT_EQ(head.find("\r\n\r\n") + 4, head.size()) << "HEAD got a body: " << head;
+    EXPECT_NE(head.find("Content-Length: "), std::string::npos) << head;
+    EXPECT_NE(get.find("Content-Length: " + std::to_string(get.size() - body)), std::string::npos);
+    EXPECT_EQ(http(msock, "GET /metrics?name[]=x HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 200", 0), 0u);
+    for (const char *path : {"/", "/metric", "/metrics/x", "/favicon.ico"}) {
+        const std::string r = http(msock, std::string("GET ") + path + " HTTP/1.1\r\n\r\n");
+        EXPECT_EQ(r.rfind("HTTP/1.1 404 Not Found\r\n", 0), 0u) << path << ": " << r;
+        EXPECT_EQ(r.find("kvpool_"), std::string::npos) << path << ": the metrics were served";
+    }
+    for (const char *method : {"POST", "PUT", "DELETE", "OPTIONS"}) {
+        const std::string r = http(msock, std::string(method) + " /metrics HTTP/1.1\r\n\r\n");
+        EXPECT_EQ(r.rfind("HTTP/1.1 405 Method Not Allowed\r\n", 0), 0u) << method << ": " << r;
+        EXPECT_NE(r.find("Allow: GET, HEAD\r\n"), std::string::npos) << r;
+    }
+    EXPECT_EQ(http(msock, "hello\r\n\r\n").rfind("HTTP/1.1 400 Bad Request\r\n", 0), 0u);
+    EXPECT_EQ(http(msock, std::string(9000, 'x')).rfind("HTTP/1.1 431 ", 0), 0u);
+}
