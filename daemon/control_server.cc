@@ -551,6 +551,7 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         auto p = pm_.create(pc, "runtime");
         if (!p) return {p.error().code, p.error().message};
         KV_LOGI(kComp, "pool %s created by pid %d uid %u", name.c_str(), int(c.peer.pid), unsigned(c.peer.uid));
+        count_snapshot_runs(pm_, counters_); // its restore, if it had a snapshot
         return {0, dump(pool_json(**p))};
     }
 

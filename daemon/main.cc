@@ -230,6 +230,7 @@ int main(int argc, char **argv) {
         sd_notifyf(0, "STATUS=failed: %s", r.error().c_str());
         return 1;
     }
+    count_snapshot_runs(*pm, counters); // the restores at start
     if (!cfg.metrics.empty()) {
         auto m = metrics_listen(cfg.metrics);
         if (!m) {
@@ -279,6 +280,7 @@ int main(int argc, char **argv) {
                             KV_LOGE(kComp, "reload refused, keeping the running config: %s", next.error().c_str());
                         } else {
                             for (const std::string &line : pm->reload(*next)) KV_LOGN(kComp, "reload: %s", line.c_str());
+                            count_snapshot_runs(*pm, counters);
                             reap_timer.set_interval(uint64_t(pm->config().reap_interval_ms) * 1000);
                             evict_timer.set_interval(uint64_t(pm->config().evict_interval_ms) * 1000);
                             KV_LOGN(kComp, "reloaded %s: %zu pools", config_path.c_str(), pm->pools().size());
@@ -296,6 +298,7 @@ int main(int argc, char **argv) {
                 ssize_t r = read(jobfd, &n, sizeof n);
                 (void)r; // EAGAIN: another event already drained it
                 for (const JobAnswer &c : collect_jobs(*pm)) server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
+                count_snapshot_runs(*pm, counters);
             } else if (fd == reap_timer.fd()) {
                 reap_timer.drain();
                 counters.reaped_clients += uint64_t(pm->reap_pass());

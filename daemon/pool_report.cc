@@ -322,7 +322,25 @@ nlohmann::json daemon_json(const DaemonCounters &c) {
     };
 }
 
-std::string prometheus_text(const PoolManager &pm, const DaemonCounters &c) {
+void count_snapshot_runs(const PoolManager &pm, DaemonCounters &c) {
+    auto count = [](SnapshotTotals &t, const SnapshotRecord &r) {
+        if (!r.done || r.finished_ns == t.seen_ns) return;
+        t.seen_ns = r.finished_ns;
+        if (!r.ok) {
+            t.failed++;
+            return;
+        }
+        t.ok++;
+        t.last_ok_ns = r.finished_ns;
+    };
+    for (const auto &p : pm.pools()) {
+        count(c.persists[p->cfg.name], p->last_persist);
+        count(c.restores[p->cfg.name], p->last_restore);
+    }
+}
+
+std::string prometheus_text(const PoolManager &pm, DaemonCounters &c) {
+    count_snapshot_runs(pm, c);
     std::string out;
     auto metric = [&](const char *name, const char *type, const char *help) {
         out += "# HELP ";
@@ -349,12 +367,14 @@ std::string prometheus_text(const PoolManager &pm, const DaemonCounters &c) {
         uint64_t live, cap, pins, entries, bg;
         double persist_s, restore_s;
         uint64_t persist_bytes, restore_bytes, persist_failures;
+        SnapshotTotals persists, restores;
     };
     std::vector<Row> rows;
     for (const auto &p : pm.pools()) {
         Row r{p->cfg.name, {}, pool_live_bytes(p->handle), kv_pool_header(p->handle)->data_len, 0, 0,
               p->bg_evicted_bytes, p->last_persist.seconds, p->last_restore.seconds, p->last_persist.bytes,
-              p->last_restore.bytes, p->last_persist.done && !p->last_persist.ok ? 1u : 0u};
+              p->last_restore.bytes, p->last_persist.done && !p->last_persist.ok ? 1u : 0u,
+              c.persists[p->cfg.name], c.restores[p->cfg.name]};
         kv_pool_stats(p->handle, &r.st);
         for_each_entry(p->handle, [&](const kv_entry_info &e) {
             r.pins += e.pins;
@@ -378,8 +398,12 @@ std::string prometheus_text(const PoolManager &pm, const DaemonCounters &c) {
     family("kvpool_background_evicted_bytes_total", "counter", "Bytes evicted by the daemon's watermark pass.",
            [](const Row &r) { return r.bg; });
     family("kvpool_pins", "gauge", "Outstanding pins.", [](const Row &r) { return r.pins; });
-    family("kvpool_clients", "gauge", "Attached client processes (the daemon included).",
-           [](const Row &r) { return r.st.clients; });
+    family("kvpool_dedups_total", "counter", "Puts that found the key already committed.",
+           [](const Row &r) { return r.st.dedups; });
+    family("kvpool_removes_total", "counter", "Blocks removed by clients.",
+           [](const Row &r) { return r.st.removes; });
+    family("kvpool_clients", "gauge", "Attached client processes (not the daemon's own slot).",
+           [](const Row &r) { return r.st.clients > 0 ? r.st.clients - 1 : 0; });
     family("kvpool_reaps_total", "counter", "Dead clients reaped.", [](const Row &r) { return r.st.reaps; });
     family("kvpool_last_persist_seconds", "gauge", "Duration of the last persist (0: none yet).",
            [](const Row &r) { return r.persist_s; });
@@ -391,6 +415,22 @@ std::string prometheus_text(const PoolManager &pm, const DaemonCounters &c) {
            [](const Row &r) { return r.restore_s; });
     family("kvpool_last_restore_bytes", "gauge", "Data bytes restored by the last restore.",
            [](const Row &r) { return r.restore_bytes; });
+    family("kvpool_persists_total", "counter", "Persists that succeeded since kvpoold started.",
+           [](const Row &r) { return r.persists.ok; });
+    family("kvpool_persist_failures_total", "counter",
+           "Persists that failed since kvpoold started.",
+           [](const Row &r) { return r.persists.failed; });
+    family("kvpool_last_persist_success_timestamp_seconds", "gauge",
+           "Unix time the last successful persist finished (0: none since kvpoold started).",
+           [](const Row &r) { return double(r.persists.last_ok_ns) / 1e9; });
+    family("kvpool_restores_total", "counter", "Restores that succeeded since kvpoold started.",
+           [](const Row &r) { return r.restores.ok; });
+    family("kvpool_restore_failures_total", "counter",
+           "Restores that failed since kvpoold started.",
+           [](const Row &r) { return r.restores.failed; });
+    family("kvpool_last_restore_success_timestamp_seconds", "gauge",
+           "Unix time the last successful restore finished (0: none since kvpoold started).",
+           [](const Row &r) { return double(r.restores.last_ok_ns) / 1e9; });
     metric("kvpool_info", "gauge", "Constant 1, labelled with the pool's eviction policy.");
     for (const auto &p : pm.pools()) {
         char b[256];

@@ -1842,6 +1842,13 @@ std::string http(const std::string &msock, const std::string &request) {
     return resp;
 }
 
+// The value of one sample line "NAME{pool=\"POOL\"} VALUE", or -1.
+double sample(const std::string &text, const std::string &name, const std::string &pool) {
+    const std::string head = name + "{pool=\"" + pool + "\"} ";
+    const size_t at = text.find("\n" + head);
+    return at == std::string::npos ? -1 : std::strtod(text.c_str() + at + 1 + head.size(), nullptr);
+}
+
 } // namespace
 
 // The endpoint serves /metrics to GET and HEAD only (any path got the
@@ -1870,4 +1877,43 @@ TEST_F(DaemonTest, MetricsServesOnlyMetricsToGetAndHead) {
     }
     EXPECT_EQ(http(msock, "hello\r\n\r\n").rfind("HTTP/1.1 400 Bad Request\r\n", 0), 0u);
     EXPECT_EQ(http(msock, std::string(9000, 'x')).rfind("HTTP/1.1 431 ", 0), 0u);
+}
+
+// Persist and restore counts and last-success times (so an operator can
+// alert on a stale snapshot), dedups and removes, and kvpool_clients
+// counting the clients as kvctl does, without the daemon's own slot.
+TEST_F(DaemonTest, MetricsCountSnapshotsDedupsRemovesAndClients) {
+    const std::string msock = dir_ + "/metrics";
+    ASSERT_TRUE(start_daemon(config("metrics = \"unix:" + msock + "\"\n")));
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    ASSERT_EQ(c.put(1, 4096), 0);
+    ASSERT_EQ(c.put(2, 4096), 0);
+    EXPECT_EQ(c.put(1, 4096), 1) << "a second put of the key is a dedup";
+    ASSERT_EQ(kv_remove(c.pool, c.ns, &(const kv_key &)key_of(2)), 0);
+    auto scrape = [&] {
+        const std::string r = http(msock, "GET /metrics HTTP/1.1\r\n\r\n");
+        return r.substr(std::min(r.size(), r.find("\r\n\r\n") + 4));
+    };
+    std::string m = scrape();
+    EXPECT_EQ(sample(m, "kvpool_dedups_total", "alpha"), 1) << m;
+    EXPECT_EQ(sample(m, "kvpool_removes_total", "alpha"), 1) << m;
+    EXPECT_EQ(sample(m, "kvpool_clients", "alpha"), 1) << m;
+    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["clients"], 1);
+    EXPECT_EQ(sample(m, "kvpool_persists_total", "alpha"), 0) << m;
+    EXPECT_EQ(sample(m, "kvpool_last_persist_success_timestamp_seconds", "alpha"), 0) << m;
+
+    const double before = double(time(nullptr) - 1);
+    ASSERT_EQ(ctl({"persist", "alpha"}).code, 0);
+    EXPECT_NE(ctl({"persist", "alpha", "--path", dir_ + "/no/such/dir/x.kvsnap"}).code, 0);
+    ASSERT_EQ(ctl({"restore", "alpha"}).code, 0);
+    m = scrape();
+    EXPECT_EQ(sample(m, "kvpool_persists_total", "alpha"), 1) << m;
+    EXPECT_EQ(sample(m, "kvpool_persist_failures_total", "alpha"), 1) << m;
+    EXPECT_GE(sample(m, "kvpool_last_persist_success_timestamp_seconds", "alpha"), before) << m;
+    EXPECT_LE(sample(m, "kvpool_last_persist_success_timestamp_seconds", "alpha"), double(time(nullptr) + 1));
+    EXPECT_EQ(sample(m, "kvpool_restores_total", "alpha"), 1) << m;
+    EXPECT_EQ(sample(m, "kvpool_restore_failures_total", "alpha"), 0) << m;
+    EXPECT_GE(sample(m, "kvpool_last_restore_success_timestamp_seconds", "alpha"), before) << m;
+    EXPECT_NE(m.find("# TYPE kvpool_persists_total counter"), std::string::npos);
 }
