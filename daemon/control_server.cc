@@ -156,7 +156,7 @@ void ControlServer::accept_on(int lfd, Kind kind) {
     for (;;) {
         int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return; // EAGAIN, or a transient error: try at the next event
-        Conn c{kind, {}, {}, {}, false, mono_ms(), next_id_++, 0, std::nullopt};
+        Conn c{kind, {}, {}, {}, false, mono_ms(), next_id_++, 0, std::nullopt, 0};
         if (kind == Kind::Control) {
             ucred cr{};
             socklen_t len = sizeof cr;
@@ -280,9 +280,36 @@ void ControlServer::drop(int fd) {
 
 void ControlServer::expire(uint64_t now_ms, uint64_t idle_ms) {
     std::vector<int> old;
-    for (auto &[fd, c] : conns_)
-        if (now_ms - c.last_ms > idle_ms && c.waiting == 0) old.push_back(fd);
+    for (auto &[fd, c] : conns_) {
+        if (c.partial_since_ms && now_ms - c.partial_since_ms > kRequestDeadlineMs) {
+            KV_LOGN(kComp,
+                    "%s peer pid %d uid %u: closed: a request begun %.1f s ago is still incomplete "
+                    "(%zu bytes received; a request must arrive within %llu s)",
+                    c.kind == Kind::Control ? "control" : "metrics", int(c.peer.pid),
+                    unsigned(c.peer.uid), double(now_ms - c.partial_since_ms) / 1000.0, c.in.size(),
+                    (unsigned long long)(kRequestDeadlineMs / 1000));
+            old.push_back(fd);
+        } else if (now_ms - c.last_ms > idle_ms && c.waiting == 0) {
+            old.push_back(fd);
+        }
+    }
     for (int fd : old) drop(fd);
+}
+
+// Start or stop the request deadline: it runs while the input holds part
+// of a request (a whole one is answered at the connection's next turn; the
+// metrics head is whole at its blank line).
+void ControlServer::track_partial(Conn &c, uint64_t now_ms) {
+    bool partial = !c.in.empty();
+    if (partial && c.kind == Kind::Control)
+        partial = control::next_message(c.in).kind == control::Message::Kind::NeedMore;
+    else if (partial)
+        partial =
+            c.in.find("\r\n\r\n") == std::string::npos && c.in.find("\n\n") == std::string::npos;
+    if (!partial)
+        c.partial_since_ms = 0;
+    else if (!c.partial_since_ms)
+        c.partial_since_ms = now_ms;
 }
 
 // Input is buffered up to one maximal message (and the read that
@@ -322,6 +349,7 @@ void ControlServer::on_io(int fd, uint32_t events) {
             break;
         }
     }
+    track_partial(c, c.last_ms);
     // Send what is pending first: a request is taken only once the reply
     // before it is in the kernel's hands, so a peer that does not read its
     // replies holds at most one in the daemon's memory.
@@ -404,6 +432,8 @@ void ControlServer::process(int fd, Conn &c) {
     }
     const kv_ctl_hdr h = m.hdr;
     c.in.erase(0, m.consumed);
+    c.partial_since_ms = 0; // what follows, if anything, arrived with it or since
+    track_partial(c, mono_ms());
     counters_.requests++;
     int err = m.error;
     std::string reply = std::move(m.message);

@@ -36,7 +36,8 @@ class ControlServer {
     // Dispatch an epoll event; false if fd is not one of ours.
     bool handle(int fd, uint32_t events);
     // Close connections idle for longer than idle_ms (not those waiting
-    // for a persist or restore to finish).
+    // for a persist or restore to finish), and those holding part of a
+    // request begun more than kRequestDeadlineMs ago.
     void expire(uint64_t now_ms, uint64_t idle_ms);
     // Send the answer of a deferred request (persist, restore) if its
     // connection is still open.
@@ -48,6 +49,10 @@ class ControlServer {
     static constexpr size_t kMaxPerUser = 32; // control connections of one uid (root: see kRootReserve)
     static constexpr size_t kRootReserve = 16;
     static constexpr uint64_t kIdleMs = 60000; // what main's expire() calls use
+    // A request (or a metrics request's head) must arrive whole within
+    // this of its first byte, or the connection is closed: a peer that
+    // trickles bytes never looks idle.
+    static constexpr uint64_t kRequestDeadlineMs = 10000;
 
   private:
     enum class Kind { Control, Metrics };
@@ -70,6 +75,7 @@ class ControlServer {
         uint64_t id = 0;      // unique for the daemon's life: fds are reused, ids are not
         unsigned waiting = 0; // deferred requests not yet answered
         std::optional<EvictJob> evict;
+        uint64_t partial_since_ms = 0; // first byte of the request being received (0: none)
     };
     // Most bytes of input buffered for one connection: one maximal message.
     static constexpr size_t kMaxInput = sizeof(kv_ctl_hdr) + KV_CTL_MAX_BODY;
@@ -79,6 +85,7 @@ class ControlServer {
     void send_refusal(int fd, uint32_t uid, size_t mine, bool root);
     bool shed_idle_for(uid_t uid, size_t mine);
     void on_io(int fd, uint32_t events);
+    static void track_partial(Conn &c, uint64_t now_ms);
     static bool input_full(const Conn &c);
     static bool ready(const Conn &c);
     void process(int fd, Conn &c);

@@ -1917,3 +1917,37 @@ TEST_F(DaemonTest, MetricsCountSnapshotsDedupsRemovesAndClients) {
     EXPECT_GE(sample(m, "kvpool_last_restore_success_timestamp_seconds", "alpha"), before) << m;
     EXPECT_NE(m.find("# TYPE kvpool_persists_total counter"), std::string::npos);
 }
+
+// A request trickled a byte at a time never looked idle and was accepted
+// however long it took: it must arrive whole within the request deadline
+// (kRequestDeadlineMs, 10 s; checked every 5 s), or the connection is
+// closed with a log line. Other clients are served meanwhile.
+TEST_F(DaemonTest, TrickledRequestIsClosedAtTheDeadline) {
+    ASSERT_TRUE(start_daemon(config()));
+    RawCtl c(sock_);
+    ASSERT_GE(c.fd, 0);
+    kv_ctl_request q{};
+    const std::string msg = RawCtl::message(KV_CTL_OP_LIST, q, 1);
+    const uint64_t start = mono_ms();
+    bool closed = false;
+    size_t sent = 0;
+    // One byte every 200 ms: the whole request would take 86 s.
+    while (!closed && mono_ms() - start < 30000 && sent < msg.size()) {
+        if (send(c.fd, msg.data() + sent, 1, MSG_NOSIGNAL) != 1) {
+            closed = true;
+            break;
+        }
+        sent++;
+        pollfd p{c.fd, POLLIN, 0};
+        if (poll(&p, 1, 200) > 0) {
+            char b;
+            closed = read(c.fd, &b, 1) <= 0; // EOF or reset: the daemon closed it
+        }
+    }
+    const uint64_t took = mono_ms() - start;
+    EXPECT_TRUE(closed) << "still open after " << took << " ms and " << sent << " bytes";
+    EXPECT_GE(took, 10000u) << "closed before the deadline";
+    EXPECT_TRUE(eventually([&] { return log().find("is still incomplete") != std::string::npos; }, 2000))
+        << log();
+    EXPECT_EQ(ctl({"list"}).code, 0);
+}
