@@ -98,9 +98,17 @@ void take_slot(kv_pool *p, uint32_t i) {
     p->journal = p->journal_all + uint64_t(i) * slots;
     p->free_slots = std::make_unique<SlotStack>(slots);
     for (uint32_t s = slots; s-- > 0;) {
-        // Only FREE slots are usable; anything else would have been
-        // resolved by the reaper before it freed the client slot.
-        if (PinB::phase(load(p->journal[s].b, std::memory_order_relaxed)) == KV_PIN_FREE) p->free_slots->push(s);
+        // Every journal slot of a slot we hold is FREE: the reaper (or the
+        // last user's detach) resolves them all before the client slot is
+        // freed, and a takeover resolves them in reclaim_client. Anything
+        // else is damage, not a pin: acting on it could drop another
+        // client's pin, and leaving it would make those journal slots
+        // unusable (every get -ENOBUFS once all are). Reset the phase,
+        // keeping seq, which must never go back (pin.cc, ABA).
+        const uint64_t b = load(p->journal[s].b, std::memory_order_relaxed);
+        if (PinB::phase(b) != KV_PIN_FREE)
+            store(p->journal[s].b, PinB::make(PinB::seq(b), KV_PIN_FREE), std::memory_order_relaxed);
+        p->free_slots->push(s);
     }
     // A record still pending here was left by a user this slot outlived
     // (the reaper decides records before freeing a slot; a damaged region
