@@ -29,6 +29,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -41,10 +42,12 @@ namespace {
 constexpr const char *kComp = "kvpoold";
 
 void usage(FILE *f) {
-    fprintf(f, "usage: kvpoold [--config PATH] [--check-config] [--reserve-hugepages] [--version]\n"
+    fprintf(f, "usage: kvpoold [--config PATH] [--check-config] [--reserve-hugepages] [--release-hugepages] "
+               "[--version]\n"
                "  --config PATH          config file (default %s)\n"
                "  --check-config         parse the config, print a summary, exit 0 (valid) or 1\n"
                "  --reserve-hugepages    raise /proc/sys/vm/nr_hugepages to what the config's pools need, exit\n"
+               "  --release-hugepages    lower it by the free pages --reserve-hugepages added, exit\n"
                "exit codes: 0 clean stop, 1 config or start-up error, 2 usage error\n",
             KVPOOL_DEFAULT_CONFIG);
 }
@@ -97,6 +100,62 @@ std::string check_against_machine(const DaemonConfig &cfg, std::vector<std::stri
     return "";
 }
 
+// The hugepages --reserve-hugepages added to vm.nr_hugepages, and that
+// --release-hugepages (ExecStopPost=) gives back: kept in the state
+// directory so that a stop lowers the sysctl by what the starts raised it,
+// not by a guess, and no further (pages the operator reserved stay).
+std::string reserved_record(const DaemonConfig &cfg) { return cfg.state_dir + "/hugepages-reserved"; }
+
+uint64_t read_u64(const std::string &path) {
+    uint64_t v = 0;
+    std::ifstream f(path);
+    f >> v;
+    return f ? v : 0;
+}
+
+bool write_nr_hugepages(uint64_t v) {
+    std::ofstream f("/proc/sys/vm/nr_hugepages");
+    f << v << '\n';
+    f.flush();
+    return bool(f);
+}
+
+void write_record(const DaemonConfig &cfg, uint64_t pages) {
+    const std::string path = reserved_record(cfg);
+    if (pages == 0) {
+        unlink(path.c_str());
+        return;
+    }
+    mkdir(cfg.state_dir.c_str(), 0750);
+    std::ofstream f(path, std::ios::trunc);
+    f << pages << '\n';
+    if (!f) KV_LOGW(kComp, "hugepages: cannot record %llu reserved pages in %s", (unsigned long long)pages, path.c_str());
+}
+
+int release_hugepages(const DaemonConfig &cfg) {
+    const uint64_t ours = read_u64(reserved_record(cfg));
+    if (ours == 0) {
+        KV_LOGI(kComp, "hugepages: none reserved by kvpoold: nothing to release");
+        return 0;
+    }
+    const uint64_t page = kv::detail::default_hugepage_size();
+    const uint64_t total = read_u64("/proc/sys/vm/nr_hugepages");
+    // Only free pages can go: those still backing pool regions (kept for a
+    // warm restart) stay reserved, and are given back by a later stop.
+    const uint64_t can = std::min({ours, kv::detail::free_hugepages(page), total});
+    if (can && !write_nr_hugepages(total - can)) {
+        KV_LOGE(kComp, "hugepages: cannot write /proc/sys/vm/nr_hugepages: %s", strerror(errno));
+        return 1;
+    }
+    const uint64_t now = read_u64("/proc/sys/vm/nr_hugepages");
+    const uint64_t released = total > now ? total - now : 0;
+    write_record(cfg, ours - std::min(ours, released));
+    KV_LOGI(kComp, "hugepages: released %llu of the %llu kvpoold reserved (nr_hugepages %llu -> %llu)%s",
+            (unsigned long long)released, (unsigned long long)ours, (unsigned long long)total,
+            (unsigned long long)now, released < ours ? "; the rest back pool regions kept for a warm restart" : "");
+    return 0;
+}
+
 int reserve_hugepages(const DaemonConfig &cfg) {
     const uint64_t page = kv::detail::default_hugepage_size();
     const uint64_t need = hugepages_needed(cfg, page);
@@ -114,10 +173,13 @@ int reserve_hugepages(const DaemonConfig &cfg) {
         f >> total;
     }
     const uint64_t want = total + (need - free_now);
-    {
-        std::ofstream f("/proc/sys/vm/nr_hugepages");
-        f << want << '\n';
+    if (!write_nr_hugepages(want)) {
+        KV_LOGE(kComp, "hugepages: cannot write /proc/sys/vm/nr_hugepages: %s", strerror(errno));
+        return required ? 1 : 0;
     }
+    // The kernel may give fewer than asked: record what it gave.
+    const uint64_t now = read_u64("/proc/sys/vm/nr_hugepages");
+    if (now > total) write_record(cfg, read_u64(reserved_record(cfg)) + (now - total));
     uint64_t got_free = kv::detail::free_hugepages(page);
     if (got_free >= need) {
         KV_LOGI(kComp, "hugepages: reserved %llu more (nr_hugepages %llu -> %llu)",
@@ -136,7 +198,7 @@ int reserve_hugepages(const DaemonConfig &cfg) {
 
 int main(int argc, char **argv) {
     std::string config_path = KVPOOL_DEFAULT_CONFIG;
-    bool check = false, reserve = false;
+    bool check = false, reserve = false, release = false;
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         if (a == "--config" && i + 1 < argc) {
@@ -147,6 +209,8 @@ int main(int argc, char **argv) {
             check = true;
         } else if (a == "--reserve-hugepages") {
             reserve = true;
+        } else if (a == "--release-hugepages") {
+            release = true;
         } else if (a == "--version") {
             printf("kvpoold %s (control protocol %d, region ABI %d.%d)\n", KVPOOL_VERSION, KV_CTL_VERSION,
                    KV_ABI_MAJOR, KV_ABI_MINOR);
@@ -179,6 +243,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (reserve) return reserve_hugepages(cfg);
+    if (release) return release_hugepages(cfg);
 
     // Signals are read from a signalfd in the loop: no async handlers.
     sigset_t mask;

@@ -972,6 +972,42 @@ TEST_F(DaemonTest, FilesOfOtherUsersAreNotAdopted) {
     EXPECT_TRUE(start_daemon(config())) << "trusted directories must be used";
 }
 
+// ExecStartPre= raises vm.nr_hugepages for the pools; ExecStopPost= must
+// lower it again by what was added, and no further.
+TEST_F(DaemonTest, HugepagesReservedAtStartAreReleasedAtStop) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to change vm.nr_hugepages";
+    auto nr = [] {
+        uint64_t v = 0;
+        std::ifstream f("/proc/sys/vm/nr_hugepages");
+        f >> v;
+        return v;
+    };
+    auto set_nr = [](uint64_t v) {
+        std::ofstream f("/proc/sys/vm/nr_hugepages");
+        f << v << '\n';
+    };
+    const uint64_t before = nr();
+    cleanups_.push_back([=] { set_nr(before); });
+    const std::string cfg = dir_ + "/kvpoold.toml";
+    spit(cfg, config("", "[[pool]]\nname = \"beta\"\nsize = \"32M\"\nhugepages = \"prefer\"\n"));
+    Proc r = run({kvpoold_, "--reserve-hugepages", "--config", cfg});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const uint64_t raised = nr();
+    if (raised == before) GTEST_SKIP() << "the kernel gave no hugepages: " << r.err;
+    EXPECT_NE(slurp(dir_ + "/state/hugepages-reserved"), "") << r.err;
+    // The operator reserves two more by hand meanwhile: those must stay.
+    set_nr(raised + 2);
+    const uint64_t with_mine = nr();
+    Proc rel = run({kvpoold_, "--release-hugepages", "--config", cfg});
+    EXPECT_EQ(rel.code, 0) << rel.err;
+    EXPECT_EQ(nr(), before + (with_mine - raised)) << rel.err;
+    struct stat sb;
+    EXPECT_NE(stat((dir_ + "/state/hugepages-reserved").c_str(), &sb), 0) << "all released: no record left";
+    rel = run({kvpoold_, "--release-hugepages", "--config", cfg});
+    EXPECT_EQ(rel.code, 0) << rel.err;
+    EXPECT_EQ(nr(), before + (with_mine - raised)) << "a second release lowered it again";
+}
+
 TEST_F(DaemonTest, UnprivilegedUserReadsButCannotChange) {
     if (geteuid() != 0) GTEST_SKIP() << "needs root to create a test user";
     int uid = -1, gid = -1;
