@@ -7,6 +7,11 @@
 
 #include <kv/kv.h>
 
+#include <version>
+#if !defined(__cpp_lib_expected)
+#error "kv.hpp needs C++23 (std::expected): compile with -std=c++23 (pkg-config --variable=cxxflags libkv)"
+#endif
+
 #include <cstring>
 #include <expected>
 #include <span>
