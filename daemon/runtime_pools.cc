@@ -97,7 +97,10 @@ std::expected<void, std::string> save_runtime_pools(const std::string &path, con
     } else {
         std::string text = "# Pools made with kvctl create, kept by kvpoold across restarts. Do not edit\n"
                            "# while kvpoold runs: it rewrites this file at every create and destroy.\n";
-        for (const PoolConfig &pc : pools) text += "\n" + pool_toml(pc);
+        for (const PoolConfig &pc : pools) {
+            text += '\n';
+            text += pool_toml(pc);
+        }
         const std::string tmp = path + ".tmp";
         const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
         if (fd < 0) return std::unexpected(sys_error("cannot create", tmp));

@@ -235,8 +235,12 @@ void print_usage(FILE *out) {
                out);
     constexpr size_t kCol = 22;
     for (const Verb &v : kVerbs) {
-        std::string left = "  " + std::string(v.name);
-        if (!v.synopsis.empty()) left += " " + std::string(v.synopsis);
+        std::string left = "  ";
+        left += v.name;
+        if (!v.synopsis.empty()) {
+            left += ' ';
+            left += v.synopsis;
+        }
         if (left.size() + 2 > kCol)
             left += "\n" + std::string(kCol, ' ');
         else

@@ -255,7 +255,10 @@ int main(int argc, char **argv) {
                 looked += totals[c].blocks_looked_up, vf += totals[c].verify_failures, errs += totals[c].errors;
             }
             std::string pid_list;
-            for (pid_t pid : pids) pid_list += (pid_list.empty() ? "" : ",") + std::to_string(pid);
+            for (pid_t pid : pids) {
+                if (!pid_list.empty()) pid_list += ',';
+                pid_list += std::to_string(pid);
+            }
             printf("{\"t\": %.1f, \"requests\": %" PRIu64 ", \"req_per_s\": %.1f, \"blocks_written\": %" PRIu64
                    ", \"hit_rate\": %.4f, \"verify_failures\": %" PRIu64 ", \"errors\": %" PRIu64
                    ", \"client_pids\": [%s]}\n",

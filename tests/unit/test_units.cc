@@ -53,7 +53,8 @@ TEST(ParseSize, EverySuffixSpelling) {
         {"t", TiB},   {"TB", TiB}, {"TiB", TiB}, {"tib", TiB},
     };
     for (const Case &c : cases) {
-        const std::string s = "3" + std::string(c.unit);
+        std::string s = "3";
+        s += c.unit;
         EXPECT_EQ(size_ok(s.c_str()), 3 * c.mult) << s;
     }
 }
