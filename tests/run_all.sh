@@ -4,7 +4,8 @@
 # The whole test suite, as CI runs it (.ci/run calls this):
 #   1. install the Debian packages the build needs (apt-get; root),
 #   2. build with warnings as errors and run every meson test suite
-#      (uapi, unit, mp) -- benchmarks are built, not run,
+#      (uapi, unit, mp) -- benchmarks are built, not run -- and build the
+#      installed programs as a release build, warnings as errors,
 #   3. build again with AddressSanitizer + UndefinedBehaviorSanitizer and
 #      run the same suites, then the threaded tests (kvpoold, the snapshot
 #      engine, libkv in threads) under ThreadSanitizer,
@@ -38,6 +39,13 @@ echo "== build (warnings as errors) =="
 [[ -d build-test ]] || meson setup build-test --buildtype=debugoptimized -Dwerror=true -Dbenchmarks=enabled -Dtests=enabled
 ninja -C build-test
 run_suites build-test
+
+# What users install, built as they would (-O3, NDEBUG): g++ warns about
+# some things only when it inlines that far.
+echo "== release build of the installed programs (warnings as errors) =="
+[[ -d build-release ]] || meson setup build-release --buildtype=release -Dwerror=true -Dtests=disabled \
+    -Dbenchmarks=disabled
+ninja -C build-release
 
 if ((sanitizers)); then
     echo "== build with ASan + UBSan =="
