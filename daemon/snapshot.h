@@ -28,18 +28,22 @@
 //   = true; the records of the last segment whose data lies whole in the
 //   file are still restored). A segment head that fails its checks loses
 //   that segment only (truncated, damaged_segments): the reader goes on at
-//   the next page that starts a valid head of a later segment. Every block is checked against its XXH3-64
-//   before it is committed, and a block that fails is aborted (dropped).
-//   Counts: blocks/bytes committed; dropped: failed checksum, unreadable
-//   (I/O error on its data), namespace refused by the pool, longer than the
-//   pool's slab size, or left out because the pool filled up (the first
-//   eviction this client causes, or -ENOSPC, ends the adding: a restore
-//   never evicts what it restored); skipped: the key was already present
-//   (or being written by another client). A missing or inconsistent trailer
-//   sets truncated. I/O errors: on a block's data the block is dropped and
-//   the restore goes on; on the header, a segment head or the trailer the
-//   restore stops with Error (what was committed stays: each block was
-//   verified). Cancel: Error ECANCELED, committed blocks stay.
+//   the next page that starts a valid head of a later segment. Every block is checked against its
+//   XXH3-64 before it is committed, and a block that fails is aborted (dropped). Counts:
+//   blocks/bytes committed; dropped: failed checksum, unreadable (I/O error on its data), namespace
+//   refused by the pool, longer than the pool's slab size, or left out because the pool filled up
+//   (the first eviction this client causes, or -ENOSPC, ends the adding: a restore never evicts
+//   what it restored); skipped: the key was already present (or being written by another client). A
+//   missing or inconsistent trailer sets truncated. I/O errors: on a block's data the block is
+//   dropped and the restore goes on; on the header, a segment head or the trailer the restore stops
+//   with Error (what was committed stays: each block was verified). Cancel: Error ECANCELED,
+//   committed blocks stay. A file of format 1.1 gives every block the eviction history it had in
+//   the source (commit time, rank re-based on this host's clock, time to
+//   live, CLOCK bit; see kv_snap_history) and, once every block is in,
+//   re-links chain children to their parents by key, so the first
+//   evictions pick what the source would have picked. A block whose time
+//   to live ran out since the persist is not restored (expired). A 1.0
+//   file restores every block as if just put.
 //
 // inspect(path): validates and returns the header alone (buffered reads).
 //
@@ -107,6 +111,7 @@ struct Result {
                              // checksum or could not be read
     uint64_t no_room = 0;    // restore: of dropped, those left out because the pool was full
     uint64_t evicted = 0;    // restore: blocks evicted from the pool by this client meanwhile
+    uint64_t expired = 0;    // restore: not restored, their time to live ran out since the persist
     uint64_t skipped =
         0; // persist: removed or unpinnable during the run; restore: key already present
     double seconds = 0;

@@ -113,7 +113,11 @@ std::expected<Header, FormatError> parse_header(std::span<uint8_t> buf, uint64_t
         return std::unexpected(
             fail(ENODATA, "header is %zu bytes: expected header_len %" PRIu64, buf.size(), *len));
     Header out;
-    memcpy(&out.hdr, buf.data(), sizeof out.hdr);
+    // An older writer's header is shorter: what it lacks reads as zero.
+    out.hdr = kv_snap_header{};
+    uint32_t writer_size;
+    memcpy(&writer_size, buf.data() + offsetof(kv_snap_header, header_size), sizeof writer_size);
+    memcpy(&out.hdr, buf.data(), std::min<size_t>(writer_size, sizeof out.hdr));
     const kv_snap_header &h = out.hdr;
     const uint64_t sum = header_checksum(buf.first(*len));
     if (sum != h.checksum)
@@ -121,8 +125,13 @@ std::expected<Header, FormatError> parse_header(std::span<uint8_t> buf, uint64_t
                                     "header checksum 0x%016" PRIx64 ": the header's %" PRIu64
                                     " bytes hash to 0x%016" PRIx64,
                                     h.checksum, *len, sum));
-    if (!all_zero(h.reserved, sizeof h.reserved))
+    if (!all_zero(h.reserved, sizeof h.reserved) || h.reserved1 != 0)
         return std::unexpected(fail(EBADMSG, "header reserved fields are not zero"));
+    if ((h.compat_features & KV_SNAP_COMPAT_HISTORY) && h.header_size < KV_SNAP_HEADER_SIZE_V2)
+        return std::unexpected(fail(EBADMSG,
+                                    "header_size %u with the history feature: expected at least %u "
+                                    "(room for evict_policy)",
+                                    h.header_size, KV_SNAP_HEADER_SIZE_V2));
     out.namespaces.resize(h.n_namespaces);
     for (uint32_t i = 0; i < h.n_namespaces; i++) {
         kv_snap_namespace &ns = out.namespaces[i];
@@ -168,9 +177,11 @@ std::expected<Segment, FormatError> parse_segment(std::span<const uint8_t> head,
         return std::unexpected(
             fail(EBADMSG, "segment at offset %" PRIu64 ": seq %" PRIu64 ": expected %" PRIu64,
                  seg_off, s.seq, seq));
-    if (s.n_records < 1 || s.n_records > KV_SNAP_SEGMENT_RECORDS)
+    const uint32_t max_records =
+        h.has_history() ? KV_SNAP_SEGMENT_RECORDS_HISTORY : KV_SNAP_SEGMENT_RECORDS;
+    if (s.n_records < 1 || s.n_records > max_records)
         return std::unexpected(fail(EBADMSG, "segment %" PRIu64 ": n_records %u: expected 1..%u",
-                                    seq, s.n_records, KV_SNAP_SEGMENT_RECORDS));
+                                    seq, s.n_records, max_records));
     const uint64_t max_len =
         kSegmentHead + uint64_t(s.n_records) * align_up(h.hdr.slab_size, kAlign);
     if (s.length % kAlign != 0 || s.length < kSegmentHead + kAlign || s.length > max_len)
@@ -206,6 +217,23 @@ std::expected<Segment, FormatError> parse_segment(std::span<const uint8_t> head,
             return std::unexpected(
                 fail(EBADMSG, "segment %" PRIu64 " record %u: namespace %u: not in the header", seq,
                      i, r.ns));
+    }
+    if (h.has_history()) {
+        memcpy(out.history, head.data() + KV_SNAP_SEGMENT_HISTORY_OFF,
+               uint64_t(s.n_records) * sizeof(kv_snap_history));
+        for (uint32_t i = 0; i < s.n_records; i++) {
+            const kv_snap_history &hi = out.history[i];
+            if (hi.flags & ~KV_SNAP_HISTORY_F_KNOWN)
+                return std::unexpected(fail(EBADMSG,
+                                            "segment %" PRIu64 " history %u: flags 0x%x: expected "
+                                            "a subset of 0x%x",
+                                            seq, i, hi.flags, KV_SNAP_HISTORY_F_KNOWN));
+            if (!all_zero(hi.reserved, sizeof hi.reserved) ||
+                (!(hi.flags & KV_SNAP_HISTORY_F_PARENT) && (hi.parent_lo || hi.parent_hi)))
+                return std::unexpected(
+                    fail(EBADMSG, "segment %" PRIu64 " history %u: reserved fields are not zero",
+                         seq, i));
+        }
     }
     out.data_cut = s.length > file_size - seg_off;
     return out;

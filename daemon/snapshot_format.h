@@ -55,6 +55,8 @@ struct Header {
     kv_snap_header hdr;
     std::vector<kv_snap_namespace> namespaces; // ids unique
     bool has_namespace(uint32_t id) const;
+    // Format 1.1: segment heads carry each record's kv_snap_history.
+    bool has_history() const { return hdr.compat_features & KV_SNAP_COMPAT_HISTORY; }
 };
 
 // Check the fixed part (the file's first KV_SNAP_ALIGN bytes, or fewer if
@@ -63,8 +65,9 @@ struct Header {
 std::expected<uint64_t, FormatError> check_header_prefix(std::span<const uint8_t> first,
                                                          uint64_t file_size);
 // Check the whole header (header_len bytes): the prefix checks again, the
-// checksum, reserved fields, and the namespaces. buf is only written while
-// the checksum is computed (restored before return).
+// checksum, reserved fields, and the namespaces. Fields past the writer's
+// header_size read as zero. buf is only written while the checksum is
+// computed (restored before return).
 std::expected<Header, FormatError> parse_header(std::span<uint8_t> buf, uint64_t file_size);
 
 // A segment head that passed every check. data_cut: the segment runs past
@@ -73,12 +76,15 @@ std::expected<Header, FormatError> parse_header(std::span<uint8_t> buf, uint64_t
 struct Segment {
     kv_snap_segment seg;
     kv_snap_record records[KV_SNAP_SEGMENT_RECORDS]; // [0, seg.n_records) valid; copied out
+    // With Header::has_history(): [0, seg.n_records) valid, one per record.
+    kv_snap_history history[KV_SNAP_SEGMENT_RECORDS_HISTORY];
     bool data_cut = false;
 };
 // Check the head of segment seq (KV_SNAP_SEGMENT_HEAD bytes) found at file
 // offset seg_off: magic, checksum, seq, n_records, length, reserved fields,
-// and every record's length (1..slab_size), data_off (aligned, inside the
-// segment) and namespace (one of the header's).
+// every record's length (1..slab_size), data_off (aligned, inside the
+// segment) and namespace (one of the header's), and with history each
+// history's flags (known ones) and reserved fields.
 std::expected<Segment, FormatError> parse_segment(std::span<const uint8_t> head, uint64_t seq,
                                                   uint64_t seg_off, uint64_t file_size,
                                                   const Header &h);
@@ -99,7 +105,8 @@ std::string check_trailer(std::span<const uint8_t> buf, const TrailerExpect &exp
 void build_header(std::span<uint8_t> header_out, kv_snap_header h,
                   std::span<const kv_snap_namespace> namespaces);
 // head: KV_SNAP_SEGMENT_HEAD bytes with the records already in place after
-// the struct; fills the struct and its checksum, returns the checksum.
+// the struct (and the histories at KV_SNAP_SEGMENT_HISTORY_OFF); fills the
+// struct and its checksum, returns the checksum.
 uint64_t seal_segment(uint8_t *head, uint64_t seq, uint64_t length, uint32_t n_records);
 void build_trailer(kv_snap_trailer *out, uint64_t n_segments, uint64_t n_records,
                    uint64_t data_bytes, uint64_t file_len, uint64_t segments_hash,

@@ -14,6 +14,13 @@
 // read of a block completes its XXH3-64 is checked and the reservation
 // committed with that checksum, or aborted: a damaged block is never
 // visible, and nothing outside a reservation is ever written.
+//
+// Eviction history (format 1.1): the rank and CLOCK bit go into the
+// reservation before its commit publishes it; the commit time is set on
+// the committed entry (the commit writes the current time); chain parents
+// are linked by key once every block is in, since a parent may come after
+// its child in the file (kv::detail::history_*).
+#include "detail.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
 #include "uring.h"
@@ -52,6 +59,10 @@ uint64_t fault_nth(const Options &o) {
 struct RecSlot {
     kv_reservation r{};
     uint64_t length = 0, checksum = 0;
+    uint64_t commit_ns = 0; // from the history; 0: none
+    uint32_t ns = 0;        // the pool's namespace id
+    bool has_parent = false;
+    kv_key key{}, parent{};
     uint32_t pieces = 0; // reads not yet completed (+1 while being queued)
     bool failed = false, used = false;
 };
@@ -84,7 +95,8 @@ class Reader {
     bool map_namespaces();
     bool segments();
     bool scan_for_segment(uint64_t from, uint64_t min_seq, uint64_t *at, uint64_t *seq);
-    bool add_record(const kv_snap_record &rec, uint64_t seg_off);
+    bool add_record(const kv_snap_record &rec, const kv_snap_history *hist, uint64_t seg_off);
+    void link_parents();
     void finish_record(uint32_t slot);
 
     uint32_t acquire_rec();
@@ -130,6 +142,12 @@ class Reader {
 
     bool pool_full_ = false;
     uint64_t evictions_at_start_ = 0;
+    uint64_t history_ref_ = 0, now_ns_ = 0;
+    struct Link {
+        uint32_t ns;
+        kv_key child, parent;
+    };
+    std::vector<Link> links_; // restored children with a parent, linked at the end
     uint64_t done_bytes_ = 0, next_progress_ = kProgressStep;
     std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
 };
@@ -214,6 +232,10 @@ bool Reader::setup() {
         res_.fixed_buffers = ring_->register_buffers(bufs) == 0;
     }
     evictions_at_start_ = my_evictions();
+    history_ref_ = kv::detail::history_reference(pool_);
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    now_ns_ = uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
     return true;
 }
 
@@ -325,7 +347,9 @@ bool Reader::segments() {
         if (!seg->data_cut && !start_meta(3 - cur, next, head(3 - cur), kSegmentHead)) return false;
         for (uint32_t i = 0; i < seg->seg.n_records; i++) {
             if (cancelled()) return fail(ECANCELED, "cancelled at segment %" PRIu64, seq);
-            if (!add_record(seg->records[i], off)) return false;
+            if (!add_record(seg->records[i],
+                            header_info_.has_history() ? &seg->history[i] : nullptr, off))
+                return false;
             data_bytes += seg->records[i].length;
         }
         n_records += seg->seg.n_records;
@@ -378,7 +402,7 @@ bool Reader::scan_for_segment(uint64_t from, uint64_t min_seq, uint64_t *at, uin
     return true;
 }
 
-bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
+bool Reader::add_record(const kv_snap_record &rec, const kv_snap_history *hist, uint64_t seg_off) {
     auto pos =
         std::lower_bound(header_info_.namespaces.begin(), header_info_.namespaces.end(), rec.ns,
                          [](const kv_snap_namespace &n, uint32_t v) { return n.id < v; });
@@ -390,12 +414,19 @@ bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
         res_.no_room += pool_full_;
         return true;
     }
+    if (hist && hist->ttl_ms && now_ns_ >= hist->commit_ns + uint64_t(hist->ttl_ms) * 1000000) {
+        res_.expired++;
+        return true;
+    }
     const uint32_t slot = acquire_rec();
     if (slot == kNone) return false;
     RecSlot &rs = recs_[slot];
     const kv_key key{rec.key_lo, rec.key_hi};
-    const kv_meta meta{rec.tokens, rec.priority, rec.user_tag};
-    int rc = kv_reserve(pool_, ns, &key, rec.length, &meta, &rs.r);
+    kv_put_opts po{};
+    po.struct_size = sizeof po;
+    po.meta = kv_meta{rec.tokens, rec.priority, rec.user_tag};
+    po.ttl_ms = hist ? hist->ttl_ms : 0;
+    int rc = kv_reserve_ex(pool_, ns, &key, rec.length, &po, &rs.r);
     if (rc != 0) {
         rs.used = false;
         free_recs_.push_back(slot);
@@ -420,6 +451,19 @@ bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
         free_recs_.push_back(slot);
         res_.dropped++;
         return true;
+    }
+    rs.commit_ns = 0;
+    rs.has_parent = false;
+    if (hist) {
+        kv::detail::History h;
+        h.rank_age = hist->rank_age;
+        h.referenced = hist->flags & KV_SNAP_HISTORY_F_REFERENCED;
+        kv::detail::history_apply(pool_, rs.r, h, header_info_.hdr.evict_policy, history_ref_);
+        rs.commit_ns = hist->commit_ns;
+        rs.ns = ns;
+        rs.key = key;
+        rs.has_parent = hist->flags & KV_SNAP_HISTORY_F_PARENT;
+        rs.parent = kv_key{hist->parent_lo, hist->parent_hi};
     }
     // The pool had to evict to make room: it is full. This block goes in;
     // the rest would only push out blocks restored before them.
@@ -449,15 +493,28 @@ bool Reader::add_record(const kv_snap_record &rec, uint64_t seg_off) {
     return ok;
 }
 
+// A chain child restored before its parent could not link to it at its
+// reserve; now every block is in. A parent that is not (dropped, evicted,
+// not in the file) leaves its child a tail, as a put would.
+void Reader::link_parents() {
+    for (const Link &l : links_)
+        kv::detail::history_link_parent(pool_, l.ns, l.child, l.parent);
+    links_.clear();
+}
+
 void Reader::finish_record(uint32_t slot) {
     RecSlot &rs = recs_[slot];
     // libkv's own check (its fastest XXH3-64 for this CPU): the same sum
     // kv_put computes and readers verify against.
     const kv_view v{rs.r.data, rs.length, rs.checksum, {}, {}};
     bool ok = !rs.failed && kv_view_verify(&v) == 0;
+    const uint32_t e = kv::detail::PinA::entry(rs.r.handle[0]);
+    const uint32_t gen = kv::detail::PinA::gen(rs.r.handle[0]);
     if (ok && kv_commit(pool_, &rs.r, KV_COMMIT_F_CHECKSUM, rs.checksum) == 0) {
         res_.blocks++;
         res_.bytes += rs.length;
+        if (rs.commit_ns) kv::detail::history_set_commit_time(pool_, e, gen, rs.commit_ns);
+        if (rs.has_parent) links_.push_back({rs.ns, rs.key, rs.parent});
     } else {
         if (!ok) kv_abort(pool_, &rs.r);
         res_.dropped++;
@@ -629,6 +686,7 @@ std::expected<Result, Error> Reader::run() {
             ok = reap(true);
     }
     cleanup();
+    link_parents(); // also after a failure: what was committed stays
     if (!ok) {
         if (!failed()) fail(EIO, "internal error");
         return std::unexpected(*err_);

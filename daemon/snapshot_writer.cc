@@ -7,13 +7,17 @@
 // kv::detail::pin_for_snapshot); the pin is what makes the write safe: a
 // pinned block is immutable and its memory is not reused until released.
 // Each block gets a record in the open segment and an extent behind the
-// segment's head, and its pages are written straight from the region. Extents that follow each other in the
-// file are merged into one request of up to max_request_bytes (a writev
-// whose iovecs point into the region; one iovec: a write_fixed from the
-// registered data section), and queue_depth requests stay in flight. A
-// segment's head is written once its last record is known, from a buffer of
-// our own. A pin is released as soon as the last request covering its
-// block completes, so the pins held stay bounded (see kPinBudget).
+// segment's head, and its pages are written straight from the region. Extents that follow each
+// other in the file are merged into one request of up to max_request_bytes (a writev whose iovecs
+// point into the region; one iovec: a write_fixed from the registered data section), and
+// queue_depth requests stay in flight. A segment's head is written once its last record is known,
+// from a buffer of our own. A pin is released as soon as the last request covering its block
+// completes, so the pins held stay bounded (see kPinBudget).
+//
+// Each record's eviction history (kv::detail::history_read: commit time,
+// rank as an age against one reference taken before the scan, time to
+// live, CLOCK bit, the parent's key) goes into the second page of the
+// segment head (format 1.1, KV_SNAP_COMPAT_HISTORY).
 //
 // Only a block's last partial page is copied: into a page of our own,
 // zero-filled past the length, because the region holds a former block's
@@ -167,6 +171,7 @@ class Writer {
     std::vector<kv_snap_namespace> namespaces_;
     std::vector<uint8_t> ns_known_; // by id
     uint64_t header_checksum_ = 0;
+    uint64_t history_ref_ = 0; // rank reference every age is taken against
     uint64_t front_ = 0; // file offset where the next segment (or the trailer) goes
     uint32_t seg_head_ = kNone;
     uint64_t seg_off_ = 0, seg_cursor_ = 0, seq_ = 0, segments_hash_ = 0, n_records_ = 0;
@@ -292,6 +297,8 @@ bool Writer::write_header() {
     h.slab_size = hdr_->slab_size;
     h.page_size = hdr_->page_size;
     h.region_abi_major = hdr_->abi_major;
+    h.compat_features = KV_SNAP_COMPAT_HISTORY;
+    h.evict_policy = pool_->policy;
     memcpy(h.pool_name, name_.data(), std::min(name_.size(), sizeof h.pool_name));
     const uint64_t len = header_len_for(sizeof h, namespaces_.size());
     auto buf = AlignedBuffer::create(len);
@@ -311,6 +318,9 @@ bool Writer::write_header() {
 }
 
 bool Writer::scan() {
+    // One reference for every block: ages taken against a clock that moved
+    // on during the scan would misorder blocks met early and late.
+    history_ref_ = kv::detail::history_reference(pool_);
     std::vector<kv_entry_info> rows(kEntryBatch);
     uint64_t cursor = 0;
     while (cursor < hdr_->n_entries) {
@@ -371,7 +381,8 @@ bool Writer::pin_and_add(const kv_entry_info &row) {
 bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
     PinSlot &ps = pins_[pin];
     const kv_view &v = ps.view;
-    if (seg_head_ != kNone && seg_n_ == KV_SNAP_SEGMENT_RECORDS && !close_segment()) return false;
+    if (seg_head_ != kNone && seg_n_ == KV_SNAP_SEGMENT_RECORDS_HISTORY && !close_segment())
+        return false;
     if (seg_head_ == kNone && !open_segment()) return false;
     const uint64_t padded = align_up(v.length, kAlign);
     const uint64_t off = seg_off_ + seg_cursor_;
@@ -389,6 +400,21 @@ bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
     rec.priority = v.meta.priority;
     memcpy(head_buf(seg_head_) + sizeof(kv_snap_segment) + uint64_t(seg_n_) * sizeof rec, &rec,
            sizeof rec);
+    kv::detail::History h;
+    kv_snap_history hist{};
+    if (kv::detail::history_read(pool_, v, history_ref_, &h) == 0) {
+        hist.commit_ns = h.commit_ns;
+        hist.rank_age = h.rank_age;
+        hist.ttl_ms = h.ttl_ms;
+        hist.flags = h.referenced ? KV_SNAP_HISTORY_F_REFERENCED : 0;
+        if (h.has_parent) {
+            hist.flags |= KV_SNAP_HISTORY_F_PARENT;
+            hist.parent_lo = h.parent.lo;
+            hist.parent_hi = h.parent.hi;
+        }
+    }
+    memcpy(head_buf(seg_head_) + KV_SNAP_SEGMENT_HISTORY_OFF + uint64_t(seg_n_) * sizeof hist,
+           &hist, sizeof hist);
     seg_n_++;
     seg_cursor_ += padded;
     res_.blocks++;

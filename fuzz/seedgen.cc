@@ -138,11 +138,20 @@ void snapshot_seeds() {
         kv_manifest_init(&m, "seed-model", 16);
         uint32_t ns = 0;
         if (kv_ns_register(p, &m, &ns, nullptr) != 0) die("ns");
+        // A chain (each block the parent of the next), the last with a
+        // time to live, so the seeds carry every part of a history.
         for (int i = 0; i < n; i++) {
             Bytes data(size_t(100 + 1000 * i), uint8_t('a' + i));
             const kv_key k = key_of(uint64_t(i));
-            kv_meta meta{uint32_t(16 * (i + 1)), uint32_t(i), uint64_t(i)};
-            if (kv_put(p, ns, &k, data.data(), data.size(), &meta) != 0) die("put");
+            kv_put_opts po{};
+            po.struct_size = sizeof po;
+            po.meta = kv_meta{uint32_t(16 * (i + 1)), uint32_t(i), uint64_t(i)};
+            if (i > 0) {
+                po.flags = KV_PUT_F_PARENT;
+                po.parent = key_of(uint64_t(i - 1));
+            }
+            if (i == n - 1) po.ttl_ms = 0x7fffffff;
+            if (kv_put_ex(p, ns, &k, data.data(), data.size(), &po) != 0) die("put");
         }
         auto w = kv::daemon::snapshot::persist(p, "seed", path, {});
         if (!w) die("persist: " + w.error().message);

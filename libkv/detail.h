@@ -533,3 +533,46 @@ bool ns_valid(const kv_pool *p, uint32_t ns);
 int reap_dead_clients(kv_pool *p);
 
 } // namespace kv::detail
+
+// ---- history.cc: eviction history across a snapshot (daemon/snapshot_*.cc) -------
+namespace kv::detail {
+
+// What a block's eviction order depends on, in a form that keeps its
+// meaning in another pool or after a reboot (uapi/kvpool/snapshot.h,
+// struct kv_snap_history, says how each field reads).
+struct History {
+    uint64_t commit_ns = 0; // CLOCK_REALTIME
+    uint64_t rank_age = 0;  // ticks since the last access, or LFU count above the floor
+    uint32_t ttl_ms = 0;
+    bool referenced = false; // CLOCK bit
+    bool has_parent = false;
+    kv_key parent{}; // same namespace as the block
+};
+
+// The pool's rank reference: the access clock now (tick policies), the
+// LFU floor (LFU), 0 (CLOCK). A persist takes one at its start and ages
+// every block against it; a restore takes one and re-bases against it.
+uint64_t history_reference(kv_pool *p);
+// The history of the entry a view pins (pin_for_snapshot, kv_get): 0, or
+// -EINVAL for a view that names no entry. The pin keeps the entry in its
+// life; the parent's key is read only while the parent is committed in
+// the life the block linked to (else no parent).
+int history_read(kv_pool *p, const kv_view &v, uint64_t ref, History *out);
+// Give a reservation of this client (RESERVED, not yet committed) the
+// rank and CLOCK bit of h, read in a pool of policy src_policy, re-based
+// on ref (history_reference of this pool); a rank of another policy family
+// is left as the reserve set it. The commit publishes them. 0 or -EINVAL.
+int history_apply(kv_pool *p, const kv_reservation &r, const History &h, uint32_t src_policy,
+                  uint64_t ref);
+// After the commit of entry e at gen: set its commit time (the commit
+// wrote the current time). Pinned meanwhile, so an entry evicted and
+// recycled since is left alone. 0, -ENOENT (no longer committed at gen)
+// or -ENOBUFS (no free pin slot).
+int history_set_commit_time(kv_pool *p, uint32_t e, uint32_t gen, uint64_t commit_ns);
+// Count the committed block child as a child of the committed block
+// parent (both in ns), as a put that named the parent would have
+// (entry_link_parent); nothing when child has a parent already. 0,
+// -ENOENT (either is not committed) or -ENOBUFS (no free pin slot).
+int history_link_parent(kv_pool *p, uint32_t ns, const kv_key &child, const kv_key &parent);
+
+} // namespace kv::detail

@@ -24,6 +24,7 @@
 #include <functional>
 #include <gtest/gtest.h>
 #include <kv/kv.h>
+#include <map>
 #include <random>
 #include <string>
 #include <sys/mman.h>
@@ -324,8 +325,9 @@ TEST_F(SnapshotTest, RoundTripMixedSizes) {
     EXPECT_STREQ(reinterpret_cast<const char *>(h->pool_name), "roundtrip");
     EXPECT_EQ(h->slab_size, kv_pool_header(src.p)->slab_size);
     Layout l = layout_of(read_file(path));
-    EXPECT_EQ(l.segs.size(),
-              (blocks.size() + KV_SNAP_SEGMENT_RECORDS - 1) / KV_SNAP_SEGMENT_RECORDS);
+    EXPECT_TRUE(l.header.has_history());
+    EXPECT_EQ(l.segs.size(), (blocks.size() + KV_SNAP_SEGMENT_RECORDS_HISTORY - 1) /
+                                 KV_SNAP_SEGMENT_RECORDS_HISTORY);
     close_pool(src);
 
     // Persist options and restore options, crossed: fixed buffers or not,
@@ -687,6 +689,289 @@ TEST_F(SnapshotTest, PersistLeavesHitsAndEvictionRanksAlone) {
     expect_no_leaks(src.p);
 }
 
+// ---- Eviction history across a restore ------------------------------------------
+
+// Small pools whose eviction is exact: a table of at most twice the sample
+// (64 entries) is examined whole (evict.cc), so the tests below check the
+// order itself, not a sample of it.
+class SnapshotHistoryTest : public SnapshotTest {
+  protected:
+    static constexpr uint32_t kLen = 64 << 10;
+
+    Pool &small_pool(uint32_t policy) {
+        return make_pool(16 << 20, 0, true, [policy](kv_create_opts &o) {
+            o.avg_block_size = 1 << 20; // 64 entries (the minimum)
+            o.evict_policy = policy;
+        });
+    }
+
+    void put(Pool &p, uint64_t i, const kv_key *parent = nullptr, uint32_t ttl_ms = 0) {
+        std::vector<uint8_t> buf(kLen);
+        const kv_key k = make_key(20, i, kLen);
+        fill(k, buf.data(), kLen);
+        kv_put_opts o{};
+        o.struct_size = sizeof o;
+        o.meta = meta_for(k);
+        o.ttl_ms = ttl_ms;
+        if (parent) {
+            o.flags = KV_PUT_F_PARENT;
+            o.parent = *parent;
+        }
+        ASSERT_EQ(kv_put_ex(p.p, p.ns[0], &k, buf.data(), kLen, &o), 0) << "block " << i;
+    }
+
+    static bool present(Pool &p, uint64_t i) {
+        const kv_key k = make_key(20, i, kLen);
+        return kv_contains(p.p, p.ns[0], &k) == 1;
+    }
+
+    static void get(Pool &p, uint64_t i) {
+        kv_view v{};
+        const kv_key k = make_key(20, i, kLen);
+        ASSERT_EQ(kv_get(p.p, p.ns[0], &k, &v), 0) << "block " << i;
+        kv_release(p.p, &v);
+    }
+
+    // Persist src, restore into a fresh pool of the same policy.
+    Pool &round_trip(Pool &src, uint32_t policy, snap::Result *out = nullptr) {
+        const std::string path = file("history.kvsnap");
+        auto w = snap::persist(src.p, "history", path, {});
+        EXPECT_TRUE(w.has_value()) << w.error().message;
+        Pool &dst = small_pool(policy);
+        auto r = snap::restore(dst.p, path, {});
+        EXPECT_TRUE(r.has_value()) << r.error().message;
+        if (r) {
+            EXPECT_EQ(r->blocks, w->blocks);
+            EXPECT_EQ(r->dropped, 0u);
+            if (out) *out = *r;
+        }
+        return dst;
+    }
+
+    static const kv_entry *entries(kv_pool *p) {
+        const kv_region_header *h = kv_pool_header(p);
+        return reinterpret_cast<const kv_entry *>(reinterpret_cast<const uint8_t *>(h) +
+                                                  h->entry_off);
+    }
+
+    // key.lo -> the entry row of each committed block.
+    static std::map<uint64_t, kv_entry_info> rows_of(kv_pool *p) {
+        std::map<uint64_t, kv_entry_info> out;
+        std::vector<kv_entry_info> rows(256);
+        uint64_t cursor = 0;
+        while (cursor < kv_pool_header(p)->n_entries) {
+            int k = kv_pool_entries(p, &cursor, rows.data(), rows.size());
+            EXPECT_GE(k, 0);
+            for (int i = 0; i < k; i++)
+                if (rows[i].state == KV_ENTRY_COMMITTED) out[rows[i].key.lo] = rows[i];
+        }
+        return out;
+    }
+
+    // Blocks [0, n) put in order, the first half then read (hot): the
+    // second half is cold. After a restore, evicting half must take exactly
+    // the cold half.
+    void hot_half_survives(uint32_t policy, int reads) {
+        const uint64_t n = 40;
+        Pool &src = small_pool(policy);
+        for (uint64_t i = 0; i < n; i++)
+            put(src, i);
+        for (int r = 0; r < reads; r++)
+            for (uint64_t i = 0; i < n / 2; i++)
+                get(src, i);
+        Pool &dst = round_trip(src, policy);
+        ASSERT_EQ(kv_evict_bytes(dst.p, n / 2 * kLen), int64_t(n / 2 * kLen));
+        std::string hot_gone, cold_kept;
+        for (uint64_t i = 0; i < n; i++) {
+            if (i < n / 2 && !present(dst, i)) hot_gone += " " + std::to_string(i);
+            if (i >= n / 2 && present(dst, i)) cold_kept += " " + std::to_string(i);
+        }
+        EXPECT_EQ(hot_gone, "") << "hot blocks evicted after the restore";
+        EXPECT_EQ(cold_kept, "") << "cold blocks kept after the restore";
+    }
+};
+
+TEST_F(SnapshotHistoryTest, LruOrderSurvivesARestore) {
+    hot_half_survives(KV_EVICT_LRU, 1);
+}
+
+TEST_F(SnapshotHistoryTest, LfuCountsSurviveARestore) {
+    hot_half_survives(KV_EVICT_LFU, 3);
+}
+
+// PREFIX evicts chain tails first. Chains put level by level (every head,
+// then every second block, ...) make the heads the oldest blocks: without
+// the parent links a restore would evict heads while their chains live.
+TEST_F(SnapshotHistoryTest, ChainParentsSurviveARestore) {
+    const uint64_t chains = 8, depth = 5;
+    Pool &src = small_pool(KV_EVICT_PREFIX);
+    for (uint64_t level = 0; level < depth; level++)
+        for (uint64_t c = 0; c < chains; c++) {
+            const kv_key parent = make_key(20, (level - 1) * chains + c, kLen);
+            put(src, level * chains + c, level ? &parent : nullptr);
+        }
+    Pool &dst = round_trip(src, KV_EVICT_PREFIX);
+    // Every restored block that had a child counts it again.
+    const auto rows = rows_of(dst.p);
+    const kv_entry *en = entries(dst.p);
+    for (uint64_t level = 0; level < depth; level++)
+        for (uint64_t c = 0; c < chains; c++) {
+            auto it = rows.find(level * chains + c);
+            ASSERT_NE(it, rows.end());
+            const uint32_t kids = __atomic_load_n(&en[it->second.index].kids, __ATOMIC_RELAXED);
+            EXPECT_EQ(kids & 0xffff, level + 1 < depth ? 1u : 0u)
+                << "chain " << c << " level " << level;
+        }
+    ASSERT_EQ(kv_evict_bytes(dst.p, 12 * kLen), int64_t(12 * kLen));
+    for (uint64_t c = 0; c < chains; c++) {
+        std::string shape; // '+' present, '-' evicted, head first: must be +...+-...-
+        for (uint64_t level = 0; level < depth; level++)
+            shape += present(dst, level * chains + c) ? '+' : '-';
+        EXPECT_EQ(shape.find("-+"), std::string::npos)
+            << "chain " << c << " lost a block before its tail: " << shape;
+    }
+}
+
+// Commit times and times to live come back as they were; a block whose
+// time to live ran out between the persist and the restore is not
+// restored, and counted.
+TEST_F(SnapshotHistoryTest, CommitTimesAndTtlSurviveARestore) {
+    Pool &src = small_pool(KV_EVICT_LRU);
+    for (uint64_t i = 0; i < 10; i++)
+        put(src, i, nullptr, i < 5 ? 3600 * 1000 : 0);
+    const auto before = rows_of(src.p);
+    const std::string path = file("ttl.kvsnap");
+    ASSERT_TRUE(snap::persist(src.p, "ttl", path, {}).has_value());
+    Pool &dst = round_trip(src, KV_EVICT_LRU);
+    const auto after = rows_of(dst.p);
+    ASSERT_EQ(after.size(), before.size());
+    for (const auto &[lo, row] : before) {
+        auto it = after.find(lo);
+        ASSERT_NE(it, after.end());
+        EXPECT_EQ(it->second.commit_ns, row.commit_ns) << "block " << lo;
+        EXPECT_EQ(__atomic_load_n(&entries(dst.p)[it->second.index].ttl_ms, __ATOMIC_RELAXED),
+                  lo < 5 ? 3600u * 1000 : 0u)
+            << "block " << lo;
+    }
+
+    // The same file with block 0's commit two hours back: expired.
+    auto b = read_file(path);
+    Layout l = layout_of(b);
+    ASSERT_FALSE(l.segs.empty());
+    ASSERT_TRUE(l.header.has_history());
+    bool found = false;
+    for (const auto &seg : l.segs)
+        for (uint32_t i = 0; i < seg.s.seg.n_records; i++) {
+            if (seg.s.records[i].key_lo != 0) continue;
+            auto *h = reinterpret_cast<kv_snap_history *>(b.data() + seg.off +
+                                                          KV_SNAP_SEGMENT_HISTORY_OFF) +
+                      i;
+            h->commit_ns -= 7200ULL * 1000000000;
+            snap::seal_segment(b.data() + seg.off, seg.s.seg.seq, seg.s.seg.length,
+                               seg.s.seg.n_records);
+            found = true;
+        }
+    ASSERT_TRUE(found);
+    const std::string expired = shm_file("expired.kvsnap");
+    write_file(expired, b);
+    Pool &dst2 = small_pool(KV_EVICT_LRU);
+    auto r = snap::restore(dst2.p, expired, {});
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    EXPECT_EQ(r->expired, 1u);
+    EXPECT_EQ(r->blocks, before.size() - 1);
+    EXPECT_TRUE(r->truncated) << "the segment was resealed, the trailer's chain was not";
+    EXPECT_FALSE(present(dst2, 0));
+}
+
+// A snapshot of format 1.0 (no history: a shorter header, no feature bit,
+// the history page zero) restores every block; one of a newer minor
+// version with a compat feature this reader does not know restores too,
+// and an unknown incompat feature refuses the file.
+TEST_F(SnapshotHistoryTest, OtherFormatVersions) {
+    Pool &src = small_pool(KV_EVICT_LRU);
+    for (uint64_t i = 0; i < 10; i++)
+        put(src, i);
+    const std::string path = file("v11.kvsnap");
+    ASSERT_TRUE(snap::persist(src.p, "versions", path, {}).has_value());
+    const auto v11 = read_file(path);
+    const Layout l = layout_of(v11);
+    ASSERT_EQ(l.header.hdr.version_minor, 1u);
+    ASSERT_EQ(l.header.hdr.header_size, uint32_t(KV_SNAP_HEADER_SIZE_V2));
+
+    // Rewrite a header of header_size and features, its namespaces behind
+    // it, the segment heads (history page zeroed or kept) and the trailer.
+    auto rewrite = [&](uint32_t header_size, uint16_t minor, uint64_t compat, uint64_t incompat,
+                       bool keep_history) {
+        std::vector<uint8_t> b = v11;
+        const uint64_t hlen = l.header.hdr.header_len;
+        std::vector<uint8_t> head(hlen, 0);
+        kv_snap_header h = l.header.hdr;
+        h.header_size = header_size;
+        h.version_minor = minor;
+        h.compat_features = compat;
+        h.incompat_features = incompat;
+        h.checksum = 0;
+        if (header_size < KV_SNAP_HEADER_SIZE_V2) h.evict_policy = 0;
+        memcpy(head.data(), &h, std::min<size_t>(header_size, sizeof h));
+        for (size_t i = 0; i < l.header.namespaces.size(); i++)
+            memcpy(head.data() + header_size + i * sizeof(kv_snap_namespace),
+                   &l.header.namespaces[i], sizeof(kv_snap_namespace));
+        h.checksum = snap::header_checksum(head);
+        memcpy(head.data() + offsetof(kv_snap_header, checksum), &h.checksum, sizeof h.checksum);
+        memcpy(b.data(), head.data(), hlen);
+        uint64_t chain = 0;
+        for (const auto &seg : l.segs) {
+            if (!keep_history)
+                memset(b.data() + seg.off + KV_SNAP_SEGMENT_HISTORY_OFF, 0,
+                       snap::kSegmentHead - KV_SNAP_SEGMENT_HISTORY_OFF);
+            chain = snap::chain_segment(chain,
+                                        snap::seal_segment(b.data() + seg.off, seg.s.seg.seq,
+                                                           seg.s.seg.length, seg.s.seg.n_records));
+        }
+        kv_snap_trailer t;
+        memcpy(&t, b.data() + l.trailer_off, sizeof t);
+        snap::build_trailer(reinterpret_cast<kv_snap_trailer *>(b.data() + l.trailer_off),
+                            t.n_segments, t.n_records, t.data_bytes, t.file_len, chain, h.checksum);
+        return b;
+    };
+    auto restore_bytes = [&](const std::vector<uint8_t> &b) {
+        const std::string p = shm_file("version.kvsnap");
+        write_file(p, b);
+        Pool &dst = small_pool(KV_EVICT_LRU);
+        auto r = snap::restore(dst.p, p, {});
+        if (r) {
+            EXPECT_EQ(check_every_block(dst.p), r->blocks);
+        }
+        close_pool(dst);
+        return r;
+    };
+    auto v10 = restore_bytes(rewrite(KV_SNAP_HEADER_SIZE_V1, 0, 0, 0, false));
+    ASSERT_TRUE(v10.has_value()) << v10.error().message;
+    EXPECT_EQ(v10->blocks, 10u);
+    EXPECT_FALSE(v10->truncated);
+
+    auto newer = restore_bytes(
+        rewrite(KV_SNAP_HEADER_SIZE_V2, 7, KV_SNAP_COMPAT_HISTORY | (1ULL << 40), 0, true));
+    ASSERT_TRUE(newer.has_value()) << newer.error().message;
+    EXPECT_EQ(newer->blocks, 10u);
+    EXPECT_FALSE(newer->truncated);
+
+    auto incompat =
+        restore_bytes(rewrite(KV_SNAP_HEADER_SIZE_V2, 7, KV_SNAP_COMPAT_HISTORY, 1ULL << 3, true));
+    ASSERT_FALSE(incompat.has_value());
+    EXPECT_EQ(incompat.error().code, EPROTO);
+    EXPECT_NE(incompat.error().message.find("incompat"), std::string::npos)
+        << incompat.error().message;
+
+    // The history feature in a header too short to hold evict_policy.
+    auto short_hdr =
+        restore_bytes(rewrite(KV_SNAP_HEADER_SIZE_V1, 1, KV_SNAP_COMPAT_HISTORY, 0, true));
+    ASSERT_FALSE(short_hdr.has_value());
+    EXPECT_EQ(short_hdr.error().code, EBADMSG);
+    EXPECT_NE(short_hdr.error().message.find("header_size 304"), std::string::npos)
+        << short_hdr.error().message;
+}
+
 // ---- Spare recycling ------------------------------------------------------------
 
 // The snapshot a persist replaces becomes PATH.spare and the next persist
@@ -731,7 +1016,7 @@ TEST_F(SnapshotTest, SpareIsRecycled) {
         const auto bytes = read_file(path);
         Layout l = layout_of(bytes); // parses every segment, checks the trailer
         EXPECT_EQ(l.segs.size(),
-                  (90 + KV_SNAP_SEGMENT_RECORDS - 1) / KV_SNAP_SEGMENT_RECORDS);
+                  (90 + KV_SNAP_SEGMENT_RECORDS_HISTORY - 1) / KV_SNAP_SEGMENT_RECORDS_HISTORY);
     }
     Pool &dst = make_pool(128 << 20);
     auto r = snap::restore(dst.p, path, {});
@@ -957,7 +1242,7 @@ TEST_F(SnapshotDamageTest, BitFlipInHeaderRefusesTheFile) {
     r = restore_copy(b);
     ASSERT_FALSE(r.has_value());
     EXPECT_EQ(r.error().code, EPROTO);
-    EXPECT_NE(r.error().message.find("version 2.0"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find("version 2.1"), std::string::npos) << r.error().message;
     auto ins = snap::inspect(file("damaged.kvsnap"));
     EXPECT_FALSE(ins.has_value());
 }
@@ -974,6 +1259,48 @@ TEST_F(SnapshotDamageTest, BitFlipInSegmentHeadLosesThatSegment) {
     EXPECT_EQ(r->blocks, blocks_.size() - lost);
     EXPECT_EQ(r->dropped, 0u);
     EXPECT_EQ(visible, blocks_.size() - lost);
+}
+
+// A history that lies under a valid checksum (an unknown flag, a parent key
+// without the flag, reserved words set) costs its segment, as any other
+// head that fails its checks.
+TEST_F(SnapshotDamageTest, HostileHistoryLosesThatSegment) {
+    const std::function<void(kv_snap_history &)> lies[] = {
+        [](kv_snap_history &h) { h.flags |= 0x80; },
+        [](kv_snap_history &h) {
+            h.flags &= ~KV_SNAP_HISTORY_F_PARENT;
+            h.parent_lo = 1;
+        },
+        [](kv_snap_history &h) { h.reserved[2] = 1; },
+    };
+    for (const auto &lie : lies) {
+        auto b = good_;
+        const auto &seg = layout_.segs[1];
+        lie(*reinterpret_cast<kv_snap_history *>(b.data() + seg.off + KV_SNAP_SEGMENT_HISTORY_OFF +
+                                                 2 * sizeof(kv_snap_history)));
+        reseal(b, 1, seg.s.seg.n_records, seg.s.seg.length);
+        size_t visible = 0;
+        auto r = restore_copy(b, &visible);
+        ASSERT_TRUE(r.has_value()) << r.error().message;
+        EXPECT_TRUE(r->truncated);
+        EXPECT_EQ(r->damaged_segments, 1u);
+        EXPECT_EQ(r->blocks, blocks_.size() - seg.s.seg.n_records);
+        EXPECT_EQ(visible, r->blocks);
+    }
+    // What parse_segment says about the first one.
+    auto b = good_;
+    const auto &seg = layout_.segs[1];
+    reinterpret_cast<kv_snap_history *>(b.data() + seg.off + KV_SNAP_SEGMENT_HISTORY_OFF)->flags =
+        0x80;
+    auto s = snap::parse_segment({b.data() + seg.off, snap::kSegmentHead}, 1, seg.off, b.size(),
+                                 layout_.header);
+    ASSERT_FALSE(s.has_value());
+    EXPECT_NE(s.error().what.find("checksum"), std::string::npos) << s.error().what;
+    reseal(b, 1, seg.s.seg.n_records, seg.s.seg.length);
+    s = snap::parse_segment({b.data() + seg.off, snap::kSegmentHead}, 1, seg.off, b.size(),
+                            layout_.header);
+    ASSERT_FALSE(s.has_value());
+    EXPECT_NE(s.error().what.find("history 0: flags 0x80"), std::string::npos) << s.error().what;
 }
 
 // The first head damaged (its magic, or its checksum), or the first two:

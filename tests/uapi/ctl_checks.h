@@ -18,7 +18,11 @@ static int kv_test_ctl_snapshot_checks(void)
 	KV_TEST_OFFSET(struct kv_ctl_request, reserved0, 356);
 	KV_TEST_OFFSET(struct kv_ctl_request, cursor, 360);
 	KV_TEST_OFFSET(struct kv_ctl_request, reserved, 368);
-	KV_TEST_SIZE(struct kv_snap_header, KV_SNAP_HEADER_SIZE_V1);
+	KV_TEST_SIZE(struct kv_snap_header, KV_SNAP_HEADER_SIZE_V2);
+	KV_TEST_OFFSET(struct kv_snap_header, evict_policy, KV_SNAP_HEADER_SIZE_V1);
+	KV_TEST_SIZE(struct kv_snap_history, KV_SNAP_HISTORY_SIZE_V1);
+	KV_TEST_OFFSET(struct kv_snap_history, ttl_ms, 32);
+	KV_TEST_OFFSET(struct kv_snap_history, reserved, 40);
 	KV_TEST_SIZE(struct kv_snap_namespace, KV_SNAP_NAMESPACE_SIZE_V1);
 	KV_TEST_SIZE(struct kv_snap_segment, KV_SNAP_SEGMENT_SIZE_V1);
 	KV_TEST_SIZE(struct kv_snap_record, KV_SNAP_RECORD_SIZE_V1);

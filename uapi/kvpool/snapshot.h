@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvpool on-disk snapshot format, version 1.
+ * kvpool on-disk snapshot format, version 1.1.
  *
  * A snapshot holds the committed blocks of one pool, with their keys,
  * namespaces (identity manifests), metadata and checksums, so that a fresh
@@ -18,7 +18,11 @@
  *                    writer's struct size, so a reader finds them behind a
  *                    header that grew), zero-padded to header_len
  *   segment 0        struct kv_snap_segment, then records[n_records]
- *                    (struct kv_snap_record), zero-padded to KV_SNAP_SEGMENT_HEAD;
+ *                    (struct kv_snap_record), zero-padded to KV_SNAP_SEGMENT_HEAD
+ *                    (with KV_SNAP_COMPAT_HISTORY: at most
+ *                    KV_SNAP_SEGMENT_RECORDS_HISTORY records, and from
+ *                    KV_SNAP_SEGMENT_HISTORY_OFF history[n_records], struct
+ *                    kv_snap_history, one per record in the same order);
  *                    then the data of each record at data_off (relative to
  *                    the segment start), each extent KV_SNAP_ALIGN aligned and
  *                    padded with zeros to a multiple of KV_SNAP_ALIGN
@@ -27,9 +31,20 @@
  *
  * A reader tells a segment head from the trailer by its magic. A pool with
  * no committed block gives a file of header and trailer (n_segments 0).
- * kv_snap_namespace, kv_snap_segment and kv_snap_record have no size field:
- * in v1 their sizes are fixed, and a layout that grows them needs an
- * incompat feature bit.
+ * kv_snap_namespace, kv_snap_segment, kv_snap_record and kv_snap_history
+ * have no size field: their sizes are fixed, and a layout that grows them
+ * needs an incompat feature bit.
+ *
+ * Versions: a reader refuses another major version and any incompat bit it
+ * does not know; it reads any minor version of its major, ignoring compat
+ * bits it does not know (what they add lies where an older reader does not
+ * look). Version 1.1 adds KV_SNAP_COMPAT_HISTORY: each block's eviction
+ * history (commit time, rank, time to live, CLOCK bit, the key of its
+ * parent in a chain), kept in the part of each segment head that 1.0
+ * leaves as padding (a 1.0 reader neither reads nor checks it; the segment
+ * checksum covers it), and the header's evict_policy, which says how the
+ * ranks read. A 1.0 file restores as before: without history, every block
+ * as if just put.
  *
  * Integrity: the header, each segment head (struct + records) and the
  * trailer carry an XXH3-64 of their bytes computed with the checksum field
@@ -66,13 +81,18 @@
 #define KV_SNAP_SEGMENT_MAGIC 0x010000474553564bULL
 #define KV_SNAP_TRAILER_MAGIC 0x0100004c5254564bULL
 #define KV_SNAP_VERSION_MAJOR 1
-#define KV_SNAP_VERSION_MINOR 0
+#define KV_SNAP_VERSION_MINOR 1
 #define KV_SNAP_INCOMPAT_KNOWN 0ULL
-#define KV_SNAP_COMPAT_KNOWN 0ULL
+/* 1.1: segment heads carry struct kv_snap_history; the header evict_policy. */
+#define KV_SNAP_COMPAT_HISTORY (1ULL << 0)
+#define KV_SNAP_COMPAT_KNOWN KV_SNAP_COMPAT_HISTORY
 
 #define KV_SNAP_ALIGN 4096        /* every part and data extent; O_DIRECT-safe */
 #define KV_SNAP_SEGMENT_HEAD 8192 /* bytes of a segment head: struct + records + zero padding */
 #define KV_SNAP_SEGMENT_RECORDS 127 /* (KV_SNAP_SEGMENT_HEAD - 64) / 64 */
+/* With KV_SNAP_COMPAT_HISTORY: records fill the head's first page, histories its second. */
+#define KV_SNAP_SEGMENT_RECORDS_HISTORY 63 /* (KV_SNAP_SEGMENT_HISTORY_OFF - 64) / 64 */
+#define KV_SNAP_SEGMENT_HISTORY_OFF 4096
 
 struct kv_snap_header {
 	uint64_t magic;            /* KV_SNAP_MAGIC */
@@ -95,10 +115,19 @@ struct kv_snap_header {
 	uint32_t region_abi_major; /* KV_ABI_MAJOR of the source region */
 	uint8_t pool_name[64];     /* NUL-padded */
 	uint64_t reserved[16];     /* zero */
+	/*
+	 * Format 1.1 (KV_SNAP_HEADER_SIZE_V2). A reader takes the fields past
+	 * the writer's header_size as zero.
+	 */
+	uint32_t evict_policy;     /* KV_EVICT_* of the source pool: how kv_snap_history.rank_age reads */
+	uint32_t reserved1;        /* zero */
 };
-#define KV_SNAP_HEADER_SIZE_V1 304
-KV_STATIC_ASSERT(sizeof(struct kv_snap_header) == KV_SNAP_HEADER_SIZE_V1, "snapshot header v1 size");
+#define KV_SNAP_HEADER_SIZE_V1 304 /* format 1.0 */
+#define KV_SNAP_HEADER_SIZE_V2 312 /* format 1.1: evict_policy */
+KV_STATIC_ASSERT(sizeof(struct kv_snap_header) == KV_SNAP_HEADER_SIZE_V2, "snapshot header v2 size");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_header, pool_name) == 112, "snapshot header name offset");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_header, evict_policy) == KV_SNAP_HEADER_SIZE_V1,
+		 "snapshot header grows at the end");
 
 /* A namespace in use when the snapshot was taken. */
 struct kv_snap_namespace {
@@ -139,6 +168,47 @@ struct kv_snap_record {
 KV_STATIC_ASSERT(sizeof(struct kv_snap_record) == KV_SNAP_RECORD_SIZE_V1, "snapshot record v1 size");
 KV_STATIC_ASSERT(KV_SNAP_SEGMENT_SIZE_V1 + KV_SNAP_SEGMENT_RECORDS * KV_SNAP_RECORD_SIZE_V1 <= KV_SNAP_SEGMENT_HEAD,
 		 "segment head holds its records");
+
+/*
+ * Format 1.1 (KV_SNAP_COMPAT_HISTORY): what a block's eviction order
+ * depended on in the source pool, so that the first evictions after a
+ * restore pick the blocks the source would have picked. Hints: a restore
+ * into a pool of another policy family keeps what applies (commit time,
+ * time to live, parent) and starts the rank afresh.
+ *
+ * rank_age, by the header's evict_policy:
+ *   LRU, PRIORITY, PREFIX: ticks of the source's access clock (the CPU's
+ *     timestamp counter, region.h kv_entry.rank) from the block's last
+ *     access to the start of the persist; FIFO: from its insertion. 0 for
+ *     a block accessed after the persist started. Ticks are meaningless
+ *     across a reboot or between machines, so only the age is kept, and a
+ *     restore re-bases it on its own clock (rank = now - age, ages larger
+ *     than half of now compressed into the rest of the range: the order
+ *     is kept, not the spacing).
+ *   LFU: the access count above the source pool's floor (kv_region_state
+ *     lfu_floor); a restore adds its pool's floor.
+ *   CLOCK: 0; the reference bit is KV_SNAP_HISTORY_F_REFERENCED.
+ */
+#define KV_SNAP_HISTORY_F_PARENT (1U << 0)     /* parent_lo/hi name the block's parent */
+#define KV_SNAP_HISTORY_F_REFERENCED (1U << 1) /* CLOCK reference bit set */
+#define KV_SNAP_HISTORY_F_KNOWN (KV_SNAP_HISTORY_F_PARENT | KV_SNAP_HISTORY_F_REFERENCED)
+struct kv_snap_history {
+	uint64_t commit_ns; /* CLOCK_REALTIME of the block's commit in the source pool */
+	uint64_t rank_age;  /* see above */
+	uint64_t parent_lo, parent_hi; /* KV_SNAP_HISTORY_F_PARENT: the key of the block before this
+					  one in its chain (same namespace); else zero */
+	uint32_t ttl_ms;    /* 0, or expiry at commit_ns + ttl_ms milliseconds */
+	uint32_t flags;     /* KV_SNAP_HISTORY_F_* */
+	uint64_t reserved[3]; /* zero */
+};
+#define KV_SNAP_HISTORY_SIZE_V1 64
+KV_STATIC_ASSERT(sizeof(struct kv_snap_history) == KV_SNAP_HISTORY_SIZE_V1, "snapshot history v1 size");
+KV_STATIC_ASSERT(KV_SNAP_SEGMENT_SIZE_V1 + KV_SNAP_SEGMENT_RECORDS_HISTORY * KV_SNAP_RECORD_SIZE_V1 <=
+			 KV_SNAP_SEGMENT_HISTORY_OFF,
+		 "records end before the histories");
+KV_STATIC_ASSERT(KV_SNAP_SEGMENT_HISTORY_OFF + KV_SNAP_SEGMENT_RECORDS_HISTORY * KV_SNAP_HISTORY_SIZE_V1 <=
+			 KV_SNAP_SEGMENT_HEAD,
+		 "segment head holds the histories");
 
 struct kv_snap_trailer {
 	uint64_t magic;         /* KV_SNAP_TRAILER_MAGIC */
