@@ -12,7 +12,9 @@
 //   is torn, and a block committed when the snapshot starts is either in the
 //   file or was removed meanwhile (counted in skipped). At most
 //   min(pins_per_client / 2, 1024) pins of this client are held at once.
-//   Namespaces registered after the snapshot started are skipped too.
+//   Namespaces registered after the snapshot started are skipped too, and
+//   so is a key met a second time (removed and put again into a row the
+//   scan had yet to reach): each key is in the file once.
 //   The file is written to path + ".tmp", preallocated, fdatasync'ed,
 //   renamed over path and the directory fsync'ed: the previous snapshot at
 //   path stays whole until the new one is. On any error (ENOSPC, EIO, an

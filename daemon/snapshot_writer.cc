@@ -19,6 +19,11 @@
 // live, CLOCK bit, the parent's key) goes into the second page of the
 // segment head (format 1.1, KV_SNAP_COMPAT_HISTORY).
 //
+// Each key is written once: the scan reads the live table, where a key
+// removed and put again while the scan runs lands in a new row that the
+// scan may meet after the old one (the first met is kept; skipped counts
+// the second).
+//
 // Only a block's last partial page is copied: into a page of our own,
 // zero-filled past the length, because the region holds a former block's
 // bytes there and the format promises zero padding.
@@ -39,8 +44,8 @@
 // (renameat2 RENAME_EXCHANGE, then the old one becomes the spare), every
 // byte of [0, file length) is rewritten (checked: the bytes written must
 // add up to the file length), and the excess past the new end is truncated.
-#include "snapshot.h"
 #include "detail.h"
+#include "snapshot.h"
 #include "snapshot_format.h"
 #include "uring.h"
 
@@ -57,6 +62,7 @@
 #include <optional>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <unordered_set>
 #include <vector>
 
 namespace kv::daemon::snapshot {
@@ -87,6 +93,18 @@ uint64_t fault_nth(const Options &o) {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+// A block's identity in the pool: its namespace and key.
+struct Written {
+    uint64_t lo, hi;
+    uint32_t ns;
+    bool operator==(const Written &) const = default;
+};
+struct WrittenHash {
+    size_t operator()(const Written &w) const {
+        return size_t((w.lo ^ (w.hi * 0x9e3779b97f4a7c15ULL)) * 0xbf58476d1ce4e5b9ULL + w.ns);
+    }
+};
 
 struct PinSlot {
     kv_view view{};
@@ -168,6 +186,10 @@ class Writer {
     std::optional<Ring> ring_;
     uint32_t cur_ = kNone; // the request being filled
 
+    // Every key written: the scan reads the live entry table, and a key
+    // removed and put again during it gets a new row, which the scan may
+    // meet after it wrote the old one.
+    std::unordered_set<Written, WrittenHash> written_;
     std::vector<kv_snap_namespace> namespaces_;
     std::vector<uint8_t> ns_known_; // by id
     uint64_t header_checksum_ = 0;
@@ -342,6 +364,10 @@ bool Writer::pin_and_add(const kv_entry_info &row) {
         res_.skipped++;
         return true;
     }
+    if (written_.contains({row.key.lo, row.key.hi, row.ns})) { // written from an earlier row
+        res_.skipped++;
+        return true;
+    }
     uint32_t pin = acquire_pin();
     if (pin == kNone) return false;
     PinSlot &ps = pins_[pin];
@@ -400,6 +426,7 @@ bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
     rec.priority = v.meta.priority;
     memcpy(head_buf(seg_head_) + sizeof(kv_snap_segment) + uint64_t(seg_n_) * sizeof rec, &rec,
            sizeof rec);
+    written_.insert({row.key.lo, row.key.hi, row.ns});
     kv::detail::History h;
     kv_snap_history hist{};
     if (kv::detail::history_read(pool_, v, history_ref_, &h) == 0) {
