@@ -30,16 +30,25 @@
 //   = true; the records of the last segment whose data lies whole in the
 //   file are still restored). A segment head that fails its checks loses
 //   that segment only (truncated, damaged_segments): the reader goes on at
-//   the next page that starts a valid head of a later segment. Every block is checked against its
-//   XXH3-64 before it is committed, and a block that fails is aborted (dropped). Counts:
-//   blocks/bytes committed; dropped: failed checksum, unreadable (I/O error on its data), namespace
-//   refused by the pool, longer than the pool's slab size, or left out because the pool filled up
-//   (the first eviction this client causes, or -ENOSPC, ends the adding: a restore never evicts
-//   what it restored); skipped: the key was already present (or being written by another client). A
-//   missing or inconsistent trailer sets truncated. I/O errors: on a block's data the block is
-//   dropped and the restore goes on; on the header, a segment head or the trailer the restore stops
-//   with Error (what was committed stays: each block was verified). Cancel: Error ECANCELED,
-//   committed blocks stay. A file of format 1.1 gives every block the eviction history it had in
+//   the next page that starts a valid head of a later segment. Every block
+//   is checked against its XXH3-64 before it is committed, and a block
+//   that fails is aborted (dropped).
+//   Counts: blocks/bytes committed; dropped: failed checksum, unreadable
+//   (I/O error on its data), namespace refused by the pool, longer than the
+//   pool's slab size, or left out because the pool filled up (the first
+//   eviction this client causes, or -ENOSPC, ends the adding: a restore
+//   never evicts what it restored); skipped: the key was already present
+//   (or being written by another client). A missing trailer sets
+//   truncated; one that is there but does not match what was read (its
+//   checksum, counts, chained hashes, file_len) sets trailer_damaged
+//   instead, with trailer_problem saying what: every block was read, but
+//   the file cannot prove that none is missing. Bytes after the trailer
+//   (appended garbage, a hole) are not read: trailing_bytes counts them.
+//   I/O errors: on a block's data the block is dropped and the restore
+//   goes on; on the header, a segment head or the trailer the restore
+//   stops with Error (what was committed stays: each block was verified).
+//   Cancel: Error ECANCELED, committed blocks stay.
+//   A file of format 1.1 gives every block the eviction history it had in
 //   the source (commit time, rank re-based on this host's clock, time to
 //   live, CLOCK bit; see kv_snap_history) and, once every block is in,
 //   re-links chain children to their parents by key, so the first
@@ -119,6 +128,9 @@ struct Result {
     double seconds = 0;
     bool truncated =
         false; // restore: file ended early / damaged segment: the verified part was restored
+    bool trailer_damaged = false;  // restore: every segment read; the trailer does not match
+    std::string trailer_problem;   // restore: what about the trailer (with trailer_damaged)
+    uint64_t trailing_bytes = 0;   // restore: bytes after the trailer, not part of the snapshot
     uint64_t damaged_segments = 0; // restore: segments lost to a damaged head (at least 1 if the
                                    // file holds no valid head after it)
     bool fixed_buffers = false; // the data section was registered (false: plain reads/writes)

@@ -42,6 +42,8 @@ nlohmann::json result_json(const Pool &p, uint16_t op, const std::string &path, 
             {"expired", r.expired},
             {"skipped", r.skipped},
             {"truncated", r.truncated},
+            {"trailer_damaged", r.trailer_damaged},
+            {"trailing_bytes", r.trailing_bytes},
             {"damaged_segments", r.damaged_segments},
             {"fixed_buffers", r.fixed_buffers},
             {"recycled_spare", r.recycled}};
@@ -79,10 +81,19 @@ void log_result(const Pool &p, uint16_t op, const std::string &path,
                   std::to_string(r.dropped - r.corrupt - r.no_room) + " refused by the pool)";
     }
     if (r.evicted) dropped += ", " + std::to_string(r.evicted) + " blocks of the pool evicted to make room";
-    KV_LOGN(kComp, "%s pool %s %s %s: %llu blocks, %s in %.2f s (%.2f GiB/s)%s%s", op_word(op), p.cfg.name.c_str(),
-            op == KV_CTL_OP_PERSIST ? "to" : "from", path.c_str(), (unsigned long long)r.blocks,
-            kv::detail::format_size(r.bytes).c_str(), r.seconds, rate_gib(r.file_bytes ? r.file_bytes : r.bytes, r.seconds),
-            dropped.c_str(), r.truncated ? ", file truncated or damaged: its verified part was restored" : "");
+    if (r.trailer_damaged)
+        dropped += ", every block of the file read but its trailer is damaged (" +
+                   r.trailer_problem + "): the file cannot prove it is complete";
+    if (r.trailing_bytes)
+        dropped += ", " + std::to_string(r.trailing_bytes) +
+                   " bytes after the trailer ignored (not written by a persist)";
+    ::kv::daemon::log(
+        r.trailer_damaged || r.trailing_bytes ? LogLevel::Warning : LogLevel::Notice, kComp,
+        "%s pool %s %s %s: %llu blocks, %s in %.2f s (%.2f GiB/s)%s%s", op_word(op),
+        p.cfg.name.c_str(), op == KV_CTL_OP_PERSIST ? "to" : "from", path.c_str(),
+        (unsigned long long)r.blocks, kv::detail::format_size(r.bytes).c_str(), r.seconds,
+        rate_gib(r.file_bytes ? r.file_bytes : r.bytes, r.seconds), dropped.c_str(),
+        r.truncated ? ", file truncated or damaged: its verified part was restored" : "");
 }
 
 // The file itself is at fault: a header or segment head that failed its
@@ -94,7 +105,7 @@ bool file_damaged(const std::expected<snapshot::Result, snapshot::Error> &res) {
         const int c = res.error().code;
         return c == EBADMSG || c == EPROTO || c == ENODATA || c == EIO;
     }
-    return res->truncated || res->corrupt || res->damaged_segments;
+    return res->truncated || res->corrupt || res->damaged_segments || res->trailer_damaged;
 }
 
 // Move a snapshot that did not restore whole aside, as

@@ -319,9 +319,18 @@ bool Reader::segments() {
         uint64_t magic = 0;
         if (got >= 8) memcpy(&magic, head(cur), 8);
         if (magic == KV_SNAP_TRAILER_MAGIC) {
+            // Every segment before it was read: a trailer that does not
+            // match costs the proof that the file is whole, not blocks.
             TrailerExpect e{seq, n_records, data_bytes, off, chain, h.checksum, size_};
-            if (!check_trailer({head(cur), size_t(got)}, e).empty()) res_.truncated = true;
-            res_.file_bytes = off + kAlign;
+            res_.trailer_problem = check_trailer({head(cur), size_t(got)}, e);
+            if (size_ - off < kAlign) // the file ends inside the trailer: cut off
+                res_.truncated = true;
+            else
+                res_.trailer_damaged = !res_.trailer_problem.empty();
+            res_.file_bytes = std::min(size_, off + kAlign);
+            // The trailer ends the snapshot (its file_len says so when it
+            // is whole): what follows was not written by the persist.
+            if (size_ > res_.file_bytes) res_.trailing_bytes = size_ - res_.file_bytes;
             return true;
         }
         auto seg = parse_segment({head(cur), size_t(got)}, seq, off, size_, header_info_);

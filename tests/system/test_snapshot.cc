@@ -930,7 +930,7 @@ TEST_F(SnapshotHistoryTest, CommitTimesAndTtlSurviveARestore) {
     ASSERT_TRUE(r.has_value()) << r.error().message;
     EXPECT_EQ(r->expired, 1u);
     EXPECT_EQ(r->blocks, before.size() - 1);
-    EXPECT_TRUE(r->truncated) << "the segment was resealed, the trailer's chain was not";
+    EXPECT_TRUE(r->trailer_damaged) << "the segment was resealed, the trailer's chain was not";
     EXPECT_FALSE(present(dst2, 0));
 }
 
@@ -1420,13 +1420,65 @@ TEST_F(SnapshotDamageTest, TruncationRestoresTheVerifiedPrefix) {
     EXPECT_EQ(r.error().code, ENODATA);
 }
 
+// Damage to the trailer alone: every block is restored, and the restore
+// says so precisely (the trailer is damaged, nothing is cut off).
 TEST_F(SnapshotDamageTest, DamagedTrailer) {
     auto b = good_;
     b[layout_.trailer_off + offsetof(kv_snap_trailer, n_records)] ^= 1;
     auto r = restore_copy(b);
     ASSERT_TRUE(r.has_value()) << r.error().message;
-    EXPECT_TRUE(r->truncated);
+    EXPECT_FALSE(r->truncated);
+    EXPECT_TRUE(r->trailer_damaged);
+    EXPECT_NE(r->trailer_problem.find("checksum"), std::string::npos) << r->trailer_problem;
+    EXPECT_EQ(r->damaged_segments, 0u);
+    EXPECT_EQ(r->dropped, 0u);
     EXPECT_EQ(r->blocks, blocks_.size());
+    EXPECT_EQ(r->trailing_bytes, 0u);
+
+    // Resealed with a wrong count: named.
+    b = good_;
+    auto *t = reinterpret_cast<kv_snap_trailer *>(b.data() + layout_.trailer_off);
+    t->n_records += 1;
+    t->checksum = snap::trailer_checksum(*t);
+    r = restore_copy(b);
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    EXPECT_TRUE(r->trailer_damaged);
+    EXPECT_FALSE(r->truncated);
+    EXPECT_NE(r->trailer_problem.find("n_records"), std::string::npos) << r->trailer_problem;
+    EXPECT_EQ(r->blocks, blocks_.size());
+
+    // No trailer at all (the file ends after the last segment): cut off.
+    b = good_;
+    b.resize(layout_.trailer_off);
+    r = restore_copy(b);
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    EXPECT_TRUE(r->truncated);
+    EXPECT_FALSE(r->trailer_damaged);
+}
+
+// Bytes after the trailer (garbage appended, a hole) are not part of the
+// snapshot: every block is restored, and the restore counts them.
+TEST_F(SnapshotDamageTest, BytesAfterTheTrailerAreReported) {
+    auto b = good_;
+    b.resize(b.size() + 8192, 0x5a);
+    auto r = restore_copy(b);
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    EXPECT_EQ(r->trailing_bytes, 8192u);
+    EXPECT_FALSE(r->truncated);
+    EXPECT_FALSE(r->trailer_damaged);
+    EXPECT_EQ(r->blocks, blocks_.size());
+    EXPECT_EQ(r->file_bytes, good_.size());
+
+    // A hole appended (a sparse extension): the same.
+    const std::string p = shm_file("hole.kvsnap");
+    write_file(p, good_);
+    ASSERT_EQ(truncate(p.c_str(), off_t(good_.size() + (1 << 20))), 0) << errtext(errno);
+    Pool &dst = make_pool(64 << 20);
+    auto h = snap::restore(dst.p, p, {});
+    ASSERT_TRUE(h.has_value()) << h.error().message;
+    EXPECT_EQ(h->trailing_bytes, uint64_t(1) << 20);
+    EXPECT_EQ(h->blocks, blocks_.size());
+    EXPECT_FALSE(h->truncated);
 }
 
 TEST_F(SnapshotDamageTest, HostileFiles) {

@@ -62,7 +62,10 @@
  * A segment head that is damaged loses that segment only: the reader looks
  * for the next valid head of a later segment (its magic on a KV_SNAP_ALIGN
  * boundary, then every check, the checksum first) and goes on from there.
- * A block whose data fails its checksum is dropped and counted. No
+ * A block whose data fails its checksum is dropped and counted. The
+ * trailer ends the snapshot: a trailer that does not match what was read
+ * costs the proof that the file is whole, not blocks, and bytes after it
+ * (trailer.file_len) are not part of the snapshot (reported, not read). No
  * length or offset is used before it is bounds-checked against the file size
  * and the segment.
  *
