@@ -6,6 +6,8 @@
 #include "snapshot_jobs.h"
 #include "units.h"
 
+#include <kvpool/control.h>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -529,6 +531,10 @@ int PoolManager::reap_pass() {
 uint64_t PoolManager::watermark_pass(uint64_t max_bytes) {
     uint64_t total = 0;
     for (auto &p : pools_) {
+        // A restore fills the pool with what it is asked to: evicting under
+        // it would throw restored blocks away as they arrive. The pass
+        // resumes when the restore ends.
+        if (p->job && p->job->op == KV_CTL_OP_RESTORE) continue;
         const uint64_t cap = kv_pool_header(p->handle)->data_len;
         const uint64_t live = pool_live_bytes(p->handle);
         if (double(live) <= p->cfg.high_watermark * double(cap)) continue;

@@ -240,13 +240,11 @@ bool Reader::setup() {
 }
 
 uint64_t Reader::my_evictions() const {
-    // This client's own counter (region.h: written only by this client,
-    // relaxed): evictions by other clients of a live pool do not count.
-    auto *clients = reinterpret_cast<kv_client *>(
-        reinterpret_cast<uint8_t *>(const_cast<kv_region_header *>(hdr_)) + hdr_->client_off);
-    const uint32_t me = kv_pool_client_index(pool_);
-    if (me >= hdr_->max_clients) return 0;
-    return std::atomic_ref<uint64_t>(clients[me].stats.evictions).load(std::memory_order_relaxed);
+    // Evictions this thread's reservations made. Not the client slot's
+    // counter: the daemon's other threads share the slot (the watermark
+    // pass, kvctl evict), and an eviction of theirs would make the restore
+    // think its own puts had filled the pool and drop every block after.
+    return kv::detail::thread_evictions;
 }
 
 bool Reader::read_header() {

@@ -396,7 +396,7 @@ bool slab_retire(kv_pool *p, uint32_t s) {
                     if (load(words[slot], std::memory_order_acquire) != w) continue;
                     if (Ctl::state(ec) == KV_ENTRY_COMMITTED && Ctl::pins(ec) == 0 &&
                         entry_kill(p, e, Ctl::gen(ec), true)) {
-                        bump(my_stats(p).evictions);
+                        note_eviction(p);
                         continue; // its block is FREE now (or freed by the last unpinner soon)
                     }
                 }

@@ -334,9 +334,17 @@ void acct_resolve_dead(kv_pool *p, uint32_t client);
 uint64_t live_bytes(kv_pool *p);
 
 inline kv_client_stats &my_stats(kv_pool *p) { return p->clients[p->client].stats; }
+// Evictions done by this thread, over every pool: what one thread's own
+// puts cost, which the client slot's counter (shared by the process's
+// threads) cannot tell. The daemon's restore reads it.
+inline thread_local uint64_t thread_evictions = 0;
 // Per-client counter: only this client's threads write it (its own cache
 // line), readers sum over clients. Relaxed: counts, not synchronization.
 inline void bump(uint64_t &counter, uint64_t by = 1) { aref(counter).fetch_add(by, std::memory_order_relaxed); }
+inline void note_eviction(kv_pool *p) {
+    bump(my_stats(p).evictions);
+    thread_evictions++;
+}
 
 inline uint64_t block_id(const kv_pool *p, uint32_t slab, uint32_t slot) {
     return uint64_t(slab) * p->hdr->blocks_per_slab + slot;

@@ -92,7 +92,7 @@ template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Fil
             uint64_t len = load(en.length, std::memory_order_relaxed);
             uint64_t blk = load(en.block, std::memory_order_relaxed); // read before the kill frees it
             if (entry_kill(p, e, Ctl::gen(c), true)) {
-                bump(my_stats(p).evictions);
+                note_eviction(p);
                 if (victim) *victim = {blk, e};
                 return len ? len : 1;
             }
@@ -311,7 +311,7 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, Vict
             uint64_t blk = load(en.block, std::memory_order_relaxed);
             cands_drop(cp, i);
             if (entry_kill(p, c.e, c.gen, true)) {
-                bump(my_stats(p).evictions);
+                note_eviction(p);
                 if (victim) *victim = {blk, c.e};
                 if (p->policy == KV_EVICT_LFU && k.k1) raise_lfu_floor(p, k.k1 - 1);
                 if (parent_ref) offer_parent(p, cp, parent_ref, want);

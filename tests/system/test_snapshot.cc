@@ -522,6 +522,38 @@ TEST_F(SnapshotTest, FullPoolRestoresIntoTheSameSize) {
     expect_no_leaks(dst.p);
 }
 
+// The daemon's other threads share its client slot with a restore: the
+// watermark pass or kvctl evict evicting from that slot made the restore
+// take the pool for full and drop every block after (issue 16 item 8).
+// Only the restoring thread's own evictions say the pool is full.
+TEST_F(SnapshotTest, AnotherThreadsEvictionDoesNotStopARestore) {
+    Pool &src = make_pool(256 << 20);
+    auto blocks = populate(src, 200, 1, {1 << 20}); // past progress steps of 64 MiB
+    const std::string path = file("shared-slot.kvsnap");
+    auto w = snap::persist(src.p, "shared", path, {});
+    ASSERT_TRUE(w.has_value()) << w.error().message;
+    Pool &dst = make_pool(256 << 20);
+    std::vector<uint8_t> old(4096, 0x5a);
+    for (uint32_t i = 0; i < 16; i++) { // the pool's own blocks, for the other thread to evict
+        const kv_key k = make_key(99, i, 4096);
+        ASSERT_EQ(kv_put(dst.p, dst.ns[0], &k, old.data(), old.size(), nullptr), 0);
+    }
+    int evicted_by_other = 0;
+    snap::Options o;
+    o.progress = [&](uint64_t done, uint64_t total) {
+        if (evicted_by_other || done >= total) return;
+        std::thread([&] { evicted_by_other = kv_evict_bytes(dst.p, 4096) > 0; }).join();
+    };
+    auto r = snap::restore(dst.p, path, o);
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    ASSERT_TRUE(evicted_by_other) << "the other thread never evicted mid-restore";
+    EXPECT_EQ(r->dropped, 0u);
+    EXPECT_EQ(r->no_room, 0u);
+    EXPECT_EQ(r->blocks, w->blocks);
+    EXPECT_EQ(r->evicted, 0u) << "the other thread's eviction was counted as the restore's";
+    expect_no_leaks(dst.p);
+}
+
 // ---- Live pool ------------------------------------------------------------------
 
 TEST_F(SnapshotTest, PersistUnderConcurrentLoad) {
