@@ -84,7 +84,11 @@ enum Exit : int {
 
 struct Failure {
     int exit;
-    std::string message; // printed after "kvctl: "
+    std::string message;   // printed after "kvctl: "
+    std::string hint = {}; // usage errors: where to look, on a line of its own
+    int error = 0;         // the daemon's errno, when it answered with one
+
+    std::string text() const { return hint.empty() ? message : message + "\n" + hint; }
 };
 
 template <typename T>
@@ -208,7 +212,10 @@ constexpr const char *kGlobalOptions =
     "Options (before or after the verb):\n"
     "  --socket PATH      the control socket (default: $KVPOOL_SOCKET, else\n"
     "                     /run/kvpool/control)\n"
-    "  --json             print the daemon's JSON document instead of tables\n"
+    "  --json             print the daemon's JSON document instead of tables; a\n"
+    "                     failure prints {\"error\": {\"exit\": N, \"errno\": E or null,\n"
+    "                     \"message\": TEXT}} on stdout instead (and the message on\n"
+    "                     stderr, as without --json)\n"
     "  --timeout SECONDS  give up waiting for the daemon after SECONDS (default 30;\n"
     "                     persist and restore wait forever); 0: wait forever\n"
     "  -h, --help         show this help; VERB --help or help VERB shows a verb's\n"
@@ -295,9 +302,9 @@ struct Command {
 };
 
 Failure usage_error(const Command &c, std::string message) {
-    std::string hint = c.verb ? "\nTry 'kvctl help " + std::string(c.verb->name) + "'."
-                              : std::string("\nTry 'kvctl --help'.");
-    return Failure{kExitUsage, message + hint};
+    std::string hint = c.verb ? "Try 'kvctl help " + std::string(c.verb->name) + "'."
+                              : std::string("Try 'kvctl --help'.");
+    return Failure{kExitUsage, std::move(message), std::move(hint)};
 }
 
 std::optional<uint64_t> parse_uint(std::string_view s) {
@@ -320,7 +327,27 @@ Result<double> parse_timeout(const Command &c, const std::string &s) {
     return v;
 }
 
-Result<Command> parse_command(int argc, char **argv) {
+// Whether a command line asks for --json, known even when it fails to
+// parse: the parser's answer up to the bad argument, else a bare --json
+// among the arguments after it (before "--"), so that the failure is
+// reported as JSON all the same.
+struct JsonWanted {
+    bool json = false;
+    int next = 1;              // the first argument the parser did not examine
+    bool options_done = false; // "--" was seen
+
+    bool in_rest(int argc, char **argv) const {
+        if (json) return true;
+        for (int i = next; i < argc && !options_done; i++) {
+            const std::string_view a = argv[i];
+            if (a == "--") break;
+            if (a == "--json") return true;
+        }
+        return false;
+    }
+};
+
+Result<Command> parse_command(int argc, char **argv, JsonWanted &wanted) {
     Command c;
     if (const char *env = std::getenv("KVPOOL_SOCKET"); env && *env) {
         c.socket = env;
@@ -329,10 +356,11 @@ Result<Command> parse_command(int argc, char **argv) {
     bool socket_given = false, json_given = false;
     bool options_done = false;
     for (int i = 1; i < argc; i++) {
+        wanted.next = i + 1;
         const std::string_view arg = argv[i];
         const bool is_option = !options_done && arg.size() > 1 && arg[0] == '-' && arg != "--";
         if (!options_done && arg == "--") {
-            options_done = true;
+            wanted.options_done = options_done = true;
             continue;
         }
         if (!is_option) {
@@ -359,6 +387,7 @@ Result<Command> parse_command(int argc, char **argv) {
             if (i + 1 >= argc)
                 return std::unexpected(usage_error(
                     c, std::string(name) + ": missing value; expected " + std::string(what)));
+            wanted.next = i + 2;
             return std::string(argv[++i]);
         };
         auto no_value = [&]() -> Result<void> {
@@ -373,6 +402,7 @@ Result<Command> parse_command(int argc, char **argv) {
             c.help = true;
         } else if (name == "--json") {
             if (auto r = no_value(); !r) return std::unexpected(r.error());
+            wanted.json = true;
             if (json_given) return std::unexpected(usage_error(c, "--json: given more than once"));
             json_given = c.json = true;
         } else if (name == "--socket") {
@@ -1251,7 +1281,9 @@ Failure daemon_failure(const std::string &where, const Response &resp);
 
 // How an error is shown once the --json document has begun on stdout.
 json error_json(const Failure &f) {
-    return json{{"exit", f.exit}, {"message", f.message}};
+    return json{{"exit", f.exit},
+                {"errno", f.error ? json(f.error) : json(nullptr)},
+                {"message", f.message}};
 }
 
 // entries: pages through the pool on one connection (control.h, ENTRIES:
@@ -1276,7 +1308,7 @@ Result<int> list_entries(const Command &c, kv_ctl_request req) {
         std::printf("\n  ],\n  \"error\": %s\n}\n",
                     error_json(f).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
         std::fflush(stdout);
-        std::fprintf(stderr, "kvctl: %s\n", f.message.c_str());
+        std::fprintf(stderr, "kvctl: %s\n", f.text().c_str());
         return f.exit;
     };
     for (;;) {
@@ -1576,7 +1608,7 @@ Failure daemon_failure(const std::string &where, const Response &resp) {
         body.remove_suffix(1);
     std::string msg = sanitize(body);
     if (msg.empty()) msg = std::strerror(int(resp.error));
-    return Failure{exit_for_errno(resp.error), where + ": " + msg};
+    return Failure{exit_for_errno(resp.error), where + ": " + msg, {}, int(resp.error)};
 }
 
 // Poll the pool's status once a second and print the running job's
@@ -1679,29 +1711,37 @@ Result<int> run(const Command &c) {
     return partial_restore(c, doc);
 }
 
+// A failure as the user asked for it: "kvctl: MESSAGE" on stderr always,
+// and with --json also {"error": {"exit", "errno", "message"}} on stdout,
+// where the document a success prints would have gone.
+int report(const Failure &f, bool as_json) {
+    if (as_json)
+        std::printf("%s\n", json{{"error", error_json(f)}}
+                                .dump(2, ' ', false, json::error_handler_t::replace)
+                                .c_str());
+    std::fflush(stdout);
+    std::fprintf(stderr, "kvctl: %s\n", f.text().c_str());
+    return f.exit;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
     int code;
+    JsonWanted wanted;
+    bool as_json = false;
     try {
-        auto cmd = parse_command(argc, argv);
+        auto cmd = parse_command(argc, argv, wanted);
+        as_json = cmd ? cmd->json : wanted.in_rest(argc, argv);
         auto r = cmd ? run(*cmd) : Result<int>(std::unexpected(cmd.error()));
-        if (r) {
-            code = *r;
-        } else {
-            std::fflush(stdout);
-            std::fprintf(stderr, "kvctl: %s\n", r.error().message.c_str());
-            code = r.error().exit;
-        }
+        code = r ? *r : report(r.error(), as_json);
     } catch (const nlohmann::json::exception &e) {
         // Accessors do not throw; this is a last line against a response kvctl misread.
-        std::fflush(stdout);
-        std::fprintf(stderr, "kvctl: malformed response from kvpoold: %s\n", e.what());
-        code = kExitProtocol;
+        code = report(
+            Failure{kExitProtocol, std::string("malformed response from kvpoold: ") + e.what()},
+            as_json);
     } catch (const std::exception &e) {
-        std::fflush(stdout);
-        std::fprintf(stderr, "kvctl: %s\n", e.what());
-        code = kExitFailed;
+        code = report(Failure{kExitFailed, e.what()}, as_json);
     }
     if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
         std::fprintf(stderr, "kvctl: writing the output: %s\n", std::strerror(errno));

@@ -320,6 +320,62 @@ TEST_F(KvctlCli, BadArgumentsAreUsageErrors) {
     }
 }
 
+// With --json a failure is a JSON document on stdout too, whatever failed:
+// the command line (--json before or after the bad argument), the
+// connection, the daemon (its errno is in the document), or its response.
+// stderr keeps the message and the exit code is the one without --json.
+TEST_F(KvctlCli, JsonFailuresAreJsonOnStdout) {
+    auto check = [](const std::vector<std::string> &args, const Outcome &r, int code, int error,
+                    const std::string &names) {
+        EXPECT_EQ(r.code, code) << describe(args, r);
+        const auto doc = nlohmann::json::parse(r.out, nullptr, false);
+        ASSERT_TRUE(doc.is_object() && doc.contains("error")) << describe(args, r);
+        const auto &e = doc["error"];
+        EXPECT_EQ(e["exit"], code) << describe(args, r);
+        if (error)
+            EXPECT_EQ(e["errno"], error) << describe(args, r);
+        else
+            EXPECT_TRUE(e["errno"].is_null()) << describe(args, r);
+        ASSERT_TRUE(e["message"].is_string()) << describe(args, r);
+        EXPECT_NE(e["message"].get<std::string>().find(names), std::string::npos)
+            << describe(args, r);
+        EXPECT_NE(r.err.find("kvctl: "), std::string::npos) << describe(args, r);
+        EXPECT_NE(r.err.find(names), std::string::npos) << describe(args, r);
+    };
+    for (const std::vector<std::string> &args : std::vector<std::vector<std::string>>{
+             {"--socket", kNoSocket, "--json", "create", "p"},
+             {"--socket", kNoSocket, "create", "p", "--size", "12Q", "--json"},
+             {"--json", "--socket", kNoSocket, "evict", "p", "--percent", "101"},
+             {"--socket", kNoSocket, "frobnicate", "--json"}}) {
+        const Outcome r = run_kvctl(args);
+        check(args, r, 2, 0, args.back() == "p" ? "missing --size" : "\"");
+        EXPECT_EQ(r.out.find("Try 'kvctl"), std::string::npos) << "the hint is for humans\n"
+                                                               << r.out;
+    }
+    {
+        const std::vector<std::string> args = {"--json", "--socket", kNoSocket, "list"};
+        check(args, run_kvctl(args), 3, 0, kNoSocket);
+    }
+    {
+        FakeDaemon d(reply(ENOENT, "no pool named \"x\""));
+        const std::vector<std::string> args = {"--socket", d.path(), "--json", "status", "x"};
+        const Outcome r = run_kvctl(args);
+        d.join();
+        check(args, r, 5, ENOENT, "status x: no pool named \"x\"");
+    }
+    {
+        FakeDaemon d(reply(0, "not json"));
+        const std::vector<std::string> args = {"--socket", d.path(), "--json", "list"};
+        const Outcome r = run_kvctl(args);
+        d.join();
+        check(args, r, 7, 0, "malformed");
+    }
+    // Without --json stdout stays empty.
+    const Outcome r = run_kvctl({"--socket", kNoSocket, "create", "p"});
+    EXPECT_EQ(r.code, 2);
+    EXPECT_EQ(r.out, "");
+}
+
 TEST_F(KvctlCli, HelpExitsZero) {
     for (const std::vector<std::string> &args :
          std::vector<std::vector<std::string>>{{"--help"},
