@@ -636,7 +636,11 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
                 return {ETIMEDOUT, "process " + std::to_string(pid) + " did not exit within 2 s of SIGKILL"};
         }
         if (rc < 0) return {-rc, std::string("reap: ") + kv_strerror(rc)};
-        if (rc == 0 && !killed) return {ENOENT, "process " + std::to_string(pid) + " is not attached to " + name};
+        // ESRCH, not ENOENT: the pool exists, the process is not one of its clients.
+        if (rc == 0 && !killed)
+            return {ESRCH, "process " + std::to_string(pid) + " is not attached to pool " + name +
+                               " (no client slot holds that pid; kvctl clients " + name +
+                               " lists them)"};
         p->reaped_clients += uint64_t(rc);
         KV_LOGI(kComp, "pool %s: detached pid %u (%d slot%s%s) for pid %d", name.c_str(), pid, rc,
                 rc == 1 ? "" : "s", killed ? ", killed" : "", int(c.peer.pid));

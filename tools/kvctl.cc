@@ -72,14 +72,15 @@ constexpr const char *kNone = "-"; // shown for a key the daemon did not send
 
 enum Exit : int {
     kExitOk = 0,
-    kExitFailed = 1,   // the daemon refused or failed the request; health: unhealthy
-    kExitUsage = 2,    // bad command line
-    kExitConnect = 3,  // cannot connect to the socket
-    kExitPerm = 4,     // EPERM / EACCES from the daemon
-    kExitNoPool = 5,   // ENOENT from the daemon
-    kExitExists = 6,   // EEXIST from the daemon
-    kExitProtocol = 7, // malformed or truncated response, closed connection, timeout
-    kExitPartial = 8,  // restore: the snapshot was damaged; only its verified part was restored
+    kExitFailed = 1,      // the daemon refused or failed the request; health: unhealthy
+    kExitUsage = 2,       // bad command line
+    kExitConnect = 3,     // cannot connect to the socket
+    kExitPerm = 4,        // EPERM / EACCES from the daemon
+    kExitNoPool = 5,      // ENOENT from the daemon
+    kExitExists = 6,      // EEXIST from the daemon
+    kExitProtocol = 7,    // malformed or truncated response, closed connection, timeout
+    kExitPartial = 8,     // restore: the snapshot was damaged; only its verified part was restored
+    kExitNotAttached = 9, // ESRCH from the daemon: detach of a process that is not attached
 };
 
 struct Failure {
@@ -233,7 +234,8 @@ constexpr const char *kExitCodes =
     "  6  the pool already exists\n"
     "  7  protocol error: malformed or truncated response, connection closed, timeout\n"
     "  8  restore: the snapshot was truncated or damaged, or blocks were dropped;\n"
-    "     the verified blocks were restored (the output says how many)\n";
+    "     the verified blocks were restored (the output says how many)\n"
+    "  9  detach: the process is not attached to the pool\n";
 
 void print_usage(FILE *out) {
     std::fputs("Usage: kvctl [--socket PATH] [--json] [--timeout SECONDS] VERB [ARGS]\n\n"
@@ -1590,6 +1592,8 @@ int exit_for_errno(uint32_t e) {
         return kExitNoPool;
     case EEXIST:
         return kExitExists;
+    case ESRCH:
+        return kExitNotAttached;
     case EPROTO: // the daemon could not make sense of what kvctl sent
         return kExitProtocol;
     case EUSERS: // refused at accept: too many connections (control.h, KV_CTL_OP_REFUSED)

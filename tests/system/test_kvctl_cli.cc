@@ -398,7 +398,7 @@ TEST_F(KvctlCli, HelpExitsZero) {
     }
     // The exit codes are documented.
     for (const char *code :
-         {"  0  ", "  1  ", "  2  ", "  3  ", "  4  ", "  5  ", "  6  ", "  7  "})
+         {"  0  ", "  1  ", "  2  ", "  3  ", "  4  ", "  5  ", "  6  ", "  7  ", "  8  ", "  9  "})
         EXPECT_NE(r.out.find(code), std::string::npos) << code;
 }
 
@@ -588,7 +588,7 @@ TEST_F(KvctlCli, ErrnoToExitCode) {
         int code;
     };
     for (const Case c : {Case{ENOENT, 5}, Case{EEXIST, 6}, Case{EACCES, 4}, Case{EINVAL, 1},
-                         Case{EOPNOTSUPP, 1}}) {
+                         Case{EOPNOTSUPP, 1}, Case{ESRCH, 9}}) {
         FakeDaemon d(reply(c.error, ""));
         const Outcome r = run_kvctl({"--socket", d.path(), "persist", "llama"});
         d.join();

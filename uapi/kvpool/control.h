@@ -74,7 +74,8 @@
 #define KV_CTL_OP_PERSIST 9  /* path optional: {"pool", "path", "bytes", "seconds"} */
 #define KV_CTL_OP_RESTORE 10 /* path optional; KV_CTL_F_FORCE: {"pool", "path", "bytes", "seconds", ...} */
 #define KV_CTL_OP_CLIENTS 11 /* {"pool", "clients": [CLIENT...]} */
-#define KV_CTL_OP_DETACH 12  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"} */
+#define KV_CTL_OP_DETACH 12  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"};
+                              * ESRCH: the process is not attached to the pool */
 #define KV_CTL_OP_STATS 13   /* {"daemon": {...}, "pools": [POOL...]} */
 #define KV_CTL_OP_MAX 13
 
