@@ -1418,23 +1418,60 @@ Result<int> print_health(const Command &c, const json &doc) {
     return *healthy ? kExitOk : kExitFailed;
 }
 
-// persist and restore: the daemon's figures, and the rate they imply.
-void print_snapshot(const json &doc) {
-    const auto bytes = get_u64(doc, "bytes");
+// persist and restore: what was written or read, in words. Every key of
+// the daemon's document (snapshot_jobs.cc, result_json) has a line or is
+// folded into one; only keys kvctl does not know are shown as they are.
+void print_snapshot(const Command &c, const json &doc) {
+    const bool restore = c.verb->op == KV_CTL_OP_RESTORE;
+    std::printf("%s pool %s %s %s\n", restore ? "restored" : "persisted", text(doc, "pool").c_str(),
+                restore ? "from" : "to", text(doc, "path").c_str());
     const auto seconds = get_double(doc, "seconds");
-    std::string rate = kNone;
-    if (bytes && seconds && *seconds > 0)
-        rate = strf("%.2f GiB/s", double(*bytes) / *seconds / double(1ULL << 30));
-    Lines l = {
-        {"pool", text(doc, "pool")},
-        {"path", text(doc, "path")},
-        {"bytes", size_exact(doc, "bytes")},
-        {"seconds", seconds ? strf("%.3f", *seconds) : kNone},
-        {"rate", rate},
-    };
-    if (field(doc, "blocks")) l.emplace_back("blocks", count(doc, "blocks"));
-    add_unknown(l, doc, {"pool", "path", "bytes", "seconds", "blocks"});
-    print_lines(l);
+    auto rate = get_double(doc, "gib_per_s");
+    if (!rate) { // a daemon that does not send it: the data bytes over the time
+        const auto bytes = get_u64(doc, "bytes");
+        if (bytes && seconds && *seconds > 0) rate = double(*bytes) / *seconds / double(1ULL << 30);
+    }
+    Lines l = {{"blocks", count(doc, "blocks")}, {"data", size_exact(doc, "bytes")}};
+    if (const auto f = get_u64(doc, "file_bytes"); f && *f)
+        l.emplace_back("file", size_exact(doc, "file_bytes"));
+    l.emplace_back("time", seconds ? strf("%.3f s", *seconds) : kNone);
+    l.emplace_back("rate", rate && *rate > 0 ? strf("%.2f GiB/s", *rate) : kNone);
+    if (restore) {
+        const auto dropped = get_u64(doc, "dropped");
+        std::string why;
+        if (dropped && *dropped && field(doc, "dropped_corrupt")) {
+            const uint64_t corrupt = get_u64(doc, "dropped_corrupt").value_or(0);
+            const uint64_t no_room = get_u64(doc, "dropped_no_room").value_or(0);
+            if (corrupt + no_room <= *dropped)
+                why = " (" + std::to_string(corrupt) + " failed verification, " +
+                      std::to_string(no_room) + " found no room in the pool, " +
+                      std::to_string(*dropped - corrupt - no_room) + " refused by the pool)";
+        }
+        l.emplace_back("dropped", count(dropped) + " blocks" + why);
+        l.emplace_back("evicted", count(doc, "evicted") +
+                                      " blocks of the pool, to make room for the snapshot's");
+        if (get_u64(doc, "skipped").value_or(0))
+            l.emplace_back("skipped", count(doc, "skipped") + " blocks already in the pool");
+        if (get_u64(doc, "damaged_segments").value_or(0))
+            l.emplace_back("damaged", count(doc, "damaged_segments") +
+                                          " segment(s) of the file lost to a damaged head");
+        if (get_bool(doc, "truncated").value_or(false))
+            l.emplace_back("file state",
+                           "truncated or damaged: only its verified part was restored");
+    } else if (get_bool(doc, "recycled_spare").value_or(false)) {
+        l.emplace_back("spare", "written over the previous snapshot's blocks (the .spare file)");
+    }
+    if (const auto fixed = get_bool(doc, "fixed_buffers"))
+        l.emplace_back("buffers", *fixed ? "registered with io_uring (fixed buffers)"
+                                         : "not registered (plain io_uring I/O)");
+    if (field(doc, "quarantined"))
+        l.emplace_back("quarantined", text(doc, "quarantined") +
+                                          " (the file, moved aside: no persist writes over it)");
+    add_unknown(l, doc,
+                {"pool", "op", "path", "blocks", "bytes", "file_bytes", "seconds", "gib_per_s",
+                 "dropped", "dropped_corrupt", "dropped_no_room", "evicted", "skipped", "truncated",
+                 "damaged_segments", "fixed_buffers", "recycled_spare", "quarantined"});
+    print_lines(l, "  ");
 }
 
 Result<int> print_clients(const Command &c, const json &doc) {
@@ -1534,7 +1571,7 @@ Result<int> render(const Command &c, const json &doc) {
         return kExitOk;
     case KV_CTL_OP_PERSIST:
     case KV_CTL_OP_RESTORE:
-        print_snapshot(doc);
+        print_snapshot(c, doc);
         return kExitOk;
     case KV_CTL_OP_CLIENTS:
         return print_clients(c, doc);

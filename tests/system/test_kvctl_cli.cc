@@ -736,6 +736,47 @@ TEST_F(KvctlCli, PersistShowsRate) {
     EXPECT_NE(r.out.find("checksum"), std::string::npos) << "unknown keys are shown\n" << r.out;
 }
 
+// persist and restore print words, sizes and rates, never the daemon's
+// keys: the documents below are what kvpoold sends (snapshot_jobs.cc).
+TEST_F(KvctlCli, SnapshotResultsAreHumanText) {
+    const std::string restore = R"({"pool": "alpha", "op": "restore", "path": "/s/alpha.kvsnap",
+        "blocks": 127, "bytes": 1610612736, "file_bytes": 1611661312, "seconds": 2.117,
+        "gib_per_s": 0.7599608850977909, "dropped": 3, "dropped_corrupt": 1, "dropped_no_room": 2,
+        "evicted": 5, "skipped": 4, "truncated": true, "damaged_segments": 1, "fixed_buffers": false,
+        "recycled_spare": false, "quarantined": "/s/alpha.kvsnap.bad-20260101T000000Z"})";
+    FakeDaemon d(reply(0, restore));
+    const Outcome r = run_kvctl({"--socket", d.path(), "restore", "alpha"});
+    d.join();
+    EXPECT_EQ(r.code, 8) << r.err; // partial: dropped blocks, a damaged file
+    for (const char *want :
+         {"restored pool alpha from /s/alpha.kvsnap", "127", "1.5 GiB (1610612736 bytes)",
+          "2.117 s", "0.76 GiB/s",
+          "3 blocks (1 failed verification, 2 found no room in the pool, 0 refused by the pool)",
+          "5 blocks of the pool, to make room", "4 blocks already in the pool",
+          "1 segment(s) of the file lost", "only its verified part was restored",
+          "/s/alpha.kvsnap.bad-20260101T000000Z", "not registered"})
+        EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+    for (const char *raw :
+         {"gib_per_s", "0.7599608850977909", "dropped_corrupt", "dropped_no_room", "file_bytes",
+          "damaged_segments", "fixed_buffers", "recycled_spare", "op:", "true", "false"})
+        EXPECT_EQ(r.out.find(raw), std::string::npos) << raw << "\n" << r.out;
+
+    const std::string persist = R"({"pool": "alpha", "op": "persist", "path": "/s/alpha.kvsnap",
+        "blocks": 2, "bytes": 8192, "file_bytes": 16384, "seconds": 0.5, "gib_per_s": 3.0517578125e-05,
+        "dropped": 0, "dropped_corrupt": 0, "dropped_no_room": 0, "evicted": 0, "skipped": 0,
+        "truncated": false, "damaged_segments": 0, "fixed_buffers": true, "recycled_spare": true})";
+    FakeDaemon d2(reply(0, persist));
+    const Outcome p = run_kvctl({"--socket", d2.path(), "persist", "alpha"});
+    d2.join();
+    EXPECT_EQ(p.code, 0) << p.err;
+    for (const char *want : {"persisted pool alpha to /s/alpha.kvsnap", "8.0 KiB (8192 bytes)",
+                             "16.0 KiB (16384 bytes)", "0.500 s", "0.00 GiB/s",
+                             "previous snapshot's blocks", "registered with io_uring"})
+        EXPECT_NE(p.out.find(want), std::string::npos) << want << "\n" << p.out;
+    for (const char *raw : {"gib_per_s", "e-05", "dropped", "evicted", "recycled_spare", "true"})
+        EXPECT_EQ(p.out.find(raw), std::string::npos) << raw << "\n" << p.out;
+}
+
 } // namespace
 
 namespace {
