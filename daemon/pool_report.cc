@@ -218,7 +218,8 @@ nlohmann::json entries_json(const Pool &p, uint64_t cursor, uint64_t max_rows) {
                 {"length", e.length},
                 {"tokens", e.meta.tokens},
                 {"priority", e.meta.priority},
-                {"user_tag", e.meta.user_tag},
+                // A string: a JSON number past 2^53 loses digits in most parsers.
+                {"user_tag", std::to_string(e.meta.user_tag)},
                 {"pins", e.pins},
                 {"state", entry_state(e.state)},
                 {"checksum", hex(e.checksum, 16)},

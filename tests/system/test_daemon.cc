@@ -1991,3 +1991,27 @@ TEST_F(DaemonTest, TrickledRequestIsClosedAtTheDeadline) {
         << log();
     EXPECT_EQ(ctl({"list"}).code, 0);
 }
+
+// user_tag is a uint64 the client chose: the entries listing gives it as a
+// string of decimal digits, which every JSON parser keeps exact (a number
+// above 2^53 is rounded to a double by most: 2^53 + 1 read back as 2^53).
+TEST_F(DaemonTest, EntriesGiveUserTagAsADecimalString) {
+    ASSERT_TRUE(start_daemon(config()));
+    Client c(pool_path("alpha"));
+    ASSERT_TRUE(c.pool) << c.error;
+    const uint64_t tags[] = {0, 9007199254740993ULL, UINT64_MAX};
+    std::vector<uint8_t> d(4096, 1);
+    for (uint64_t i = 0; i < 3; i++) {
+        const kv_meta meta{1, 0, tags[i]};
+        const kv_key k = key_of(i);
+        ASSERT_EQ(kv_put(c.pool, c.ns, &k, d.data(), d.size(), &meta), 0);
+    }
+    json e = parse(ctl({"--json", "entries", "alpha"}));
+    ASSERT_EQ(e["entries"].size(), 3u) << e.dump();
+    std::set<std::string> seen;
+    for (const auto &row : e["entries"]) {
+        ASSERT_TRUE(row["user_tag"].is_string()) << row.dump();
+        seen.insert(row["user_tag"].get<std::string>());
+    }
+    EXPECT_EQ(seen, (std::set<std::string>{"0", "9007199254740993", "18446744073709551615"}));
+}

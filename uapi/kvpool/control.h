@@ -92,7 +92,9 @@
  * snapshotted: an entry committed or removed while a listing pages through
  * the table may be missed or shown once more.
  * ENTRY: {"index", "ns", "key" (32 hex digits), "length", "tokens",
- * "priority", "user_tag", "pins", "state", "checksum", "age_s" (since
+ * "priority", "user_tag" (a string of decimal digits, "0" to
+ * "18446744073709551615": a JSON number above 2^53 is rounded by most
+ * parsers), "pins", "state", "checksum", "age_s" (since
  * commit), "rank" (the policy's eviction rank), "last_access_s" (LRU,
  * PRIORITY, PREFIX pools: since the last get, or the reserve), "access_count"
  * (LFU pools: the LFU count, aged), "referenced" (CLOCK pools: the reference
