@@ -41,6 +41,23 @@ int unit_shift(std::string_view u) {
     return -1;
 }
 
+// floor(0.DIGITS * 2^shift), exactly for any number of digits: each
+// doubling of the decimal fraction carries out the next binary digit.
+uint64_t fraction_bytes(std::string_view digits, int shift) {
+    std::string d(digits);
+    uint64_t v = 0;
+    for (int b = 0; b < shift; b++) {
+        int carry = 0;
+        for (size_t k = d.size(); k-- > 0;) {
+            const int x = (d[k] - '0') * 2 + carry;
+            d[k] = char('0' + x % 10);
+            carry = x / 10;
+        }
+        v = v << 1 | uint64_t(carry);
+    }
+    return v;
+}
+
 } // namespace
 
 std::string quoted(std::string_view s) {
@@ -85,9 +102,14 @@ std::expected<uint64_t, std::string> parse_size(std::string_view s) {
         else
             v = v * 10 + d;
     }
-    if (i < s.size() && (s[i] == '.' || s[i] == ',') && i + 1 < s.size() && is_digit(s[i + 1]))
-        return fail("fractions are not accepted; write a whole number in a smaller unit "
-                    "(e.g. 1536M rather than 1.5G)");
+    // A fraction: '.' and at least one digit, rounded down to whole bytes.
+    std::string_view fraction;
+    if (i + 1 < s.size() && s[i] == '.' && is_digit(s[i + 1])) {
+        const size_t from = ++i;
+        while (i < s.size() && is_digit(s[i]))
+            i++;
+        fraction = s.substr(from, i - from);
+    }
     while (i < s.size() && (s[i] == ' ' || s[i] == '\t'))
         i++;
 
@@ -98,7 +120,8 @@ std::expected<uint64_t, std::string> parse_size(std::string_view s) {
     if (shift < 0) return fail(kSizeForm);
     if (overflow || v > (kMax >> shift))
         return fail("too large; expected at most 18446744073709551615 bytes (16 EiB - 1)");
-    return v << shift;
+    // Below 2^shift, so (kMax >> shift << shift) + it still fits.
+    return (v << shift) + fraction_bytes(fraction, shift);
 }
 
 std::string format_size(uint64_t bytes) {

@@ -16,8 +16,9 @@
 
 namespace kv::detail {
 
-// Parse a byte count: decimal digits, then optionally spaces or tabs, then
-// optionally a unit. Units are binary multiples and case-insensitive:
+// Parse a byte count: decimal digits, optionally a fraction ('.' and
+// digits), then optionally spaces or tabs, then optionally a unit. Units are binary multiples and
+// case-insensitive:
 //   (none) or B           1
 //   K, KB, KiB            1024
 //   M, MB, MiB            1024^2
@@ -25,10 +26,11 @@ namespace kv::detail {
 //   T, TB, TiB            1024^4
 // "KB" means 1024 here, as it does in free(1) and in most RAM-sizing advice:
 // a pool is sized in memory pages, never in decimal units.
-// Fractions ("1.5G") are rejected rather than rounded, so the value is
-// always exactly what was written; the message suggests the smaller unit.
-// Also rejected: empty text, signs, trailing text, and values past
-// UINT64_MAX bytes.
+// A fraction is rounded down to whole bytes, exactly whatever its length:
+// "1.5G" is 1610612736, "0.3K" is 307 (307.2 bytes), "2.5" is 2.
+// Rejected: empty text, signs, a fraction without digits on both sides of
+// the '.' (".5G", "1.G") or with a ',' ("1,5G"), exponents, trailing text,
+// and values past UINT64_MAX bytes.
 std::expected<uint64_t, std::string> parse_size(std::string_view s);
 
 // bytes as "0 B", "512 B", "4.0 KiB", "512.0 MiB", "16.0 GiB": whole bytes

@@ -135,13 +135,16 @@ struct Verb {
 
 constexpr std::span<const Option> kNoOptions;
 constexpr Option kCreateOptions[] = {
-    {"--size", "SIZE", "bytes, or with a binary K, M, G or T suffix: 512M, 16G (required)"},
+    {"--size", "SIZE",
+     "bytes, or with a binary K, M, G or T suffix: 512M, 16G, 1.5G (a fraction is rounded down "
+     "to whole bytes) (required)"},
     {"--hugepages", "MODE", "require, prefer (default) or never"},
     {"--numa", "NODE", "a node number, local (the daemon's node) or none (default)"},
     {"--mode", "MODE", "octal mode of the pool file (default 0660)"},
     {"--prefault", "", "fault every page in at creation"},
     {"--policy", "POLICY", "eviction policy: prefix (default), lru, lfu, fifo, priority or clock"},
-    {"--no-persist", "", "do not persist its blocks at stop nor restore them at start (the pool is kept)"},
+    {"--no-persist", "",
+     "do not persist its blocks at stop nor restore them at start (the pool is kept)"},
 };
 constexpr Option kEntriesOptions[] = {
     {"--limit", "N", "show at most N rows (default: every entry; pages of up to 2048 rows)"},

@@ -15,11 +15,7 @@
 // then prints a JSON line every that many seconds: elapsed time, requests
 // and blocks written in the interval, hit rate, verify failures and errors
 // so far, and each client's pid (to sample their memory).
-#include <kv/kv.h>
-
-#include <sys/mman.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "units.h"
 
 #include <atomic>
 #include <cerrno>
@@ -28,9 +24,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <kv/kv.h>
 #include <random>
 #include <string>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -50,21 +50,15 @@ struct Totals { // one per client, in a shared anonymous mapping
     exit(2);
 }
 
-// "512M", "1G", "4096": a whole number with an optional K, M or G.
+// "512M", "1.5G", "4096": as kvctl and kvpoold's config take sizes (units.h).
 uint64_t parse_size(const char *opt, const char *s) {
-    char *end;
-    errno = 0;
-    uint64_t v = strtoull(s, &end, 10);
-    unsigned shift = 0;
-    switch (*end) {
-    case 'G': case 'g': shift = 30, end++; break;
-    case 'M': case 'm': shift = 20, end++; break;
-    case 'K': case 'k': shift = 10, end++; break;
-    default: break;
+    auto v = kv::detail::parse_size(s);
+    if (!v) { // "size \"TEXT\": WHY": the option in place of "size"
+        fprintf(stderr, "kvdemo: %s %s\n", opt, v.error().c_str() + 5);
+        exit(2);
     }
-    if (*s < '0' || *s > '9' || *end || errno || v == 0 || v > (UINT64_MAX >> shift))
-        bad_value(opt, s, "a size such as 256M, 1G or 65536");
-    return v << shift;
+    if (*v == 0) bad_value(opt, s, "a size above 0");
+    return *v;
 }
 
 long parse_int(const char *opt, const char *s, long lo, long hi) {

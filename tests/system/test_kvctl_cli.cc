@@ -269,7 +269,8 @@ TEST_F(KvctlCli, BadArgumentsAreUsageErrors) {
         {{"create", "p"}, "missing --size"},
         {{"create", "p", "--size"}, "--size: missing value"},
         {{"create", "p", "--size", "12Q"}, "--size \"12Q\": expected"},
-        {{"create", "p", "--size", "1.5G"}, "--size \"1.5G\""},
+        {{"create", "p", "--size", "1,5G"}, "--size \"1,5G\": expected"},
+        {{"create", "p", "--size", "0.1"}, "--size \"0.1\": expected a size above 0"},
         {{"create", "p", "--size", "0"}, "--size \"0\""},
         {{"create", "p", "--size", "1G", "--hugepages", "sometimes"}, "--hugepages \"sometimes\""},
         {{"create", "p", "--size", "1G", "--numa", "far"}, "--numa \"far\""},
@@ -535,6 +536,16 @@ TEST_F(KvctlCli, CreateEncodesTheRequest) {
     EXPECT_EQ(d.req.flags, KV_CTL_F_PREFAULT);
     for (uint64_t r64 : d.req.reserved)
         EXPECT_EQ(r64, 0u);
+}
+
+// A size with a fraction is sent rounded down to whole bytes.
+TEST_F(KvctlCli, CreateTakesAFractionalSize) {
+    FakeDaemon d(reply(EEXIST, "pool \"llama\" already exists"));
+    const Outcome r = run_kvctl({"--socket", d.path(), "create", "llama", "--size", "1.5G"});
+    d.join();
+    EXPECT_EQ(r.code, 6) << r.err;
+    ASSERT_TRUE(d.got_request) << r.err;
+    EXPECT_EQ(d.req.size, 1610612736u);
 }
 
 TEST_F(KvctlCli, DetachEncodesPidAndKill) {

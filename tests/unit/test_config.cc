@@ -213,6 +213,20 @@ group = "render$"
     EXPECT_EQ(static_cast<int>(parse_ok("[daemon]\nlog_level = \"warning\"\n").log_level), 4);
 }
 
+// Sizes with a fraction are rounded down to whole bytes (units.h), in
+// every size key.
+TEST(Config, SizesTakeFractions) {
+    const DaemonConfig c = parse_ok("[[pool]]\nname = \"a\"\nsize = \"1.5G\"\n"
+                                    "avg_block_size = \"4.5K\"\n");
+    ASSERT_EQ(c.pools.size(), 1u);
+    EXPECT_EQ(c.pools[0].size, 1610612736u);
+    EXPECT_EQ(c.pools[0].avg_block_size, 4608u);
+    // A fraction that lands off a power of two is refused by the slab check.
+    const std::string e = parse_err(pool_with("slab_size = \"1.5M\""));
+    for (const char *want : {"pool[0].slab_size", "1.5 MiB (1572864 bytes)", "power of two"})
+        EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
+}
+
 TEST(Config, InlineArrayOfTables) {
     const DaemonConfig c =
         parse_ok("pool = [{ name = \"a\", size = \"1G\" }, { name = \"b\", size = \"2G\" }]\n");
@@ -341,7 +355,12 @@ std::vector<BadCase> bad_cases() {
         {"size garbage",
          "[[pool]]\nname = \"a\"\nsize = \"12Q\"",
          {"pool[0].size", "size \"12Q\": expected a number with an optional K, M, G or T suffix"}},
-        {"size fraction", "[[pool]]\nname = \"a\"\nsize = \"1.5G\"", {"pool[0].size", "fractions"}},
+        {"size fraction garbage",
+         "[[pool]]\nname = \"a\"\nsize = \"1,5G\"",
+         {"pool[0].size", "size \"1,5G\": expected a number with an optional K, M, G or T suffix"}},
+        {"size fraction small",
+         "[[pool]]\nname = \"a\"\nsize = \"15.9M\"",
+         {"pool[0].size", "15.9 MiB (16672358 bytes) is too small", "at least 16.0 MiB"}},
         {"size small",
          "[[pool]]\nname = \"a\"\nsize = \"8M\"",
          {"pool[0].size", "8.0 MiB (8388608 bytes) is too small", "at least 16.0 MiB"}},
@@ -366,7 +385,8 @@ std::vector<BadCase> bad_cases() {
          {"pool[0].eviction", "expected a string", "got integer 1"}},
         {"eviction value",
          pool_with("eviction = \"random\""),
-         {"pool[0].eviction", "unknown eviction policy \"random\"; known policies: clock, lru, lfu, fifo, priority, prefix"}},
+         {"pool[0].eviction", "unknown eviction policy \"random\"; known policies: clock, lru, "
+                              "lfu, fifo, priority, prefix"}},
         {"group type", pool_with("group = 0"), {"pool[0].group", "group name", "got integer 0"}},
         {"group dash", pool_with("group = \"-x\""), {"pool[0].group", "got string \"-x\""}},
         {"group space", pool_with("group = \"a b\""), {"pool[0].group", "got string \"a b\""}},
