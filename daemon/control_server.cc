@@ -609,8 +609,10 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         return {0, dump({{"pool", name}, {"destroyed", true}})};
     }
     case KV_CTL_OP_EVICT: {
-        if (req.arg < 1 || req.arg > 100)
-            return {EINVAL, "percent " + std::to_string(req.arg) + ": expected 1..100"};
+        if (req.arg > 100)
+            return {EINVAL, "percent " + std::to_string(req.arg) + ": expected 0..100"};
+        if (req.arg == 0) // nothing asked, nothing freed: answered now, like any other share
+            return {0, dump({{"pool", name}, {"requested_bytes", 0}, {"freed_bytes", 0}})};
         // Done in chunks over the next turns of the loop (step_evict).
         c.evict = EvictJob{name, unpinned_bytes(*p) * req.arg / 100, 0, req.arg, seq};
         return {kDeferred, ""};

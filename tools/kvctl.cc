@@ -150,7 +150,8 @@ constexpr Option kEntriesOptions[] = {
     {"--limit", "N", "show at most N rows (default: every entry; pages of up to 2048 rows)"},
 };
 constexpr Option kEvictOptions[] = {
-    {"--percent", "N", "percent of the pool's unpinned bytes, 1..100 (required)"},
+    {"--percent", "N",
+     "percent of the pool's unpinned bytes, 0..100 (0: evict nothing) (required)"},
 };
 constexpr Option kSnapshotOptions[] = {
     {"--path", "FILE",
@@ -596,7 +597,7 @@ Result<kv_ctl_request> build_request(const Command &c) {
         std::string_view digits = *p;
         if (digits.ends_with('%')) digits.remove_suffix(1);
         auto n = parse_uint(digits);
-        if (!n || *n < 1 || *n > 100) return bad("--percent", *p, "expected a whole number 1..100");
+        if (!n || *n > 100) return bad("--percent", *p, "expected a whole number 0..100");
         req.arg = *n;
         break;
     }

@@ -424,7 +424,19 @@ TEST_F(DaemonTest, EvictPercentFreesThatShareOfUnpinnedBytes) {
     EXPECT_EQ(u.bytes_committed, 200 * len - freed);
     EXPECT_EQ(kv_view_verify(&pinned), 0);
     EXPECT_EQ(kv_contains(c.pool, c.ns, &(const kv_key &)key_of(7)), 1) << "a pinned block was evicted";
-    EXPECT_EQ(ctl({"evict", "alpha", "--percent", "0"}).code, 2);
+    // 0 percent is a no-op that says so, not a usage error.
+    kv_pool_usage(c.pool, &u);
+    const uint64_t before = u.bytes_committed;
+    Proc zero = ctl({"--json", "evict", "alpha", "--percent", "0"});
+    ASSERT_EQ(zero.code, 0) << zero.err;
+    json z = parse(zero);
+    EXPECT_EQ(z["requested_bytes"], 0);
+    EXPECT_EQ(z["freed_bytes"], 0);
+    Proc zh = ctl({"evict", "alpha", "--percent", "0%"});
+    EXPECT_EQ(zh.code, 0) << zh.err;
+    EXPECT_NE(zh.out.find("freed 0 B of 0 B requested"), std::string::npos) << zh.out;
+    kv_pool_usage(c.pool, &u);
+    EXPECT_EQ(u.bytes_committed, before) << "percent 0 evicted something";
     EXPECT_EQ(ctl({"evict", "alpha", "--percent", "101"}).code, 2);
     kv_release(c.pool, &pinned);
 }

@@ -289,7 +289,7 @@ TEST_F(KvctlCli, BadArgumentsAreUsageErrors) {
         {{"health"}, "missing POOL"},
         {{"health", "p", "q"}, "\"q\""},
         {{"evict", "p"}, "missing --percent"},
-        {{"evict", "p", "--percent", "0"}, "--percent \"0\""},
+        {{"evict", "p", "--percent", "-1"}, "--percent \"-1\""},
         {{"evict", "p", "--percent", "101"}, "--percent \"101\""},
         {{"evict", "p", "--percent", "half"}, "--percent \"half\""},
         {{"persist"}, "missing POOL"},

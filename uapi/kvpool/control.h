@@ -70,7 +70,7 @@
 #define KV_CTL_OP_ENTRIES                                                                          \
     6 /* one page, see below: {"pool", "entries": [ENTRY...], "next_cursor", ...} */
 #define KV_CTL_OP_HEALTH 7   /* {"pool", "healthy", "problems": [text...], "usage": {...}} */
-#define KV_CTL_OP_EVICT 8    /* arg: percent 1..100 of unpinned bytes: {"pool", "requested_bytes", "freed_bytes"} */
+#define KV_CTL_OP_EVICT 8    /* arg: percent 0..100 of unpinned bytes (0: a no-op): {"pool", "requested_bytes", "freed_bytes"} */
 #define KV_CTL_OP_PERSIST 9  /* path optional: {"pool", "path", "bytes", "seconds"} */
 #define KV_CTL_OP_RESTORE 10 /* path optional; KV_CTL_F_FORCE: {"pool", "path", "bytes", "seconds", ...} */
 #define KV_CTL_OP_CLIENTS 11 /* {"pool", "clients": [CLIENT...]} */
