@@ -2,7 +2,9 @@
 #include "control_server.h"
 
 #include "control_codec.h"
+#include "detail.h"
 #include "housekeeping.h"
+#include "inspect.h"
 #include "log.h"
 #include "metrics.h"
 #include "snapshot_jobs.h"
@@ -22,6 +24,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <unordered_map>
 
 namespace kv::daemon {
@@ -38,8 +41,10 @@ uint64_t mono_ms() {
 }
 
 const char *op_name(uint16_t op) {
-    static const char *names[] = {"?",       "version", "list",    "status",  "create", "destroy", "entries",
-                                  "health",  "evict",   "persist", "restore", "clients", "detach", "stats"};
+    static const char *names[] = {"?",       "version", "list",   "status", "create",
+                                  "destroy", "entries", "health", "evict",  "persist",
+                                  "restore", "clients", "detach", "stats",  "verify"};
+    static_assert(std::size(names) == KV_CTL_OP_MAX + 1, "a name for every op");
     return op <= KV_CTL_OP_MAX ? names[op] : "unknown";
 }
 
@@ -50,7 +55,9 @@ bool mutating(uint16_t op) {
     case KV_CTL_OP_EVICT:
     case KV_CTL_OP_PERSIST:
     case KV_CTL_OP_RESTORE:
-    case KV_CTL_OP_DETACH: return true;
+    case KV_CTL_OP_DETACH:
+    case KV_CTL_OP_VERIFY:
+        return true; // reads every block: the pool's group, as for a change
     default: return false;
     }
 }
@@ -156,7 +163,7 @@ void ControlServer::accept_on(int lfd, Kind kind) {
     for (;;) {
         int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return; // EAGAIN, or a transient error: try at the next event
-        Conn c{kind, {}, {}, {}, false, mono_ms(), next_id_++, 0, std::nullopt, 0};
+        Conn c{kind, {}, {}, {}, false, mono_ms(), next_id_++, 0, std::nullopt, std::nullopt, 0};
         if (kind == Kind::Control) {
             ucred cr{};
             socklen_t len = sizeof cr;
@@ -320,10 +327,10 @@ bool ControlServer::input_full(const Conn &c) {
 }
 
 // A request is waiting to be answered: a whole message (or a bad header) is
-// buffered, no reply is still being sent, and no EVICT of the connection
-// is still under way (its answer comes first).
+// buffered, no reply is still being sent, and no EVICT or VERIFY of the
+// connection is still under way (its answer comes first).
 bool ControlServer::ready(const Conn &c) {
-    if (c.kind != Kind::Control || c.close_after_flush || !c.out.empty() || c.evict) return false;
+    if (c.kind != Kind::Control || c.close_after_flush || !c.out.empty() || busy(c)) return false;
     return control::next_message(c.in).kind != control::Message::Kind::NeedMore;
 }
 
@@ -340,7 +347,7 @@ void ControlServer::on_io(int fd, uint32_t events) {
                 continue;
             }
             if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-                if (c.out.empty() && !c.evict) {
+                if (c.out.empty() && !busy(c)) {
                     drop(fd);
                     return;
                 }
@@ -356,7 +363,7 @@ void ControlServer::on_io(int fd, uint32_t events) {
     if (!c.out.empty() && !send_out(fd, c)) return;
     process(fd, c);
     if (!conns_.contains(fd)) return;
-    if ((events & (EPOLLHUP | EPOLLERR)) && c.out.empty() && !c.evict) {
+    if ((events & (EPOLLHUP | EPOLLERR)) && c.out.empty() && !busy(c)) {
         drop(fd);
         return;
     }
@@ -380,15 +387,15 @@ bool ControlServer::send_out(int fd, Conn &c) {
 
 void ControlServer::flush(int fd, Conn &c) {
     if (!send_out(fd, c)) return;
-    if (c.out.empty() && c.close_after_flush && !c.evict) {
+    if (c.out.empty() && c.close_after_flush && !busy(c)) {
         drop(fd);
         return;
     }
-    // EPOLLOUT also while a request is ready or an EVICT is under way: the
+    // EPOLLOUT also while a request is ready or an EVICT or VERIFY is under way: the
     // socket is writable, so the loop comes back to this connection on its
     // next turn, after the other events that are due. One request per
     // connection per turn: a pipeline of thousands cannot hold the loop.
-    const bool more = !c.out.empty() || ready(c) || c.evict;
+    const bool more = !c.out.empty() || ready(c) || busy(c);
     epoll_event ev{};
     // Not read while its input is full (nor watched for a hang-up, which
     // would wake the loop on every turn until the reply drains): a peer
@@ -416,6 +423,10 @@ void ControlServer::process(int fd, Conn &c) {
     }
     if (c.evict) {
         step_evict(c);
+        return;
+    }
+    if (c.verify) {
+        step_verify(c);
         return;
     }
     if (!ready(c)) return;
@@ -503,6 +514,91 @@ void ControlServer::step_evict(Conn &c) {
     answer(c, op, seq, err, std::move(reply));
 }
 
+// One turn of a running VERIFY: examine the entry table from the cursor,
+// at most KV_CTL_ENTRIES_MAX_SCAN slots and about KV_CTL_VERIFY_CHUNK_BYTES
+// of block data (the block that crosses it is finished), pinning each block
+// while its checksum is computed so that it cannot be freed and reused
+// under the read. The answer goes out once the cursor reaches the end.
+void ControlServer::step_verify(Conn &c) {
+    VerifyJob &j = *c.verify;
+    Pool *p = pm_.find(j.pool);
+    int err = 0;
+    std::string reply;
+    if (!p) {
+        err = ENOENT;
+        reply = "pool \"" + j.pool + "\" was destroyed during the verify (" +
+                std::to_string(j.checked) + " blocks checked, " + std::to_string(j.bad_count) +
+                " bad)";
+    } else {
+        const uint64_t slots = kv_pool_header(p->handle)->n_entries;
+        const uint64_t end = std::min(slots, j.cursor + KV_CTL_ENTRIES_MAX_SCAN);
+        uint64_t budget = KV_CTL_VERIFY_CHUNK_BYTES;
+        kv_entry_info rows[64];
+        while (j.cursor < end && budget) {
+            uint64_t at = j.cursor;
+            const int k = kv::detail::pool_entries_upto(p->handle, &at, end, rows, std::size(rows));
+            if (k < 0) {
+                at = end; // cannot happen for a valid cursor; never loop on it
+                break;
+            }
+            int i = 0;
+            for (; i < k && budget; i++) {
+                const kv_entry_info &e = rows[i];
+                if (e.state != KV_ENTRY_COMMITTED) continue;
+                kv_view v;
+                if (kv::detail::pin_for_snapshot(p->handle, e.ns, e.key, &v) != 0) {
+                    j.skipped++; // removed since the scan, or no pin to be had
+                    continue;
+                }
+                j.checked++;
+                j.checked_bytes += v.length;
+                budget -= std::min(budget, v.length);
+                if (kv_view_verify(&v) != 0) {
+                    // Removed while still pinned: the entry under the key is
+                    // the block just read (a committed key is immutable).
+                    const bool removed = j.remove && kv_remove(p->handle, e.ns, &e.key) == 0;
+                    j.removed += removed;
+                    char key[33], sum[17];
+                    snprintf(key, sizeof key, "%016" PRIx64 "%016" PRIx64, e.key.hi, e.key.lo);
+                    snprintf(sum, sizeof sum, "%016" PRIx64, v.checksum);
+                    if (j.bad_count++ < KV_CTL_VERIFY_MAX_LISTED)
+                        j.bad.push_back({{"index", e.index},
+                                         {"ns", e.ns},
+                                         {"key", key},
+                                         {"length", v.length},
+                                         {"checksum", sum},
+                                         {"removed", removed}});
+                    KV_LOGW(kComp,
+                            "pool %s: block %s (ns %u, entry %u, %llu bytes) fails its checksum%s",
+                            j.pool.c_str(), key, e.ns, e.index, (unsigned long long)v.length,
+                            removed ? ": removed" : "");
+                }
+                kv_release(p->handle, &v);
+            }
+            j.cursor = i < k ? uint64_t(rows[i].index) : at; // the first row not examined
+        }
+        if (j.cursor < slots) return; // more next turn
+        const double seconds = double(mono_ms() - j.start_ms) / 1000.0;
+        KV_LOGI(kComp,
+                "pool %s: verified %llu blocks (%s) in %.2f s for pid %d: %llu bad, %llu removed",
+                j.pool.c_str(), (unsigned long long)j.checked,
+                kv::detail::format_size(j.checked_bytes).c_str(), seconds, int(c.peer.pid),
+                (unsigned long long)j.bad_count, (unsigned long long)j.removed);
+        reply = dump({{"pool", j.pool},
+                      {"checked", j.checked},
+                      {"checked_bytes", j.checked_bytes},
+                      {"bad_count", j.bad_count},
+                      {"bad", std::move(j.bad)},
+                      {"removed", j.removed},
+                      {"skipped", j.skipped},
+                      {"seconds", seconds}});
+    }
+    const uint32_t seq = j.seq;
+    c.verify.reset();
+    if (c.waiting) c.waiting--;
+    answer(c, KV_CTL_OP_VERIFY, seq, err, std::move(reply));
+}
+
 bool ControlServer::allowed(const Peer &p, gid_t gid) const {
     if (p.uid == 0) return true;
     return std::find(p.groups.begin(), p.groups.end(), gid) != p.groups.end();
@@ -585,6 +681,8 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         return {0, dump(pool_json(**p))};
     }
 
+    if ((req.flags & KV_CTL_F_REMOVE) && op != KV_CTL_OP_VERIFY)
+        return {EINVAL, std::string(op_name(op)) + ": the remove flag applies to verify only"};
     if (name.empty()) return {EINVAL, std::string(op_name(op)) + " needs a pool name"};
     Pool *p = pm_.find(name);
     if (!p) return {ENOENT, "no pool named \"" + name + "\""};
@@ -617,6 +715,14 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         c.evict = EvictJob{name, unpinned_bytes(*p) * req.arg / 100, 0, req.arg, seq};
         return {kDeferred, ""};
     }
+    case KV_CTL_OP_VERIFY:
+        // Done in chunks over the next turns of the loop (step_verify).
+        c.verify = VerifyJob{};
+        c.verify->pool = name;
+        c.verify->remove = (req.flags & KV_CTL_F_REMOVE) != 0;
+        c.verify->seq = seq;
+        c.verify->start_ms = mono_ms();
+        return {kDeferred, ""};
     case KV_CTL_OP_DETACH: {
         if (req.arg == 0 || req.arg > uint64_t(INT32_MAX))
             return {EINVAL, "pid " + std::to_string(req.arg) + ": expected a process id"};

@@ -66,6 +66,15 @@ class ControlServer {
         uint64_t want = 0, freed = 0, percent = 0;
         uint32_t seq = 0;
     };
+    struct VerifyJob { // a VERIFY under way (step_verify)
+        std::string pool;
+        bool remove = false;
+        uint32_t seq = 0;
+        uint64_t cursor = 0; // the next entry-table index to examine
+        uint64_t checked = 0, checked_bytes = 0, bad_count = 0, removed = 0, skipped = 0;
+        uint64_t start_ms = 0;
+        nlohmann::json bad = nlohmann::json::array(); // the first KV_CTL_VERIFY_MAX_LISTED
+    };
     struct Conn {
         Kind kind;
         Peer peer;
@@ -75,6 +84,7 @@ class ControlServer {
         uint64_t id = 0;      // unique for the daemon's life: fds are reused, ids are not
         unsigned waiting = 0; // deferred requests not yet answered
         std::optional<EvictJob> evict;
+        std::optional<VerifyJob> verify;
         uint64_t partial_since_ms = 0; // first byte of the request being received (0: none)
     };
     // Most bytes of input buffered for one connection: one maximal message.
@@ -88,11 +98,13 @@ class ControlServer {
     static void track_partial(Conn &c, uint64_t now_ms);
     static bool input_full(const Conn &c);
     static bool ready(const Conn &c);
+    static bool busy(const Conn &c) { return c.evict || c.verify; } // a job answers first
     void process(int fd, Conn &c);
     bool send_out(int fd, Conn &c);
     void flush(int fd, Conn &c);
     void answer(Conn &c, uint16_t op, uint32_t seq, int err, std::string reply);
     void step_evict(Conn &c);
+    void step_verify(Conn &c);
     void drop(int fd);
     // Handle one request; returns the response body (JSON or message) and error.
     std::pair<int, std::string> dispatch(Conn &c, uint16_t op, uint32_t seq, const kv_ctl_request &req);

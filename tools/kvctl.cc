@@ -162,6 +162,9 @@ constexpr Option kRestoreOptions[] = {
      "snapshot file, opened by kvpoold: use an absolute path (default: the pool's)"},
     {"--force", "", "take a snapshot written from another pool (root only)"},
 };
+constexpr Option kVerifyOptions[] = {
+    {"--remove", "", "remove each block that fails its checksum"},
+};
 constexpr Option kDetachOptions[] = {
     {"--pid", "PID", "the client's process id (required)"},
     {"--kill", "", "send SIGKILL first if the process is alive"},
@@ -172,16 +175,21 @@ constexpr Verb kVerbs[] = {
     {"status", KV_CTL_OP_STATUS, PoolArg::Optional, kNoOptions, "[POOL]",
      "Show one pool in detail, or every pool as list does."},
     {"create", KV_CTL_OP_CREATE, PoolArg::Required, kCreateOptions,
-     "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault] [--policy POLICY] "
+     "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault] [--policy "
+     "POLICY] "
      "[--no-persist]",
-     "Create a pool (needs uid 0 or the daemon's admin group). kvpoold keeps it across restarts, and persists "
+     "Create a pool (needs uid 0 or the daemon's admin group). kvpoold keeps it across restarts, "
+     "and persists "
      "its blocks at stop and restores them at start unless --no-persist."},
     {"destroy", KV_CTL_OP_DESTROY, PoolArg::Required, kNoOptions, "POOL",
      "Remove a pool (attached processes keep their mapping)."},
     {"entries", KV_CTL_OP_ENTRIES, PoolArg::Required, kEntriesOptions, "POOL [--limit N]",
      "List a pool's entries, page by page as they arrive."},
     {"health", KV_CTL_OP_HEALTH, PoolArg::Required, kNoOptions, "POOL",
-     "Check a pool's consistency; exits 1 when unhealthy."},
+     "Check a pool's tables (not its block data: see verify); exits 1 when unhealthy."},
+    {"verify", KV_CTL_OP_VERIFY, PoolArg::Required, kVerifyOptions, "POOL [--remove]",
+     "Read every block and check its checksum (no timeout unless --timeout); exits 1 when a block "
+     "fails it, removed or not."},
     {"evict", KV_CTL_OP_EVICT, PoolArg::Required, kEvictOptions, "POOL --percent N",
      "Evict part of a pool's unpinned bytes now."},
     {"persist", KV_CTL_OP_PERSIST, PoolArg::Required, kSnapshotOptions, "POOL [--path FILE]",
@@ -222,14 +230,15 @@ constexpr const char *kGlobalOptions =
     "                     \"message\": TEXT}} on stdout instead (and the message on\n"
     "                     stderr, as without --json)\n"
     "  --timeout SECONDS  give up waiting for the daemon after SECONDS (default 30;\n"
-    "                     persist and restore wait forever); 0: wait forever\n"
+    "                     persist, restore and verify wait forever); 0: wait forever\n"
     "  -h, --help         show this help; VERB --help or help VERB shows a verb's\n"
     "  --                 end of options: a pool name after it may start with -\n";
 
 constexpr const char *kExitCodes =
     "Exit status:\n"
     "  0  success\n"
-    "  1  the daemon refused or failed the request; health: the pool is unhealthy\n"
+    "  1  the daemon refused or failed the request; health: the pool is unhealthy;\n"
+    "     verify: a block failed its checksum (with --remove: and was removed)\n"
     "  2  usage error: unknown verb, bad or missing argument\n"
     "  3  cannot connect to kvpoold (not running, wrong --socket, socket permissions,\n"
     "     or it refused the connection: too many open)\n"
@@ -623,6 +632,9 @@ Result<kv_ctl_request> build_request(const Command &c) {
         if (c.option("--kill")) req.flags |= KV_CTL_F_KILL;
         break;
     }
+    case KV_CTL_OP_VERIFY:
+        if (c.option("--remove")) req.flags |= KV_CTL_F_REMOVE;
+        break;
     default:
         break;
     }
@@ -750,7 +762,9 @@ Result<void> recv_all(int fd, void *buf, size_t n, const Deadline &deadline, con
 
 double timeout_for(const Command &c) {
     if (c.timeout_s) return *c.timeout_s;
-    if (c.verb->op == KV_CTL_OP_PERSIST || c.verb->op == KV_CTL_OP_RESTORE) return 0;
+    if (c.verb->op == KV_CTL_OP_PERSIST || c.verb->op == KV_CTL_OP_RESTORE ||
+        c.verb->op == KV_CTL_OP_VERIFY)
+        return 0;
     return kDefaultTimeout;
 }
 
@@ -1391,6 +1405,10 @@ Result<int> print_health(const Command &c, const json &doc) {
             for (const json &p : *problems)
                 std::printf("  - %s\n", any_value(p).c_str());
     }
+    // The daemon's checks read the tables only (control.h, HEALTH).
+    if (get_bool(doc, "data_checked") == false)
+        std::printf("(block data not read: kvctl verify %s checks every block's checksum)\n",
+                    text(doc, "pool").c_str());
     Lines l = {{"dead clients", count(doc, "dead_clients")}};
     static const json kEmpty = json::object();
     const json *u = field(doc, "usage");
@@ -1476,6 +1494,41 @@ void print_snapshot(const Command &c, const json &doc) {
                  "dropped", "dropped_corrupt", "dropped_no_room", "evicted", "skipped", "truncated",
                  "damaged_segments", "fixed_buffers", "recycled_spare", "quarantined"});
     print_lines(l, "  ");
+}
+
+// verify: the totals, then the blocks that failed their checksum.
+Result<int> print_verify(const Command &c, const json &doc) {
+    const auto bad = get_u64(doc, "bad_count");
+    if (!bad) return std::unexpected(malformed(c, "expected a \"bad_count\" number"));
+    const auto seconds = get_double(doc, "seconds");
+    std::printf("pool %s: %s blocks (%s) checked in %s: %s\n", text(doc, "pool").c_str(),
+                count(doc, "checked").c_str(), size(doc, "checked_bytes").c_str(),
+                seconds ? strf("%.3f s", *seconds).c_str() : kNone,
+                *bad ? strf("%llu failed the checksum", (unsigned long long)*bad).c_str()
+                     : "every checksum matches");
+    if (*bad) {
+        auto rows = array_field(c, doc, "bad");
+        if (!rows) return std::unexpected(rows.error());
+        Table t({{"NS", true},
+                 {"KEY", false},
+                 {"LENGTH", true},
+                 {"ENTRY", true},
+                 {"CHECKSUM", false},
+                 {"REMOVED", false}});
+        for (const json &b : **rows)
+            t.add({count(b, "ns"), text(b, "key"), size(b, "length"), count(b, "index"),
+                   text(b, "checksum"), yes_no(get_bool(b, "removed"))});
+        t.print();
+        if ((*rows)->size() < *bad)
+            std::printf("(the first %zu of %llu are listed)\n", (*rows)->size(),
+                        (unsigned long long)*bad);
+        if (c.option("--remove"))
+            std::printf("removed %s bad blocks\n", count(doc, "removed").c_str());
+    }
+    if (get_u64(doc, "skipped").value_or(0))
+        std::printf("%s blocks were removed or replaced while the verify ran, and not checked\n",
+                    count(doc, "skipped").c_str());
+    return *bad ? kExitFailed : kExitOk;
 }
 
 Result<int> print_clients(const Command &c, const json &doc) {
@@ -1569,6 +1622,8 @@ Result<int> render(const Command &c, const json &doc) {
         return kExitOk;
     case KV_CTL_OP_HEALTH:
         return print_health(c, doc);
+    case KV_CTL_OP_VERIFY:
+        return print_verify(c, doc);
     case KV_CTL_OP_EVICT:
         std::printf("pool %s: freed %s of %s requested\n", pool.c_str(),
                     size(doc, "freed_bytes").c_str(), size(doc, "requested_bytes").c_str());
@@ -1749,6 +1804,8 @@ Result<int> run(const Command &c) {
         std::printf("%s\n", doc.dump(2, ' ', false, json::error_handler_t::replace).c_str());
         // health and restore keep their exit status: scripts test it with or without --json.
         if (c.verb->op == KV_CTL_OP_HEALTH && get_bool(doc, "healthy") == false) return kExitFailed;
+        if (c.verb->op == KV_CTL_OP_VERIFY && get_u64(doc, "bad_count").value_or(0))
+            return kExitFailed;
         return partial_restore(c, doc);
     }
     auto code = render(c, doc);

@@ -298,6 +298,9 @@ TEST_F(KvctlCli, BadArgumentsAreUsageErrors) {
         {{"restore"}, "missing POOL"},
         {{"restore", "p", "--path", ""}, "--path \"\""},
         {{"clients"}, "missing POOL"},
+        {{"verify"}, "missing POOL"},
+        {{"verify", "p", "--remove=yes"}, "--remove"},
+        {{"verify", "p", "--kill"}, "\"--kill\""},
         {{"clients", "p", "--all"}, "\"--all\""},
         {{"detach", "p"}, "missing --pid"},
         {{"detach", "p", "--pid", "0"}, "--pid \"0\""},
@@ -391,8 +394,9 @@ TEST_F(KvctlCli, HelpExitsZero) {
         EXPECT_TRUE(r.err.empty()) << describe(args, r);
     }
     const Outcome r = run_kvctl({"--help"});
-    for (const char *verb : {"list", "status", "create", "destroy", "entries", "health", "evict",
-                             "persist", "restore", "clients", "detach", "stats", "version"}) {
+    for (const char *verb :
+         {"list", "status", "create", "destroy", "entries", "health", "evict", "persist", "restore",
+          "clients", "detach", "stats", "version", "verify"}) {
         EXPECT_NE(r.out.find(std::string("\n  ") + verb), std::string::npos) << verb;
         const Outcome v = run_kvctl({"help", verb});
         EXPECT_EQ(v.code, 0) << verb << "\n" << v.err;

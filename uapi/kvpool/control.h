@@ -24,7 +24,8 @@
  * Authorization (SO_PEERCRED): read ops (KV_CTL_OP_LIST, STATUS, ENTRIES,
  * HEALTH, CLIENTS, STATS, VERSION) are open to anyone who can connect.
  * Ops that change state need uid 0, or membership (primary or supplementary)
- * of the pool's group; CREATE needs uid 0 or the daemon's admin group.
+ * of the pool's group, and so does VERIFY, which reads every block of the
+ * pool; CREATE needs uid 0 or the daemon's admin group.
  * Refused: error = EPERM.
  *
  * Snapshots (PERSIST, RESTORE): root may name any absolute path. Anyone
@@ -69,7 +70,8 @@
 #define KV_CTL_OP_DESTROY 5  /* {"pool": name, "destroyed": true} */
 #define KV_CTL_OP_ENTRIES                                                                          \
     6 /* one page, see below: {"pool", "entries": [ENTRY...], "next_cursor", ...} */
-#define KV_CTL_OP_HEALTH 7   /* {"pool", "healthy", "problems": [text...], "usage": {...}} */
+#define KV_CTL_OP_HEALTH 7   /* {"pool", "healthy", "problems": [text...], "usage": {...},
+                              * "data_checked": false (block data is not read: see VERIFY)} */
 #define KV_CTL_OP_EVICT 8    /* arg: percent 0..100 of unpinned bytes (0: a no-op): {"pool", "requested_bytes", "freed_bytes"} */
 #define KV_CTL_OP_PERSIST 9  /* path optional: {"pool", "path", "bytes", "seconds"} */
 #define KV_CTL_OP_RESTORE 10 /* path optional; KV_CTL_F_FORCE: {"pool", "path", "bytes", "seconds", ...} */
@@ -77,7 +79,28 @@
 #define KV_CTL_OP_DETACH 12  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"};
                               * ESRCH: the process is not attached to the pool */
 #define KV_CTL_OP_STATS 13   /* {"daemon": {...}, "pools": [POOL...]} */
-#define KV_CTL_OP_MAX 13
+#define KV_CTL_OP_VERIFY 14  /* KV_CTL_F_REMOVE: see below */
+#define KV_CTL_OP_MAX 14
+
+/*
+ * VERIFY reads every committed block of the pool and checks it against the
+ * XXH3-64 checksum recorded at its commit, pinning each block while it is
+ * read. The daemon does it in bounded steps across turns of its loop (at
+ * most KV_CTL_VERIFY_CHUNK_BYTES of data and KV_CTL_ENTRIES_MAX_SCAN entry
+ * slots a turn), so it answers other requests meanwhile; the answer comes
+ * once the whole table was examined:
+ *   {"pool", "checked" (blocks read), "checked_bytes", "bad_count",
+ *    "bad": [BAD...] (the first KV_CTL_VERIFY_MAX_LISTED), "removed",
+ *    "skipped" (removed or replaced between the scan and the pin, or not
+ *    pinnable), "seconds"}
+ * BAD: {"index", "ns", "key" (32 hex digits), "length", "checksum" (the
+ * recorded one, 16 hex digits), "removed" (true when KV_CTL_F_REMOVE removed
+ * it)}. With KV_CTL_F_REMOVE each bad block is removed (kv_remove: readers
+ * holding a pin keep their view). A block committed or removed while the
+ * verify runs may be missed.
+ */
+#define KV_CTL_VERIFY_CHUNK_BYTES (64ULL << 20)
+#define KV_CTL_VERIFY_MAX_LISTED 1000
 
 /*
  * ENTRIES is paged so that no request costs the daemon more than a bounded
@@ -111,7 +134,10 @@
 /* CREATE: do not persist the pool's blocks at stop nor restore them at start
  * (the pool itself is remembered across restarts either way). */
 #define KV_CTL_F_NO_PERSIST (1U << 4)
-#define KV_CTL_F_KNOWN (KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_FORCE | KV_CTL_F_NO_PERSIST)
+#define KV_CTL_F_REMOVE (1U << 5) /* VERIFY: remove the blocks that fail their checksum */
+#define KV_CTL_F_KNOWN                                                                             \
+	(KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_FORCE | KV_CTL_F_NO_PERSIST | \
+	 KV_CTL_F_REMOVE)
 
 /* kv_ctl_request.numa_node special values */
 #define KV_CTL_NUMA_NONE 0xffffffffU
