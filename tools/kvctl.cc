@@ -1477,9 +1477,16 @@ void print_snapshot(const Command &c, const json &doc) {
         if (get_u64(doc, "damaged_segments").value_or(0))
             l.emplace_back("damaged", count(doc, "damaged_segments") +
                                           " segment(s) of the file lost to a damaged head");
+        if (get_u64(doc, "expired").value_or(0))
+            l.emplace_back("expired", count(doc, "expired") + " blocks whose time to live ran out since the persist");
         if (get_bool(doc, "truncated").value_or(false))
             l.emplace_back("file state",
                            "truncated or damaged: only its verified part was restored");
+        if (get_bool(doc, "trailer_damaged").value_or(false))
+            l.emplace_back("trailer", "damaged (" + text(doc, "trailer_problem") +
+                                          "); every block before it was read and verified");
+        if (get_u64(doc, "trailing_bytes").value_or(0))
+            l.emplace_back("trailing", size_exact(doc, "trailing_bytes") + " after the trailer, ignored");
     } else if (get_bool(doc, "recycled_spare").value_or(false)) {
         l.emplace_back("spare", "written over the previous snapshot's blocks (the .spare file)");
     }
@@ -1492,7 +1499,8 @@ void print_snapshot(const Command &c, const json &doc) {
     add_unknown(l, doc,
                 {"pool", "op", "path", "blocks", "bytes", "file_bytes", "seconds", "gib_per_s",
                  "dropped", "dropped_corrupt", "dropped_no_room", "evicted", "skipped", "truncated",
-                 "damaged_segments", "fixed_buffers", "recycled_spare", "quarantined"});
+                 "damaged_segments", "fixed_buffers", "recycled_spare", "quarantined", "expired",
+                 "trailer_damaged", "trailer_problem", "trailing_bytes"});
     print_lines(l, "  ");
 }
 
