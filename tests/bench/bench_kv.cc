@@ -26,6 +26,9 @@
 //    BM_MatchPrefix_Baseline       baseline: the same chain hashed inline with XXH3-128
 //                                  + std::unordered_map::find of each key
 //  7 BM_MetadataOverhead           (region_size - data_len) / region_size
+// 10 BM_MixedSizesHeld             live bytes / capacity at steady state, block sizes
+//                                  uniform in 4 KiB..1 MiB or 1 B..1 MiB
+//    (its single_pct)              baseline: the same stream with one block size
 //
 // Single-process figures are per CPU-second of the benchmark thread (Google
 // Benchmark's default; manually timed spans use the thread's CPU time too),
@@ -1275,5 +1278,100 @@ BENCHMARK(BM_PutRemoveMix)
     ->Args({64, 1024})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
+
+// ---- 10: capacity held with mixed block sizes (issue 16) ------------------------------
+//
+// A stream of puts of fresh keys, each of a size drawn uniformly from a
+// range, into a pool of pool_MiB (the size a user asks for; the default
+// 4 MiB slabs, policy and entry table): once 3x the pool's data area has
+// been put (steady state: every put evicts), the live bytes
+// (kv_pool_live_bytes) are sampled after each put for another 1x.
+// held_pct is their mean over the data area (kv_stats.capacity), min_pct
+// the lowest sample; single_pct is the same figure for a stream of blocks
+// of one size (512 KiB, the mean of 4 KiB..1 MiB, which packs a slab
+// exactly), measured first in the same run, and of_single their ratio.
+// evicted_per_put counts the blocks evicted per put at steady state (a
+// slab retired for another class counts every block it held). Sizes:
+// dist 1, 4 KiB..1 MiB; dist 2, 1 B..1 MiB. One pass each (Iterations(1)):
+// the figures are counts, not times.
+struct Held {
+    double mean = 0, min = 0, evicted_per_put = 0;
+    std::string error;
+};
+
+Held fill_and_hold(uint64_t pool_bytes, uint64_t lo, uint64_t hi, uint64_t seed, const void *src) {
+    Held r;
+    PoolSpec spec;
+    spec.size = pool_bytes;
+    auto bp = BenchPool::create(spec, "held");
+    if (!bp) {
+        r.error = bp.error();
+        return r;
+    }
+    kv_pool *p = (*bp)->get();
+    const uint32_t ns = (*bp)->ns();
+    kv_stats st{};
+    kv_pool_stats(p, &st);
+    const double cap = double(st.capacity);
+    kvbench::Rng rng{seed};
+    uint64_t put_bytes = 0, serial = 0, samples = 0;
+    double sum = 0, lowest = 1e300;
+    kv_stats s0{};
+    uint64_t measured_puts = 0;
+    while (put_bytes < 4 * st.capacity) {
+        const uint64_t len = lo + rng.next() % (hi - lo + 1);
+        const kv_key k = make_key(100, serial++);
+        const int rc = kv_put(p, ns, &k, src, len, nullptr);
+        if (rc < 0) {
+            r.error = errstr("kv_put", rc);
+            return r;
+        }
+        const bool warm = put_bytes >= 3 * st.capacity;
+        put_bytes += len;
+        if (!warm) {
+            if (put_bytes >= 3 * st.capacity) kv_pool_stats(p, &s0);
+            continue;
+        }
+        uint64_t live = 0;
+        kv_pool_live_bytes(p, &live);
+        sum += double(live);
+        lowest = std::min(lowest, double(live));
+        samples++;
+        measured_puts++;
+    }
+    kv_stats s1{};
+    kv_pool_stats(p, &s1);
+    r.mean = samples ? 100.0 * sum / double(samples) / cap : 0;
+    r.min = samples ? 100.0 * lowest / cap : 0;
+    r.evicted_per_put = measured_puts ? double(s1.evictions - s0.evictions) / double(measured_puts) : 0;
+    return r;
+}
+
+void BM_MixedSizesHeld(benchmark::State &state) {
+    const uint64_t pool = uint64_t(state.range(0)) * MiB;
+    const uint64_t lo = state.range(1) == 1 ? 4 * KiB : 1;
+    void *src = alloc_touched(1 * MiB, 7);
+    for (auto _ : state) {
+        const Held single = fill_and_hold(pool, 512 * KiB, 512 * KiB, 0x5151, src);
+        const Held mixed = fill_and_hold(pool, lo, 1 * MiB, 0x4d49, src);
+        if (!single.error.empty() || !mixed.error.empty()) {
+            state.SkipWithError((single.error + mixed.error).c_str());
+            break;
+        }
+        state.counters["held_pct"] = mixed.mean;
+        state.counters["min_pct"] = mixed.min;
+        state.counters["single_pct"] = single.mean;
+        state.counters["of_single"] = single.mean > 0 ? mixed.mean / single.mean : 0;
+        state.counters["evicted_per_put"] = mixed.evicted_per_put;
+        state.counters["single_evicted_per_put"] = single.evicted_per_put;
+    }
+    std::free(src);
+}
+BENCHMARK(BM_MixedSizesHeld)
+    ->ArgNames({"pool_MiB", "dist"})
+    ->ArgsProduct({{16, 64, 256, 1024}, {1, 2}})
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();
