@@ -47,6 +47,8 @@
 // room and allocation is what it was before homes.
 #include "detail.h"
 
+#include <algorithm>
+
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
@@ -242,6 +244,39 @@ uint64_t take_from(kv_pool *p, uint32_t s, uint32_t cls) {
 }
 
 } // namespace
+
+uint64_t slab_used_bytes(const kv_pool *p, uint32_t s, uint64_t ctl) {
+    const uint32_t cls = SlabCtl::cls(ctl);
+    if (cls >= p->hdr->n_classes) return p->hdr->slab_size; // damaged: never the cheapest
+    const uint32_t n = p->classes[cls].blocks_per_slab;
+    // Relaxed: a hint (see the top of this file).
+    const int32_t f = int32_t(load(p->slabs[s].free_hint, std::memory_order_relaxed));
+    const uint32_t used = f <= 0 ? n : uint32_t(f) >= n ? 0 : n - uint32_t(f);
+    return uint64_t(used) * p->classes[cls].block_size;
+}
+
+uint32_t slab_cheapest(kv_pool *p, uint32_t keep_cls, const uint32_t *skip, uint32_t n_skip) {
+    const uint32_t n = p->hdr->n_slabs;
+    // Relaxed fetch_add: a hand, so that retirers choosing among equally
+    // cheap slabs start at different ones (and race less for the same).
+    const uint32_t start =
+        uint32_t(aref(p->state->slab_hand).fetch_add(1, std::memory_order_relaxed) % n);
+    uint32_t best = KV_NIL32;
+    uint64_t best_used = UINT64_MAX;
+    for (uint32_t i = 0; i < n && best_used > 0; i++) {
+        const uint32_t s = start + i < n ? start + i : start + i - n;
+        // Relaxed: the choice is advice; slab_retire's CAS decides.
+        const uint64_t c = load(p->slabs[s].ctl, std::memory_order_relaxed);
+        if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) == keep_cls) continue;
+        if (std::find(skip, skip + n_skip, s) != skip + n_skip) continue;
+        const uint64_t used = slab_used_bytes(p, s, c);
+        if (used < best_used) {
+            best_used = used;
+            best = s;
+        }
+    }
+    return best;
+}
 
 uint32_t class_for(const kv_pool *p, uint64_t len) {
     uint32_t lo = 0, hi = p->hdr->n_classes;

@@ -480,6 +480,12 @@ void block_prefetch(kv_pool *p, uint64_t id);
 void slab_finish_activation(kv_pool *p, uint32_t slab);
 void slab_rollback_retire(kv_pool *p, uint32_t slab);
 bool slab_retire(kv_pool *p, uint32_t slab); // evicts its entries; true if now FREE
+// Bytes in use in ACTIVE slab s whose ctl is ctl (used blocks x block
+// size, from the free_hint hint): what retiring it would evict, about.
+uint64_t slab_used_bytes(const kv_pool *p, uint32_t s, uint64_t ctl);
+// The ACTIVE slab of a class other than keep_cls, and not in skip, with the
+// fewest bytes in use: the cheapest to retire. KV_NIL32 if none.
+uint32_t slab_cheapest(kv_pool *p, uint32_t keep_cls, const uint32_t *skip, uint32_t n_skip);
 
 // ---- store.cc ----------------------------------------------------------------------
 // Copy len bytes from src to dst and return XXH3_64bits of the bytes stored,

@@ -43,12 +43,13 @@
 //
 // A put that needs a block of class k first evicts class-k entries; if the
 // class has no slab or nothing evictable, it retires a whole slab of another
-// class (allocator.cc) so the slab can serve class k. Retirement empties the
-// slab whatever the policy says of its blocks: it is how space moves between
-// size classes. A put that finds the entry table full (blocks no larger than
-// avg_block_size fill it before the data area) evicts the policy's victim
-// of any class, as kv_evict_bytes does, and claims its entry directly, and
-// its block too when that is of the put's class (Victim, store.cc).
+// class, the one with the fewest bytes in use (retire_some_slab), so the
+// slab can serve class k. Retirement empties the slab whatever the policy
+// says of its blocks: it is how space moves between size classes. A put
+// that finds the entry table full (blocks no larger than avg_block_size
+// fill it before the data area) evicts the policy's victim of any class,
+// as kv_evict_bytes does, and claims its entry directly, and its block too
+// when that is of the put's class (Victim, store.cc).
 #include "detail.h"
 
 #include <numeric>
@@ -70,6 +71,8 @@ constexpr uint32_t kSample = 32;
 constexpr uint32_t kSampleWide = 128;
 constexpr uint32_t kPrefetchAhead = 4;
 constexpr int kKillAttempts = 8;
+// Cheapest slabs a retirement tries before it takes any (retire_some_slab).
+constexpr uint32_t kRetireTries = 8;
 
 // Sweep up to budget entries; evict the first candidate that passes the
 // second-chance test and the filter. Returns the bytes evicted (0: none).
@@ -337,7 +340,23 @@ bool class_has_slab(kv_pool *p, uint32_t cls) {
     return false;
 }
 
+// Retire the slab of another class whose loss costs least: the one with
+// the fewest bytes in use (slab_cheapest), so that a class without a slab
+// takes one that holds little (a class's slab that barely started, or one
+// whose blocks were removed) rather than whichever the hand reaches, which
+// in a full pool is a full slab: its every block evicted for one put. A
+// slab that cannot be retired (a block pinned, reserved or being claimed:
+// slab_retire rolls back) is skipped and the next cheapest tried.
 bool retire_some_slab(kv_pool *p, uint32_t keep_cls) {
+    uint32_t tried[kRetireTries];
+    for (uint32_t t = 0; t < kRetireTries; t++) {
+        const uint32_t s = slab_cheapest(p, keep_cls, tried, t);
+        if (s == KV_NIL32) return false;
+        if (slab_retire(p, s)) return true;
+        tried[t] = s;
+    }
+    // Pins or races everywhere we looked: any slab that can go, as the hand
+    // reaches it.
     const uint32_t n = p->hdr->n_slabs;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t s = uint32_t(aref(p->state->slab_hand).fetch_add(1, std::memory_order_relaxed) % n);
