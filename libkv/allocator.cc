@@ -45,6 +45,29 @@
 // (per-process slabs, as per-CPU slabs in kernel allocators) only while the
 // pool is mostly unused; past half, FREE slabs are kept for classes without
 // room and allocation is what it was before homes.
+//
+// Rebalancing (CacheLib's slab rebalancer is the model; PROTOCOL.md section
+// 5). Space moves between size classes a slab at a time, under pressure,
+// from the slab whose loss costs least. A class that keeps a slab holding
+// little (a class few puts use, or one whose blocks were removed) keeps
+// the rest of that slab idle, which no other class can use; in a full pool
+// the classes that take the puts meanwhile evict their own blocks. So the
+// search of step 2, which reads every slab's ctl and free_hint line anyway,
+// also notes the least used ACTIVE slab of another class (a donor) if at
+// most a quarter of its bytes are in use (donor_max_used); a put that found
+// no block and no FREE slab then moves the donor to its class (slab_move:
+// slab_retire, which evicts the donor's few blocks, then activation for
+// the put's class as its home) instead of evicting one of its own blocks.
+// A class keeps its slabs while they are used (a full slab is never a
+// donor), so each class ends with the slabs its share of the puts fills,
+// and the idle rest goes where the puts are. The donor is found only by
+// puts that search (not those in an eviction streak, which look at their
+// home slabs only and search every kStreakRecheck-th put: store.cc), so
+// it costs no extra line. A class with no slab at all retires the
+// cheapest slab of any other class (slab_cheapest, evict.cc), whatever it
+// holds. Nothing here is new shared state: the choice reads hints, and the
+// move is a retirement and an activation, with their crash paths; a
+// process killed between the two leaves a FREE slab, which anyone activates.
 #include "detail.h"
 
 #include <algorithm>
@@ -133,26 +156,30 @@ void fill_slab(kv_pool *p, uint32_t s, uint32_t cls, bool keep_first, uint32_t o
     store(p->slabs[s].scan_hint, keep_first ? 1U : 0U, std::memory_order_relaxed);
 }
 
+// Activate slab s for class cls if it is FREE; returns block 0 of it,
+// OWNED by us, or kNone if s is not FREE (taken meanwhile).
+uint64_t activate_at(kv_pool *p, uint32_t s, uint32_t cls) {
+    kv_slab &sl = p->slabs[s];
+    uint64_t c = load(sl.ctl, std::memory_order_acquire);
+    if (SlabCtl::state(c) != KV_SLAB_FREE) return kNone;
+    uint64_t act = SlabCtl::make(KV_SLAB_ACTIVATING, cls, p->client + 1, SlabCtl::tag(c) + 1);
+    if (!cas(sl.ctl, c, act, std::memory_order_acq_rel)) return kNone;
+    fill_slab(p, s, cls, true, p->client);
+    // A2: publish the block words with the ACTIVE state; the slab is our
+    // home ("Home slabs" above).
+    store(sl.ctl, SlabCtl::make(KV_SLAB_ACTIVE, cls, p->client + 1, SlabCtl::tag(act) + 1),
+          std::memory_order_release);
+    store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
+    note_home(p, cls, s);
+    return block_id(p, s, 0);
+}
+
 // Take a FREE slab for class cls; returns block 0 of it, OWNED by us.
 uint64_t activate_slab(kv_pool *p, uint32_t cls) {
     const uint32_t n = p->hdr->n_slabs;
     uint32_t start = uint32_t(load(p->state->slab_hand, std::memory_order_relaxed) % n);
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t s = (start + i) % n;
-        kv_slab &sl = p->slabs[s];
-        uint64_t c = load(sl.ctl, std::memory_order_acquire);
-        if (SlabCtl::state(c) != KV_SLAB_FREE) continue;
-        uint64_t act = SlabCtl::make(KV_SLAB_ACTIVATING, cls, p->client + 1, SlabCtl::tag(c) + 1);
-        if (!cas(sl.ctl, c, act, std::memory_order_acq_rel)) continue;
-        fill_slab(p, s, cls, true, p->client);
-        // A2: publish the block words with the ACTIVE state; the slab is our
-        // home ("Home slabs" above).
-        store(sl.ctl, SlabCtl::make(KV_SLAB_ACTIVE, cls, p->client + 1, SlabCtl::tag(act) + 1),
-              std::memory_order_release);
-        store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
-        note_home(p, cls, s);
-        return block_id(p, s, 0);
-    }
+    for (uint32_t i = 0; i < n; i++)
+        if (uint64_t id = activate_at(p, (start + i) % n, cls); id != kNone) return id;
     return kNone;
 }
 
@@ -175,6 +202,13 @@ uint64_t find_in_class(kv_pool *p, uint32_t cls, bool thorough) {
     return kNone;
 }
 
+// A slab of another class is moved to a class that would otherwise evict
+// only while at most this many bytes of its blocks are in use
+// ("Rebalancing" above).
+uint64_t donor_max_used(const kv_pool *p) {
+    return p->hdr->slab_size / 4;
+}
+
 // True if the ACTIVE slab word c names no home, or this client's, or the
 // home of a client that is not LIVE (detached or dead: the hint is stale).
 bool home_is_ours_or_free(kv_pool *p, uint64_t c) {
@@ -193,18 +227,33 @@ bool home_is_ours_or_free(kv_pool *p, uint64_t c) {
 // FREE slabs seen. Adopting a slab rewrites its ctl word (client field and
 // tag): a claim racing in that slab sees the change in its post-claim check
 // and gives its block back (scan_slab), and of two adopters only one wins.
-uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_slabs) {
+uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_slabs,
+                   uint32_t *donor) {
     const uint32_t n = p->hdr->n_slabs;
     uint32_t start = load(p->classes[cls].cursor_slab, std::memory_order_relaxed);
     if (start >= n) start = 0;
     *other = KV_NIL32;
     *free_slabs = 0;
+    uint64_t donor_used = donor_max_used(p) + 1;
     for (uint32_t i = 0; i < n; i++) {
         const uint32_t s = start + i < n ? start + i : start + i - n;
         kv_slab &sl = p->slabs[s];
         uint64_t c = load(sl.ctl, std::memory_order_acquire);
         if (SlabCtl::state(c) == KV_SLAB_FREE) ++*free_slabs;
-        if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) continue;
+        if (SlabCtl::state(c) != KV_SLAB_ACTIVE) continue;
+        if (SlabCtl::cls(c) != cls) {
+            // "Rebalancing" above: the least used slab of another class, if
+            // it is used little enough to be worth moving. free_hint is on
+            // the line just read for ctl.
+            if (donor) {
+                const uint64_t used = slab_used_bytes(p, s, c);
+                if (used < donor_used) {
+                    donor_used = used;
+                    *donor = s;
+                }
+            }
+            continue;
+        }
         if (hint(sl.free_hint) <= 0) continue;
         if (!home_is_ours_or_free(p, c)) {
             if (*other == KV_NIL32) *other = s;
@@ -278,6 +327,11 @@ uint32_t slab_cheapest(kv_pool *p, uint32_t keep_cls, const uint32_t *skip, uint
     return best;
 }
 
+uint64_t slab_move(kv_pool *p, uint32_t s, uint32_t cls) {
+    if (!slab_retire(p, s)) return kNone;
+    return activate_at(p, s, cls);
+}
+
 uint32_t class_for(const kv_pool *p, uint64_t len) {
     uint32_t lo = 0, hi = p->hdr->n_classes;
     if (len == 0 || len > p->classes[hi - 1].block_size) return KV_NIL32;
@@ -322,12 +376,13 @@ uint64_t block_alloc_home(kv_pool *p, uint32_t cls) {
     return kNone;
 }
 
-uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough) {
+uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough, uint32_t *donor) {
+    if (donor) *donor = KV_NIL32;
     // 1. Our home slabs.
     if (uint64_t id = block_alloc_home(p, cls); id != kNone) return id;
     // 2. Another slab of ours, or one nobody live calls home (adopted).
     uint32_t other, free_slabs;
-    uint64_t id = find_home(p, cls, &other, &free_slabs);
+    uint64_t id = find_home(p, cls, &other, &free_slabs, donor);
     // 3. While most of the pool is FREE, a slab of our own (our home). Past
     // that, FREE slabs are kept for classes that have no slab with room.
     const bool mostly_free = 2 * uint64_t(free_slabs) > p->hdr->n_slabs;
@@ -344,6 +399,9 @@ uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough) {
     // next attempt, after its eviction).
     if (id == kNone && !mostly_free && free_slabs > 0) id = activate_slab(p, cls);
     if (id == kNone && thorough) id = find_in_class(p, cls, true);
+    // A donor only matters when the class must otherwise evict; a FREE slab
+    // seen (and raced for) is worth another look before any slab is moved.
+    if (donor && (id != kNone || free_slabs > 0)) *donor = KV_NIL32;
     return id;
 }
 

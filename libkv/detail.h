@@ -464,7 +464,11 @@ uint32_t class_for(const kv_pool *p, uint64_t len); // KV_NIL32 if too large
 // Claim a block of class cls for this client: OWNED(client). Returns the
 // block id or UINT64_MAX when none is free (after trying to activate a free
 // slab; thorough: also scan slabs whose hints say full).
-uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough);
+// donor (when given): on a failure with no FREE slab seen, the least used
+// ACTIVE slab of another class if it is used little enough to be moved to
+// cls (slab_move), else KV_NIL32; found in the same pass over the slab
+// table.
+uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough, uint32_t *donor = nullptr);
 // Step 1 of block_alloc alone: a block of this client's home slabs of class
 // cls, touching no other slab's line. UINT64_MAX when they have none.
 uint64_t block_alloc_home(kv_pool *p, uint32_t cls);
@@ -486,6 +490,10 @@ uint64_t slab_used_bytes(const kv_pool *p, uint32_t s, uint64_t ctl);
 // The ACTIVE slab of a class other than keep_cls, and not in skip, with the
 // fewest bytes in use: the cheapest to retire. KV_NIL32 if none.
 uint32_t slab_cheapest(kv_pool *p, uint32_t keep_cls, const uint32_t *skip, uint32_t n_skip);
+// Move ACTIVE slab s to class cls: retire it (evicting its blocks), then
+// activate it for cls. Returns block 0 of it, OWNED by us, or UINT64_MAX if
+// the retirement rolled back or another process took the freed slab.
+uint64_t slab_move(kv_pool *p, uint32_t s, uint32_t cls);
 
 // ---- store.cc ----------------------------------------------------------------------
 // Copy len bytes from src to dst and return XXH3_64bits of the bytes stored,

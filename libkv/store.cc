@@ -410,8 +410,14 @@ int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out, bool touch_r
 }
 
 // Allocate a block of class cls, evicting when the pool is full. Called
-// after block_alloc(p, cls, false) failed, so it evicts first.
-uint64_t alloc_with_eviction(kv_pool *p, uint32_t cls) {
+// after block_alloc(p, cls, false) failed, so it evicts first. donor: a
+// slab of another class that search found used little enough to move to
+// cls (allocator.cc, "Rebalancing"), or KV_NIL32: moving it evicts its few
+// blocks and gives the class a whole slab, where an eviction in the class
+// would free one block and leave the donor's room idle.
+uint64_t alloc_with_eviction(kv_pool *p, uint32_t cls, uint32_t donor) {
+    if (donor != KV_NIL32)
+        if (uint64_t id = slab_move(p, donor, cls); id != kNoBlock) return id;
     for (int attempt = 0; attempt < kAllocAttempts; attempt++) {
         if (attempt > 0) {
             uint64_t id = block_alloc(p, cls, true);
@@ -544,12 +550,14 @@ int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const k
         for (uint64_t h; b == kNoBlock && (h = p->freed_blocks[cls].pop()) != FreedBlocks::kNone;)
             b = block_alloc_near(p, cls, h);
     if (b == kNoBlock) {
-        b = in_streak(p, st, p->room_seen[cls]) ? block_alloc_home(p, cls) : block_alloc(p, cls, false);
+        uint32_t donor = KV_NIL32;
+        b = in_streak(p, st, p->room_seen[cls]) ? block_alloc_home(p, cls)
+                                                : block_alloc(p, cls, false, &donor);
         if (b == kNoBlock) {
             int rc = find_holder(p, ns, k);
             if (rc == 0) {
                 if (st == 0) room_made(p, p->room_seen[cls]); // a streak starts (as for entries)
-                b = alloc_with_eviction(p, cls);
+                b = alloc_with_eviction(p, cls, donor);
                 if (b == kNoBlock) rc = -ENOSPC;
                 else streak.store(streak_next(st), std::memory_order_relaxed);
             }

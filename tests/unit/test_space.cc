@@ -196,6 +196,34 @@ TEST_F(SmallPoolTest, NewClassRetiresTheCheapestSlab) {
     expect_consistent();
 }
 
+// Issue 16: a class that must evict takes, instead, a slab that another
+// class barely uses (allocator.cc, "Rebalancing"). Every slab but one is
+// full of 64 KiB blocks; the last serves one 12 KiB block. The next 16
+// puts of 64 KiB (a slab's worth) move that slab to their class: they
+// evict the 12 KiB block alone, where each used to evict a 64 KiB block
+// and the 12 KiB slab stayed idle.
+TEST_F(SmallPoolTest, ClassUnderPressureTakesAnIdleSlab) {
+    const uint64_t len = 64 * KiB, per_slab = opts_.slab_size / len;
+    const uint64_t n = (kv_pool_header(pool_)->n_slabs - 1) * per_slab;
+    for (uint64_t i = 0; i < n; i++)
+        ASSERT_EQ(put(i, payload(len, i)), 0) << i;
+    const uint64_t small = 1 << 20;
+    ASSERT_EQ(put(small, payload(12 * KiB, small)), 0);
+    ASSERT_EQ(usage().slabs_free, 0u);
+    ASSERT_EQ(stats().evictions, 0u);
+    const uint32_t idle = slab_of(pool_, ns_, small);
+    for (uint64_t i = n; i < n + per_slab; i++)
+        ASSERT_EQ(put(i, payload(len, i)), 0) << i;
+    EXPECT_EQ(stats().evictions, 1u) << "puts evicted their own class's blocks";
+    EXPECT_EQ(contains(small), 0);
+    EXPECT_EQ(slab_of(pool_, ns_, n), idle);
+    uint64_t lost = 0;
+    for (uint64_t i = 0; i < n + per_slab; i++)
+        lost += contains(i) != 1;
+    EXPECT_EQ(lost, 0u);
+    expect_consistent();
+}
+
 // ---- Eviction --------------------------------------------------------------
 
 class EvictionTest : public PoolTest {
