@@ -43,7 +43,22 @@ struct CrashPool {
     const char *tag;
     uint64_t avg_block_size; // 0: the library's default (16 KiB)
     uint64_t default_rounds;
+    uint64_t size = 64 * kMiB;
+    bool expect_moves = false; // slabs must change class during the rounds
 };
+
+// Each slab's state and class ([7:0] state, [15:8] class, as the ctl word
+// has them): what a round's end compares with the last round's to count
+// slabs that moved between classes (or were freed or taken).
+std::vector<uint64_t> slab_classes(kv_pool *p) {
+    const kv_region_header *h = kv_pool_header(p);
+    const auto *slabs =
+        reinterpret_cast<const kv_slab *>(reinterpret_cast<const char *>(h) + h->slab_off);
+    std::vector<uint64_t> out(h->n_slabs);
+    for (uint32_t i = 0; i < h->n_slabs; i++)
+        out[i] = __atomic_load_n(&slabs[i].ctl, __ATOMIC_ACQUIRE) & 0xffff;
+    return out;
+}
 
 class CrashTest : public MpTest {
   protected:
@@ -76,7 +91,7 @@ struct Victim {
 void CrashTest::run_rounds(const CrashPool &cp) {
     uint64_t seed = test_seed("crash");
     const uint64_t rounds = env_u64("KV_CRASH_ROUNDS", cp.default_rounds);
-    ASSERT_TRUE(create_pool(cp.tag, 64 * kMiB, 1 * kMiB, KV_EVICT_PREFIX, cp.avg_block_size));
+    ASSERT_TRUE(create_pool(cp.tag, cp.size, 1 * kMiB, KV_EVICT_PREFIX, cp.avg_block_size));
     ASSERT_TRUE(attach());
     KeySpace ks;
     ASSERT_TRUE(build_keys(&ks, 2048, 48, 8));
@@ -93,7 +108,8 @@ void CrashTest::run_rounds(const CrashPool &cp) {
     kv_stats s_prev{};
     ASSERT_EQ(kv_pool_stats(pool_, &s_prev), 0);
     const kv_stats s_start = s_prev;
-    uint64_t kills = 0, kills_attached = 0, parent_reaped = 0, rounds_run = 0;
+    uint64_t kills = 0, kills_attached = 0, parent_reaped = 0, rounds_run = 0, moves = 0;
+    std::vector<uint64_t> slabs_before = slab_classes(pool_);
     uint64_t t0 = now_ns();
 
     for (uint64_t round = 0; round < rounds && !HasFailure(); round++) {
@@ -220,6 +236,14 @@ void CrashTest::run_rounds(const CrashPool &cp) {
         uint64_t live = 0;
         ASSERT_EQ(kv_pool_live_bytes(pool_, &live), 0);
         EXPECT_EQ(live, u.bytes_committed) << "live bytes drifted from the entry table";
+        // No slab is left half moved: the reaper rolled back or finished
+        // every retirement and activation a victim was in.
+        EXPECT_EQ(u.slabs_free + u.slabs_active, kv_pool_header(pool_)->n_slabs)
+            << "slabs left RETIRING or ACTIVATING";
+        const std::vector<uint64_t> slabs_now = slab_classes(pool_);
+        for (size_t i = 0; i < slabs_now.size(); i++)
+            moves += slabs_now[i] != slabs_before[i];
+        slabs_before = slabs_now;
         EXPECT_EQ(board_->failures.load(), 0u) << board_->messages();
         rounds_run = round + 1;
         if (HasFailure()) {
@@ -244,8 +268,11 @@ void CrashTest::run_rounds(const CrashPool &cp) {
     double secs = static_cast<double>(now_ns() - t0) / 1e9;
     fprintf(stderr,
             "[crash] %" PRIu64 " rounds in %.1f s: %" PRIu64 " kills (%" PRIu64
-            " after attach), parent reaped %" PRIu64 "\n",
-            rounds_run, secs, kills, kills_attached, parent_reaped);
+            " after attach), parent reaped %" PRIu64 ", slabs changed class %" PRIu64 "\n",
+            rounds_run, secs, kills, kills_attached, parent_reaped, moves);
+    if (cp.expect_moves) {
+        EXPECT_GT(moves, 0u) << "no slab moved between classes";
+    }
     kids_.clear();
 
     // Every block left must be intact and reachable.
@@ -292,6 +319,17 @@ TEST_F(CrashTest, KillRandomWorkerRounds) {
 // hold as for the default pool.
 TEST_F(CrashTest, KillRandomWorkerRoundsEntryTableFull) {
     run_rounds({"crash-entries", 256 * kKiB, 100});
+}
+
+// Slab rebalancing under kills (issue 16): a 16 MiB pool has 14 slabs of
+// 1 MiB for the workload's 4 KiB..512 KiB blocks (about 20 classes), so
+// puts keep moving slabs between classes (allocator.cc, "Rebalancing":
+// the cheapest slab retired for a class without one, an idle one moved to
+// a class that would evict) while workers are killed anywhere in them.
+// Each round's checks hold as for the default pool, no slab is left
+// RETIRING or ACTIVATING, and slabs must have changed class.
+TEST_F(CrashTest, KillRandomWorkerRoundsSlabMoves) {
+    run_rounds({"crash-moves", 0, 100, 16 * kMiB, true});
 }
 
 // A client killed while holding many pins (match_prefix with KV_MATCH_F_PIN,
