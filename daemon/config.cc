@@ -48,7 +48,7 @@ constexpr std::string_view kDaemonKeys[] = {"control_socket",   "shm_dir",      
 // clang-format off
 constexpr std::string_view kPoolKeys[] = {
     "name", "size", "hugepages", "numa_node", "eviction", "group", "mode", "prefault",
-    "high_watermark", "low_watermark", "slab_size", "avg_block_size", "max_clients",
+    "high_watermark", "low_watermark", "slab_size", "avg_block_size", "max_clients", "max_entries",
     "snapshot_dir", "persist_on_stop", "restore_on_start"};
 // clang-format on
 // The names of KV_EVICT_* (kv_evict_policy_name).
@@ -476,6 +476,7 @@ bool read_pool(Reader &r, const toml::table &t, const std::string &p, PoolConfig
 
     // At least 2: kvpoold itself takes one client slot of every pool.
     return r.u32(field(t, p, "max_clients"), 2, KV_MAX_CLIENTS, &pool.max_clients) &&
+           r.u32(field(t, p, "max_entries"), 64, 0xfffffff0U, &pool.max_entries) &&
            r.path(field(t, p, "snapshot_dir"), &pool.snapshot_dir) &&
            r.boolean(field(t, p, "persist_on_stop"), &pool.persist_on_stop) &&
            r.boolean(field(t, p, "restore_on_start"), &pool.restore_on_start);

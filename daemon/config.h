@@ -59,6 +59,7 @@ struct PoolConfig {
     uint64_t slab_size = 0;      // 0 = libkv default; else a power of two, 64 KiB..1 GiB
     uint64_t avg_block_size = 0; // 0 = libkv default; else 4 KiB..slab size
     uint32_t max_clients = 0;    // 0 = libkv default; else 1..KV_MAX_CLIENTS (4095)
+    uint32_t max_entries = 0;    // 0 = sized by avg_block_size alone; else a cap, 64..0xfffffff0
     std::string snapshot_dir;    // parse_config fills in DaemonConfig::state_dir when absent
     bool persist_on_stop = false;
     bool restore_on_start = false;

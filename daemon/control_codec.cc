@@ -47,14 +47,16 @@ Message next_message(std::string_view in) {
     memcpy(&req, body.data(), sizeof req);
     const bool tail_zero = std::all_of(body.begin() + sizeof req, body.end(), [](char ch) { return ch == 0; });
     const bool reserved_zero =
-        std::all_of(std::begin(req.reserved), std::end(req.reserved), [](uint64_t v) { return v == 0; }) &&
-        req.reserved0 == 0;
+        std::all_of(std::begin(req.reserved), std::end(req.reserved), [](uint64_t v) { return v == 0; });
     if (!tail_zero || !reserved_zero) {
         m.error = EINVAL;
         m.message = "request has non-zero reserved or unknown trailing fields";
     } else if (!memchr(req.pool, 0, sizeof req.pool) || !memchr(req.path, 0, sizeof req.path)) {
         m.error = EINVAL;
         m.message = "pool name or path is not NUL-terminated";
+    } else if (req.max_entries && h.op != KV_CTL_OP_CREATE) {
+        m.error = EINVAL;
+        m.message = "max_entries " + std::to_string(req.max_entries) + " on a request that is not CREATE: expected 0";
     } else if (req.cursor && h.op != KV_CTL_OP_ENTRIES) {
         m.error = EINVAL;
         m.message =

@@ -670,6 +670,10 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
             return {EINVAL, "evict_policy " + std::to_string(req.evict_policy) + " without KV_CTL_F_POLICY"};
         }
         pc.prefault = req.flags & KV_CTL_F_PREFAULT;
+        if (req.max_entries && (req.max_entries < 64 || req.max_entries > 0xfffffff0U))
+            return {EINVAL, "max_entries " + std::to_string(req.max_entries) + ": expected 64.." +
+                                std::to_string(0xfffffff0U) + " (or 0: no cap)"};
+        pc.max_entries = req.max_entries;
         // A runtime pool is kept across restarts like a configured one, its
         // blocks too unless the creator said otherwise.
         pc.persist_on_stop = pc.restore_on_start = !(req.flags & KV_CTL_F_NO_PERSIST);

@@ -91,6 +91,7 @@ std::string check_against_machine(const DaemonConfig &cfg, std::vector<std::stri
         o.slab_size = pc.slab_size;
         o.avg_block_size = pc.avg_block_size;
         if (pc.max_clients) o.max_clients = pc.max_clients;
+        o.max_entries = pc.max_entries;
         kv_region_header h{};
         char err[512] = "";
         // 4 KiB pages: the layout every pool falls back to (and the

@@ -331,6 +331,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         o.slab_size = pc.slab_size;
         o.avg_block_size = pc.avg_block_size;
         if (pc.max_clients) o.max_clients = pc.max_clients;
+        o.max_entries = pc.max_entries;
         if (pc.prefault) o.flags |= KV_CREATE_F_PREFAULT;
         o.flags |= KV_CREATE_F_DAEMON_SLOT;
         const int policy = kv_evict_policy_parse(pc.eviction.c_str());
@@ -585,9 +586,9 @@ std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
         const PoolConfig &cur = p->cfg;
         if (pc.size != cur.size || pc.hugepages != cur.hugepages || pc.numa_node != cur.numa_node ||
             pc.slab_size != cur.slab_size || pc.avg_block_size != cur.avg_block_size ||
-            pc.max_clients != cur.max_clients) {
+            pc.max_clients != cur.max_clients || pc.max_entries != cur.max_entries) {
             refuse("pool " + pc.name + ": geometry change (size, hugepages, numa_node, slab_size, avg_block_size, "
-                                       "max_clients); destroy and re-create the pool to apply it");
+                                       "max_clients, max_entries); destroy and re-create the pool to apply it");
             continue;
         }
         if (pc.eviction != cur.eviction) {

@@ -71,6 +71,7 @@ std::string pool_toml(const PoolConfig &pc) {
     if (pc.slab_size) o << "slab_size = " << pc.slab_size << "\n";
     if (pc.avg_block_size) o << "avg_block_size = " << pc.avg_block_size << "\n";
     if (pc.max_clients) o << "max_clients = " << pc.max_clients << "\n";
+    if (pc.max_entries) o << "max_entries = " << pc.max_entries << "\n";
     if (!pc.snapshot_dir.empty()) o << "snapshot_dir = " << quoted(pc.snapshot_dir) << "\n";
     o << "persist_on_stop = " << (pc.persist_on_stop ? "true" : "false") << "\n";
     o << "restore_on_start = " << (pc.restore_on_start ? "true" : "false") << "\n";

@@ -160,6 +160,7 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
         uint64_t entries = data / avg;
         if (entries < 64) entries = 64;
         if (entries > 0xfffffff0ULL) entries = 0xfffffff0ULL;
+        if (o.max_entries && entries > o.max_entries) entries = o.max_entries; // the caller's cap
         h.n_slabs = uint32_t(n);
         h.n_entries = uint32_t(entries);
         h.n_buckets = uint32_t(std::bit_ceil(entries));

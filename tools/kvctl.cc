@@ -145,6 +145,7 @@ constexpr Option kCreateOptions[] = {
     {"--policy", "POLICY", "eviction policy: prefix (default), lru, lfu, fifo, priority or clock"},
     {"--no-persist", "",
      "do not persist its blocks at stop nor restore them at start (the pool is kept)"},
+    {"--max-entries", "N", "at most N entry slots, 64.. (default: capacity / 16 KiB)"},
 };
 constexpr Option kEntriesOptions[] = {
     {"--limit", "N", "show at most N rows (default: every entry; pages of up to 2048 rows)"},
@@ -177,7 +178,7 @@ constexpr Verb kVerbs[] = {
     {"create", KV_CTL_OP_CREATE, PoolArg::Required, kCreateOptions,
      "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault] [--policy "
      "POLICY] "
-     "[--no-persist]",
+     "[--no-persist] [--max-entries N]",
      "Create a pool (needs uid 0 or the daemon's admin group). kvpoold keeps it across restarts, "
      "and persists "
      "its blocks at stop and restores them at start unless --no-persist."},
@@ -585,6 +586,12 @@ Result<kv_ctl_request> build_request(const Command &c) {
         }
         if (c.option("--prefault")) req.flags |= KV_CTL_F_PREFAULT;
         if (c.option("--no-persist")) req.flags |= KV_CTL_F_NO_PERSIST;
+        if (const std::string *m = c.option("--max-entries")) {
+            auto n = parse_uint(*m);
+            if (!n || *n < 64 || *n > 0xfffffff0ULL)
+                return bad("--max-entries", *m, "expected a number of entry slots from 64 to 4294967280");
+            req.max_entries = uint32_t(*n);
+        }
         if (const std::string *pol = c.option("--policy")) {
             int v = kv_evict_policy_parse(pol->c_str());
             if (v < 0) return bad("--policy", *pol, "expected prefix, lru, lfu, fifo, priority or clock");

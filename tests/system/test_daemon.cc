@@ -401,6 +401,28 @@ TEST_F(DaemonTest, RuntimePoolThatCannotBeRememberedIsNotMade) {
     EXPECT_NE(stat(pool_path("beta").c_str(), &sb), 0) << "the region was left behind";
 }
 
+// A cap on a pool's entry slots, from kvctl create and from the config.
+TEST_F(DaemonTest, MaxEntriesCapsAPoolsEntrySlots) {
+    ASSERT_TRUE(start_daemon(config("", "max_entries = 128\n")));
+    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["entry_slots"], 128);
+    ASSERT_EQ(ctl({"create", "beta", "--size", "32M", "--hugepages", "never", "--max-entries", "100"}).code, 0);
+    EXPECT_EQ(parse(ctl({"--json", "status", "beta"}))["entry_slots"], 100);
+    {
+        Client c(pool_path("beta"));
+        ASSERT_TRUE(c.pool) << c.error;
+        for (uint64_t i = 0; i < 150; i++) ASSERT_EQ(c.put(i, 4096), 0);
+    }
+    EXPECT_EQ(parse(ctl({"--json", "status", "beta"}))["entries"], 100) << "more blocks than entry slots";
+    Proc bad = ctl({"create", "gamma", "--size", "32M", "--max-entries", "10"});
+    EXPECT_EQ(bad.code, 2) << bad.err;
+    EXPECT_NE(bad.err.find("--max-entries"), std::string::npos) << bad.err;
+    // Kept across a restart with the runtime pool's other settings.
+    ASSERT_EQ(stop_daemon(), 0);
+    ASSERT_EQ(unlink(pool_path("beta").c_str()), 0);
+    ASSERT_TRUE(start_daemon(config("", "max_entries = 128\n")));
+    EXPECT_EQ(parse(ctl({"--json", "status", "beta"}))["entry_slots"], 100);
+}
+
 TEST_F(DaemonTest, EvictPercentFreesThatShareOfUnpinnedBytes) {
     ASSERT_TRUE(start_daemon(config()));
     Client c(pool_path("alpha"));

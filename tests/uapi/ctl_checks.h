@@ -15,7 +15,7 @@ static int kv_test_ctl_snapshot_checks(void)
 	KV_TEST_OFFSET(struct kv_ctl_request, size, 64);
 	KV_TEST_OFFSET(struct kv_ctl_request, path, 96);
 	KV_TEST_OFFSET(struct kv_ctl_request, evict_policy, 352);
-	KV_TEST_OFFSET(struct kv_ctl_request, reserved0, 356);
+	KV_TEST_OFFSET(struct kv_ctl_request, max_entries, 356);
 	KV_TEST_OFFSET(struct kv_ctl_request, cursor, 360);
 	KV_TEST_OFFSET(struct kv_ctl_request, reserved, 368);
 	KV_TEST_SIZE(struct kv_snap_header, KV_SNAP_HEADER_SIZE_V2);

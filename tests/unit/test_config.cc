@@ -93,6 +93,7 @@ TEST(Config, FullExample) {
     EXPECT_EQ(p.slab_size, 0u);
     EXPECT_EQ(p.avg_block_size, 0u);
     EXPECT_EQ(p.max_clients, 0u);
+    EXPECT_EQ(p.max_entries, 0u);
     EXPECT_EQ(p.snapshot_dir, "/var/lib/kvpool");
     EXPECT_TRUE(p.persist_on_stop);
     EXPECT_TRUE(p.restore_on_start);
@@ -642,6 +643,7 @@ TEST(RuntimePools, TomlRoundTrip) {
     a.slab_size = 1ULL << 20;
     a.avg_block_size = 64ULL << 10;
     a.max_clients = 8;
+    a.max_entries = 5000;
     a.snapshot_dir = "/var/lib/kvpool";
     a.persist_on_stop = true;
     a.restore_on_start = true;
@@ -671,8 +673,19 @@ TEST(RuntimePools, TomlRoundTrip) {
         EXPECT_EQ(r.slab_size, pc.slab_size);
         EXPECT_EQ(r.avg_block_size, pc.avg_block_size);
         EXPECT_EQ(r.max_clients, pc.max_clients);
+        EXPECT_EQ(r.max_entries, pc.max_entries);
         EXPECT_EQ(r.snapshot_dir, pc.snapshot_dir);
         EXPECT_EQ(r.persist_on_stop, pc.persist_on_stop);
         EXPECT_EQ(r.restore_on_start, pc.restore_on_start);
     }
+}
+
+TEST(Config, MaxEntries) {
+    auto ok = kv::daemon::parse_config("[[pool]]\nname = \"a\"\nsize = \"16M\"\nmax_entries = 100\n", "t.toml");
+    ASSERT_TRUE(ok) << ok.error();
+    EXPECT_EQ(ok->pools[0].max_entries, 100u);
+    auto c = kv::daemon::parse_config("[[pool]]\nname = \"a\"\nsize = \"16M\"\nmax_entries = 10\n", "t.toml");
+    ASSERT_FALSE(c);
+    EXPECT_NE(c.error().find("max_entries"), std::string::npos) << c.error();
+    EXPECT_NE(c.error().find("10"), std::string::npos) << c.error();
 }

@@ -149,6 +149,24 @@ TEST_F(CreateTest, DefaultCreateNeverReplacesAPool) {
     EXPECT_NE(after.st_ino, before.st_ino);
 }
 
+TEST_F(CreateTest, MaxEntriesCapsTheEntryTable) {
+    kv_create_opts o = small_opts();
+    o.max_entries = 100;
+    ASSERT_EQ(create(o), 0) << msg_;
+    ASSERT_EQ(attach(), 0) << msg_;
+    EXPECT_EQ(kv_pool_header(pool_)->n_entries, 100u);
+    kv_pool_detach(pool_);
+    pool_ = nullptr;
+    unlink(path_.c_str());
+    o.max_entries = 10;
+    EXPECT_EQ(create(o), -EINVAL);
+    EXPECT_TRUE(mentions_any(msg_, {"max_entries 10"})) << msg_;
+    o.max_entries = 1u << 30; // above what the data area gives: no effect
+    ASSERT_EQ(create(o), 0) << msg_;
+    ASSERT_EQ(attach(), 0) << msg_;
+    EXPECT_EQ(kv_pool_header(pool_)->n_entries, uint32_t(kv_pool_header(pool_)->data_len / (16 * KiB)));
+}
+
 TEST_F(CreateTest, SizeIsRoundedUpToThePage) {
     kv_create_opts o = small_opts(64 * MiB + 1);
     ASSERT_EQ(create(o), 0) << msg_;

@@ -165,7 +165,7 @@ struct kv_ctl_request {
 	uint32_t evict_policy;         /* CREATE with KV_CTL_F_POLICY: KV_EVICT_* (region.h); else zero.
 	                                * Carved from reserved[0]: a daemon that predates it refuses
 	                                * the request (non-zero reserved, unknown flag). */
-	uint32_t reserved0;            /* zero */
+	uint32_t max_entries;          /* CREATE: 0 (no cap) or 64..0xfffffff0 entry slots; else zero (was reserved0) */
         uint64_t cursor;      /* ENTRIES: entry-table index to start at, the previous page's
                                * next_cursor (0: the start); else zero. Carved from
                                * reserved[0]: a daemon that predates it refuses a non-zero

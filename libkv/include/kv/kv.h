@@ -62,7 +62,8 @@ struct kv_create_opts {
 	uint32_t mode;            /* file mode of a created file; 0: 0660 */
 	/* Since LIBKV_0.2 (struct_size >= 64; a smaller struct gets KV_EVICT_CLOCK): */
 	uint32_t evict_policy;    /* KV_EVICT_* (region.h); kv_create_opts_init: KV_EVICT_PREFIX */
-	uint32_t reserved0;       /* zero */
+	/* Since LIBKV_0.3 (was reserved0, zero): */
+	uint32_t max_entries;     /* 0: no cap; else 64..0xfffffff0, at most this many entry slots */
 };
 
 /* Fill opts with defaults for a pool of size bytes (policy: KV_EVICT_PREFIX). */
