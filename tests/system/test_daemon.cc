@@ -1641,6 +1641,34 @@ std::string entries_config(const std::string &base) {
            "avg_block_size = \"4K\"\ngroup = \"root\"\n";
 }
 
+// Send a long request (op on pool "many") on one connection, then a status
+// of alpha on another: the status must be answered first, while the long
+// one is still at work. Returns the long request's reply body.
+std::string long_op_lets_status_through(const std::string &sock, uint16_t op, kv_ctl_request q) {
+    RawCtl a(sock), b(sock);
+    EXPECT_GE(a.fd, 0);
+    EXPECT_GE(b.fd, 0);
+    memcpy(q.pool, "many", 5);
+    EXPECT_TRUE(a.send_all(RawCtl::message(op, q, 1)));
+    kv_ctl_request s{};
+    memcpy(s.pool, "alpha", 6);
+    EXPECT_TRUE(b.send_all(RawCtl::message(KV_CTL_OP_STATUS, s, 2)));
+    pollfd p[2] = {{a.fd, POLLIN, 0}, {b.fd, POLLIN, 0}};
+    EXPECT_GT(poll(p, 2, 20000), 0);
+    EXPECT_TRUE(p[1].revents & POLLIN) << "the status was not answered first";
+    EXPECT_FALSE(p[0].revents & POLLIN) << "the long request was answered before the status";
+    kv_ctl_hdr h{};
+    uint32_t err = 0;
+    std::string body;
+    EXPECT_TRUE(b.reply(&h, &err, &body));
+    EXPECT_EQ(err, 0u) << body;
+    body.clear();
+    EXPECT_TRUE(a.reply(&h, &err, &body));
+    EXPECT_EQ(err, 0u) << body;
+    EXPECT_EQ(h.op, op);
+    return body;
+}
+
 } // namespace
 
 // kvctl lists a pool of many blocks, page by page, whole: before paging one
@@ -1796,27 +1824,10 @@ TEST_F(DaemonTest, LargeEvictLetsOtherRequestsThrough) {
     Proc fill = run({env_or("KVFILL", "build/tools/kvfill"), "--pool", pool_path("many"), "--bytes", "400M",
                      "--block", "4096"});
     ASSERT_EQ(fill.code, 0) << fill.out << fill.err;
-    RawCtl a(sock_), b(sock_);
-    ASSERT_GE(a.fd, 0);
-    ASSERT_GE(b.fd, 0);
     kv_ctl_request q{};
-    memcpy(q.pool, "many", 5);
     q.arg = 100;
-    ASSERT_TRUE(a.send_all(RawCtl::message(KV_CTL_OP_EVICT, q, 1)));
-    kv_ctl_request s{};
-    memcpy(s.pool, "alpha", 6);
-    ASSERT_TRUE(b.send_all(RawCtl::message(KV_CTL_OP_STATUS, s, 2)));
-    pollfd p[2] = {{a.fd, POLLIN, 0}, {b.fd, POLLIN, 0}};
-    ASSERT_GT(poll(p, 2, 20000), 0);
-    EXPECT_TRUE(p[1].revents & POLLIN) << "the status was not answered first";
-    EXPECT_FALSE(p[0].revents & POLLIN) << "the evict was answered before the status";
-    kv_ctl_hdr h{};
-    uint32_t err = 0;
-    std::string body;
-    ASSERT_TRUE(b.reply(&h, &err, &body));
-    EXPECT_EQ(err, 0u) << body;
-    ASSERT_TRUE(a.reply(&h, &err, &body));
-    ASSERT_EQ(err, 0u) << body;
+    const std::string body = long_op_lets_status_through(sock_, KV_CTL_OP_EVICT, q);
+    ASSERT_FALSE(HasFailure()) << body;
     json j = json::parse(body);
     EXPECT_GT(j["requested_bytes"].get<uint64_t>(), 256ULL << 20) << "the evict should take more than one chunk";
     EXPECT_GE(j["freed_bytes"].get<uint64_t>(), j["requested_bytes"].get<uint64_t>());
@@ -2135,27 +2146,8 @@ TEST_F(DaemonTest, LargeVerifyLetsOtherRequestsThrough) {
     Proc fill = run({env_or("KVFILL", "build/tools/kvfill"), "--pool", pool_path("many"), "--bytes",
                      "400M", "--block", "4096"});
     ASSERT_EQ(fill.code, 0) << fill.out << fill.err;
-    RawCtl a(sock_), b(sock_);
-    ASSERT_GE(a.fd, 0);
-    ASSERT_GE(b.fd, 0);
-    kv_ctl_request q{};
-    memcpy(q.pool, "many", 5);
-    ASSERT_TRUE(a.send_all(RawCtl::message(KV_CTL_OP_VERIFY, q, 1)));
-    kv_ctl_request s{};
-    memcpy(s.pool, "alpha", 6);
-    ASSERT_TRUE(b.send_all(RawCtl::message(KV_CTL_OP_STATUS, s, 2)));
-    pollfd p[2] = {{a.fd, POLLIN, 0}, {b.fd, POLLIN, 0}};
-    ASSERT_GT(poll(p, 2, 20000), 0);
-    EXPECT_TRUE(p[1].revents & POLLIN) << "the status was not answered first";
-    EXPECT_FALSE(p[0].revents & POLLIN) << "the verify was answered before the status";
-    kv_ctl_hdr h{};
-    uint32_t err = 0;
-    std::string body;
-    ASSERT_TRUE(b.reply(&h, &err, &body));
-    EXPECT_EQ(err, 0u) << body;
-    ASSERT_TRUE(a.reply(&h, &err, &body));
-    ASSERT_EQ(err, 0u) << body;
-    EXPECT_EQ(h.op, KV_CTL_OP_VERIFY);
+    const std::string body = long_op_lets_status_through(sock_, KV_CTL_OP_VERIFY, kv_ctl_request{});
+    ASSERT_FALSE(HasFailure()) << body;
     json j = json::parse(body);
     EXPECT_GT(j["checked_bytes"].get<uint64_t>(), 4 * KV_CTL_VERIFY_CHUNK_BYTES)
         << "the verify should take several chunks";
