@@ -12,6 +12,7 @@
 #error "kv.hpp needs C++23 (std::expected): compile with -std=c++23 (pkg-config --variable=cxxflags libkv)"
 #endif
 
+#include <bit>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -222,29 +223,40 @@ inline constexpr uint8_t kFalse = 0xf4, kTrue = 0xf5, kNull = 0xf6;
 // The longest head: initial byte + 8 bytes of argument.
 inline constexpr size_t kMaxHead = 9;
 
+// x as big-endian bytes in memory order.
+template <typename T> inline T big_endian(T x) noexcept {
+    if constexpr (std::endian::native == std::endian::little) return std::byteswap(x);
+    return x;
+}
+
 // Write the head of a major type with argument v at p; returns the end.
 inline uint8_t *put_head(uint8_t *p, uint8_t major, uint64_t v) noexcept {
     const uint8_t mt = static_cast<uint8_t>(major << 5);
     if (v < 24) {
-        *p++ = static_cast<uint8_t>(mt | v);
-        return p;
+        *p = static_cast<uint8_t>(mt | v);
+        return p + 1;
     }
-    int n;
     if (v <= 0xff) {
-        *p++ = mt | 24;
-        n = 1;
-    } else if (v <= 0xffff) {
-        *p++ = mt | 25;
-        n = 2;
-    } else if (v <= 0xffffffffULL) {
-        *p++ = mt | 26;
-        n = 4;
-    } else {
-        *p++ = mt | 27;
-        n = 8;
+        p[0] = mt | 24;
+        p[1] = static_cast<uint8_t>(v);
+        return p + 2;
     }
-    for (int i = n - 1; i >= 0; i--) *p++ = static_cast<uint8_t>(v >> (8 * i));
-    return p;
+    if (v <= 0xffff) {
+        const uint16_t be = big_endian(static_cast<uint16_t>(v));
+        p[0] = mt | 25;
+        std::memcpy(p + 1, &be, 2);
+        return p + 3;
+    }
+    if (v <= 0xffffffffULL) {
+        const uint32_t be = big_endian(static_cast<uint32_t>(v));
+        p[0] = mt | 26;
+        std::memcpy(p + 1, &be, 4);
+        return p + 5;
+    }
+    const uint64_t be = big_endian(v);
+    p[0] = mt | 27;
+    std::memcpy(p + 1, &be, 8);
+    return p + 9;
 }
 
 // Builds one CBOR item into a byte vector (may throw std::bad_alloc).
