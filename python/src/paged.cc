@@ -167,7 +167,7 @@ class SaveBatch {
     }
     SaveBatch(const SaveBatch &) = delete;
     SaveBatch &operator=(const SaveBatch &) = delete;
-    ~SaveBatch() { abort(); }
+    ~SaveBatch() { drop(); }
 
     void write_layers(uint32_t first, uint32_t last) {
         Busy busy(busy_);
@@ -249,6 +249,12 @@ class SaveBatch {
 
     // Drop the reservations not committed; their space is freed.
     void abort() {
+        Busy busy(busy_);
+        drop();
+    }
+
+  private:
+    void drop() {
         if (slots_.empty()) return;
         if (ns_.pool->pool) {
             for (Slot &s : slots_) kv_abort(ns_.pool->pool, &s.r);
@@ -257,6 +263,7 @@ class SaveBatch {
         slots_.clear();
     }
 
+  public:
     const std::vector<bool> &present() const { return present_; }
     size_t pending() const { return slots_.size(); }
     size_t committed() const { return committed_; }
@@ -350,7 +357,7 @@ class PinnedBlocks {
     }
     PinnedBlocks(const PinnedBlocks &) = delete;
     PinnedBlocks &operator=(const PinnedBlocks &) = delete;
-    ~PinnedBlocks() { release(); }
+    ~PinnedBlocks() { drop(); }
 
     // Scatter the next ids.size() pinned blocks into those engine blocks.
     size_t load(py::object cache_obj, const std::vector<int64_t> &ids, bool verify) {
@@ -404,13 +411,14 @@ class PinnedBlocks {
                        std::to_string(views_[at].length) + " bytes, expected " +
                        std::to_string(g.block_bytes());
         }
-        release();
+        drop();
         return n;
     }
 
+    // Release the pins not yet loaded.
     void release() {
-        release_range(next_, views_.size());
-        next_ = views_.size();
+        Busy busy(busy_);
+        drop();
     }
 
     size_t pinned() const { return views_.size(); }
@@ -428,6 +436,11 @@ class PinnedBlocks {
     }
 
   private:
+    void drop() {
+        release_range(next_, views_.size());
+        next_ = views_.size();
+    }
+
     void release_range(size_t from, size_t to) {
         if (from >= to || !ns_.pool->pool) return;
         for (size_t i = from; i < to; i++) {
