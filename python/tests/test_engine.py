@@ -1,13 +1,14 @@
 # SPDX-License-Identifier: MIT
-"""kvpool.engine: paged KV blocks to and from a pool, in vLLM's layouts."""
+"""kvpool.engine: paged KV blocks to and from a pool, in vLLM's layouts.
+
+Fixtures (pool_path, pool, ns, manifest) come from conftest.py."""
 
 from __future__ import annotations
 
 import mmap
 import os
 import signal
-import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -19,27 +20,6 @@ from kvpool import _kvpool  # noqa: E402
 from kvpool.engine import PagedKVStore, layout_of  # noqa: E402
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
-
-
-@pytest.fixture
-def pool_path() -> Iterator[str]:
-    path = f"/dev/shm/kvpool-test-engine-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    kvpool.create_pool(path, 64 << 20)
-    try:
-        yield path
-    finally:
-        kvpool.destroy_pool(path)
-
-
-@pytest.fixture
-def pool(pool_path: str) -> Iterator[Any]:
-    with kvpool.Pool(pool_path) as p:
-        yield p
-
-
-@pytest.fixture
-def ns(pool: Any) -> Any:
-    return pool.namespace(kvpool.Manifest("engine-test", 16))
 
 
 def per_layer_cache(
@@ -285,11 +265,14 @@ def test_pins_released_on_release(ns: Any, pool: Any) -> None:
     store.save(keys, [0, 1, 2])
     assert store.lookup("a", keys) == 3
     assert store.lookup("b", keys[:1]) == 1
+    assert pool.pins_held() == 4
     assert removed_pinned_bytes(ns, pool, keys) == 3 * store.block_bytes
     store.release("a")
+    assert pool.pins_held() == 1
     assert pool.live_bytes() == store.block_bytes  # "b" still pins key 61
     store.release("b")
     store.release("never-looked-up")
+    assert pool.pins_held() == 0
     assert pool.live_bytes() == 0
 
 
@@ -301,10 +284,12 @@ def test_pins_released_by_load_and_close(ns: Any, pool: Any) -> None:
     assert store.lookup("a", keys) == 3
     removed_pinned_bytes(ns, pool, keys)
     assert store.load("a", [3]) == 1
+    assert pool.pins_held() == 2
     assert pool.live_bytes() == 2 * store.block_bytes
     with pytest.raises(ValueError, match="3 block ids for 2 pinned"):
         store.load("a", [0, 1, 2])
     store.close()
+    assert pool.pins_held() == 0
     assert pool.live_bytes() == 0
     with pytest.raises(KeyError):
         store.load("a", [0])
@@ -322,7 +307,7 @@ def test_lookup_again_replaces_pins(ns: Any, pool: Any) -> None:
     store.close()
 
 
-def test_pins_reaped_when_process_dies(pool_path: str, ns: Any, pool: Any) -> None:
+def test_pins_reaped_when_process_dies(pool_path: str, ns: Any, pool: Any, manifest: Any) -> None:
     src = per_layer_cache(2, 4, 16, 2, 16, torch.float16, seed=12)
     store = PagedKVStore(ns, src)
     keys = [91, 92]
@@ -333,7 +318,7 @@ def test_pins_reaped_when_process_dies(pool_path: str, ns: Any, pool: Any) -> No
         try:
             os.close(r)
             with kvpool.Pool(pool_path) as p:
-                cns = p.namespace(kvpool.Manifest("engine-test", 16))
+                cns = p.namespace(manifest)
                 cstore = PagedKVStore(cns, src)
                 ok = cstore.lookup("req", keys) == 2
                 batch = cstore.begin_save([93], [2])
@@ -352,8 +337,7 @@ def test_pins_reaped_when_process_dies(pool_path: str, ns: Any, pool: Any) -> No
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    with kvpool.Pool(pool_path):  # attach reaps dead clients
-        pass
+    assert pool.reap() == 1
     assert pool.live_bytes() == 0
     assert not ns.contains(93)
     assert store.save([93], [2]) == 1  # the key is free again
@@ -392,6 +376,7 @@ def test_corruption_detected(pool_path: str, pool: Any, ns: Any, layout: str) ->
     assert other.load("r", [5, 4, 3, 2]) == 2
     assert "checksum" in (other.last_failure or "")
     assert other.pinned("r") == 0  # the rest released: the chain is broken
+    assert pool.pins_held() == 0
     assert not ns.contains(keys[2])  # the bad block is gone
     assert ns.contains(keys[3])
     for b_src, b_dst in zip([0, 1], [5, 4]):
@@ -490,9 +475,9 @@ def test_layout_of_describes_cache() -> None:
     assert info["layers"][1] == (base + 2 * info["frag_bytes"], info["frag_bytes"], 6 * info["frag_bytes"])
 
 
-def test_detach_keeps_pins_valid(pool_path: str) -> None:
+def test_detach_keeps_pins_valid(pool_path: str, manifest: Any) -> None:
     p = kvpool.Pool(pool_path)
-    ns = p.namespace(kvpool.Manifest("engine-test", 16))
+    ns = p.namespace(manifest)
     src = per_layer_cache(2, 4, 16, 2, 16, torch.float16, seed=17)
     store = PagedKVStore(ns, src)
     store.save([151, 152], [0, 1])
@@ -507,4 +492,4 @@ def test_detach_keeps_pins_valid(pool_path: str) -> None:
     batch.abort()
     with kvpool.Pool(pool_path) as q:
         assert q.live_bytes() == 2 * store.block_bytes
-        assert q.namespace(kvpool.Manifest("engine-test", 16)).contains(152)
+        assert q.namespace(manifest).contains(152)
