@@ -54,7 +54,7 @@ from typing import Any, Optional, Union
 
 from . import _kvpool
 
-__all__ = ["PagedKVStore", "SaveBatch", "layout_of"]
+__all__ = ["PagedKVStore", "SaveBatch", "check_manifest", "dtype_code", "layout_of"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,41 @@ Key = Union[int, bytes, bytearray, memoryview]
 """A kvpool key: an int in [0, 2**128) or a 16/32-byte engine block hash."""
 
 LAYOUTS = ("per_layer", "cross_layer")
+
+# uapi/kvpool/region.h KV_DTYPE_*, by torch dtype name.
+_DTYPE_CODES = {
+    "float16": 1,
+    "bfloat16": 2,
+    "float8_e4m3fn": 3,
+    "float8_e5m2": 4,
+    "float32": 5,
+    "int8": 6,
+}
+
+
+def dtype_code(dtype: Any) -> int:
+    """The manifest code (KV_DTYPE_*) of a torch dtype, 0 if it has none."""
+    return _DTYPE_CODES.get(str(dtype).removeprefix("torch."), 0)
+
+
+def check_manifest(manifest: Any, info: dict[str, Any]) -> None:
+    """The namespace's identity must describe the cache: its block_tokens is
+    the cache's block_size and its dtype, when set (1..1024), the tensors'.
+    Blocks of another dtype but the same size would load as garbage that no
+    length or checksum check can see."""
+    bs = int(info["block_size"])
+    if int(manifest.block_tokens) != bs:
+        raise ValueError(
+            f"namespace manifest block_tokens is {manifest.block_tokens}, "
+            f"the KV cache's block_size {bs}"
+        )
+    want = int(manifest.dtype)
+    got = dtype_code(info["dtype"])
+    if 0 < want <= 1024 and want != got:
+        raise ValueError(
+            f"namespace manifest dtype is {want}, the KV cache's is {info['dtype']} "
+            f"(code {got or 'none'})"
+        )
 
 
 def _shape(t: Any) -> tuple[int, ...]:
@@ -249,8 +284,10 @@ class PagedKVStore:
     """Save and load an engine's paged KV blocks in a kvpool namespace.
 
     ``ns`` is a :class:`kvpool.Namespace` whose manifest identifies the model
-    (dtype, block size, TP rank...); ``kv_caches`` and ``layout`` are
-    described in the module docstring. ``verify`` (default True) checks
+    (dtype, block size, TP rank...): its ``block_tokens`` must equal the
+    cache's block size and its ``dtype``, unless 0 (unset), the tensors'
+    (ValueError otherwise). ``kv_caches`` and ``layout`` are described in
+    the module docstring. ``verify`` (default True) checks
     each loaded block's checksum during the copy.
 
     Pins taken by :meth:`lookup` are kept per request id until
@@ -263,6 +300,7 @@ class PagedKVStore:
         self, ns: Any, kv_caches: Any, layout: str = "per_layer", *, verify: bool = True
     ) -> None:
         info = layout_of(kv_caches, layout)
+        check_manifest(ns.manifest, info)
         self._ns = ns
         self._cache = _kvpool.PagedCache(
             info["layers"], info["frag_bytes"], info["num_blocks"], info["tensors"]

@@ -22,6 +22,11 @@ from kvpool.engine import PagedKVStore, layout_of  # noqa: E402
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 
+def ns_for(pool: Any, dtype: Any, block_size: int = 16) -> Any:
+    """A namespace whose manifest matches a cache of that dtype and block size."""
+    return pool.namespace(kvpool.Manifest("engine-test", block_size, dtype=str(dtype)))
+
+
 def per_layer_cache(
     layers: int, blocks: int, bs: int, heads: int, dim: int, dtype: Any, seed: int = 0
 ) -> list[Any]:
@@ -72,7 +77,8 @@ def pool_block(ns: Any, key: int) -> bytes:
 
 @pytest.mark.parametrize("layout", ["per_layer", "cross_layer"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-def test_round_trip(ns: Any, layout: str, dtype: Any) -> None:
+def test_round_trip(pool: Any, layout: str, dtype: Any) -> None:
+    ns = ns_for(pool, dtype)
     L, nb, bs, H, D = 3, 8, 16, 2, 32
     src = make_cache(layout, L, nb, bs, H, D, dtype, seed=1)
     store = PagedKVStore(ns, src, layout)
@@ -109,10 +115,11 @@ def src_element_size(cache: Any) -> int:
     [(3, 3, 1, 5), (2, 5, 3, 7), (4, 16, 2, 24), (2, 16, 4, 64), (1, 1, 1, 2)],
     ids=lambda s: "x".join(map(str, s)),
 )
-def test_checksum_every_width(ns: Any, width: int, shape: tuple[int, ...]) -> None:
+def test_checksum_every_width(pool: Any, width: int, shape: tuple[int, ...]) -> None:
     """Odd fragment sizes split stripes between pieces; every vector width
     must give XXH3-64 of the block, saving in order, out of order, and loading."""
     L, bs, H, D = shape
+    ns = ns_for(pool, torch.float16, bs)
     got = _kvpool.paged_simd_width(width)
     try:
         src = per_layer_cache(L, 4, bs, H, D, torch.float16, seed=width)
@@ -157,7 +164,8 @@ def test_per_layer_save(ns: Any) -> None:
         assert pool_block(ns, k) == block_bytes_of(canonical(src, "per_layer", b))
 
 
-def test_commit_before_all_layers(ns: Any, pool: Any) -> None:
+def test_commit_before_all_layers(pool: Any) -> None:
+    ns = ns_for(pool, torch.float32)
     src = per_layer_cache(3, 4, 16, 2, 16, torch.float32, seed=3)
     store = PagedKVStore(ns, src)
     batch = store.begin_save([21, 22], [0, 1])
@@ -176,7 +184,8 @@ def test_commit_before_all_layers(ns: Any, pool: Any) -> None:
     assert not ns.contains(21)
 
 
-def test_write_all_after_some_layers(ns: Any) -> None:
+def test_write_all_after_some_layers(pool: Any) -> None:
+    ns = ns_for(pool, torch.bfloat16)
     src = per_layer_cache(5, 3, 16, 1, 8, torch.bfloat16, seed=4)
     store = PagedKVStore(ns, src)
     with store.begin_save([31], [2]) as batch:
@@ -397,7 +406,8 @@ def test_wrong_length_block(ns: Any) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-def test_cross_layout_compatible(ns: Any, dtype: Any) -> None:
+def test_cross_layout_compatible(pool: Any, dtype: Any) -> None:
+    ns = ns_for(pool, dtype)
     L, nb, bs, H, D = 4, 5, 16, 2, 16
     per = per_layer_cache(L, nb, bs, H, D, dtype, seed=15)
     cross = cross_layer_cache(L, nb, bs, H, D, dtype, seed=16)
@@ -420,8 +430,9 @@ def test_cross_layout_compatible(ns: Any, dtype: Any) -> None:
         assert torch.equal(per_dst[layer][:, 3], cross[4, layer])
 
 
-def test_permuted_and_dict_per_layer(ns: Any) -> None:
+def test_permuted_and_dict_per_layer(pool: Any) -> None:
     """(num_blocks, 2, ...) storage passed as a permuted view; a dict of layers."""
+    ns = ns_for(pool, torch.float32)
     L, nb, bs, H, D = 3, 4, 16, 2, 8
     phys = [torch.randn(nb, 2, bs, H, D) for _ in range(L)]
     views = {f"layer.{i}": t.permute(1, 0, 2, 3, 4) for i, t in enumerate(phys)}
@@ -464,6 +475,19 @@ def test_layout_errors(ns: Any) -> None:
     with pytest.raises(ValueError, match="2 keys but 1 block ids"):
         store.save([1, 2], [0])
     assert not ns.contains(1)
+
+
+def test_manifest_must_match_cache(pool: Any, ns: Any) -> None:
+    cache = per_layer_cache(2, 4, 16, 2, 8, torch.bfloat16)
+    with pytest.raises(ValueError, match="manifest dtype is 1, the KV cache's is torch.bfloat16"):
+        PagedKVStore(ns, cache)  # ns: fp16
+    with pytest.raises(ValueError, match="block_tokens is 32, the KV cache's block_size 16"):
+        PagedKVStore(ns_for(pool, torch.bfloat16, 32), cache)
+    with pytest.raises(ValueError, match=r"code none"):
+        PagedKVStore(ns, [t.double() for t in cache])
+    # An unset dtype (0) accepts any; the engine then owns the identity.
+    PagedKVStore(pool.namespace(kvpool.Manifest("engine-test", 16)), cache)
+    PagedKVStore(ns_for(pool, torch.bfloat16), cache)
 
 
 def test_layout_of_describes_cache() -> None:

@@ -79,7 +79,7 @@ def main() -> int:
     kvpool.create_pool(path, args.pool_size, slab_size=max(4 << 20, block))
     try:
         with kvpool.Pool(path) as pool:
-            ns = pool.namespace(kvpool.Manifest("bench-paged", bs))
+            ns = pool.namespace(kvpool.Manifest("bench-paged", bs, dtype="fp16"))
             caches = {
                 "cross_layer": torch.randn(nb, L, 2, bs, H, D).to(dtype),
                 "per_layer": [torch.randn(2, nb, bs, H, D).to(dtype) for _ in range(L)],
