@@ -520,3 +520,57 @@ def test_detach_keeps_pins_valid(pool_path: str, manifest: Any) -> None:
     with kvpool.Pool(pool_path) as q:
         assert q.live_bytes() == 2 * store.block_bytes
         assert q.namespace(manifest).contains(152)
+
+
+def test_lookup_out_of_pins(pool_factory: Any, manifest: Any) -> None:
+    with kvpool.Pool(pool_factory(pins_per_client=4)) as p:
+        ns = p.namespace(manifest)
+        store = PagedKVStore(ns, per_layer_cache(2, 6, 16, 2, 8, torch.float16))
+        keys = list(range(161, 167))
+        assert store.save(keys, range(6)) == 6
+        with pytest.raises(kvpool.NoPinsError):
+            store.lookup("r", keys)
+        assert p.pins_held() == 0 and store.pinned("r") == 0
+        assert store.lookup("r", keys[:4]) == 4
+
+
+def test_random_geometries(pool: Any) -> None:
+    """Random shapes, dtypes, layouts, block ids and layer write orders:
+    what is loaded equals what was saved, whatever layout either side uses."""
+    import random
+
+    rng = random.Random(1234)
+    key = 1 << 64
+    for it in range(40):
+        L = rng.randint(1, 6)
+        nb = rng.randint(2, 6)
+        bs = rng.choice([1, 3, 16])
+        H = rng.randint(1, 3)
+        D = rng.choice([1, 7, 32, 64])
+        dtype = rng.choice(DTYPES)
+        ns = ns_for(pool, dtype, bs)
+        src_layout, dst_layout = rng.choice(["per_layer", "cross_layer"]), rng.choice(
+            ["per_layer", "cross_layer"]
+        )
+        src = make_cache(src_layout, L, nb, bs, H, D, dtype, seed=it)
+        dst = zeros_like_cache(make_cache(dst_layout, L, nb, bs, H, D, dtype), dst_layout)
+        s_src, s_dst = PagedKVStore(ns, src, src_layout), PagedKVStore(ns, dst, dst_layout)
+        n = rng.randint(1, nb)
+        ids = rng.sample(range(nb), n)
+        into = rng.sample(range(nb), n)
+        keys = list(range(key, key + n))
+        key += n
+        if rng.random() < 0.5:
+            assert s_src.save(keys, ids) == n
+        else:
+            order = list(range(L))
+            rng.shuffle(order)
+            with s_src.begin_save(keys, ids) as batch:
+                for layer in order:
+                    batch.write_layer(layer)
+        for k, b in zip(keys, ids):
+            assert pool_block(ns, k) == block_bytes_of(canonical(src, src_layout, b))
+        assert s_dst.lookup("r", keys) == n
+        assert s_dst.load("r", into) == n, s_dst.last_failure
+        for b_src, b_dst in zip(ids, into):
+            assert torch.equal(canonical(dst, dst_layout, b_dst), canonical(src, src_layout, b_src))
