@@ -428,13 +428,6 @@ class PinnedBlocks {
         if (failure_.empty()) return py::none();
         return py::str(failure_);
     }
-    // For tests: the address, length and checksum of pinned block i.
-    std::tuple<uintptr_t, uint64_t, uint64_t> block(size_t i) const {
-        if (i >= views_.size()) throw py::index_error("no pinned block " + std::to_string(i));
-        const kv_view &v = views_[i];
-        return {reinterpret_cast<uintptr_t>(v.data), v.length, v.checksum};
-    }
-
   private:
     void drop() {
         release_range(next_, views_.size());
@@ -505,7 +498,6 @@ void init_paged(py::module_ &m) {
         .def("load", &PinnedBlocks::load, py::arg("cache"), py::arg("block_ids"),
              py::arg("verify") = true)
         .def("release", &PinnedBlocks::release)
-        .def("block", &PinnedBlocks::block, py::arg("index"))
         .def_property_readonly("pinned", &PinnedBlocks::pinned)
         .def_property_readonly("remaining", &PinnedBlocks::remaining)
         .def_property_readonly("loaded", &PinnedBlocks::loaded)

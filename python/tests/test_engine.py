@@ -160,6 +160,7 @@ def test_per_layer_save(ns: Any) -> None:
     with pytest.raises(IndexError):
         batch.write_layer(L)
     assert batch.commit() == 3
+    assert batch.committed == 3 and batch.pending == 0
     for k, b in zip(keys, [4, 0, 2]):
         assert pool_block(ns, k) == block_bytes_of(canonical(src, "per_layer", b))
 
