@@ -3,6 +3,7 @@
 
 import errno
 import os
+import time
 
 import pytest
 
@@ -207,3 +208,81 @@ def test_two_clients_share_blocks(pool_path, manifest):
         with n2.get(42) as v:
             assert bytes(v) == b"shared"
         assert not n2.put(42, b"again")
+
+
+def test_forked_child_neither_uses_nor_releases_the_parents_client(pool_path, manifest):
+    pool = kvpool.Pool(pool_path)
+    ns = pool.namespace(manifest)
+    ns.put(1, b"parent's")
+    v = ns.get(1)
+    r = ns.reserve(2, 8)
+    mv = memoryview(ns.get(1))
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, drop everything, exit without cleanup
+        status = 0
+        try:
+            for call in (lambda: ns.get(1), lambda: ns.put(3, b"x"), lambda: pool.stats(),
+                         lambda: r.commit()):
+                try:
+                    call()
+                    status |= 1
+                except ValueError as e:
+                    if "attach again after fork()" not in str(e):
+                        status |= 2
+            if bytes(mv) != b"parent's":
+                status |= 4
+            v.release()
+            r.abort()
+            del mv
+            pool.detach()
+            with kvpool.Pool(pool_path) as own:  # the child attaches on its own
+                if bytes(own.namespace(manifest).get(1)) != b"parent's":
+                    status |= 8
+        except BaseException:
+            status |= 16
+        os.write(wfd, bytes([status]))
+        os._exit(0)
+    os.close(wfd)
+    status = os.read(rfd, 1)
+    os.close(rfd)
+    os.waitpid(pid, 0)
+    assert status == b"\0"
+    # The child released nothing of ours.
+    assert pool.pins_held() == 2
+    (me,) = [c for c in pool.clients() if c["slot"] == pool.client_index]
+    assert me["reservations"] == 1
+    assert bytes(v) == b"parent's"
+    r.buffer[:] = b"12345678"
+    r.commit()
+    v.release()
+    del mv
+    assert pool.pins_held() == 0
+    pool.detach()
+
+
+def test_killed_clients_pins_are_reaped(pool, ns):
+    import signal
+    ns.put(1, b"x")
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with kvpool.Pool(pool.path) as own:
+                mine = own.namespace(ns.manifest)
+                views = [mine.get(1) for _ in range(5)]
+                r = mine.reserve(2, 64)
+                os.write(wfd, b"k" if all(views) and r else b"?")
+                time.sleep(60)
+        finally:
+            os._exit(1)
+    os.close(wfd)
+    assert os.read(rfd, 1) == b"k"
+    os.close(rfd)
+    assert pool.usage()["pins"] == 5 and pool.usage()["entries_reserved"] == 1
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert pool.reap() == 1
+    u = pool.usage()
+    assert u["pins"] == 0 and u["entries_reserved"] == 0
+    assert ns.reserve(2, 64) is not None

@@ -46,6 +46,11 @@ def test_memoryview_is_zero_copy_and_read_only(pool, ns, block):
     mv = memoryview(v)
     assert mv.readonly and mv.nbytes == len(DATA) and mv.tobytes() == DATA
     assert isinstance(mv.obj, kvpool.BlockMemory)
+    assert repr(mv.obj) == f"<kvpool._kvpool.BlockMemory pinned {len(DATA)} bytes, 1 exports>"
+    with pytest.raises(TypeError):
+        kvpool.BlockMemory()
+    with pytest.raises(TypeError):
+        kvpool.View()
     with pytest.raises(TypeError):
         mv[0] = 1
     with pytest.raises(TypeError, match="read-write"):
