@@ -353,6 +353,34 @@ def test_pins_reaped_when_process_dies(pool_path: str, ns: Any, pool: Any, manif
     assert store.save([93], [2]) == 1  # the key is free again
 
 
+def test_forked_child_leaves_parent_pins(ns: Any, pool: Any) -> None:
+    """A child that inherits a store must not release the parent's pins or
+    abort its reservations when it drops them, nor use them."""
+    src = per_layer_cache(2, 4, 16, 2, 16, torch.float16, seed=18)
+    store = PagedKVStore(ns, src)
+    store.save([171, 172], [0, 1])
+    assert store.lookup("r", [171, 172]) == 2
+    batch = store.begin_save([173], [2])
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            try:
+                store.load("r", [3])
+            except ValueError as e:
+                code = 0 if "after fork" in str(e) else 2
+            store.close()
+            batch.abort()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pool.pins_held() == 2 and store.pinned("r") == 2
+    assert store.load("r", [2, 3]) == 2
+    batch.write_all()
+    assert batch.commit() == 1
+
+
 def flip_byte(pool_path: str, pool: Any, address: int) -> None:
     """Flip one byte of the pool file under the given mapped address."""
     off = address - pool.base_address
