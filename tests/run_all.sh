@@ -21,7 +21,7 @@ sanitizers=1
 [[ "${1:-}" == "--no-sanitizers" ]] && sanitizers=0
 
 deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libboost-dev libjemalloc-dev
-      libbenchmark-dev libgtest-dev libgmock-dev libxxhash-dev libsystemd-dev
+      libbenchmark-dev libgtest-dev libgmock-dev libxxhash-dev libssl-dev libsystemd-dev
       libtomlplusplus-dev nlohmann-json3-dev clang-19 libclang-rt-19-dev gnuplot-nox
       # The Python package (python/) and its tests: Debian's /usr/bin/python3,
       # pybind11, numpy, torch (fast with OpenBLAS), cbor2 and xxhash for

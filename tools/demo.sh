@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libxxhash-dev libjemalloc-dev libsystemd-dev
+deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libxxhash-dev libssl-dev libjemalloc-dev libsystemd-dev
       libtomlplusplus-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev)
 missing=()
 for d in "${deps[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
