@@ -184,7 +184,8 @@ class RefEngine:
         out: dict[str, Any] = {"prefix_cache_queries": st.queries, "prefix_cache_hits": st.hits,
                                "kv_usage": self.kv_cache_manager.usage,
                                "evictions": self.kv_cache_manager.block_pool.num_evictions,
-                               "load_failures": self.scheduler.num_load_failures}
+                               "load_failures": self.scheduler.num_load_failures,
+                               "preemptions": self.scheduler.num_preemptions}
         for c in (self.scheduler_connector, self.worker_connector):
             if c is not None and isinstance(getattr(c, "stats", None), dict):
                 for k, v in c.stats.items():
