@@ -189,7 +189,8 @@ def _bench(a: argparse.Namespace) -> int:
     print(f"full recompute        {1e3 * med(full):9.1f} ms  {res['full_ms']}")
     print(f"in-engine prefix hit  {1e3 * med(local):9.1f} ms  {res['in_engine_hit_ms']}")
     if ext_ttft:
-        print(f"{a.connector} hit (process A's blocks) {1e3 * med(ext_ttft):9.1f} ms  {res['connector_hit_ms']}")
+        label = f"{a.connector} hit (from A)"
+        print(f"{label:<21} {1e3 * med(ext_ttft):9.1f} ms  {res['connector_hit_ms']}")
         print(f"{a.connector} hit / in-engine hit = {res['connector_over_in_engine']:.3f}  (target <= 1.25)")
         print(f"full recompute / {a.connector} hit = {res['full_over_connector']:.1f}  (target >= 10)")
     print(f"full recompute / in-engine hit = {res['full_over_in_engine']:.1f}")
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=1)
     b = sub.add_parser("bench-ttft", help="TTFT: full recompute vs in-engine hit vs connector hit")
     _engine_args(b)
-    b.set_defaults(model="bench", connector="auto", threads=2)
+    b.set_defaults(model="bench", connector="auto")
     b.add_argument("--prefix", type=int, default=2000)
     b.add_argument("--suffix", type=int, default=32)
     b.add_argument("--trials", type=int, default=3)

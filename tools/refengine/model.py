@@ -53,9 +53,10 @@ class ModelSpec:
         )
 
 
-# "tiny": tests, a few ms per step. "bench": a 2,000-token prefill takes
-# over a second on a 2-core machine (see tools/refengine/README.md for
-# measured times); one 16-token block of KV is 256 KiB in float32.
+# "tiny": for tests, milliseconds per step. "bench": sized so that a
+# 2,000-token prefill takes well over a second on two cores, while a
+# 32-token suffix over a cached prefix takes a small fraction of that;
+# one 16-token block of KV (all layers, K and V) is 128 KiB in float32.
 PRESETS: dict[str, ModelSpec] = {
     "tiny": ModelSpec("refengine-tiny", vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=16, intermediate_size=128),
