@@ -40,7 +40,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
 
-def _make_engine(a: argparse.Namespace, connector: str | None = None) -> RefEngine:
+def _make_engine(a: argparse.Namespace, connector: str | None = None, kv_role: str = "kv_both") -> RefEngine:
     extra: dict[str, Any] = json.loads(a.extra)
     if a.pool:
         extra.setdefault("pool_path", a.pool)
@@ -48,7 +48,7 @@ def _make_engine(a: argparse.Namespace, connector: str | None = None) -> RefEngi
         extra.setdefault("path", a.kv_dir)
     return RefEngine(a.model, connector=connector or a.connector, extra_config=extra, layout=a.layout,
                      num_blocks=a.num_blocks, dtype=DTYPES[a.dtype],
-                     enable_prefix_caching=not a.no_prefix_caching, hash_algo=a.hash_algo)
+                     enable_prefix_caching=not a.no_prefix_caching, hash_algo=a.hash_algo, kv_role=kv_role)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -172,6 +172,23 @@ def _bench(a: argparse.Namespace) -> int:
         c = eng.generate(p + _tokens("s2", k, a.suffix, vocab), 1)
         assert c.local_hit_tokens >= a.prefix // 16 * 16, f"expected an in-engine hit: {c}"
         local.append(c.ttft_s)
+    # Correctness of what was timed, on prefix 0 + a suffix never served:
+    # loaded from A's blocks by a fresh engine whose connector only loads
+    # (so that it stores no suffix block B could then hit), served from B's
+    # own cache, and recomputed from scratch.
+    prompt = _tokens("prefix", 0, a.prefix, vocab) + _tokens("s3", 0, a.suffix, vocab)
+    ref = None
+    if a.connector != "none":
+        ref = _make_engine(a, a.connector, kv_role="kv_consumer").generate(prompt, 1)
+        assert ref.external_hit_tokens == a.prefix // 16 * 16, ref
+    hit = eng.generate(prompt, 1)
+    assert hit.local_hit_tokens == a.prefix // 16 * 16 and hit.external_hit_tokens == 0, hit
+    if ref is not None:
+        res["connector_hit_bit_identical"] = bool(torch.equal(ref.first_logits, hit.first_logits))
+    a.no_prefix_caching = True
+    full_c = _make_engine(a, "none").generate(prompt, 1)
+    res["max_logit_diff_vs_recompute"] = float((full_c.first_logits - hit.first_logits).abs().max())
+    res["same_token_as_recompute"] = full_c.output_token_ids == hit.output_token_ids
     med = statistics.median
     res["full_ms"] = [round(x * 1e3, 1) for x in full]
     res["in_engine_hit_ms"] = [round(x * 1e3, 1) for x in local]
@@ -194,6 +211,10 @@ def _bench(a: argparse.Namespace) -> int:
         print(f"{a.connector} hit / in-engine hit = {res['connector_over_in_engine']:.3f}  (target <= 1.25)")
         print(f"full recompute / {a.connector} hit = {res['full_over_connector']:.1f}  (target >= 10)")
     print(f"full recompute / in-engine hit = {res['full_over_in_engine']:.1f}")
+    if "connector_hit_bit_identical" in res:
+        print(f"{a.connector} hit logits bit-identical to the in-engine hit: {res['connector_hit_bit_identical']}")
+    print(f"largest logit difference, prefix hit vs full recompute: {res['max_logit_diff_vs_recompute']:.3g} "
+          f"(same greedy token: {res['same_token_as_recompute']})")
     return 0
 
 
