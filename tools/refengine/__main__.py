@@ -172,11 +172,13 @@ def _bench(a: argparse.Namespace) -> int:
         c = eng.generate(p + _tokens("s2", k, a.suffix, vocab), 1)
         assert c.local_hit_tokens >= a.prefix // 16 * 16, f"expected an in-engine hit: {c}"
         local.append(c.ttft_s)
-    # Correctness of what was timed, on prefix 0 + a suffix never served:
+    # Correctness of what was timed, on the last trial's prefix (still in
+    # this engine's cache) + a suffix never served:
     # loaded from A's blocks by a fresh engine whose connector only loads
     # (so that it stores no suffix block B could then hit), served from B's
     # own cache, and recomputed from scratch.
-    prompt = _tokens("prefix", 0, a.prefix, vocab) + _tokens("s3", 0, a.suffix, vocab)
+    last = a.trials - 1
+    prompt = _tokens("prefix", last, a.prefix, vocab) + _tokens("s3", last, a.suffix, vocab)
     ref = None
     if a.connector != "none":
         ref = _make_engine(a, a.connector, kv_role="kv_consumer").generate(prompt, 1)
