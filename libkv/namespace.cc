@@ -19,7 +19,7 @@ int manifest_check(const kv_manifest &m) {
     if (m.model_name[0] == 0) return -EINVAL;
     if (m.block_tokens == 0) return -EINVAL;
     if (m.tp_world == 0 || m.tp_rank >= m.tp_world) return -EINVAL;
-    if (m.hash_scheme != KV_HASH_XXH3_128_CHAINED) return -EINVAL;
+    if (m.hash_scheme < KV_HASH_XXH3_128_CHAINED || m.hash_scheme > KV_HASH_MAX) return -EINVAL;
     for (uint64_t r : m.reserved)
         if (r) return -EINVAL;
     return 0;

@@ -231,6 +231,16 @@ KV_STATIC_ASSERT(sizeof(struct kv_manifest) == KV_MANIFEST_SIZE_V1, "manifest v1
 
 /* key(i) = XXH3-128(seed = chain_seed, bytes = key(i-1) || token ids of block i) */
 #define KV_HASH_XXH3_128_CHAINED 1
+/*
+ * vLLM's prefix-cache block hashes (doc/vllm-keys.md): hash(i) = H(canonical
+ * CBOR of [hash(i-1) or NONE_HASH, [token ids of block i], extra keys or
+ * null]), NONE_HASH = H(CBOR text string of the seed); the key is the last 16
+ * bytes of hash(i), big-endian. hash_seed holds the first 8 bytes of
+ * NONE_HASH, big-endian, so engines with different seeds never share blocks.
+ */
+#define KV_HASH_VLLM_SHA256_CBOR 2 /* H = SHA-256, 32-byte hashes */
+#define KV_HASH_VLLM_XXHASH_CBOR 3 /* H = XXH3-128, 16-byte hashes (canonical, big-endian) */
+#define KV_HASH_MAX 3
 
 /* kv_namespace.ctl: [7:0] state, [19:8] client+1 while WRITING, [63:32] tag */
 #define KV_NS_FREE 0

@@ -159,6 +159,83 @@ struct kv_key kv_hash_block(uint64_t seed, const struct kv_key *prev, const uint
 size_t kv_hash_chain(uint64_t seed, const uint32_t *tokens, size_t n_tokens, uint32_t block_tokens,
 		     struct kv_key *keys, size_t max_keys) KV_NOEXCEPT;
 
+/* ---- vLLM prefix-cache block hashes (since LIBKV_0.4) -------------------- */
+
+/*
+ * vLLM's block hashes, bit for bit, so a kvpool key can be derived from the
+ * hash an engine already computes (doc/vllm-keys.md). For a scheme H
+ * (KV_HASH_VLLM_SHA256_CBOR: SHA-256; KV_HASH_VLLM_XXHASH_CBOR: XXH3-128 as
+ * 16 big-endian bytes, high half first):
+ *   NONE_HASH = H(cbor(seed as a text string))
+ *   hash(i)   = H(cbor([hash(i-1), [token ids of block i], extra(i)]))
+ * with hash(-1) = NONE_HASH, cbor() the canonical encoding that Python's
+ * cbor2.dumps(x, canonical=True) produces (tuples are arrays) and extra(i)
+ * the block's extra keys (LoRA name, multimodal (identifier, offset) pairs,
+ * cache salt, prompt-embeds digest) or null.
+ * All functions are pure: any thread, no pool needed, nothing allocated
+ * beyond a per-call buffer (and one digest context per thread for SHA-256).
+ */
+
+/* Longest hash of any scheme, in bytes. */
+#define KV_VLLM_HASH_MAX 32
+
+/* Hash length of a vLLM scheme: 32 (SHA256_CBOR), 16 (XXHASH_CBOR), or 0 (not a vLLM scheme). */
+size_t kv_vllm_hash_len(uint32_t scheme) KV_NOEXCEPT;
+
+/*
+ * NONE_HASH, the parent of every first block, from a seed of seed_len bytes
+ * of UTF-8 (vLLM: the value of PYTHONHASHSEED; an engine without one uses
+ * random bytes and shares with nobody). out receives kv_vllm_hash_len(scheme)
+ * bytes. Returns that length, or -EINVAL (unknown scheme, NULL out, NULL
+ * seed with seed_len > 0), -ENOMEM, -EIO (the SHA-256 provider failed).
+ */
+int kv_vllm_none_hash(uint32_t scheme, const char *seed, size_t seed_len, uint8_t *out) KV_NOEXCEPT;
+
+/*
+ * Hash the full blocks of a token sequence: block i covers tokens
+ * [i * block_size, (i + 1) * block_size), its parent is parent (parent_len
+ * bytes: NONE_HASH for a sequence's first block, or the hash of the block
+ * before tokens[0]) for i = 0 and hash(i-1) after. extra_cbor[i] /
+ * extra_len[i] are block i's extra keys, each exactly one canonical CBOR
+ * item (usually an array); extra_cbor == NULL, extra_cbor[i] == NULL or
+ * extra_len[i] == 0 means null (no extra keys). out receives
+ * min(n_tokens / block_size, max_blocks) hashes of kv_vllm_hash_len(scheme)
+ * bytes each, back to back; a trailing partial block is not hashed.
+ * Returns the number of hashes written, or -EINVAL (unknown scheme,
+ * block_size 0, parent NULL or parent_len 0, NULL tokens with
+ * n_tokens > 0, NULL out with max_blocks > 0, NULL extra_len with non-NULL
+ * extra_cbor, an extra item that is not one well-formed canonical CBOR item),
+ * -ENOMEM, -EIO (the SHA-256 provider failed).
+ */
+int64_t kv_vllm_block_hashes(uint32_t scheme, const uint8_t *parent, size_t parent_len,
+			     const uint32_t *tokens, size_t n_tokens, uint32_t block_size,
+			     const uint8_t *const *extra_cbor, const size_t *extra_len, uint8_t *out,
+			     size_t max_blocks) KV_NOEXCEPT;
+
+/*
+ * The kvpool key of an engine block hash of len bytes: its last 16 bytes read
+ * big-endian, hi = bytes [len-16, len-8), lo = [len-8, len) (a shorter hash
+ * is zero-extended on the left). So key == int.from_bytes(h[-16:], "big") in
+ * Python and key.lo is vLLM's KV-event form of the hash (its last 8 bytes,
+ * VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES). Strip the 4-byte group id of a
+ * BlockHashWithGroupId first. hash may be NULL when len is 0.
+ */
+struct kv_key kv_vllm_key(const uint8_t *hash, size_t len) KV_NOEXCEPT;
+
+/*
+ * The manifest hash_seed of a vLLM scheme and seed: the first 8 bytes of
+ * NONE_HASH read big-endian. Returns 0 or the errors of kv_vllm_none_hash.
+ */
+int kv_vllm_seed_id(uint32_t scheme, const char *seed, size_t seed_len, uint64_t *out) KV_NOEXCEPT;
+
+/*
+ * Set m->hash_scheme = scheme and m->hash_seed = kv_vllm_seed_id(scheme,
+ * seed): a namespace for blocks keyed by kv_vllm_key. Returns 0 or the errors
+ * of kv_vllm_none_hash (m untouched on error; -EINVAL for a NULL m).
+ */
+int kv_manifest_set_vllm(struct kv_manifest *m, uint32_t scheme, const char *seed,
+			 size_t seed_len) KV_NOEXCEPT;
+
 /* ---- Data path ----------------------------------------------------------- */
 
 /* Optional metadata stored with a block. */

@@ -2,7 +2,7 @@
 //
 // libkv C++ API: RAII over the C API in <kv/kv.h>. Header-only, so the C ABI
 // stays the only binary interface. Errors are std::expected<T, kv::Error>;
-// nothing here throws.
+// nothing here throws but std::bad_alloc.
 #pragma once
 
 #include <kv/kv.h>
@@ -12,12 +12,17 @@
 #error "kv.hpp needs C++23 (std::expected): compile with -std=c++23 (pkg-config --variable=cxxflags libkv)"
 #endif
 
+#include <bit>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <expected>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace kv {
 
@@ -206,5 +211,150 @@ class Pool {
     explicit Pool(kv_pool *p) : p_(p) {}
     kv_pool *p_ = nullptr;
 };
+
+// ---- Canonical CBOR (RFC 8949 4.2.1), as Python's cbor2.dumps(canonical=True)
+// writes the values vLLM puts in its block hashes: integers, byte and text
+// strings, arrays (Python tuples and lists), null and booleans. Heads take
+// the shortest form; lengths are definite.
+namespace cbor {
+
+inline constexpr uint8_t kUint = 0, kNegint = 1, kBytes = 2, kText = 3, kArray = 4, kTag = 6, kSimple = 7;
+inline constexpr uint8_t kFalse = 0xf4, kTrue = 0xf5, kNull = 0xf6;
+// The longest head: initial byte + 8 bytes of argument.
+inline constexpr size_t kMaxHead = 9;
+
+// x as big-endian bytes in memory order.
+template <typename T> inline T big_endian(T x) noexcept {
+    if constexpr (std::endian::native == std::endian::little) return std::byteswap(x);
+    return x;
+}
+
+// Write the head of a major type with argument v at p; returns the end.
+inline uint8_t *put_head(uint8_t *p, uint8_t major, uint64_t v) noexcept {
+    const uint8_t mt = static_cast<uint8_t>(major << 5);
+    if (v < 24) {
+        *p = static_cast<uint8_t>(mt | v);
+        return p + 1;
+    }
+    if (v <= 0xff) {
+        p[0] = mt | 24;
+        p[1] = static_cast<uint8_t>(v);
+        return p + 2;
+    }
+    if (v <= 0xffff) {
+        const uint16_t be = big_endian(static_cast<uint16_t>(v));
+        p[0] = mt | 25;
+        std::memcpy(p + 1, &be, 2);
+        return p + 3;
+    }
+    if (v <= 0xffffffffULL) {
+        const uint32_t be = big_endian(static_cast<uint32_t>(v));
+        p[0] = mt | 26;
+        std::memcpy(p + 1, &be, 4);
+        return p + 5;
+    }
+    const uint64_t be = big_endian(v);
+    p[0] = mt | 27;
+    std::memcpy(p + 1, &be, 8);
+    return p + 9;
+}
+
+// Builds one CBOR item into a byte vector (may throw std::bad_alloc).
+class Writer {
+  public:
+    Writer &uint(uint64_t v) { return head(kUint, v); }
+    // The negative integer -1 - n.
+    Writer &negint(uint64_t n) { return head(kNegint, n); }
+    Writer &integer(int64_t v) {
+        return v >= 0 ? uint(static_cast<uint64_t>(v)) : negint(~static_cast<uint64_t>(v));
+    }
+    // An integer outside [-2^64, 2^64): tag 2 (or 3 when negative, for
+    // -1 - magnitude) over the big-endian magnitude without leading zeros.
+    Writer &bignum(bool negative, std::span<const uint8_t> magnitude) {
+        head(kTag, negative ? 3 : 2);
+        return bytes(magnitude);
+    }
+    Writer &bytes(std::span<const uint8_t> b) {
+        head(kBytes, b.size());
+        buf_.insert(buf_.end(), b.begin(), b.end());
+        return *this;
+    }
+    Writer &text(std::string_view utf8) {
+        head(kText, utf8.size());
+        buf_.insert(buf_.end(), utf8.begin(), utf8.end());
+        return *this;
+    }
+    // Start an array of n items: the next n items written are its elements.
+    Writer &array(size_t n) { return head(kArray, n); }
+    Writer &null() {
+        buf_.push_back(kNull);
+        return *this;
+    }
+    Writer &boolean(bool b) {
+        buf_.push_back(b ? kTrue : kFalse);
+        return *this;
+    }
+
+    std::span<const uint8_t> data() const { return buf_; }
+    std::vector<uint8_t> take() { return std::exchange(buf_, {}); }
+    void clear() { buf_.clear(); }
+
+  private:
+    Writer &head(uint8_t major, uint64_t v) {
+        uint8_t h[kMaxHead];
+        buf_.insert(buf_.end(), h, put_head(h, major, v));
+        return *this;
+    }
+    std::vector<uint8_t> buf_;
+};
+
+} // namespace cbor
+
+// ---- vLLM block hashes (kv_vllm_* in kv.h) -----------------------------------
+
+// A chain of vLLM block hashes, hash_len bytes each, back to back.
+struct VllmHashes {
+    size_t hash_len = 0;
+    std::vector<uint8_t> bytes;
+
+    size_t size() const { return hash_len ? bytes.size() / hash_len : 0; }
+    std::span<const uint8_t> operator[](size_t i) const { return {bytes.data() + i * hash_len, hash_len}; }
+    Key key(size_t i) const { return kv_vllm_key(bytes.data() + i * hash_len, hash_len); }
+};
+
+inline std::expected<std::vector<uint8_t>, Error> vllm_none_hash(uint32_t scheme, std::string_view seed) {
+    std::vector<uint8_t> h(KV_VLLM_HASH_MAX);
+    int rc = kv_vllm_none_hash(scheme, seed.data(), seed.size(), h.data());
+    if (rc < 0) return std::unexpected(Error{rc, kv_strerror(rc)});
+    h.resize(static_cast<size_t>(rc));
+    return h;
+}
+
+// Hashes of the full blocks of tokens under parent (NONE_HASH for a first
+// block). extra, when not empty, holds one CBOR item per block (see
+// cbor::Writer); an empty span stands for null.
+inline std::expected<VllmHashes, Error> vllm_block_hashes(uint32_t scheme, std::span<const uint8_t> parent,
+                                                          std::span<const uint32_t> tokens, uint32_t block_size,
+                                                          std::span<const std::span<const uint8_t>> extra = {}) {
+    VllmHashes out;
+    out.hash_len = kv_vllm_hash_len(scheme);
+    if (!out.hash_len || !block_size) return std::unexpected(Error{-EINVAL, "unknown scheme or block_size 0"});
+    const size_t n = tokens.size() / block_size;
+    if (!extra.empty() && extra.size() < n)
+        return std::unexpected(Error{-EINVAL, "extra keys: " + std::to_string(extra.size()) + " entries for " +
+                                                  std::to_string(n) + " blocks"});
+    std::vector<const uint8_t *> ptrs;
+    std::vector<size_t> lens;
+    for (size_t i = 0; i < n && !extra.empty(); i++) {
+        ptrs.push_back(extra[i].data());
+        lens.push_back(extra[i].size());
+    }
+    out.bytes.resize(n * out.hash_len);
+    int64_t rc = kv_vllm_block_hashes(scheme, parent.data(), parent.size(), tokens.data(), tokens.size(),
+                                      block_size, extra.empty() ? nullptr : ptrs.data(),
+                                      extra.empty() ? nullptr : lens.data(), out.bytes.data(), n);
+    if (rc < 0) return std::unexpected(Error{static_cast<int>(rc), kv_strerror(static_cast<int>(rc))});
+    return out;
+}
 
 } // namespace kv
