@@ -144,6 +144,23 @@ void encode(kv::cbor::Writer &w, py::handle v, int depth) {
     }
 }
 
+// A contiguous bytes-like object's bytes, released on scope exit. Lighter
+// than py::buffer_info, which copies shape and strides into vectors.
+class Bytes {
+  public:
+    explicit Bytes(py::handle o) {
+        if (PyObject_GetBuffer(o.ptr(), &view_, PyBUF_SIMPLE) != 0) throw py::error_already_set();
+    }
+    Bytes(const Bytes &) = delete;
+    Bytes &operator=(const Bytes &) = delete;
+    ~Bytes() { PyBuffer_Release(&view_); }
+    const uint8_t *data() const { return static_cast<const uint8_t *>(view_.buf); }
+    size_t size() const { return static_cast<size_t>(view_.len); }
+
+  private:
+    Py_buffer view_{};
+};
+
 std::vector<uint32_t> tokens_of(py::handle tokens) {
     PyObject *fast = PySequence_Fast(tokens.ptr(), "tokens: expected a sequence of ints");
     if (!fast) throw py::error_already_set();
@@ -182,12 +199,8 @@ py::list vllm_block_hashes(py::handle tokens, long long block_size, py::handle a
     // vLLM's hash_block_tokens: a falsy parent (None, b"") means NONE_HASH.
     std::vector<uint8_t> par;
     if (!parent.is_none()) {
-        py::buffer_info bi = py::reinterpret_borrow<py::buffer>(parent).request();
-        if (bi.ndim != 1 || bi.itemsize != 1)
-            throw py::type_error("parent: expected bytes (a block hash), got a buffer of itemsize " +
-                                 std::to_string(bi.itemsize));
-        const auto *p = static_cast<const uint8_t *>(bi.ptr);
-        par.assign(p, p + bi.size);
+        const Bytes b(parent);
+        par.assign(b.data(), b.data() + b.size());
     }
     if (par.empty()) par = none_hash(scheme, seed_of(seed));
 
@@ -230,13 +243,22 @@ py::list vllm_block_hashes(py::handle tokens, long long block_size, py::handle a
     return result;
 }
 
-py::int_ vllm_key(py::buffer hash) {
-    py::buffer_info bi = hash.request();
-    if (bi.ndim != 1 || bi.itemsize != 1 || (bi.size != 16 && bi.size != 32))
+py::int_ vllm_key(py::handle hash) {
+    const Bytes b(hash);
+    if (b.size() != 16 && b.size() != 32)
         throw py::value_error("hash: expected 16 or 32 bytes (a vLLM block hash without its group id), got " +
-                              std::to_string(bi.size * bi.itemsize));
-    const kv_key k = kv_vllm_key(static_cast<const uint8_t *>(bi.ptr), static_cast<size_t>(bi.size));
-    return py::int_((py::int_(k.hi) << py::int_(64)) | py::int_(k.lo));
+                              std::to_string(b.size()));
+    const kv_key k = kv_vllm_key(b.data(), b.size());
+    uint8_t be[16];
+    for (int i = 0; i < 8; i++) {
+        be[i] = static_cast<uint8_t>(k.hi >> (56 - 8 * i));
+        be[8 + i] = static_cast<uint8_t>(k.lo >> (56 - 8 * i));
+    }
+    // One int from 16 big-endian unsigned bytes (what int.from_bytes calls);
+    // building it from the halves with shifts and ors takes 4 more objects.
+    PyObject *r = _PyLong_FromByteArray(be, sizeof be, /*little_endian=*/0, /*is_signed=*/0);
+    if (!r) throw py::error_already_set();
+    return py::reinterpret_steal<py::int_>(r);
 }
 
 } // namespace
