@@ -4,7 +4,8 @@
 # The whole test suite, as CI runs it (.ci/run calls this):
 #   1. install the Debian packages the build needs (apt-get; root),
 #   2. build with warnings as errors and run every meson test suite
-#      (uapi, unit, mp) -- benchmarks are built, not run -- and build the
+#      (uapi, unit, mp, and python: pytest on /usr/bin/python3 against the
+#      kvpool package) -- benchmarks are built, not run -- and build the
 #      installed programs as a release build, warnings as errors,
 #   3. build again with AddressSanitizer + UndefinedBehaviorSanitizer and
 #      run the same suites, then the threaded tests (kvpoold, the snapshot
@@ -21,7 +22,12 @@ sanitizers=1
 
 deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libboost-dev libjemalloc-dev
       libbenchmark-dev libgtest-dev libgmock-dev libxxhash-dev libsystemd-dev
-      libtomlplusplus-dev nlohmann-json3-dev clang-19 libclang-rt-19-dev gnuplot-nox)
+      libtomlplusplus-dev nlohmann-json3-dev clang-19 libclang-rt-19-dev gnuplot-nox
+      # The Python package (python/) and its tests: Debian's /usr/bin/python3,
+      # pybind11, numpy, torch (fast with OpenBLAS), cbor2 and xxhash for
+      # the vLLM hash cross-checks.
+      pybind11-dev python3-pybind11 python3-dev python3-numpy python3-torch python3-pytest
+      python3-cbor2 python3-xxhash libopenblas0-pthread)
 missing=()
 for d in "${deps[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
 if ((${#missing[@]})); then
@@ -36,9 +42,13 @@ run_suites() { # build-dir
 }
 
 echo "== build (warnings as errors) =="
-[[ -d build-test ]] || meson setup build-test --buildtype=debugoptimized -Dwerror=true -Dbenchmarks=enabled -Dtests=enabled
+[[ -d build-test ]] || meson setup build-test --buildtype=debugoptimized -Dwerror=true -Dbenchmarks=enabled -Dtests=enabled \
+    -Dpython=enabled
 ninja -C build-test
 run_suites build-test
+# Only here: the sanitizer builds leave the extension out (an instrumented
+# module cannot load into /usr/bin/python3).
+meson test -C build-test --suite python --print-errorlogs --num-processes "$jobs"
 
 # What users install, built as they would (-O3, NDEBUG): g++ warns about
 # some things only when it inlines that far.

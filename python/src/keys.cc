@@ -86,18 +86,23 @@ bool to_key_noexcept(PyObject *obj, kv_key *out) noexcept {
 	if (PyBytes_Check(obj))
 		return key_from_bytes(reinterpret_cast<const unsigned char *>(PyBytes_AS_STRING(obj)),
 				      PyBytes_GET_SIZE(obj), out);
+	// Integer scalars (numpy.uint64) export a buffer too: __index__ first;
+	// arrays have the slot but refuse unless 0-d, and then go by bytes.
+	if (PyIndex_Check(obj)) {
+		PyObject *i = PyNumber_Index(obj);
+		if (i) {
+			bool ok = key_from_long(i, out);
+			Py_DECREF(i);
+			return ok;
+		}
+		if (!PyObject_CheckBuffer(obj) || !PyErr_ExceptionMatches(PyExc_TypeError)) return false;
+		PyErr_Clear();
+	}
 	if (PyObject_CheckBuffer(obj)) {
 		Py_buffer b;
 		if (PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE) < 0) return false;
 		bool ok = key_from_bytes(static_cast<const unsigned char *>(b.buf), b.len, out);
 		PyBuffer_Release(&b);
-		return ok;
-	}
-	if (PyIndex_Check(obj)) {
-		PyObject *i = PyNumber_Index(obj);
-		if (!i) return false;
-		bool ok = key_from_long(i, out);
-		Py_DECREF(i);
 		return ok;
 	}
 	PyErr_Format(PyExc_TypeError,

@@ -386,6 +386,9 @@ py::object make_namespace(py::object pool_obj, py::handle arg) {
 	if (py::isinstance<Manifest>(arg)) {
 		ns.manifest = arg.cast<Manifest &>().m;
 		int rc = kv_ns_register(ps.pool, &ns.manifest, &ns.id, &ns.seed);
+		if (rc == -ENOSPC)
+			raise_kv(rc, "namespace", ("the namespace table is full (max_namespaces " +
+						   std::to_string(kv_pool_header(ps.pool)->max_namespaces) + ")").c_str());
 		if (rc < 0) raise_kv(rc, "namespace");
 	} else if (py::isinstance<py::int_>(arg)) {
 		ns.id = arg.cast<uint32_t>();

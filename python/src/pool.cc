@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // kvpool.Pool (one libkv client of a pool), create_pool and destroy_pool.
 #include <cerrno>
+#include <pthread.h>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,8 +13,10 @@
 
 namespace kvpool_py {
 
+uint64_t fork_generation;
+
 PoolState::~PoolState() {
-	if (pool) kv_pool_detach(pool);
+	if (owned()) kv_pool_detach(pool);
 }
 
 void PoolState::check_open() const {
@@ -21,13 +24,19 @@ void PoolState::check_open() const {
 }
 
 bool PoolState::check_open_noexcept() const noexcept {
+	if (foreign()) {
+		PyErr_Format(PyExc_ValueError,
+			     "kvpool.Pool %s was attached by the parent process: attach again after fork()",
+			     path.c_str());
+		return false;
+	}
 	if (!closed) return true;
 	PyErr_Format(PyExc_ValueError, "kvpool.Pool %s is detached", path.c_str());
 	return false;
 }
 
 void PoolState::unhold() noexcept {
-	if (--holds == 0 && closed && pool) {
+	if (--holds == 0 && closed && owned()) {
 		kv_pool_detach(pool);
 		pool = nullptr;
 	}
@@ -35,7 +44,7 @@ void PoolState::unhold() noexcept {
 
 void PoolState::detach() noexcept {
 	closed = true;
-	if (holds == 0 && pool) {
+	if (holds == 0 && owned()) {
 		kv_pool_detach(pool);
 		pool = nullptr;
 	}
@@ -182,6 +191,9 @@ std::vector<kv_client_info> client_rows(PoolState &ps) {
 } // namespace
 
 void init_pool(py::module_ &m) {
+	// The child runs one thread at this point: a plain increment is enough.
+	if (int rc = pthread_atfork(nullptr, nullptr, [] { fork_generation++; }); rc != 0)
+		raise_kv(-rc, "pthread_atfork");
 	m.def("create_pool", &create_pool, py::arg("path"), py::arg("size"), py::kw_only(),
 	      py::arg("slab_size") = 0, py::arg("avg_block_size") = 0, py::arg("max_clients") = 0,
 	      py::arg("pins_per_client") = 0, py::arg("max_namespaces") = 0, py::arg("max_entries") = 0,

@@ -69,19 +69,35 @@ py::object key_object(kv_key key);
 
 /* ---- Pools ---------------------------------------------------------------- */
 
+/*
+ * Incremented in the child of every fork(). A libkv client belongs to the
+ * process that attached: a child that inherits a kvpool.Pool must neither
+ * use it nor release its pins or slot (they are the parent's), so such a
+ * pool is "foreign" there: every call raises ValueError and releases are
+ * skipped. The child attaches again to use the pool.
+ */
+extern uint64_t fork_generation;
+
 /* The C++ object of a kvpool.Pool. */
 struct PoolState {
 	kv_pool *pool = nullptr; /* null once libkv's detach ran */
 	std::string path;
 	uint64_t holds = 0;   /* pins, reservations and GIL-free calls outstanding */
 	bool closed = false;  /* detach() was called: no new operations */
+	uint64_t generation = fork_generation; /* fork_generation at attach */
+
+	/* Inherited through fork(): the parent's client, not ours. */
+	bool foreign() const noexcept { return generation != fork_generation; }
+	/* The client to release pins and reservations through, or nullptr in a
+	 * forked child (whose releases would be the parent's). */
+	kv_pool *owned() const noexcept { return foreign() ? nullptr : pool; }
 
 	PoolState() = default;
 	PoolState(const PoolState &) = delete;
 	PoolState &operator=(const PoolState &) = delete;
 	~PoolState();
 
-	/* ValueError if closed. */
+	/* ValueError if closed or foreign. */
 	void check_open() const;
 	bool check_open_noexcept() const noexcept;
 	void hold() noexcept { ++holds; }

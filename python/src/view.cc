@@ -90,7 +90,7 @@ BlockMemory *memory_new(PyObject *pool_obj, PoolState *pool) noexcept {
 
 void memory_dealloc(PyObject *self) {
 	BlockMemory *m = as<BlockMemory>(self);
-	if (m->owns) {
+	if (m->owns && m->pool->owned()) {
 		if (m->readonly)
 			kv_release(m->pool->pool, &m->view);
 		else
@@ -168,7 +168,7 @@ void view_drop(ViewObject *v) noexcept {
 		Py_CLEAR(v->mem);
 		return;
 	}
-	kv_release(v->pool->pool, &v->view);
+	if (v->pool->owned()) kv_release(v->pool->pool, &v->view);
 	v->pool->unhold();
 	Py_CLEAR(v->pool_obj);
 }
@@ -329,6 +329,7 @@ void res_dealloc(PyObject *self) {
 PyObject *res_commit_impl(ReservationObject *r, PyObject *checksum) {
 	if (!res_open(r)) return nullptr;
 	BlockMemory *m = r->mem;
+	if (m->pool->foreign()) return m->pool->check_open_noexcept(), nullptr;
 	if (Py_REFCNT(m) > 1) {
 		PyErr_SetString(PyExc_BufferError,
 				"kvpool.Reservation: a memoryview, array or tensor still refers to its "
