@@ -40,6 +40,10 @@ from kvpool._kvpool import (
     hash_chain,
     release_all,
     to_key,
+    vllm_block_hashes,
+    vllm_key,
+    vllm_none_hash,
+    vllm_seed_id,
 )
 
 __all__ = [
@@ -63,4 +67,8 @@ __all__ = [
     "hash_chain",
     "release_all",
     "to_key",
+    "vllm_block_hashes",
+    "vllm_key",
+    "vllm_none_hash",
+    "vllm_seed_id",
 ]

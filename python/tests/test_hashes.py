@@ -171,6 +171,36 @@ def test_tokens_from_other_sequences() -> None:
     assert kvpool.vllm_block_hashes(range(70000, 70000 + 48), 16) == want
 
 
+# ---- Keys and namespaces in a pool ------------------------------------------------
+
+
+def test_hashes_key_blocks_in_a_vllm_namespace(pool: kvpool.Pool) -> None:
+    """A manifest of a vLLM scheme registers; hashes and their vllm_key ints
+    name the same blocks; another seed or algorithm is another namespace."""
+    hs = kvpool.vllm_block_hashes(list(range(64)), 16, "sha256_cbor", "0")
+    keys = [kvpool.vllm_key(h) for h in hs]
+    assert [kvpool.to_key(h) for h in hs] == keys
+    ns = pool.namespace(
+        kvpool.Manifest("m", 16, hash_scheme="sha256_cbor", hash_seed=kvpool.vllm_seed_id("sha256_cbor", "0"))
+    )
+    assert ns.manifest.hash_scheme == 2
+    for i, h in enumerate(hs):
+        assert ns.put(h, bytes([i]) * 64)
+    assert ns.match_prefix(keys) == 4
+    view = ns.get(keys[2])
+    assert view is not None
+    with view:
+        assert bytes(view) == bytes([2]) * 64
+    others = [
+        kvpool.Manifest("m", 16, hash_scheme="sha256_cbor", hash_seed=kvpool.vllm_seed_id("sha256_cbor", "1")),
+        kvpool.Manifest("m", 16, hash_scheme="xxhash_cbor", hash_seed=kvpool.vllm_seed_id("xxhash_cbor", "0")),
+    ]
+    for m in others:
+        other = pool.namespace(m)
+        assert other.id != ns.id
+        assert other.match_prefix(keys) == 0
+
+
 # ---- Randomized comparison with cbor2 + hashlib / xxhash -------------------------
 
 
