@@ -81,7 +81,8 @@ def dtype_code(dtype: Any) -> int:
 
 def check_manifest(manifest: Any, info: dict[str, Any]) -> None:
     """The namespace's identity must describe the cache: its block_tokens is
-    the cache's block_size and its dtype, when set (1..1024), the tensors'.
+    the cache's block_size and its dtype, when set (1..1024), the tensors'
+    (an fp8 dtype also accepts uint8 tensors, vLLM's storage for fp8).
     Blocks of another dtype but the same size would load as garbage that no
     length or checksum check can see."""
     bs = int(info["block_size"])
@@ -92,7 +93,9 @@ def check_manifest(manifest: Any, info: dict[str, Any]) -> None:
         )
     want = int(manifest.dtype)
     got = dtype_code(info["dtype"])
-    if 0 < want <= 1024 and want != got:
+    # vLLM keeps fp8 caches in uint8 tensors.
+    fp8_bytes = str(info["dtype"]) == "torch.uint8" and want in (3, 4)
+    if 0 < want <= 1024 and want != got and not fp8_bytes:
         raise ValueError(
             f"namespace manifest dtype is {want}, the KV cache's is {info['dtype']} "
             f"(code {got or 'none'})"

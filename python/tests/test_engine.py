@@ -485,6 +485,9 @@ def test_manifest_must_match_cache(pool: Any, ns: Any) -> None:
         PagedKVStore(ns_for(pool, torch.bfloat16, 32), cache)
     with pytest.raises(ValueError, match=r"code none"):
         PagedKVStore(ns, [t.double() for t in cache])
+    # fp8 caches live in uint8 tensors in vLLM.
+    u8 = [torch.zeros(2, 4, 16, 2, 8, dtype=torch.uint8) for _ in range(2)]
+    PagedKVStore(pool.namespace(kvpool.Manifest("engine-test", 16, dtype="fp8_e4m3")), u8)
     # An unset dtype (0) accepts any; the engine then owns the identity.
     PagedKVStore(pool.namespace(kvpool.Manifest("engine-test", 16)), cache)
     PagedKVStore(ns_for(pool, torch.bfloat16), cache)
