@@ -11,4 +11,5 @@ PYBIND11_MODULE(_kvpool, m) {
 	kvpool_py::init_namespace(m);
 	kvpool_py::init_pool(m);
 	kvpool_py::init_hashes(m);
+	kvpool_py::init_paged(m);
 }

@@ -30,6 +30,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace kvpool_py::paged {
 
@@ -78,43 +81,6 @@ uint64_t merge_accs(const uint64_t *acc, uint64_t len) {
     return r ^ (r >> 32);
 }
 
-// XXH3_accumulate_512 on the stripe at s, storing it to d first when Copy.
-// Helpers are always_inline and see vectors only through pointers, so each
-// is compiled for the ISA of the target-specific function it lands in.
-template <class V, bool Copy>
-[[gnu::always_inline]] inline void stripe(V *acc, const uint8_t *s, uint8_t *d,
-                                          const uint8_t *secret) {
-    for (unsigned j = 0; j < 64 / sizeof(V); j++) {
-        V data, key;
-        memcpy(&data, s + j * sizeof(V), sizeof(V));
-        if constexpr (Copy) memcpy(d + j * sizeof(V), &data, sizeof(V));
-        memcpy(&key, secret + j * sizeof(V), sizeof(V));
-        V dk = data ^ key;
-        V product = (dk & 0xffffffffULL) * (dk >> 32);
-        V swapped; // acc[i ^ 1] += data[i]
-        if constexpr (sizeof(V) == 16)
-            swapped = __builtin_shufflevector(data, data, 1, 0);
-        else if constexpr (sizeof(V) == 32)
-            swapped = __builtin_shufflevector(data, data, 1, 0, 3, 2);
-        else
-            swapped = __builtin_shufflevector(data, data, 1, 0, 3, 2, 5, 4, 7, 6);
-        acc[j] += swapped + product;
-    }
-}
-
-// XXH3_scrambleAcc.
-template <class V> [[gnu::always_inline]] inline void scramble(V *acc) {
-    const uint8_t *secret = kSecret + kSecretLen - kStripe;
-    for (unsigned j = 0; j < 64 / sizeof(V); j++) {
-        V key;
-        memcpy(&key, secret + j * sizeof(V), sizeof(V));
-        V a = acc[j];
-        a ^= a >> 47;
-        a ^= key;
-        acc[j] = (a & 0xffffffffULL) * kP32_1 + (((a >> 32) * kP32_1) << 32);
-    }
-}
-
 // The streaming state BlockHash keeps between pieces.
 struct State {
     uint64_t *acc; // 8 accumulators, 64-byte aligned
@@ -122,90 +88,63 @@ struct State {
     uint64_t *pos;
 };
 
-// Move n bytes between the contiguous block (at block + *pos) and the
-// engine side (ext), Save: ext -> block, else block -> ext, hashing the
-// stripes completed on the way.
-template <class V, bool Save>
-[[gnu::always_inline]] inline void advance(State st, uint8_t *block, uint8_t *ext, uint64_t n) {
-    const uint64_t total = st.len > kMidsizeMax ? (st.len - 1) / kStripe : 0;
-    V acc[64 / sizeof(V)];
-    memcpy(acc, st.acc, sizeof acc);
-    uint64_t pos = *st.pos;
-    while (n) {
-        const uint64_t k = pos / kStripe, in = pos % kStripe;
-        if (in == 0 && n >= kStripe && k < total) {
-            // Whole stripes, up to the end of this 1 KiB block of 16.
-            const uint64_t m =
-                std::min({n / kStripe, total - k, kStripesPerBlock - k % kStripesPerBlock});
-            const uint8_t *secret = kSecret + 8 * (k % kStripesPerBlock);
-            for (uint64_t i = 0; i < m; i++) {
-                if constexpr (Save)
-                    stripe<V, true>(acc, ext + i * kStripe, block + pos + i * kStripe,
-                                    secret + 8 * i);
-                else
-                    stripe<V, true>(acc, block + pos + i * kStripe, ext + i * kStripe,
-                                    secret + 8 * i);
-            }
-            pos += m * kStripe;
-            ext += m * kStripe;
-            n -= m * kStripe;
-            if ((k + m) % kStripesPerBlock == 0) scramble<V>(acc);
-            continue;
-        }
-        // A stripe split between pieces, or the tail the digest covers.
-        const uint64_t c = std::min(n, kStripe - in);
-        if constexpr (Save)
-            memcpy(block + pos, ext, c);
-        else
-            memcpy(ext, block + pos, c);
-        pos += c;
-        ext += c;
-        n -= c;
-        if (pos % kStripe == 0 && k < total) {
-            stripe<V, false>(acc, block + k * kStripe, nullptr,
-                             kSecret + 8 * (k % kStripesPerBlock));
-            if (k % kStripesPerBlock == kStripesPerBlock - 1) scramble<V>(acc);
-        }
-    }
-    memcpy(st.acc, acc, sizeof acc);
-    *st.pos = pos;
-}
-
-template <class V>
-[[gnu::always_inline]] inline uint64_t finish(const uint64_t *acc8, uint64_t len,
-                                              const uint8_t *block) {
-    if (len <= kMidsizeMax) return XXH3_64bits(block, len);
-    V acc[64 / sizeof(V)];
-    memcpy(acc, acc8, sizeof acc);
-    stripe<V, false>(acc, block + len - kStripe, nullptr, kSecret + kSecretLen - kStripe - 7);
-    uint64_t a[8];
-    memcpy(a, acc, sizeof a);
-    return merge_accs(a, len);
-}
-
 struct Variant {
     void (*save)(State, uint8_t *, uint8_t *, uint64_t);
     void (*load)(State, uint8_t *, uint8_t *, uint64_t);
     uint64_t (*finish)(const uint64_t *, uint64_t, const uint8_t *);
 };
 
-#define KVPOOL_VARIANT(V, ATTR)                                                                   \
-    ATTR void save_##V(State st, uint8_t *b, uint8_t *e, uint64_t n) {                            \
-        advance<V, true>(st, b, e, n);                                                            \
-    }                                                                                             \
-    ATTR void load_##V(State st, uint8_t *b, uint8_t *e, uint64_t n) {                            \
-        advance<V, false>(st, b, e, n);                                                           \
-    }                                                                                             \
-    ATTR uint64_t finish_##V(const uint64_t *acc, uint64_t len, const uint8_t *b) {               \
-        return finish<V>(acc, len, b);                                                            \
-    }
-
-KVPOOL_VARIANT(V16, )
+// The kernel (paged_simd.inc), compiled once per vector width, each time
+// wholly for its ISA (#pragma GCC target): its helpers pass vectors by value
+// and call intrinsics, which must not meet a function of another ISA.
+// mul32: the low 32 bits of each lane of a times those of b, as 64-bit
+// products. g++ does not see that XXH3's operands fit in 32 bits and
+// emulates a 64 x 64 multiply (three multiplies and shifts a lane);
+// pmuludq is one.
+namespace w16 {
+using V = V16;
+[[gnu::always_inline]] inline V mul32(V a, V b) {
 #if defined(__x86_64__)
-KVPOOL_VARIANT(V32, __attribute__((target("avx2"))))
-KVPOOL_VARIANT(V64, __attribute__((target("avx512f"))))
+    return V(_mm_mul_epu32(__m128i(a), __m128i(b)));
+#else
+    return (a & 0xffffffffULL) * (b & 0xffffffffULL);
 #endif
-#undef KVPOOL_VARIANT
+}
+[[gnu::always_inline]] inline V swap_pairs(V a) { return __builtin_shufflevector(a, a, 1, 0); }
+#include "paged_simd.inc"
+} // namespace w16
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace w32 {
+using V = V32;
+[[gnu::always_inline]] inline V mul32(V a, V b) {
+    return V(_mm256_mul_epu32(__m256i(a), __m256i(b)));
+}
+[[gnu::always_inline]] inline V swap_pairs(V a) {
+    return __builtin_shufflevector(a, a, 1, 0, 3, 2);
+}
+#include "paged_simd.inc"
+} // namespace w32
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace w64 {
+using V = V64;
+[[gnu::always_inline]] inline V mul32(V a, V b) {
+    // The maskz form: _mm512_mul_epu32's undefined pass-through trips g++
+    // 12's -Wmaybe-uninitialized; an all-ones mask compiles to the same.
+    return V(_mm512_maskz_mul_epu32(__mmask8(0xff), __m512i(a), __m512i(b)));
+}
+[[gnu::always_inline]] inline V swap_pairs(V a) {
+    return __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6);
+}
+#include "paged_simd.inc"
+} // namespace w64
+#pragma GCC pop_options
+#endif
 
 unsigned widest() {
 #if defined(__x86_64__)
@@ -223,10 +162,10 @@ std::atomic<unsigned> g_width{kWidest};
 Variant variant() {
     switch (g_width.load(std::memory_order_relaxed)) {
 #if defined(__x86_64__)
-    case 64: return {save_V64, load_V64, finish_V64};
-    case 32: return {save_V32, load_V32, finish_V32};
+    case 64: return {w64::save, w64::load, w64::finish};
+    case 32: return {w32::save, w32::load, w32::finish};
 #endif
-    default: return {save_V16, load_V16, finish_V16};
+    default: return {w16::save, w16::load, w16::finish};
     }
 }
 

@@ -169,5 +169,6 @@ void init_pool(py::module_ &m);
 void init_views(py::module_ &m);
 void init_namespace(py::module_ &m);
 void init_hashes(py::module_ &m);
+void init_paged(py::module_ &m);
 
 } // namespace kvpool_py
