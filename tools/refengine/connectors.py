@@ -70,7 +70,8 @@ class DiskConnectorMetadata(KVConnectorMetadata):
 class DiskConnector:
     """A synchronous V1 connector over a directory of block files.
 
-    Extra config: ``path`` (directory, created if missing).
+    Extra config: ``path`` (directory, created if missing). ``kv_role``
+    "kv_consumer" only loads, "kv_producer" only stores.
     """
 
     def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole, kv_cache_config: Any = None) -> None:
@@ -80,6 +81,8 @@ class DiskConnector:
         self.path = str(ktc.kv_connector_extra_config.get("path", "/tmp/refengine-kv"))
         os.makedirs(self.path, exist_ok=True)
         self.block_size = vllm_config.cache_config.block_size
+        self._load = ktc.is_kv_consumer
+        self._save = ktc.is_kv_producer
         self._connector_metadata: DiskConnectorMetadata | None = None
         # Scheduler side.
         self._requests: dict[str, Request] = {}
@@ -97,7 +100,7 @@ class DiskConnector:
     # ---------------------------------------------------------- scheduler
 
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> tuple[int, bool]:
-        max_blocks = (request.num_tokens - 1) // self.block_size
+        max_blocks = (request.num_tokens - 1) // self.block_size if self._load else 0
         n = 0
         for h in request.block_hashes[:max_blocks]:
             if not os.path.exists(self._file(h)):
@@ -134,7 +137,7 @@ class DiskConnector:
             steps.append((rid, c.num_computed_tokens[i]))
         for rid, before in steps:
             req = self._requests.get(rid)
-            if req is None:
+            if req is None or not self._save:
                 continue
             after = before + scheduler_output.num_scheduled_tokens[rid]
             ids = self._block_ids[rid]

@@ -66,7 +66,8 @@ class RefEngine:
 
     connector: None (no external cache), "disk", "kvpool", or
     "module.path:ClassName"; ``extra_config`` becomes
-    ``kv_connector_extra_config``. The engine adds ``weights_fingerprint``
+    ``kv_connector_extra_config``; ``kv_role`` is vLLM's ("kv_both",
+    "kv_producer": store only, "kv_consumer": load only). The engine adds ``weights_fingerprint``
     (hex) and ``layout`` to it unless given.
     """
 
@@ -85,6 +86,7 @@ class RefEngine:
         hash_seed: str | None = None,
         max_num_seqs: int = 16,
         max_num_batched_tokens: int = 8192,
+        kv_role: str = "kv_both",
     ) -> None:
         self.model = model if isinstance(model, LlamaModel) else load_model(model, dtype)
         spec: ModelSpec = self.model.spec
@@ -100,7 +102,7 @@ class RefEngine:
             extra.setdefault("layout", layout)
             if hash_seed is not None:
                 extra.setdefault("hash_seed", hash_seed)
-            ktc = KVTransferConfig(kv_connector=cls, kv_connector_module_path=module,
+            ktc = KVTransferConfig(kv_connector=cls, kv_connector_module_path=module, kv_role=kv_role,
                                    kv_connector_extra_config=extra)
         self.vllm_config = VllmConfig(
             model_config=ModelConfig(model=spec.name, dtype=self.model.dtype, max_model_len=spec.max_position,
@@ -184,7 +186,8 @@ class RefEngine:
         out: dict[str, Any] = {"prefix_cache_queries": st.queries, "prefix_cache_hits": st.hits,
                                "kv_usage": self.kv_cache_manager.usage,
                                "evictions": self.kv_cache_manager.block_pool.num_evictions,
-                               "load_failures": self.scheduler.num_load_failures}
+                               "load_failures": self.scheduler.num_load_failures,
+                               "preemptions": self.scheduler.num_preemptions}
         for c in (self.scheduler_connector, self.worker_connector):
             if c is not None and isinstance(getattr(c, "stats", None), dict):
                 for k, v in c.stats.items():

@@ -9,8 +9,8 @@ The seed is ``$PYTHONHASHSEED`` when set, else ``"vllm-none-hash"``.
 
 ``kvpool.vllm_block_hashes`` (C++ in libkv) is used when the kvpool package
 provides it; otherwise the same digests are computed here with cbor2 and
-hashlib/xxhash. Both give identical bytes (tests/test_hashing.py checks the
-fixed vectors of issue 17).
+hashlib/xxhash. Both give identical bytes (tests/test_refengine_hashing.py
+checks the fixed vectors of issue 17).
 """
 
 from __future__ import annotations

@@ -53,14 +53,15 @@ class ModelSpec:
         )
 
 
-# "tiny": tests, a few ms per step. "bench": a 2,000-token prefill takes
-# over a second on a 2-core machine (see tools/refengine/README.md for
-# measured times); one 16-token block of KV is 256 KiB in float32.
+# "tiny": for tests, milliseconds per step. "bench": sized so that a
+# 2,000-token prefill takes well over a second on two cores, while a
+# 32-token suffix over a cached prefix takes a small fraction of that;
+# one 16-token block of KV (all layers, K and V) is 128 KiB in float32.
 PRESETS: dict[str, ModelSpec] = {
     "tiny": ModelSpec("refengine-tiny", vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=16, intermediate_size=128),
-    "bench": ModelSpec("refengine-bench", vocab_size=32000, hidden_size=1024, num_layers=8,
-                       num_heads=16, num_kv_heads=4, head_dim=64, intermediate_size=2816),
+    "bench": ModelSpec("refengine-bench", vocab_size=32000, hidden_size=512, num_layers=8,
+                       num_heads=8, num_kv_heads=2, head_dim=64, intermediate_size=1408),
 }
 
 
@@ -79,6 +80,9 @@ LayerHook = Callable[[int], None]
 
 class LlamaModel:
     """Weights and forward pass; holds no KV cache (the runner passes it in)."""
+
+    # Query rows per attention matmul (bounds the score matrix of a long prefill).
+    ATTN_CHUNK = 256
 
     def __init__(self, spec: ModelSpec, dtype: torch.dtype = torch.float32) -> None:
         self.spec = spec
@@ -189,17 +193,22 @@ class LlamaModel:
             a, b, n_ctx = qsl[r], qsl[r + 1], seq_lens[r]
             nblk = (n_ctx + bs - 1) // bs
             table = meta.block_table[r, :nblk]
-            keys = kv[0].index_select(0, table).reshape(-1, nkv, d)[:n_ctx]
-            vals = kv[1].index_select(0, table).reshape(-1, nkv, d)[:n_ctx]
-            qr = q[a:b].view(b - a, nkv, g, d).permute(1, 2, 0, 3)          # (nkv, g, n, d)
-            scores = torch.matmul(qr, keys.permute(1, 2, 0).unsqueeze(1))    # (nkv, g, n, ctx)
-            scores = scores.float() * (d ** -0.5)
-            qpos = positions[a:b].unsqueeze(1)
-            mask = torch.arange(n_ctx).unsqueeze(0) > qpos                  # (n, ctx)
-            scores.masked_fill_(mask, float("-inf"))
-            p = torch.softmax(scores, dim=-1).to(q.dtype)
-            o = torch.matmul(p, vals.permute(1, 0, 2).unsqueeze(1))          # (nkv, g, n, d)
-            out[a:b] = o.permute(2, 0, 1, 3).reshape(b - a, -1)
+            # Gather the request's blocks: (ctx, nkv, d) -> (nkv, 1, d, ctx) / (nkv, 1, ctx, d).
+            keys = kv[0].index_select(0, table).reshape(-1, nkv, d)[:n_ctx].permute(1, 2, 0).unsqueeze(1)
+            vals = kv[1].index_select(0, table).reshape(-1, nkv, d)[:n_ctx].permute(1, 0, 2).unsqueeze(1)
+            # Query rows in chunks bound the score matrix; a chunk attends
+            # only to keys up to its last position.
+            for c0 in range(a, b, self.ATTN_CHUNK):
+                c1 = min(c0 + self.ATTN_CHUNK, b)
+                qpos = positions[c0:c1]
+                kmax = int(qpos.max()) + 1
+                qr = q[c0:c1].view(c1 - c0, nkv, g, d).permute(1, 2, 0, 3)   # (nkv, g, n, d)
+                scores = torch.matmul(qr, keys[..., :kmax]).float() * (d ** -0.5)
+                mask = torch.arange(kmax).unsqueeze(0) > qpos.unsqueeze(1)  # (n, kmax)
+                scores.masked_fill_(mask, float("-inf"))
+                p = torch.softmax(scores, dim=-1).to(q.dtype)
+                o = torch.matmul(p, vals[:, :, :kmax])                       # (nkv, g, n, d)
+                out[c0:c1] = o.permute(2, 0, 1, 3).reshape(c1 - c0, -1)
         return out
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,7 @@ class Scheduler:
         # Requests whose blocks the connector still uses after they finished.
         self.delayed_free: dict[str, Request] = {}
         self.num_load_failures = 0
+        self.num_preemptions = 0
 
     # ------------------------------------------------------------ requests
 
@@ -220,6 +221,7 @@ class Scheduler:
         req.status = RequestStatus.PREEMPTED
         req.num_computed_tokens = 0
         req.num_preemptions += 1
+        self.num_preemptions += 1
         self.waiting.appendleft(req)
 
     # ------------------------------------------------------------ outputs

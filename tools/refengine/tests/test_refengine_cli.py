@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: MIT
+"""The command line on the tiny model: serve reports hits, bench-ttft's
+correctness checks hold."""
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from refengine.__main__ import main
+
+
+@pytest.mark.parametrize("workload", ["system-prompt", "multi-turn", "rag"])
+def test_serve_reports_prefix_hits(workload: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "tiny", "--workload", workload, "--requests", "8", "--items", "2",
+                 "--scale", "0.25", "--max-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.strip().startswith("req-")]
+    assert len(rows) == 8
+    m = re.search(r"in-engine hits (\d+)", out)
+    assert m and int(m.group(1)) > 0, out
+
+
+def test_bench_ttft_disk(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench-ttft", "--model", "tiny", "--connector", "disk", "--kv-dir", str(tmp_path),
+                 "--prefix", "160", "--suffix", "8", "--trials", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["connector_hit_bit_identical"] is True
+    assert res["same_token_as_recompute"] is True
+    assert res["max_logit_diff_vs_recompute"] < 1e-3
+    assert len(res["connector_hit_ms"]) == 1 and len(res["in_engine_hit_ms"]) == 1
