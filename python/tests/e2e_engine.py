@@ -12,6 +12,8 @@ saw to --out (torch.save of a dict) for the test to check:
   reuse    serve prompt + suffix three ways in this one process: through
            kvpool (fresh engine), from the engine's own prefix cache (the
            prompt served first), and recomputed from scratch.
+  serve    serve the prompts together (one batch as the scheduler allows).
+  recompute  serve each prompt alone, no prefix cache, no connector.
   probe    for each engine variant (identity fields changed), serve
            prompt + suffix and report how many tokens kvpool matched.
   keys     the kvpool keys of a prompt's blocks, where each present block
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import signal
 from typing import Any
 
@@ -37,13 +40,23 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def make_engine(pool: str, variant: dict[str, Any] | None = None,
                 connector: str | None = "kvpool", prefix_caching: bool = True) -> RefEngine:
-    """A tiny engine; variant: dtype, block_size, hash_seed, layout, extra (config)."""
+    """A tiny engine. variant: dtype, block_size, hash_seed, layout, extra
+    (connector config), num_blocks, max_batched (tokens per step: chunked
+    prefill below the prompt length), pickle_meta (the worker gets a
+    pickled copy of each step's metadata, as a worker process would)."""
     v = dict(variant or {})
     extra = {"pool_path": pool, **v.get("extra", {})}
-    return RefEngine("tiny", connector=connector, extra_config=extra if connector else None,
-                     layout=v.get("layout", "per_layer"), block_size=int(v.get("block_size", 16)),
-                     dtype=DTYPES[v.get("dtype", "fp32")], hash_seed=v.get("hash_seed"),
-                     enable_prefix_caching=prefix_caching)
+    engine = RefEngine("tiny", connector=connector, extra_config=extra if connector else None,
+                       layout=v.get("layout", "per_layer"), block_size=int(v.get("block_size", 16)),
+                       dtype=DTYPES[v.get("dtype", "fp32")], hash_seed=v.get("hash_seed"),
+                       enable_prefix_caching=prefix_caching,
+                       num_blocks=int(v.get("num_blocks", 512)),
+                       max_num_batched_tokens=int(v.get("max_batched", 8192)))
+    worker = engine.worker_connector
+    if v.get("pickle_meta") and worker is not None:
+        bind = worker.bind_connector_metadata
+        worker.bind_connector_metadata = lambda meta: bind(pickle.loads(pickle.dumps(meta)))
+    return engine
 
 
 def connector_stats(engine: RefEngine) -> dict[str, int]:
@@ -119,6 +132,29 @@ def cmd_reuse(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_serve(a: argparse.Namespace) -> dict[str, Any]:
+    prompts: list[list[int]] = json.loads(a.prompts)
+    engine = make_engine(a.pool, json.loads(a.variant))
+    preempted: list[str] = []
+    preempt = engine.scheduler._preempt
+
+    def count_preempt(req: Any) -> None:
+        preempted.append(req.request_id)
+        preempt(req)
+
+    engine.scheduler._preempt = count_preempt  # type: ignore[method-assign]
+    done = engine.generate_many(prompts, a.max_tokens)
+    return {"tokens": [c.output_token_ids for c in done],
+            "external": [c.external_hit_tokens for c in done],
+            "stats": connector_stats(engine), "preemptions": len(preempted)}
+
+
+def cmd_recompute(a: argparse.Namespace) -> dict[str, Any]:
+    prompts: list[list[int]] = json.loads(a.prompts)
+    engine = make_engine(a.pool, json.loads(a.variant), connector=None, prefix_caching=False)
+    return {"tokens": [engine.generate(p, a.max_tokens).output_token_ids for p in prompts]}
+
+
 def cmd_probe(a: argparse.Namespace) -> dict[str, Any]:
     prompt: list[int] = json.loads(a.prompts)[0]
     suffix: list[int] = json.loads(a.suffix)
@@ -157,7 +193,7 @@ def cmd_keys(a: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("command", choices=["store", "reuse", "probe", "keys"])
+    p.add_argument("command", choices=["store", "reuse", "serve", "recompute", "probe", "keys"])
     p.add_argument("--pool", required=True)
     p.add_argument("--prompts", required=True, help="JSON list of token lists")
     p.add_argument("--suffix", default="[]", help="JSON token list")
@@ -168,7 +204,9 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     print(f"pid {os.getpid()}", flush=True)
-    result = {"store": cmd_store, "reuse": cmd_reuse, "probe": cmd_probe, "keys": cmd_keys}[a.command](a)
+    commands = {"store": cmd_store, "reuse": cmd_reuse, "serve": cmd_serve,
+                "recompute": cmd_recompute, "probe": cmd_probe, "keys": cmd_keys}
+    result = commands[a.command](a)
     torch.save(result, a.out)
 
 
