@@ -113,7 +113,8 @@ import hashlib
 import inspect
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kvpool
@@ -321,15 +322,34 @@ class KvpoolConnectorMetadata(KVConnectorMetadata):
 
 
 _pools: dict[tuple[str, int], Any] = {}
+_attach_failed: dict[tuple[str, int], float] = {}
+RETRY_ATTACH_S = 5.0
 
 
 def _attach(path: str) -> Any:
-    """One attach of ``path`` per process (a forked child attaches anew)."""
+    """One attach of ``path`` per process (a forked child attaches anew).
+
+    None while the pool cannot be attached (no such file yet, kvpoold not
+    started, no permission): the connector then acts as a cache that
+    misses, logs once, and tries again after RETRY_ATTACH_S.
+    """
     key = (path, os.getpid())
     pool = _pools.get(key)
-    if pool is None:
+    if pool is not None:
+        return pool
+    failed_at = _attach_failed.get(key)
+    if failed_at is not None and time.monotonic() - failed_at < RETRY_ATTACH_S:
+        return None
+    try:
         pool = kvpool.Pool(path)
-        _pools[key] = pool
+    except OSError as e:
+        if failed_at is None:
+            _log.warning("kvpool: cannot attach %s (%s); serving without it and "
+                         "retrying every %.0f s", path, e, RETRY_ATTACH_S)
+        _attach_failed[key] = time.monotonic()
+        return None
+    _attach_failed.pop(key, None)
+    _pools[key] = pool
     return pool
 
 
@@ -396,6 +416,7 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._store_seed: int | None = None
         self._tp_rank: int | None = None
         self._save: Any = None
+        self._save_begun = False  # this step's reservations were attempted
         self._saved_layers: set[int] = set()
         self._skip_save_reqs: set[str] = set()
         self._load_errors: set[int] = set()
@@ -450,9 +471,12 @@ class KvpoolConnector(KVConnectorBase_V1):
     # ------------------------------------------------------------------
     # Scheduler side
     # ------------------------------------------------------------------
-    def _namespaces(self) -> list[Any]:
+    def _namespaces(self) -> list[Any] | None:
+        """Every TP rank's namespace, or None while the pool is unreachable."""
         if self._sched_namespaces is None:
             pool = _attach(self._pool_path)
+            if pool is None:
+                return None
             seed = self._seed_id()
             self._sched_namespaces = [pool.namespace(self.manifest(r, seed))
                                       for r in range(self._tp_world)]
@@ -479,7 +503,10 @@ class KvpoolConnector(KVConnectorBase_V1):
         leading run present on every TP rank. No pins, no side effect but
         remembering ``num_computed_tokens`` for ``update_state_after_alloc``.
         """
-        if not self._do_load:
+        if not self._do_load or getattr(request, "skip_reading_prefix_cache", False):
+            return 0, False
+        namespaces = self._namespaces()
+        if namespaces is None:
             return 0, False
         bs = self._block_size
         self._local_tokens[request.request_id] = num_computed_tokens
@@ -492,7 +519,7 @@ class KvpoolConnector(KVConnectorBase_V1):
             return 0, False
         want = keys[start:usable]
         hit = len(want)
-        for ns in self._namespaces():
+        for ns in namespaces:
             hit = min(hit, int(ns.match_prefix(want[:hit])))
             if hit == 0:
                 break
@@ -594,7 +621,6 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._layer_index = {name: i for i, name in enumerate(kv_caches)}
         self._num_layers = len(self._kv_caches)
         self._layout = "per_layer"
-        self._check_dtype(self._kv_caches[0].dtype)
         self._store = None
 
     def register_cross_layers_kv_cache(self, kv_cache: Any, attn_backend: Any = None) -> None:
@@ -603,13 +629,7 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._layer_index = {}
         self._num_layers = int(kv_cache.shape[1])
         self._layout = "cross_layer"
-        self._check_dtype(kv_cache.dtype)
         self._store = None
-
-    def _check_dtype(self, dtype: Any) -> None:
-        if _dtype_name(dtype) != self._dtype:
-            raise ValueError(f"kvpool connector: KV cache dtype {_dtype_name(dtype)}, "
-                             f"manifest dtype {self._dtype}")
 
     def _rank(self) -> int:
         if self._tp_rank is None:
@@ -624,12 +644,16 @@ class KvpoolConnector(KVConnectorBase_V1):
         return self._tp_rank
 
     def _worker_store(self, hash_seed: int) -> Any:
+        """The store over this worker's caches, or None while the pool is unreachable."""
         if self._kv_caches is None:
             raise RuntimeError("kvpool connector: no KV caches registered")
         if self._store is None or self._store_seed != hash_seed:
             from kvpool.engine import PagedKVStore
 
-            ns = _attach(self._pool_path).namespace(self.manifest(self._rank(), hash_seed))
+            pool = _attach(self._pool_path)
+            if pool is None:
+                return None
+            ns = pool.namespace(self.manifest(self._rank(), hash_seed))
             self._store = PagedKVStore(ns, self._kv_caches, layout=self._layout)
             self._store_seed = hash_seed
         return self._store
@@ -653,12 +677,15 @@ class KvpoolConnector(KVConnectorBase_V1):
         failed: set[int] = set()
         for spec in meta.loads:
             loaded = 0
-            try:
-                found = int(store.lookup(spec.req_id, spec.keys))
-                if found:
-                    loaded = int(store.load(spec.req_id, spec.block_ids[:found]))
-            finally:
-                store.release(spec.req_id)
+            if store is not None:
+                try:
+                    found = int(store.lookup(spec.req_id, spec.keys))
+                    if found:
+                        loaded = int(store.load(spec.req_id, spec.block_ids[:found]))
+                except kvpool.Error as e:  # out of pins, pool gone bad: recompute
+                    _log.warning("kvpool: loading request %s: %s", spec.req_id, e)
+                finally:
+                    store.release(spec.req_id)
             self.stats["loaded_blocks"] += loaded
             if loaded < len(spec.block_ids):
                 bad = spec.block_ids[loaded:]
@@ -691,9 +718,9 @@ class KvpoolConnector(KVConnectorBase_V1):
                     block_ids.append(block_id)
                     parents.append(parent)
                 parent = key
-        if not keys:
+        store = self._worker_store(meta.hash_seed) if keys else None
+        if store is None:
             return None
-        store = self._worker_store(meta.hash_seed)
         try:
             return store.begin_save(keys, block_ids, parents=parents)
         except kvpool.Error as e:
@@ -707,11 +734,12 @@ class KvpoolConnector(KVConnectorBase_V1):
         meta = self._meta()
         if meta is None or not meta.saves or self._layout != "per_layer":
             return
-        if self._save is None:
+        if not self._save_begun:
+            self._save_begun = True
             self._save = self._begin_save(meta)
             self._saved_layers = set()
-            if self._save is None:
-                return
+        if self._save is None:
+            return
         layer = self._layer_index.get(layer_name)
         if layer is None or layer in self._saved_layers:
             return
@@ -723,10 +751,10 @@ class KvpoolConnector(KVConnectorBase_V1):
         meta = self._meta()
         if meta is None or not meta.saves:
             return
-        if self._save is None:
+        if not self._save_begun:
             self._save = self._begin_save(meta)
             self._saved_layers = set()
-        save, self._save = self._save, None
+        save, self._save, self._save_begun = self._save, None, False
         if save is None:
             return
         try:
@@ -762,6 +790,9 @@ class KvpoolConnector(KVConnectorBase_V1):
         if self._save is not None:
             self._save.abort()
             self._save = None
+        self._save_begun = False
+        if self._store is not None:
+            self._store.close()
         self._store = None
 
 
