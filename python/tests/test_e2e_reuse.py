@@ -78,3 +78,14 @@ def test_decoded_blocks_are_reused(workdir: Path, pool_path: str, record_propert
     record_property("max_logit_diff_vs_full_recompute", diff)
     print(f"\nmax |logit(kvpool, decoded blocks) - logit(full recompute)| = {diff:.3g}")
     assert diff < 1e-3
+
+
+def test_missing_pool_is_a_miss(workdir: Path, record_property: Any) -> None:
+    """No pool at the configured path (kvpoold not started yet): the engine
+    serves every request itself, as with an empty cache."""
+    prompt, suffix = tokens(3 * BLOCK + 2, 7), tokens(5, 8)
+    missing = str(workdir / "no-such-pool")
+    r = engine("reuse", workdir, missing, [prompt], suffix=suffix)
+    assert r["pool"]["external"] == 0
+    assert r["pool"]["stats"]["saved_blocks"] == 0
+    assert r["pool"]["tokens"] == r["full"]["tokens"]
