@@ -51,6 +51,7 @@ void raise_kv(int rc, const char *what, const char *detail) {
 }
 
 void init_errors(py::module_ &m) {
+	n_errno_classes = 0;
 	error_base = PyErr_NewExceptionWithDoc("kvpool.Error",
 		"An error libkv returned. An OSError: .errno is the code, str() carries\n"
 		"libkv's description and, where libkv gave one, its detailed message.",

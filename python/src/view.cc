@@ -329,7 +329,10 @@ void res_dealloc(PyObject *self) {
 PyObject *res_commit_impl(ReservationObject *r, PyObject *checksum) {
 	if (!res_open(r)) return nullptr;
 	BlockMemory *m = r->mem;
-	if (m->pool->foreign()) return m->pool->check_open_noexcept(), nullptr;
+	if (m->pool->foreign()) {
+		m->pool->check_open_noexcept();  // sets the "attach again" ValueError
+		return nullptr;
+	}
 	if (Py_REFCNT(m) > 1) {
 		PyErr_SetString(PyExc_BufferError,
 				"kvpool.Reservation: a memoryview, array or tensor still refers to its "
@@ -381,8 +384,10 @@ void res_abort_impl(ReservationObject *r) noexcept {
 
 PyObject *res_abort(PyObject *self, PyObject *) {
 	ReservationObject *r = as<ReservationObject>(self);
-	if (r->state == RES_COMMITTED || r->state == RES_COMMITTING)
-		return res_open(r), nullptr;
+	if (r->state == RES_COMMITTED || r->state == RES_COMMITTING) {
+		res_open(r);  // sets the "is committed" ValueError
+		return nullptr;
+	}
 	res_abort_impl(r);
 	Py_RETURN_NONE;
 }

@@ -149,3 +149,46 @@ def test_batches_release_the_gil(pool_factory, manifest):
         assert runs_concurrently(lambda: [ns.get(k).verify() for k in keys])
         big = bytes(4 << 20)
         assert runs_concurrently(lambda: [ns.put(k, big) for k in range(1000, 1020)])
+
+
+def test_threads_and_detach_race(pool_path, manifest):
+    # Threads run GIL-free batches and hot-path gets while the pool is
+    # detached under them: each call either completes or raises ValueError,
+    # and libkv's detach waits for the last pin.
+    pool = kvpool.Pool(pool_path)
+    ns = pool.namespace(manifest)
+    keys = list(range(1, 65))
+    ns.put_many(keys, [bytes(1024)] * 64)
+    errors = []
+    kept = []
+
+    def worker():
+        try:
+            for i in range(2000):
+                views = ns.get_many(keys)
+                if i % 100 == 0:
+                    kept.append(memoryview(views[0]))
+                kvpool.release_all(views)
+                v = ns.get(keys[i % 64])
+                assert v is not None and v.length == 1024
+                v.release()
+                assert ns.match_prefix(keys) == 64
+        except ValueError as e:
+            if "detached" not in str(e):
+                errors.append(e)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    pool.detach()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(m.tobytes() == bytes(1024) for m in kept)
+    with kvpool.Pool(pool_path) as observer:
+        assert observer.stats()["clients"] == (2 if kept else 1)
+        kept.clear()
+        assert observer.stats()["clients"] == 1

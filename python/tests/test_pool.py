@@ -3,6 +3,7 @@
 
 import errno
 import os
+import time
 
 import pytest
 
@@ -258,3 +259,30 @@ def test_forked_child_neither_uses_nor_releases_the_parents_client(pool_path, ma
     del mv
     assert pool.pins_held() == 0
     pool.detach()
+
+
+def test_killed_clients_pins_are_reaped(pool, ns):
+    import signal
+    ns.put(1, b"x")
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with kvpool.Pool(pool.path) as own:
+                mine = own.namespace(ns.manifest)
+                views = [mine.get(1) for _ in range(5)]
+                r = mine.reserve(2, 64)
+                os.write(wfd, b"k" if all(views) and r else b"?")
+                time.sleep(60)
+        finally:
+            os._exit(1)
+    os.close(wfd)
+    assert os.read(rfd, 1) == b"k"
+    os.close(rfd)
+    assert pool.usage()["pins"] == 5 and pool.usage()["entries_reserved"] == 1
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert pool.reap() == 1
+    u = pool.usage()
+    assert u["pins"] == 0 and u["entries_reserved"] == 0
+    assert ns.reserve(2, 64) is not None
