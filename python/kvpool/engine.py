@@ -251,6 +251,11 @@ class SaveBatch:
         """Reservations open (blocks this batch will store)."""
         return int(self._b.pending)
 
+    @property
+    def committed(self) -> int:
+        """Blocks stored by :meth:`commit` (0 before it)."""
+        return int(self._b.committed)
+
     def write_layer(self, layer: int) -> None:
         """Copy layer ``layer`` of every block into its reservation.
 

@@ -14,7 +14,9 @@
 // Every pin and reservation held here counts as a hold on the pool
 // (pool.h), so Pool.detach() leaves the mapping in place until the last is
 // released or aborted; releases and aborts work after detach(), new
-// operations do not. An object is used by one thread at a time: a second
+// operations do not. In a forked child, whose inherited pool is the
+// parent's client, operations raise ValueError and releases and aborts
+// leave the parent's pins and reservations alone. An object is used by one thread at a time: a second
 // thread calling in while a copy runs gets RuntimeError.
 #include "paged_copy.h"
 #include "pool.h"
@@ -256,10 +258,10 @@ class SaveBatch {
   private:
     void drop() {
         if (slots_.empty()) return;
-        if (ns_.pool->pool) {
-            for (Slot &s : slots_) kv_abort(ns_.pool->pool, &s.r);
-            for (size_t i = 0; i < slots_.size(); i++) ns_.pool->unhold();
-        }
+        // In a forked child the reservations are the parent's: leave them.
+        if (kv_pool *p = ns_.pool->owned())
+            for (Slot &s : slots_) kv_abort(p, &s.r);
+        for (size_t i = 0; i < slots_.size(); i++) ns_.pool->unhold();
         slots_.clear();
     }
 
@@ -428,13 +430,6 @@ class PinnedBlocks {
         if (failure_.empty()) return py::none();
         return py::str(failure_);
     }
-    // For tests: the address, length and checksum of pinned block i.
-    std::tuple<uintptr_t, uint64_t, uint64_t> block(size_t i) const {
-        if (i >= views_.size()) throw py::index_error("no pinned block " + std::to_string(i));
-        const kv_view &v = views_[i];
-        return {reinterpret_cast<uintptr_t>(v.data), v.length, v.checksum};
-    }
-
   private:
     void drop() {
         release_range(next_, views_.size());
@@ -442,9 +437,9 @@ class PinnedBlocks {
     }
 
     void release_range(size_t from, size_t to) {
-        if (from >= to || !ns_.pool->pool) return;
+        kv_pool *p = ns_.pool->owned(); // null in a forked child: the parent's pins
         for (size_t i = from; i < to; i++) {
-            kv_release(ns_.pool->pool, &views_[i]);
+            if (p) kv_release(p, &views_[i]);
             ns_.pool->unhold();
         }
     }
@@ -505,7 +500,6 @@ void init_paged(py::module_ &m) {
         .def("load", &PinnedBlocks::load, py::arg("cache"), py::arg("block_ids"),
              py::arg("verify") = true)
         .def("release", &PinnedBlocks::release)
-        .def("block", &PinnedBlocks::block, py::arg("index"))
         .def_property_readonly("pinned", &PinnedBlocks::pinned)
         .def_property_readonly("remaining", &PinnedBlocks::remaining)
         .def_property_readonly("loaded", &PinnedBlocks::loaded)

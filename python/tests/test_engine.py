@@ -160,6 +160,7 @@ def test_per_layer_save(ns: Any) -> None:
     with pytest.raises(IndexError):
         batch.write_layer(L)
     assert batch.commit() == 3
+    assert batch.committed == 3 and batch.pending == 0
     for k, b in zip(keys, [4, 0, 2]):
         assert pool_block(ns, k) == block_bytes_of(canonical(src, "per_layer", b))
 
@@ -352,6 +353,34 @@ def test_pins_reaped_when_process_dies(pool_path: str, ns: Any, pool: Any, manif
     assert store.save([93], [2]) == 1  # the key is free again
 
 
+def test_forked_child_leaves_parent_pins(ns: Any, pool: Any) -> None:
+    """A child that inherits a store must not release the parent's pins or
+    abort its reservations when it drops them, nor use them."""
+    src = per_layer_cache(2, 4, 16, 2, 16, torch.float16, seed=18)
+    store = PagedKVStore(ns, src)
+    store.save([171, 172], [0, 1])
+    assert store.lookup("r", [171, 172]) == 2
+    batch = store.begin_save([173], [2])
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            try:
+                store.load("r", [3])
+            except ValueError as e:
+                code = 0 if "after fork" in str(e) else 2
+            store.close()
+            batch.abort()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pool.pins_held() == 2 and store.pinned("r") == 2
+    assert store.load("r", [2, 3]) == 2
+    batch.write_all()
+    assert batch.commit() == 1
+
+
 def flip_byte(pool_path: str, pool: Any, address: int) -> None:
     """Flip one byte of the pool file under the given mapped address."""
     off = address - pool.base_address
@@ -520,3 +549,57 @@ def test_detach_keeps_pins_valid(pool_path: str, manifest: Any) -> None:
     with kvpool.Pool(pool_path) as q:
         assert q.live_bytes() == 2 * store.block_bytes
         assert q.namespace(manifest).contains(152)
+
+
+def test_lookup_out_of_pins(pool_factory: Any, manifest: Any) -> None:
+    with kvpool.Pool(pool_factory(pins_per_client=4)) as p:
+        ns = p.namespace(manifest)
+        store = PagedKVStore(ns, per_layer_cache(2, 6, 16, 2, 8, torch.float16))
+        keys = list(range(161, 167))
+        assert store.save(keys, range(6)) == 6
+        with pytest.raises(kvpool.NoPinsError):
+            store.lookup("r", keys)
+        assert p.pins_held() == 0 and store.pinned("r") == 0
+        assert store.lookup("r", keys[:4]) == 4
+
+
+def test_random_geometries(pool: Any) -> None:
+    """Random shapes, dtypes, layouts, block ids and layer write orders:
+    what is loaded equals what was saved, whatever layout either side uses."""
+    import random
+
+    rng = random.Random(1234)
+    key = 1 << 64
+    for it in range(40):
+        L = rng.randint(1, 6)
+        nb = rng.randint(2, 6)
+        bs = rng.choice([1, 3, 16])
+        H = rng.randint(1, 3)
+        D = rng.choice([1, 7, 32, 64])
+        dtype = rng.choice(DTYPES)
+        ns = ns_for(pool, dtype, bs)
+        src_layout, dst_layout = rng.choice(["per_layer", "cross_layer"]), rng.choice(
+            ["per_layer", "cross_layer"]
+        )
+        src = make_cache(src_layout, L, nb, bs, H, D, dtype, seed=it)
+        dst = zeros_like_cache(make_cache(dst_layout, L, nb, bs, H, D, dtype), dst_layout)
+        s_src, s_dst = PagedKVStore(ns, src, src_layout), PagedKVStore(ns, dst, dst_layout)
+        n = rng.randint(1, nb)
+        ids = rng.sample(range(nb), n)
+        into = rng.sample(range(nb), n)
+        keys = list(range(key, key + n))
+        key += n
+        if rng.random() < 0.5:
+            assert s_src.save(keys, ids) == n
+        else:
+            order = list(range(L))
+            rng.shuffle(order)
+            with s_src.begin_save(keys, ids) as batch:
+                for layer in order:
+                    batch.write_layer(layer)
+        for k, b in zip(keys, ids):
+            assert pool_block(ns, k) == block_bytes_of(canonical(src, src_layout, b))
+        assert s_dst.lookup("r", keys) == n
+        assert s_dst.load("r", into) == n, s_dst.last_failure
+        for b_src, b_dst in zip(ids, into):
+            assert torch.equal(canonical(dst, dst_layout, b_dst), canonical(src, src_layout, b_src))
