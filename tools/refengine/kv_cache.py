@@ -39,11 +39,14 @@ def allocate_kv_caches(
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Per-layer tensors (2, num_blocks, block_size, H, D), and the cross-layer
     backing tensor when ``layout == "cross_layer"`` (else None)."""
+    # Written once here (empty + zero_, not calloc'd zeros) so that every page
+    # is resident from the start, as an engine's KV cache memory is: a first
+    # touch in the middle of a request would bill it page faults.
     if layout == "per_layer":
-        return [torch.zeros(2, num_blocks, block_size, num_kv_heads, head_size, dtype=dtype)
+        return [torch.empty(2, num_blocks, block_size, num_kv_heads, head_size, dtype=dtype).zero_()
                 for _ in range(num_layers)], None
     if layout == "cross_layer":
-        big = torch.zeros(num_blocks, num_layers, 2, block_size, num_kv_heads, head_size, dtype=dtype)
+        big = torch.empty(num_blocks, num_layers, 2, block_size, num_kv_heads, head_size, dtype=dtype).zero_()
         return [big[:, i].transpose(0, 1) for i in range(num_layers)], big
     raise ValueError(f"kv layout {layout!r}: expected one of {LAYOUTS}")
 

@@ -193,22 +193,25 @@ class LlamaModel:
             a, b, n_ctx = qsl[r], qsl[r + 1], seq_lens[r]
             nblk = (n_ctx + bs - 1) // bs
             table = meta.block_table[r, :nblk]
-            # Gather the request's blocks: (ctx, nkv, d) -> (nkv, 1, d, ctx) / (nkv, 1, ctx, d).
-            keys = kv[0].index_select(0, table).reshape(-1, nkv, d)[:n_ctx].permute(1, 2, 0).unsqueeze(1)
-            vals = kv[1].index_select(0, table).reshape(-1, nkv, d)[:n_ctx].permute(1, 0, 2).unsqueeze(1)
+            # Gather the request's blocks, one contiguous copy per request:
+            # keys (nkv, d, ctx), values (nkv, ctx, d).
+            keys = kv[0].index_select(0, table).reshape(-1, nkv, d)[:n_ctx].permute(1, 2, 0).contiguous()
+            vals = kv[1].index_select(0, table).reshape(-1, nkv, d)[:n_ctx].permute(1, 0, 2).contiguous()
             # Query rows in chunks bound the score matrix; a chunk attends
-            # only to keys up to its last position.
+            # only to keys up to its last position. The g query heads of a
+            # KV head are stacked as rows of one matrix: (nkv, g * n, d).
             for c0 in range(a, b, self.ATTN_CHUNK):
                 c1 = min(c0 + self.ATTN_CHUNK, b)
+                n = c1 - c0
                 qpos = positions[c0:c1]
                 kmax = int(qpos.max()) + 1
-                qr = q[c0:c1].view(c1 - c0, nkv, g, d).permute(1, 2, 0, 3)   # (nkv, g, n, d)
-                scores = torch.matmul(qr, keys[..., :kmax]).float() * (d ** -0.5)
-                mask = torch.arange(kmax).unsqueeze(0) > qpos.unsqueeze(1)  # (n, kmax)
+                qr = q[c0:c1].view(n, nkv, g, d).permute(1, 2, 0, 3).reshape(nkv, g * n, d)
+                scores = torch.bmm(qr, keys[:, :, :kmax]).float() * (d ** -0.5)   # (nkv, g*n, kmax)
+                mask = (torch.arange(kmax).unsqueeze(0) > qpos.unsqueeze(1)).repeat(g, 1)
                 scores.masked_fill_(mask, float("-inf"))
                 p = torch.softmax(scores, dim=-1).to(q.dtype)
-                o = torch.matmul(p, vals[:, :, :kmax])                       # (nkv, g, n, d)
-                out[c0:c1] = o.permute(2, 0, 1, 3).reshape(c1 - c0, -1)
+                o = torch.bmm(p, vals[:, :kmax])                                  # (nkv, g*n, d)
+                out[c0:c1] = o.view(nkv, g, n, d).permute(2, 0, 1, 3).reshape(n, -1)
         return out
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 """The engine end to end on the tiny model: reuse is bit-exact, layouts
 agree, the connector is called as vLLM calls it, failed loads recompute."""
 
+import json
 import os
 import subprocess
 import sys
@@ -54,20 +55,40 @@ def test_layouts_bit_identical(reference: dict[str, Any], layout: str) -> None:
     assert c.output_token_ids == reference["local"].output_token_ids
 
 
+@pytest.fixture(params=["disk", "kvpool"])
+def store(request: Any, tmp_path: Any) -> Any:
+    """(connector name, extra config, PYTHONPATH) of an empty external cache:
+    a directory, or a fresh kvpool pool when kvpool.vllm is importable."""
+    path = [TOOLS] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if request.param == "disk":
+        yield "disk", {"path": str(tmp_path)}, os.pathsep.join(path)
+        return
+    kvpool = pytest.importorskip("kvpool")
+    pytest.importorskip("kvpool.vllm")
+    pool = f"/dev/shm/refengine-test-{os.getpid()}"
+    kvpool.create_pool(pool, 64 << 20, replace=True)
+    path.append(os.path.dirname(os.path.dirname(os.path.abspath(kvpool.__file__))))
+    try:
+        yield "kvpool", {"pool_path": pool}, os.pathsep.join(path)
+    finally:
+        kvpool.destroy_pool(pool)
+
+
 @pytest.mark.parametrize("layout_a,layout_b", [("per_layer", "per_layer"), ("cross_layer", "per_layer"),
                                                ("per_layer", "cross_layer")])
 def test_prefix_from_another_process_is_bit_identical(
-        reference: dict[str, Any], tmp_path: Any, layout_a: str, layout_b: str) -> None:
-    """Process A serves P and stores its blocks through the disk connector;
-    this process loads them for P + S: logits bit-identical to the in-engine
-    hit, greedy tokens equal to the full recompute."""
-    code = ("import sys, torch; torch.set_num_threads(1); from refengine import RefEngine; "
-            f"e = RefEngine('tiny', connector='disk', layout={layout_a!r}, extra_config={{'path': sys.argv[1]}}); "
+        reference: dict[str, Any], store: Any, layout_a: str, layout_b: str) -> None:
+    """Process A serves P and stores its blocks through the connector; this
+    process loads them for P + S: logits bit-identical to the in-engine hit,
+    greedy tokens equal to the full recompute."""
+    connector, extra, pythonpath = store
+    code = ("import sys, json, torch; torch.set_num_threads(1); from refengine import RefEngine; "
+            f"e = RefEngine('tiny', connector={connector!r}, layout={layout_a!r}, "
+            "extra_config=json.loads(sys.argv[1])); "
             f"e.generate({PREFIX!r}, 8)")
-    env = dict(os.environ, PYTHONPATH=TOOLS)
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=env)
-    assert len(os.listdir(tmp_path)) == 6
-    eng = RefEngine("tiny", connector="disk", layout=layout_b, extra_config={"path": str(tmp_path)})
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    subprocess.run([sys.executable, "-c", code, json.dumps(extra)], check=True, env=env)
+    eng = RefEngine("tiny", connector=connector, layout=layout_b, extra_config=extra)
     c = _serve(eng, PREFIX + SUFFIX)
     assert c.external_hit_tokens == 96 and c.local_hit_tokens == 0
     assert torch.equal(c.first_logits, reference["local"].first_logits)
