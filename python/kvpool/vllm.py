@@ -54,14 +54,20 @@ the metadata object the scheduler builds each step
   holding one loses it to kvpoold's reaper like any client's. Loading is
   synchronous (``get_num_new_matched_tokens`` answers ``load_async =
   False``), so ``wait_for_layer_load`` has nothing to wait for.
-- Saving is per layer: the first ``save_kv_layer`` of a step reserves
-  every new block of the step (present keys are skipped, so blocks that
-  another engine saved first are not written twice), each call gathers
-  that layer into the reservations, and ``wait_for_save`` gathers any
-  layer the engine did not hand over and commits. A process killed
-  before the commit leaves reservations, never visible blocks; the
-  reaper frees them. Saving is best effort: a full pool aborts the
-  step's reservations and the engine goes on.
+- Saving happens in ``wait_for_save``, after the step's forward pass
+  wrote the step's KV: each block that became full is stored by reserve,
+  gather of all its layers, commit, one block after the other, each
+  naming the block before it as its parent, so kvpool's PREFIX eviction
+  sees whole chains and evicts their tails first (``save_mode =
+  "per_block"``). With ``save_mode = "per_layer"`` the first
+  ``save_kv_layer`` of a step reserves every new block, each call gathers
+  that layer, and ``wait_for_save`` commits: the copy of a layer can
+  follow its attention, but blocks reserved in one batch are not linked
+  to the parents reserved with them. Either way present keys are skipped
+  (blocks another engine stored first are not written twice), a process
+  killed before a commit leaves reservations that no reader sees and
+  kvpoold's reaper frees, and saving is best effort: a full pool stops
+  it and the engine goes on.
 
 Blocks that fail to load
 ------------------------
@@ -101,7 +107,7 @@ Extra config keys (``kv_connector_extra_config``)
                          initialized, else ``$PYTHONHASHSEED``, else
                          ``"vllm-none-hash"``
 ``layout``               ``"per_layer"`` (default) or ``"cross_layer"``
-``priority``             kvpool priority of saved blocks (default 0)
+``save_mode``            ``"per_block"`` (default) or ``"per_layer"``, below
 """
 
 from __future__ import annotations
@@ -375,7 +381,10 @@ class KvpoolConnector(KVConnectorBase_V1):
         if self._layout not in ("per_layer", "cross_layer"):
             raise ValueError(f"kvpool connector: layout {self._layout!r}; "
                              "expected 'per_layer' or 'cross_layer'")
-        self._priority = int(extra.get("priority", 0))
+        self._save_mode = str(extra.get("save_mode", "per_block"))
+        if self._save_mode not in ("per_block", "per_layer"):
+            raise ValueError(f"kvpool connector: save_mode {self._save_mode!r}; "
+                             "expected 'per_block' or 'per_layer'")
 
         model_config = vllm_config.model_config
         self._model_name = str(extra.get("model_name", model_config.model))
@@ -702,7 +711,13 @@ class KvpoolConnector(KVConnectorBase_V1):
     def wait_for_layer_load(self, layer_name: str) -> None:
         """Loads finish in ``start_load_kv``: nothing to wait for."""
 
-    def _begin_save(self, meta: KvpoolConnectorMetadata) -> Any:
+    def _save_plan(self, meta: KvpoolConnectorMetadata) -> tuple[list[int], list[int],
+                                                                  list[int | None]]:
+        """This step's blocks to store: keys, engine block ids, chain parents.
+
+        A key two requests computed in the same step is stored once;
+        requests whose blocks failed to load store nothing.
+        """
         keys: list[int] = []
         block_ids: list[int] = []
         parents: list[int | None] = []
@@ -718,6 +733,10 @@ class KvpoolConnector(KVConnectorBase_V1):
                     block_ids.append(block_id)
                     parents.append(parent)
                 parent = key
+        return keys, block_ids, parents
+
+    def _begin_save(self, meta: KvpoolConnectorMetadata) -> Any:
+        keys, block_ids, parents = self._save_plan(meta)
         store = self._worker_store(meta.hash_seed) if keys else None
         if store is None:
             return None
@@ -730,9 +749,12 @@ class KvpoolConnector(KVConnectorBase_V1):
 
     def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any,
                       **kwargs: Any) -> None:
-        """Gather one layer of this step's new blocks into their reservations."""
+        """With ``save_mode`` "per_layer": gather one layer of this step's new
+        blocks into their reservations (the first call reserves them)."""
+        if self._save_mode != "per_layer" or self._layout != "per_layer":
+            return
         meta = self._meta()
-        if meta is None or not meta.saves or self._layout != "per_layer":
+        if meta is None or not meta.saves:
             return
         if not self._save_begun:
             self._save_begun = True
@@ -747,9 +769,12 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._saved_layers.add(layer)
 
     def wait_for_save(self) -> None:
-        """Gather the layers not handed over yet and commit this step's blocks."""
+        """Store this step's new blocks (per layer: finish and commit them)."""
         meta = self._meta()
         if meta is None or not meta.saves:
+            return
+        if self._save_mode == "per_block":
+            self._save_blocks(meta)
             return
         if not self._save_begun:
             self._save = self._begin_save(meta)
@@ -772,6 +797,18 @@ class KvpoolConnector(KVConnectorBase_V1):
         except BaseException:
             save.abort()
             raise
+
+    def _save_blocks(self, meta: KvpoolConnectorMetadata) -> None:
+        """Block by block: reserve, gather every layer, commit (chains kept)."""
+        keys, block_ids, parents = self._save_plan(meta)
+        store = self._worker_store(meta.hash_seed) if keys else None
+        if store is None:
+            return
+        try:
+            self.stats["saved_blocks"] += int(store.save(keys, block_ids, parents=parents))
+        except kvpool.Error as e:  # the blocks before the one that failed stay
+            self.stats["save_failures"] += 1
+            _log.warning("kvpool: saving a step's blocks stopped: %s", e)
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         """Drop any pin a finished request still holds; no async transfers."""
