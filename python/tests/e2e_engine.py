@@ -7,8 +7,10 @@ saw to --out (torch.save of a dict) for the test to check:
 
   store    serve the prompts one after another, storing their blocks;
            --kill-at save|load SIGKILLs the process in the middle of the
-           last prompt's first save (after one layer is gathered) or right
-           after the worker pinned the blocks it is about to load.
+           last prompt's first save (save_mode per_layer: after one layer
+           of the step's reservations is gathered; per_block: after the
+           first block is committed) or right after the worker pinned the
+           blocks it is about to load.
   reuse    serve prompt + suffix three ways in this one process: through
            kvpool (fresh engine), from the engine's own prefix cache (the
            prompt served first), and recomputed from scratch.
@@ -80,16 +82,27 @@ def cmd_store(a: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"tokens": [], "stats": []}
     for i, prompt in enumerate(prompts):
         last = i == len(prompts) - 1
-        if last and a.kill_at == "save":
+        if last and a.kill_at == "save" and engine.worker_connector._save_mode == "per_layer":
             worker = engine.worker_connector
             original = worker.save_kv_layer
 
             def save_then_die(layer_name: str, *args: Any, **kw: Any) -> None:
                 original(layer_name, *args, **kw)
-                if worker._save is not None:  # a reservation is open and partly written
+                if worker._save is not None:  # reservations open, one layer written
                     kill_self()
 
             worker.save_kv_layer = save_then_die
+        elif last and a.kill_at == "save":
+            original_save = kvpool.engine.PagedKVStore.save
+
+            def save_one_then_die(self: Any, keys: list[int], block_ids: list[int],
+                                  parents: Any = None, **kw: Any) -> int:
+                n = original_save(self, keys[:1], block_ids[:1], parents[:1] if parents else None)
+                if len(keys) > 1:
+                    kill_self()
+                return n
+
+            kvpool.engine.PagedKVStore.save = save_one_then_die  # type: ignore[method-assign]
         if last and a.kill_at == "load":
             # A fresh engine (empty prefix cache) so the prompt is loaded
             # from kvpool; die once the worker holds the pins.

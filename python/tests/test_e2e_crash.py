@@ -35,20 +35,27 @@ def reaped(d: Kvpoold, pid: int, timeout: float = 10.0) -> dict[str, Any]:
         time.sleep(0.1)
 
 
-def test_killed_while_saving(workdir: Path, daemon: Kvpoold) -> None:
+@pytest.mark.parametrize("save_mode", ["per_layer", "per_block"])
+def test_killed_while_saving(workdir: Path, daemon: Kvpoold, save_mode: str) -> None:
+    """per_layer: killed with 4 reservations of which one layer is written;
+    per_block: killed after the first of 4 blocks was committed."""
     first = tokens(3 * BLOCK, 11)
     second = first + tokens(4 * BLOCK + 2, 12)  # shares first's 3 blocks
-    proc = engine("store", workdir, daemon.pool_path, [first, second], kill_at="save")
+    variant = {"extra": {"save_mode": save_mode}}
+    proc = engine("store", workdir, daemon.pool_path, [first, second], variant=variant,
+                  kill_at="save")
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     usage = reaped(daemon, _engine_pid(daemon, proc))
     assert usage["entries_reserved"] == 0
     assert usage["pins"] == 0
     assert usage["orphan_blocks"] == 0
-    # Only the first prompt's blocks were committed.
-    assert usage["entries_committed"] == 3
-    r = engine("reuse", workdir, daemon.pool_path, [second], suffix=tokens(5, 13))
-    assert r["pool"]["external"] == 3 * BLOCK
-    assert r["pool"]["stats"]["loaded_blocks"] == 3
+    # The first prompt's blocks, and per block the one committed before the kill.
+    stored = 3 if save_mode == "per_layer" else 4
+    assert usage["entries_committed"] == stored
+    r = engine("reuse", workdir, daemon.pool_path, [second], suffix=tokens(5, 13),
+               variant=variant)
+    assert r["pool"]["external"] == stored * BLOCK
+    assert r["pool"]["stats"]["loaded_blocks"] == stored
     assert r["pool"]["stats"]["failed_blocks"] == 0
     assert r["pool"]["tokens"] == r["full"]["tokens"]
     assert r["pool"]["tokens"] == r["local"]["tokens"]

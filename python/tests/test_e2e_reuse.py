@@ -39,11 +39,13 @@ def check_reuse(r: dict[str, Any], prompt_len: int, record_property: Any) -> flo
     return diff
 
 
-@pytest.mark.parametrize("layout", ["per_layer", "cross_layer"])
-def test_b_loads_what_a_stored(workdir: Path, pool_path: str, layout: str,
+@pytest.mark.parametrize("layout,save_mode", [("per_layer", "per_block"),
+                                              ("cross_layer", "per_block"),
+                                              ("per_layer", "per_layer")])
+def test_b_loads_what_a_stored(workdir: Path, pool_path: str, layout: str, save_mode: str,
                                record_property: Any) -> None:
     prompt, suffix = tokens(5 * BLOCK + 7, 1), tokens(20, 2)
-    variant = {"layout": layout}
+    variant = {"layout": layout, "extra": {"save_mode": save_mode}}
     a = engine("store", workdir, pool_path, [prompt], variant=variant)
     assert a["stats"][0]["saved_blocks"] >= 5
     r = engine("reuse", workdir, pool_path, [prompt], suffix=suffix, variant=variant, max_tokens=6)
