@@ -59,6 +59,9 @@ class Completion:
     local_hit_tokens: int
     external_hit_tokens: int
     first_logits: torch.Tensor | None = field(default=None, repr=False)
+    # The first token's step: seconds in start_load_kv, the forward pass, the
+    # connector's end of step (ModelRunner.last_times).
+    first_step_times: dict[str, float] = field(default_factory=dict, repr=False)
 
 
 class RefEngine:
@@ -153,7 +156,8 @@ class RefEngine:
         """Serve prompts together (batched as the scheduler allows)."""
         t0 = time.perf_counter()
         rids = [self.add_request(p, max_tokens) for p in prompts]
-        state = {r: {"tokens": [], "ttft": None, "end": None, "out": None, "logits": None} for r in rids}
+        state: dict[str, dict[str, Any]] = {
+            r: {"tokens": [], "ttft": None, "end": None, "out": None, "logits": None, "times": {}} for r in rids}
         while self.scheduler.has_requests():
             outs = self.step()
             now = time.perf_counter()
@@ -164,6 +168,7 @@ class RefEngine:
                 if o.new_token_ids and s["ttft"] is None:
                     s["ttft"] = now - t0
                     s["logits"] = self.last_logits.get(o.request_id)
+                    s["times"] = dict(self.runner.last_times)
                 s["tokens"] += o.new_token_ids
                 s["out"] = o
                 if o.finished:
@@ -174,7 +179,7 @@ class RefEngine:
             o = s["out"]
             ext = o.num_external_computed_tokens if o else 0
             res.append(Completion(r, len(p), s["tokens"], s["ttft"] or 0.0, s["end"] or 0.0,
-                                  (o.num_cached_tokens - ext) if o else 0, ext, s["logits"]))
+                                  (o.num_cached_tokens - ext) if o else 0, ext, s["logits"], s["times"]))
         return res
 
     def generate(self, prompt: list[int], max_tokens: int = 1) -> Completion:

@@ -30,6 +30,7 @@ wait_for_save, get_finished, get_block_ids_with_load_errors and clear
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -83,6 +84,10 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.cross_layer_kv_cache: torch.Tensor | None = None
         self.layers: dict[str, Attention] = {}
+        # Seconds spent by the last step in start_load_kv, the forward pass
+        # (including the per-layer connector calls) and the connector's end
+        # of step (wait_for_save .. clear_connector_metadata).
+        self.last_times: dict[str, float] = {}
 
     def initialize_kv_cache(self) -> None:
         s = self.model.spec
@@ -183,17 +188,23 @@ class ModelRunner:
         req_ids, ids, pos, meta = self._build(so)
         fc = self._forward_context(meta)
         kvo = None
+        t0 = time.perf_counter()
         if self.connector is not None:
             c = self.connector
             names = list(self.layers)
             self._connector_begin(so, fc)
+            t1 = time.perf_counter()
             hidden = self.model.forward(
                 ids, pos, self.kv_caches, meta,
                 before_attn=lambda i: c.wait_for_layer_load(names[i]),
                 after_attn=lambda i: c.save_kv_layer(names[i], self.kv_caches[i], fc.attn_metadata[names[i]]))
+            t2 = time.perf_counter()
             kvo = self._connector_end(so)
         else:
+            t1 = t0
             hidden = self.model.forward(ids, pos, self.kv_caches, meta)
+            t2 = time.perf_counter()
+        self.last_times = {"load_s": t1 - t0, "forward_s": t2 - t1, "save_s": time.perf_counter() - t2}
         # Sample where the scheduled tokens reach the end of the known tokens.
         rows, sample_ids = [], []
         qsl = meta.query_start_loc.tolist()
