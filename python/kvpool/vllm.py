@@ -631,6 +631,7 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._num_layers = len(self._kv_caches)
         self._layout = "per_layer"
         self._store = None
+        self._check_caches(self._kv_caches)
 
     def register_cross_layers_kv_cache(self, kv_cache: Any, attn_backend: Any = None) -> None:
         """One cache ``(num_blocks, num_layers, 2, block_size, H, D)``."""
@@ -639,6 +640,22 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._num_layers = int(kv_cache.shape[1])
         self._layout = "cross_layer"
         self._store = None
+        self._check_caches([kv_cache])
+
+    def _check_caches(self, tensors: list[Any]) -> None:
+        """Fail at engine start, not mid-serving, on caches the store cannot use.
+
+        Host tensors only (the copy loops read and write them in place),
+        and geometry and dtype are checked against the manifest by opening
+        the store now when the pool is reachable.
+        """
+        for t in tensors:
+            device = getattr(t, "device", None)
+            if device is not None and getattr(device, "type", "cpu") != "cpu":
+                raise ValueError(f"kvpool connector: the KV cache is on {device}; it needs "
+                                 "host tensors (a GPU cache needs a staging copy, which "
+                                 "this connector does not make)")
+        self._worker_store(self._seed_id())
 
     def _rank(self) -> int:
         if self._tp_rank is None:

@@ -156,3 +156,18 @@ def test_manifest_names_the_identity(pool_path: str) -> None:
     assert m["hash_scheme"] == 2
     assert m["hash_seed"] == kvpool.vllm_seed_id("sha256_cbor", "3")
     assert (m["tp_rank"], m["tp_world"]) == (0, 1)
+
+
+def test_unusable_caches_fail_at_start(pool_path: str) -> None:
+    """A worker refuses caches of another dtype than the manifest's, or
+    of the wrong geometry, when they are registered, not mid-serving."""
+    worker = build(config(pool_path), KVConnectorRole.WORKER, None)
+    good = {f"model.layers.{i}.self_attn.attn": torch.zeros(2, 8, BLOCK, 2, 8, dtype=torch.float16)
+            for i in range(2)}
+    worker.register_kv_caches(good)
+    fp32 = {k: v.float() for k, v in good.items()}
+    with pytest.raises(ValueError, match="dtype"):
+        build(config(pool_path), KVConnectorRole.WORKER, None).register_kv_caches(fp32)
+    other_block = {k: torch.zeros(2, 8, 2 * BLOCK, 2, 8, dtype=torch.float16) for k in good}
+    with pytest.raises(ValueError):
+        build(config(pool_path), KVConnectorRole.WORKER, None).register_kv_caches(other_block)
