@@ -9,6 +9,7 @@ recompute is printed (run with -s to see it) and kept as a test property.
 
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,19 @@ def test_missing_pool_is_a_miss(workdir: Path, record_property: Any) -> None:
     assert r["pool"]["external"] == 0
     assert r["pool"]["stats"]["saved_blocks"] == 0
     assert r["pool"]["tokens"] == r["full"]["tokens"]
+
+
+def test_concurrent_writers(workdir: Path, pool_path: str, record_property: Any) -> None:
+    """Engines storing the same prompts at the same time: neither fails
+    (a block another engine is writing is skipped), every block is stored
+    once, and a third engine loads them all."""
+    prompts = [tokens(6 * BLOCK + 3, 80 + i) for i in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(engine, "store", workdir, pool_path, prompts) for _ in range(2)]
+        stored = [r.result() for r in runs]
+    saved = sum(s["stats"][-1]["saved_blocks"] for s in stored)
+    assert saved == 3 * 6, [s["stats"] for s in stored]
+    assert stored[0]["tokens"] == stored[1]["tokens"]
+    for p in prompts:
+        r = engine("reuse", workdir, pool_path, [p], suffix=tokens(4, 90))
+        check_reuse(r, len(p), record_property)
