@@ -1,0 +1,855 @@
+# SPDX-License-Identifier: MIT
+"""kvpool as a vLLM KV connector (the V1 connector contract).
+
+Load it into vLLM with::
+
+    --prefix-caching-hash-algo sha256_cbor
+    --kv-transfer-config '{"kv_connector": "KvpoolConnector",
+        "kv_connector_module_path": "kvpool.vllm", "kv_role": "kv_both",
+        "kv_connector_extra_config": {"pool_path": "/dev/shm/kvpool/default"}}'
+
+and set ``PYTHONHASHSEED`` to the same value in every engine that should
+share blocks: vLLM roots its block-hash chains in a ``NONE_HASH`` drawn at
+random when it is unset, and such chains are never found by another process.
+
+Keys and identity
+-----------------
+Each engine block is one kvpool block holding all of that block's layers
+(``kvpool.engine.PagedKVStore``). Its key is the request's own vLLM block
+hash (``request.block_hashes[i]``) mapped by the project's rule: the last
+16 bytes read big-endian (``kvpool.vllm_key``), so vLLM's KV-event form of
+the hash (its last 8 bytes) is the key's low 64 bits. Blocks live in the
+namespace of a ``kvpool.Manifest`` that records everything that makes two
+engines' KV bytes differ for the same key: model name, weights
+fingerprint, KV dtype, block size, tensor-parallel rank and world size,
+hash scheme and the hash seed (the first 8 bytes of ``NONE_HASH``). Two
+engines that differ in any of these get different namespaces and never
+share a block.
+
+Scheduler and worker
+--------------------
+vLLM builds this class twice: once with ``KVConnectorRole.SCHEDULER`` in
+the engine-core process and once with ``KVConnectorRole.WORKER`` in each
+worker, which may be another process. The two sides share nothing but
+the metadata object the scheduler builds each step
+(``KvpoolConnectorMetadata``, plain lists of ints, picklable):
+
+- The scheduler attaches the pool on its own and answers
+  ``get_num_new_matched_tokens`` with ``Namespace.match_prefix`` over the
+  request's keys, taking the smallest answer over the namespaces of all
+  TP ranks (a block is only loadable when every rank holds its shard). It
+  takes no pins: vLLM may call it several times for one request and
+  expects no side effect. It never matches the request's last token
+  (vLLM must compute at least one token to get logits), and it counts
+  only whole blocks after the engine's own prefix-cache hit.
+- ``update_state_after_alloc`` records which engine block ids the matched
+  blocks go to; ``build_connector_meta`` ships those loads, plus one save
+  per scheduled request for the blocks that become full in this step
+  (``[num_computed // block_size, (num_computed + num_scheduled) //
+  block_size)``, bounded by the block hashes known so far, so decoded
+  tokens are saved too once a block of them is full).
+- The worker pins the blocks to load only when it loads them
+  (``PagedKVStore.lookup`` then ``load`` in ``start_load_kv``, before the
+  forward pass), so a pin lives for one copy and a worker that dies
+  holding one loses it to kvpoold's reaper like any client's. Loading is
+  synchronous (``get_num_new_matched_tokens`` answers ``load_async =
+  False``), so ``wait_for_layer_load`` has nothing to wait for.
+- Saving happens in ``wait_for_save``, after the step's forward pass
+  wrote the step's KV: each block that became full is stored by reserve,
+  gather of all its layers, commit, one block after the other, each
+  naming the block before it as its parent, so kvpool's PREFIX eviction
+  sees whole chains and evicts their tails first (``save_mode =
+  "per_block"``). With ``save_mode = "per_layer"`` the first
+  ``save_kv_layer`` of a step reserves every new block, each call gathers
+  that layer, and ``wait_for_save`` commits: the copy of a layer can
+  follow its attention, but blocks reserved in one batch are not linked
+  to the parents reserved with them. Either way present keys are skipped
+  (blocks another engine stored first are not written twice), a process
+  killed before a commit leaves reservations that no reader sees and
+  kvpoold's reaper frees, and saving is best effort: a full pool stops
+  it and the engine goes on.
+
+Blocks that fail to load
+------------------------
+``PagedKVStore.load`` verifies each block's checksum before its bytes
+reach the engine and stops at the first bad or vanished block (a bad one
+is also removed from the pool). The block ids from there to the end of
+that request's load are reported by ``get_block_ids_with_load_errors``,
+which makes vLLM truncate the request's computed tokens at the first of
+them, discard the step's output for it and recompute (vLLM's
+``kv_load_failure_policy = "recompute"``). The worker also drops this
+step's saves for any request whose blocks include a failed one, since
+their KV was computed over bytes that were never loaded.
+
+What it needs from the engine
+-----------------------------
+The KV caches handed to ``register_kv_caches`` must be host (CPU) tensors
+in vLLM's FlashAttention layout ``(2, num_blocks, block_size,
+num_kv_heads, head_size)`` per layer, or, with ``"layout":
+"cross_layer"`` in the extra config, the one tensor ``(num_blocks,
+num_layers, 2, block_size, num_kv_heads, head_size)`` given to
+``register_cross_layers_kv_cache``. Block hashes must be ``sha256_cbor``
+or ``xxhash_cbor``: vLLM's pickle-based ``sha256`` and ``xxhash`` are not
+stable across Python versions and have no kvpool hash scheme.
+
+Extra config keys (``kv_connector_extra_config``)
+-------------------------------------------------
+``pool_path``            pool to attach (default ``/dev/shm/kvpool/default``)
+``model_name``           default: ``model_config.model``
+``weights_fingerprint``  hex string or bytes; default: SHA-256 of the
+                         model name, revision and quantization
+``dtype``                KV dtype name; default: ``cache_config.cache_dtype``
+                         unless ``"auto"``, else ``model_config.dtype``
+``tp_rank``, ``tp_world`` default: vLLM's tensor-parallel rank and size
+``hash_algo``            default: ``cache_config.prefix_caching_hash_algo``
+``hash_seed``            the ``PYTHONHASHSEED`` string the engine hashes with;
+                         default: vLLM's own ``NONE_HASH`` when it is
+                         initialized, else ``$PYTHONHASHSEED``, else
+                         ``"vllm-none-hash"``
+``layout``               ``"per_layer"`` (default) or ``"cross_layer"``
+``save_mode``            ``"per_block"`` (default) or ``"per_layer"``, below
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import hashlib
+import inspect
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kvpool
+
+_log = logging.getLogger("kvpool.vllm")
+
+DEFAULT_POOL_PATH = "/dev/shm/kvpool/default"
+_HASH_SCHEMES = ("sha256_cbor", "xxhash_cbor")
+_KEY_MASK = (1 << 128) - 1
+
+try:  # pragma: no cover - vLLM cannot be installed where the tests run
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import (  # type: ignore
+        KVConnectorBase_V1,
+        KVConnectorMetadata,
+        KVConnectorRole,
+    )
+
+    HAVE_VLLM = True
+except ImportError:
+    HAVE_VLLM = False
+
+    class KVConnectorRole(enum.Enum):  # type: ignore[no-redef]
+        """Where a connector instance runs (vLLM's enum, same values)."""
+
+        SCHEDULER = 0
+        WORKER = 1
+
+    class KVConnectorMetadata(abc.ABC):  # type: ignore[no-redef]  # noqa: B024
+        """What the scheduler-side connector sends the worker side each step."""
+
+    class KVConnectorBase_V1(abc.ABC):  # type: ignore[no-redef]
+        """Stand-in for vLLM's ``KVConnectorBase_V1`` when vLLM is absent.
+
+        Same constructor, same metadata binding and the same defaults for
+        the optional methods, so a connector written against it runs
+        unchanged under vLLM.
+        """
+
+        def __init__(self, vllm_config: Any, role: KVConnectorRole,
+                     kv_cache_config: Any = None) -> None:
+            self._connector_metadata: KVConnectorMetadata | None = None
+            self._vllm_config = vllm_config
+            self._kv_transfer_config = getattr(vllm_config, "kv_transfer_config", None)
+            if self._kv_transfer_config is None:
+                raise ValueError("kv_transfer_config must be set for KVConnectorBase_V1")
+            self._kv_cache_config = kv_cache_config
+            self._role = role
+
+        @property
+        def role(self) -> KVConnectorRole:
+            """The side this instance runs on."""
+            return self._role
+
+        @property
+        def prefer_cross_layer_blocks(self) -> bool:
+            """Whether the connector wants one tensor holding all layers."""
+            return False
+
+        def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
+            """Set this step's metadata (the engine calls it before the forward)."""
+            self._connector_metadata = connector_metadata
+
+        def clear_connector_metadata(self) -> None:
+            """Drop this step's metadata (the engine calls it after the forward)."""
+            self._connector_metadata = None
+
+        def _get_connector_metadata(self) -> KVConnectorMetadata:
+            assert self._connector_metadata is not None
+            return self._connector_metadata
+
+        def has_connector_metadata(self) -> bool:
+            """Whether metadata is bound now."""
+            return self._connector_metadata is not None
+
+        def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
+            """Receive the engine's per-layer KV caches."""
+
+        def register_cross_layers_kv_cache(self, kv_cache: Any, attn_backend: Any) -> None:
+            """Receive the engine's one cross-layer KV cache."""
+
+        def handle_preemptions(self, kv_connector_metadata: Any) -> None:
+            """Called before preempted requests' blocks are overwritten."""
+
+        @abc.abstractmethod
+        def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None: ...
+
+        @abc.abstractmethod
+        def wait_for_layer_load(self, layer_name: str) -> None: ...
+
+        @abc.abstractmethod
+        def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any,
+                          **kwargs: Any) -> None: ...
+
+        @abc.abstractmethod
+        def wait_for_save(self) -> None: ...
+
+        def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+            """Requests whose asynchronous transfers finished: none by default."""
+            return None, None
+
+        def get_block_ids_with_load_errors(self) -> set[int]:
+            """Engine block ids that failed to load in this step."""
+            return set()
+
+        def shutdown(self) -> None:
+            """Release what the connector holds."""
+
+        def get_kv_connector_stats(self) -> Any:
+            """Transfer statistics: none by default."""
+            return None
+
+        @abc.abstractmethod
+        def get_num_new_matched_tokens(self, request: Any,
+                                       num_computed_tokens: int) -> tuple[int | None, bool]: ...
+
+        @abc.abstractmethod
+        def update_state_after_alloc(self, request: Any, blocks: Any,
+                                     num_external_tokens: int) -> None: ...
+
+        @abc.abstractmethod
+        def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata: ...
+
+        def update_connector_output(self, connector_output: Any) -> None:
+            """Receive the workers' output of the last step."""
+
+        def request_finished(self, request: Any,
+                             block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+            """A request ended: free its blocks now, no transfer params."""
+            return False, None
+
+        def take_events(self) -> Iterable[Any]:
+            """KV cache events since the last call: none by default."""
+            return ()
+
+        @classmethod
+        def get_required_kvcache_layout(cls, vllm_config: Any) -> str | None:
+            """The KV cache layout the connector needs: any."""
+            return None
+
+
+def block_key(block_hash: Any) -> int:
+    """The kvpool key of one vLLM block hash.
+
+    ``bytes`` hashes (vLLM >= 0.10.2) map by the project rule, the last 16
+    bytes big-endian, equal to ``kvpool.vllm_key``. Older vLLM wrapped an
+    integer hash in a ``BlockHash`` named tuple (``hash_value``); its low
+    128 bits are the key.
+    """
+    if isinstance(block_hash, (bytes, bytearray, memoryview)):
+        b = bytes(block_hash)
+        if len(b) < 16:
+            raise ValueError(f"vLLM block hash of {len(b)} bytes; expected 16 or 32")
+        return int.from_bytes(b[-16:], "big")
+    value = getattr(block_hash, "hash_value", block_hash)
+    if isinstance(value, int):
+        return value & _KEY_MASK
+    raise TypeError(f"unsupported vLLM block hash type {type(block_hash).__name__}")
+
+
+def _dtype_name(dtype: Any) -> str:
+    """A manifest dtype name for a torch dtype or a vLLM dtype string."""
+    text = str(dtype).removeprefix("torch.")
+    names = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32",
+             "float": "fp32", "fp8": "fp8_e4m3", "float8_e4m3fn": "fp8_e4m3",
+             "float8_e5m2": "fp8_e5m2"}
+    return names.get(text, text)
+
+
+@dataclasses.dataclass
+class LoadSpec:
+    """Blocks to copy from kvpool into one request's engine blocks."""
+
+    req_id: str
+    keys: list[int]
+    block_ids: list[int]
+
+
+@dataclasses.dataclass
+class SaveSpec:
+    """Blocks of one request that become full in this step.
+
+    ``prefix_block_ids`` are all the request's engine blocks up to the
+    last one saved: a save is dropped when one of them failed to load.
+    """
+
+    req_id: str
+    keys: list[int]
+    block_ids: list[int]
+    parent: int | None
+    prefix_block_ids: list[int]
+
+
+@dataclasses.dataclass
+class KvpoolConnectorMetadata(KVConnectorMetadata):
+    """One step's work for the worker side (ints and lists only: picklable).
+
+    ``hash_seed`` is the manifest seed the scheduler keyed the blocks
+    with; the worker opens its namespace with the same one.
+    """
+
+    hash_seed: int = 0
+    loads: list[LoadSpec] = dataclasses.field(default_factory=list)
+    saves: list[SaveSpec] = dataclasses.field(default_factory=list)
+    finished: list[str] = dataclasses.field(default_factory=list)
+
+
+_pools: dict[tuple[str, int], Any] = {}
+_attach_failed: dict[tuple[str, int], float] = {}
+RETRY_ATTACH_S = 5.0
+
+
+def _attach(path: str) -> Any:
+    """One attach of ``path`` per process (a forked child attaches anew).
+
+    None while the pool cannot be attached (no such file yet, kvpoold not
+    started, no permission): the connector then acts as a cache that
+    misses, logs once, and tries again after RETRY_ATTACH_S.
+    """
+    key = (path, os.getpid())
+    pool = _pools.get(key)
+    if pool is not None:
+        return pool
+    failed_at = _attach_failed.get(key)
+    if failed_at is not None and time.monotonic() - failed_at < RETRY_ATTACH_S:
+        return None
+    try:
+        pool = kvpool.Pool(path)
+    except OSError as e:
+        if failed_at is None:
+            _log.warning("kvpool: cannot attach %s (%s); serving without it and "
+                         "retrying every %.0f s", path, e, RETRY_ATTACH_S)
+        _attach_failed[key] = time.monotonic()
+        return None
+    _attach_failed.pop(key, None)
+    _pools[key] = pool
+    return pool
+
+
+class KvpoolConnector(KVConnectorBase_V1):
+    """vLLM KV connector V1 over a kvpool pool (see the module docstring)."""
+
+    def __init__(self, vllm_config: Any, role: KVConnectorRole,
+                 kv_cache_config: Any = None) -> None:
+        base_params = inspect.signature(KVConnectorBase_V1.__init__).parameters
+        if "kv_cache_config" in base_params:
+            super().__init__(vllm_config, role, kv_cache_config)
+        else:  # vLLM before 0.11: (vllm_config, role)
+            super().__init__(vllm_config, role)  # type: ignore[call-arg]
+        ktc = vllm_config.kv_transfer_config
+        extra = dict(getattr(ktc, "kv_connector_extra_config", None) or {})
+        self._extra = extra
+        kv_role = getattr(ktc, "kv_role", "kv_both") or "kv_both"
+        self._do_load = kv_role in ("kv_both", "kv_consumer")
+        self._do_save = kv_role in ("kv_both", "kv_producer")
+        self._block_size = int(vllm_config.cache_config.block_size)
+        self._pool_path = str(extra.get("pool_path", DEFAULT_POOL_PATH))
+        self._layout = str(extra.get("layout", "per_layer"))
+        if self._layout not in ("per_layer", "cross_layer"):
+            raise ValueError(f"kvpool connector: layout {self._layout!r}; "
+                             "expected 'per_layer' or 'cross_layer'")
+        self._save_mode = str(extra.get("save_mode", "per_block"))
+        if self._save_mode not in ("per_block", "per_layer"):
+            raise ValueError(f"kvpool connector: save_mode {self._save_mode!r}; "
+                             "expected 'per_block' or 'per_layer'")
+
+        model_config = vllm_config.model_config
+        self._model_name = str(extra.get("model_name", model_config.model))
+        self._fingerprint = self._weights_fingerprint(model_config, extra)
+        cache_dtype = getattr(vllm_config.cache_config, "cache_dtype", "auto")
+        if "dtype" in extra:
+            self._dtype = _dtype_name(extra["dtype"])
+        elif cache_dtype and cache_dtype != "auto":
+            self._dtype = _dtype_name(cache_dtype)
+        else:
+            self._dtype = _dtype_name(model_config.dtype)
+        parallel = getattr(vllm_config, "parallel_config", None)
+        self._tp_world = int(extra.get("tp_world",
+                                        getattr(parallel, "tensor_parallel_size", 1) or 1))
+        self._hash_algo = str(extra.get("hash_algo",
+                                        getattr(vllm_config.cache_config,
+                                                "prefix_caching_hash_algo", "sha256_cbor")))
+        if self._hash_algo not in _HASH_SCHEMES:
+            raise ValueError(
+                f"kvpool connector: prefix_caching_hash_algo is {self._hash_algo!r}; "
+                f"expected one of {', '.join(_HASH_SCHEMES)} "
+                "(start vLLM with --prefix-caching-hash-algo sha256_cbor)")
+
+        # Scheduler side.
+        self._sched_namespaces: list[Any] | None = None
+        self._hash_seed: int | None = None
+        self._requests: dict[str, Any] = {}
+        self._keys: dict[str, list[int]] = {}
+        self._local_tokens: dict[str, int] = {}
+        self._pending_loads: dict[str, LoadSpec] = {}
+        self._block_ids: dict[str, list[int]] = {}
+
+        # Worker side.
+        self._kv_caches: Any = None
+        self._layer_index: dict[str, int] = {}
+        self._num_layers = 0
+        self._store: Any = None
+        self._store_seed: int | None = None
+        self._tp_rank: int | None = None
+        self._save: Any = None
+        self._save_begun = False  # this step's reservations were attempted
+        self._saved_layers: set[int] = set()
+        self._skip_save_reqs: set[str] = set()
+        self._load_errors: set[int] = set()
+        self.stats: dict[str, int] = {"lookups": 0, "hit_blocks": 0, "loaded_blocks": 0,
+                                      "failed_blocks": 0, "saved_blocks": 0,
+                                      "save_failures": 0}
+
+    # ------------------------------------------------------------------
+    # Identity
+    # ------------------------------------------------------------------
+    @staticmethod
+    def _weights_fingerprint(model_config: Any, extra: Mapping[str, Any]) -> bytes:
+        fp = extra.get("weights_fingerprint")
+        if isinstance(fp, (bytes, bytearray)):
+            return bytes(fp)
+        if isinstance(fp, str):
+            return bytes.fromhex(fp)
+        ident = "\0".join(str(getattr(model_config, f, "") or "")
+                          for f in ("model", "revision", "quantization"))
+        return hashlib.sha256(ident.encode()).digest()
+
+    def _seed_id(self) -> int:
+        """The manifest hash seed: the first 8 bytes of NONE_HASH, big-endian."""
+        if self._hash_seed is None:
+            seed = self._extra.get("hash_seed")
+            none_hash = None
+            if seed is None and HAVE_VLLM:  # pragma: no cover - needs vLLM
+                try:
+                    from vllm.v1.core import kv_cache_utils  # type: ignore
+
+                    none_hash = getattr(kv_cache_utils, "NONE_HASH", None)
+                except ImportError:
+                    none_hash = None
+            if isinstance(none_hash, (bytes, bytearray)) and len(none_hash) >= 8:
+                self._hash_seed = int.from_bytes(bytes(none_hash[:8]), "big")
+            else:
+                if seed is None and "PYTHONHASHSEED" not in os.environ and HAVE_VLLM:
+                    _log.warning("PYTHONHASHSEED is not set: vLLM's block hashes are "
+                                 "unique to this process and no other engine can reuse "
+                                 "its blocks")
+                self._hash_seed = int(kvpool.vllm_seed_id(
+                    self._hash_algo, None if seed is None else str(seed)))
+        return self._hash_seed
+
+    def manifest(self, tp_rank: int, hash_seed: int) -> Any:
+        """The namespace manifest of this engine's blocks for one TP rank."""
+        return kvpool.Manifest(self._model_name, self._block_size,
+                               weights_fingerprint=self._fingerprint, dtype=self._dtype,
+                               tp_rank=tp_rank, tp_world=self._tp_world,
+                               hash_scheme=self._hash_algo, hash_seed=hash_seed)
+
+    # ------------------------------------------------------------------
+    # Scheduler side
+    # ------------------------------------------------------------------
+    def _namespaces(self) -> list[Any] | None:
+        """Every TP rank's namespace, or None while the pool is unreachable."""
+        if self._sched_namespaces is None:
+            pool = _attach(self._pool_path)
+            if pool is None:
+                return None
+            seed = self._seed_id()
+            self._sched_namespaces = [pool.namespace(self.manifest(r, seed))
+                                      for r in range(self._tp_world)]
+        return self._sched_namespaces
+
+    def _request_keys(self, request: Any) -> list[int]:
+        """The request's block keys, extended as its block hashes grow."""
+        req_id = request.request_id
+        hashes = request.block_hashes
+        limit = getattr(request, "num_publishable_block_hashes", None)
+        n = len(hashes) if limit is None else min(len(hashes), int(limit))
+        keys = self._keys.setdefault(req_id, [])
+        if len(keys) > n:
+            del keys[n:]
+        for i in range(len(keys), n):
+            keys.append(block_key(hashes[i]))
+        return keys
+
+    def get_num_new_matched_tokens(self, request: Any,
+                                   num_computed_tokens: int) -> tuple[int | None, bool]:
+        """Tokens after ``num_computed_tokens`` whose blocks kvpool holds.
+
+        Whole blocks only, never the request's last token, and only the
+        leading run present on every TP rank. No pins, no side effect but
+        remembering ``num_computed_tokens`` for ``update_state_after_alloc``.
+        """
+        if not self._do_load or getattr(request, "skip_reading_prefix_cache", False):
+            return 0, False
+        namespaces = self._namespaces()
+        if namespaces is None:
+            return 0, False
+        bs = self._block_size
+        self._local_tokens[request.request_id] = num_computed_tokens
+        if num_computed_tokens % bs:
+            return 0, False
+        keys = self._request_keys(request)
+        usable = min(len(keys), (int(request.num_tokens) - 1) // bs)
+        start = num_computed_tokens // bs
+        if usable <= start:
+            return 0, False
+        want = keys[start:usable]
+        hit = len(want)
+        for ns in namespaces:
+            hit = min(hit, int(ns.match_prefix(want[:hit])))
+            if hit == 0:
+                break
+        self.stats["lookups"] += 1
+        return hit * bs, False
+
+    def update_state_after_alloc(self, request: Any, blocks: Any,
+                                 num_external_tokens: int) -> None:
+        """Remember the engine blocks the matched kvpool blocks go to."""
+        req_id = request.request_id
+        self._requests[req_id] = request
+        if num_external_tokens <= 0:
+            self._pending_loads.pop(req_id, None)
+            return
+        bs = self._block_size
+        start = self._local_tokens.get(req_id, 0) // bs
+        n = num_external_tokens // bs
+        block_ids = list(blocks.get_block_ids()[0])
+        keys = self._request_keys(request)
+        if start + n > len(block_ids) or start + n > len(keys):
+            raise ValueError(f"kvpool connector: request {req_id} has {len(block_ids)} "
+                             f"blocks and {len(keys)} hashes; {start + n} needed to load "
+                             f"{n} blocks after {start}")
+        self._pending_loads[req_id] = LoadSpec(req_id, keys[start:start + n],
+                                               block_ids[start:start + n])
+        self.stats["hit_blocks"] += n
+
+    def build_connector_meta(self, scheduler_output: Any) -> KvpoolConnectorMetadata:
+        """This step's loads, the blocks that become full, the finished requests."""
+        meta = KvpoolConnectorMetadata(hash_seed=self._seed_id())
+        num_scheduled: Mapping[str, int] = scheduler_output.num_scheduled_tokens
+        steps: list[tuple[str, int]] = []
+        for new in scheduler_output.scheduled_new_reqs:
+            self._block_ids[new.req_id] = list(new.block_ids[0])
+            steps.append((new.req_id, int(new.num_computed_tokens)))
+        cached = scheduler_output.scheduled_cached_reqs
+        resumed_ids = getattr(cached, "resumed_req_ids", None)
+        resumed_flags = getattr(cached, "resumed_from_preemption", None)
+        for i, req_id in enumerate(cached.req_ids):
+            if resumed_ids is not None:
+                resumed = req_id in resumed_ids
+            else:
+                resumed = bool(resumed_flags[i]) if resumed_flags is not None else False
+            new_ids = cached.new_block_ids[i]
+            if resumed or req_id not in self._block_ids:
+                self._block_ids[req_id] = list(new_ids[0]) if new_ids is not None else []
+            elif new_ids is not None:
+                self._block_ids[req_id].extend(new_ids[0])
+            steps.append((req_id, int(cached.num_computed_tokens[i])))
+
+        for req_id, spec in self._pending_loads.items():
+            meta.loads.append(spec)
+        self._pending_loads.clear()
+
+        if self._do_save:
+            bs = self._block_size
+            for req_id, computed in steps:
+                request = self._requests.get(req_id)
+                if request is None:
+                    continue
+                keys = self._request_keys(request)
+                block_ids = self._block_ids[req_id]
+                lo = computed // bs
+                hi = min((computed + int(num_scheduled.get(req_id, 0))) // bs,
+                         len(keys), len(block_ids))
+                if hi <= lo:
+                    continue
+                meta.saves.append(SaveSpec(req_id, keys[lo:hi], block_ids[lo:hi],
+                                           keys[lo - 1] if lo > 0 else None,
+                                           block_ids[:hi]))
+
+        for req_id in getattr(scheduler_output, "finished_req_ids", ()) or ():
+            meta.finished.append(req_id)
+            self._forget(req_id)
+        return meta
+
+    def _forget(self, req_id: str) -> None:
+        for table in (self._requests, self._keys, self._local_tokens,
+                      self._pending_loads, self._block_ids):
+            table.pop(req_id, None)
+
+    def request_finished(self, request: Any,
+                         block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        """Saves are synchronous: the engine may free the blocks at once."""
+        self._forget(request.request_id)
+        return False, None
+
+    # ------------------------------------------------------------------
+    # Worker side
+    # ------------------------------------------------------------------
+    @property
+    def prefer_cross_layer_blocks(self) -> bool:
+        """True when the extra config asks for the cross-layer layout."""
+        return self._layout == "cross_layer"
+
+    def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
+        """Per-layer caches ``(2, num_blocks, block_size, H, D)``, in layer order."""
+        self._kv_caches = list(kv_caches.values())
+        self._layer_index = {name: i for i, name in enumerate(kv_caches)}
+        self._num_layers = len(self._kv_caches)
+        self._layout = "per_layer"
+        self._store = None
+        self._check_caches(self._kv_caches)
+
+    def register_cross_layers_kv_cache(self, kv_cache: Any, attn_backend: Any = None) -> None:
+        """One cache ``(num_blocks, num_layers, 2, block_size, H, D)``."""
+        self._kv_caches = kv_cache
+        self._layer_index = {}
+        self._num_layers = int(kv_cache.shape[1])
+        self._layout = "cross_layer"
+        self._store = None
+        self._check_caches([kv_cache])
+
+    def _check_caches(self, tensors: list[Any]) -> None:
+        """Fail at engine start, not mid-serving, on caches the store cannot use.
+
+        Host tensors only (the copy loops read and write them in place),
+        and geometry and dtype are checked against the manifest by opening
+        the store now when the pool is reachable.
+        """
+        for t in tensors:
+            device = getattr(t, "device", None)
+            if device is not None and getattr(device, "type", "cpu") != "cpu":
+                raise ValueError(f"kvpool connector: the KV cache is on {device}; it needs "
+                                 "host tensors (a GPU cache needs a staging copy, which "
+                                 "this connector does not make)")
+        self._worker_store(self._seed_id())
+
+    def _rank(self) -> int:
+        if self._tp_rank is None:
+            rank = self._extra.get("tp_rank")
+            if rank is None and HAVE_VLLM and self._tp_world > 1:  # pragma: no cover
+                from vllm.distributed.parallel_state import (  # type: ignore
+                    get_tensor_model_parallel_rank,
+                )
+
+                rank = get_tensor_model_parallel_rank()
+            self._tp_rank = int(rank or 0)
+        return self._tp_rank
+
+    def _worker_store(self, hash_seed: int) -> Any:
+        """The store over this worker's caches, or None while the pool is unreachable."""
+        if self._kv_caches is None:
+            raise RuntimeError("kvpool connector: no KV caches registered")
+        if self._store is None or self._store_seed != hash_seed:
+            from kvpool.engine import PagedKVStore
+
+            pool = _attach(self._pool_path)
+            if pool is None:
+                return None
+            ns = pool.namespace(self.manifest(self._rank(), hash_seed))
+            self._store = PagedKVStore(ns, self._kv_caches, layout=self._layout)
+            self._store_seed = hash_seed
+        return self._store
+
+    def _meta(self) -> KvpoolConnectorMetadata | None:
+        if not self.has_connector_metadata():
+            return None
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, KvpoolConnectorMetadata)
+        return meta
+
+    def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        """Pin, checksum-verify and scatter this step's blocks; report failures."""
+        meta = self._meta()
+        if meta is None:
+            return
+        self._skip_save_reqs = set()
+        if not meta.loads:
+            return
+        store = self._worker_store(meta.hash_seed)
+        failed: set[int] = set()
+        for spec in meta.loads:
+            loaded = 0
+            if store is not None:
+                try:
+                    found = int(store.lookup(spec.req_id, spec.keys))
+                    if found:
+                        loaded = int(store.load(spec.req_id, spec.block_ids[:found]))
+                except kvpool.Error as e:  # out of pins, pool gone bad: recompute
+                    _log.warning("kvpool: loading request %s: %s", spec.req_id, e)
+                finally:
+                    store.release(spec.req_id)
+            self.stats["loaded_blocks"] += loaded
+            if loaded < len(spec.block_ids):
+                bad = spec.block_ids[loaded:]
+                failed.update(bad)
+                self.stats["failed_blocks"] += len(bad)
+                _log.warning("kvpool: request %s loaded %d of %d blocks; the engine "
+                             "recomputes the rest", spec.req_id, loaded, len(spec.block_ids))
+        if failed:
+            self._load_errors |= failed
+            for save in meta.saves:
+                if failed.intersection(save.prefix_block_ids):
+                    self._skip_save_reqs.add(save.req_id)
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        """Loads finish in ``start_load_kv``: nothing to wait for."""
+
+    def _save_plan(self, meta: KvpoolConnectorMetadata) -> tuple[list[int], list[int],
+                                                                  list[int | None]]:
+        """This step's blocks to store: keys, engine block ids, chain parents.
+
+        A key two requests computed in the same step is stored once;
+        requests whose blocks failed to load store nothing.
+        """
+        keys: list[int] = []
+        block_ids: list[int] = []
+        parents: list[int | None] = []
+        seen: set[int] = set()
+        for spec in meta.saves:
+            if spec.req_id in self._skip_save_reqs:
+                continue
+            parent = spec.parent
+            for key, block_id in zip(spec.keys, spec.block_ids):
+                if key not in seen:
+                    seen.add(key)
+                    keys.append(key)
+                    block_ids.append(block_id)
+                    parents.append(parent)
+                parent = key
+        return keys, block_ids, parents
+
+    def _begin_save(self, meta: KvpoolConnectorMetadata) -> Any:
+        keys, block_ids, parents = self._save_plan(meta)
+        store = self._worker_store(meta.hash_seed) if keys else None
+        if store is None:
+            return None
+        try:
+            return store.begin_save(keys, block_ids, parents=parents)
+        except kvpool.Error as e:
+            self.stats["save_failures"] += 1
+            _log.warning("kvpool: cannot reserve %d blocks: %s", len(keys), e)
+            return None
+
+    def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any,
+                      **kwargs: Any) -> None:
+        """With ``save_mode`` "per_layer": gather one layer of this step's new
+        blocks into their reservations (the first call reserves them)."""
+        if self._save_mode != "per_layer" or self._layout != "per_layer":
+            return
+        meta = self._meta()
+        if meta is None or not meta.saves:
+            return
+        if not self._save_begun:
+            self._save_begun = True
+            self._save = self._begin_save(meta)
+            self._saved_layers = set()
+        if self._save is None:
+            return
+        layer = self._layer_index.get(layer_name)
+        if layer is None or layer in self._saved_layers:
+            return
+        self._save.write_layer(layer)
+        self._saved_layers.add(layer)
+
+    def wait_for_save(self) -> None:
+        """Store this step's new blocks (per layer: finish and commit them)."""
+        meta = self._meta()
+        if meta is None or not meta.saves:
+            return
+        if self._save_mode == "per_block":
+            self._save_blocks(meta)
+            return
+        if not self._save_begun:
+            self._save = self._begin_save(meta)
+            self._saved_layers = set()
+        save, self._save, self._save_begun = self._save, None, False
+        if save is None:
+            return
+        try:
+            if not self._saved_layers or self._layout != "per_layer":
+                save.write_all()
+            else:
+                for layer in range(self._num_layers):
+                    if layer not in self._saved_layers:
+                        save.write_layer(layer)
+            self.stats["saved_blocks"] += int(save.commit())
+        except kvpool.Error as e:
+            save.abort()
+            self.stats["save_failures"] += 1
+            _log.warning("kvpool: saving a step's blocks failed: %s", e)
+        except BaseException:
+            save.abort()
+            raise
+
+    def _save_blocks(self, meta: KvpoolConnectorMetadata) -> None:
+        """Block by block: reserve, gather every layer, commit (chains kept)."""
+        keys, block_ids, parents = self._save_plan(meta)
+        store = self._worker_store(meta.hash_seed) if keys else None
+        if store is None:
+            return
+        try:
+            self.stats["saved_blocks"] += int(store.save(keys, block_ids, parents=parents))
+        except kvpool.Error as e:  # the blocks before the one that failed stay
+            self.stats["save_failures"] += 1
+            _log.warning("kvpool: saving a step's blocks stopped: %s", e)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        """Drop any pin a finished request still holds; no async transfers."""
+        if self._store is not None:
+            for req_id in finished_req_ids:
+                self._store.release(req_id)
+        return None, None
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        """Engine blocks that failed to load since the last call."""
+        errors, self._load_errors = self._load_errors, set()
+        return errors
+
+    def shutdown(self) -> None:
+        """Abort an open save and forget the store (the pool stays attached)."""
+        if self._save is not None:
+            self._save.abort()
+            self._save = None
+        self._save_begun = False
+        if self._store is not None:
+            self._store.close()
+        self._store = None
+
+
+__all__ = ["KvpoolConnector", "KvpoolConnectorMetadata", "LoadSpec", "SaveSpec",
+           "KVConnectorBase_V1", "KVConnectorMetadata", "KVConnectorRole", "block_key",
+           "HAVE_VLLM", "DEFAULT_POOL_PATH"]
