@@ -25,9 +25,9 @@ deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libboost-dev lib
       libtomlplusplus-dev nlohmann-json3-dev clang-19 libclang-rt-19-dev gnuplot-nox
       # The Python package (python/) and its tests: Debian's /usr/bin/python3,
       # pybind11, numpy, torch (fast with OpenBLAS), cbor2 and xxhash for
-      # the vLLM hash cross-checks.
+      # the vLLM hash cross-checks, mypy for the type stubs and hints.
       pybind11-dev python3-pybind11 python3-dev python3-numpy python3-torch python3-pytest
-      python3-cbor2 python3-xxhash libopenblas0-pthread)
+      python3-cbor2 python3-xxhash libopenblas0-pthread mypy)
 missing=()
 for d in "${deps[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
 if ((${#missing[@]})); then

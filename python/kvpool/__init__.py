@@ -17,7 +17,16 @@ block or collection, but never while a buffer exported from it
 (memoryview, numpy array, torch tensor) is alive: the block stays pinned
 until the last of those is gone. A Reservation refuses to ``commit()``
 (BufferError) while such a buffer over it is alive.
+
+``kvpool.engine`` (the paged-KV connector core) is imported on first use:
+``import kvpool`` alone loads only the extension.
 """
+
+import sys as _sys
+
+# typing.TYPE_CHECKING without importing typing, whose import every
+# `import kvpool` would pay for; mypy goes by the name.
+TYPE_CHECKING = False
 
 from kvpool._kvpool import (
     BadRegionError,
@@ -72,3 +81,19 @@ __all__ = [
     "vllm_none_hash",
     "vllm_seed_id",
 ]
+
+if TYPE_CHECKING:
+    from kvpool import engine as engine
+else:
+    # Submodules imported on first attribute access; importing binds them
+    # on the package, so this runs once per name.
+    _LAZY_SUBMODULES = ("engine",)
+
+    def __getattr__(name: str) -> object:
+        if name in _LAZY_SUBMODULES:
+            __import__(f"{__name__}.{name}")
+            return _sys.modules[f"{__name__}.{name}"]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(_LAZY_SUBMODULES))

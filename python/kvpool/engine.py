@@ -79,7 +79,7 @@ def dtype_code(dtype: Any) -> int:
     return _DTYPE_CODES.get(str(dtype).removeprefix("torch."), 0)
 
 
-def check_manifest(manifest: Any, info: dict[str, Any]) -> None:
+def check_manifest(manifest: _kvpool.Manifest, info: dict[str, Any]) -> None:
     """The namespace's identity must describe the cache: its block_tokens is
     the cache's block_size and its dtype, when set (1..1024), the tensors'
     (an fp8 dtype also accepts uint8 tensors, vLLM's storage for fp8).
@@ -160,8 +160,8 @@ def layout_of(kv_caches: Any, layout: str = "per_layer") -> dict[str, Any]:
             raise TypeError("per_layer: expected a sequence or dict of per-layer tensors")
         if not tensors:
             raise ValueError("per_layer: no layers")
-        shape0 = None
-        dtype0 = None
+        shape0: Optional[tuple[int, ...]] = None
+        dtype0: Any = None
         for i, t in enumerate(tensors):
             what = f"per_layer layer {i}"
             _check_tensor(t, what)
@@ -305,7 +305,12 @@ class PagedKVStore:
     """
 
     def __init__(
-        self, ns: Any, kv_caches: Any, layout: str = "per_layer", *, verify: bool = True
+        self,
+        ns: _kvpool.Namespace,
+        kv_caches: Any,
+        layout: str = "per_layer",
+        *,
+        verify: bool = True,
     ) -> None:
         info = layout_of(kv_caches, layout)
         check_manifest(ns.manifest, info)
@@ -322,7 +327,7 @@ class PagedKVStore:
 
     # ---- geometry -----------------------------------------------------
     @property
-    def namespace(self) -> Any:
+    def namespace(self) -> _kvpool.Namespace:
         return self._ns
 
     @property
