@@ -84,10 +84,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from kvpool import engine as engine
+    from kvpool import vllm as vllm
 else:
     # Submodules imported on first attribute access; importing binds them
     # on the package, so this runs once per name.
-    _LAZY_SUBMODULES = ("engine",)
+    _LAZY_SUBMODULES = ("engine", "vllm")
 
     def __getattr__(name: str) -> object:
         if name in _LAZY_SUBMODULES:
