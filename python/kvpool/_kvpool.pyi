@@ -114,6 +114,14 @@ class Pool:
     def attached(self) -> bool:
         """False once detach() was called."""
     @property
+    def st_dev(self) -> int:
+        """st_dev of the file this client maps (fixed at attach)."""
+    @property
+    def st_ino(self) -> int:
+        """st_ino of the file this client maps (fixed at attach)."""
+    def replaced(self) -> bool:
+        """True when path no longer names the file this client maps."""
+    @property
     def base_address(self) -> int:
         """The address the region is mapped at in this process."""
     @property

@@ -81,6 +81,31 @@ them, discard the step's output for it and recompute (vLLM's
 step's saves for any request whose blocks include a failed one, since
 their KV was computed over bytes that were never loaded.
 
+When kvpoold re-creates the pool
+--------------------------------
+A process keeps its mapping of the file it attached. When kvpoold is
+restarted cold (the region was removed, or rebuilt, and the snapshot is
+restored into a new file at the same path), that mapping is an orphan
+nobody else sees: blocks saved there are lost and other engines' blocks
+are never found. So both sides, each time they use the pool and at most
+every ``pool_check_ms``, compare the file the path names with the one
+mapped (``Pool.replaced()``: one ``stat``; one attach of a path per
+process, shared by the connectors in it). When they differ, the old
+client is detached (its pins and reservations given back, the orphan
+unmapped once nothing refers to it) and the path attached again; the
+scheduler registers its namespaces in the new pool and the worker builds
+its ``PagedKVStore`` anew. A path that names no file is a pool that
+misses: no loads, no saves, until a file is there again. A warm restart
+(the region kept) leaves the file, and the attach, as they are.
+
+The check runs before a step's work on the pool, never inside it, so a
+step loads and saves on one mapping. The scheduler ships the file it
+matched against in the metadata (``pool_file``); a worker on another file
+looks at the path at once, so both sides switch in the same step. A load
+planned against the old pool that misses in the new one is reported as
+a load error and recomputed, like any block that went away between the
+match and the load; a block is copied whole or not at all.
+
 What it needs from the engine
 -----------------------------
 The KV caches handed to ``register_kv_caches`` must be host (CPU) tensors
@@ -108,6 +133,10 @@ Extra config keys (``kv_connector_extra_config``)
                          ``"vllm-none-hash"``
 ``layout``               ``"per_layer"`` (default) or ``"cross_layer"``
 ``save_mode``            ``"per_block"`` (default) or ``"per_layer"``, below
+``pool_check_ms``        how often at most the pool path is compared with
+                         the attached file (default 1000; 0: on every use)
+``attach_retry_ms``      how long a failed attach waits before it is tried
+                         again on the same file (default 5000)
 """
 
 from __future__ import annotations
@@ -118,6 +147,7 @@ import enum
 import hashlib
 import inspect
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -318,45 +348,123 @@ class KvpoolConnectorMetadata(KVConnectorMetadata):
     """One step's work for the worker side (ints and lists only: picklable).
 
     ``hash_seed`` is the manifest seed the scheduler keyed the blocks
-    with; the worker opens its namespace with the same one.
+    with; the worker opens its namespace with the same one. ``pool_file``
+    is ``(st_dev, st_ino)`` of the pool the scheduler matched against
+    (None without one): a worker attached to another file looks at the
+    pool path at once instead of at its next ``pool_check_ms``.
     """
 
     hash_seed: int = 0
+    pool_file: tuple[int, int] | None = None
     loads: list[LoadSpec] = dataclasses.field(default_factory=list)
     saves: list[SaveSpec] = dataclasses.field(default_factory=list)
     finished: list[str] = dataclasses.field(default_factory=list)
 
 
-_pools: dict[tuple[str, int], Any] = {}
-_attach_failed: dict[tuple[str, int], float] = {}
 RETRY_ATTACH_S = 5.0
+"""Default ``attach_retry_ms`` / 1000: how long an attach that failed on an
+existing file waits before it is tried again on that same file."""
+CHECK_POOL_S = 1.0
+"""Default ``pool_check_ms`` / 1000: how often at most the pool path is
+compared with the attached file."""
 
 
-def _attach(path: str) -> Any:
-    """One attach of ``path`` per process (a forked child attaches anew).
+def _file_of(pool: Any) -> tuple[int, int]:
+    return int(pool.st_dev), int(pool.st_ino)
 
-    None while the pool cannot be attached (no such file yet, kvpoold not
-    started, no permission): the connector then acts as a cache that
-    misses, logs once, and tries again after RETRY_ATTACH_S.
+
+class _Attachment:
+    """This process's client of one pool path, shared by its connectors.
+
+    ``get`` hands out the attached ``kvpool.Pool``; every ``check_s`` at
+    most it also checks that the path still names the file mapped
+    (``Pool.replaced``, one ``stat``). When it does not (kvpoold
+    re-created the region, restored a snapshot into a new file, or the
+    file is gone), the old client is detached, which gives back its pins
+    and reservations and, once the last view over it is released, unmaps
+    an orphan no other process sees; a new attach is tried at once. While
+    nothing can be attached ``get`` returns None: the path is stat'ed at
+    the same pace, and an attach that failed on a file is retried on that
+    same file only after ``retry_s`` (at once on another file).
+
+    Connectors keep the pool object they built their namespaces or store
+    on and rebuild them when ``get`` returns another one; the one that
+    first notices a change detaches the pool for all of them.
     """
-    key = (path, os.getpid())
-    pool = _pools.get(key)
-    if pool is not None:
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pool: Any = None
+        self.checked_at = -math.inf
+        self.failed_at: float | None = None
+        self.failed_file: tuple[int, int] | None = None
+        self.missing = False  # the path was absent at the last look (logged once)
+        self.attaches = 0
+
+    def get(self, check_s: float, retry_s: float, force: bool = False) -> Any:
+        """The pool, or None while it cannot be attached. ``force``: look now."""
+        now = time.monotonic()
+        if not force and now - self.checked_at < check_s:
+            return self.pool
+        self.checked_at = now
+        if self.pool is not None:
+            try:
+                if not self.pool.replaced():
+                    return self.pool
+            except OSError:  # cannot tell (a directory lost its x bit): keep it
+                return self.pool
+            old, self.pool = self.pool, None
+            _log.warning("kvpool: %s no longer names the pool this process attached "
+                         "(kvpoold re-created or removed it); detaching it", self.path)
+            old.detach()
+        return self._try_attach(now, retry_s)
+
+    def _try_attach(self, now: float, retry_s: float) -> Any:
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            if not self.missing:
+                _log.warning("kvpool: cannot attach %s (%s); serving without it until "
+                             "it is back", self.path, e)
+            self.missing = True
+            return None
+        file = (int(st.st_dev), int(st.st_ino))
+        if (self.failed_at is not None and file == self.failed_file
+                and now - self.failed_at < retry_s):
+            return None
+        try:
+            pool = kvpool.Pool(self.path)
+        except OSError as e:
+            if self.failed_at is None:
+                _log.warning("kvpool: cannot attach %s (%s); serving without it and "
+                             "retrying every %.0f s", self.path, e, retry_s)
+            self.failed_at, self.failed_file = now, file
+            return None
+        if self.attaches or self.missing or self.failed_at is not None:
+            _log.warning("kvpool: attached %s again", self.path)
+        self.failed_at = self.failed_file = None
+        self.missing = False
+        self.attaches += 1
+        self.pool = pool
         return pool
-    failed_at = _attach_failed.get(key)
-    if failed_at is not None and time.monotonic() - failed_at < RETRY_ATTACH_S:
-        return None
-    try:
-        pool = kvpool.Pool(path)
-    except OSError as e:
-        if failed_at is None:
-            _log.warning("kvpool: cannot attach %s (%s); serving without it and "
-                         "retrying every %.0f s", path, e, RETRY_ATTACH_S)
-        _attach_failed[key] = time.monotonic()
-        return None
-    _attach_failed.pop(key, None)
-    _pools[key] = pool
-    return pool
+
+
+_attachments: dict[tuple[str, int], _Attachment] = {}
+
+
+def _attachment(path: str) -> _Attachment:
+    """The attachment of ``path`` in this process (a forked child attaches anew)."""
+    key = (path, os.getpid())
+    att = _attachments.get(key)
+    if att is None:
+        att = _attachments[key] = _Attachment(path)
+    return att
+
+
+def _detached(ns: Any) -> bool:
+    """Whether namespace ``ns`` lives on a detached pool (another connector
+    of this process saw the pool replaced while this one was using it)."""
+    return not bool(ns.pool.attached)
 
 
 class KvpoolConnector(KVConnectorBase_V1):
@@ -381,6 +489,11 @@ class KvpoolConnector(KVConnectorBase_V1):
         if self._layout not in ("per_layer", "cross_layer"):
             raise ValueError(f"kvpool connector: layout {self._layout!r}; "
                              "expected 'per_layer' or 'cross_layer'")
+        self._check_s = float(extra.get("pool_check_ms", CHECK_POOL_S * 1000)) / 1000
+        self._retry_s = float(extra.get("attach_retry_ms", RETRY_ATTACH_S * 1000)) / 1000
+        if self._check_s < 0 or self._retry_s < 0:
+            raise ValueError(f"kvpool connector: pool_check_ms {self._check_s * 1000:g} and "
+                             f"attach_retry_ms {self._retry_s * 1000:g} must be >= 0")
         self._save_mode = str(extra.get("save_mode", "per_block"))
         if self._save_mode not in ("per_block", "per_layer"):
             raise ValueError(f"kvpool connector: save_mode {self._save_mode!r}; "
@@ -410,6 +523,7 @@ class KvpoolConnector(KVConnectorBase_V1):
 
         # Scheduler side.
         self._sched_namespaces: list[Any] | None = None
+        self._sched_pool: Any = None  # the pool they were built on
         self._hash_seed: int | None = None
         self._requests: dict[str, Any] = {}
         self._keys: dict[str, list[int]] = {}
@@ -423,6 +537,7 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._num_layers = 0
         self._store: Any = None
         self._store_seed: int | None = None
+        self._store_pool: Any = None  # the pool it was built on
         self._tp_rank: int | None = None
         self._save: Any = None
         self._save_begun = False  # this step's reservations were attempted
@@ -431,7 +546,7 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._load_errors: set[int] = set()
         self.stats: dict[str, int] = {"lookups": 0, "hit_blocks": 0, "loaded_blocks": 0,
                                       "failed_blocks": 0, "saved_blocks": 0,
-                                      "save_failures": 0}
+                                      "save_failures": 0, "reattaches": 0}
 
     # ------------------------------------------------------------------
     # Identity
@@ -481,14 +596,22 @@ class KvpoolConnector(KVConnectorBase_V1):
     # Scheduler side
     # ------------------------------------------------------------------
     def _namespaces(self) -> list[Any] | None:
-        """Every TP rank's namespace, or None while the pool is unreachable."""
-        if self._sched_namespaces is None:
-            pool = _attach(self._pool_path)
-            if pool is None:
-                return None
+        """Every TP rank's namespace, or None while the pool is unreachable.
+
+        Built again (the namespaces registered anew) on a pool that was
+        attached again because its path names another file now.
+        """
+        pool = _attachment(self._pool_path).get(self._check_s, self._retry_s)
+        if pool is None:
+            self._sched_namespaces = None
+            return None
+        if self._sched_namespaces is None or pool is not self._sched_pool:
+            if self._sched_pool is not None and pool is not self._sched_pool:
+                self.stats["reattaches"] += 1
             seed = self._seed_id()
             self._sched_namespaces = [pool.namespace(self.manifest(r, seed))
                                       for r in range(self._tp_world)]
+            self._sched_pool = pool
         return self._sched_namespaces
 
     def _request_keys(self, request: Any) -> list[int]:
@@ -529,7 +652,12 @@ class KvpoolConnector(KVConnectorBase_V1):
         want = keys[start:usable]
         hit = len(want)
         for ns in namespaces:
-            hit = min(hit, int(ns.match_prefix(want[:hit])))
+            try:
+                hit = min(hit, int(ns.match_prefix(want[:hit])))
+            except ValueError:
+                if not _detached(ns):
+                    raise
+                hit = 0  # replaced under us: the next call uses the new pool
             if hit == 0:
                 break
         self.stats["lookups"] += 1
@@ -559,6 +687,8 @@ class KvpoolConnector(KVConnectorBase_V1):
     def build_connector_meta(self, scheduler_output: Any) -> KvpoolConnectorMetadata:
         """This step's loads, the blocks that become full, the finished requests."""
         meta = KvpoolConnectorMetadata(hash_seed=self._seed_id())
+        if self._sched_namespaces is not None:
+            meta.pool_file = _file_of(self._sched_pool)
         num_scheduled: Mapping[str, int] = scheduler_output.num_scheduled_tokens
         steps: list[tuple[str, int]] = []
         for new in scheduler_output.scheduled_new_reqs:
@@ -669,20 +799,42 @@ class KvpoolConnector(KVConnectorBase_V1):
             self._tp_rank = int(rank or 0)
         return self._tp_rank
 
-    def _worker_store(self, hash_seed: int) -> Any:
-        """The store over this worker's caches, or None while the pool is unreachable."""
+    def _worker_store(self, hash_seed: int, pool_file: tuple[int, int] | None = None) -> Any:
+        """The store over this worker's caches, or None while the pool is unreachable.
+
+        ``pool_file``: the file the scheduler matched against; when the
+        worker's pool is another one, the path is looked at now. On a pool
+        attached anew the store is built again and the old one closed.
+        """
         if self._kv_caches is None:
             raise RuntimeError("kvpool connector: no KV caches registered")
-        if self._store is None or self._store_seed != hash_seed:
+        att = _attachment(self._pool_path)
+        force = pool_file is not None and (att.pool is None
+                                           or _file_of(att.pool) != tuple(pool_file))
+        pool = att.get(self._check_s, self._retry_s, force=force)
+        if pool is None:
+            self._drop_store()
+            return None
+        if self._store is None or pool is not self._store_pool or self._store_seed != hash_seed:
             from kvpool.engine import PagedKVStore
 
-            pool = _attach(self._pool_path)
-            if pool is None:
-                return None
+            if self._store_pool is not None and pool is not self._store_pool:
+                self.stats["reattaches"] += 1
+            self._drop_store()
             ns = pool.namespace(self.manifest(self._rank(), hash_seed))
             self._store = PagedKVStore(ns, self._kv_caches, layout=self._layout)
             self._store_seed = hash_seed
+            self._store_pool = pool
         return self._store
+
+    def _drop_store(self) -> None:
+        """Give back what the store holds on its pool (pins, an open save)."""
+        if self._save is not None:
+            self._save.abort()
+            self._save = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def _meta(self) -> KvpoolConnectorMetadata | None:
         if not self.has_connector_metadata():
@@ -699,7 +851,7 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._skip_save_reqs = set()
         if not meta.loads:
             return
-        store = self._worker_store(meta.hash_seed)
+        store = self._worker_store(meta.hash_seed, meta.pool_file)
         failed: set[int] = set()
         for spec in meta.loads:
             loaded = 0
@@ -710,6 +862,14 @@ class KvpoolConnector(KVConnectorBase_V1):
                         loaded = int(store.load(spec.req_id, spec.block_ids[:found]))
                 except kvpool.Error as e:  # out of pins, pool gone bad: recompute
                     _log.warning("kvpool: loading request %s: %s", spec.req_id, e)
+                except ValueError:
+                    if not _detached(store.namespace):
+                        raise
+                    # Another connector of this process detached the pool
+                    # (replaced) between the lookup and the load, which
+                    # then copied nothing: recompute.
+                    _log.warning("kvpool: request %s: the pool was replaced; recomputing",
+                                 spec.req_id)
                 finally:
                     store.release(spec.req_id)
             self.stats["loaded_blocks"] += loaded
@@ -754,7 +914,7 @@ class KvpoolConnector(KVConnectorBase_V1):
 
     def _begin_save(self, meta: KvpoolConnectorMetadata) -> Any:
         keys, block_ids, parents = self._save_plan(meta)
-        store = self._worker_store(meta.hash_seed) if keys else None
+        store = self._worker_store(meta.hash_seed, meta.pool_file) if keys else None
         if store is None:
             return None
         try:
@@ -782,8 +942,23 @@ class KvpoolConnector(KVConnectorBase_V1):
         layer = self._layer_index.get(layer_name)
         if layer is None or layer in self._saved_layers:
             return
-        self._save.write_layer(layer)
+        try:
+            self._save.write_layer(layer)
+        except ValueError:
+            if self._store is None or not _detached(self._store.namespace):
+                raise
+            self._save_lost()
+            return
         self._saved_layers.add(layer)
+
+    def _save_lost(self) -> None:
+        """Another connector of this process detached the pool mid-save."""
+        if self._save is not None:
+            self._save.abort()
+            self._save = None
+        self.stats["save_failures"] += 1
+        _log.warning("kvpool: the pool was replaced while saving; this step's blocks "
+                     "are not stored")
 
     def wait_for_save(self) -> None:
         """Store this step's new blocks (per layer: finish and commit them)."""
@@ -811,6 +986,11 @@ class KvpoolConnector(KVConnectorBase_V1):
             save.abort()
             self.stats["save_failures"] += 1
             _log.warning("kvpool: saving a step's blocks failed: %s", e)
+        except ValueError:
+            save.abort()
+            if self._store is None or not _detached(self._store.namespace):
+                raise
+            self._save_lost()
         except BaseException:
             save.abort()
             raise
@@ -818,7 +998,7 @@ class KvpoolConnector(KVConnectorBase_V1):
     def _save_blocks(self, meta: KvpoolConnectorMetadata) -> None:
         """Block by block: reserve, gather every layer, commit (chains kept)."""
         keys, block_ids, parents = self._save_plan(meta)
-        store = self._worker_store(meta.hash_seed) if keys else None
+        store = self._worker_store(meta.hash_seed, meta.pool_file) if keys else None
         if store is None:
             return
         try:
@@ -826,6 +1006,10 @@ class KvpoolConnector(KVConnectorBase_V1):
         except kvpool.Error as e:  # the blocks before the one that failed stay
             self.stats["save_failures"] += 1
             _log.warning("kvpool: saving a step's blocks stopped: %s", e)
+        except ValueError:
+            if not _detached(store.namespace):
+                raise
+            self._save_lost()
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         """Drop any pin a finished request still holds; no async transfers."""
@@ -841,13 +1025,8 @@ class KvpoolConnector(KVConnectorBase_V1):
 
     def shutdown(self) -> None:
         """Abort an open save and forget the store (the pool stays attached)."""
-        if self._save is not None:
-            self._save.abort()
-            self._save = None
+        self._drop_store()
         self._save_begun = False
-        if self._store is not None:
-            self._store.close()
-        self._store = None
 
 
 __all__ = ["KvpoolConnector", "KvpoolConnectorMetadata", "LoadSpec", "SaveSpec",

@@ -1,7 +1,12 @@
 // SPDX-License-Identifier: MIT
 // kvpool.Pool (one libkv client of a pool), create_pool and destroy_pool.
 #include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <memory>
 #include <string>
 #include <vector>
@@ -227,9 +232,25 @@ void init_pool(py::module_ &m) {
 			     char err[256] = "";
 			     int rc;
 			     {
+				     // kv_pool_attach's open, kept here so that the file mapped
+				     // is the file fstat describes (replaced() compares it with
+				     // what the path names later).
 				     py::gil_scoped_release nogil;
-				     rc = kv_pool_attach(path.c_str(), no_reap ? KV_ATTACH_F_NO_REAP : 0, &ps->pool,
-							 err, sizeof err);
+				     int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+				     struct stat st;
+				     if (fd < 0) {
+					     rc = -errno;
+					     snprintf(err, sizeof err, "%s: %s", path.c_str(), strerror(-rc));
+				     } else if (fstat(fd, &st) != 0) {
+					     rc = -errno;
+					     snprintf(err, sizeof err, "fstat %s: %s", path.c_str(), strerror(-rc));
+				     } else {
+					     ps->file_dev = st.st_dev;
+					     ps->file_ino = st.st_ino;
+					     rc = kv_pool_attach_fd(fd, no_reap ? KV_ATTACH_F_NO_REAP : 0, &ps->pool, err,
+								    sizeof err);
+				     }
+				     if (fd >= 0) close(fd); // the mapping keeps the file alive
 			     }
 			     if (rc < 0) raise_kv(rc, ("attach " + path).c_str(), err);
 			     return ps;
@@ -247,6 +268,27 @@ void init_pool(py::module_ &m) {
 		.def_property_readonly("path", [](const PoolState &ps) { return ps.path; }, "The pool file's path.")
 		.def_property_readonly("attached", [](const PoolState &ps) { return !ps.closed; },
 				       "False once detach() was called.")
+		.def_property_readonly("st_dev", [](const PoolState &ps) { return ps.file_dev; },
+				       "st_dev of the file this client maps (fixed at attach).")
+		.def_property_readonly("st_ino", [](const PoolState &ps) { return ps.file_ino; },
+				       "st_ino of the file this client maps (fixed at attach).")
+		.def("replaced",
+		     [](const PoolState &ps) {
+			     struct stat st;
+			     if (stat(ps.path.c_str(), &st) != 0) {
+				     if (errno == ENOENT || errno == ENOTDIR) return true;
+				     PyErr_SetFromErrnoWithFilename(PyExc_OSError, ps.path.c_str());
+				     throw py::error_already_set();
+			     }
+			     return uint64_t(st.st_dev) != ps.file_dev || uint64_t(st.st_ino) != ps.file_ino;
+		     },
+		     "True when path no longer names the file this client maps: the file was\n"
+		     "removed, or another file (a pool re-created by kvpoold, a restored\n"
+		     "snapshot) took its name. The mapping stays valid either way, but no\n"
+		     "new attacher sees it: detach and attach path again. One stat(2).\n"
+		     "On a detached pool it still answers, but the old file's inode number\n"
+		     "may then be reused. OSError when path cannot be examined (EACCES on a\n"
+		     "directory, ...).")
 		.def_property_readonly("base_address",
 				       [](PoolState &ps) {
 					       return reinterpret_cast<uintptr_t>(kv_pool_header(open_pool(ps)));

@@ -82,6 +82,12 @@ extern uint64_t fork_generation;
 struct PoolState {
 	kv_pool *pool = nullptr; /* null once libkv's detach ran */
 	std::string path;
+	/* The attached file's st_dev and st_ino, from an fstat of the descriptor
+	 * the mapping was made from: the file this client maps, whatever path
+	 * names now. While the mapping lives the file's inode is not freed, so
+	 * no other file on that filesystem can be given the same pair. */
+	uint64_t file_dev = 0;
+	uint64_t file_ino = 0;
 	uint64_t holds = 0;   /* pins, reservations and GIL-free calls outstanding */
 	bool closed = false;  /* detach() was called: no new operations */
 	uint64_t generation = fork_generation; /* fork_generation at attach */

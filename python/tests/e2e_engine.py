@@ -20,6 +20,11 @@ saw to --out (torch.save of a dict) for the test to check:
            prompt + suffix and report how many tokens kvpool matched.
   keys     the kvpool keys of a prompt's blocks, where each present block
            lies in the pool file, and the namespace manifest fields.
+  session  one engine kept running: serves the requests read from stdin,
+           one JSON object a line ({"prompt": [...], "max_tokens": n,
+           "reset_prefix_cache": bool}; {"quit": true} ends it), and
+           answers each with a line "@ " + JSON (tokens, kvpool hits,
+           connector counters, the pool file the worker saves into).
 """
 
 from __future__ import annotations
@@ -204,9 +209,30 @@ def cmd_keys(a: argparse.Namespace) -> dict[str, Any]:
             "namespace_id": conn._namespaces()[0].id, "manifest_repr": repr(m)}
 
 
+def cmd_session(a: argparse.Namespace) -> dict[str, Any]:
+    import sys
+
+    engine = make_engine(a.pool, json.loads(a.variant))
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req.get("quit"):
+            break
+        if req.get("reset_prefix_cache"):
+            assert engine.kv_cache_manager.reset_prefix_cache()
+        c = engine.generate(req["prompt"], int(req.get("max_tokens", a.max_tokens)))
+        store = engine.worker_connector._store
+        pool = store.namespace.pool if store is not None else None
+        reply = {"tokens": c.output_token_ids, "external": c.external_hit_tokens,
+                 "local": c.local_hit_tokens, "stats": connector_stats(engine),
+                 "pool_file": [pool.st_dev, pool.st_ino] if pool is not None else None}
+        print("@ " + json.dumps(reply), flush=True)
+    return {}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("command", choices=["store", "reuse", "serve", "recompute", "probe", "keys"])
+    p.add_argument("command", choices=["store", "reuse", "serve", "recompute", "probe", "keys",
+                                       "session"])
     p.add_argument("--pool", required=True)
     p.add_argument("--prompts", required=True, help="JSON list of token lists")
     p.add_argument("--suffix", default="[]", help="JSON token list")
@@ -218,7 +244,8 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"pid {os.getpid()}", flush=True)
     commands = {"store": cmd_store, "reuse": cmd_reuse, "serve": cmd_serve,
-                "recompute": cmd_recompute, "probe": cmd_probe, "keys": cmd_keys}
+                "recompute": cmd_recompute, "probe": cmd_probe, "keys": cmd_keys,
+                "session": cmd_session}
     result = commands[a.command](a)
     torch.save(result, a.out)
 

@@ -157,6 +157,83 @@ def check(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess
     return proc
 
 
+class Session:
+    """An engine process kept running (e2e_engine.py session): ``generate``
+    sends it one request and returns its answer; ``close`` ends it (killed
+    if it does not quit in 10 s). Its stderr goes to a file in workdir."""
+
+    def __init__(self, workdir: Path, pool: str, variant: Any = None,
+                 env: dict[str, str] | None = None) -> None:
+        import queue
+        import threading
+
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in [str(ROOT / "tools"), *sys.path] if p)
+        full_env.setdefault("PYTHONHASHSEED", "0")
+        if env:
+            full_env.update(env)
+        self.log = workdir / f"session-{next(_serial)}.log"
+        cmd = [PYTHON, str(Path(__file__).with_name("e2e_engine.py")), "session",
+               "--pool", pool, "--prompts", "[]", "--variant", json.dumps(variant or {}),
+               "--out", str(workdir / "session-unused.pt")]
+        with open(self.log, "wb") as log:
+            self.proc: subprocess.Popen[str] | None = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                env=full_env)
+        self._answers: queue.Queue[str | None] = queue.Queue()
+        out = self.proc.stdout
+
+        def read() -> None:  # the answers, then None at EOF
+            assert out is not None
+            for line in out:
+                if line.startswith("@ "):
+                    self._answers.put(line[2:])
+            self._answers.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def generate(self, prompt: list[int], max_tokens: int = 4, *,
+                 reset_prefix_cache: bool = True, timeout: float = 120) -> Any:
+        """Serve one prompt (after emptying the engine's own prefix cache
+        unless told not to, so kvpool is asked); the engine's answer."""
+        import queue
+
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"prompt": prompt, "max_tokens": max_tokens,
+                                          "reset_prefix_cache": reset_prefix_cache}) + "\n")
+        self.proc.stdin.flush()
+        try:
+            answer = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            answer = None
+        if answer is None:
+            raise RuntimeError(f"engine session gave no answer (exit {self.proc.poll()}):\n"
+                               + self.log.read_text(errors="replace"))
+        return json.loads(answer)
+
+    def close(self) -> None:
+        """Ask the engine to quit; kill it if it does not within 10 s."""
+        if self.proc is None:
+            return
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            self.proc = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 # ---- pytest fixtures (imported by the test modules) -------------------------
 
 import itertools  # noqa: E402

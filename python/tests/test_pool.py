@@ -81,6 +81,33 @@ def test_destroy_pool(pool_path):
         kvpool.destroy_pool(pool_path)
 
 
+def test_replaced(pool_path):
+    """st_dev/st_ino name the mapped file; replaced() says when the path
+    names another file or none, and the old mapping keeps working."""
+    st = os.stat(pool_path)
+    old = kvpool.Pool(pool_path)
+    try:
+        assert (old.st_dev, old.st_ino) == (st.st_dev, st.st_ino)
+        assert not old.replaced()
+        ns = old.namespace(kvpool.Manifest("m", 16))
+        assert ns.put(1, b"old")
+        kvpool.create_pool(pool_path, 32 << 20, replace=True)
+        assert old.replaced()
+        with kvpool.Pool(pool_path) as new:
+            assert new.st_ino == os.stat(pool_path).st_ino != old.st_ino
+            assert not new.replaced()
+            assert 1 not in new.namespace(kvpool.Manifest("m", 16))
+        with ns.get(1) as v:  # the orphan is still mapped and readable
+            assert bytes(v) == b"old"
+        os.unlink(pool_path)
+        assert old.replaced()
+        old.detach()
+        assert old.replaced()  # examines the path, not the mapping
+        assert old.st_ino == st.st_ino
+    finally:
+        old.detach()
+
+
 def test_attach_errors(pool_factory, tmp_path):
     with pytest.raises(kvpool.NotFoundError, match="No such file"):
         kvpool.Pool(str(tmp_path / "missing"))
