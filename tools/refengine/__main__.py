@@ -55,6 +55,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     eng = _make_engine(a)
     vocab = eng.model.spec.vocab_size
     wl = Workload(a.workload, vocab, seed=a.seed, items=a.items, scale=a.scale, content_seed=a.content_seed)
+    if a.conversations and os.path.exists(a.conversations):
+        with open(a.conversations) as f:
+            wl.load_conversations(json.load(f))
     for k in range(a.warmup):
         # Unique tokens (no prefix shared with anything): the first forward
         # passes pay torch's one-time costs outside the measured requests.
@@ -79,6 +82,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
             rows.append(c)
         done += n
     wall = time.perf_counter() - t0
+    if a.conversations:
+        with open(a.conversations, "w") as f:
+            json.dump(wl.save_conversations(), f)
     tokens = sum(c.prompt_len for c in rows)
     local = sum(c.local_hit_tokens for c in rows)
     ext = sum(c.external_hit_tokens for c in rows)
@@ -260,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the shared prompts, documents and instructions (same value: same prefixes)")
     s.add_argument("--warmup", type=int, default=0, help="unrelated prompts served first, not reported")
     s.add_argument("--json", action="store_true", help="one JSON summary line instead of the table")
+    s.add_argument("--conversations", metavar="FILE",
+                   help="multi-turn chats: continue those saved in FILE if it exists, save them there at the end")
     b = sub.add_parser("bench-ttft", help="TTFT: full recompute vs in-engine hit vs connector hit")
     _engine_args(b)
     b.set_defaults(model="bench", connector="auto")

@@ -115,6 +115,26 @@ class Workload:
         self._last_conv = i
         return list(c["tokens"])
 
+    def _chats(self) -> Workload | None:
+        if self.family == "mix":
+            return self.parts[FAMILIES.index("multi-turn")]
+        return self if self.family == "multi-turn" else None
+
+    def save_conversations(self) -> list[dict]:
+        """The multi-turn conversations so far (prompts and answers), for
+        ``load_conversations`` in another process: a client whose next turn
+        reaches another engine sends the whole history."""
+        w = self._chats()
+        return [] if w is None else [{"tokens": list(c["tokens"]), "turns_left": c["turns_left"]} for c in w.convs]
+
+    def load_conversations(self, convs: list[dict]) -> None:
+        w = self._chats()
+        if w is None:
+            return
+        if len(convs) != len(w.convs):
+            raise ValueError(f"conversations: {len(convs)} saved, this workload has {len(w.convs)}")
+        w.convs = [{"tokens": list(c["tokens"]), "turns_left": int(c["turns_left"])} for c in convs]
+
     def feedback(self, output_token_ids: list[int]) -> None:
         if self._last is not None:
             self._last.feedback(output_token_ids)

@@ -50,3 +50,27 @@ def test_mix_draws_every_family() -> None:
         seen.add(wl._last.family)
         wl.feedback([1])
     assert seen == {"system-prompt", "multi-turn", "rag"}
+
+
+@pytest.mark.parametrize("family", ["multi-turn", "mix"])
+def test_conversations_continue_in_another_workload(family: str) -> None:
+    a = Workload(family, 512, seed=1, items=2, scale=0.25)
+    for _ in islice(a, 6):
+        a.feedback([7, 8])
+    saved = a.save_conversations()
+    assert len(saved) == 2 and all(len(c["tokens"]) > 0 for c in saved)
+    b = Workload(family, 512, seed=9, items=2, scale=0.25)
+    b.load_conversations(saved)
+    histories = {tuple(c["tokens"]) for c in saved}
+    nxt = []
+    for p in islice(b, 6):
+        nxt.append(p)
+        b.feedback([7, 8])
+    # Each conversation's next turn starts with its whole saved history.
+    assert any(tuple(p[:len(h)]) == h for p in nxt for h in histories)
+
+
+def test_conversations_count_must_match() -> None:
+    with pytest.raises(ValueError, match="2 saved, this workload has 3"):
+        Workload("multi-turn", 512, items=3).load_conversations(
+            Workload("multi-turn", 512, items=2).save_conversations())
