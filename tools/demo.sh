@@ -125,7 +125,7 @@ run_round() { # name, first seed, chats|- (continue and save the chats), engine 
     for ((i = 0; i < engines; i++)); do
         local conv=()
         [[ $chats == - ]] || conv=(--conversations "$work/chats.$i.json")
-        $py -m refengine serve --model demo --workload mix --scale "$scale" --items 6 --requests "$requests" \
+        $py -m refengine serve --model demo --workload mix --scale "$scale" --items 4 --requests "$requests" \
             --max-tokens 4 --warmup 1 --seed $((seed + i)) --json "$@" \
             "${conv[@]}" \
             >"$work/$name.$i.json" 2>"$work/$name.$i.err" &
