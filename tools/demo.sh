@@ -103,7 +103,16 @@ start_daemon() { # log file
     exit 1
 }
 
-stop_daemon() {
+check_daemon() { # log file
+    if ! kill -0 "$daemon_pid" 2>/dev/null; then
+        sed 's/^/  kvpoold| /' "$1"
+        echo "demo: kvpoold died"
+        exit 1
+    fi
+}
+
+stop_daemon() { # log file
+    check_daemon "$1"
     kill -TERM "$daemon_pid"
     local rc=0
     wait "$daemon_pid" || rc=$?
@@ -174,15 +183,17 @@ pool=$(kvctl --json list | $py -c 'import json,sys; print(json.load(sys.stdin)["
 echo
 echo "== 1. without kvpool: $engines engines, $requests requests each, only their own prefix caches =="
 run_round off 1 -
+check_daemon "$work/kvpoold.log"
 
 echo
 echo "== 2. with kvpool: the same requests, --connector kvpool --pool $pool =="
 run_round on 1 chats --connector kvpool --pool "$pool"
+check_daemon "$work/kvpoold.log"
 kvctl status default | grep -E '^(state|used|entries|puts|pins|clients|policy|page size):'
 
 echo
 echo "== 3. kvpoold restart: SIGTERM (persist), start again =="
-stop_daemon
+stop_daemon "$work/kvpoold.log"
 grep -E 'snapshot: persist pool' "$work/kvpoold.log" | sed 's/^/  kvpoold| /'
 start_daemon "$work/kvpoold2.log"
 grep -E 'pool default (reattached|created)|snapshot: restore' "$work/kvpoold2.log" | sed 's/^/  kvpoold| /'
@@ -198,6 +209,7 @@ kvctl list
 echo
 echo "== 4. after the restart: $engines fresh engines, new questions over the same prefixes, the same chats =="
 run_round after 101 chats --connector kvpool --pool "$pool"
+check_daemon "$work/kvpoold2.log"
 
 echo
 echo "== summary =="
@@ -215,7 +227,7 @@ EOF
 
 echo
 echo "== stopping kvpoold =="
-stop_daemon
+stop_daemon "$work/kvpoold2.log"
 grep -E 'snapshot: persist pool|stopped' "$work/kvpoold2.log" | sed 's/^/  kvpoold| /'
 awk -v a="$t_start" -v b="$EPOCHREALTIME" 'BEGIN { printf "demo: ran in %.0f s (after the build)\n", b - a }'
 after_ext=$($py -c 'import json,sys; print(json.load(open(sys.argv[1]))["ext"])' "$work/after.sum")
