@@ -13,7 +13,8 @@
 #      processes stored;
 #   3. after a kvpoold restart (SIGTERM persists the pool to its snapshot;
 #      the new daemon re-attaches the region that survived, or restores the
-#      snapshot if it did not): fresh engines with new questions.
+#      snapshot if it did not): fresh engines, new questions over the same
+#      prefixes, and the chats of round 2 continued.
 # Prints TTFT and the prefill tokens computed for each round, then stops the
 # daemon cleanly. Exits non-zero if the daemon failed or the engines did not
 # hit after the restart. Nothing outside a private directory and
@@ -192,7 +193,7 @@ check_daemon "$work/kvpoold.log"
 kvctl status default | grep -E '^(state|used|entries|puts|pins|clients|policy|page size):'
 
 echo
-echo "== 3. kvpoold restart: SIGTERM (persist), start again =="
+echo "== kvpoold restart: SIGTERM (persist), start again =="
 stop_daemon "$work/kvpoold.log"
 grep -E 'snapshot: persist pool' "$work/kvpoold.log" | sed 's/^/  kvpoold| /'
 start_daemon "$work/kvpoold2.log"
@@ -207,7 +208,7 @@ echo
 kvctl list
 
 echo
-echo "== 4. after the restart: $engines fresh engines, new questions over the same prefixes, the same chats =="
+echo "== 3. after the restart: $engines fresh engines, new questions over the same prefixes, the same chats =="
 run_round after 101 chats --connector kvpool --pool "$pool"
 check_daemon "$work/kvpoold2.log"
 
