@@ -53,28 +53,54 @@ def _make_engine(a: argparse.Namespace, connector: str | None = None, kv_role: s
 
 def cmd_serve(a: argparse.Namespace) -> int:
     eng = _make_engine(a)
-    wl = Workload(a.workload, eng.model.spec.vocab_size, seed=a.seed, items=a.items, scale=a.scale)
-    print(f"# model {eng.model.spec.name} ({a.dtype}, {a.layout}), connector {a.connector}, "
-          f"workload {a.workload}, {a.requests} requests, batch {a.batch}")
-    print(f"{'request':>8} {'prompt':>7} {'local':>7} {'external':>8} {'computed':>8} {'ttft_ms':>9} {'total_ms':>9}")
+    vocab = eng.model.spec.vocab_size
+    wl = Workload(a.workload, vocab, seed=a.seed, items=a.items, scale=a.scale, content_seed=a.content_seed)
+    if a.conversations and os.path.exists(a.conversations):
+        with open(a.conversations) as f:
+            wl.load_conversations(json.load(f))
+    for k in range(a.warmup):
+        # Unique tokens (no prefix shared with anything): the first forward
+        # passes pay torch's one-time costs outside the measured requests.
+        eng.generate(_tokens(f"warmup.{a.seed}", k, 48, vocab), 1)
+    if not a.json:
+        print(f"# model {eng.model.spec.name} ({a.dtype}, {a.layout}), connector {a.connector}, "
+              f"workload {a.workload}, {a.requests} requests, batch {a.batch}")
+        print(f"{'request':>8} {'prompt':>7} {'local':>7} {'external':>8} {'computed':>8} {'ttft_ms':>9} "
+              f"{'total_ms':>9}")
     rows = []
     done = 0
+    t0 = time.perf_counter()
     while done < a.requests:
         n = min(a.batch, a.requests - done)
         prompts = [next(wl) for _ in range(n)]
         for c in eng.generate_many(prompts, a.max_tokens):
             wl.feedback(c.output_token_ids)
             computed = c.prompt_len - c.local_hit_tokens - c.external_hit_tokens
-            print(f"{c.request_id:>8} {c.prompt_len:>7} {c.local_hit_tokens:>7} {c.external_hit_tokens:>8} "
-                  f"{computed:>8} {c.ttft_s * 1e3:>9.1f} {c.total_s * 1e3:>9.1f}")
+            if not a.json:
+                print(f"{c.request_id:>8} {c.prompt_len:>7} {c.local_hit_tokens:>7} {c.external_hit_tokens:>8} "
+                      f"{computed:>8} {c.ttft_s * 1e3:>9.1f} {c.total_s * 1e3:>9.1f}")
             rows.append(c)
         done += n
+    wall = time.perf_counter() - t0
+    if a.conversations:
+        with open(a.conversations, "w") as f:
+            json.dump(wl.save_conversations(), f)
     tokens = sum(c.prompt_len for c in rows)
     local = sum(c.local_hit_tokens for c in rows)
     ext = sum(c.external_hit_tokens for c in rows)
+    ttft = [c.ttft_s * 1e3 for c in rows]
+    if a.json:
+        print(json.dumps({
+            "model": eng.model.spec.name, "connector": a.connector, "workload": a.workload, "seed": a.seed,
+            "requests": len(rows), "prompt_tokens": tokens, "local_hit_tokens": local,
+            "external_hit_tokens": ext, "computed_tokens": tokens - local - ext,
+            "ttft_ms": [round(x, 2) for x in ttft], "ttft_mean_ms": round(statistics.mean(ttft), 2),
+            "ttft_p50_ms": round(statistics.median(ttft), 2), "wall_s": round(wall, 3),
+            "engine_stats": eng.stats()}))
+        return 0
     print(f"# prompt tokens {tokens}, in-engine hits {local} ({100 * local / max(tokens, 1):.1f}%), "
           f"connector hits {ext} ({100 * ext / max(tokens, 1):.1f}%), "
-          f"mean TTFT {1e3 * statistics.mean(c.ttft_s for c in rows):.1f} ms")
+          f"mean TTFT {statistics.mean(ttft):.1f} ms")
     print(f"# engine stats {eng.stats()}")
     return 0
 
@@ -235,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--batch", type=int, default=1, help="requests served together (default 1)")
     s.add_argument("--items", type=int, default=0, help="system prompts / conversations / documents")
     s.add_argument("--scale", type=float, default=1.0, help="multiply the workload's block counts")
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--seed", type=int, default=1, help="the request stream (questions, which item, turns)")
+    s.add_argument("--content-seed", type=int, default=0,
+                   help="the shared prompts, documents and instructions (same value: same prefixes)")
+    s.add_argument("--warmup", type=int, default=0, help="unrelated prompts served first, not reported")
+    s.add_argument("--json", action="store_true", help="one JSON summary line instead of the table")
+    s.add_argument("--conversations", metavar="FILE",
+                   help="multi-turn chats: continue those saved in FILE if it exists, save them there at the end")
     b = sub.add_parser("bench-ttft", help="TTFT: full recompute vs in-engine hit vs connector hit")
     _engine_args(b)
     b.set_defaults(model="bench", connector="auto")

@@ -53,13 +53,18 @@ class ModelSpec:
         )
 
 
-# "tiny": for tests, milliseconds per step. "bench": sized so that a
+# "tiny": for tests, milliseconds per step. "demo" (tools/demo.sh): a
+# 500-token prefill takes a few hundred milliseconds on one core, so that
+# several engine processes show prefill in their TTFT and still finish in
+# seconds; one block of KV is 64 KiB in float32. "bench": sized so that a
 # 2,000-token prefill takes well over a second on two cores, while a
 # 32-token suffix over a cached prefix takes a small fraction of that;
 # one 16-token block of KV (all layers, K and V) is 128 KiB in float32.
 PRESETS: dict[str, ModelSpec] = {
     "tiny": ModelSpec("refengine-tiny", vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=16, intermediate_size=128),
+    "demo": ModelSpec("refengine-demo", vocab_size=8192, hidden_size=256, num_layers=4, num_heads=4,
+                      num_kv_heads=2, head_dim=64, intermediate_size=768),
     "bench": ModelSpec("refengine-bench", vocab_size=32000, hidden_size=512, num_layers=8,
                        num_heads=8, num_kv_heads=2, head_dim=64, intermediate_size=1408),
 }
