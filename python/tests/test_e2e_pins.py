@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -25,7 +26,7 @@ import torch
 import kvpool
 import kvpool.vllm as kvv
 
-from e2e_support import ROOT, tokens
+from e2e_support import ROOT, Kvpoold, Session, daemon, engine, tokens, workdir  # noqa: F401
 
 sys.path.insert(0, str(ROOT / "tools"))
 from refengine import hashing  # noqa: E402
@@ -136,6 +137,22 @@ def test_pins_go_once_the_load_ran(pool_factory: Callable[..., str], report: boo
         assert _client(path).pins_held() == 0
     finally:
         _close(a, b)
+
+
+def test_a_running_engine_holds_no_pins_after_serving(workdir: Path, daemon: Kvpoold) -> None:
+    """kvpoold's view: an engine process that loaded a prefix and answered
+    holds no pins while it stays up."""
+    prompt, suffix = tokens(5 * BLOCK + 1, 96), tokens(9, 97)
+    engine("store", workdir, daemon.pool_path, [prompt])
+    with Session(workdir, daemon.pool_path) as a:
+        got = a.generate(prompt + suffix)
+        assert got["external"] == 5 * BLOCK, got
+        assert got["stats"]["loaded_blocks"] == 5 and got["stats"]["failed_blocks"] == 0
+        health = daemon.kvctl("health", "alpha")
+        assert health["usage"]["pins"] == 0, health
+        mine = [c for c in daemon.kvctl("clients", "alpha")["clients"]
+                if c["pid"] == a.proc.pid]  # type: ignore[union-attr]
+        assert len(mine) == 1 and mine[0]["pins"] == 0, mine
 
 
 # ---- the scheduler side alone --------------------------------------------------
