@@ -139,6 +139,37 @@ def test_pins_go_once_the_load_ran(pool_factory: Callable[..., str], report: boo
         _close(a, b)
 
 
+def test_preemption_and_chunks_leave_no_pins(pool_factory: Callable[..., str]) -> None:
+    """Few engine blocks (preemptions: requests asked again) and 24-token
+    chunks: loads still succeed and no pin outlives the run."""
+    path = pool_factory(64 << 20)
+    prefix = tokens(4 * BLOCK + 5, 61)
+    first = [prefix + tokens(n, 62 + n) for n in (9, 21, 30)]
+    second = [prefix + tokens(n, 72 + n) for n in (3, 17, 40)] + [first[1]]
+    a = _engine(path)
+    b = RefEngine("tiny", connector="kvpool", extra_config={"pool_path": path},
+                  num_blocks=12, max_num_batched_tokens=24)
+    try:
+        a.generate_many(first, 20)
+        held: list[int] = []
+        step = b.step
+
+        def step_and_count() -> Any:
+            out = step()
+            held.append(b.scheduler_connector.pins_held())
+            return out
+
+        b.step = step_and_count  # type: ignore[method-assign]
+        done = b.generate_many(second, 20)
+        assert b.scheduler.num_preemptions > 0
+        assert done[0].external_hit_tokens >= 4 * BLOCK
+        assert b.worker_connector.stats["failed_blocks"] == 0, b.worker_connector.stats
+        assert max(held) <= 4 * 4  # at most the 4 prefix blocks of each request
+        assert b.scheduler_connector.pins_held() == 0 and _client(path).pins_held() == 0
+    finally:
+        _close(a, b)
+
+
 def test_a_running_engine_holds_no_pins_after_serving(workdir: Path, daemon: Kvpoold) -> None:
     """kvpoold's view: an engine process that loaded a prefix and answered
     holds no pins while it stays up."""
