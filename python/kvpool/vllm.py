@@ -37,23 +37,22 @@ the metadata object the scheduler builds each step
 - The scheduler attaches the pool on its own and answers
   ``get_num_new_matched_tokens`` with ``Namespace.match_prefix`` over the
   request's keys, taking the smallest answer over the namespaces of all
-  TP ranks (a block is only loadable when every rank holds its shard). It
-  takes no pins: vLLM may call it several times for one request and
-  expects no side effect. It never matches the request's last token
-  (vLLM must compute at least one token to get logits), and it counts
-  only whole blocks after the engine's own prefix-cache hit.
+  TP ranks (a block is only loadable when every rank holds its shard),
+  and pins what it reports (below). It never matches the request's last
+  token (vLLM must compute at least one token to get logits), and it
+  counts only whole blocks after the engine's own prefix-cache hit.
 - ``update_state_after_alloc`` records which engine block ids the matched
   blocks go to; ``build_connector_meta`` ships those loads, plus one save
   per scheduled request for the blocks that become full in this step
   (``[num_computed // block_size, (num_computed + num_scheduled) //
   block_size)``, bounded by the block hashes known so far, so decoded
   tokens are saved too once a block of them is full).
-- The worker pins the blocks to load only when it loads them
+- The worker pins the blocks again on its own client when it loads them
   (``PagedKVStore.lookup`` then ``load`` in ``start_load_kv``, before the
-  forward pass), so a pin lives for one copy and a worker that dies
-  holding one loses it to kvpoold's reaper like any client's. Loading is
-  synchronous (``get_num_new_matched_tokens`` answers ``load_async =
-  False``), so ``wait_for_layer_load`` has nothing to wait for.
+  forward pass; the worker may be another process), so its pins live for
+  one copy. Loading is synchronous (``get_num_new_matched_tokens``
+  answers ``load_async = False``), so ``wait_for_layer_load`` has
+  nothing to wait for.
 - Saving happens in ``wait_for_save``, after the step's forward pass
   wrote the step's KV: each block that became full is stored by reserve,
   gather of all its layers, commit, one block after the other, each
@@ -68,6 +67,43 @@ the metadata object the scheduler builds each step
   killed before a commit leaves reservations that no reader sees and
   kvpoold's reaper frees, and saving is best effort: a full pool stops
   it and the engine goes on.
+
+Pins between the lookup and the load
+------------------------------------
+vLLM loads what ``get_num_new_matched_tokens`` reported a step later, or
+two with async scheduling (more with pipeline stages), and another
+engine's eviction could take unpinned blocks in between: the load would
+fail and the engine recompute what it was promised. So the scheduler side
+pins, on its own client of the pool, the blocks it reports
+(``Namespace.match_prefix(pin=True)`` on every TP rank's namespace), one
+set per request: vLLM asks again for a request it could not schedule, and
+each answer replaces the request's earlier pins. ``update_state_after_alloc``
+keeps only the blocks vLLM will load (none for 0 tokens), and the set's
+ticket travels with the load (``LoadSpec.pins``). The set is given back
+at the first of:
+
+- the worker's report: ``build_connector_worker_meta`` returns the
+  tickets whose loads ``start_load_kv`` ran (loaded or failed), which
+  vLLM (0.18 and later) hands to the scheduler's
+  ``update_connector_output`` as ``kv_connector_worker_meta`` with the
+  step's output; the reports of a step's workers aggregate by
+  intersection, so a set goes once every worker has loaded its shard;
+- ``pin_steps`` ``build_connector_meta`` calls after the one that sent
+  the load, for a vLLM without that channel: the scheduler builds step
+  N + k only after it has the output of step N, k being the steps in
+  flight (1, plus 1 with async scheduling, plus 1 per pipeline stage
+  after the first), so the worker has run the load by then;
+- ``request_finished`` (finished, aborted) or the request id in a later
+  ``finished_req_ids``; a request preempted and asked again replaces its
+  set;
+- the pool attached anew: the old client is detached with its pins;
+- the limits: at most ``max_pinned_blocks`` pins (every rank counted)
+  and no set older than ``pin_ttl_ms``, so a request asked for and never
+  scheduled holds nothing for long. A lookup that finds no room, or whose
+  client runs out of pins (``NoPinsError``), pins and answers fewer
+  blocks (a halved prefix) instead of failing.
+
+A process that dies loses its pins to kvpoold's reaper like any client.
 
 Blocks that fail to load
 ------------------------
@@ -137,6 +173,13 @@ Extra config keys (``kv_connector_extra_config``)
                          the attached file (default 1000; 0: on every use)
 ``attach_retry_ms``      how long a failed attach waits before it is tried
                          again on the same file (default 5000)
+``max_pinned_blocks``    the most pins the scheduler side holds (default
+                         1024; it shares the process's client, and its
+                         ``pins_per_client``, with a worker in the process)
+``pin_ttl_ms``           the longest the scheduler side keeps a request's
+                         pins (default 30000)
+``pin_steps``            steps after which a load is taken as run without
+                         a worker report (default: the steps in flight)
 """
 
 from __future__ import annotations
@@ -255,6 +298,10 @@ except ImportError:
             """Engine block ids that failed to load in this step."""
             return set()
 
+        def build_connector_worker_meta(self) -> Any:
+            """What the worker side reports to the scheduler side: nothing."""
+            return None
+
         def shutdown(self) -> None:
             """Release what the connector holds."""
 
@@ -289,6 +336,21 @@ except ImportError:
         def get_required_kvcache_layout(cls, vllm_config: Any) -> str | None:
             """The KV cache layout the connector needs: any."""
             return None
+
+
+try:  # pragma: no cover - vLLM with the worker -> scheduler metadata channel
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import (  # type: ignore
+        KVConnectorWorkerMetadata,
+    )
+except ImportError:
+
+    class KVConnectorWorkerMetadata(abc.ABC):  # type: ignore[no-redef]
+        """What the worker-side connectors report to the scheduler side each
+        step (vLLM's ``KVConnectorWorkerMetadata``, absent before it had one)."""
+
+        @abc.abstractmethod
+        def aggregate(self, other: Any) -> Any:
+            """The report of this worker and ``other``'s together."""
 
 
 def block_key(block_hash: Any) -> int:
@@ -326,6 +388,7 @@ class LoadSpec:
     req_id: str
     keys: list[int]
     block_ids: list[int]
+    pins: int = 0  # the scheduler's pin set for these blocks (0: none)
 
 
 @dataclasses.dataclass
@@ -360,6 +423,64 @@ class KvpoolConnectorMetadata(KVConnectorMetadata):
     saves: list[SaveSpec] = dataclasses.field(default_factory=list)
     finished: list[str] = dataclasses.field(default_factory=list)
 
+
+@dataclasses.dataclass
+class KvpoolWorkerMetadata(KVConnectorWorkerMetadata):
+    """What a worker reports back after a step: the scheduler pin sets
+    (``LoadSpec.pins``) whose loads it has run, successful or not.
+
+    Workers of one step are aggregated by intersection: a pin set is done
+    with only once every worker that reports has loaded its shard.
+    """
+
+    loaded: set[int] = dataclasses.field(default_factory=set)
+
+    def aggregate(self, other: Any) -> "KvpoolWorkerMetadata":
+        if not isinstance(other, KvpoolWorkerMetadata):
+            return self
+        return KvpoolWorkerMetadata(self.loaded & other.loaded)
+
+
+@dataclasses.dataclass
+class _PinSet:
+    """The blocks the scheduler side holds pinned for one request's load."""
+
+    ticket: int
+    req_id: str
+    views: list[list[Any]]  # per TP rank, the same leading blocks
+    taken: float  # time.monotonic() of the lookup
+    shipped: int | None = None  # the build_connector_meta step that sent the load
+
+    @property
+    def blocks(self) -> int:
+        return len(self.views[0]) if self.views else 0
+
+    @property
+    def pins(self) -> int:
+        return sum(len(v) for v in self.views)
+
+    def trim(self, n: int) -> None:
+        """Keep the first ``n`` blocks pinned on every rank."""
+        for views in self.views:
+            for v in views[n:]:
+                _release_view(v)
+            del views[n:]
+
+    def release(self) -> None:
+        self.trim(0)
+
+
+def _release_view(view: Any) -> None:
+    try:
+        view.release()
+    except (ValueError, kvpool.Error):  # its pool was detached: the pin went with it
+        pass
+
+
+MAX_PINNED_BLOCKS = 1024
+"""Default ``max_pinned_blocks``: the most pins the scheduler side holds."""
+PIN_TTL_S = 30.0
+"""Default ``pin_ttl_ms`` / 1000: the longest the scheduler side keeps a pin set."""
 
 RETRY_ATTACH_S = 5.0
 """Default ``attach_retry_ms`` / 1000: how long an attach that failed on an
@@ -494,6 +615,13 @@ class KvpoolConnector(KVConnectorBase_V1):
         if self._check_s < 0 or self._retry_s < 0:
             raise ValueError(f"kvpool connector: pool_check_ms {self._check_s * 1000:g} and "
                              f"attach_retry_ms {self._retry_s * 1000:g} must be >= 0")
+        self._max_pins = int(extra.get("max_pinned_blocks", MAX_PINNED_BLOCKS))
+        self._pin_ttl_s = float(extra.get("pin_ttl_ms", PIN_TTL_S * 1000)) / 1000
+        self._pin_steps = int(extra.get("pin_steps", self._steps_in_flight(vllm_config)))
+        if self._max_pins < 0 or self._pin_ttl_s < 0 or self._pin_steps < 1:
+            raise ValueError(f"kvpool connector: max_pinned_blocks {self._max_pins} and "
+                             f"pin_ttl_ms {self._pin_ttl_s * 1000:g} must be >= 0, "
+                             f"pin_steps {self._pin_steps} >= 1")
         self._save_mode = str(extra.get("save_mode", "per_block"))
         if self._save_mode not in ("per_block", "per_layer"):
             raise ValueError(f"kvpool connector: save_mode {self._save_mode!r}; "
@@ -530,6 +658,10 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._local_tokens: dict[str, int] = {}
         self._pending_loads: dict[str, LoadSpec] = {}
         self._block_ids: dict[str, list[int]] = {}
+        self._pins: dict[str, _PinSet] = {}  # by request id
+        self._pins_held = 0  # pins in self._pins, all ranks counted
+        self._next_ticket = 1
+        self._step = 0  # build_connector_meta calls so far
 
         # Worker side.
         self._kv_caches: Any = None
@@ -544,9 +676,21 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._saved_layers: set[int] = set()
         self._skip_save_reqs: set[str] = set()
         self._load_errors: set[int] = set()
+        self._loaded_pins: set[int] = set()  # LoadSpec.pins run since the last report
         self.stats: dict[str, int] = {"lookups": 0, "hit_blocks": 0, "loaded_blocks": 0,
                                       "failed_blocks": 0, "saved_blocks": 0,
-                                      "save_failures": 0, "reattaches": 0}
+                                      "save_failures": 0, "reattaches": 0,
+                                      "pin_shortfalls": 0, "pins_expired": 0}
+
+    @staticmethod
+    def _steps_in_flight(vllm_config: Any) -> int:
+        """How many steps the scheduler may build before it has the output of
+        the first: one, plus one with async scheduling, plus one per extra
+        pipeline stage (vLLM's batch queue)."""
+        sched = getattr(vllm_config, "scheduler_config", None)
+        parallel = getattr(vllm_config, "parallel_config", None)
+        pp = int(getattr(parallel, "pipeline_parallel_size", 1) or 1)
+        return pp + (1 if getattr(sched, "async_scheduling", False) else 0)
 
     # ------------------------------------------------------------------
     # Identity
@@ -602,6 +746,9 @@ class KvpoolConnector(KVConnectorBase_V1):
         attached again because its path names another file now.
         """
         pool = _attachment(self._pool_path).get(self._check_s, self._retry_s)
+        if pool is None or pool is not self._sched_pool:
+            # Pins on a detached pool went with its client; forget them.
+            self._drop_pins()
         if pool is None:
             self._sched_namespaces = None
             return None
@@ -629,19 +776,24 @@ class KvpoolConnector(KVConnectorBase_V1):
 
     def get_num_new_matched_tokens(self, request: Any,
                                    num_computed_tokens: int) -> tuple[int | None, bool]:
-        """Tokens after ``num_computed_tokens`` whose blocks kvpool holds.
+        """Tokens after ``num_computed_tokens`` whose blocks kvpool holds, pinned.
 
         Whole blocks only, never the request's last token, and only the
-        leading run present on every TP rank. No pins, no side effect but
-        remembering ``num_computed_tokens`` for ``update_state_after_alloc``.
+        leading run present on every TP rank. The blocks reported stay
+        pinned for the request (replacing what an earlier call for it
+        pinned) until their load is done, the request ends, or the pin
+        limits take them back; fewer pins available means fewer tokens.
         """
+        req_id = request.request_id
+        self._release_pins(req_id)
+        self._expire_pins()
         if not self._do_load or getattr(request, "skip_reading_prefix_cache", False):
             return 0, False
         namespaces = self._namespaces()
         if namespaces is None:
             return 0, False
         bs = self._block_size
-        self._local_tokens[request.request_id] = num_computed_tokens
+        self._local_tokens[req_id] = num_computed_tokens
         if num_computed_tokens % bs:
             return 0, False
         keys = self._request_keys(request)
@@ -649,19 +801,85 @@ class KvpoolConnector(KVConnectorBase_V1):
         start = num_computed_tokens // bs
         if usable <= start:
             return 0, False
+        room = (self._max_pins - self._pins_held) // len(namespaces)
         want = keys[start:usable]
-        hit = len(want)
+        if room < len(want):
+            self.stats["pin_shortfalls"] += 1
+            want = want[:max(room, 0)]
+        views = self._pin_prefix(namespaces, want)
+        self.stats["lookups"] += 1
+        if not views:
+            return 0, False
+        pins = _PinSet(self._next_ticket, req_id, views, time.monotonic())
+        self._next_ticket += 1
+        self._pins[req_id] = pins
+        self._pins_held += pins.pins
+        return pins.blocks * bs, False
+
+    def _pin_prefix(self, namespaces: list[Any], keys: list[int]) -> list[list[Any]]:
+        """Pins of the leading ``keys`` present on every rank (one list of
+        views per rank, all of one length), or [] for none."""
+        per_rank: list[list[Any]] = []
+        hit = len(keys)
         for ns in namespaces:
+            views = self._pin_one(ns, keys[:hit]) if hit else []
+            per_rank.append(views)
+            hit = min(hit, len(views))
+        if hit == 0:
+            for views in per_rank:
+                for v in views:
+                    _release_view(v)
+            return []
+        for views in per_rank:
+            for v in views[hit:]:
+                _release_view(v)
+            del views[hit:]
+        return per_rank
+
+    def _pin_one(self, ns: Any, keys: list[int]) -> list[Any]:
+        """Views pinning the leading present ``keys`` in ``ns``; when this
+        client's pins run out, as many of them as it can still pin."""
+        n = len(keys)
+        while n > 0:
             try:
-                hit = min(hit, int(ns.match_prefix(want[:hit])))
+                return list(ns.match_prefix(keys[:n], pin=True))
+            except kvpool.NoPinsError:
+                self.stats["pin_shortfalls"] += 1
+                if n == len(keys):  # pin no more than is there
+                    try:
+                        n = min(n, int(ns.match_prefix(keys)))
+                    except ValueError:
+                        return []
+                n //= 2
             except ValueError:
                 if not _detached(ns):
                     raise
-                hit = 0  # replaced under us: the next call uses the new pool
-            if hit == 0:
-                break
-        self.stats["lookups"] += 1
-        return hit * bs, False
+                return []  # replaced under us: the next call uses the new pool
+        return []
+
+    def _release_pins(self, req_id: str) -> None:
+        pins = self._pins.pop(req_id, None)
+        if pins is not None:
+            self._pins_held -= pins.pins
+            pins.release()
+
+    def _drop_pins(self) -> None:
+        for req_id in list(self._pins):
+            self._release_pins(req_id)
+
+    def _expire_pins(self) -> None:
+        """Give back pin sets older than ``pin_ttl_ms`` (a request asked for
+        and never scheduled, a load whose report never came)."""
+        if not self._pins:
+            return
+        old = time.monotonic() - self._pin_ttl_s
+        for req_id in [r for r, p in self._pins.items() if p.taken <= old]:
+            self.stats["pins_expired"] += 1
+            self._release_pins(req_id)
+
+    def pins_held(self) -> int:
+        """Pins the scheduler side holds now (every rank's counted)."""
+        return self._pins_held
 
     def update_state_after_alloc(self, request: Any, blocks: Any,
                                  num_external_tokens: int) -> None:
@@ -670,10 +888,16 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._requests[req_id] = request
         if num_external_tokens <= 0:
             self._pending_loads.pop(req_id, None)
+            self._release_pins(req_id)
             return
         bs = self._block_size
         start = self._local_tokens.get(req_id, 0) // bs
         n = num_external_tokens // bs
+        pins = self._pins.get(req_id)
+        if pins is not None and pins.blocks > n:
+            self._pins_held -= pins.pins
+            pins.trim(n)
+            self._pins_held += pins.pins
         block_ids = list(blocks.get_block_ids()[0])
         keys = self._request_keys(request)
         if start + n > len(block_ids) or start + n > len(keys):
@@ -681,11 +905,15 @@ class KvpoolConnector(KVConnectorBase_V1):
                              f"blocks and {len(keys)} hashes; {start + n} needed to load "
                              f"{n} blocks after {start}")
         self._pending_loads[req_id] = LoadSpec(req_id, keys[start:start + n],
-                                               block_ids[start:start + n])
+                                               block_ids[start:start + n],
+                                               pins.ticket if pins is not None else 0)
         self.stats["hit_blocks"] += n
 
     def build_connector_meta(self, scheduler_output: Any) -> KvpoolConnectorMetadata:
         """This step's loads, the blocks that become full, the finished requests."""
+        self._step += 1
+        self._release_loaded_pins()
+        self._expire_pins()
         meta = KvpoolConnectorMetadata(hash_seed=self._seed_id())
         if self._sched_namespaces is not None:
             meta.pool_file = _file_of(self._sched_pool)
@@ -711,6 +939,9 @@ class KvpoolConnector(KVConnectorBase_V1):
 
         for req_id, spec in self._pending_loads.items():
             meta.loads.append(spec)
+            pins = self._pins.get(req_id)
+            if pins is not None and pins.ticket == spec.pins:
+                pins.shipped = self._step
         self._pending_loads.clear()
 
         if self._do_save:
@@ -735,16 +966,35 @@ class KvpoolConnector(KVConnectorBase_V1):
             self._forget(req_id)
         return meta
 
+    def _release_loaded_pins(self) -> None:
+        """Give back the pins of loads sent ``pin_steps`` steps ago or more:
+        the worker has run them by now even when no report comes."""
+        done = self._step - self._pin_steps
+        for req_id in [r for r, p in self._pins.items()
+                       if p.shipped is not None and p.shipped <= done]:
+            self._release_pins(req_id)
+
     def _forget(self, req_id: str) -> None:
         for table in (self._requests, self._keys, self._local_tokens,
                       self._pending_loads, self._block_ids):
             table.pop(req_id, None)
+        self._release_pins(req_id)
 
     def request_finished(self, request: Any,
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
-        """Saves are synchronous: the engine may free the blocks at once."""
+        """Saves are synchronous: the engine may free the blocks at once.
+        Pins the request still holds are given back."""
         self._forget(request.request_id)
         return False, None
+
+    def update_connector_output(self, connector_output: Any) -> None:
+        """Give back the pins of the loads the workers report as run."""
+        meta = getattr(connector_output, "kv_connector_worker_meta", None)
+        if not isinstance(meta, KvpoolWorkerMetadata) or not meta.loaded:
+            return
+        for req_id in [r for r, p in self._pins.items()
+                       if p.shipped is not None and p.ticket in meta.loaded]:
+            self._release_pins(req_id)
 
     # ------------------------------------------------------------------
     # Worker side
@@ -872,6 +1122,8 @@ class KvpoolConnector(KVConnectorBase_V1):
                                  spec.req_id)
                 finally:
                     store.release(spec.req_id)
+            if spec.pins:
+                self._loaded_pins.add(spec.pins)
             self.stats["loaded_blocks"] += loaded
             if loaded < len(spec.block_ids):
                 bad = spec.block_ids[loaded:]
@@ -1023,12 +1275,22 @@ class KvpoolConnector(KVConnectorBase_V1):
         errors, self._load_errors = self._load_errors, set()
         return errors
 
+    def build_connector_worker_meta(self) -> KvpoolWorkerMetadata | None:
+        """The scheduler pin sets whose loads ran since the last call."""
+        if not self._loaded_pins:
+            return None
+        loaded, self._loaded_pins = self._loaded_pins, set()
+        return KvpoolWorkerMetadata(loaded)
+
     def shutdown(self) -> None:
-        """Abort an open save and forget the store (the pool stays attached)."""
+        """Abort an open save, forget the store and give back the scheduler
+        side's pins (the pool stays attached)."""
         self._drop_store()
         self._save_begun = False
+        self._drop_pins()
 
 
-__all__ = ["KvpoolConnector", "KvpoolConnectorMetadata", "LoadSpec", "SaveSpec",
+__all__ = ["KvpoolConnector", "KvpoolConnectorMetadata", "KvpoolWorkerMetadata", "LoadSpec",
+           "SaveSpec", "KVConnectorWorkerMetadata",
            "KVConnectorBase_V1", "KVConnectorMetadata", "KVConnectorRole", "block_key",
            "HAVE_VLLM", "DEFAULT_POOL_PATH"]

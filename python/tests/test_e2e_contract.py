@@ -3,8 +3,9 @@
 
 Built the way vLLM's KVConnectorFactory builds it from the
 --kv-transfer-config JSON, for both roles and both constructor
-signatures; the scheduler-side lookup is side-effect free (no pins, the
-same answer twice) and never covers the request's last token; kv_role
+signatures; the scheduler-side lookup gives the same answer twice and
+holds one set of pins per request (what it reported, until the load; see
+test_e2e_pins.py) and never covers the request's last token; kv_role
 limits the connector to loading or saving; wrong configurations fail
 with a message that names the fix.
 """
@@ -79,7 +80,7 @@ def test_built_like_vllm_for_both_roles(pool_path: str) -> None:
     assert not getattr(kvv.KvpoolConnector, "__abstractmethods__", set())
 
 
-def test_lookup_takes_no_pins_and_leaves_the_last_token(pool_path: str) -> None:
+def test_lookup_pins_once_and_leaves_the_last_token(pool_path: str) -> None:
     tokens = list(range(1, 4 * BLOCK + 1))  # exactly 4 blocks
     sched = build(config(pool_path), KVConnectorRole.SCHEDULER, None)
     req = request("r1", tokens)
@@ -92,10 +93,14 @@ def test_lookup_takes_no_pins_and_leaves_the_last_token(pool_path: str) -> None:
         # All 4 blocks are present, but vLLM must compute the last token.
         assert sched.get_num_new_matched_tokens(req, 0) == (3 * BLOCK, False)
         assert sched.get_num_new_matched_tokens(req, 0) == (3 * BLOCK, False)
+        assert pool.usage()["pins"] == pins + 3  # one set, not two
         assert sched.get_num_new_matched_tokens(req, BLOCK) == (2 * BLOCK, False)
+        assert pool.usage()["pins"] == pins + 2
+        sched.request_finished(req, [])
         assert pool.usage()["pins"] == pins
     longer = request("r2", tokens + [7])
     assert sched.get_num_new_matched_tokens(longer, 0) == (4 * BLOCK, False)
+    sched.shutdown()
     # A TP world of 2 needs rank 1's shard too: not there, no match.
     tp2 = build(config(pool_path, tp_world=2), KVConnectorRole.SCHEDULER, None)
     assert tp2.get_num_new_matched_tokens(longer, 0) == (0, False)

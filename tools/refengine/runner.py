@@ -21,10 +21,12 @@ in the cross-layer layout.
   connector.get_finished(scheduler_output.finished_req_ids)
       -> (finished_sending, finished_recving)
   connector.get_block_ids_with_load_errors()         # -> invalid_block_ids
+  connector.build_connector_worker_meta()            # -> kv_connector_worker_meta
   connector.clear_connector_metadata()
   sample (greedy) the requests whose scheduled tokens reach their end.
 A step with no tokens scheduled still runs bind, start_load_kv,
-wait_for_save, get_finished, get_block_ids_with_load_errors and clear
+wait_for_save, get_finished, get_block_ids_with_load_errors,
+build_connector_worker_meta and clear
 (vLLM's kv_connector_no_forward).
 """
 
@@ -173,6 +175,8 @@ class ModelRunner:
         sending, recving = c.get_finished(so.finished_req_ids)
         out = KVConnectorOutput(finished_sending=sending, finished_recving=recving,
                                 invalid_block_ids=set(c.get_block_ids_with_load_errors()))
+        if hasattr(c, "build_connector_worker_meta"):  # vLLM >= 0.18
+            out.kv_connector_worker_meta = c.build_connector_worker_meta()
         c.clear_connector_metadata()
         return out
 

@@ -350,17 +350,21 @@ class KVConnectorOutput:
 
     ``invalid_block_ids``: engine block ids whose load failed
     (``get_block_ids_with_load_errors``); the scheduler recomputes from the
-    first of them.
+    first of them. ``kv_connector_worker_meta``: what the worker connector's
+    ``build_connector_worker_meta`` returned, handed to the scheduler
+    connector's ``update_connector_output``.
     """
 
     finished_sending: set[str] | None = None
     finished_recving: set[str] | None = None
     kv_connector_stats: Any = None
     kv_cache_events: Any = None
+    kv_connector_worker_meta: Any = None
     invalid_block_ids: set[int] = field(default_factory=set)
 
     def is_empty(self) -> bool:
-        return not (self.finished_sending or self.finished_recving or self.invalid_block_ids)
+        return not (self.finished_sending or self.finished_recving or self.invalid_block_ids
+                    or self.kv_connector_worker_meta)
 
 
 @dataclass
