@@ -499,6 +499,11 @@ class PinnedBlocks:
     @property
     def failure(self) -> Optional[str]: ...
 
+def _bench_memcpy(pieces: ReadableBuffer) -> None:
+    """memcpy(dst, src, n) for each (dst, src, n) uint64 triple of
+    ``pieces`` (e.g. ``array.array("Q")``), without the GIL: the baseline of
+    tests/bench/bench_paged.py. Addresses are not checked."""
+
 def paged_simd_width(width: Optional[int] = None) -> int:
     """The vector width (bytes) of the paged copy loops; with ``width``, cap
     it (0: the widest the CPU has) and return the width now in use."""

@@ -24,6 +24,8 @@
 #include <pybind11/stl.h>
 
 #include <cerrno>
+#include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -454,6 +456,30 @@ class PinnedBlocks {
     bool busy_ = false;
 };
 
+// The baseline of tests/bench/bench_paged.py: memcpy(dst, src, n) for each
+// (dst, src, n) triple of uint64 in a buffer, in order, without the GIL, so
+// that a copy in many pieces is timed without a Python call per piece (one
+// ctypes.memmove per 32 KiB fragment slows it measurably). Addresses are not
+// checked, as with ctypes.memmove.
+void bench_memcpy(py::handle pieces) {
+    Py_buffer b{};
+    if (PyObject_GetBuffer(pieces.ptr(), &b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0)
+        throw py::error_already_set();
+    const std::unique_ptr<Py_buffer, void (*)(Py_buffer *)> hold(&b, PyBuffer_Release);
+    const std::string fmt = b.format ? b.format : "B";
+    if (b.itemsize != 8 || (fmt.back() != 'Q' && fmt.back() != 'L'))
+        throw py::type_error("pieces: expected a buffer of uint64 (format 'Q'), got format '" +
+                             fmt + "' of " + std::to_string(b.itemsize) + "-byte items");
+    const size_t n = size_t(b.len) / 8;
+    if (n % 3)
+        throw py::value_error("pieces: " + std::to_string(n) +
+                              " values, expected (dst, src, n) triples");
+    const auto *t = static_cast<const uint64_t *>(b.buf);
+    py::gil_scoped_release nogil;
+    for (size_t i = 0; i < n; i += 3)
+        memcpy(reinterpret_cast<void *>(t[i]), reinterpret_cast<const void *>(t[i + 1]), t[i + 2]);
+}
+
 } // namespace
 
 void init_paged(py::module_ &m) {
@@ -512,6 +538,10 @@ void init_paged(py::module_ &m) {
         },
         py::arg("width") = py::none(),
         "The vector width (bytes) of the paged copy loops; with width, cap it (0: the widest).");
+
+    m.def("_bench_memcpy", &bench_memcpy, py::arg("pieces"),
+          "memcpy(dst, src, n) for each (dst, src, n) uint64 triple of a buffer, without the "
+          "GIL: the baseline of tests/bench/bench_paged.py. Addresses are not checked.");
 }
 
 } // namespace kvpool_py

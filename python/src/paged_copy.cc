@@ -16,6 +16,16 @@
 // (load), so a byte changed under the pool block after the check cannot
 // reach the engine unseen.
 //
+// A load stores whole stripes with non-temporal stores wherever the engine
+// fragment is 64-byte aligned (it usually is). The engine reads a loaded
+// block with its attention kernels or a DMA to the GPU, not from this
+// core's cache, and a load of many blocks outgrows the caches anyway; a
+// plain store would first read each destination line (read for ownership)
+// and write it back later. A save keeps plain stores: into the pool they
+// measured faster than non-temporal ones (doc/perf). gather() and scatter()
+// end with a store fence, so that the stores are ordered before whatever
+// the caller publishes next.
+//
 // XXH3's long-input path (inputs over 240 bytes, default secret, seed 0):
 // stripes 0 .. (len - 1) / 64 - 1 are accumulated with secret offset
 // 8 * (stripe % 16), the accumulators are scrambled after every 16th
@@ -111,6 +121,13 @@ using V = V16;
 #endif
 }
 [[gnu::always_inline]] inline V swap_pairs(V a) { return __builtin_shufflevector(a, a, 1, 0); }
+[[gnu::always_inline]] inline void stream(uint8_t *d, V v) {
+#if defined(__x86_64__)
+    _mm_stream_si128(reinterpret_cast<__m128i *>(d), __m128i(v));
+#else
+    memcpy(d, &v, sizeof v);
+#endif
+}
 #include "paged_simd.inc"
 } // namespace w16
 
@@ -124,6 +141,9 @@ using V = V32;
 }
 [[gnu::always_inline]] inline V swap_pairs(V a) {
     return __builtin_shufflevector(a, a, 1, 0, 3, 2);
+}
+[[gnu::always_inline]] inline void stream(uint8_t *d, V v) {
+    _mm256_stream_si256(reinterpret_cast<__m256i *>(d), __m256i(v));
 }
 #include "paged_simd.inc"
 } // namespace w32
@@ -140,6 +160,9 @@ using V = V64;
 }
 [[gnu::always_inline]] inline V swap_pairs(V a) {
     return __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6);
+}
+[[gnu::always_inline]] inline void stream(uint8_t *d, V v) {
+    _mm512_stream_si512(reinterpret_cast<__m512i *>(d), __m512i(v));
 }
 #include "paged_simd.inc"
 } // namespace w64
@@ -197,6 +220,12 @@ uint64_t BlockHash::digest(const uint8_t *block) const { return variant().finish
 
 uint64_t xxh3_64(const void *p, uint64_t len) { return XXH3_64bits(p, len); }
 
+void store_fence() {
+#if defined(__x86_64__)
+    _mm_sfence();
+#endif
+}
+
 namespace {
 
 // Walk the fragments of layers [first, last) of an engine block in pool
@@ -243,6 +272,7 @@ void scatter(const Geometry &g, uint64_t block, uint32_t first, uint32_t last, c
             memcpy(dst, pool + off, n);
         off += n;
     });
+    if (hash) store_fence();
 }
 
 } // namespace kvpool_py::paged

@@ -58,7 +58,9 @@ class BlockHash {
     uint64_t done() const { return pos_; } // bytes copied so far
     // Copy n bytes from src to block + done() and hash them.
     void save(uint8_t *block, const uint8_t *src, uint64_t n);
-    // Copy n bytes from block + done() to dst and hash them.
+    // Copy n bytes from block + done() to dst and hash them. The stores may
+    // be non-temporal: call store_fence() before another thread may read
+    // dst (scatter() does).
     void load(const uint8_t *block, uint8_t *dst, uint64_t n);
     // The checksum of the whole block; done() must equal length().
     uint64_t digest(const uint8_t *block) const;
@@ -76,9 +78,14 @@ class BlockHash {
 void gather(const Geometry &g, uint64_t block, uint32_t first, uint32_t last, uint8_t *pool,
             BlockHash *hash);
 // The reverse: layers [first, last) of the pool block at pool into engine
-// block `block`, verified through hash when not null.
+// block `block`, verified through hash when not null; the hashed copy may
+// use non-temporal stores, fenced before returning.
 void scatter(const Geometry &g, uint64_t block, uint32_t first, uint32_t last, const uint8_t *pool,
              BlockHash *hash);
+
+// Order the non-temporal stores of BlockHash::load before later stores
+// (sfence; nothing where the loops use none).
+void store_fence();
 
 // XXH3_64bits(p, len), through the same code (for a block hashed apart from
 // a copy, e.g. after layers were written out of order).

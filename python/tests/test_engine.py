@@ -603,3 +603,22 @@ def test_random_geometries(pool: Any) -> None:
         assert s_dst.load("r", into) == n, s_dst.last_failure
         for b_src, b_dst in zip(ids, into):
             assert torch.equal(canonical(dst, dst_layout, b_dst), canonical(src, src_layout, b_src))
+
+
+def test_bench_memcpy() -> None:
+    """The benchmark's baseline copies each (dst, src, n) piece, and only
+    takes uint64 triples."""
+    import array
+    import ctypes
+
+    src = (ctypes.c_uint8 * 256).from_buffer_copy(bytes(range(256)))
+    dst = (ctypes.c_uint8 * 256)()
+    s, d = ctypes.addressof(src), ctypes.addressof(dst)
+    _kvpool._bench_memcpy(array.array("Q", [d, s + 200, 56, d + 100, s, 7]))
+    assert bytes(dst)[:56] == bytes(range(200, 256))
+    assert bytes(dst)[100:107] == bytes(range(7))
+    assert bytes(dst)[56:100] == bytes(44)
+    with pytest.raises(ValueError, match="triples"):
+        _kvpool._bench_memcpy(array.array("Q", [d, s]))
+    with pytest.raises(TypeError, match="uint64"):
+        _kvpool._bench_memcpy(array.array("I", [0, 0, 0]))
