@@ -247,6 +247,20 @@ _serial = itertools.count()
 
 
 @pytest.fixture
+def detach_new_attachments() -> Any:
+    """Detach what the connectors of a test attached in this process (the
+    connectors share one attachment per pool path, kvpool.vllm._attachments)."""
+    import kvpool.vllm as kvv  # noqa: PLC0415
+
+    before = set(kvv._attachments)
+    yield
+    for key in set(kvv._attachments) - before:
+        att = kvv._attachments.pop(key)
+        if att.pool is not None:
+            att.pool.detach()
+
+
+@pytest.fixture
 def workdir() -> Any:
     """A private temporary directory, removed after the test."""
     d = Path(tempfile.mkdtemp(prefix="kvpool-e2e-"))

@@ -26,7 +26,16 @@ import torch
 import kvpool
 import kvpool.vllm as kvv
 
-from e2e_support import ROOT, Kvpoold, Session, daemon, engine, tokens, workdir  # noqa: F401
+from e2e_support import (  # noqa: F401
+    ROOT,
+    Kvpoold,
+    Session,
+    daemon,
+    detach_new_attachments,
+    engine,
+    tokens,
+    workdir,
+)
 
 sys.path.insert(0, str(ROOT / "tools"))
 from refengine import hashing  # noqa: E402
@@ -44,16 +53,8 @@ from refengine.vllm_types import (  # noqa: E402
 
 BLOCK = 16
 
-
-@pytest.fixture(autouse=True)
-def _detach_new_attachments() -> Any:
-    """Detach what the connectors of a test attached in this process."""
-    before = set(kvv._attachments)
-    yield
-    for key in set(kvv._attachments) - before:
-        att = kvv._attachments.pop(key)
-        if att.pool is not None:
-            att.pool.detach()
+# Every test: detach what its connectors attached in this process.
+pytestmark = pytest.mark.usefixtures("detach_new_attachments")
 
 
 def _client(path: str) -> Any:
