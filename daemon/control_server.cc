@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "control_server.h"
 
-#include "control_codec.h"
+#include "control_protocol.h"
 #include "detail.h"
 #include "housekeeping.h"
 #include "inspect.h"
