@@ -3,20 +3,21 @@
 // kvctl: the command-line client of kvpoold's control socket
 // (uapi/kvpool/control.h).
 //
-// One run sends one request and reads one response. Nothing the daemon sends
-// is trusted: the response header's magic, version, op, seq and length are
-// checked before the body is read (never more than KV_CTL_MAX_BODY), body_len
-// is checked against length, the JSON is parsed inside a try block, and every
-// field is read through accessors that show "-" for a missing or mistyped
-// key, so an older or newer daemon cannot crash kvctl. Every wait is bounded
-// by --timeout, so a stuck daemon cannot hang it either.
+// One run sends one request and reads one response (entries: one page
+// after another on one connection). Nothing the daemon sends is trusted:
+// the control client (daemon/control_client.h) checks each response's
+// header and sizes before reading it, the JSON is parsed inside a try block,
+// and every field is read through accessors that show "-" for a missing or
+// mistyped key. Every wait is bounded by --timeout, so a stuck daemon cannot
+// hang kvctl either.
 //
 // Exit codes are part of the interface (scripts test them) and are listed in
 // the --help text.
+#include "control_client.h"
+#include "control_protocol.h"
 #include "units.h"
 
 #include <algorithm>
-#include <bit>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -31,16 +32,13 @@
 #include <initializer_list>
 #include <kv/kv.h>
 #include <kvpool/control.h>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <poll.h>
 #include <span>
 #include <string>
 #include <thread>
 #include <atomic>
 #include <string_view>
-#include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <utility>
@@ -59,11 +57,6 @@ std::string quote(std::string_view s) {
 }
 // ordered_json keeps the daemon's key order, so --json prints the document as sent.
 using json = nlohmann::ordered_json;
-using Clock = std::chrono::steady_clock;
-
-// Requests are sent and responses read as the structs lie in memory.
-static_assert(std::endian::native == std::endian::little,
-              "the control protocol is little-endian; kvctl would need byte swapping");
 
 constexpr const char *kDefaultSocket = "/run/kvpool/control";
 constexpr double kDefaultTimeout = 30.0;
@@ -95,10 +88,6 @@ struct Failure {
 template <typename T>
 using Result = std::expected<T, Failure>;
 
-std::unexpected<Failure> fail(int exit, std::string message) {
-    return std::unexpected(Failure{exit, std::move(message)});
-}
-
 [[gnu::format(printf, 1, 2)]] std::string strf(const char *fmt, ...) {
     char buf[256];
     va_list ap;
@@ -116,7 +105,7 @@ std::unexpected<Failure> fail(int exit, std::string message) {
 
 // ---- The verbs -------------------------------------------------------------
 
-enum class PoolArg { None, Optional, Required };
+using kv::control::PoolName;
 
 struct Option {
     std::string_view name;  // "--size"
@@ -124,13 +113,16 @@ struct Option {
     std::string_view help;
 };
 
+// A verb is one op of the control protocol: its name and pool argument are
+// the op's (daemon/control_protocol.h); its options and help are kvctl's.
 struct Verb {
-    std::string_view name;
     uint16_t op;
-    PoolArg pool;
     std::span<const Option> options;
     std::string_view synopsis; // what follows the verb
     std::string_view help;
+
+    std::string_view name() const { return kv::control::find_op(op)->name; }
+    PoolName pool() const { return kv::control::find_op(op)->pool; }
 };
 
 constexpr std::span<const Option> kNoOptions;
@@ -172,51 +164,51 @@ constexpr Option kDetachOptions[] = {
 };
 
 constexpr Verb kVerbs[] = {
-    {"list", KV_CTL_OP_LIST, PoolArg::None, kNoOptions, "", "Show every pool as a table."},
-    {"status", KV_CTL_OP_STATUS, PoolArg::Optional, kNoOptions, "[POOL]",
+    {KV_CTL_OP_LIST, kNoOptions, "", "Show every pool as a table."},
+    {KV_CTL_OP_STATUS, kNoOptions, "[POOL]",
      "Show one pool in detail, or every pool as list does."},
-    {"create", KV_CTL_OP_CREATE, PoolArg::Required, kCreateOptions,
+    {KV_CTL_OP_CREATE, kCreateOptions,
      "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault] [--policy "
      "POLICY] "
      "[--no-persist] [--max-entries N]",
      "Create a pool (needs uid 0 or the daemon's admin group). kvpoold keeps it across restarts, "
      "and persists "
      "its blocks at stop and restores them at start unless --no-persist."},
-    {"destroy", KV_CTL_OP_DESTROY, PoolArg::Required, kNoOptions, "POOL",
+    {KV_CTL_OP_DESTROY, kNoOptions, "POOL",
      "Remove a pool (attached processes keep their mapping)."},
-    {"entries", KV_CTL_OP_ENTRIES, PoolArg::Required, kEntriesOptions, "POOL [--limit N]",
+    {KV_CTL_OP_ENTRIES, kEntriesOptions, "POOL [--limit N]",
      "List a pool's entries, page by page as they arrive."},
-    {"health", KV_CTL_OP_HEALTH, PoolArg::Required, kNoOptions, "POOL",
+    {KV_CTL_OP_HEALTH, kNoOptions, "POOL",
      "Check a pool's tables (not its block data: see verify); exits 1 when unhealthy."},
-    {"verify", KV_CTL_OP_VERIFY, PoolArg::Required, kVerifyOptions, "POOL [--remove]",
+    {KV_CTL_OP_VERIFY, kVerifyOptions, "POOL [--remove]",
      "Read every block and check its checksum (no timeout unless --timeout); exits 1 when a block "
      "fails it, removed or not."},
-    {"evict", KV_CTL_OP_EVICT, PoolArg::Required, kEvictOptions, "POOL --percent N",
+    {KV_CTL_OP_EVICT, kEvictOptions, "POOL --percent N",
      "Evict part of a pool's unpinned bytes now."},
-    {"persist", KV_CTL_OP_PERSIST, PoolArg::Required, kSnapshotOptions, "POOL [--path FILE]",
+    {KV_CTL_OP_PERSIST, kSnapshotOptions, "POOL [--path FILE]",
      "Write a pool's snapshot (no timeout unless --timeout)."},
-    {"restore", KV_CTL_OP_RESTORE, PoolArg::Required, kRestoreOptions,
+    {KV_CTL_OP_RESTORE, kRestoreOptions,
      "POOL [--path FILE] [--force]", "Load a pool from a snapshot (no timeout unless --timeout)."},
-    {"clients", KV_CTL_OP_CLIENTS, PoolArg::Required, kNoOptions, "POOL",
+    {KV_CTL_OP_CLIENTS, kNoOptions, "POOL",
      "List the processes attached to a pool."},
-    {"detach", KV_CTL_OP_DETACH, PoolArg::Required, kDetachOptions, "POOL --pid PID [--kill]",
+    {KV_CTL_OP_DETACH, kDetachOptions, "POOL --pid PID [--kill]",
      "Release a client's slot, pins and reservations."},
-    {"stats", KV_CTL_OP_STATS, PoolArg::None, kNoOptions, "",
+    {KV_CTL_OP_STATS, kNoOptions, "",
      "Show the daemon's counters, then each pool's."},
-    {"version", KV_CTL_OP_VERSION, PoolArg::None, kNoOptions, "",
+    {KV_CTL_OP_VERSION, kNoOptions, "",
      "Show kvctl's and kvpoold's versions."},
 };
 
 const Verb *find_verb(std::string_view name) {
     for (const Verb &v : kVerbs)
-        if (v.name == name) return &v;
+        if (v.name() == name) return &v;
     return nullptr;
 }
 
 std::string verb_names() {
     std::string s;
     for (const Verb &v : kVerbs)
-        s += std::string(s.empty() ? "" : ", ") + std::string(v.name);
+        s += std::string(s.empty() ? "" : ", ") + std::string(v.name());
     return s + ", help";
 }
 
@@ -259,7 +251,7 @@ void print_usage(FILE *out) {
     constexpr size_t kCol = 22;
     for (const Verb &v : kVerbs) {
         std::string left = "  ";
-        left += v.name;
+        left += v.name();
         if (!v.synopsis.empty()) {
             left += ' ';
             left += v.synopsis;
@@ -277,8 +269,8 @@ void print_usage(FILE *out) {
 }
 
 void print_verb_usage(const Verb &v, FILE *out) {
-    std::fprintf(out, "Usage: kvctl [OPTIONS] %.*s%s%.*s\n\n%.*s\n", int(v.name.size()),
-                 v.name.data(), v.synopsis.empty() ? "" : " ", int(v.synopsis.size()),
+    std::fprintf(out, "Usage: kvctl [OPTIONS] %.*s%s%.*s\n\n%.*s\n", int(v.name().size()),
+                 v.name().data(), v.synopsis.empty() ? "" : " ", int(v.synopsis.size()),
                  v.synopsis.data(), int(v.help.size()), v.help.data());
     if (!v.options.empty()) {
         std::fputs("\nVerb options:\n", out);
@@ -318,7 +310,7 @@ struct Command {
 };
 
 Failure usage_error(const Command &c, std::string message) {
-    std::string hint = c.verb ? "Try 'kvctl help " + std::string(c.verb->name) + "'."
+    std::string hint = c.verb ? "Try 'kvctl help " + std::string(c.verb->name()) + "'."
                               : std::string("Try 'kvctl --help'.");
     return Failure{kExitUsage, std::move(message), std::move(hint)};
 }
@@ -445,7 +437,7 @@ Result<Command> parse_command(int argc, char **argv, JsonWanted &wanted) {
             if (!opt) {
                 std::string msg = "unknown option " + quote(name);
                 if (c.verb) {
-                    msg += " for " + std::string(c.verb->name);
+                    msg += " for " + std::string(c.verb->name());
                     std::string known;
                     for (const Option &o : c.verb->options)
                         known += (known.empty() ? "" : ", ") + std::string(o.name);
@@ -476,20 +468,21 @@ Result<Command> parse_command(int argc, char **argv, JsonWanted &wanted) {
 // Pool names as the protocol defines them: [A-Za-z0-9_.-]{1,63}, not "." or "..".
 Result<void> check_pool_name(const Command &c, const std::string &name) {
     const std::string what = "POOL " + quote(name) + ": ";
-    if (name.empty()) return std::unexpected(usage_error(c, what + "expected a pool name"));
-    if (name.size() >= KV_CTL_NAME_MAX)
+    switch (kv::control::check_pool_name(name)) {
+    case kv::control::NameProblem::None:
+        return {};
+    case kv::control::NameProblem::Empty:
+        return std::unexpected(usage_error(c, what + "expected a pool name"));
+    case kv::control::NameProblem::TooLong:
         return std::unexpected(usage_error(c, what + strf("%zu bytes long; expected at most %d",
                                                           name.size(), KV_CTL_NAME_MAX - 1)));
-    for (char ch : name) {
-        const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                        (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-';
-        if (!ok)
-            return std::unexpected(
-                usage_error(c, what + "expected only letters, digits, '_', '.' and '-'"));
+    case kv::control::NameProblem::BadCharacter:
+        return std::unexpected(
+            usage_error(c, what + "expected only letters, digits, '_', '.' and '-'"));
+    case kv::control::NameProblem::Dots:
+        break;
     }
-    if (name == "." || name == "..")
-        return std::unexpected(usage_error(c, what + "not a valid pool name"));
-    return {};
+    return std::unexpected(usage_error(c, what + "not a valid pool name"));
 }
 
 Result<void> check_socket_path(const Command &c) {
@@ -512,15 +505,15 @@ Result<kv_ctl_request> build_request(const Command &c) {
     std::memset(&req, 0, sizeof req); // reserved fields and padding must be zero
     const Verb &v = *c.verb;
 
-    if (v.pool == PoolArg::None && !c.positional.empty())
-        return std::unexpected(usage_error(c, std::string(v.name) + ": unexpected argument " +
+    if (v.pool() == PoolName::Ignored && !c.positional.empty())
+        return std::unexpected(usage_error(c, std::string(v.name()) + ": unexpected argument " +
                                                   quote(c.positional[0]) + "; " +
-                                                  std::string(v.name) + " takes no pool name"));
-    if (v.pool == PoolArg::Required && c.positional.empty())
+                                                  std::string(v.name()) + " takes no pool name"));
+    if (v.pool() == PoolName::Required && c.positional.empty())
         return std::unexpected(
-            usage_error(c, std::string(v.name) + ": missing POOL; expected a pool name"));
+            usage_error(c, std::string(v.name()) + ": missing POOL; expected a pool name"));
     if (c.positional.size() > 1)
-        return std::unexpected(usage_error(c, std::string(v.name) + ": unexpected argument " +
+        return std::unexpected(usage_error(c, std::string(v.name()) + ": unexpected argument " +
                                                   quote(c.positional[1]) + "; expected one POOL"));
     if (!c.positional.empty()) {
         const std::string &name = c.positional[0];
@@ -534,7 +527,7 @@ Result<kv_ctl_request> build_request(const Command &c) {
     };
     auto required = [&](std::string_view opt) -> Result<std::string> {
         if (const std::string *s = c.option(opt)) return *s;
-        return std::unexpected(usage_error(c, std::string(v.name) + ": missing " +
+        return std::unexpected(usage_error(c, std::string(v.name()) + ": missing " +
                                                   std::string(opt) + "; it is required"));
     };
 
@@ -650,129 +643,37 @@ Result<kv_ctl_request> build_request(const Command &c) {
 
 // ---- The connection ----------------------------------------------------------
 
-class Socket {
-  public:
-    explicit Socket(int fd) : fd_(fd) {}
-    Socket(const Socket &) = delete;
-    Socket &operator=(const Socket &) = delete;
-    ~Socket() {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    int fd() const { return fd_; }
-
-  private:
-    int fd_;
-};
-
-struct Response {
-    uint32_t error = 0;
-    std::string body;
-};
-
-// deadline: none means wait forever.
-struct Deadline {
-    std::optional<Clock::time_point> at;
-
-    // Milliseconds to pass to poll(): -1 forever, 0 expired.
-    int poll_ms() const {
-        if (!at) return -1;
-        const auto left = *at - Clock::now();
-        if (left <= Clock::duration::zero()) return 0;
-        const auto ms = std::chrono::ceil<std::chrono::milliseconds>(left).count();
-        return ms > INT_MAX ? INT_MAX : int(ms);
-    }
-};
-
-Result<std::unique_ptr<Socket>> connect_daemon(const Command &c, double timeout_s) {
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return fail(kExitConnect, std::string("socket(AF_UNIX): ") + std::strerror(errno));
-    auto sock = std::make_unique<Socket>(fd);
-
-    // A unix connect() blocks while the listener's backlog is full, and send()
-    // while the socket buffer is; SO_SNDTIMEO bounds both (EAGAIN when it expires).
-    if (timeout_s > 0) {
-        timeval tv{};
-        tv.tv_sec = time_t(timeout_s);
-        tv.tv_usec = suseconds_t((timeout_s - double(tv.tv_sec)) * 1e6);
-        if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1;
-        (void)::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    }
-
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, c.socket.data(), c.socket.size()); // length checked by the caller
-    int r;
-    do {
-        r = ::connect(fd, reinterpret_cast<const sockaddr *>(&addr), sizeof addr);
-    } while (r < 0 && errno == EINTR);
-    if (r < 0) {
-        const int e = errno;
-        std::string msg = "cannot connect to kvpoold at " + c.socket + ": " + std::strerror(e);
-        if (e == EACCES || e == EPERM)
-            msg += " (the socket's group and mode decide who may connect)";
-        else if (e == EAGAIN)
-            msg += strf(" (kvpoold did not accept the connection within %g s)", timeout_s);
-        else
-            msg += " (is kvpoold running? try 'systemctl start kvpoold', or give --socket)";
-        return fail(kExitConnect, msg);
-    }
-    return sock;
-}
-
-Result<void> send_all(int fd, const void *buf, size_t n) {
-    const auto *p = static_cast<const uint8_t *>(buf);
-    size_t done = 0;
-    while (done < n) {
-        const ssize_t k = ::send(fd, p + done, n - done, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return fail(kExitProtocol, "timed out sending the request to kvpoold");
-        if (k < 0)
-            return fail(kExitProtocol,
-                        std::string("sending the request to kvpoold: ") + std::strerror(errno));
-        done += size_t(k);
-    }
-    return {};
-}
-
-// Read exactly n bytes; what names them in messages.
-Result<void> recv_all(int fd, void *buf, size_t n, const Deadline &deadline, const char *what,
-                      double timeout_s) {
-    auto *p = static_cast<uint8_t *>(buf);
-    size_t done = 0;
-    while (done < n) {
-        pollfd pfd{fd, POLLIN, 0};
-        const int ms = deadline.poll_ms();
-        const int r = ms == 0 ? 0 : ::poll(&pfd, 1, ms);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0)
-            return fail(kExitProtocol,
-                        std::string("poll on the control socket: ") + std::strerror(errno));
-        if (r == 0)
-            return fail(kExitProtocol,
-                        strf("no response from kvpoold within %g s (%zu of %zu bytes of the %s "
-                             "received); raise --timeout or use 0 to wait forever",
-                             timeout_s, done, n, what));
-        const ssize_t k = ::recv(fd, p + done, n - done, MSG_DONTWAIT);
-        if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
-        if (k < 0 && errno != ECONNRESET)
-            return fail(kExitProtocol,
-                        std::string("reading the response from kvpoold: ") + std::strerror(errno));
-        if (k <= 0)
-            return fail(kExitProtocol,
-                        strf("kvpoold closed the connection after %zu of %zu bytes of the %s", done,
-                             n, what));
-        done += size_t(k);
-    }
-    return {};
-}
+using Response = kv::control::Reply;
 
 double timeout_for(const Command &c) {
     if (c.timeout_s) return *c.timeout_s;
-    if (c.verb->op == KV_CTL_OP_PERSIST || c.verb->op == KV_CTL_OP_RESTORE ||
-        c.verb->op == KV_CTL_OP_VERIFY)
-        return 0;
+    // persist, restore, verify: their time grows with the pool's data.
+    if (kv::control::find_op(c.verb->op)->unbounded) return 0;
     return kDefaultTimeout;
+}
+
+// The client's error as kvctl reports it: failing to connect exits 3, with
+// a hint that depends on why; anything after that is a protocol error.
+Failure client_failure(const kv::control::ClientError &e, double timeout_s) {
+    using Stage = kv::control::ClientError::Stage;
+    switch (e.stage) {
+    case Stage::Socket:
+        return Failure{kExitConnect, e.message};
+    case Stage::Connect: {
+        std::string msg = e.message;
+        if (e.sys_errno == EACCES || e.sys_errno == EPERM)
+            msg += " (the socket's group and mode decide who may connect)";
+        else if (e.sys_errno == EAGAIN)
+            msg += strf(" (kvpoold did not accept the connection within %g s)", timeout_s);
+        else
+            msg += " (is kvpoold running? try 'systemctl start kvpoold', or give --socket)";
+        return Failure{kExitConnect, msg};
+    }
+    case Stage::Exchange:
+        break;
+    }
+    return Failure{kExitProtocol,
+                   e.timed_out ? e.message + "; raise --timeout or use 0 to wait forever" : e.message};
 }
 
 // One connection to kvpoold, for one request or several in turn (entries
@@ -782,100 +683,24 @@ class Session {
   public:
     static Result<Session> open(const Command &c) {
         const double timeout_s = timeout_for(c);
-        auto sock = connect_daemon(c, timeout_s);
-        if (!sock) return std::unexpected(sock.error());
-        return Session(c, std::move(*sock), timeout_s);
+        auto client = kv::control::Client::connect(c.socket, timeout_s);
+        if (!client) return std::unexpected(client_failure(client.error(), timeout_s));
+        return Session(c, std::move(*client), timeout_s);
     }
 
     Result<Response> request(const kv_ctl_request &req) {
-        const Command &c = *c_;
-        Deadline deadline;
-        if (timeout_s_ > 0)
-            deadline.at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                             std::chrono::duration<double>(timeout_s_));
-        const int fd = sock_->fd();
-        const uint32_t seq = seq_++;
-        struct {
-            kv_ctl_hdr hdr;
-            kv_ctl_request req;
-        } msg;
-        static_assert(sizeof msg == sizeof(kv_ctl_hdr) + sizeof(kv_ctl_request), "no padding");
-        std::memset(&msg, 0, sizeof msg);
-        msg.hdr.magic = KV_CTL_MAGIC;
-        msg.hdr.version = KV_CTL_VERSION;
-        msg.hdr.op = c.verb->op;
-        msg.hdr.length = sizeof(kv_ctl_request);
-        msg.hdr.seq = seq;
-        msg.req = req;
-        kv_ctl_hdr hdr{};
-        if (auto r = send_all(fd, &msg, sizeof msg); !r) {
-            // The daemon may have refused the connection and closed it before
-            // the request arrived: its reason (KV_CTL_OP_REFUSED) is then
-            // waiting to be read. Without one, the send's error stands.
-            Deadline soon;
-            soon.at = Clock::now() + std::chrono::seconds(1);
-            if (!recv_all(fd, &hdr, sizeof hdr, soon, "response header", 1.0) ||
-                hdr.magic != KV_CTL_MAGIC || hdr.op != KV_CTL_OP_REFUSED)
-                return std::unexpected(r.error());
-        } else if (auto r2 =
-                       recv_all(fd, &hdr, sizeof hdr, deadline, "response header", timeout_s_);
-                   !r2) {
-            return std::unexpected(r2.error());
-        }
-        // A refusal at accept answers no request: it has op REFUSED and seq 0.
-        const bool refused = hdr.op == KV_CTL_OP_REFUSED && hdr.seq == 0;
-        if (hdr.magic != KV_CTL_MAGIC)
-            return fail(kExitProtocol,
-                        strf("bad response magic 0x%08x (expected 0x%08x): is %s kvpoold's control "
-                             "socket?",
-                             hdr.magic, KV_CTL_MAGIC, c.socket.c_str()));
-        if (hdr.version != KV_CTL_VERSION)
-            return fail(kExitProtocol, strf("response has protocol version %u (kvctl speaks %u)",
-                                            unsigned(hdr.version), unsigned(KV_CTL_VERSION)));
-        if (hdr.op != c.verb->op && !refused)
-            return fail(kExitProtocol, strf("response is for op %u (expected %u, the request's op)",
-                                            unsigned(hdr.op), unsigned(c.verb->op)));
-        if (hdr.seq != seq && !refused)
-            return fail(kExitProtocol,
-                        strf("response seq %u (expected %u, the request's seq)", hdr.seq, seq));
-        if (hdr.length > KV_CTL_MAX_BODY)
-            return fail(kExitProtocol,
-                        strf("response length %u (expected at most %u, KV_CTL_MAX_BODY)",
-                             hdr.length, KV_CTL_MAX_BODY));
-        if (hdr.length < sizeof(kv_ctl_response))
-            return fail(kExitProtocol,
-                        strf("response length %u (expected at least %zu, the size of "
-                             "struct kv_ctl_response)",
-                             hdr.length, sizeof(kv_ctl_response)));
-
-        std::string body(hdr.length, '\0');
-        if (auto r = recv_all(fd, body.data(), body.size(), deadline, "response body", timeout_s_);
-            !r)
-            return std::unexpected(r.error());
-        kv_ctl_response resp;
-        std::memcpy(&resp, body.data(), sizeof resp);
-        // reserved is not checked: a later version may use it for something a
-        // version-1 client can ignore.
-        if (uint64_t(resp.body_len) + sizeof resp != hdr.length)
-            return fail(kExitProtocol, strf("response body_len %u does not match its length %u "
-                                            "(expected body_len = length - %zu)",
-                                            resp.body_len, hdr.length, sizeof resp));
-        body.erase(0, sizeof resp);
-        if (refused && resp.error == 0)
-            return fail(kExitProtocol, "kvpoold refused the connection without an error code");
-        return Response{resp.error, std::move(body)};
+        auto r = client_.request(c_->verb->op, req);
+        if (!r) return std::unexpected(client_failure(r.error(), timeout_s_));
+        return std::move(*r);
     }
 
   private:
-    Session(const Command &c, std::unique_ptr<Socket> sock, double timeout_s)
-        : c_(&c), sock_(std::move(sock)), timeout_s_(timeout_s) {}
+    Session(const Command &c, kv::control::Client client, double timeout_s)
+        : c_(&c), client_(std::move(client)), timeout_s_(timeout_s) {}
 
     const Command *c_;
-    std::unique_ptr<Socket> sock_;
+    kv::control::Client client_;
     double timeout_s_;
-    // The pid makes a confused daemon that answers another client's
-    // request visible; later requests on the connection count up from it.
-    uint32_t seq_ = uint32_t(::getpid());
 };
 
 Result<Response> transact(const Command &c, const kv_ctl_request &req) {
@@ -1126,7 +951,7 @@ class Table {
 Failure malformed(const Command &c, const std::string &what) {
     // what may quote the response (the JSON parser's "last read"): sanitized.
     return Failure{kExitProtocol,
-                   "malformed " + std::string(c.verb->name) + " response from kvpoold: " + sanitize(what)};
+                   "malformed " + std::string(c.verb->name()) + " response from kvpoold: " + sanitize(what)};
 }
 
 Result<const json *> array_field(const Command &c, const json &doc, const char *key) {
@@ -1752,7 +1577,7 @@ void show_progress(const Command &c, const std::atomic<bool> &finished) {
         if (!run || !run->is_object()) continue;
         const auto done = get_u64(*run, "done_bytes"), total = get_u64(*run, "total_bytes");
         const auto secs = get_double(*run, "seconds");
-        std::string line = strf("%s %s: %s of %s", std::string(c.verb->name).c_str(), c.positional.empty() ? "" : c.positional[0].c_str(),
+        std::string line = strf("%s %s: %s of %s", std::string(c.verb->name()).c_str(), c.positional.empty() ? "" : c.positional[0].c_str(),
                                 size(done).c_str(), size(total).c_str());
         if (done && secs && *secs > 0)
             line += strf(" (%.2f GiB/s)", double(*done) / *secs / double(1ULL << 30));
@@ -1806,7 +1631,7 @@ Result<int> run(const Command &c) {
     if (!resp) return std::unexpected(resp.error());
 
     const std::string where =
-        std::string(c.verb->name) + (c.positional.empty() ? "" : " " + c.positional[0]);
+        std::string(c.verb->name()) + (c.positional.empty() ? "" : " " + c.positional[0]);
     if (resp->error != 0) return std::unexpected(daemon_failure(where, *resp));
 
     json doc;
