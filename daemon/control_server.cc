@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "control_server.h"
 
-#include "control_codec.h"
+#include "control_protocol.h"
 #include "detail.h"
 #include "housekeeping.h"
 #include "inspect.h"
@@ -40,29 +40,8 @@ uint64_t mono_ms() {
     return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
 }
 
-const char *op_name(uint16_t op) {
-    static const char *names[] = {"?",       "version", "list",   "status", "create",
-                                  "destroy", "entries", "health", "evict",  "persist",
-                                  "restore", "clients", "detach", "stats",  "verify"};
-    static_assert(std::size(names) == KV_CTL_OP_MAX + 1, "a name for every op");
-    return op <= KV_CTL_OP_MAX ? names[op] : "unknown";
-}
-
-bool mutating(uint16_t op) {
-    switch (op) {
-    case KV_CTL_OP_CREATE:
-    case KV_CTL_OP_DESTROY:
-    case KV_CTL_OP_EVICT:
-    case KV_CTL_OP_PERSIST:
-    case KV_CTL_OP_RESTORE:
-    case KV_CTL_OP_DETACH:
-    case KV_CTL_OP_VERIFY:
-        return true; // reads every block: the pool's group, as for a change
-    default: return false;
-    }
-}
-
 using control::frame;
+using control::op_name;
 using control::valid_pool_name;
 
 // DIR/POOL.kvsnap or DIR/POOL@TAG.kvsnap (dir ends with '/').
@@ -468,7 +447,7 @@ void ControlServer::process(int fd, Conn &c) {
 // drop the connection): one that would is replaced by an error naming both
 // sizes, so an op that outgrows the limit fails visibly instead.
 void ControlServer::answer(Conn &c, uint16_t op, uint32_t seq, int err, std::string reply) {
-    constexpr size_t kMaxReply = KV_CTL_MAX_BODY - sizeof(kv_ctl_response);
+    constexpr size_t kMaxReply = control::kMaxReplyBody;
     if (reply.size() > kMaxReply) {
         KV_LOGW(kComp, "%s reply of %zu bytes exceeds the %zu a frame holds: answered EMSGSIZE",
                 op_name(op), reply.size(), kMaxReply);
@@ -624,14 +603,15 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         for (const auto &p : pm_.pools()) pools.push_back(pool_json(*p));
         return pools;
     };
-    if (op == 0 || op > KV_CTL_OP_MAX) return {EOPNOTSUPP, "unknown op " + std::to_string(op)};
+    const control::OpInfo *info = control::find_op(op);
+    if (!info) return {EOPNOTSUPP, "unknown op " + std::to_string(op)};
     if (op == KV_CTL_OP_VERSION)
         return {0, dump({{"daemon", KVPOOL_VERSION}, {"protocol", KV_CTL_VERSION}, {"pid", getpid()}})};
     if (op == KV_CTL_OP_LIST || ((op == KV_CTL_OP_STATUS) && name.empty())) return {0, dump({{"pools", list()}})};
     if (op == KV_CTL_OP_STATS) return {0, dump({{"daemon", daemon_json(counters_)}, {"pools", list()}})};
 
     if (op == KV_CTL_OP_CREATE) {
-        if (!allowed(c.peer, pm_.admin_gid()))
+        if (info->access == control::Access::Admin && !allowed(c.peer, pm_.admin_gid()))
             return {EPERM, "create needs root or membership of the admin group " + pm_.config().admin_group};
         if (!valid_pool_name(name))
             return {EINVAL, "pool name \"" + name + "\": expected 1-63 characters of A-Z a-z 0-9 _ . -"};
@@ -685,12 +665,12 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         return {0, dump(pool_json(**p))};
     }
 
-    if ((req.flags & KV_CTL_F_REMOVE) && op != KV_CTL_OP_VERIFY)
+    if ((req.flags & KV_CTL_F_REMOVE) && !(info->flags & KV_CTL_F_REMOVE))
         return {EINVAL, std::string(op_name(op)) + ": the remove flag applies to verify only"};
     if (name.empty()) return {EINVAL, std::string(op_name(op)) + " needs a pool name"};
     Pool *p = pm_.find(name);
     if (!p) return {ENOENT, "no pool named \"" + name + "\""};
-    if (mutating(op) && !allowed(c.peer, p->gid))
+    if (info->access == control::Access::PoolGroup && !allowed(c.peer, p->gid))
         return {EPERM, std::string(op_name(op)) + " " + name + " needs root or membership of group " + p->group_name};
 
     switch (op) {
@@ -770,7 +750,7 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
             return {EPERM, "path " + path + ": a member of group " + p->group_name + " may only name pool " + name +
                                "'s snapshots, " + dir + name + ".kvsnap or " + dir + name +
                                "@TAG.kvsnap (TAG: 1-63 of A-Z a-z 0-9 _ . -); only root may name other files"};
-        if ((req.flags & KV_CTL_F_FORCE) && op != KV_CTL_OP_RESTORE)
+        if ((req.flags & KV_CTL_F_FORCE) && !(info->flags & KV_CTL_F_FORCE))
             return {EINVAL, std::string(op_name(op)) + ": the force flag applies to restore only"};
         if ((req.flags & KV_CTL_F_FORCE) && c.peer.uid != 0)
             return {EPERM, "restore " + name + " --force: only root may restore another pool's snapshot"};

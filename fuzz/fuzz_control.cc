@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 //
-// The control socket's message stream (daemon/control_codec.h, the framing
-// and validation kvpoold's ControlServer runs on every byte a peer sends).
+// The control socket's message stream (daemon/control_protocol.h, the
+// framing and validation kvpoold's ControlServer runs on every byte a peer
+// sends, and the checks kvctl runs on each response).
 // Input: byte 0 picks how the stream is cut into reads (1..255 bytes each,
 // or 0: all at once); the rest is the stream. The stream is consumed twice,
 // as the server does (append what arrived, take every whole message, stop
@@ -13,8 +14,10 @@
 //  - an accepted request keeps every promise of <kvpool/control.h>: body of
 //    at least KV_CTL_REQUEST_SIZE_V1, zero reserved fields and tail, NUL
 //    terminated pool name and path, known flags, a cursor only on ENTRIES;
-//  - each answer frames into a response whose sizes add up.
-#include "control_codec.h"
+//  - each answer frames into a response whose sizes add up, and that the
+//    client's checks (check_response_header, decode_response_body) accept
+//    and read back as sent.
+#include "control_protocol.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -28,7 +31,7 @@
 
 namespace {
 
-namespace ctl = kv::daemon::control;
+namespace ctl = kv::control;
 
 [[noreturn]] void fail(const char *what) {
     fprintf(stderr, "fuzz_control: %s\n", what);
@@ -83,6 +86,11 @@ void check_frame(const ctl::Message &m) {
         r.reserved != 0)
         fail("frame response");
     if (f.compare(sizeof h + sizeof r, std::string::npos, body) != 0) fail("frame body");
+    const ctl::HeaderCheck hc = ctl::check_response_header(h, m.hdr.op, m.hdr.seq, "fuzz");
+    if (!hc.problem.empty()) fail("the client refuses a framed response's header");
+    const ctl::ResponseBody rb = ctl::decode_response_body(f.substr(sizeof h));
+    if (!rb.problem.empty() || rb.error != uint32_t(m.error) || rb.text != body)
+        fail("the client reads a framed response back differently");
 }
 
 // The server's loop: append each read, then take every whole message.
