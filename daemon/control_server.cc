@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "control_server.h"
 
+#include "clock.h"
 #include "control_codec.h"
 #include "detail.h"
 #include "housekeeping.h"
@@ -33,12 +34,6 @@ namespace {
 
 constexpr const char *kComp = "control";
 constexpr size_t kMaxMetricsRequest = 8192;
-
-uint64_t mono_ms() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
-}
 
 const char *op_name(uint16_t op) {
     static const char *names[] = {"?",       "version", "list",   "status", "create",

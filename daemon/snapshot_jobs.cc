@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "snapshot_jobs.h"
 
+#include "clock.h"
 #include "log.h"
 #include "pool_report.h"
 #include "units.h"
@@ -115,10 +116,9 @@ bool file_damaged(const std::expected<snapshot::Result, snapshot::Error> &res) {
 // its blocks stays for a person to look at or salvage. Returns the new
 // path, or "" when it could not be moved (logged).
 std::string quarantine(const Pool &p, const std::string &path) {
-    timespec ts{};
-    clock_gettime(CLOCK_REALTIME, &ts);
+    const time_t now = time_t(realtime_ns() / 1000000000ULL);
     tm t{};
-    gmtime_r(&ts.tv_sec, &t);
+    gmtime_r(&now, &t);
     char stamp[32];
     strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &t);
     const std::string base = path + ".bad-" + stamp;

@@ -20,6 +20,7 @@
 // the committed entry (the commit writes the current time); chain parents
 // are linked by key once every block is in, since a parent may come after
 // its child in the file (kv::detail::history_*).
+#include "clock.h"
 #include "detail.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
@@ -28,7 +29,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
@@ -137,7 +137,7 @@ class Reader final : private IoOwner {
     };
     std::vector<Link> links_; // restored children with a parent, linked at the end
     uint64_t done_bytes_ = 0, next_progress_ = kProgressStep;
-    std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+    uint64_t t0_ = mono_ns();
 };
 
 bool Reader::fail(int code, const char *fmt, ...) {
@@ -218,9 +218,7 @@ bool Reader::setup() {
     }
     evictions_at_start_ = my_evictions();
     history_ref_ = kv::detail::history_reference(pool_);
-    timespec ts{};
-    clock_gettime(CLOCK_REALTIME, &ts);
-    now_ns_ = uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
+    now_ns_ = realtime_ns();
     return true;
 }
 
@@ -588,7 +586,7 @@ std::expected<Result, Error> Reader::run() {
         return std::unexpected(*err_);
     }
     res_.evicted = my_evictions() - evictions_at_start_;
-    res_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    res_.seconds = seconds_since(t0_);
     if (opts_.progress) opts_.progress(done_bytes_, size_);
     return res_;
 }

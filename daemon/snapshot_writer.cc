@@ -44,6 +44,7 @@
 // (renameat2 RENAME_EXCHANGE, then the old one becomes the spare), every
 // byte of [0, file length) is rewritten (checked: the bytes written must
 // add up to the file length), and the excess past the new end is truncated.
+#include "clock.h"
 #include "detail.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
@@ -51,13 +52,11 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <fcntl.h>
 #include <optional>
 #include <sys/stat.h>
@@ -87,10 +86,6 @@ uint64_t fault_nth(const Options &o) {
     if (o.fail_nth_io) return o.fail_nth_io;
     const char *e = getenv("KVPOOL_FAULT_IO_NTH");
     return e ? strtoull(e, nullptr, 10) : 0;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 // A block's identity in the pool: its namespace and key.
@@ -188,7 +183,7 @@ class Writer final : private IoOwner {
     uint32_t seg_n_ = 0;
     bool prealloc_ = true;
     uint64_t alloc_end_ = 0, total_est_ = 0, done_bytes_ = 0, next_progress_ = kProgressStep;
-    std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+    uint64_t t0_ = mono_ns();
 };
 
 bool Writer::fail(int code, const char *fmt, ...) {
@@ -292,11 +287,7 @@ bool Writer::restrict_access() {
 
 bool Writer::write_header() {
     kv_snap_header h{};
-    h.snapshot_ns = [] {
-        timespec ts{};
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
-    }();
+    h.snapshot_ns = realtime_ns();
     h.pool_id_lo = hdr_->pool_id_lo;
     h.pool_id_hi = hdr_->pool_id_hi;
     h.region_size = hdr_->region_size;
