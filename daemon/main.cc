@@ -275,6 +275,7 @@ int main(int argc, char **argv) {
     };
     auto pm = std::make_unique<PoolManager>(cfg);
     pm->set_status_hook(status);
+    pm->set_restore_hook(restore_at_start);
     // The control socket first: it is how a second kvpoold on the same
     // config finds the first one running, and it must find it before it
     // opens a pool (opening may rebuild a region whose geometry changed,

@@ -3,7 +3,6 @@
 
 #include "log.h"
 #include "runtime_pools.h"
-#include "snapshot_jobs.h"
 #include "units.h"
 
 #include <kvpool/control.h>
@@ -411,7 +410,7 @@ std::expected<void, Error> PoolManager::start_pool(const PoolConfig &pc, const c
     // only a freshly created one is refilled from disk.
     if (pc.restore_on_start && pool.state == "created" && file_exists(pool.snapshot_path)) {
         if (status_hook_) status_hook_("restoring pool " + pc.name + " from " + pool.snapshot_path);
-        restore_at_start(pool, status_hook_);
+        if (restore_hook_) restore_hook_(pool, status_hook_);
     }
     return {};
 }

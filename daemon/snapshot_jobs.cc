@@ -3,7 +3,6 @@
 
 #include "clock.h"
 #include "log.h"
-#include "pool_report.h"
 #include "units.h"
 
 #include <kvpool/control.h>
