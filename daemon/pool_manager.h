@@ -24,11 +24,9 @@
 
 namespace kv::daemon {
 
-// A failed request: a positive errno value and a message for people.
-struct Error {
-    int code;
-    std::string message;
-};
+// A failed request: kv::Error (<kv/kv.hpp>), code -errno as the C API
+// returns it, message for people.
+using Error = kv::Error;
 
 // A persist or restore in progress, run by snapshot_jobs.cc in a thread
 // of its own; the pool holds it while it runs.
@@ -40,7 +38,7 @@ struct SnapshotJob {
     uint64_t start_ns = 0;
     std::atomic<uint64_t> done_bytes{0}, total_bytes{0}; // progress, written by the worker (relaxed)
     std::atomic<bool> finished{false};                   // release by the worker, acquire by collect
-    std::expected<snapshot::Result, snapshot::Error> result{std::unexpected(snapshot::Error{EINPROGRESS, ""})};
+    std::expected<snapshot::Result, snapshot::Error> result{std::unexpected(snapshot::Error{-EINPROGRESS, ""})};
     std::thread thread;
 };
 

@@ -102,7 +102,7 @@ void log_result(const Pool &p, uint16_t op, const std::string &path,
 // missing one, a full pool, a cancel.
 bool file_damaged(const std::expected<snapshot::Result, snapshot::Error> &res) {
     if (!res) {
-        const int c = res.error().code;
+        const int c = -res.error().code;
         return c == EBADMSG || c == EPROTO || c == ENODATA || c == EIO;
     }
     return res->truncated || res->corrupt || res->damaged_segments || res->trailer_damaged;
@@ -201,7 +201,7 @@ bool persist_at_stop(Pool &p, const std::function<void(const std::string &)> &st
 std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &path, uint64_t conn_id, uint32_t seq,
                                      int wake_fd, Requester who) {
     if (p.job)
-        return std::unexpected(Error{EBUSY, "pool " + p.cfg.name + ": a " + op_word(p.job->op) + " is already running"});
+        return std::unexpected(Error{-EBUSY, "pool " + p.cfg.name + ": a " + op_word(p.job->op) + " is already running"});
     auto job = std::make_shared<SnapshotJob>();
     job->op = op;
     job->path = path;
@@ -261,7 +261,7 @@ std::vector<JobAnswer> collect_jobs(PoolManager &pm) {
             out.push_back({j->conn_id, j->op, j->seq, 0,
                            doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)});
         } else {
-            out.push_back({j->conn_id, j->op, j->seq, file_error_code(j->result.error().code),
+            out.push_back({j->conn_id, j->op, j->seq, file_error_code(-j->result.error().code),
                            j->result.error().message +
                                (moved.empty() ? "" : "; the file was moved to " + moved)});
         }

@@ -147,7 +147,7 @@ bool Reader::fail(int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    err_ = Error{code, "restore " + path_ + ": " + what};
+    err_ = Error{-code, "restore " + path_ + ": " + what};
     return false;
 }
 
@@ -556,7 +556,7 @@ int Reader::wait_meta(int m) {
         if (!io_->flush()) break;
         if (!io_->reap(true)) break;
     }
-    if (meta_[m].pending) return err_ ? -err_->code : -EIO;
+    if (meta_[m].pending) return err_ ? err_->code : -EIO;
     return meta_[m].res;
 }
 
@@ -598,15 +598,15 @@ std::expected<Result, Error> restore(kv_pool *pool, const std::string &path, con
         Reader r(pool, path, opts);
         return r.run();
     } catch (const std::bad_alloc &) {
-        return std::unexpected(Error{ENOMEM, "restore " + path + ": out of memory"});
+        return std::unexpected(Error{-ENOMEM, "restore " + path + ": out of memory"});
     } catch (...) {
-        return std::unexpected(Error{EIO, "restore " + path + ": unexpected exception"});
+        return std::unexpected(Error{-EIO, "restore " + path + ": unexpected exception"});
     }
 }
 
 std::expected<kv_snap_header, Error> inspect(const std::string &path) {
     auto err = [&](int code, const std::string &what) {
-        return std::unexpected(Error{code, "inspect " + path + ": " + what});
+        return std::unexpected(Error{-code, "inspect " + path + ": " + what});
     };
     try {
         int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -193,7 +193,7 @@ bool Writer::fail(int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    err_ = Error{code, "persist " + path_ + ": " + what + ": " + strerror(code)};
+    err_ = Error{-code, "persist " + path_ + ": " + what + ": " + strerror(code)};
     return false;
 }
 
@@ -655,9 +655,9 @@ std::expected<Result, Error> persist(kv_pool *pool, const std::string &pool_name
         Writer w(pool, pool_name, path, opts);
         return w.run();
     } catch (const std::bad_alloc &) {
-        return std::unexpected(Error{ENOMEM, "persist " + path + ": out of memory"});
+        return std::unexpected(Error{-ENOMEM, "persist " + path + ": out of memory"});
     } catch (...) {
-        return std::unexpected(Error{EIO, "persist " + path + ": unexpected exception"});
+        return std::unexpected(Error{-EIO, "persist " + path + ": unexpected exception"});
     }
 }
 
