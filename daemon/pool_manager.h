@@ -37,7 +37,7 @@ struct SnapshotJob {
     uint32_t seq = 0;
     uint64_t start_ns = 0;
     std::atomic<uint64_t> done_bytes{0}, total_bytes{0}; // progress, written by the worker (relaxed)
-    std::atomic<bool> finished{false};                   // release by the worker, acquire by collect
+    std::atomic<bool> finished{false}; // SJOB-R1 by the worker, SJOB-A1 by collect_jobs
     std::expected<snapshot::Result, snapshot::Error> result{std::unexpected(snapshot::Error{-EINPROGRESS, ""})};
     std::thread thread;
 };

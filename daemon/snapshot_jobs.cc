@@ -216,6 +216,8 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
     // itself belongs to the main thread.
     j->thread = std::thread([j, handle, name, wake_fd, who, gid] {
         auto progress = [j](uint64_t done, uint64_t total) {
+            // Relaxed: figures for status only; nothing else is read through
+            // them, and a status may pair a done with the previous total.
             j->done_bytes.store(done, std::memory_order_relaxed);
             j->total_bytes.store(total, std::memory_order_relaxed);
         };
@@ -228,7 +230,8 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
             j->result = snapshot::persist(handle, name, j->path, o);
         else
             j->result = snapshot::restore(handle, j->path, o);
-        // Pairs with the acquire in collect_jobs: result is complete before finished reads true.
+        // SJOB-R1: publishes the job's result; pairs with SJOB-A1
+        // (collect_jobs), which reads it before joining this thread.
         j->finished.store(true, std::memory_order_release);
         uint64_t one = 1;
         ssize_t w = write(wake_fd, &one, sizeof one);
@@ -244,6 +247,8 @@ std::vector<JobAnswer> collect_jobs(PoolManager &pm) {
     std::vector<JobAnswer> out;
     for (const auto &pp : pm.pools()) {
         Pool &p = *pp;
+        // SJOB-A1: observes the result SJOB-R1 (start_job's worker)
+        // published; the join below then orders the rest of the thread.
         if (!p.job || !p.job->finished.load(std::memory_order_acquire)) continue;
         std::shared_ptr<SnapshotJob> j = std::move(p.job);
         j->thread.join();
@@ -297,6 +302,7 @@ nlohmann::json snapshot_json(const Pool &p) {
     };
     nlohmann::json running = nullptr;
     if (p.job) {
+        // Relaxed progress loads: see start_job's progress callback.
         running = {{"op", op_word(p.job->op)},
                    {"path", p.job->path},
                    {"done_bytes", p.job->done_bytes.load(std::memory_order_relaxed)},

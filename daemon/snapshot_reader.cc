@@ -106,6 +106,7 @@ class Reader final : private IoOwner {
 
     bool fail(int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
     bool failed() const { return err_.has_value(); }
+    // Relaxed: a stop request carries no data; seen one block late at worst.
     bool cancelled() const { return opts_.cancel && opts_.cancel->load(std::memory_order_relaxed); }
 
     kv_pool *pool_;
@@ -205,9 +206,8 @@ bool Reader::setup() {
     // As in persist (snapshot_writer.cc), and only into a prefaulted pool:
     // registering pins every page of the data section, and a page never
     // touched is allocated and zeroed right then, serially, before the
-    // first read starts (measured: 0.15 s per GiB idle, several times that
-    // on a busy host), while without registration each read pins just the
-    // pages it fills, overlapped with the reads in flight.
+    // first read starts, while without registration each read pins just
+    // the pages it fills, overlapped with the reads in flight.
     if (opts_.register_buffers && (hdr_->flags & KV_REGION_F_PREFAULTED) &&
         data_len_ <= 4 * size_) {
         std::vector<iovec> bufs;

@@ -35,11 +35,11 @@
 //
 // Spare recycling (Options::recycle_spare): the snapshot a persist replaces
 // is kept as PATH.spare, and the next persist renames it to PATH.tmp and
-// writes over it instead of creating a new file. Measured on ext4 (virtio
-// disk, 4 GiB): the writes into a fresh preallocated file took 1.5 s, but
-// the fdatasync (committing the conversion of every unwritten extent) 1.9 s
-// and the rename over the old snapshot (freeing its 4 GiB) 1.7 s more;
-// overwriting blocks that are already written needs neither. Safety does
+// writes over it instead of creating a new file. Into a fresh preallocated
+// file, the fdatasync must also commit the conversion of every unwritten
+// extent, and the rename over the old snapshot frees all of its blocks; on
+// ext4 each of those can cost more than the writes themselves.
+// Overwriting blocks that are already written needs neither. Safety does
 // not change: PATH is only ever replaced by a complete, fdatasync'ed file
 // (renameat2 RENAME_EXCHANGE, then the old one becomes the spare), every
 // byte of [0, file length) is rewritten (checked: the bytes written must
@@ -142,6 +142,7 @@ class Writer final : private IoOwner {
 
     bool fail(int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
     bool failed() const { return err_.has_value(); }
+    // Relaxed: a stop request carries no data; seen one block late at worst.
     bool cancelled() const { return opts_.cancel && opts_.cancel->load(std::memory_order_relaxed); }
     uint8_t *head_buf(uint32_t slot) const { return arena_.data() + uint64_t(slot) * kSegmentHead; }
     uint8_t *tail_page(uint32_t pin) const {
@@ -237,11 +238,11 @@ bool Writer::setup() {
     if (opts_.register_buffers && data_len_ <= 4 * total_est_) {
         // The data section in pieces of at most 1 GiB (slab boundaries: a
         // block never straddles two), then our own buffers. Registering pins
-        // (and on a fresh pool first zeroes) every page, about 0.1 s per
-        // GiB: not worth it for a pool much larger than what is written,
-        // where per-request pinning touches only that. Failure (the
-        // locked-memory limit, memory the kernel cannot pin) only costs the
-        // fixed-buffer fast path.
+        // (and on a fresh pool first zeroes) every page of the section,
+        // serially, before the first write: not worth it for a pool much
+        // larger than what is written, where per-request pinning touches
+        // only that. Failure (the locked-memory limit, memory the kernel
+        // cannot pin) only costs the fixed-buffer fast path.
         std::vector<iovec> bufs;
         for (uint64_t off = 0; off < data_len_; off += kMaxFixedBuf)
             bufs.push_back(
