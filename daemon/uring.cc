@@ -264,7 +264,7 @@ std::expected<AlignedBuffer, int> AlignedBuffer::create(size_t len) {
     AlignedBuffer b;
     if (len == 0) return b;
     void *p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return std::unexpected(-errno);
+    if (p == MAP_FAILED) return std::unexpected(errno);
     b.p_ = static_cast<uint8_t *>(p);
     b.n_ = len;
     return b;

@@ -31,7 +31,7 @@ struct Completion {
 
 class Ring {
   public:
-    // entries: submission queue size, 1..4096. Returns -errno.
+    // entries: submission queue size, 1..4096. The error is a positive errno.
     static std::expected<Ring, int> create(unsigned entries);
     Ring(Ring &&o) noexcept;
     Ring &operator=(Ring &&) = delete;
@@ -166,7 +166,7 @@ class Pump {
 class AlignedBuffer {
   public:
     AlignedBuffer() = default;
-    static std::expected<AlignedBuffer, int> create(size_t len); // -errno
+    static std::expected<AlignedBuffer, int> create(size_t len); // error: a positive errno
     AlignedBuffer(AlignedBuffer &&o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
     AlignedBuffer &operator=(AlignedBuffer &&o) noexcept;
     AlignedBuffer(const AlignedBuffer &) = delete;
