@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "control_server.h"
 
+#include "clock.h"
 #include "control_protocol.h"
 #include "detail.h"
 #include "housekeeping.h"
@@ -33,12 +34,6 @@ namespace {
 
 constexpr const char *kComp = "control";
 constexpr size_t kMaxMetricsRequest = 8192;
-
-uint64_t mono_ms() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
-}
 
 using control::frame;
 using control::op_name;
@@ -659,7 +654,7 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         pc.persist_on_stop = pc.restore_on_start = !(req.flags & KV_CTL_F_NO_PERSIST);
         pc.snapshot_dir = pm_.config().state_dir;
         auto p = pm_.create(pc, "runtime");
-        if (!p) return {p.error().code, p.error().message};
+        if (!p) return {-p.error().code, p.error().message};
         KV_LOGI(kComp, "pool %s created by pid %d uid %u", name.c_str(), int(c.peer.pid), unsigned(c.peer.uid));
         count_snapshot_runs(pm_, counters_); // its restore, if it had a snapshot
         return {0, dump(pool_json(**p))};
@@ -687,7 +682,7 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
     case KV_CTL_OP_CLIENTS: return {0, dump(clients_json(*p))};
     case KV_CTL_OP_DESTROY: {
         auto r = pm_.destroy(name);
-        if (!r) return {r.error().code, r.error().message};
+        if (!r) return {-r.error().code, r.error().message};
         return {0, dump({{"pool", name}, {"destroyed", true}})};
     }
     case KV_CTL_OP_EVICT: {
@@ -759,7 +754,7 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         if (op == KV_CTL_OP_PERSIST && path.rfind(dir, 0) == 0) mkdir(dir.c_str(), 0750); // the pool's own directory
         auto r = start_job(*p, op, path, c.id, seq, wake_fd_,
                            Requester{c.peer.uid == 0, (req.flags & KV_CTL_F_FORCE) != 0});
-        if (!r) return {r.error().code, r.error().message};
+        if (!r) return {-r.error().code, r.error().message};
         return {kDeferred, ""};
     }
     }

@@ -4,6 +4,7 @@
 // control socket and runs housekeeping from one epoll loop until SIGTERM.
 // Readiness, status and the watchdog go to systemd through sd_notify.
 #include "backing.h"
+#include "clock.h"
 #include "config.h"
 #include "control_server.h"
 #include "housekeeping.h"
@@ -50,12 +51,6 @@ void usage(FILE *f) {
                "  --release-hugepages    lower it by the free pages --reserve-hugepages added, exit\n"
                "exit codes: 0 clean stop, 1 config or start-up error, 2 usage error\n",
             KVPOOL_DEFAULT_CONFIG);
-}
-
-uint64_t mono_ms() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
 }
 
 // --check-config: what parsing cannot know but starting would refuse:
@@ -280,6 +275,7 @@ int main(int argc, char **argv) {
     };
     auto pm = std::make_unique<PoolManager>(cfg);
     pm->set_status_hook(status);
+    pm->set_restore_hook(restore_at_start);
     // The control socket first: it is how a second kvpoold on the same
     // config finds the first one running, and it must find it before it
     // opens a pool (opening may rebuild a region whose geometry changed,

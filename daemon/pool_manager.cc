@@ -3,7 +3,6 @@
 
 #include "log.h"
 #include "runtime_pools.h"
-#include "snapshot_jobs.h"
 #include "units.h"
 
 #include <kvpool/control.h>
@@ -81,7 +80,7 @@ std::expected<void, Error> check_trusted_dir(const std::string &dir, const char 
                                              "for group and others)";
     }
     if (why.empty()) return {};
-    return std::unexpected(Error{EPERM, std::string(what) + " " + dir + " " + why + "; refusing to use it: remove "
+    return std::unexpected(Error{-EPERM, std::string(what) + " " + dir + " " + why + "; refusing to use it: remove "
                                             "it, or fix its owner and mode, then start kvpoold again"});
 }
 
@@ -98,7 +97,7 @@ std::expected<void, Error> check_trusted_region(const std::string &path, const s
     else
         why = untrusted_owner(st);
     if (why.empty()) return {};
-    return std::unexpected(Error{EPERM, "pool " + pool + ": region " + path + " " + why +
+    return std::unexpected(Error{-EPERM, "pool " + pool + ": region " + path + " " + why +
                                             "; refusing to adopt it (its blocks and mapping are not kvpoold's to "
                                             "serve): remove it, then start kvpoold again"});
 }
@@ -214,7 +213,7 @@ void PoolManager::remove_stale_creations(const std::string &dir, const std::stri
 std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolConfig &pc, const char *origin,
                                                                    bool adopt_mismatch) {
     auto gid = resolve_group(pc.group);
-    if (!gid) return std::unexpected(Error{EINVAL, "pool " + pc.name + ": " + gid.error()});
+    if (!gid) return std::unexpected(Error{-EINVAL, "pool " + pc.name + ": " + gid.error()});
     auto pool = std::make_unique<Pool>();
     pool->cfg = pc;
     pool->gid = *gid;
@@ -222,7 +221,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
     pool->origin = origin;
 
     if (int rc = make_dirs(cfg_.shm_dir, 0755); rc)
-        return std::unexpected(Error{-rc, "shm_dir " + cfg_.shm_dir + ": " + strerror(-rc)});
+        return std::unexpected(Error{rc, "shm_dir " + cfg_.shm_dir + ": " + strerror(-rc)});
     if (auto ok = check_trusted_dir(cfg_.shm_dir, "shm_dir"); !ok) return std::unexpected(ok.error());
     const std::string shm_path = cfg_.shm_dir + "/" + pc.name;
     remove_stale_creations(cfg_.shm_dir, pc.name);
@@ -240,7 +239,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
             huge_path = cfg_.hugepage_dir + "/" + pc.name;
         } else if (pc.hugepages == HugepageMode::Require) {
             return std::unexpected(Error{
-                ENODEV, "pool " + pc.name + ": hugepages = \"require\" but hugepage_dir " + cfg_.hugepage_dir +
+                -ENODEV, "pool " + pc.name + ": hugepages = \"require\" but hugepage_dir " + cfg_.hugepage_dir +
                             " is not on a hugetlbfs mount (mount -t hugetlbfs none /dev/hugepages, or set "
                             "[daemon] hugepage_dir)"});
         }
@@ -263,7 +262,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
             // blocks may be exactly what that version's clients want back.
             if (rc == -EPROTO && made_by_newer_kvpool(cand))
                 return std::unexpected(Error{
-                    EPROTO, "pool " + pc.name + ": region " + cand + " was made by a newer kvpool (" + err +
+                    -EPROTO, "pool " + pc.name + ": region " + cand + " was made by a newer kvpool (" + err +
                                 "); refusing to rebuild it and drop its blocks: run the kvpoold that made it, "
                                 "or remove " + cand + " to discard them"});
             // Validation failures: no process can use this region.
@@ -275,7 +274,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
             }
             // Anything else (every client slot held by a live process, no
             // memory, no permission) says nothing against the region.
-            return std::unexpected(Error{EAGAIN, "pool " + pc.name + ": cannot attach existing region " + cand +
+            return std::unexpected(Error{-EAGAIN, "pool " + pc.name + ": cannot attach existing region " + cand +
                                                      " (" + err + "); it is kept as it is, with its blocks"});
         }
         const kv_region_header *hd = kv_pool_header(h);
@@ -307,7 +306,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
                                      kv::detail::format_size(live) + " of blocks";
             if (!adopt_mismatch) {
                 kv_pool_detach(h);
-                return std::unexpected(Error{EEXIST, "pool " + pc.name + ": region " + cand + " exists with " +
+                return std::unexpected(Error{-EEXIST, "pool " + pc.name + ": region " + cand + " exists with " +
                                                          differs + " (" + held + "); kvpoold serves it only as "
                                                          "it is: remove " + cand + " to re-create it"});
             }
@@ -336,7 +335,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         o.flags |= KV_CREATE_F_DAEMON_SLOT;
         const int policy = kv_evict_policy_parse(pc.eviction.c_str());
         if (policy < 0) // the config parser and the control server validate it first
-            return std::unexpected(Error{EINVAL, "pool " + pc.name + ": unknown eviction policy \"" + pc.eviction + "\""});
+            return std::unexpected(Error{-EINVAL, "pool " + pc.name + ": unknown eviction policy \"" + pc.eviction + "\""});
         o.evict_policy = uint32_t(policy);
         char err[512] = "";
         int rc = -ENOENT;
@@ -346,7 +345,7 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
             if (rc == 0) {
                 pool->path = huge_path;
             } else if (pc.hugepages == HugepageMode::Require) {
-                return std::unexpected(Error{-rc, "pool " + pc.name + ": " + err});
+                return std::unexpected(Error{rc, "pool " + pc.name + ": " + err});
             } else {
                 KV_LOGN(kComp, "pool %s: no hugepages (%s): using 4 KiB pages", pc.name.c_str(), err);
             }
@@ -357,11 +356,11 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         if (rc != 0) {
             o.hugepages = KV_HUGEPAGES_NEVER;
             rc = kv_pool_create(shm_path.c_str(), &o, err, sizeof err);
-            if (rc != 0) return std::unexpected(Error{-rc, "pool " + pc.name + ": " + err});
+            if (rc != 0) return std::unexpected(Error{rc, "pool " + pc.name + ": " + err});
             pool->path = shm_path;
         }
         rc = kv_pool_attach(pool->path.c_str(), KV_ATTACH_F_DAEMON, &pool->handle, err, sizeof err);
-        if (rc != 0) return std::unexpected(Error{-rc, "pool " + pc.name + ": attach after create: " + err});
+        if (rc != 0) return std::unexpected(Error{rc, "pool " + pc.name + ": attach after create: " + err});
         pool->state = "created";
     }
     // The file's group decides who may attach (mode 0660 by default) and
@@ -399,7 +398,7 @@ bool PoolManager::is_waiting(const std::string &name) const {
 
 std::expected<void, Error> PoolManager::start_pool(const PoolConfig &pc, const char *origin) {
     auto p = open_pool(pc, origin, true);
-    if (!p && p.error().code == EAGAIN) {
+    if (!p && p.error().code == -EAGAIN) {
         KV_LOGE(kComp, "%s; serving it once it can be attached", p.error().message.c_str());
         waiting_.push_back({pc, origin});
         return {};
@@ -411,7 +410,7 @@ std::expected<void, Error> PoolManager::start_pool(const PoolConfig &pc, const c
     // only a freshly created one is refilled from disk.
     if (pc.restore_on_start && pool.state == "created" && file_exists(pool.snapshot_path)) {
         if (status_hook_) status_hook_("restoring pool " + pc.name + " from " + pool.snapshot_path);
-        restore_at_start(pool, status_hook_);
+        if (restore_hook_) restore_hook_(pool, status_hook_);
     }
     return {};
 }
@@ -455,10 +454,10 @@ std::expected<void, std::string> PoolManager::save_runtime() const {
 }
 
 std::expected<Pool *, Error> PoolManager::create(const PoolConfig &pc, const char *origin) {
-    if (find(pc.name)) return std::unexpected(Error{EEXIST, "pool " + pc.name + " exists"});
+    if (find(pc.name)) return std::unexpected(Error{-EEXIST, "pool " + pc.name + " exists"});
     if (is_waiting(pc.name))
         return std::unexpected(
-            Error{EEXIST, "pool " + pc.name + " exists and waits until its region can be attached"});
+            Error{-EEXIST, "pool " + pc.name + " exists and waits until its region can be attached"});
     auto p = open_pool(pc, origin, false);
     if (!p) return std::unexpected(p.error());
     pools_.push_back(std::move(*p));
@@ -469,7 +468,7 @@ std::expected<Pool *, Error> PoolManager::create(const PoolConfig &pc, const cha
         kv_pool_detach(made->handle);
         if (fresh) kv_pool_destroy(made->path.c_str());
         pools_.pop_back();
-        return std::unexpected(Error{EIO, "pool " + pc.name + " not created: " + r.error()});
+        return std::unexpected(Error{-EIO, "pool " + pc.name + " not created: " + r.error()});
     }
     return made;
 }
@@ -478,12 +477,12 @@ std::expected<void, Error> PoolManager::destroy(const std::string &name) {
     for (auto it = pools_.begin(); it != pools_.end(); ++it) {
         if ((*it)->cfg.name != name) continue;
         Pool &p = **it;
-        if (p.job) return std::unexpected(Error{EBUSY, "pool " + name + ": a persist or restore is running"});
+        if (p.job) return std::unexpected(Error{-EBUSY, "pool " + name + ": a persist or restore is running"});
         if (p.origin == "runtime") { // forget it first: a pool still listed would come back empty
             p.origin = "destroyed";
             if (auto r = save_runtime(); !r) {
                 p.origin = "runtime";
-                return std::unexpected(Error{EIO, "pool " + name + " not destroyed: " + r.error()});
+                return std::unexpected(Error{-EIO, "pool " + name + " not destroyed: " + r.error()});
             }
         }
         kv_pool_detach(p.handle);
@@ -491,17 +490,17 @@ std::expected<void, Error> PoolManager::destroy(const std::string &name) {
         int rc = kv_pool_destroy(p.path.c_str());
         std::string path = p.path;
         pools_.erase(it);
-        if (rc != 0 && rc != -ENOENT) return std::unexpected(Error{-rc, "unlink " + path + ": " + strerror(-rc)});
+        if (rc != 0 && rc != -ENOENT) return std::unexpected(Error{rc, "unlink " + path + ": " + strerror(-rc)});
         KV_LOGI(kComp, "pool %s destroyed (%s removed)", name.c_str(), path.c_str());
         return {};
     }
-    return std::unexpected(Error{ENOENT, "no pool named " + name});
+    return std::unexpected(Error{-ENOENT, "no pool named " + name});
 }
 
 void PoolManager::open_waiting() {
     for (auto it = waiting_.begin(); it != waiting_.end();) {
         auto p = open_pool(it->cfg, it->origin, true);
-        if (!p && p.error().code == EAGAIN) {
+        if (!p && p.error().code == -EAGAIN) {
             ++it;
             continue;
         }
@@ -570,7 +569,7 @@ std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
         if (!p) {
             if (is_waiting(pc.name)) continue;
             auto np = open_pool(pc, "config", true);
-            if (!np && np.error().code == EAGAIN) {
+            if (!np && np.error().code == -EAGAIN) {
                 waiting_.push_back({pc, "config"});
                 out.push_back(np.error().message + "; serving it once it can be attached");
                 continue;

@@ -7,26 +7,40 @@
 #pragma once
 
 #include "config.h"
+#include "snapshot.h"
 
 #include <kv/kv.h>
 
 #include <sys/types.h>
 
+#include <atomic>
+#include <cerrno>
 #include <expected>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace kv::daemon {
 
-// A failed request: a positive errno value and a message for people.
-struct Error {
-    int code;
-    std::string message;
-};
+// A failed request: kv::Error (<kv/kv.hpp>), code -errno as the C API
+// returns it, message for people.
+using Error = kv::Error;
 
-struct SnapshotJob; // snapshot_jobs.h
+// A persist or restore in progress, run by snapshot_jobs.cc in a thread
+// of its own; the pool holds it while it runs.
+struct SnapshotJob {
+    uint16_t op = 0; // KV_CTL_OP_PERSIST or KV_CTL_OP_RESTORE
+    std::string path;
+    uint64_t conn_id = 0; // the connection to answer; 0: nobody
+    uint32_t seq = 0;
+    uint64_t start_ns = 0;
+    std::atomic<uint64_t> done_bytes{0}, total_bytes{0}; // progress, written by the worker (relaxed)
+    std::atomic<bool> finished{false}; // SJOB-R1 by the worker, SJOB-A1 by collect_jobs
+    std::expected<snapshot::Result, snapshot::Error> result{std::unexpected(snapshot::Error{-EINPROGRESS, ""})};
+    std::thread thread;
+};
 
 // The outcome of the last persist or restore of a pool (main thread only).
 struct SnapshotRecord {
@@ -92,6 +106,14 @@ class PoolManager {
     std::vector<std::string> reload(const DaemonConfig &next);
     // Called with a line for systemd's STATUS= while a long step runs.
     void set_status_hook(std::function<void(const std::string &)> hook) { status_hook_ = std::move(hook); }
+    using StatusHook = std::function<void(const std::string &)>;
+    // Called to refill a pool created afresh from its snapshot file (when its
+    // config asks for that and the file exists), with the status hook; set
+    // before open_all. The snapshot engine sits above this class
+    // (snapshot_jobs.h: restore_at_start), so it is handed in.
+    void set_restore_hook(std::function<void(Pool &, const StatusHook &)> hook) {
+        restore_hook_ = std::move(hook);
+    }
 
   private:
     std::expected<gid_t, std::string> resolve_group(const std::string &name) const;
@@ -123,6 +145,7 @@ class PoolManager {
     // state_dir/runtime-pools.toml.
     std::expected<void, std::string> save_runtime() const;
     std::function<void(const std::string &)> status_hook_;
+    std::function<void(Pool &, const StatusHook &)> restore_hook_;
 };
 
 // Live data bytes (kv_pool_live_bytes): exact, and cheap enough for every

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "pool_report.h"
 
+#include "clock.h"
 #include "inspect.h"
 #include "snapshot_jobs.h"
 
@@ -77,11 +78,7 @@ template <typename F> void for_each_entry(kv_pool *h, F &&f) {
 struct TickSample {
     uint64_t tick, ns;
 };
-TickSample sample_tick() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return {kv::detail::access_tick(), uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec)};
-}
+TickSample sample_tick() { return {kv::detail::access_tick(), mono_ns()}; }
 const TickSample kStartTick = sample_tick();
 double ticks_per_second() {
     const TickSample now = sample_tick();
@@ -111,12 +108,6 @@ void access_fields(nlohmann::json &row, const Pool &p, uint32_t index, uint64_t 
 }
 
 } // namespace
-
-uint64_t realtime_ns() {
-    timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
-}
 
 uint64_t rss_bytes() {
     std::ifstream f("/proc/self/statm");

@@ -49,6 +49,5 @@ std::string prometheus_text(const PoolManager &pm, DaemonCounters &c);
 // Bytes of committed, unpinned entries: what `evict --percent` is a share of.
 uint64_t unpinned_bytes(const Pool &p);
 uint64_t rss_bytes();
-uint64_t realtime_ns();
 
 } // namespace kv::daemon

@@ -69,6 +69,7 @@
 #include <expected>
 #include <functional>
 #include <kv/kv.h>
+#include <kv/kv.hpp>
 #include <kvpool/snapshot.h>
 #include <string>
 
@@ -137,11 +138,9 @@ struct Result {
     bool recycled = false;      // persist: written over PATH.spare's blocks (Options::recycle_spare)
 };
 
-// code: a positive errno value; message names the file, what was seen and what was expected.
-struct Error {
-    int code;
-    std::string message;
-};
+// kv::Error (<kv/kv.hpp>): code is -errno, as the C API returns it; message
+// names the file, what was seen and what was expected.
+using Error = kv::Error;
 
 std::expected<Result, Error> persist(kv_pool *pool, const std::string &pool_name,
                                      const std::string &path, const Options &opts);

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "snapshot_jobs.h"
 
+#include "clock.h"
 #include "log.h"
-#include "pool_report.h"
 #include "units.h"
 
 #include <kvpool/control.h>
@@ -102,7 +102,7 @@ void log_result(const Pool &p, uint16_t op, const std::string &path,
 // missing one, a full pool, a cancel.
 bool file_damaged(const std::expected<snapshot::Result, snapshot::Error> &res) {
     if (!res) {
-        const int c = res.error().code;
+        const int c = -res.error().code;
         return c == EBADMSG || c == EPROTO || c == ENODATA || c == EIO;
     }
     return res->truncated || res->corrupt || res->damaged_segments || res->trailer_damaged;
@@ -115,10 +115,9 @@ bool file_damaged(const std::expected<snapshot::Result, snapshot::Error> &res) {
 // its blocks stays for a person to look at or salvage. Returns the new
 // path, or "" when it could not be moved (logged).
 std::string quarantine(const Pool &p, const std::string &path) {
-    timespec ts{};
-    clock_gettime(CLOCK_REALTIME, &ts);
+    const time_t now = time_t(realtime_ns() / 1000000000ULL);
     tm t{};
-    gmtime_r(&ts.tv_sec, &t);
+    gmtime_r(&now, &t);
     char stamp[32];
     strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &t);
     const std::string base = path + ".bad-" + stamp;
@@ -202,7 +201,7 @@ bool persist_at_stop(Pool &p, const std::function<void(const std::string &)> &st
 std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &path, uint64_t conn_id, uint32_t seq,
                                      int wake_fd, Requester who) {
     if (p.job)
-        return std::unexpected(Error{EBUSY, "pool " + p.cfg.name + ": a " + op_word(p.job->op) + " is already running"});
+        return std::unexpected(Error{-EBUSY, "pool " + p.cfg.name + ": a " + op_word(p.job->op) + " is already running"});
     auto job = std::make_shared<SnapshotJob>();
     job->op = op;
     job->path = path;
@@ -217,6 +216,8 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
     // itself belongs to the main thread.
     j->thread = std::thread([j, handle, name, wake_fd, who, gid] {
         auto progress = [j](uint64_t done, uint64_t total) {
+            // Relaxed: figures for status only; nothing else is read through
+            // them, and a status may pair a done with the previous total.
             j->done_bytes.store(done, std::memory_order_relaxed);
             j->total_bytes.store(total, std::memory_order_relaxed);
         };
@@ -229,7 +230,8 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
             j->result = snapshot::persist(handle, name, j->path, o);
         else
             j->result = snapshot::restore(handle, j->path, o);
-        // Pairs with the acquire in collect_jobs: result is complete before finished reads true.
+        // SJOB-R1: publishes the job's result; pairs with SJOB-A1
+        // (collect_jobs), which reads it before joining this thread.
         j->finished.store(true, std::memory_order_release);
         uint64_t one = 1;
         ssize_t w = write(wake_fd, &one, sizeof one);
@@ -245,6 +247,8 @@ std::vector<JobAnswer> collect_jobs(PoolManager &pm) {
     std::vector<JobAnswer> out;
     for (const auto &pp : pm.pools()) {
         Pool &p = *pp;
+        // SJOB-A1: observes the result SJOB-R1 (start_job's worker)
+        // published; the join below then orders the rest of the thread.
         if (!p.job || !p.job->finished.load(std::memory_order_acquire)) continue;
         std::shared_ptr<SnapshotJob> j = std::move(p.job);
         j->thread.join();
@@ -262,7 +266,7 @@ std::vector<JobAnswer> collect_jobs(PoolManager &pm) {
             out.push_back({j->conn_id, j->op, j->seq, 0,
                            doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)});
         } else {
-            out.push_back({j->conn_id, j->op, j->seq, file_error_code(j->result.error().code),
+            out.push_back({j->conn_id, j->op, j->seq, file_error_code(-j->result.error().code),
                            j->result.error().message +
                                (moved.empty() ? "" : "; the file was moved to " + moved)});
         }
@@ -298,6 +302,7 @@ nlohmann::json snapshot_json(const Pool &p) {
     };
     nlohmann::json running = nullptr;
     if (p.job) {
+        // Relaxed progress loads: see start_job's progress callback.
         running = {{"op", op_word(p.job->op)},
                    {"path", p.job->path},
                    {"done_bytes", p.job->done_bytes.load(std::memory_order_relaxed)},

@@ -14,26 +14,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include <atomic>
 #include <expected>
 #include <functional>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace kv::daemon {
-
-struct SnapshotJob {
-    uint16_t op = 0; // KV_CTL_OP_PERSIST or KV_CTL_OP_RESTORE
-    std::string path;
-    uint64_t conn_id = 0; // the connection to answer; 0: nobody
-    uint32_t seq = 0;
-    uint64_t start_ns = 0;
-    std::atomic<uint64_t> done_bytes{0}, total_bytes{0}; // progress, written by the worker (relaxed)
-    std::atomic<bool> finished{false};                   // release by the worker, acquire by collect
-    std::expected<snapshot::Result, snapshot::Error> result{std::unexpected(snapshot::Error{EINPROGRESS, ""})};
-    std::thread thread;
-};
 
 // A response the main loop must send for a finished job.
 struct JobAnswer {

@@ -20,6 +20,7 @@
 // the committed entry (the commit writes the current time); chain parents
 // are linked by key once every block is in, since a parent may come after
 // its child in the file (kv::detail::history_*).
+#include "clock.h"
 #include "detail.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
@@ -28,7 +29,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
@@ -46,7 +46,6 @@ namespace {
 
 constexpr uint64_t kMaxFixedBuf = 1ULL << 30; // the kernel's cap on one registered buffer
 constexpr uint64_t kProgressStep = 64ULL << 20;
-constexpr unsigned kMaxIov = 512; // under IOV_MAX (1024)
 constexpr uint32_t kNone = UINT32_MAX;
 constexpr uint32_t kRefused = UINT32_MAX; // namespace map: the pool refused the manifest
 
@@ -67,21 +66,15 @@ struct RecSlot {
     bool failed = false, used = false;
 };
 
-// A read: of block data (recs) or of a part of the format (meta >= 0: the
-// index of the MetaRead it fills).
-struct Req {
-    uint64_t off = 0, len = 0;
-    std::vector<iovec> iov;
-    std::vector<uint32_t> recs;
-    int meta = -1;
-};
-
 struct MetaRead {
     bool pending = false;
     int res = 0;
 };
 
-class Reader {
+// The pump's requests: a read of block data (tags: the record slots it
+// fills) or of a part of the format (extra: the index of the MetaRead it
+// fills).
+class Reader final : private IoOwner {
   public:
     Reader(kv_pool *pool, const std::string &path, const Options &o)
         : pool_(pool), hdr_(kv_pool_header(pool)), path_(path), opts_(o) {}
@@ -101,19 +94,19 @@ class Reader {
 
     uint32_t acquire_rec();
     void drop_piece(uint32_t slot);
-    Req *acquire_req();
-    bool add_piece(uint64_t off, uint8_t *addr, uint64_t len, uint32_t rec);
-    bool flush();
-    bool reap(bool wait);
-    bool wait_some();
-    void complete(uint32_t req, int res);
     bool start_meta(int m, uint64_t off, uint8_t *buf, uint64_t len);
     int wait_meta(int m); // bytes read, or -errno (also on a ring failure)
     uint64_t my_evictions() const;
     void cleanup();
 
+    void io_done(uint32_t id, IoReq &r, int res) override;
+    void io_piece(uint32_t rec) override { recs_[rec].pieces++; }
+    bool io_failed() const override { return failed(); }
+    bool io_error(IoStep step, int code) override;
+
     bool fail(int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
     bool failed() const { return err_.has_value(); }
+    // Relaxed: a stop request carries no data; seen one block late at worst.
     bool cancelled() const { return opts_.cancel && opts_.cancel->load(std::memory_order_relaxed); }
 
     kv_pool *pool_;
@@ -133,12 +126,8 @@ class Reader {
     std::vector<uint32_t> ns_map_; // index: position in header_info_.namespaces
     std::vector<RecSlot> recs_;
     std::vector<uint32_t> free_recs_;
-    std::vector<Req> reqs_;
-    std::vector<uint32_t> free_reqs_;
-    std::vector<Completion> cqes_;
     MetaRead meta_[3];
-    std::optional<Ring> ring_; // declared after the buffers: destroyed before them
-    uint32_t cur_ = kNone;
+    std::optional<Pump> io_; // declared after the buffers: destroyed before them
 
     bool pool_full_ = false;
     uint64_t evictions_at_start_ = 0;
@@ -149,7 +138,7 @@ class Reader {
     };
     std::vector<Link> links_; // restored children with a parent, linked at the end
     uint64_t done_bytes_ = 0, next_progress_ = kProgressStep;
-    std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+    uint64_t t0_ = mono_ns();
 };
 
 bool Reader::fail(int code, const char *fmt, ...) {
@@ -159,7 +148,7 @@ bool Reader::fail(int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    err_ = Error{code, "restore " + path_ + ": " + what};
+    err_ = Error{-code, "restore " + path_ + ": " + what};
     return false;
 }
 
@@ -207,35 +196,29 @@ bool Reader::setup() {
     recs_.resize(nrecs);
     for (uint32_t i = nrecs; i-- > 0;)
         free_recs_.push_back(i);
-    reqs_.resize(qd);
-    for (uint32_t i = qd; i-- > 0;)
-        free_reqs_.push_back(i);
-    cqes_.resize(qd);
 
     auto ring = Ring::create(qd);
     if (!ring)
         return fail(ring.error(), "set up io_uring (%u entries): %s", qd, strerror(ring.error()));
-    ring_.emplace(std::move(*ring));
-    ring_->fail_nth(fault_nth(opts_));
+    io_.emplace(std::move(*ring), fd_, Pump::Dir::read, max_req_, qd,
+                static_cast<IoOwner &>(*this));
+    io_->ring().fail_nth(fault_nth(opts_));
     // As in persist (snapshot_writer.cc), and only into a prefaulted pool:
     // registering pins every page of the data section, and a page never
     // touched is allocated and zeroed right then, serially, before the
-    // first read starts (measured: 0.15 s per GiB idle, several times that
-    // on a busy host), while without registration each read pins just the
-    // pages it fills, overlapped with the reads in flight.
+    // first read starts, while without registration each read pins just
+    // the pages it fills, overlapped with the reads in flight.
     if (opts_.register_buffers && (hdr_->flags & KV_REGION_F_PREFAULTED) &&
         data_len_ <= 4 * size_) {
         std::vector<iovec> bufs;
         for (uint64_t off = 0; off < data_len_; off += kMaxFixedBuf)
             bufs.push_back({data_base_ + off, std::min(kMaxFixedBuf, data_len_ - off)});
         bufs.push_back({arena_.data(), arena_.size()});
-        res_.fixed_buffers = ring_->register_buffers(bufs) == 0;
+        res_.fixed_buffers = io_->ring().register_buffers(bufs) == 0;
     }
     evictions_at_start_ = my_evictions();
     history_ref_ = kv::detail::history_reference(pool_);
-    timespec ts{};
-    clock_gettime(CLOCK_REALTIME, &ts);
-    now_ns_ = uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
+    now_ns_ = realtime_ns();
     return true;
 }
 
@@ -479,23 +462,7 @@ bool Reader::add_record(const kv_snap_record &rec, const kv_snap_history *hist, 
     rs.checksum = rec.checksum;
     rs.failed = false;
     rs.pieces = 1;
-    uint64_t off = seg_off + rec.data_off;
-    bool ok = true;
-    for (uint64_t done = 0; ok && done < padded;) {
-        uint64_t room = max_req_;
-        if (cur_ != kNone) {
-            const Req &r = reqs_[cur_];
-            if (r.off + r.len == off && r.iov.size() < kMaxIov) room = max_req_ - r.len;
-            if (room == 0) {
-                ok = flush();
-                room = max_req_;
-            }
-        }
-        const uint64_t take = std::min(padded - done, room);
-        ok = ok && add_piece(off, d + done, take, slot);
-        off += take;
-        done += take;
-    }
+    const bool ok = io_->add_range(seg_off + rec.data_off, d, padded, slot);
     drop_piece(slot);
     return ok;
 }
@@ -533,7 +500,7 @@ void Reader::finish_record(uint32_t slot) {
 
 uint32_t Reader::acquire_rec() {
     while (free_recs_.empty())
-        if (!wait_some()) return kNone;
+        if (!io_->wait_some()) return kNone;
     const uint32_t slot = free_recs_.back();
     free_recs_.pop_back();
     recs_[slot].used = true;
@@ -545,94 +512,30 @@ void Reader::drop_piece(uint32_t slot) {
     if (--recs_[slot].pieces == 0) finish_record(slot);
 }
 
-Req *Reader::acquire_req() {
-    while (free_reqs_.empty())
-        if (!wait_some()) return nullptr;
-    cur_ = free_reqs_.back();
-    free_reqs_.pop_back();
-    Req &r = reqs_[cur_];
-    r.off = r.len = 0;
-    r.iov.clear();
-    r.recs.clear();
-    r.meta = -1;
-    return &r;
-}
-
-bool Reader::add_piece(uint64_t off, uint8_t *addr, uint64_t len, uint32_t rec) {
-    if (cur_ != kNone) {
-        const Req &r = reqs_[cur_];
-        if (r.off + r.len != off || r.len + len > max_req_ || r.iov.size() >= kMaxIov)
-            if (!flush()) return false;
+bool Reader::io_error(IoStep step, int code) {
+    switch (step) {
+    case IoStep::submit: return fail(code, "io_uring submit: %s", strerror(code));
+    case IoStep::wait: return fail(code, "io_uring wait: %s", strerror(code));
+    case IoStep::no_entry: return false; // the request was handed back: its blocks are dropped
+    case IoStep::idle: break;
     }
-    Req *r = cur_ != kNone ? &reqs_[cur_] : acquire_req();
-    if (!r) return false;
-    if (r->len == 0) r->off = off;
-    if (!r->iov.empty() &&
-        static_cast<uint8_t *>(r->iov.back().iov_base) + r->iov.back().iov_len == addr)
-        r->iov.back().iov_len += len;
-    else
-        r->iov.push_back({addr, len});
-    r->len += len;
-    r->recs.push_back(rec);
-    recs_[rec].pieces++;
-    return true;
+    return fail(code, "internal error: waiting with no I/O in flight");
 }
 
-bool Reader::flush() {
-    if (cur_ == kNone) return !failed();
-    const uint32_t id = cur_;
-    cur_ = kNone;
-    Req &r = reqs_[id];
-    io_uring_sqe *s = failed() ? nullptr : ring_->sqe(id);
-    if (!s) { // failed already (do not start more I/O), or no entry (cannot happen)
-        complete(id, -ECANCELED);
-        return false;
-    }
-    if (r.iov.size() == 1) {
-        const int idx = ring_->fixed_index(r.iov[0].iov_base, r.len);
-        if (idx >= 0)
-            io_uring_prep_read_fixed(s, fd_, r.iov[0].iov_base, unsigned(r.len), r.off, idx);
-        else
-            io_uring_prep_read(s, fd_, r.iov[0].iov_base, unsigned(r.len), r.off);
-    } else {
-        io_uring_prep_readv(s, fd_, r.iov.data(), unsigned(r.iov.size()), r.off);
-    }
-    if (int rc = ring_->submit(); rc < 0) return fail(-rc, "io_uring submit: %s", strerror(-rc));
-    return true;
-}
-
-bool Reader::reap(bool wait) {
-    int n = ring_->reap(cqes_, wait);
-    if (n < 0) return fail(-n, "io_uring wait: %s", strerror(-n));
-    for (int i = 0; i < n; i++)
-        complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
-    return !failed();
-}
-
-bool Reader::wait_some() {
-    if (!flush()) return false;
-    if (ring_->in_flight() == 0) return fail(EIO, "internal error: waiting with no I/O in flight");
-    return reap(true);
-}
-
-void Reader::complete(uint32_t id, int res) {
-    Req &r = reqs_[id];
-    if (r.meta >= 0) {
-        meta_[r.meta].pending = false;
-        meta_[r.meta].res = res;
+void Reader::io_done(uint32_t, IoReq &r, int res) {
+    if (r.extra != kNone) {
+        meta_[r.extra].pending = false;
+        meta_[r.extra].res = res;
     } else {
         // An I/O error or a short read (the file changed under us) costs the
         // blocks of this request; the checksum would catch a short read too.
         const bool bad = res < 0 || uint64_t(res) < r.len;
-        for (uint32_t rec : r.recs) {
+        for (uint32_t rec : r.tags) {
             if (bad) recs_[rec].failed = true;
             drop_piece(rec);
         }
         if (res > 0) done_bytes_ += uint64_t(res);
     }
-    r.recs.clear();
-    r.meta = -1;
-    free_reqs_.push_back(id);
     if (opts_.progress && done_bytes_ >= next_progress_) {
         next_progress_ = done_bytes_ + kProgressStep;
         opts_.progress(done_bytes_, size_);
@@ -640,41 +543,25 @@ void Reader::complete(uint32_t id, int res) {
 }
 
 bool Reader::start_meta(int m, uint64_t off, uint8_t *buf, uint64_t len) {
-    if (!flush()) return false; // a request of its own
-    Req *r = acquire_req();
-    if (!r) return false;
-    r->off = off;
-    r->len = len;
-    r->iov.push_back({buf, len});
-    r->meta = m;
+    if (!io_->flush()) return false; // a request of its own
+    if (!io_->add_piece(off, buf, len, kNone)) return false;
+    io_->filling()->extra = uint32_t(m);
     meta_[m].pending = true;
     meta_[m].res = 0;
-    return flush();
+    return io_->flush();
 }
 
 int Reader::wait_meta(int m) {
     while (meta_[m].pending) {
-        if (!flush()) break;
-        if (!reap(true)) break;
+        if (!io_->flush()) break;
+        if (!io_->reap(true)) break;
     }
-    if (meta_[m].pending) return err_ ? -err_->code : -EIO;
+    if (meta_[m].pending) return err_ ? err_->code : -EIO;
     return meta_[m].res;
 }
 
 void Reader::cleanup() {
-    if (ring_) {
-        if (cur_ != kNone) { // queued, never submitted: those blocks are not read
-            const uint32_t id = cur_;
-            cur_ = kNone;
-            complete(id, -ECANCELED);
-        }
-        while (ring_->in_flight()) {
-            int n = ring_->reap(cqes_, true);
-            if (n < 0) break;
-            for (int i = 0; i < n; i++)
-                complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
-        }
-    }
+    if (io_) io_->drain(); // what was queued, never submitted: those blocks are not read
     for (RecSlot &rs : recs_) {
         if (!rs.used) continue;
         kv_abort(pool_, &rs.r);
@@ -688,9 +575,9 @@ std::expected<Result, Error> Reader::run() {
     bool ok = setup() && read_header() && check_origin() && map_namespaces() && segments();
     // Whatever is in flight completes (and is committed when it verifies).
     if (ok) {
-        ok = flush();
-        while (ok && ring_->in_flight())
-            ok = reap(true);
+        ok = io_->flush();
+        while (ok && io_->in_flight())
+            ok = io_->reap(true);
     }
     cleanup();
     link_parents(); // also after a failure: what was committed stays
@@ -699,7 +586,7 @@ std::expected<Result, Error> Reader::run() {
         return std::unexpected(*err_);
     }
     res_.evicted = my_evictions() - evictions_at_start_;
-    res_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    res_.seconds = seconds_since(t0_);
     if (opts_.progress) opts_.progress(done_bytes_, size_);
     return res_;
 }
@@ -711,15 +598,15 @@ std::expected<Result, Error> restore(kv_pool *pool, const std::string &path, con
         Reader r(pool, path, opts);
         return r.run();
     } catch (const std::bad_alloc &) {
-        return std::unexpected(Error{ENOMEM, "restore " + path + ": out of memory"});
+        return std::unexpected(Error{-ENOMEM, "restore " + path + ": out of memory"});
     } catch (...) {
-        return std::unexpected(Error{EIO, "restore " + path + ": unexpected exception"});
+        return std::unexpected(Error{-EIO, "restore " + path + ": unexpected exception"});
     }
 }
 
 std::expected<kv_snap_header, Error> inspect(const std::string &path) {
     auto err = [&](int code, const std::string &what) {
-        return std::unexpected(Error{code, "inspect " + path + ": " + what});
+        return std::unexpected(Error{-code, "inspect " + path + ": " + what});
     };
     try {
         int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -35,15 +35,16 @@
 //
 // Spare recycling (Options::recycle_spare): the snapshot a persist replaces
 // is kept as PATH.spare, and the next persist renames it to PATH.tmp and
-// writes over it instead of creating a new file. Measured on ext4 (virtio
-// disk, 4 GiB): the writes into a fresh preallocated file took 1.5 s, but
-// the fdatasync (committing the conversion of every unwritten extent) 1.9 s
-// and the rename over the old snapshot (freeing its 4 GiB) 1.7 s more;
-// overwriting blocks that are already written needs neither. Safety does
+// writes over it instead of creating a new file. Into a fresh preallocated
+// file, the fdatasync must also commit the conversion of every unwritten
+// extent, and the rename over the old snapshot frees all of its blocks; on
+// ext4 each of those can cost more than the writes themselves.
+// Overwriting blocks that are already written needs neither. Safety does
 // not change: PATH is only ever replaced by a complete, fdatasync'ed file
 // (renameat2 RENAME_EXCHANGE, then the old one becomes the spare), every
 // byte of [0, file length) is rewritten (checked: the bytes written must
 // add up to the file length), and the excess past the new end is truncated.
+#include "clock.h"
 #include "detail.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
@@ -51,13 +52,11 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <fcntl.h>
 #include <optional>
 #include <sys/stat.h>
@@ -72,7 +71,6 @@ namespace {
 constexpr uint64_t kMaxFixedBuf = 1ULL << 30; // the kernel's cap on one registered buffer
 constexpr uint64_t kProgressStep = 64ULL << 20;
 constexpr uint64_t kPreallocStep = 256ULL << 20;
-constexpr unsigned kMaxIov = 512;     // under IOV_MAX (1024)
 constexpr unsigned kHeadSlots = 8;    // segment heads written or being filled
 constexpr unsigned kEntryBatch = 256; // rows per kv_pool_entries call
 constexpr uint32_t kNone = UINT32_MAX;
@@ -88,10 +86,6 @@ uint64_t fault_nth(const Options &o) {
     if (o.fail_nth_io) return o.fail_nth_io;
     const char *e = getenv("KVPOOL_FAULT_IO_NTH");
     return e ? strtoull(e, nullptr, 10) : 0;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 // A block's identity in the pool: its namespace and key.
@@ -113,14 +107,9 @@ struct PinSlot {
     bool used = false;
 };
 
-struct Req {
-    uint64_t off = 0, len = 0;
-    std::vector<iovec> iov;
-    std::vector<uint32_t> pins; // one per piece of a block in this request
-    uint32_t head = kNone;      // the head slot this request writes
-};
-
-class Writer {
+// The pump's requests: tags are pin slots (one per piece of a block in
+// the request), extra the head slot a request writes.
+class Writer final : private IoOwner {
   public:
     Writer(kv_pool *pool, const std::string &name, const std::string &path, const Options &o)
         : pool_(pool), hdr_(kv_pool_header(pool)), name_(name), path_(path), tmp_(path + ".tmp"),
@@ -143,18 +132,17 @@ class Writer {
 
     uint32_t acquire_pin();
     void drop_piece(uint32_t pin);
-    Req *acquire_req();
-    bool add_piece(uint64_t off, const uint8_t *addr, uint64_t len, uint32_t pin);
-    bool add_range(uint64_t off, const uint8_t *addr, uint64_t len, uint32_t pin);
-    bool flush();
-    bool reap(bool wait);
-    bool wait_some();
-    void complete(uint32_t req, int res);
     bool ensure_alloc(uint64_t end);
+
+    void io_done(uint32_t id, IoReq &r, int res) override;
+    void io_piece(uint32_t pin) override { pins_[pin].pieces++; }
+    bool io_failed() const override { return failed(); }
+    bool io_error(IoStep step, int code) override;
     void cleanup();
 
     bool fail(int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
     bool failed() const { return err_.has_value(); }
+    // Relaxed: a stop request carries no data; seen one block late at worst.
     bool cancelled() const { return opts_.cancel && opts_.cancel->load(std::memory_order_relaxed); }
     uint8_t *head_buf(uint32_t slot) const { return arena_.data() + uint64_t(slot) * kSegmentHead; }
     uint8_t *tail_page(uint32_t pin) const {
@@ -180,11 +168,7 @@ class Writer {
     std::vector<PinSlot> pins_;
     std::vector<uint32_t> free_pins_;
     std::vector<uint32_t> free_heads_;
-    std::vector<Req> reqs_;
-    std::vector<uint32_t> free_reqs_;
-    std::vector<Completion> cqes_;
-    std::optional<Ring> ring_;
-    uint32_t cur_ = kNone; // the request being filled
+    std::optional<Pump> io_;
 
     // Every key written: the scan reads the live entry table, and a key
     // removed and put again during it gets a new row, which the scan may
@@ -200,7 +184,7 @@ class Writer {
     uint32_t seg_n_ = 0;
     bool prealloc_ = true;
     uint64_t alloc_end_ = 0, total_est_ = 0, done_bytes_ = 0, next_progress_ = kProgressStep;
-    std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+    uint64_t t0_ = mono_ns();
 };
 
 bool Writer::fail(int code, const char *fmt, ...) {
@@ -210,7 +194,7 @@ bool Writer::fail(int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    err_ = Error{code, "persist " + path_ + ": " + what + ": " + strerror(code)};
+    err_ = Error{-code, "persist " + path_ + ": " + what + ": " + strerror(code)};
     return false;
 }
 
@@ -242,32 +226,29 @@ bool Writer::setup() {
         free_pins_.push_back(i);
     for (uint32_t i = kHeadSlots; i-- > 0;)
         free_heads_.push_back(i);
-    reqs_.resize(qd);
-    for (uint32_t i = qd; i-- > 0;)
-        free_reqs_.push_back(i);
-    cqes_.resize(qd);
 
     auto ring = Ring::create(qd);
     if (!ring) return fail(ring.error(), "set up io_uring (%u entries)", qd);
-    ring_.emplace(std::move(*ring));
-    ring_->fail_nth(fault_nth(opts_));
+    io_.emplace(std::move(*ring), fd_, Pump::Dir::write, max_req_, qd,
+                static_cast<IoOwner &>(*this));
+    io_->ring().fail_nth(fault_nth(opts_));
     kv_stats st{};
     if (kv_pool_stats(pool_, &st) == 0 && st.bytes_committed > st.bytes_freed)
         total_est_ = st.bytes_committed - st.bytes_freed;
     if (opts_.register_buffers && data_len_ <= 4 * total_est_) {
         // The data section in pieces of at most 1 GiB (slab boundaries: a
         // block never straddles two), then our own buffers. Registering pins
-        // (and on a fresh pool first zeroes) every page, about 0.1 s per
-        // GiB: not worth it for a pool much larger than what is written,
-        // where per-request pinning touches only that. Failure (the
-        // locked-memory limit, memory the kernel cannot pin) only costs the
-        // fixed-buffer fast path.
+        // (and on a fresh pool first zeroes) every page of the section,
+        // serially, before the first write: not worth it for a pool much
+        // larger than what is written, where per-request pinning touches
+        // only that. Failure (the locked-memory limit, memory the kernel
+        // cannot pin) only costs the fixed-buffer fast path.
         std::vector<iovec> bufs;
         for (uint64_t off = 0; off < data_len_; off += kMaxFixedBuf)
             bufs.push_back(
                 {const_cast<uint8_t *>(data_base_) + off, std::min(kMaxFixedBuf, data_len_ - off)});
         bufs.push_back({arena_.data(), arena_.size()});
-        res_.fixed_buffers = ring_->register_buffers(bufs) == 0;
+        res_.fixed_buffers = io_->ring().register_buffers(bufs) == 0;
     }
     return true;
 }
@@ -307,11 +288,7 @@ bool Writer::restrict_access() {
 
 bool Writer::write_header() {
     kv_snap_header h{};
-    h.snapshot_ns = [] {
-        timespec ts{};
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
-    }();
+    h.snapshot_ns = realtime_ns();
     h.pool_id_lo = hdr_->pool_id_lo;
     h.pool_id_hi = hdr_->pool_id_hi;
     h.region_size = hdr_->region_size;
@@ -336,7 +313,7 @@ bool Writer::write_header() {
     // holds what it held last time).
     const uint64_t first = res_.recycled ? len : len + total_est_ + total_est_ / 64 + kAlign;
     if (!ensure_alloc(first)) return false;
-    return add_piece(0, header_.data(), len, kNone) && flush();
+    return io_->add_piece(0, header_.data(), len, kNone) && io_->flush();
 }
 
 bool Writer::scan() {
@@ -354,7 +331,7 @@ bool Writer::scan() {
                 return fail(ECANCELED, "cancelled after %" PRIu64 " blocks", res_.blocks);
             if (!pin_and_add(rows[i])) return false;
         }
-        if (!reap(false)) return false;
+        if (!io_->reap(false)) return false;
     }
     return true;
 }
@@ -374,9 +351,9 @@ bool Writer::pin_and_add(const kv_entry_info &row) {
     for (;;) {
         int rc = kv::detail::pin_for_snapshot(pool_, row.ns, row.key, &ps.view);
         if (rc == 0) break;
-        if (rc == -ENOBUFS && (cur_ != kNone || ring_->in_flight())) {
+        if (rc == -ENOBUFS && (io_->filling() || io_->in_flight())) {
             // Our other pins come back as their writes complete.
-            if (!flush() || !reap(true)) return false;
+            if (!io_->flush() || !io_->reap(true)) return false;
             continue;
         }
         ps.used = false;
@@ -452,12 +429,12 @@ bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
     ps.pieces = 1;
     const auto *d = static_cast<const uint8_t *>(v.data);
     const uint64_t full = v.length & ~(kAlign - 1), tail = v.length - full;
-    bool ok = full == 0 || add_range(off, d, full, pin);
+    bool ok = full == 0 || io_->add_range(off, d, full, pin);
     if (ok && tail) {
         uint8_t *page = tail_page(pin);
         memcpy(page, d + full, tail);
         memset(page + tail, 0, kAlign - tail);
-        ok = add_piece(off + full, page, kAlign, pin);
+        ok = io_->add_piece(off + full, page, kAlign, pin);
     }
     drop_piece(pin);
     return ok;
@@ -465,7 +442,7 @@ bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
 
 bool Writer::open_segment() {
     while (free_heads_.empty())
-        if (!wait_some()) return false;
+        if (!io_->wait_some()) return false;
     seg_head_ = free_heads_.back();
     free_heads_.pop_back();
     memset(head_buf(seg_head_), 0, kSegmentHead);
@@ -488,12 +465,12 @@ bool Writer::close_segment() {
     seq_++;
     front_ = seg_off_ + seg_cursor_;
     // The head sits before this segment's data in the file: its own request.
-    if (!flush() || !add_piece(seg_off_, head_buf(slot), kSegmentHead, kNone)) {
+    if (!io_->flush() || !io_->add_piece(seg_off_, head_buf(slot), kSegmentHead, kNone)) {
         free_heads_.push_back(slot);
         return false;
     }
-    reqs_[cur_].head = slot;
-    return flush();
+    io_->filling()->extra = slot;
+    return io_->flush();
 }
 
 bool Writer::finish() {
@@ -503,10 +480,11 @@ bool Writer::finish() {
     build_trailer(&t, seq_, n_records_, res_.bytes, file_len, segments_hash_, header_checksum_);
     memset(trailer_page(), 0, kAlign);
     memcpy(trailer_page(), &t, sizeof t);
-    if (!ensure_alloc(file_len) || !add_piece(front_, trailer_page(), kAlign, kNone) || !flush())
+    if (!ensure_alloc(file_len) || !io_->add_piece(front_, trailer_page(), kAlign, kNone) ||
+        !io_->flush())
         return false;
-    while (ring_->in_flight())
-        if (!reap(true)) return false;
+    while (io_->in_flight())
+        if (!io_->reap(true)) return false;
     if (failed()) return false;
     res_.file_bytes = file_len;
     // Requests never overlap, so this proves every byte of the file was
@@ -554,7 +532,7 @@ bool Writer::finish() {
 
 uint32_t Writer::acquire_pin() {
     while (free_pins_.empty())
-        if (!wait_some()) return kNone;
+        if (!io_->wait_some()) return kNone;
     uint32_t pin = free_pins_.back();
     free_pins_.pop_back();
     pins_[pin].used = true;
@@ -570,108 +548,17 @@ void Writer::drop_piece(uint32_t pin) {
     free_pins_.push_back(pin);
 }
 
-Req *Writer::acquire_req() {
-    while (free_reqs_.empty())
-        if (!wait_some()) return nullptr;
-    cur_ = free_reqs_.back();
-    free_reqs_.pop_back();
-    Req &r = reqs_[cur_];
-    r.off = r.len = 0;
-    r.iov.clear();
-    r.pins.clear();
-    r.head = kNone;
-    return &r;
+bool Writer::io_error(IoStep step, int code) {
+    switch (step) {
+    case IoStep::submit: return fail(code, "io_uring submit");
+    case IoStep::wait: return fail(code, "io_uring wait");
+    case IoStep::no_entry: return fail(code, "no free io_uring entry");
+    case IoStep::idle: break;
+    }
+    return fail(code, "internal error: waiting with no I/O in flight");
 }
 
-bool Writer::add_piece(uint64_t off, const uint8_t *addr, uint64_t len, uint32_t pin) {
-    if (cur_ != kNone) {
-        const Req &r = reqs_[cur_];
-        if (r.off + r.len != off || r.len + len > max_req_ || r.iov.size() >= kMaxIov)
-            if (!flush()) return false;
-    }
-    Req *r = cur_ != kNone ? &reqs_[cur_] : acquire_req();
-    if (!r) return false;
-    if (r->len == 0) r->off = off;
-    if (!r->iov.empty() &&
-        static_cast<uint8_t *>(r->iov.back().iov_base) + r->iov.back().iov_len == addr)
-        r->iov.back().iov_len += len; // neighbours in memory too: one iovec
-    else
-        r->iov.push_back({const_cast<uint8_t *>(addr), len});
-    r->len += len;
-    if (pin != kNone) {
-        r->pins.push_back(pin);
-        pins_[pin].pieces++;
-    }
-    return true;
-}
-
-bool Writer::add_range(uint64_t off, const uint8_t *addr, uint64_t len, uint32_t pin) {
-    // Pieces of at most max_req_ bytes, each topping up the request being
-    // filled when the file offsets meet.
-    while (len) {
-        uint64_t room = max_req_;
-        if (cur_ != kNone) {
-            const Req &r = reqs_[cur_];
-            if (r.off + r.len == off && r.iov.size() < kMaxIov) room = max_req_ - r.len;
-            if (room == 0) {
-                if (!flush()) return false;
-                room = max_req_;
-            }
-        }
-        const uint64_t take = std::min(len, room);
-        if (!add_piece(off, addr, take, pin)) return false;
-        off += take;
-        addr += take;
-        len -= take;
-    }
-    return true;
-}
-
-bool Writer::flush() {
-    if (cur_ == kNone) return !failed();
-    const uint32_t id = cur_;
-    cur_ = kNone;
-    Req &r = reqs_[id];
-    if (failed()) { // do not start more I/O: hand the request back
-        complete(id, -ECANCELED);
-        return false;
-    }
-    io_uring_sqe *s = ring_->sqe(id);
-    if (!s) { // cannot happen: requests in flight never outnumber the ring's entries
-        complete(id, -EBUSY);
-        return fail(EBUSY, "no free io_uring entry");
-    }
-    if (r.iov.size() == 1) {
-        const int idx = ring_->fixed_index(r.iov[0].iov_base, r.len);
-        if (idx >= 0)
-            io_uring_prep_write_fixed(s, fd_, r.iov[0].iov_base, unsigned(r.len), r.off, idx);
-        else
-            io_uring_prep_write(s, fd_, r.iov[0].iov_base, unsigned(r.len), r.off);
-    } else {
-        io_uring_prep_writev(s, fd_, r.iov.data(), unsigned(r.iov.size()), r.off);
-    }
-    if (int rc = ring_->submit(); rc < 0) return fail(-rc, "io_uring submit");
-    return true;
-}
-
-bool Writer::reap(bool wait) {
-    int n = ring_->reap(cqes_, wait);
-    if (n < 0) return fail(-n, "io_uring wait");
-    for (int i = 0; i < n; i++)
-        complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
-    return !failed();
-}
-
-// Submit what is being filled and wait for at least one completion: how
-// every wait for a free pin, head slot or request is made.
-bool Writer::wait_some() {
-    if (!flush()) return false;
-    if (ring_->in_flight() == 0) return fail(EIO, "internal error: waiting with no I/O in flight");
-    return reap(true);
-}
-
-void Writer::complete(uint32_t id, int res) {
-    Req &r = reqs_[id];
+void Writer::io_done(uint32_t, IoReq &r, int res) {
     if (res >= 0 && uint64_t(res) < r.len && !failed()) {
         // A short write (the disk filling up, a signal): finish it in place;
         // what remains of an O_DIRECT write is still aligned, or the kernel
@@ -702,12 +589,9 @@ void Writer::complete(uint32_t id, int res) {
         fail(-res, "write of %" PRIu64 " bytes at offset %" PRIu64, r.len, r.off);
     else
         done_bytes_ += r.len;
-    for (uint32_t pin : r.pins)
+    for (uint32_t pin : r.tags)
         drop_piece(pin);
-    r.pins.clear();
-    if (r.head != kNone) free_heads_.push_back(r.head);
-    r.head = kNone;
-    free_reqs_.push_back(id);
+    if (r.extra != kNone) free_heads_.push_back(r.extra);
     if (opts_.progress && done_bytes_ >= next_progress_ && !failed()) {
         next_progress_ = done_bytes_ + kProgressStep;
         opts_.progress(done_bytes_, std::max(total_est_, done_bytes_));
@@ -735,19 +619,7 @@ bool Writer::ensure_alloc(uint64_t end) {
 
 void Writer::cleanup() {
     // Nothing may be released or freed while the kernel still uses it.
-    if (ring_) {
-        if (cur_ != kNone) {
-            const uint32_t id = cur_;
-            cur_ = kNone;
-            complete(id, -ECANCELED);
-        }
-        while (ring_->in_flight()) {
-            int n = ring_->reap(cqes_, true);
-            if (n < 0) break; // the ring is broken; its teardown waits for the kernel
-            for (int i = 0; i < n; i++)
-                complete(uint32_t(cqes_[size_t(i)].user_data), cqes_[size_t(i)].res);
-        }
-    }
+    if (io_) io_->drain();
     for (PinSlot &ps : pins_) {
         if (!ps.used) continue;
         kv_release(pool_, &ps.view);
@@ -784,9 +656,9 @@ std::expected<Result, Error> persist(kv_pool *pool, const std::string &pool_name
         Writer w(pool, pool_name, path, opts);
         return w.run();
     } catch (const std::bad_alloc &) {
-        return std::unexpected(Error{ENOMEM, "persist " + path + ": out of memory"});
+        return std::unexpected(Error{-ENOMEM, "persist " + path + ": out of memory"});
     } catch (...) {
-        return std::unexpected(Error{EIO, "persist " + path + ": unexpected exception"});
+        return std::unexpected(Error{-EIO, "persist " + path + ": unexpected exception"});
     }
 }
 

@@ -152,7 +152,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     unlink(g_path.c_str()); // per input: libFuzzer may leave with _Exit, skipping atexit
     if (!r) {
         if (r.error().message.empty()) fail("restore: an error without a message");
-        if (r.error().code <= 0) fail("restore: error code " + std::to_string(r.error().code));
+        if (r.error().code >= 0) fail("restore: error code " + std::to_string(r.error().code));
     }
     if (!ins && r) fail("inspect refused the header (" + ins.error().message + ") but restore took the file");
 

@@ -406,13 +406,13 @@ TEST_F(SnapshotTest, RestoreChecksTheSourcePool) {
     o.expect_pool = "probe";
     auto r = snap::restore(dst.p, file("secret.kvsnap"), o);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, EPERM);
+    EXPECT_EQ(r.error().code, -EPERM);
     EXPECT_NE(r.error().message.find("written from pool \"secret\", not from pool \"probe\""),
               std::string::npos)
         << r.error().message;
     auto u = snap::restore(dst.p, file("unnamed.kvsnap"), o);
     ASSERT_FALSE(u.has_value());
-    EXPECT_EQ(u.error().code, EPERM);
+    EXPECT_EQ(u.error().code, -EPERM);
     EXPECT_NE(u.error().message.find("does not name the pool"), std::string::npos)
         << u.error().message;
     kv_usage us{};
@@ -707,7 +707,7 @@ TEST_F(SnapshotTest, FailedPersistKeepsPreviousSnapshot) {
     o.max_request_bytes = 64 << 10; // enough requests for the 5th to be a data write
     auto bad = snap::persist(src.p, "keep", path, o);
     ASSERT_FALSE(bad.has_value());
-    EXPECT_EQ(bad.error().code, EIO);
+    EXPECT_EQ(bad.error().code, -EIO);
     EXPECT_NE(bad.error().message.find(path), std::string::npos) << bad.error().message;
     EXPECT_NE(bad.error().message.find(errtext(EIO)), std::string::npos) << bad.error().message;
     EXPECT_NE(bad.error().message.find("offset"), std::string::npos) << bad.error().message;
@@ -720,7 +720,7 @@ TEST_F(SnapshotTest, FailedPersistKeepsPreviousSnapshot) {
     auto bad2 = snap::persist(src.p, "keep", path, {});
     unsetenv("KVPOOL_FAULT_IO_NTH");
     ASSERT_FALSE(bad2.has_value());
-    EXPECT_EQ(bad2.error().code, EIO);
+    EXPECT_EQ(bad2.error().code, -EIO);
     EXPECT_EQ(read_file(path), before);
 
     // Cancelled from the progress callback.
@@ -731,7 +731,7 @@ TEST_F(SnapshotTest, FailedPersistKeepsPreviousSnapshot) {
     cancel = true;
     auto bad3 = snap::persist(src.p, "keep", path, c);
     ASSERT_FALSE(bad3.has_value());
-    EXPECT_EQ(bad3.error().code, ECANCELED);
+    EXPECT_EQ(bad3.error().code, -ECANCELED);
     EXPECT_FALSE(fs::exists(path + ".tmp"));
     EXPECT_EQ(read_file(path), before);
     expect_no_leaks(src.p);
@@ -739,7 +739,7 @@ TEST_F(SnapshotTest, FailedPersistKeepsPreviousSnapshot) {
     // A directory that does not exist.
     auto bad4 = snap::persist(src.p, "keep", file("no/such/dir.kvsnap"), {});
     ASSERT_FALSE(bad4.has_value());
-    EXPECT_EQ(bad4.error().code, ENOENT);
+    EXPECT_EQ(bad4.error().code, -ENOENT);
 
     Pool &dst = make_pool(128 << 20);
     auto r = snap::restore(dst.p, path, {});
@@ -1046,7 +1046,7 @@ TEST_F(SnapshotHistoryTest, OtherFormatVersions) {
     auto incompat =
         restore_bytes(rewrite(KV_SNAP_HEADER_SIZE_V2, 7, KV_SNAP_COMPAT_HISTORY, 1ULL << 3, true));
     ASSERT_FALSE(incompat.has_value());
-    EXPECT_EQ(incompat.error().code, EPROTO);
+    EXPECT_EQ(incompat.error().code, -EPROTO);
     EXPECT_NE(incompat.error().message.find("incompat"), std::string::npos)
         << incompat.error().message;
 
@@ -1054,7 +1054,7 @@ TEST_F(SnapshotHistoryTest, OtherFormatVersions) {
     auto short_hdr =
         restore_bytes(rewrite(KV_SNAP_HEADER_SIZE_V1, 1, KV_SNAP_COMPAT_HISTORY, 0, true));
     ASSERT_FALSE(short_hdr.has_value());
-    EXPECT_EQ(short_hdr.error().code, EBADMSG);
+    EXPECT_EQ(short_hdr.error().code, -EBADMSG);
     EXPECT_NE(short_hdr.error().message.find("header_size 304"), std::string::npos)
         << short_hdr.error().message;
 }
@@ -1161,7 +1161,7 @@ TEST_F(SnapshotTest, ReadFaults) {
         o.fail_nth_io = 1;
         auto r = snap::restore(dst.p, path, o);
         ASSERT_FALSE(r.has_value());
-        EXPECT_EQ(r.error().code, EIO);
+        EXPECT_EQ(r.error().code, -EIO);
         EXPECT_NE(r.error().message.find(path), std::string::npos);
         EXPECT_EQ(check_every_block(dst.p), 0u);
         expect_no_leaks(dst.p);
@@ -1186,7 +1186,7 @@ TEST_F(SnapshotTest, ReadFaults) {
         o.fail_nth_io = 3;
         auto r = snap::restore(dst.p, path, o);
         ASSERT_FALSE(r.has_value());
-        EXPECT_EQ(r.error().code, EIO);
+        EXPECT_EQ(r.error().code, -EIO);
         EXPECT_NE(r.error().message.find("segment 1"), std::string::npos) << r.error().message;
         check_every_block(dst.p);
         expect_no_leaks(dst.p);
@@ -1308,27 +1308,27 @@ TEST_F(SnapshotDamageTest, BitFlipInHeaderRefusesTheFile) {
     b[offsetof(kv_snap_header, pool_name) + 1] ^= 4;
     auto r = restore_copy(b);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, EBADMSG);
+    EXPECT_EQ(r.error().code, -EBADMSG);
     EXPECT_NE(r.error().message.find("checksum"), std::string::npos) << r.error().message;
     // In a namespace (behind the fixed part).
     b = good_;
     b[sizeof(kv_snap_header) + 200] ^= 4;
     r = restore_copy(b);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, EBADMSG);
+    EXPECT_EQ(r.error().code, -EBADMSG);
     // The magic: not a snapshot at all.
     b = good_;
     b[0] ^= 1;
     r = restore_copy(b);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, EPROTO);
+    EXPECT_EQ(r.error().code, -EPROTO);
     EXPECT_NE(r.error().message.find("magic"), std::string::npos) << r.error().message;
     // Another major version: named in the message.
     b = good_;
     b[offsetof(kv_snap_header, version_major)] = 2;
     r = restore_copy(b);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, EPROTO);
+    EXPECT_EQ(r.error().code, -EPROTO);
     EXPECT_NE(r.error().message.find("version 2.1"), std::string::npos) << r.error().message;
     auto ins = snap::inspect(file("damaged.kvsnap"));
     EXPECT_FALSE(ins.has_value());
@@ -1453,7 +1453,7 @@ TEST_F(SnapshotDamageTest, TruncationRestoresTheVerifiedPrefix) {
     std::vector<uint8_t> b(good_.begin(), good_.begin() + 2000);
     auto r = restore_copy(b);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, ENODATA);
+    EXPECT_EQ(r.error().code, -ENODATA);
 }
 
 // Damage to the trailer alone: every block is restored, and the restore
@@ -1525,13 +1525,13 @@ TEST_F(SnapshotDamageTest, HostileFiles) {
         c = uint8_t(rng());
     auto r = restore_copy(garbage);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, EPROTO);
+    EXPECT_EQ(r.error().code, -EPROTO);
     r = restore_copy({});
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, ENODATA);
+    EXPECT_EQ(r.error().code, -ENODATA);
     r = restore_copy(std::vector<uint8_t>(64 << 10, 0));
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, EPROTO);
+    EXPECT_EQ(r.error().code, -EPROTO);
 
     // A huge header_len, a huge n_namespaces: refused before anything is read.
     auto b = good_;
@@ -1539,7 +1539,7 @@ TEST_F(SnapshotDamageTest, HostileFiles) {
     memcpy(b.data() + offsetof(kv_snap_header, header_len), &huge, 8);
     r = restore_copy(b);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, EBADMSG);
+    EXPECT_EQ(r.error().code, -EBADMSG);
     EXPECT_NE(r.error().message.find("header_len 1099511627776"), std::string::npos)
         << r.error().message;
     b = good_;
@@ -1547,7 +1547,7 @@ TEST_F(SnapshotDamageTest, HostileFiles) {
     memcpy(b.data() + offsetof(kv_snap_header, n_namespaces), &many, 4);
     r = restore_copy(b);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, EBADMSG);
+    EXPECT_EQ(r.error().code, -EBADMSG);
 
     // Segment 0 claims 1000 records / a huge length / data past EOF / a
     // namespace not in the header: the head is sealed with a valid checksum,
@@ -1618,7 +1618,7 @@ TEST_F(SnapshotDamageTest, HostileFiles) {
     ASSERT_FALSE(d.has_value());
     auto m = snap::restore(dst.p, file("missing.kvsnap"), {});
     ASSERT_FALSE(m.has_value());
-    EXPECT_EQ(m.error().code, ENOENT);
+    EXPECT_EQ(m.error().code, -ENOENT);
 }
 
 // Random single-byte damage anywhere in a small snapshot: never a crash,
@@ -1816,7 +1816,7 @@ TEST_F(SnapshotTest, DiskFull) {
     populate(big, 50, 2, {2 << 20}); // 100 MiB: more than the filesystem holds
     auto bad = snap::persist(big.p, "big", path, {});
     ASSERT_FALSE(bad.has_value());
-    EXPECT_EQ(bad.error().code, ENOSPC);
+    EXPECT_EQ(bad.error().code, -ENOSPC);
     EXPECT_NE(bad.error().message.find(errtext(ENOSPC)), std::string::npos) << bad.error().message;
     EXPECT_NE(bad.error().message.find(path), std::string::npos) << bad.error().message;
     EXPECT_FALSE(fs::exists(path + ".tmp"));

@@ -26,8 +26,13 @@
 
 namespace kv {
 
+// The one error type of kvpool's C++ code: this API and the daemon (its
+// pool manager and snapshot engine) both return it. code is what the C API
+// returns: -errno, or KV_DEDUP where a put found the block already there;
+// never a positive errno. Where one is needed (a control-socket status,
+// strerror), the reader negates code.
 struct Error {
-    int code = 0;        // -errno as returned by the C API
+    int code = 0;        // -errno (or KV_DEDUP), as returned by the C API
     std::string message; // what was seen and expected, when the C API said
 };
 
