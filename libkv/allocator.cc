@@ -25,11 +25,10 @@
 // ABA: block words carry a 24-bit tag bumped by every CAS; slab ctl a 32-bit tag.
 //
 // Home slabs. Two processes allocating from one slab write the same slab
-// descriptor (free_hint, scan_hint) and block-word lines, and where moving a
-// line between cores costs a few hundred ns (about 225 ns one way on the
-// 2-vCPU VM the benchmarks run on), those transfers, not the CASes, are what
-// an allocation costs. So a process allocates from slabs it calls home: an
-// ACTIVE slab's ctl names, in its client field, the client whose home it is
+// descriptor (free_hint, scan_hint) and block-word lines, and moving a line
+// between cores costs more than the CASes themselves: those transfers are
+// what an allocation costs. So a process allocates from slabs it calls home:
+// an ACTIVE slab's ctl names, in its client field, the client whose home it is
 // (the activator, or a later adopter; 0: nobody). The name is a hint, like
 // free_hint: allocation from any ACTIVE slab is still a CAS on a FREE block
 // word, the reaper ignores it, and a dead or detached client's homes are
@@ -274,9 +273,7 @@ uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_sla
         if (id != kNone) {
             // Move the class's cursor here, as find_in_class does: the next
             // search starts where free blocks were last found instead of
-            // walking again past every slab this one emptied (64 KiB puts
-            // into 1 GiB with room scattered by removes: 4.3-4.7 us a put
-            // before, 4.0-4.2 us after; BM_PutSteady, README).
+            // walking again past every slab this one emptied.
             if (s != start) store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
             note_home(p, cls, s);
             return id;

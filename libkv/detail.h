@@ -373,7 +373,8 @@ inline uint64_t tick() {
 uint64_t tick();
 #endif
 // A get skips re-stamping an entry stamped less than this many ticks ago
-// (~0.2 us): a hot block read by many cores is not written on every read.
+// (well under a microsecond at any TSC rate): a hot block read by many
+// cores is not written on every read.
 inline constexpr uint64_t kTouchSlack = 512;
 
 // Record an access to a pinned, committed entry (the get path): one relaxed

@@ -31,12 +31,12 @@
 // stocked, so while it holds at least half its slots an eviction tops it up
 // with a quarter-size sample instead of a full one (PREFIX: a 32nd, 4
 // candidates, since the feed hands it the next tail): the steady state of
-// a full pool, every put evicting, costs a fraction of the probes. Measured
-// on tools/kvsim's traces (README): every policy within 0.76 points of its
-// exact model; with quarter samples and no feed, LRU and FIFO fell 5-8
-// points behind. PREFIX's top-up traded model distance for put cost: 0.09
-// points with 32, 0.24 with 8, 0.76 with 4 (the target is 2), while 4
-// instead of 8 took 1-5% off a 64 KiB put that evicts (BM_PutSteady).
+// a full pool, every put evicting, costs a fraction of the probes. The
+// feed is what makes quarter samples safe: without it LRU and FIFO drift
+// from their exact models on tools/kvsim's traces. PREFIX's top-up is the
+// smallest that keeps it within its target distance of the model (2 points
+// of hit ratio), since each probe it saves is a cache miss on the put path;
+// doc/perf holds the kvsim and BM_PutSteady figures behind these choices.
 //
 // Eviction is a remove that requires the pin count to be zero in the same
 // CAS (entry_kill), so a pinned block is never evicted, however full the pool.
@@ -60,13 +60,13 @@ namespace kv::detail {
 namespace {
 
 constexpr uint32_t kBatch = 64;
-// Candidates per sampled eviction; with the candidate pool below this keeps
-// each policy within 2 points of hit ratio of its exact model on
-// tools/kvsim's traces (README). PREFIX and FIFO look at 4x more: only
-// chain tails (about one block per chain) are PREFIX's real candidates, and
+// Candidates per sampled eviction; with the candidate pool below this is
+// sized to keep each policy within 2 points of hit ratio of its exact model
+// on tools/kvsim's traces. PREFIX and FIFO look at 4x more: only chain
+// tails (about one block per chain) are PREFIX's real candidates, and
 // FIFO's order is never refreshed by reads, so a near-oldest block is far
-// more often a useful one; with 32 they fell 4 and 8 points behind their
-// models. The probes are prefetched a few ahead so their misses overlap.
+// more often a useful one; kSample alone leaves them short of that target.
+// The probes are prefetched a few ahead so their misses overlap.
 constexpr uint32_t kSample = 32;
 constexpr uint32_t kSampleWide = 128;
 constexpr uint32_t kPrefetchAhead = 4;
@@ -136,8 +136,8 @@ Key key_of(kv_pool *p, const kv_entry &en, uint64_t &now) {
 }
 
 // (x + stride) mod n for x, stride < n, without a division: a 64-bit divide
-// per probe (two with the prefetch cursor) drew a share of BM_PutSteady's
-// samples in the profile next to the probes' own loads.
+// per probe (two with the prefetch cursor) is tens of cycles on the put
+// path, more than the arithmetic it replaces.
 inline uint64_t step(uint64_t x, uint64_t stride, uint64_t n) {
     x += stride;
     return x >= n ? x - n : x;

@@ -58,8 +58,8 @@ int cmp(const KeyView &a, uint32_t ns, const kv_key &k) {
 // after another process unlinked e, freed it, claimed it again and linked
 // it under a new key; marking then would mark that new, COMMITTED life,
 // and the next traversal would unlink it: a committed entry nobody can
-// find (CrashTest.KillRandomWorkerRoundsEntryTableFull, where an evicting
-// put claims its victim's entry at once, caught it in CI). So the next
+// find (CrashTest.KillRandomWorkerRoundsEntryTableFull exercises this: an
+// evicting put claims its victim's entry at once). So the next
 // word is read first and ctl after it: if ctl still says DEAD(gen), v is a
 // value of this life (a next value of the next life is stored after that
 // life's claim CAS and its release fence K1, store.cc, so an acquire load
@@ -106,7 +106,8 @@ retry:
     uint64_t *prev = head;
     // A list holds at most n entries, so a pass that takes more than n steps
     // (advances or unlinks) is going round a cycle a damaged region made
-    // (found by fuzz/fuzz_region): end the list there instead of hanging.
+    // (fuzz/fuzz_region makes such regions): end the list there instead of
+    // hanging.
     uint32_t steps = 0;
     // F1: acquire pairs with the release of the insert CAS (N1) that linked
     // the first entry, so its key and next are visible.

@@ -115,7 +115,7 @@ int kv_pool_usage(kv_pool *p, kv_usage *out) noexcept {
         out->slabs_active++;
         uint32_t cls = SlabCtl::cls(c);
         // A damaged slab word (class past the table) or class row must not
-        // send the scan outside the block words (found by fuzz/fuzz_region):
+        // send the scan outside the block words (fuzz/fuzz_region tries it):
         // its blocks count as orphans, so a health check reports it.
         if (cls >= h.n_classes) {
             out->orphan_blocks++;
