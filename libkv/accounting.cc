@@ -8,7 +8,7 @@
 // watermark pass can read it every tick.
 //
 // Why records and not a plain counter: a commit is one CAS on the entry
-// (C1, store.cc) and a free is one CAS on the block word (block_free); a
+// (STO-X1, store.cc) and a free is one CAS on the block word (block_free); a
 // counter updated next to it is a second word, and a process killed
 // between the two leaves the counter wrong for good. So each operation is
 // first written down in a record of the client's slot (pend, with its
@@ -22,17 +22,19 @@
 //       holds the record (taken from the process-local acct_free stack) or,
 //       once the client is dead, by the reaper that holds its slot REAPING.
 //   A2  pend != 0 is published (release store) before the operation's own
-//       CAS (C1 or the block CAS), and acct_len before pend.
+//       CAS (C1, STO-X1, or the block CAS, ALC-R2), and acct_len before
+//       pend.
 //   A3  {live, pend} -> {live + delta, 0} is one cmpxchg16b: a record is
 //       accounted exactly once or not at all.
 //   A4  An entry's length is zeroed before an abort makes it DEAD, so the
 //       free of a block that was never committed accounts nothing (and is
 //       not written down).
 //
-// Memory orders: the records order nothing but themselves. A2's release
-// store pairs with the reaper's acquire load of pend (R-A2), which is
-// what makes acct_len visible to it; the reaper reads the entry's ctl and
-// block word with acquire as reap.cc does elsewhere. The sum is read
+// Memory orders (labels ACCT-*, PROTOCOL.md section 12): the records order
+// nothing but themselves. A2's release store (ACCT-R1) pairs with the
+// reaper's acquire load of pend (ACCT-A1), which is what makes acct_len
+// visible to it; the reaper reads the entry's ctl and block word with
+// acquire (ACCT-A2, ACCT-A3) as reap.cc does elsewhere. The sum is read
 // relaxed: a reader under load sees a figure that was true at some point
 // of each record, and the exact figure once operations quiesce.
 #include "detail.h"
@@ -63,9 +65,13 @@ bool accounting(const kv_pool *p) {
 // while its owner lives, so only a second reaper after a first died).
 bool settle(kv_acct_record &r, uint64_t pend, int64_t delta) {
     for (;;) {
+        // Relaxed: expected values of the CAS16 below, which validates both.
         const uint64_t live = load(r.live, std::memory_order_relaxed);
         if (load(r.pend, std::memory_order_relaxed) != pend) return false;
-        if (cas16(&r.live, {live, pend}, {live + uint64_t(delta), 0})) return true; // A3
+        // ACCT-X1 (A3; cmpxchg16b, a full barrier): accounts and clears pend
+        // at once; pairs with ACCT-A1 (a reaper then sees nothing pending)
+        // and with a second reaper's ACCT-X1 (which then fails).
+        if (cas16(&r.live, {live, pend}, {live + uint64_t(delta), 0})) return true;
     }
 }
 
@@ -84,15 +90,19 @@ uint32_t acct_begin(kv_pool *p, uint32_t e, uint32_t gen, uint64_t len, bool fre
             sched_yield();
     }
     kv_client &c = p->clients[p->client];
+    // Relaxed: published by ACCT-R1 (A1: only this thread writes it).
     store(c.acct_len[i], len | (freeing ? uint64_t(KV_ACCT_FREE) : uint64_t(0)),
           std::memory_order_relaxed);
-    store(c.acct[i].pend, pend_make(e, gen), std::memory_order_release); // A2
+    // ACCT-R1 (A2): publishes acct_len with pend, before the operation's
+    // own CAS; pairs with ACCT-A1 (acct_resolve_dead).
+    store(c.acct[i].pend, pend_make(e, gen), std::memory_order_release);
     return i;
 }
 
 void acct_end(kv_pool *p, uint32_t i, bool took_effect) {
     if (i == KV_NIL32) return;
     kv_client &c = p->clients[p->client];
+    // Relaxed: this thread wrote both (A1).
     const uint64_t len = load(c.acct_len[i], std::memory_order_relaxed);
     const uint64_t pend = load(c.acct[i].pend, std::memory_order_relaxed);
     const uint64_t bytes = len & ~KV_ACCT_FREE;
@@ -115,20 +125,29 @@ void acct_resolve_dead(kv_pool *p, uint32_t client) {
     if (!accounting(p)) return;
     kv_client &c = p->clients[client];
     for (uint32_t i = 0; i < KV_ACCT_RECORDS; i++) {
-        const uint64_t pend = load(c.acct[i].pend, std::memory_order_acquire); // R-A2
+        // ACCT-A1: a pending record and its acct_len; pairs with ACCT-R1, and
+        // with ACCT-X1 (after which the record reads pend 0).
+        const uint64_t pend = load(c.acct[i].pend, std::memory_order_acquire);
         if (pend == 0) continue;
+        // Relaxed: ordered by ACCT-A1.
         const uint64_t len = load(c.acct_len[i], std::memory_order_relaxed);
         const uint32_t e = pend_entry(pend), gen = pend_gen(pend);
         bool done = true;
         if (e < p->hdr->n_entries) {
             kv_entry &en = p->entries[e];
+            // ACCT-A2: whether the commit took effect; pairs with the commit
+            // CAS16 (STO-X1, store.cc, commit_impl) and the FREEING CAS16
+            // (STO-X5, store.cc, entry_maybe_free).
             const uint64_t ctl = load(en.ctl, std::memory_order_acquire);
             const bool same_life = Ctl::gen(ctl) == gen;
             if (!(len & KV_ACCT_FREE)) {
                 done = !(same_life && Ctl::state(ctl) == KV_ENTRY_RESERVED);
             } else if (same_life && Ctl::state(ctl) == KV_ENTRY_FREEING) {
+                // Relaxed: written while RESERVED, published by the commit,
+                // which ACCT-A2 ordered.
                 const uint64_t b = load(en.block, std::memory_order_relaxed);
                 if (b < uint64_t(p->hdr->n_slabs) * p->hdr->blocks_per_slab) {
+                    // ACCT-A3: whether the free took effect; pairs with ALC-R2.
                     const uint64_t w = load(p->blocks[b], std::memory_order_acquire);
                     done = !(Blk::state(w) == KV_BLOCK_ENTRY && Blk::owner(w) == e);
                 }
@@ -149,7 +168,7 @@ uint64_t live_bytes(kv_pool *p) {
     uint64_t sum = 0;
     if (accounting(p)) {
         for (uint32_t k = 0; k < h.max_clients; k++)
-            for (const kv_acct_record &r : p->clients[k].acct)
+            for (const kv_acct_record &r : p->clients[k].acct) // relaxed: see the top of this file
                 sum += load(const_cast<uint64_t &>(r.live), std::memory_order_relaxed);
         // A sum caught between a free's record and the commit's (two
         // clients, read in the other order) can be transiently "negative".

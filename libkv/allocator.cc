@@ -18,18 +18,19 @@
 // ACTIVATING/RETIRING with its client index; the reaper completes the
 // activation or rolls the retirement back.
 //
-// Memory orders: A1 (claim, acq_rel) pairs with A3 (free, release) so the
-// new owner sees the previous owner's last writes to the block finished.
-// A2 (slab ACTIVE, release) pairs with the acquire load of a slab's ctl
-// before scanning its block words.
+// Memory orders (labels ALC-*, PROTOCOL.md section 12): the claim ALC-X1
+// (acq_rel) pairs with the frees ALC-R2 and ALC-R4 (release), so the new
+// owner sees the previous owner's last writes to the block finished. The
+// stores that make a slab ACTIVE (ALC-R1, ALC-R3, ALC-R5) are release and
+// pair with the acquire load of a slab's ctl before its block words are
+// scanned (ALC-A3..ALC-A7).
 // ABA: block words carry a 24-bit tag bumped by every CAS; slab ctl a 32-bit tag.
 //
 // Home slabs. Two processes allocating from one slab write the same slab
-// descriptor (free_hint, scan_hint) and block-word lines, and where moving a
-// line between cores costs a few hundred ns (about 225 ns one way on the
-// 2-vCPU VM the benchmarks run on), those transfers, not the CASes, are what
-// an allocation costs. So a process allocates from slabs it calls home: an
-// ACTIVE slab's ctl names, in its client field, the client whose home it is
+// descriptor (free_hint, scan_hint) and block-word lines, and moving a line
+// between cores costs more than the CASes themselves: those transfers are
+// what an allocation costs. So a process allocates from slabs it calls home:
+// an ACTIVE slab's ctl names, in its client field, the client whose home it is
 // (the activator, or a later adopter; 0: nobody). The name is a hint, like
 // free_hint: allocation from any ACTIVE slab is still a CAS on a FREE block
 // word, the reaper ignores it, and a dead or detached client's homes are
@@ -89,6 +90,7 @@ namespace {
 
 constexpr uint64_t kNone = UINT64_MAX;
 
+// Relaxed: free_hint and scan_hint are hints (see the top of this file).
 int32_t hint(uint32_t &v) { return int32_t(load(v, std::memory_order_relaxed)); }
 
 // kv_pool::home_slabs[cls]: slab + 1 of our newest homes, newest first, 0
@@ -122,19 +124,27 @@ uint64_t scan_slab(kv_pool *p, uint32_t s, uint32_t cls, uint64_t ctl) {
     kv_slab &sl = p->slabs[s];
     const uint32_t n = p->classes[cls].blocks_per_slab;
     uint64_t *words = p->blocks + uint64_t(s) * p->hdr->blocks_per_slab;
-    uint32_t start = load(sl.scan_hint, std::memory_order_relaxed);
+    uint32_t start = load(sl.scan_hint, std::memory_order_relaxed); // relaxed: a hint
     if (start >= n) start = 0;
     for (uint32_t j = 0; j < n; j++) {
         uint32_t slot = start + j < n ? start + j : start + j - n;
+        // Relaxed: a candidate for the CAS below, which validates it.
         uint64_t w = load(words[slot], std::memory_order_relaxed);
         if (Blk::state(w) != KV_BLOCK_FREE) continue;
-        // A1: claim and record the owner in one step.
+        // ALC-X1: claim and record the owner in one step. Acquire pairs with
+        // ALC-R2 and ALC-R4 (the free of the block), so the previous owner's
+        // writes to it are finished; release publishes OWNED(me) to STO-X2
+        // (our own attach), REAP-A5, STAT-A9 and ALC-A12 (a retirer, which
+        // then rolls back).
         uint64_t mine = Blk::next(w, p->client, KV_BLOCK_OWNED);
         if (!cas(words[slot], w, mine, std::memory_order_acq_rel)) continue;
+        // ALC-A1: the slab still in the state the scan began with; pairs
+        // with ALC-X3 and ALC-X4 (an adoption or a retirement that raced us).
         if (load(sl.ctl, std::memory_order_acquire) != ctl) {
             block_free(p, block_id(p, s, slot), mine);
             return kNone;
         }
+        // Relaxed: hints (see the top of this file).
         aref(sl.free_hint).fetch_sub(1, std::memory_order_relaxed);
         store(sl.scan_hint, slot + 1, std::memory_order_relaxed);
         return block_id(p, s, slot);
@@ -147,6 +157,8 @@ uint64_t scan_slab(kv_pool *p, uint32_t s, uint32_t cls, uint64_t ctl) {
 void fill_slab(kv_pool *p, uint32_t s, uint32_t cls, bool keep_first, uint32_t owner) {
     const uint32_t n = p->classes[cls].blocks_per_slab;
     uint64_t *words = p->blocks + uint64_t(s) * p->hdr->blocks_per_slab;
+    // Relaxed: the slab is ACTIVATING(us), so nobody else writes its words;
+    // ALC-R1 or ALC-R3 publishes them.
     for (uint32_t slot = 0; slot < p->hdr->blocks_per_slab; slot++) {
         uint64_t w = load(words[slot], std::memory_order_relaxed);
         uint32_t st = slot >= n ? KV_BLOCK_UNUSED : (slot == 0 && keep_first ? KV_BLOCK_OWNED : KV_BLOCK_FREE);
@@ -160,15 +172,21 @@ void fill_slab(kv_pool *p, uint32_t s, uint32_t cls, bool keep_first, uint32_t o
 // OWNED by us, or kNone if s is not FREE (taken meanwhile).
 uint64_t activate_at(kv_pool *p, uint32_t s, uint32_t cls) {
     kv_slab &sl = p->slabs[s];
+    // ALC-A2: observes a FREE slab; pairs with ALC-R6 (slab_retire).
     uint64_t c = load(sl.ctl, std::memory_order_acquire);
     if (SlabCtl::state(c) != KV_SLAB_FREE) return kNone;
     uint64_t act = SlabCtl::make(KV_SLAB_ACTIVATING, cls, p->client + 1, SlabCtl::tag(c) + 1);
+    // ALC-X2: FREE -> ACTIVATING(me). Acquire pairs with ALC-R6 (the
+    // retirer's RETIRED words are finished before fill_slab rewrites them);
+    // release publishes the owner to REAP-A4 and ALC-A8.
     if (!cas(sl.ctl, c, act, std::memory_order_acq_rel)) return kNone;
     fill_slab(p, s, cls, true, p->client);
-    // A2: publish the block words with the ACTIVE state; the slab is our
-    // home ("Home slabs" above).
+    // ALC-R1: publishes the block words with the ACTIVE state; pairs with
+    // ALC-A3..ALC-A7, ALC-A11, ALC-X3, ALC-X4, EVC-A5, REAP-A5 (block 0,
+    // OWNED by us) and STAT-A8. The slab is our home ("Home slabs" above).
     store(sl.ctl, SlabCtl::make(KV_SLAB_ACTIVE, cls, p->client + 1, SlabCtl::tag(act) + 1),
           std::memory_order_release);
+    // Relaxed: a hint.
     store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
     note_home(p, cls, s);
     return block_id(p, s, 0);
@@ -177,6 +195,7 @@ uint64_t activate_at(kv_pool *p, uint32_t s, uint32_t cls) {
 // Take a FREE slab for class cls; returns block 0 of it, OWNED by us.
 uint64_t activate_slab(kv_pool *p, uint32_t cls) {
     const uint32_t n = p->hdr->n_slabs;
+    // Relaxed: a hand that only spreads where activators start.
     uint32_t start = uint32_t(load(p->state->slab_hand, std::memory_order_relaxed) % n);
     for (uint32_t i = 0; i < n; i++)
         if (uint64_t id = activate_at(p, (start + i) % n, cls); id != kNone) return id;
@@ -185,10 +204,12 @@ uint64_t activate_slab(kv_pool *p, uint32_t cls) {
 
 uint64_t find_in_class(kv_pool *p, uint32_t cls, bool thorough) {
     const uint32_t n = p->hdr->n_slabs;
+    // Relaxed: cursor_slab and free_hint are hints; ALC-A3 validates each slab.
     uint32_t start = load(p->classes[cls].cursor_slab, std::memory_order_relaxed);
     if (start >= n) start = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t s = start + i < n ? start + i : start + i - n;
+        // ALC-A3: an ACTIVE slab's block words; pairs with ALC-R1, ALC-R3, ALC-R5.
         uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
         if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) continue;
         if (!thorough && hint(p->slabs[s].free_hint) <= 0) continue;
@@ -230,6 +251,7 @@ bool home_is_ours_or_free(kv_pool *p, uint64_t c) {
 uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_slabs,
                    uint32_t *donor) {
     const uint32_t n = p->hdr->n_slabs;
+    // Relaxed: cursor_slab and free_hint are hints; ALC-A4 validates each slab.
     uint32_t start = load(p->classes[cls].cursor_slab, std::memory_order_relaxed);
     if (start >= n) start = 0;
     *other = KV_NIL32;
@@ -238,6 +260,8 @@ uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_sla
     for (uint32_t i = 0; i < n; i++) {
         const uint32_t s = start + i < n ? start + i : start + i - n;
         kv_slab &sl = p->slabs[s];
+        // ALC-A4: as ALC-A3: pairs with ALC-R1, ALC-R3, ALC-R5, and with
+        // ALC-X3 (another adopter).
         uint64_t c = load(sl.ctl, std::memory_order_acquire);
         if (SlabCtl::state(c) == KV_SLAB_FREE) ++*free_slabs;
         if (SlabCtl::state(c) != KV_SLAB_ACTIVE) continue;
@@ -261,8 +285,11 @@ uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_sla
         }
         if (SlabCtl::client1(c) != p->client + 1) {
             uint64_t ours = SlabCtl::make(KV_SLAB_ACTIVE, cls, p->client + 1, SlabCtl::tag(c) + 1);
-            // H1: acq_rel like every slab ctl CAS; ABA: the tag is bumped, so
-            // a slab that was retired and re-activated in between fails it.
+            // ALC-X3: the adoption, acq_rel like every slab ctl CAS: acquire
+            // pairs with ALC-R1, ALC-R3, ALC-R5, release with ALC-A1 (a racing
+            // claim gives its block back), ALC-A4, ALC-A6, ALC-A11 and ALC-X4
+            // (a retirer then fails its CAS and re-reads). ABA: the tag is bumped,
+            // so a slab that was retired and re-activated in between fails it.
             // A failure means the slab changed under us: leave it to step 4.
             if (!cas(sl.ctl, c, ours, std::memory_order_acq_rel)) {
                 if (*other == KV_NIL32) *other = s;
@@ -274,9 +301,7 @@ uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_sla
         if (id != kNone) {
             // Move the class's cursor here, as find_in_class does: the next
             // search starts where free blocks were last found instead of
-            // walking again past every slab this one emptied (64 KiB puts
-            // into 1 GiB with room scattered by removes: 4.3-4.7 us a put
-            // before, 4.0-4.2 us after; BM_PutSteady, README).
+            // walking again past every slab this one emptied. Relaxed: a hint.
             if (s != start) store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
             note_home(p, cls, s);
             return id;
@@ -287,6 +312,7 @@ uint64_t find_home(kv_pool *p, uint32_t cls, uint32_t *other, uint32_t *free_sla
 
 // Step 4: a block of another live client's home slab s.
 uint64_t take_from(kv_pool *p, uint32_t s, uint32_t cls) {
+    // ALC-A5: as ALC-A3: pairs with ALC-R1, ALC-R3, ALC-R5.
     uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
     if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) return kNone;
     return scan_slab(p, s, cls, c);
@@ -354,13 +380,15 @@ void block_prefetch(kv_pool *p, uint64_t id) {
 uint64_t block_alloc_home(kv_pool *p, uint32_t cls) {
     // The home slabs we used last ("Home slabs" above), newest first,
     // without touching any other slab's line. Relaxed: a process-local hint;
-    // the acquire load of each slab's ctl (pairs with A2) validates it, and a
-    // stale value only changes which slab is tried first.
+    // the acquire load of each slab's ctl (ALC-A6) validates it, and a stale
+    // value only changes which slab is tried first.
     std::atomic<uint32_t> *homes = p->home_slabs[cls];
     for (uint32_t i = 0; i < kv_pool::kHomes;) {
         const uint32_t h = homes[i].load(std::memory_order_relaxed);
         if (h == 0 || h > p->hdr->n_slabs) break;
         const uint32_t s = h - 1;
+        // ALC-A6: as ALC-A3: pairs with ALC-R1, ALC-R3, ALC-R5, and with
+        // ALC-X3 (adopted by another).
         uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
         if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls ||
             SlabCtl::client1(c) != p->client + 1) {
@@ -408,16 +436,20 @@ uint64_t block_alloc(kv_pool *p, uint32_t cls, bool thorough, uint32_t *donor) {
 uint64_t block_alloc_near(kv_pool *p, uint32_t cls, uint64_t near) {
     if (near >= uint64_t(p->hdr->n_slabs) * p->hdr->blocks_per_slab) return kNone;
     const uint32_t s = uint32_t(near / p->hdr->blocks_per_slab);
-    uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire); // pairs with A2, as in block_alloc
+    // ALC-A7: as ALC-A3: pairs with ALC-R1, ALC-R3, ALC-R5.
+    uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
     if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) return kNone;
     return scan_slab(p, s, cls, c); // block_free lowered scan_hint to the freed slot
 }
 
 bool block_free(kv_pool *p, uint64_t id, uint64_t expected) {
     uint64_t &w = p->blocks[id];
-    // A3: release: our writes to the block happen-before the next claim (A1).
+    // ALC-R2: our writes to the block happen-before the next claim; pairs
+    // with ALC-X1 and ALC-X5 (claims), and with the readers that decide from
+    // a block word: ACCT-A3, ALC-A12, ALC-A14, REAP-A5, STAT-A9.
     if (!cas(w, expected, Blk::next(expected, 0, KV_BLOCK_FREE), std::memory_order_release)) return false;
     uint32_t s = uint32_t(id / p->hdr->blocks_per_slab), slot = uint32_t(id % p->hdr->blocks_per_slab);
+    // Relaxed: hints (see the top of this file).
     aref(p->slabs[s].free_hint).fetch_add(1, std::memory_order_relaxed);
     if (slot < load(p->slabs[s].scan_hint, std::memory_order_relaxed))
         store(p->slabs[s].scan_hint, slot, std::memory_order_relaxed);
@@ -426,38 +458,51 @@ bool block_free(kv_pool *p, uint64_t id, uint64_t expected) {
 
 void slab_finish_activation(kv_pool *p, uint32_t s) {
     kv_slab &sl = p->slabs[s];
+    // ALC-A8: pairs with ALC-X2 (the dead activator's claim).
     uint64_t c = load(sl.ctl, std::memory_order_acquire);
     if (SlabCtl::state(c) != KV_SLAB_ACTIVATING) return;
     uint32_t cls = SlabCtl::cls(c);
     if (cls >= p->hdr->n_classes) cls = 0; // corrupted: any valid class will do
     fill_slab(p, s, cls, false, 0);       // the dead owner's block 0 goes back too
+    // ALC-R3: as ALC-R1, for the reaper; pairs with ALC-A3..ALC-A7,
+    // ALC-A11, ALC-X3, ALC-X4, EVC-A5 and STAT-A8.
     cas(sl.ctl, c, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(c) + 1), std::memory_order_release);
 }
 
 void slab_rollback_retire(kv_pool *p, uint32_t s) {
     kv_slab &sl = p->slabs[s];
+    // ALC-A9: pairs with ALC-X4 (the retirement being rolled back).
     uint64_t c = load(sl.ctl, std::memory_order_acquire);
     if (SlabCtl::state(c) != KV_SLAB_RETIRING) return;
     uint32_t cls = SlabCtl::cls(c);
     uint32_t owner = SlabCtl::client1(c) - 1;
     uint64_t *words = p->blocks + uint64_t(s) * p->hdr->blocks_per_slab;
     for (uint32_t slot = 0; slot < p->classes[cls].blocks_per_slab; slot++) {
+        // ALC-A10: pairs with ALC-X5 (the retirer's RETIRED claim).
         uint64_t w = load(words[slot], std::memory_order_acquire);
         if (Blk::state(w) == KV_BLOCK_RETIRED && Blk::owner(w) == owner) {
+            // ALC-R4: RETIRED -> FREE, a free like ALC-R2; pairs with ALC-X1.
             if (cas(words[slot], w, Blk::next(w, 0, KV_BLOCK_FREE), std::memory_order_release))
-                aref(sl.free_hint).fetch_add(1, std::memory_order_relaxed);
+                aref(sl.free_hint).fetch_add(1, std::memory_order_relaxed); // relaxed: a hint
         }
     }
-    store(sl.scan_hint, 0U, std::memory_order_relaxed);
+    store(sl.scan_hint, 0U, std::memory_order_relaxed); // relaxed: a hint
+    // ALC-R5: back to ACTIVE, as ALC-R1; pairs with ALC-A3..ALC-A7,
+    // ALC-A11, ALC-X3, ALC-X4, EVC-A5 and STAT-A8.
     cas(sl.ctl, c, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(c) + 1), std::memory_order_release);
 }
 
 bool slab_retire(kv_pool *p, uint32_t s) {
     kv_slab &sl = p->slabs[s];
+    // ALC-A11: pairs with ALC-R1, ALC-R3, ALC-R5 and ALC-X3.
     uint64_t c = load(sl.ctl, std::memory_order_acquire);
     if (SlabCtl::state(c) != KV_SLAB_ACTIVE) return false;
     uint32_t cls = SlabCtl::cls(c);
     uint64_t ret = SlabCtl::make(KV_SLAB_RETIRING, cls, p->client + 1, SlabCtl::tag(c) + 1);
+    // ALC-X4: ACTIVE -> RETIRING(me). Acquire pairs with ALC-R1, ALC-R3,
+    // ALC-R5 and ALC-X3 (as ALC-A11); release publishes
+    // the retirement to ALC-A1 (a claim that raced gives its block back),
+    // ALC-A9 and REAP-A4.
     if (!cas(sl.ctl, c, ret, std::memory_order_acq_rel)) return false;
     // No allocator claims from a RETIRING slab (they scan ACTIVE slabs only),
     // but a claim that started earlier may still land: it leaves an OWNED
@@ -466,10 +511,14 @@ bool slab_retire(kv_pool *p, uint32_t s) {
     uint64_t *words = p->blocks + uint64_t(s) * p->hdr->blocks_per_slab;
     for (uint32_t slot = 0; slot < n; slot++) {
         for (int tries = 0;; tries++) {
+            // ALC-A12: pairs with ALC-X1, ALC-R2 and the OWNED -> ENTRY(e)
+            // CAS (STO-X2, store.cc, entry_take_block).
             uint64_t w = load(words[slot], std::memory_order_acquire);
             uint32_t st = Blk::state(w);
             if (st == KV_BLOCK_RETIRED) break;
             if (st == KV_BLOCK_FREE) {
+                // ALC-X5: FREE -> RETIRED(me). Acquire pairs with ALC-R2 (the
+                // last owner's free), release with ALC-A10 (a rollback).
                 if (cas(words[slot], w, Blk::next(w, p->client, KV_BLOCK_RETIRED), std::memory_order_acq_rel))
                     break;
                 continue;
@@ -477,6 +526,9 @@ bool slab_retire(kv_pool *p, uint32_t s) {
             if (st == KV_BLOCK_ENTRY && tries < 4) {
                 uint32_t e = Blk::owner(w);
                 if (e < p->hdr->n_entries) {
+                    // ALC-A13: pairs with the commit CAS16 (STO-X1, store.cc,
+                    // commit_impl) and the free's FREE(g+1) CAS16 (STO-X4,
+                    // store.cc, entry_finish_free).
                     uint64_t ec = load(p->entries[e].ctl, std::memory_order_acquire);
                     // Is ec the life that owns this block? Between the two
                     // loads e's owner may have freed the block (FREE, tag
@@ -485,7 +537,8 @@ bool slab_retire(kv_pool *p, uint32_t s) {
                     // block. The free of the block precedes e's FREE(g+1),
                     // which precedes any later life's ctl that the acquire
                     // load above can read, so the block word read again
-                    // differs from w if the life changed.
+                    // differs from w if the life changed. ALC-A14: pairs
+                    // with ALC-R2 (that free).
                     if (load(words[slot], std::memory_order_acquire) != w) continue;
                     if (Ctl::state(ec) == KV_ENTRY_COMMITTED && Ctl::pins(ec) == 0 &&
                         entry_kill(p, e, Ctl::gen(ec), true)) {
@@ -500,7 +553,9 @@ bool slab_retire(kv_pool *p, uint32_t s) {
     }
     // Every block word is RETIRED(us) now; they stay so until the next
     // activation rewrites them (fill_slab), so dying here loses nothing.
-    store(sl.free_hint, 0U, std::memory_order_relaxed);
+    store(sl.free_hint, 0U, std::memory_order_relaxed); // relaxed: a hint
+    // ALC-R6: publishes the RETIRED words with the FREE slab; pairs with
+    // ALC-A2 and ALC-X2 (the next activator) and STAT-A8.
     store(sl.ctl, SlabCtl::make(KV_SLAB_FREE, 0, 0, SlabCtl::tag(ret) + 1), std::memory_order_release);
     return true;
 }

@@ -22,6 +22,10 @@ namespace kv::detail {
 // ---- Atomics ---------------------------------------------------------------
 // Shared fields are plain integers in the UAPI structs; every concurrent
 // access goes through std::atomic_ref so the memory order is explicit.
+// Every release, acquire, acq_rel or seq_cst access and fence carries a
+// label <TAG>-R<n> / -A<n> / -X<n> that names its partners; the ledger in
+// uapi/PROTOCOL.md section 12 lists them all. A new one needs a label and
+// a row there; a relaxed one needs a one-line reason.
 static_assert(std::atomic_ref<uint64_t>::is_always_lock_free);
 static_assert(std::atomic_ref<uint32_t>::is_always_lock_free);
 
@@ -35,6 +39,8 @@ template <typename T> inline bool cas(T &v, T &expected, T desired, std::memory_
 // 16-byte CAS on an entry's (ctl, aux) pair. std::atomic<__int128> is not
 // always lock-free in libstdc++ (it may call libatomic), so use the builtin
 // that -mcx16 turns into lock cmpxchg16b: a full barrier (seq_cst) on x86.
+// Each call site is an acq_rel point of the ledger and carries an X label
+// naming its partners (PROTOCOL.md section 12).
 struct Pair {
     uint64_t lo; // ctl
     uint64_t hi; // aux
@@ -373,7 +379,8 @@ inline uint64_t tick() {
 uint64_t tick();
 #endif
 // A get skips re-stamping an entry stamped less than this many ticks ago
-// (~0.2 us): a hot block read by many cores is not written on every read.
+// (well under a microsecond at any TSC rate): a hot block read by many
+// cores is not written on every read.
 inline constexpr uint64_t kTouchSlack = 512;
 
 // Record an access to a pinned, committed entry (the get path): one relaxed
@@ -401,12 +408,14 @@ inline void touch(kv_pool *p, kv_entry &en) {
     }
 }
 // The rank a new entry starts with.
+// Relaxed: lfu_floor is a hint (region.h).
 inline uint64_t initial_rank(kv_pool *p) {
     if (p->policy == KV_EVICT_LFU) return load(p->state->lfu_floor, std::memory_order_relaxed) + 1;
     return tick();
 }
-// A committed entry whose time to live has passed (ctl read with acquire
-// before: ttl_ms and commit_ns were published by the commit).
+// A committed entry whose time to live has passed. Relaxed: the caller read
+// ctl with acquire before (e.g. EVC-A1), and ttl_ms and commit_ns were
+// published by the commit.
 inline bool entry_expired(const kv_entry &en, uint64_t now) {
     uint32_t ttl = load(const_cast<uint32_t &>(en.ttl_ms), std::memory_order_relaxed);
     return ttl && now >= load(const_cast<uint64_t &>(en.commit_ns), std::memory_order_relaxed) + uint64_t(ttl) * 1000000;

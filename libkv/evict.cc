@@ -31,12 +31,19 @@
 // stocked, so while it holds at least half its slots an eviction tops it up
 // with a quarter-size sample instead of a full one (PREFIX: a 32nd, 4
 // candidates, since the feed hands it the next tail): the steady state of
-// a full pool, every put evicting, costs a fraction of the probes. Measured
-// on tools/kvsim's traces (README): every policy within 0.76 points of its
-// exact model; with quarter samples and no feed, LRU and FIFO fell 5-8
-// points behind. PREFIX's top-up traded model distance for put cost: 0.09
-// points with 32, 0.24 with 8, 0.76 with 4 (the target is 2), while 4
-// instead of 8 took 1-5% off a 64 KiB put that evicts (BM_PutSteady).
+// a full pool, every put evicting, costs a fraction of the probes. The
+// feed is what makes quarter samples safe: without it LRU and FIFO drift
+// from their exact models on tools/kvsim's traces. PREFIX's top-up is the
+// smallest that keeps it within its target distance of the model (2 points
+// of hit ratio), since each probe it saves is a cache miss on the put path;
+// doc/perf holds the kvsim and BM_PutSteady figures behind these choices.
+//
+// Memory orders (labels EVC-*, PROTOCOL.md section 12): every candidate's
+// ctl is loaded with acquire (EVC-A1..EVC-A4), pairing with the commit
+// CAS16 that published its rank, kids, ttl, length and block; the policy
+// fields themselves are hints read relaxed, and the kill CAS16 (STO-X3,
+// entry_kill, store.cc) names the generation seen, so a stale read evicts
+// nothing wrong.
 //
 // Eviction is a remove that requires the pin count to be zero in the same
 // CAS (entry_kill), so a pinned block is never evicted, however full the pool.
@@ -60,13 +67,13 @@ namespace kv::detail {
 namespace {
 
 constexpr uint32_t kBatch = 64;
-// Candidates per sampled eviction; with the candidate pool below this keeps
-// each policy within 2 points of hit ratio of its exact model on
-// tools/kvsim's traces (README). PREFIX and FIFO look at 4x more: only
-// chain tails (about one block per chain) are PREFIX's real candidates, and
+// Candidates per sampled eviction; with the candidate pool below this is
+// sized to keep each policy within 2 points of hit ratio of its exact model
+// on tools/kvsim's traces. PREFIX and FIFO look at 4x more: only chain
+// tails (about one block per chain) are PREFIX's real candidates, and
 // FIFO's order is never refreshed by reads, so a near-oldest block is far
-// more often a useful one; with 32 they fell 4 and 8 points behind their
-// models. The probes are prefetched a few ahead so their misses overlap.
+// more often a useful one; kSample alone leaves them short of that target.
+// The probes are prefetched a few ahead so their misses overlap.
 constexpr uint32_t kSample = 32;
 constexpr uint32_t kSampleWide = 128;
 constexpr uint32_t kPrefetchAhead = 4;
@@ -80,14 +87,18 @@ template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Fil
     const uint32_t n = p->hdr->n_entries;
     uint64_t now = 0;
     while (budget > 0) {
+        // Relaxed: the hand only spreads sweepers over the table.
         uint64_t start = aref(p->state->clock_hand).fetch_add(kBatch, std::memory_order_relaxed);
         for (uint32_t i = 0; i < kBatch && budget > 0; i++, budget--) {
             uint32_t e = uint32_t((start + i) % n);
             kv_entry &en = p->entries[e];
+            // EVC-A1: pairs with the commit CAS16 (STO-X1, store.cc, commit_impl),
+            // which published ttl, length and block read below.
             uint64_t c = load(en.ctl, std::memory_order_acquire);
             if (Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0) continue;
             if (!want(en)) continue;
             bool expired = load(en.ttl_ms, std::memory_order_relaxed) && entry_expired(en, now ? now : (now = now_ns()));
+            // Relaxed: the CLOCK bit is a hint (detail.h, touch).
             if (!expired && load(en.clock, std::memory_order_relaxed)) {
                 store(en.clock, 0U, std::memory_order_relaxed); // second chance
                 continue;
@@ -120,6 +131,9 @@ struct Key {
     uint64_t k1, k2;
     bool operator<(const Key &o) const { return k1 != o.k1 ? k1 < o.k1 : k2 < o.k2; }
 };
+// Relaxed: the policy fields are hints, read after the caller's acquire of
+// ctl (EVC-A2..EVC-A4); a stale one changes which block goes, never whether
+// the kill is valid.
 Key key_of(kv_pool *p, const kv_entry &en, uint64_t &now) {
     if (load(const_cast<uint32_t &>(en.ttl_ms), std::memory_order_relaxed) &&
         entry_expired(en, now ? now : (now = now_ns())))
@@ -136,8 +150,8 @@ Key key_of(kv_pool *p, const kv_entry &en, uint64_t &now) {
 }
 
 // (x + stride) mod n for x, stride < n, without a division: a 64-bit divide
-// per probe (two with the prefetch cursor) drew a share of BM_PutSteady's
-// samples in the profile next to the probes' own loads.
+// per probe (two with the prefetch cursor) is tens of cycles on the put
+// path, more than the arithmetic it replaces.
 inline uint64_t step(uint64_t x, uint64_t stride, uint64_t n) {
     x += stride;
     return x >= n ? x - n : x;
@@ -239,6 +253,7 @@ template <typename Filter> void offer_parent(kv_pool *p, CandPool &cp, uint64_t 
     const uint32_t e = ParentRef::idx(parent_ref);
     if (e >= p->hdr->n_entries) return; // none
     kv_entry &en = p->entries[e];
+    // EVC-A2: pairs with the commit CAS16 (STO-X1, store.cc, commit_impl).
     uint64_t c = load(en.ctl, std::memory_order_acquire);
     if (Ctl::gen(c) != ParentRef::gen(parent_ref) || Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0 ||
         !want(en))
@@ -284,7 +299,9 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, Vict
             __builtin_prefetch(&p->entries[ahead].rank);
             ahead = step(ahead, stride, n);
             kv_entry &en = p->entries[idx];
-            uint64_t c = load(en.ctl, std::memory_order_acquire); // the commit published rank, kids, ttl
+            // EVC-A3: pairs with the commit CAS16 (STO-X1, store.cc, commit_impl),
+            // which published rank, kids and ttl.
+            uint64_t c = load(en.ctl, std::memory_order_acquire);
             if (Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0 || !want(en)) continue;
             found++;
             cands_offer(cp, {uint32_t(idx), Ctl::gen(c), key_of(p, en, now)});
@@ -293,6 +310,8 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, Vict
         for (uint32_t i = 0; i < cp.n;) {
             Cand c = cp.c[i];
             kv_entry &en = p->entries[c.e];
+            // EVC-A4: pairs with the commit (STO-X1), and with the kill and
+            // pin CAS16s that would disqualify the candidate (STO-X3, PIN-X2).
             uint64_t ctl = load(en.ctl, std::memory_order_acquire);
             if (Ctl::gen(ctl) != c.gen || Ctl::state(ctl) != KV_ENTRY_COMMITTED || Ctl::pins(ctl) != 0 ||
                 !want(en)) {
@@ -307,6 +326,8 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, Vict
                 cands_offer(cp, {c.e, c.gen, k});
                 continue;
             }
+            // Relaxed: length, parent and block were published by the commit,
+            // which EVC-A4 ordered; the kill below names the generation.
             uint64_t len = load(en.length, std::memory_order_relaxed);
             // Read before the kill: the kill's free clears it (and then the
             // entry may be reused). Checked against the parent's generation.
@@ -334,6 +355,7 @@ template <typename Filter> uint64_t evict_by_policy(kv_pool *p, Filter &&want, V
 
 bool class_has_slab(kv_pool *p, uint32_t cls) {
     for (uint32_t s = 0; s < p->hdr->n_slabs; s++) {
+        // Relaxed: advice; a stale answer only chooses eviction or retirement.
         uint64_t c = load(p->slabs[s].ctl, std::memory_order_relaxed);
         if (SlabCtl::state(c) == KV_SLAB_ACTIVE && SlabCtl::cls(c) == cls) return true;
     }
@@ -359,7 +381,10 @@ bool retire_some_slab(kv_pool *p, uint32_t keep_cls) {
     // reaches it.
     const uint32_t n = p->hdr->n_slabs;
     for (uint32_t i = 0; i < n; i++) {
+        // Relaxed: a hand that only spreads retirers over the table.
         uint32_t s = uint32_t(aref(p->state->slab_hand).fetch_add(1, std::memory_order_relaxed) % n);
+        // EVC-A5: pairs with ALC-R1, ALC-R3, ALC-R5; slab_retire re-reads
+        // and decides (ALC-A11, ALC-X4).
         uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
         if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) == keep_cls) continue;
         if (slab_retire(p, s)) return true;
@@ -373,6 +398,7 @@ bool evict_for_class(kv_pool *p, uint32_t cls, Victim *victim) {
     if (victim) *victim = {};
     if (class_has_slab(p, cls) && evict_by_policy(
                                       p,
+                                      // Relaxed: after the caller's acquire of ctl.
                                       [cls](kv_entry &en) {
                                           return load(en.class_id, std::memory_order_relaxed) == cls;
                                       },
@@ -399,7 +425,8 @@ extern "C" int64_t kv_evict_bytes(kv_pool *p, uint64_t bytes) noexcept {
         freed += got;
     }
     // Room made on purpose: every process's next puts, this one's included,
-    // search for it instead of evicting (region.h, room_epoch).
+    // search for it instead of evicting (region.h, room_epoch). Relaxed: a
+    // hint that orders nothing; the search it triggers validates by CAS.
     if (freed) aref(p->state->room_epoch).fetch_add(1, std::memory_order_relaxed);
     return int64_t(freed > INT32_MAX ? INT32_MAX : freed);
 }

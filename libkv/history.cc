@@ -57,7 +57,7 @@ uint64_t history_reference(kv_pool *p) {
     case RankKind::Tick:
         return tick();
     case RankKind::Count:
-        return load(p->state->lfu_floor, std::memory_order_relaxed);
+        return load(p->state->lfu_floor, std::memory_order_relaxed); // relaxed: a hint (region.h)
     default:
         return 0;
     }
@@ -67,8 +67,9 @@ int history_read(kv_pool *p, const kv_view &v, uint64_t ref, History *out) {
     const uint32_t e = PinA::entry(v.handle[1]);
     if (e >= p->hdr->n_entries) return -EINVAL;
     kv_entry &en = p->entries[e];
-    // The pin's acquire of ctl saw the commit, which published every field
-    // written while RESERVED; rank and clock are hints stored relaxed since.
+    // The pin's acquire of ctl (PIN-A2) saw the commit, which published
+    // every field written while RESERVED; rank and clock are hints stored
+    // relaxed since. So every read here is relaxed.
     *out = History{};
     out->commit_ns = load(en.commit_ns, std::memory_order_relaxed);
     out->ttl_ms = load(en.ttl_ms, std::memory_order_relaxed);
@@ -87,16 +88,22 @@ int history_read(kv_pool *p, const kv_view &v, uint64_t ref, History *out) {
     // The parent's key, if the parent is still the life the block linked
     // to: its key is immutable while that life is committed, so a key read
     // between two loads of its ctl that agree is that life's.
-    const uint64_t r = load(en.parent, std::memory_order_relaxed);
+    const uint64_t r = load(en.parent, std::memory_order_relaxed); // a hint, validated below
     const uint32_t pe = ParentRef::idx(r);
     if (pe >= p->hdr->n_entries) return 0;
     kv_entry &par = p->entries[pe];
+    // HIST-A1: the parent committed in the life the block linked to; pairs
+    // with the commit CAS16 (STO-X1, store.cc, commit_impl).
     const uint64_t c = load(par.ctl, std::memory_order_acquire);
     if (Ctl::gen(c) != ParentRef::gen(r) || Ctl::state(c) != KV_ENTRY_COMMITTED) return 0;
     const kv_key key{load(par.key_lo, std::memory_order_relaxed),
                      load(par.key_hi, std::memory_order_relaxed)};
     const uint32_t ns = load(par.ns_id, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_acquire); // the key reads happen before the re-check
+    // HIST-A2: the key reads happen before the re-check (a seqlock read);
+    // pairs with the claim's release fence (ROOM-R1, room.cc, entry_claim_one):
+    // a key of a later life read above makes the re-check see its generation.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    // Relaxed: ordered after the key reads by HIST-A2.
     if (Ctl::gen(load(par.ctl, std::memory_order_relaxed)) != Ctl::gen(c)) return 0;
     if (ns != load(en.ns_id, std::memory_order_relaxed)) return 0;
     out->has_parent = true;
@@ -109,11 +116,15 @@ int history_apply(kv_pool *p, const kv_reservation &r, const History &h, uint32_
     const uint32_t e = PinA::entry(r.handle[0]), gen = PinA::gen(r.handle[0]);
     if (r.handle[1] != p->client || e >= p->hdr->n_entries) return -EINVAL;
     kv_entry &en = p->entries[e];
+    // HIST-A3: our own reservation (only this client moves it on); pairs
+    // with the claim CAS16 (ROOM-X1, room.cc, entry_claim_one) when another thread
+    // of this process reserved it.
     const uint64_t c = load(en.ctl, std::memory_order_acquire);
     if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED ||
         load(en.aux, std::memory_order_relaxed) != Aux::owner(p->client))
         return -EINVAL;
-    // Written by the owner while RESERVED: published by the commit (C1).
+    // Written by the owner while RESERVED, relaxed: published by the commit
+    // (STO-X1, store.cc, commit_impl).
     const RankKind kind = rank_kind(p->policy);
     if (kind == RankKind::Tick && rank_kind(src_policy) == RankKind::Tick)
         store(en.rank, rank_for_age(ref, h.rank_age), std::memory_order_relaxed);
@@ -140,13 +151,15 @@ int history_link_parent(kv_pool *p, uint32_t ns, const kv_key &child, const kv_k
     Found f = index_find(p, ns, child);
     if (!f.found) return -ENOENT;
     kv_entry &en = p->entries[f.cur];
+    // HIST-A4: pairs with the commit CAS16 (STO-X1, store.cc, commit_impl); the
+    // pin below re-checks the generation (PIN-X2).
     const uint64_t c = load(en.ctl, std::memory_order_acquire);
     if (Ctl::state(c) != KV_ENTRY_COMMITTED || !entry_key_is(en, ns, child)) return -ENOENT;
     uint32_t slot;
     if (int rc = pin_entry(p, f.cur, Ctl::gen(c), &slot)) return rc;
     // Pinned, the entry is not freed, and only its free writes its parent
     // word (entry_unlink_parent): a word read as none stays none until the
-    // link below.
+    // link below. Relaxed: the pin, not the order, keeps the word stable.
     int rc = 0;
     if (ParentRef::idx(load(en.parent, std::memory_order_relaxed)) == KV_NIL32) {
         entry_link_parent(p, f.cur, ns, parent);

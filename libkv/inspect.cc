@@ -25,8 +25,9 @@ bool reportable(uint32_t state) {
 // make the fields inconsistent; pin count changes are harmless and tolerated).
 bool read_entry(kv_pool *p, uint32_t e, kv_entry_info *out) {
     kv_entry &en = p->entries[e];
-    // I1: acquire pairs with the owner's release publishing COMMITTED
-    // (store.cc), so the metadata read below is the committed one.
+    // INS-A1: pairs with the commit CAS16 (STO-X1, store.cc, commit_impl), so
+    // the metadata read below is the committed one. The field reads are
+    // relaxed: INS-A2 and the re-check validate them.
     uint64_t c0 = load(en.ctl, std::memory_order_acquire);
     uint32_t st = Ctl::state(c0);
     if (!reportable(st)) return false;
@@ -40,10 +41,12 @@ bool read_entry(kv_pool *p, uint32_t e, kv_entry_info *out) {
     out->meta.priority = load(en.priority, std::memory_order_relaxed);
     out->meta.user_tag = load(en.user_tag, std::memory_order_relaxed);
     out->commit_ns = st == KV_ENTRY_RESERVED ? 0 : load(en.commit_ns, std::memory_order_relaxed);
-    // I2: the acquire fence orders the field reads before the re-check, so a
-    // transition that raced with them shows up as a changed gen/state.
+    // INS-A2: the acquire fence orders the field reads before the re-check,
+    // so a transition that raced with them shows up as a changed gen/state
+    // (a seqlock read); pairs with the claim's release fence (ROOM-R1, room.cc,
+    // entry_claim_one) and the CAS16s on ctl.
     std::atomic_thread_fence(std::memory_order_acquire);
-    uint64_t c1 = load(en.ctl, std::memory_order_relaxed);
+    uint64_t c1 = load(en.ctl, std::memory_order_relaxed); // relaxed: after INS-A2
     if (Ctl::gen(c1) != Ctl::gen(c0) || Ctl::state(c1) != st) return false;
     out->pins = Ctl::pins(c1);
     return true;
@@ -88,6 +91,7 @@ int kv_pool_clients(kv_pool *p, kv_client_info *out, size_t max) noexcept {
     int occupied = 0;
     for (uint32_t i = 0; i < h.max_clients; i++) {
         kv_client &c = p->clients[i];
+        // INS-A3: pairs with CLI-X1, CLI-X2, CLI-X3 and REAP-X2 (the claims).
         uint64_t w = load(c.ctl, std::memory_order_acquire);
         uint32_t st = ClientCtl::state(w);
         if (st != KV_CLIENT_LIVE && st != KV_CLIENT_REAPING) continue;
@@ -97,11 +101,13 @@ int kv_pool_clients(kv_pool *p, kv_client_info *out, size_t max) noexcept {
             ci.slot = i;
             ci.pid = ClientCtl::pid(w);
             ci.state = st;
+            // INS-A4: the start time of that pid's claim; pairs with CLI-R2.
             ci.start_time = load(c.start_time, std::memory_order_acquire);
-            ci.attach_ns = load(c.attach_ns, std::memory_order_relaxed);
+            ci.attach_ns = load(c.attach_ns, std::memory_order_relaxed); // relaxed: informational
             ci.alive = client_is_dead(ci.pid, st == KV_CLIENT_LIVE ? ci.start_time : 0) ? 0 : 1;
             const kv_pin_slot *js = p->journal_all + uint64_t(i) * h.pins_per_client;
             for (uint32_t s = 0; s < h.pins_per_client; s++) {
+                // Relaxed: a count for a report, not a decision.
                 uint32_t phase = PinB::phase(load(const_cast<uint64_t &>(js[s].b), std::memory_order_relaxed));
                 if (phase == KV_PIN_HELD || phase == KV_PIN_INTENT_UNPIN) ci.pins++;
             }
@@ -113,11 +119,14 @@ int kv_pool_clients(kv_pool *p, kv_client_info *out, size_t max) noexcept {
     const size_t rows = std::min(size_t(occupied), max);
     for (uint32_t e = 0; e < h.n_entries; e++) {
         kv_entry &en = p->entries[e];
+        // INS-A5, INS-A6: a reservation and its owner (one CAS16 wrote both);
+        // pair with the claim CAS16 (ROOM-X1, room.cc, entry_claim_one).
         uint64_t c = load(en.ctl, std::memory_order_acquire);
         if (Ctl::state(c) != KV_ENTRY_RESERVED) continue;
         uint64_t x = load(en.aux, std::memory_order_acquire);
         if (Aux::op(x) != KV_AUX_OWNER || Aux::client1(x) == 0) continue;
         uint32_t owner = Aux::client1(x) - 1;
+        // Relaxed: a figure for a report.
         uint32_t cls = load(en.class_id, std::memory_order_relaxed);
         for (size_t r = 0; r < rows; r++) {
             if (out[r].slot != owner) continue;
@@ -135,6 +144,9 @@ int kv_reap_pid(kv_pool *p, uint32_t pid) noexcept {
     for (uint32_t i = 0; i < h.max_clients; i++) {
         if (i == p->client) continue;
         kv_client &c = p->clients[i];
+        // INS-A7, INS-A8: the client's ctl and start time, as REAP-A8 and
+        // REAP-A9 read them (the reaper re-reads both); pair with CLI-X1,
+        // CLI-X3, REAP-X2 (the claim) and CLI-R2 (the start time).
         uint64_t w = load(c.ctl, std::memory_order_acquire);
         if (ClientCtl::state(w) != KV_CLIENT_LIVE || ClientCtl::pid(w) != pid) continue;
         if (!client_is_dead(pid, load(c.start_time, std::memory_order_acquire))) return -EBUSY;

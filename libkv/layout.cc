@@ -204,8 +204,9 @@ void layout_init_region(uint8_t *base, const kv_region_header &h) {
     auto *entries = reinterpret_cast<kv_entry *>(base + h.entry_off);
     for (uint32_t i = 0; i < h.n_entries; i++) entries[i].next = Link::make(KV_NIL32, 0, false);
 
-    // Header last, magic very last with release: an attacher that reads the
-    // magic with acquire sees every table initialized (eal_common_mcfg.c).
+    // Header last, magic very last (eal_common_mcfg.c publishes the same way).
+    // LAY-R1: publishes the header and every table written above; pairs
+    // with LAY-A1 (layout.cc, validate_region).
     auto *dst = reinterpret_cast<kv_region_header *>(base);
     kv_region_header tmp = h;
     tmp.magic = 0;
@@ -224,6 +225,8 @@ int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen)
     if (len < KV_HEADER_BYTES)
         BAD(-ENODATA, "region is %llu bytes: expected at least the %u-byte header", (ull)len, KV_HEADER_BYTES);
     auto *hp = reinterpret_cast<const kv_region_header *>(base);
+    // LAY-A1: a non-zero magic makes the creator's header and tables
+    // visible; pairs with LAY-R1 (layout.cc, layout_init_region).
     uint64_t magic = load(const_cast<uint64_t &>(hp->magic), std::memory_order_acquire);
     if (magic == 0)
         BAD(-ENODATA, "magic is 0: the region is not initialized (or its creator died before publishing it); "

@@ -64,7 +64,7 @@ namespace {
 
 using kvbench::BenchPool;
 using kvbench::make_key;
-// Manually timed spans use the thread's CPU time: on a shared 2-core
+// Manually timed spans use the thread's CPU time: on a shared
 // machine wall time also counts the other tenants. Nothing timed here blocks.
 inline uint64_t cpu_now() { return kvbench::thread_cpu_ns(); }
 using kvbench::PoolSpec;
@@ -1020,7 +1020,7 @@ BENCHMARK(BM_MetadataOverhead)
 
 } // namespace
 
-// ---- 8: eviction's share of a put (issue 5) ----------------------------------------
+// ---- 8: eviction's share of a put ----------------------------------------------
 //
 // Put chained blocks (each names the previous as parent, chains of 16) into
 // one pool of the default policy (prefix-aware, sampled eviction), full, at
@@ -1038,17 +1038,18 @@ BENCHMARK(BM_MetadataOverhead)
 // too; room_oldest:1 removes the oldest blocks, which lie side by side
 // (they were put in a row), a kinder baseline for the cache and TLB
 // (reported for context). One pool, not a full one beside one with room:
-// on this VM the pool created first was up to 1.8x slower to write than
-// the second whatever it did (its memory's placement), which swamped the
-// difference. Only the puts are timed, in batches (thread CPU time: a
-// syscall of 1.6 us on this VM, a third of one 64 KiB put). Below 1 MiB
-// a room batch removes 32 blocks, more than the 8 block hints a process
-// keeps per class (store.cc, note_remove), so the removes end the eviction
-// streak and the first puts of the next full batch search the slab table
-// before they evict: a little more than a pool that stays full pays. The
-// 8 removes of a 2 MiB room batch fit, so there the streak goes on. Counters: room_us, the put
-// of a room batch; full_over_room, the sum of the full batches' put times
-// over the room batches' (the target: <= 1.10); full_minus_room_us, their
+// two pools created one after the other can differ in write speed by the
+// placement of their memory alone, which would swamp the difference. Only
+// the puts are timed, in batches (thread CPU time, read once per batch:
+// reading that clock is a syscall, a sizeable share of one small put).
+// Below 1 MiB a room batch removes 32 blocks, more than the 8 block hints
+// a process keeps per class (store.cc, note_remove), so the removes end
+// the eviction streak and the first puts of the next full batch search the
+// slab table before they evict: a little more than a pool that stays full
+// pays. The 8 removes of a 2 MiB room batch fit, so there the streak goes
+// on. Counters: room_us, the put of a room batch; full_over_room, the sum
+// of the full batches' put times over the room batches' (the target:
+// <= 1.10); full_minus_room_us, their
 // difference per put; evictions_per_put, in the full batches (1) and in
 // the room batches (0); remove_us, one of the removes that make room (wall
 // time), which is a floor for the difference: an eviction removes its
@@ -1154,7 +1155,7 @@ void BM_PutSteady(benchmark::State &state) {
 BENCHMARK(BM_PutSteady)
     ->ArgNames({"block_KiB", "room_oldest", "data_MiB"})
     // A small pool (64 KiB x 1024, 2 MiB x 64) and a 1 GiB one: the small
-    // one fits in this machine's L3, so room made by random removes hands
+    // one fits in a server CPU's L3, so room made by random removes hands
     // its puts blocks written recently (still cached) while a victim, the
     // oldest, is not; in 1 GiB neither is.
     // Blocks of 4 and 16 KiB fill the default entry table (one entry per
@@ -1171,7 +1172,7 @@ BENCHMARK(BM_PutSteady)
     ->Args({64, 0, 1024})
     ->Args({64, 1, 1024})
     // Between the two: where eviction's fixed cost (a remove's work and the
-    // victim's choice, about a microsecond) falls under 10% of the copy.
+    // victim's choice) becomes small next to the copy.
     ->Args({256, 0, 1024})
     ->Args({256, 1, 1024})
     ->Args({2048, 0, 128})
@@ -1181,7 +1182,7 @@ BENCHMARK(BM_PutSteady)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-// ---- 9: removes among puts into a full pool (issue 5) ---------------------------------
+// ---- 9: removes among puts into a full pool ---------------------------------------
 //
 // An engine that drops blocks (kv_remove) while it puts new ones, into a
 // full pool: batches of "remove one live block, put two" alternate with
@@ -1191,11 +1192,11 @@ BENCHMARK(BM_PutSteady)
 // (kv_pool::freed_entries, freed_blocks) and evict nothing, and the other
 // half evict as the put-only batches do: a mixed put should cost at most
 // what a put-only one does (mixed_over_full <= 1). Only the puts are timed
-// (wall clock, per pair: the thread-CPU clock is a 1.6 us syscall here);
-// the removes, of random live blocks, are not. Until a remove stopped
-// ending the puts' short searches (store.cc, note_remove), the second put
-// of each pair scanned 4096 entries (16 KiB) or read every slab's line
-// (64 KiB) before it evicted.
+// (wall clock, per pair: reading the thread-CPU clock is a syscall); the
+// removes, of random live blocks, are not. A remove must not end the puts'
+// short searches (store.cc, note_remove): if it did, the second put of each
+// pair would scan 4096 entries (16 KiB) or read every slab's line (64 KiB)
+// before it evicted, and mixed_over_full would exceed 1.
 void BM_PutRemoveMix(benchmark::State &state) {
     const uint64_t block = uint64_t(state.range(0)) * KiB;
     const uint64_t data = uint64_t(state.range(1)) * MiB;
@@ -1279,7 +1280,7 @@ BENCHMARK(BM_PutRemoveMix)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-// ---- 10: capacity held with mixed block sizes (issue 16) ------------------------------
+// ---- 10: capacity held with mixed block sizes -------------------------------------
 //
 // A stream of puts of fresh keys, each of a size drawn uniformly from a
 // range, into a pool of pool_MiB (the size a user asks for; the default

@@ -31,7 +31,9 @@
 #define KV_OFFSETOF(t, f) __builtin_offsetof(t, f)
 #endif
 
-/* "KVPOOL\0\1" read as a little-endian uint64_t. Published last, with release. */
+/* "KVPOOL\0\1" read as a little-endian uint64_t. Published last, with release
+ * (LAY-R1); attachers load it with acquire (LAY-A1). PROTOCOL.md section 12
+ * lists every such pair. */
 #define KV_REGION_MAGIC 0x01004c4f4f50564bULL
 #define KV_ABI_MAJOR 1
 #define KV_ABI_MINOR 2 /* 1.1: eviction policies; 1.2: exact live bytes (KV_INCOMPAT_F_LIVE_ACCT) */
@@ -248,7 +250,7 @@ KV_STATIC_ASSERT(sizeof(struct kv_manifest) == KV_MANIFEST_SIZE_V1, "manifest v1
 #define KV_NS_ACTIVE 2
 
 struct kv_namespace {
-	uint64_t ctl;        /* CAS by registrants; WRITING -> ACTIVE by the claimant (release) */
+	uint64_t ctl;        /* CAS by registrants; WRITING -> ACTIVE by the claimant (release, NS-R1) */
 	uint64_t chain_seed; /* XXH3-64 of the manifest; written before ACTIVE */
 	uint32_t id;         /* equals the table index; written before ACTIVE */
 	uint32_t reserved0;
@@ -394,7 +396,8 @@ struct kv_entry {
 	uint32_t class_id;
 	uint64_t block;    /* block id: slab * blocks_per_slab + slot */
 	uint64_t length;   /* bytes of data in the block */
-	/* Line 1: metadata, written by the owner before COMMITTED (release). */
+	/* Line 1: metadata, written by the owner before COMMITTED (the commit
+	 * CAS16 publishes it; PROTOCOL.md section 12). */
 	uint64_t checksum; /* XXH3-64 of the block's data */
 	uint32_t tokens;
 	uint32_t priority;
