@@ -69,7 +69,7 @@ int pin_entry(kv_pool *p, uint32_t e, uint32_t gen, uint32_t *slot_out) {
     store(js.a, PinA::make(e, gen), std::memory_order_relaxed);
     // PIN-R1: publishes a and the intent; pairs with PIN-A1 and PIN-X1 (a
     // helper), PIN-A7 (journal_recover_slot), REAP-A1 and STAT-A7. A load
-    // of a must follow an acquire of b to be covered (see PIN-A4).
+    // of a follows an acquire of b (PIN-A4, PIN-A6) and is covered by it.
     store(js.b, PinB::make(seq, KV_PIN_INTENT_PIN), std::memory_order_release);
     kv_entry &en = p->entries[e];
     const uint64_t mine = Aux::make(KV_AUX_PIN, p->client + 1, slot, seq);
@@ -158,14 +158,12 @@ static int unpin_held(kv_pool *p, uint32_t client, uint32_t slot, uint64_t a, ui
 int unpin_slot(kv_pool *p, uint32_t client, uint32_t slot) {
     kv_pin_slot &js = slot_of(p, client, slot);
     // PIN-A5: the slot is HELD; pairs with PIN-R3 or PIN-X1 (which made it
-    // HELD). PIN-A4, the entry it names, has no partner: a is stored relaxed
-    // before PIN-R1, and this load comes before PIN-A5, so no acquire here
-    // orders it after that store. It holds because every caller already
-    // synchronized with the thread that pinned (kv_release is given the
-    // view; detach and the reaper act for their own or a dead client);
-    // loading b first would let PIN-A5 cover a (PROTOCOL.md section 12).
-    uint64_t a = load(js.a, std::memory_order_acquire);
+    // HELD). b is loaded first so that PIN-A5 also covers a, which the
+    // pinning thread stored relaxed before PIN-R1.
     uint64_t b = load(js.b, std::memory_order_acquire);
+    // PIN-A4: the entry the slot names; ordered after PIN-R1 by PIN-A5.
+    // Relaxed would do; acquire costs nothing on x86 and states the intent.
+    uint64_t a = load(js.a, std::memory_order_acquire);
     if (PinB::phase(b) != KV_PIN_HELD) return -EINVAL;
     return unpin_held(p, client, slot, a, b);
 }
@@ -174,13 +172,11 @@ void journal_recover_slot(kv_pool *p, uint32_t client, uint32_t slot) {
     kv_pin_slot &js = slot_of(p, client, slot);
     for (;;) {
         // PIN-A7: the dead client's slot; pairs with PIN-R1..PIN-R6 (its own
-        // stores) and PIN-X1 (a helper's acknowledgement). PIN-A6, the entry
-        // the slot names, has no partner (as for PIN-A4): a is stored
-        // relaxed and loaded before PIN-A7. It holds because the client is
-        // dead, its store of a long finished; loading b first would let
-        // PIN-A7 cover a (PROTOCOL.md section 12).
-        uint64_t a = load(js.a, std::memory_order_acquire);
+        // stores) and PIN-X1 (a helper's acknowledgement). b is loaded first
+        // so that PIN-A7 also covers a, stored relaxed before PIN-R1.
         uint64_t b = load(js.b, std::memory_order_acquire);
+        // PIN-A6: the entry the slot names; ordered after PIN-R1 by PIN-A7.
+        uint64_t a = load(js.a, std::memory_order_acquire);
         uint32_t phase = PinB::phase(b), seq = PinB::seq(b);
         if (phase == KV_PIN_FREE) return;
         if (phase == KV_PIN_HELD) {
