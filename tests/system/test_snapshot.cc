@@ -25,10 +25,12 @@
 #include <functional>
 #include <gtest/gtest.h>
 #include <kv/kv.h>
+#include <malloc.h>
 #include <map>
 #include <random>
 #include <string>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <thread>
@@ -747,6 +749,44 @@ TEST_F(SnapshotTest, FailedPersistKeepsPreviousSnapshot) {
     EXPECT_EQ(r->blocks, blocks.size());
     for (auto &[nsi, k] : blocks)
         EXPECT_TRUE(check_block(dst.p, dst.ns[nsi], k));
+}
+
+// A persist that cannot map its I/O buffers fails with -ENOMEM and says so
+// in words, like every other snapshot error (kv::Error codes are -errno).
+// The child process caps its address space just above what it has mapped,
+// after growing the heap so that small allocations still succeed.
+TEST_F(SnapshotTest, PersistWithoutMemoryForBuffersIsENOMEM) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    GTEST_SKIP() << "a sanitizer's allocator needs address space of its own";
+#else
+    Pool &src = make_pool(16 << 20);
+    populate(src, 4);
+    const std::string path = file("nomem.kvsnap");
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0) << errtext(errno);
+    if (pid == 0) {
+        mallopt(M_MMAP_THRESHOLD, 64 << 20);
+        mallopt(M_TRIM_THRESHOLD, 64 << 20);
+        free(malloc(8 << 20)); // the heap keeps these 8 MiB for what follows
+        std::ifstream statm("/proc/self/statm");
+        uint64_t pages = 0;
+        statm >> pages;
+        rlimit lim{};
+        lim.rlim_cur = lim.rlim_max = pages * uint64_t(sysconf(_SC_PAGESIZE)) + (16 << 10);
+        if (setrlimit(RLIMIT_AS, &lim) != 0) _exit(2);
+        auto w = snap::persist(src.p, "nomem", path, {});
+        if (w.has_value()) _exit(3);
+        if (w.error().code != -ENOMEM) _exit(4);
+        if (w.error().message.find(errtext(ENOMEM)) == std::string::npos) _exit(5);
+        _exit(0);
+    }
+    int st = 0;
+    ASSERT_EQ(waitpid(pid, &st, 0), pid);
+    ASSERT_TRUE(WIFEXITED(st)) << "status " << st;
+    EXPECT_EQ(WEXITSTATUS(st), 0) << "2: setrlimit failed, 3: persist succeeded, 4: code is not -ENOMEM, "
+                                     "5: the message does not say why";
+    EXPECT_FALSE(fs::exists(path + ".tmp"));
+#endif
 }
 
 // A persist reads every block but is not a client using them: it counts no
