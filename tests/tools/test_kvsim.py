@@ -66,7 +66,7 @@ try:
             # A sampled policy that works follows its exact model; one that
             # is broken (wrong order, random victims) falls far behind. The
             # issue's 2-point target is a measurement, made by kvsim on full
-            # traces and reported in the README, not asserted here: the
+            # traces and reported in doc/perf/, not asserted here: the
             # pool's ranks are clock ticks, so its order (and these small
             # traces' ratios) move with timing: under ASan, multi-turn LFU
             # at 25% came out 2.3 points below its model once.
