@@ -255,19 +255,19 @@ class Worker {
         WorkerSlot &s = c_->slot[idx_];
         std::snprintf(s.msg, sizeof s.msg, "worker %u: %s: %d (%s)", idx_, what.c_str(), rc,
                       rc < 0 ? kv_strerror(rc) : "unexpected value");
-        // Relaxed: published by the release below (R1), or by the worker's
+        // Relaxed: published by the release below (BENCH-R1), or by the worker's
         // exit when already running (the parent reads it after waitpid()).
         s.rc.store(rc < 0 ? rc : -EIO, std::memory_order_relaxed);
-        // R1: release pairs with A1 in run_workers: the parent sees msg and rc.
+        // BENCH-R1: release pairs with BENCH-A1 in run_workers: the parent sees msg and rc.
         if (!started_) c_->ready.fetch_add(1, std::memory_order_release);
         return 1;
     }
 
     // Setup done: wait for the common start. Returns the start time.
     uint64_t start() {
-        // R1 (see fail).
+        // BENCH-R1 (see fail).
         c_->ready.fetch_add(1, std::memory_order_release);
-        // A2: acquire pairs with R2 in run_workers (nothing else is published by go;
+        // BENCH-A2: acquire pairs with BENCH-R2 in run_workers (nothing else is published by go;
         // acquire keeps the start-time read after it).
         while (c_->go.load(std::memory_order_acquire) == 0) std::this_thread::yield();
         started_ = true;
@@ -341,7 +341,7 @@ std::expected<std::vector<WorkerResult>, std::string> run_workers(unsigned n, do
     // Wait for every worker's setup (bounded: a worker that dies without
     // reporting would otherwise hang the benchmark).
     uint64_t deadline = now_ns() + 60ULL * 1000000000ULL;
-    // A1: acquire pairs with R1 in Worker::start/fail.
+    // BENCH-A1: acquire pairs with BENCH-R1 in Worker::start/fail.
     while (err.empty() && c->ready.load(std::memory_order_acquire) < pids.size()) {
         if (now_ns() > deadline) {
             err = "workers did not become ready within 60 s";
@@ -359,7 +359,7 @@ std::expected<std::vector<WorkerResult>, std::string> run_workers(unsigned n, do
     for (unsigned i = 0; i < pids.size() && err.empty(); ++i) {
         if (c->slot[i].rc.load(std::memory_order_relaxed) != 0) err = c->slot[i].msg;
     }
-    // R2: release pairs with A2 in Worker::start. On error the workers see
+    // BENCH-R2: release pairs with BENCH-A2 in Worker::start. On error the workers see
     // go and stop together and leave at once.
     if (!err.empty()) c->stop.store(1, std::memory_order_relaxed);
     c->go.store(1, std::memory_order_release);
