@@ -28,20 +28,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-[[gnu::format(printf, 1, 2)]] std::string strf(const char *fmt, ...) {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    const int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n < 0) return {};
-    if (size_t(n) < sizeof buf) return std::string(buf, size_t(n));
-    std::string s(size_t(n), '\0');
-    va_start(ap, fmt);
-    std::vsnprintf(s.data(), s.size() + 1, fmt, ap);
-    va_end(ap);
-    return s;
-}
 
 std::unexpected<ClientError> fail(std::string message, bool timed_out = false) {
     return std::unexpected(

@@ -170,25 +170,6 @@ std::string frame(uint16_t op, uint32_t seq, int error, const std::string &body)
     return out;
 }
 
-namespace {
-
-[[gnu::format(printf, 1, 2)]] std::string strf(const char *fmt, ...) {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    const int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n < 0) return {};
-    if (size_t(n) < sizeof buf) return std::string(buf, size_t(n));
-    std::string s(size_t(n), '\0');
-    va_start(ap, fmt);
-    std::vsnprintf(s.data(), s.size() + 1, fmt, ap);
-    va_end(ap);
-    return s;
-}
-
-} // namespace
-
 HeaderCheck check_response_header(const kv_ctl_hdr &hdr, uint16_t op, uint32_t seq,
                                   std::string_view socket) {
     HeaderCheck c;
@@ -237,6 +218,21 @@ ResponseBody decode_response_body(std::string body) {
     r.error = resp.error;
     r.text = std::move(body);
     return r;
+}
+
+std::string strf(const char *fmt, ...) {
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    const int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0) return {};
+    if (size_t(n) < sizeof buf) return std::string(buf, size_t(n));
+    std::string s(size_t(n), '\0');
+    va_start(ap, fmt);
+    std::vsnprintf(s.data(), s.size() + 1, fmt, ap);
+    va_end(ap);
+    return s;
 }
 
 } // namespace kv::control

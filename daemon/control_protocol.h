@@ -127,4 +127,8 @@ struct ResponseBody {
 };
 ResponseBody decode_response_body(std::string body);
 
+// printf into a std::string of any length (messages of the protocol layer
+// and of its clients).
+[[gnu::format(printf, 1, 2)]] std::string strf(const char *fmt, ...);
+
 } // namespace kv::control

@@ -6,6 +6,7 @@
 // client, daemon/control_client.h), output (tables and JSON), main.
 #pragma once
 
+#include "control_protocol.h"
 #include "units.h"
 
 #include <nlohmann/json.hpp>
@@ -59,19 +60,6 @@ struct Failure {
 template <typename T>
 using Result = std::expected<T, Failure>;
 
-[[gnu::format(printf, 1, 2)]] inline std::string strf(const char *fmt, ...) {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    const int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n < 0) return {};
-    if (size_t(n) < sizeof buf) return std::string(buf, size_t(n));
-    std::string s(size_t(n), '\0');
-    va_start(ap, fmt);
-    std::vsnprintf(s.data(), s.size() + 1, fmt, ap);
-    va_end(ap);
-    return s;
-}
+using kv::control::strf;
 
 } // namespace kvctl
