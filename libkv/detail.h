@@ -497,7 +497,7 @@ uint64_t slab_move(kv_pool *p, uint32_t s, uint32_t cls);
 
 // ---- store.cc ----------------------------------------------------------------------
 // Copy len bytes from src to dst and return XXH3_64bits of the bytes stored,
-// in one pass (store.cc explains how); dst == nullptr: only hash src. width
+// in one pass (copy_hash.cc explains how); dst == nullptr: only hash src. width
 // caps the vector width in bytes (64, 32 or 16; 0: the widest this CPU has,
 // copy_hash_width()), so tests can check each variant.
 uint64_t copy_hash(void *dst, const void *src, uint64_t len, unsigned width = 0);

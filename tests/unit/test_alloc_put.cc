@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 //
 // Correctness checks for the paths the benchmarks drove faster:
-//  - copy_hash (store.cc): the one-pass copy + XXH3-64 equals libxxhash's
+//  - copy_hash (copy_hash.cc): the one-pass copy + XXH3-64 equals libxxhash's
 //    XXH3_64bits for every length and alignment, for each vector width this
 //    CPU has, copies exactly len bytes, and the data path stores it;
 //  - reserve (store.cc): a key found only at the insert gives its entry and
