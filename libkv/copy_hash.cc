@@ -14,7 +14,8 @@
 //
 // This is XXH3-64's long-input path (inputs over 240 bytes, default secret,
 // seed 0), written out because its inner step must sit between our load and
-// store; xxhash's format is frozen since 0.8.0 and the result equals
+// store; the constants, secret and final merge are shared with the Python
+// extension's paged kernel (xxh3_parts.h). The result equals
 // XXH3_64bits(block, len), which readers use (kv_view_verify) and
 // tests/unit/test_alloc_put.cc checks for every length, alignment and
 // vector width. Short inputs go to libxxhash.
@@ -26,59 +27,20 @@
 // is read again soon, by the put's commit or a reader).
 #include "detail.h"
 
-#define XXH_STATIC_LINKING_ONLY // XXH3_generateSecret_fromSeed
+#define XXH_STATIC_LINKING_ONLY // XXH3_generateSecret_fromSeed (xxh3_parts.h)
 #include <xxhash.h>
+
+#include "xxh3_parts.h"
 
 namespace kv::detail {
 
 namespace {
 
-__extension__ typedef unsigned __int128 u128;
+using namespace xxh3;
+
 typedef uint64_t V16 __attribute__((vector_size(16)));
 typedef uint64_t V32 __attribute__((vector_size(32)));
 typedef uint64_t V64 __attribute__((vector_size(64)));
-
-constexpr uint64_t kP32_1 = 0x9E3779B1U, kP32_2 = 0x85EBCA77U, kP32_3 = 0xC2B2AE3DU;
-constexpr uint64_t kP64_1 = 0x9E3779B185EBCA87ULL, kP64_2 = 0xC2B2AE3D27D4EB4FULL,
-                   kP64_3 = 0x165667B19E3779F9ULL, kP64_4 = 0x85EBCA77C2B2AE63ULL,
-                   kP64_5 = 0x27D4EB2F165667C5ULL;
-constexpr uint64_t kMidsizeMax = 240; // XXH3_MIDSIZE_MAX: longer inputs take the path below
-constexpr uint64_t kStripe = 64, kBlockLen = 1024; // 16 stripes per block (192-byte secret)
-
-// The default 192-byte XXH3 secret (XXH3_kSecret), taken from libxxhash at
-// start-up rather than copied: a seed-0 secret is the default secret itself
-// (XXH3_initCustomSecret adds and subtracts the seed). The equality of
-// copy_hash with XXH3_64bits is checked for every length in
-// tests/unit/test_alloc_put.cc.
-constexpr size_t kSecretLen = 192;
-struct DefaultSecret {
-    alignas(64) uint8_t bytes[kSecretLen];
-    DefaultSecret() { XXH3_generateSecret_fromSeed(bytes, 0); }
-};
-const DefaultSecret kDefaultSecret;
-const uint8_t *const kSecret = kDefaultSecret.bytes;
-
-uint64_t read64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8); // little-endian hosts only (region.h)
-    return v;
-}
-
-uint64_t mul128_fold64(uint64_t a, uint64_t b) {
-    u128 m = u128(a) * b;
-    return uint64_t(m) ^ uint64_t(m >> 64);
-}
-
-// XXH3_mergeAccs with the final avalanche.
-uint64_t merge_accs(const uint64_t *acc, uint64_t len) {
-    uint64_t r = len * kP64_1;
-    for (int i = 0; i < 4; i++)
-        r += mul128_fold64(acc[2 * i] ^ read64(kSecret + 11 + 16 * i),
-                           acc[2 * i + 1] ^ read64(kSecret + 19 + 16 * i));
-    r ^= r >> 37;
-    r *= 0x165667919E3779F9ULL;
-    return r ^ (r >> 32);
-}
 
 // XXH3_accumulate_512 on one 64-byte stripe, as 64 / sizeof(V) vectors; the
 // stripe is stored to d first when Copy. Every helper here is always_inline
@@ -124,12 +86,11 @@ template <class V> [[gnu::always_inline]] inline void scramble(V *acc, const uin
 // a byte stored.
 template <class V, bool Copy>
 [[gnu::always_inline]] inline uint64_t xxh3_long(uint8_t *dst, const uint8_t *src, uint64_t len) {
-    const uint64_t init[8] = {kP32_3, kP64_1, kP64_2, kP64_3, kP64_4, kP32_2, kP64_5, kP32_1};
     V acc[64 / sizeof(V)];
-    memcpy(acc, init, sizeof acc);
+    memcpy(acc, kInitAcc, sizeof acc);
     const uint64_t blocks = (len - 1) / kBlockLen;
     for (uint64_t b = 0; b < blocks; b++) {
-        for (uint64_t i = 0; i < kBlockLen / kStripe; i++) {
+        for (uint64_t i = 0; i < kStripesPerBlock; i++) {
             const uint64_t off = b * kBlockLen + i * kStripe;
             stripe<V, Copy>(acc, src + off, Copy ? dst + off : nullptr, kSecret + 8 * i);
         }
