@@ -14,12 +14,19 @@
 // ->FREEING (exactly one CAS wins); the FREEING owner (or the reaper, if it
 // died) for ->FREE. uapi/PROTOCOL.md lists what each crash point leaves.
 //
-// Memory orders: C1 (commit, cmpxchg16b: full barrier) publishes the data,
-// checksum and metadata; readers load ctl with acquire (G1) before reading
-// them. Key fields are written after the claim CAS behind a release fence
-// (K1) and read before the pin CAS behind an acquire fence (K2): if a reader
-// saw a key written after a recycle, its pin CAS must see the new generation
-// and fail, so a pin never lands on a key it did not match.
+// Memory orders (labels STO-*, listed in PROTOCOL.md's ledger): the commit
+// STO-X1 (cmpxchg16b: a full barrier; called C1 elsewhere) publishes the
+// data, checksum and metadata; readers load ctl with acquire (STO-A1 and
+// the others that name STO-X1) before reading them. Key fields are written
+// after the claim CAS behind a release fence (ROOM-R1, room.cc; called K1
+// elsewhere) and read before the pin CAS behind an acquire fence (STO-A2,
+// STO-A4, STO-A6; K2): if a reader saw a key written after a recycle, its
+// pin CAS must see the new generation and fail, so a pin never lands on a
+// key it did not match. Every 16-byte CAS on (ctl, aux) is a full barrier
+// (seq_cst); each is labelled with what it publishes. Fields of a
+// committed entry are read relaxed after an acquire of its ctl: they are
+// immutable until the entry is freed, which a pin or the generation in the
+// next CAS rules out.
 #include "detail.h"
 
 #include <algorithm>
@@ -33,10 +40,13 @@ constexpr uint64_t kNoBlock = UINT64_MAX;
 // Check (after a find) that e is committed with this key; returns its ctl or 0.
 uint64_t committed_ctl(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &k) {
     kv_entry &en = p->entries[e];
-    uint64_t c = load(en.ctl, std::memory_order_acquire); // G1
+    // STO-A1 (G1): pairs with the commit STO-X1; its fields are then visible.
+    uint64_t c = load(en.ctl, std::memory_order_acquire);
     if (Ctl::state(c) != KV_ENTRY_COMMITTED) return 0;
     if (!entry_key_is(en, ns, k)) return 0; // recycled since the find
-    std::atomic_thread_fence(std::memory_order_acquire); // K2
+    // STO-A2 (K2): pairs with ROOM-R1 (room.cc, the claim's fence): a key
+    // of a later life read above makes the pin CAS see its generation.
+    std::atomic_thread_fence(std::memory_order_acquire);
     // An expired block is not found (it is evicted first, and a put of its
     // key replaces it). If e was recycled meanwhile, the pin CAS fails.
     if (load(en.ttl_ms, std::memory_order_relaxed) && entry_expired(en, now_ns())) return 0;
@@ -61,7 +71,7 @@ void fill_view(kv_pool *p, uint32_t e, uint32_t gen, uint32_t slot, kv_view *v, 
 // A committed entry's class, block and length name bytes inside the data
 // section. They are immutable once committed, but live in memory every
 // client can write: a stray write (or a hostile process) must not turn a
-// get into a view of memory outside the region. Found by fuzz/fuzz_region.
+// get into a view of memory outside the region (fuzz/fuzz_region checks it).
 bool entry_extent_ok(const kv_pool *p, const kv_entry &en) {
     const uint32_t cls = load(en.class_id, std::memory_order_relaxed);
     if (cls >= p->hdr->n_classes) return false;
@@ -101,9 +111,12 @@ int check_ns(kv_pool *p, uint32_t ns) { return ns_valid(p, ns) ? 0 : -ENOENT; }
 int find_holder(kv_pool *p, uint32_t ns, const kv_key &k) {
     Found f = index_find(p, ns, k);
     if (!f.found) return 0;
+    // STO-A3: pairs with the commit STO-X1 (and the claim ROOM-X1, for a
+    // RESERVED holder).
     uint64_t c = load(p->entries[f.cur].ctl, std::memory_order_acquire);
     if (Ctl::state(c) == KV_ENTRY_COMMITTED && entry_key_is(p->entries[f.cur], ns, k)) {
-        std::atomic_thread_fence(std::memory_order_acquire); // K2
+        // STO-A4 (K2): pairs with ROOM-R1, as STO-A2.
+        std::atomic_thread_fence(std::memory_order_acquire);
         if (entry_expired(p->entries[f.cur], now_ns())) return 0; // the insert replaces it
         bump(my_stats(p).dedups);
         return KV_DEDUP;
@@ -251,16 +264,22 @@ int reserve_impl(kv_pool *p, const PutRequest &rq, Reserved *out) {
 int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t sum) {
     if (e >= p->hdr->n_entries) return -EINVAL;
     kv_entry &en = p->entries[e];
+    // STO-A8: pairs with the claim ROOM-X1, which another thread of this
+    // client may have made (a reservation handed between threads). aux is
+    // read relaxed: the CAS below checks the pair.
     uint64_t c = load(en.ctl, std::memory_order_acquire);
     uint64_t x = load(en.aux, std::memory_order_relaxed);
     if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED || x != Aux::owner(p->client)) return -EINVAL;
-    uint64_t len = load(en.length, std::memory_order_relaxed);
+    uint64_t len = load(en.length, std::memory_order_relaxed); // the owner's own write
     if (!have_sum) sum = copy_hash(nullptr, block_data(p, load(en.block, std::memory_order_relaxed), en.class_id), len);
     store(en.checksum, sum, std::memory_order_relaxed);
     store(en.commit_ns, now_ns(), std::memory_order_relaxed);
     const uint32_t rec = acct_begin(p, e, gen, len, false);
     acct_crash_point(AcctPoint::CommitWrittenDown);
-    // C1: publish (full barrier).
+    // STO-X1 (C1): RESERVED(gen, us) -> COMMITTED(gen), a full barrier:
+    // publishes the data, checksum, metadata and key to every acquire of
+    // ctl that sees COMMITTED (STO-A1, A3, A5, A7, A9, A13, A16; index.cc,
+    // evict.cc, inspect.cc and the snapshot writer).
     const bool committed =
         cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_COMMITTED, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
     acct_crash_point(AcctPoint::CommitDone);
@@ -292,7 +311,9 @@ void entry_link_parent(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &parent
     Found f = index_find(p, ns, parent);
     if (!f.found || f.cur == e) return;
     kv_entry &pe = p->entries[f.cur];
-    uint64_t c = load(pe.ctl, std::memory_order_acquire); // the parent's commit published its kids reset
+    // STO-A9: pairs with the parent's commit STO-X1, which published its
+    // kids reset to (gen, 0).
+    uint64_t c = load(pe.ctl, std::memory_order_acquire);
     if (Ctl::state(c) != KV_ENTRY_COMMITTED || !entry_key_is(pe, ns, parent)) return;
     uint32_t pg = Ctl::gen(c);
     uint32_t w = load(pe.kids, std::memory_order_relaxed);
@@ -316,12 +337,15 @@ void entry_unlink_parent(kv_pool *p, kv_entry &en) {
 
 void entry_finish_free(kv_pool *p, uint32_t e) {
     kv_entry &en = p->entries[e];
+    // STO-A10: pairs with the FREEING claim (STO-X5, or the reaper's in
+    // reap.cc) and so with every write of the life being freed.
     uint64_t c = load(en.ctl, std::memory_order_acquire);
-    uint64_t x = load(en.aux, std::memory_order_relaxed);
+    uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by the CAS below
     if (Ctl::state(c) != KV_ENTRY_FREEING) return;
     uint64_t b = load(en.block, std::memory_order_relaxed);
     uint64_t len = load(en.length, std::memory_order_relaxed);
     if (b < uint64_t(p->hdr->n_slabs) * p->hdr->blocks_per_slab) {
+        // STO-A11: pairs with STO-X2 (the block word naming this entry).
         uint64_t w = load(p->blocks[b], std::memory_order_acquire);
         if (Blk::state(w) == KV_BLOCK_ENTRY && Blk::owner(w) == e) {
             const uint32_t rec = acct_begin(p, e, Ctl::gen(c), len, true);
@@ -334,17 +358,22 @@ void entry_finish_free(kv_pool *p, uint32_t e) {
     }
     store(en.clock, 0U, std::memory_order_relaxed);
     entry_unlink_parent(p, en);
-    // F: FREE with the next generation; release pairs with the claim CAS.
+    // STO-X4 (F): FREEING -> FREE with the next generation, a full barrier:
+    // the next claim (ROOM-X1) acquires every write of this life.
     cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c) + 1, KV_ENTRY_FREE, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
 }
 
 void entry_maybe_free(kv_pool *p, uint32_t e) {
     kv_entry &en = p->entries[e];
     for (;;) {
+        // STO-A12: pairs with the unlink (index.cc) and the last unpin
+        // (pin.cc) that made UNLINKED with no pins.
         uint64_t c = load(en.ctl, std::memory_order_acquire);
-        uint64_t x = load(en.aux, std::memory_order_relaxed);
+        uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by the CAS
         if (Ctl::state(c) != KV_ENTRY_UNLINKED || Ctl::pins(c) != 0) return;
         help_pending(p, x); // aux is about to be overwritten
+        // STO-X5: UNLINKED(pins 0) -> FREEING(us); exactly one CAS wins, and
+        // its finish (STO-A10) follows it.
         if (cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_FREEING, 0), Aux::owner(p->client)})) {
             entry_finish_free(p, e);
             return;
@@ -355,12 +384,14 @@ void entry_maybe_free(kv_pool *p, uint32_t e) {
 bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned) {
     kv_entry &en = p->entries[e];
     for (;;) {
+        // STO-A13: pairs with the commit STO-X1 of this generation.
         uint64_t c = load(en.ctl, std::memory_order_acquire);
-        uint64_t x = load(en.aux, std::memory_order_relaxed);
+        uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by the CAS
         if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_COMMITTED) return false;
         if (require_unpinned && Ctl::pins(c) != 0) return false;
-        // Pins and aux stay: pinned views remain valid, the journal protocol
-        // keeps working on a DEAD entry.
+        // STO-X3: COMMITTED(gen) -> DEAD(gen). Pins and aux stay: pinned
+        // views remain valid, the journal protocol keeps working on a DEAD
+        // entry. The unlink that follows (index.cc) starts after it.
         if (cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_DEAD, Ctl::pins(c)), x})) break;
     }
     index_remove(p, e, gen);
@@ -374,6 +405,8 @@ void entry_abort(kv_pool *p, uint32_t e, uint64_t c, uint64_t x) {
     // so its free neither counts as freed bytes nor changes live bytes. Only
     // the owner or its reaper writes a RESERVED entry's length.
     store(en.length, uint64_t(0), std::memory_order_relaxed);
+    // STO-X6: RESERVED -> DEAD, after the length store above, which the
+    // free (STO-A10) then reads.
     if (!cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_DEAD, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)}))
         return;
     index_remove(p, e, Ctl::gen(c)); // linked or not, it ends UNLINKED and is freed
@@ -454,8 +487,10 @@ int kv_abort(kv_pool *p, kv_reservation *r) noexcept {
     uint32_t e = PinA::entry(r->handle[0]), gen = PinA::gen(r->handle[0]);
     if (e >= p->hdr->n_entries) return -EINVAL;
     kv_entry &en = p->entries[e];
+    // STO-A14: pairs with the claim ROOM-X1 (the reservation may come from
+    // another thread of this client).
     uint64_t c = load(en.ctl, std::memory_order_acquire);
-    uint64_t x = load(en.aux, std::memory_order_relaxed);
+    uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by entry_abort's CAS
     if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED || x != Aux::owner(p->client)) return -EINVAL;
     const uint64_t blk = load(en.block, std::memory_order_relaxed);
     const uint32_t cls = load(en.class_id, std::memory_order_relaxed);
@@ -500,6 +535,8 @@ int kv_release(kv_pool *p, kv_view *v) noexcept {
     uint32_t slot = uint32_t(v->handle[0]), seq = uint32_t(v->handle[0] >> 32);
     if (slot >= p->hdr->pins_per_client) return -EINVAL;
     kv_pin_slot &js = p->journal[slot];
+    // STO-A15: pairs with the pin's release store of HELD (pin.cc, P1), so
+    // the a word read next is the one the pin wrote before it.
     uint64_t b = load(js.b, std::memory_order_acquire);
     if (PinB::phase(b) != KV_PIN_HELD || PinB::seq(b) != seq ||
         load(js.a, std::memory_order_relaxed) != v->handle[1])
@@ -522,6 +559,7 @@ int kv_remove(kv_pool *p, uint32_t ns, const kv_key *key) noexcept {
         Found f = index_find(p, ns, *key);
         if (!f.found) return -ENOENT;
         kv_entry &en = p->entries[f.cur];
+        // STO-A16: pairs with the commit STO-X1 (or the claim ROOM-X1).
         uint64_t c = load(en.ctl, std::memory_order_acquire);
         if (!entry_key_is(en, ns, *key)) continue;
         switch (Ctl::state(c)) {
