@@ -132,9 +132,7 @@ void take_slot(kv_pool *p, uint32_t i) {
     acct_resolve_dead(p, i);
     p->acct_free = std::make_unique<SlotStack>(KV_ACCT_RECORDS);
     for (uint32_t r = KV_ACCT_RECORDS; r-- > 0;) p->acct_free->push(r);
-    // Relaxed: a process-local hint.
-    p->entry_cursor.store(uint32_t((uint64_t(p->pid) * 2654435761ULL) % p->hdr->n_entries),
-                          std::memory_order_relaxed);
+    p->room.start(p);
 }
 
 } // namespace

@@ -8,6 +8,8 @@
 #include <kv/kv.h>
 #include <kvpool/region.h>
 
+#include "room.h"
+
 #include <atomic>
 #include <cerrno>
 #include <cstdarg>
@@ -177,68 +179,6 @@ class SlotStack {
     std::unique_ptr<std::atomic<uint32_t>[]> next_;
 };
 
-// Entries and blocks this process's kv_remove freed, taken first by its
-// next puts (store.cc, reserve_impl): in a full pool a put looks only a
-// little way for room (a short entry scan, kEntryScanShort; its home slabs
-// instead of the slab table, the block streak) and would rarely find them,
-// and a remove does not end that short search, since what it freed is
-// here. Hints, process-local: a slot holds value + 1 (0: empty); push
-// overwrites the oldest slot when all are full and then says so (the caller
-// ends the short search: a lost hint is found by a full one), pop takes the
-// newest it finds. Relaxed throughout: a hint lost, repeated or stale
-// (taken by another process since) costs a search or a claim CAS that
-// fails, never a wrong claim; pending only saves pops the slots' reads when
-// nothing is there and is re-synced to 0 by a pop that finds nothing.
-template <typename T, uint32_t N>
-class FreedHints {
-  public:
-    static constexpr uint32_t kSlots = N;
-    static constexpr T kNone = T(~T(0)); // pop's "nothing"; never pushed
-    // True if a hint not yet taken was overwritten.
-    bool push(T v) {
-        const uint32_t i = next_.fetch_add(1, std::memory_order_relaxed);
-        const T old = slots_[i % kSlots].exchange(v + 1, std::memory_order_relaxed);
-        pending_.fetch_add(1, std::memory_order_relaxed);
-        if (old == 0) return false;
-        pending_.fetch_sub(1, std::memory_order_relaxed);
-        return true;
-    }
-    T pop() {
-        if (pending_.load(std::memory_order_relaxed) == 0) return kNone;
-        const uint32_t top = next_.load(std::memory_order_relaxed);
-        for (uint32_t k = 1; k <= kSlots; k++) {
-            std::atomic<T> &slot = slots_[(top - k) % kSlots];
-            // Read first: an exchange on an empty slot would still take its
-            // line exclusive, and threads share these lines.
-            if (slot.load(std::memory_order_relaxed) == 0) continue;
-            const T v = slot.exchange(0, std::memory_order_relaxed);
-            if (v == 0) continue; // another thread took it
-            pending_.fetch_sub(1, std::memory_order_relaxed);
-            return v - 1;
-        }
-        pending_.store(0, std::memory_order_relaxed);
-        return kNone;
-    }
-
-    // Forget every hint (a search that follows will find what they named).
-    void clear() {
-        if (pending_.load(std::memory_order_relaxed) == 0) return;
-        for (std::atomic<T> &slot : slots_)
-            if (slot.load(std::memory_order_relaxed) != 0) slot.store(0, std::memory_order_relaxed);
-        pending_.store(0, std::memory_order_relaxed);
-    }
-
-  private:
-    static_assert((uint64_t(1) << 32) % N == 0, "next_ wraps at 2^32: N must divide it");
-    std::atomic<uint32_t> next_{0};
-    std::atomic<uint32_t> pending_{0};
-    std::atomic<T> slots_[kSlots] = {};
-};
-// Entry indices (KV_NIL32 when none); one ring per process.
-using FreedEntries = FreedHints<uint32_t, 64>;
-// Block ids of one size class (UINT64_MAX when none); a ring per class.
-using FreedBlocks = FreedHints<uint64_t, 8>;
-
 // ---- The pool handle ---------------------------------------------------------
 } // namespace kv::detail
 
@@ -262,26 +202,13 @@ struct kv_pool {
     uint8_t *data = nullptr;
     uint32_t bucket_mask = 0;
     uint32_t policy = 0; // hdr->evict_policy, fixed at creation (KV_EVICT_*)
-    std::atomic<uint32_t> entry_cursor{0}; // scan position for free entries (a hint; threads share it)
+    // Where this process looks for room for a put: scan cursor, streaks and
+    // hints (room.h). Process-local.
+    kv::detail::RoomFinder room;
     // Per size class, slab index + 1 of this process's newest home slabs,
     // where it allocates first (allocator.cc, "Home slabs"). Hints.
     static constexpr uint32_t kHomes = 4;
     std::atomic<uint32_t> home_slabs[KV_MAX_CLASSES][kHomes] = {};
-    // Per size class, this process's puts in a row whose block search found
-    // nothing and had to evict (store.cc, reserve_impl). A hint.
-    std::atomic<uint32_t> evict_streak[KV_MAX_CLASSES] = {};
-    // Per size class, the kv_region_state.room_epoch this process's streak
-    // last saw: a new value means room was made on purpose elsewhere.
-    std::atomic<uint64_t> room_seen[KV_MAX_CLASSES] = {};
-    // The same two for the entry table: puts in a row whose scan for a FREE
-    // entry found none and had to evict, and the room_epoch they last saw.
-    std::atomic<uint32_t> entry_streak{0};
-    std::atomic<uint64_t> entry_room_seen{0};
-    // Entries this process's removes freed, tried before the scan; per
-    // size class, blocks they freed while the class was in a streak, tried
-    // before the home slabs.
-    kv::detail::FreedEntries freed_entries;
-    kv::detail::FreedBlocks freed_blocks[KV_MAX_CLASSES];
     std::unique_ptr<kv::detail::SlotStack> free_slots;
     // This client's live-bytes records (kv_client.acct) not held by a thread.
     std::unique_ptr<kv::detail::SlotStack> acct_free;
@@ -506,7 +433,7 @@ uint64_t slab_move(kv_pool *p, uint32_t s, uint32_t cls);
 
 // ---- store.cc ----------------------------------------------------------------------
 // Copy len bytes from src to dst and return XXH3_64bits of the bytes stored,
-// in one pass (store.cc explains how); dst == nullptr: only hash src. width
+// in one pass (copy_hash.cc explains how); dst == nullptr: only hash src. width
 // caps the vector width in bytes (64, 32 or 16; 0: the widest this CPU has,
 // copy_hash_width()), so tests can check each variant.
 uint64_t copy_hash(void *dst, const void *src, uint64_t len, unsigned width = 0);
@@ -515,10 +442,6 @@ unsigned copy_hash_width();
 void entry_finish_free(kv_pool *p, uint32_t e);
 // After a transition that may have made (UNLINKED, pins 0): try to claim the free.
 void entry_maybe_free(kv_pool *p, uint32_t e);
-// This process removed entry freed_entry, of class cls (kv_remove): its
-// next put of the class searches for room instead of evicting, and its next
-// put claims that entry first (store.cc).
-void note_remove(kv_pool *p, uint32_t cls, uint32_t freed_entry, uint64_t freed_block);
 
 // Remove committed entry e at gen (eviction or remove). If require_unpinned,
 // only succeeds when the pin count is 0. Returns the length freed-to-be or 0.

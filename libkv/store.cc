@@ -14,344 +14,39 @@
 // ->FREEING (exactly one CAS wins); the FREEING owner (or the reaper, if it
 // died) for ->FREE. uapi/PROTOCOL.md lists what each crash point leaves.
 //
-// Memory orders: C1 (commit, cmpxchg16b: full barrier) publishes the data,
-// checksum and metadata; readers load ctl with acquire (G1) before reading
-// them. Key fields are written after the claim CAS behind a release fence
-// (K1) and read before the pin CAS behind an acquire fence (K2): if a reader
-// saw a key written after a recycle, its pin CAS must see the new generation
-// and fail, so a pin never lands on a key it did not match.
+// Memory orders (labels STO-*, listed in PROTOCOL.md's ledger): the commit
+// STO-X1 (cmpxchg16b: a full barrier; called C1 elsewhere) publishes the
+// data, checksum and metadata; readers load ctl with acquire (STO-A1 and
+// the others that name STO-X1) before reading them. Key fields are written
+// after the claim CAS behind a release fence (ROOM-R1, room.cc; called K1
+// elsewhere) and read before the pin CAS behind an acquire fence (STO-A2,
+// STO-A4, STO-A6; K2): if a reader saw a key written after a recycle, its
+// pin CAS must see the new generation and fail, so a pin never lands on a
+// key it did not match. Every 16-byte CAS on (ctl, aux) is a full barrier
+// (seq_cst); each is labelled with what it publishes. Fields of a
+// committed entry are read relaxed after an acquire of its ctl: they are
+// immutable until the entry is freed, which a pin or the generation in the
+// next CAS rules out.
 #include "detail.h"
-
-#define XXH_STATIC_LINKING_ONLY // XXH3_generateSecret_fromSeed
-#include <xxhash.h>
 
 #include <algorithm>
 
 namespace kv::detail {
 
-// ---- Copying a block with its XXH3-64 ---------------------------------------------
-//
-// A put must store the data and its XXH3-64. Copying and then hashing reads
-// the data twice and, for a 2 MiB block, the second pass finds it in L2 or
-// L3 at best; hashing chunk by chunk through XXH3's streaming state still
-// loads everything twice and, in libxxhash's generic build, runs at a third
-// of the one-shot speed. Instead copy_hash makes one pass: each 64-byte
-// stripe is loaded into vector registers once, stored to the block, and
-// folded into the XXH3 accumulators from the same registers, so the checksum
-// is exactly that of the bytes stored (even if the caller changes its
-// buffer meanwhile) and the data crosses the memory system once.
-//
-// This is XXH3-64's long-input path (inputs over 240 bytes, default secret,
-// seed 0), written out because its inner step must sit between our load and
-// store; xxhash's format is frozen since 0.8.0 and the result equals
-// XXH3_64bits(block, len), which readers use (kv_view_verify) and the tests
-// check for every length and alignment. Short inputs go to libxxhash.
-//
-// One generic-vector template, compiled for the widest ISA the CPU has:
-// 64-byte vectors with AVX-512F, 32 with AVX2, 16 otherwise (SSE2 on
-// x86-64, Advanced SIMD on aarch64). Plain stores: non-temporal ones were
-// measured slower for 2 MiB blocks, also into cold memory.
-namespace {
-
-__extension__ typedef unsigned __int128 u128;
-typedef uint64_t V16 __attribute__((vector_size(16)));
-typedef uint64_t V32 __attribute__((vector_size(32)));
-typedef uint64_t V64 __attribute__((vector_size(64)));
-
-constexpr uint64_t kP32_1 = 0x9E3779B1U, kP32_2 = 0x85EBCA77U, kP32_3 = 0xC2B2AE3DU;
-constexpr uint64_t kP64_1 = 0x9E3779B185EBCA87ULL, kP64_2 = 0xC2B2AE3D27D4EB4FULL,
-                   kP64_3 = 0x165667B19E3779F9ULL, kP64_4 = 0x85EBCA77C2B2AE63ULL,
-                   kP64_5 = 0x27D4EB2F165667C5ULL;
-constexpr uint64_t kMidsizeMax = 240; // XXH3_MIDSIZE_MAX: longer inputs take the path below
-constexpr uint64_t kStripe = 64, kBlockLen = 1024; // 16 stripes per block (192-byte secret)
-
-// The default 192-byte XXH3 secret (XXH3_kSecret), taken from libxxhash at
-// start-up rather than copied: a seed-0 secret is the default secret itself
-// (XXH3_initCustomSecret adds and subtracts the seed). The equality of
-// copy_hash with XXH3_64bits is checked for every length in
-// tests/unit/test_alloc_put.cc.
-constexpr size_t kSecretLen = 192;
-struct DefaultSecret {
-    alignas(64) uint8_t bytes[kSecretLen];
-    DefaultSecret() { XXH3_generateSecret_fromSeed(bytes, 0); }
-};
-const DefaultSecret kDefaultSecret;
-const uint8_t *const kSecret = kDefaultSecret.bytes;
-
-uint64_t read64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8); // little-endian hosts only (region.h)
-    return v;
-}
-
-uint64_t mul128_fold64(uint64_t a, uint64_t b) {
-    u128 m = u128(a) * b;
-    return uint64_t(m) ^ uint64_t(m >> 64);
-}
-
-// XXH3_mergeAccs with the final avalanche.
-uint64_t merge_accs(const uint64_t *acc, uint64_t len) {
-    uint64_t r = len * kP64_1;
-    for (int i = 0; i < 4; i++)
-        r += mul128_fold64(acc[2 * i] ^ read64(kSecret + 11 + 16 * i),
-                           acc[2 * i + 1] ^ read64(kSecret + 19 + 16 * i));
-    r ^= r >> 37;
-    r *= 0x165667919E3779F9ULL;
-    return r ^ (r >> 32);
-}
-
-// XXH3_accumulate_512 on one 64-byte stripe, as 64 / sizeof(V) vectors; the
-// stripe is stored to d first when Copy. Every helper here is always_inline
-// and takes vectors only through pointers, so it is compiled for the ISA of
-// the target-specific function it ends up in (and no vector crosses a call).
-template <class V, bool Copy>
-[[gnu::always_inline]] inline void stripe(V *acc, const uint8_t *s, uint8_t *d,
-                                          const uint8_t *secret) {
-    for (unsigned j = 0; j < 64 / sizeof(V); j++) {
-        V data, key;
-        memcpy(&data, s + j * sizeof(V), sizeof(V));
-        if constexpr (Copy) memcpy(d + j * sizeof(V), &data, sizeof(V));
-        memcpy(&key, secret + j * sizeof(V), sizeof(V));
-        V dk = data ^ key;
-        V product = (dk & 0xffffffffULL) * (dk >> 32); // 32 x 32 -> 64 per lane
-        V swapped;                                     // acc[i ^ 1] += data[i]
-        // __builtin_shufflevector: g++ >= 12 and clang (the fuzz build) both have it.
-        if constexpr (sizeof(V) == 16)
-            swapped = __builtin_shufflevector(data, data, 1, 0);
-        else if constexpr (sizeof(V) == 32)
-            swapped = __builtin_shufflevector(data, data, 1, 0, 3, 2);
-        else
-            swapped = __builtin_shufflevector(data, data, 1, 0, 3, 2, 5, 4, 7, 6);
-        acc[j] += swapped + product;
-    }
-}
-
-// XXH3_scrambleAcc.
-template <class V> [[gnu::always_inline]] inline void scramble(V *acc, const uint8_t *secret) {
-    for (unsigned j = 0; j < 64 / sizeof(V); j++) {
-        V key;
-        memcpy(&key, secret + j * sizeof(V), sizeof(V));
-        V a = acc[j];
-        a ^= a >> 47;
-        a ^= key;
-        acc[j] = (a & 0xffffffffULL) * kP32_1 + (((a >> 32) * kP32_1) << 32); // a * kP32_1 mod 2^64
-    }
-}
-
-// XXH3_hashLong_64b over src[0, len), len > 240; also copies it to dst when
-// Copy (else dst is null: no offset may be added to it, that is UB), and
-// then takes the last, overlapping stripe from dst, so every byte hashed is
-// a byte stored.
-template <class V, bool Copy>
-[[gnu::always_inline]] inline uint64_t xxh3_long(uint8_t *dst, const uint8_t *src, uint64_t len) {
-    const uint64_t init[8] = {kP32_3, kP64_1, kP64_2, kP64_3, kP64_4, kP32_2, kP64_5, kP32_1};
-    V acc[64 / sizeof(V)];
-    memcpy(acc, init, sizeof acc);
-    const uint64_t blocks = (len - 1) / kBlockLen;
-    for (uint64_t b = 0; b < blocks; b++) {
-        for (uint64_t i = 0; i < kBlockLen / kStripe; i++) {
-            const uint64_t off = b * kBlockLen + i * kStripe;
-            stripe<V, Copy>(acc, src + off, Copy ? dst + off : nullptr, kSecret + 8 * i);
-        }
-        scramble<V>(acc, kSecret + kSecretLen - kStripe);
-    }
-    const uint64_t base = blocks * kBlockLen, stripes = (len - 1 - base) / kStripe;
-    for (uint64_t i = 0; i < stripes; i++) {
-        const uint64_t off = base + i * kStripe;
-        stripe<V, Copy>(acc, src + off, Copy ? dst + off : nullptr, kSecret + 8 * i);
-    }
-    const uint8_t *last = src + len - kStripe;
-    if constexpr (Copy) {
-        const uint64_t done = base + stripes * kStripe;
-        memcpy(dst + done, src + done, len - done);
-        last = dst + len - kStripe;
-    }
-    stripe<V, false>(acc, last, nullptr, kSecret + kSecretLen - kStripe - 7);
-    uint64_t a[8];
-    memcpy(a, acc, sizeof a);
-    return merge_accs(a, len);
-}
-
-using CopyHashFn = uint64_t (*)(void *dst, const void *src, uint64_t len);
-
-template <class V>
-[[gnu::always_inline]] inline uint64_t copy_hash_v(void *dst, const void *src, uint64_t len) {
-    auto *d = static_cast<uint8_t *>(dst);
-    auto *s = static_cast<const uint8_t *>(src);
-    return d ? xxh3_long<V, true>(d, s, len) : xxh3_long<V, false>(nullptr, s, len);
-}
-
-uint64_t copy_hash_16(void *dst, const void *src, uint64_t len) {
-    return copy_hash_v<V16>(dst, src, len);
-}
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) uint64_t copy_hash_32(void *dst, const void *src, uint64_t len) {
-    return copy_hash_v<V32>(dst, src, len);
-}
-__attribute__((target("avx512f"))) uint64_t copy_hash_64(void *dst, const void *src, uint64_t len) {
-    return copy_hash_v<V64>(dst, src, len);
-}
-#endif
-
-unsigned widest() {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return 64; // checks the OS saves the state too
-    if (__builtin_cpu_supports("avx2")) return 32;
-#endif
-    return 16;
-}
-
-CopyHashFn copy_hash_fn(unsigned width) {
-#if defined(__x86_64__)
-    if (width >= 64) return copy_hash_64;
-    if (width >= 32) return copy_hash_32;
-#endif
-    (void)width;
-    return copy_hash_16;
-}
-
-} // namespace
-
-unsigned copy_hash_width() {
-    static const unsigned w = widest();
-    return w;
-}
-
-uint64_t copy_hash(void *dst, const void *src, uint64_t len, unsigned width) {
-    if (len <= kMidsizeMax) {
-        if (dst) {
-            memcpy(dst, src, len);
-            src = dst;
-        }
-        return XXH3_64bits(src, len);
-    }
-    static const CopyHashFn best = copy_hash_fn(copy_hash_width());
-    if (!width) return best(dst, src, len);
-    return copy_hash_fn(width < copy_hash_width() ? width : copy_hash_width())(dst, src, len);
-}
-
 namespace {
 
 constexpr uint64_t kNoBlock = UINT64_MAX;
-constexpr int kAllocAttempts = 64;
-// Puts in a row that had to evict before a put skips the slab-table search,
-// and how often it searches anyway (reserve_impl).
-constexpr uint32_t kEvictStreak = 4;
-constexpr uint32_t kStreakRecheck = 16;
-// Entries a put scans for a FREE one: normally, and once a scan found none
-// (the table is full), where a scan of the normal budget would read that
-// many entry lines per put to find nothing: 16 KiB puts into a full
-// default pool, which scanned 4096 entries and then the whole table before
-// evicting, cost 12x a put with room. The short scans go on from where the
-// last one stopped, so they walk the whole table in n_entries / 8 puts and
-// find entries that other processes freed; entries this process frees are
-// taken first (kv_pool::freed_entries) and do not end the short scans;
-// room made by kv_evict_bytes ends them (room_epoch), as it ends a block
-// streak, and so does a scan that finds a FREE entry.
-constexpr uint32_t kEntryScan = 4096;
-constexpr uint32_t kEntryScanShort = 8;
-
-} // namespace
-
-// This process just removed a block of class cls, which freed freed_entry
-// and freed_block: its next puts take them first (freed_entries, and
-// freed_blocks[cls] while the class is in a streak), so its short searches
-// go on. A full search per remove would find little else: in a full pool a
-// loop of one remove and two puts scanned 4096 entries (the entry streak)
-// or read every slab's line (the block streak) every second put: 2.1-2.3x
-// an evicting put at 16 KiB, 1.06-1.07x at 64 KiB in 1 GiB (BM_PutRemoveMix).
-// Only a hint lost to a ring's overflow ends the streak, so that a full
-// search finds it. Out of a streak the class needs no hint: its next put
-// searches anyway, and a hint would draw it into a slab that may be another
-// client's home. Other processes find room made by removes at their next
-// recheck or rolling short scan; room made by kv_evict_bytes reaches every
-// process, this one included, through room_epoch.
-void note_remove(kv_pool *p, uint32_t cls, uint32_t freed_entry, uint64_t freed_block) {
-    // A block still pinned by a reader is freed by its last release, later:
-    // no hint can name it yet, so end the streaks as before the hints, and
-    // the searches that follow find it once it is free.
-    const uint64_t nblocks = uint64_t(p->hdr->n_slabs) * p->hdr->blocks_per_slab;
-    if (freed_block >= nblocks ||
-        Blk::state(load(p->blocks[freed_block], std::memory_order_relaxed)) != KV_BLOCK_FREE) {
-        p->entry_streak.store(0, std::memory_order_relaxed);
-        if (cls < KV_MAX_CLASSES) p->evict_streak[cls].store(0, std::memory_order_relaxed);
-        return;
-    }
-    if (p->freed_entries.push(freed_entry)) p->entry_streak.store(0, std::memory_order_relaxed);
-    if (cls >= KV_MAX_CLASSES || p->evict_streak[cls].load(std::memory_order_relaxed) == 0) return;
-    if (p->freed_blocks[cls].push(freed_block)) { // the search that follows finds them all
-        p->freed_blocks[cls].clear();
-        p->evict_streak[cls].store(0, std::memory_order_relaxed);
-    }
-}
-
-namespace {
-
-// Claim entry i if it is FREE.
-bool entry_claim_one(kv_pool *p, uint32_t i) {
-    kv_entry &en = p->entries[i];
-    uint64_t c = load(en.ctl, std::memory_order_relaxed);
-    if (Ctl::state(c) != KV_ENTRY_FREE) return false;
-    uint64_t x = load(en.aux, std::memory_order_relaxed);
-    if (!cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_RESERVED, 0), Aux::owner(p->client)}))
-        return false;
-    std::atomic_thread_fence(std::memory_order_release); // K1
-    return true;
-}
-
-// Claim a FREE entry, scanning up to budget entries from this process's
-// cursor (a hint), which is left where the scan stopped.
-uint32_t entry_claim(kv_pool *p, uint32_t budget) {
-    const uint32_t n = p->hdr->n_entries;
-    uint32_t i = p->entry_cursor.load(std::memory_order_relaxed) % n;
-    for (uint32_t k = 0; k < budget && k < n; k++, i = i + 1 == n ? 0 : i + 1) {
-        if (!entry_claim_one(p, i)) continue;
-        p->entry_cursor.store(i + 1, std::memory_order_relaxed);
-        return i;
-    }
-    p->entry_cursor.store(i, std::memory_order_relaxed);
-    return KV_NIL32;
-}
-
-// True if kv_evict_bytes made room since this streak last looked
-// (room_epoch; room_seen is the streak's copy). Relaxed: process-local
-// hints and a pool-wide one; racing threads only change which path a put
-// takes.
-bool room_made(kv_pool *p, std::atomic<uint64_t> &room_seen) {
-    const uint64_t room = load(p->state->room_epoch, std::memory_order_relaxed);
-    if (room == room_seen.load(std::memory_order_relaxed)) return false;
-    room_seen.store(room, std::memory_order_relaxed);
-    return true;
-}
-
-// True if this put should skip the search for a block: the last
-// kEvictStreak puts of the class all searched in vain and evicted, this is
-// not a kStreakRecheck-th put, and no room was made since (reserve_impl).
-bool in_streak(kv_pool *p, uint32_t streak, std::atomic<uint64_t> &room_seen) {
-    if (streak < kEvictStreak || streak % kStreakRecheck == 0) return false;
-    return !room_made(p, room_seen);
-}
-
-// The streak after a put that evicted (wraps to kEvictStreak, not 0).
-uint32_t streak_next(uint32_t st) { return st + 1 == 0 ? kEvictStreak : st + 1; }
-
-// Release a RESERVED entry we claimed but never linked (its block, if it had
-// one, already given back).
-void entry_unclaim(kv_pool *p, uint32_t e) {
-    kv_entry &en = p->entries[e];
-    uint64_t c = load(en.ctl, std::memory_order_relaxed);
-    uint64_t x = load(en.aux, std::memory_order_relaxed);
-    cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c) + 1, KV_ENTRY_FREE, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
-}
 
 // Check (after a find) that e is committed with this key; returns its ctl or 0.
 uint64_t committed_ctl(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &k) {
     kv_entry &en = p->entries[e];
-    uint64_t c = load(en.ctl, std::memory_order_acquire); // G1
+    // STO-A1 (G1): pairs with the commit STO-X1; its fields are then visible.
+    uint64_t c = load(en.ctl, std::memory_order_acquire);
     if (Ctl::state(c) != KV_ENTRY_COMMITTED) return 0;
     if (!entry_key_is(en, ns, k)) return 0; // recycled since the find
-    std::atomic_thread_fence(std::memory_order_acquire); // K2
+    // STO-A2 (K2): pairs with ROOM-R1 (room.cc, the claim's fence): a key
+    // of a later life read above makes the pin CAS see its generation.
+    std::atomic_thread_fence(std::memory_order_acquire);
     // An expired block is not found (it is evicted first, and a put of its
     // key replaces it). If e was recycled meanwhile, the pin CAS fails.
     if (load(en.ttl_ms, std::memory_order_relaxed) && entry_expired(en, now_ns())) return 0;
@@ -376,7 +71,7 @@ void fill_view(kv_pool *p, uint32_t e, uint32_t gen, uint32_t slot, kv_view *v, 
 // A committed entry's class, block and length name bytes inside the data
 // section. They are immutable once committed, but live in memory every
 // client can write: a stray write (or a hostile process) must not turn a
-// get into a view of memory outside the region. Found by fuzz/fuzz_region.
+// get into a view of memory outside the region (fuzz/fuzz_region checks it).
 bool entry_extent_ok(const kv_pool *p, const kv_entry &en) {
     const uint32_t cls = load(en.class_id, std::memory_order_relaxed);
     if (cls >= p->hdr->n_classes) return false;
@@ -409,51 +104,6 @@ int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out, bool touch_r
     }
 }
 
-// Allocate a block of class cls, evicting when the pool is full. Called
-// after block_alloc(p, cls, false) failed, so it evicts first. donor: a
-// slab of another class that search found used little enough to move to
-// cls (allocator.cc, "Rebalancing"), or KV_NIL32: moving it evicts its few
-// blocks and gives the class a whole slab, where an eviction in the class
-// would free one block and leave the donor's room idle.
-uint64_t alloc_with_eviction(kv_pool *p, uint32_t cls, uint32_t donor) {
-    if (donor != KV_NIL32)
-        if (uint64_t id = slab_move(p, donor, cls); id != kNoBlock) return id;
-    for (int attempt = 0; attempt < kAllocAttempts; attempt++) {
-        if (attempt > 0) {
-            uint64_t id = block_alloc(p, cls, true);
-            if (id != kNoBlock) return id;
-        }
-        // The victim's block is of our class and was freed by us just now:
-        // claim it (or a neighbour) in its slab before searching the table.
-        Victim v;
-        if (!evict_for_class(p, cls, &v)) return block_alloc(p, cls, true);
-        if (v.block != kNoBlock) {
-            uint64_t id = block_alloc_near(p, cls, v.block);
-            if (id != kNoBlock) return id;
-        }
-    }
-    return kNoBlock;
-}
-
-// Claim an entry, evicting when the table is full. Called after the scan
-// for a FREE entry failed. The victim is the policy's choice over the whole
-// pool, as for kv_evict_bytes (the put needs an entry, not a block of some
-// class: the data area may have room); its entry, which the kill left FREE,
-// is claimed without a scan, and *freed gets its block, which reserve_impl
-// claims next when it is of the put's class: then one victim made room for
-// both. A victim's entry taken by another process first costs a short scan
-// and another eviction; the last resort is a scan of the whole table.
-uint32_t claim_with_eviction(kv_pool *p, Victim *freed) {
-    for (int attempt = 0; attempt < kAllocAttempts; attempt++) {
-        Victim v;
-        if (!evict_one(p, &v)) break;
-        freed->block = v.block;
-        if (v.entry != KV_NIL32 && entry_claim_one(p, v.entry)) return v.entry;
-        if (uint32_t e = entry_claim(p, kEntryScanShort); e != KV_NIL32) return e;
-    }
-    return entry_claim(p, p->hdr->n_entries);
-}
-
 int check_ns(kv_pool *p, uint32_t ns) { return ns_valid(p, ns) ? 0 : -ENOENT; }
 
 // The key is already present: KV_DEDUP (committed) or -EBUSY (being
@@ -461,9 +111,12 @@ int check_ns(kv_pool *p, uint32_t ns) { return ns_valid(p, ns) ? 0 : -ENOENT; }
 int find_holder(kv_pool *p, uint32_t ns, const kv_key &k) {
     Found f = index_find(p, ns, k);
     if (!f.found) return 0;
+    // STO-A3: pairs with the commit STO-X1 (and the claim ROOM-X1, for a
+    // RESERVED holder).
     uint64_t c = load(p->entries[f.cur].ctl, std::memory_order_acquire);
     if (Ctl::state(c) == KV_ENTRY_COMMITTED && entry_key_is(p->entries[f.cur], ns, k)) {
-        std::atomic_thread_fence(std::memory_order_acquire); // K2
+        // STO-A4 (K2): pairs with ROOM-R1, as STO-A2.
+        std::atomic_thread_fence(std::memory_order_acquire);
         if (entry_expired(p->entries[f.cur], now_ns())) return 0; // the insert replaces it
         bump(my_stats(p).dedups);
         return KV_DEDUP;
@@ -472,162 +125,161 @@ int find_holder(kv_pool *p, uint32_t ns, const kv_key &k) {
     return 0;
 }
 
-// Reserve: returns 0 (out filled), KV_DEDUP, or -errno.
-//
-// The key is looked up once, by the insert, after the entry and block are
-// claimed: on a fresh key (the common case once an engine has matched its
-// prefix) that saves a traversal, and the bucket miss overlaps the claims.
-// A key that turns out to be present costs a claim and a release, unless
-// claiming would evict: then the key is looked up first, so a duplicate
-// put never evicts anything.
-int reserve_impl(kv_pool *p, uint32_t ns, const kv_key &k, uint64_t len, const kv_meta *meta,
-                 const kv_key *parent, uint32_t ttl_ms, uint32_t *e_out, uint32_t *gen_out) {
-    // The bucket head is as likely as not in another process's cache (the
-    // last one that touched it): start that miss now, so that it overlaps
-    // the entry and block claims below instead of following them.
-    prefetch_w(&p->buckets[bucket_of(p, ns, k)]);
-    if (int rc = check_ns(p, ns)) return rc;
-    uint32_t cls = class_for(p, len);
-    if (cls == KV_NIL32) return -EMSGSIZE;
-    // An entry: one our kv_removes freed, else a scan from our cursor,
-    // short while the table is full (kEntryScanShort), else an eviction,
-    // whose victim's block then serves this put too (freed).
-    // Only a scan that finds a FREE entry ends the streak (the table has
-    // room); a hint does not (it is the entry this process freed).
-    uint32_t e = KV_NIL32;
-    for (uint32_t h; e == KV_NIL32 && (h = p->freed_entries.pop()) != KV_NIL32;)
-        if (h < p->hdr->n_entries && entry_claim_one(p, h)) e = h;
-    const uint32_t est = p->entry_streak.load(std::memory_order_relaxed);
-    if (e == KV_NIL32) {
-        e = entry_claim(p, est != 0 && !room_made(p, p->entry_room_seen) ? kEntryScanShort : kEntryScan);
-        if (e != KV_NIL32 && est != 0) p->entry_streak.store(0, std::memory_order_relaxed);
-    }
-    Victim freed;
-    if (e == KV_NIL32) {
-        if (int rc = find_holder(p, ns, k)) return rc;
-        // A streak starts: room made before the full scan that just found
-        // nothing is not news to the short scans that follow.
-        if (est == 0) room_made(p, p->entry_room_seen);
-        e = claim_with_eviction(p, &freed);
-        if (e == KV_NIL32) return -ENOSPC;
-        p->entry_streak.store(streak_next(est), std::memory_order_relaxed);
-    }
+// What a put or a reservation asks for: the arguments of kv_put_ex and
+// kv_reserve_ex (meta and parent may be null).
+struct PutRequest {
+    uint32_t ns;
+    const kv_key &key;
+    uint64_t len;
+    const kv_meta *meta;
+    const kv_key *parent;
+    uint32_t ttl_ms;
+};
+
+// A RESERVED entry of ours, linked under its key, with its block.
+struct Reserved {
+    uint32_t entry;
+    uint32_t gen;
+};
+
+// Write the fields of entry e (RESERVED by us, not yet linked) for rq;
+// returns its generation. The commit (STO-X1) publishes them.
+uint32_t entry_init(kv_pool *p, uint32_t e, const PutRequest &rq, uint32_t cls) {
     kv_entry &en = p->entries[e];
-    uint32_t gen = Ctl::gen(load(en.ctl, std::memory_order_relaxed));
-    store(en.key_lo, k.lo, std::memory_order_relaxed);
-    store(en.key_hi, k.hi, std::memory_order_relaxed);
-    store(en.ns_id, ns, std::memory_order_relaxed);
+    // Relaxed: only this client writes a RESERVED(us) entry, and readers
+    // read its fields only after the commit (or, for the key, behind the
+    // claim's fence ROOM-R1).
+    const uint32_t gen = Ctl::gen(load(en.ctl, std::memory_order_relaxed));
+    const kv_meta *meta = rq.meta;
+    store(en.key_lo, rq.key.lo, std::memory_order_relaxed);
+    store(en.key_hi, rq.key.hi, std::memory_order_relaxed);
+    store(en.ns_id, rq.ns, std::memory_order_relaxed);
     store(en.class_id, cls, std::memory_order_relaxed);
-    store(en.length, len, std::memory_order_relaxed);
+    store(en.length, rq.len, std::memory_order_relaxed);
     store(en.block, kNoBlock, std::memory_order_relaxed);
     store(en.tokens, meta ? meta->tokens : 0U, std::memory_order_relaxed);
     store(en.priority, meta ? meta->priority : 0U, std::memory_order_relaxed);
     store(en.user_tag, meta ? meta->user_tag : uint64_t(0), std::memory_order_relaxed);
     store(en.clock, 0U, std::memory_order_relaxed);
     store(en.checksum, uint64_t(0), std::memory_order_relaxed);
-    // v1.1 eviction fields; published with the rest by the commit (C1).
+    // v1.1 eviction fields.
     store(en.rank, initial_rank(p), std::memory_order_relaxed);
     store(en.parent, ParentRef::none(), std::memory_order_relaxed);
     store(en.kids, Kids::make(gen, 0), std::memory_order_relaxed);
-    store(en.ttl_ms, ttl_ms, std::memory_order_relaxed);
+    store(en.ttl_ms, rq.ttl_ms, std::memory_order_relaxed);
+    return gen;
+}
 
-    // A full pool: once this process's last kEvictStreak puts of the class
-    // all searched the slab table in vain and evicted, the next ones try
-    // only their home slabs before evicting (the search reads every slab's
-    // line), except every kStreakRecheck-th, which searches anyway: room
-    // that other processes make by removes is found within that many puts,
-    // and until then each put evicts one block it could have kept. Room
-    // made on purpose is used at once: this process's removes (their
-    // blocks, note_remove), and anyone's kv_evict_bytes, such as the daemon's
-    // watermark pass, which bumps kv_region_state.room_epoch (in_streak).
-    std::atomic<uint32_t> &streak = p->evict_streak[cls];
-    const uint32_t st = streak.load(std::memory_order_relaxed);
-    // The entry's victim's block, when of this class, else in a streak a
-    // block this process's removes freed: no search, and the block streak
-    // is left as it is (this put did not look for room).
-    uint64_t b = freed.block != kNoBlock ? block_alloc_near(p, cls, freed.block) : kNoBlock;
-    if (b == kNoBlock && st != 0)
-        for (uint64_t h; b == kNoBlock && (h = p->freed_blocks[cls].pop()) != FreedBlocks::kNone;)
-            b = block_alloc_near(p, cls, h);
-    if (b == kNoBlock) {
-        uint32_t donor = KV_NIL32;
-        b = in_streak(p, st, p->room_seen[cls]) ? block_alloc_home(p, cls)
-                                                : block_alloc(p, cls, false, &donor);
-        if (b == kNoBlock) {
-            int rc = find_holder(p, ns, k);
-            if (rc == 0) {
-                if (st == 0) room_made(p, p->room_seen[cls]); // a streak starts (as for entries)
-                b = alloc_with_eviction(p, cls, donor);
-                if (b == kNoBlock) rc = -ENOSPC;
-                else streak.store(streak_next(st), std::memory_order_relaxed);
-            }
-            if (rc) {
-                entry_unclaim(p, e);
-                p->freed_entries.push(e); // it may have been a hint: keep it one
-                return rc;
-            }
-        } else if (st != 0) { // room found: the streak ends, and hints from it are stale
-            streak.store(0, std::memory_order_relaxed);
-            p->freed_blocks[cls].clear();
-        }
-    }
-    // The entry names its block before the block names the entry: a crash
-    // between leaves OWNED(us), which the reaper frees (entry_finish_free
-    // only frees a block word that says ENTRY(e)).
-    store(en.block, b, std::memory_order_relaxed);
+// Make block b (OWNED by us) entry e's: returns the block word that says
+// ENTRY(e). The entry names its block before the block names the entry: a
+// crash between leaves OWNED(us), which the reaper frees (entry_finish_free
+// only frees a block word that says ENTRY(e)).
+uint64_t entry_take_block(kv_pool *p, uint32_t e, uint64_t b) {
+    store(p->entries[e].block, b, std::memory_order_relaxed); // published by the commit
+    // Relaxed: only the owner changes an OWNED(us) word; the CAS checks.
     uint64_t w = load(p->blocks[b], std::memory_order_relaxed);
-    uint64_t mine = Blk::next(w, e, KV_BLOCK_ENTRY);
+    const uint64_t mine = Blk::next(w, e, KV_BLOCK_ENTRY);
+    // STO-X2: OWNED(us) -> ENTRY(e). Release: a process that reads ENTRY(e)
+    // with acquire (STO-A11, entry_finish_free; the allocator's and the
+    // reaper's block-word loads) sees e.block first. Acquire: orders it
+    // after the claim of the block (allocator.cc).
     cas(p->blocks[b], w, mine, std::memory_order_acq_rel);
+    return mine;
+}
 
+// Link e under its key. A committed holder of the key that has expired is
+// removed (as kv_remove would) and the insert retried: a put replaces an
+// expired block. Returns KV_NIL32 once linked, else the holder.
+uint32_t entry_insert(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &k) {
     uint32_t holder = index_insert(p, e);
     for (int tries = 0; holder != KV_NIL32 && tries < 4; tries++) {
-        // An expired holder is removed (as kv_remove would) and the insert
-        // retried: a put replaces an expired block.
         kv_entry &he = p->entries[holder];
+        // STO-A5: the holder's commit (STO-X1) published its key and TTL.
         uint64_t hc = load(he.ctl, std::memory_order_acquire);
         if (Ctl::state(hc) != KV_ENTRY_COMMITTED || !entry_key_is(he, ns, k)) break;
-        std::atomic_thread_fence(std::memory_order_acquire); // K2
+        // STO-A6 (K2): the key read above is of the life whose generation
+        // the kill's CAS names; pairs with ROOM-R1.
+        std::atomic_thread_fence(std::memory_order_acquire);
         if (!entry_expired(he, now_ns())) break;
         if (entry_kill(p, holder, Ctl::gen(hc), false)) bump(my_stats(p).removes);
         holder = index_insert(p, e);
     }
-    if (holder != KV_NIL32) {
+    return holder;
+}
+
+// Reserve: returns 0 (*out filled), KV_DEDUP, or -errno.
+//
+// The entry and the block come from this process's RoomFinder (room.h).
+// The key is looked up once, by the insert, after both are claimed: on a
+// fresh key (the common case once an engine has matched its prefix) that
+// saves a traversal, and the bucket miss overlaps the claims. A key that
+// turns out to be present costs a claim and a release, unless claiming
+// would evict: then the key is looked up first, so a duplicate put never
+// evicts anything.
+int reserve_impl(kv_pool *p, const PutRequest &rq, Reserved *out) {
+    // The bucket head is as likely as not in another process's cache (the
+    // last one that touched it): start that miss now, so that it overlaps
+    // the entry and block claims below instead of following them.
+    prefetch_w(&p->buckets[bucket_of(p, rq.ns, rq.key)]);
+    if (int rc = check_ns(p, rq.ns)) return rc;
+    const uint32_t cls = class_for(p, rq.len);
+    if (cls == KV_NIL32) return -EMSGSIZE;
+
+    RoomFinder::Search room(p, cls);
+    uint32_t e = room.entry();
+    if (e == KV_NIL32) { // the table is full
+        if (int rc = find_holder(p, rq.ns, rq.key)) return rc;
+        e = room.entry_by_eviction();
+        if (e == KV_NIL32) return -ENOSPC;
+    }
+    const uint32_t gen = entry_init(p, e, rq, cls);
+    uint64_t b = room.block();
+    if (b == kNoBlock) { // the data area is full
+        int rc = find_holder(p, rq.ns, rq.key);
+        if (rc == 0 && (b = room.block_by_eviction()) == kNoBlock) rc = -ENOSPC;
+        if (rc) {
+            room.give_back_entry(e);
+            return rc;
+        }
+    }
+    const uint64_t mine = entry_take_block(p, e, b);
+
+    if (const uint32_t holder = entry_insert(p, e, rq.ns, rq.key); holder != KV_NIL32) {
         // The key is there. Our entry was never linked, so nobody can reach
-        // it: give the block back, then the entry (a crash in between leaves
-        // RESERVED(us) naming a block that is not ENTRY(e): the reaper's
-        // abort frees the entry alone).
-        uint64_t hc = load(p->entries[holder].ctl, std::memory_order_acquire);
-        block_free(p, b, mine);
-        entry_unclaim(p, e);
-        // Either may have been a remove's hint: give them back as hints, or
-        // the streak would go on past room this process knows of.
-        p->freed_entries.push(e);
-        if (st != 0) p->freed_blocks[cls].push(b);
+        // it: give the block and the entry back.
+        // STO-A7: the holder's state, published by its commit (STO-X1).
+        const uint64_t hc = load(p->entries[holder].ctl, std::memory_order_acquire);
+        room.give_back(e, b, mine);
         if (Ctl::state(hc) == KV_ENTRY_COMMITTED) {
             bump(my_stats(p).dedups);
             return KV_DEDUP;
         }
         return -EBUSY;
     }
-    if (parent) entry_link_parent(p, e, ns, *parent);
-    *e_out = e;
-    *gen_out = gen;
+    if (rq.parent) entry_link_parent(p, e, rq.ns, *rq.parent);
+    *out = {e, gen};
     return 0;
 }
 
 int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t sum) {
     if (e >= p->hdr->n_entries) return -EINVAL;
     kv_entry &en = p->entries[e];
+    // STO-A8: pairs with the claim ROOM-X1, which another thread of this
+    // client may have made (a reservation handed between threads). aux is
+    // read relaxed: the CAS below checks the pair.
     uint64_t c = load(en.ctl, std::memory_order_acquire);
     uint64_t x = load(en.aux, std::memory_order_relaxed);
     if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED || x != Aux::owner(p->client)) return -EINVAL;
-    uint64_t len = load(en.length, std::memory_order_relaxed);
+    uint64_t len = load(en.length, std::memory_order_relaxed); // the owner's own write
     if (!have_sum) sum = copy_hash(nullptr, block_data(p, load(en.block, std::memory_order_relaxed), en.class_id), len);
     store(en.checksum, sum, std::memory_order_relaxed);
     store(en.commit_ns, now_ns(), std::memory_order_relaxed);
     const uint32_t rec = acct_begin(p, e, gen, len, false);
     acct_crash_point(AcctPoint::CommitWrittenDown);
-    // C1: publish (full barrier).
+    // STO-X1 (C1): RESERVED(gen, us) -> COMMITTED(gen), a full barrier:
+    // publishes the data, checksum, metadata and key to every acquire of
+    // ctl that sees COMMITTED (STO-A1, A3, A5, A7, A9, A13, A16; index.cc,
+    // evict.cc, inspect.cc and the snapshot writer).
     const bool committed =
         cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_COMMITTED, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
     acct_crash_point(AcctPoint::CommitDone);
@@ -659,7 +311,9 @@ void entry_link_parent(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &parent
     Found f = index_find(p, ns, parent);
     if (!f.found || f.cur == e) return;
     kv_entry &pe = p->entries[f.cur];
-    uint64_t c = load(pe.ctl, std::memory_order_acquire); // the parent's commit published its kids reset
+    // STO-A9: pairs with the parent's commit STO-X1, which published its
+    // kids reset to (gen, 0).
+    uint64_t c = load(pe.ctl, std::memory_order_acquire);
     if (Ctl::state(c) != KV_ENTRY_COMMITTED || !entry_key_is(pe, ns, parent)) return;
     uint32_t pg = Ctl::gen(c);
     uint32_t w = load(pe.kids, std::memory_order_relaxed);
@@ -683,12 +337,15 @@ void entry_unlink_parent(kv_pool *p, kv_entry &en) {
 
 void entry_finish_free(kv_pool *p, uint32_t e) {
     kv_entry &en = p->entries[e];
+    // STO-A10: pairs with the FREEING claim (STO-X5, or the reaper's in
+    // reap.cc) and so with every write of the life being freed.
     uint64_t c = load(en.ctl, std::memory_order_acquire);
-    uint64_t x = load(en.aux, std::memory_order_relaxed);
+    uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by the CAS below
     if (Ctl::state(c) != KV_ENTRY_FREEING) return;
     uint64_t b = load(en.block, std::memory_order_relaxed);
     uint64_t len = load(en.length, std::memory_order_relaxed);
     if (b < uint64_t(p->hdr->n_slabs) * p->hdr->blocks_per_slab) {
+        // STO-A11: pairs with STO-X2 (the block word naming this entry).
         uint64_t w = load(p->blocks[b], std::memory_order_acquire);
         if (Blk::state(w) == KV_BLOCK_ENTRY && Blk::owner(w) == e) {
             const uint32_t rec = acct_begin(p, e, Ctl::gen(c), len, true);
@@ -701,17 +358,22 @@ void entry_finish_free(kv_pool *p, uint32_t e) {
     }
     store(en.clock, 0U, std::memory_order_relaxed);
     entry_unlink_parent(p, en);
-    // F: FREE with the next generation; release pairs with the claim CAS.
+    // STO-X4 (F): FREEING -> FREE with the next generation, a full barrier:
+    // the next claim (ROOM-X1) acquires every write of this life.
     cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c) + 1, KV_ENTRY_FREE, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
 }
 
 void entry_maybe_free(kv_pool *p, uint32_t e) {
     kv_entry &en = p->entries[e];
     for (;;) {
+        // STO-A12: pairs with the unlink (index.cc) and the last unpin
+        // (pin.cc) that made UNLINKED with no pins.
         uint64_t c = load(en.ctl, std::memory_order_acquire);
-        uint64_t x = load(en.aux, std::memory_order_relaxed);
+        uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by the CAS
         if (Ctl::state(c) != KV_ENTRY_UNLINKED || Ctl::pins(c) != 0) return;
         help_pending(p, x); // aux is about to be overwritten
+        // STO-X5: UNLINKED(pins 0) -> FREEING(us); exactly one CAS wins, and
+        // its finish (STO-A10) follows it.
         if (cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_FREEING, 0), Aux::owner(p->client)})) {
             entry_finish_free(p, e);
             return;
@@ -722,12 +384,14 @@ void entry_maybe_free(kv_pool *p, uint32_t e) {
 bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned) {
     kv_entry &en = p->entries[e];
     for (;;) {
+        // STO-A13: pairs with the commit STO-X1 of this generation.
         uint64_t c = load(en.ctl, std::memory_order_acquire);
-        uint64_t x = load(en.aux, std::memory_order_relaxed);
+        uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by the CAS
         if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_COMMITTED) return false;
         if (require_unpinned && Ctl::pins(c) != 0) return false;
-        // Pins and aux stay: pinned views remain valid, the journal protocol
-        // keeps working on a DEAD entry.
+        // STO-X3: COMMITTED(gen) -> DEAD(gen). Pins and aux stay: pinned
+        // views remain valid, the journal protocol keeps working on a DEAD
+        // entry. The unlink that follows (index.cc) starts after it.
         if (cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_DEAD, Ctl::pins(c)), x})) break;
     }
     index_remove(p, e, gen);
@@ -741,6 +405,8 @@ void entry_abort(kv_pool *p, uint32_t e, uint64_t c, uint64_t x) {
     // so its free neither counts as freed bytes nor changes live bytes. Only
     // the owner or its reaper writes a RESERVED entry's length.
     store(en.length, uint64_t(0), std::memory_order_relaxed);
+    // STO-X6: RESERVED -> DEAD, after the length store above, which the
+    // free (STO-A10) then reads.
     if (!cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_DEAD, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)}))
         return;
     index_remove(p, e, Ctl::gen(c)); // linked or not, it ends UNLINKED and is freed
@@ -780,26 +446,22 @@ int put_opts(const kv_put_opts *in, PutOpts *out) {
 }
 
 // The bodies of kv_put / kv_put_ex and kv_reserve / kv_reserve_ex.
-int put_common(kv_pool *p, uint32_t ns, const kv_key &key, const void *data, uint64_t len, const kv_meta *meta,
-               const kv_key *parent, uint32_t ttl_ms) {
-    uint32_t e, gen;
-    int rc = reserve_impl(p, ns, key, len, meta, parent, ttl_ms, &e, &gen);
-    if (rc) return rc;
-    kv_entry &en = p->entries[e];
+int put_common(kv_pool *p, const PutRequest &rq, const void *data) {
+    Reserved r;
+    if (int rc = reserve_impl(p, rq, &r)) return rc;
+    kv_entry &en = p->entries[r.entry];
     uint8_t *dst = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
-    uint64_t sum = copy_hash(dst, data, len);
-    return commit_impl(p, e, gen, true, sum);
+    uint64_t sum = copy_hash(dst, data, rq.len);
+    return commit_impl(p, r.entry, r.gen, true, sum);
 }
 
-int reserve_common(kv_pool *p, uint32_t ns, const kv_key &key, uint64_t len, const kv_meta *meta,
-                   const kv_key *parent, uint32_t ttl_ms, kv_reservation *out) {
-    uint32_t e, gen;
-    int rc = reserve_impl(p, ns, key, len, meta, parent, ttl_ms, &e, &gen);
-    if (rc) return rc;
-    kv_entry &en = p->entries[e];
+int reserve_common(kv_pool *p, const PutRequest &rq, kv_reservation *out) {
+    Reserved r;
+    if (int rc = reserve_impl(p, rq, &r)) return rc;
+    kv_entry &en = p->entries[r.entry];
     out->data = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
-    out->length = len;
-    out->handle[0] = PinA::make(e, gen);
+    out->length = rq.len;
+    out->handle[0] = PinA::make(r.entry, r.gen);
     out->handle[1] = p->client;
     return 0;
 }
@@ -811,7 +473,7 @@ extern "C" {
 int kv_reserve(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const kv_meta *meta,
                kv_reservation *out) noexcept {
     if (!p || !key || !out) return -EINVAL;
-    return reserve_common(p, ns, *key, len, meta, nullptr, 0, out);
+    return reserve_common(p, {ns, *key, len, meta, nullptr, 0}, out);
 }
 
 int kv_commit(kv_pool *p, kv_reservation *r, uint32_t flags, uint64_t checksum) noexcept {
@@ -825,21 +487,23 @@ int kv_abort(kv_pool *p, kv_reservation *r) noexcept {
     uint32_t e = PinA::entry(r->handle[0]), gen = PinA::gen(r->handle[0]);
     if (e >= p->hdr->n_entries) return -EINVAL;
     kv_entry &en = p->entries[e];
+    // STO-A14: pairs with the claim ROOM-X1 (the reservation may come from
+    // another thread of this client).
     uint64_t c = load(en.ctl, std::memory_order_acquire);
-    uint64_t x = load(en.aux, std::memory_order_relaxed);
+    uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by entry_abort's CAS
     if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED || x != Aux::owner(p->client)) return -EINVAL;
     const uint64_t blk = load(en.block, std::memory_order_relaxed);
     const uint32_t cls = load(en.class_id, std::memory_order_relaxed);
     block_prefetch(p, blk); // freed at the end of the abort
     entry_abort(p, e, c, x);
-    note_remove(p, cls, e, blk); // room made, as by a remove
+    p->room.note_remove(p, cls, e, blk); // room made, as by a remove
     return 0;
 }
 
 int kv_put(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint64_t len,
            const kv_meta *meta) noexcept {
     if (!p || !key || (!data && len)) return -EINVAL;
-    return put_common(p, ns, *key, data, len, meta, nullptr, 0);
+    return put_common(p, {ns, *key, len, meta, nullptr, 0}, data);
 }
 
 int kv_put_ex(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint64_t len,
@@ -847,7 +511,7 @@ int kv_put_ex(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint
     if (!p || !key || (!data && len)) return -EINVAL;
     PutOpts o;
     if (int rc = put_opts(opts, &o)) return rc;
-    return put_common(p, ns, *key, data, len, &o.meta, o.parent, o.ttl_ms);
+    return put_common(p, {ns, *key, len, &o.meta, o.parent, o.ttl_ms}, data);
 }
 
 int kv_reserve_ex(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const kv_put_opts *opts,
@@ -855,7 +519,7 @@ int kv_reserve_ex(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, cons
     if (!p || !key || !out) return -EINVAL;
     PutOpts o;
     if (int rc = put_opts(opts, &o)) return rc;
-    return reserve_common(p, ns, *key, len, &o.meta, o.parent, o.ttl_ms, out);
+    return reserve_common(p, {ns, *key, len, &o.meta, o.parent, o.ttl_ms}, out);
 }
 
 int kv_get(kv_pool *p, uint32_t ns, const kv_key *key, kv_view *out) noexcept {
@@ -871,6 +535,8 @@ int kv_release(kv_pool *p, kv_view *v) noexcept {
     uint32_t slot = uint32_t(v->handle[0]), seq = uint32_t(v->handle[0] >> 32);
     if (slot >= p->hdr->pins_per_client) return -EINVAL;
     kv_pin_slot &js = p->journal[slot];
+    // STO-A15: pairs with the pin's release store of HELD (pin.cc, P1), so
+    // the a word read next is the one the pin wrote before it.
     uint64_t b = load(js.b, std::memory_order_acquire);
     if (PinB::phase(b) != KV_PIN_HELD || PinB::seq(b) != seq ||
         load(js.a, std::memory_order_relaxed) != v->handle[1])
@@ -893,6 +559,7 @@ int kv_remove(kv_pool *p, uint32_t ns, const kv_key *key) noexcept {
         Found f = index_find(p, ns, *key);
         if (!f.found) return -ENOENT;
         kv_entry &en = p->entries[f.cur];
+        // STO-A16: pairs with the commit STO-X1 (or the claim ROOM-X1).
         uint64_t c = load(en.ctl, std::memory_order_acquire);
         if (!entry_key_is(en, ns, *key)) continue;
         switch (Ctl::state(c)) {
@@ -905,7 +572,7 @@ int kv_remove(kv_pool *p, uint32_t ns, const kv_key *key) noexcept {
                 load(en.block, std::memory_order_relaxed); // the kill's free clears it
             if (entry_kill(p, f.cur, Ctl::gen(c), false)) {
                 bump(my_stats(p).removes);
-                note_remove(p, cls, f.cur, blk);
+                p->room.note_remove(p, cls, f.cur, blk);
                 return 0;
             }
             continue; // changed under us

@@ -8,10 +8,11 @@
 // the hash is streamed: BlockHash keeps XXH3's eight accumulators and the
 // position between pieces, and each 64-byte stripe that a piece covers whole
 // is loaded into vector registers once, stored, and folded into the
-// accumulators from the same registers (libkv/store.cc does the same for one
-// contiguous copy; this file cannot call it, it is not exported). A stripe
-// split between two pieces is finished from the contiguous pool block, where
-// its bytes are adjacent. The data crosses the memory system once, and the
+// accumulators from the same registers (libkv/copy_hash.cc does the same for
+// one contiguous copy; this file cannot call it, it is not exported, but
+// shares its XXH3 constants, secret and final merge: libkv/xxh3_parts.h).
+// A stripe split between two pieces is finished from the contiguous pool
+// block, where its bytes are adjacent. The data crosses the memory system once, and the
 // checksum is of the bytes stored (save) or the bytes handed to the engine
 // (load), so a byte changed under the pool block after the check cannot
 // reach the engine unseen.
@@ -37,6 +38,8 @@
 #define XXH_INLINE_ALL // header-only: the extension needs no libxxhash link
 #include <xxhash.h>
 
+#include "xxh3_parts.h" // libkv's internal header, shared with its copy_hash
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -48,48 +51,11 @@ namespace kvpool_py::paged {
 
 namespace {
 
-__extension__ typedef unsigned __int128 u128;
+using namespace kv::detail::xxh3; // constants, secret, merge_accs (shared with libkv)
+
 typedef uint64_t V16 __attribute__((vector_size(16)));
 typedef uint64_t V32 __attribute__((vector_size(32)));
 typedef uint64_t V64 __attribute__((vector_size(64)));
-
-constexpr uint64_t kP32_1 = 0x9E3779B1U, kP32_2 = 0x85EBCA77U, kP32_3 = 0xC2B2AE3DU;
-constexpr uint64_t kP64_1 = 0x9E3779B185EBCA87ULL, kP64_2 = 0xC2B2AE3D27D4EB4FULL,
-                   kP64_3 = 0x165667B19E3779F9ULL, kP64_4 = 0x85EBCA77C2B2AE63ULL,
-                   kP64_5 = 0x27D4EB2F165667C5ULL;
-constexpr uint64_t kMidsizeMax = 240; // XXH3_MIDSIZE_MAX
-constexpr uint64_t kStripe = 64, kStripesPerBlock = 16;
-constexpr size_t kSecretLen = 192; // XXH3_SECRET_DEFAULT_SIZE
-
-// The default secret, from libxxhash (a seed-0 secret is the default one).
-struct DefaultSecret {
-    alignas(64) uint8_t bytes[kSecretLen];
-    DefaultSecret() { XXH3_generateSecret_fromSeed(bytes, 0); }
-};
-const DefaultSecret kDefaultSecret;
-const uint8_t *const kSecret = kDefaultSecret.bytes;
-
-uint64_t read64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8); // little-endian hosts only, as the region format
-    return v;
-}
-
-uint64_t mul128_fold64(uint64_t a, uint64_t b) {
-    u128 m = u128(a) * b;
-    return uint64_t(m) ^ uint64_t(m >> 64);
-}
-
-// XXH3_mergeAccs with the final avalanche.
-uint64_t merge_accs(const uint64_t *acc, uint64_t len) {
-    uint64_t r = len * kP64_1;
-    for (int i = 0; i < 4; i++)
-        r += mul128_fold64(acc[2 * i] ^ read64(kSecret + 11 + 16 * i),
-                           acc[2 * i + 1] ^ read64(kSecret + 19 + 16 * i));
-    r ^= r >> 37;
-    r *= 0x165667919E3779F9ULL;
-    return r ^ (r >> 32);
-}
 
 // The streaming state BlockHash keeps between pieces.
 struct State {
@@ -204,8 +170,7 @@ unsigned set_simd_width(unsigned width) {
 }
 
 BlockHash::BlockHash(uint64_t len) : len_(len) {
-    const uint64_t init[8] = {kP32_3, kP64_1, kP64_2, kP64_3, kP64_4, kP32_2, kP64_5, kP32_1};
-    memcpy(acc_, init, sizeof acc_);
+    memcpy(acc_, kInitAcc, sizeof acc_);
 }
 
 void BlockHash::save(uint8_t *block, const uint8_t *src, uint64_t n) {

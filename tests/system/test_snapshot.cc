@@ -8,7 +8,7 @@
 //
 // Block contents, lengths and metadata are derived from the key, so any
 // process can check any block it finds without a shared list.
-#include "detail.h" // kv_pool::entry_cursor
+#include "detail.h" // kv_pool::room (RoomFinder::set_entry_cursor)
 #include "snapshot.h"
 #include "snapshot_format.h"
 
@@ -650,7 +650,7 @@ TEST_F(SnapshotTest, KeyPutAgainDuringPersistIsWrittenOnce) {
     Pool &src = make_pool(256 << 20);
     // Rows are claimed from a cursor that starts at a point derived from the
     // pid; from row 0 the rows below follow each other without wrapping.
-    src.p->entry_cursor.store(0);
+    src.p->room.set_entry_cursor(0);
     auto blocks = populate(src, 120, 1, {1 << 20});
     // Small blocks behind them, so that block 0's new row lies past the
     // rows the scan has read in (it reads the table 256 rows at a time).

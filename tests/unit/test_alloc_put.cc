@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
 //
 // Correctness checks for the paths the benchmarks drove faster:
-//  - copy_hash (store.cc): the one-pass copy + XXH3-64 equals libxxhash's
+//  - copy_hash (copy_hash.cc): the one-pass copy + XXH3-64 equals libxxhash's
 //    XXH3_64bits for every length and alignment, for each vector width this
 //    CPU has, copies exactly len bytes, and the data path stores it;
-//  - reserve (store.cc): a key found only at the insert gives its entry and
-//    block back, and a duplicate put into a full pool evicts nothing;
+//  - reserve (store.cc, room.cc): a key found only at the insert gives its
+//    entry and block back, and a duplicate put into a full pool evicts
+//    nothing;
 //  - home slabs (allocator.cc): clients start slabs of their own while the
 //    pool has FREE ones, keep to them, adopt a departed client's, and still
 //    share every slab when none is FREE.
@@ -207,7 +208,7 @@ TEST_F(HomeSlabs, FullPoolIsSharedAsBefore) {
 
 // A full pool, either of its two kinds below, and the checks both share:
 // a remove's entry and block are hints for the next puts, so the put after
-// them goes on with the short search (store.cc, note_remove), and hints
+// them goes on with the short search (room.h, "Hints"), and hints
 // lost to a ring's overflow end it. The path is read from the process-local
 // streak: a search that finds nothing and evicts restarts it at 1.
 class FullPool : public PoolTest {
@@ -268,17 +269,17 @@ class FullPool : public PoolTest {
 };
 
 // The entry table fills first: 4 KiB blocks, one entry per 64 KiB of data,
-// so every put into the full table takes the entry-table path (store.cc,
-// reserve_impl: short rolling scans while kv_pool::entry_streak is
-// non-zero, the entries this process's removes freed first). Before
-// b5ec50d a remove ended the short scans, and a loop of one remove and two
-// puts scanned 4096 entries every second put (2-3x an evicting put).
+// so every put into the full table takes the entry-table path (room.h:
+// short rolling scans while the entry streak is non-zero, the entries this
+// process's removes freed first). A remove must not end the short scans:
+// else a loop of one remove and two puts would scan kEntryScan entries
+// every second put.
 class EntryTableFull : public FullPool {
   protected:
     static constexpr uint64_t kLen = 4 * KiB;
     void customize(kv_create_opts &o) override { o.avg_block_size = 64 * KiB; }
     uint64_t len() const override { return kLen; }
-    uint32_t streak() override { return pool_->entry_streak.load(); }
+    uint32_t streak() override { return pool_->room.entry_streak(); }
     void expect_shape() override {
         EXPECT_LT(usage().block_bytes_used, stats().capacity / 4)
             << "the data area filled, not the entry table";
@@ -294,21 +295,19 @@ TEST_F(EntryTableFull, HintsLostToTheRingEndTheShortScans) {
 }
 
 // The data area fills first (64 KiB blocks; one entry per 16 KiB): the
-// block streak (kv_pool::evict_streak[cls]), whose puts try only their
-// home slabs before they evict, and the blocks a remove frees while the
-// class is in a streak (kv_pool::freed_blocks). Before 534f112 a remove
-// ended the streak, and the next put read every slab's line (in 1 GiB a
-// loop of one remove and two 64 KiB puts cost 6% more per put than puts
-// that all evict).
+// block streak (room.h), whose puts try only their home slabs before they
+// evict, and the blocks a remove frees while the class is in a streak (the
+// block hints). A remove must not end the streak: else the next put would
+// read every slab's line.
 class DataAreaFull : public FullPool {
   protected:
     static constexpr uint64_t kLen = 64 * KiB;
     uint64_t len() const override { return kLen; }
     uint32_t streak() override {
-        return pool_->evict_streak[kv::detail::class_for(pool_, kLen)].load();
+        return pool_->room.block_streak(kv::detail::class_for(pool_, kLen));
     }
     void expect_shape() override {
-        EXPECT_EQ(pool_->entry_streak.load(), 0u) << "the entry table filled, not the data area";
+        EXPECT_EQ(pool_->room.entry_streak(), 0u) << "the entry table filled, not the data area";
     }
 };
 
@@ -367,7 +366,7 @@ TEST_F(DataAreaFull, HintsLostToTheRingEndTheStreak) {
     expect_lost_hints_end_the_streak(kv::detail::FreedBlocks::kSlots);
 }
 
-// kv_pool::freed_entries (detail.h): the hints of entries this process's
+// RoomFinder's entry hints (FreedEntries, room.h): the hints of entries this process's
 // removes freed, which its next puts take before scanning the entry table.
 TEST(FreedEntries, NewestFirstAndTheLast64Kept) {
     kv::detail::FreedEntries f;
