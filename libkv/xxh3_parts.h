@@ -9,14 +9,17 @@
 // here. xxhash's format is frozen since 0.8.0, so these equal libxxhash's;
 // the tests compare both kernels with XXH3_64bits for every length.
 //
-// Include <xxhash.h> first, with XXH_STATIC_LINKING_ONLY or XXH_INLINE_ALL
-// defined (XXH3_generateSecret_fromSeed is in its static-linking part).
+// Define XXH_STATIC_LINKING_ONLY or XXH_INLINE_ALL before the first
+// include of <xxhash.h> (XXH3_generateSecret_fromSeed is in its
+// static-linking part); this header includes it itself.
 // Scalar code only: it is compiled for the base ISA and may be called from
 // functions compiled for a wider one, not the other way round.
 #pragma once
 
+#include <xxhash.h>
+
 #ifndef XXH3_SECRET_DEFAULT_SIZE
-#error "include <xxhash.h> with XXH_STATIC_LINKING_ONLY or XXH_INLINE_ALL before xxh3_parts.h"
+#error "xxh3_parts.h needs XXH_STATIC_LINKING_ONLY or XXH_INLINE_ALL defined before <xxhash.h>"
 #endif
 
 #include <cstddef>
@@ -29,8 +32,8 @@ constexpr uint64_t kP32_1 = 0x9E3779B1U, kP32_2 = 0x85EBCA77U, kP32_3 = 0xC2B2AE
 constexpr uint64_t kP64_1 = 0x9E3779B185EBCA87ULL, kP64_2 = 0xC2B2AE3D27D4EB4FULL,
                    kP64_3 = 0x165667B19E3779F9ULL, kP64_4 = 0x85EBCA77C2B2AE63ULL,
                    kP64_5 = 0x27D4EB2F165667C5ULL;
-constexpr uint64_t kMidsizeMax = 240; // XXH3_MIDSIZE_MAX: longer inputs take the long path
-constexpr uint64_t kStripe = 64;      // bytes per accumulate step
+constexpr uint64_t kMidsizeMax = 240;     // XXH3_MIDSIZE_MAX: longer inputs take the long path
+constexpr uint64_t kStripe = 64;          // bytes per accumulate step
 constexpr uint64_t kStripesPerBlock = 16; // stripes between scrambles (192-byte secret)
 constexpr uint64_t kBlockLen = kStripe * kStripesPerBlock;
 constexpr size_t kSecretLen = 192; // XXH3_SECRET_DEFAULT_SIZE
