@@ -24,9 +24,17 @@ inline uint64_t clock_ns(clockid_t id) {
     return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
 }
 
-inline uint64_t mono_ns() { return clock_ns(CLOCK_MONOTONIC); }
-inline uint64_t mono_ms() { return mono_ns() / 1000000; }
-inline uint64_t realtime_ns() { return clock_ns(CLOCK_REALTIME); }
-inline double seconds_since(uint64_t mono_t0_ns) { return double(mono_ns() - mono_t0_ns) / 1e9; }
+inline uint64_t mono_ns() {
+    return clock_ns(CLOCK_MONOTONIC);
+}
+inline uint64_t mono_ms() {
+    return mono_ns() / 1000000;
+}
+inline uint64_t realtime_ns() {
+    return clock_ns(CLOCK_REALTIME);
+}
+inline double seconds_since(uint64_t mono_t0_ns) {
+    return double(mono_ns() - mono_t0_ns) / 1e9;
+}
 
 } // namespace kv::daemon

@@ -52,7 +52,8 @@ constexpr std::string_view kPoolKeys[] = {
     "snapshot_dir", "persist_on_stop", "restore_on_start"};
 // clang-format on
 // The names of KV_EVICT_* (kv_evict_policy_name).
-constexpr std::array<std::string_view, 6> kEvictionPolicies{"clock", "lru", "lfu", "fifo", "priority", "prefix"};
+constexpr std::array<std::string_view, 6> kEvictionPolicies{"clock", "lru",      "lfu",
+                                                            "fifo",  "priority", "prefix"};
 
 std::string join(std::span<const std::string_view> words) {
     std::string out;

@@ -50,7 +50,8 @@ struct PoolConfig {
     uint64_t size = 0; // >= kMinPoolSize; "512M" or an integer byte count
     HugepageMode hugepages = HugepageMode::Prefer; // "require" | "prefer" | "never"
     int numa_node = kNumaNone;                     // node >= 0, kNumaLocal or kNumaNone
-    std::string eviction = "prefix";               // a kv_evict_policy_name(): clock, lru, lfu, fifo, priority, prefix
+    std::string eviction =
+        "prefix";         // a kv_evict_policy_name(): clock, lru, lfu, fifo, priority, prefix
     std::string group;    // owner group of the pool file; "" = DaemonConfig::admin_group
     uint32_t mode = 0660; // file mode; the file gives it as a quoted octal string
     bool prefault = true;

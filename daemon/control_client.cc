@@ -3,11 +3,6 @@
 
 #include "control_protocol.h"
 
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
-
 #include <bit>
 #include <cerrno>
 #include <chrono>
@@ -16,6 +11,10 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <utility>
 
 namespace kv::control {
@@ -27,7 +26,6 @@ static_assert(std::endian::native == std::endian::little,
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
 
 std::unexpected<ClientError> fail(std::string message, bool timed_out = false) {
     return std::unexpected(
@@ -64,7 +62,8 @@ std::expected<void, ClientError> send_all(int fd, const void *buf, size_t n) {
         if (k < 0 && errno == EINTR) continue;
         if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return fail("timed out sending the request to kvpoold");
-        if (k < 0) return fail(std::string("sending the request to kvpoold: ") + std::strerror(errno));
+        if (k < 0)
+            return fail(std::string("sending the request to kvpoold: ") + std::strerror(errno));
         done += size_t(k);
     }
     return {};
@@ -126,8 +125,9 @@ Client::~Client() {
 std::expected<Client, ClientError> Client::connect(const std::string &socket, double timeout_s) {
     const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return std::unexpected(ClientError{ClientError::Stage::Socket, errno, false,
-                                           std::string("socket(AF_UNIX): ") + std::strerror(errno)});
+        return std::unexpected(
+            ClientError{ClientError::Stage::Socket, errno, false,
+                        std::string("socket(AF_UNIX): ") + std::strerror(errno)});
     Client c(fd, socket, timeout_s);
 
     // A unix connect() blocks while the listener's backlog is full, and send()

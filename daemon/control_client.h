@@ -12,10 +12,9 @@
 // std::bad_alloc.
 #pragma once
 
-#include <kvpool/control.h>
-
 #include <cstdint>
 #include <expected>
+#include <kvpool/control.h>
 #include <string>
 
 namespace kv::control {

@@ -16,37 +16,36 @@ namespace {
 constexpr OpInfo kOps[] = {
     // op                name       access             pool                flags
     //   size/mode arg    path   cursor unbounded
-    {KV_CTL_OP_VERSION, "version", Access::Anyone, PoolName::Ignored, 0,
-     false, false, false, false, false},
-    {KV_CTL_OP_LIST, "list", Access::Anyone, PoolName::Ignored, 0,
-     false, false, false, false, false},
-    {KV_CTL_OP_STATUS, "status", Access::Anyone, PoolName::Optional, 0,
-     false, false, false, false, false},
+    {KV_CTL_OP_VERSION, "version", Access::Anyone, PoolName::Ignored, 0, false, false, false, false,
+     false},
+    {KV_CTL_OP_LIST, "list", Access::Anyone, PoolName::Ignored, 0, false, false, false, false,
+     false},
+    {KV_CTL_OP_STATUS, "status", Access::Anyone, PoolName::Optional, 0, false, false, false, false,
+     false},
     {KV_CTL_OP_CREATE, "create", Access::Admin, PoolName::Required,
-     KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_NO_PERSIST,
-     true, false, false, false, false},
-    {KV_CTL_OP_DESTROY, "destroy", Access::PoolGroup, PoolName::Required, 0,
-     false, false, false, false, false},
-    {KV_CTL_OP_ENTRIES, "entries", Access::Anyone, PoolName::Required, 0,
-     false, true, false, true, false},
-    {KV_CTL_OP_HEALTH, "health", Access::Anyone, PoolName::Required, 0,
-     false, false, false, false, false},
-    {KV_CTL_OP_EVICT, "evict", Access::PoolGroup, PoolName::Required, 0,
-     false, true, false, false, false},
-    {KV_CTL_OP_PERSIST, "persist", Access::PoolGroup, PoolName::Required, 0,
-     false, false, true, false, true},
-    {KV_CTL_OP_RESTORE, "restore", Access::PoolGroup, PoolName::Required, KV_CTL_F_FORCE,
-     false, false, true, false, true},
-    {KV_CTL_OP_CLIENTS, "clients", Access::Anyone, PoolName::Required, 0,
-     false, false, false, false, false},
-    {KV_CTL_OP_DETACH, "detach", Access::PoolGroup, PoolName::Required, KV_CTL_F_KILL,
-     false, true, false, false, false},
-    {KV_CTL_OP_STATS, "stats", Access::Anyone, PoolName::Ignored, 0,
-     false, false, false, false, false},
+     KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_NO_PERSIST, true, false, false, false, false},
+    {KV_CTL_OP_DESTROY, "destroy", Access::PoolGroup, PoolName::Required, 0, false, false, false,
+     false, false},
+    {KV_CTL_OP_ENTRIES, "entries", Access::Anyone, PoolName::Required, 0, false, true, false, true,
+     false},
+    {KV_CTL_OP_HEALTH, "health", Access::Anyone, PoolName::Required, 0, false, false, false, false,
+     false},
+    {KV_CTL_OP_EVICT, "evict", Access::PoolGroup, PoolName::Required, 0, false, true, false, false,
+     false},
+    {KV_CTL_OP_PERSIST, "persist", Access::PoolGroup, PoolName::Required, 0, false, false, true,
+     false, true},
+    {KV_CTL_OP_RESTORE, "restore", Access::PoolGroup, PoolName::Required, KV_CTL_F_FORCE, false,
+     false, true, false, true},
+    {KV_CTL_OP_CLIENTS, "clients", Access::Anyone, PoolName::Required, 0, false, false, false,
+     false, false},
+    {KV_CTL_OP_DETACH, "detach", Access::PoolGroup, PoolName::Required, KV_CTL_F_KILL, false, true,
+     false, false, false},
+    {KV_CTL_OP_STATS, "stats", Access::Anyone, PoolName::Ignored, 0, false, false, false, false,
+     false},
     // VERIFY changes nothing without KV_CTL_F_REMOVE, but it reads every
     // block: the pool's group, as for a change.
-    {KV_CTL_OP_VERIFY, "verify", Access::PoolGroup, PoolName::Required, KV_CTL_F_REMOVE,
-     false, false, false, false, true},
+    {KV_CTL_OP_VERIFY, "verify", Access::PoolGroup, PoolName::Required, KV_CTL_F_REMOVE, false,
+     false, false, false, true},
 };
 static_assert(std::size(kOps) == KV_CTL_OP_MAX, "a row for every op");
 
@@ -59,7 +58,9 @@ static_assert(ops_in_order(), "kOps is indexed by op - 1");
 
 } // namespace
 
-std::span<const OpInfo> ops() { return kOps; }
+std::span<const OpInfo> ops() {
+    return kOps;
+}
 
 const OpInfo *find_op(uint16_t op) {
     return op >= 1 && op <= KV_CTL_OP_MAX ? &kOps[op - 1] : nullptr;
@@ -81,8 +82,8 @@ NameProblem check_pool_name(std::string_view n) {
     if (n.empty()) return NameProblem::Empty;
     if (n.size() >= KV_CTL_NAME_MAX) return NameProblem::TooLong;
     const bool chars_ok = std::all_of(n.begin(), n.end(), [](char ch) {
-        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-               ch == '-' || ch == '.';
+        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+               ch == '_' || ch == '-' || ch == '.';
     });
     if (!chars_ok) return NameProblem::BadCharacter;
     if (n == "." || n == "..") return NameProblem::Dots;
@@ -103,8 +104,8 @@ Message next_message(std::string_view in) {
     const kv_ctl_hdr &h = m.hdr;
     if (h.magic != KV_CTL_MAGIC) {
         char b[128];
-        snprintf(b, sizeof b, "bad magic 0x%08x: expected 0x%08x (not a kvpool control client?)", h.magic,
-                 KV_CTL_MAGIC);
+        snprintf(b, sizeof b, "bad magic 0x%08x: expected 0x%08x (not a kvpool control client?)",
+                 h.magic, KV_CTL_MAGIC);
         m.message = b;
     } else if (h.version != KV_CTL_VERSION) {
         m.message = "protocol version " + std::to_string(h.version) + ": this daemon speaks " +
@@ -126,16 +127,17 @@ Message next_message(std::string_view in) {
     const std::string_view body = in.substr(sizeof h, h.length);
     if (body.size() < KV_CTL_REQUEST_SIZE_V1) {
         m.error = EPROTO;
-        m.message = "request body of " + std::to_string(body.size()) + " bytes: expected at least " +
-                    std::to_string(KV_CTL_REQUEST_SIZE_V1);
+        m.message = "request body of " + std::to_string(body.size()) +
+                    " bytes: expected at least " + std::to_string(KV_CTL_REQUEST_SIZE_V1);
         return m;
     }
     // A newer client's larger struct: the tail must be zero (we cannot honour it).
     kv_ctl_request req;
     memcpy(&req, body.data(), sizeof req);
-    const bool tail_zero = std::all_of(body.begin() + sizeof req, body.end(), [](char ch) { return ch == 0; });
-    const bool reserved_zero =
-        std::all_of(std::begin(req.reserved), std::end(req.reserved), [](uint64_t v) { return v == 0; });
+    const bool tail_zero =
+        std::all_of(body.begin() + sizeof req, body.end(), [](char ch) { return ch == 0; });
+    const bool reserved_zero = std::all_of(std::begin(req.reserved), std::end(req.reserved),
+                                           [](uint64_t v) { return v == 0; });
     const OpInfo *info = find_op(h.op); // unknown ops are refused later, by the dispatcher
     if (!tail_zero || !reserved_zero) {
         m.error = EINVAL;
@@ -145,7 +147,8 @@ Message next_message(std::string_view in) {
         m.message = "pool name or path is not NUL-terminated";
     } else if (req.max_entries && !(info && info->uses_size_mode)) {
         m.error = EINVAL;
-        m.message = "max_entries " + std::to_string(req.max_entries) + " on a request that is not CREATE: expected 0";
+        m.message = "max_entries " + std::to_string(req.max_entries) +
+                    " on a request that is not CREATE: expected 0";
     } else if (req.cursor && !(info && info->uses_cursor)) {
         m.error = EINVAL;
         m.message =
@@ -162,7 +165,8 @@ Message next_message(std::string_view in) {
 }
 
 std::string frame(uint16_t op, uint32_t seq, int error, const std::string &body) {
-    kv_ctl_hdr h{KV_CTL_MAGIC, KV_CTL_VERSION, op, uint32_t(sizeof(kv_ctl_response) + body.size()), seq};
+    kv_ctl_hdr h{KV_CTL_MAGIC, KV_CTL_VERSION, op, uint32_t(sizeof(kv_ctl_response) + body.size()),
+                 seq};
     kv_ctl_response r{uint32_t(error), uint32_t(body.size()), 0};
     std::string out(reinterpret_cast<const char *>(&h), sizeof h);
     out.append(reinterpret_cast<const char *>(&r), sizeof r);
@@ -179,8 +183,8 @@ HeaderCheck check_response_header(const kv_ctl_hdr &hdr, uint16_t op, uint32_t s
                          "socket?",
                          hdr.magic, KV_CTL_MAGIC, int(socket.size()), socket.data());
     else if (hdr.version != KV_CTL_VERSION)
-        c.problem = strf("response has protocol version %u (kvctl speaks %u)", unsigned(hdr.version),
-                         unsigned(KV_CTL_VERSION));
+        c.problem = strf("response has protocol version %u (kvctl speaks %u)",
+                         unsigned(hdr.version), unsigned(KV_CTL_VERSION));
     else if (hdr.op != op && !c.refused)
         c.problem = strf("response is for op %u (expected %u, the request's op)", unsigned(hdr.op),
                          unsigned(op));

@@ -10,10 +10,9 @@
 // The socket I/O of a blocking client is in control_client.h.
 #pragma once
 
-#include <kvpool/control.h>
-
 #include <cstddef>
 #include <cstdint>
+#include <kvpool/control.h>
 #include <span>
 #include <string>
 #include <string_view>
@@ -68,7 +67,9 @@ const char *op_name(uint16_t op);
 // this order, so that every caller names the same problem.
 enum class NameProblem { None, Empty, TooLong, BadCharacter, Dots };
 NameProblem check_pool_name(std::string_view n);
-inline bool valid_pool_name(std::string_view n) { return check_pool_name(n) == NameProblem::None; }
+inline bool valid_pool_name(std::string_view n) {
+    return check_pool_name(n) == NameProblem::None;
+}
 
 // ---- Requests: the client encodes, the daemon decodes -----------------------
 
@@ -90,7 +91,7 @@ struct Message {
     // not NUL-terminated, max_entries on an op other than CREATE, a cursor
     // on an op other than ENTRIES, unknown flag bits).
     int error = 0;
-    std::string message; // why, when error != 0
+    std::string message;  // why, when error != 0
     kv_ctl_request req{}; // Request with error == 0: the body's first KV_CTL_REQUEST_SIZE_V1 bytes
 };
 

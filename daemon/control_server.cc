@@ -11,6 +11,12 @@
 #include "snapshot_jobs.h"
 #include "units.h"
 
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <iterator>
 #include <numa.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -19,13 +25,6 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <algorithm>
-#include <cerrno>
-#include <cinttypes>
-#include <cstdio>
-#include <cstring>
-#include <iterator>
 #include <unordered_map>
 
 namespace kv::daemon {
@@ -45,14 +44,17 @@ bool own_snapshot_file(const std::string &path, const std::string &dir, const st
     std::string_view rest = path;
     if (!rest.starts_with(dir)) return false;
     rest.remove_prefix(dir.size());
-    if (rest.size() < pool.size() + ext.size() || !rest.starts_with(pool) || !rest.ends_with(ext)) return false;
+    if (rest.size() < pool.size() + ext.size() || !rest.starts_with(pool) || !rest.ends_with(ext))
+        return false;
     rest.remove_prefix(pool.size());
     rest.remove_suffix(ext.size());
     if (rest.empty()) return true;
     return rest.front() == '@' && valid_pool_name(rest.substr(1));
 }
 
-std::string dump(const nlohmann::json &j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+std::string dump(const nlohmann::json &j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 } // namespace
 
@@ -60,12 +62,15 @@ ControlServer::ControlServer(int epfd, PoolManager &pm, DaemonCounters &counters
     : epfd_(epfd), pm_(pm), counters_(counters) {}
 
 ControlServer::~ControlServer() {
-    for (auto &[fd, c] : conns_) close(fd);
-    for (int fd : metrics_fds_) close(fd);
+    for (auto &[fd, c] : conns_)
+        close(fd);
+    for (int fd : metrics_fds_)
+        close(fd);
     if (control_fd_ >= 0) {
         close(control_fd_);
-        struct stat sb {}; // only our own socket: never one another daemon bound since
-        if (stat(control_path_.c_str(), &sb) == 0 && sb.st_ino == control_ino_) unlink(control_path_.c_str());
+        struct stat sb{}; // only our own socket: never one another daemon bound since
+        if (stat(control_path_.c_str(), &sb) == 0 && sb.st_ino == control_ino_)
+            unlink(control_path_.c_str());
     }
 }
 
@@ -73,8 +78,8 @@ std::expected<void, std::string> ControlServer::listen_control(const std::string
     sockaddr_un sa{};
     sa.sun_family = AF_UNIX;
     if (path.size() >= sizeof sa.sun_path)
-        return std::unexpected("control_socket " + path + ": longer than " + std::to_string(sizeof sa.sun_path - 1) +
-                               " bytes");
+        return std::unexpected("control_socket " + path + ": longer than " +
+                               std::to_string(sizeof sa.sun_path - 1) + " bytes");
     memcpy(sa.sun_path, path.c_str(), path.size());
     std::string dir = path.substr(0, path.rfind('/'));
     if (!dir.empty()) mkdir(dir.c_str(), 0755);
@@ -88,8 +93,9 @@ std::expected<void, std::string> ControlServer::listen_control(const std::string
         if (live) getsockopt(probe, SOL_SOCKET, SO_PEERCRED, &cr, &crlen);
         close(probe);
         if (live)
-            return std::unexpected("control socket " + path + ": another kvpoold (pid " + std::to_string(cr.pid) +
-                                   ") is serving it; stop it first, or give this one another control_socket");
+            return std::unexpected(
+                "control socket " + path + ": another kvpoold (pid " + std::to_string(cr.pid) +
+                ") is serving it; stop it first, or give this one another control_socket");
     }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return std::unexpected(std::string("control socket: ") + strerror(errno));
@@ -100,7 +106,7 @@ std::expected<void, std::string> ControlServer::listen_control(const std::string
         return std::unexpected("control socket " + path + ": " + e);
     }
     chmod(path.c_str(), 0666);
-    struct stat sb {};
+    struct stat sb{};
     if (stat(path.c_str(), &sb) == 0) control_ino_ = sb.st_ino;
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -159,12 +165,15 @@ void ControlServer::accept_on(int lfd, Kind kind) {
         const bool root = kind == Kind::Control && c.peer.uid == 0;
         bool over = conns_.size() >= kMaxConnections + (root ? kRootReserve : 0) ||
                     (kind == Kind::Control && !root && mine >= kMaxPerUser);
-        if (over && kind == Kind::Control && !root && mine < kMaxPerUser) over = !shed_idle_for(c.peer.uid, mine);
+        if (over && kind == Kind::Control && !root && mine < kMaxPerUser)
+            over = !shed_idle_for(c.peer.uid, mine);
         if (over) {
             const uint64_t now = mono_ms();
             refused_++;
             if (now - refused_logged_ms_ >= 10000) { // one line per 10 s, with the count
-                KV_LOGW(kComp, "refused %" PRIu64 " connection(s) in the last 10 s: %zu open, uid %u holds %zu",
+                KV_LOGW(kComp,
+                        "refused %" PRIu64
+                        " connection(s) in the last 10 s: %zu open, uid %u holds %zu",
                         refused_, conns_.size(), unsigned(c.peer.uid), mine);
                 refused_logged_ms_ = now, refused_ = 0;
             }
@@ -204,8 +213,8 @@ bool ControlServer::shed_idle_for(uid_t uid, size_t mine) {
     int victim = -1;
     uint64_t oldest = UINT64_MAX;
     for (const auto &[fd, o] : conns_)
-        if (o.kind == Kind::Control && o.peer.uid == top && o.waiting == 0 && o.in.empty() && o.out.empty() &&
-            o.last_ms < oldest)
+        if (o.kind == Kind::Control && o.peer.uid == top && o.waiting == 0 && o.in.empty() &&
+            o.out.empty() && o.last_ms < oldest)
             victim = fd, oldest = o.last_ms;
     if (victim < 0) return false;
     drop(victim);
@@ -213,7 +222,8 @@ bool ControlServer::shed_idle_for(uid_t uid, size_t mine) {
     const uint64_t now = mono_ms();
     if (now - shed_logged_ms_ >= 10000) {
         KV_LOGN(kComp,
-                "all %zu connections taken: closed %" PRIu64 " idle one(s) in the last 10 s, the last of uid %u "
+                "all %zu connections taken: closed %" PRIu64
+                " idle one(s) in the last 10 s, the last of uid %u "
                 "(held %zu) to serve uid %u (held %zu)",
                 kMaxConnections, shed_, unsigned(top), most, unsigned(uid), mine);
         shed_logged_ms_ = now, shed_ = 0;
@@ -229,12 +239,14 @@ void ControlServer::send_refusal(int fd, uint32_t uid, size_t mine, bool root) {
     char why[256];
     if (!root && mine >= kMaxPerUser)
         snprintf(why, sizeof why,
-                 "too many connections: uid %u holds %zu, the most one user may (close idle ones, or wait "
+                 "too many connections: uid %u holds %zu, the most one user may (close idle ones, "
+                 "or wait "
                  "%llu s for them to expire)",
                  unsigned(uid), mine, (unsigned long long)(kIdleMs / 1000));
     else
         snprintf(why, sizeof why,
-                 "too many connections: %zu open, the most kvpoold serves (idle ones expire after %llu s)",
+                 "too many connections: %zu open, the most kvpoold serves (idle ones expire after "
+                 "%llu s)",
                  conns_.size(), (unsigned long long)(kIdleMs / 1000));
     const size_t len = strlen(why);
     struct {
@@ -274,7 +286,8 @@ void ControlServer::expire(uint64_t now_ms, uint64_t idle_ms) {
             old.push_back(fd);
         }
     }
-    for (int fd : old) drop(fd);
+    for (int fd : old)
+        drop(fd);
 }
 
 // Start or stop the request deadline: it runs while the input holds part
@@ -409,7 +422,8 @@ void ControlServer::process(int fd, Conn &c) {
         // The stream cannot be resynchronized after a bad header: answer and close.
         counters_.requests++;
         counters_.request_errors++;
-        KV_LOGN(kComp, "peer pid %d uid %u: %s", int(c.peer.pid), unsigned(c.peer.uid), m.message.c_str());
+        KV_LOGN(kComp, "peer pid %d uid %u: %s", int(c.peer.pid), unsigned(c.peer.uid),
+                m.message.c_str());
         c.out += frame(m.hdr.op, m.hdr.seq, m.error, m.message);
         c.in.clear();
         c.close_after_flush = true;
@@ -425,7 +439,8 @@ void ControlServer::process(int fd, Conn &c) {
     if (!err) {
         try {
             std::tie(err, reply) = dispatch(c, h.op, h.seq, m.req);
-        } catch (const std::exception &e) { // JSON or allocation failure: one request fails, not the daemon
+        } catch (const std::exception
+                     &e) { // JSON or allocation failure: one request fails, not the daemon
             err = EIO;
             reply = std::string("internal error: ") + e.what();
         }
@@ -578,7 +593,8 @@ bool ControlServer::allowed(const Peer &p, gid_t gid) const {
     return std::find(p.groups.begin(), p.groups.end(), gid) != p.groups.end();
 }
 
-void ControlServer::deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int error, const std::string &body) {
+void ControlServer::deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int error,
+                            const std::string &body) {
     for (auto &[fd, c] : conns_) {
         if (c.id != conn_id) continue;
         if (c.waiting) c.waiting--;
@@ -591,35 +607,45 @@ void ControlServer::deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int err
     if (error) counters_.request_errors++; // its connection is gone
 }
 
-std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32_t seq, const kv_ctl_request &req) {
+std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32_t seq,
+                                                    const kv_ctl_request &req) {
     const std::string name(reinterpret_cast<const char *>(req.pool));
     auto list = [&] {
         nlohmann::json pools = nlohmann::json::array();
-        for (const auto &p : pm_.pools()) pools.push_back(pool_json(*p));
+        for (const auto &p : pm_.pools())
+            pools.push_back(pool_json(*p));
         return pools;
     };
     const control::OpInfo *info = control::find_op(op);
     if (!info) return {EOPNOTSUPP, "unknown op " + std::to_string(op)};
     if (op == KV_CTL_OP_VERSION)
-        return {0, dump({{"daemon", KVPOOL_VERSION}, {"protocol", KV_CTL_VERSION}, {"pid", getpid()}})};
-    if (op == KV_CTL_OP_LIST || ((op == KV_CTL_OP_STATUS) && name.empty())) return {0, dump({{"pools", list()}})};
-    if (op == KV_CTL_OP_STATS) return {0, dump({{"daemon", daemon_json(counters_)}, {"pools", list()}})};
+        return {
+            0, dump({{"daemon", KVPOOL_VERSION}, {"protocol", KV_CTL_VERSION}, {"pid", getpid()}})};
+    if (op == KV_CTL_OP_LIST || ((op == KV_CTL_OP_STATUS) && name.empty()))
+        return {0, dump({{"pools", list()}})};
+    if (op == KV_CTL_OP_STATS)
+        return {0, dump({{"daemon", daemon_json(counters_)}, {"pools", list()}})};
 
     if (op == KV_CTL_OP_CREATE) {
         if (info->access == control::Access::Admin && !allowed(c.peer, pm_.admin_gid()))
-            return {EPERM, "create needs root or membership of the admin group " + pm_.config().admin_group};
+            return {EPERM, "create needs root or membership of the admin group " +
+                               pm_.config().admin_group};
         if (!valid_pool_name(name))
-            return {EINVAL, "pool name \"" + name + "\": expected 1-63 characters of A-Z a-z 0-9 _ . -"};
+            return {EINVAL,
+                    "pool name \"" + name + "\": expected 1-63 characters of A-Z a-z 0-9 _ . -"};
         if (req.size < (16ULL << 20))
             return {EINVAL, "size " + std::to_string(req.size) + ": expected at least 16 MiB"};
         if (req.hugepages > 2)
-            return {EINVAL, "hugepages " + std::to_string(req.hugepages) + ": expected 0 (never), 1 (prefer) or 2 (require)"};
+            return {EINVAL, "hugepages " + std::to_string(req.hugepages) +
+                                ": expected 0 (never), 1 (prefer) or 2 (require)"};
         if (req.mode & ~0777U) {
             char m[64];
             snprintf(m, sizeof m, "mode %04o: ", unsigned(req.mode));
-            return {EINVAL, m + std::string(req.mode > 07777 ? "expected at most 0777 (octal)"
-                                                             : "setuid, setgid and sticky bits have no meaning on "
-                                                               "a pool file; expected 0..0777 (octal)")};
+            return {EINVAL,
+                    m + std::string(req.mode > 07777
+                                        ? "expected at most 0777 (octal)"
+                                        : "setuid, setgid and sticky bits have no meaning on "
+                                          "a pool file; expected 0..0777 (octal)")};
         }
         PoolConfig pc;
         pc.name = name;
@@ -638,11 +664,13 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         if (req.flags & KV_CTL_F_POLICY) {
             const char *policy = kv_evict_policy_name(req.evict_policy);
             if (!policy)
-                return {EINVAL, "eviction policy " + std::to_string(req.evict_policy) + ": expected 0.." +
-                                    std::to_string(KV_EVICT_MAX) + " (clock, lru, lfu, fifo, priority, prefix)"};
+                return {EINVAL, "eviction policy " + std::to_string(req.evict_policy) +
+                                    ": expected 0.." + std::to_string(KV_EVICT_MAX) +
+                                    " (clock, lru, lfu, fifo, priority, prefix)"};
             pc.eviction = policy;
         } else if (req.evict_policy) {
-            return {EINVAL, "evict_policy " + std::to_string(req.evict_policy) + " without KV_CTL_F_POLICY"};
+            return {EINVAL, "evict_policy " + std::to_string(req.evict_policy) +
+                                " without KV_CTL_F_POLICY"};
         }
         pc.prefault = req.flags & KV_CTL_F_PREFAULT;
         if (req.max_entries && (req.max_entries < 64 || req.max_entries > 0xfffffff0U))
@@ -655,7 +683,8 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         pc.snapshot_dir = pm_.config().state_dir;
         auto p = pm_.create(pc, "runtime");
         if (!p) return {-p.error().code, p.error().message};
-        KV_LOGI(kComp, "pool %s created by pid %d uid %u", name.c_str(), int(c.peer.pid), unsigned(c.peer.uid));
+        KV_LOGI(kComp, "pool %s created by pid %d uid %u", name.c_str(), int(c.peer.pid),
+                unsigned(c.peer.uid));
         count_snapshot_runs(pm_, counters_); // its restore, if it had a snapshot
         return {0, dump(pool_json(**p))};
     }
@@ -666,10 +695,12 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
     Pool *p = pm_.find(name);
     if (!p) return {ENOENT, "no pool named \"" + name + "\""};
     if (info->access == control::Access::PoolGroup && !allowed(c.peer, p->gid))
-        return {EPERM, std::string(op_name(op)) + " " + name + " needs root or membership of group " + p->group_name};
+        return {EPERM, std::string(op_name(op)) + " " + name +
+                           " needs root or membership of group " + p->group_name};
 
     switch (op) {
-    case KV_CTL_OP_STATUS: return {0, dump(pool_json(*p))};
+    case KV_CTL_OP_STATUS:
+        return {0, dump(pool_json(*p))};
     case KV_CTL_OP_ENTRIES: {
         const uint64_t slots = kv_pool_header(p->handle)->n_entries;
         if (req.cursor > slots)
@@ -678,8 +709,10 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
                                 std::to_string(slots) + " entry slots)"};
         return {0, dump(entries_json(*p, req.cursor, req.arg))};
     }
-    case KV_CTL_OP_HEALTH: return {0, dump(health_json(*p))};
-    case KV_CTL_OP_CLIENTS: return {0, dump(clients_json(*p))};
+    case KV_CTL_OP_HEALTH:
+        return {0, dump(health_json(*p))};
+    case KV_CTL_OP_CLIENTS:
+        return {0, dump(clients_json(*p))};
     case KV_CTL_OP_DESTROY: {
         auto r = pm_.destroy(name);
         if (!r) return {-r.error().code, r.error().message};
@@ -706,21 +739,25 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         if (req.arg == 0 || req.arg > uint64_t(INT32_MAX))
             return {EINVAL, "pid " + std::to_string(req.arg) + ": expected a process id"};
         const uint32_t pid = uint32_t(req.arg);
-        if (pid == uint32_t(getpid())) return {EINVAL, "pid " + std::to_string(pid) + " is kvpoold itself"};
+        if (pid == uint32_t(getpid()))
+            return {EINVAL, "pid " + std::to_string(pid) + " is kvpoold itself"};
         int rc = kv_reap_pid(p->handle, pid);
         bool killed = false;
         if (rc == -EBUSY) {
             if (!(req.flags & KV_CTL_F_KILL))
-                return {EBUSY, "process " + std::to_string(pid) +
-                                   " is alive and attached; pass --kill to SIGKILL it first (its pins and "
-                                   "reservations are then reclaimed)"};
+                return {EBUSY,
+                        "process " + std::to_string(pid) +
+                            " is alive and attached; pass --kill to SIGKILL it first (its pins and "
+                            "reservations are then reclaimed)"};
             if (kill(pid_t(pid), SIGKILL) != 0)
                 return {errno, "kill " + std::to_string(pid) + ": " + strerror(errno)};
             killed = true;
             // Wait (bounded) for the process to die; a zombie counts as dead.
-            for (int i = 0; i < 200 && (rc = kv_reap_pid(p->handle, pid)) == -EBUSY; i++) usleep(10000);
+            for (int i = 0; i < 200 && (rc = kv_reap_pid(p->handle, pid)) == -EBUSY; i++)
+                usleep(10000);
             if (rc == -EBUSY)
-                return {ETIMEDOUT, "process " + std::to_string(pid) + " did not exit within 2 s of SIGKILL"};
+                return {ETIMEDOUT,
+                        "process " + std::to_string(pid) + " did not exit within 2 s of SIGKILL"};
         }
         if (rc < 0) return {-rc, std::string("reap: ") + kv_strerror(rc)};
         // ESRCH, not ENOENT: the pool exists, the process is not one of its clients.
@@ -737,21 +774,26 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
     case KV_CTL_OP_RESTORE: {
         std::string path(reinterpret_cast<const char *>(req.path));
         if (path.empty()) path = p->snapshot_path;
-        if (path.front() != '/') return {EINVAL, "path \"" + path + "\": expected an absolute path"};
+        if (path.front() != '/')
+            return {EINVAL, "path \"" + path + "\": expected an absolute path"};
         // The daemon runs as root: a group member may only name this pool's
         // own snapshot files (control.h); root may name any path.
         const std::string dir = p->snapshot_path.substr(0, p->snapshot_path.rfind('/') + 1);
         if (c.peer.uid != 0 && !own_snapshot_file(path, dir, name))
-            return {EPERM, "path " + path + ": a member of group " + p->group_name + " may only name pool " + name +
-                               "'s snapshots, " + dir + name + ".kvsnap or " + dir + name +
-                               "@TAG.kvsnap (TAG: 1-63 of A-Z a-z 0-9 _ . -); only root may name other files"};
+            return {
+                EPERM,
+                "path " + path + ": a member of group " + p->group_name + " may only name pool " +
+                    name + "'s snapshots, " + dir + name + ".kvsnap or " + dir + name +
+                    "@TAG.kvsnap (TAG: 1-63 of A-Z a-z 0-9 _ . -); only root may name other files"};
         if ((req.flags & KV_CTL_F_FORCE) && !(info->flags & KV_CTL_F_FORCE))
             return {EINVAL, std::string(op_name(op)) + ": the force flag applies to restore only"};
         if ((req.flags & KV_CTL_F_FORCE) && c.peer.uid != 0)
-            return {EPERM, "restore " + name + " --force: only root may restore another pool's snapshot"};
+            return {EPERM,
+                    "restore " + name + " --force: only root may restore another pool's snapshot"};
         if (op == KV_CTL_OP_RESTORE && access(path.c_str(), R_OK) != 0)
             return {file_error_code(errno), path + ": " + strerror(errno)};
-        if (op == KV_CTL_OP_PERSIST && path.rfind(dir, 0) == 0) mkdir(dir.c_str(), 0750); // the pool's own directory
+        if (op == KV_CTL_OP_PERSIST && path.rfind(dir, 0) == 0)
+            mkdir(dir.c_str(), 0750); // the pool's own directory
         auto r = start_job(*p, op, path, c.id, seq, wake_fd_,
                            Requester{c.peer.uid == 0, (req.flags & KV_CTL_F_FORCE) != 0});
         if (!r) return {-r.error().code, r.error().message};

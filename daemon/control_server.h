@@ -9,15 +9,13 @@
 #include "pool_manager.h"
 #include "pool_report.h"
 
-#include <kvpool/control.h>
-
-#include <sys/types.h>
-
 #include <cstdint>
 #include <expected>
+#include <kvpool/control.h>
 #include <map>
 #include <optional>
 #include <string>
+#include <sys/types.h>
 #include <vector>
 
 namespace kv::daemon {
@@ -46,7 +44,8 @@ class ControlServer {
     void set_job_wake_fd(int fd) { wake_fd_ = fd; }
 
     static constexpr size_t kMaxConnections = 256;
-    static constexpr size_t kMaxPerUser = 32; // control connections of one uid (root: see kRootReserve)
+    static constexpr size_t kMaxPerUser =
+        32; // control connections of one uid (root: see kRootReserve)
     static constexpr size_t kRootReserve = 16;
     static constexpr uint64_t kIdleMs = 60000; // what main's expire() calls use
     // A request (or a metrics request's head) must arrive whole within
@@ -107,7 +106,8 @@ class ControlServer {
     void step_verify(Conn &c);
     void drop(int fd);
     // Handle one request; returns the response body (JSON or message) and error.
-    std::pair<int, std::string> dispatch(Conn &c, uint16_t op, uint32_t seq, const kv_ctl_request &req);
+    std::pair<int, std::string> dispatch(Conn &c, uint16_t op, uint32_t seq,
+                                         const kv_ctl_request &req);
     bool allowed(const Peer &p, gid_t gid) const;
 
     int epfd_;
@@ -115,7 +115,7 @@ class ControlServer {
     DaemonCounters &counters_;
     int control_fd_ = -1;
     std::string control_path_;
-    ino_t control_ino_ = 0;                     // the socket file we bound (unlinked at stop only if still ours)
+    ino_t control_ino_ = 0; // the socket file we bound (unlinked at stop only if still ours)
     uint64_t refused_ = 0, refused_logged_ms_ = 0; // connections refused since the last log line
     uint64_t shed_ = 0, shed_logged_ms_ = 0;       // idle connections closed to make room, likewise
     std::vector<int> metrics_fds_;

@@ -1,11 +1,10 @@
 // SPDX-License-Identifier: MIT
 #include "log.h"
 
-#include <unistd.h>
-
 #include <atomic>
 #include <cstdarg>
 #include <cstdio>
+#include <unistd.h>
 
 namespace kv::daemon {
 
@@ -14,8 +13,12 @@ namespace {
 std::atomic<int> g_level{int(LogLevel::Info)};
 } // namespace
 
-void set_log_level(LogLevel level) { g_level.store(int(level), std::memory_order_relaxed); }
-LogLevel log_level() { return LogLevel(g_level.load(std::memory_order_relaxed)); }
+void set_log_level(LogLevel level) {
+    g_level.store(int(level), std::memory_order_relaxed);
+}
+LogLevel log_level() {
+    return LogLevel(g_level.load(std::memory_order_relaxed));
+}
 
 void log(LogLevel level, const char *component, const char *fmt, ...) {
     if (int(level) > g_level.load(std::memory_order_relaxed)) return;

@@ -12,7 +12,8 @@ namespace kv::daemon {
 void set_log_level(LogLevel level);
 LogLevel log_level();
 
-__attribute__((format(printf, 3, 4))) void log(LogLevel level, const char *component, const char *fmt, ...);
+__attribute__((format(printf, 3, 4))) void log(LogLevel level, const char *component,
+                                               const char *fmt, ...);
 
 #define KV_LOGE(comp, ...) ::kv::daemon::log(::kv::daemon::LogLevel::Error, comp, __VA_ARGS__)
 #define KV_LOGW(comp, ...) ::kv::daemon::log(::kv::daemon::LogLevel::Warning, comp, __VA_ARGS__)

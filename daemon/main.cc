@@ -7,6 +7,7 @@
 #include "clock.h"
 #include "config.h"
 #include "control_server.h"
+#include "detail.h"
 #include "housekeeping.h"
 #include "log.h"
 #include "metrics.h"
@@ -14,12 +15,15 @@
 #include "pool_report.h"
 #include "snapshot_jobs.h"
 
-#include "detail.h"
-
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <grp.h>
+#include <memory>
 #include <numa.h>
-
 #include <signal.h>
+#include <string>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -27,13 +31,6 @@
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <algorithm>
-#include <fstream>
-#include <memory>
-#include <string>
 #include <vector>
 
 using namespace kv::daemon;
@@ -43,13 +40,16 @@ namespace {
 constexpr const char *kComp = "kvpoold";
 
 void usage(FILE *f) {
-    fprintf(f, "usage: kvpoold [--config PATH] [--check-config] [--reserve-hugepages] [--release-hugepages] "
-               "[--version]\n"
-               "  --config PATH          config file (default %s)\n"
-               "  --check-config         parse the config, print a summary, exit 0 (valid) or 1\n"
-               "  --reserve-hugepages    raise /proc/sys/vm/nr_hugepages to what the config's pools need, exit\n"
-               "  --release-hugepages    lower it by the free pages --reserve-hugepages added, exit\n"
-               "exit codes: 0 clean stop, 1 config or start-up error, 2 usage error\n",
+    fprintf(f,
+            "usage: kvpoold [--config PATH] [--check-config] [--reserve-hugepages] "
+            "[--release-hugepages] "
+            "[--version]\n"
+            "  --config PATH          config file (default %s)\n"
+            "  --check-config         parse the config, print a summary, exit 0 (valid) or 1\n"
+            "  --reserve-hugepages    raise /proc/sys/vm/nr_hugepages to what the config's pools "
+            "need, exit\n"
+            "  --release-hugepages    lower it by the free pages --reserve-hugepages added, exit\n"
+            "exit codes: 0 clean stop, 1 config or start-up error, 2 usage error\n",
             KVPOOL_DEFAULT_CONFIG);
 }
 
@@ -66,9 +66,10 @@ std::string check_against_machine(const DaemonConfig &cfg, std::vector<std::stri
         return getgrnam_r(g.c_str(), &gr, buf, sizeof buf, &res) == 0 && res;
     };
     if (!group_exists(cfg.admin_group))
-        warnings->push_back("daemon.admin_group \"" + cfg.admin_group +
-                            "\": no such group on this machine; kvpoold would start, but only root could "
-                            "create pools, and pools without their own group would belong to group root");
+        warnings->push_back(
+            "daemon.admin_group \"" + cfg.admin_group +
+            "\": no such group on this machine; kvpoold would start, but only root could "
+            "create pools, and pools without their own group would belong to group root");
     for (size_t i = 0; i < cfg.pools.size(); i++) {
         const PoolConfig &pc = cfg.pools[i];
         const std::string at = "pool[" + std::to_string(i) + "] (" + pc.name + ")";
@@ -76,10 +77,11 @@ std::string check_against_machine(const DaemonConfig &cfg, std::vector<std::stri
             return at + ".group \"" + pc.group + "\": no such group on this machine";
         if (pc.numa_node >= 0) {
             if (numa_available() < 0)
-                return at + ".numa_node " + std::to_string(pc.numa_node) + ": this machine has no NUMA support";
+                return at + ".numa_node " + std::to_string(pc.numa_node) +
+                       ": this machine has no NUMA support";
             if (pc.numa_node > numa_max_node())
-                return at + ".numa_node " + std::to_string(pc.numa_node) + ": this machine has nodes 0.." +
-                       std::to_string(numa_max_node());
+                return at + ".numa_node " + std::to_string(pc.numa_node) +
+                       ": this machine has nodes 0.." + std::to_string(numa_max_node());
         }
         kv_create_opts o;
         kv_create_opts_init(&o, pc.size);
@@ -100,7 +102,9 @@ std::string check_against_machine(const DaemonConfig &cfg, std::vector<std::stri
 // --release-hugepages (ExecStopPost=) gives back: kept in the state
 // directory so that a stop lowers the sysctl by what the starts raised it,
 // not by a guess, and no further (pages the operator reserved stay).
-std::string reserved_record(const DaemonConfig &cfg) { return cfg.state_dir + "/hugepages-reserved"; }
+std::string reserved_record(const DaemonConfig &cfg) {
+    return cfg.state_dir + "/hugepages-reserved";
+}
 
 uint64_t read_u64(const std::string &path) {
     uint64_t v = 0;
@@ -125,7 +129,9 @@ void write_record(const DaemonConfig &cfg, uint64_t pages) {
     mkdir(cfg.state_dir.c_str(), 0750);
     std::ofstream f(path, std::ios::trunc);
     f << pages << '\n';
-    if (!f) KV_LOGW(kComp, "hugepages: cannot record %llu reserved pages in %s", (unsigned long long)pages, path.c_str());
+    if (!f)
+        KV_LOGW(kComp, "hugepages: cannot record %llu reserved pages in %s",
+                (unsigned long long)pages, path.c_str());
 }
 
 int release_hugepages(const DaemonConfig &cfg) {
@@ -146,9 +152,11 @@ int release_hugepages(const DaemonConfig &cfg) {
     const uint64_t now = read_u64("/proc/sys/vm/nr_hugepages");
     const uint64_t released = total > now ? total - now : 0;
     write_record(cfg, ours - std::min(ours, released));
-    KV_LOGI(kComp, "hugepages: released %llu of the %llu kvpoold reserved (nr_hugepages %llu -> %llu)%s",
+    KV_LOGI(kComp,
+            "hugepages: released %llu of the %llu kvpoold reserved (nr_hugepages %llu -> %llu)%s",
             (unsigned long long)released, (unsigned long long)ours, (unsigned long long)total,
-            (unsigned long long)now, released < ours ? "; the rest back pool regions kept for a warm restart" : "");
+            (unsigned long long)now,
+            released < ours ? "; the rest back pool regions kept for a warm restart" : "");
     return 0;
 }
 
@@ -157,10 +165,11 @@ int reserve_hugepages(const DaemonConfig &cfg) {
     const uint64_t need = hugepages_needed(cfg, page);
     const uint64_t free_now = kv::detail::free_hugepages(page);
     bool required = false;
-    for (const PoolConfig &pc : cfg.pools) required |= pc.hugepages == HugepageMode::Require;
+    for (const PoolConfig &pc : cfg.pools)
+        required |= pc.hugepages == HugepageMode::Require;
     if (need <= free_now) {
-        KV_LOGI(kComp, "hugepages: %llu needed, %llu free: nothing to reserve", (unsigned long long)need,
-                (unsigned long long)free_now);
+        KV_LOGI(kComp, "hugepages: %llu needed, %llu free: nothing to reserve",
+                (unsigned long long)need, (unsigned long long)free_now);
         return 0;
     }
     uint64_t total = 0;
@@ -179,14 +188,16 @@ int reserve_hugepages(const DaemonConfig &cfg) {
     uint64_t got_free = kv::detail::free_hugepages(page);
     if (got_free >= need) {
         KV_LOGI(kComp, "hugepages: reserved %llu more (nr_hugepages %llu -> %llu)",
-                (unsigned long long)(need - free_now), (unsigned long long)total, (unsigned long long)want);
+                (unsigned long long)(need - free_now), (unsigned long long)total,
+                (unsigned long long)want);
         return 0;
     }
     KV_LOGW(kComp,
-            "hugepages: needed %llu free %llu KiB pages, the kernel gave %llu (nr_hugepages %llu asked); "
+            "hugepages: needed %llu free %llu KiB pages, the kernel gave %llu (nr_hugepages %llu "
+            "asked); "
             "pools with hugepages = \"prefer\" fall back to 4 KiB pages",
-            (unsigned long long)need, (unsigned long long)(page >> 10), (unsigned long long)got_free,
-            (unsigned long long)want);
+            (unsigned long long)need, (unsigned long long)(page >> 10),
+            (unsigned long long)got_free, (unsigned long long)want);
     return required ? 1 : 0;
 }
 
@@ -208,8 +219,8 @@ int main(int argc, char **argv) {
         } else if (a == "--release-hugepages") {
             release = true;
         } else if (a == "--version") {
-            printf("kvpoold %s (control protocol %d, region ABI %d.%d)\n", KVPOOL_VERSION, KV_CTL_VERSION,
-                   KV_ABI_MAJOR, KV_ABI_MINOR);
+            printf("kvpoold %s (control protocol %d, region ABI %d.%d)\n", KVPOOL_VERSION,
+                   KV_CTL_VERSION, KV_ABI_MAJOR, KV_ABI_MINOR);
             return 0;
         } else if (a == "-h" || a == "--help") {
             usage(stdout);
@@ -231,11 +242,14 @@ int main(int argc, char **argv) {
     if (check) {
         std::vector<std::string> warnings;
         if (std::string bad = check_against_machine(cfg, &warnings); !bad.empty()) {
-            KV_LOGE(kComp, "%s: parses, but kvpoold would refuse it here: %s", config_path.c_str(), bad.c_str());
+            KV_LOGE(kComp, "%s: parses, but kvpoold would refuse it here: %s", config_path.c_str(),
+                    bad.c_str());
             return 1;
         }
-        for (const std::string &w : warnings) KV_LOGW(kComp, "%s: %s", config_path.c_str(), w.c_str());
-        printf("%s: valid, %zu pool%s\n", config_path.c_str(), cfg.pools.size(), cfg.pools.size() == 1 ? "" : "s");
+        for (const std::string &w : warnings)
+            KV_LOGW(kComp, "%s: %s", config_path.c_str(), w.c_str());
+        printf("%s: valid, %zu pool%s\n", config_path.c_str(), cfg.pools.size(),
+               cfg.pools.size() == 1 ? "" : "s");
         return 0;
     }
     if (reserve) return reserve_hugepages(cfg);
@@ -264,8 +278,8 @@ int main(int argc, char **argv) {
 
     DaemonCounters counters;
     counters.start_ns = realtime_ns();
-    KV_LOGN(kComp, "starting kvpoold %s, config %s, %zu pool%s", KVPOOL_VERSION, config_path.c_str(),
-            cfg.pools.size(), cfg.pools.size() == 1 ? "" : "s");
+    KV_LOGN(kComp, "starting kvpoold %s, config %s, %zu pool%s", KVPOOL_VERSION,
+            config_path.c_str(), cfg.pools.size(), cfg.pools.size() == 1 ? "" : "s");
     sd_notifyf(0, "STATUS=opening %zu pools", cfg.pools.size());
 
     // Long steps (restore at start, persist at stop) keep systemd informed
@@ -317,9 +331,10 @@ int main(int argc, char **argv) {
     bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0;
     Timer wd_timer(epfd, watchdog ? wd_usec / 2 : 0);
 
-    KV_LOGN(kComp, "ready: %zu pool%s, control socket %s", pm->pools().size(), pm->pools().size() == 1 ? "" : "s",
-            cfg.control_socket.c_str());
-    sd_notifyf(0, "READY=1\nSTATUS=serving %zu pools on %s", pm->pools().size(), cfg.control_socket.c_str());
+    KV_LOGN(kComp, "ready: %zu pool%s, control socket %s", pm->pools().size(),
+            pm->pools().size() == 1 ? "" : "s", cfg.control_socket.c_str());
+    sd_notifyf(0, "READY=1\nSTATUS=serving %zu pools on %s", pm->pools().size(),
+               cfg.control_socket.c_str());
 
     bool running = true;
     while (running) {
@@ -339,19 +354,23 @@ int main(int argc, char **argv) {
                         sd_notify(0, "RELOADING=1");
                         auto next = load_config(config_path);
                         if (!next) {
-                            KV_LOGE(kComp, "reload refused, keeping the running config: %s", next.error().c_str());
+                            KV_LOGE(kComp, "reload refused, keeping the running config: %s",
+                                    next.error().c_str());
                         } else {
-                            for (const std::string &line : pm->reload(*next)) KV_LOGN(kComp, "reload: %s", line.c_str());
+                            for (const std::string &line : pm->reload(*next))
+                                KV_LOGN(kComp, "reload: %s", line.c_str());
                             count_snapshot_runs(*pm, counters);
                             reap_timer.set_interval(uint64_t(pm->config().reap_interval_ms) * 1000);
-                            evict_timer.set_interval(uint64_t(pm->config().evict_interval_ms) * 1000);
-                            KV_LOGN(kComp, "reloaded %s: %zu pools", config_path.c_str(), pm->pools().size());
+                            evict_timer.set_interval(uint64_t(pm->config().evict_interval_ms) *
+                                                     1000);
+                            KV_LOGN(kComp, "reloaded %s: %zu pools", config_path.c_str(),
+                                    pm->pools().size());
                         }
                         sd_notifyf(0, "READY=1\nSTATUS=serving %zu pools on %s", pm->pools().size(),
                                    cfg.control_socket.c_str());
                     } else {
-                        KV_LOGN(kComp, "signal %s from pid %u: stopping", strsignal(int(si.ssi_signo)),
-                                si.ssi_pid);
+                        KV_LOGN(kComp, "signal %s from pid %u: stopping",
+                                strsignal(int(si.ssi_signo)), si.ssi_pid);
                         running = false;
                     }
                 }
@@ -359,7 +378,8 @@ int main(int argc, char **argv) {
                 uint64_t n;
                 ssize_t r = read(jobfd, &n, sizeof n);
                 (void)r; // EAGAIN: another event already drained it
-                for (const JobAnswer &c : collect_jobs(*pm)) server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
+                for (const JobAnswer &c : collect_jobs(*pm))
+                    server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
                 count_snapshot_runs(*pm, counters);
             } else if (fd == reap_timer.fd()) {
                 reap_timer.drain();
@@ -390,8 +410,9 @@ int main(int argc, char **argv) {
     }
     pm.reset(); // detach: regions stay in place for a warm restart
     if (failed) {
-        KV_LOGE(kComp, "stopped; %d pool%s could not be persisted (their previous snapshots are intact)", failed,
-                failed == 1 ? "" : "s");
+        KV_LOGE(kComp,
+                "stopped; %d pool%s could not be persisted (their previous snapshots are intact)",
+                failed, failed == 1 ? "" : "s");
         return 1;
     }
     KV_LOGN(kComp, "stopped");

@@ -2,20 +2,20 @@
 #include "metrics.h"
 
 #include <arpa/inet.h>
+#include <cerrno>
+#include <cstring>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
-
 namespace kv::daemon {
 
 namespace {
 
-std::expected<int, std::string> listen_on(int family, const sockaddr *sa, socklen_t len, const std::string &spec) {
+std::expected<int, std::string> listen_on(int family, const sockaddr *sa, socklen_t len,
+                                          const std::string &spec) {
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return std::unexpected("metrics " + spec + ": socket: " + strerror(errno));
     int one = 1;
@@ -36,7 +36,8 @@ std::expected<int, std::string> metrics_listen(const std::string &spec) {
         sockaddr_un sa{};
         sa.sun_family = AF_UNIX;
         if (path.empty() || path.size() >= sizeof sa.sun_path)
-            return std::unexpected("metrics \"" + spec + "\": unix socket path empty or longer than " +
+            return std::unexpected("metrics \"" + spec +
+                                   "\": unix socket path empty or longer than " +
                                    std::to_string(sizeof sa.sun_path - 1) + " bytes");
         memcpy(sa.sun_path, path.c_str(), path.size());
         unlink(path.c_str());
@@ -54,20 +55,23 @@ std::expected<int, std::string> metrics_listen(const std::string &spec) {
     char *end = nullptr;
     long port = strtol(port_s.c_str(), &end, 10);
     if (port_s.empty() || *end || port < 1 || port > 65535)
-        return std::unexpected("metrics \"" + spec + "\": port \"" + port_s + "\": expected 1..65535");
+        return std::unexpected("metrics \"" + spec + "\": port \"" + port_s +
+                               "\": expected 1..65535");
     if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
         sockaddr_in6 sa{};
         sa.sin6_family = AF_INET6;
         sa.sin6_port = htons(uint16_t(port));
         if (inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &sa.sin6_addr) != 1 ||
             !IN6_IS_ADDR_LOOPBACK(&sa.sin6_addr))
-            return std::unexpected("metrics \"" + spec + "\": host " + host + ": expected a loopback address");
+            return std::unexpected("metrics \"" + spec + "\": host " + host +
+                                   ": expected a loopback address");
         return listen_on(AF_INET6, reinterpret_cast<sockaddr *>(&sa), sizeof sa, spec);
     }
     sockaddr_in sa{};
     sa.sin_family = AF_INET;
     sa.sin_port = htons(uint16_t(port));
-    if (inet_pton(AF_INET, host.c_str(), &sa.sin_addr) != 1 || (ntohl(sa.sin_addr.s_addr) >> 24) != 127)
+    if (inet_pton(AF_INET, host.c_str(), &sa.sin_addr) != 1 ||
+        (ntohl(sa.sin_addr.s_addr) >> 24) != 127)
         return std::unexpected("metrics \"" + spec + "\": host " + host +
                                ": expected a loopback address (127.0.0.0/8 or [::1])");
     return listen_on(AF_INET, reinterpret_cast<sockaddr *>(&sa), sizeof sa, spec);

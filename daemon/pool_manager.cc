@@ -5,23 +5,21 @@
 #include "runtime_pools.h"
 #include "units.h"
 
-#include <kvpool/control.h>
-
+#include <cerrno>
+#include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
+#include <fstream>
 #include <grp.h>
-#include <pwd.h>
+#include <kvpool/control.h>
 #include <linux/magic.h>
 #include <numa.h>
-#include <signal.h>
+#include <pwd.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <fstream>
 
 namespace kv::daemon {
 
@@ -46,7 +44,8 @@ std::string owner_name(uid_t uid) {
     char buf[1024];
     struct passwd pw, *res = nullptr;
     std::string n = "uid " + std::to_string(uid);
-    if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) == 0 && res) n += " (" + std::string(res->pw_name) + ")";
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) == 0 && res)
+        n += " (" + std::string(res->pw_name) + ")";
     return n;
 }
 
@@ -56,7 +55,8 @@ std::string owner_name(uid_t uid) {
 // files under kvpoold.
 std::string untrusted_owner(const struct stat &st) {
     if (st.st_uid == 0 || st.st_uid == geteuid()) return {};
-    return "owned by " + owner_name(st.st_uid) + ", not by kvpoold (" + owner_name(geteuid()) + ") or root";
+    return "owned by " + owner_name(st.st_uid) + ", not by kvpoold (" + owner_name(geteuid()) +
+           ") or root";
 }
 
 } // namespace
@@ -73,15 +73,19 @@ std::expected<void, Error> check_trusted_dir(const std::string &dir, const char 
         why = "is a symbolic link";
     else if (!S_ISDIR(st.st_mode))
         why = "is not a directory";
-    else if (why = untrusted_owner(st); why.empty() && (st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
+    else if (why = untrusted_owner(st);
+             why.empty() && (st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
         char m[16];
         snprintf(m, sizeof m, "%04o", unsigned(st.st_mode & 07777));
-        why = std::string("has mode ") + m + ": other users may replace its files (expected no write permission "
-                                             "for group and others)";
+        why = std::string("has mode ") + m +
+              ": other users may replace its files (expected no write permission "
+              "for group and others)";
     }
     if (why.empty()) return {};
-    return std::unexpected(Error{-EPERM, std::string(what) + " " + dir + " " + why + "; refusing to use it: remove "
-                                            "it, or fix its owner and mode, then start kvpoold again"});
+    return std::unexpected(
+        Error{-EPERM, std::string(what) + " " + dir + " " + why +
+                          "; refusing to use it: remove "
+                          "it, or fix its owner and mode, then start kvpoold again"});
 }
 
 // A region file kvpoold adopts: a regular file (no link) owned by kvpoold
@@ -97,9 +101,10 @@ std::expected<void, Error> check_trusted_region(const std::string &path, const s
     else
         why = untrusted_owner(st);
     if (why.empty()) return {};
-    return std::unexpected(Error{-EPERM, "pool " + pool + ": region " + path + " " + why +
-                                            "; refusing to adopt it (its blocks and mapping are not kvpoold's to "
-                                            "serve): remove it, then start kvpoold again"});
+    return std::unexpected(
+        Error{-EPERM, "pool " + pool + ": region " + path + " " + why +
+                          "; refusing to adopt it (its blocks and mapping are not kvpoold's to "
+                          "serve): remove it, then start kvpoold again"});
 }
 
 namespace {
@@ -123,13 +128,18 @@ int resolve_numa(int node) {
     return cpu < 0 ? -1 : numa_node_of_cpu(cpu);
 }
 
-uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
+uint64_t round_up(uint64_t v, uint64_t to) {
+    return (v + to - 1) / to * to;
+}
 
 const char *hugepages_name(HugepageMode m) {
     switch (m) {
-    case HugepageMode::Never: return "never";
-    case HugepageMode::Prefer: return "prefer";
-    case HugepageMode::Require: return "require";
+    case HugepageMode::Never:
+        return "never";
+    case HugepageMode::Prefer:
+        return "prefer";
+    case HugepageMode::Require:
+        return "require";
     }
     return "?";
 }
@@ -162,7 +172,8 @@ std::expected<gid_t, std::string> PoolManager::resolve_group(const std::string &
     struct group gr, *res = nullptr;
     int rc = getgrnam_r(name.c_str(), &gr, buf, sizeof buf, &res);
     if (rc != 0 || !res)
-        return std::unexpected("group \"" + name + "\" does not exist (create it with systemd-sysusers or groupadd " +
+        return std::unexpected("group \"" + name +
+                               "\" does not exist (create it with systemd-sysusers or groupadd " +
                                name + ")");
     return res->gr_gid;
 }
@@ -204,14 +215,14 @@ void PoolManager::remove_stale_creations(const std::string &dir, const std::stri
         if (pid <= 0 || *end != '\0') continue;
         if (kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue; // its creator still runs
         if (unlinkat(dirfd(d), f.c_str(), 0) == 0)
-            KV_LOGN(kComp, "pool %s: removed %s/%s, left by a creator that died", name.c_str(), dir.c_str(),
-                    f.c_str());
+            KV_LOGN(kComp, "pool %s: removed %s/%s, left by a creator that died", name.c_str(),
+                    dir.c_str(), f.c_str());
     }
     closedir(d);
 }
 
-std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolConfig &pc, const char *origin,
-                                                                   bool adopt_mismatch) {
+std::expected<std::unique_ptr<Pool>, Error>
+PoolManager::open_pool(const PoolConfig &pc, const char *origin, bool adopt_mismatch) {
     auto gid = resolve_group(pc.group);
     if (!gid) return std::unexpected(Error{-EINVAL, "pool " + pc.name + ": " + gid.error()});
     auto pool = std::make_unique<Pool>();
@@ -222,7 +233,8 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
 
     if (int rc = make_dirs(cfg_.shm_dir, 0755); rc)
         return std::unexpected(Error{rc, "shm_dir " + cfg_.shm_dir + ": " + strerror(-rc)});
-    if (auto ok = check_trusted_dir(cfg_.shm_dir, "shm_dir"); !ok) return std::unexpected(ok.error());
+    if (auto ok = check_trusted_dir(cfg_.shm_dir, "shm_dir"); !ok)
+        return std::unexpected(ok.error());
     const std::string shm_path = cfg_.shm_dir + "/" + pc.name;
     remove_stale_creations(cfg_.shm_dir, pc.name);
     if (pc.hugepages != HugepageMode::Never) remove_stale_creations(cfg_.hugepage_dir, pc.name);
@@ -232,16 +244,19 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         // Create the directory only inside a hugetlbfs mount: never litter
         // /dev (devtmpfs) when hugetlbfs is not mounted at /dev/hugepages.
         const std::string parent = cfg_.hugepage_dir.substr(0, cfg_.hugepage_dir.rfind('/'));
-        if (on_hugetlbfs(parent.empty() ? "/" : parent, &huge_page)) make_dirs(cfg_.hugepage_dir, 0755);
+        if (on_hugetlbfs(parent.empty() ? "/" : parent, &huge_page))
+            make_dirs(cfg_.hugepage_dir, 0755);
         if (on_hugetlbfs(cfg_.hugepage_dir, &huge_page)) {
             if (auto ok = check_trusted_dir(cfg_.hugepage_dir, "hugepage_dir"); !ok)
                 return std::unexpected(ok.error());
             huge_path = cfg_.hugepage_dir + "/" + pc.name;
         } else if (pc.hugepages == HugepageMode::Require) {
             return std::unexpected(Error{
-                -ENODEV, "pool " + pc.name + ": hugepages = \"require\" but hugepage_dir " + cfg_.hugepage_dir +
-                            " is not on a hugetlbfs mount (mount -t hugetlbfs none /dev/hugepages, or set "
-                            "[daemon] hugepage_dir)"});
+                -ENODEV,
+                "pool " + pc.name + ": hugepages = \"require\" but hugepage_dir " +
+                    cfg_.hugepage_dir +
+                    " is not on a hugetlbfs mount (mount -t hugetlbfs none /dev/hugepages, or set "
+                    "[daemon] hugepage_dir)"});
         }
     }
 
@@ -261,21 +276,24 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
             // A region a newer kvpool made is not ours to throw away: its
             // blocks may be exactly what that version's clients want back.
             if (rc == -EPROTO && made_by_newer_kvpool(cand))
-                return std::unexpected(Error{
-                    -EPROTO, "pool " + pc.name + ": region " + cand + " was made by a newer kvpool (" + err +
-                                "); refusing to rebuild it and drop its blocks: run the kvpoold that made it, "
-                                "or remove " + cand + " to discard them"});
+                return std::unexpected(Error{-EPROTO, "pool " + pc.name + ": region " + cand +
+                                                          " was made by a newer kvpool (" + err +
+                                                          "); refusing to rebuild it and drop its "
+                                                          "blocks: run the kvpoold that made it, "
+                                                          "or remove " +
+                                                          cand + " to discard them"});
             // Validation failures: no process can use this region.
             if (rc == -EPROTO || rc == -EBADMSG || rc == -ENODATA) {
-                KV_LOGW(kComp, "pool %s: existing region %s is unusable (%s): rebuilding it", pc.name.c_str(),
-                        cand.c_str(), err);
+                KV_LOGW(kComp, "pool %s: existing region %s is unusable (%s): rebuilding it",
+                        pc.name.c_str(), cand.c_str(), err);
                 unlink(cand.c_str());
                 continue;
             }
             // Anything else (every client slot held by a live process, no
             // memory, no permission) says nothing against the region.
-            return std::unexpected(Error{-EAGAIN, "pool " + pc.name + ": cannot attach existing region " + cand +
-                                                     " (" + err + "); it is kept as it is, with its blocks"});
+            return std::unexpected(
+                Error{-EAGAIN, "pool " + pc.name + ": cannot attach existing region " + cand +
+                                   " (" + err + "); it is kept as it is, with its blocks"});
         }
         const kv_region_header *hd = kv_pool_header(h);
         const uint64_t want = round_up(pc.size, hd->page_size);
@@ -283,12 +301,13 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         const int want_policy = kv_evict_policy_parse(pc.eviction.c_str());
         std::string differs;
         if (want_policy >= 0 && hd->evict_policy != uint32_t(want_policy))
-            differs = std::string("eviction policy ") + kv_evict_policy_name(hd->evict_policy) + ", config asks " +
-                      pc.eviction;
+            differs = std::string("eviction policy ") + kv_evict_policy_name(hd->evict_policy) +
+                      ", config asks " + pc.eviction;
         if (hd->region_size != want || !huge_ok)
-            differs += (differs.empty() ? "" : "; ") + kv::detail::format_size(hd->region_size) + " with " +
-                       kv::detail::format_size(hd->page_size) + " pages, config asks " +
-                       kv::detail::format_size(want) + " (hugepages " + hugepages_name(pc.hugepages) + ")";
+            differs += (differs.empty() ? "" : "; ") + kv::detail::format_size(hd->region_size) +
+                       " with " + kv::detail::format_size(hd->page_size) + " pages, config asks " +
+                       kv::detail::format_size(want) + " (hugepages " +
+                       hugepages_name(pc.hugepages) + ")";
         if (!differs.empty()) {
             kv_stats st{};
             uint64_t live = 0;
@@ -296,7 +315,9 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
             kv_pool_live_bytes(h, &live);
             const uint32_t others = st.clients > 0 ? st.clients - 1 : 0;
             if (others == 0 && live == 0) {
-                KV_LOGN(kComp, "pool %s: existing region %s has %s; it holds no block and no client: rebuilding it",
+                KV_LOGN(kComp,
+                        "pool %s: existing region %s has %s; it holds no block and no client: "
+                        "rebuilding it",
                         pc.name.c_str(), cand.c_str(), differs.c_str());
                 kv_pool_detach(h);
                 unlink(cand.c_str());
@@ -306,12 +327,15 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
                                      kv::detail::format_size(live) + " of blocks";
             if (!adopt_mismatch) {
                 kv_pool_detach(h);
-                return std::unexpected(Error{-EEXIST, "pool " + pc.name + ": region " + cand + " exists with " +
-                                                         differs + " (" + held + "); kvpoold serves it only as "
-                                                         "it is: remove " + cand + " to re-create it"});
+                return std::unexpected(Error{-EEXIST, "pool " + pc.name + ": region " + cand +
+                                                          " exists with " + differs + " (" + held +
+                                                          "); kvpoold serves it only as "
+                                                          "it is: remove " +
+                                                          cand + " to re-create it"});
             }
             KV_LOGW(kComp,
-                    "pool %s: existing region %s has %s; kept as it is (%s): to apply the config, stop its "
+                    "pool %s: existing region %s has %s; kept as it is (%s): to apply the config, "
+                    "stop its "
                     "clients, then kvctl destroy %s and reload",
                     pc.name.c_str(), cand.c_str(), differs.c_str(), held.c_str(), pc.name.c_str());
             pool->config_differs = differs;
@@ -335,7 +359,8 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         o.flags |= KV_CREATE_F_DAEMON_SLOT;
         const int policy = kv_evict_policy_parse(pc.eviction.c_str());
         if (policy < 0) // the config parser and the control server validate it first
-            return std::unexpected(Error{-EINVAL, "pool " + pc.name + ": unknown eviction policy \"" + pc.eviction + "\""});
+            return std::unexpected(Error{
+                -EINVAL, "pool " + pc.name + ": unknown eviction policy \"" + pc.eviction + "\""});
         o.evict_policy = uint32_t(policy);
         char err[512] = "";
         int rc = -ENOENT;
@@ -347,11 +372,12 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
             } else if (pc.hugepages == HugepageMode::Require) {
                 return std::unexpected(Error{rc, "pool " + pc.name + ": " + err});
             } else {
-                KV_LOGN(kComp, "pool %s: no hugepages (%s): using 4 KiB pages", pc.name.c_str(), err);
+                KV_LOGN(kComp, "pool %s: no hugepages (%s): using 4 KiB pages", pc.name.c_str(),
+                        err);
             }
         } else if (pc.hugepages == HugepageMode::Prefer) {
-            KV_LOGN(kComp, "pool %s: hugepage_dir %s is not on hugetlbfs: using 4 KiB pages", pc.name.c_str(),
-                    cfg_.hugepage_dir.c_str());
+            KV_LOGN(kComp, "pool %s: hugepage_dir %s is not on hugetlbfs: using 4 KiB pages",
+                    pc.name.c_str(), cfg_.hugepage_dir.c_str());
         }
         if (rc != 0) {
             o.hugepages = KV_HUGEPAGES_NEVER;
@@ -360,14 +386,16 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
             pool->path = shm_path;
         }
         rc = kv_pool_attach(pool->path.c_str(), KV_ATTACH_F_DAEMON, &pool->handle, err, sizeof err);
-        if (rc != 0) return std::unexpected(Error{rc, "pool " + pc.name + ": attach after create: " + err});
+        if (rc != 0)
+            return std::unexpected(Error{rc, "pool " + pc.name + ": attach after create: " + err});
         pool->state = "created";
     }
     // The file's group decides who may attach (mode 0660 by default) and
     // who may change the pool through the control socket.
-    if (chown(pool->path.c_str(), uid_t(-1), pool->gid) != 0 || chmod(pool->path.c_str(), pc.mode) != 0)
-        KV_LOGW(kComp, "pool %s: cannot set group %u / mode %04o on %s: %s", pc.name.c_str(), unsigned(pool->gid),
-                pc.mode, pool->path.c_str(), strerror(errno));
+    if (chown(pool->path.c_str(), uid_t(-1), pool->gid) != 0 ||
+        chmod(pool->path.c_str(), pc.mode) != 0)
+        KV_LOGW(kComp, "pool %s: cannot set group %u / mode %04o on %s: %s", pc.name.c_str(),
+                unsigned(pool->gid), pc.mode, pool->path.c_str(), strerror(errno));
     const std::string snap_dir = pc.snapshot_dir.empty() ? cfg_.state_dir : pc.snapshot_dir;
     pool->snapshot_path = snap_dir + "/" + pc.name + ".kvsnap";
     // A persist cut short (the daemon was killed) leaves its temporary file:
@@ -376,17 +404,20 @@ std::expected<std::unique_ptr<Pool>, Error> PoolManager::open_pool(const PoolCon
         KV_LOGN(kComp, "pool %s: removed %s.tmp left by an interrupted persist", pc.name.c_str(),
                 pool->snapshot_path.c_str());
     if ((pc.persist_on_stop || pc.restore_on_start) && make_dirs(snap_dir, 0750) != 0)
-        KV_LOGW(kComp, "pool %s: snapshot_dir %s: %s", pc.name.c_str(), snap_dir.c_str(), strerror(errno));
+        KV_LOGW(kComp, "pool %s: snapshot_dir %s: %s", pc.name.c_str(), snap_dir.c_str(),
+                strerror(errno));
     if (auto ok = check_trusted_dir(snap_dir, "snapshot_dir"); !ok) {
         kv_pool_detach(pool->handle);
         pool->handle = nullptr;
         return std::unexpected(ok.error());
     }
     const kv_region_header *hd = kv_pool_header(pool->handle);
-    KV_LOGI(kComp, "pool %s %s: %s, %s, page size %s, numa %s, %u entry slots", pc.name.c_str(), pool->state.c_str(),
-            pool->path.c_str(), kv::detail::format_size(hd->region_size).c_str(),
+    KV_LOGI(kComp, "pool %s %s: %s, %s, page size %s, numa %s, %u entry slots", pc.name.c_str(),
+            pool->state.c_str(), pool->path.c_str(),
+            kv::detail::format_size(hd->region_size).c_str(),
             kv::detail::format_size(hd->page_size).c_str(),
-            hd->numa_node == KV_NUMA_NONE ? "none" : std::to_string(hd->numa_node).c_str(), hd->n_entries);
+            hd->numa_node == KV_NUMA_NONE ? "none" : std::to_string(hd->numa_node).c_str(),
+            hd->n_entries);
     return pool;
 }
 
@@ -416,7 +447,8 @@ std::expected<void, Error> PoolManager::start_pool(const PoolConfig &pc, const c
 }
 
 std::expected<void, std::string> PoolManager::open_all() {
-    if (auto ok = check_trusted_dir(cfg_.state_dir, "state_dir"); !ok) return std::unexpected(ok.error().message);
+    if (auto ok = check_trusted_dir(cfg_.state_dir, "state_dir"); !ok)
+        return std::unexpected(ok.error().message);
     for (const PoolConfig &pc : cfg_.pools) {
         if (find(pc.name) || is_waiting(pc.name)) continue;
         if (auto r = start_pool(pc, "config"); !r) return std::unexpected(r.error().message);
@@ -427,8 +459,10 @@ std::expected<void, std::string> PoolManager::open_all() {
     bool dropped = false;
     for (const PoolConfig &pc : *runtime) {
         if (find(pc.name) || is_waiting(pc.name)) {
-            KV_LOGN(kComp, "pool %s made with kvctl create is now in the config: the config's settings apply",
-                    pc.name.c_str());
+            KV_LOGN(
+                kComp,
+                "pool %s made with kvctl create is now in the config: the config's settings apply",
+                pc.name.c_str());
             dropped = true;
             continue;
         }
@@ -456,8 +490,8 @@ std::expected<void, std::string> PoolManager::save_runtime() const {
 std::expected<Pool *, Error> PoolManager::create(const PoolConfig &pc, const char *origin) {
     if (find(pc.name)) return std::unexpected(Error{-EEXIST, "pool " + pc.name + " exists"});
     if (is_waiting(pc.name))
-        return std::unexpected(
-            Error{-EEXIST, "pool " + pc.name + " exists and waits until its region can be attached"});
+        return std::unexpected(Error{
+            -EEXIST, "pool " + pc.name + " exists and waits until its region can be attached"});
     auto p = open_pool(pc, origin, false);
     if (!p) return std::unexpected(p.error());
     pools_.push_back(std::move(*p));
@@ -477,12 +511,15 @@ std::expected<void, Error> PoolManager::destroy(const std::string &name) {
     for (auto it = pools_.begin(); it != pools_.end(); ++it) {
         if ((*it)->cfg.name != name) continue;
         Pool &p = **it;
-        if (p.job) return std::unexpected(Error{-EBUSY, "pool " + name + ": a persist or restore is running"});
+        if (p.job)
+            return std::unexpected(
+                Error{-EBUSY, "pool " + name + ": a persist or restore is running"});
         if (p.origin == "runtime") { // forget it first: a pool still listed would come back empty
             p.origin = "destroyed";
             if (auto r = save_runtime(); !r) {
                 p.origin = "runtime";
-                return std::unexpected(Error{-EIO, "pool " + name + " not destroyed: " + r.error()});
+                return std::unexpected(
+                    Error{-EIO, "pool " + name + " not destroyed: " + r.error()});
             }
         }
         kv_pool_detach(p.handle);
@@ -490,7 +527,8 @@ std::expected<void, Error> PoolManager::destroy(const std::string &name) {
         int rc = kv_pool_destroy(p.path.c_str());
         std::string path = p.path;
         pools_.erase(it);
-        if (rc != 0 && rc != -ENOENT) return std::unexpected(Error{rc, "unlink " + path + ": " + strerror(-rc)});
+        if (rc != 0 && rc != -ENOENT)
+            return std::unexpected(Error{rc, "unlink " + path + ": " + strerror(-rc)});
         KV_LOGI(kComp, "pool %s destroyed (%s removed)", name.c_str(), path.c_str());
         return {};
     }
@@ -522,7 +560,8 @@ int PoolManager::reap_pass() {
         if (n > 0) {
             p->reaped_clients += uint64_t(n);
             total += n;
-            KV_LOGI(kComp, "pool %s: reaped %d dead client%s", p->cfg.name.c_str(), n, n == 1 ? "" : "s");
+            KV_LOGI(kComp, "pool %s: reaped %d dead client%s", p->cfg.name.c_str(), n,
+                    n == 1 ? "" : "s");
         }
     }
     return total;
@@ -544,7 +583,8 @@ uint64_t PoolManager::watermark_pass(uint64_t max_bytes) {
         if (got > 0) {
             p->bg_evicted_bytes += uint64_t(got);
             total += uint64_t(got);
-            KV_LOGD(kComp, "pool %s: evicted %lld bytes in the background", p->cfg.name.c_str(), (long long)got);
+            KV_LOGD(kComp, "pool %s: evicted %lld bytes in the background", p->cfg.name.c_str(),
+                    (long long)got);
         }
     }
     return total;
@@ -552,7 +592,9 @@ uint64_t PoolManager::watermark_pass(uint64_t max_bytes) {
 
 std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
     std::vector<std::string> out;
-    auto refuse = [&](const std::string &what) { out.push_back("refused: " + what + " (needs a restart)"); };
+    auto refuse = [&](const std::string &what) {
+        out.push_back("refused: " + what + " (needs a restart)");
+    };
     if (next.control_socket != cfg_.control_socket) refuse("control_socket change");
     if (next.shm_dir != cfg_.shm_dir) refuse("shm_dir change");
     if (next.hugepage_dir != cfg_.hugepage_dir) refuse("hugepage_dir change");
@@ -586,8 +628,9 @@ std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
         if (pc.size != cur.size || pc.hugepages != cur.hugepages || pc.numa_node != cur.numa_node ||
             pc.slab_size != cur.slab_size || pc.avg_block_size != cur.avg_block_size ||
             pc.max_clients != cur.max_clients || pc.max_entries != cur.max_entries) {
-            refuse("pool " + pc.name + ": geometry change (size, hugepages, numa_node, slab_size, avg_block_size, "
-                                       "max_clients, max_entries); destroy and re-create the pool to apply it");
+            refuse("pool " + pc.name +
+                   ": geometry change (size, hugepages, numa_node, slab_size, avg_block_size, "
+                   "max_clients, max_entries); destroy and re-create the pool to apply it");
             continue;
         }
         if (pc.eviction != cur.eviction) {
@@ -600,7 +643,8 @@ std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
                 out.push_back("pool " + pc.name + ": group not changed: " + gid.error());
                 continue;
             }
-            if (chown(p->path.c_str(), uid_t(-1), *gid) != 0 || chmod(p->path.c_str(), pc.mode) != 0) {
+            if (chown(p->path.c_str(), uid_t(-1), *gid) != 0 ||
+                chmod(p->path.c_str(), pc.mode) != 0) {
                 out.push_back("pool " + pc.name + ": cannot change group/mode: " + strerror(errno));
                 continue;
             }
@@ -612,10 +656,13 @@ std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
     }
     for (auto &p : pools_) {
         bool listed = false;
-        for (const PoolConfig &pc : next.pools) listed |= pc.name == p->cfg.name;
+        for (const PoolConfig &pc : next.pools)
+            listed |= pc.name == p->cfg.name;
         if (!listed && p->origin == "config")
-            out.push_back("pool " + p->cfg.name + " is no longer in the config: still running; remove it with "
-                          "kvctl destroy " + p->cfg.name);
+            out.push_back("pool " + p->cfg.name +
+                          " is no longer in the config: still running; remove it with "
+                          "kvctl destroy " +
+                          p->cfg.name);
     }
     cfg_.pools = next.pools;
     return out;
@@ -628,7 +675,8 @@ uint64_t hugepages_needed(const DaemonConfig &cfg, uint64_t page_size) {
         // A region that already exists on hugetlbfs holds its pages already.
         struct stat st;
         std::string path = cfg.hugepage_dir + "/" + pc.name;
-        if (stat(path.c_str(), &st) == 0 && uint64_t(st.st_size) == round_up(pc.size, page_size)) continue;
+        if (stat(path.c_str(), &st) == 0 && uint64_t(st.st_size) == round_up(pc.size, page_size))
+            continue;
         need += round_up(pc.size, page_size) / page_size;
     }
     return need;

@@ -9,16 +9,14 @@
 #include "config.h"
 #include "snapshot.h"
 
-#include <kv/kv.h>
-
-#include <sys/types.h>
-
 #include <atomic>
 #include <cerrno>
 #include <expected>
 #include <functional>
+#include <kv/kv.h>
 #include <memory>
 #include <string>
+#include <sys/types.h>
 #include <thread>
 #include <vector>
 
@@ -36,9 +34,11 @@ struct SnapshotJob {
     uint64_t conn_id = 0; // the connection to answer; 0: nobody
     uint32_t seq = 0;
     uint64_t start_ns = 0;
-    std::atomic<uint64_t> done_bytes{0}, total_bytes{0}; // progress, written by the worker (relaxed)
+    std::atomic<uint64_t> done_bytes{0},
+        total_bytes{0};                // progress, written by the worker (relaxed)
     std::atomic<bool> finished{false}; // SJOB-R1 by the worker, SJOB-A1 by collect_jobs
-    std::expected<snapshot::Result, snapshot::Error> result{std::unexpected(snapshot::Error{-EINPROGRESS, ""})};
+    std::expected<snapshot::Result, snapshot::Error> result{
+        std::unexpected(snapshot::Error{-EINPROGRESS, ""})};
     std::thread thread;
 };
 
@@ -60,13 +60,13 @@ struct Pool {
     kv_pool *handle = nullptr; // the daemon's own client slot
     gid_t gid = 0;             // owner group of the file; may change pools
     std::string group_name;
-    std::string origin;        // "config" or "runtime"
-    std::string state;         // "created" or "reattached"
+    std::string origin;         // "config" or "runtime"
+    std::string state;          // "created" or "reattached"
     std::string config_differs; // how a reattached region differs from its config; empty if not
     uint64_t bg_evicted_bytes = 0;
     uint64_t reaped_clients = 0;
-    std::string snapshot_path;            // default snapshot file: snapshot_dir/NAME.kvsnap
-    std::shared_ptr<SnapshotJob> job;     // a persist or restore in progress, else null
+    std::string snapshot_path;        // default snapshot file: snapshot_dir/NAME.kvsnap
+    std::shared_ptr<SnapshotJob> job; // a persist or restore in progress, else null
     SnapshotRecord last_persist, last_restore;
 };
 
@@ -105,7 +105,9 @@ class PoolManager {
     // rest. Returns one line per refused or notable change, for the log.
     std::vector<std::string> reload(const DaemonConfig &next);
     // Called with a line for systemd's STATUS= while a long step runs.
-    void set_status_hook(std::function<void(const std::string &)> hook) { status_hook_ = std::move(hook); }
+    void set_status_hook(std::function<void(const std::string &)> hook) {
+        status_hook_ = std::move(hook);
+    }
     using StatusHook = std::function<void(const std::string &)>;
     // Called to refill a pool created afresh from its snapshot file (when its
     // config asks for that and the file exists), with the status hook; set

@@ -5,15 +5,13 @@
 #include "inspect.h"
 #include "snapshot_jobs.h"
 
-#include <kvpool/control.h>
-
-#include <time.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <fstream>
+#include <kvpool/control.h>
+#include <time.h>
+#include <unistd.h>
 #include <vector>
 
 namespace kv::daemon {
@@ -22,9 +20,12 @@ namespace {
 
 const char *backing_name(uint32_t b) {
     switch (b) {
-    case KV_BACKING_SHM: return "shm";
-    case KV_BACKING_HUGETLBFS: return "hugetlbfs";
-    case KV_BACKING_MEMFD_HUGETLB: return "memfd-hugetlb";
+    case KV_BACKING_SHM:
+        return "shm";
+    case KV_BACKING_HUGETLBFS:
+        return "hugetlbfs";
+    case KV_BACKING_MEMFD_HUGETLB:
+        return "memfd-hugetlb";
     }
     return "unknown";
 }
@@ -44,9 +45,12 @@ std::string comm_of(uint32_t pid) {
 
 const char *entry_state(uint32_t st) {
     switch (st) {
-    case KV_ENTRY_RESERVED: return "reserved";
-    case KV_ENTRY_COMMITTED: return "committed";
-    default: return "dead";
+    case KV_ENTRY_RESERVED:
+        return "reserved";
+    case KV_ENTRY_COMMITTED:
+        return "committed";
+    default:
+        return "dead";
     }
 }
 
@@ -60,7 +64,8 @@ std::string iso_time(uint64_t ns) {
     return b;
 }
 
-template <typename F> void for_each_entry(kv_pool *h, F &&f) {
+template <typename F>
+void for_each_entry(kv_pool *h, F &&f) {
     std::vector<kv_entry_info> rows(1024);
     uint64_t cursor = 0;
     const uint64_t n = kv_pool_header(h)->n_entries;
@@ -78,7 +83,9 @@ template <typename F> void for_each_entry(kv_pool *h, F &&f) {
 struct TickSample {
     uint64_t tick, ns;
 };
-TickSample sample_tick() { return {kv::detail::access_tick(), mono_ns()}; }
+TickSample sample_tick() {
+    return {kv::detail::access_tick(), mono_ns()};
+}
 const TickSample kStartTick = sample_tick();
 double ticks_per_second() {
     const TickSample now = sample_tick();
@@ -256,7 +263,8 @@ nlohmann::json clients_json(const Pool &p) {
             {"pins", c.pins},
             {"reservations", c.reservations},
             {"bytes_reserved", c.bytes_reserved},
-            {"attached_s", c.attach_ns && now > c.attach_ns ? double(now - c.attach_ns) / 1e9 : 0.0},
+            {"attached_s",
+             c.attach_ns && now > c.attach_ns ? double(now - c.attach_ns) / 1e9 : 0.0},
         });
     }
     return {{"pool", p.cfg.name}, {"clients", out}};
@@ -271,26 +279,37 @@ nlohmann::json health_json(const Pool &p) {
         problems.clear();
         kv_pool_usage(p.handle, &u);
         if (u.orphan_blocks)
-            problems.push_back(std::to_string(u.orphan_blocks) + " used blocks owned by no entry or live client");
-        if (u.bad_links) problems.push_back(std::to_string(u.bad_links) + " index link inconsistencies");
+            problems.push_back(std::to_string(u.orphan_blocks) +
+                               " used blocks owned by no entry or live client");
+        if (u.bad_links)
+            problems.push_back(std::to_string(u.bad_links) + " index link inconsistencies");
         if (u.unreachable)
-            problems.push_back(std::to_string(u.unreachable) + " committed entries not reachable from the index");
+            problems.push_back(std::to_string(u.unreachable) +
+                               " committed entries not reachable from the index");
         if (problems.empty()) break;
         usleep(20000);
     }
     std::vector<kv_client_info> rows(kv_pool_header(p.handle)->max_clients);
     int n = kv_pool_clients(p.handle, rows.data(), rows.size());
     uint64_t dead = 0;
-    for (int i = 0; i < n && size_t(i) < rows.size(); i++) dead += rows[size_t(i)].alive ? 0 : 1;
+    for (int i = 0; i < n && size_t(i) < rows.size(); i++)
+        dead += rows[size_t(i)].alive ? 0 : 1;
     if (dead) problems.push_back(std::to_string(dead) + " dead clients not yet reaped");
     nlohmann::json usage = {
-        {"entries_committed", u.entries_committed}, {"entries_reserved", u.entries_reserved},
-        {"entries_dead", u.entries_dead},           {"entries_free", u.entries_free},
-        {"bytes_committed", u.bytes_committed},     {"blocks_free", u.blocks_free},
-        {"blocks_used", u.blocks_used},             {"block_bytes_used", u.block_bytes_used},
-        {"pins", u.pins},                           {"journal_pins", u.journal_pins},
-        {"slabs_free", u.slabs_free},               {"slabs_active", u.slabs_active},
-        {"orphan_blocks", u.orphan_blocks},         {"bad_links", u.bad_links},
+        {"entries_committed", u.entries_committed},
+        {"entries_reserved", u.entries_reserved},
+        {"entries_dead", u.entries_dead},
+        {"entries_free", u.entries_free},
+        {"bytes_committed", u.bytes_committed},
+        {"blocks_free", u.blocks_free},
+        {"blocks_used", u.blocks_used},
+        {"block_bytes_used", u.block_bytes_used},
+        {"pins", u.pins},
+        {"journal_pins", u.journal_pins},
+        {"slabs_free", u.slabs_free},
+        {"slabs_active", u.slabs_active},
+        {"orphan_blocks", u.orphan_blocks},
+        {"bad_links", u.bad_links},
         {"unreachable", u.unreachable},
     };
     // The checks above read the tables, never block data: a byte scribbled
@@ -363,10 +382,20 @@ std::string prometheus_text(const PoolManager &pm, DaemonCounters &c) {
     };
     std::vector<Row> rows;
     for (const auto &p : pm.pools()) {
-        Row r{p->cfg.name, {}, pool_live_bytes(p->handle), kv_pool_header(p->handle)->data_len, 0, 0,
-              p->bg_evicted_bytes, p->last_persist.seconds, p->last_restore.seconds, p->last_persist.bytes,
-              p->last_restore.bytes, p->last_persist.done && !p->last_persist.ok ? 1u : 0u,
-              c.persists[p->cfg.name], c.restores[p->cfg.name]};
+        Row r{p->cfg.name,
+              {},
+              pool_live_bytes(p->handle),
+              kv_pool_header(p->handle)->data_len,
+              0,
+              0,
+              p->bg_evicted_bytes,
+              p->last_persist.seconds,
+              p->last_restore.seconds,
+              p->last_persist.bytes,
+              p->last_restore.bytes,
+              p->last_persist.done && !p->last_persist.ok ? 1u : 0u,
+              c.persists[p->cfg.name],
+              c.restores[p->cfg.name]};
         kv_pool_stats(p->handle, &r.st);
         for_each_entry(p->handle, [&](const kv_entry_info &e) {
             r.pins += e.pins;
@@ -377,18 +406,24 @@ std::string prometheus_text(const PoolManager &pm, DaemonCounters &c) {
     }
     auto family = [&](const char *name, const char *type, const char *help, auto get) {
         metric(name, type, help);
-        for (const Row &r : rows) sample(name, r.name, double(get(r)));
+        for (const Row &r : rows)
+            sample(name, r.name, double(get(r)));
     };
-    family("kvpool_capacity_bytes", "gauge", "Data bytes of the pool.", [](const Row &r) { return r.cap; });
-    family("kvpool_used_bytes", "gauge", "Bytes of live blocks.", [](const Row &r) { return r.live; });
+    family("kvpool_capacity_bytes", "gauge", "Data bytes of the pool.",
+           [](const Row &r) { return r.cap; });
+    family("kvpool_used_bytes", "gauge", "Bytes of live blocks.",
+           [](const Row &r) { return r.live; });
     family("kvpool_entries", "gauge", "Committed blocks.", [](const Row &r) { return r.entries; });
-    family("kvpool_hits_total", "counter", "Lookups that found a block.", [](const Row &r) { return r.st.hits; });
+    family("kvpool_hits_total", "counter", "Lookups that found a block.",
+           [](const Row &r) { return r.st.hits; });
     family("kvpool_misses_total", "counter", "Lookups that found nothing.",
            [](const Row &r) { return r.st.misses; });
-    family("kvpool_puts_total", "counter", "Blocks committed.", [](const Row &r) { return r.st.puts; });
-    family("kvpool_evictions_total", "counter", "Blocks evicted.", [](const Row &r) { return r.st.evictions; });
-    family("kvpool_background_evicted_bytes_total", "counter", "Bytes evicted by the daemon's watermark pass.",
-           [](const Row &r) { return r.bg; });
+    family("kvpool_puts_total", "counter", "Blocks committed.",
+           [](const Row &r) { return r.st.puts; });
+    family("kvpool_evictions_total", "counter", "Blocks evicted.",
+           [](const Row &r) { return r.st.evictions; });
+    family("kvpool_background_evicted_bytes_total", "counter",
+           "Bytes evicted by the daemon's watermark pass.", [](const Row &r) { return r.bg; });
     family("kvpool_pins", "gauge", "Outstanding pins.", [](const Row &r) { return r.pins; });
     family("kvpool_dedups_total", "counter", "Puts that found the key already committed.",
            [](const Row &r) { return r.st.dedups; });
@@ -396,7 +431,8 @@ std::string prometheus_text(const PoolManager &pm, DaemonCounters &c) {
            [](const Row &r) { return r.st.removes; });
     family("kvpool_clients", "gauge", "Attached client processes (not the daemon's own slot).",
            [](const Row &r) { return r.st.clients > 0 ? r.st.clients - 1 : 0; });
-    family("kvpool_reaps_total", "counter", "Dead clients reaped.", [](const Row &r) { return r.st.reaps; });
+    family("kvpool_reaps_total", "counter", "Dead clients reaped.",
+           [](const Row &r) { return r.st.reaps; });
     family("kvpool_last_persist_seconds", "gauge", "Duration of the last persist (0: none yet).",
            [](const Row &r) { return r.persist_s; });
     family("kvpool_last_persist_bytes", "gauge", "Data bytes written by the last persist.",

@@ -7,9 +7,8 @@
 
 #include "pool_manager.h"
 
-#include <nlohmann/json.hpp>
-
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace kv::daemon {

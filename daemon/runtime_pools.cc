@@ -1,15 +1,14 @@
 // SPDX-License-Identifier: MIT
 #include "runtime_pools.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fcntl.h>
 #include <fstream>
 #include <sstream>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace kv::daemon {
 
@@ -47,7 +46,9 @@ std::string sys_error(const std::string &what, const std::string &path) {
 
 } // namespace
 
-std::string runtime_pools_path(const std::string &state_dir) { return state_dir + "/runtime-pools.toml"; }
+std::string runtime_pools_path(const std::string &state_dir) {
+    return state_dir + "/runtime-pools.toml";
+}
 
 std::string pool_toml(const PoolConfig &pc) {
     std::ostringstream o;
@@ -91,13 +92,16 @@ std::expected<std::vector<PoolConfig>, std::string> load_runtime_pools(const std
     return std::move(cfg->pools);
 }
 
-std::expected<void, std::string> save_runtime_pools(const std::string &path, const std::vector<PoolConfig> &pools) {
+std::expected<void, std::string> save_runtime_pools(const std::string &path,
+                                                    const std::vector<PoolConfig> &pools) {
     const std::string dir = path.substr(0, path.rfind('/'));
     if (pools.empty()) {
-        if (unlink(path.c_str()) != 0 && errno != ENOENT) return std::unexpected(sys_error("cannot remove", path));
+        if (unlink(path.c_str()) != 0 && errno != ENOENT)
+            return std::unexpected(sys_error("cannot remove", path));
     } else {
-        std::string text = "# Pools made with kvctl create, kept by kvpoold across restarts. Do not edit\n"
-                           "# while kvpoold runs: it rewrites this file at every create and destroy.\n";
+        std::string text =
+            "# Pools made with kvctl create, kept by kvpoold across restarts. Do not edit\n"
+            "# while kvpoold runs: it rewrites this file at every create and destroy.\n";
         for (const PoolConfig &pc : pools) {
             text += '\n';
             text += pool_toml(pc);
@@ -128,7 +132,8 @@ std::expected<void, std::string> save_runtime_pools(const std::string &path, con
             return std::unexpected(e);
         }
     }
-    if (const int dfd = open(dir.empty() ? "/" : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    if (const int dfd = open(dir.empty() ? "/" : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        dfd >= 0) {
         fsync(dfd);
         close(dfd);
     }

@@ -22,7 +22,8 @@ std::string runtime_pools_path(const std::string &state_dir);
 std::expected<std::vector<PoolConfig>, std::string> load_runtime_pools(const std::string &path);
 
 // Replace the file with these pools (an empty list removes it).
-std::expected<void, std::string> save_runtime_pools(const std::string &path, const std::vector<PoolConfig> &pools);
+std::expected<void, std::string> save_runtime_pools(const std::string &path,
+                                                    const std::vector<PoolConfig> &pools);
 
 // One pool as [[pool]] TOML text that parse_config reads back to the same PoolConfig.
 std::string pool_toml(const PoolConfig &pc);

@@ -134,8 +134,8 @@ struct Result {
     uint64_t trailing_bytes = 0;   // restore: bytes after the trailer, not part of the snapshot
     uint64_t damaged_segments = 0; // restore: segments lost to a damaged head (at least 1 if the
                                    // file holds no valid head after it)
-    bool fixed_buffers = false; // the data section was registered (false: plain reads/writes)
-    bool recycled = false;      // persist: written over PATH.spare's blocks (Options::recycle_spare)
+    bool fixed_buffers = false;    // the data section was registered (false: plain reads/writes)
+    bool recycled = false; // persist: written over PATH.spare's blocks (Options::recycle_spare)
 };
 
 // kv::Error (<kv/kv.hpp>): code is -errno, as the C API returns it; message

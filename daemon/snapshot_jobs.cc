@@ -5,16 +5,14 @@
 #include "log.h"
 #include "units.h"
 
-#include <kvpool/control.h>
-
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
+#include <kvpool/control.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 namespace kv::daemon {
 
@@ -22,11 +20,16 @@ namespace {
 
 constexpr const char *kComp = "snapshot";
 
-const char *op_word(uint16_t op) { return op == KV_CTL_OP_PERSIST ? "persist" : "restore"; }
+const char *op_word(uint16_t op) {
+    return op == KV_CTL_OP_PERSIST ? "persist" : "restore";
+}
 
-double rate_gib(uint64_t bytes, double s) { return s > 0 ? double(bytes) / s / double(1ULL << 30) : 0; }
+double rate_gib(uint64_t bytes, double s) {
+    return s > 0 ? double(bytes) / s / double(1ULL << 30) : 0;
+}
 
-nlohmann::json result_json(const Pool &p, uint16_t op, const std::string &path, const snapshot::Result &r) {
+nlohmann::json result_json(const Pool &p, uint16_t op, const std::string &path,
+                           const snapshot::Result &r) {
     return {{"pool", p.cfg.name},
             {"op", op_word(op)},
             {"path", path},
@@ -70,7 +73,8 @@ void record(SnapshotRecord &rec, const std::string &path,
 void log_result(const Pool &p, uint16_t op, const std::string &path,
                 const std::expected<snapshot::Result, snapshot::Error> &res) {
     if (!res) {
-        KV_LOGE(kComp, "%s of pool %s failed: %s", op_word(op), p.cfg.name.c_str(), res.error().message.c_str());
+        KV_LOGE(kComp, "%s of pool %s failed: %s", op_word(op), p.cfg.name.c_str(),
+                res.error().message.c_str());
         return;
     }
     const snapshot::Result &r = *res;
@@ -80,7 +84,8 @@ void log_result(const Pool &p, uint16_t op, const std::string &path,
                   " failed verification, " + std::to_string(r.no_room) + " found no room, " +
                   std::to_string(r.dropped - r.corrupt - r.no_room) + " refused by the pool)";
     }
-    if (r.evicted) dropped += ", " + std::to_string(r.evicted) + " blocks of the pool evicted to make room";
+    if (r.evicted)
+        dropped += ", " + std::to_string(r.evicted) + " blocks of the pool evicted to make room";
     if (r.trailer_damaged)
         dropped += ", every block of the file read but its trailer is damaged (" +
                    r.trailer_problem + "): the file cannot prove it is complete";
@@ -126,7 +131,7 @@ std::string quarantine(const Pool &p, const std::string &path) {
         const std::string to = i == 1 ? base : base + "-" + std::to_string(i);
         int rc = renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE);
         if (rc != 0 && errno == EINVAL) { // no RENAME_NOREPLACE here: check, then rename
-            struct stat sb {};
+            struct stat sb{};
             if (lstat(to.c_str(), &sb) == 0) {
                 errno = EEXIST;
             } else {
@@ -135,7 +140,8 @@ std::string quarantine(const Pool &p, const std::string &path) {
         }
         if (rc == 0) {
             KV_LOGW(kComp,
-                    "pool %s: snapshot %s did not restore whole: moved to %s, which no persist writes over "
+                    "pool %s: snapshot %s did not restore whole: moved to %s, which no persist "
+                    "writes over "
                     "(remove it once it is no longer needed)",
                     p.cfg.name.c_str(), path.c_str(), to.c_str());
             return to;
@@ -143,29 +149,34 @@ std::string quarantine(const Pool &p, const std::string &path) {
         err = errno;
         if (err != EEXIST) break;
     }
-    KV_LOGE(kComp, "pool %s: snapshot %s did not restore whole, and moving it aside failed: %s; the next persist "
-            "may replace it", p.cfg.name.c_str(), path.c_str(), strerror(err));
+    KV_LOGE(kComp,
+            "pool %s: snapshot %s did not restore whole, and moving it aside failed: %s; the next "
+            "persist "
+            "may replace it",
+            p.cfg.name.c_str(), path.c_str(), strerror(err));
     return "";
 }
 
 // After a restore: record and log it, and move the file aside if it is damaged.
-void finish_restore(Pool &p, const std::string &path, const std::expected<snapshot::Result, snapshot::Error> &res) {
+void finish_restore(Pool &p, const std::string &path,
+                    const std::expected<snapshot::Result, snapshot::Error> &res) {
     record(p.last_restore, path, res);
     log_result(p, KV_CTL_OP_RESTORE, path, res);
     if (file_damaged(res)) p.last_restore.quarantined = quarantine(p, path);
 }
 
 // Progress for logs and systemd: a line every ~10% of the work.
-std::function<void(uint64_t, uint64_t)> status_progress(const Pool &p, uint16_t op,
-                                                        const std::function<void(const std::string &)> &status) {
+std::function<void(uint64_t, uint64_t)>
+status_progress(const Pool &p, uint16_t op,
+                const std::function<void(const std::string &)> &status) {
     auto last = std::make_shared<int>(-1);
     std::string name = p.cfg.name;
     return [=](uint64_t done, uint64_t total) {
         int tenth = total ? int(done * 10 / total) : 0;
         if (tenth == *last) return;
         *last = tenth;
-        std::string line = std::string(op_word(op)) + " " + name + ": " + kv::detail::format_size(done) + " of " +
-                           kv::detail::format_size(total);
+        std::string line = std::string(op_word(op)) + " " + name + ": " +
+                           kv::detail::format_size(done) + " of " + kv::detail::format_size(total);
         KV_LOGI(kComp, "%s", line.c_str());
         if (status) status(line);
     };
@@ -175,7 +186,8 @@ std::function<void(uint64_t, uint64_t)> status_progress(const Pool &p, uint16_t 
 
 snapshot::Options snapshot_options(std::function<void(uint64_t, uint64_t)> progress) {
     snapshot::Options o;
-    if (const char *f = getenv("KVPOOL_FAULT_IO_NTH"); f && *f) o.fail_nth_io = strtoull(f, nullptr, 10);
+    if (const char *f = getenv("KVPOOL_FAULT_IO_NTH"); f && *f)
+        o.fail_nth_io = strtoull(f, nullptr, 10);
     o.progress = std::move(progress);
     return o;
 }
@@ -198,10 +210,11 @@ bool persist_at_stop(Pool &p, const std::function<void(const std::string &)> &st
     return res.has_value();
 }
 
-std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &path, uint64_t conn_id, uint32_t seq,
-                                     int wake_fd, Requester who) {
+std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &path,
+                                     uint64_t conn_id, uint32_t seq, int wake_fd, Requester who) {
     if (p.job)
-        return std::unexpected(Error{-EBUSY, "pool " + p.cfg.name + ": a " + op_word(p.job->op) + " is already running"});
+        return std::unexpected(Error{-EBUSY, "pool " + p.cfg.name + ": a " + op_word(p.job->op) +
+                                                 " is already running"});
     auto job = std::make_shared<SnapshotJob>();
     job->op = op;
     job->path = path;
@@ -237,8 +250,8 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
         ssize_t w = write(wake_fd, &one, sizeof one);
         (void)w; // an eventfd write only fails on overflow, and then the loop is awake anyway
     });
-    KV_LOGI(kComp, "%s of pool %s %s %s started", op_word(op), name.c_str(), op == KV_CTL_OP_PERSIST ? "to" : "from",
-            path.c_str());
+    KV_LOGI(kComp, "%s of pool %s %s %s started", op_word(op), name.c_str(),
+            op == KV_CTL_OP_PERSIST ? "to" : "from", path.c_str());
     p.job = std::move(job);
     return {};
 }
@@ -278,7 +291,8 @@ void join_all_jobs(PoolManager &pm) {
     for (const auto &pp : pm.pools()) {
         Pool &p = *pp;
         if (!p.job) continue;
-        KV_LOGN(kComp, "waiting for the %s of pool %s to finish", op_word(p.job->op), p.cfg.name.c_str());
+        KV_LOGN(kComp, "waiting for the %s of pool %s to finish", op_word(p.job->op),
+                p.cfg.name.c_str());
         p.job->thread.join();
         if (p.job->op == KV_CTL_OP_RESTORE) {
             finish_restore(p, p.job->path, p.job->result);
@@ -293,9 +307,14 @@ void join_all_jobs(PoolManager &pm) {
 nlohmann::json snapshot_json(const Pool &p) {
     auto rec = [](const SnapshotRecord &r) -> nlohmann::json {
         if (!r.done) return nullptr;
-        nlohmann::json j = {{"ok", r.ok},       {"path", r.path},       {"blocks", r.blocks},
-                            {"bytes", r.bytes}, {"seconds", r.seconds}, {"dropped", r.dropped},
-                            {"truncated", r.truncated}, {"finished_ns", r.finished_ns}};
+        nlohmann::json j = {{"ok", r.ok},
+                            {"path", r.path},
+                            {"blocks", r.blocks},
+                            {"bytes", r.bytes},
+                            {"seconds", r.seconds},
+                            {"dropped", r.dropped},
+                            {"truncated", r.truncated},
+                            {"finished_ns", r.finished_ns}};
         if (!r.ok) j["error"] = r.error;
         if (!r.quarantined.empty()) j["quarantined"] = r.quarantined;
         return j;

@@ -12,10 +12,9 @@
 #include "pool_manager.h"
 #include "snapshot.h"
 
-#include <nlohmann/json.hpp>
-
 #include <expected>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -35,7 +34,9 @@ struct JobAnswer {
 // such pool" (ENOENT) or "kvctl sent garbage" (EPROTO), which is what
 // kvctl's exit codes make of those; the message keeps the real reason.
 // Permission errors stay what they are.
-inline int file_error_code(int e) { return e == ENOENT || e == EPROTO || e == EEXIST ? EIO : e; }
+inline int file_error_code(int e) {
+    return e == ENOENT || e == EPROTO || e == EEXIST ? EIO : e;
+}
 
 // Options for the snapshot engine: queue depth, fault injection from the
 // environment (KVPOOL_FAULT_IO_NTH), progress forwarding.
@@ -58,8 +59,8 @@ struct Requester {
 
 // Start a background persist/restore of p into/from path. wake_fd (an
 // eventfd) is written when it finishes. EBUSY if a job is running.
-std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &path, uint64_t conn_id, uint32_t seq,
-                                     int wake_fd, Requester who);
+std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &path,
+                                     uint64_t conn_id, uint32_t seq, int wake_fd, Requester who);
 // Join finished jobs, record their outcome in their pools, and return the
 // responses to send.
 std::vector<JobAnswer> collect_jobs(PoolManager &pm);

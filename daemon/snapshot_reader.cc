@@ -178,7 +178,7 @@ bool Reader::setup() {
     fd_ = open(path_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (fd_ < 0 && errno == EINVAL) fd_ = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) return fail(errno, "open: %s", strerror(errno));
-    struct stat sb {};
+    struct stat sb{};
     if (fstat(fd_, &sb) != 0) return fail(errno, "fstat: %s", strerror(errno));
     if (!S_ISREG(sb.st_mode))
         return fail(EINVAL, "not a regular file (mode 0%o)", unsigned(sb.st_mode));
@@ -514,10 +514,14 @@ void Reader::drop_piece(uint32_t slot) {
 
 bool Reader::io_error(IoStep step, int code) {
     switch (step) {
-    case IoStep::submit: return fail(code, "io_uring submit: %s", strerror(code));
-    case IoStep::wait: return fail(code, "io_uring wait: %s", strerror(code));
-    case IoStep::no_entry: return false; // the request was handed back: its blocks are dropped
-    case IoStep::idle: break;
+    case IoStep::submit:
+        return fail(code, "io_uring submit: %s", strerror(code));
+    case IoStep::wait:
+        return fail(code, "io_uring wait: %s", strerror(code));
+    case IoStep::no_entry:
+        return false; // the request was handed back: its blocks are dropped
+    case IoStep::idle:
+        break;
     }
     return fail(code, "internal error: waiting with no I/O in flight");
 }
@@ -615,7 +619,7 @@ std::expected<kv_snap_header, Error> inspect(const std::string &path) {
             int fd;
             ~Closer() { close(fd); }
         } closer{fd};
-        struct stat sb {};
+        struct stat sb{};
         if (fstat(fd, &sb) != 0) return err(errno, std::string("fstat: ") + strerror(errno));
         const uint64_t size = uint64_t(sb.st_size);
         auto read_at = [&](std::vector<uint8_t> &buf, uint64_t len) -> int {

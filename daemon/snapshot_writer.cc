@@ -113,8 +113,7 @@ class Writer final : private IoOwner {
   public:
     Writer(kv_pool *pool, const std::string &name, const std::string &path, const Options &o)
         : pool_(pool), hdr_(kv_pool_header(pool)), name_(name), path_(path), tmp_(path + ".tmp"),
-          spare_(path + ".spare"),
-          opts_(o) {}
+          spare_(path + ".spare"), opts_(o) {}
     ~Writer();
     std::expected<Result, Error> run();
 
@@ -178,7 +177,7 @@ class Writer final : private IoOwner {
     std::vector<uint8_t> ns_known_; // by id
     uint64_t header_checksum_ = 0;
     uint64_t history_ref_ = 0; // rank reference every age is taken against
-    uint64_t front_ = 0; // file offset where the next segment (or the trailer) goes
+    uint64_t front_ = 0;       // file offset where the next segment (or the trailer) goes
     uint32_t seg_head_ = kNone;
     uint64_t seg_off_ = 0, seg_cursor_ = 0, seq_ = 0, segments_hash_ = 0, n_records_ = 0;
     uint32_t seg_n_ = 0;
@@ -258,7 +257,7 @@ bool Writer::open_target() {
     // written over; a stale PATH.tmp (an interrupted persist) is replaced.
     if (opts_.recycle_spare && rename(spare_.c_str(), tmp_.c_str()) == 0) {
         fd_ = open(tmp_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
-        struct stat sb {};
+        struct stat sb{};
         if (fd_ >= 0 && fstat(fd_, &sb) == 0 && S_ISREG(sb.st_mode)) {
             created_ = true;
             res_.recycled = true;
@@ -493,7 +492,7 @@ bool Writer::finish() {
         return fail(EIO, "wrote %" PRIu64 " bytes of a %" PRIu64 "-byte file (internal error)",
                     done_bytes_, file_len);
     // Preallocation may have gone past the end (or a failed one left i_size there).
-    struct stat sb {};
+    struct stat sb{};
     if (fstat(fd_, &sb) == 0 && uint64_t(sb.st_size) != file_len &&
         ftruncate(fd_, off_t(file_len)) != 0)
         return fail(errno, "truncate %s to %" PRIu64 " bytes", tmp_.c_str(), file_len);
@@ -550,10 +549,14 @@ void Writer::drop_piece(uint32_t pin) {
 
 bool Writer::io_error(IoStep step, int code) {
     switch (step) {
-    case IoStep::submit: return fail(code, "io_uring submit");
-    case IoStep::wait: return fail(code, "io_uring wait");
-    case IoStep::no_entry: return fail(code, "no free io_uring entry");
-    case IoStep::idle: break;
+    case IoStep::submit:
+        return fail(code, "io_uring submit");
+    case IoStep::wait:
+        return fail(code, "io_uring wait");
+    case IoStep::no_entry:
+        return fail(code, "no free io_uring entry");
+    case IoStep::idle:
+        break;
     }
     return fail(code, "internal error: waiting with no I/O in flight");
 }

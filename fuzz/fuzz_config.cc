@@ -8,11 +8,10 @@
 // alone, the entry point the metrics server calls.
 #include "config.h"
 
-#include <kvpool/region.h>
-
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <kvpool/region.h>
 #include <set>
 #include <string>
 #include <string_view>
@@ -35,8 +34,8 @@ void check_path(const std::string &key, const std::string &v, bool may_be_empty)
 bool valid_name(const std::string &n) {
     if (n.empty() || n.size() > 63 || n == "." || n == "..") return false;
     for (char c : n)
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-              c == '-' || c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.'))
             return false;
     return true;
 }
@@ -61,8 +60,10 @@ void check_config(const DaemonConfig &cfg) {
         if (p.numa_node < kv::daemon::kNumaLocal) fail("numa_node " + std::to_string(p.numa_node));
         if (p.mode > 07777) fail("mode " + std::to_string(p.mode));
         if (!(p.low_watermark > 0 && p.low_watermark < p.high_watermark && p.high_watermark <= 1))
-            fail("watermarks " + std::to_string(p.low_watermark) + " " + std::to_string(p.high_watermark));
-        if (p.slab_size && (p.slab_size & (p.slab_size - 1) || p.slab_size < (64u << 10) || p.slab_size > (1ull << 30)))
+            fail("watermarks " + std::to_string(p.low_watermark) + " " +
+                 std::to_string(p.high_watermark));
+        if (p.slab_size && (p.slab_size & (p.slab_size - 1) || p.slab_size < (64u << 10) ||
+                            p.slab_size > (1ull << 30)))
             fail("slab_size " + std::to_string(p.slab_size));
         if (p.max_clients > KV_MAX_CLIENTS) fail("max_clients " + std::to_string(p.max_clients));
         check_path("snapshot_dir", p.snapshot_dir, false);

@@ -61,7 +61,8 @@ void check_request(const ctl::Message &m, std::string_view stream) {
         if (m.req.cursor && m.hdr.op != KV_CTL_OP_ENTRIES)
             fail("cursor accepted on an op other than ENTRIES");
         const std::string_view body = stream.substr(sizeof(kv_ctl_hdr), m.hdr.length);
-        if (memcmp(&m.req, body.data(), sizeof m.req) != 0) fail("request differs from the bytes sent");
+        if (memcmp(&m.req, body.data(), sizeof m.req) != 0)
+            fail("request differs from the bytes sent");
         if (!std::all_of(body.begin() + sizeof m.req, body.end(), [](char c) { return c == 0; }))
             fail("non-zero tail accepted");
         (void)ctl::valid_pool_name(reinterpret_cast<const char *>(m.req.pool));
@@ -80,10 +81,11 @@ void check_frame(const ctl::Message &m) {
     kv_ctl_response r;
     memcpy(&h, f.data(), sizeof h);
     memcpy(&r, f.data() + sizeof h, sizeof r);
-    if (h.magic != KV_CTL_MAGIC || h.version != KV_CTL_VERSION || h.op != m.hdr.op || h.seq != m.hdr.seq)
+    if (h.magic != KV_CTL_MAGIC || h.version != KV_CTL_VERSION || h.op != m.hdr.op ||
+        h.seq != m.hdr.seq)
         fail("frame header");
-    if (h.length != sizeof r + body.size() || r.body_len != body.size() || r.error != uint32_t(m.error) ||
-        r.reserved != 0)
+    if (h.length != sizeof r + body.size() || r.body_len != body.size() ||
+        r.error != uint32_t(m.error) || r.reserved != 0)
         fail("frame response");
     if (f.compare(sizeof h + sizeof r, std::string::npos, body) != 0) fail("frame body");
     const ctl::HeaderCheck hc = ctl::check_response_header(h, m.hdr.op, m.hdr.seq, "fuzz");
@@ -109,7 +111,8 @@ std::vector<Seen> consume(std::string_view stream, size_t chunk) {
                 kv_ctl_hdr h;
                 memcpy(&h, in.data(), sizeof h);
                 if (h.length > KV_CTL_MAX_BODY) fail("waiting for a body over KV_CTL_MAX_BODY");
-                if (in.size() >= sizeof h + h.length) fail("NeedMore with the whole message present");
+                if (in.size() >= sizeof h + h.length)
+                    fail("NeedMore with the whole message present");
                 break;
             }
             if (m.kind == ctl::Message::Kind::BadHeader) {
@@ -136,6 +139,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const size_t chunk = data[0];
     const std::string_view stream(reinterpret_cast<const char *>(data + 1), size - 1);
     const std::vector<Seen> whole = consume(stream, 0);
-    if (chunk && consume(stream, chunk) != whole) fail("the answers depend on how the stream is cut into reads");
+    if (chunk && consume(stream, chunk) != whole)
+        fail("the answers depend on how the stream is cut into reads");
     return 0;
 }

@@ -20,18 +20,16 @@
 //
 // Input: a list of operations, each an opcode byte followed by its
 // arguments (see decode below); a truncated last operation is ignored.
-#include <kv/kv.h>
-
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <kv/kv.h>
 #include <map>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -39,8 +37,8 @@ namespace {
 constexpr uint64_t kPoolSize = 2 << 20;
 constexpr uint64_t kSlab = 64 << 10;
 constexpr uint32_t kPins = 16;
-constexpr uint32_t kKeys = 24;   // key space
-constexpr size_t kMaxOps = 512;  // per input
+constexpr uint32_t kKeys = 24;  // key space
+constexpr size_t kMaxOps = 512; // per input
 // FUZZ_OPS_TRACE=1 in the environment: print the model after each operation.
 const bool g_trace = getenv("FUZZ_OPS_TRACE") != nullptr;
 
@@ -51,23 +49,35 @@ const bool g_trace = getenv("FUZZ_OPS_TRACE") != nullptr;
 
 void expect_rc(const char *op, uint32_t key, int got, int want) {
     if (got != want)
-        fail(std::string(op) + " key " + std::to_string(key) + ": returned " + std::to_string(got) + " (" +
-             kv_strerror(got) + "), model expects " + std::to_string(want) + " (" + kv_strerror(want) + ")");
+        fail(std::string(op) + " key " + std::to_string(key) + ": returned " + std::to_string(got) +
+             " (" + kv_strerror(got) + "), model expects " + std::to_string(want) + " (" +
+             kv_strerror(want) + ")");
 }
 
-kv_key key_of(uint32_t i) { return kv_key{i * 0x9e3779b97f4a7c15ULL + 7, ~uint64_t(i) ^ 0xc2b2ae3d27d4eb4fULL}; }
+kv_key key_of(uint32_t i) {
+    return kv_key{i * 0x9e3779b97f4a7c15ULL + 7, ~uint64_t(i) ^ 0xc2b2ae3d27d4eb4fULL};
+}
 
 uint64_t length_of(uint8_t sel) {
     switch (sel & 15) {
-    case 0: return 0;             // -EMSGSIZE
-    case 1: return kSlab + 1;     // -EMSGSIZE
-    case 2: return kSlab;         // the largest block
-    case 3: return 1;
-    case 4: return 4096;
-    case 5: return 4097;
-    case 6: return 3 * 4096 - 5;
-    case 7: return 32 << 10;
-    default: return 1 + uint64_t(sel) * 37; // 300..9400: small classes
+    case 0:
+        return 0; // -EMSGSIZE
+    case 1:
+        return kSlab + 1; // -EMSGSIZE
+    case 2:
+        return kSlab; // the largest block
+    case 3:
+        return 1;
+    case 4:
+        return 4096;
+    case 5:
+        return 4097;
+    case 6:
+        return 3 * 4096 - 5;
+    case 7:
+        return 32 << 10;
+    default:
+        return 1 + uint64_t(sel) * 37; // 300..9400: small classes
     }
 }
 
@@ -111,8 +121,8 @@ struct Run {
     std::map<uint32_t, Block> committed; // model: key -> block
     std::map<uint32_t, size_t> reserved; // model: key -> index in res
     std::vector<Pin> pins;               // every pin taken (released ones stay, for stale releases)
-    std::vector<Res> res;                // every reservation made (dead ones stay, for stale commits)
-    uint64_t evictions = 0;              // pool counter last seen
+    std::vector<Res> res;   // every reservation made (dead ones stay, for stale commits)
+    uint64_t evictions = 0; // pool counter last seen
     uint32_t pins_held = 0;
     uint64_t next_inc = 1;
 
@@ -125,13 +135,15 @@ struct Run {
         uint32_t n = 0;
         auto it = committed.find(key);
         if (it == committed.end()) return 0;
-        for (const Pin &pn : pins) n += !pn.released && pn.key == key && pn.expect.inc == it->second.inc;
+        for (const Pin &pn : pins)
+            n += !pn.released && pn.key == key && pn.expect.inc == it->second.inc;
         return n;
     }
 
     void check_view(const kv_view &v, const Block &b, const char *what, uint32_t key) const {
         if (v.length != b.data.size() || memcmp(v.data, b.data.data(), b.data.size()) != 0)
-            fail(std::string(what) + " key " + std::to_string(key) + ": view bytes differ from the model");
+            fail(std::string(what) + " key " + std::to_string(key) +
+                 ": view bytes differ from the model");
         if (v.meta.tokens != b.meta.tokens || v.meta.priority != b.meta.priority ||
             v.meta.user_tag != b.meta.user_tag)
             fail(std::string(what) + " key " + std::to_string(key) + ": view metadata differs");
@@ -143,7 +155,8 @@ struct Run {
         }
         const auto *lo = reinterpret_cast<const uint8_t *>(kv_pool_header(p));
         const auto *d = static_cast<const uint8_t *>(v.data);
-        if (d < lo || d + v.length > lo + kv_pool_header(p)->region_size) fail("view outside the region");
+        if (d < lo || d + v.length > lo + kv_pool_header(p)->region_size)
+            fail("view outside the region");
     }
 
     uint64_t eviction_counter() {
@@ -166,8 +179,11 @@ struct Run {
                 continue;
             }
             if (c != 0) fail(std::string(op) + ": contains returned " + std::to_string(c));
-            if (pins_of(it->first)) fail(std::string(op) + ": pinned key " + std::to_string(it->first) + " evicted");
-            if (d == 0) fail(std::string(op) + ": key " + std::to_string(it->first) + " vanished without an eviction");
+            if (pins_of(it->first))
+                fail(std::string(op) + ": pinned key " + std::to_string(it->first) + " evicted");
+            if (d == 0)
+                fail(std::string(op) + ": key " + std::to_string(it->first) +
+                     " vanished without an eviction");
             gone++;
             bytes += it->second.data.size();
             it = committed.erase(it);
@@ -179,7 +195,8 @@ struct Run {
         for (uint32_t i = 0; i < kKeys; i++) {
             const kv_key k = key_of(i);
             if (!committed.contains(i) && kv_contains(p, ns, &k) != 0)
-                fail(std::string(op) + ": key " + std::to_string(i) + " present in the pool, absent in the model");
+                fail(std::string(op) + ": key " + std::to_string(i) +
+                     " present in the pool, absent in the model");
         }
         for (const Pin &pn : pins)
             if (!pn.released) check_view(pn.view, pn.expect, "held pin", pn.key);
@@ -293,9 +310,11 @@ struct Run {
             chain.push_back(key_of(ids.back()));
         }
         uint32_t m = 0;
-        while (m < ids.size() && committed.contains(ids[m])) m++;
+        while (m < ids.size() && committed.contains(ids[m]))
+            m++;
         std::vector<kv_view> views(chain.size());
-        const int rc = kv_match_prefix(p, ns, chain.data(), chain.size(), pin ? KV_MATCH_F_PIN : 0, views.data());
+        const int rc = kv_match_prefix(p, ns, chain.data(), chain.size(), pin ? KV_MATCH_F_PIN : 0,
+                                       views.data());
         const int want = pin && pins_held + m > kPins ? -ENOBUFS : int(m);
         expect_rc(pin ? "match_prefix(pin)" : "match_prefix", start, rc, want);
         if (!pin || rc <= 0) return;
@@ -313,11 +332,13 @@ struct Run {
         if (got < 0) fail("evict_bytes: " + std::to_string(got));
         const uint64_t gone = resync("evict_bytes");
         if (uint64_t(got) != gone)
-            fail("evict_bytes returned " + std::to_string(got) + ", the keys evicted held " + std::to_string(gone));
+            fail("evict_bytes returned " + std::to_string(got) + ", the keys evicted held " +
+                 std::to_string(gone));
         if (uint64_t(got) < ask)
             for (const auto &[key, b] : committed)
                 if (!pins_of(key))
-                    fail("evict_bytes freed less than asked but left unpinned key " + std::to_string(key));
+                    fail("evict_bytes freed less than asked but left unpinned key " +
+                         std::to_string(key));
     }
 
     void op_wrong_ns(uint32_t key) {
@@ -356,7 +377,8 @@ struct Run {
         if (kv_pool_usage(p, &u) != 0) fail("usage");
         auto eq = [](const char *what, uint64_t got, uint64_t want) {
             if (got != want)
-                fail(std::string("usage.") + what + " is " + std::to_string(got) + ", model: " + std::to_string(want));
+                fail(std::string("usage.") + what + " is " + std::to_string(got) +
+                     ", model: " + std::to_string(want));
         };
         eq("entries_committed", u.entries_committed, committed.size());
         eq("bytes_committed", u.bytes_committed, bytes);
@@ -403,24 +425,48 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const uint32_t key = arg(0) % kKeys;
         const char *name = "?";
         switch (op) {
-        case 0: name = "put", run.op_put(key, arg(1), arg(2)); break;
-        case 1: name = "reserve", run.op_reserve(key, arg(1), arg(2)); break;
-        case 2: name = "commit", run.op_commit(arg(0), arg(1)); break;
-        case 3: name = "abort", run.op_abort(arg(0)); break;
-        case 4: name = "get", run.op_get(key); break;
-        case 5: name = "release", run.op_release(arg(0)); break;
-        case 6: name = "remove", run.op_remove(key); break;
-        case 7: name = "contains", run.op_contains(key); break;
-        case 8: name = "match_prefix", run.op_match(key, arg(1), arg(2), false); break;
-        case 9: name = "match_prefix(pin)", run.op_match(key, arg(1), arg(2), true); break;
-        case 10: name = "evict", run.op_evict(arg(0)); break;
-        default: name = "unknown ns", run.op_wrong_ns(key); break;
+        case 0:
+            name = "put", run.op_put(key, arg(1), arg(2));
+            break;
+        case 1:
+            name = "reserve", run.op_reserve(key, arg(1), arg(2));
+            break;
+        case 2:
+            name = "commit", run.op_commit(arg(0), arg(1));
+            break;
+        case 3:
+            name = "abort", run.op_abort(arg(0));
+            break;
+        case 4:
+            name = "get", run.op_get(key);
+            break;
+        case 5:
+            name = "release", run.op_release(arg(0));
+            break;
+        case 6:
+            name = "remove", run.op_remove(key);
+            break;
+        case 7:
+            name = "contains", run.op_contains(key);
+            break;
+        case 8:
+            name = "match_prefix", run.op_match(key, arg(1), arg(2), false);
+            break;
+        case 9:
+            name = "match_prefix(pin)", run.op_match(key, arg(1), arg(2), true);
+            break;
+        case 10:
+            name = "evict", run.op_evict(arg(0));
+            break;
+        default:
+            name = "unknown ns", run.op_wrong_ns(key);
+            break;
         }
         i += kArgs[op];
         if (op != 10) run.resync(name);
         if (g_trace)
-            fprintf(stderr, "%3zu %-18s key %2u: %zu committed, %zu reserved, %u pins\n", ops, name, key,
-                    run.committed.size(), run.reserved.size(), run.pins_held);
+            fprintf(stderr, "%3zu %-18s key %2u: %zu committed, %zu reserved, %u pins\n", ops, name,
+                    key, run.committed.size(), run.reserved.size(), run.pins_held);
     }
     run.finish();
     return 0;

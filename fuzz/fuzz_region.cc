@@ -27,18 +27,16 @@
 //   bit 1: attach with KV_ATTACH_F_NO_REAP.
 // Only what an input changes is rewritten between inputs (the template's
 // data section stays in the memfd), which keeps the rate up under ASan.
-#include <kv/kv.h>
-
-#include <sys/mman.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <kv/kv.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -53,7 +51,9 @@ constexpr int kTemplateKeys = 24;
     abort();
 }
 
-kv_key key_of(uint64_t i) { return kv_key{i * 0x9e3779b97f4a7c15ULL + 1, ~i ^ 0x5851f42d4c957f2dULL}; }
+kv_key key_of(uint64_t i) {
+    return kv_key{i * 0x9e3779b97f4a7c15ULL + 1, ~i ^ 0x5851f42d4c957f2dULL};
+}
 
 struct Template {
     std::vector<uint8_t> clean, dead_client; // region images
@@ -124,7 +124,8 @@ void build_template() {
         _exit(0);
     }
     int st = 0;
-    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail("template: dead client");
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail("template: dead client");
     g_tpl.dead_client = read_fd(fd, kRegionSize);
     close(fd);
 }
@@ -132,17 +133,39 @@ void build_template() {
 // Section (offset, length) by selector, from the template's header.
 void section(const kv_region_header &h, unsigned sel, uint64_t *off, uint64_t *len) {
     switch (sel % 11) {
-    case 0: *off = 0, *len = KV_HEADER_BYTES; break;
-    case 1: *off = h.state_off, *len = h.state_len; break;
-    case 2: *off = h.class_off, *len = h.class_len; break;
-    case 3: *off = h.ns_off, *len = h.ns_len; break;
-    case 4: *off = h.client_off, *len = h.client_len; break;
-    case 5: *off = h.journal_off, *len = h.journal_len; break;
-    case 6: *off = h.bucket_off, *len = h.bucket_len; break;
-    case 7: *off = h.entry_off, *len = h.entry_len; break;
-    case 8: *off = h.slab_off, *len = h.slab_len; break;
-    case 9: *off = h.block_off, *len = h.block_len; break;
-    default: *off = h.data_off, *len = h.data_len; break;
+    case 0:
+        *off = 0, *len = KV_HEADER_BYTES;
+        break;
+    case 1:
+        *off = h.state_off, *len = h.state_len;
+        break;
+    case 2:
+        *off = h.class_off, *len = h.class_len;
+        break;
+    case 3:
+        *off = h.ns_off, *len = h.ns_len;
+        break;
+    case 4:
+        *off = h.client_off, *len = h.client_len;
+        break;
+    case 5:
+        *off = h.journal_off, *len = h.journal_len;
+        break;
+    case 6:
+        *off = h.bucket_off, *len = h.bucket_len;
+        break;
+    case 7:
+        *off = h.entry_off, *len = h.entry_len;
+        break;
+    case 8:
+        *off = h.slab_off, *len = h.slab_len;
+        break;
+    case 9:
+        *off = h.block_off, *len = h.block_len;
+        break;
+    default:
+        *off = h.data_off, *len = h.data_len;
+        break;
     }
 }
 
@@ -182,7 +205,8 @@ uint64_t load_image(const uint8_t *data, size_t size) {
     while (i + 4 <= size) {
         uint64_t off, len;
         section(h, data[i], &off, &len);
-        const uint64_t at = off + (len ? (uint64_t(data[i + 1]) | uint64_t(data[i + 2]) << 8) % len : 0);
+        const uint64_t at =
+            off + (len ? (uint64_t(data[i + 1]) | uint64_t(data[i + 2]) << 8) % len : 0);
         size_t n = data[i + 3];
         i += 4;
         n = std::min<size_t>({n, size - i, size_t(off + len - at)});
@@ -199,7 +223,8 @@ uint64_t load_image(const uint8_t *data, size_t size) {
 }
 
 void restore_data() {
-    for (auto [at, n] : g_data_patches) write_at(g_loaded->data() + at, n, at);
+    for (auto [at, n] : g_data_patches)
+        write_at(g_loaded->data() + at, n, at);
     g_data_patches.clear();
 }
 
@@ -237,7 +262,8 @@ void exercise(kv_pool *p) {
         if (n < 0) break;
         if (n > 64) fail("entries: more rows than asked for");
         if (cursor <= before) fail("entries: cursor did not advance");
-        for (int j = 0; j < n && rows.size() < 256; j++) rows.push_back(buf[j]);
+        for (int j = 0; j < n && rows.size() < 256; j++)
+            rows.push_back(buf[j]);
     }
 
     for (uint32_t ns = 0; ns < std::min<uint32_t>(h->max_namespaces, 8); ns++) {
@@ -247,9 +273,11 @@ void exercise(kv_pool *p) {
     }
 
     std::vector<std::pair<uint32_t, kv_key>> keys;
-    for (int i = 0; i < kTemplateKeys; i++) keys.push_back({g_tpl.ns, key_of(uint64_t(i))});
+    for (int i = 0; i < kTemplateKeys; i++)
+        keys.push_back({g_tpl.ns, key_of(uint64_t(i))});
     keys.push_back({g_tpl.ns, key_of(1000)});
-    for (const kv_entry_info &r : rows) keys.push_back({r.ns, r.key});
+    for (const kv_entry_info &r : rows)
+        keys.push_back({r.ns, r.key});
 
     std::vector<kv_view> held;
     for (const auto &[ns, k] : keys) {
@@ -267,10 +295,12 @@ void exercise(kv_pool *p) {
     }
 
     std::vector<kv_key> chain;
-    for (int i = 0; i < kTemplateKeys; i++) chain.push_back(key_of(uint64_t(i)));
+    for (int i = 0; i < kTemplateKeys; i++)
+        chain.push_back(key_of(uint64_t(i)));
     (void)kv_match_prefix(p, g_tpl.ns, chain.data(), chain.size(), 0, nullptr);
     std::vector<kv_view> views(chain.size());
-    const int m = kv_match_prefix(p, g_tpl.ns, chain.data(), chain.size(), KV_MATCH_F_PIN, views.data());
+    const int m =
+        kv_match_prefix(p, g_tpl.ns, chain.data(), chain.size(), KV_MATCH_F_PIN, views.data());
     if (m > int(chain.size())) fail("match_prefix: more than n");
     for (int i = 0; i < m; i++) {
         check_view(views[size_t(i)]);
@@ -309,7 +339,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     kv_pool *p = nullptr;
     err[0] = '\0';
-    const int rc = kv_pool_attach_fd(g_fd, (data[0] & 2) ? KV_ATTACH_F_NO_REAP : 0, &p, err, sizeof err);
+    const int rc =
+        kv_pool_attach_fd(g_fd, (data[0] & 2) ? KV_ATTACH_F_NO_REAP : 0, &p, err, sizeof err);
     if (rc != 0) {
         if (rc > 0 || p) fail("attach failed but returned a pool or a positive code");
         if (vrc == 0 && rc != -EUSERS && rc != -ENOMEM) {

@@ -20,11 +20,6 @@
 #include "snapshot.h"
 #include "snapshot_format.h"
 
-#include <kv/kv.h>
-
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
@@ -32,8 +27,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
+#include <kv/kv.h>
 #include <span>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 namespace snap = kv::daemon::snapshot;
@@ -48,7 +46,8 @@ std::string g_path;
     abort();
 }
 
-template <typename T> bool read_at(const std::vector<uint8_t> &f, uint64_t off, T *out) {
+template <typename T>
+bool read_at(const std::vector<uint8_t> &f, uint64_t off, T *out) {
     if (off > f.size() || f.size() - off < sizeof(T)) return false;
     memcpy(out, f.data() + off, sizeof(T));
     return true;
@@ -64,7 +63,9 @@ void fix_checksums(std::vector<uint8_t> &f) {
     uint64_t off = h.header_len, seq = 0, chain = 0, n_records = 0;
     for (;;) {
         kv_snap_segment s;
-        if (!read_at(f, off, &s) || s.magic != KV_SNAP_SEGMENT_MAGIC || f.size() - off < snap::kSegmentHead) break;
+        if (!read_at(f, off, &s) || s.magic != KV_SNAP_SEGMENT_MAGIC ||
+            f.size() - off < snap::kSegmentHead)
+            break;
         const uint64_t sum = snap::segment_checksum(f.data() + off);
         memcpy(f.data() + off + offsetof(kv_snap_segment, checksum), &sum, sizeof sum);
         chain = snap::chain_segment(chain, sum);
@@ -92,10 +93,11 @@ void parse_only(std::vector<uint8_t> &f) {
     if (!h) return;
     uint64_t off = *len;
     for (uint64_t seq = 0; seq < 64 && f.size() - off >= snap::kSegmentHead; seq++) {
-        auto s = snap::parse_segment(std::span<const uint8_t>(f.data() + off, snap::kSegmentHead), seq, off,
-                                     f.size(), *h);
+        auto s = snap::parse_segment(std::span<const uint8_t>(f.data() + off, snap::kSegmentHead),
+                                     seq, off, f.size(), *h);
         if (!s) break;
-        for (uint32_t i = 0; i < s->seg.n_records; i++) (void)snap::record_in_file(s->records[i], off, f.size());
+        for (uint32_t i = 0; i < s->seg.n_records; i++)
+            (void)snap::record_in_file(s->records[i], off, f.size());
         if (s->data_cut || s->seg.length > f.size() - off) break;
         off += s->seg.length;
     }
@@ -117,7 +119,8 @@ void write_file(const std::vector<uint8_t> &f) {
 
 extern "C" int LLVMFuzzerInitialize(int *, char ***) {
     const char *dir = getenv("KVPOOL_FUZZ_TMPDIR");
-    g_path = std::string(dir ? dir : "/var/tmp") + "/kvpool-fuzz-snapshot-" + std::to_string(getpid()) + ".kvsnap";
+    g_path = std::string(dir ? dir : "/var/tmp") + "/kvpool-fuzz-snapshot-" +
+             std::to_string(getpid()) + ".kvsnap";
     return 0;
 }
 
@@ -154,15 +157,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (r.error().message.empty()) fail("restore: an error without a message");
         if (r.error().code >= 0) fail("restore: error code " + std::to_string(r.error().code));
     }
-    if (!ins && r) fail("inspect refused the header (" + ins.error().message + ") but restore took the file");
+    if (!ins && r)
+        fail("inspect refused the header (" + ins.error().message + ") but restore took the file");
 
     kv_usage u;
     if (kv_pool_usage(p, &u) != 0) fail("usage");
     if (r) {
         if (u.entries_committed != r->blocks || u.bytes_committed != r->bytes)
-            fail("restore reported " + std::to_string(r->blocks) + " blocks / " + std::to_string(r->bytes) +
-                 " bytes, the pool holds " + std::to_string(u.entries_committed) + " / " +
-                 std::to_string(u.bytes_committed));
+            fail("restore reported " + std::to_string(r->blocks) + " blocks / " +
+                 std::to_string(r->bytes) + " bytes, the pool holds " +
+                 std::to_string(u.entries_committed) + " / " + std::to_string(u.bytes_committed));
     }
     if (u.entries_reserved || u.pins || u.orphan_blocks || u.bad_links || u.unreachable)
         fail("restore left reservations, pins, orphans or index damage behind");
@@ -174,7 +178,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (n < 0) fail("entries");
         for (int i = 0; i < n; i++) {
             kv_view v;
-            if (kv_get(p, rows[i].ns, &rows[i].key, &v) != 0) fail("a restored block cannot be read");
+            if (kv_get(p, rows[i].ns, &rows[i].key, &v) != 0)
+                fail("a restored block cannot be read");
             if (kv_view_verify(&v) != 0) fail("a restored block does not verify");
             kv_release(p, &v);
         }

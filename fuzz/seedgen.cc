@@ -8,12 +8,6 @@
 // described at the top of its fuzz_<target>.cc.
 #include "snapshot.h"
 
-#include <kv/kv.h>
-#include <kvpool/control.h>
-
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -21,7 +15,11 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <kv/kv.h>
+#include <kvpool/control.h>
 #include <string>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -45,7 +43,8 @@ void put_file(const std::string &target, const std::string &name, const Bytes &b
 
 // Resize, then copy: g++ 12 at -O3 misjudges the bounds of a range
 // insert from a small object (-Warray-bounds, -Wstringop-overflow).
-template <typename T> void append(Bytes &b, const T &v) {
+template <typename T>
+void append(Bytes &b, const T &v) {
     const size_t at = b.size();
     b.resize(at + sizeof v);
     memcpy(b.data() + at, &v, sizeof v);
@@ -59,7 +58,8 @@ void patch(Bytes &b, uint8_t section, uint16_t off, const Bytes &bytes) {
     b.push_back(uint8_t(bytes.size()));
     b.insert(b.end(), bytes.begin(), bytes.end());
 }
-template <typename T> Bytes le(T v) {
+template <typename T>
+Bytes le(T v) {
     Bytes b(sizeof v);
     memcpy(b.data(), &v, sizeof v);
     return b;
@@ -70,34 +70,37 @@ void region_seeds() {
     put_file("region", "template-dead-client", {0x04});
     put_file("region", "template-dead-client-noreap", {0x06});
     Bytes b{0x00};
-    patch(b, 0, 0, le<uint64_t>(0));                          // magic not published
+    patch(b, 0, 0, le<uint64_t>(0)); // magic not published
     put_file("region", "header-magic-zero", b);
     b = {0x00};
-    patch(b, 0, 88, le<uint32_t>(4096));                      // max_clients
+    patch(b, 0, 88, le<uint32_t>(4096)); // max_clients
     put_file("region", "header-max-clients", b);
     b = {0x00};
-    patch(b, 7, 0 * 128 + 40, le<uint32_t>(0xffffff00u));     // entry 0 class_id
+    patch(b, 7, 0 * 128 + 40, le<uint32_t>(0xffffff00u)); // entry 0 class_id
     put_file("region", "entry0-class", b);
     b = {0x00};
     patch(b, 7, 1 * 128 + 48, le<uint64_t>(0x7fffffffffffull)); // entry 1 block id
     put_file("region", "entry1-block", b);
     b = {0x00};
-    patch(b, 7, 2 * 128 + 56, le<uint64_t>(1ull << 40));       // entry 2 length
+    patch(b, 7, 2 * 128 + 56, le<uint64_t>(1ull << 40)); // entry 2 length
     put_file("region", "entry2-length", b);
     b = {0x00};
     patch(b, 7, 3 * 128 + 16, le<uint64_t>(uint64_t(3) << 32)); // entry 3 next -> itself
     put_file("region", "entry3-self-link", b);
     b = {0x00};
-    patch(b, 6, 0, le<uint64_t>(uint64_t(0x7ffffff0) << 32));  // bucket 0 -> entry out of range
+    patch(b, 6, 0, le<uint64_t>(uint64_t(0x7ffffff0) << 32)); // bucket 0 -> entry out of range
     put_file("region", "bucket0-out-of-range", b);
     b = {0x04};
-    patch(b, 5, 0, le<uint64_t>(uint64_t(0x7ffffff0) << 32));  // journal slot names a bad entry
+    patch(b, 5, 0, le<uint64_t>(uint64_t(0x7ffffff0) << 32)); // journal slot names a bad entry
     put_file("region", "journal-bad-entry", b);
     b = {0x04};
-    patch(b, 9, 8, le<uint64_t>(uint64_t(0xfff0) << 32 | uint64_t(KV_BLOCK_OWNED) << 24)); // block word owner
+    patch(
+        b, 9, 8,
+        le<uint64_t>(uint64_t(0xfff0) << 32 | uint64_t(KV_BLOCK_OWNED) << 24)); // block word owner
     put_file("region", "block-owner", b);
     b = {0x00};
-    patch(b, 8, 0, le<uint64_t>(uint64_t(KV_SLAB_ACTIVE) | uint64_t(63) << 8)); // slab 0 of class 63
+    patch(b, 8, 0,
+          le<uint64_t>(uint64_t(KV_SLAB_ACTIVE) | uint64_t(63) << 8)); // slab 0 of class 63
     put_file("region", "slab0-class", b);
     b = {0x00};
     patch(b, 4, 0, le<uint64_t>(uint64_t(1) << 32 | KV_CLIENT_LIVE)); // client 0 LIVE, pid 1
@@ -116,7 +119,9 @@ void region_seeds() {
 }
 
 // ---- snapshot: mode byte + file ----
-kv_key key_of(uint64_t i) { return kv_key{i * 0x9e3779b97f4a7c15ULL + 1, ~i ^ 0x5851f42d4c957f2dULL}; }
+kv_key key_of(uint64_t i) {
+    return kv_key{i * 0x9e3779b97f4a7c15ULL + 1, ~i ^ 0x5851f42d4c957f2dULL};
+}
 
 Bytes read_all(const std::string &path) {
     std::ifstream f(path, std::ios::binary);
@@ -166,14 +171,15 @@ void snapshot_seeds() {
             Bytes b(file.size() + 1);
             b[0] = mode;
             if (!file.empty()) memcpy(b.data() + 1, file.data(), file.size());
-            put_file("snapshot", "persist-" + std::to_string(n) + "-blocks" + (mode ? "-fixup" : ""), b);
+            put_file("snapshot",
+                     "persist-" + std::to_string(n) + "-blocks" + (mode ? "-fixup" : ""), b);
         }
     }
 }
 
 // ---- control: chunk byte + stream ----
-Bytes request(uint16_t op, uint32_t seq, const char *pool, uint64_t size, uint64_t arg, uint32_t flags,
-              const char *path, uint32_t extra = 0) {
+Bytes request(uint16_t op, uint32_t seq, const char *pool, uint64_t size, uint64_t arg,
+              uint32_t flags, const char *path, uint32_t extra = 0) {
     kv_ctl_request r{};
     snprintf(reinterpret_cast<char *>(r.pool), sizeof r.pool, "%s", pool);
     snprintf(reinterpret_cast<char *>(r.path), sizeof r.path, "%s", path);
@@ -193,9 +199,10 @@ void control_seeds() {
     Bytes all{0};
     for (uint16_t op = 1; op <= KV_CTL_OP_MAX + 1; op++) {
         Bytes b{0};
-        Bytes r = request(op, op, op == KV_CTL_OP_LIST ? "" : "default", 64 << 20, op == KV_CTL_OP_EVICT ? 50 : 0,
-                          op == KV_CTL_OP_CREATE ? KV_CTL_F_PREFAULT : 0,
-                          op == KV_CTL_OP_PERSIST ? "/var/lib/kvpool/default.kvsnap" : "");
+        Bytes r =
+            request(op, op, op == KV_CTL_OP_LIST ? "" : "default", 64 << 20,
+                    op == KV_CTL_OP_EVICT ? 50 : 0, op == KV_CTL_OP_CREATE ? KV_CTL_F_PREFAULT : 0,
+                    op == KV_CTL_OP_PERSIST ? "/var/lib/kvpool/default.kvsnap" : "");
         b.insert(b.end(), r.begin(), r.end());
         put_file("control", "op-" + std::to_string(op), b);
         all.insert(all.end(), r.begin(), r.end());
@@ -234,9 +241,8 @@ void control_seeds() {
 // ---- ops: op byte + arguments (see fuzz_ops.cc) ----
 void ops_seeds() {
     // put k1..k4, get k2, match 0..5, remove k2, release, contains, evict
-    put_file("ops", "put-get-match-remove",
-             {0, 1, 3, 1, 0, 2, 4, 9, 0, 3, 8, 11, 0, 4, 9, 12, 4, 2, 8, 1, 6, 0, 9, 1, 5, 0, 6, 2, 7, 2, 5, 0,
-              10, 40});
+    put_file("ops", "put-get-match-remove", {0, 1, 3, 1, 0, 2, 4, 9, 0, 3, 8, 11, 0, 4, 9, 12, 4,
+                                             2, 8, 1, 6, 0, 9, 1, 5, 0, 6, 2, 7,  2, 5, 0, 10, 40});
     // reserve k5, get k5 (absent), put k5 (busy), commit, get k5, double commit, abort stale
     put_file("ops", "reserve-commit", {1, 5, 4, 9, 4, 5, 0, 5, 3, 2, 2, 0, 0, 4, 5, 2, 0, 1, 3, 0});
     // reserve k6, abort, reserve again, commit with own checksum
@@ -254,7 +260,8 @@ void ops_seeds() {
     // run out of pins
     Bytes pins;
     pins.insert(pins.end(), {0, 0, 3, 1, 0, 1, 3, 2});
-    for (int i = 0; i < 18; i++) pins.insert(pins.end(), {4, uint8_t(i % 2)});
+    for (int i = 0; i < 18; i++)
+        pins.insert(pins.end(), {4, uint8_t(i % 2)});
     pins.insert(pins.end(), {9, 0, 2, 0, 5, 3, 5, 3});
     put_file("ops", "pin-limit", pins);
 }

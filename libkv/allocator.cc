@@ -91,7 +91,9 @@ namespace {
 constexpr uint64_t kNone = UINT64_MAX;
 
 // Relaxed: free_hint and scan_hint are hints (see the top of this file).
-int32_t hint(uint32_t &v) { return int32_t(load(v, std::memory_order_relaxed)); }
+int32_t hint(uint32_t &v) {
+    return int32_t(load(v, std::memory_order_relaxed));
+}
 
 // kv_pool::home_slabs[cls]: slab + 1 of our newest homes, newest first, 0
 // after the last. Relaxed loads and stores: a process-local list of hints;
@@ -161,8 +163,10 @@ void fill_slab(kv_pool *p, uint32_t s, uint32_t cls, bool keep_first, uint32_t o
     // ALC-R1 or ALC-R3 publishes them.
     for (uint32_t slot = 0; slot < p->hdr->blocks_per_slab; slot++) {
         uint64_t w = load(words[slot], std::memory_order_relaxed);
-        uint32_t st = slot >= n ? KV_BLOCK_UNUSED : (slot == 0 && keep_first ? KV_BLOCK_OWNED : KV_BLOCK_FREE);
-        store(words[slot], Blk::next(w, st == KV_BLOCK_OWNED ? owner : 0, st), std::memory_order_relaxed);
+        uint32_t st = slot >= n ? KV_BLOCK_UNUSED
+                                : (slot == 0 && keep_first ? KV_BLOCK_OWNED : KV_BLOCK_FREE);
+        store(words[slot], Blk::next(w, st == KV_BLOCK_OWNED ? owner : 0, st),
+              std::memory_order_relaxed);
     }
     store(p->slabs[s].free_hint, n - (keep_first ? 1 : 0), std::memory_order_relaxed);
     store(p->slabs[s].scan_hint, keep_first ? 1U : 0U, std::memory_order_relaxed);
@@ -218,7 +222,8 @@ uint64_t find_in_class(kv_pool *p, uint32_t cls, bool thorough) {
             if (s != start) store(p->classes[cls].cursor_slab, s, std::memory_order_relaxed);
             return id;
         }
-        if (thorough) store(p->slabs[s].free_hint, 0U, std::memory_order_relaxed); // re-sync the hint
+        if (thorough)
+            store(p->slabs[s].free_hint, 0U, std::memory_order_relaxed); // re-sync the hint
     }
     return kNone;
 }
@@ -447,8 +452,10 @@ bool block_free(kv_pool *p, uint64_t id, uint64_t expected) {
     // ALC-R2: our writes to the block happen-before the next claim; pairs
     // with ALC-X1 and ALC-X5 (claims), and with the readers that decide from
     // a block word: ACCT-A3, ALC-A12, ALC-A14, REAP-A5, STAT-A9.
-    if (!cas(w, expected, Blk::next(expected, 0, KV_BLOCK_FREE), std::memory_order_release)) return false;
-    uint32_t s = uint32_t(id / p->hdr->blocks_per_slab), slot = uint32_t(id % p->hdr->blocks_per_slab);
+    if (!cas(w, expected, Blk::next(expected, 0, KV_BLOCK_FREE), std::memory_order_release))
+        return false;
+    uint32_t s = uint32_t(id / p->hdr->blocks_per_slab),
+             slot = uint32_t(id % p->hdr->blocks_per_slab);
     // Relaxed: hints (see the top of this file).
     aref(p->slabs[s].free_hint).fetch_add(1, std::memory_order_relaxed);
     if (slot < load(p->slabs[s].scan_hint, std::memory_order_relaxed))
@@ -463,10 +470,11 @@ void slab_finish_activation(kv_pool *p, uint32_t s) {
     if (SlabCtl::state(c) != KV_SLAB_ACTIVATING) return;
     uint32_t cls = SlabCtl::cls(c);
     if (cls >= p->hdr->n_classes) cls = 0; // corrupted: any valid class will do
-    fill_slab(p, s, cls, false, 0);       // the dead owner's block 0 goes back too
+    fill_slab(p, s, cls, false, 0);        // the dead owner's block 0 goes back too
     // ALC-R3: as ALC-R1, for the reaper; pairs with ALC-A3..ALC-A7,
     // ALC-A11, ALC-X3, ALC-X4, EVC-A5 and STAT-A8.
-    cas(sl.ctl, c, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(c) + 1), std::memory_order_release);
+    cas(sl.ctl, c, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(c) + 1),
+        std::memory_order_release);
 }
 
 void slab_rollback_retire(kv_pool *p, uint32_t s) {
@@ -489,7 +497,8 @@ void slab_rollback_retire(kv_pool *p, uint32_t s) {
     store(sl.scan_hint, 0U, std::memory_order_relaxed); // relaxed: a hint
     // ALC-R5: back to ACTIVE, as ALC-R1; pairs with ALC-A3..ALC-A7,
     // ALC-A11, ALC-X3, ALC-X4, EVC-A5 and STAT-A8.
-    cas(sl.ctl, c, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(c) + 1), std::memory_order_release);
+    cas(sl.ctl, c, SlabCtl::make(KV_SLAB_ACTIVE, cls, 0, SlabCtl::tag(c) + 1),
+        std::memory_order_release);
 }
 
 bool slab_retire(kv_pool *p, uint32_t s) {
@@ -519,7 +528,8 @@ bool slab_retire(kv_pool *p, uint32_t s) {
             if (st == KV_BLOCK_FREE) {
                 // ALC-X5: FREE -> RETIRED(me). Acquire pairs with ALC-R2 (the
                 // last owner's free), release with ALC-A10 (a rollback).
-                if (cas(words[slot], w, Blk::next(w, p->client, KV_BLOCK_RETIRED), std::memory_order_acq_rel))
+                if (cas(words[slot], w, Blk::next(w, p->client, KV_BLOCK_RETIRED),
+                        std::memory_order_acq_rel))
                     break;
                 continue;
             }
@@ -556,7 +566,8 @@ bool slab_retire(kv_pool *p, uint32_t s) {
     store(sl.free_hint, 0U, std::memory_order_relaxed); // relaxed: a hint
     // ALC-R6: publishes the RETIRED words with the FREE slab; pairs with
     // ALC-A2 and ALC-X2 (the next activator) and STAT-A8.
-    store(sl.ctl, SlabCtl::make(KV_SLAB_FREE, 0, 0, SlabCtl::tag(ret) + 1), std::memory_order_release);
+    store(sl.ctl, SlabCtl::make(KV_SLAB_FREE, 0, 0, SlabCtl::tag(ret) + 1),
+          std::memory_order_release);
     return true;
 }
 

@@ -8,16 +8,15 @@
 #include "detail.h"
 
 #include <fcntl.h>
+#include <fstream>
 #include <linux/magic.h>
 #include <numa.h>
 #include <numaif.h>
+#include <string>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
-
-#include <fstream>
-#include <string>
 
 namespace kv::detail {
 
@@ -34,7 +33,8 @@ uint64_t default_hugepage_size() {
 }
 
 uint64_t free_hugepages(uint64_t page_size) {
-    std::string path = "/sys/kernel/mm/hugepages/hugepages-" + std::to_string(page_size / 1024) + "kB/free_hugepages";
+    std::string path = "/sys/kernel/mm/hugepages/hugepages-" + std::to_string(page_size / 1024) +
+                       "kB/free_hugepages";
     std::ifstream f(path);
     uint64_t n = 0;
     if (f >> n) return n;
@@ -69,7 +69,8 @@ int size_backing(int fd, uint64_t size, char *err, size_t errlen) {
     return 0;
 }
 
-int reserve_backing(int fd, uint64_t size, bool huge, uint64_t page_size, char *err, size_t errlen) {
+int reserve_backing(int fd, uint64_t size, bool huge, uint64_t page_size, char *err,
+                    size_t errlen) {
     // hugetlbfs reserves page by page and gives up with EINTR when a signal
     // arrives meanwhile (a timer, a debugger): the reservation made so far
     // stays, so simply go on.
@@ -86,7 +87,8 @@ int reserve_backing(int fd, uint64_t size, bool huge, uint64_t page_size, char *
                  "cannot reserve %llu hugepages of %llu KiB (%llu free): reserve them with "
                  "'echo N > /proc/sys/vm/nr_hugepages' (or hugepages-%llukB/nr_hugepages in sysfs)",
                  (unsigned long long)need, (unsigned long long)(page_size >> 10),
-                 (unsigned long long)free_hugepages(page_size), (unsigned long long)(page_size >> 10));
+                 (unsigned long long)free_hugepages(page_size),
+                 (unsigned long long)(page_size >> 10));
             return -ENOMEM;
         }
         errf(err, errlen, "fallocate %llu bytes: %s", (unsigned long long)size, strerror(e));
@@ -95,7 +97,8 @@ int reserve_backing(int fd, uint64_t size, bool huge, uint64_t page_size, char *
     return 0;
 }
 
-int map_region(int fd, uint64_t size, bool writable_populate, uint8_t **out, char *err, size_t errlen) {
+int map_region(int fd, uint64_t size, bool writable_populate, uint8_t **out, char *err,
+               size_t errlen) {
     int flags = MAP_SHARED;
     (void)writable_populate;
     void *m = mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, fd, 0);

@@ -13,7 +13,8 @@ uint64_t free_hugepages(uint64_t page_size);
 int hugetlbfs_page_size(int fd, uint64_t *page_size);
 int dir_is_hugetlbfs(const char *path, uint64_t *page_size);
 int size_backing(int fd, uint64_t size, char *err, size_t errlen); // ftruncate
-// fallocate (after mbind, so the pages follow the NUMA policy); a hugepage shortfall becomes -ENOMEM with advice.
+// fallocate (after mbind, so the pages follow the NUMA policy); a hugepage shortfall becomes
+// -ENOMEM with advice.
 int reserve_backing(int fd, uint64_t size, bool huge, uint64_t page_size, char *err, size_t errlen);
 int map_region(int fd, uint64_t size, bool populate, uint8_t **out, char *err, size_t errlen);
 int bind_numa(uint8_t *base, uint64_t size, int node, char *err, size_t errlen);

@@ -5,15 +5,14 @@
 #include "backing.h"
 #include "detail.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <fcntl.h>
+#include <string>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <algorithm>
-#include <cstdio>
-#include <string>
 
 using namespace kv::detail;
 
@@ -29,8 +28,8 @@ int check_opts(const kv_create_opts *o, kv_create_opts *out, char *err, size_t e
         return -EINVAL;
     }
     if (o->struct_size < kOptsMin) {
-        errf(err, errlen, "opts.struct_size %u: expected at least %u (call kv_create_opts_init)", o->struct_size,
-             kOptsMin);
+        errf(err, errlen, "opts.struct_size %u: expected at least %u (call kv_create_opts_init)",
+             o->struct_size, kOptsMin);
         return -EINVAL;
     }
     // Copy what the caller's struct has; later fields keep their defaults.
@@ -40,19 +39,23 @@ int check_opts(const kv_create_opts *o, kv_create_opts *out, char *err, size_t e
     memcpy(out, o, std::min<size_t>(o->struct_size, sizeof *out));
     out->struct_size = sizeof *out;
     if (out->evict_policy > KV_EVICT_MAX) {
-        errf(err, errlen, "opts.evict_policy %u: expected 0..%u (KV_EVICT_*)", out->evict_policy, KV_EVICT_MAX);
+        errf(err, errlen, "opts.evict_policy %u: expected 0..%u (KV_EVICT_*)", out->evict_policy,
+             KV_EVICT_MAX);
         return -EINVAL;
     }
     if (o->hugepages > KV_HUGEPAGES_REQUIRE) {
-        errf(err, errlen, "opts.hugepages %u: expected 0 (never), 1 (prefer) or 2 (require)", o->hugepages);
+        errf(err, errlen, "opts.hugepages %u: expected 0 (never), 1 (prefer) or 2 (require)",
+             o->hugepages);
         return -EINVAL;
     }
-    if (o->flags & ~(KV_CREATE_F_PREFAULT | KV_CREATE_F_EXCL | KV_CREATE_F_REPLACE | KV_CREATE_F_DAEMON_SLOT)) {
+    if (o->flags & ~(KV_CREATE_F_PREFAULT | KV_CREATE_F_EXCL | KV_CREATE_F_REPLACE |
+                     KV_CREATE_F_DAEMON_SLOT)) {
         errf(err, errlen, "opts.flags 0x%x has unknown bits", o->flags);
         return -EINVAL;
     }
     if ((o->flags & KV_CREATE_F_EXCL) && (o->flags & KV_CREATE_F_REPLACE)) {
-        errf(err, errlen, "opts.flags: KV_CREATE_F_EXCL and KV_CREATE_F_REPLACE contradict each other");
+        errf(err, errlen,
+             "opts.flags: KV_CREATE_F_EXCL and KV_CREATE_F_REPLACE contradict each other");
         return -EINVAL;
     }
     if (o->size == 0) {
@@ -60,7 +63,8 @@ int check_opts(const kv_create_opts *o, kv_create_opts *out, char *err, size_t e
         return -EINVAL;
     }
     if (out->max_entries && (out->max_entries < 64 || out->max_entries > 0xfffffff0U)) {
-        errf(err, errlen, "opts.max_entries %u: expected 0 (no cap) or 64..%u", out->max_entries, 0xfffffff0U);
+        errf(err, errlen, "opts.max_entries %u: expected 0 (no cap) or 64..%u", out->max_entries,
+             0xfffffff0U);
         return -EINVAL;
     }
     return 0;
@@ -126,7 +130,8 @@ int publish_file(const char *tmp, const char *path, bool exclusive, char *err, s
     }
     if (e == EEXIST)
         errf(err, errlen,
-             "%s exists: attach to it, or pass KV_CREATE_F_REPLACE to replace it (its blocks are then lost to "
+             "%s exists: attach to it, or pass KV_CREATE_F_REPLACE to replace it (its blocks are "
+             "then lost to "
              "every new attacher)",
              path);
     else
@@ -142,13 +147,14 @@ int attach_mapped(int fd, uint32_t flags, kv_pool **out, char *err, size_t errle
         return -e;
     }
     if (flags & ~(KV_ATTACH_F_NO_REAP | KV_ATTACH_F_DAEMON)) {
-        errf(err, errlen, "flags 0x%x has unknown bits (known: 0x%x)", flags, KV_ATTACH_F_NO_REAP | KV_ATTACH_F_DAEMON);
+        errf(err, errlen, "flags 0x%x has unknown bits (known: 0x%x)", flags,
+             KV_ATTACH_F_NO_REAP | KV_ATTACH_F_DAEMON);
         return -EINVAL;
     }
     uint64_t len = uint64_t(st.st_size);
     if (len < KV_HEADER_BYTES) {
-        errf(err, errlen, "region is %llu bytes: expected at least the %u-byte header", (unsigned long long)len,
-             KV_HEADER_BYTES);
+        errf(err, errlen, "region is %llu bytes: expected at least the %u-byte header",
+             (unsigned long long)len, KV_HEADER_BYTES);
         return -ENODATA;
     }
     uint8_t *base = nullptr;
@@ -167,8 +173,8 @@ int attach_mapped(int fd, uint32_t flags, kv_pool **out, char *err, size_t errle
     p->pid = uint32_t(getpid());
     if ((rc = client_claim(p, flags & KV_ATTACH_F_DAEMON))) {
         errf(err, errlen, "client table full: %u live clients attached (max_clients %u%s)",
-             p->hdr->max_clients - (flags & KV_ATTACH_F_DAEMON ? 0 : p->hdr->daemon_slots), p->hdr->max_clients,
-             p->hdr->daemon_slots ? ", one kept for the daemon" : "");
+             p->hdr->max_clients - (flags & KV_ATTACH_F_DAEMON ? 0 : p->hdr->daemon_slots),
+             p->hdr->max_clients, p->hdr->daemon_slots ? ", one kept for the daemon" : "");
         munmap(base, len);
         delete p;
         return rc;
@@ -193,7 +199,8 @@ void kv_create_opts_init(kv_create_opts *o, uint64_t size) noexcept {
     o->evict_policy = KV_EVICT_PREFIX;
 }
 
-int kv_pool_create(const char *path, const kv_create_opts *opts, char *err, size_t errlen) noexcept {
+int kv_pool_create(const char *path, const kv_create_opts *opts, char *err,
+                   size_t errlen) noexcept {
     kv_create_opts o;
     int rc = check_opts(opts, &o, err, errlen);
     if (rc) return rc;
@@ -209,7 +216,8 @@ int kv_pool_create(const char *path, const kv_create_opts *opts, char *err, size
     }
     if (o.hugepages == KV_HUGEPAGES_REQUIRE && !on_huge) {
         errf(err, errlen,
-             "%s is not on hugetlbfs but hugepages are required: create the pool on a hugetlbfs mount "
+             "%s is not on hugetlbfs but hugepages are required: create the pool on a hugetlbfs "
+             "mount "
              "(mount -t hugetlbfs none DIR) or with kv_pool_create_memfd",
              path);
         return -EINVAL;
@@ -233,7 +241,8 @@ int kv_pool_create(const char *path, const kv_create_opts *opts, char *err, size
     fchmod(fd, mode); // umask must not narrow the requested mode
     rc = init_on_fd(fd, o, page, on_huge ? KV_BACKING_HUGETLBFS : KV_BACKING_SHM, err, errlen);
     close(fd);
-    if (rc == 0) rc = publish_file(tmp.c_str(), path, !(o.flags & KV_CREATE_F_REPLACE), err, errlen);
+    if (rc == 0)
+        rc = publish_file(tmp.c_str(), path, !(o.flags & KV_CREATE_F_REPLACE), err, errlen);
     if (rc) unlink(tmp.c_str());
     return rc;
 }
@@ -285,7 +294,8 @@ int kv_pool_destroy(const char *path) noexcept {
     return unlink(path) == 0 ? 0 : -errno;
 }
 
-int kv_pool_attach(const char *path, uint32_t flags, kv_pool **out, char *err, size_t errlen) noexcept {
+int kv_pool_attach(const char *path, uint32_t flags, kv_pool **out, char *err,
+                   size_t errlen) noexcept {
     if (!path || !out) {
         errf(err, errlen, "path or out is NULL");
         return -EINVAL;
@@ -324,25 +334,43 @@ int kv_region_validate(const void *base, uint64_t len, char *err, size_t errlen)
     return validate_region(static_cast<const uint8_t *>(base), len, err, errlen);
 }
 
-const kv_region_header *kv_pool_header(const kv_pool *p) noexcept { return p ? p->hdr : nullptr; }
-uint32_t kv_pool_client_index(const kv_pool *p) noexcept { return p ? p->client : KV_NIL32; }
+const kv_region_header *kv_pool_header(const kv_pool *p) noexcept {
+    return p ? p->hdr : nullptr;
+}
+uint32_t kv_pool_client_index(const kv_pool *p) noexcept {
+    return p ? p->client : KV_NIL32;
+}
 
 const char *kv_strerror(int code) noexcept {
     switch (code) {
-    case 0: return "success";
-    case KV_DEDUP: return "already stored (deduplicated)";
-    case -ENOENT: return "no such block or namespace";
-    case -EBUSY: return "key is reserved by another writer";
-    case -EMSGSIZE: return "block size is zero or larger than the slab size";
-    case -ENOSPC: return "no space: every block that could be evicted is pinned or reserved";
-    case -ENOBUFS: return "pin journal full: too many pins outstanding in this client";
-    case -EINVAL: return "invalid argument";
-    case -EEXIST: return "already exists";
-    case -EPROTO: return "not a compatible kvpool region (magic, version or feature mismatch)";
-    case -EBADMSG: return "corrupted region or data (inconsistent geometry or checksum mismatch)";
-    case -ENODATA: return "region not initialized or truncated";
-    case -EUSERS: return "client table full";
-    case -ENOMEM: return "out of memory (or hugepages)";
+    case 0:
+        return "success";
+    case KV_DEDUP:
+        return "already stored (deduplicated)";
+    case -ENOENT:
+        return "no such block or namespace";
+    case -EBUSY:
+        return "key is reserved by another writer";
+    case -EMSGSIZE:
+        return "block size is zero or larger than the slab size";
+    case -ENOSPC:
+        return "no space: every block that could be evicted is pinned or reserved";
+    case -ENOBUFS:
+        return "pin journal full: too many pins outstanding in this client";
+    case -EINVAL:
+        return "invalid argument";
+    case -EEXIST:
+        return "already exists";
+    case -EPROTO:
+        return "not a compatible kvpool region (magic, version or feature mismatch)";
+    case -EBADMSG:
+        return "corrupted region or data (inconsistent geometry or checksum mismatch)";
+    case -ENODATA:
+        return "region not initialized or truncated";
+    case -EUSERS:
+        return "client table full";
+    case -ENOMEM:
+        return "out of memory (or hugepages)";
     default:
         // INT_MIN has no positive counterpart: negate in a wider type.
         return code < 0 && code > -4096 ? strerror(-code) : "unknown result";

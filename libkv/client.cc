@@ -11,10 +11,10 @@
 
 namespace kv::detail {
 
-SlotStack::SlotStack(uint32_t n)
-    : head_(uint64_t(KV_NIL32)), next_(new std::atomic<uint32_t>[n]) {
+SlotStack::SlotStack(uint32_t n) : head_(uint64_t(KV_NIL32)), next_(new std::atomic<uint32_t>[n]) {
     // Relaxed: no other thread sees the stack before its constructor returns.
-    for (uint32_t i = 0; i < n; i++) next_[i].store(KV_NIL32, std::memory_order_relaxed);
+    for (uint32_t i = 0; i < n; i++)
+        next_[i].store(KV_NIL32, std::memory_order_relaxed);
 }
 
 // Treiber stack, process-local. The tag in head's upper half makes a pop
@@ -32,7 +32,9 @@ uint32_t SlotStack::pop() {
         uint64_t nh = ((h >> 32) + 1) << 32 | nx;
         // CLI-A2: on failure reloads head as CLI-A1 does (the next round
         // reads next_ of the new top); pairs with CLI-R1 (push).
-        if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire)) return top;
+        if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire,
+                                        std::memory_order_acquire))
+            return top;
     }
 }
 
@@ -44,7 +46,9 @@ void SlotStack::push(uint32_t slot) {
         next_[slot].store(uint32_t(h), std::memory_order_relaxed);
         uint64_t nh = ((h >> 32) + 1) << 32 | slot;
         // CLI-R1: publishes next_[slot]; pairs with CLI-A1 and CLI-A2 (pop).
-        if (head_.compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed)) return;
+        if (head_.compare_exchange_weak(h, nh, std::memory_order_release,
+                                        std::memory_order_relaxed))
+            return;
     }
 }
 
@@ -86,9 +90,10 @@ bool client_is_dead(uint32_t pid, uint64_t start_time) {
     if (kill(pid_t(pid), 0) != 0 && errno == ESRCH) return true;
     char st;
     uint64_t start = 0;
-    if (!read_stat(pid, &st, &start)) return false; // exists but unreadable (other pid namespace): alive
-    if (st == 'Z' || st == 'X') return true;          // exited, not yet waited for
-    return start_time != 0 && start != start_time;   // pid recycled by another process
+    if (!read_stat(pid, &st, &start))
+        return false;                        // exists but unreadable (other pid namespace): alive
+    if (st == 'Z' || st == 'X') return true; // exited, not yet waited for
+    return start_time != 0 && start != start_time; // pid recycled by another process
 }
 
 namespace {
@@ -122,7 +127,8 @@ void take_slot(kv_pool *p, uint32_t i) {
         // acquire (CLI-X1, CLI-X2) already ordered the last user's writes.
         const uint64_t b = load(p->journal[s].b, std::memory_order_relaxed);
         if (PinB::phase(b) != KV_PIN_FREE)
-            store(p->journal[s].b, PinB::make(PinB::seq(b), KV_PIN_FREE), std::memory_order_relaxed);
+            store(p->journal[s].b, PinB::make(PinB::seq(b), KV_PIN_FREE),
+                  std::memory_order_relaxed);
         p->free_slots->push(s);
     }
     // A record still pending here was left by a user this slot outlived
@@ -131,7 +137,8 @@ void take_slot(kv_pool *p, uint32_t i) {
     // free for this process's threads.
     acct_resolve_dead(p, i);
     p->acct_free = std::make_unique<SlotStack>(KV_ACCT_RECORDS);
-    for (uint32_t r = KV_ACCT_RECORDS; r-- > 0;) p->acct_free->push(r);
+    for (uint32_t r = KV_ACCT_RECORDS; r-- > 0;)
+        p->acct_free->push(r);
     p->room.start(p);
 }
 
@@ -180,7 +187,8 @@ int client_claim(kv_pool *p, bool daemon) {
         const uint32_t st = ClientCtl::state(w);
         if (st == KV_CLIENT_LIVE) {
             // CLI-A5: the start time of that pid's claim; pairs with CLI-R2.
-            if (!client_is_dead(ClientCtl::pid(w), load(c.start_time, std::memory_order_acquire))) continue;
+            if (!client_is_dead(ClientCtl::pid(w), load(c.start_time, std::memory_order_acquire)))
+                continue;
         } else if (st != KV_CLIENT_REAPING || !client_is_dead(ClientCtl::pid(w), 0)) {
             continue;
         }
@@ -193,7 +201,8 @@ int client_claim(kv_pool *p, bool daemon) {
         if (!cas(c.ctl, w, reaping, std::memory_order_acq_rel)) continue;
         p->client = i;
         p->acct_free = std::make_unique<SlotStack>(KV_ACCT_RECORDS);
-        for (uint32_t r = KV_ACCT_RECORDS; r-- > 0;) p->acct_free->push(r);
+        for (uint32_t r = KV_ACCT_RECORDS; r-- > 0;)
+            p->acct_free->push(r);
         reclaim_client(p, i); // decides the dead client's records before its operations
         bump(my_stats(p).reaps);
         // Relaxed: published by CLI-X3 below.
@@ -215,7 +224,6 @@ int client_claim(kv_pool *p, bool daemon) {
     return -EUSERS;
 }
 
-
 void client_release_slot(kv_pool *p) {
     reclaim_client(p, p->client);
     kv_client &c = p->clients[p->client];
@@ -230,7 +238,8 @@ void client_release_slot(kv_pool *p) {
     // live-bytes records and start_time 0 to the next claimant (CLI-A3,
     // CLI-X1) and to the readers that count LIVE slots (STAT-A4, STAT-A6,
     // STAT-A11, NS-A3).
-    while (!cas(c.ctl, w, ClientCtl::make(KV_CLIENT_FREE, ClientCtl::tag(w) + 1, 0), std::memory_order_release)) {
+    while (!cas(c.ctl, w, ClientCtl::make(KV_CLIENT_FREE, ClientCtl::tag(w) + 1, 0),
+                std::memory_order_release)) {
     }
 }
 

@@ -28,9 +28,9 @@
 #include "detail.h"
 
 #define XXH_STATIC_LINKING_ONLY // XXH3_generateSecret_fromSeed (xxh3_parts.h)
-#include <xxhash.h>
-
 #include "xxh3_parts.h"
+
+#include <xxhash.h>
 
 namespace kv::detail {
 
@@ -69,7 +69,8 @@ template <class V, bool Copy>
 }
 
 // XXH3_scrambleAcc.
-template <class V> [[gnu::always_inline]] inline void scramble(V *acc, const uint8_t *secret) {
+template <class V>
+[[gnu::always_inline]] inline void scramble(V *acc, const uint8_t *secret) {
     for (unsigned j = 0; j < 64 / sizeof(V); j++) {
         V key;
         memcpy(&key, secret + j * sizeof(V), sizeof(V));

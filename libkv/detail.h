@@ -5,9 +5,6 @@
 // and the atomic helpers every shared access goes through.
 #pragma once
 
-#include <kv/kv.h>
-#include <kvpool/region.h>
-
 #include "room.h"
 
 #include <atomic>
@@ -16,6 +13,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <kv/kv.h>
+#include <kvpool/region.h>
 #include <memory>
 #include <tuple>
 
@@ -31,10 +30,20 @@ namespace kv::detail {
 static_assert(std::atomic_ref<uint64_t>::is_always_lock_free);
 static_assert(std::atomic_ref<uint32_t>::is_always_lock_free);
 
-template <typename T> inline std::atomic_ref<T> aref(T &v) { return std::atomic_ref<T>(v); }
-template <typename T> inline T load(T &v, std::memory_order mo) { return aref(v).load(mo); }
-template <typename T> inline void store(T &v, T x, std::memory_order mo) { aref(v).store(x, mo); }
-template <typename T> inline bool cas(T &v, T &expected, T desired, std::memory_order mo) {
+template <typename T>
+inline std::atomic_ref<T> aref(T &v) {
+    return std::atomic_ref<T>(v);
+}
+template <typename T>
+inline T load(T &v, std::memory_order mo) {
+    return aref(v).load(mo);
+}
+template <typename T>
+inline void store(T &v, T x, std::memory_order mo) {
+    aref(v).store(x, mo);
+}
+template <typename T>
+inline bool cas(T &v, T &expected, T desired, std::memory_order mo) {
     return aref(v).compare_exchange_strong(expected, desired, mo, std::memory_order_relaxed);
 }
 
@@ -67,7 +76,8 @@ struct Ctl {
 
 // kv_entry.aux: [3:0] op, [15:4] client+1, [31:16] slot, [63:32] seq
 struct Aux {
-    static constexpr uint64_t make(uint32_t op, uint32_t client_plus1, uint32_t slot, uint32_t seq) {
+    static constexpr uint64_t make(uint32_t op, uint32_t client_plus1, uint32_t slot,
+                                   uint32_t seq) {
         return (uint64_t(seq) << 32) | (uint64_t(slot & 0xffff) << 16) |
                (uint64_t(client_plus1 & 0xfff) << 4) | (op & 0xf);
     }
@@ -75,7 +85,9 @@ struct Aux {
     static constexpr uint32_t client1(uint64_t w) { return uint32_t(w >> 4) & 0xfff; }
     static constexpr uint32_t slot(uint64_t w) { return uint32_t(w >> 16) & 0xffff; }
     static constexpr uint32_t seq(uint64_t w) { return uint32_t(w >> 32); }
-    static constexpr uint64_t owner(uint32_t client) { return make(KV_AUX_OWNER, client + 1, 0, 0); }
+    static constexpr uint64_t owner(uint32_t client) {
+        return make(KV_AUX_OWNER, client + 1, 0, 0);
+    }
 };
 
 // Index link word: [63:32] idx, [31:1] tag, [0] mark
@@ -105,8 +117,8 @@ struct Blk {
 // Slab ctl: [7:0] state, [15:8] class, [27:16] client+1, [63:32] tag
 struct SlabCtl {
     static constexpr uint64_t make(uint32_t state, uint32_t cls, uint32_t client1, uint32_t tag) {
-        return (uint64_t(tag) << 32) | (uint64_t(client1 & 0xfff) << 16) | (uint64_t(cls & 0xff) << 8) |
-               (state & 0xff);
+        return (uint64_t(tag) << 32) | (uint64_t(client1 & 0xfff) << 16) |
+               (uint64_t(cls & 0xff) << 8) | (state & 0xff);
     }
     static constexpr uint32_t state(uint64_t w) { return uint32_t(w) & 0xff; }
     static constexpr uint32_t cls(uint64_t w) { return uint32_t(w >> 8) & 0xff; }
@@ -135,12 +147,16 @@ struct NsCtl {
 
 // Pin journal slot words.
 struct PinA {
-    static constexpr uint64_t make(uint32_t entry, uint32_t gen) { return (uint64_t(entry) << 32) | gen; }
+    static constexpr uint64_t make(uint32_t entry, uint32_t gen) {
+        return (uint64_t(entry) << 32) | gen;
+    }
     static constexpr uint32_t entry(uint64_t w) { return uint32_t(w >> 32); }
     static constexpr uint32_t gen(uint64_t w) { return uint32_t(w); }
 };
 struct PinB {
-    static constexpr uint64_t make(uint32_t seq, uint32_t phase) { return (uint64_t(seq) << 32) | phase; }
+    static constexpr uint64_t make(uint32_t seq, uint32_t phase) {
+        return (uint64_t(seq) << 32) | phase;
+    }
     static constexpr uint32_t seq(uint64_t w) { return uint32_t(w >> 32); }
     static constexpr uint32_t phase(uint64_t w) { return uint32_t(w); }
 };
@@ -151,16 +167,22 @@ struct PinB {
 // one slot during the child's CAS retry window is accepted: kids is a hint).
 struct Kids {
     static constexpr uint32_t kMax = 0xffff;
-    static constexpr uint32_t make(uint32_t gen, uint32_t count) { return ((gen & 0xffff) << 16) | (count & 0xffff); }
+    static constexpr uint32_t make(uint32_t gen, uint32_t count) {
+        return ((gen & 0xffff) << 16) | (count & 0xffff);
+    }
     static constexpr uint32_t gen16(uint32_t w) { return w >> 16; }
     static constexpr uint32_t count(uint32_t w) { return w & 0xffff; }
 };
 // kv_entry.parent: [63:32] parent entry index + 1 (0: none, so zeroed and
 // v1.0 entries have none), [31:0] its generation.
 struct ParentRef {
-    static constexpr uint64_t make(uint32_t idx, uint32_t gen) { return (uint64_t(idx + 1) << 32) | gen; }
+    static constexpr uint64_t make(uint32_t idx, uint32_t gen) {
+        return (uint64_t(idx + 1) << 32) | gen;
+    }
     static constexpr uint64_t none() { return 0; }
-    static constexpr uint32_t idx(uint64_t w) { return uint32_t(w >> 32) - 1; } // KV_NIL32 when none
+    static constexpr uint32_t idx(uint64_t w) {
+        return uint32_t(w >> 32) - 1;
+    } // KV_NIL32 when none
     static constexpr uint32_t gen(uint64_t w) { return uint32_t(w); }
 };
 
@@ -171,7 +193,7 @@ struct ParentRef {
 class SlotStack {
   public:
     explicit SlotStack(uint32_t n);
-    uint32_t pop();            // KV_NIL32 when empty
+    uint32_t pop(); // KV_NIL32 when empty
     void push(uint32_t slot);
 
   private:
@@ -217,7 +239,8 @@ struct kv_pool {
 namespace kv::detail {
 
 // ---- Small helpers -------------------------------------------------------------
-__attribute__((format(printf, 3, 4))) inline void errf(char *buf, size_t len, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) inline void errf(char *buf, size_t len, const char *fmt,
+                                                       ...) {
     if (!buf || len == 0) return;
     va_list ap;
     va_start(ap, fmt);
@@ -241,7 +264,9 @@ inline void prefetch_w(const void *a) {
         __builtin_prefetch(a, 1, 3);
 }
 #else
-inline void prefetch_w(const void *a) { __builtin_prefetch(a, 1, 3); }
+inline void prefetch_w(const void *a) {
+    __builtin_prefetch(a, 1, 3);
+}
 #endif
 
 // ---- Live-bytes accounting (accounting.cc, PROTOCOL.md section 11) --------------
@@ -266,14 +291,18 @@ void acct_resolve_dead(kv_pool *p, uint32_t client);
 // The sum over every record: exact whenever no operation is in flight.
 uint64_t live_bytes(kv_pool *p);
 
-inline kv_client_stats &my_stats(kv_pool *p) { return p->clients[p->client].stats; }
+inline kv_client_stats &my_stats(kv_pool *p) {
+    return p->clients[p->client].stats;
+}
 // Evictions done by this thread, over every pool: what one thread's own
 // puts cost, which the client slot's counter (shared by the process's
 // threads) cannot tell. The daemon's restore reads it.
 inline thread_local uint64_t thread_evictions = 0;
 // Per-client counter: only this client's threads write it (its own cache
 // line), readers sum over clients. Relaxed: counts, not synchronization.
-inline void bump(uint64_t &counter, uint64_t by = 1) { aref(counter).fetch_add(by, std::memory_order_relaxed); }
+inline void bump(uint64_t &counter, uint64_t by = 1) {
+    aref(counter).fetch_add(by, std::memory_order_relaxed);
+}
 inline void note_eviction(kv_pool *p) {
     bump(my_stats(p).evictions);
     thread_evictions++;
@@ -285,7 +314,8 @@ inline uint64_t block_id(const kv_pool *p, uint32_t slab, uint32_t slot) {
 inline uint8_t *block_data(const kv_pool *p, uint64_t id, uint32_t cls) {
     uint32_t slab = uint32_t(id / p->hdr->blocks_per_slab);
     uint32_t slot = uint32_t(id % p->hdr->blocks_per_slab);
-    return p->data + uint64_t(slab) * p->hdr->slab_size + uint64_t(slot) * p->classes[cls].block_size;
+    return p->data + uint64_t(slab) * p->hdr->slab_size +
+           uint64_t(slot) * p->classes[cls].block_size;
 }
 uint64_t now_ns();
 
@@ -295,7 +325,9 @@ uint64_t now_ns();
 // so ticks from different processes compare. Only compared, never converted
 // to time. Elsewhere CLOCK_MONOTONIC in ns.
 #if defined(__x86_64__)
-inline uint64_t tick() { return __builtin_ia32_rdtsc(); }
+inline uint64_t tick() {
+    return __builtin_ia32_rdtsc();
+}
 #elif defined(__aarch64__)
 inline uint64_t tick() {
     uint64_t v;
@@ -319,9 +351,11 @@ inline void touch(kv_pool *p, kv_entry &en) {
     switch (p->policy) {
     case KV_EVICT_CLOCK:
         // CLOCK reference bit; written only when clear so hot blocks stay shared in caches.
-        if (load(en.clock, std::memory_order_relaxed) == 0) store(en.clock, 1U, std::memory_order_relaxed);
+        if (load(en.clock, std::memory_order_relaxed) == 0)
+            store(en.clock, 1U, std::memory_order_relaxed);
         break;
-    case KV_EVICT_FIFO: break;
+    case KV_EVICT_FIFO:
+        break;
     case KV_EVICT_LFU: {
         uint64_t floor = load(p->state->lfu_floor, std::memory_order_relaxed);
         uint64_t r = load(en.rank, std::memory_order_relaxed);
@@ -330,7 +364,8 @@ inline void touch(kv_pool *p, kv_entry &en) {
     }
     default: {
         uint64_t t = tick();
-        if (t - load(en.rank, std::memory_order_relaxed) > kTouchSlack) store(en.rank, t, std::memory_order_relaxed);
+        if (t - load(en.rank, std::memory_order_relaxed) > kTouchSlack)
+            store(en.rank, t, std::memory_order_relaxed);
     }
     }
 }
@@ -345,12 +380,14 @@ inline uint64_t initial_rank(kv_pool *p) {
 // published by the commit.
 inline bool entry_expired(const kv_entry &en, uint64_t now) {
     uint32_t ttl = load(const_cast<uint32_t &>(en.ttl_ms), std::memory_order_relaxed);
-    return ttl && now >= load(const_cast<uint64_t &>(en.commit_ns), std::memory_order_relaxed) + uint64_t(ttl) * 1000000;
+    return ttl && now >= load(const_cast<uint64_t &>(en.commit_ns), std::memory_order_relaxed) +
+                             uint64_t(ttl) * 1000000;
 }
 
 // ---- layout.cc -------------------------------------------------------------------
 struct Geometry; // computed section layout
-int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header *out, char *err, size_t errlen);
+int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header *out, char *err,
+                   size_t errlen);
 void layout_init_region(uint8_t *base, const kv_region_header &h);
 int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen);
 void pool_bind(kv_pool *p, uint8_t *base, uint64_t len);

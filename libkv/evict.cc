@@ -83,7 +83,8 @@ constexpr uint32_t kRetireTries = 8;
 
 // Sweep up to budget entries; evict the first candidate that passes the
 // second-chance test and the filter. Returns the bytes evicted (0: none).
-template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Filter &&want, Victim *victim) {
+template <typename Filter>
+uint64_t clock_sweep(kv_pool *p, uint64_t budget, Filter &&want, Victim *victim) {
     const uint32_t n = p->hdr->n_entries;
     uint64_t now = 0;
     while (budget > 0) {
@@ -97,14 +98,16 @@ template <typename Filter> uint64_t clock_sweep(kv_pool *p, uint64_t budget, Fil
             uint64_t c = load(en.ctl, std::memory_order_acquire);
             if (Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0) continue;
             if (!want(en)) continue;
-            bool expired = load(en.ttl_ms, std::memory_order_relaxed) && entry_expired(en, now ? now : (now = now_ns()));
+            bool expired = load(en.ttl_ms, std::memory_order_relaxed) &&
+                           entry_expired(en, now ? now : (now = now_ns()));
             // Relaxed: the CLOCK bit is a hint (detail.h, touch).
             if (!expired && load(en.clock, std::memory_order_relaxed)) {
                 store(en.clock, 0U, std::memory_order_relaxed); // second chance
                 continue;
             }
             uint64_t len = load(en.length, std::memory_order_relaxed);
-            uint64_t blk = load(en.block, std::memory_order_relaxed); // read before the kill frees it
+            uint64_t blk =
+                load(en.block, std::memory_order_relaxed); // read before the kill frees it
             if (entry_kill(p, e, Ctl::gen(c), true)) {
                 note_eviction(p);
                 if (victim) *victim = {blk, e};
@@ -140,12 +143,18 @@ Key key_of(kv_pool *p, const kv_entry &en, uint64_t &now) {
         return {0, 0};
     uint64_t rank = load(const_cast<uint64_t &>(en.rank), std::memory_order_relaxed);
     switch (p->policy) {
-    case KV_EVICT_PRIORITY: return {1 + uint64_t(load(const_cast<uint32_t &>(en.priority), std::memory_order_relaxed)), rank};
+    case KV_EVICT_PRIORITY:
+        return {1 + uint64_t(load(const_cast<uint32_t &>(en.priority), std::memory_order_relaxed)),
+                rank};
     case KV_EVICT_PREFIX:
-        return {1 + (Kids::count(load(const_cast<uint32_t &>(en.kids), std::memory_order_relaxed)) ? 1u : 0u), rank};
+        return {1 + (Kids::count(load(const_cast<uint32_t &>(en.kids), std::memory_order_relaxed))
+                         ? 1u
+                         : 0u),
+                rank};
     case KV_EVICT_LFU: // equal counts are common: the older commit goes first
         return {1 + rank, load(const_cast<uint64_t &>(en.commit_ns), std::memory_order_relaxed)};
-    default: return {1, rank}; // LRU, FIFO: the rank says it all
+    default:
+        return {1, rank}; // LRU, FIFO: the rank says it all
     }
 }
 
@@ -171,7 +180,8 @@ uint64_t below(uint64_t n) {
 uint64_t coprime_stride(uint64_t n) {
     if (n <= 2) return 1;
     uint64_t s = 1 + below(n - 1);
-    while (std::gcd(s, n) != 1) s = s + 1 < n ? s + 1 : 1;
+    while (std::gcd(s, n) != 1)
+        s = s + 1 < n ? s + 1 : 1;
     return s;
 }
 
@@ -211,7 +221,8 @@ CandPool &cands_of(kv_pool *p) {
         cp.owner = p;
         cp.pool_id = p->hdr->pool_id_lo;
         cp.n = 0;
-        for (uint64_t &st : cp.strides) st = coprime_stride(p->hdr->n_entries);
+        for (uint64_t &st : cp.strides)
+            st = coprime_stride(p->hdr->n_entries);
     }
     return cp;
 }
@@ -225,21 +236,25 @@ void cands_offer(CandPool &cp, const Cand &x) {
     if (cp.n == kPoolSize && !(x.key < cp.c[kPoolSize - 1].key)) return;
     for (uint32_t i = 0; i < cp.n; i++)
         if (cp.c[i].e == x.e) { // newer reading of the same entry
-            for (uint32_t j = i; j + 1 < cp.n; j++) cp.c[j] = cp.c[j + 1];
+            for (uint32_t j = i; j + 1 < cp.n; j++)
+                cp.c[j] = cp.c[j + 1];
             cp.n--;
             break;
         }
     uint32_t at = cp.n;
-    while (at > 0 && x.key < cp.c[at - 1].key) at--;
+    while (at > 0 && x.key < cp.c[at - 1].key)
+        at--;
     if (at >= kPoolSize) return;
     uint32_t last = cp.n < kPoolSize ? cp.n : kPoolSize - 1;
-    for (uint32_t j = last; j > at; j--) cp.c[j] = cp.c[j - 1];
+    for (uint32_t j = last; j > at; j--)
+        cp.c[j] = cp.c[j - 1];
     cp.c[at] = x;
     if (cp.n < kPoolSize) cp.n++;
 }
 
 void cands_drop(CandPool &cp, uint32_t i) {
-    for (uint32_t j = i; j + 1 < cp.n; j++) cp.c[j] = cp.c[j + 1];
+    for (uint32_t j = i; j + 1 < cp.n; j++)
+        cp.c[j] = cp.c[j + 1];
     cp.n--;
 }
 
@@ -249,23 +264,26 @@ void cands_drop(CandPool &cp, uint32_t i) {
 // relaxed (a hint); the acquire load of the parent's ctl validates it, and
 // the kill CAS names the generation, so a recycled parent (ABA) is never
 // evicted in its next life.
-template <typename Filter> void offer_parent(kv_pool *p, CandPool &cp, uint64_t parent_ref, Filter &&want) {
+template <typename Filter>
+void offer_parent(kv_pool *p, CandPool &cp, uint64_t parent_ref, Filter &&want) {
     const uint32_t e = ParentRef::idx(parent_ref);
     if (e >= p->hdr->n_entries) return; // none
     kv_entry &en = p->entries[e];
     // EVC-A2: pairs with the commit CAS16 (STO-X1, store.cc, commit_impl).
     uint64_t c = load(en.ctl, std::memory_order_acquire);
-    if (Ctl::gen(c) != ParentRef::gen(parent_ref) || Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) != 0 ||
-        !want(en))
+    if (Ctl::gen(c) != ParentRef::gen(parent_ref) || Ctl::state(c) != KV_ENTRY_COMMITTED ||
+        Ctl::pins(c) != 0 || !want(en))
         return;
     uint64_t now = 0;
     cands_offer(cp, {e, Ctl::gen(c), key_of(p, en, now)});
 }
 
-template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, Victim *victim) {
+template <typename Filter>
+uint64_t sample_evict(kv_pool *p, Filter &&want, Victim *victim) {
     const uint64_t n = p->hdr->n_entries;
     CandPool &cp = cands_of(p);
-    const uint32_t full = p->policy == KV_EVICT_PREFIX || p->policy == KV_EVICT_FIFO ? kSampleWide : kSample;
+    const uint32_t full =
+        p->policy == KV_EVICT_PREFIX || p->policy == KV_EVICT_FIFO ? kSampleWide : kSample;
     // PREFIX's top-up is smaller still: its parent feed hands the pool the
     // very next victim (the tail's parent, a tail of the same age now).
     // kSampleWide / 32: 4 candidates (see the top of this file).
@@ -313,8 +331,8 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, Vict
             // EVC-A4: pairs with the commit (STO-X1), and with the kill and
             // pin CAS16s that would disqualify the candidate (STO-X3, PIN-X2).
             uint64_t ctl = load(en.ctl, std::memory_order_acquire);
-            if (Ctl::gen(ctl) != c.gen || Ctl::state(ctl) != KV_ENTRY_COMMITTED || Ctl::pins(ctl) != 0 ||
-                !want(en)) {
+            if (Ctl::gen(ctl) != c.gen || Ctl::state(ctl) != KV_ENTRY_COMMITTED ||
+                Ctl::pins(ctl) != 0 || !want(en)) {
                 // Removed, recycled, pinned, or not the class asked for:
                 // forget it (a sample finds it again if it still matters).
                 cands_drop(cp, i);
@@ -348,7 +366,8 @@ template <typename Filter> uint64_t sample_evict(kv_pool *p, Filter &&want, Vict
     return 0;
 }
 
-template <typename Filter> uint64_t evict_by_policy(kv_pool *p, Filter &&want, Victim *victim = nullptr) {
+template <typename Filter>
+uint64_t evict_by_policy(kv_pool *p, Filter &&want, Victim *victim = nullptr) {
     if (p->policy == KV_EVICT_CLOCK) return clock_sweep(p, 2ULL * p->hdr->n_entries, want, victim);
     return sample_evict(p, want, victim);
 }
@@ -382,7 +401,8 @@ bool retire_some_slab(kv_pool *p, uint32_t keep_cls) {
     const uint32_t n = p->hdr->n_slabs;
     for (uint32_t i = 0; i < n; i++) {
         // Relaxed: a hand that only spreads retirers over the table.
-        uint32_t s = uint32_t(aref(p->state->slab_hand).fetch_add(1, std::memory_order_relaxed) % n);
+        uint32_t s =
+            uint32_t(aref(p->state->slab_hand).fetch_add(1, std::memory_order_relaxed) % n);
         // EVC-A5: pairs with ALC-R1, ALC-R3, ALC-R5; slab_retire re-reads
         // and decides (ALC-A11, ALC-X4).
         uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
@@ -396,13 +416,12 @@ bool retire_some_slab(kv_pool *p, uint32_t keep_cls) {
 
 bool evict_for_class(kv_pool *p, uint32_t cls, Victim *victim) {
     if (victim) *victim = {};
-    if (class_has_slab(p, cls) && evict_by_policy(
-                                      p,
-                                      // Relaxed: after the caller's acquire of ctl.
-                                      [cls](kv_entry &en) {
-                                          return load(en.class_id, std::memory_order_relaxed) == cls;
-                                      },
-                                      victim))
+    if (class_has_slab(p, cls) &&
+        evict_by_policy(
+            p,
+            // Relaxed: after the caller's acquire of ctl.
+            [cls](kv_entry &en) { return load(en.class_id, std::memory_order_relaxed) == cls; },
+            victim))
         return true;
     return retire_some_slab(p, cls);
 }
@@ -431,7 +450,8 @@ extern "C" int64_t kv_evict_bytes(kv_pool *p, uint64_t bytes) noexcept {
     return int64_t(freed > INT32_MAX ? INT32_MAX : freed);
 }
 
-static const char *const kPolicyNames[KV_EVICT_MAX + 1] = {"clock", "lru", "lfu", "fifo", "priority", "prefix"};
+static const char *const kPolicyNames[KV_EVICT_MAX + 1] = {"clock", "lru",      "lfu",
+                                                           "fifo",  "priority", "prefix"};
 
 extern "C" const char *kv_evict_policy_name(uint32_t policy) noexcept {
     return policy <= KV_EVICT_MAX ? kPolicyNames[policy] : nullptr;

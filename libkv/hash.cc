@@ -32,8 +32,8 @@ kv_key kv_hash_block(uint64_t seed, const kv_key *prev, const uint32_t *tokens, 
     return kv_key{h.low64, h.high64};
 }
 
-size_t kv_hash_chain(uint64_t seed, const uint32_t *tokens, size_t n_tokens, uint32_t block_tokens, kv_key *keys,
-                     size_t max_keys) noexcept {
+size_t kv_hash_chain(uint64_t seed, const uint32_t *tokens, size_t n_tokens, uint32_t block_tokens,
+                     kv_key *keys, size_t max_keys) noexcept {
     if (!block_tokens || (!tokens && n_tokens) || (!keys && max_keys)) return 0;
     size_t blocks = n_tokens / block_tokens;
     if (blocks > max_keys) blocks = max_keys;

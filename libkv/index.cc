@@ -126,7 +126,8 @@ retry:
     uint64_t pv = load(*prev, std::memory_order_acquire);
     for (;;) {
         uint32_t cur = Link::idx(pv);
-        if (cur == KV_NIL32 || cur >= n || ++steps > n) // >= n: a corrupted link ends the list, it is never followed
+        if (cur == KV_NIL32 || cur >= n ||
+            ++steps > n) // >= n: a corrupted link ends the list, it is never followed
             return {prev, pv, KV_NIL32, false};
         kv_entry &en = p->entries[cur];
         // IDX-A4: pairs with IDX-R1, IDX-X1 and IDX-X2 on cur's next.

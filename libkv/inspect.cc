@@ -34,7 +34,8 @@ bool read_entry(kv_pool *p, uint32_t e, kv_entry_info *out) {
     out->index = e;
     out->state = st;
     out->ns = load(en.ns_id, std::memory_order_relaxed);
-    out->key = kv_key{load(en.key_lo, std::memory_order_relaxed), load(en.key_hi, std::memory_order_relaxed)};
+    out->key = kv_key{load(en.key_lo, std::memory_order_relaxed),
+                      load(en.key_hi, std::memory_order_relaxed)};
     out->length = load(en.length, std::memory_order_relaxed);
     out->checksum = load(en.checksum, std::memory_order_relaxed);
     out->meta.tokens = load(en.tokens, std::memory_order_relaxed);
@@ -108,7 +109,8 @@ int kv_pool_clients(kv_pool *p, kv_client_info *out, size_t max) noexcept {
             const kv_pin_slot *js = p->journal_all + uint64_t(i) * h.pins_per_client;
             for (uint32_t s = 0; s < h.pins_per_client; s++) {
                 // Relaxed: a count for a report, not a decision.
-                uint32_t phase = PinB::phase(load(const_cast<uint64_t &>(js[s].b), std::memory_order_relaxed));
+                uint32_t phase =
+                    PinB::phase(load(const_cast<uint64_t &>(js[s].b), std::memory_order_relaxed));
                 if (phase == KV_PIN_HELD || phase == KV_PIN_INTENT_UNPIN) ci.pins++;
             }
         }

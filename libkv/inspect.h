@@ -6,10 +6,9 @@
 // pages `kvctl entries` through it (uapi/kvpool/control.h, ENTRIES).
 #pragma once
 
-#include <kv/kv.h>
-
 #include <cstddef>
 #include <cstdint>
+#include <kv/kv.h>
 
 namespace kv::detail {
 

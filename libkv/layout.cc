@@ -17,14 +17,17 @@ namespace {
 constexpr uint64_t kMinSlab = 64 << 10;
 constexpr uint64_t kMaxSlab = 1ULL << 30;
 
-uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+uint64_t align_up(uint64_t v, uint64_t a) {
+    return (v + a - 1) / a * a;
+}
 
 // Size classes: 4, 8, 12, 16 KiB, then four steps per doubling up to 16 MiB and
 // two above (at most 56 classes for a 1 GiB slab); every size is a multiple
 // of 4 KiB so blocks stay O_DIRECT-aligned.
 uint32_t make_classes(uint64_t slab_size, uint64_t *sizes) {
     uint32_t n = 0;
-    for (uint64_t s = 4096; s <= 16384 && s <= slab_size; s += 4096) sizes[n++] = s;
+    for (uint64_t s = 4096; s <= 16384 && s <= slab_size; s += 4096)
+        sizes[n++] = s;
     for (uint64_t d = 16384; d < slab_size; d *= 2) {
         int steps = d < (16ULL << 20) ? 4 : 2;
         for (int i = 1; i <= steps; i++) {
@@ -37,8 +40,8 @@ uint32_t make_classes(uint64_t slab_size, uint64_t *sizes) {
 }
 
 struct Sections {
-    uint64_t state_off, class_off, ns_off, client_off, journal_off, bucket_off, entry_off,
-        slab_off, block_off, data_off, end;
+    uint64_t state_off, class_off, ns_off, client_off, journal_off, bucket_off, entry_off, slab_off,
+        block_off, data_off, end;
 };
 
 // The one layout function: creation and validation both call it.
@@ -116,12 +119,13 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
     }
     uint64_t avg = o.avg_block_size ? o.avg_block_size : (16ULL << 10);
     if (avg < 4096 || avg > slab) {
-        errf(err, errlen, "avg_block_size %llu: expected 4096..slab_size (%llu)", (unsigned long long)avg,
-             (unsigned long long)slab);
+        errf(err, errlen, "avg_block_size %llu: expected 4096..slab_size (%llu)",
+             (unsigned long long)avg, (unsigned long long)slab);
         return -EINVAL;
     }
     if (o.evict_policy > KV_EVICT_MAX) {
-        errf(err, errlen, "evict_policy %u: expected 0..%u (KV_EVICT_*)", o.evict_policy, KV_EVICT_MAX);
+        errf(err, errlen, "evict_policy %u: expected 0..%u (KV_EVICT_*)", o.evict_policy,
+             KV_EVICT_MAX);
         return -EINVAL;
     }
     h.evict_policy = o.evict_policy;
@@ -138,7 +142,8 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
         return -EINVAL;
     }
     if (h.pins_per_client > KV_MAX_PINS_PER_CLIENT) {
-        errf(err, errlen, "pins_per_client %u: expected 1..%u", h.pins_per_client, KV_MAX_PINS_PER_CLIENT);
+        errf(err, errlen, "pins_per_client %u: expected 1..%u", h.pins_per_client,
+             KV_MAX_PINS_PER_CLIENT);
         return -EINVAL;
     }
     if (h.max_namespaces > 65536) {
@@ -170,7 +175,8 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
         h.n_slabs = 1;
         h.n_entries = 64;
         h.n_buckets = 64;
-        errf(err, errlen, "size %llu: too small; a pool with slab_size %llu needs at least %llu bytes",
+        errf(err, errlen,
+             "size %llu: too small; a pool with slab_size %llu needs at least %llu bytes",
              (unsigned long long)o.size, (unsigned long long)slab,
              (unsigned long long)align_up(place(h).end, page_size));
         return -EINVAL;
@@ -200,9 +206,11 @@ void layout_init_region(uint8_t *base, const kv_region_header &h) {
         cls[i].cursor_slab = 0;
     }
     auto *buckets = reinterpret_cast<uint64_t *>(base + h.bucket_off);
-    for (uint32_t i = 0; i < h.n_buckets; i++) buckets[i] = Link::make(KV_NIL32, 0, false);
+    for (uint32_t i = 0; i < h.n_buckets; i++)
+        buckets[i] = Link::make(KV_NIL32, 0, false);
     auto *entries = reinterpret_cast<kv_entry *>(base + h.entry_off);
-    for (uint32_t i = 0; i < h.n_entries; i++) entries[i].next = Link::make(KV_NIL32, 0, false);
+    for (uint32_t i = 0; i < h.n_entries; i++)
+        entries[i].next = Link::make(KV_NIL32, 0, false);
 
     // Header last, magic very last (eal_common_mcfg.c publishes the same way).
     // LAY-R1: publishes the header and every table written above; pairs
@@ -223,36 +231,47 @@ void layout_init_region(uint8_t *base, const kv_region_header &h) {
 int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen) {
     using ull = unsigned long long;
     if (len < KV_HEADER_BYTES)
-        BAD(-ENODATA, "region is %llu bytes: expected at least the %u-byte header", (ull)len, KV_HEADER_BYTES);
+        BAD(-ENODATA, "region is %llu bytes: expected at least the %u-byte header", (ull)len,
+            KV_HEADER_BYTES);
     auto *hp = reinterpret_cast<const kv_region_header *>(base);
     // LAY-A1: a non-zero magic makes the creator's header and tables
     // visible; pairs with LAY-R1 (layout.cc, layout_init_region).
     uint64_t magic = load(const_cast<uint64_t &>(hp->magic), std::memory_order_acquire);
     if (magic == 0)
-        BAD(-ENODATA, "magic is 0: the region is not initialized (or its creator died before publishing it); "
-                      "expected 0x%016llx", (ull)KV_REGION_MAGIC);
+        BAD(-ENODATA,
+            "magic is 0: the region is not initialized (or its creator died before publishing it); "
+            "expected 0x%016llx",
+            (ull)KV_REGION_MAGIC);
     if (magic != KV_REGION_MAGIC)
-        BAD(-EPROTO, "magic 0x%016llx: expected 0x%016llx (not a kvpool region)", (ull)magic, (ull)KV_REGION_MAGIC);
+        BAD(-EPROTO, "magic 0x%016llx: expected 0x%016llx (not a kvpool region)", (ull)magic,
+            (ull)KV_REGION_MAGIC);
     kv_region_header h;
     memcpy(&h, hp, sizeof h);
     if (h.abi_major != KV_ABI_MAJOR)
-        BAD(-EPROTO, "abi_major %u (region v%u.%u): this library speaks v%u.%u", h.abi_major, h.abi_major,
-            h.abi_minor, KV_ABI_MAJOR, KV_ABI_MINOR);
+        BAD(-EPROTO, "abi_major %u (region v%u.%u): this library speaks v%u.%u", h.abi_major,
+            h.abi_major, h.abi_minor, KV_ABI_MAJOR, KV_ABI_MINOR);
     if (h.header_size < KV_REGION_HEADER_SIZE_V1 || h.header_size > KV_HEADER_BYTES)
-        BAD(-EPROTO, "header_size %u: expected %u..%u", h.header_size, KV_REGION_HEADER_SIZE_V1, KV_HEADER_BYTES);
+        BAD(-EPROTO, "header_size %u: expected %u..%u", h.header_size, KV_REGION_HEADER_SIZE_V1,
+            KV_HEADER_BYTES);
     if (h.incompat_features & ~KV_INCOMPAT_KNOWN)
-        BAD(-EPROTO, "incompat_features 0x%llx has unknown bits 0x%llx (known: 0x%llx); a newer library made "
-                     "this region", (ull)h.incompat_features, (ull)(h.incompat_features & ~KV_INCOMPAT_KNOWN),
+        BAD(-EPROTO,
+            "incompat_features 0x%llx has unknown bits 0x%llx (known: 0x%llx); a newer library "
+            "made "
+            "this region",
+            (ull)h.incompat_features, (ull)(h.incompat_features & ~KV_INCOMPAT_KNOWN),
             (ull)KV_INCOMPAT_KNOWN);
     if (!(h.incompat_features & KV_INCOMPAT_F_CAS16))
-        BAD(-EPROTO, "incompat_features 0x%llx lacks CAS16 (0x%llx), required by v1", (ull)h.incompat_features,
-            (ull)KV_INCOMPAT_F_CAS16);
+        BAD(-EPROTO, "incompat_features 0x%llx lacks CAS16 (0x%llx), required by v1",
+            (ull)h.incompat_features, (ull)KV_INCOMPAT_F_CAS16);
     if (h.evict_policy > KV_EVICT_MAX)
-        BAD(-EPROTO, "evict_policy %u: this library knows 0..%u (KV_EVICT_*); a newer library made this region",
+        BAD(-EPROTO,
+            "evict_policy %u: this library knows 0..%u (KV_EVICT_*); a newer library made this "
+            "region",
             h.evict_policy, KV_EVICT_MAX);
     if (h.daemon_slots > 1 || h.daemon_slots >= h.max_clients)
-        BAD(h.daemon_slots > 1 ? -EPROTO : -EBADMSG, "daemon_slots %u: expected 0 or 1, and fewer than max_clients (%u)",
-            h.daemon_slots, h.max_clients);
+        BAD(h.daemon_slots > 1 ? -EPROTO : -EBADMSG,
+            "daemon_slots %u: expected 0 or 1, and fewer than max_clients (%u)", h.daemon_slots,
+            h.max_clients);
     for (size_t i = 0; i < sizeof h.reserved / sizeof h.reserved[0]; i++)
         if (h.reserved[i])
             BAD(-EPROTO, "header reserved[%zu] is 0x%llx: expected 0", i, (ull)h.reserved[i]);
@@ -260,36 +279,40 @@ int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen)
     // unless it also announced them with a compat bit we would ignore.
     for (uint32_t i = sizeof h; i < h.header_size; i++)
         if (base[i])
-            BAD(-EPROTO, "header byte %u is 0x%02x: expected 0 (unknown header extension)", i, base[i]);
+            BAD(-EPROTO, "header byte %u is 0x%02x: expected 0 (unknown header extension)", i,
+                base[i]);
     if (h.region_size != len)
         BAD(len < h.region_size ? -ENODATA : -EBADMSG,
             "region_size %llu: the mapping is %llu bytes%s", (ull)h.region_size, (ull)len,
             len < h.region_size ? " (truncated file)" : "");
     if (!std::has_single_bit(h.page_size) || h.page_size < 4096 || h.page_size > (1ULL << 30))
-        BAD(-EBADMSG, "page_size %llu: expected a power of two from 4096 to 1 GiB", (ull)h.page_size);
+        BAD(-EBADMSG, "page_size %llu: expected a power of two from 4096 to 1 GiB",
+            (ull)h.page_size);
     if (h.max_clients == 0 || h.max_clients > KV_MAX_CLIENTS)
         BAD(-EBADMSG, "max_clients %u: expected 1..%u", h.max_clients, KV_MAX_CLIENTS);
     if (h.pins_per_client == 0 || h.pins_per_client > KV_MAX_PINS_PER_CLIENT)
-        BAD(-EBADMSG, "pins_per_client %u: expected 1..%u", h.pins_per_client, KV_MAX_PINS_PER_CLIENT);
+        BAD(-EBADMSG, "pins_per_client %u: expected 1..%u", h.pins_per_client,
+            KV_MAX_PINS_PER_CLIENT);
     if (h.max_namespaces == 0 || h.max_namespaces > 65536)
         BAD(-EBADMSG, "max_namespaces %u: expected 1..65536", h.max_namespaces);
     if (!std::has_single_bit(h.slab_size) || h.slab_size < kMinSlab || h.slab_size > kMaxSlab)
-        BAD(-EBADMSG, "slab_size %llu: expected a power of two from %llu to %llu", (ull)h.slab_size, (ull)kMinSlab,
-            (ull)kMaxSlab);
+        BAD(-EBADMSG, "slab_size %llu: expected a power of two from %llu to %llu", (ull)h.slab_size,
+            (ull)kMinSlab, (ull)kMaxSlab);
     if (h.blocks_per_slab != (h.slab_size >> KV_MIN_BLOCK_SHIFT))
         BAD(-EBADMSG, "blocks_per_slab %u: expected slab_size/4096 = %llu", h.blocks_per_slab,
             (ull)(h.slab_size >> KV_MIN_BLOCK_SHIFT));
     uint64_t sizes[KV_MAX_CLASSES];
     uint32_t ncls = make_classes(h.slab_size, sizes);
     if (h.n_classes != ncls)
-        BAD(-EBADMSG, "n_classes %u: expected %u for slab_size %llu", h.n_classes, ncls, (ull)h.slab_size);
+        BAD(-EBADMSG, "n_classes %u: expected %u for slab_size %llu", h.n_classes, ncls,
+            (ull)h.slab_size);
     if (h.n_entries == 0 || h.n_entries >= KV_NIL32)
         BAD(-EBADMSG, "n_entries %u: expected 1..%u", h.n_entries, KV_NIL32 - 1);
     if (!std::has_single_bit(h.n_buckets))
         BAD(-EBADMSG, "n_buckets %u: expected a power of two", h.n_buckets);
     if (h.n_slabs == 0 || uint64_t(h.n_slabs) * h.slab_size > h.region_size)
-        BAD(-EBADMSG, "n_slabs %u of %llu bytes: expected 1..%llu for region_size %llu", h.n_slabs, (ull)h.slab_size,
-            (ull)(h.region_size / h.slab_size), (ull)h.region_size);
+        BAD(-EBADMSG, "n_slabs %u of %llu bytes: expected 1..%llu for region_size %llu", h.n_slabs,
+            (ull)h.slab_size, (ull)(h.region_size / h.slab_size), (ull)h.region_size);
 
     // Every section must be exactly where the layout function puts it.
     Sections s = place(h);
@@ -299,28 +322,41 @@ int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen)
         const char *name;
         uint64_t seen, expected;
     } fields[] = {
-        {"state_off", h.state_off, want.state_off},       {"state_len", h.state_len, want.state_len},
-        {"class_off", h.class_off, want.class_off},       {"class_len", h.class_len, want.class_len},
-        {"ns_off", h.ns_off, want.ns_off},                {"ns_len", h.ns_len, want.ns_len},
-        {"client_off", h.client_off, want.client_off},    {"client_len", h.client_len, want.client_len},
-        {"journal_off", h.journal_off, want.journal_off}, {"journal_len", h.journal_len, want.journal_len},
-        {"bucket_off", h.bucket_off, want.bucket_off},    {"bucket_len", h.bucket_len, want.bucket_len},
-        {"entry_off", h.entry_off, want.entry_off},       {"entry_len", h.entry_len, want.entry_len},
-        {"slab_off", h.slab_off, want.slab_off},          {"slab_len", h.slab_len, want.slab_len},
-        {"block_off", h.block_off, want.block_off},       {"block_len", h.block_len, want.block_len},
-        {"data_off", h.data_off, want.data_off},          {"data_len", h.data_len, want.data_len},
+        {"state_off", h.state_off, want.state_off},
+        {"state_len", h.state_len, want.state_len},
+        {"class_off", h.class_off, want.class_off},
+        {"class_len", h.class_len, want.class_len},
+        {"ns_off", h.ns_off, want.ns_off},
+        {"ns_len", h.ns_len, want.ns_len},
+        {"client_off", h.client_off, want.client_off},
+        {"client_len", h.client_len, want.client_len},
+        {"journal_off", h.journal_off, want.journal_off},
+        {"journal_len", h.journal_len, want.journal_len},
+        {"bucket_off", h.bucket_off, want.bucket_off},
+        {"bucket_len", h.bucket_len, want.bucket_len},
+        {"entry_off", h.entry_off, want.entry_off},
+        {"entry_len", h.entry_len, want.entry_len},
+        {"slab_off", h.slab_off, want.slab_off},
+        {"slab_len", h.slab_len, want.slab_len},
+        {"block_off", h.block_off, want.block_off},
+        {"block_len", h.block_len, want.block_len},
+        {"data_off", h.data_off, want.data_off},
+        {"data_len", h.data_len, want.data_len},
     };
     for (auto &f : fields)
         if (f.seen != f.expected)
-            BAD(-EBADMSG, "%s is %llu: expected %llu for this geometry", f.name, (ull)f.seen, (ull)f.expected);
+            BAD(-EBADMSG, "%s is %llu: expected %llu for this geometry", f.name, (ull)f.seen,
+                (ull)f.expected);
     if (s.end > h.region_size)
-        BAD(-EBADMSG, "sections end at %llu: beyond region_size %llu", (ull)s.end, (ull)h.region_size);
+        BAD(-EBADMSG, "sections end at %llu: beyond region_size %llu", (ull)s.end,
+            (ull)h.region_size);
 
     auto *cls = reinterpret_cast<const kv_class *>(base + h.class_off);
     for (uint32_t i = 0; i < h.n_classes; i++) {
         if (cls[i].block_size != sizes[i] || cls[i].blocks_per_slab != h.slab_size / sizes[i])
             BAD(-EBADMSG, "class %u: block_size %llu x %u per slab, expected %llu x %llu", i,
-                (ull)cls[i].block_size, cls[i].blocks_per_slab, (ull)sizes[i], (ull)(h.slab_size / sizes[i]));
+                (ull)cls[i].block_size, cls[i].blocks_per_slab, (ull)sizes[i],
+                (ull)(h.slab_size / sizes[i]));
     }
     return 0;
 }

@@ -29,7 +29,8 @@ int manifest_check(const kv_manifest &m) {
 
 // NS-A1: an ACTIVE namespace's manifest and seed; pairs with NS-R1.
 bool ns_valid(const kv_pool *p, uint32_t ns) {
-    return ns < p->hdr->max_namespaces && NsCtl::state(load(p->ns[ns].ctl, std::memory_order_acquire)) == KV_NS_ACTIVE;
+    return ns < p->hdr->max_namespaces &&
+           NsCtl::state(load(p->ns[ns].ctl, std::memory_order_acquire)) == KV_NS_ACTIVE;
 }
 
 } // namespace kv::detail
@@ -53,7 +54,8 @@ uint64_t kv_manifest_seed(const kv_manifest *m) noexcept {
     return m ? XXH3_64bits(m, sizeof *m) : 0;
 }
 
-int kv_ns_register(kv_pool *p, const kv_manifest *m, uint32_t *ns_out, uint64_t *seed_out) noexcept {
+int kv_ns_register(kv_pool *p, const kv_manifest *m, uint32_t *ns_out,
+                   uint64_t *seed_out) noexcept {
     if (!p || !m || !ns_out) return -EINVAL;
     if (int rc = manifest_check(*m)) return rc;
     const uint64_t seed = kv_manifest_seed(m);
@@ -78,14 +80,18 @@ int kv_ns_register(kv_pool *p, const kv_manifest *m, uint32_t *ns_out, uint64_t 
             uint32_t owner = NsCtl::client1(c) - 1;
             // NS-A3: the writer's client slot; pairs with CLI-X1, CLI-X3 (its
             // claim) and CLI-R3, REAP-R1 (its slot freed).
-            uint64_t oc = owner < p->hdr->max_clients ? load(p->clients[owner].ctl, std::memory_order_acquire) : 0;
+            uint64_t oc = owner < p->hdr->max_clients
+                              ? load(p->clients[owner].ctl, std::memory_order_acquire)
+                              : 0;
             // start_time relaxed: one not yet seen reads 0, and the writer is
             // then judged by its pid alone (PROTOCOL.md section 1).
             if (ClientCtl::state(oc) != KV_CLIENT_LIVE ||
-                client_is_dead(ClientCtl::pid(oc), load(p->clients[owner].start_time, std::memory_order_relaxed)))
+                client_is_dead(ClientCtl::pid(oc),
+                               load(p->clients[owner].start_time, std::memory_order_relaxed)))
                 // NS-X1: WRITING(dead) -> FREE; acquire pairs with NS-X2,
                 // release publishes the FREE slot to NS-A2 and NS-X2.
-                cas(ns.ctl, c, NsCtl::make(KV_NS_FREE, 0, uint32_t(c >> 32) + 1), std::memory_order_acq_rel);
+                cas(ns.ctl, c, NsCtl::make(KV_NS_FREE, 0, uint32_t(c >> 32) + 1),
+                    std::memory_order_acq_rel);
             else
                 sched_yield();
             continue; // look at the same slot again
@@ -101,7 +107,8 @@ int kv_ns_register(kv_pool *p, const kv_manifest *m, uint32_t *ns_out, uint64_t 
             store(ns.id, i, std::memory_order_relaxed);
             // NS-R1: publishes the manifest, seed and id; pairs with NS-A1
             // (ns_valid) and NS-A2.
-            store(ns.ctl, NsCtl::make(KV_NS_ACTIVE, 0, uint32_t(w >> 32) + 1), std::memory_order_release);
+            store(ns.ctl, NsCtl::make(KV_NS_ACTIVE, 0, uint32_t(w >> 32) + 1),
+                  std::memory_order_release);
             *ns_out = i;
             if (seed_out) *seed_out = seed;
             return 0;

@@ -46,7 +46,8 @@ void help_pending(kv_pool *p, uint64_t aux) {
     uint32_t c1 = Aux::client1(aux), slot = Aux::slot(aux);
     if (c1 == 0 || c1 > p->hdr->max_clients || slot >= p->hdr->pins_per_client) return;
     kv_pin_slot &js = slot_of(p, c1 - 1, slot);
-    uint64_t want = PinB::make(Aux::seq(aux), op == KV_AUX_PIN ? KV_PIN_INTENT_PIN : KV_PIN_INTENT_UNPIN);
+    uint64_t want =
+        PinB::make(Aux::seq(aux), op == KV_AUX_PIN ? KV_PIN_INTENT_PIN : KV_PIN_INTENT_UNPIN);
     // PIN-A1: observes the intent that aux names; pairs with PIN-R1 and PIN-R4.
     uint64_t b = load(js.b, std::memory_order_acquire);
     if (b != want) return; // acknowledged already, or the slot moved on (newer seq)
@@ -80,7 +81,8 @@ int pin_entry(kv_pool *p, uint32_t e, uint32_t gen, uint32_t *slot_out) {
         uint64_t c = load(en.ctl, std::memory_order_acquire);
         // Relaxed: the CAS16 below validates ctl and aux together.
         uint64_t x = load(en.aux, std::memory_order_relaxed);
-        if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_COMMITTED || Ctl::pins(c) == KV_ENTRY_MAX_PINS) {
+        if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_COMMITTED ||
+            Ctl::pins(c) == KV_ENTRY_MAX_PINS) {
             // Not applied: nothing names this slot, so a plain store frees it.
             // PIN-R2: pairs with PIN-A7, REAP-A1 and STAT-A7 (they then skip
             // the slot).
@@ -195,7 +197,8 @@ void journal_recover_slot(kv_pool *p, uint32_t client, uint32_t slot) {
             uint64_t c = load(en.ctl, std::memory_order_acquire);
             uint32_t op = phase == KV_PIN_INTENT_PIN ? KV_AUX_PIN : KV_AUX_UNPIN;
             applied = Ctl::gen(c) == gen && x == Aux::make(op, client + 1, slot, seq);
-            if (Ctl::gen(c) != gen) applied = phase == KV_PIN_INTENT_UNPIN; // freed: the unpin happened
+            if (Ctl::gen(c) != gen)
+                applied = phase == KV_PIN_INTENT_UNPIN; // freed: the unpin happened
         }
         uint64_t next;
         if (phase == KV_PIN_INTENT_PIN)

@@ -24,7 +24,8 @@ void reclaim_client(kv_pool *p, uint32_t client) {
         kv_pin_slot &js = p->journal_all[uint64_t(client) * h.pins_per_client + s];
         // REAP-A1: the dead client's journal; pairs with PIN-R1..PIN-R6 and
         // PIN-X1 (pin.cc).
-        if (PinB::phase(load(js.b, std::memory_order_acquire)) != KV_PIN_FREE) journal_recover_slot(p, client, s);
+        if (PinB::phase(load(js.b, std::memory_order_acquire)) != KV_PIN_FREE)
+            journal_recover_slot(p, client, s);
     }
     const uint64_t owner = Aux::owner(client);
     for (uint32_t e = 0; e < h.n_entries; e++) {
@@ -66,7 +67,8 @@ void reclaim_client(kv_pool *p, uint32_t client) {
         // REAP-X1: WRITING(dead) -> FREE, as NS-X1 does; acquire pairs with
         // NS-X2, release publishes the FREE slot to NS-A2 and NS-X2.
         if (NsCtl::state(c) == KV_NS_WRITING && NsCtl::client1(c) == client + 1)
-            cas(p->ns[i].ctl, c, NsCtl::make(KV_NS_FREE, 0, uint32_t(c >> 32) + 1), std::memory_order_acq_rel);
+            cas(p->ns[i].ctl, c, NsCtl::make(KV_NS_FREE, 0, uint32_t(c >> 32) + 1),
+                std::memory_order_acq_rel);
     }
 }
 
@@ -122,7 +124,8 @@ int reap_dead_clients(kv_pool *p) {
         // publishes the resolved journal, records and start_time 0 to the
         // next claimant (CLI-A3, CLI-X1) and to STAT-A4, STAT-A6, STAT-A11
         // and NS-A3.
-        cas(c.ctl, mine, ClientCtl::make(KV_CLIENT_FREE, ClientCtl::tag(mine) + 1, 0), std::memory_order_release);
+        cas(c.ctl, mine, ClientCtl::make(KV_CLIENT_FREE, ClientCtl::tag(mine) + 1, 0),
+            std::memory_order_release);
         bump(my_stats(p).reaps);
         reaped++;
     }

@@ -29,7 +29,8 @@ bool entry_claim_one(kv_pool *p, uint32_t i) {
     // ROOM-X1: the claim, FREE(g) -> RESERVED(g, us) (cmpxchg16b, seq_cst).
     // Acquires the free that made it FREE (STO-X4, entry_finish_free; or
     // ROOM-X2, an unclaim), so this life's writes follow the last one's.
-    if (!cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_RESERVED, 0), Aux::owner(p->client)}))
+    if (!cas16(&en.ctl, {c, x},
+               {Ctl::make(Ctl::gen(c), KV_ENTRY_RESERVED, 0), Aux::owner(p->client)}))
         return false;
     // ROOM-R1 (K1): orders the claim before the key, next and other fields
     // this life writes next with relaxed stores. A reader that reads one of
@@ -50,7 +51,8 @@ void entry_unclaim(kv_pool *p, uint32_t e) {
     uint64_t x = load(en.aux, std::memory_order_relaxed);
     // ROOM-X2: RESERVED(g, us) -> FREE(g + 1) (cmpxchg16b, seq_cst); the
     // next claim (ROOM-X1) acquires it.
-    cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c) + 1, KV_ENTRY_FREE, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
+    cas16(&en.ctl, {c, x},
+          {Ctl::make(Ctl::gen(c) + 1, KV_ENTRY_FREE, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
 }
 
 // True if kv_evict_bytes made room since this streak last looked
@@ -73,7 +75,9 @@ bool in_streak(kv_pool *p, uint32_t streak, std::atomic<uint64_t> &room_seen) {
 }
 
 // The streak after a put that evicted (wraps to kEvictStreak, not 0).
-uint32_t streak_next(uint32_t st) { return st + 1 == 0 ? RoomFinder::kEvictStreak : st + 1; }
+uint32_t streak_next(uint32_t st) {
+    return st + 1 == 0 ? RoomFinder::kEvictStreak : st + 1;
+}
 
 // Allocate a block of class cls, evicting. Called after the search found
 // nothing, so it evicts first. donor: a slab of another class that the
@@ -169,8 +173,10 @@ uint32_t RoomFinder::Search::entry_by_eviction() {
         Victim v;
         if (!evict_one(p_, &v)) break;
         victim_block_ = v.block;
-        if (v.entry != KV_NIL32 && entry_claim_one(p_, v.entry)) e = v.entry;
-        else e = rf_.entry_claim(p_, kEntryScanShort);
+        if (v.entry != KV_NIL32 && entry_claim_one(p_, v.entry))
+            e = v.entry;
+        else
+            e = rf_.entry_claim(p_, kEntryScanShort);
     }
     if (e == KV_NIL32) e = rf_.entry_claim(p_, p_->hdr->n_entries);
     if (e == KV_NIL32) return KV_NIL32;
@@ -183,7 +189,8 @@ uint64_t RoomFinder::Search::block() {
     // Hints: no search, and the streak is left as it is.
     uint64_t b = victim_block_ != kNoBlock ? block_alloc_near(p_, cls_, victim_block_) : kNoBlock;
     if (b == kNoBlock && block_streak_ != 0)
-        for (uint64_t h; b == kNoBlock && (h = rf_.freed_blocks_[cls_].pop()) != FreedBlocks::kNone;)
+        for (uint64_t h;
+             b == kNoBlock && (h = rf_.freed_blocks_[cls_].pop()) != FreedBlocks::kNone;)
             b = block_alloc_near(p_, cls_, h);
     if (b != kNoBlock) return b;
     donor_ = KV_NIL32;

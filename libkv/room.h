@@ -106,10 +106,9 @@
 //   writes are the claim CASes, whose orders are documented in room.cc.
 #pragma once
 
-#include <kvpool/region.h>
-
 #include <atomic>
 #include <cstdint>
+#include <kvpool/region.h>
 
 struct kv_pool;
 
@@ -216,10 +215,10 @@ class RoomFinder {
         kv_pool *p_;
         RoomFinder &rf_;
         uint32_t cls_;
-        uint32_t entry_streak_ = 0;   // the entry streak this put started in
-        uint32_t block_streak_ = 0;   // the class's block streak this put started in
+        uint32_t entry_streak_ = 0;          // the entry streak this put started in
+        uint32_t block_streak_ = 0;          // the class's block streak this put started in
         uint64_t victim_block_ = UINT64_MAX; // the entry victim's block
-        uint32_t donor_ = UINT32_MAX; // a slab block_alloc offered to move (KV_NIL32: none)
+        uint32_t donor_ = UINT32_MAX;        // a slab block_alloc offered to move (KV_NIL32: none)
     };
 
     // For tests: the streaks' lengths.

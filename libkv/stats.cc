@@ -15,7 +15,9 @@ namespace {
 
 // Relaxed: counters and fields read for a report; a figure caught mid-update
 // is as good as one read a moment earlier or later.
-uint64_t rd(uint64_t &v) { return load(v, std::memory_order_relaxed); }
+uint64_t rd(uint64_t &v) {
+    return load(v, std::memory_order_relaxed);
+}
 
 // Walk every bucket list; count reachable committed entries and problems.
 void check_index(kv_pool *p, uint64_t *reachable, uint64_t *bad) {
@@ -70,7 +72,8 @@ int kv_pool_stats(kv_pool *p, kv_stats *out) noexcept {
     for (uint32_t i = 0; i < h.max_clients; i++) {
         kv_client &c = p->clients[i];
         // STAT-A4: pairs with CLI-X1, CLI-X3 (claims), CLI-R3, REAP-R1 (frees).
-        if (ClientCtl::state(load(c.ctl, std::memory_order_acquire)) == KV_CLIENT_LIVE) out->clients++;
+        if (ClientCtl::state(load(c.ctl, std::memory_order_acquire)) == KV_CLIENT_LIVE)
+            out->clients++;
         kv_client_stats &s = c.stats;
         out->hits += rd(s.hits);
         out->misses += rd(s.misses);
@@ -98,18 +101,25 @@ int kv_pool_usage(kv_pool *p, kv_usage *out) noexcept {
         uint64_t c = load(en.ctl, std::memory_order_acquire);
         out->pins += Ctl::pins(c);
         switch (Ctl::state(c)) {
-        case KV_ENTRY_FREE: out->entries_free++; break;
-        case KV_ENTRY_RESERVED: out->entries_reserved++; break;
+        case KV_ENTRY_FREE:
+            out->entries_free++;
+            break;
+        case KV_ENTRY_RESERVED:
+            out->entries_reserved++;
+            break;
         case KV_ENTRY_COMMITTED:
             out->entries_committed++;
             out->bytes_committed += rd(en.length);
             break;
-        default: out->entries_dead++; break;
+        default:
+            out->entries_dead++;
+            break;
         }
     }
     for (uint32_t i = 0; i < h.max_clients; i++) {
         // STAT-A6: pairs with CLI-X1, CLI-X3, CLI-R3, REAP-R1.
-        if (ClientCtl::state(load(p->clients[i].ctl, std::memory_order_acquire)) != KV_CLIENT_LIVE) continue;
+        if (ClientCtl::state(load(p->clients[i].ctl, std::memory_order_acquire)) != KV_CLIENT_LIVE)
+            continue;
         for (uint32_t s = 0; s < h.pins_per_client; s++) {
             // STAT-A7: pairs with PIN-R1..PIN-R6, PIN-X1 and PIN-X4.
             uint32_t ph = PinB::phase(load(p->journal_all[uint64_t(i) * h.pins_per_client + s].b,
@@ -142,15 +152,19 @@ int kv_pool_usage(kv_pool *p, kv_usage *out) noexcept {
             // CAS (STO-X2, store.cc, entry_take_block).
             uint64_t w = load(p->blocks[id], std::memory_order_acquire);
             switch (Blk::state(w)) {
-            case KV_BLOCK_FREE: out->blocks_free++; break;
+            case KV_BLOCK_FREE:
+                out->blocks_free++;
+                break;
             case KV_BLOCK_ENTRY: {
                 out->blocks_used++;
                 out->block_bytes_used += bsz;
                 uint32_t e = Blk::owner(w);
                 // STAT-A10: pairs with the claim ROOM-X1 (room.cc) and the free
                 // STO-X4 (store.cc).
-                uint64_t ec = e < h.n_entries ? load(p->entries[e].ctl, std::memory_order_acquire) : 0;
-                if (e >= h.n_entries || Ctl::state(ec) == KV_ENTRY_FREE || rd(p->entries[e].block) != id)
+                uint64_t ec =
+                    e < h.n_entries ? load(p->entries[e].ctl, std::memory_order_acquire) : 0;
+                if (e >= h.n_entries || Ctl::state(ec) == KV_ENTRY_FREE ||
+                    rd(p->entries[e].block) != id)
                     out->orphan_blocks++;
                 break;
             }
@@ -160,11 +174,14 @@ int kv_pool_usage(kv_pool *p, kv_usage *out) noexcept {
                 uint32_t owner = Blk::owner(w);
                 // STAT-A11: pairs with CLI-X1, CLI-X3, CLI-R3, REAP-R1.
                 if (owner >= h.max_clients ||
-                    ClientCtl::state(load(p->clients[owner].ctl, std::memory_order_acquire)) != KV_CLIENT_LIVE)
+                    ClientCtl::state(load(p->clients[owner].ctl, std::memory_order_acquire)) !=
+                        KV_CLIENT_LIVE)
                     out->orphan_blocks++;
                 break;
             }
-            default: out->orphan_blocks++; break; // UNUSED/RETIRED inside an ACTIVE slab's class range
+            default:
+                out->orphan_blocks++;
+                break; // UNUSED/RETIRED inside an ACTIVE slab's class range
             }
         }
     }

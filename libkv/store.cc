@@ -53,7 +53,8 @@ uint64_t committed_ctl(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &k) {
     return c;
 }
 
-void fill_view(kv_pool *p, uint32_t e, uint32_t gen, uint32_t slot, kv_view *v, bool touch_rank = true) {
+void fill_view(kv_pool *p, uint32_t e, uint32_t gen, uint32_t slot, kv_view *v,
+               bool touch_rank = true) {
     kv_entry &en = p->entries[e];
     uint32_t cls = load(en.class_id, std::memory_order_relaxed);
     v->data = block_data(p, load(en.block, std::memory_order_relaxed), cls);
@@ -104,7 +105,9 @@ int get_one(kv_pool *p, uint32_t ns, const kv_key &k, kv_view *out, bool touch_r
     }
 }
 
-int check_ns(kv_pool *p, uint32_t ns) { return ns_valid(p, ns) ? 0 : -ENOENT; }
+int check_ns(kv_pool *p, uint32_t ns) {
+    return ns_valid(p, ns) ? 0 : -ENOENT;
+}
 
 // The key is already present: KV_DEDUP (committed) or -EBUSY (being
 // written); 0 if it is not.
@@ -269,9 +272,12 @@ int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t su
     // read relaxed: the CAS below checks the pair.
     uint64_t c = load(en.ctl, std::memory_order_acquire);
     uint64_t x = load(en.aux, std::memory_order_relaxed);
-    if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED || x != Aux::owner(p->client)) return -EINVAL;
+    if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED || x != Aux::owner(p->client))
+        return -EINVAL;
     uint64_t len = load(en.length, std::memory_order_relaxed); // the owner's own write
-    if (!have_sum) sum = copy_hash(nullptr, block_data(p, load(en.block, std::memory_order_relaxed), en.class_id), len);
+    if (!have_sum)
+        sum = copy_hash(nullptr,
+                        block_data(p, load(en.block, std::memory_order_relaxed), en.class_id), len);
     store(en.checksum, sum, std::memory_order_relaxed);
     store(en.commit_ns, now_ns(), std::memory_order_relaxed);
     const uint32_t rec = acct_begin(p, e, gen, len, false);
@@ -280,8 +286,8 @@ int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t su
     // publishes the data, checksum, metadata and key to every acquire of
     // ctl that sees COMMITTED (STO-A1, A3, A5, A7, A9, A13, A16; index.cc,
     // evict.cc, inspect.cc and the snapshot writer).
-    const bool committed =
-        cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_COMMITTED, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
+    const bool committed = cas16(
+        &en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_COMMITTED, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
     acct_crash_point(AcctPoint::CommitDone);
     acct_end(p, rec, committed);
     if (!committed) return -EINVAL;
@@ -325,14 +331,18 @@ void entry_link_parent(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &parent
 
 void entry_unlink_parent(kv_pool *p, kv_entry &en) {
     uint64_t r = load(en.parent, std::memory_order_relaxed);
-    if (ParentRef::idx(r) >= p->hdr->n_entries) return; // none (KV_NIL32), or garbage in a damaged region
-    if (!cas(en.parent, r, ParentRef::none(), std::memory_order_relaxed)) return; // another finisher has it
+    if (ParentRef::idx(r) >= p->hdr->n_entries)
+        return; // none (KV_NIL32), or garbage in a damaged region
+    if (!cas(en.parent, r, ParentRef::none(), std::memory_order_relaxed))
+        return; // another finisher has it
     kv_entry &pe = p->entries[ParentRef::idx(r)];
     uint32_t w = load(pe.kids, std::memory_order_relaxed);
     do {
-        if (Kids::gen16(w) != (ParentRef::gen(r) & 0xffff) || Kids::count(w) == 0 || Kids::count(w) == Kids::kMax)
+        if (Kids::gen16(w) != (ParentRef::gen(r) & 0xffff) || Kids::count(w) == 0 ||
+            Kids::count(w) == Kids::kMax)
             return; // parent recycled, or saturated (a saturated count stays)
-    } while (!cas(pe.kids, w, Kids::make(ParentRef::gen(r), Kids::count(w) - 1), std::memory_order_relaxed));
+    } while (!cas(pe.kids, w, Kids::make(ParentRef::gen(r), Kids::count(w) - 1),
+                  std::memory_order_relaxed));
 }
 
 void entry_finish_free(kv_pool *p, uint32_t e) {
@@ -360,7 +370,8 @@ void entry_finish_free(kv_pool *p, uint32_t e) {
     entry_unlink_parent(p, en);
     // STO-X4 (F): FREEING -> FREE with the next generation, a full barrier:
     // the next claim (ROOM-X1) acquires every write of this life.
-    cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c) + 1, KV_ENTRY_FREE, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
+    cas16(&en.ctl, {c, x},
+          {Ctl::make(Ctl::gen(c) + 1, KV_ENTRY_FREE, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
 }
 
 void entry_maybe_free(kv_pool *p, uint32_t e) {
@@ -374,7 +385,8 @@ void entry_maybe_free(kv_pool *p, uint32_t e) {
         help_pending(p, x); // aux is about to be overwritten
         // STO-X5: UNLINKED(pins 0) -> FREEING(us); exactly one CAS wins, and
         // its finish (STO-A10) follows it.
-        if (cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_FREEING, 0), Aux::owner(p->client)})) {
+        if (cas16(&en.ctl, {c, x},
+                  {Ctl::make(Ctl::gen(c), KV_ENTRY_FREEING, 0), Aux::owner(p->client)})) {
             entry_finish_free(p, e);
             return;
         }
@@ -407,7 +419,8 @@ void entry_abort(kv_pool *p, uint32_t e, uint64_t c, uint64_t x) {
     store(en.length, uint64_t(0), std::memory_order_relaxed);
     // STO-X6: RESERVED -> DEAD, after the length store above, which the
     // free (STO-A10) then reads.
-    if (!cas16(&en.ctl, {c, x}, {Ctl::make(Ctl::gen(c), KV_ENTRY_DEAD, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)}))
+    if (!cas16(&en.ctl, {c, x},
+               {Ctl::make(Ctl::gen(c), KV_ENTRY_DEAD, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)}))
         return;
     index_remove(p, e, Ctl::gen(c)); // linked or not, it ends UNLINKED and is freed
 }
@@ -478,8 +491,8 @@ int kv_reserve(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const k
 
 int kv_commit(kv_pool *p, kv_reservation *r, uint32_t flags, uint64_t checksum) noexcept {
     if (!p || !r || (flags & ~KV_COMMIT_F_CHECKSUM) || r->handle[1] != p->client) return -EINVAL;
-    return commit_impl(p, PinA::entry(r->handle[0]), PinA::gen(r->handle[0]), flags & KV_COMMIT_F_CHECKSUM,
-                       checksum);
+    return commit_impl(p, PinA::entry(r->handle[0]), PinA::gen(r->handle[0]),
+                       flags & KV_COMMIT_F_CHECKSUM, checksum);
 }
 
 int kv_abort(kv_pool *p, kv_reservation *r) noexcept {
@@ -491,7 +504,8 @@ int kv_abort(kv_pool *p, kv_reservation *r) noexcept {
     // another thread of this client).
     uint64_t c = load(en.ctl, std::memory_order_acquire);
     uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by entry_abort's CAS
-    if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED || x != Aux::owner(p->client)) return -EINVAL;
+    if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_RESERVED || x != Aux::owner(p->client))
+        return -EINVAL;
     const uint64_t blk = load(en.block, std::memory_order_relaxed);
     const uint32_t cls = load(en.class_id, std::memory_order_relaxed);
     block_prefetch(p, blk); // freed at the end of the abort
@@ -563,7 +577,8 @@ int kv_remove(kv_pool *p, uint32_t ns, const kv_key *key) noexcept {
         uint64_t c = load(en.ctl, std::memory_order_acquire);
         if (!entry_key_is(en, ns, *key)) continue;
         switch (Ctl::state(c)) {
-        case KV_ENTRY_RESERVED: return -EBUSY;
+        case KV_ENTRY_RESERVED:
+            return -EBUSY;
         case KV_ENTRY_COMMITTED: {
             // Read while committed; if the entry is recycled before the
             // kill, the kill fails and the value is not used.
@@ -577,14 +592,16 @@ int kv_remove(kv_pool *p, uint32_t ns, const kv_key *key) noexcept {
             }
             continue; // changed under us
         }
-        default: return -ENOENT; // already being removed
+        default:
+            return -ENOENT; // already being removed
         }
     }
 }
 
 int kv_match_prefix(kv_pool *p, uint32_t ns, const kv_key *keys, size_t n, uint32_t flags,
                     kv_view *views) noexcept {
-    if (!p || (n && !keys) || (flags & ~KV_MATCH_F_PIN) || ((flags & KV_MATCH_F_PIN) && n && !views))
+    if (!p || (n && !keys) || (flags & ~KV_MATCH_F_PIN) ||
+        ((flags & KV_MATCH_F_PIN) && n && !views))
         return -EINVAL;
     if (n > INT32_MAX) n = INT32_MAX;
     size_t m = 0;
@@ -596,7 +613,8 @@ int kv_match_prefix(kv_pool *p, uint32_t ns, const kv_key *keys, size_t n, uint3
             int rc = get_one(p, ns, keys[m], &views[m], true);
             if (rc == -ENOENT) break;
             if (rc < 0) {
-                for (size_t i = 0; i < m; i++) kv_release(p, &views[i]);
+                for (size_t i = 0; i < m; i++)
+                    kv_release(p, &views[i]);
                 return rc;
             }
         } else {

@@ -6,17 +6,15 @@
 // one buffer fill and one digest, with no allocation after the first block.
 #include <kv/kv.h>
 #include <kv/kv.hpp>
-
 #include <openssl/evp.h>
 
 #define XXH_STATIC_LINKING_ONLY
-#include <xxhash.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
 #include <vector>
+#include <xxhash.h>
 
 namespace {
 
@@ -57,7 +55,8 @@ int digest(uint32_t scheme, const uint8_t *data, size_t len, uint8_t *out) noexc
     if (!holder.ctx) return -ENOMEM;
     if (!md) return -EIO;
     unsigned int n = 0;
-    if (EVP_DigestInit_ex2(holder.ctx, md, nullptr) != 1 || EVP_DigestUpdate(holder.ctx, data, len) != 1 ||
+    if (EVP_DigestInit_ex2(holder.ctx, md, nullptr) != 1 ||
+        EVP_DigestUpdate(holder.ctx, data, len) != 1 ||
         EVP_DigestFinal_ex(holder.ctx, out, &n) != 1 || n != 32)
         return -EIO;
     return 0;
@@ -76,7 +75,8 @@ const uint8_t *item_end(const uint8_t *p, const uint8_t *end, int depth) noexcep
         const size_t n = size_t{1} << (ai - 24);
         if (static_cast<size_t>(end - p) < n) return nullptr;
         v = 0;
-        for (size_t i = 0; i < n; i++) v = (v << 8) | p[i];
+        for (size_t i = 0; i < n; i++)
+            v = (v << 8) | p[i];
         p += n;
         if (major == kv::cbor::kSimple) {
             if (ai == 24 && v < 32) return nullptr; // simple values below 32 take the one-byte form
@@ -127,19 +127,22 @@ int kv_vllm_none_hash(uint32_t scheme, const char *seed, size_t seed_len, uint8_
         std::vector<uint8_t> buf(kv::cbor::kMaxHead + seed_len);
         uint8_t *p = put_head(buf.data(), kv::cbor::kText, seed_len);
         if (seed_len) memcpy(p, seed, seed_len);
-        if (int rc = digest(scheme, buf.data(), static_cast<size_t>(p - buf.data()) + seed_len, out)) return rc;
+        if (int rc =
+                digest(scheme, buf.data(), static_cast<size_t>(p - buf.data()) + seed_len, out))
+            return rc;
     } catch (const std::bad_alloc &) {
         return -ENOMEM;
     }
     return static_cast<int>(hl);
 }
 
-int64_t kv_vllm_block_hashes(uint32_t scheme, const uint8_t *parent, size_t parent_len, const uint32_t *tokens,
-                             size_t n_tokens, uint32_t block_size, const uint8_t *const *extra_cbor,
-                             const size_t *extra_len, uint8_t *out, size_t max_blocks) noexcept {
+int64_t kv_vllm_block_hashes(uint32_t scheme, const uint8_t *parent, size_t parent_len,
+                             const uint32_t *tokens, size_t n_tokens, uint32_t block_size,
+                             const uint8_t *const *extra_cbor, const size_t *extra_len,
+                             uint8_t *out, size_t max_blocks) noexcept {
     const size_t hl = kv_vllm_hash_len(scheme);
-    if (!hl || !block_size || !parent || !parent_len || (!tokens && n_tokens) || (!out && max_blocks) ||
-        (extra_cbor && !extra_len))
+    if (!hl || !block_size || !parent || !parent_len || (!tokens && n_tokens) ||
+        (!out && max_blocks) || (extra_cbor && !extra_len))
         return -EINVAL;
     const size_t n = std::min(n_tokens / block_size, max_blocks);
     if (n == 0) return 0;
@@ -147,13 +150,15 @@ int64_t kv_vllm_block_hashes(uint32_t scheme, const uint8_t *parent, size_t pare
     size_t extra_max = 1; // null
     for (size_t i = 0; extra_cbor && i < n; i++) {
         if (!extra_cbor[i] || !extra_len[i]) continue;
-        if (item_end(extra_cbor[i], extra_cbor[i] + extra_len[i], 0) != extra_cbor[i] + extra_len[i]) return -EINVAL;
+        if (item_end(extra_cbor[i], extra_cbor[i] + extra_len[i], 0) !=
+            extra_cbor[i] + extra_len[i])
+            return -EINVAL;
         extra_max = std::max(extra_max, extra_len[i]);
     }
     try {
         // [parent, [tokens...], extra]: a token id takes 5 bytes at most.
-        std::vector<uint8_t> buf(1 + kv::cbor::kMaxHead + std::max(parent_len, hl) + kv::cbor::kMaxHead +
-                                 size_t{5} * block_size + extra_max);
+        std::vector<uint8_t> buf(1 + kv::cbor::kMaxHead + std::max(parent_len, hl) +
+                                 kv::cbor::kMaxHead + size_t{5} * block_size + extra_max);
         const uint8_t *prev = parent;
         size_t prev_len = parent_len;
         for (size_t i = 0; i < n; i++) {
@@ -164,7 +169,8 @@ int64_t kv_vllm_block_hashes(uint32_t scheme, const uint8_t *parent, size_t pare
             p += prev_len;
             p = put_head(p, kv::cbor::kArray, block_size);
             const uint32_t *t = tokens + i * block_size;
-            for (uint32_t j = 0; j < block_size; j++) p = put_head(p, kv::cbor::kUint, t[j]);
+            for (uint32_t j = 0; j < block_size; j++)
+                p = put_head(p, kv::cbor::kUint, t[j]);
             if (extra_cbor && extra_cbor[i] && extra_len[i]) {
                 memcpy(p, extra_cbor[i], extra_len[i]);
                 p += extra_len[i];
@@ -172,7 +178,8 @@ int64_t kv_vllm_block_hashes(uint32_t scheme, const uint8_t *parent, size_t pare
                 *p++ = kv::cbor::kNull;
             }
             uint8_t *h = out + i * hl;
-            if (int rc = digest(scheme, buf.data(), static_cast<size_t>(p - buf.data()), h)) return rc;
+            if (int rc = digest(scheme, buf.data(), static_cast<size_t>(p - buf.data()), h))
+                return rc;
             prev = h;
             prev_len = hl;
         }
@@ -199,12 +206,14 @@ int kv_vllm_seed_id(uint32_t scheme, const char *seed, size_t seed_len, uint64_t
     int rc = kv_vllm_none_hash(scheme, seed, seed_len, h);
     if (rc < 0) return rc;
     uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v = (v << 8) | h[i];
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | h[i];
     *out = v;
     return 0;
 }
 
-int kv_manifest_set_vllm(kv_manifest *m, uint32_t scheme, const char *seed, size_t seed_len) noexcept {
+int kv_manifest_set_vllm(kv_manifest *m, uint32_t scheme, const char *seed,
+                         size_t seed_len) noexcept {
     if (!m) return -EINVAL;
     uint64_t id = 0;
     if (int rc = kv_vllm_seed_id(scheme, seed, seed_len, &id)) return rc;

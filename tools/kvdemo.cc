@@ -41,8 +41,8 @@ constexpr int kSystemPrompts = 4;
 constexpr int kSystemTokens = 512;
 
 struct Totals { // one per client, in a shared anonymous mapping
-    std::atomic<uint64_t> requests, prompt_tokens, saved_tokens, blocks_hit, blocks_looked_up, blocks_written,
-        bytes_written, verify_failures, errors;
+    std::atomic<uint64_t> requests, prompt_tokens, saved_tokens, blocks_hit, blocks_looked_up,
+        blocks_written, bytes_written, verify_failures, errors;
 };
 
 [[noreturn]] void bad_value(const char *opt, const char *v, const char *want) {
@@ -98,10 +98,12 @@ bool check_block(const uint8_t *src, uint64_t len, const kv_key &k) {
 }
 
 bool past(std::chrono::steady_clock::time_point deadline) {
-    return deadline != std::chrono::steady_clock::time_point{} && std::chrono::steady_clock::now() >= deadline;
+    return deadline != std::chrono::steady_clock::time_point{} &&
+           std::chrono::steady_clock::now() >= deadline;
 }
 
-int run_client(const char *path, int id, int requests, std::chrono::steady_clock::time_point deadline, Totals *t) {
+int run_client(const char *path, int id, int requests,
+               std::chrono::steady_clock::time_point deadline, Totals *t) {
     char err[256] = "";
     kv_pool *p = nullptr;
     if (kv_pool_attach(path, 0, &p, err, sizeof err) < 0) {
@@ -117,22 +119,27 @@ int run_client(const char *path, int id, int requests, std::chrono::steady_clock
     std::vector<std::vector<uint32_t>> system(kSystemPrompts);
     for (int s = 0; s < kSystemPrompts; s++) { // the same for every client
         std::mt19937 srng(s);
-        for (int i = 0; i < kSystemTokens; i++) system[s].push_back(srng() % 32000);
+        for (int i = 0; i < kSystemTokens; i++)
+            system[s].push_back(srng() % 32000);
     }
     const uint64_t block_bytes = kBlockTokens * kBytesPerToken;
     std::vector<kv_key> keys;
     std::vector<kv_view> views;
     std::vector<uint32_t> chat;
     int turns_left = 0;
-    for (int r = 0; deadline != std::chrono::steady_clock::time_point{} ? !past(deadline) : r < requests; r++) {
+    for (int r = 0;
+         deadline != std::chrono::steady_clock::time_point{} ? !past(deadline) : r < requests;
+         r++) {
         if (turns_left == 0) { // a new conversation on a shared system prompt
             chat = system[rng() % kSystemPrompts];
             turns_left = 2 + int(rng() % 6);
         }
-        for (int i = 0, n = 32 + int(rng() % 96); i < n; i++) chat.push_back(rng() % 32000); // user turn
+        for (int i = 0, n = 32 + int(rng() % 96); i < n; i++)
+            chat.push_back(rng() % 32000); // user turn
         turns_left--;
         keys.resize(chat.size() / kBlockTokens);
-        size_t nk = kv_hash_chain(seed, chat.data(), chat.size(), kBlockTokens, keys.data(), keys.size());
+        size_t nk =
+            kv_hash_chain(seed, chat.data(), chat.size(), kBlockTokens, keys.data(), keys.size());
         views.resize(nk);
         int hit = kv_match_prefix(p, ns, keys.data(), nk, KV_MATCH_F_PIN, views.data());
         if (hit < 0) {
@@ -140,8 +147,8 @@ int run_client(const char *path, int id, int requests, std::chrono::steady_clock
             continue;
         }
         for (int i = 0; i < hit; i++) { // "load" the cached KV: check it
-            if (kv_view_verify(&views[i]) != 0 || !check_block(static_cast<const uint8_t *>(views[i].data),
-                                                               views[i].length, keys[i]))
+            if (kv_view_verify(&views[i]) != 0 ||
+                !check_block(static_cast<const uint8_t *>(views[i].data), views[i].length, keys[i]))
                 t->verify_failures++;
         }
         for (size_t i = size_t(hit); i < nk; i++) { // "prefill" the rest into the pool
@@ -159,8 +166,10 @@ int run_client(const char *path, int id, int requests, std::chrono::steady_clock
                 t->bytes_written += block_bytes;
             }
         }
-        for (int i = 0; i < hit; i++) kv_release(p, &views[i]);
-        for (int i = 0, n = 16 + int(rng() % 64); i < n; i++) chat.push_back(rng() % 32000); // assistant turn
+        for (int i = 0; i < hit; i++)
+            kv_release(p, &views[i]);
+        for (int i = 0, n = 16 + int(rng() % 64); i < n; i++)
+            chat.push_back(rng() % 32000); // assistant turn
         t->requests++;
         t->prompt_tokens += nk * kBlockTokens;
         t->saved_tokens += uint64_t(hit) * kBlockTokens;
@@ -188,16 +197,25 @@ int main(int argc, char **argv) {
             }
             return argv[++i];
         };
-        if (a == "--pool") path = next();
-        else if (a == "--create") create = parse_size("--create", next());
-        else if (a == "--clients") clients = int(parse_int("--clients", next(), 1, 64));
-        else if (a == "--requests") requests = int(parse_int("--requests", next(), 1, 1L << 30));
-        else if (a == "--kill-one") kill_one = true;
-        else if (a == "--hugepages") huge = true;
-        else if (a == "--duration") duration = parse_seconds("--duration", next());
-        else if (a == "--report") report = parse_seconds("--report", next());
+        if (a == "--pool")
+            path = next();
+        else if (a == "--create")
+            create = parse_size("--create", next());
+        else if (a == "--clients")
+            clients = int(parse_int("--clients", next(), 1, 64));
+        else if (a == "--requests")
+            requests = int(parse_int("--requests", next(), 1, 1L << 30));
+        else if (a == "--kill-one")
+            kill_one = true;
+        else if (a == "--hugepages")
+            huge = true;
+        else if (a == "--duration")
+            duration = parse_seconds("--duration", next());
+        else if (a == "--report")
+            report = parse_seconds("--report", next());
         else {
-            fprintf(stderr, "usage: kvdemo [--pool PATH] [--create SIZE] [--clients N] [--requests N] [--kill-one] "
+            fprintf(stderr, "usage: kvdemo [--pool PATH] [--create SIZE] [--clients N] [--requests "
+                            "N] [--kill-one] "
                             "[--hugepages] [--duration SECONDS [--report SECONDS]]\n");
             return 2;
         }
@@ -207,7 +225,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (duration < 0 || report < 0 || (report > 0 && duration == 0)) {
-        fprintf(stderr, "kvdemo: --duration must be positive seconds, and --report needs --duration\n");
+        fprintf(stderr,
+                "kvdemo: --duration must be positive seconds, and --report needs --duration\n");
         return 2;
     }
     char err[256] = "";
@@ -223,14 +242,16 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    auto *totals = static_cast<Totals *>(
-        mmap(nullptr, sizeof(Totals) * clients, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    auto *totals =
+        static_cast<Totals *>(mmap(nullptr, sizeof(Totals) * clients, PROT_READ | PROT_WRITE,
+                                   MAP_SHARED | MAP_ANONYMOUS, -1, 0));
     if (totals == MAP_FAILED) return 1;
     new (totals) Totals[clients]();
     auto t0 = std::chrono::steady_clock::now();
-    const auto deadline = duration > 0 ? t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                  std::chrono::duration<double>(duration))
-                                       : std::chrono::steady_clock::time_point{};
+    const auto deadline =
+        duration > 0 ? t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                std::chrono::duration<double>(duration))
+                     : std::chrono::steady_clock::time_point{};
     std::vector<pid_t> pids;
     for (int c = 0; c < clients; c++) {
         pid_t pid = fork();
@@ -240,24 +261,29 @@ int main(int argc, char **argv) {
     if (report > 0) { // one JSON line per interval until the deadline
         uint64_t last_req = 0, last_written = 0;
         for (auto next = t0;;) {
-            next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(report));
+            next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                std::chrono::duration<double>(report));
             if (next > deadline) break;
             std::this_thread::sleep_until(next);
             uint64_t req = 0, written = 0, hit = 0, looked = 0, vf = 0, errs = 0;
             for (int c = 0; c < clients; c++) {
-                req += totals[c].requests, written += totals[c].blocks_written, hit += totals[c].blocks_hit;
-                looked += totals[c].blocks_looked_up, vf += totals[c].verify_failures, errs += totals[c].errors;
+                req += totals[c].requests, written += totals[c].blocks_written,
+                    hit += totals[c].blocks_hit;
+                looked += totals[c].blocks_looked_up, vf += totals[c].verify_failures,
+                    errs += totals[c].errors;
             }
             std::string pid_list;
             for (pid_t pid : pids) {
                 if (!pid_list.empty()) pid_list += ',';
                 pid_list += std::to_string(pid);
             }
-            printf("{\"t\": %.1f, \"requests\": %" PRIu64 ", \"req_per_s\": %.1f, \"blocks_written\": %" PRIu64
+            printf("{\"t\": %.1f, \"requests\": %" PRIu64
+                   ", \"req_per_s\": %.1f, \"blocks_written\": %" PRIu64
                    ", \"hit_rate\": %.4f, \"verify_failures\": %" PRIu64 ", \"errors\": %" PRIu64
                    ", \"client_pids\": [%s]}\n",
-                   std::chrono::duration<double>(next - t0).count(), req - last_req, double(req - last_req) / report,
-                   written - last_written, looked ? double(hit) / double(looked) : 0.0, vf, errs, pid_list.c_str());
+                   std::chrono::duration<double>(next - t0).count(), req - last_req,
+                   double(req - last_req) / report, written - last_written,
+                   looked ? double(hit) / double(looked) : 0.0, vf, errs, pid_list.c_str());
             fflush(stdout);
             last_req = req, last_written = written;
         }
@@ -301,21 +327,27 @@ int main(int argc, char **argv) {
     const kv_region_header *h = kv_pool_header(p);
     printf("pool %s: %.0f MiB data, page size %" PRIu64 " KiB, %u entries\n", path.c_str(),
            double(h->data_len) / (1 << 20), h->page_size >> 10, h->n_entries);
-    printf("%d clients, %" PRIu64 " requests in %.2f s (%.0f req/s)\n", clients, sum.requests.load(), secs,
-           double(sum.requests) / secs);
-    printf("prefix blocks looked up %" PRIu64 ", hit %" PRIu64 " -> hit rate %.1f%%\n", sum.blocks_looked_up.load(),
-           sum.blocks_hit.load(), 100.0 * double(sum.blocks_hit) / double(sum.blocks_looked_up ? sum.blocks_looked_up.load() : 1));
-    printf("prefill tokens saved %" PRIu64 " of %" PRIu64 " (%.1f%%)\n", sum.saved_tokens.load(), sum.prompt_tokens.load(),
-           100.0 * double(sum.saved_tokens) / double(sum.prompt_tokens ? sum.prompt_tokens.load() : 1));
-    printf("blocks written in place %" PRIu64 " (%.1f MiB), evictions %" PRIu64 ", dedups %" PRIu64 "\n",
-           sum.blocks_written.load(), double(sum.bytes_written) / (1 << 20), st.evictions, st.dedups);
-    printf("after the run: %" PRIu64 " blocks committed, pins %" PRIu64 ", leaked blocks %" PRIu64 ", index errors %" PRIu64
-           ", verify failures %" PRIu64 ", errors %" PRIu64 "\n",
-           u.entries_committed, u.pins, u.orphan_blocks, u.bad_links + u.unreachable, sum.verify_failures.load(),
-           sum.errors.load());
+    printf("%d clients, %" PRIu64 " requests in %.2f s (%.0f req/s)\n", clients,
+           sum.requests.load(), secs, double(sum.requests) / secs);
+    printf("prefix blocks looked up %" PRIu64 ", hit %" PRIu64 " -> hit rate %.1f%%\n",
+           sum.blocks_looked_up.load(), sum.blocks_hit.load(),
+           100.0 * double(sum.blocks_hit) /
+               double(sum.blocks_looked_up ? sum.blocks_looked_up.load() : 1));
+    printf("prefill tokens saved %" PRIu64 " of %" PRIu64 " (%.1f%%)\n", sum.saved_tokens.load(),
+           sum.prompt_tokens.load(),
+           100.0 * double(sum.saved_tokens) /
+               double(sum.prompt_tokens ? sum.prompt_tokens.load() : 1));
+    printf("blocks written in place %" PRIu64 " (%.1f MiB), evictions %" PRIu64 ", dedups %" PRIu64
+           "\n",
+           sum.blocks_written.load(), double(sum.bytes_written) / (1 << 20), st.evictions,
+           st.dedups);
+    printf("after the run: %" PRIu64 " blocks committed, pins %" PRIu64 ", leaked blocks %" PRIu64
+           ", index errors %" PRIu64 ", verify failures %" PRIu64 ", errors %" PRIu64 "\n",
+           u.entries_committed, u.pins, u.orphan_blocks, u.bad_links + u.unreachable,
+           sum.verify_failures.load(), sum.errors.load());
     kv_pool_detach(p);
-    bool ok = failed == 0 && sum.verify_failures == 0 && sum.errors == 0 && u.pins == 0 && u.orphan_blocks == 0 &&
-              u.bad_links == 0 && u.unreachable == 0;
+    bool ok = failed == 0 && sum.verify_failures == 0 && sum.errors == 0 && u.pins == 0 &&
+              u.orphan_blocks == 0 && u.bad_links == 0 && u.unreachable == 0;
     printf("%s\n", ok ? "demo: OK" : "demo: FAILED");
     return ok ? 0 : 1;
 }

@@ -12,19 +12,20 @@
 // 2 bad arguments, 3 pool unusable.
 #include "units.h"
 
-#include <kv/kv.h>
-
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <kv/kv.h>
 #include <string>
 #include <vector>
 
 namespace {
 
-kv_key key_of(uint64_t seed, uint64_t i) { return kv_key{i * 0x9e3779b97f4a7c15ULL + seed, seed ^ (i << 17) ^ 0x6b766669ULL}; }
+kv_key key_of(uint64_t seed, uint64_t i) {
+    return kv_key{i * 0x9e3779b97f4a7c15ULL + seed, seed ^ (i << 17) ^ 0x6b766669ULL};
+}
 
 // Content: 8-byte words of a xorshift stream seeded by (seed, i).
 void fill_block(uint8_t *p, uint64_t len, uint64_t seed, uint64_t i) {
@@ -34,11 +35,15 @@ void fill_block(uint8_t *p, uint64_t len, uint64_t seed, uint64_t i) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         memcpy(p + off, &x, 8);
     }
-    for (; off < len; off++) p[off] = uint8_t(x >> (8 * (off % 8)));
+    for (; off < len; off++)
+        p[off] = uint8_t(x >> (8 * (off % 8)));
 }
 
 int usage(const char *why) {
-    fprintf(stderr, "kvfill: %s\nusage: kvfill --pool PATH --bytes SIZE [--block SIZE] [--seed N] [--verify]\n", why);
+    fprintf(
+        stderr,
+        "kvfill: %s\nusage: kvfill --pool PATH --bytes SIZE [--block SIZE] [--seed N] [--verify]\n",
+        why);
     return 2;
 }
 
@@ -59,7 +64,8 @@ int main(int argc, char **argv) {
                 *out = *r;
                 return true;
             }
-            if (v.empty() || v[0] < '0' || v[0] > '9') return false; // strtoull would take "-1" as 2^64-1
+            if (v.empty() || v[0] < '0' || v[0] > '9')
+                return false; // strtoull would take "-1" as 2^64-1
             char *end = nullptr;
             errno = 0;
             *out = strtoull(v.c_str(), &end, 10);
@@ -119,31 +125,39 @@ int main(int argc, char **argv) {
         kv_view v;
         int rc = kv_get(pool, ns, &k, &v);
         if (rc != 0) {
-            if (missing++ < 10) fprintf(stderr, "kvfill: block %" PRIu64 " missing: %s\n", i, kv_strerror(rc));
+            if (missing++ < 10)
+                fprintf(stderr, "kvfill: block %" PRIu64 " missing: %s\n", i, kv_strerror(rc));
             continue;
         }
-        bool good = v.length == len && memcmp(v.data, buf.data(), len) == 0 && kv_view_verify(&v) == 0 &&
-                    v.meta.user_tag == i && v.meta.tokens == uint32_t(i % 1024) && v.meta.priority == uint32_t(i % 7);
+        bool good = v.length == len && memcmp(v.data, buf.data(), len) == 0 &&
+                    kv_view_verify(&v) == 0 && v.meta.user_tag == i &&
+                    v.meta.tokens == uint32_t(i % 1024) && v.meta.priority == uint32_t(i % 7);
         if (good) {
             ok++;
             done_bytes += len;
         } else if (bad++ < 10) {
-            fprintf(stderr, "kvfill: block %" PRIu64 " differs (length %" PRIu64 ", expected %" PRIu64 ")\n", i,
-                    v.length, len);
+            fprintf(stderr,
+                    "kvfill: block %" PRIu64 " differs (length %" PRIu64 ", expected %" PRIu64
+                    ")\n",
+                    i, v.length, len);
         }
         kv_release(pool, &v);
     }
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    printf("%s %" PRIu64 " blocks, %s in %.2f s: %" PRIu64 " ok, %" PRIu64 " missing, %" PRIu64 " wrong\n",
-           verify ? "verified" : "filled", n, kv::detail::format_size(done_bytes).c_str(), s, ok, missing, bad);
+    printf("%s %" PRIu64 " blocks, %s in %.2f s: %" PRIu64 " ok, %" PRIu64 " missing, %" PRIu64
+           " wrong\n",
+           verify ? "verified" : "filled", n, kv::detail::format_size(done_bytes).c_str(), s, ok,
+           missing, bad);
     // A fill the pool could not hold evicts blocks it put earlier: the set
     // --verify would check is not in the pool, so say so and fail.
     kv_stats st1{};
     kv_pool_stats(pool, &st1);
     const uint64_t evicted = st1.evictions - st0.evictions;
     if (!verify && evicted)
-        fprintf(stderr, "kvfill: the pool evicted %" PRIu64 " blocks during the fill: %s does not hold %s\n", evicted,
-                path.c_str(), kv::detail::format_size(bytes).c_str());
+        fprintf(stderr,
+                "kvfill: the pool evicted %" PRIu64
+                " blocks during the fill: %s does not hold %s\n",
+                evicted, path.c_str(), kv::detail::format_size(bytes).c_str());
     kv_pool_detach(pool);
     return bad || missing || (!verify && evicted) ? 1 : 0;
 }

@@ -47,17 +47,16 @@
 // the priority policy, the rest 0.
 //
 // Exit codes: 0 ok, 1 a run failed (pool error), 2 bad arguments or input.
-#include <kv/kv.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
-#include <cstdio>
 #include <cstdarg>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <kv/kv.h>
 #include <list>
 #include <map>
 #include <set>
@@ -92,7 +91,8 @@ uint64_t parse_u64(const std::string &opt, const std::string &v, uint64_t lo, ui
     errno = 0;
     unsigned long long x = strtoull(v.c_str(), &end, 10);
     if (v.empty() || *end || errno || x < lo || x > hi)
-        die(2, "%s \"%s\": expected an integer %" PRIu64 "..%" PRIu64, opt.c_str(), v.c_str(), lo, hi);
+        die(2, "%s \"%s\": expected an integer %" PRIu64 "..%" PRIu64, opt.c_str(), v.c_str(), lo,
+            hi);
     return x;
 }
 
@@ -125,8 +125,10 @@ class Zipf {
   public:
     Zipf(uint64_t n, double s) : cdf_(n) {
         double sum = 0;
-        for (uint64_t i = 0; i < n; i++) cdf_[i] = sum += 1.0 / std::pow(double(i + 1), s);
-        for (double &c : cdf_) c /= sum;
+        for (uint64_t i = 0; i < n; i++)
+            cdf_[i] = sum += 1.0 / std::pow(double(i + 1), s);
+        for (double &c : cdf_)
+            c /= sum;
     }
     uint64_t draw(Rng &r) const {
         auto it = std::lower_bound(cdf_.begin(), cdf_.end(), r.unit());
@@ -157,28 +159,36 @@ struct Request {
 };
 
 // Content tokens: kind in the top byte, then two 28-bit fields.
-uint64_t content(uint64_t kind, uint64_t a, uint64_t b) { return (kind << 56) | ((a & 0xfffffff) << 28) | (b & 0xfffffff); }
+uint64_t content(uint64_t kind, uint64_t a, uint64_t b) {
+    return (kind << 56) | ((a & 0xfffffff) << 28) | (b & 0xfffffff);
+}
 enum : uint64_t { kSys = 1, kDoc, kUser, kPrompt, kTurn };
 
-std::vector<Request> generate(const std::string &family, uint64_t n_req, uint64_t seed, double s, uint64_t items) {
+std::vector<Request> generate(const std::string &family, uint64_t n_req, uint64_t seed, double s,
+                              uint64_t items) {
     Rng r(seed);
     Trie trie;
     std::vector<Request> out;
     uint64_t unique = 0; // a counter for contents never seen again
-    auto push = [&](Request &q, uint64_t c) { q.ids.push_back(trie.child(q.ids.empty() ? 0 : q.ids.back(), c)); };
+    auto push = [&](Request &q, uint64_t c) {
+        q.ids.push_back(trie.child(q.ids.empty() ? 0 : q.ids.back(), c));
+    };
 
     if (family == "system-prompt") {
         // System prompts of 512-2048 tokens, questions of 64-320.
         const uint64_t n = items ? items : 100;
         std::vector<uint64_t> len(n);
-        for (auto &l : len) l = r.range(32, 128);
+        for (auto &l : len)
+            l = r.range(32, 128);
         Zipf z(n, s);
         for (uint64_t i = 0; i < n_req; i++) {
             Request q;
             uint64_t p = z.draw(r);
-            for (uint64_t b = 0; b < len[p]; b++) push(q, content(kSys, p, b));
+            for (uint64_t b = 0; b < len[p]; b++)
+                push(q, content(kSys, p, b));
             q.shared = uint32_t(q.ids.size());
-            for (uint64_t b = 0, u = r.range(4, 20); b < u; b++) push(q, content(kUser, unique++, 0));
+            for (uint64_t b = 0, u = r.range(4, 20); b < u; b++)
+                push(q, content(kUser, unique++, 0));
             out.push_back(std::move(q));
         }
     } else if (family == "multi-turn") {
@@ -193,17 +203,21 @@ std::vector<Request> generate(const std::string &family, uint64_t n_req, uint64_
         // adds 64-384 tokens; 2-10 turns.
         auto fresh = [&]() {
             Conv c{{}, r.range(2, 10)};
-            for (uint64_t b = 0; b < 8; b++) c.contents.push_back(content(kSys, 0, b));
+            for (uint64_t b = 0; b < 8; b++)
+                c.contents.push_back(content(kSys, 0, b));
             return c;
         };
         std::vector<Conv> conv(n);
-        for (auto &c : conv) c = fresh();
+        for (auto &c : conv)
+            c = fresh();
         Zipf z(n, s);
         for (uint64_t i = 0; i < n_req; i++) {
             Conv &c = conv[z.draw(r)];
-            for (uint64_t b = 0, t = r.range(4, 24); b < t; b++) c.contents.push_back(content(kTurn, unique++, 0));
+            for (uint64_t b = 0, t = r.range(4, 24); b < t; b++)
+                c.contents.push_back(content(kTurn, unique++, 0));
             Request q;
-            for (uint64_t x : c.contents) push(q, x);
+            for (uint64_t x : c.contents)
+                push(q, x);
             q.shared = 8;
             out.push_back(std::move(q));
             if (--c.turns_left == 0) c = fresh();
@@ -212,28 +226,34 @@ std::vector<Request> generate(const std::string &family, uint64_t n_req, uint64_
         // Document chunks of 128-512 tokens.
         const uint64_t n = items ? items : 200;
         std::vector<uint64_t> len(n);
-        for (auto &l : len) l = r.range(8, 32);
+        for (auto &l : len)
+            l = r.range(8, 32);
         Zipf z(n, s);
         for (uint64_t i = 0; i < n_req; i++) {
             Request q;
-            for (uint64_t b = 0; b < 2; b++) push(q, content(kSys, 1, b));
+            for (uint64_t b = 0; b < 2; b++)
+                push(q, content(kSys, 1, b));
             for (uint64_t d = 0, k = r.range(1, 3); d < k; d++) {
                 uint64_t doc = z.draw(r);
-                for (uint64_t b = 0; b < len[doc]; b++) push(q, content(kDoc, doc, b));
+                for (uint64_t b = 0; b < len[doc]; b++)
+                    push(q, content(kDoc, doc, b));
             }
             q.shared = uint32_t(q.ids.size());
-            for (uint64_t b = 0, u = r.range(1, 2); b < u; b++) push(q, content(kUser, unique++, 0));
+            for (uint64_t b = 0, u = r.range(1, 2); b < u; b++)
+                push(q, content(kUser, unique++, 0));
             out.push_back(std::move(q));
         }
     } else if (family == "zipf") {
         const uint64_t n = items ? items : 2000;
         std::vector<uint64_t> len(n);
-        for (auto &l : len) l = r.range(4, 32);
+        for (auto &l : len)
+            l = r.range(4, 32);
         Zipf z(n, s);
         for (uint64_t i = 0; i < n_req; i++) {
             Request q;
             uint64_t p = z.draw(r);
-            for (uint64_t b = 0; b < len[p]; b++) push(q, content(kPrompt, p, b));
+            for (uint64_t b = 0; b < len[p]; b++)
+                push(q, content(kPrompt, p, b));
             q.shared = uint32_t(q.ids.size());
             out.push_back(std::move(q));
         }
@@ -251,26 +271,36 @@ int cmd_gen(int argc, char **argv) {
         std::string a = argv[i];
         if (i + 1 >= argc) die(2, "%s needs a value\n%s", a.c_str(), kUsage);
         std::string v = argv[++i];
-        if (a == "--family") family = v;
-        else if (a == "--out") out = v;
-        else if (a == "--requests") n_req = parse_u64(a, v, 1, 10000000);
-        else if (a == "--seed") seed = parse_u64(a, v, 0, UINT64_MAX);
-        else if (a == "--items") items = parse_u64(a, v, 1, 1000000);
-        else if (a == "--block-tokens") block_tokens = parse_u64(a, v, 1, 65536);
-        else if (a == "--zipf") s = parse_double(a, v, 0.0, 4.0);
-        else die(2, "unknown option %s\n%s", a.c_str(), kUsage);
+        if (a == "--family")
+            family = v;
+        else if (a == "--out")
+            out = v;
+        else if (a == "--requests")
+            n_req = parse_u64(a, v, 1, 10000000);
+        else if (a == "--seed")
+            seed = parse_u64(a, v, 0, UINT64_MAX);
+        else if (a == "--items")
+            items = parse_u64(a, v, 1, 1000000);
+        else if (a == "--block-tokens")
+            block_tokens = parse_u64(a, v, 1, 65536);
+        else if (a == "--zipf")
+            s = parse_double(a, v, 0.0, 4.0);
+        else
+            die(2, "unknown option %s\n%s", a.c_str(), kUsage);
     }
     if (family.empty()) die(2, "gen needs --family\n%s", kUsage);
     if (out.empty()) die(2, "gen needs --out FILE\n%s", kUsage);
     std::vector<Request> reqs = generate(family, n_req, seed, s, items);
     FILE *f = fopen(out.c_str(), "w");
     if (!f) die(2, "%s: %s", out.c_str(), strerror(errno));
-    fprintf(f, "# kvsim-trace v1 family=%s block_tokens=%" PRIu64 " requests=%" PRIu64 " seed=%" PRIu64
-               " zipf=%g items=%" PRIu64 "\n",
+    fprintf(f,
+            "# kvsim-trace v1 family=%s block_tokens=%" PRIu64 " requests=%" PRIu64 " seed=%" PRIu64
+            " zipf=%g items=%" PRIu64 "\n",
             family.c_str(), block_tokens, n_req, seed, s, items);
     for (const Request &q : reqs) {
         fprintf(f, "R %u %zu", q.shared, q.ids.size());
-        for (uint64_t id : q.ids) fprintf(f, " %" PRIu64, id);
+        for (uint64_t id : q.ids)
+            fprintf(f, " %" PRIu64, id);
         fputc('\n', f);
     }
     if (fclose(f) != 0) die(2, "%s: %s", out.c_str(), strerror(errno));
@@ -299,7 +329,8 @@ Trace read_trace(const std::string &path) {
     while ((n = getline(&line, &cap, f)) > 0) {
         lineno++;
         std::string l(line, size_t(n));
-        while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.pop_back();
+        while (!l.empty() && (l.back() == '\n' || l.back() == '\r'))
+            l.pop_back();
         if (l.empty()) continue;
         if (l[0] == '#') {
             if (l.rfind("# kvsim-trace v1", 0) == 0) {
@@ -311,11 +342,14 @@ Trace read_trace(const std::string &path) {
             }
             continue;
         }
-        if (!header) die(2, "%s:%" PRIu64 ": expected the \"# kvsim-trace v1\" header first", path.c_str(), lineno);
+        if (!header)
+            die(2, "%s:%" PRIu64 ": expected the \"# kvsim-trace v1\" header first", path.c_str(),
+                lineno);
         const char *c = l.c_str();
         char *end;
         if (c[0] != 'R' || c[1] != ' ')
-            die(2, "%s:%" PRIu64 ": expected \"R SHARED N ID...\", got \"%.40s\"", path.c_str(), lineno, c);
+            die(2, "%s:%" PRIu64 ": expected \"R SHARED N ID...\", got \"%.40s\"", path.c_str(),
+                lineno, c);
         Request q;
         c += 2;
         unsigned long long shared = strtoull(c, &end, 10);
@@ -328,11 +362,13 @@ Trace read_trace(const std::string &path) {
         q.shared = uint32_t(shared);
         for (unsigned long long i = 0; i < cnt; i++) {
             unsigned long long id = strtoull(c, &end, 10);
-            if (end == c || id == 0) die(2, "%s:%" PRIu64 ": block %llu: expected an id >= 1", path.c_str(), lineno, i);
+            if (end == c || id == 0)
+                die(2, "%s:%" PRIu64 ": block %llu: expected an id >= 1", path.c_str(), lineno, i);
             c = end;
             q.ids.push_back(id);
         }
-        while (*c == ' ') c++;
+        while (*c == ' ')
+            c++;
         if (*c) die(2, "%s:%" PRIu64 ": %llu ids announced, more found", path.c_str(), lineno, cnt);
         t.max_chain = std::max<uint64_t>(t.max_chain, q.ids.size());
         t.reqs.push_back(std::move(q));
@@ -342,7 +378,8 @@ Trace read_trace(const std::string &path) {
     if (t.reqs.empty()) die(2, "--trace %s: no requests", path.c_str());
     std::unordered_map<uint64_t, bool> seen;
     for (const Request &q : t.reqs)
-        for (uint64_t id : q.ids) seen.emplace(id, true);
+        for (uint64_t id : q.ids)
+            seen.emplace(id, true);
     t.distinct = seen.size();
     return t;
 }
@@ -361,7 +398,8 @@ Trace read_trace(const std::string &path) {
 // depend on the shared cache's answers, only on the trace.
 class EngineTier {
   public:
-    EngineTier(uint32_t engines, uint64_t blocks, uint64_t seed) : lru_(engines), index_(engines), cap_(blocks), rng_(seed) {}
+    EngineTier(uint32_t engines, uint64_t blocks, uint64_t seed)
+        : lru_(engines), index_(engines), cap_(blocks), rng_(seed) {}
 
     // The blocks of q the engine chosen for it holds (a prefix length); 0
     // without a tier.
@@ -370,7 +408,8 @@ class EngineTier {
         cur_ = size_t(rng_.below(lru_.size()));
         auto &idx = index_[cur_];
         size_t g = 0;
-        while (g < q.ids.size() && idx.count(q.ids[g])) g++;
+        while (g < q.ids.size() && idx.count(q.ids[g]))
+            g++;
         return g;
     }
     // The engine now holds every block of q; its least recently used go.
@@ -399,8 +438,8 @@ class EngineTier {
 };
 
 struct TierSpec {
-    uint32_t engines = 0;  // 0: no tier, every request asks the shared cache from its root
-    uint64_t blocks = 0;   // per engine
+    uint32_t engines = 0; // 0: no tier, every request asks the shared cache from its root
+    uint64_t blocks = 0;  // per engine
     uint64_t seed = 1;
     EngineTier make() const { return EngineTier(engines, blocks, seed); }
 };
@@ -430,8 +469,10 @@ class Model {
         for (const Request &q : t.reqs) {
             const size_t g = tier.begin(q); // held by the engine: not asked for
             size_t m = g;
-            while (m < q.ids.size() && blocks_.count(q.ids[m])) m++;
-            for (size_t i = g; i < m; i++) access(q.ids[i]);
+            while (m < q.ids.size() && blocks_.count(q.ids[m]))
+                m++;
+            for (size_t i = g; i < m; i++)
+                access(q.ids[i]);
             r.requested += q.ids.size() - g;
             r.served += m - g;
             for (size_t i = m; i < q.ids.size(); i++) {
@@ -464,7 +505,8 @@ class Model {
         if (policy_ == KV_EVICT_PREFIX) cls = b.kids ? 1 : 0;
         return {cls, b.rank, policy_ == KV_EVICT_LFU ? b.inserted : 0, id};
     }
-    template <typename F> void update(uint64_t id, F &&f) {
+    template <typename F>
+    void update(uint64_t id, F &&f) {
         Block &b = blocks_.at(id);
         order_.erase(key(id, b));
         f(b);
@@ -473,7 +515,9 @@ class Model {
     void access(uint64_t id) {
         now_++;
         if (policy_ == KV_EVICT_FIFO) return;
-        update(id, [&](Block &b) { b.rank = policy_ == KV_EVICT_LFU ? std::max(b.rank, floor_) + 1 : now_; });
+        update(id, [&](Block &b) {
+            b.rank = policy_ == KV_EVICT_LFU ? std::max(b.rank, floor_) + 1 : now_;
+        });
     }
     void insert(uint64_t id, uint64_t parent, uint32_t prio) {
         now_++;
@@ -536,8 +580,8 @@ Result opt_bound(const Trace &t, const TierSpec &ts, uint64_t cap) {
         next[i] = it->second;
         it->second = i;
     }
-    std::unordered_map<uint64_t, uint64_t> cached;      // block -> its next ask
-    std::set<std::pair<uint64_t, uint64_t>> by_next;    // (next ask, block)
+    std::unordered_map<uint64_t, uint64_t> cached;   // block -> its next ask
+    std::set<std::pair<uint64_t, uint64_t>> by_next; // (next ask, block)
     for (size_t i = 0; i < seq.size(); i++) {
         const uint64_t id = seq[i];
         auto it = cached.find(id);
@@ -565,11 +609,14 @@ Result opt_bound(const Trace &t, const TierSpec &ts, uint64_t cap) {
 
 constexpr uint64_t kBlock = 4096, kSlab = 64 * 1024, kBlocksPerSlab = kSlab / kBlock;
 
-kv_key key_of(uint64_t id) { return kv_key{id * 0x9E3779B97F4A7C15ULL + 1, id ^ 0x6b7673696dULL}; }
+kv_key key_of(uint64_t id) {
+    return kv_key{id * 0x9E3779B97F4A7C15ULL + 1, id ^ 0x6b7673696dULL};
+}
 
 // A memfd pool of exactly `blocks` 4 KiB blocks (slabs of 16): returns the
 // attached pool and sets *capacity to the blocks it holds.
-kv_pool *make_pool(uint32_t policy, uint64_t blocks, uint64_t max_chain, uint64_t *capacity, int *fd_out) {
+kv_pool *make_pool(uint32_t policy, uint64_t blocks, uint64_t max_chain, uint64_t *capacity,
+                   int *fd_out) {
     const uint64_t per_slab = kBlocksPerSlab;
     const uint64_t want_slabs = std::max<uint64_t>(1, (blocks + per_slab - 1) / per_slab);
     uint64_t size = want_slabs * kSlab + (1 << 20);
@@ -597,7 +644,8 @@ kv_pool *make_pool(uint32_t policy, uint64_t blocks, uint64_t max_chain, uint64_
         }
         kv_pool_detach(p);
         close(fd);
-        size = slabs < want_slabs ? size + (want_slabs - slabs) * kSlab : size - (slabs - want_slabs) * kSlab;
+        size = slabs < want_slabs ? size + (want_slabs - slabs) * kSlab
+                                  : size - (slabs - want_slabs) * kSlab;
     }
     die(1, "could not size a pool to %" PRIu64 " slabs", want_slabs);
 }
@@ -618,15 +666,18 @@ Result replay_pool(kv_pool *p, const Trace &t, const TierSpec &ts) {
         const size_t g = tier.begin(q); // held by the engine: not asked for
         keys.resize(q.ids.size());
         views.resize(q.ids.size());
-        for (size_t i = 0; i < q.ids.size(); i++) keys[i] = key_of(q.ids[i]);
+        for (size_t i = 0; i < q.ids.size(); i++)
+            keys[i] = key_of(q.ids[i]);
         // An engine pins what it matched while it prefills the rest; the
         // model does not pin, so release at once (the reads refreshed them).
         int mt = 0;
         if (g < q.ids.size()) {
-            mt = kv_match_prefix(p, ns, keys.data() + g, keys.size() - g, KV_MATCH_F_PIN, views.data());
+            mt = kv_match_prefix(p, ns, keys.data() + g, keys.size() - g, KV_MATCH_F_PIN,
+                                 views.data());
             if (mt < 0) die(1, "kv_match_prefix: %s", kv_strerror(mt));
         }
-        for (int i = 0; i < mt; i++) kv_release(p, &views[size_t(i)]);
+        for (int i = 0; i < mt; i++)
+            kv_release(p, &views[size_t(i)]);
         r.requested += q.ids.size() - g;
         r.served += uint64_t(mt);
         for (size_t i = g + size_t(mt); i < q.ids.size(); i++) {
@@ -679,7 +730,8 @@ void plot(const std::string &png, const Trace &t, const std::vector<Row> &rows, 
     FILE *d = fopen(data.c_str(), "w");
     std::vector<std::string> policies;
     for (const Row &r : rows)
-        if (std::find(policies.begin(), policies.end(), r.policy) == policies.end()) policies.push_back(r.policy);
+        if (std::find(policies.begin(), policies.end(), r.policy) == policies.end())
+            policies.push_back(r.policy);
     for (const std::string &pol : policies) {
         fprintf(d, "\"%s\"\n", pol.c_str());
         for (const Row &r : rows)
@@ -699,18 +751,20 @@ void plot(const std::string &png, const Trace &t, const std::vector<Row> &rows, 
     fprintf(s, "plot ");
     for (size_t i = 0; i < policies.size(); i++) {
         const bool bound = policies[i] == "opt"; // no pool has it
-        fprintf(s, "%s'%s' index %zu using 1:2 with linespoints lw 2 lc %zu title '%s (%s)'", i ? ", " : "",
-                data.c_str(), i, i + 1, policies[i].c_str(), bound ? "clairvoyant bound" : "exact model");
+        fprintf(s, "%s'%s' index %zu using 1:2 with linespoints lw 2 lc %zu title '%s (%s)'",
+                i ? ", " : "", data.c_str(), i, i + 1, policies[i].c_str(),
+                bound ? "clairvoyant bound" : "exact model");
         if (with_pool && !bound)
-            fprintf(s, ", '%s' index %zu using 1:3 with points pt 6 ps 2 lc %zu title '%s (pool)'", data.c_str(), i,
-                    i + 1, policies[i].c_str());
+            fprintf(s, ", '%s' index %zu using 1:3 with points pt 6 ps 2 lc %zu title '%s (pool)'",
+                    data.c_str(), i, i + 1, policies[i].c_str());
     }
     fprintf(s, "\n");
     fclose(s);
     pid_t pid = fork();
     if (pid == 0) {
         execlp("gnuplot", "gnuplot", script.c_str(), (char *)nullptr);
-        fprintf(stderr, "kvsim: cannot run gnuplot: %s (Debian: apt-get install gnuplot-nox)\n", strerror(errno));
+        fprintf(stderr, "kvsim: cannot run gnuplot: %s (Debian: apt-get install gnuplot-nox)\n",
+                strerror(errno));
         _exit(127);
     }
     int st = 0;
@@ -718,7 +772,8 @@ void plot(const std::string &png, const Trace &t, const std::vector<Row> &rows, 
     unlink(data.c_str());
     unlink(script.c_str());
     rmdir(dir);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) die(1, "gnuplot failed (exit status %d); no plot written", WEXITSTATUS(st));
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        die(1, "gnuplot failed (exit status %d); no plot written", WEXITSTATUS(st));
 }
 
 int cmd_run(int argc, char **argv) {
@@ -728,44 +783,70 @@ int cmd_run(int argc, char **argv) {
     double engine_pct = 5;
     for (int i = 2; i < argc; i++) {
         std::string a = argv[i];
-        if (a == "--pool") { with_pool = true; continue; }
-        if (a == "--json") { json = true; continue; }
+        if (a == "--pool") {
+            with_pool = true;
+            continue;
+        }
+        if (a == "--json") {
+            json = true;
+            continue;
+        }
         if (i + 1 >= argc) die(2, "%s needs a value\n%s", a.c_str(), kUsage);
         std::string v = argv[++i];
-        if (a == "--trace") trace = v;
-        else if (a == "--policies") policies = v;
-        else if (a == "--sizes") sizes = v;
-        else if (a == "--plot") png = v;
-        else if (a == "--engines") ts.engines = uint32_t(parse_u64(a, v, 0, 1024));
-        else if (a == "--engine-size") engine_pct = parse_double(a, v, 0.01, 100);
-        else if (a == "--seed") ts.seed = parse_u64(a, v, 0, UINT64_MAX);
-        else die(2, "unknown option %s\n%s", a.c_str(), kUsage);
+        if (a == "--trace")
+            trace = v;
+        else if (a == "--policies")
+            policies = v;
+        else if (a == "--sizes")
+            sizes = v;
+        else if (a == "--plot")
+            png = v;
+        else if (a == "--engines")
+            ts.engines = uint32_t(parse_u64(a, v, 0, 1024));
+        else if (a == "--engine-size")
+            engine_pct = parse_double(a, v, 0.01, 100);
+        else if (a == "--seed")
+            ts.seed = parse_u64(a, v, 0, UINT64_MAX);
+        else
+            die(2, "unknown option %s\n%s", a.c_str(), kUsage);
     }
     if (trace.empty()) die(2, "run needs --trace FILE\n%s", kUsage);
     std::vector<uint32_t> pols;
     for (const std::string &item : split(policies)) {
         // "all": the five policies a pool is created with by name (not
         // clock, the v1.0 default, nor the bound opt).
-        for (const std::string &p : item == "all" ? split("lru,lfu,fifo,priority,prefix") : split(item)) {
+        for (const std::string &p :
+             item == "all" ? split("lru,lfu,fifo,priority,prefix") : split(item)) {
             int v = p == "opt" ? int(kOpt) : kv_evict_policy_parse(p.c_str());
             if (v < 0)
-                die(2, "--policies: \"%s\": expected a list of all, clock, lru, lfu, fifo, priority, prefix, opt",
+                die(2,
+                    "--policies: \"%s\": expected a list of all, clock, lru, lfu, fifo, priority, "
+                    "prefix, opt",
                     p.c_str());
-            if (std::find(pols.begin(), pols.end(), uint32_t(v)) == pols.end()) pols.push_back(uint32_t(v));
+            if (std::find(pols.begin(), pols.end(), uint32_t(v)) == pols.end())
+                pols.push_back(uint32_t(v));
         }
     }
     std::vector<uint64_t> pcts;
-    for (const std::string &s : split(sizes)) pcts.push_back(parse_u64("--sizes", s, 1, 1000));
+    for (const std::string &s : split(sizes))
+        pcts.push_back(parse_u64("--sizes", s, 1, 1000));
     Trace t = read_trace(trace);
-    if (ts.engines) ts.blocks = std::max<uint64_t>(1, uint64_t(double(t.distinct) * engine_pct / 100));
+    if (ts.engines)
+        ts.blocks = std::max<uint64_t>(1, uint64_t(double(t.distinct) * engine_pct / 100));
 
     std::vector<Row> rows;
     for (uint32_t pol : pols) {
         for (uint64_t pct : pcts) {
-            Row row{pol == kOpt ? "opt" : kv_evict_policy_name(pol), pct,
-                    std::max<uint64_t>(1, t.distinct * pct / 100), {}, {}, false};
+            Row row{pol == kOpt ? "opt" : kv_evict_policy_name(pol),
+                    pct,
+                    std::max<uint64_t>(1, t.distinct * pct / 100),
+                    {},
+                    {},
+                    false};
             if (pol == kOpt) { // a bound, not a policy a pool has; sized as the others' pools are
-                if (with_pool) row.blocks = (row.blocks + kBlocksPerSlab - 1) / kBlocksPerSlab * kBlocksPerSlab;
+                if (with_pool)
+                    row.blocks =
+                        (row.blocks + kBlocksPerSlab - 1) / kBlocksPerSlab * kBlocksPerSlab;
                 row.model = opt_bound(t, ts, row.blocks);
                 rows.push_back(row);
                 continue;
@@ -784,34 +865,42 @@ int cmd_run(int argc, char **argv) {
     }
 
     if (json) {
-        printf("{\"trace\": \"%s\", \"family\": \"%s\", \"requests\": %zu, \"distinct_blocks\": %" PRIu64
-               ", \"block_tokens\": %" PRIu64 ", \"engines\": %u, \"engine_blocks\": %" PRIu64 ", \"rows\": [",
-               trace.c_str(), t.family.c_str(), t.reqs.size(), t.distinct, t.block_tokens, ts.engines, ts.blocks);
+        printf("{\"trace\": \"%s\", \"family\": \"%s\", \"requests\": %zu, \"distinct_blocks\": "
+               "%" PRIu64 ", \"block_tokens\": %" PRIu64
+               ", \"engines\": %u, \"engine_blocks\": %" PRIu64 ", \"rows\": [",
+               trace.c_str(), t.family.c_str(), t.reqs.size(), t.distinct, t.block_tokens,
+               ts.engines, ts.blocks);
         for (size_t i = 0; i < rows.size(); i++) {
             const Row &r = rows[i];
             printf("%s\n  {\"policy\": \"%s\", \"size_pct\": %" PRIu64 ", \"blocks\": %" PRIu64
-                   ", \"model\": {\"hit_ratio\": %.6f, \"tokens_saved\": %" PRIu64 ", \"evictions\": %" PRIu64 "}",
+                   ", \"model\": {\"hit_ratio\": %.6f, \"tokens_saved\": %" PRIu64
+                   ", \"evictions\": %" PRIu64 "}",
                    i ? "," : "", r.policy.c_str(), r.pct, r.blocks, r.model.hit_ratio(),
                    r.model.served * t.block_tokens, r.model.evictions);
             if (r.has_pool)
-                printf(", \"pool\": {\"hit_ratio\": %.6f, \"tokens_saved\": %" PRIu64 ", \"evictions\": %" PRIu64 "}",
+                printf(", \"pool\": {\"hit_ratio\": %.6f, \"tokens_saved\": %" PRIu64
+                       ", \"evictions\": %" PRIu64 "}",
                        r.pool.hit_ratio(), r.pool.served * t.block_tokens, r.pool.evictions);
             printf("}");
         }
         printf("\n]}\n");
     } else {
-        printf("trace %s: family %s, %zu requests, %" PRIu64 " distinct blocks, %" PRIu64 " tokens per block\n",
+        printf("trace %s: family %s, %zu requests, %" PRIu64 " distinct blocks, %" PRIu64
+               " tokens per block\n",
                trace.c_str(), t.family.c_str(), t.reqs.size(), t.distinct, t.block_tokens);
         if (ts.engines)
             printf("engine tier: %u engines of %" PRIu64 " blocks each (seed %" PRIu64
                    "); hits count only the blocks asked of the cache\n",
                    ts.engines, ts.blocks, ts.seed);
-        printf("\n%-9s %5s %8s  %9s %13s %10s", "policy", "size", "blocks", "model hit", "tokens saved", "evictions");
-        if (with_pool) printf("  %9s %13s %10s %7s", "pool hit", "tokens saved", "evictions", "diff pp");
+        printf("\n%-9s %5s %8s  %9s %13s %10s", "policy", "size", "blocks", "model hit",
+               "tokens saved", "evictions");
+        if (with_pool)
+            printf("  %9s %13s %10s %7s", "pool hit", "tokens saved", "evictions", "diff pp");
         printf("\n");
         for (const Row &r : rows) {
-            printf("%-9s %4" PRIu64 "%% %8" PRIu64 "  %8.2f%% %13" PRIu64 " %10" PRIu64, r.policy.c_str(), r.pct,
-                   r.blocks, 100 * r.model.hit_ratio(), r.model.served * t.block_tokens, r.model.evictions);
+            printf("%-9s %4" PRIu64 "%% %8" PRIu64 "  %8.2f%% %13" PRIu64 " %10" PRIu64,
+                   r.policy.c_str(), r.pct, r.blocks, 100 * r.model.hit_ratio(),
+                   r.model.served * t.block_tokens, r.model.evictions);
             if (r.has_pool)
                 printf("  %8.2f%% %13" PRIu64 " %10" PRIu64 " %+7.2f", 100 * r.pool.hit_ratio(),
                        r.pool.served * t.block_tokens, r.pool.evictions,

@@ -6,14 +6,12 @@
 // encodes the types vLLM puts in them; the hashing runs without the GIL.
 #include "pool.h"
 
-#include <kv/kv.h>
-#include <kv/kv.hpp>
-
-#include <pybind11/pybind11.h>
-
 #include <cerrno>
 #include <cstdlib>
+#include <kv/kv.h>
+#include <kv/kv.hpp>
 #include <optional>
+#include <pybind11/pybind11.h>
 #include <span>
 #include <string>
 #include <string_view>
@@ -48,7 +46,8 @@ uint32_t scheme_of(py::handle algo) {
     }
     if (py::isinstance<py::int_>(algo) && !py::isinstance<py::bool_>(algo)) {
         const long long v = algo.cast<long long>();
-        if (v == KV_HASH_VLLM_SHA256_CBOR || v == KV_HASH_VLLM_XXHASH_CBOR) return static_cast<uint32_t>(v);
+        if (v == KV_HASH_VLLM_SHA256_CBOR || v == KV_HASH_VLLM_XXHASH_CBOR)
+            return static_cast<uint32_t>(v);
         throw py::value_error("algo " + std::to_string(v) + ": expected " +
                               std::to_string(KV_HASH_VLLM_SHA256_CBOR) + " (sha256_cbor) or " +
                               std::to_string(KV_HASH_VLLM_XXHASH_CBOR) + " (xxhash_cbor)");
@@ -95,7 +94,8 @@ void encode_bignum(kv::cbor::Writer &w, py::handle v, bool negative) {
 }
 
 void encode(kv::cbor::Writer &w, py::handle v, int depth) {
-    if (depth > kMaxDepth) throw py::value_error("extra keys nested deeper than " + std::to_string(kMaxDepth));
+    if (depth > kMaxDepth)
+        throw py::value_error("extra keys nested deeper than " + std::to_string(kMaxDepth));
     PyObject *o = v.ptr();
     if (o == Py_None) {
         w.null();
@@ -128,7 +128,8 @@ void encode(kv::cbor::Writer &w, py::handle v, int depth) {
     } else if (PyUnicode_Check(o)) {
         w.text(utf8(v));
     } else if (PyBytes_Check(o)) {
-        w.bytes({reinterpret_cast<const uint8_t *>(PyBytes_AS_STRING(o)), static_cast<size_t>(PyBytes_GET_SIZE(o))});
+        w.bytes({reinterpret_cast<const uint8_t *>(PyBytes_AS_STRING(o)),
+                 static_cast<size_t>(PyBytes_GET_SIZE(o))});
     } else if (PyByteArray_Check(o)) {
         w.bytes({reinterpret_cast<const uint8_t *>(PyByteArray_AS_STRING(o)),
                  static_cast<size_t>(PyByteArray_GET_SIZE(o))});
@@ -136,7 +137,8 @@ void encode(kv::cbor::Writer &w, py::handle v, int depth) {
         py::sequence seq = py::reinterpret_borrow<py::sequence>(v);
         const size_t n = seq.size();
         w.array(n);
-        for (size_t i = 0; i < n; i++) encode(w, seq[i], depth + 1);
+        for (size_t i = 0; i < n; i++)
+            encode(w, seq[i], depth + 1);
     } else {
         throw py::type_error("extra keys: cannot encode a " +
                              std::string(py::str(py::type::handle_of(v).attr("__name__"))) +
@@ -180,18 +182,19 @@ std::vector<uint32_t> tokens_of(py::handle tokens) {
         const long long v = PyLong_AsLongLongAndOverflow(it, &overflow);
         if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
         if (overflow || v < 0 || v > 0xffffffffLL)
-            throw py::value_error("tokens[" + std::to_string(i) + "] = " + std::string(py::str(it)) +
-                                  ": expected 0..4294967295");
+            throw py::value_error("tokens[" + std::to_string(i) +
+                                  "] = " + std::string(py::str(it)) + ": expected 0..4294967295");
         t[static_cast<size_t>(i)] = static_cast<uint32_t>(v);
     }
     return t;
 }
 
-py::list vllm_block_hashes(py::handle tokens, long long block_size, py::handle algo, py::handle seed,
-                           py::handle extra_keys, py::handle parent) {
+py::list vllm_block_hashes(py::handle tokens, long long block_size, py::handle algo,
+                           py::handle seed, py::handle extra_keys, py::handle parent) {
     const uint32_t scheme = scheme_of(algo);
     if (block_size <= 0 || block_size > 0xffffffffLL)
-        throw py::value_error("block_size " + std::to_string(block_size) + ": expected 1..4294967295");
+        throw py::value_error("block_size " + std::to_string(block_size) +
+                              ": expected 1..4294967295");
     const auto bs = static_cast<uint32_t>(block_size);
     const std::vector<uint32_t> t = tokens_of(tokens);
     const size_t n = t.size() / bs;
@@ -234,20 +237,22 @@ py::list vllm_block_hashes(py::handle tokens, long long block_size, py::handle a
         std::optional<py::gil_scoped_release> nogil;
         if (n >= kReleaseGilBlocks) nogil.emplace();
         rc = kv_vllm_block_hashes(scheme, par.data(), par.size(), t.data(), t.size(), bs,
-                                  ptrs.empty() ? nullptr : ptrs.data(), lens.empty() ? nullptr : lens.data(),
-                                  out.data(), n);
+                                  ptrs.empty() ? nullptr : ptrs.data(),
+                                  lens.empty() ? nullptr : lens.data(), out.data(), n);
     }
     if (rc < 0) raise_hash(rc, "kv_vllm_block_hashes");
     py::list result(n);
-    for (size_t i = 0; i < n; i++) result[i] = to_bytes({out.data() + i * hl, hl});
+    for (size_t i = 0; i < n; i++)
+        result[i] = to_bytes({out.data() + i * hl, hl});
     return result;
 }
 
 py::int_ vllm_key(py::handle hash) {
     const Bytes b(hash);
     if (b.size() != 16 && b.size() != 32)
-        throw py::value_error("hash: expected 16 or 32 bytes (a vLLM block hash without its group id), got " +
-                              std::to_string(b.size()));
+        throw py::value_error(
+            "hash: expected 16 or 32 bytes (a vLLM block hash without its group id), got " +
+            std::to_string(b.size()));
     const kv_key k = kv_vllm_key(b.data(), b.size());
     uint8_t be[16];
     for (int i = 0; i < 8; i++) {
@@ -265,8 +270,8 @@ py::int_ vllm_key(py::handle hash) {
 
 void init_hashes(py::module_ &m) {
     m.def("vllm_block_hashes", &vllm_block_hashes, py::arg("tokens"), py::arg("block_size"),
-          py::arg("algo") = "sha256_cbor", py::arg("seed") = py::none(), py::arg("extra_keys") = py::none(),
-          py::arg("parent") = py::none(),
+          py::arg("algo") = "sha256_cbor", py::arg("seed") = py::none(),
+          py::arg("extra_keys") = py::none(), py::arg("parent") = py::none(),
           R"doc(vLLM's prefix-cache block hashes of the full blocks of ``tokens``.
 
 Block i hashes (parent, tuple(tokens[i*block_size:(i+1)*block_size]),

@@ -3,11 +3,11 @@
 // parts of the package: pool.h is their interface).
 #pragma once
 
+#include "pool.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <vector>
-
-#include "pool.h"
 
 namespace kvpool_py {
 
@@ -23,7 +23,8 @@ py::list keys_to_list(const kv_key *keys, size_t n);
  * OverflowError for one outside [0, 2**32). */
 std::vector<uint32_t> to_tokens(py::handle obj);
 /* kv_hash_chain over tokens (without the GIL for many blocks). */
-std::vector<kv_key> hash_chain_keys(const std::vector<uint32_t> &tokens, uint32_t block_tokens, uint64_t seed);
+std::vector<kv_key> hash_chain_keys(const std::vector<uint32_t> &tokens, uint32_t block_tokens,
+                                    uint64_t seed);
 
 /* The PoolState of a View, Reservation or BlockMemory object, or nullptr
  * (no error set) for other objects. */

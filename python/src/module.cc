@@ -4,12 +4,12 @@
 #include "pool.h"
 
 PYBIND11_MODULE(_kvpool, m) {
-	m.doc() = "kvpool's C++ core (pybind11 over libkv); import kvpool instead.";
-	kvpool_py::init_errors(m);
-	kvpool_py::init_keys(m);
-	kvpool_py::init_views(m);
-	kvpool_py::init_namespace(m);
-	kvpool_py::init_pool(m);
-	kvpool_py::init_hashes(m);
-	kvpool_py::init_paged(m);
+    m.doc() = "kvpool's C++ core (pybind11 over libkv); import kvpool instead.";
+    kvpool_py::init_errors(m);
+    kvpool_py::init_keys(m);
+    kvpool_py::init_views(m);
+    kvpool_py::init_namespace(m);
+    kvpool_py::init_pool(m);
+    kvpool_py::init_hashes(m);
+    kvpool_py::init_paged(m);
 }

@@ -16,17 +16,16 @@
 // released or aborted; releases and aborts work after detach(), new
 // operations do not. In a forked child, whose inherited pool is the
 // parent's client, operations raise ValueError and releases and aborts
-// leave the parent's pins and reservations alone. An object is used by one thread at a time: a second
-// thread calling in while a copy runs gets RuntimeError.
+// leave the parent's pins and reservations alone. An object is used by one thread at a time: a
+// second thread calling in while a copy runs gets RuntimeError.
 #include "paged_copy.h"
 #include "pool.h"
-
-#include <pybind11/stl.h>
 
 #include <cerrno>
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <pybind11/stl.h>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -60,7 +59,8 @@ class PagedCache {
         : owner_(std::move(owner)) {
         if (layers.empty()) throw py::value_error("PagedCache: no layers");
         if (frag_bytes == 0) throw py::value_error("PagedCache: frag_bytes is 0");
-        for (auto &[base, kv, blk] : layers) g_.layers.push_back({base, kv, blk});
+        for (auto &[base, kv, blk] : layers)
+            g_.layers.push_back({base, kv, blk});
         g_.frag_bytes = frag_bytes;
         g_.num_blocks = num_blocks;
     }
@@ -71,8 +71,7 @@ class PagedCache {
         for (int64_t id : ids) {
             if (id < 0 || uint64_t(id) >= g_.num_blocks)
                 throw py::index_error("engine block id " + std::to_string(id) +
-                                      " out of range [0, " + std::to_string(g_.num_blocks) +
-                                      ")");
+                                      " out of range [0, " + std::to_string(g_.num_blocks) + ")");
             out.push_back(uint64_t(id));
         }
         return out;
@@ -85,28 +84,29 @@ class PagedCache {
 
 // The parent of each key: explicit (parents, one per key, None for none),
 // else a chain (key i - 1; the first gets first_parent).
-std::vector<std::optional<kv_key>> parents_of(const std::vector<kv_key> &keys,
-                                              py::object parents, py::object first_parent) {
+std::vector<std::optional<kv_key>> parents_of(const std::vector<kv_key> &keys, py::object parents,
+                                              py::object first_parent) {
     std::vector<std::optional<kv_key>> out(keys.size());
     if (!parents.is_none()) {
-        if (!first_parent.is_none())
-            throw py::value_error("give parents or parent, not both");
+        if (!first_parent.is_none()) throw py::value_error("give parents or parent, not both");
         auto seq = parents.cast<py::sequence>();
         if (seq.size() != keys.size())
-            throw py::value_error("parents has " + std::to_string(seq.size()) +
-                                  " entries, keys " + std::to_string(keys.size()));
+            throw py::value_error("parents has " + std::to_string(seq.size()) + " entries, keys " +
+                                  std::to_string(keys.size()));
         for (size_t i = 0; i < keys.size(); i++)
             if (!seq[i].is_none()) out[i] = to_key(seq[i]);
         return out;
     }
     if (!first_parent.is_none() && !keys.empty()) out[0] = to_key(first_parent);
-    for (size_t i = 1; i < keys.size(); i++) out[i] = keys[i - 1];
+    for (size_t i = 1; i < keys.size(); i++)
+        out[i] = keys[i - 1];
     return out;
 }
 
 std::vector<kv_key> keys_of(py::iterable keys) {
     std::vector<kv_key> out;
-    for (py::handle k : keys) out.push_back(to_key(k));
+    for (py::handle k : keys)
+        out.push_back(to_key(k));
     return out;
 }
 
@@ -155,7 +155,8 @@ class SaveBatch {
                 rc = rc == KV_DEDUP || rc == -EBUSY ? 0 : rc; // present, or another writer's
                 if (rc) {
                     failed = i;
-                    for (Slot &s : slots_) kv_abort(p, &s.r);
+                    for (Slot &s : slots_)
+                        kv_abort(p, &s.r);
                     break;
                 }
                 present_[i] = false;
@@ -167,7 +168,8 @@ class SaveBatch {
                           std::to_string(keys.size()))
                              .c_str());
         }
-        for (size_t i = 0; i < slots_.size(); i++) ns_.pool->hold();
+        for (size_t i = 0; i < slots_.size(); i++)
+            ns_.pool->hold();
     }
     SaveBatch(const SaveBatch &) = delete;
     SaveBatch &operator=(const SaveBatch &) = delete;
@@ -193,7 +195,8 @@ class SaveBatch {
                 paged::gather(g, s.block, first, last, static_cast<uint8_t *>(s.r.data),
                               streamed_ ? &s.hash : nullptr);
         }
-        for (uint32_t l = first; l < last; l++) written_[l] = true;
+        for (uint32_t l = first; l < last; l++)
+            written_[l] = true;
         if (streamed_) next_layer_ = last;
     }
 
@@ -213,7 +216,8 @@ class SaveBatch {
                 continue;
             }
             uint32_t e = l;
-            while (e < n && !written_[e]) e++;
+            while (e < n && !written_[e])
+                e++;
             write_layers(l, e);
             l = e;
         }
@@ -242,9 +246,11 @@ class SaveBatch {
                 if (rc) break;
                 done++;
             }
-            for (size_t i = done + (rc ? 1 : 0); i < slots_.size(); i++) kv_abort(p, &slots_[i].r);
+            for (size_t i = done + (rc ? 1 : 0); i < slots_.size(); i++)
+                kv_abort(p, &slots_[i].r);
         }
-        for (size_t i = 0; i < slots_.size(); i++) ns_.pool->unhold();
+        for (size_t i = 0; i < slots_.size(); i++)
+            ns_.pool->unhold();
         slots_.clear();
         if (rc) raise_kv(rc, ("commit block " + std::to_string(done)).c_str());
         committed_ = done;
@@ -262,8 +268,10 @@ class SaveBatch {
         if (slots_.empty()) return;
         // In a forked child the reservations are the parent's: leave them.
         if (kv_pool *p = ns_.pool->owned())
-            for (Slot &s : slots_) kv_abort(p, &s.r);
-        for (size_t i = 0; i < slots_.size(); i++) ns_.pool->unhold();
+            for (Slot &s : slots_)
+                kv_abort(p, &s.r);
+        for (size_t i = 0; i < slots_.size(); i++)
+            ns_.pool->unhold();
         slots_.clear();
     }
 
@@ -283,10 +291,10 @@ class SaveBatch {
     Namespace &ns_;
     py::object cache_obj_;
     const PagedCache &cache_;
-    std::vector<Slot> slots_;    // open reservations, in key order
-    std::vector<bool> present_;  // per key: reserved here (false: present or being written)
-    std::vector<bool> written_;  // per layer
-    uint32_t next_layer_ = 0;    // while streamed_: the layer the checksums have reached
+    std::vector<Slot> slots_;   // open reservations, in key order
+    std::vector<bool> present_; // per key: reserved here (false: present or being written)
+    std::vector<bool> written_; // per layer
+    uint32_t next_layer_ = 0;   // while streamed_: the layer the checksums have reached
     bool streamed_ = true;
     size_t committed_ = 0;
     bool busy_ = false;
@@ -337,8 +345,8 @@ std::vector<bool> save_blocks(py::object ns_obj, py::object cache_obj, py::itera
         }
     }
     if (rc)
-        raise_kv(rc, ("save block " + std::to_string(i) + " of " + std::to_string(keys.size()))
-                         .c_str());
+        raise_kv(
+            rc, ("save block " + std::to_string(i) + " of " + std::to_string(keys.size())).c_str());
     return stored;
 }
 
@@ -352,12 +360,13 @@ class PinnedBlocks {
         {
             PoolHold hold(*ns_.pool);
             py::gil_scoped_release nogil;
-            rc = kv_match_prefix(ns_.pool->pool, ns_.id, keys_.data(), keys_.size(),
-                                 KV_MATCH_F_PIN, views_.data());
+            rc = kv_match_prefix(ns_.pool->pool, ns_.id, keys_.data(), keys_.size(), KV_MATCH_F_PIN,
+                                 views_.data());
         }
         if (rc < 0) raise_kv(rc, "match_prefix");
         views_.resize(size_t(rc));
-        for (int i = 0; i < rc; i++) ns_.pool->hold();
+        for (int i = 0; i < rc; i++)
+            ns_.pool->hold();
     }
     PinnedBlocks(const PinnedBlocks &) = delete;
     PinnedBlocks &operator=(const PinnedBlocks &) = delete;
@@ -432,6 +441,7 @@ class PinnedBlocks {
         if (failure_.empty()) return py::none();
         return py::str(failure_);
     }
+
   private:
     void drop() {
         release_range(next_, views_.size());
@@ -505,8 +515,7 @@ void init_paged(py::module_ &m) {
         .def(py::init<py::object, py::object, py::iterable, const std::vector<int64_t> &,
                       py::object, py::object, uint32_t>(),
              py::arg("ns"), py::arg("cache"), py::arg("keys"), py::arg("block_ids"),
-             py::arg("parents") = py::none(), py::arg("parent") = py::none(),
-             py::arg("tokens") = 0)
+             py::arg("parents") = py::none(), py::arg("parent") = py::none(), py::arg("tokens") = 0)
         .def("write_layer", &SaveBatch::write_layer, py::arg("layer"))
         .def("write_all", &SaveBatch::write_all)
         .def("commit", &SaveBatch::commit)

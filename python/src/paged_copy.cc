@@ -35,14 +35,13 @@
 // end. The tests compare every variant with python-xxhash over odd sizes.
 #include "paged_copy.h"
 
-#define XXH_INLINE_ALL // header-only: the extension needs no libxxhash link
-#include <xxhash.h>
-
+#define XXH_INLINE_ALL  // header-only: the extension needs no libxxhash link
 #include "xxh3_parts.h" // libkv's internal header, shared with its copy_hash
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <xxhash.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -86,7 +85,9 @@ using V = V16;
     return (a & 0xffffffffULL) * (b & 0xffffffffULL);
 #endif
 }
-[[gnu::always_inline]] inline V swap_pairs(V a) { return __builtin_shufflevector(a, a, 1, 0); }
+[[gnu::always_inline]] inline V swap_pairs(V a) {
+    return __builtin_shufflevector(a, a, 1, 0);
+}
 [[gnu::always_inline]] inline void stream(uint8_t *d, V v) {
 #if defined(__x86_64__)
     _mm_stream_si128(reinterpret_cast<__m128i *>(d), __m128i(v));
@@ -151,16 +152,21 @@ std::atomic<unsigned> g_width{kWidest};
 Variant variant() {
     switch (g_width.load(std::memory_order_relaxed)) {
 #if defined(__x86_64__)
-    case 64: return {w64::save, w64::load, w64::finish};
-    case 32: return {w32::save, w32::load, w32::finish};
+    case 64:
+        return {w64::save, w64::load, w64::finish};
+    case 32:
+        return {w32::save, w32::load, w32::finish};
 #endif
-    default: return {w16::save, w16::load, w16::finish};
+    default:
+        return {w16::save, w16::load, w16::finish};
     }
 }
 
 } // namespace
 
-unsigned simd_width() { return g_width.load(std::memory_order_relaxed); }
+unsigned simd_width() {
+    return g_width.load(std::memory_order_relaxed);
+}
 
 unsigned set_simd_width(unsigned width) {
     unsigned w = width >= 64 ? 64 : width >= 32 ? 32 : 16;
@@ -181,9 +187,13 @@ void BlockHash::load(const uint8_t *block, uint8_t *dst, uint64_t n) {
     variant().load({acc_, len_, &pos_}, const_cast<uint8_t *>(block), dst, n);
 }
 
-uint64_t BlockHash::digest(const uint8_t *block) const { return variant().finish(acc_, len_, block); }
+uint64_t BlockHash::digest(const uint8_t *block) const {
+    return variant().finish(acc_, len_, block);
+}
 
-uint64_t xxh3_64(const void *p, uint64_t len) { return XXH3_64bits(p, len); }
+uint64_t xxh3_64(const void *p, uint64_t len) {
+    return XXH3_64bits(p, len);
+}
 
 void store_fence() {
 #if defined(__x86_64__)

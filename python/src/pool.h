@@ -29,11 +29,9 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
-
-#include <pybind11/pybind11.h>
-
 #include <kv/kv.h>
+#include <pybind11/pybind11.h>
+#include <string>
 
 namespace kvpool_py {
 
@@ -80,37 +78,37 @@ extern uint64_t fork_generation;
 
 /* The C++ object of a kvpool.Pool. */
 struct PoolState {
-	kv_pool *pool = nullptr; /* null once libkv's detach ran */
-	std::string path;
-	/* The attached file's st_dev and st_ino, from an fstat of the descriptor
-	 * the mapping was made from: the file this client maps, whatever path
-	 * names now. While the mapping lives the file's inode is not freed, so
-	 * no other file on that filesystem can be given the same pair. */
-	uint64_t file_dev = 0;
-	uint64_t file_ino = 0;
-	uint64_t holds = 0;   /* pins, reservations and GIL-free calls outstanding */
-	bool closed = false;  /* detach() was called: no new operations */
-	uint64_t generation = fork_generation; /* fork_generation at attach */
+    kv_pool *pool = nullptr; /* null once libkv's detach ran */
+    std::string path;
+    /* The attached file's st_dev and st_ino, from an fstat of the descriptor
+     * the mapping was made from: the file this client maps, whatever path
+     * names now. While the mapping lives the file's inode is not freed, so
+     * no other file on that filesystem can be given the same pair. */
+    uint64_t file_dev = 0;
+    uint64_t file_ino = 0;
+    uint64_t holds = 0;                    /* pins, reservations and GIL-free calls outstanding */
+    bool closed = false;                   /* detach() was called: no new operations */
+    uint64_t generation = fork_generation; /* fork_generation at attach */
 
-	/* Inherited through fork(): the parent's client, not ours. */
-	bool foreign() const noexcept { return generation != fork_generation; }
-	/* The client to release pins and reservations through, or nullptr in a
-	 * forked child (whose releases would be the parent's). */
-	kv_pool *owned() const noexcept { return foreign() ? nullptr : pool; }
+    /* Inherited through fork(): the parent's client, not ours. */
+    bool foreign() const noexcept { return generation != fork_generation; }
+    /* The client to release pins and reservations through, or nullptr in a
+     * forked child (whose releases would be the parent's). */
+    kv_pool *owned() const noexcept { return foreign() ? nullptr : pool; }
 
-	PoolState() = default;
-	PoolState(const PoolState &) = delete;
-	PoolState &operator=(const PoolState &) = delete;
-	~PoolState();
+    PoolState() = default;
+    PoolState(const PoolState &) = delete;
+    PoolState &operator=(const PoolState &) = delete;
+    ~PoolState();
 
-	/* ValueError if closed or foreign. */
-	void check_open() const;
-	bool check_open_noexcept() const noexcept;
-	void hold() noexcept { ++holds; }
-	/* Drop a hold; the last one after detach() detaches from libkv. */
-	void unhold() noexcept;
-	/* Mark closed; detach now if nothing is held. */
-	void detach() noexcept;
+    /* ValueError if closed or foreign. */
+    void check_open() const;
+    bool check_open_noexcept() const noexcept;
+    void hold() noexcept { ++holds; }
+    /* Drop a hold; the last one after detach() detaches from libkv. */
+    void unhold() noexcept;
+    /* Mark closed; detach now if nothing is held. */
+    void detach() noexcept;
 };
 
 /* The libkv client of a kvpool.Pool, Namespace, View or Reservation
@@ -125,25 +123,25 @@ PoolState &pool_state(py::handle pool_obj);
  * it be destroyed after the GIL is taken back.
  */
 class PoolHold {
-public:
-	explicit PoolHold(PoolState &ps) : ps_(ps) { ps_.hold(); }
-	~PoolHold() { ps_.unhold(); }
-	PoolHold(const PoolHold &) = delete;
-	PoolHold &operator=(const PoolHold &) = delete;
+  public:
+    explicit PoolHold(PoolState &ps) : ps_(ps) { ps_.hold(); }
+    ~PoolHold() { ps_.unhold(); }
+    PoolHold(const PoolHold &) = delete;
+    PoolHold &operator=(const PoolHold &) = delete;
 
-private:
-	PoolState &ps_;
+  private:
+    PoolState &ps_;
 };
 
 /* ---- Namespaces ----------------------------------------------------------- */
 
 /* The C++ object of a kvpool.Namespace. */
 struct Namespace {
-	py::object pool_obj; /* the kvpool.Pool */
-	PoolState *pool;
-	uint32_t id;
-	uint64_t seed;
-	kv_manifest manifest;
+    py::object pool_obj; /* the kvpool.Pool */
+    PoolState *pool;
+    uint32_t id;
+    uint64_t seed;
+    kv_manifest manifest;
 };
 
 /* The Namespace behind a kvpool.Namespace object (TypeError otherwise). */

@@ -39,22 +39,19 @@
 // Pools live under /dev/shm with unique names and are removed at exit.
 #include "bench_util.h"
 
+#include <benchmark/benchmark.h>
 #include <kv/kv.h>
 
-#include <benchmark/benchmark.h>
-
 #define XXH_INLINE_ALL
-#include <xxhash.h>
-
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <string>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#include <cstdlib>
-#include <deque>
-#include <cstring>
-#include <string>
 #include <unordered_map>
 #include <vector>
+#include <xxhash.h>
 
 #ifdef KVBENCH_HAVE_BOOST
 #include <boost/interprocess/managed_shared_memory.hpp>
@@ -66,7 +63,9 @@ using kvbench::BenchPool;
 using kvbench::make_key;
 // Manually timed spans use the thread's CPU time: on a shared
 // machine wall time also counts the other tenants. Nothing timed here blocks.
-inline uint64_t cpu_now() { return kvbench::thread_cpu_ns(); }
+inline uint64_t cpu_now() {
+    return kvbench::thread_cpu_ns();
+}
 using kvbench::PoolSpec;
 using kvbench::Rng;
 using kvbench::Worker;
@@ -87,7 +86,8 @@ std::string errstr(const char *what, int rc) {
 void *alloc_touched(size_t len, uint64_t seed) {
     auto *p = static_cast<uint64_t *>(std::aligned_alloc(4096, len));
     Rng r(seed);
-    for (size_t i = 0; i < len / 8; ++i) p[i] = r.next();
+    for (size_t i = 0; i < len / 8; ++i)
+        p[i] = r.next();
     return p;
 }
 
@@ -165,7 +165,9 @@ void BM_GetRelease(benchmark::State &state) {
 BENCHMARK(BM_GetRelease)->ArgName("keys")->Arg(kReadKeys)->Arg(1000);
 
 struct KeyHash {
-    size_t operator()(const kv_key &k) const noexcept { return k.lo ^ (k.hi * 0x9e3779b97f4a7c15ULL); }
+    size_t operator()(const kv_key &k) const noexcept {
+        return k.lo ^ (k.hi * 0x9e3779b97f4a7c15ULL);
+    }
 };
 struct KeyEq {
     bool operator()(const kv_key &a, const kv_key &b) const noexcept {
@@ -183,11 +185,13 @@ void BM_GetRelease_UnorderedMap(benchmark::State &state) {
     static std::vector<char> blobs(kReadKeys);
     static std::unordered_map<kv_key, Value, KeyHash, KeyEq> map = [] {
         std::unordered_map<kv_key, Value, KeyHash, KeyEq> m;
-        for (uint32_t i = 0; i < kReadKeys; ++i) m.emplace(make_key(0, i), Value{&blobs[i], kReadBlock});
+        for (uint32_t i = 0; i < kReadKeys; ++i)
+            m.emplace(make_key(0, i), Value{&blobs[i], kReadBlock});
         return m;
     }();
     std::vector<kv_key> keys;
-    for (uint32_t i = 0; i < kReadKeys; ++i) keys.push_back(make_key(0, i));
+    for (uint32_t i = 0; i < kReadKeys; ++i)
+        keys.push_back(make_key(0, i));
     const auto n = static_cast<uint32_t>(keys.size());
     Rng rng(1);
     for (auto _ : state) {
@@ -273,7 +277,8 @@ void BM_GetRelease_Scaling(benchmark::State &state) {
     state.counters["ops_per_s_1proc"] = one.ops_per_s / kRounds;
     state.counters["ops_per_s_2proc"] = two.ops_per_s / kRounds;
     state.counters["scaling"] = one.ops_per_s > 0 ? two.ops_per_s / one.ops_per_s : 0;
-    state.counters["scaling_cpu"] = one.ops_per_cpu_s > 0 ? two.ops_per_cpu_s / one.ops_per_cpu_s : 0;
+    state.counters["scaling_cpu"] =
+        one.ops_per_cpu_s > 0 ? two.ops_per_cpu_s / one.ops_per_cpu_s : 0;
     state.counters["cpu_share_1proc"] = one.cpu_share / kRounds;
     state.counters["cpu_share_2proc"] = two.cpu_share / (2 * kRounds);
 }
@@ -481,13 +486,15 @@ void BM_Put2MiB_Rotate(benchmark::State &state) {
             break;
         }
     }
-    for (const kv_key &k : live) kv_remove(p, ns, &k);
+    for (const kv_key &k : live)
+        kv_remove(p, ns, &k);
     state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBig));
     state.counters["dest_blocks"] = static_cast<double>(dest.size());
 }
 BENCHMARK(BM_Put2MiB_Rotate)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
-template <bool Hash> void BM_Memcpy2MiB_Rotate(benchmark::State &state) {
+template <bool Hash>
+void BM_Memcpy2MiB_Rotate(benchmark::State &state) {
     WriteFixture &w = write_fixture();
     RotateFixture &f = rotate_fixture();
     if (!w.error.empty() || !f.error.empty()) {
@@ -542,7 +549,8 @@ void BM_ReserveCommit64KiB(benchmark::State &state) {
     std::vector<kv_key> keys(kBatch);
     uint64_t rc_ns = 0, rm_ns = 0;
     for (auto _ : state) {
-        for (auto &k : keys) k = make_key(40, fresh_serial());
+        for (auto &k : keys)
+            k = make_key(40, fresh_serial());
         int rc = 0;
         const char *what = "";
         uint64_t t0 = cpu_now();
@@ -674,7 +682,8 @@ AllocFixture &alloc_fixture() {
     if (done) return f;
     done = true;
     Rng r(5);
-    for (size_t i = 0; i < kSizes; ++i) f.sizes.push_back(4 * KiB + r.below(2 * MiB - 4 * KiB + 1));
+    for (size_t i = 0; i < kSizes; ++i)
+        f.sizes.push_back(4 * KiB + r.below(2 * MiB - 4 * KiB + 1));
     PoolSpec spec;
     spec.size = kAllocRegion;
     auto p = BenchPool::create(spec, "alloc");
@@ -747,7 +756,8 @@ int kv_alloc_worker(Worker &w, const std::string &path, uint32_t ns,
     }
     w.finish(ops);
     if (result == 0)
-        for (auto &r : win) kv_abort(p, &r);
+        for (auto &r : win)
+            kv_abort(p, &r);
     kv_pool_detach(p);
     return result;
 }
@@ -872,7 +882,8 @@ MatchFixture &match_fixture() {
         }
         f.pool = std::move(*p);
         Rng r(6);
-        for (size_t i = 0; i < kChainTokens; ++i) f.tokens.push_back(r.below(150000));
+        for (size_t i = 0; i < kChainTokens; ++i)
+            f.tokens.push_back(r.below(150000));
         f.keys.resize(kChainBlocks);
         size_t n = kv_hash_chain(f.pool->seed(), f.tokens.data(), f.tokens.size(), kBlockTokens,
                                  f.keys.data(), f.keys.size());
@@ -934,7 +945,8 @@ void BM_MatchPrefix(benchmark::State &state, Match mode) {
         }
         if (pin) {
             if (mode == Match::HashMatchPinNoRel) state.PauseTiming();
-            for (int i = 0; i < m; ++i) kv_release(p, &views[static_cast<size_t>(i)]);
+            for (int i = 0; i < m; ++i)
+                kv_release(p, &views[static_cast<size_t>(i)]);
             if (mode == Match::HashMatchPinNoRel) state.ResumeTiming();
         }
     }
@@ -959,7 +971,8 @@ void BM_MatchPrefix_Baseline(benchmark::State &state) {
     }
     const uint64_t seed = f.pool->seed();
     std::unordered_map<kv_key, uint32_t, KeyHash, KeyEq> map;
-    for (uint32_t i = 0; i < kChainBlocks; ++i) map.emplace(f.keys[i], i);
+    for (uint32_t i = 0; i < kChainBlocks; ++i)
+        map.emplace(f.keys[i], i);
     std::vector<kv_key> keys(kChainBlocks);
     for (auto _ : state) {
         kv_key prev{0, 0};
@@ -972,11 +985,12 @@ void BM_MatchPrefix_Baseline(benchmark::State &state) {
             keys[i] = prev;
         }
         size_t m = 0;
-        while (m < kChainBlocks && map.find(keys[m]) != map.end()) ++m;
+        while (m < kChainBlocks && map.find(keys[m]) != map.end())
+            ++m;
         if (m != kChainBlocks) [[unlikely]] {
-            state.SkipWithError(("inline XXH3-128 chain differs from kv_hash_chain at block " +
-                                 std::to_string(m))
-                                    .c_str());
+            state.SkipWithError(
+                ("inline XXH3-128 chain differs from kv_hash_chain at block " + std::to_string(m))
+                    .c_str());
             break;
         }
         benchmark::DoNotOptimize(m);
@@ -1060,7 +1074,8 @@ void BM_PutSteady(benchmark::State &state) {
     const uint64_t blocks = uint64_t(state.range(2)) * MiB / block; // capacity
     PoolSpec spec;
     spec.size = blocks * block + 64 * MiB;
-    spec.slab_size = std::max<uint64_t>(block, 1 * MiB); // entry table: the default (16 KiB average)
+    spec.slab_size =
+        std::max<uint64_t>(block, 1 * MiB); // entry table: the default (16 KiB average)
     auto bp = BenchPool::create(spec, "steady");
     if (!bp) {
         state.SkipWithError(bp.error().c_str());
@@ -1071,7 +1086,8 @@ void BM_PutSteady(benchmark::State &state) {
     void *src = alloc_touched(block, 5);
     // Blocks the pool holds: its data area's, or its entry table's when
     // that fills first (blocks no larger than avg_block_size, 16 KiB here).
-    const uint64_t cap = std::min<uint64_t>(kv_pool_header(p)->data_len / block, kv_pool_header(p)->n_entries);
+    const uint64_t cap =
+        std::min<uint64_t>(kv_pool_header(p)->data_len / block, kv_pool_header(p)->n_entries);
     std::deque<kv_key> live;
     uint64_t serial = 0;
     auto put = [&] {
@@ -1111,7 +1127,8 @@ void BM_PutSteady(benchmark::State &state) {
         spent[i] += cpu_now() - t0;
         kv_pool_stats(p, &s1);
         evictions[i] += s1.evictions - s0.evictions;
-        while (live.size() > cap) live.pop_front();
+        while (live.size() > cap)
+            live.pop_front();
         if (rc < 0) state.SkipWithError(errstr("kv_put_ex", rc).c_str());
         return rc >= 0;
     };
@@ -1147,7 +1164,8 @@ void BM_PutSteady(benchmark::State &state) {
         // removes a block. (full - room) per put minus this is the cost of
         // choosing the victim and of the evicting put's own detours.
         state.counters["remove_us"] = removes ? double(remove_ns) * 1e-3 / double(removes) : 0;
-        state.counters["full_minus_room_us"] = double(spent[0] - std::min(spent[0], spent[1])) * 1e-3 / double(puts);
+        state.counters["full_minus_room_us"] =
+            double(spent[0] - std::min(spent[0], spent[1])) * 1e-3 / double(puts);
     }
     state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * block));
     std::free(src);
@@ -1344,7 +1362,8 @@ Held fill_and_hold(uint64_t pool_bytes, uint64_t lo, uint64_t hi, uint64_t seed,
     kv_pool_stats(p, &s1);
     r.mean = samples ? 100.0 * sum / double(samples) / cap : 0;
     r.min = samples ? 100.0 * lowest / cap : 0;
-    r.evicted_per_put = measured_puts ? double(s1.evictions - s0.evictions) / double(measured_puts) : 0;
+    r.evicted_per_put =
+        measured_puts ? double(s1.evictions - s0.evictions) / double(measured_puts) : 0;
     return r;
 }
 

@@ -13,13 +13,6 @@
 // atexit handlers or stdio buffers run twice.
 #pragma once
 
-#include <kv/kv.h>
-
-#include <sys/mman.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -28,10 +21,15 @@
 #include <cstdio>
 #include <cstring>
 #include <expected>
+#include <kv/kv.h>
 #include <memory>
 #include <new>
 #include <string>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <thread>
+#include <time.h>
+#include <unistd.h>
 #include <vector>
 
 namespace kvbench {
@@ -269,7 +267,8 @@ class Worker {
         c_->ready.fetch_add(1, std::memory_order_release);
         // BENCH-A2: acquire pairs with BENCH-R2 in run_workers (nothing else is published by go;
         // acquire keeps the start-time read after it).
-        while (c_->go.load(std::memory_order_acquire) == 0) std::this_thread::yield();
+        while (c_->go.load(std::memory_order_acquire) == 0)
+            std::this_thread::yield();
         started_ = true;
         cpu0_ = thread_cpu_ns();
         t0_ = now_ns();
@@ -301,13 +300,17 @@ struct WorkerResult {
     uint64_t ops = 0;
     uint64_t ns = 0;
     uint64_t cpu_ns = 0;
-    double ops_per_s() const { return ns ? static_cast<double>(ops) * 1e9 / static_cast<double>(ns) : 0; }
+    double ops_per_s() const {
+        return ns ? static_cast<double>(ops) * 1e9 / static_cast<double>(ns) : 0;
+    }
     // The rate had the worker owned a core for the whole span.
     double ops_per_cpu_s() const {
         return cpu_ns ? static_cast<double>(ops) * 1e9 / static_cast<double>(cpu_ns) : 0;
     }
     // Fraction of the span the worker was on a CPU (< ~0.95: the machine was busy).
-    double cpu_share() const { return ns ? static_cast<double>(cpu_ns) / static_cast<double>(ns) : 0; }
+    double cpu_share() const {
+        return ns ? static_cast<double>(cpu_ns) / static_cast<double>(ns) : 0;
+    }
 };
 
 // Fork n workers running body(Worker&) -> int (0: ok), let them run together
@@ -316,8 +319,8 @@ template <class Body>
 std::expected<std::vector<WorkerResult>, std::string> run_workers(unsigned n, double seconds,
                                                                   Body &&body) {
     if (n == 0 || n > kMaxWorkers) return std::unexpected("bad worker count");
-    void *page = mmap(nullptr, sizeof(Control), PROT_READ | PROT_WRITE,
-                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    void *page =
+        mmap(nullptr, sizeof(Control), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (page == MAP_FAILED) return std::unexpected(std::string("mmap: ") + std::strerror(errno));
     auto *c = new (page) Control{};
     std::fflush(nullptr); // nothing buffered may be written twice

@@ -13,12 +13,10 @@
 // Times are per chain, CPU time of the benchmark thread. Token ids are
 // spread over a 150k vocabulary, so most take a 5-byte CBOR head as in real
 // prompts.
+#include <benchmark/benchmark.h>
+#include <cstdint>
 #include <kv/kv.h>
 #include <kv/kv.hpp>
-
-#include <benchmark/benchmark.h>
-
-#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -66,9 +64,9 @@ void run_chain(benchmark::State &state, bool with_extra) {
     const auto &t = chain_tokens();
     std::vector<uint8_t> out(kBlocks * hl);
     for (auto _ : state) {
-        int64_t n = kv_vllm_block_hashes(scheme, root.data(), root.size(), t.data(), t.size(), kBlockTokens,
-                                         with_extra ? ptrs.data() : nullptr, with_extra ? lens.data() : nullptr,
-                                         out.data(), kBlocks);
+        int64_t n = kv_vllm_block_hashes(scheme, root.data(), root.size(), t.data(), t.size(),
+                                         kBlockTokens, with_extra ? ptrs.data() : nullptr,
+                                         with_extra ? lens.data() : nullptr, out.data(), kBlocks);
         if (n != static_cast<int64_t>(kBlocks)) {
             state.SkipWithError(("kv_vllm_block_hashes returned " + std::to_string(n)).c_str());
             return;
@@ -76,18 +74,23 @@ void run_chain(benchmark::State &state, bool with_extra) {
         benchmark::DoNotOptimize(out.data());
         benchmark::ClobberMemory();
     }
-    state.counters["per_block"] = benchmark::Counter(
-        static_cast<double>(kBlocks), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+    state.counters["per_block"] = benchmark::Counter(static_cast<double>(kBlocks),
+                                                     benchmark::Counter::kIsIterationInvariantRate |
+                                                         benchmark::Counter::kInvert);
 }
 
-void BM_VllmChain(benchmark::State &state) { run_chain(state, false); }
+void BM_VllmChain(benchmark::State &state) {
+    run_chain(state, false);
+}
 BENCHMARK(BM_VllmChain)
     ->ArgName("scheme")
     ->Arg(KV_HASH_VLLM_SHA256_CBOR)
     ->Arg(KV_HASH_VLLM_XXHASH_CBOR)
     ->Unit(benchmark::kMicrosecond);
 
-void BM_VllmChainExtra(benchmark::State &state) { run_chain(state, true); }
+void BM_VllmChainExtra(benchmark::State &state) {
+    run_chain(state, true);
+}
 BENCHMARK(BM_VllmChainExtra)
     ->ArgName("scheme")
     ->Arg(KV_HASH_VLLM_SHA256_CBOR)
@@ -106,8 +109,9 @@ void BM_KvpoolChain(benchmark::State &state) {
         benchmark::DoNotOptimize(keys.data());
         benchmark::ClobberMemory();
     }
-    state.counters["per_block"] = benchmark::Counter(
-        static_cast<double>(kBlocks), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+    state.counters["per_block"] = benchmark::Counter(static_cast<double>(kBlocks),
+                                                     benchmark::Counter::kIsIterationInvariantRate |
+                                                         benchmark::Counter::kInvert);
 }
 BENCHMARK(BM_KvpoolChain)->Unit(benchmark::kMicrosecond);
 

@@ -287,17 +287,23 @@ inline ::testing::AssertionResult kids_consistent(kv_pool *p) {
     const uint32_t n = h->n_entries;
     std::vector<uint32_t> expect(n, 0);
     uint64_t linked = 0;
-    auto gen = [&](uint32_t i) { return uint32_t(__atomic_load_n(&ents[i].ctl, __ATOMIC_ACQUIRE) >> 32); };
-    auto state = [&](uint32_t i) { return uint32_t(__atomic_load_n(&ents[i].ctl, __ATOMIC_ACQUIRE) >> 24) & 0xff; };
+    auto gen = [&](uint32_t i) {
+        return uint32_t(__atomic_load_n(&ents[i].ctl, __ATOMIC_ACQUIRE) >> 32);
+    };
+    auto state = [&](uint32_t i) {
+        return uint32_t(__atomic_load_n(&ents[i].ctl, __ATOMIC_ACQUIRE) >> 24) & 0xff;
+    };
     for (uint32_t i = 0; i < n; i++) {
         if (state(i) == KV_ENTRY_FREE) {
             if (ents[i].parent != 0)
-                return ::testing::AssertionFailure() << "free entry " << i << " still names a parent";
+                return ::testing::AssertionFailure()
+                       << "free entry " << i << " still names a parent";
             continue;
         }
         if (ents[i].parent == 0) continue; // [63:32] parent index + 1, 0: none
         uint32_t pi = uint32_t(ents[i].parent >> 32) - 1, pg = uint32_t(ents[i].parent);
-        if (pi >= n) return ::testing::AssertionFailure() << "entry " << i << " names parent " << pi;
+        if (pi >= n)
+            return ::testing::AssertionFailure() << "entry " << i << " names parent " << pi;
         if (state(pi) != KV_ENTRY_FREE && gen(pi) == pg) {
             expect[pi]++;
             linked++;
@@ -307,8 +313,9 @@ inline ::testing::AssertionResult kids_consistent(kv_pool *p) {
         if (state(i) == KV_ENTRY_FREE) continue;
         uint32_t k = ents[i].kids;
         if ((k >> 16) != (gen(i) & 0xffff))
-            return ::testing::AssertionFailure() << "entry " << i << " kids tag " << (k >> 16) << ", generation "
-                                                 << gen(i) << " (low 16 bits " << (gen(i) & 0xffff) << ")";
+            return ::testing::AssertionFailure()
+                   << "entry " << i << " kids tag " << (k >> 16) << ", generation " << gen(i)
+                   << " (low 16 bits " << (gen(i) & 0xffff) << ")";
         if ((k & 0xffff) != 0xffff && (k & 0xffff) != expect[i])
             return ::testing::AssertionFailure() << "entry " << i << " counts " << (k & 0xffff)
                                                  << " children, " << expect[i] << " name it";
@@ -925,7 +932,8 @@ class MpTest : public ::testing::Test {
 
     // Create a pool under /dev/shm; ASSERT-style: returns false on failure.
     ::testing::AssertionResult create_pool(const char *tag, uint64_t size, uint64_t slab,
-                                           uint32_t policy = KV_EVICT_PREFIX, uint64_t avg_block_size = 0) {
+                                           uint32_t policy = KV_EVICT_PREFIX,
+                                           uint64_t avg_block_size = 0) {
         path_ = unique_pool_path("/dev/shm", tag);
         kv_create_opts o = pool_opts(size, slab);
         o.evict_policy = policy;

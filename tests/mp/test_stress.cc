@@ -175,7 +175,8 @@ void StressTest::run_stress(const StressParams &sp) {
     }
     if (sp.avg_block_size) { // the entry table was the limit, not the data area
         EXPECT_GT(s.evictions, 0u) << "the entry table never filled";
-        EXPECT_LT(u.block_bytes_used, s.capacity / 2) << "the data area filled, not (only) the entry table";
+        EXPECT_LT(u.block_bytes_used, s.capacity / 2)
+            << "the data area filled, not (only) the entry table";
     }
 }
 

@@ -7,27 +7,25 @@
 // KVCTL (set by tests/system/meson.build).
 #pragma once
 
-#include <gtest/gtest.h>
-
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <fcntl.h>
+#include <fstream>
+#include <functional>
 #include <grp.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sstream>
+#include <string>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <atomic>
-#include <cstdlib>
-#include <cstring>
-#include <fstream>
-#include <functional>
-#include <sstream>
-#include <string>
 #include <vector>
 
 namespace kvtest {
@@ -61,7 +59,8 @@ struct Proc {
 };
 
 // Proc argv, capturing stdout and stderr; as_uid >= 0 drops to that uid/gid first.
-inline Proc run(const std::vector<std::string> &argv, int as_uid = -1, int as_gid = -1, int timeout_s = 30) {
+inline Proc run(const std::vector<std::string> &argv, int as_uid = -1, int as_gid = -1,
+                int timeout_s = 30) {
     Proc r;
     char outp[] = "/tmp/kvpool-run-out-XXXXXX", errp[] = "/tmp/kvpool-run-err-XXXXXX";
     int of = mkstemp(outp), ef = mkstemp(errp);
@@ -72,7 +71,8 @@ inline Proc run(const std::vector<std::string> &argv, int as_uid = -1, int as_gi
         if (as_gid >= 0 && (setgroups(0, nullptr) != 0 || setgid(gid_t(as_gid)) != 0)) _exit(126);
         if (as_uid >= 0 && setuid(uid_t(as_uid)) != 0) _exit(126);
         std::vector<char *> a;
-        for (const auto &s : argv) a.push_back(const_cast<char *>(s.c_str()));
+        for (const auto &s : argv)
+            a.push_back(const_cast<char *>(s.c_str()));
         a.push_back(nullptr);
         execv(a[0], a.data());
         _exit(127);
@@ -122,7 +122,8 @@ class NotifyListener {
             if (poll(&p, 1, int(left)) <= 0) continue;
             char buf[4096];
             ssize_t n;
-            while ((n = recv(fd_, buf, sizeof buf - 1, 0)) > 0) all_.append(buf, size_t(n)).push_back('\n');
+            while ((n = recv(fd_, buf, sizeof buf - 1, 0)) > 0)
+                all_.append(buf, size_t(n)).push_back('\n');
         }
         return true;
     }
@@ -150,7 +151,8 @@ class DaemonTest : public ::testing::Test {
 
     void TearDown() override {
         stop_daemon();
-        for (auto it = cleanups_.rbegin(); it != cleanups_.rend(); ++it) (*it)();
+        for (auto it = cleanups_.rbegin(); it != cleanups_.rend(); ++it)
+            (*it)();
         for (pid_t c : children_) {
             kill(c, SIGKILL);
             waitpid(c, nullptr, 0);
@@ -160,11 +162,15 @@ class DaemonTest : public ::testing::Test {
     }
 
     // The default config: one 64 MiB pool "alpha" on 4 KiB pages.
-    std::string config(const std::string &extra_daemon = "", const std::string &extra_pools = "") const {
-        return "[daemon]\ncontrol_socket = \"" + sock_ + "\"\nshm_dir = \"" + shm_ + "\"\nhugepage_dir = \"" +
-               dir_ + "/huge\"\nstate_dir = \"" + dir_ + "/state\"\nadmin_group = \"root\"\n" +
-               "reap_interval_ms = 100\nevict_interval_ms = 50\nlog_level = \"debug\"\n" + extra_daemon +
-               "\n[[pool]]\nname = \"alpha\"\nsize = \"64M\"\nhugepages = \"never\"\nprefault = false\n"
+    std::string config(const std::string &extra_daemon = "",
+                       const std::string &extra_pools = "") const {
+        return "[daemon]\ncontrol_socket = \"" + sock_ + "\"\nshm_dir = \"" + shm_ +
+               "\"\nhugepage_dir = \"" + dir_ + "/huge\"\nstate_dir = \"" + dir_ +
+               "/state\"\nadmin_group = \"root\"\n" +
+               "reap_interval_ms = 100\nevict_interval_ms = 50\nlog_level = \"debug\"\n" +
+               extra_daemon +
+               "\n[[pool]]\nname = \"alpha\"\nsize = \"64M\"\nhugepages = \"never\"\nprefault = "
+               "false\n"
                "group = \"root\"\nmode = \"0660\"\n" +
                extra_pools;
     }
@@ -181,16 +187,19 @@ class DaemonTest : public ::testing::Test {
             dup2(fd, 2);
             std::string ns = "NOTIFY_SOCKET=" + dir_ + "/notify";
             putenv(const_cast<char *>(ns.c_str()));
-            for (std::string &e : daemon_env_) putenv(e.data());
+            for (std::string &e : daemon_env_)
+                putenv(e.data());
             execl(kvpoold_.c_str(), kvpoold_.c_str(), "--config", cfg_path_.c_str(), nullptr);
             _exit(127);
         }
         if (!notify.wait_for("READY=1", 20000)) {
             int st = 0;
             pid_t w = waitpid(daemon_, &st, WNOHANG);
-            std::string why = w == daemon_ ? "kvpoold exited with " + std::to_string(WEXITSTATUS(st)) : "timeout";
+            std::string why =
+                w == daemon_ ? "kvpoold exited with " + std::to_string(WEXITSTATUS(st)) : "timeout";
             if (w == daemon_) daemon_ = -1;
-            return ::testing::AssertionFailure() << "no READY=1 (" << why << "); log:\n" << slurp(log_path_);
+            return ::testing::AssertionFailure() << "no READY=1 (" << why << "); log:\n"
+                                                 << slurp(log_path_);
         }
         notified_ = notify.received();
         return ::testing::AssertionSuccess();
@@ -224,7 +233,8 @@ class DaemonTest : public ::testing::Test {
     // useradd fails (the caller skips).
     bool make_test_user(int *uid, int *gid, std::string *why) {
         test_user_ = "kvpt" + std::to_string(getpid() % 100000);
-        Proc add = run({"/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", test_user_});
+        Proc add = run({"/usr/sbin/useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", test_user_});
         if (add.code != 0) {
             test_user_.clear();
             *why = "useradd failed: " + add.err;

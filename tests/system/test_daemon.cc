@@ -22,7 +22,9 @@ using nlohmann::json;
 
 namespace {
 
-kv_key key_of(uint64_t i) { return kv_key{i * 0x9e3779b97f4a7c15ULL + 7, i ^ 0xabcdef0123456789ULL}; }
+kv_key key_of(uint64_t i) {
+    return kv_key{i * 0x9e3779b97f4a7c15ULL + 7, i ^ 0xabcdef0123456789ULL};
+}
 
 struct Client {
     kv_pool *pool = nullptr;
@@ -62,14 +64,16 @@ struct ConnectionHolder {
         if (pid == 0) {
             close(r[0]);
             close(rel[1]);
-            if (setgroups(0, nullptr) != 0 || setgid(gid_t(gid)) != 0 || setuid(uid_t(uid)) != 0) _exit(100);
+            if (setgroups(0, nullptr) != 0 || setgid(gid_t(gid)) != 0 || setuid(uid_t(uid)) != 0)
+                _exit(100);
             std::vector<int> fds;
             for (int i = 0; i < n; i++) {
                 int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
                 sockaddr_un sa{};
                 sa.sun_family = AF_UNIX;
                 strncpy(sa.sun_path, sock.c_str(), sizeof sa.sun_path - 1);
-                if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) _exit(101);
+                if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0)
+                    _exit(101);
                 fds.push_back(fd);
             }
             char c = 'r';
@@ -137,7 +141,8 @@ TEST_F(DaemonTest, ReadCommandsHumanAndJson) {
     ASSERT_TRUE(start_daemon(config()));
     Client c(pool_path("alpha"));
     ASSERT_TRUE(c.pool) << c.error;
-    for (uint64_t i = 0; i < 10; i++) ASSERT_EQ(c.put(i, 64 << 10), 0);
+    for (uint64_t i = 0; i < 10; i++)
+        ASSERT_EQ(c.put(i, 64 << 10), 0);
     kv_view v;
     ASSERT_EQ(kv_get(c.pool, c.ns, &(const kv_key &)key_of(3), &v), 0);
 
@@ -257,7 +262,8 @@ TEST_F(DaemonTest, KilledClientIsReapedWithinOneSecond) {
         1000);
     EXPECT_TRUE(reaped) << "the killed client was not reaped within " << mono_ms() - t0 << " ms";
     EXPECT_EQ(st.reaps, 1u); // counted in the daemon's slot, not ours
-    EXPECT_TRUE(eventually([&] { return log().find("reaped 1 dead client") != std::string::npos; }, 1000))
+    EXPECT_TRUE(
+        eventually([&] { return log().find("reaped 1 dead client") != std::string::npos; }, 1000))
         << log();
 }
 
@@ -305,7 +311,8 @@ TEST_F(DaemonTest, DetachRefusesLiveClientUnlessKill) {
 
 TEST_F(DaemonTest, CreateAndDestroyAtRuntime) {
     ASSERT_TRUE(start_daemon(config()));
-    Proc c = ctl({"--json", "create", "beta", "--size", "32M", "--hugepages", "never", "--mode", "0640"});
+    Proc c = ctl(
+        {"--json", "create", "beta", "--size", "32M", "--hugepages", "never", "--mode", "0640"});
     ASSERT_EQ(c.code, 0) << c.err;
     json j = parse(c);
     EXPECT_EQ(j["name"], "beta");
@@ -349,12 +356,16 @@ TEST_F(DaemonTest, CreateAndDestroyAtRuntime) {
 // it did not (a reboot), and forgotten only by destroy.
 TEST_F(DaemonTest, RuntimePoolsSurviveRestarts) {
     ASSERT_TRUE(start_daemon(config()));
-    ASSERT_EQ(ctl({"create", "beta", "--size", "32M", "--hugepages", "never", "--policy", "lru"}).code, 0);
-    ASSERT_EQ(ctl({"create", "gamma", "--size", "16M", "--hugepages", "never", "--no-persist"}).code, 0);
+    ASSERT_EQ(
+        ctl({"create", "beta", "--size", "32M", "--hugepages", "never", "--policy", "lru"}).code,
+        0);
+    ASSERT_EQ(
+        ctl({"create", "gamma", "--size", "16M", "--hugepages", "never", "--no-persist"}).code, 0);
     {
         Client c(pool_path("beta"));
         ASSERT_TRUE(c.pool) << c.error;
-        for (uint64_t i = 0; i < 30; i++) ASSERT_EQ(c.put(i, 8192), 0);
+        for (uint64_t i = 0; i < 30; i++)
+            ASSERT_EQ(c.put(i, 8192), 0);
     }
     ASSERT_EQ(stop_daemon(), 0);
     ASSERT_TRUE(start_daemon(config()));
@@ -384,7 +395,8 @@ TEST_F(DaemonTest, RuntimePoolsSurviveRestarts) {
     EXPECT_EQ(ctl({"status", "beta"}).code, 5);
     EXPECT_EQ(ctl({"status", "gamma"}).code, 5);
     struct stat sb;
-    EXPECT_NE(stat((dir_ + "/state/runtime-pools.toml").c_str(), &sb), 0) << "an empty list leaves no file";
+    EXPECT_NE(stat((dir_ + "/state/runtime-pools.toml").c_str(), &sb), 0)
+        << "an empty list leaves no file";
 }
 
 // A state directory where the list cannot be written: the pool is not
@@ -405,14 +417,19 @@ TEST_F(DaemonTest, RuntimePoolThatCannotBeRememberedIsNotMade) {
 TEST_F(DaemonTest, MaxEntriesCapsAPoolsEntrySlots) {
     ASSERT_TRUE(start_daemon(config("", "max_entries = 128\n")));
     EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["entry_slots"], 128);
-    ASSERT_EQ(ctl({"create", "beta", "--size", "32M", "--hugepages", "never", "--max-entries", "100"}).code, 0);
+    ASSERT_EQ(
+        ctl({"create", "beta", "--size", "32M", "--hugepages", "never", "--max-entries", "100"})
+            .code,
+        0);
     EXPECT_EQ(parse(ctl({"--json", "status", "beta"}))["entry_slots"], 100);
     {
         Client c(pool_path("beta"));
         ASSERT_TRUE(c.pool) << c.error;
-        for (uint64_t i = 0; i < 150; i++) ASSERT_EQ(c.put(i, 4096), 0);
+        for (uint64_t i = 0; i < 150; i++)
+            ASSERT_EQ(c.put(i, 4096), 0);
     }
-    EXPECT_EQ(parse(ctl({"--json", "status", "beta"}))["entries"], 100) << "more blocks than entry slots";
+    EXPECT_EQ(parse(ctl({"--json", "status", "beta"}))["entries"], 100)
+        << "more blocks than entry slots";
     Proc bad = ctl({"create", "gamma", "--size", "32M", "--max-entries", "10"});
     EXPECT_EQ(bad.code, 2) << bad.err;
     EXPECT_NE(bad.err.find("--max-entries"), std::string::npos) << bad.err;
@@ -428,7 +445,8 @@ TEST_F(DaemonTest, EvictPercentFreesThatShareOfUnpinnedBytes) {
     Client c(pool_path("alpha"));
     ASSERT_TRUE(c.pool) << c.error;
     const size_t len = 64 << 10;
-    for (uint64_t i = 0; i < 200; i++) ASSERT_EQ(c.put(i, len), 0);
+    for (uint64_t i = 0; i < 200; i++)
+        ASSERT_EQ(c.put(i, len), 0);
     kv_view pinned;
     ASSERT_EQ(kv_get(c.pool, c.ns, &(const kv_key &)key_of(7), &pinned), 0);
     Proc r = ctl({"--json", "evict", "alpha", "--percent", "50"});
@@ -443,7 +461,8 @@ TEST_F(DaemonTest, EvictPercentFreesThatShareOfUnpinnedBytes) {
     kv_pool_usage(c.pool, &u);
     EXPECT_EQ(u.bytes_committed, 200 * len - freed);
     EXPECT_EQ(kv_view_verify(&pinned), 0);
-    EXPECT_EQ(kv_contains(c.pool, c.ns, &(const kv_key &)key_of(7)), 1) << "a pinned block was evicted";
+    EXPECT_EQ(kv_contains(c.pool, c.ns, &(const kv_key &)key_of(7)), 1)
+        << "a pinned block was evicted";
     // 0 percent is a no-op that says so, not a usage error.
     kv_pool_usage(c.pool, &u);
     const uint64_t before = u.bytes_committed;
@@ -468,7 +487,8 @@ TEST_F(DaemonTest, BackgroundEvictionKeepsUsageUnderHighWatermark) {
     ASSERT_TRUE(c.pool) << c.error;
     const uint64_t cap = kv_pool_header(c.pool)->data_len;
     const size_t len = 256 << 10;
-    for (uint64_t i = 0; i < cap * 6 / 10 / len; i++) ASSERT_GE(c.put(i, len), 0);
+    for (uint64_t i = 0; i < cap * 6 / 10 / len; i++)
+        ASSERT_GE(c.put(i, len), 0);
     bool below = eventually(
         [&] {
             kv_usage u;
@@ -493,10 +513,13 @@ TEST_F(DaemonTest, UsedBytesIgnoreAbortsAndReapedReservations) {
     const uint64_t cap = kv_pool_header(c.pool)->data_len;
     const size_t len = 256 << 10;
     uint64_t i = 0;
-    for (; i < cap * 7 / 10 / len; i++) ASSERT_EQ(c.put(i, len), 0);
+    for (; i < cap * 7 / 10 / len; i++)
+        ASSERT_EQ(c.put(i, len), 0);
     for (uint64_t k = 0; k < 40; k++) {
         kv_reservation r{};
-        ASSERT_EQ(kv_reserve(c.pool, c.ns, &(const kv_key &)key_of(100000 + k), 512 << 10, nullptr, &r), 0);
+        ASSERT_EQ(
+            kv_reserve(c.pool, c.ns, &(const kv_key &)key_of(100000 + k), 512 << 10, nullptr, &r),
+            0);
         ASSERT_EQ(kv_abort(c.pool, &r), 0);
     }
     const pid_t child = fork();
@@ -505,20 +528,25 @@ TEST_F(DaemonTest, UsedBytesIgnoreAbortsAndReapedReservations) {
         Client d(pool_path("alpha"));
         for (uint64_t k = 0; k < 4; k++) {
             kv_reservation r{};
-            if (kv_reserve(d.pool, d.ns, &(const kv_key &)key_of(200000 + k), 512 << 10, nullptr, &r) != 0) _exit(1);
+            if (kv_reserve(d.pool, d.ns, &(const kv_key &)key_of(200000 + k), 512 << 10, nullptr,
+                           &r) != 0)
+                _exit(1);
         }
         raise(SIGKILL);
     }
     int st = 0;
     ASSERT_EQ(waitpid(child, &st, 0), child);
     ASSERT_TRUE(WIFSIGNALED(st)) << "child failed before it was killed: " << st;
-    EXPECT_TRUE(eventually([&] { return parse(ctl({"--json", "clients", "alpha"}))["clients"].size() == 1; }, 3000))
+    EXPECT_TRUE(eventually(
+        [&] { return parse(ctl({"--json", "clients", "alpha"}))["clients"].size() == 1; }, 3000))
         << "the killed client was not reaped";
     kv_usage u;
     ASSERT_EQ(kv_pool_usage(c.pool, &u), 0);
-    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["used_bytes"].get<uint64_t>(), u.bytes_committed);
+    EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["used_bytes"].get<uint64_t>(),
+              u.bytes_committed);
     // Past the high watermark: the background pass must notice and evict.
-    for (; i < cap * 9 / 10 / len; i++) ASSERT_GE(c.put(i, len), 0);
+    for (; i < cap * 9 / 10 / len; i++)
+        ASSERT_GE(c.put(i, len), 0);
     const bool below = eventually(
         [&] {
             kv_pool_usage(c.pool, &u);
@@ -533,7 +561,8 @@ TEST_F(DaemonTest, WarmRestartReattachesWithBlocks) {
     {
         Client c(pool_path("alpha"));
         ASSERT_TRUE(c.pool);
-        for (uint64_t i = 0; i < 20; i++) ASSERT_EQ(c.put(i, 8192), 0);
+        for (uint64_t i = 0; i < 20; i++)
+            ASSERT_EQ(c.put(i, 8192), 0);
     }
     ASSERT_EQ(stop_daemon(), 0);
     ASSERT_TRUE(start_daemon(config()));
@@ -559,7 +588,8 @@ TEST_F(DaemonTest, ConfigChangeKeepsARegionThatHoldsBlocks) {
     {
         Client c(pool_path("alpha"));
         ASSERT_TRUE(c.pool);
-        for (uint64_t i = 0; i < 20; i++) ASSERT_EQ(c.put(i, 8192), 0);
+        for (uint64_t i = 0; i < 20; i++)
+            ASSERT_EQ(c.put(i, 8192), 0);
     }
     ASSERT_EQ(stop_daemon(), 0);
     std::string cfg = config("", "eviction = \"lru\"\n");
@@ -569,7 +599,8 @@ TEST_F(DaemonTest, ConfigChangeKeepsARegionThatHoldsBlocks) {
     EXPECT_EQ(s["state"], "reattached");
     EXPECT_EQ(s["entries"], 20);
     EXPECT_EQ(s["size"], 64u << 20);
-    EXPECT_NE(s["config_differs"].get<std::string>().find("config asks lru"), std::string::npos) << s.dump();
+    EXPECT_NE(s["config_differs"].get<std::string>().find("config asks lru"), std::string::npos)
+        << s.dump();
     EXPECT_NE(log().find("kept as it is"), std::string::npos) << log();
     EXPECT_EQ(log().find("rebuilding it"), std::string::npos) << log();
     // Emptied, it is rebuilt to the config at the next start.
@@ -589,7 +620,7 @@ TEST_F(DaemonTest, FullClientTableAtStartKeepsThePool) {
     const std::string cfg = config("", "max_clients = 4\n");
     ASSERT_TRUE(start_daemon(cfg));
     ASSERT_EQ(stop_daemon(), 0);
-    struct stat before {};
+    struct stat before{};
     ASSERT_EQ(stat(pool_path("alpha").c_str(), &before), 0);
     for (int k = 0; k < 4; k++) {
         int ready[2];
@@ -614,7 +645,7 @@ TEST_F(DaemonTest, FullClientTableAtStartKeepsThePool) {
     EXPECT_EQ(s["state"], "reattached") << log();
     EXPECT_EQ(s["entries"], 4);
     EXPECT_EQ(s["clients"], 4);
-    struct stat after {};
+    struct stat after{};
     ASSERT_EQ(stat(pool_path("alpha").c_str(), &after), 0);
     EXPECT_EQ(after.st_ino, before.st_ino) << "the region was rebuilt";
     EXPECT_EQ(log().find("rebuilding"), std::string::npos) << log();
@@ -671,7 +702,8 @@ TEST_F(DaemonTest, RefusesBadRequestsFoundByTheInputReview) {
     // A second kvpoold on the same control socket must not take it over.
     Proc second = run({kvpoold_, "--config", cfg_path_}, -1, -1, 20);
     EXPECT_EQ(second.code, 1) << second.err;
-    EXPECT_NE(second.err.find("another kvpoold (pid " + std::to_string(daemon_) + ")"), std::string::npos)
+    EXPECT_NE(second.err.find("another kvpoold (pid " + std::to_string(daemon_) + ")"),
+              std::string::npos)
         << second.err;
     EXPECT_EQ(ctl({"list"}).code, 0) << "the first daemon lost its socket";
     // Nor touch its pools: with alpha's size changed, opening alpha would
@@ -737,9 +769,12 @@ TEST_F(DaemonTest, RegionOfANewerKvpoolIsKeptNotRebuilt) {
         ASSERT_GE(fd, 0);
         ASSERT_EQ(pread(fd, &h, sizeof h, 0), ssize_t(sizeof h));
         kv_region_header newer = h;
-        if (variant == 0) newer.abi_major = KV_ABI_MAJOR + 1;
-        else if (variant == 1) newer.incompat_features |= 1ULL << 40;
-        else newer.evict_policy = KV_EVICT_MAX + 1; // a policy a newer minor added
+        if (variant == 0)
+            newer.abi_major = KV_ABI_MAJOR + 1;
+        else if (variant == 1)
+            newer.incompat_features |= 1ULL << 40;
+        else
+            newer.evict_policy = KV_EVICT_MAX + 1; // a policy a newer minor added
         ASSERT_EQ(pwrite(fd, &newer, sizeof newer, 0), ssize_t(sizeof newer));
         Proc r = run({kvpoold_, "--config", cfg_path_}, -1, -1, 20);
         EXPECT_EQ(r.code, 1) << r.err;
@@ -756,19 +791,23 @@ TEST_F(DaemonTest, RegionOfANewerKvpoolIsKeptNotRebuilt) {
 
 TEST_F(DaemonTest, ReloadAddsPoolsAndRefusesUnsafeChanges) {
     ASSERT_TRUE(start_daemon(config()));
-    std::string cfg = config("", "\n[[pool]]\nname = \"gamma\"\nsize = \"32M\"\nhugepages = \"never\"\n"
-                                 "prefault = false\n");
+    std::string cfg =
+        config("", "\n[[pool]]\nname = \"gamma\"\nsize = \"32M\"\nhugepages = \"never\"\n"
+                   "prefault = false\n");
     cfg.replace(cfg.find("\"64M\""), 5, "\"128M\"");
     spit(cfg_path_, cfg);
     kill(daemon_, SIGHUP);
     EXPECT_TRUE(eventually([&] { return ctl({"status", "gamma"}).code == 0; }, 5000)) << log();
-    EXPECT_TRUE(eventually([&] { return log().find("refused: pool alpha") != std::string::npos; }, 2000)) << log();
+    EXPECT_TRUE(
+        eventually([&] { return log().find("refused: pool alpha") != std::string::npos; }, 2000))
+        << log();
     json s = parse(ctl({"--json", "status", "alpha"}));
     EXPECT_LT(s["size"].get<uint64_t>(), 100u << 20) << "alpha must keep its size";
     // A broken config on reload keeps the running one.
     spit(cfg_path_, "this is not toml = = =");
     kill(daemon_, SIGHUP);
-    EXPECT_TRUE(eventually([&] { return log().find("reload refused") != std::string::npos; }, 3000)) << log();
+    EXPECT_TRUE(eventually([&] { return log().find("reload refused") != std::string::npos; }, 3000))
+        << log();
     EXPECT_EQ(ctl({"status", "alpha"}).code, 0);
 }
 
@@ -785,12 +824,14 @@ TEST_F(DaemonTest, MetricsEndpointServesPrometheusText) {
     std::string resp;
     char buf[4096];
     ssize_t n;
-    while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, size_t(n));
+    while ((n = read(fd, buf, sizeof buf)) > 0)
+        resp.append(buf, size_t(n));
     close(fd);
     EXPECT_EQ(resp.rfind("HTTP/1.1 200 OK", 0), 0u) << resp;
     EXPECT_NE(resp.find("kvpool_capacity_bytes{pool=\"alpha\"}"), std::string::npos) << resp;
     EXPECT_NE(resp.find("# TYPE kvpool_hits_total counter"), std::string::npos);
-    EXPECT_NE(resp.find("kvpool_info{pool=\"alpha\",policy=\"prefix\"} 1"), std::string::npos) << resp;
+    EXPECT_NE(resp.find("kvpool_info{pool=\"alpha\",policy=\"prefix\"} 1"), std::string::npos)
+        << resp;
     EXPECT_NE(resp.find("kvpoold_resident_bytes"), std::string::npos);
 }
 
@@ -824,16 +865,18 @@ TEST_F(DaemonTest, BadConfigsFailWithAMessage) {
         spit(dir_ + "/bad.toml", c.text);
         Proc r = run({kvpoold_, "--check-config", "--config", dir_ + "/bad.toml"});
         EXPECT_EQ(r.code, 1) << c.text;
-        EXPECT_NE(r.err.find(c.expect), std::string::npos) << "config:\n" << c.text << "\nstderr: " << r.err;
-        EXPECT_NE(r.err.find("<3>"), std::string::npos) << "error priority prefix missing: " << r.err;
+        EXPECT_NE(r.err.find(c.expect), std::string::npos) << "config:\n"
+                                                           << c.text << "\nstderr: " << r.err;
+        EXPECT_NE(r.err.find("<3>"), std::string::npos)
+            << "error priority prefix missing: " << r.err;
     }
     spit(dir_ + "/good.toml", config());
     Proc g = run({kvpoold_, "--check-config", "--config", dir_ + "/good.toml"});
     EXPECT_EQ(g.code, 0) << g.err;
     // A missing admin group: kvpoold starts (warning; only root may create
     // pools), so --check-config accepts it too, with the same warning.
-    spit(dir_ + "/nogroup.toml",
-         "[daemon]\nadmin_group = \"no-such-group-kvpool\"\n[[pool]]\nname = \"x\"\nsize = \"64M\"\n");
+    spit(dir_ + "/nogroup.toml", "[daemon]\nadmin_group = \"no-such-group-kvpool\"\n[[pool]]\nname "
+                                 "= \"x\"\nsize = \"64M\"\n");
     Proc ng = run({kvpoold_, "--check-config", "--config", dir_ + "/nogroup.toml"});
     EXPECT_EQ(ng.code, 0) << ng.err;
     EXPECT_NE(ng.err.find("<4>"), std::string::npos) << ng.err;
@@ -842,9 +885,11 @@ TEST_F(DaemonTest, BadConfigsFailWithAMessage) {
     EXPECT_NE(ng.out.find("valid, 1 pool"), std::string::npos) << ng.out;
     EXPECT_EQ(run({kvpoold_, "--bogus"}).code, 2);
     // A pool that requires hugepages where there is no hugetlbfs: start fails, says how to fix.
-    spit(dir_ + "/huge.toml", "[daemon]\ncontrol_socket = \"" + sock_ + "\"\nshm_dir = \"" + shm_ +
-                                  "\"\nhugepage_dir = \"" + dir_ + "/huge\"\nadmin_group = \"root\"\n"
-                                  "[[pool]]\nname = \"h\"\nsize = \"64M\"\nhugepages = \"require\"\n");
+    spit(dir_ + "/huge.toml",
+         "[daemon]\ncontrol_socket = \"" + sock_ + "\"\nshm_dir = \"" + shm_ +
+             "\"\nhugepage_dir = \"" + dir_ +
+             "/huge\"\nadmin_group = \"root\"\n"
+             "[[pool]]\nname = \"h\"\nsize = \"64M\"\nhugepages = \"require\"\n");
     Proc h = run({kvpoold_, "--config", dir_ + "/huge.toml"});
     EXPECT_EQ(h.code, 1);
     EXPECT_NE(h.err.find("hugetlbfs"), std::string::npos) << h.err;
@@ -877,7 +922,7 @@ TEST_F(DaemonTest, GarbageOnTheControlSocketNeverHurtsTheDaemon) {
     kv_ctl_hdr h;
     kv_ctl_response r;
     std::string msg;
-    {   // bad magic: error reply, then the connection closes
+    { // bad magic: error reply, then the connection closes
         int fd = connect_raw();
         const char junk[] = "GET / HTTP/1.0\r\n\r\n";
         ASSERT_EQ(write(fd, junk, sizeof junk), ssize_t(sizeof junk));
@@ -888,7 +933,7 @@ TEST_F(DaemonTest, GarbageOnTheControlSocketNeverHurtsTheDaemon) {
         EXPECT_EQ(read(fd, &b, 1), 0);
         close(fd);
     }
-    {   // oversized length: refused before any body is read
+    { // oversized length: refused before any body is read
         int fd = connect_raw();
         kv_ctl_hdr big{KV_CTL_MAGIC, KV_CTL_VERSION, KV_CTL_OP_LIST, 0xffffffffU, 9};
         ASSERT_EQ(write(fd, &big, sizeof big), ssize_t(sizeof big));
@@ -897,7 +942,7 @@ TEST_F(DaemonTest, GarbageOnTheControlSocketNeverHurtsTheDaemon) {
         EXPECT_EQ(h.seq, 9u);
         close(fd);
     }
-    {   // wrong version, unknown op, short body, reserved bits, unterminated name
+    { // wrong version, unknown op, short body, reserved bits, unterminated name
         int fd = connect_raw();
         kv_ctl_hdr v2{KV_CTL_MAGIC, 2, KV_CTL_OP_LIST, 0, 1};
         ASSERT_EQ(write(fd, &v2, sizeof v2), ssize_t(sizeof v2));
@@ -936,7 +981,7 @@ TEST_F(DaemonTest, GarbageOnTheControlSocketNeverHurtsTheDaemon) {
         EXPECT_EQ(r.error, 0u) << msg;
         close(fd);
     }
-    {   // random bytes, a half message left hanging, and a burst of connections
+    { // random bytes, a half message left hanging, and a burst of connections
         uint64_t x = 0x12345678;
         for (int i = 0; i < 50; i++) {
             int fd = connect_raw();
@@ -1038,7 +1083,8 @@ TEST_F(DaemonTest, HugepagesReservedAtStartAreReleasedAtStop) {
     EXPECT_EQ(rel.code, 0) << rel.err;
     EXPECT_EQ(nr(), before + (with_mine - raised)) << rel.err;
     struct stat sb;
-    EXPECT_NE(stat((dir_ + "/state/hugepages-reserved").c_str(), &sb), 0) << "all released: no record left";
+    EXPECT_NE(stat((dir_ + "/state/hugepages-reserved").c_str(), &sb), 0)
+        << "all released: no record left";
     rel = run({kvpoold_, "--release-hugepages", "--config", cfg});
     EXPECT_EQ(rel.code, 0) << rel.err;
     EXPECT_EQ(nr(), before + (with_mine - raised)) << "a second release lowered it again";
@@ -1064,7 +1110,8 @@ TEST_F(DaemonTest, UnprivilegedUserReadsButCannotChange) {
     // Attaching as that user: the pool file is root:root 0660.
     pid_t child = fork();
     if (child == 0) {
-        if (setgroups(0, nullptr) != 0 || setgid(gid_t(gid)) != 0 || setuid(uid_t(uid)) != 0) _exit(3);
+        if (setgroups(0, nullptr) != 0 || setgid(gid_t(gid)) != 0 || setuid(uid_t(uid)) != 0)
+            _exit(3);
         kv_pool *p = nullptr;
         char err[256];
         int rc = kv_pool_attach(pool_path("alpha").c_str(), 0, &p, err, sizeof err);
@@ -1072,7 +1119,8 @@ TEST_F(DaemonTest, UnprivilegedUserReadsButCannotChange) {
     }
     int wst = 0;
     waitpid(child, &wst, 0);
-    EXPECT_TRUE(WIFEXITED(wst) && WEXITSTATUS(wst) == 0) << "attach as an outsider must fail with EACCES";
+    EXPECT_TRUE(WIFEXITED(wst) && WEXITSTATUS(wst) == 0)
+        << "attach as an outsider must fail with EACCES";
 }
 
 // The control socket is open to every local user, so one user may hold at
@@ -1094,16 +1142,20 @@ TEST_F(DaemonTest, PerUserConnectionCap) {
     // Refused with the reason on the wire (control.h, KV_CTL_OP_REFUSED):
     // kvctl says why and exits 3, "cannot connect".
     Proc over = ctl({"status", "alpha"}, uid, gid);
-    EXPECT_EQ(over.code, 3) << "connection " << kCap + 1 << " of one user: " << over.out << over.err;
-    EXPECT_NE(over.err.find("too many connections: uid " + std::to_string(uid) + " holds 32"), std::string::npos)
+    EXPECT_EQ(over.code, 3) << "connection " << kCap + 1 << " of one user: " << over.out
+                            << over.err;
+    EXPECT_NE(over.err.find("too many connections: uid " + std::to_string(uid) + " holds 32"),
+              std::string::npos)
         << over.err;
     Proc root = ctl({"status", "alpha"});
     EXPECT_EQ(root.code, 0) << "root was locked out by a user's connections: " << root.err;
     EXPECT_TRUE(eventually([&] { return log().find("refused") != std::string::npos; }, 5000))
-        << "no log line for the refused connection:\n" << log();
+        << "no log line for the refused connection:\n"
+        << log();
 
     // Every one of its connections was kept open while it held them.
-    EXPECT_EQ(holder.finish(), 0) << "the daemon closed some of the holder's connections (or it failed)";
+    EXPECT_EQ(holder.finish(), 0)
+        << "the daemon closed some of the holder's connections (or it failed)";
     children_.pop_back();
     // Its connections are gone (the daemon sees the hang-ups): served again.
     EXPECT_TRUE(eventually([&] { return ctl({"status", "alpha"}, uid, gid).code == 0; }, 5000));
@@ -1115,7 +1167,8 @@ TEST_F(DaemonTest, PerUserConnectionCap) {
 TEST_F(DaemonTest, NinthUserIsServedWhenEightHoldEveryConnection) {
     if (geteuid() != 0) GTEST_SKIP() << "needs root to take other uids";
     ASSERT_TRUE(start_daemon(config()));
-    constexpr int kUsers = 8, kCap = 32; // daemon/control_server.h: 8 x kMaxPerUser = kMaxConnections
+    constexpr int kUsers = 8,
+                  kCap = 32; // daemon/control_server.h: 8 x kMaxPerUser = kMaxConnections
     const int base_uid = 61000 + getpid() % 1000 * 10;
     std::vector<ConnectionHolder> holders(kUsers);
     for (int u = 0; u < kUsers; u++) {
@@ -1130,7 +1183,8 @@ TEST_F(DaemonTest, NinthUserIsServedWhenEightHoldEveryConnection) {
     const int ninth = base_uid + kUsers;
     Proc p = ctl({"status", "alpha"}, ninth, ninth);
     EXPECT_EQ(p.code, 0) << "a 9th user was locked out by 8 users' idle connections: " << p.err;
-    EXPECT_TRUE(eventually([&] { return log().find("idle one(s)") != std::string::npos; }, 5000)) << log();
+    EXPECT_TRUE(eventually([&] { return log().find("idle one(s)") != std::string::npos; }, 5000))
+        << log();
 
     int closed = 0;
     for (size_t u = 0; u < holders.size(); u++) {
@@ -1220,8 +1274,9 @@ void put_snap_blocks(Client &c, uint64_t n) {
         if (int rc = kv_get(c.pool, c.ns, &k, &v); rc != 0)
             return ::testing::AssertionFailure() << "block " << i << ": " << kv_strerror(rc);
         auto d = snap_bytes(i);
-        bool same = v.length == d.size() && memcmp(v.data, d.data(), d.size()) == 0 && kv_view_verify(&v) == 0 &&
-                    v.meta.tokens == uint32_t(i) && v.meta.priority == uint32_t(i % 5) && v.meta.user_tag == i * 3;
+        bool same = v.length == d.size() && memcmp(v.data, d.data(), d.size()) == 0 &&
+                    kv_view_verify(&v) == 0 && v.meta.tokens == uint32_t(i) &&
+                    v.meta.priority == uint32_t(i % 5) && v.meta.user_tag == i * 3;
         kv_release(c.pool, &v);
         if (!same) return ::testing::AssertionFailure() << "block " << i << " differs";
     }
@@ -1230,7 +1285,8 @@ void put_snap_blocks(Client &c, uint64_t n) {
 
 uint64_t snap_total(uint64_t n) {
     uint64_t t = 0;
-    for (uint64_t i = 0; i < n; i++) t += snap_len(i);
+    for (uint64_t i = 0; i < n; i++)
+        t += snap_len(i);
     return t;
 }
 
@@ -1288,7 +1344,8 @@ TEST_F(DaemonTest, PersistAndRestoreOnDemand) {
         Proc tj = ctl({"--json", "restore", "alpha", "--path", cut});
         EXPECT_EQ(tj.code, 8) << tj.err;
         EXPECT_EQ(parse(tj)["truncated"], true) << tj.out;
-        EXPECT_NE(ctl({"status", "alpha"}).out.find("file truncated or damaged"), std::string::npos);
+        EXPECT_NE(ctl({"status", "alpha"}).out.find("file truncated or damaged"),
+                  std::string::npos);
     }
 
     // Bad paths: relative, missing file.
@@ -1368,7 +1425,7 @@ TEST_F(DaemonTest, DaemonKilledMidPersistLeavesThePreviousSnapshot) {
     ASSERT_EQ(ctl({"persist", "alpha"}).code, 0) << log();
     const std::string file = dir_ + "/state/alpha.kvsnap";
     const std::string before = slurp(file);
-    {   // much more data, so the next persist takes a while
+    { // much more data, so the next persist takes a while
         Client c(pool_path("alpha"));
         std::vector<uint8_t> big(2 << 20, 0x5a);
         for (uint64_t i = 1000; i < 1200; i++) {
@@ -1378,7 +1435,8 @@ TEST_F(DaemonTest, DaemonKilledMidPersistLeavesThePreviousSnapshot) {
     }
     pid_t kv = fork();
     if (kv == 0) {
-        execl(kvctl_.c_str(), kvctl_.c_str(), "--socket", sock_.c_str(), "persist", "alpha", nullptr);
+        execl(kvctl_.c_str(), kvctl_.c_str(), "--socket", sock_.c_str(), "persist", "alpha",
+              nullptr);
         _exit(127);
     }
     usleep(30000);
@@ -1391,7 +1449,8 @@ TEST_F(DaemonTest, DaemonKilledMidPersistLeavesThePreviousSnapshot) {
     // the old one is untouched; never a torn file at the snapshot's path.
     const std::string after = slurp(file);
     if (after != before) {
-        EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "snapshot changed by a killed persist";
+        EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0)
+            << "snapshot changed by a killed persist";
     }
     ASSERT_TRUE(start_daemon(cfg));
     EXPECT_EQ(parse(ctl({"--json", "status", "alpha"}))["state"], "reattached");
@@ -1419,9 +1478,10 @@ TEST_F(DaemonTest, GroupMemberReachesOnlyItsPoolsSnapshots) {
     if (!make_test_user(&uid, &gid, &why)) GTEST_SKIP() << why;
     const group *gr = getgrgid(gid_t(gid));
     ASSERT_NE(gr, nullptr) << "no group " << gid;
-    const std::string probe_cfg = "\n[[pool]]\nname = \"probe\"\nsize = \"64M\"\nhugepages = \"never\"\n"
-                                  "prefault = false\ngroup = \"" +
-                                  std::string(gr->gr_name) + "\"\nmode = \"0660\"\n";
+    const std::string probe_cfg =
+        "\n[[pool]]\nname = \"probe\"\nsize = \"64M\"\nhugepages = \"never\"\n"
+        "prefault = false\ngroup = \"" +
+        std::string(gr->gr_name) + "\"\nmode = \"0660\"\n";
     ASSERT_TRUE(start_daemon(config("", probe_cfg)));
     const uint64_t n = 20;
     {
@@ -1433,7 +1493,7 @@ TEST_F(DaemonTest, GroupMemberReachesOnlyItsPoolsSnapshots) {
     const std::string state = dir_ + "/state/";
     const std::string secret = state + "alpha.kvsnap";
     const std::string before = slurp(secret);
-    struct stat sb {};
+    struct stat sb{};
     ASSERT_EQ(stat(secret.c_str(), &sb), 0);
     EXPECT_EQ(sb.st_mode & 0777, 0640u);
     EXPECT_EQ(sb.st_gid, 0u) << "alpha's group is root";
@@ -1442,12 +1502,14 @@ TEST_F(DaemonTest, GroupMemberReachesOnlyItsPoolsSnapshots) {
     Proc r = ctl({"restore", "probe", "--path", secret}, uid, gid);
     EXPECT_EQ(r.code, 4) << r.out << r.err;
     EXPECT_NE(r.err.find("may only name pool probe's snapshots"), std::string::npos) << r.err;
-    EXPECT_EQ(parse(ctl({"--json", "status", "probe"}))["entries"], 0) << "alpha's blocks reached probe";
+    EXPECT_EQ(parse(ctl({"--json", "status", "probe"}))["entries"], 0)
+        << "alpha's blocks reached probe";
     Proc w = ctl({"persist", "probe", "--path", secret}, uid, gid);
     EXPECT_EQ(w.code, 4) << w.out << w.err;
     EXPECT_EQ(slurp(secret), before) << "alpha's snapshot was replaced";
-    for (const std::string bad : {"probe@../alpha.kvsnap", "probe@.kvsnap", "probe@..kvsnap", "probe@a@b.kvsnap",
-                                  "probe.kvsnap.spare", "probe@t.kvsnap.tmp", "probex.kvsnap", "alpha@probe.kvsnap"}) {
+    for (const std::string bad :
+         {"probe@../alpha.kvsnap", "probe@.kvsnap", "probe@..kvsnap", "probe@a@b.kvsnap",
+          "probe.kvsnap.spare", "probe@t.kvsnap.tmp", "probex.kvsnap", "alpha@probe.kvsnap"}) {
         Proc b = ctl({"persist", "probe", "--path", state + bad}, uid, gid);
         EXPECT_EQ(b.code, 4) << bad << ": " << b.out << b.err;
     }
@@ -1474,11 +1536,13 @@ TEST_F(DaemonTest, GroupMemberReachesOnlyItsPoolsSnapshots) {
     spit(planted, before);
     Proc f = ctl({"restore", "probe", "--path", planted}, uid, gid);
     EXPECT_EQ(f.code, 4) << f.out << f.err;
-    EXPECT_NE(f.err.find("written from pool \"alpha\", not from pool \"probe\""), std::string::npos) << f.err;
+    EXPECT_NE(f.err.find("written from pool \"alpha\", not from pool \"probe\""), std::string::npos)
+        << f.err;
     Proc ff = ctl({"restore", "probe", "--path", planted, "--force"}, uid, gid);
     EXPECT_EQ(ff.code, 4) << ff.out << ff.err;
     EXPECT_NE(ff.err.find("only root"), std::string::npos) << ff.err;
-    EXPECT_EQ(parse(ctl({"--json", "status", "probe"}))["entries"], 1) << "alpha's blocks reached probe";
+    EXPECT_EQ(parse(ctl({"--json", "status", "probe"}))["entries"], 1)
+        << "alpha's blocks reached probe";
     // Root too needs --force.
     Proc rr = ctl({"restore", "probe", "--path", planted});
     EXPECT_EQ(rr.code, 4) << rr.out << rr.err;
@@ -1531,7 +1595,7 @@ TEST_F(DaemonTest, DamagedSnapshotIsKeptAsideNotOverwritten) {
     EXPECT_EQ(s["snapshot"]["last_restore"]["quarantined"], bad[0]) << s.dump();
     EXPECT_EQ(slurp(bad[0]), damaged);
     EXPECT_NE(log().find("did not restore whole: moved to " + bad[0]), std::string::npos) << log();
-    struct stat sb {};
+    struct stat sb{};
     EXPECT_NE(stat(file.c_str(), &sb), 0) << "the damaged file is still at the pool's path";
 
     // Persist at stop, then twice on demand (the second recycles a spare):
@@ -1788,7 +1852,9 @@ TEST_F(DaemonTest, PipelinedRequestsHoldOneReplyAtATime) {
                      std::to_string(20000 * 4096), "--block", "4096"});
     ASSERT_EQ(fill.code, 0) << fill.out << fill.err;
     ASSERT_EQ(ctl({"entries", "many"}).code, 0); // the entry table's pages are now resident
-    auto rss = [&] { return parse(ctl({"--json", "stats"}))["daemon"]["rss_bytes"].get<uint64_t>(); };
+    auto rss = [&] {
+        return parse(ctl({"--json", "stats"}))["daemon"]["rss_bytes"].get<uint64_t>();
+    };
     const uint64_t before = rss();
 
     RawCtl c(sock_);
@@ -1798,7 +1864,8 @@ TEST_F(DaemonTest, PipelinedRequestsHoldOneReplyAtATime) {
     q.arg = KV_CTL_ENTRIES_MAX_ROWS; // about 600 KB a reply
     constexpr uint32_t kRequests = 300;
     std::string pipeline;
-    for (uint32_t seq = 1; seq <= kRequests; seq++) pipeline += RawCtl::message(KV_CTL_OP_ENTRIES, q, seq);
+    for (uint32_t seq = 1; seq <= kRequests; seq++)
+        pipeline += RawCtl::message(KV_CTL_OP_ENTRIES, q, seq);
     ASSERT_TRUE(c.send_all(pipeline));
     kv_ctl_hdr h{};
     uint32_t err = 0;
@@ -1806,8 +1873,8 @@ TEST_F(DaemonTest, PipelinedRequestsHoldOneReplyAtATime) {
     ASSERT_TRUE(c.reply(&h, &err, &body)); // the daemon has begun on the pipeline
     EXPECT_EQ(h.seq, 1u);
     const uint64_t during = rss();
-    EXPECT_LT(during, before + (64ULL << 20)) << "RSS " << before << " -> " << during
-                                              << ": the replies of the pipeline were buffered";
+    EXPECT_LT(during, before + (64ULL << 20))
+        << "RSS " << before << " -> " << during << ": the replies of the pipeline were buffered";
     for (uint32_t seq = 2; seq <= kRequests; seq++) {
         ASSERT_TRUE(c.reply(&h, &err, &body)) << "reply " << seq;
         ASSERT_EQ(h.seq, seq);
@@ -1821,15 +1888,16 @@ TEST_F(DaemonTest, PipelinedRequestsHoldOneReplyAtATime) {
 // (it waited for the whole evict, as the loop did).
 TEST_F(DaemonTest, LargeEvictLetsOtherRequestsThrough) {
     ASSERT_TRUE(start_daemon(entries_config(config())));
-    Proc fill = run({env_or("KVFILL", "build/tools/kvfill"), "--pool", pool_path("many"), "--bytes", "400M",
-                     "--block", "4096"});
+    Proc fill = run({env_or("KVFILL", "build/tools/kvfill"), "--pool", pool_path("many"), "--bytes",
+                     "400M", "--block", "4096"});
     ASSERT_EQ(fill.code, 0) << fill.out << fill.err;
     kv_ctl_request q{};
     q.arg = 100;
     const std::string body = long_op_lets_status_through(sock_, KV_CTL_OP_EVICT, q);
     ASSERT_FALSE(HasFailure()) << body;
     json j = json::parse(body);
-    EXPECT_GT(j["requested_bytes"].get<uint64_t>(), 256ULL << 20) << "the evict should take more than one chunk";
+    EXPECT_GT(j["requested_bytes"].get<uint64_t>(), 256ULL << 20)
+        << "the evict should take more than one chunk";
     EXPECT_GE(j["freed_bytes"].get<uint64_t>(), j["requested_bytes"].get<uint64_t>());
 }
 
@@ -1842,10 +1910,13 @@ TEST_F(DaemonTest, EntriesShowAccessAndStatusShowsFreeAndCreated) {
     for (const char *policy : {"prefix", "lfu", "clock", "fifo"}) {
         SCOPED_TRACE(policy);
         const std::string name = std::string("p-") + policy;
-        ASSERT_EQ(ctl({"create", name, "--size", "32M", "--hugepages", "never", "--policy", policy}).code, 0);
+        ASSERT_EQ(
+            ctl({"create", name, "--size", "32M", "--hugepages", "never", "--policy", policy}).code,
+            0);
         Client c(pool_path(name));
         ASSERT_TRUE(c.pool) << c.error;
-        for (uint64_t i = 0; i < 4; i++) ASSERT_EQ(c.put(i, 4096), 0);
+        for (uint64_t i = 0; i < 4; i++)
+            ASSERT_EQ(c.put(i, 4096), 0);
         for (int n = 0; n < 3; n++) { // block 2 is read three times
             kv_view v;
             ASSERT_EQ(kv_get(c.pool, c.ns, &(const kv_key &)key_of(2), &v), 0);
@@ -1855,18 +1926,22 @@ TEST_F(DaemonTest, EntriesShowAccessAndStatusShowsFreeAndCreated) {
         ASSERT_EQ(e["entries"].size(), 4u);
         char hot[40];
         const kv_key k2 = key_of(2);
-        snprintf(hot, sizeof hot, "%016llx%016llx", (unsigned long long)k2.hi, (unsigned long long)k2.lo);
+        snprintf(hot, sizeof hot, "%016llx%016llx", (unsigned long long)k2.hi,
+                 (unsigned long long)k2.lo);
         for (const auto &row : e["entries"]) {
             const bool is_hot = row["key"] == hot;
-            ASSERT_TRUE(row.contains("last_access_s") && row.contains("access_count") && row.contains("referenced"))
+            ASSERT_TRUE(row.contains("last_access_s") && row.contains("access_count") &&
+                        row.contains("referenced"))
                 << row.dump();
             if (std::string(policy) == "prefix") {
                 ASSERT_TRUE(row["last_access_s"].is_number()) << row.dump();
                 EXPECT_GE(row["last_access_s"].get<double>(), 0.0);
-                EXPECT_LE(row["last_access_s"].get<double>(), row["age_s"].get<double>() + 1.0) << row.dump();
+                EXPECT_LE(row["last_access_s"].get<double>(), row["age_s"].get<double>() + 1.0)
+                    << row.dump();
                 EXPECT_TRUE(row["access_count"].is_null());
             } else if (std::string(policy) == "lfu") {
-                EXPECT_EQ(row["access_count"], is_hot ? 4 : 1) << row.dump(); // the commit, then each get
+                EXPECT_EQ(row["access_count"], is_hot ? 4 : 1)
+                    << row.dump(); // the commit, then each get
                 EXPECT_TRUE(row["last_access_s"].is_null());
             } else if (std::string(policy) == "clock") {
                 EXPECT_EQ(row["referenced"], is_hot) << row.dump();
@@ -1880,8 +1955,10 @@ TEST_F(DaemonTest, EntriesShowAccessAndStatusShowsFreeAndCreated) {
             double hot_idle = 1e9, cold_idle = 1e9;
             for (const auto &row : e["entries"]) {
                 const double idle = row["last_access_s"].get<double>();
-                if (row["key"] == hot) hot_idle = idle;
-                else cold_idle = std::min(cold_idle, idle);
+                if (row["key"] == hot)
+                    hot_idle = idle;
+                else
+                    cold_idle = std::min(cold_idle, idle);
             }
             EXPECT_LT(hot_idle, cold_idle);
         }
@@ -1889,7 +1966,8 @@ TEST_F(DaemonTest, EntriesShowAccessAndStatusShowsFreeAndCreated) {
         EXPECT_NE(h.out.find("ACCESS"), std::string::npos) << h.out;
     }
     json s = parse(ctl({"--json", "status", "alpha"}));
-    EXPECT_EQ(s["free_bytes"].get<uint64_t>() + s["used_bytes"].get<uint64_t>(), s["capacity"].get<uint64_t>());
+    EXPECT_EQ(s["free_bytes"].get<uint64_t>() + s["used_bytes"].get<uint64_t>(),
+              s["capacity"].get<uint64_t>());
     ASSERT_TRUE(s["create_time_ns"].is_number()) << s.dump();
     EXPECT_GE(s["create_time_ns"].get<uint64_t>(), started_ns);
     EXPECT_LE(s["create_time_ns"].get<uint64_t>(), uint64_t(time(nullptr) + 1) * 1000000000ULL);
@@ -1920,7 +1998,8 @@ std::string http(const std::string &msock, const std::string &request) {
     std::string resp;
     char buf[4096];
     ssize_t n;
-    while ((n = read(fd, buf, sizeof buf)) > 0) resp.append(buf, size_t(n));
+    while ((n = read(fd, buf, sizeof buf)) > 0)
+        resp.append(buf, size_t(n));
     close(fd);
     return resp;
 }
@@ -1994,7 +2073,8 @@ TEST_F(DaemonTest, MetricsCountSnapshotsDedupsRemovesAndClients) {
     EXPECT_EQ(sample(m, "kvpool_persists_total", "alpha"), 1) << m;
     EXPECT_EQ(sample(m, "kvpool_persist_failures_total", "alpha"), 1) << m;
     EXPECT_GE(sample(m, "kvpool_last_persist_success_timestamp_seconds", "alpha"), before) << m;
-    EXPECT_LE(sample(m, "kvpool_last_persist_success_timestamp_seconds", "alpha"), double(time(nullptr) + 1));
+    EXPECT_LE(sample(m, "kvpool_last_persist_success_timestamp_seconds", "alpha"),
+              double(time(nullptr) + 1));
     EXPECT_EQ(sample(m, "kvpool_restores_total", "alpha"), 1) << m;
     EXPECT_EQ(sample(m, "kvpool_restore_failures_total", "alpha"), 0) << m;
     EXPECT_GE(sample(m, "kvpool_last_restore_success_timestamp_seconds", "alpha"), before) << m;
@@ -2030,7 +2110,8 @@ TEST_F(DaemonTest, TrickledRequestIsClosedAtTheDeadline) {
     const uint64_t took = mono_ms() - start;
     EXPECT_TRUE(closed) << "still open after " << took << " ms and " << sent << " bytes";
     EXPECT_GE(took, 10000u) << "closed before the deadline";
-    EXPECT_TRUE(eventually([&] { return log().find("is still incomplete") != std::string::npos; }, 2000))
+    EXPECT_TRUE(
+        eventually([&] { return log().find("is still incomplete") != std::string::npos; }, 2000))
         << log();
     EXPECT_EQ(ctl({"list"}).code, 0);
 }

@@ -495,11 +495,14 @@ TEST_F(KvctlCli, PartialRestoreExits8) {
         const char *err; // in stderr ("" = stderr empty)
     } cases[] = {
         {R"({"pool": "llama", "path": "/s", "blocks": 7, "bytes": 7, "seconds": 0.1, "dropped": 0,
-             "truncated": false})", 0, ""},
+             "truncated": false})",
+         0, ""},
         {R"({"pool": "llama", "path": "/s", "blocks": 7, "bytes": 7, "seconds": 0.1, "dropped": 0,
-             "truncated": true})", 8, "7 blocks restored; the snapshot is truncated or damaged"},
+             "truncated": true})",
+         8, "7 blocks restored; the snapshot is truncated or damaged"},
         {R"({"pool": "llama", "path": "/s", "blocks": 0, "bytes": 0, "seconds": 0.1, "dropped": 3,
-             "truncated": false})", 8, "0 blocks restored; 3 block(s) dropped"},
+             "truncated": false})",
+         8, "0 blocks restored; 3 block(s) dropped"},
     };
     for (const Case &cs : cases) {
         for (bool as_json : {false, true}) {
@@ -513,10 +516,13 @@ TEST_F(KvctlCli, PartialRestoreExits8) {
             EXPECT_EQ(r.code, cs.code) << r.err;
             EXPECT_EQ(d.hdr.op, KV_CTL_OP_RESTORE);
             if (*cs.err)
-                EXPECT_NE(r.err.find(std::string("kvctl: restore llama: ") + cs.err), std::string::npos) << r.err;
+                EXPECT_NE(r.err.find(std::string("kvctl: restore llama: ") + cs.err),
+                          std::string::npos)
+                    << r.err;
             else
                 EXPECT_EQ(r.err, "");
-            EXPECT_NE(r.out.find("llama"), std::string::npos) << "the summary is still printed\n" << r.out;
+            EXPECT_NE(r.out.find("llama"), std::string::npos) << "the summary is still printed\n"
+                                                              << r.out;
         }
     }
 }
@@ -687,7 +693,8 @@ TEST_F(KvctlCli, BadJsonExits7) {
         d.join();
         EXPECT_EQ(r.code, 7) << body << ": " << r.err;
         EXPECT_NE(r.err.find("malformed"), std::string::npos) << body << ": " << r.err;
-        EXPECT_EQ(r.err.find('\xff'), std::string::npos) << "a raw invalid byte reached the terminal";
+        EXPECT_EQ(r.err.find('\xff'), std::string::npos)
+            << "a raw invalid byte reached the terminal";
     }
 }
 
@@ -698,22 +705,26 @@ TEST_F(KvctlCli, DaemonTextIsSanitizedForTheTerminal) {
     // Invalid bytes (an overlong '/', a UTF-16 surrogate, a lead byte past
     // U+10FFFF): the JSON parser refuses the document, exit 7, and its
     // message, which quotes what it read, reaches stderr sanitized.
-    FakeDaemon d(reply(0, std::string(R"({"pools": [{"name": "x)") + "\xc0\xaf" + "y\xed\xa0\x80z\xf5w\x1b" +
-                              R"("}]})"));
+    FakeDaemon d(reply(0, std::string(R"({"pools": [{"name": "x)") + "\xc0\xaf" +
+                              "y\xed\xa0\x80z\xf5w\x1b" + R"("}]})"));
     const Outcome r = run_kvctl({"--socket", d.path(), "list"});
     d.join();
     EXPECT_EQ(r.code, 7) << r.err;
     for (unsigned char bad : {0xc0, 0xaf, 0xed, 0xa0, 0xf5, 0x1b})
-        EXPECT_EQ(r.err.find(char(bad)), std::string::npos) << "byte " << int(bad) << " reached stderr: " << r.err;
+        EXPECT_EQ(r.err.find(char(bad)), std::string::npos)
+            << "byte " << int(bad) << " reached stderr: " << r.err;
 
     // Well-formed text: real multi-byte characters pass (é, U+2603, U+1F600);
     // ESC and U+0085 (C1, encoded C2 85) become '?'.
-    FakeDaemon d2(reply(0, R"({"name": "caf\u00e9-\u2603-\ud83d\ude00", "group": "a\u001b[31mb\u0085c"})"));
+    FakeDaemon d2(
+        reply(0, R"({"name": "caf\u00e9-\u2603-\ud83d\ude00", "group": "a\u001b[31mb\u0085c"})"));
     const Outcome r2 = run_kvctl({"--socket", d2.path(), "status", "x"});
     d2.join();
     EXPECT_EQ(r2.code, 0) << r2.err;
-    EXPECT_NE(r2.out.find("caf\xc3\xa9-\xe2\x98\x83-\xf0\x9f\x98\x80"), std::string::npos) << "valid UTF-8 is kept: " << r2.out;
-    EXPECT_NE(r2.out.find("a?[31mb?c"), std::string::npos) << "ESC and U+0085 become '?': " << r2.out;
+    EXPECT_NE(r2.out.find("caf\xc3\xa9-\xe2\x98\x83-\xf0\x9f\x98\x80"), std::string::npos)
+        << "valid UTF-8 is kept: " << r2.out;
+    EXPECT_NE(r2.out.find("a?[31mb?c"), std::string::npos)
+        << "ESC and U+0085 become '?': " << r2.out;
     EXPECT_EQ(r2.out.find('\x1b'), std::string::npos);
 }
 

@@ -450,7 +450,7 @@ TEST_F(SnapshotTest, SnapshotFileModeAndGroup) {
     o.file_gid = int(getegid());
     auto w = snap::persist(src.p, "mode", path, o);
     ASSERT_TRUE(w.has_value()) << w.error().message;
-    struct stat sb {};
+    struct stat sb{};
     ASSERT_EQ(stat(path.c_str(), &sb), 0);
     EXPECT_EQ(sb.st_mode & 07777, 0640u);
     EXPECT_EQ(sb.st_gid, getegid());
@@ -783,8 +783,9 @@ TEST_F(SnapshotTest, PersistWithoutMemoryForBuffersIsENOMEM) {
     int st = 0;
     ASSERT_EQ(waitpid(pid, &st, 0), pid);
     ASSERT_TRUE(WIFEXITED(st)) << "status " << st;
-    EXPECT_EQ(WEXITSTATUS(st), 0) << "2: setrlimit failed, 3: persist succeeded, 4: code is not -ENOMEM, "
-                                     "5: the message does not say why";
+    EXPECT_EQ(WEXITSTATUS(st), 0)
+        << "2: setrlimit failed, 3: persist succeeded, 4: code is not -ENOMEM, "
+           "5: the message does not say why";
     EXPECT_FALSE(fs::exists(path + ".tmp"));
 #endif
 }

@@ -49,7 +49,8 @@ std::set<std::string> list_dir(const std::string &dir) {
     std::set<std::string> names;
     if (DIR *d = opendir(dir.c_str())) {
         while (dirent *e = readdir(d))
-            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) names.insert(e->d_name);
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+                names.insert(e->d_name);
         closedir(d);
     }
     return names;
@@ -57,7 +58,8 @@ std::set<std::string> list_dir(const std::string &dir) {
 
 std::string join(const std::set<std::string> &s) {
     std::string out;
-    for (const auto &x : s) out += (out.empty() ? "" : ", ") + x;
+    for (const auto &x : s)
+        out += (out.empty() ? "" : ", ") + x;
     return out;
 }
 
@@ -86,7 +88,8 @@ class TortureTest : public kvtest::DaemonTest {
         char err[256] = "";
         int rc = kv_pool_attach(pool_path(name).c_str(), 0, out, err, sizeof err);
         if (rc != 0)
-            return ::testing::AssertionFailure() << "attach " << name << ": " << kv_strerror(rc) << ": " << err;
+            return ::testing::AssertionFailure()
+                   << "attach " << name << ": " << kv_strerror(rc) << ": " << err;
         kv_manifest m = test_manifest();
         uint32_t ns = 0;
         uint64_t seed = 0;
@@ -137,11 +140,14 @@ class TortureTest : public kvtest::DaemonTest {
         EXPECT_GE(kv_reap(pool_), 0);
         kv_usage u{};
         bool ok = DaemonTest::eventually(
-            [&] { return kv_reap(pool_) >= 0 && kv_pool_usage(pool_, &u) == 0 && quiescent(u, 0); }, 3000);
-        EXPECT_TRUE(ok) << when << ": " << quiescent(u, 0).message() << "\n" << dump_suspects(pool_);
+            [&] { return kv_reap(pool_) >= 0 && kv_pool_usage(pool_, &u) == 0 && quiescent(u, 0); },
+            3000);
+        EXPECT_TRUE(ok) << when << ": " << quiescent(u, 0).message() << "\n"
+                        << dump_suspects(pool_);
         WalkResult w = walk_all(pool_, ks);
         EXPECT_EQ(w.bad, 0u) << when << ": " << w.first_error;
-        EXPECT_EQ(w.found, u.entries_committed) << when << ": committed entries outside the key space";
+        EXPECT_EQ(w.found, u.entries_committed)
+            << when << ": committed entries outside the key space";
         blocks_seen_ += w.found;
     }
 
@@ -154,7 +160,7 @@ class TortureTest : public kvtest::DaemonTest {
     // has yet to look while one it wrote is evicted). So twice the file,
     // plus a slab per class: a fixed 128M left only a few slabs to spare.
     void check_snapshot(const std::string &when) {
-        struct stat sb {};
+        struct stat sb{};
         if (stat(snapshot().c_str(), &sb) != 0) return; // none completed yet
         const uint64_t verify_mib =
             std::max<uint64_t>(128, 2 * (uint64_t(sb.st_size) >> 20) + 24 * 4);
@@ -191,7 +197,8 @@ class TortureTest : public kvtest::DaemonTest {
         const std::set<std::string> pools = list_dir(shm_), want_pools = {"alpha"};
         EXPECT_EQ(pools, want_pools) << when << ": pool directory holds " << join(pools);
         for (const auto &f : list_dir(dir_ + "/state"))
-            EXPECT_TRUE(f == "alpha.kvsnap" || f == "alpha.kvsnap.spare") << when << ": stray " << f;
+            EXPECT_TRUE(f == "alpha.kvsnap" || f == "alpha.kvsnap.spare")
+                << when << ": stray " << f;
     }
 
     Board *board_ = nullptr;
@@ -220,8 +227,10 @@ TEST_F(TortureTest, KillClientsAndDaemonRounds) {
     for (uint64_t round = 0; round < rounds && !HasFailure(); round++) {
         // Round 0 fills the pool and persists it, so every later round has a
         // snapshot to lose or restore.
-        const unsigned mode = round == 0 ? 4 : unsigned(rng.below(4)); // 0-1 clients, 2 persist, 3 restore
-        const std::string when = "round " + std::to_string(round) + " (mode " + std::to_string(mode) + ")";
+        const unsigned mode =
+            round == 0 ? 4 : unsigned(rng.below(4)); // 0-1 clients, 2 persist, 3 restore
+        const std::string when =
+            "round " + std::to_string(round) + " (mode " + std::to_string(mode) + ")";
 
         // Views the test holds through the round: they must survive it.
         std::vector<std::pair<kv_key, kv_view>> held;
@@ -248,7 +257,8 @@ TEST_F(TortureTest, KillClientsAndDaemonRounds) {
                 int fd = open("/dev/null", O_WRONLY);
                 dup2(fd, 1);
                 dup2(fd, 2);
-                execl(kvctl_.c_str(), kvctl_.c_str(), "--socket", sock_.c_str(), "persist", "alpha", nullptr);
+                execl(kvctl_.c_str(), kvctl_.c_str(), "--socket", sock_.c_str(), "persist", "alpha",
+                      nullptr);
                 _exit(127);
             }
             ASSERT_GT(persist, 0);
@@ -264,7 +274,8 @@ TEST_F(TortureTest, KillClientsAndDaemonRounds) {
             EXPECT_TRUE(wait_child(persist, 60000, &st)) << when << ": kvctl persist hung";
             if (WIFEXITED(st) && WEXITSTATUS(st) == 0) persists_ok++;
             if (mode == 4) {
-                ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << when << ": " << status_str(st);
+                ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0)
+                    << when << ": " << status_str(st);
             }
         }
 
@@ -281,7 +292,8 @@ TEST_F(TortureTest, KillClientsAndDaemonRounds) {
             const bool killed = WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL;
             kills += killed;
             EXPECT_TRUE(killed || (WIFEXITED(st) && WEXITSTATUS(st) == 0))
-                << when << ": worker " << i << ": " << status_str(st) << "\n" << board_->messages();
+                << when << ": worker " << i << ": " << status_str(st) << "\n"
+                << board_->messages();
             for (pid_t &k : kids_)
                 if (k == pids[i]) k = 0;
         }
@@ -317,11 +329,12 @@ TEST_F(TortureTest, KillClientsAndDaemonRounds) {
     }
     const double secs = double(mono_ms() - t0) / 1000;
     fprintf(stderr,
-            "[torture] %" PRIu64 " rounds in %.1f s: %" PRIu64 " clients killed, kvpoold killed %" PRIu64
-            " times (%" PRIu64 " during persist, %" PRIu64 " during restore), %" PRIu64
-            " persists completed, %" PRIu64 " snapshots restored and checked, %" PRIu64 " blocks checked\n",
-            rounds, secs, kills, daemon_kills, persist_kills, restore_kills, persists_ok, snapshots_checked_,
-            blocks_seen_);
+            "[torture] %" PRIu64 " rounds in %.1f s: %" PRIu64
+            " clients killed, kvpoold killed %" PRIu64 " times (%" PRIu64
+            " during persist, %" PRIu64 " during restore), %" PRIu64 " persists completed, %" PRIu64
+            " snapshots restored and checked, %" PRIu64 " blocks checked\n",
+            rounds, secs, kills, daemon_kills, persist_kills, restore_kills, persists_ok,
+            snapshots_checked_, blocks_seen_);
     EXPECT_GT(blocks_seen_, 0u);
 }
 

@@ -10,5 +10,5 @@ static_assert(__cplusplus == 202002L, "compiled as C++20");
 
 int main()
 {
-    return kv_test_region_checks() + kv_test_ctl_snapshot_checks();
+	return kv_test_region_checks() + kv_test_ctl_snapshot_checks();
 }

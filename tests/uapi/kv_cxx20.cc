@@ -8,5 +8,5 @@ static_assert(__cplusplus == 202002L, "compiled as C++20");
 
 int main()
 {
-    return kv_test_kv_checks();
+	return kv_test_kv_checks();
 }

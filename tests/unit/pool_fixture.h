@@ -5,17 +5,15 @@
 // and payloads, and small wrappers that keep assertions short.
 #pragma once
 
-#include <kv/kv.h>
-
-#include <gtest/gtest.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <gtest/gtest.h>
 #include <initializer_list>
+#include <kv/kv.h>
 #include <string>
 #include <string_view>
 #include <sys/stat.h>
@@ -48,7 +46,9 @@ inline kv_key key_of(uint64_t i) {
     return kv_key{i * 0x9e3779b97f4a7c15ULL + 1, ~i ^ 0x5851f42d4c957f2dULL};
 }
 
-inline bool key_eq(const kv_key &a, const kv_key &b) { return a.lo == b.lo && a.hi == b.hi; }
+inline bool key_eq(const kv_key &a, const kv_key &b) {
+    return a.lo == b.lo && a.hi == b.hi;
+}
 
 // Deterministic payload: different seeds give different bytes.
 inline std::vector<uint8_t> payload(size_t len, uint64_t seed) {
@@ -101,8 +101,7 @@ class PoolTest : public ::testing::Test {
     virtual void customize(kv_create_opts &) {}
 
     void SetUp() override {
-        path_ = unique_pool_path(
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        path_ = unique_pool_path(::testing::UnitTest::GetInstance()->current_test_info()->name());
         opts_ = small_opts();
         customize(opts_);
         char msg[256] = "";

@@ -10,15 +10,13 @@
 //  - home slabs (allocator.cc): clients start slabs of their own while the
 //    pool has FREE ones, keep to them, adopt a departed client's, and still
 //    share every slab when none is FREE.
-#include "pool_fixture.h"
-
 #include "detail.h"
-
-#include <xxhash.h>
+#include "pool_fixture.h"
 
 #include <algorithm>
 #include <thread>
 #include <vector>
+#include <xxhash.h>
 
 namespace {
 
@@ -43,9 +41,12 @@ TEST(CopyHash, EqualsXXH3ForEveryLengthAlignmentAndWidth) {
                 const uint64_t want = XXH3_64bits(src.data() + so, len);
                 ASSERT_EQ(kv::detail::copy_hash(dst.data() + dofs, src.data() + so, len, w), want)
                     << "width " << w << " len " << len << " src offset " << so;
-                ASSERT_EQ(std::memcmp(dst.data() + dofs, src.data() + so, len), 0) << "width " << w << " len " << len;
-                for (size_t i = 0; i < dofs; i++) ASSERT_EQ(dst[i], 0xa5) << "wrote before dst, len " << len;
-                for (size_t i = dofs + len; i < dst.size(); i++) ASSERT_EQ(dst[i], 0xa5) << "wrote past len " << len;
+                ASSERT_EQ(std::memcmp(dst.data() + dofs, src.data() + so, len), 0)
+                    << "width " << w << " len " << len;
+                for (size_t i = 0; i < dofs; i++)
+                    ASSERT_EQ(dst[i], 0xa5) << "wrote before dst, len " << len;
+                for (size_t i = dofs + len; i < dst.size(); i++)
+                    ASSERT_EQ(dst[i], 0xa5) << "wrote past len " << len;
                 ASSERT_EQ(kv::detail::copy_hash(nullptr, src.data() + so, len, w), want)
                     << "hash only, width " << w << " len " << len;
             }
@@ -56,10 +57,12 @@ TEST(CopyHash, EqualsXXH3ForEveryLengthAlignmentAndWidth) {
 TEST(CopyHash, EqualsXXH3ForLargeBlocks) {
     std::vector<uint8_t> src = payload(2 * MiB + 4096, 2), dst(2 * MiB + 4096);
     for (unsigned w : widths()) {
-        for (size_t len : {size_t{64 * KiB} - 1, size_t{64 * KiB}, size_t{64 * KiB} + 1, size_t{1 * MiB} + 13,
-                           size_t{2 * MiB} - 64, size_t{2 * MiB}, size_t{2 * MiB} + 4095}) {
+        for (size_t len :
+             {size_t{64 * KiB} - 1, size_t{64 * KiB}, size_t{64 * KiB} + 1, size_t{1 * MiB} + 13,
+              size_t{2 * MiB} - 64, size_t{2 * MiB}, size_t{2 * MiB} + 4095}) {
             const uint64_t want = XXH3_64bits(src.data() + 1, len);
-            EXPECT_EQ(kv::detail::copy_hash(dst.data(), src.data() + 1, len, w), want) << "width " << w << " len " << len;
+            EXPECT_EQ(kv::detail::copy_hash(dst.data(), src.data() + 1, len, w), want)
+                << "width " << w << " len " << len;
             EXPECT_EQ(std::memcmp(dst.data(), src.data() + 1, len), 0);
             EXPECT_EQ(kv::detail::copy_hash(nullptr, dst.data(), len, w), want);
         }
@@ -70,8 +73,8 @@ class DataPathChecksum : public PoolTest {};
 
 TEST_F(DataPathChecksum, PutAndCommitStoreXXH3) {
     uint64_t i = 0;
-    for (size_t len : {size_t{1}, size_t{240}, size_t{241}, size_t{1000}, size_t{4096}, size_t{65535},
-                       size_t{200 * KiB} + 3, size_t{1 * MiB}}) {
+    for (size_t len : {size_t{1}, size_t{240}, size_t{241}, size_t{1000}, size_t{4096},
+                       size_t{65535}, size_t{200 * KiB} + 3, size_t{1 * MiB}}) {
         std::vector<uint8_t> data = payload(len, len);
         const uint64_t want = XXH3_64bits(data.data(), len);
         kv_key k = key_of(++i);
@@ -130,7 +133,8 @@ TEST_F(Reserve, DuplicatePutIntoFullPoolEvictsNothing) {
     const uint64_t evictions = st.evictions;
     kv_key last = key_of(n);
     ASSERT_EQ(kv_contains(pool_, ns_, &last), 1);
-    for (int i = 0; i < 50; i++) ASSERT_EQ(kv_put(pool_, ns_, &last, data.data(), data.size(), nullptr), KV_DEDUP);
+    for (int i = 0; i < 50; i++)
+        ASSERT_EQ(kv_put(pool_, ns_, &last, data.data(), data.size(), nullptr), KV_DEDUP);
     ASSERT_EQ(kv_pool_stats(pool_, &st), 0);
     EXPECT_EQ(st.evictions, evictions) << "a duplicate put evicted a block";
 }
@@ -178,7 +182,8 @@ TEST_F(HomeSlabs, ClientsKeepToSlabsOfTheirOwn) {
     kv_key kc = key_of(999);
     ASSERT_EQ(kv_reserve(c, ns_, &kc, kLen, nullptr, &rc), 0);
     ASSERT_EQ(kv_pool_usage(pool_, &u1), 0);
-    EXPECT_EQ(u1.slabs_active, u0.slabs_active) << "started a slab although a departed client's was free";
+    EXPECT_EQ(u1.slabs_active, u0.slabs_active)
+        << "started a slab although a departed client's was free";
     EXPECT_NE(slab_of(c, rc), sa) << "adopted a live client's home";
     ASSERT_EQ(kv_abort(c, &rc), 0);
 }
@@ -203,7 +208,8 @@ TEST_F(HomeSlabs, FullPoolIsSharedAsBefore) {
         rs.push_back(r);
     }
     EXPECT_EQ(rs.size(), capacity) << "-ENOSPC while blocks were free";
-    for (uint64_t j = 0; j < rs.size(); j++) EXPECT_EQ(kv_abort(j % 2 ? b : pool_, &rs[j]), 0);
+    for (uint64_t j = 0; j < rs.size(); j++)
+        EXPECT_EQ(kv_abort(j % 2 ? b : pool_, &rs[j]), 0);
 }
 
 // A full pool, either of its two kinds below, and the checks both share:
@@ -371,7 +377,8 @@ TEST_F(DataAreaFull, HintsLostToTheRingEndTheStreak) {
 TEST(FreedEntries, NewestFirstAndTheLast64Kept) {
     kv::detail::FreedEntries f;
     EXPECT_EQ(f.pop(), KV_NIL32);
-    for (uint32_t e : {7u, 8u, 9u}) f.push(e);
+    for (uint32_t e : {7u, 8u, 9u})
+        f.push(e);
     EXPECT_EQ(f.pop(), 9u);
     EXPECT_EQ(f.pop(), 8u);
     EXPECT_EQ(f.pop(), 7u);
@@ -379,8 +386,10 @@ TEST(FreedEntries, NewestFirstAndTheLast64Kept) {
     // Past kSlots pushes the oldest hints are overwritten: the newest 64
     // come back, newest first, and then nothing (the count re-syncs).
     const uint32_t n = kv::detail::FreedEntries::kSlots;
-    for (uint32_t e = 0; e < n + 36; e++) f.push(e);
-    for (uint32_t k = 0; k < n; k++) EXPECT_EQ(f.pop(), n + 35 - k) << k;
+    for (uint32_t e = 0; e < n + 36; e++)
+        f.push(e);
+    for (uint32_t k = 0; k < n; k++)
+        EXPECT_EQ(f.pop(), n + 35 - k) << k;
     EXPECT_EQ(f.pop(), KV_NIL32);
     EXPECT_EQ(f.pop(), KV_NIL32);
     f.push(0); // entry 0 is a hint like any other (slots hold entry + 1)
@@ -411,13 +420,17 @@ TEST(FreedEntries, ThreadsNeverPopAHintTwiceOrOneNeverPushed) {
                     if (uint32_t e = f.pop(); e != KV_NIL32) got[t].push_back(e);
             }
         });
-    for (std::thread &t : ts) t.join();
+    for (std::thread &t : ts)
+        t.join();
     std::vector<uint32_t> all = got[0];
     all.insert(all.end(), got[1].begin(), got[1].end());
-    for (uint32_t e = f.pop(); e != KV_NIL32; e = f.pop()) all.push_back(e);
+    for (uint32_t e = f.pop(); e != KV_NIL32; e = f.pop())
+        all.push_back(e);
     std::sort(all.begin(), all.end());
-    EXPECT_TRUE(std::adjacent_find(all.begin(), all.end()) == all.end()) << "a hint came back twice";
-    EXPECT_TRUE(all.empty() || all.back() < 2 * kPerThread) << "a hint nobody pushed: " << all.back();
+    EXPECT_TRUE(std::adjacent_find(all.begin(), all.end()) == all.end())
+        << "a hint came back twice";
+    EXPECT_TRUE(all.empty() || all.back() < 2 * kPerThread)
+        << "a hint nobody pushed: " << all.back();
     EXPECT_GT(all.size(), kPerThread) << "most hints should come back";
 }
 

@@ -7,8 +7,6 @@
 // memory. Nothing may crash.
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
@@ -16,6 +14,7 @@
 #include <fcntl.h>
 #include <functional>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 #include <random>
 #include <string>
 #include <unistd.h>
@@ -26,7 +25,9 @@ namespace {
 
 using Image = std::vector<uint8_t>;
 
-kv_region_header &hdr(Image &img) { return *reinterpret_cast<kv_region_header *>(img.data()); }
+kv_region_header &hdr(Image &img) {
+    return *reinterpret_cast<kv_region_header *>(img.data());
+}
 
 bool write_file(const std::string &path, const Image &img) {
     int fd = open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
@@ -88,7 +89,8 @@ struct Corruption {
 
 std::string codes_str(const std::vector<int> &codes) {
     std::string s;
-    for (int c : codes) s += std::to_string(c) + " ";
+    for (int c : codes)
+        s += std::to_string(c) + " ";
     return s;
 }
 
@@ -141,7 +143,8 @@ class BadRegionTest : public ::testing::Test {
             << codes_str(c.codes) << "; message: " << m;
         EXPECT_FALSE(m.empty()) << who << ": no message";
         bool named = c.field_words.empty();
-        for (const char *w : c.field_words) named = named || mentions_any(m, {w});
+        for (const char *w : c.field_words)
+            named = named || mentions_any(m, {w});
         EXPECT_TRUE(named) << who << ": message does not name the field: \"" << m << "\"";
         for (const char *v : c.values)
             EXPECT_NE(m.find(v), std::string::npos)
@@ -171,82 +174,159 @@ class BadRegionTest : public ::testing::Test {
 };
 
 TEST_F(BadRegionTest, WrongMagic) {
-    check({"magic", [](Image &i) { hdr(i).magic = 0x1122334455667788ULL; }, {-EPROTO}, {"magic"}, {}});
-    check({"magic-byteswapped", [](Image &i) { hdr(i).magic = __builtin_bswap64(KV_REGION_MAGIC); },
-           {-EPROTO}, {"magic"}, {}});
+    check({"magic",
+           [](Image &i) { hdr(i).magic = 0x1122334455667788ULL; },
+           {-EPROTO},
+           {"magic"},
+           {}});
+    check({"magic-byteswapped",
+           [](Image &i) { hdr(i).magic = __builtin_bswap64(KV_REGION_MAGIC); },
+           {-EPROTO},
+           {"magic"},
+           {}});
 }
 
 TEST_F(BadRegionTest, MagicNotPublished) {
-    check({"magic0", [](Image &i) { hdr(i).magic = 0; }, {-ENODATA}, {"magic", "initializ", "publish"},
+    check({"magic0",
+           [](Image &i) { hdr(i).magic = 0; },
+           {-ENODATA},
+           {"magic", "initializ", "publish"},
            {}});
 }
 
 TEST_F(BadRegionTest, OtherAbiMajor) {
-    check({"abi_major2", [](Image &i) { hdr(i).abi_major = 2; }, {-EPROTO},
-           {"abi_major", "abi major", "major"}, {"2", "1"}});
-    check({"abi_major0", [](Image &i) { hdr(i).abi_major = 0; }, {-EPROTO},
-           {"abi_major", "abi major", "major"}, {}});
+    check({"abi_major2",
+           [](Image &i) { hdr(i).abi_major = 2; },
+           {-EPROTO},
+           {"abi_major", "abi major", "major"},
+           {"2", "1"}});
+    check({"abi_major0",
+           [](Image &i) { hdr(i).abi_major = 0; },
+           {-EPROTO},
+           {"abi_major", "abi major", "major"},
+           {}});
 }
 
 TEST_F(BadRegionTest, UnknownIncompatBit) {
-    check({"incompat40", [](Image &i) { hdr(i).incompat_features |= 1ULL << 40; }, {-EPROTO},
-           {"incompat"}, {}});
-    check({"incompat2", [](Image &i) { hdr(i).incompat_features |= 1ULL << 2; }, {-EPROTO},
-           {"incompat"}, {}});
+    check({"incompat40",
+           [](Image &i) { hdr(i).incompat_features |= 1ULL << 40; },
+           {-EPROTO},
+           {"incompat"},
+           {}});
+    check({"incompat2",
+           [](Image &i) { hdr(i).incompat_features |= 1ULL << 2; },
+           {-EPROTO},
+           {"incompat"},
+           {}});
 }
 
 TEST_F(BadRegionTest, HeaderSizeTooSmall) {
-    check({"header_size100", [](Image &i) { hdr(i).header_size = 100; }, {-EPROTO},
-           {"header_size", "header size"}, {"100", "544"}});
-    check({"header_size0", [](Image &i) { hdr(i).header_size = 0; }, {-EPROTO},
-           {"header_size", "header size"}, {}});
+    check({"header_size100",
+           [](Image &i) { hdr(i).header_size = 100; },
+           {-EPROTO},
+           {"header_size", "header size"},
+           {"100", "544"}});
+    check({"header_size0",
+           [](Image &i) { hdr(i).header_size = 0; },
+           {-EPROTO},
+           {"header_size", "header size"},
+           {}});
 }
 
 TEST_F(BadRegionTest, NonZeroReserved) {
     check({"reserved5", [](Image &i) { hdr(i).reserved[5] = 1; }, {-EPROTO}, {"reserved"}, {}});
-    check({"reserved30", [](Image &i) { hdr(i).reserved[30] = 1ULL << 63; }, {-EPROTO}, {"reserved"},
+    check({"reserved30",
+           [](Image &i) { hdr(i).reserved[30] = 1ULL << 63; },
+           {-EPROTO},
+           {"reserved"},
            {}});
-    check({"daemon_slots", [](Image &i) { hdr(i).daemon_slots = 2; }, {-EPROTO}, {"daemon_slots"}, {"2"}});
+    check({"daemon_slots",
+           [](Image &i) { hdr(i).daemon_slots = 2; },
+           {-EPROTO},
+           {"daemon_slots"},
+           {"2"}});
 }
 
 TEST_F(BadRegionTest, UnknownEvictionPolicy) {
-    check({"policy6", [](Image &i) { hdr(i).evict_policy = KV_EVICT_MAX + 1; }, {-EPROTO},
-           {"evict_policy"}, {"6"}});
+    check({"policy6",
+           [](Image &i) { hdr(i).evict_policy = KV_EVICT_MAX + 1; },
+           {-EPROTO},
+           {"evict_policy"},
+           {"6"}});
 }
 
 TEST_F(BadRegionTest, RegionSizeDisagreesWithFile) {
-    check({"region_size-larger", [](Image &i) { hdr(i).region_size *= 2; }, {-EBADMSG, -ENODATA},
-           {"region_size", "region size"}, {}});
-    check({"region_size-smaller", [](Image &i) { hdr(i).region_size -= 4096; }, {-EBADMSG},
-           {"region_size", "region size"}, {}});
+    check({"region_size-larger",
+           [](Image &i) { hdr(i).region_size *= 2; },
+           {-EBADMSG, -ENODATA},
+           {"region_size", "region size"},
+           {}});
+    check({"region_size-smaller",
+           [](Image &i) { hdr(i).region_size -= 4096; },
+           {-EBADMSG},
+           {"region_size", "region size"},
+           {}});
 }
 
 TEST_F(BadRegionTest, TruncatedFile) {
-    check({"truncated-half", [](Image &i) { i.resize(i.size() / 2); }, {-EBADMSG, -ENODATA},
-           {"size", "truncat", "short"}, {}});
-    check({"truncated-100", [](Image &i) { i.resize(100); }, {-ENODATA},
-           {"size", "truncat", "short", "header", "bytes"}, {}});
-    check({"truncated-header-page", [](Image &i) { i.resize(4096); }, {-EBADMSG, -ENODATA},
-           {"size", "truncat", "short"}, {}});
-    check({"empty", [](Image &i) { i.clear(); }, {-ENODATA},
-           {"size", "truncat", "short", "empty", "header", "bytes"}, {}});
+    check({"truncated-half",
+           [](Image &i) { i.resize(i.size() / 2); },
+           {-EBADMSG, -ENODATA},
+           {"size", "truncat", "short"},
+           {}});
+    check({"truncated-100",
+           [](Image &i) { i.resize(100); },
+           {-ENODATA},
+           {"size", "truncat", "short", "header", "bytes"},
+           {}});
+    check({"truncated-header-page",
+           [](Image &i) { i.resize(4096); },
+           {-EBADMSG, -ENODATA},
+           {"size", "truncat", "short"},
+           {}});
+    check({"empty",
+           [](Image &i) { i.clear(); },
+           {-ENODATA},
+           {"size", "truncat", "short", "empty", "header", "bytes"},
+           {}});
 }
 
 TEST_F(BadRegionTest, SectionOutOfBounds) {
-    check({"entry_off=region_size", [](Image &i) { hdr(i).entry_off = hdr(i).region_size; },
-           {-EBADMSG}, {"entry_off", "entry"}, {}});
-    check({"entry_off-misaligned", [](Image &i) { hdr(i).entry_off += 8; }, {-EBADMSG},
-           {"entry_off", "entry"}, {}});
-    check({"entry_off-in-header", [](Image &i) { hdr(i).entry_off = 0; }, {-EBADMSG},
-           {"entry_off", "entry"}, {}});
-    check({"entry_len-short", [](Image &i) { hdr(i).entry_len /= 2; }, {-EBADMSG},
-           {"entry_len", "entry"}, {}});
-    check({"state_off-overflow", [](Image &i) { hdr(i).state_off = ~0ULL - 63; }, {-EBADMSG},
-           {"state_off", "state"}, {}});
-    check({"block_off-misaligned", [](Image &i) { hdr(i).block_off += 4; }, {-EBADMSG},
-           {"block_off", "block"}, {}});
-    check({"journal_len-overflow", [](Image &i) { hdr(i).journal_len = ~0ULL; }, {-EBADMSG},
-           {"journal"}, {}});
+    check({"entry_off=region_size",
+           [](Image &i) { hdr(i).entry_off = hdr(i).region_size; },
+           {-EBADMSG},
+           {"entry_off", "entry"},
+           {}});
+    check({"entry_off-misaligned",
+           [](Image &i) { hdr(i).entry_off += 8; },
+           {-EBADMSG},
+           {"entry_off", "entry"},
+           {}});
+    check({"entry_off-in-header",
+           [](Image &i) { hdr(i).entry_off = 0; },
+           {-EBADMSG},
+           {"entry_off", "entry"},
+           {}});
+    check({"entry_len-short",
+           [](Image &i) { hdr(i).entry_len /= 2; },
+           {-EBADMSG},
+           {"entry_len", "entry"},
+           {}});
+    check({"state_off-overflow",
+           [](Image &i) { hdr(i).state_off = ~0ULL - 63; },
+           {-EBADMSG},
+           {"state_off", "state"},
+           {}});
+    check({"block_off-misaligned",
+           [](Image &i) { hdr(i).block_off += 4; },
+           {-EBADMSG},
+           {"block_off", "block"},
+           {}});
+    check({"journal_len-overflow",
+           [](Image &i) { hdr(i).journal_len = ~0ULL; },
+           {-EBADMSG},
+           {"journal"},
+           {}});
 }
 
 TEST_F(BadRegionTest, DataBeyondRegion) {
@@ -255,33 +335,67 @@ TEST_F(BadRegionTest, DataBeyondRegion) {
                kv_region_header &h = hdr(i);
                h.data_off = h.region_size - h.data_len + h.page_size;
            },
-           {-EBADMSG}, {"data_off", "data_len", "data"}, {}});
-    check({"data_len-beyond", [](Image &i) { hdr(i).data_len += hdr(i).slab_size; }, {-EBADMSG},
-           {"data_off", "data_len", "data"}, {}});
+           {-EBADMSG},
+           {"data_off", "data_len", "data"},
+           {}});
+    check({"data_len-beyond",
+           [](Image &i) { hdr(i).data_len += hdr(i).slab_size; },
+           {-EBADMSG},
+           {"data_off", "data_len", "data"},
+           {}});
 }
 
 TEST_F(BadRegionTest, BadGeometry) {
-    check({"n_buckets", [](Image &i) { hdr(i).n_buckets = 1000; }, {-EBADMSG},
-           {"n_buckets", "bucket"}, {"1000"}});
-    check({"n_buckets0", [](Image &i) { hdr(i).n_buckets = 0; }, {-EBADMSG}, {"n_buckets", "bucket"},
+    check({"n_buckets",
+           [](Image &i) { hdr(i).n_buckets = 1000; },
+           {-EBADMSG},
+           {"n_buckets", "bucket"},
+           {"1000"}});
+    check({"n_buckets0",
+           [](Image &i) { hdr(i).n_buckets = 0; },
+           {-EBADMSG},
+           {"n_buckets", "bucket"},
            {}});
-    check({"max_clients", [](Image &i) { hdr(i).max_clients = KV_MAX_CLIENTS + 1; }, {-EBADMSG},
-           {"max_clients", "clients"}, {"4096", "4095"}});
-    check({"max_clients0", [](Image &i) { hdr(i).max_clients = 0; }, {-EBADMSG},
-           {"max_clients", "clients"}, {}});
+    check({"max_clients",
+           [](Image &i) { hdr(i).max_clients = KV_MAX_CLIENTS + 1; },
+           {-EBADMSG},
+           {"max_clients", "clients"},
+           {"4096", "4095"}});
+    check({"max_clients0",
+           [](Image &i) { hdr(i).max_clients = 0; },
+           {-EBADMSG},
+           {"max_clients", "clients"},
+           {}});
     check({"pins_per_client",
-           [](Image &i) { hdr(i).pins_per_client = KV_MAX_PINS_PER_CLIENT + 1; }, {-EBADMSG},
-           {"pins_per_client", "pins"}, {}});
-    check({"n_classes", [](Image &i) { hdr(i).n_classes = KV_MAX_CLASSES + 1; }, {-EBADMSG},
-           {"n_classes", "class"}, {}});
-    check({"slab_size", [](Image &i) { hdr(i).slab_size = 3 * 64 * KiB; }, {-EBADMSG},
-           {"slab_size", "slab"}, {}});
-    check({"blocks_per_slab", [](Image &i) { hdr(i).blocks_per_slab += 1; }, {-EBADMSG},
-           {"blocks_per_slab", "block"}, {}});
-    check({"n_entries-nil", [](Image &i) { hdr(i).n_entries = KV_NIL32; }, {-EBADMSG},
-           {"n_entries", "entr"}, {}});
-    check({"page_size", [](Image &i) { hdr(i).page_size = 12345; }, {-EBADMSG, -EPROTO},
-           {"page_size", "page"}, {}});
+           [](Image &i) { hdr(i).pins_per_client = KV_MAX_PINS_PER_CLIENT + 1; },
+           {-EBADMSG},
+           {"pins_per_client", "pins"},
+           {}});
+    check({"n_classes",
+           [](Image &i) { hdr(i).n_classes = KV_MAX_CLASSES + 1; },
+           {-EBADMSG},
+           {"n_classes", "class"},
+           {}});
+    check({"slab_size",
+           [](Image &i) { hdr(i).slab_size = 3 * 64 * KiB; },
+           {-EBADMSG},
+           {"slab_size", "slab"},
+           {}});
+    check({"blocks_per_slab",
+           [](Image &i) { hdr(i).blocks_per_slab += 1; },
+           {-EBADMSG},
+           {"blocks_per_slab", "block"},
+           {}});
+    check({"n_entries-nil",
+           [](Image &i) { hdr(i).n_entries = KV_NIL32; },
+           {-EBADMSG},
+           {"n_entries", "entr"},
+           {}});
+    check({"page_size",
+           [](Image &i) { hdr(i).page_size = 12345; },
+           {-EBADMSG, -EPROTO},
+           {"page_size", "page"},
+           {}});
 }
 
 TEST_F(BadRegionTest, CompatibleDifferencesAreAccepted) {
@@ -292,8 +406,8 @@ TEST_F(BadRegionTest, CompatibleDifferencesAreAccepted) {
 TEST_F(BadRegionTest, ValidateShortBuffers) {
     char msg[256] = "";
     HeapCopy copy(image_);
-    for (uint64_t len : {uint64_t{0}, uint64_t{8}, uint64_t{100},
-                         uint64_t{KV_REGION_HEADER_SIZE_V1 - 1}}) {
+    for (uint64_t len :
+         {uint64_t{0}, uint64_t{8}, uint64_t{100}, uint64_t{KV_REGION_HEADER_SIZE_V1 - 1}}) {
         SCOPED_TRACE(len);
         msg[0] = '\0';
         EXPECT_EQ(kv_region_validate(copy.data(), len, msg, sizeof msg), -ENODATA);
@@ -324,9 +438,15 @@ TEST_F(BadRegionTest, RandomHeaderDamageNeverCrashes) {
             const size_t word = rng() % (KV_REGION_HEADER_SIZE_V1 / 8);
             uint64_t v;
             switch (rng() % 4) {
-            case 0: v = rng(); break;
-            case 1: v = 0; break;
-            case 2: v = ~0ULL; break;
+            case 0:
+                v = rng();
+                break;
+            case 1:
+                v = 0;
+                break;
+            case 2:
+                v = ~0ULL;
+                break;
             default: {
                 std::memcpy(&v, base + word * 8, 8);
                 v ^= 1ULL << (rng() % 64);

@@ -5,10 +5,8 @@
 // (KV_CREATE_F_DAEMON_SLOT) is left to KV_ATTACH_F_DAEMON attachers.
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <gtest/gtest.h>
-
+#include <kv/kv.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,7 +58,8 @@ class ClientTableTest : public PoolTest {
         } else {
             kids_.push_back(pid);
         }
-        return ok ? ::testing::AssertionSuccess() : ::testing::AssertionFailure() << "child failed to attach";
+        return ok ? ::testing::AssertionSuccess()
+                  : ::testing::AssertionFailure() << "child failed to attach";
     }
 
     int try_attach(uint32_t flags, kv_pool **out, std::string *msg) {
@@ -76,7 +75,8 @@ class ClientTableTest : public PoolTest {
 // Four clients killed holding reservations fill the table (the fixture's
 // own attachment is the fifth). The next attacher takes a dead slot over.
 TEST_F(ClientTableTest, AttachTakesOverADeadClientsSlot) {
-    for (int i = 0; i < 4; i++) ASSERT_TRUE(spawn_client(true));
+    for (int i = 0; i < 4; i++)
+        ASSERT_TRUE(spawn_client(true));
     EXPECT_EQ(usage().entries_reserved, 4u);
     kv_pool *p = nullptr;
     std::string msg;
@@ -92,7 +92,8 @@ TEST_F(ClientTableTest, AttachTakesOverADeadClientsSlot) {
 
 // Every slot held by a live client: -EUSERS with a message that says so.
 TEST_F(ClientTableTest, FullTableOfLiveClientsIsRefused) {
-    for (int i = 0; i < 4; i++) ASSERT_TRUE(spawn_client(false));
+    for (int i = 0; i < 4; i++)
+        ASSERT_TRUE(spawn_client(false));
     kv_pool *p = nullptr;
     std::string msg;
     EXPECT_EQ(try_attach(0, &p, &msg), -EUSERS);
@@ -120,8 +121,10 @@ TEST_F(ClientTableTest, GarbageInAFreeSlotsJournalIsReset) {
     ASSERT_NE(p, nullptr);
     const kv_key k = key_of(1);
     std::vector<kv_view> views(h->pins_per_client);
-    for (kv_view &v : views) ASSERT_EQ(kv_get(p, ns_, &k, &v), 0) << "a journal slot left unusable";
-    for (kv_view &v : views) ASSERT_EQ(kv_release(p, &v), 0);
+    for (kv_view &v : views)
+        ASSERT_EQ(kv_get(p, ns_, &k, &v), 0) << "a journal slot left unusable";
+    for (kv_view &v : views)
+        ASSERT_EQ(kv_release(p, &v), 0);
     // Nothing was unpinned on the garbage's word: the entry's pins balance.
     expect_consistent();
     const uint32_t c = kv_pool_client_index(p);
@@ -141,7 +144,8 @@ TEST_F(DaemonSlotTest, OnlyTheDaemonTakesTheLastSlot) {
     const kv_region_header *h = kv_pool_header(pool_);
     ASSERT_EQ(h->max_clients, 5u);
     ASSERT_EQ(h->daemon_slots, 1u);
-    for (int i = 0; i < 3; i++) ASSERT_TRUE(spawn_client(false));
+    for (int i = 0; i < 3; i++)
+        ASSERT_TRUE(spawn_client(false));
     kv_pool *p = nullptr;
     std::string msg;
     EXPECT_EQ(try_attach(0, &p, &msg), -EUSERS);
@@ -155,7 +159,8 @@ TEST_F(DaemonSlotTest, OnlyTheDaemonTakesTheLastSlot) {
 
 // A daemon killed in its slot: the next daemon takes the slot over.
 TEST_F(DaemonSlotTest, ANewDaemonTakesOverADeadDaemonsSlot) {
-    for (int i = 0; i < 3; i++) ASSERT_TRUE(spawn_client(false));
+    for (int i = 0; i < 3; i++)
+        ASSERT_TRUE(spawn_client(false));
     const pid_t d = fork();
     ASSERT_GE(d, 0);
     if (d == 0) {

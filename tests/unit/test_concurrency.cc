@@ -8,11 +8,10 @@
 // tests/mp; this one is sized to take a second or two.)
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <atomic>
 #include <cerrno>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 #include <random>
 #include <string>
 #include <thread>
@@ -25,7 +24,9 @@ namespace {
 constexpr uint64_t kSizes[] = {4 * KiB, 10 * KiB, 64 * KiB, 200 * KiB};
 constexpr uint64_t kKeys = 1500;
 
-uint64_t size_of(uint64_t id) { return kSizes[id % std::size(kSizes)]; }
+uint64_t size_of(uint64_t id) {
+    return kSizes[id % std::size(kSizes)];
+}
 
 class ConcurrencyTest : public PoolTest {
   protected:
@@ -39,7 +40,8 @@ class ConcurrencyTest : public PoolTest {
     void SetUp() override {
         PoolTest::SetUp();
         if (HasFatalFailure()) return;
-        for (uint64_t id = 0; id < kKeys; id++) data_.push_back(payload(size_of(id), id));
+        for (uint64_t id = 0; id < kKeys; id++)
+            data_.push_back(payload(size_of(id), id));
     }
 
     // One client's random mix of every data-path call. Returns a failure
@@ -69,7 +71,8 @@ class ConcurrencyTest : public PoolTest {
                 if (rc == -ENOENT) break;
                 if (rc != 0) return bad("get", id, rc);
                 std::string err;
-                if (!view_equals(v, d)) err = bad("get: wrong bytes", id, 0);
+                if (!view_equals(v, d))
+                    err = bad("get: wrong bytes", id, 0);
                 else if (v.checksum != XXH3_64bits(d.data(), d.size()))
                     err = bad("get: wrong checksum", id, 0);
                 rc = kv_release(p, &v);
@@ -95,7 +98,8 @@ class ConcurrencyTest : public PoolTest {
             }
             default: {
                 kv_key keys[4];
-                for (uint64_t i = 0; i < 4; i++) keys[i] = key_of((id + i) % kKeys);
+                for (uint64_t i = 0; i < 4; i++)
+                    keys[i] = key_of((id + i) % kKeys);
                 kv_view views[4];
                 int m = kv_match_prefix(p, ns_, keys, 4, KV_MATCH_F_PIN, views);
                 if (m < 0 || m > 4) return bad("match_prefix", id, m);
@@ -128,8 +132,10 @@ TEST_F(ConcurrencyTest, ClientsInThreadsKeepThePoolConsistent) {
     std::vector<std::thread> threads;
     for (int i = 0; i < kClients; i++)
         threads.emplace_back([&, i] { errors[i] = worker(clients[i], 1000 + i, 4000); });
-    for (auto &t : threads) t.join();
-    for (int i = 0; i < kClients; i++) EXPECT_EQ(errors[i], "") << "client " << i;
+    for (auto &t : threads)
+        t.join();
+    for (int i = 0; i < kClients; i++)
+        EXPECT_EQ(errors[i], "") << "client " << i;
 
     kv_usage u = usage();
     EXPECT_EQ(u.pins, 0u);
@@ -165,8 +171,10 @@ TEST_F(ConcurrencyTest, OneClientManyThreads) {
     // pins_per_client 64 is shared by the threads: 4 x (at most 4) pins fit.
     for (int i = 0; i < kThreads; i++)
         threads.emplace_back([&, i] { errors[i] = worker(pool_, 2000 + i, 3000); });
-    for (auto &t : threads) t.join();
-    for (int i = 0; i < kThreads; i++) EXPECT_EQ(errors[i], "") << "thread " << i;
+    for (auto &t : threads)
+        t.join();
+    for (int i = 0; i < kThreads; i++)
+        EXPECT_EQ(errors[i], "") << "thread " << i;
     kv_usage u = usage();
     EXPECT_EQ(u.pins, 0u);
     EXPECT_EQ(u.entries_reserved, 0u);
@@ -200,14 +208,17 @@ TEST_F(ConcurrencyTest, RacingRegistrationsAgreeOnIds) {
             }
         });
     }
-    for (auto &t : threads) t.join();
+    for (auto &t : threads)
+        t.join();
     for (int c = 0; c < kClients; c++) {
         EXPECT_EQ(rcs[c], 0) << c;
-        for (int j = 0; j < kManifests; j++) EXPECT_EQ(ids[c][j], ids[0][j]) << c << "/" << j;
+        for (int j = 0; j < kManifests; j++)
+            EXPECT_EQ(ids[c][j], ids[0][j]) << c << "/" << j;
     }
     for (int a = 0; a < kManifests; a++) {
         EXPECT_NE(ids[0][a], ns_);
-        for (int b = a + 1; b < kManifests; b++) EXPECT_NE(ids[0][a], ids[0][b]);
+        for (int b = a + 1; b < kManifests; b++)
+            EXPECT_NE(ids[0][a], ids[0][b]);
     }
     // Exactly the fixture's namespace and the five raced ones exist.
     kv_manifest out;

@@ -681,10 +681,12 @@ TEST(RuntimePools, TomlRoundTrip) {
 }
 
 TEST(Config, MaxEntries) {
-    auto ok = kv::daemon::parse_config("[[pool]]\nname = \"a\"\nsize = \"16M\"\nmax_entries = 100\n", "t.toml");
+    auto ok = kv::daemon::parse_config(
+        "[[pool]]\nname = \"a\"\nsize = \"16M\"\nmax_entries = 100\n", "t.toml");
     ASSERT_TRUE(ok) << ok.error();
     EXPECT_EQ(ok->pools[0].max_entries, 100u);
-    auto c = kv::daemon::parse_config("[[pool]]\nname = \"a\"\nsize = \"16M\"\nmax_entries = 10\n", "t.toml");
+    auto c = kv::daemon::parse_config("[[pool]]\nname = \"a\"\nsize = \"16M\"\nmax_entries = 10\n",
+                                      "t.toml");
     ASSERT_FALSE(c);
     EXPECT_NE(c.error().find("max_entries"), std::string::npos) << c.error();
     EXPECT_NE(c.error().find("10"), std::string::npos) << c.error();

@@ -4,11 +4,10 @@
 // uncommitted reservations, detach of pools, and std::expected errors.
 #include "pool_fixture.h"
 
-#include <kv/kv.hpp>
-
 #include <cerrno>
 #include <cstring>
 #include <gtest/gtest.h>
+#include <kv/kv.hpp>
 #include <span>
 #include <unistd.h>
 #include <vector>
@@ -125,7 +124,8 @@ TEST_F(CppApiTest, PutOptionsCarryParentAndTtl) {
     const auto data = payload(4096, 3);
 
     const kv::Meta meta{.tokens = 7, .priority = 0, .user_tag = 5};
-    ASSERT_TRUE(pool->put(ns, key_of(1), as_bytes(data), kv::PutOptions{.meta = &meta}).has_value());
+    ASSERT_TRUE(
+        pool->put(ns, key_of(1), as_bytes(data), kv::PutOptions{.meta = &meta}).has_value());
     const kv::Key parent = key_of(1);
     {
         auto r = pool->reserve(ns, key_of(2), data.size(), kv::PutOptions{.parent = &parent});
@@ -140,7 +140,8 @@ TEST_F(CppApiTest, PutOptionsCarryParentAndTtl) {
     EXPECT_TRUE(pool->contains(ns, key_of(1)));
 
     ASSERT_TRUE(pool->put(ns, key_of(3), as_bytes(data), kv::PutOptions{.ttl_ms = 1}).has_value());
-    for (int i = 0; i < 200 && pool->contains(ns, key_of(3)); i++) usleep(10000);
+    for (int i = 0; i < 200 && pool->contains(ns, key_of(3)); i++)
+        usleep(10000);
     EXPECT_FALSE(pool->contains(ns, key_of(3))) << "ttl_ms = 1 never expired";
     auto gone = pool->get(ns, key_of(3));
     ASSERT_FALSE(gone.has_value());

@@ -4,12 +4,11 @@
 // kv_reserve / kv_commit / kv_abort, kv_view_verify, kv_match_prefix.
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 #include <thread>
 #include <vector>
 #include <xxhash.h>
@@ -212,7 +211,8 @@ TEST_F(DatapathTest, RemovedWhilePinnedStaysValidUntilRelease) {
     const auto replacement = payload(MiB / 2, 2);
     EXPECT_EQ(put(1, replacement), 0);
     const uint64_t rounds = 3 * opts_.size / MiB;
-    for (uint64_t i = 0; i < rounds; i++) ASSERT_EQ(put(1000 + i, payload(MiB, i)), 0) << i;
+    for (uint64_t i = 0; i < rounds; i++)
+        ASSERT_EQ(put(1000 + i, payload(MiB, i)), 0) << i;
     EXPECT_TRUE(view_equals(v, data)) << "pinned memory changed after remove";
     EXPECT_EQ(kv_view_verify(&v), 0);
     EXPECT_EQ(kv_release(pool_, &v), 0);
@@ -414,9 +414,11 @@ class MatchPrefixTest : public PoolTest {
         PoolTest::SetUp();
         if (HasFatalFailure()) return;
         std::vector<uint32_t> tokens(kN * 16);
-        for (size_t i = 0; i < tokens.size(); i++) tokens[i] = static_cast<uint32_t>(i * 31 + 7);
+        for (size_t i = 0; i < tokens.size(); i++)
+            tokens[i] = static_cast<uint32_t>(i * 31 + 7);
         ASSERT_EQ(kv_hash_chain(seed_, tokens.data(), tokens.size(), 16, keys_, kN), kN);
-        for (size_t i = 0; i < kN; i++) data_.push_back(payload(8192 + i, i));
+        for (size_t i = 0; i < kN; i++)
+            data_.push_back(payload(8192 + i, i));
     }
     int put_block(size_t i) {
         return kv_put(pool_, ns_, &keys_[i], data_[i].data(), data_[i].size(), nullptr);
@@ -426,7 +428,8 @@ class MatchPrefixTest : public PoolTest {
 };
 
 TEST_F(MatchPrefixTest, FullChain) {
-    for (size_t i = 0; i < kN; i++) ASSERT_EQ(put_block(i), 0);
+    for (size_t i = 0; i < kN; i++)
+        ASSERT_EQ(put_block(i), 0);
     EXPECT_EQ(kv_match_prefix(pool_, ns_, keys_, kN, 0, nullptr), static_cast<int>(kN));
     EXPECT_EQ(kv_match_prefix(pool_, ns_, keys_, 3, 0, nullptr), 3);
     EXPECT_EQ(usage().pins, 0u);
@@ -478,7 +481,8 @@ TEST_F(MatchPrefixTest, PinReturnsValidViews) {
 }
 
 TEST_F(MatchPrefixTest, OtherNamespaceDoesNotMatch) {
-    for (size_t i = 0; i < kN; i++) ASSERT_EQ(put_block(i), 0);
+    for (size_t i = 0; i < kN; i++)
+        ASSERT_EQ(put_block(i), 0);
     kv_manifest m;
     kv_manifest_init(&m, "another-model", 16);
     uint32_t other_ns = 0;
@@ -514,7 +518,8 @@ TEST_F(DatapathTest, ThreadsShareOneClient) {
             }
         });
     }
-    for (auto &th : threads) th.join();
+    for (auto &th : threads)
+        th.join();
     EXPECT_EQ(failures.load(), 0);
     kv_usage u = usage();
     EXPECT_EQ(u.pins, 0u);

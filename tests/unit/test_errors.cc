@@ -4,11 +4,10 @@
 // contract (errbuf may be NULL, is NUL-terminated, is never overrun).
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <cerrno>
 #include <cstring>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 #include <set>
 #include <string>
 
@@ -16,8 +15,8 @@ namespace kvtest {
 namespace {
 
 constexpr int kDocumentedCodes[] = {
-    -EEXIST, -EINVAL, -ENOMEM, -ENOSPC,  -EPROTO, -EBADMSG, -ENODATA, -EUSERS,
-    -ENOENT, -EBUSY,  -EMSGSIZE, -ENOBUFS,
+    -EEXIST,  -EINVAL, -ENOMEM, -ENOSPC, -EPROTO,   -EBADMSG,
+    -ENODATA, -EUSERS, -ENOENT, -EBUSY,  -EMSGSIZE, -ENOBUFS,
 };
 
 TEST(Strerror, DescribesEveryDocumentedCode) {
@@ -56,7 +55,8 @@ TEST_F(ErrbufTest, MessageIsTruncatedNotOverrun) {
     std::memset(buf, 'z', sizeof buf);
     EXPECT_EQ(kv_pool_create(path_.c_str(), &o, buf, 8), -EINVAL);
     EXPECT_NE(std::memchr(buf, '\0', 8), nullptr) << "not NUL-terminated within errlen";
-    for (size_t i = 8; i < sizeof buf; i++) EXPECT_EQ(buf[i], 'z') << "overrun at " << i;
+    for (size_t i = 8; i < sizeof buf; i++)
+        EXPECT_EQ(buf[i], 'z') << "overrun at " << i;
 
     std::memset(buf, 'z', sizeof buf);
     EXPECT_EQ(kv_pool_create(path_.c_str(), &o, buf, 1), -EINVAL);

@@ -5,10 +5,9 @@
 //   key(i) = XXH3-128(seed, key(i-1).lo LE || key(i-1).hi LE || tokens as u32 LE)
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <cstring>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 #include <vector>
 #include <xxhash.h>
 
@@ -16,31 +15,35 @@ namespace kvtest {
 namespace {
 
 void put_le64(std::vector<uint8_t> &b, uint64_t v) {
-    for (int i = 0; i < 8; i++) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    for (int i = 0; i < 8; i++)
+        b.push_back(static_cast<uint8_t>(v >> (8 * i)));
 }
 void put_le32(std::vector<uint8_t> &b, uint32_t v) {
-    for (int i = 0; i < 4; i++) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    for (int i = 0; i < 4; i++)
+        b.push_back(static_cast<uint8_t>(v >> (8 * i)));
 }
 
 kv_key reference(uint64_t seed, kv_key prev, const uint32_t *tokens, size_t n) {
     std::vector<uint8_t> buf;
     put_le64(buf, prev.lo);
     put_le64(buf, prev.hi);
-    for (size_t i = 0; i < n; i++) put_le32(buf, tokens[i]);
+    for (size_t i = 0; i < n; i++)
+        put_le32(buf, tokens[i]);
     XXH128_hash_t h = XXH3_128bits_withSeed(buf.data(), buf.size(), seed);
     return kv_key{h.low64, h.high64};
 }
 
 std::vector<uint32_t> tokens_of(size_t n, uint32_t salt) {
     std::vector<uint32_t> t(n);
-    for (size_t i = 0; i < n; i++) t[i] = static_cast<uint32_t>(i * 2654435761u) ^ salt;
+    for (size_t i = 0; i < n; i++)
+        t[i] = static_cast<uint32_t>(i * 2654435761u) ^ salt;
     return t;
 }
 
 ::testing::AssertionResult same_key(const kv_key &a, const kv_key &b) {
     if (key_eq(a, b)) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << std::hex << "{" << a.lo << "," << a.hi << "} != {"
-                                         << b.lo << "," << b.hi << "}";
+    return ::testing::AssertionFailure()
+           << std::hex << "{" << a.lo << "," << a.hi << "} != {" << b.lo << "," << b.hi << "}";
 }
 
 constexpr uint64_t kSeed = 0x0123456789abcdefULL;
@@ -116,7 +119,8 @@ TEST(HashChain, CappedAtMaxKeysWithoutOverrun) {
     EXPECT_TRUE(same_key(keys[4], kv_key{0xaaaa, 0xbbbb}));
     std::vector<kv_key> full(10);
     ASSERT_EQ(kv_hash_chain(kSeed, t.data(), t.size(), 16, full.data(), 10), 10u);
-    for (size_t i = 0; i < 3; i++) EXPECT_TRUE(same_key(keys[i], full[i]));
+    for (size_t i = 0; i < 3; i++)
+        EXPECT_TRUE(same_key(keys[i], full[i]));
     EXPECT_EQ(kv_hash_chain(kSeed, t.data(), t.size(), 16, keys.data(), 0), 0u);
 }
 
@@ -128,7 +132,8 @@ TEST(HashChain, ChangingTokenZeroChangesEveryKey) {
     std::vector<kv_key> a(8), b(8);
     ASSERT_EQ(kv_hash_chain(kSeed, t.data(), t.size(), bt, a.data(), 8), 8u);
     ASSERT_EQ(kv_hash_chain(kSeed, t2.data(), t2.size(), bt, b.data(), 8), 8u);
-    for (size_t i = 0; i < 8; i++) EXPECT_FALSE(key_eq(a[i], b[i])) << i;
+    for (size_t i = 0; i < 8; i++)
+        EXPECT_FALSE(key_eq(a[i], b[i])) << i;
 }
 
 TEST(HashChain, SharedPrefixGivesSharedKeys) {
@@ -139,15 +144,18 @@ TEST(HashChain, SharedPrefixGivesSharedKeys) {
     std::vector<kv_key> a(8), b(8);
     ASSERT_EQ(kv_hash_chain(kSeed, t.data(), t.size(), bt, a.data(), 8), 8u);
     ASSERT_EQ(kv_hash_chain(kSeed, t2.data(), t2.size(), bt, b.data(), 8), 8u);
-    for (size_t i = 0; i < 3; i++) EXPECT_TRUE(same_key(a[i], b[i])) << i;
-    for (size_t i = 3; i < 8; i++) EXPECT_FALSE(key_eq(a[i], b[i])) << i;
+    for (size_t i = 0; i < 3; i++)
+        EXPECT_TRUE(same_key(a[i], b[i])) << i;
+    for (size_t i = 3; i < 8; i++)
+        EXPECT_FALSE(key_eq(a[i], b[i])) << i;
 
     // A longer sequence with the same first blocks shares their keys too.
     auto longer = t;
     longer.resize(12 * bt, 77);
     std::vector<kv_key> c(12);
     ASSERT_EQ(kv_hash_chain(kSeed, longer.data(), longer.size(), bt, c.data(), 12), 12u);
-    for (size_t i = 0; i < 8; i++) EXPECT_TRUE(same_key(a[i], c[i])) << i;
+    for (size_t i = 0; i < 8; i++)
+        EXPECT_TRUE(same_key(a[i], c[i])) << i;
 }
 
 // The keys a namespace's seed gives are the ones match_prefix finds.

@@ -5,13 +5,12 @@
 // kv_pool_destroy, kv_pool_header, kv_pool_client_index, kv_reap.
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 #include <string>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -23,7 +22,9 @@
 namespace kvtest {
 namespace {
 
-bool is_pow2(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
+bool is_pow2(uint64_t x) {
+    return x != 0 && (x & (x - 1)) == 0;
+}
 
 uint64_t file_size(const std::string &path) {
     struct stat st;
@@ -164,7 +165,8 @@ TEST_F(CreateTest, MaxEntriesCapsTheEntryTable) {
     o.max_entries = 1u << 30; // above what the data area gives: no effect
     ASSERT_EQ(create(o), 0) << msg_;
     ASSERT_EQ(attach(), 0) << msg_;
-    EXPECT_EQ(kv_pool_header(pool_)->n_entries, uint32_t(kv_pool_header(pool_)->data_len / (16 * KiB)));
+    EXPECT_EQ(kv_pool_header(pool_)->n_entries,
+              uint32_t(kv_pool_header(pool_)->data_len / (16 * KiB)));
 }
 
 TEST_F(CreateTest, SizeIsRoundedUpToThePage) {
@@ -380,7 +382,8 @@ TEST_F(AttachTest, HeaderDescribesThePool) {
     EXPECT_EQ(h->creator_pid, static_cast<uint32_t>(getpid()));
     EXPECT_NE(h->create_time_ns, 0u);
     EXPECT_NE(h->pool_id_lo | h->pool_id_hi, 0u);
-    for (size_t i = 0; i < std::size(h->reserved); i++) EXPECT_EQ(h->reserved[i], 0u) << i;
+    for (size_t i = 0; i < std::size(h->reserved); i++)
+        EXPECT_EQ(h->reserved[i], 0u) << i;
 
     // Geometry follows the options.
     EXPECT_EQ(h->slab_size, 1 * MiB);

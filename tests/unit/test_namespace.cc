@@ -3,11 +3,10 @@
 // Namespaces: kv_manifest_init, kv_manifest_seed, kv_ns_register, kv_ns_get.
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <cerrno>
 #include <cstring>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 #include <xxhash.h>
 
 namespace kvtest {
@@ -31,8 +30,10 @@ TEST(ManifestInit, FillsAValidManifest) {
     EXPECT_EQ(m.tp_rank, 0u);
     EXPECT_EQ(m.tp_world, 1u);
     EXPECT_EQ(m.hash_scheme, static_cast<uint32_t>(KV_HASH_XXH3_128_CHAINED));
-    for (uint64_t r : m.reserved) EXPECT_EQ(r, 0u);
-    for (uint8_t b : m.weights_fingerprint) EXPECT_EQ(b, 0u);
+    for (uint64_t r : m.reserved)
+        EXPECT_EQ(r, 0u);
+    for (uint8_t b : m.weights_fingerprint)
+        EXPECT_EQ(b, 0u);
 }
 
 TEST(ManifestInit, LongModelNameIsTruncated) {
@@ -83,7 +84,8 @@ TEST_F(NamespaceTest, EveryFieldMatters) {
     const Variant variants[] = {
         {"model_name", [](kv_manifest &m) { kv_manifest_init(&m, "other-model", 16); }},
         {"block_tokens", [](kv_manifest &m) { m.block_tokens = 32; }},
-        {"tp_rank", [](kv_manifest &m) {
+        {"tp_rank",
+         [](kv_manifest &m) {
              m.tp_world = 2;
              m.tp_rank = 1;
          }},
@@ -105,8 +107,10 @@ TEST_F(NamespaceTest, EveryFieldMatters) {
         uint32_t id = 0;
         uint64_t seed = 0;
         ASSERT_EQ(reg(m, &id, &seed), 0);
-        for (uint32_t prev : ids) EXPECT_NE(id, prev);
-        for (uint64_t prev : seeds) EXPECT_NE(seed, prev);
+        for (uint32_t prev : ids)
+            EXPECT_NE(id, prev);
+        for (uint64_t prev : seeds)
+            EXPECT_NE(seed, prev);
         EXPECT_LT(id, kv_pool_header(pool_)->max_namespaces);
         ids.push_back(id);
         seeds.push_back(seed);
@@ -129,7 +133,8 @@ TEST_F(NamespaceTest, KeysAreIndependentPerNamespace) {
     EXPECT_EQ(kv_contains(pool_, ns2, &k), 0);
     kv_view v{};
     EXPECT_EQ(kv_get(pool_, ns2, &k, &v), -ENOENT);
-    ASSERT_EQ(kv_put(pool_, ns2, &k, b.data(), b.size(), nullptr), 0) << "not a dedup across namespaces";
+    ASSERT_EQ(kv_put(pool_, ns2, &k, b.data(), b.size(), nullptr), 0)
+        << "not a dedup across namespaces";
 
     ASSERT_EQ(kv_get(pool_, ns_, &k, &v), 0);
     EXPECT_TRUE(view_equals(v, a));
@@ -151,11 +156,13 @@ TEST_F(NamespaceTest, InvalidManifestsAreEINVAL) {
     };
     const Bad bad[] = {
         {"block_tokens 0", [](kv_manifest &m) { m.block_tokens = 0; }},
-        {"tp_world == tp_rank", [](kv_manifest &m) {
+        {"tp_world == tp_rank",
+         [](kv_manifest &m) {
              m.tp_rank = 2;
              m.tp_world = 2;
          }},
-        {"tp_world < tp_rank", [](kv_manifest &m) {
+        {"tp_world < tp_rank",
+         [](kv_manifest &m) {
              m.tp_rank = 3;
              m.tp_world = 1;
          }},

@@ -11,11 +11,10 @@
 // policy's validation at create and its report in the header.
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <cerrno>
 #include <chrono>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 #include <thread>
 #include <vector>
 
@@ -68,8 +67,10 @@ class PolicyTest : public PoolTest {
             EXPECT_EQ(got, int64_t(kLen)) << "eviction " << n;
             if (got <= 0) break;
             for (uint64_t i : ids)
-                if (contains(i) == 0 && std::find(order.begin(), order.end(), i) == order.end()) order.push_back(i);
-            EXPECT_EQ(order.size(), n + 1) << "eviction " << n << " removed no (or more than one) block";
+                if (contains(i) == 0 && std::find(order.begin(), order.end(), i) == order.end())
+                    order.push_back(i);
+            EXPECT_EQ(order.size(), n + 1)
+                << "eviction " << n << " removed no (or more than one) block";
         }
         return order;
     }
@@ -107,7 +108,8 @@ TEST_F(PolicyTest, LfuEvictsLeastFrequentlyUsed) {
     put_all({0, 1, 2, 3, 4});
     // Reads: 0 x4, 1 x0, 2 x2, 3 x1, 4 x3.
     for (auto [id, n] : {std::pair{0, 4}, {2, 2}, {3, 1}, {4, 3}})
-        for (int r = 0; r < n; r++) touch(uint64_t(id));
+        for (int r = 0; r < n; r++)
+            touch(uint64_t(id));
     EXPECT_EQ(victims({0, 1, 2, 3, 4}), (V{1, 3, 2, 4, 0}));
 }
 
@@ -117,7 +119,8 @@ TEST_F(PolicyTest, LfuEvictsLeastFrequentlyUsed) {
 TEST_F(PolicyTest, LfuAgesOldHotBlocks) {
     start(KV_EVICT_LFU);
     put_all({0});
-    for (int r = 0; r < 3; r++) touch(0); // count 4
+    for (int r = 0; r < 3; r++)
+        touch(0); // count 4
     for (uint64_t k = 1; k <= 3; k++) {
         put_all({100 + k}); // starts at floor + 1 = k
         EXPECT_EQ(victims({0, 100 + k}, 1), (V{100 + k})) << "round " << k;
@@ -226,8 +229,10 @@ TEST_F(PolicyTest, InlineEvictionUsesThePolicy) {
     EXPECT_EQ(stats().evictions, 0u);
     ASSERT_EQ(put(1000, payload(len, 1000)), 0);
     EXPECT_EQ(stats().evictions, 1u);
-    EXPECT_EQ(contains(n_slabs - 1), 0) << "the chain's tail should have gone, not its most recent root";
-    for (uint64_t i = 0; i + 1 < n_slabs; i++) EXPECT_EQ(contains(i), 1) << i;
+    EXPECT_EQ(contains(n_slabs - 1), 0)
+        << "the chain's tail should have gone, not its most recent root";
+    for (uint64_t i = 0; i + 1 < n_slabs; i++)
+        EXPECT_EQ(contains(i), 1) << i;
 }
 
 // A pool whose entry table fills before its data area (blocks smaller than
@@ -244,7 +249,8 @@ TEST_F(PolicyTest, PutIntoAFullEntryTableEvictsByThePolicy) {
     const uint64_t n = kv_pool_header(pool_)->n_entries;
     ASSERT_GE(n, 16u);
     std::vector<uint64_t> ids(n);
-    for (uint64_t i = 0; i < n; i++) ids[i] = i;
+    for (uint64_t i = 0; i < n; i++)
+        ids[i] = i;
     put_all(ids);
     ASSERT_EQ(stats().evictions, 0u);
     kv_view pinned{};
@@ -254,12 +260,15 @@ TEST_F(PolicyTest, PutIntoAFullEntryTableEvictsByThePolicy) {
     for (uint64_t i = 0; i < n; i++)
         if (i != 2) order.push_back(i);
     const uint64_t puts = n + 8;
-    for (uint64_t j = 0; j < puts; j++) order.push_back(1000 + j);
+    for (uint64_t j = 0; j < puts; j++)
+        order.push_back(1000 + j);
     for (uint64_t j = 0; j < puts; j++) {
         ASSERT_EQ(put(1000 + j, payload(kLen, 1000 + j)), 0) << "put " << j;
         ASSERT_EQ(stats().evictions, j + 1) << "put " << j << " evicted no block, or more than one";
-        EXPECT_EQ(contains(order[j]), 0) << "put " << j << ": block " << order[j] << " is the oldest";
-        EXPECT_EQ(contains(order[j + 1]), 1) << "put " << j << " evicted block " << order[j + 1] << " too";
+        EXPECT_EQ(contains(order[j]), 0)
+            << "put " << j << ": block " << order[j] << " is the oldest";
+        EXPECT_EQ(contains(order[j + 1]), 1)
+            << "put " << j << " evicted block " << order[j + 1] << " too";
     }
     EXPECT_EQ(contains(2), 1) << "a pinned block was evicted";
     EXPECT_TRUE(view_equals(pinned, payload(kLen, 2)));
@@ -370,7 +379,8 @@ TEST_P(EveryPolicyTest, PinnedBlocksSurvivePressure) {
 TEST_P(EveryPolicyTest, EvictBytesIsAccurateToOneBlock) {
     start(GetParam());
     const uint64_t len = 64 * KiB;
-    for (uint64_t i = 0; i < 100; i++) ASSERT_EQ(put(i, payload(len, i)), 0);
+    for (uint64_t i = 0; i < 100; i++)
+        ASSERT_EQ(put(i, payload(len, i)), 0);
     for (uint64_t want : {uint64_t{1}, len, 10 * len + 1, 33 * len - 5}) {
         uint64_t before = usage().bytes_committed;
         int64_t got = kv_evict_bytes(pool_, want);
@@ -382,12 +392,15 @@ TEST_P(EveryPolicyTest, EvictBytesIsAccurateToOneBlock) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, EveryPolicyTest,
-                         ::testing::Values(KV_EVICT_CLOCK, KV_EVICT_LRU, KV_EVICT_LFU, KV_EVICT_FIFO,
-                                           KV_EVICT_PRIORITY, KV_EVICT_PREFIX),
-                         [](const auto &info) { return std::string(kv_evict_policy_name(info.param)); });
+                         ::testing::Values(KV_EVICT_CLOCK, KV_EVICT_LRU, KV_EVICT_LFU,
+                                           KV_EVICT_FIFO, KV_EVICT_PRIORITY, KV_EVICT_PREFIX),
+                         [](const auto &info) {
+                             return std::string(kv_evict_policy_name(info.param));
+                         });
 
 TEST(PolicyNames, RoundTripAndRejectUnknown) {
-    for (uint32_t p = 0; p <= KV_EVICT_MAX; p++) EXPECT_EQ(kv_evict_policy_parse(kv_evict_policy_name(p)), int(p));
+    for (uint32_t p = 0; p <= KV_EVICT_MAX; p++)
+        EXPECT_EQ(kv_evict_policy_parse(kv_evict_policy_name(p)), int(p));
     EXPECT_EQ(kv_evict_policy_name(KV_EVICT_MAX + 1), nullptr);
     EXPECT_EQ(kv_evict_policy_parse("random"), -EINVAL);
     EXPECT_EQ(kv_evict_policy_parse(nullptr), -EINVAL);
@@ -407,7 +420,7 @@ TEST(PolicyCreate, UnknownPolicyIsRefusedWithAMessage) {
 TEST(PolicyCreate, OldOptsStructGetsClock) {
     kv_create_opts o = small_opts();
     o.struct_size = offsetof(kv_create_opts, evict_policy); // a v1 caller
-    o.evict_policy = 77;                                      // past its struct: not read
+    o.evict_policy = 77;                                    // past its struct: not read
     std::string path = unique_pool_path("oldopts");
     char msg[256] = "";
     ASSERT_EQ(kv_pool_create(path.c_str(), &o, msg, sizeof msg), 0) << msg;

@@ -5,11 +5,10 @@
 // (kv_put succeeds, kv_evict_bytes).
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 #include <vector>
 
 namespace kvtest {
@@ -25,9 +24,11 @@ class PinLimitTest : public PoolTest {
 
 TEST_F(PinLimitTest, GetFailsWithENOBUFSWhenPinsRunOut) {
     ASSERT_EQ(kv_pool_header(pool_)->pins_per_client, kPins);
-    for (uint64_t i = 0; i <= kPins; i++) ASSERT_EQ(put(i, payload(4096, i)), 0);
+    for (uint64_t i = 0; i <= kPins; i++)
+        ASSERT_EQ(put(i, payload(4096, i)), 0);
     std::vector<kv_view> views(kPins + 1);
-    for (uint32_t i = 0; i < kPins; i++) ASSERT_EQ(get(i, &views[i]), 0) << i;
+    for (uint32_t i = 0; i < kPins; i++)
+        ASSERT_EQ(get(i, &views[i]), 0) << i;
     EXPECT_EQ(get(kPins, &views[kPins]), -ENOBUFS);
     EXPECT_EQ(get(0, &views[kPins]), -ENOBUFS) << "a second pin of a pinned block needs a slot too";
     kv_usage u = usage();
@@ -45,7 +46,8 @@ TEST_F(PinLimitTest, GetFailsWithENOBUFSWhenPinsRunOut) {
     // A release frees a slot.
     EXPECT_EQ(kv_release(pool_, &views[3]), 0);
     ASSERT_EQ(get(kPins, &views[3]), 0);
-    for (uint32_t i = 0; i < kPins; i++) EXPECT_EQ(kv_release(pool_, &views[i]), 0) << i;
+    for (uint32_t i = 0; i < kPins; i++)
+        EXPECT_EQ(kv_release(pool_, &views[i]), 0) << i;
     EXPECT_EQ(usage().pins, 0u);
     expect_consistent();
 }
@@ -74,7 +76,8 @@ TEST_F(PinLimitTest, MatchPrefixPinKeepsNothingOnENOBUFS) {
     ASSERT_EQ(kv_match_prefix(pool_, ns_, keys.data(), kPins, KV_MATCH_F_PIN, views.data()),
               static_cast<int>(kPins));
     EXPECT_EQ(usage().pins, kPins);
-    for (size_t i = 0; i < kPins; i++) EXPECT_EQ(kv_release(pool_, &views[i]), 0);
+    for (size_t i = 0; i < kPins; i++)
+        EXPECT_EQ(kv_release(pool_, &views[i]), 0);
     EXPECT_EQ(usage().pins, 0u);
 }
 
@@ -125,7 +128,8 @@ TEST_F(SmallPoolTest, ENOSPCOnlyWhenEverythingIsPinned) {
     EXPECT_EQ(kv_release(pool_, &views.back()), 0);
     views.pop_back();
     EXPECT_EQ(put(20000, payload(slab, 20000)), 0);
-    for (kv_view &v : views) EXPECT_EQ(kv_release(pool_, &v), 0);
+    for (kv_view &v : views)
+        EXPECT_EQ(kv_release(pool_, &v), 0);
     expect_consistent();
 }
 
@@ -134,7 +138,8 @@ TEST_F(SmallPoolTest, PinnedBlocksSurviveEviction) {
     ASSERT_EQ(put(1, payload(slab / 2, 1)), 0);
     kv_view v{};
     ASSERT_EQ(get(1, &v), 0);
-    for (uint64_t i = 0; i < 200; i++) ASSERT_EQ(put(100 + i, payload(slab / 2, 100 + i)), 0) << i;
+    for (uint64_t i = 0; i < 200; i++)
+        ASSERT_EQ(put(100 + i, payload(slab / 2, 100 + i)), 0) << i;
     EXPECT_EQ(contains(1), 1) << "a pinned block was evicted";
     EXPECT_TRUE(view_equals(v, payload(slab / 2, 1)));
     EXPECT_EQ(kv_release(pool_, &v), 0);
@@ -236,7 +241,8 @@ class EvictionTest : public PoolTest {
     // quick look could find room: only a search can.
     void fill_and_attach_putter() {
         cap_ = stats().capacity / kStreakLen;
-        for (uint64_t i = 0; i < cap_ + 8; i++) ASSERT_EQ(put(i, payload(kStreakLen, i)), 0) << i;
+        for (uint64_t i = 0; i < cap_ + 8; i++)
+            ASSERT_EQ(put(i, payload(kStreakLen, i)), 0) << i;
         putter_ = attach_another();
         ASSERT_NE(putter_, nullptr);
     }
@@ -248,19 +254,23 @@ class EvictionTest : public PoolTest {
     // Three rounds of: 21 puts by putter_, every one evicting (past the
     // streak's search-anyway count of 16 by the second round); make_room(n)
     // frees n blocks; then n puts by putter_, which must evict nothing.
-    template <typename MakeRoom> void expect_room_used_at_once(MakeRoom &&make_room) {
+    template <typename MakeRoom>
+    void expect_room_used_at_once(MakeRoom &&make_room) {
         uint64_t next = 1 << 20;
         for (int round = 0; round < 3; round++) {
             SCOPED_TRACE(round);
             const uint64_t ev_full = stats().evictions;
-            for (int j = 0; j < 21; j++, next++) ASSERT_EQ(put_by_putter(next), 0) << next;
+            for (int j = 0; j < 21; j++, next++)
+                ASSERT_EQ(put_by_putter(next), 0) << next;
             ASSERT_EQ(stats().evictions - ev_full, 21u) << "the pool is full: every put evicts";
             constexpr uint64_t kRoom = 5;
             make_room(kRoom);
             if (HasFatalFailure()) return;
             const uint64_t ev0 = stats().evictions;
-            for (uint64_t j = 0; j < kRoom; j++, next++) ASSERT_EQ(put_by_putter(next), 0) << next;
-            EXPECT_EQ(stats().evictions, ev0) << "puts evicted though room had just been made for them";
+            for (uint64_t j = 0; j < kRoom; j++, next++)
+                ASSERT_EQ(put_by_putter(next), 0) << next;
+            EXPECT_EQ(stats().evictions, ev0)
+                << "puts evicted though room had just been made for them";
         }
     }
 
@@ -272,7 +282,8 @@ TEST_F(EvictionTest, PutsSucceedFarBeyondCapacity) {
     const uint64_t capacity = stats().capacity;
     const uint64_t len = 64 * KiB;
     const uint64_t n = 4 * capacity / len;
-    for (uint64_t i = 0; i < n; i++) ASSERT_EQ(put(i, payload(len, i)), 0) << i;
+    for (uint64_t i = 0; i < n; i++)
+        ASSERT_EQ(put(i, payload(len, i)), 0) << i;
     kv_stats s = stats();
     EXPECT_GT(s.evictions, 0u);
     EXPECT_EQ(s.puts, n);
@@ -293,7 +304,8 @@ TEST_F(EvictionTest, PutsSucceedFarBeyondCapacity) {
 TEST_F(EvictionTest, PutsSucceedWhenEntryTableIsFull) {
     const uint64_t n_entries = kv_pool_header(pool_)->n_entries;
     const uint64_t n = 3 * n_entries;
-    for (uint64_t i = 0; i < n; i++) ASSERT_EQ(put(i, payload(512, i)), 0) << i;
+    for (uint64_t i = 0; i < n; i++)
+        ASSERT_EQ(put(i, payload(512, i)), 0) << i;
     EXPECT_GT(stats().evictions, 0u);
     EXPECT_LE(usage().entries_committed, n_entries);
     EXPECT_EQ(contains(n - 1), 1);
@@ -310,7 +322,8 @@ TEST_F(EvictionTest, RoomMadeByAnotherClientEndsAnEvictionStreak) {
     ASSERT_NO_FATAL_FAILURE(fill_and_attach_putter());
     const uint64_t base = 1 << 20;
     const uint64_t ev_start = stats().evictions;
-    for (uint64_t i = 0; i < 64; i++) ASSERT_EQ(put_by_putter(base + i), 0) << i;
+    for (uint64_t i = 0; i < 64; i++)
+        ASSERT_EQ(put_by_putter(base + i), 0) << i;
     ASSERT_EQ(stats().evictions - ev_start, 64u) << "the pool was full: every put evicts";
 
     constexpr uint64_t kRemoved = 32;
@@ -322,10 +335,12 @@ TEST_F(EvictionTest, RoomMadeByAnotherClientEndsAnEvictionStreak) {
     ASSERT_EQ(removed, kRemoved);
 
     const uint64_t ev0 = stats().evictions;
-    for (uint64_t i = 64; i < 80; i++) ASSERT_EQ(put_by_putter(base + i), 0) << i;
+    for (uint64_t i = 64; i < 80; i++)
+        ASSERT_EQ(put_by_putter(base + i), 0) << i;
     const uint64_t ev1 = stats().evictions;
     EXPECT_LE(ev1 - ev0, 15u) << "the 16th put at the latest searches and finds the room";
-    for (uint64_t i = 80; i < 96; i++) ASSERT_EQ(put_by_putter(base + i), 0) << i;
+    for (uint64_t i = 80; i < 96; i++)
+        ASSERT_EQ(put_by_putter(base + i), 0) << i;
     EXPECT_EQ(stats().evictions, ev1) << "room was left, yet puts kept evicting";
     expect_consistent();
 }
@@ -360,7 +375,8 @@ TEST_F(EvictionTest, RoomMadeByEvictBytesEndsOtherClientsStreaks) {
     ASSERT_NO_FATAL_FAILURE(fill_and_attach_putter());
     expect_room_used_at_once([&](uint64_t n) {
         const uint64_t ev_room = stats().evictions;
-        ASSERT_GE(kv_evict_bytes(pool_, n * kStreakLen), int64_t(n * kStreakLen)); // the first client
+        ASSERT_GE(kv_evict_bytes(pool_, n * kStreakLen),
+                  int64_t(n * kStreakLen)); // the first client
         ASSERT_EQ(stats().evictions - ev_room, n);
     });
     expect_consistent();
@@ -418,13 +434,15 @@ TEST_F(EvictionTest, HotBlockSurvivesEviction) {
     // CI run in a few dozen. So count: 0.5-3.3% of them survived in 40 runs
     // here, and evicting at random instead of by age would leave e^-2, 13.5%.
     uint64_t survivors = 0;
-    for (uint64_t i = 0; i < cap; i++) survivors += contains(i) == 1;
+    for (uint64_t i = 0; i < cap; i++)
+        survivors += contains(i) == 1;
     EXPECT_LT(survivors, cap / 12) << "of the " << cap << " oldest blocks";
 }
 
 TEST_F(EvictionTest, EvictBytes) {
     const uint64_t len = 64 * KiB;
-    for (uint64_t i = 0; i < 20; i++) ASSERT_EQ(put(i, payload(len, i)), 0);
+    for (uint64_t i = 0; i < 20; i++)
+        ASSERT_EQ(put(i, payload(len, i)), 0);
     EXPECT_EQ(kv_evict_bytes(pool_, 0), 0);
     EXPECT_EQ(usage().entries_committed, 20u);
 
@@ -438,7 +456,8 @@ TEST_F(EvictionTest, EvictBytes) {
 
     // A pinned block is never evicted, even when everything is asked for.
     uint64_t pinned = 0;
-    while (contains(pinned) != 1) pinned++;
+    while (contains(pinned) != 1)
+        pinned++;
     kv_view v{};
     ASSERT_EQ(get(pinned, &v), 0);
     freed = kv_evict_bytes(pool_, uint64_t{1} << 40);

@@ -3,10 +3,9 @@
 // Accounting: kv_pool_stats counters and kv_pool_usage's exact scan.
 #include "pool_fixture.h"
 
-#include <kv/kv.h>
-
 #include <cerrno>
 #include <gtest/gtest.h>
+#include <kv/kv.h>
 
 namespace kvtest {
 namespace {

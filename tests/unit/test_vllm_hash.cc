@@ -9,12 +9,10 @@
 // libkv.map exports it.
 #include "pool_fixture.h"
 
+#include <cstring>
+#include <gtest/gtest.h>
 #include <kv/kv.h>
 #include <kv/kv.hpp>
-
-#include <gtest/gtest.h>
-
-#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,13 +49,15 @@ std::vector<uint8_t> none_hash(uint32_t scheme, std::string_view seed) {
 }
 
 // Hash len(tokens) / block_size blocks under parent, without extra keys.
-std::vector<uint8_t> chain(uint32_t scheme, const std::vector<uint8_t> &parent, const std::vector<uint32_t> &tokens,
-                           uint32_t block_size) {
+std::vector<uint8_t> chain(uint32_t scheme, const std::vector<uint8_t> &parent,
+                           const std::vector<uint32_t> &tokens, uint32_t block_size) {
     const size_t hl = kv_vllm_hash_len(scheme);
     std::vector<uint8_t> out(tokens.size() / block_size * hl);
-    int64_t n = kv_vllm_block_hashes(scheme, parent.data(), parent.size(), tokens.data(), tokens.size(), block_size,
-                                     nullptr, nullptr, out.data(), tokens.size() / block_size);
-    EXPECT_EQ(n, static_cast<int64_t>(tokens.size() / block_size)) << kv_strerror(static_cast<int>(n));
+    int64_t n =
+        kv_vllm_block_hashes(scheme, parent.data(), parent.size(), tokens.data(), tokens.size(),
+                             block_size, nullptr, nullptr, out.data(), tokens.size() / block_size);
+    EXPECT_EQ(n, static_cast<int64_t>(tokens.size() / block_size))
+        << kv_strerror(static_cast<int>(n));
     return out;
 }
 
@@ -65,7 +65,8 @@ TEST(VllmHash, HashLengths) {
     EXPECT_EQ(kv_vllm_hash_len(kSha), 32u);
     EXPECT_EQ(kv_vllm_hash_len(kXx), 16u);
     EXPECT_EQ(kv_vllm_hash_len(0), 0u);
-    EXPECT_EQ(kv_vllm_hash_len(KV_HASH_XXH3_128_CHAINED), 0u); // kvpool's own chain is not a vLLM scheme
+    EXPECT_EQ(kv_vllm_hash_len(KV_HASH_XXH3_128_CHAINED),
+              0u); // kvpool's own chain is not a vLLM scheme
     EXPECT_EQ(kv_vllm_hash_len(KV_HASH_MAX + 1), 0u);
 }
 
@@ -73,7 +74,8 @@ TEST(VllmHash, HashLengths) {
 TEST(VllmHash, Sha256CborFixedVectors) {
     const auto root = none_hash(kSha, "vllm-none-hash");
     EXPECT_EQ(hex(root), "9bd96a485ad84efdafb72ee48a1d7a69bcead0f8f0433173941b276b9581eef0");
-    EXPECT_EQ(hex(none_hash(kSha, "0")), "4e1195df020de59e0d65a33a4279f1183e7ae4e5d980e309f8b55adff2e61c3e");
+    EXPECT_EQ(hex(none_hash(kSha, "0")),
+              "4e1195df020de59e0d65a33a4279f1183e7ae4e5d980e309f8b55adff2e61c3e");
 
     const auto h = chain(kSha, root, {1, 2, 3, 4}, 4);
     EXPECT_EQ(hex(h), "58d0879dff3800f65f8c5fd449d73048c0f7699dd238a03b84b146b151d55111");
@@ -91,7 +93,8 @@ TEST(VllmHash, XxhashCborFixedVectors) {
 }
 
 TEST(VllmHash, EmptySeed) {
-    EXPECT_EQ(hex(none_hash(kSha, "")), "8d33f520a3c4cef80d2453aef81b612bfe1cb44c8b2025630ad38662763f13d3");
+    EXPECT_EQ(hex(none_hash(kSha, "")),
+              "8d33f520a3c4cef80d2453aef81b612bfe1cb44c8b2025630ad38662763f13d3");
     uint8_t out[32];
     EXPECT_EQ(kv_vllm_none_hash(kSha, nullptr, 0, out), 32);
     EXPECT_EQ(hex(out), "8d33f520a3c4cef80d2453aef81b612bfe1cb44c8b2025630ad38662763f13d3");
@@ -103,7 +106,8 @@ TEST(VllmHash, EmptySeed) {
 const std::vector<uint32_t> &mixed_tokens() {
     static const std::vector<uint32_t> t = [] {
         std::vector<uint32_t> v{0, 23, 24, 255, 256, 65535, 65536, 0xffffffffu};
-        for (uint32_t i = 0; i < 32; i++) v.push_back(100000 + i);
+        for (uint32_t i = 0; i < 32; i++)
+            v.push_back(100000 + i);
         return v; // 40 tokens: 2 full blocks of 16 and 8 left over
     }();
     return t;
@@ -130,8 +134,8 @@ TEST(VllmHash, ExtraKeysAndHeadWidths) {
         const size_t hl = kv_vllm_hash_len(c.scheme);
         std::vector<uint8_t> out(3 * hl, 0xee);
         const auto &t = mixed_tokens();
-        ASSERT_EQ(kv_vllm_block_hashes(c.scheme, root.data(), root.size(), t.data(), t.size(), 16, extra, extra_len,
-                                       out.data(), 3),
+        ASSERT_EQ(kv_vllm_block_hashes(c.scheme, root.data(), root.size(), t.data(), t.size(), 16,
+                                       extra, extra_len, out.data(), 3),
                   2);
         EXPECT_EQ(hex({out.data(), hl}), c.h0);
         EXPECT_EQ(hex({out.data() + hl, hl}), c.h1);
@@ -162,34 +166,35 @@ TEST(VllmHash, ChainEqualsBlockByBlock) {
         const size_t hl = kv_vllm_hash_len(scheme);
         const auto root = none_hash(scheme, "seed-x");
         std::vector<uint32_t> t(16 * 50 + 7);
-        for (size_t i = 0; i < t.size(); i++) t[i] = static_cast<uint32_t>(i * 2654435761u);
+        for (size_t i = 0; i < t.size(); i++)
+            t[i] = static_cast<uint32_t>(i * 2654435761u);
         const auto all = chain(scheme, root, t, 16);
         ASSERT_EQ(all.size(), 50 * hl);
         std::vector<uint8_t> parent = root, one(hl);
         for (size_t i = 0; i < 50; i++) {
-            ASSERT_EQ(kv_vllm_block_hashes(scheme, parent.data(), parent.size(), t.data() + 16 * i, 16, 16, nullptr,
-                                           nullptr, one.data(), 1),
+            ASSERT_EQ(kv_vllm_block_hashes(scheme, parent.data(), parent.size(), t.data() + 16 * i,
+                                           16, 16, nullptr, nullptr, one.data(), 1),
                       1);
             ASSERT_EQ(0, memcmp(one.data(), all.data() + i * hl, hl)) << "block " << i;
             parent = one;
         }
         std::vector<uint8_t> cut(50 * hl, 0);
-        EXPECT_EQ(kv_vllm_block_hashes(scheme, root.data(), root.size(), t.data(), t.size(), 16, nullptr, nullptr,
-                                       cut.data(), 3),
+        EXPECT_EQ(kv_vllm_block_hashes(scheme, root.data(), root.size(), t.data(), t.size(), 16,
+                                       nullptr, nullptr, cut.data(), 3),
                   3);
         EXPECT_EQ(0, memcmp(cut.data(), all.data(), 3 * hl));
         EXPECT_EQ(cut[3 * hl], 0);
         // Fewer tokens than a block: nothing to hash, not an error.
-        EXPECT_EQ(kv_vllm_block_hashes(scheme, root.data(), root.size(), t.data(), 15, 16, nullptr, nullptr,
-                                       cut.data(), 50),
+        EXPECT_EQ(kv_vllm_block_hashes(scheme, root.data(), root.size(), t.data(), 15, 16, nullptr,
+                                       nullptr, cut.data(), 50),
                   0);
-        EXPECT_EQ(kv_vllm_block_hashes(scheme, root.data(), root.size(), nullptr, 0, 16, nullptr, nullptr, nullptr,
-                                       0),
+        EXPECT_EQ(kv_vllm_block_hashes(scheme, root.data(), root.size(), nullptr, 0, 16, nullptr,
+                                       nullptr, nullptr, 0),
                   0);
         // A parent of another length (vLLM's random 32-byte NONE_HASH under xxhash_cbor).
         std::vector<uint8_t> p32(32, 0x5a);
-        EXPECT_EQ(kv_vllm_block_hashes(scheme, p32.data(), p32.size(), t.data(), 32, 16, nullptr, nullptr,
-                                       cut.data(), 2),
+        EXPECT_EQ(kv_vllm_block_hashes(scheme, p32.data(), p32.size(), t.data(), 32, 16, nullptr,
+                                       nullptr, cut.data(), 2),
                   2);
     }
 }
@@ -269,14 +274,20 @@ TEST(VllmHash, BadArguments) {
     }
     EXPECT_EQ(kv_vllm_none_hash(kSha, "s", 1, nullptr), -EINVAL);
     EXPECT_EQ(kv_vllm_none_hash(kSha, nullptr, 1, h), -EINVAL);
-    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, pl, t, 8, 0, nullptr, nullptr, out, 2), -EINVAL);       // block_size 0
-    EXPECT_EQ(kv_vllm_block_hashes(kSha, nullptr, pl, t, 8, 4, nullptr, nullptr, out, 2), -EINVAL); // no parent
-    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, 0, t, 8, 4, nullptr, nullptr, out, 2), -EINVAL);        // empty parent
-    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, pl, nullptr, 8, 4, nullptr, nullptr, out, 2), -EINVAL); // no tokens
-    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, pl, t, 8, 4, nullptr, nullptr, nullptr, 2), -EINVAL);   // no out
+    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, pl, t, 8, 0, nullptr, nullptr, out, 2),
+              -EINVAL); // block_size 0
+    EXPECT_EQ(kv_vllm_block_hashes(kSha, nullptr, pl, t, 8, 4, nullptr, nullptr, out, 2),
+              -EINVAL); // no parent
+    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, 0, t, 8, 4, nullptr, nullptr, out, 2),
+              -EINVAL); // empty parent
+    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, pl, nullptr, 8, 4, nullptr, nullptr, out, 2),
+              -EINVAL); // no tokens
+    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, pl, t, 8, 4, nullptr, nullptr, nullptr, 2),
+              -EINVAL); // no out
     const uint8_t null_item = 0xf6;
     const uint8_t *ex[2] = {&null_item, &null_item};
-    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, pl, t, 8, 4, ex, nullptr, out, 2), -EINVAL); // lengths missing
+    EXPECT_EQ(kv_vllm_block_hashes(kSha, p, pl, t, 8, 4, ex, nullptr, out, 2),
+              -EINVAL); // lengths missing
 }
 
 // Extra keys must be one well-formed canonical CBOR item each; a bad one
@@ -293,12 +304,12 @@ TEST(VllmHash, MalformedExtraKeys) {
         "190017",     // 23 in the three-byte form
         "1a0000ffff", // 65535 in the five-byte form
         "1b00000000ffffffff",
-        "1c",         // reserved additional info
-        "6261",       // text of 2 bytes, 1 present
-        "0101",       // two items
-        "f800",       // simple value below 32 in the two-byte form
-        "c2",         // tag without its item
-        "a101",       // map with a key and no value
+        "1c",   // reserved additional info
+        "6261", // text of 2 bytes, 1 present
+        "0101", // two items
+        "f800", // simple value below 32 in the two-byte form
+        "c2",   // tag without its item
+        "a101", // map with a key and no value
     };
     for (const char *b : bad) {
         SCOPED_TRACE(b);
@@ -307,12 +318,24 @@ TEST(VllmHash, MalformedExtraKeys) {
         const size_t len[2] = {0, item.size()};
         uint8_t out[32];
         memset(out, 0xee, sizeof out);
-        EXPECT_EQ(kv_vllm_block_hashes(kXx, root.data(), root.size(), t, 8, 4, ex, len, out, 2), -EINVAL);
+        EXPECT_EQ(kv_vllm_block_hashes(kXx, root.data(), root.size(), t, 8, 4, ex, len, out, 2),
+                  -EINVAL);
         EXPECT_EQ(out[0], 0xee) << "a hash was written before the bad item was found";
     }
     // Items of every kind the checker walks through, well-formed: accepted.
-    const char *good[] = {"f6", "f5", "f4", "f820", "f93c00", "fa3f800000", "fb3ff0000000000000",
-                          "c249010000000000000000", "a1616101", "80", "40", "60", "3bffffffffffffffff"};
+    const char *good[] = {"f6",
+                          "f5",
+                          "f4",
+                          "f820",
+                          "f93c00",
+                          "fa3f800000",
+                          "fb3ff0000000000000",
+                          "c249010000000000000000",
+                          "a1616101",
+                          "80",
+                          "40",
+                          "60",
+                          "3bffffffffffffffff"};
     for (const char *g : good) {
         SCOPED_TRACE(g);
         const auto item = unhex(g);
@@ -339,8 +362,16 @@ TEST(VllmHash, CborWriterMatchesCbor2) {
     kv::cbor::Writer w;
     // [(-5, "a", b"b", None, -24, -25, 2**64 - 1, -2**64)]
     const uint8_t b[] = {'b'};
-    w.array(1).array(8).integer(-5).text("a").bytes(b).null().integer(-24).integer(-25).uint(UINT64_MAX).negint(
-        UINT64_MAX);
+    w.array(1)
+        .array(8)
+        .integer(-5)
+        .text("a")
+        .bytes(b)
+        .null()
+        .integer(-24)
+        .integer(-25)
+        .uint(UINT64_MAX)
+        .negint(UINT64_MAX);
     EXPECT_EQ(hex(w.data()), "81882461614162f63738181bffffffffffffffff3bffffffffffffffff");
     w.clear();
     const uint8_t one[] = {1, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -357,7 +388,8 @@ TEST(VllmHash, CborWriterMatchesCbor2) {
 // The SHA-256 context is per thread: threads hashing at once agree.
 TEST(VllmHash, ConcurrentThreadsAgree) {
     std::vector<uint32_t> t(16 * 200);
-    for (size_t i = 0; i < t.size(); i++) t[i] = static_cast<uint32_t>(i);
+    for (size_t i = 0; i < t.size(); i++)
+        t[i] = static_cast<uint32_t>(i);
     const auto root = none_hash(kSha, "vllm-none-hash");
     const auto want = chain(kSha, root, t, 16);
     std::vector<int> ok(4, 0);
@@ -367,14 +399,16 @@ TEST(VllmHash, ConcurrentThreadsAgree) {
             int good = 1;
             for (int rep = 0; rep < 20; rep++) {
                 std::vector<uint8_t> out(want.size());
-                good &= kv_vllm_block_hashes(kSha, root.data(), root.size(), t.data(), t.size(), 16, nullptr, nullptr,
-                                             out.data(), 200) == 200 &&
+                good &= kv_vllm_block_hashes(kSha, root.data(), root.size(), t.data(), t.size(), 16,
+                                             nullptr, nullptr, out.data(), 200) == 200 &&
                         out == want;
             }
             ok[k] = good;
         });
-    for (auto &x : th) x.join();
-    for (int k = 0; k < 4; k++) EXPECT_EQ(ok[k], 1) << "thread " << k;
+    for (auto &x : th)
+        x.join();
+    for (int k = 0; k < 4; k++)
+        EXPECT_EQ(ok[k], 1) << "thread " << k;
 }
 
 } // namespace

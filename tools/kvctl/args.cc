@@ -1,16 +1,14 @@
 // SPDX-License-Identifier: MIT
 #include "args.h"
 
-#include <kv/kv.h>
-
-#include <sys/un.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <kv/kv.h>
+#include <sys/un.h>
 
 namespace kvctl {
 
@@ -80,16 +78,13 @@ constexpr Verb kVerbs[] = {
      "Evict part of a pool's unpinned bytes now."},
     {KV_CTL_OP_PERSIST, kSnapshotOptions, "POOL [--path FILE]",
      "Write a pool's snapshot (no timeout unless --timeout)."},
-    {KV_CTL_OP_RESTORE, kRestoreOptions,
-     "POOL [--path FILE] [--force]", "Load a pool from a snapshot (no timeout unless --timeout)."},
-    {KV_CTL_OP_CLIENTS, kNoOptions, "POOL",
-     "List the processes attached to a pool."},
+    {KV_CTL_OP_RESTORE, kRestoreOptions, "POOL [--path FILE] [--force]",
+     "Load a pool from a snapshot (no timeout unless --timeout)."},
+    {KV_CTL_OP_CLIENTS, kNoOptions, "POOL", "List the processes attached to a pool."},
     {KV_CTL_OP_DETACH, kDetachOptions, "POOL --pid PID [--kill]",
      "Release a client's slot, pins and reservations."},
-    {KV_CTL_OP_STATS, kNoOptions, "",
-     "Show the daemon's counters, then each pool's."},
-    {KV_CTL_OP_VERSION, kNoOptions, "",
-     "Show kvctl's and kvpoold's versions."},
+    {KV_CTL_OP_STATS, kNoOptions, "", "Show the daemon's counters, then each pool's."},
+    {KV_CTL_OP_VERSION, kNoOptions, "", "Show kvctl's and kvpoold's versions."},
 };
 
 } // namespace
@@ -443,12 +438,14 @@ Result<kv_ctl_request> build_request(const Command &c) {
         if (const std::string *m = c.option("--max-entries")) {
             auto n = parse_uint(*m);
             if (!n || *n < 64 || *n > 0xfffffff0ULL)
-                return bad("--max-entries", *m, "expected a number of entry slots from 64 to 4294967280");
+                return bad("--max-entries", *m,
+                           "expected a number of entry slots from 64 to 4294967280");
             req.max_entries = uint32_t(*n);
         }
         if (const std::string *pol = c.option("--policy")) {
             int v = kv_evict_policy_parse(pol->c_str());
-            if (v < 0) return bad("--policy", *pol, "expected prefix, lru, lfu, fifo, priority or clock");
+            if (v < 0)
+                return bad("--policy", *pol, "expected prefix, lru, lfu, fifo, priority or clock");
             req.flags |= KV_CTL_F_POLICY;
             req.evict_policy = uint32_t(v);
         }

@@ -8,13 +8,11 @@
 #pragma once
 
 #include "common.h"
-
 #include "control_protocol.h"
-
-#include <kvpool/control.h>
 
 #include <cstdint>
 #include <cstdio>
+#include <kvpool/control.h>
 #include <optional>
 #include <span>
 #include <string>

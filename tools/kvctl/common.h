@@ -9,11 +9,10 @@
 #include "control_protocol.h"
 #include "units.h"
 
-#include <nlohmann/json.hpp>
-
 #include <cstdarg>
 #include <cstdio>
 #include <expected>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <utility>

@@ -18,13 +18,12 @@
 #include "output.h"
 #include "requests.h"
 
-#include <kvpool/control.h>
-
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <kvpool/control.h>
 #include <thread>
 
 #ifndef KVCTL_VERSION

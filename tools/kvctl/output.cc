@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: MIT
 #include "output.h"
 
-#include <kvpool/control.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
+#include <kvpool/control.h>
 #include <utility>
 
 namespace kvctl {
@@ -76,15 +75,23 @@ std::string sanitize(std::string_view s) {
         // Length and the allowed range of the second byte, by the lead byte.
         size_t len = 0;
         unsigned char lo = 0x80, hi = 0xbf;
-        if (b >= 0xc2 && b <= 0xdf) len = 2;
-        else if (b == 0xe0) len = 3, lo = 0xa0;
-        else if (b == 0xed) len = 3, hi = 0x9f;
-        else if (b >= 0xe1 && b <= 0xef) len = 3;
-        else if (b == 0xf0) len = 4, lo = 0x90;
-        else if (b == 0xf4) len = 4, hi = 0x8f;
-        else if (b >= 0xf1 && b <= 0xf3) len = 4;
+        if (b >= 0xc2 && b <= 0xdf)
+            len = 2;
+        else if (b == 0xe0)
+            len = 3, lo = 0xa0;
+        else if (b == 0xed)
+            len = 3, hi = 0x9f;
+        else if (b >= 0xe1 && b <= 0xef)
+            len = 3;
+        else if (b == 0xf0)
+            len = 4, lo = 0x90;
+        else if (b == 0xf4)
+            len = 4, hi = 0x8f;
+        else if (b >= 0xf1 && b <= 0xf3)
+            len = 4;
         bool ok = len != 0 && byte(i + 1) >= lo && byte(i + 1) <= hi;
-        for (size_t k = 2; ok && k < len; k++) ok = byte(i + k) >= 0x80 && byte(i + k) <= 0xbf;
+        for (size_t k = 2; ok && k < len; k++)
+            ok = byte(i + k) >= 0x80 && byte(i + k) <= 0xbf;
         if (!ok) { // a stray byte: one '?', and resynchronise on the next
             out += '?';
             i++;
@@ -257,8 +264,8 @@ class Table {
 
 Failure malformed(const Command &c, const std::string &what) {
     // what may quote the response (the JSON parser's "last read"): sanitized.
-    return Failure{kExitProtocol,
-                   "malformed " + std::string(c.verb->name()) + " response from kvpoold: " + sanitize(what)};
+    return Failure{kExitProtocol, "malformed " + std::string(c.verb->name()) +
+                                      " response from kvpoold: " + sanitize(what)};
 }
 
 Result<const json *> array_field(const Command &c, const json &doc, const char *key) {
@@ -349,7 +356,8 @@ void print_pool(const json &p) {
             std::string line = ok ? count(*r, "blocks") + " blocks, " + size(*r, "bytes") + " in " +
                                         duration(get_double(*r, "seconds"))
                                   : "FAILED: " + text(*r, "error");
-            if (ok && get_u64(*r, "dropped").value_or(0)) line += ", " + count(*r, "dropped") + " dropped";
+            if (ok && get_u64(*r, "dropped").value_or(0))
+                line += ", " + count(*r, "dropped") + " dropped";
             if (ok && get_bool(*r, "truncated").value_or(false))
                 line += ", file truncated or damaged (its verified part was restored)";
             l.emplace_back(k[5] == 'p' ? "last persist" : "last restore", line);
@@ -408,8 +416,8 @@ void EntryTable::header() const {
 
 void EntryTable::add(const json &e) const {
     row({count(e, "ns"), text(e, "key"), size(e, "length"), count(e, "tokens"),
-         count(e, "priority"), count(e, "pins"), text(e, "state"),
-         duration(get_double(e, "age_s")), access(e)});
+         count(e, "priority"), count(e, "pins"), text(e, "state"), duration(get_double(e, "age_s")),
+         access(e)});
 }
 
 std::string EntryTable::access(const json &e) {
@@ -526,7 +534,8 @@ void print_snapshot(const Command &c, const json &doc) {
             l.emplace_back("damaged", count(doc, "damaged_segments") +
                                           " segment(s) of the file lost to a damaged head");
         if (get_u64(doc, "expired").value_or(0))
-            l.emplace_back("expired", count(doc, "expired") + " blocks whose time to live ran out since the persist");
+            l.emplace_back("expired", count(doc, "expired") +
+                                          " blocks whose time to live ran out since the persist");
         if (get_bool(doc, "truncated").value_or(false))
             l.emplace_back("file state",
                            "truncated or damaged: only its verified part was restored");
@@ -534,7 +543,8 @@ void print_snapshot(const Command &c, const json &doc) {
             l.emplace_back("trailer", "damaged (" + text(doc, "trailer_problem") +
                                           "); every block before it was read and verified");
         if (get_u64(doc, "trailing_bytes").value_or(0))
-            l.emplace_back("trailing", size_exact(doc, "trailing_bytes") + " after the trailer, ignored");
+            l.emplace_back("trailing",
+                           size_exact(doc, "trailing_bytes") + " after the trailer, ignored");
     } else if (get_bool(doc, "recycled_spare").value_or(false)) {
         l.emplace_back("spare", "written over the previous snapshot's blocks (the .spare file)");
     }
@@ -545,10 +555,28 @@ void print_snapshot(const Command &c, const json &doc) {
         l.emplace_back("quarantined", text(doc, "quarantined") +
                                           " (the file, moved aside: no persist writes over it)");
     add_unknown(l, doc,
-                {"pool", "op", "path", "blocks", "bytes", "file_bytes", "seconds", "gib_per_s",
-                 "dropped", "dropped_corrupt", "dropped_no_room", "evicted", "skipped", "truncated",
-                 "damaged_segments", "fixed_buffers", "recycled_spare", "quarantined", "expired",
-                 "trailer_damaged", "trailer_problem", "trailing_bytes"});
+                {"pool",
+                 "op",
+                 "path",
+                 "blocks",
+                 "bytes",
+                 "file_bytes",
+                 "seconds",
+                 "gib_per_s",
+                 "dropped",
+                 "dropped_corrupt",
+                 "dropped_no_room",
+                 "evicted",
+                 "skipped",
+                 "truncated",
+                 "damaged_segments",
+                 "fixed_buffers",
+                 "recycled_spare",
+                 "quarantined",
+                 "expired",
+                 "trailer_damaged",
+                 "trailer_problem",
+                 "trailing_bytes"});
     print_lines(l, "  ");
 }
 
@@ -713,7 +741,8 @@ int partial_restore(const Command &c, const json &doc) {
     const uint64_t dropped = get_u64(doc, "dropped").value_or(0);
     if (!truncated && dropped == 0) return kExitOk;
     std::string why;
-    if (truncated) why = "the snapshot is truncated or damaged: only its verified part was restored";
+    if (truncated)
+        why = "the snapshot is truncated or damaged: only its verified part was restored";
     if (dropped) {
         const uint64_t corrupt = get_u64(doc, "dropped_corrupt").value_or(0);
         const uint64_t no_room = get_u64(doc, "dropped_no_room").value_or(0);

@@ -3,14 +3,13 @@
 
 #include "output.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <unistd.h>
 #include <utility>
 
 namespace kvctl {
@@ -44,8 +43,9 @@ Failure client_failure(const kv::control::ClientError &e, double timeout_s) {
     case Stage::Exchange:
         break;
     }
-    return Failure{kExitProtocol,
-                   e.timed_out ? e.message + "; raise --timeout or use 0 to wait forever" : e.message};
+    return Failure{kExitProtocol, e.timed_out
+                                      ? e.message + "; raise --timeout or use 0 to wait forever"
+                                      : e.message};
 }
 
 // One connection to kvpoold, for one request or several in turn (entries
@@ -204,7 +204,8 @@ void show_progress(const Command &c, const std::atomic<bool> &finished) {
     const bool tty = isatty(STDERR_FILENO);
     bool printed = false;
     for (int tick = 1; !finished.load(); tick++) {
-        for (int i = 0; i < 10 && !finished.load(); i++) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        for (int i = 0; i < 10 && !finished.load(); i++)
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
         if (finished.load()) break;
         if (!tty && tick % 10 != 0) continue;
         auto resp = transact(sc, *req);
@@ -216,7 +217,8 @@ void show_progress(const Command &c, const std::atomic<bool> &finished) {
         if (!run || !run->is_object()) continue;
         const auto done = get_u64(*run, "done_bytes"), total = get_u64(*run, "total_bytes");
         const auto secs = get_double(*run, "seconds");
-        std::string line = strf("%s %s: %s of %s", std::string(c.verb->name()).c_str(), c.positional.empty() ? "" : c.positional[0].c_str(),
+        std::string line = strf("%s %s: %s of %s", std::string(c.verb->name()).c_str(),
+                                c.positional.empty() ? "" : c.positional[0].c_str(),
                                 size(done).c_str(), size(total).c_str());
         if (done && secs && *secs > 0)
             line += strf(" (%.2f GiB/s)", double(*done) / *secs / double(1ULL << 30));

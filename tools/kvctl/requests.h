@@ -8,12 +8,10 @@
 
 #include "args.h"
 #include "common.h"
-
 #include "control_client.h"
 
-#include <kvpool/control.h>
-
 #include <atomic>
+#include <kvpool/control.h>
 #include <string>
 
 namespace kvctl {

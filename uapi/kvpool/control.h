@@ -63,23 +63,25 @@
  * then closed. A client may find it when its send fails (EPIPE) or in place
  * of the response to its request. */
 #define KV_CTL_OP_REFUSED 0
-#define KV_CTL_OP_VERSION 1  /* {"daemon": "0.1.0", "protocol": 1, "pid": N} */
-#define KV_CTL_OP_LIST 2     /* {"pools": [POOL, ...]} */
-#define KV_CTL_OP_STATUS 3   /* pool set: POOL (with "free_bytes", "created", ...); pool empty: as LIST */
-#define KV_CTL_OP_CREATE 4   /* size, hugepages, numa_node, mode, flags: POOL of the new pool */
-#define KV_CTL_OP_DESTROY 5  /* {"pool": name, "destroyed": true} */
-#define KV_CTL_OP_ENTRIES                                                                          \
-    6 /* one page, see below: {"pool", "entries": [ENTRY...], "next_cursor", ...} */
-#define KV_CTL_OP_HEALTH 7   /* {"pool", "healthy", "problems": [text...], "usage": {...},
-                              * "data_checked": false (block data is not read: see VERIFY)} */
-#define KV_CTL_OP_EVICT 8    /* arg: percent 0..100 of unpinned bytes (0: a no-op): {"pool", "requested_bytes", "freed_bytes"} */
+#define KV_CTL_OP_VERSION 1 /* {"daemon": "0.1.0", "protocol": 1, "pid": N} */
+#define KV_CTL_OP_LIST 2    /* {"pools": [POOL, ...]} */
+#define KV_CTL_OP_STATUS 3  /* pool set: POOL (with "free_bytes", "created", ...); pool empty: as LIST */
+#define KV_CTL_OP_CREATE 4  /* size, hugepages, numa_node, mode, flags: POOL of the new pool */
+#define KV_CTL_OP_DESTROY 5 /* {"pool": name, "destroyed": true} */
+#define KV_CTL_OP_ENTRIES 6 /* one page, see below: {"pool", "entries": [ENTRY...], "next_cursor", ...} */
+#define KV_CTL_OP_HEALTH                                                \
+	7 /* {"pool", "healthy", "problems": [text...], "usage": {...}, \
+	   * "data_checked": false (block data is not read: see VERIFY)} */
+#define KV_CTL_OP_EVICT \
+	8 /* arg: percent 0..100 of unpinned bytes (0: a no-op): {"pool", "requested_bytes", "freed_bytes"} */
 #define KV_CTL_OP_PERSIST 9  /* path optional: {"pool", "path", "bytes", "seconds"} */
 #define KV_CTL_OP_RESTORE 10 /* path optional; KV_CTL_F_FORCE: {"pool", "path", "bytes", "seconds", ...} */
 #define KV_CTL_OP_CLIENTS 11 /* {"pool", "clients": [CLIENT...]} */
-#define KV_CTL_OP_DETACH 12  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"};
-                              * ESRCH: the process is not attached to the pool */
-#define KV_CTL_OP_STATS 13   /* {"daemon": {...}, "pools": [POOL...]} */
-#define KV_CTL_OP_VERIFY 14  /* KV_CTL_F_REMOVE: see below */
+#define KV_CTL_OP_DETACH                                                                     \
+	12                  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"}; \
+	                     * ESRCH: the process is not attached to the pool */
+#define KV_CTL_OP_STATS 13  /* {"daemon": {...}, "pools": [POOL...]} */
+#define KV_CTL_OP_VERIFY 14 /* KV_CTL_F_REMOVE: see below */
 #define KV_CTL_OP_MAX 14
 
 /*
@@ -135,9 +137,8 @@
  * (the pool itself is remembered across restarts either way). */
 #define KV_CTL_F_NO_PERSIST (1U << 4)
 #define KV_CTL_F_REMOVE (1U << 5) /* VERIFY: remove the blocks that fail their checksum */
-#define KV_CTL_F_KNOWN                                                                             \
-	(KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_FORCE | KV_CTL_F_NO_PERSIST | \
-	 KV_CTL_F_REMOVE)
+#define KV_CTL_F_KNOWN \
+	(KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_FORCE | KV_CTL_F_NO_PERSIST | KV_CTL_F_REMOVE)
 
 /* kv_ctl_request.numa_node special values */
 #define KV_CTL_NUMA_NONE 0xffffffffU
@@ -156,8 +157,8 @@ KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_hdr) == KV_CTL_HDR_SIZE_V1, "ctl heade
 struct kv_ctl_request {
 	uint8_t pool[KV_CTL_NAME_MAX]; /* NUL-terminated, NUL-padded; empty: all pools (LIST, STATUS, STATS) */
 	uint64_t size;                 /* CREATE: bytes */
-        uint64_t arg; /* EVICT: percent; DETACH: pid; ENTRIES: most rows (0: the maximum) */
-        uint32_t flags;                /* KV_CTL_F_* */
+	uint64_t arg;                  /* EVICT: percent; DETACH: pid; ENTRIES: most rows (0: the maximum) */
+	uint32_t flags;                /* KV_CTL_F_* */
 	uint32_t hugepages;            /* CREATE: KV_HUGEPAGES_* (0 never, 1 prefer, 2 require) */
 	uint32_t numa_node;            /* CREATE: node, KV_CTL_NUMA_NONE or KV_CTL_NUMA_LOCAL */
 	uint32_t mode;                 /* CREATE: file mode bits (0: 0660) */
@@ -166,19 +167,18 @@ struct kv_ctl_request {
 	                                * Carved from reserved[0]: a daemon that predates it refuses
 	                                * the request (non-zero reserved, unknown flag). */
 	uint32_t max_entries;          /* CREATE: 0 (no cap) or 64..0xfffffff0 entry slots; else zero (was reserved0) */
-        uint64_t cursor;      /* ENTRIES: entry-table index to start at, the previous page's
-                               * next_cursor (0: the start); else zero. Carved from
-                               * reserved[0]: a daemon that predates it refuses a non-zero
-                               * cursor (non-zero reserved) and answers cursor 0 with one
-                               * unpaged reply without next_cursor. */
-        uint64_t reserved[6]; /* zero */
+	uint64_t cursor;               /* ENTRIES: entry-table index to start at, the previous page's
+	                                * next_cursor (0: the start); else zero. Carved from
+	                                * reserved[0]: a daemon that predates it refuses a non-zero
+	                                * cursor (non-zero reserved) and answers cursor 0 with one
+	                                * unpaged reply without next_cursor. */
+	uint64_t reserved[6];          /* zero */
 };
 #define KV_CTL_REQUEST_SIZE_V1 416
 KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_request) == KV_CTL_REQUEST_SIZE_V1, "ctl request v1 size");
 KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, path) == 96, "ctl request path offset");
 KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, evict_policy) == 352, "ctl request policy offset");
-KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, cursor) == 360,
-                     "ctl request cursor offset");
+KV_CTL_STATIC_ASSERT(__builtin_offsetof(struct kv_ctl_request, cursor) == 360, "ctl request cursor offset");
 
 struct kv_ctl_response {
 	uint32_t error;    /* 0, or a positive errno value */

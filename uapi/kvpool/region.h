@@ -84,17 +84,17 @@
 #define KV_EVICT_MAX 5
 
 #define KV_CACHELINE 64
-#define KV_HEADER_BYTES 4096  /* the header owns the first 4 KiB of the region */
-#define KV_NIL32 0xffffffffU  /* "no index" in 32-bit index fields */
+#define KV_HEADER_BYTES 4096 /* the header owns the first 4 KiB of the region */
+#define KV_NIL32 0xffffffffU /* "no index" in 32-bit index fields */
 #define KV_NUMA_NONE 0xffffffffU
 #define KV_MIN_BLOCK_SHIFT 12 /* smallest size class: 4 KiB; all classes are multiples */
 #define KV_MAX_CLASSES 64
-#define KV_MAX_CLIENTS 4095   /* client index + 1 must fit in 12 bits of kv_entry.aux */
+#define KV_MAX_CLIENTS 4095          /* client index + 1 must fit in 12 bits of kv_entry.aux */
 #define KV_MAX_PINS_PER_CLIENT 65536 /* slot index must fit in 16 bits of kv_entry.aux */
 
 /* kv_region_header.backing */
-#define KV_BACKING_SHM 1       /* 4 KiB pages: tmpfs file or plain memfd */
-#define KV_BACKING_HUGETLBFS 2 /* file on a hugetlbfs mount */
+#define KV_BACKING_SHM 1           /* 4 KiB pages: tmpfs file or plain memfd */
+#define KV_BACKING_HUGETLBFS 2     /* file on a hugetlbfs mount */
 #define KV_BACKING_MEMFD_HUGETLB 3 /* memfd_create(MFD_HUGETLB) */
 
 /* kv_region_header.flags */
@@ -118,20 +118,20 @@ struct kv_region_header {
 	uint32_t backing;           /* KV_BACKING_* */
 	uint32_t flags;             /* KV_REGION_F_* */
 	uint32_t creator_pid;
-	uint64_t create_time_ns;    /* CLOCK_REALTIME at creation */
-	uint64_t pool_id_lo;        /* random id of this region instance */
+	uint64_t create_time_ns; /* CLOCK_REALTIME at creation */
+	uint64_t pool_id_lo;     /* random id of this region instance */
 	uint64_t pool_id_hi;
 
 	/* Geometry. */
-	uint32_t max_clients;       /* client table entries, <= KV_MAX_CLIENTS */
-	uint32_t pins_per_client;   /* journal slots per client, <= KV_MAX_PINS_PER_CLIENT */
+	uint32_t max_clients;     /* client table entries, <= KV_MAX_CLIENTS */
+	uint32_t pins_per_client; /* journal slots per client, <= KV_MAX_PINS_PER_CLIENT */
 	uint32_t max_namespaces;
-	uint32_t n_classes;         /* size classes in use, <= KV_MAX_CLASSES */
-	uint32_t n_entries;         /* entry table size; KV_NIL32 is never a valid index */
-	uint32_t n_buckets;         /* power of two */
+	uint32_t n_classes; /* size classes in use, <= KV_MAX_CLASSES */
+	uint32_t n_entries; /* entry table size; KV_NIL32 is never a valid index */
+	uint32_t n_buckets; /* power of two */
 	uint32_t n_slabs;
-	uint32_t blocks_per_slab;   /* slab_size >> KV_MIN_BLOCK_SHIFT: block words per slab */
-	uint64_t slab_size;         /* power of two; the largest block */
+	uint32_t blocks_per_slab; /* slab_size >> KV_MIN_BLOCK_SHIFT: block words per slab */
+	uint64_t slab_size;       /* power of two; the largest block */
 
 	/* Sections: offset from the region base and length in bytes. */
 	uint64_t state_off, state_len;     /* struct kv_region_state */
@@ -146,13 +146,13 @@ struct kv_region_header {
 	uint64_t data_off, data_len;       /* n_slabs * slab_size bytes, page_size aligned */
 
 	/* v1.1 (KV_COMPAT_F_EVICT_POLICY), carved from reserved[0]. */
-	uint32_t evict_policy;      /* KV_EVICT_*; 0 (CLOCK) in v1.0 regions */
+	uint32_t evict_policy; /* KV_EVICT_*; 0 (CLOCK) in v1.0 regions */
 	/* v1.2, carved from reserved0: the last daemon_slots client slots are
 	 * claimed only by attachers that ask for one (KV_ATTACH_F_DAEMON), so
 	 * the daemon finds a slot when every other one is held. 0 or 1; 0 in
 	 * older regions. */
 	uint32_t daemon_slots;
-	uint64_t reserved[31];      /* zero on write, checked on attach */
+	uint64_t reserved[31]; /* zero on write, checked on attach */
 };
 #define KV_REGION_HEADER_SIZE_V1 544
 KV_STATIC_ASSERT(sizeof(struct kv_region_header) == KV_REGION_HEADER_SIZE_V1, "header v1 size");
@@ -167,11 +167,11 @@ KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, reserved) == 296, "header 
  * update (a process dies mid-way) costs at most a little extra scanning.
  */
 struct kv_region_state {
-	uint64_t clock_hand;     /* eviction hand over the entry table; fetch_add by any process */
+	uint64_t clock_hand; /* eviction hand over the entry table; fetch_add by any process */
 	uint64_t pad0[7];
-	uint64_t slab_hand;      /* rebalancing hand over the slab table */
+	uint64_t slab_hand; /* rebalancing hand over the slab table */
 	uint64_t pad1[7];
-	uint64_t reap_epoch;     /* incremented by every completed reap pass */
+	uint64_t reap_epoch; /* incremented by every completed reap pass */
 	uint64_t pad2[7];
 	/* v1.1, LFU pools: the rank of the last LFU victim (dynamic ageing).
 	 * Raised (CAS, relaxed) by evictors, read (relaxed) by gets and puts; a
@@ -216,10 +216,10 @@ struct kv_manifest {
 	uint32_t kv_layout;              /* engine-defined layout code */
 	uint32_t block_tokens;           /* tokens per block, > 0 */
 	uint32_t tp_rank;
-	uint32_t tp_world;               /* > tp_rank */
-	uint32_t hash_scheme;            /* KV_HASH_* */
+	uint32_t tp_world;    /* > tp_rank */
+	uint32_t hash_scheme; /* KV_HASH_* */
 	uint64_t hash_seed;
-	uint64_t reserved[4];            /* zero */
+	uint64_t reserved[4]; /* zero */
 };
 #define KV_MANIFEST_SIZE_V1 160
 KV_STATIC_ASSERT(sizeof(struct kv_manifest) == KV_MANIFEST_SIZE_V1, "manifest v1 size");
@@ -273,12 +273,12 @@ KV_STATIC_ASSERT(sizeof(struct kv_namespace) == KV_NAMESPACE_SIZE_V1, "namespace
 
 /* Per-client counters, written only by the client (relaxed), read by anyone. */
 struct kv_client_stats {
-	uint64_t reserved0;       /* gets are hits + misses */
+	uint64_t reserved0; /* gets are hits + misses */
 	uint64_t hits;
 	uint64_t misses;
-	uint64_t puts;            /* blocks committed (new keys) */
-	uint64_t dedups;          /* puts/reserves that found the key already committed */
-	uint64_t evictions;       /* blocks this client evicted */
+	uint64_t puts;      /* blocks committed (new keys) */
+	uint64_t dedups;    /* puts/reserves that found the key already committed */
+	uint64_t evictions; /* blocks this client evicted */
 	uint64_t removes;
 	uint64_t bytes_committed; /* sum of lengths committed */
 	uint64_t bytes_freed;     /* sum of lengths of blocks whose memory this client freed */
@@ -313,9 +313,9 @@ struct kv_acct_record {
 };
 
 struct kv_client {
-	uint64_t ctl;            /* see above; CAS only */
-	uint64_t start_time;     /* /proc/<pid>/stat starttime (clock ticks since boot) */
-	uint64_t attach_ns;      /* CLOCK_REALTIME at attach */
+	uint64_t ctl;        /* see above; CAS only */
+	uint64_t start_time; /* /proc/<pid>/stat starttime (clock ticks since boot) */
+	uint64_t attach_ns;  /* CLOCK_REALTIME at attach */
 	uint64_t reserved1;
 	/* v1.2: the length (and KV_ACCT_FREE) of each record's pending
 	 * operation, written before its pend; carved from reserved[4]. */
@@ -387,24 +387,24 @@ KV_STATIC_ASSERT(sizeof(struct kv_pin_slot) == KV_PIN_SLOT_SIZE_V1, "pin slot v1
 
 struct kv_entry {
 	/* Line 0: everything a lookup touches. */
-	uint64_t ctl;      /* CAS16 with aux */
+	uint64_t ctl; /* CAS16 with aux */
 	uint64_t aux;
-	uint64_t next;     /* index link word; tag never decreases, across reuse too */
-	uint64_t key_lo;   /* key and ns_id: written while RESERVED and unlinked, then immutable */
+	uint64_t next;   /* index link word; tag never decreases, across reuse too */
+	uint64_t key_lo; /* key and ns_id: written while RESERVED and unlinked, then immutable */
 	uint64_t key_hi;
 	uint32_t ns_id;
 	uint32_t class_id;
-	uint64_t block;    /* block id: slab * blocks_per_slab + slot */
-	uint64_t length;   /* bytes of data in the block */
+	uint64_t block;  /* block id: slab * blocks_per_slab + slot */
+	uint64_t length; /* bytes of data in the block */
 	/* Line 1: metadata, written by the owner before COMMITTED (the commit
 	 * CAS16 publishes it; PROTOCOL.md section 12). */
 	uint64_t checksum; /* XXH3-64 of the block's data */
 	uint32_t tokens;
 	uint32_t priority;
 	uint64_t user_tag;
-	uint64_t commit_ns;  /* CLOCK_REALTIME at commit */
-	uint32_t clock;      /* CLOCK reference bit: set by gets, cleared by the eviction hand */
-	uint32_t flags;      /* zero in v1 */
+	uint64_t commit_ns; /* CLOCK_REALTIME at commit */
+	uint32_t clock;     /* CLOCK reference bit: set by gets, cleared by the eviction hand */
+	uint32_t flags;     /* zero in v1 */
 	/*
 	 * v1.1 (KV_COMPAT_F_EVICT_POLICY), carved from reserved[3]. Written by
 	 * the owner while RESERVED (published by the commit); rank and kids are
@@ -412,14 +412,14 @@ struct kv_entry {
 	 * stale update changes which block is evicted, never what a get returns
 	 * (ttl_ms excepted, which is immutable once committed).
 	 */
-	uint64_t rank;       /* policy rank (KV_EVICT_*): access tick, LFU count or reserve tick;
-	                      * stored (relaxed) by gets in LRU, LFU, PRIORITY and PREFIX pools */
-	uint64_t parent;     /* [63:32] parent entry index + 1 (0: none), [31:0] its generation when
-	                      * this entry counted itself in its kids; CAS to NIL by the one who
-	                      * uncounts it (at free) */
-	uint32_t kids;       /* [31:16] low 16 bits of this entry's generation, [15:0] children
-	                      * counted (saturating); CAS only, by children at reserve and free */
-	uint32_t ttl_ms;     /* 0, or expiry: commit_ns + ttl_ms milliseconds */
+	uint64_t rank;   /* policy rank (KV_EVICT_*): access tick, LFU count or reserve tick;
+	                  * stored (relaxed) by gets in LRU, LFU, PRIORITY and PREFIX pools */
+	uint64_t parent; /* [63:32] parent entry index + 1 (0: none), [31:0] its generation when
+	                  * this entry counted itself in its kids; CAS to NIL by the one who
+	                  * uncounts it (at free) */
+	uint32_t kids;   /* [31:16] low 16 bits of this entry's generation, [15:0] children
+	                  * counted (saturating); CAS only, by children at reserve and free */
+	uint32_t ttl_ms; /* 0, or expiry: commit_ns + ttl_ms milliseconds */
 };
 #define KV_ENTRY_SIZE_V1 128
 KV_STATIC_ASSERT(sizeof(struct kv_entry) == KV_ENTRY_SIZE_V1, "entry v1 size");
@@ -440,8 +440,8 @@ KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_entry, ttl_ms) == 124, "entry v1.1 ttl of
 
 struct kv_slab {
 	uint64_t ctl;
-	uint32_t free_hint;  /* approximate free blocks; read as int32_t */
-	uint32_t scan_hint;  /* approximate lowest free slot */
+	uint32_t free_hint; /* approximate free blocks; read as int32_t */
+	uint32_t scan_hint; /* approximate lowest free slot */
 	uint64_t reserved[6];
 };
 #define KV_SLAB_SIZE_V1 64
@@ -454,8 +454,8 @@ KV_STATIC_ASSERT(sizeof(struct kv_slab) == KV_SLAB_SIZE_V1, "slab v1 size");
  */
 #define KV_BLOCK_UNUSED 0 /* slot beyond its slab's class capacity, or slab not ACTIVE */
 #define KV_BLOCK_FREE 1
-#define KV_BLOCK_OWNED 2  /* claimed by a client, not yet attached to an entry */
-#define KV_BLOCK_ENTRY 3  /* holds the data of the entry named by owner */
+#define KV_BLOCK_OWNED 2   /* claimed by a client, not yet attached to an entry */
+#define KV_BLOCK_ENTRY 3   /* holds the data of the entry named by owner */
 #define KV_BLOCK_RETIRED 4 /* taken back by a slab retirer (owner) */
 
 #endif /* KVPOOL_UAPI_REGION_H */

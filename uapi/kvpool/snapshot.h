@@ -90,29 +90,29 @@
 #define KV_SNAP_COMPAT_HISTORY (1ULL << 0)
 #define KV_SNAP_COMPAT_KNOWN KV_SNAP_COMPAT_HISTORY
 
-#define KV_SNAP_ALIGN 4096        /* every part and data extent; O_DIRECT-safe */
-#define KV_SNAP_SEGMENT_HEAD 8192 /* bytes of a segment head: struct + records + zero padding */
+#define KV_SNAP_ALIGN 4096          /* every part and data extent; O_DIRECT-safe */
+#define KV_SNAP_SEGMENT_HEAD 8192   /* bytes of a segment head: struct + records + zero padding */
 #define KV_SNAP_SEGMENT_RECORDS 127 /* (KV_SNAP_SEGMENT_HEAD - 64) / 64 */
 /* With KV_SNAP_COMPAT_HISTORY: records fill the head's first page, histories its second. */
 #define KV_SNAP_SEGMENT_RECORDS_HISTORY 63 /* (KV_SNAP_SEGMENT_HISTORY_OFF - 64) / 64 */
 #define KV_SNAP_SEGMENT_HISTORY_OFF 4096
 
 struct kv_snap_header {
-	uint64_t magic;            /* KV_SNAP_MAGIC */
-	uint16_t version_major;    /* KV_SNAP_VERSION_MAJOR: another one is refused */
+	uint64_t magic;         /* KV_SNAP_MAGIC */
+	uint16_t version_major; /* KV_SNAP_VERSION_MAJOR: another one is refused */
 	uint16_t version_minor;
-	uint32_t header_size;      /* sizeof(struct kv_snap_header) of the writer */
+	uint32_t header_size; /* sizeof(struct kv_snap_header) of the writer */
 	uint64_t compat_features;
 	uint64_t incompat_features;
-	uint64_t checksum;         /* XXH3-64 of header_len bytes with this field 0 */
-	uint64_t header_len;       /* bytes of header + namespaces + padding; multiple of KV_SNAP_ALIGN,
-				      >= header_size + n_namespaces * KV_SNAP_NAMESPACE_SIZE_V1 */
-	uint64_t snapshot_ns;      /* CLOCK_REALTIME when the snapshot started */
+	uint64_t checksum;    /* XXH3-64 of header_len bytes with this field 0 */
+	uint64_t header_len;  /* bytes of header + namespaces + padding; multiple of KV_SNAP_ALIGN,
+	                         >= header_size + n_namespaces * KV_SNAP_NAMESPACE_SIZE_V1 */
+	uint64_t snapshot_ns; /* CLOCK_REALTIME when the snapshot started */
 	/* The source pool, for people and for compatibility checks. */
 	uint64_t pool_id_lo, pool_id_hi;
 	uint64_t region_size;
 	uint64_t data_len;
-	uint64_t slab_size;        /* largest block the pool could hold */
+	uint64_t slab_size; /* largest block the pool could hold */
 	uint64_t page_size;
 	uint32_t n_namespaces;     /* struct kv_snap_namespace that follow */
 	uint32_t region_abi_major; /* KV_ABI_MAJOR of the source region */
@@ -122,15 +122,15 @@ struct kv_snap_header {
 	 * Format 1.1 (KV_SNAP_HEADER_SIZE_V2). A reader takes the fields past
 	 * the writer's header_size as zero.
 	 */
-	uint32_t evict_policy;     /* KV_EVICT_* of the source pool: how kv_snap_history.rank_age reads */
-	uint32_t reserved1;        /* zero */
+	uint32_t evict_policy; /* KV_EVICT_* of the source pool: how kv_snap_history.rank_age reads */
+	uint32_t reserved1;    /* zero */
 };
 #define KV_SNAP_HEADER_SIZE_V1 304 /* format 1.0 */
 #define KV_SNAP_HEADER_SIZE_V2 312 /* format 1.1: evict_policy */
 KV_STATIC_ASSERT(sizeof(struct kv_snap_header) == KV_SNAP_HEADER_SIZE_V2, "snapshot header v2 size");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_header, pool_name) == 112, "snapshot header name offset");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_header, evict_policy) == KV_SNAP_HEADER_SIZE_V1,
-		 "snapshot header grows at the end");
+                 "snapshot header grows at the end");
 
 /* A namespace in use when the snapshot was taken. */
 struct kv_snap_namespace {
@@ -158,11 +158,11 @@ KV_STATIC_ASSERT(sizeof(struct kv_snap_segment) == KV_SNAP_SEGMENT_SIZE_V1, "sna
 /* One block. */
 struct kv_snap_record {
 	uint64_t key_lo, key_hi;
-	uint32_t ns;        /* kv_snap_namespace.id */
+	uint32_t ns; /* kv_snap_namespace.id */
 	uint32_t tokens;
-	uint64_t length;    /* data bytes, 1..slab_size */
-	uint64_t checksum;  /* XXH3-64 of the data */
-	uint64_t data_off;  /* from the segment start; KV_SNAP_ALIGN aligned, >= KV_SNAP_SEGMENT_HEAD */
+	uint64_t length;   /* data bytes, 1..slab_size */
+	uint64_t checksum; /* XXH3-64 of the data */
+	uint64_t data_off; /* from the segment start; KV_SNAP_ALIGN aligned, >= KV_SNAP_SEGMENT_HEAD */
 	uint64_t user_tag;
 	uint32_t priority;
 	uint32_t reserved0; /* zero */
@@ -170,7 +170,7 @@ struct kv_snap_record {
 #define KV_SNAP_RECORD_SIZE_V1 64
 KV_STATIC_ASSERT(sizeof(struct kv_snap_record) == KV_SNAP_RECORD_SIZE_V1, "snapshot record v1 size");
 KV_STATIC_ASSERT(KV_SNAP_SEGMENT_SIZE_V1 + KV_SNAP_SEGMENT_RECORDS * KV_SNAP_RECORD_SIZE_V1 <= KV_SNAP_SEGMENT_HEAD,
-		 "segment head holds its records");
+                 "segment head holds its records");
 
 /*
  * Format 1.1 (KV_SNAP_COMPAT_HISTORY): what a block's eviction order
@@ -196,31 +196,31 @@ KV_STATIC_ASSERT(KV_SNAP_SEGMENT_SIZE_V1 + KV_SNAP_SEGMENT_RECORDS * KV_SNAP_REC
 #define KV_SNAP_HISTORY_F_REFERENCED (1U << 1) /* CLOCK reference bit set */
 #define KV_SNAP_HISTORY_F_KNOWN (KV_SNAP_HISTORY_F_PARENT | KV_SNAP_HISTORY_F_REFERENCED)
 struct kv_snap_history {
-	uint64_t commit_ns; /* CLOCK_REALTIME of the block's commit in the source pool */
-	uint64_t rank_age;  /* see above */
+	uint64_t commit_ns;            /* CLOCK_REALTIME of the block's commit in the source pool */
+	uint64_t rank_age;             /* see above */
 	uint64_t parent_lo, parent_hi; /* KV_SNAP_HISTORY_F_PARENT: the key of the block before this
-					  one in its chain (same namespace); else zero */
-	uint32_t ttl_ms;    /* 0, or expiry at commit_ns + ttl_ms milliseconds */
-	uint32_t flags;     /* KV_SNAP_HISTORY_F_* */
-	uint64_t reserved[3]; /* zero */
+	                                  one in its chain (same namespace); else zero */
+	uint32_t ttl_ms;               /* 0, or expiry at commit_ns + ttl_ms milliseconds */
+	uint32_t flags;                /* KV_SNAP_HISTORY_F_* */
+	uint64_t reserved[3];          /* zero */
 };
 #define KV_SNAP_HISTORY_SIZE_V1 64
 KV_STATIC_ASSERT(sizeof(struct kv_snap_history) == KV_SNAP_HISTORY_SIZE_V1, "snapshot history v1 size");
 KV_STATIC_ASSERT(KV_SNAP_SEGMENT_SIZE_V1 + KV_SNAP_SEGMENT_RECORDS_HISTORY * KV_SNAP_RECORD_SIZE_V1 <=
-			 KV_SNAP_SEGMENT_HISTORY_OFF,
-		 "records end before the histories");
+                         KV_SNAP_SEGMENT_HISTORY_OFF,
+                 "records end before the histories");
 KV_STATIC_ASSERT(KV_SNAP_SEGMENT_HISTORY_OFF + KV_SNAP_SEGMENT_RECORDS_HISTORY * KV_SNAP_HISTORY_SIZE_V1 <=
-			 KV_SNAP_SEGMENT_HEAD,
-		 "segment head holds the histories");
+                         KV_SNAP_SEGMENT_HEAD,
+                 "segment head holds the histories");
 
 struct kv_snap_trailer {
-	uint64_t magic;         /* KV_SNAP_TRAILER_MAGIC */
-	uint64_t checksum;      /* XXH3-64 of this struct with this field 0 */
+	uint64_t magic;    /* KV_SNAP_TRAILER_MAGIC */
+	uint64_t checksum; /* XXH3-64 of this struct with this field 0 */
 	uint64_t n_segments;
 	uint64_t n_records;
-	uint64_t data_bytes;    /* sum of record lengths */
-	uint64_t file_len;      /* total file bytes, trailer included */
-	uint64_t segments_hash; /* chain of segment checksums, see above */
+	uint64_t data_bytes;      /* sum of record lengths */
+	uint64_t file_len;        /* total file bytes, trailer included */
+	uint64_t segments_hash;   /* chain of segment checksums, see above */
 	uint64_t header_checksum; /* the header's checksum again: the trailer belongs to that header */
 	uint64_t reserved[8];     /* zero */
 };

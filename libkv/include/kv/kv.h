@@ -61,9 +61,9 @@ struct kv_create_opts {
 	uint32_t max_namespaces;  /* 0: 64 */
 	uint32_t mode;            /* file mode of a created file; 0: 0660 */
 	/* Since LIBKV_0.2 (struct_size >= 64; a smaller struct gets KV_EVICT_CLOCK): */
-	uint32_t evict_policy;    /* KV_EVICT_* (region.h); kv_create_opts_init: KV_EVICT_PREFIX */
+	uint32_t evict_policy; /* KV_EVICT_* (region.h); kv_create_opts_init: KV_EVICT_PREFIX */
 	/* Since LIBKV_0.3 (was reserved0, zero): */
-	uint32_t max_entries;     /* 0: no cap; else 64..0xfffffff0, at most this many entry slots */
+	uint32_t max_entries; /* 0: no cap; else 64..0xfffffff0, at most this many entry slots */
 };
 
 /* Fill opts with defaults for a pool of size bytes (policy: KV_EVICT_PREFIX). */
@@ -82,16 +82,15 @@ void kv_create_opts_init(struct kv_create_opts *opts, uint64_t size) KV_NOEXCEPT
  * which), -ENOMEM / -ENOSPC (not enough memory or hugepages: message says how
  * many are needed), or another -errno from the system.
  */
-int kv_pool_create(const char *path, const struct kv_create_opts *opts, char *errbuf,
-		   size_t errlen) KV_NOEXCEPT;
+int kv_pool_create(const char *path, const struct kv_create_opts *opts, char *errbuf, size_t errlen) KV_NOEXCEPT;
 
 /*
  * Create an anonymous pool in a memfd (MFD_HUGETLB when hugepages are asked
  * for and available). On success *fd_out is the memfd; pass it to
  * kv_pool_attach_fd or to other processes (SCM_RIGHTS, /proc/PID/fd/N).
  */
-int kv_pool_create_memfd(const char *name, const struct kv_create_opts *opts, int *fd_out,
-			 char *errbuf, size_t errlen) KV_NOEXCEPT;
+int kv_pool_create_memfd(const char *name, const struct kv_create_opts *opts, int *fd_out, char *errbuf,
+                         size_t errlen) KV_NOEXCEPT;
 
 /* Remove the pool file. Attached processes keep their mapping. */
 int kv_pool_destroy(const char *path) KV_NOEXCEPT;
@@ -110,10 +109,8 @@ int kv_pool_destroy(const char *path) KV_NOEXCEPT;
  * truncated file) and describe the value seen and the value expected in
  * errbuf. -EUSERS: the client table is full.
  */
-int kv_pool_attach(const char *path, uint32_t flags, struct kv_pool **out, char *errbuf,
-		   size_t errlen) KV_NOEXCEPT;
-int kv_pool_attach_fd(int fd, uint32_t flags, struct kv_pool **out, char *errbuf,
-		      size_t errlen) KV_NOEXCEPT;
+int kv_pool_attach(const char *path, uint32_t flags, struct kv_pool **out, char *errbuf, size_t errlen) KV_NOEXCEPT;
+int kv_pool_attach_fd(int fd, uint32_t flags, struct kv_pool **out, char *errbuf, size_t errlen) KV_NOEXCEPT;
 
 /* Release every pin and reservation this client holds, free its slot, unmap. */
 int kv_pool_detach(struct kv_pool *pool) KV_NOEXCEPT;
@@ -133,8 +130,7 @@ void kv_manifest_init(struct kv_manifest *m, const char *model_name, uint32_t bl
  * *ns_out receives its id, *seed_out (optional) its chain seed.
  * -EINVAL: invalid manifest (message says which field); -ENOSPC: table full.
  */
-int kv_ns_register(struct kv_pool *pool, const struct kv_manifest *m, uint32_t *ns_out,
-		   uint64_t *seed_out) KV_NOEXCEPT;
+int kv_ns_register(struct kv_pool *pool, const struct kv_manifest *m, uint32_t *ns_out, uint64_t *seed_out) KV_NOEXCEPT;
 
 /* Copy out the manifest of namespace ns. -ENOENT if not registered. */
 int kv_ns_get(struct kv_pool *pool, uint32_t ns, struct kv_manifest *out, uint64_t *seed_out) KV_NOEXCEPT;
@@ -149,15 +145,14 @@ uint64_t kv_manifest_seed(const struct kv_manifest *m) KV_NOEXCEPT;
  * block of a sequence. Equal prefixes give equal keys; any earlier token that
  * differs changes every later key.
  */
-struct kv_key kv_hash_block(uint64_t seed, const struct kv_key *prev, const uint32_t *tokens,
-			    size_t n) KV_NOEXCEPT;
+struct kv_key kv_hash_block(uint64_t seed, const struct kv_key *prev, const uint32_t *tokens, size_t n) KV_NOEXCEPT;
 
 /*
  * Hash the full blocks of a token sequence: keys[i] for i < n_tokens /
  * block_tokens (at most max_keys). Returns the number of keys written.
  */
-size_t kv_hash_chain(uint64_t seed, const uint32_t *tokens, size_t n_tokens, uint32_t block_tokens,
-		     struct kv_key *keys, size_t max_keys) KV_NOEXCEPT;
+size_t kv_hash_chain(uint64_t seed, const uint32_t *tokens, size_t n_tokens, uint32_t block_tokens, struct kv_key *keys,
+                     size_t max_keys) KV_NOEXCEPT;
 
 /* ---- vLLM prefix-cache block hashes (since LIBKV_0.4) -------------------- */
 
@@ -207,10 +202,9 @@ int kv_vllm_none_hash(uint32_t scheme, const char *seed, size_t seed_len, uint8_
  * extra_cbor, an extra item that is not one well-formed canonical CBOR item),
  * -ENOMEM, -EIO (the SHA-256 provider failed).
  */
-int64_t kv_vllm_block_hashes(uint32_t scheme, const uint8_t *parent, size_t parent_len,
-			     const uint32_t *tokens, size_t n_tokens, uint32_t block_size,
-			     const uint8_t *const *extra_cbor, const size_t *extra_len, uint8_t *out,
-			     size_t max_blocks) KV_NOEXCEPT;
+int64_t kv_vllm_block_hashes(uint32_t scheme, const uint8_t *parent, size_t parent_len, const uint32_t *tokens,
+                             size_t n_tokens, uint32_t block_size, const uint8_t *const *extra_cbor,
+                             const size_t *extra_len, uint8_t *out, size_t max_blocks) KV_NOEXCEPT;
 
 /*
  * The kvpool key of an engine block hash of len bytes: its last 16 bytes read
@@ -233,8 +227,7 @@ int kv_vllm_seed_id(uint32_t scheme, const char *seed, size_t seed_len, uint64_t
  * seed): a namespace for blocks keyed by kv_vllm_key. Returns 0 or the errors
  * of kv_vllm_none_hash (m untouched on error; -EINVAL for a NULL m).
  */
-int kv_manifest_set_vllm(struct kv_manifest *m, uint32_t scheme, const char *seed,
-			 size_t seed_len) KV_NOEXCEPT;
+int kv_manifest_set_vllm(struct kv_manifest *m, uint32_t scheme, const char *seed, size_t seed_len) KV_NOEXCEPT;
 
 /* ---- Data path ----------------------------------------------------------- */
 
@@ -256,7 +249,7 @@ struct kv_meta {
 #define KV_PUT_F_PARENT (1U << 0) /* parent is set: the block before this one in its chain */
 struct kv_put_opts {
 	uint32_t struct_size;
-	uint32_t flags;       /* KV_PUT_F_* */
+	uint32_t flags; /* KV_PUT_F_* */
 	struct kv_meta meta;
 	struct kv_key parent; /* with KV_PUT_F_PARENT: the preceding block of the chain, without
 	                       * which this one is useless; PREFIX pools evict children first */
@@ -289,8 +282,8 @@ struct kv_reservation {
  * or larger than the slab size), -ENOSPC (no space even after evicting every
  * unpinned block), -ENOENT (unknown namespace).
  */
-int kv_put(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, const void *data,
-	   uint64_t len, const struct kv_meta *meta) KV_NOEXCEPT;
+int kv_put(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, const void *data, uint64_t len,
+           const struct kv_meta *meta) KV_NOEXCEPT;
 
 /*
  * Reserve len bytes under (ns, key) for the caller to write in place.
@@ -298,8 +291,8 @@ int kv_put(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, const vo
  * the errors of kv_put. Until committed the key is invisible to readers and
  * other writers get -EBUSY.
  */
-int kv_reserve(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, uint64_t len,
-	       const struct kv_meta *meta, struct kv_reservation *out) KV_NOEXCEPT;
+int kv_reserve(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, uint64_t len, const struct kv_meta *meta,
+               struct kv_reservation *out) KV_NOEXCEPT;
 
 /*
  * kv_put / kv_reserve with options (parent in a chain, time to live); opts may
@@ -308,10 +301,10 @@ int kv_reserve(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, uint
  * -EINVAL for an opts struct_size below 8, unknown flags or non-zero reserved.
  * A put of a key whose block has expired replaces it.
  */
-int kv_put_ex(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, const void *data,
-	      uint64_t len, const struct kv_put_opts *opts) KV_NOEXCEPT;
+int kv_put_ex(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, const void *data, uint64_t len,
+              const struct kv_put_opts *opts) KV_NOEXCEPT;
 int kv_reserve_ex(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, uint64_t len,
-		  const struct kv_put_opts *opts, struct kv_reservation *out) KV_NOEXCEPT;
+                  const struct kv_put_opts *opts, struct kv_reservation *out) KV_NOEXCEPT;
 
 #define KV_COMMIT_F_CHECKSUM (1U << 0) /* checksum argument is the XXH3-64 of the data: do not recompute */
 
@@ -352,8 +345,8 @@ int kv_remove(struct kv_pool *pool, uint32_t ns, const struct kv_key *key) KV_NO
  * are committed (0..n). With KV_MATCH_F_PIN, views[0..m) are pinned and must
  * each be released. Returns m, or -ENOBUFS if pins ran out (none are kept).
  */
-int kv_match_prefix(struct kv_pool *pool, uint32_t ns, const struct kv_key *keys, size_t n,
-		    uint32_t flags, struct kv_view *views) KV_NOEXCEPT;
+int kv_match_prefix(struct kv_pool *pool, uint32_t ns, const struct kv_key *keys, size_t n, uint32_t flags,
+                    struct kv_view *views) KV_NOEXCEPT;
 
 /* Read block data through a view and check it against its checksum: 0 or -EBADMSG. */
 int kv_view_verify(const struct kv_view *view) KV_NOEXCEPT;
@@ -376,13 +369,13 @@ int kv_reap(struct kv_pool *pool) KV_NOEXCEPT;
 int64_t kv_evict_bytes(struct kv_pool *pool, uint64_t bytes) KV_NOEXCEPT;
 
 struct kv_stats {
-	uint64_t capacity;   /* data bytes */
+	uint64_t capacity; /* data bytes */
 	uint64_t slab_size;
 	uint64_t page_size;
 	uint32_t numa_node;
 	uint32_t backing;
-	uint32_t clients;    /* LIVE client slots */
-	uint32_t n_entries;  /* entry table size */
+	uint32_t clients;   /* LIVE client slots */
+	uint32_t n_entries; /* entry table size */
 	uint64_t gets, hits, misses, puts, dedups, evictions, removes;
 	uint64_t bytes_committed, bytes_freed;
 	uint64_t reaps;
@@ -409,18 +402,18 @@ int kv_pool_live_bytes(struct kv_pool *pool, uint64_t *bytes) KV_NOEXCEPT;
 struct kv_usage {
 	uint64_t entries_committed;
 	uint64_t entries_reserved;
-	uint64_t entries_dead;       /* removed but still pinned (or being freed) */
+	uint64_t entries_dead; /* removed but still pinned (or being freed) */
 	uint64_t entries_free;
-	uint64_t bytes_committed;    /* sum of lengths of committed entries */
+	uint64_t bytes_committed; /* sum of lengths of committed entries */
 	uint64_t blocks_free;
-	uint64_t blocks_used;        /* ENTRY or OWNED */
-	uint64_t block_bytes_used;   /* class sizes of used blocks */
-	uint64_t pins;               /* sum of entry pin counts */
-	uint64_t journal_pins;       /* HELD journal slots of live clients */
+	uint64_t blocks_used;      /* ENTRY or OWNED */
+	uint64_t block_bytes_used; /* class sizes of used blocks */
+	uint64_t pins;             /* sum of entry pin counts */
+	uint64_t journal_pins;     /* HELD journal slots of live clients */
 	uint64_t slabs_free, slabs_active;
-	uint64_t orphan_blocks;      /* used blocks no live entry or live client owns: leaks */
-	uint64_t bad_links;          /* index inconsistencies found */
-	uint64_t unreachable;        /* committed entries the index does not reach */
+	uint64_t orphan_blocks; /* used blocks no live entry or live client owns: leaks */
+	uint64_t bad_links;     /* index inconsistencies found */
+	uint64_t unreachable;   /* committed entries the index does not reach */
 };
 int kv_pool_usage(struct kv_pool *pool, struct kv_usage *out) KV_NOEXCEPT;
 
@@ -428,8 +421,8 @@ int kv_pool_usage(struct kv_pool *pool, struct kv_usage *out) KV_NOEXCEPT;
 
 /* One row of the entry table, as read (not a consistent snapshot under load). */
 struct kv_entry_info {
-	uint32_t index;    /* entry table index */
-	uint32_t state;    /* KV_ENTRY_RESERVED, KV_ENTRY_COMMITTED or KV_ENTRY_DEAD */
+	uint32_t index; /* entry table index */
+	uint32_t state; /* KV_ENTRY_RESERVED, KV_ENTRY_COMMITTED or KV_ENTRY_DEAD */
 	uint32_t ns;
 	uint32_t pins;
 	struct kv_key key;
@@ -446,19 +439,18 @@ struct kv_entry_info {
  * kv_pool_header(pool)->n_entries. Rows whose state changed while being read
  * are skipped. Returns the number of rows written, or -EINVAL.
  */
-int kv_pool_entries(struct kv_pool *pool, uint64_t *cursor, struct kv_entry_info *out,
-		    size_t max) KV_NOEXCEPT;
+int kv_pool_entries(struct kv_pool *pool, uint64_t *cursor, struct kv_entry_info *out, size_t max) KV_NOEXCEPT;
 
 /* One occupied slot of the client table. */
 struct kv_client_info {
 	uint32_t slot;
-	uint32_t pid;          /* the client's pid (the reaper's while REAPING) */
-	uint32_t state;        /* KV_CLIENT_LIVE or KV_CLIENT_REAPING */
-	uint32_t alive;        /* 1 if the process still exists (pid and start time match) */
-	uint64_t start_time;   /* /proc/PID/stat starttime, 0 if unknown */
-	uint64_t attach_ns;    /* CLOCK_REALTIME at attach */
-	uint32_t pins;         /* pins held (journal slots in use) */
-	uint32_t reservations; /* entries reserved and not yet committed */
+	uint32_t pid;            /* the client's pid (the reaper's while REAPING) */
+	uint32_t state;          /* KV_CLIENT_LIVE or KV_CLIENT_REAPING */
+	uint32_t alive;          /* 1 if the process still exists (pid and start time match) */
+	uint64_t start_time;     /* /proc/PID/stat starttime, 0 if unknown */
+	uint64_t attach_ns;      /* CLOCK_REALTIME at attach */
+	uint32_t pins;           /* pins held (journal slots in use) */
+	uint32_t reservations;   /* entries reserved and not yet committed */
 	uint64_t bytes_reserved; /* block bytes of those reservations */
 };
 
