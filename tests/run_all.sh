@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 #
 # The whole test suite, as CI runs it (.ci/run calls this):
-#   1. install the Debian packages the build needs (apt-get; root),
+#   1. install the Debian packages the build needs (apt-get; root), and
+#      check that every C and C++ source is formatted (tests/check_format.sh),
 #   2. build with warnings as errors and run every meson test suite
 #      (uapi, unit, mp, and python: pytest on /usr/bin/python3 against the
 #      kvpool package) -- benchmarks are built, not run -- and build the
@@ -23,6 +24,8 @@ sanitizers=1
 deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libboost-dev libjemalloc-dev
       libbenchmark-dev libgtest-dev libgmock-dev libxxhash-dev libssl-dev libsystemd-dev
       libtomlplusplus-dev nlohmann-json3-dev clang-19 libclang-rt-19-dev gnuplot-nox
+      # The formatting check (tests/check_format.sh) and the man pages.
+      clang-format-19 scdoc
       # The Python package (python/) and its tests: Debian's /usr/bin/python3,
       # pybind11, numpy, torch (fast with OpenBLAS), cbor2 and xxhash for
       # the vLLM hash cross-checks, mypy for the type stubs and hints.
@@ -37,8 +40,11 @@ if ((${#missing[@]})); then
 fi
 
 jobs=$(nproc)
+
+echo "== formatting (clang-format-19) =="
+tests/check_format.sh
 run_suites() { # build-dir
-    meson test -C "$1" --suite uapi --suite unit --suite mp --suite system --suite fuzz --print-errorlogs --num-processes "$jobs"
+    meson test -C "$1" --suite uapi --suite unit --suite mp --suite system --suite fuzz --suite doc --print-errorlogs --num-processes "$jobs"
 }
 
 echo "== build (warnings as errors) =="
