@@ -132,18 +132,6 @@ uint64_t round_up(uint64_t v, uint64_t to) {
     return (v + to - 1) / to * to;
 }
 
-const char *hugepages_name(HugepageMode m) {
-    switch (m) {
-    case HugepageMode::Never:
-        return "never";
-    case HugepageMode::Prefer:
-        return "prefer";
-    case HugepageMode::Require:
-        return "require";
-    }
-    return "?";
-}
-
 } // namespace
 
 uint64_t pool_live_bytes(kv_pool *p) {
@@ -307,7 +295,7 @@ PoolManager::open_pool(const PoolConfig &pc, const char *origin, bool adopt_mism
             differs += (differs.empty() ? "" : "; ") + kv::detail::format_size(hd->region_size) +
                        " with " + kv::detail::format_size(hd->page_size) + " pages, config asks " +
                        kv::detail::format_size(want) + " (hugepages " +
-                       hugepages_name(pc.hugepages) + ")";
+                       std::string(to_string(pc.hugepages)) + ")";
         if (!differs.empty()) {
             kv_stats st{};
             uint64_t live = 0;
