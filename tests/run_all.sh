@@ -77,14 +77,15 @@ if ((sanitizers)); then
     # -Wno-tsan: gcc warns that TSan does not model standalone fences; the
     # ones in libkv order memory for other processes, which TSan cannot see
     # anyway. A race makes the process exit non-zero (a kvpoold that does
-    # fails the test that stops it).
+    # fails the test that stops it). Timeouts are doubled: TSan makes the
+    # snapshot suite about 8x slower, which puts it at its 180 s limit.
     echo "== ThreadSanitizer: kvpoold, the snapshot engine, libkv in threads =="
     [[ -d build-tsan ]] || meson setup build-tsan --buildtype=debugoptimized -Dwerror=true -Dbenchmarks=disabled \
         -Dtests=enabled -Db_sanitize=thread -Dcpp_args=-Wno-tsan -Dc_args=-Wno-tsan
     ninja -C build-tsan daemon/kvpoold tools/kvctl tools/kvfill tests/system/test_daemon \
         tests/system/test_snapshot tests/unit/unit_tests
     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-        meson test -C build-tsan --no-rebuild --print-errorlogs daemon snapshot
+        meson test -C build-tsan --no-rebuild --print-errorlogs --timeout-multiplier 2 daemon snapshot
     TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/unit_tests --gtest_filter='ConcurrencyTest.*'
 fi
 if command -v clang++-19 >/dev/null && dpkg -s libclang-rt-19-dev >/dev/null 2>&1; then
