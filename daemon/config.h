@@ -45,6 +45,46 @@ inline constexpr int kNumaLocal = -2; // the node the daemon runs on when it cre
 
 inline constexpr uint64_t kMinPoolSize = 16ULL << 20;
 
+// [pool.remote]: the Redis Cluster tier the daemon uploads committed blocks
+// to and fetches missed ones from (remote_tier.h). Absent: no remote tier.
+enum class WritePolicy { None, WriteBehind }; // "none" | "write-behind"
+struct RemoteConfig {
+    bool enabled = false;           // the table is present
+    std::vector<std::string> seeds; // cluster seed nodes, "host:port"; at least one
+    std::string key_prefix = "kvpool:";
+    WritePolicy write = WritePolicy::WriteBehind;
+    std::vector<std::string> namespaces; // model names uploaded and fetched; empty: all
+    uint64_t bandwidth = 0;              // upload cap in bytes per second; 0: none
+    uint32_t ttl_s = 0;                  // 0: values never expire; else SET ... EX ttl_s
+    std::string username;                // ACL user for AUTH; "": AUTH with the password alone
+    std::string password_file;       // AUTH password from a file (root-owned, not world-readable)
+    std::string password_credential; // or from a systemd credential ($CREDENTIALS_DIRECTORY)
+    uint32_t max_connections = 8;    // to all nodes together, 1..64
+    uint32_t timeout_ms = 2000;      // connect and command timeout, 10..60000
+    uint64_t queue_bytes = 256ULL << 20; // write-behind backlog; beyond it uploads are dropped
+    std::string medium = "REDIS";        // the "medium" of this tier in KV events
+};
+
+// vLLM's two msgpack encodings of the events inside a batch (kv_events.h).
+enum class EventEncoding { Array, Map }; // "array" | "map"
+// How a block hash is published: vLLM's int form (the last 8 bytes of the
+// hash, big-endian) or its bytes form (the key's 16 bytes).
+enum class HashForm { Int, Bytes }; // "int" | "bytes"
+
+// [pool.events]: vLLM-format KV events on ZeroMQ (kv_events.h). Absent: none.
+struct EventsConfig {
+    bool enabled = false;        // the table is present
+    std::string endpoint;        // PUB socket: "tcp://*:5557", "tcp://127.0.0.1:5557", "ipc://PATH"
+    std::string replay_endpoint; // ROUTER socket for replay; "": none
+    std::string topic;           // first frame of every message; "": the pool's name
+    EventEncoding encoding = EventEncoding::Array;
+    HashForm hash_form = HashForm::Int;
+    uint32_t buffer_steps = 10000; // batches kept for replay
+    uint32_t hwm = 100000;         // PUB send high-water mark
+    uint32_t max_batch = 512;      // events per batch
+    std::string medium = "CPU";    // the "medium" of the pool's own blocks
+};
+
 struct PoolConfig {
     std::string name;  // [A-Za-z0-9_.-]{1,63}, not "." or "..", unique across pools
     uint64_t size = 0; // >= kMinPoolSize; "512M" or an integer byte count
@@ -64,6 +104,11 @@ struct PoolConfig {
     std::string snapshot_dir;    // parse_config fills in DaemonConfig::state_dir when absent
     bool persist_on_stop = false;
     bool restore_on_start = false;
+    // Change-feed slots in the region (uapi/kvpool/region.h): 0 or a power
+    // of two, 64..1048576. 0: no feed, so no events and no write-behind.
+    uint32_t feed_slots = 4096;
+    RemoteConfig remote;
+    EventsConfig events;
 };
 
 struct DaemonConfig {
