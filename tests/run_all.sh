@@ -30,7 +30,11 @@ deps=(meson ninja-build pkg-config g++ liburing-dev libnuma-dev libboost-dev lib
       # pybind11, numpy, torch (fast with OpenBLAS), cbor2 and xxhash for
       # the vLLM hash cross-checks, mypy for the type stubs and hints.
       pybind11-dev python3-pybind11 python3-dev python3-numpy python3-torch python3-pytest
-      python3-cbor2 python3-xxhash libopenblas0-pthread mypy)
+      python3-cbor2 python3-xxhash libopenblas0-pthread mypy
+      # The remote tier (Redis Cluster through hiredis) and KV events
+      # (ZeroMQ, msgpack), their tests' Redis servers and subscribers.
+      libhiredis-dev libzmq3-dev cppzmq-dev libmsgpack-dev redis-server redis-tools
+      python3-zmq python3-msgpack python3-redis)
 missing=()
 for d in "${deps[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
 if ((${#missing[@]})); then
