@@ -531,6 +531,7 @@ int put_common(kv_pool *p, const PutRequest &rq, const void *data, const uint32_
     if (int rc = reserve_impl(p, rq, &r)) return rc;
     kv_entry &en = p->entries[r.entry];
     uint8_t *dst = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
+    feed_prefetch(p); // overlaps the copy
     uint64_t sum = copy_hash(dst, data, rq.len);
     return commit_impl(p, r.entry, r.gen, true, sum, {rq.parent, ids, n_ids});
 }
