@@ -76,6 +76,7 @@ struct Op {
     bool asking = false;  // send ASKING first (an -ASK redirect)
     bool retried = false; // already retried once after a connection error
     std::string target;   // node address for this round
+    std::string error;    // why its last attempt failed to reach the node
 };
 
 } // namespace
@@ -375,6 +376,7 @@ struct ClusterClient::Impl {
                             if (!op.retried) {
                                 op.retried = true;
                                 op.asking = false;
+                                op.error = err;
                                 retry_after_refresh.push_back(std::move(op));
                             } else {
                                 fail(op, err);
@@ -417,7 +419,7 @@ struct ClusterClient::Impl {
                     if (!now.empty() && now != op.target) {
                         pending.push_back(std::move(op));
                     } else {
-                        fail(op, strf("%s: unreachable", op.target.c_str()));
+                        fail(op, std::move(op.error));
                     }
                 }
             }
