@@ -143,6 +143,7 @@ UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<cons
     UploadResult res;
     res.status.assign(items.size(), UploadStatus::Error);
     std::vector<Pinned> pinned;
+    std::vector<std::pair<uint32_t, NsDigest>> digests; // checked namespaces
     auto note = [&](size_t i, UploadStatus s, std::string why) {
         res.status[i] = s;
         switch (s) {
@@ -176,6 +177,27 @@ UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<cons
             uint64_t bytes = 0;
             for (; i < items.size() && (pinned.empty() || bytes < opts.batch_bytes); i++) {
                 const UploadItem &it = items[i];
+                // A digest that is not the namespace's would publish the
+                // block as another model's, to every host.
+                const NsDigest *nd = nullptr;
+                for (auto &[n, d] : digests)
+                    if (n == it.ns) nd = &d;
+                if (!nd) {
+                    kv_manifest m{};
+                    int rc = kv_ns_get(pool, it.ns, &m, nullptr);
+                    if (rc != 0) {
+                        note(i, UploadStatus::Error,
+                             strf("namespace %u: kv_ns_get: %s", it.ns, std::strerror(-rc)));
+                        continue;
+                    }
+                    digests.emplace_back(it.ns, ns_digest(m));
+                    nd = &digests.back().second;
+                }
+                if (*nd != it.digest) {
+                    note(i, UploadStatus::Error,
+                         strf("namespace %u: the item's digest is not its manifest's", it.ns));
+                    continue;
+                }
                 Pinned p;
                 int rc = kv_get(pool, it.ns, &it.key, &p.view);
                 if (rc == -ENOENT) {

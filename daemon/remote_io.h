@@ -16,10 +16,11 @@
 // a hole: the blocks committed so far stay. A key the pool already holds
 // counts as present and the chain goes on.
 //
-// upload_blocks pins each named block, checks that it is still the block
-// the caller meant (entry and generation when given, length) and that its
-// bytes still hash to its checksum, then SETs header + bytes, pipelined, a
-// batch at a time, straight from the pinned view, and unpins.
+// upload_blocks checks that each item's digest is its namespace's, pins
+// each named block, checks that it is still the block the caller meant
+// (entry and generation when given, length) and that its bytes still hash
+// to its checksum, then SETs header + bytes, pipelined, a batch at a time,
+// straight from the pinned view, and unpins.
 //
 // Neither throws. A node that is down, slow or empty shows up as errors or
 // misses in the result; nothing invalid reaches the pool.

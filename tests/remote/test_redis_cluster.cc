@@ -759,6 +759,9 @@ TEST(RemoteIo, UploadSkipsGoneAndChangedBlocks) {
     auto items = items_for(a, keys);
     items[2].length = len + 1;   // not the length the event announced
     items[3].entry = 0xfffffff0; // another entry than the one holding it
+    UploadItem wrong = items[0];
+    wrong.digest.lo ^= 1; // not the namespace's manifest: never published
+    items.push_back(wrong);
     ClusterClient cc(opts_for(*g_cluster));
     const std::string prefix = "skip" + std::to_string(getpid()) + ":";
     auto ur = upload_blocks(cc, a.pool, items, upload_opts(prefix));
@@ -769,6 +772,11 @@ TEST(RemoteIo, UploadSkipsGoneAndChangedBlocks) {
     EXPECT_EQ(ur.status[1], UploadStatus::Gone);
     EXPECT_EQ(ur.status[2], UploadStatus::Changed);
     EXPECT_EQ(ur.status[3], UploadStatus::Changed);
+    EXPECT_EQ(ur.status[4], UploadStatus::Error);
+    EXPECT_EQ(ur.errors, 1u);
+    EXPECT_NE(ur.error.find("digest"), std::string::npos) << ur.error;
+    auto got = cc.get_many(std::vector<std::string>{remote_key(prefix, wrong.digest, keys[0])});
+    EXPECT_EQ(got[0].status, KeyStatus::Missing);
     // No pin is left behind.
     kv_usage u;
     ASSERT_EQ(0, kv_pool_usage(a.pool, &u));
