@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 // sds.h (the send buffer's string type) has no extern "C" of its own;
 // hiredis.h includes it, so it comes first, wrapped.
@@ -112,6 +113,10 @@ struct ClusterClient::Impl {
     std::unordered_map<std::string, Conn> conns; // open connections by address
     uint64_t clock = 0;                          // LRU stamps
     bool stale = true;                           // refresh before the next round
+    using Clock = std::chrono::steady_clock;
+    Clock::time_point user_deadline = Clock::time_point::max(); // set_deadline
+    Clock::time_point deadline = Clock::time_point::max();      // of the call in progress
+    std::unordered_map<redisContext *, uint32_t> armed;         // socket timeout set, ms
 
     explicit Impl(ClusterOptions o) : opts(std::move(o)) {
         owner.fill(-1);
@@ -125,6 +130,7 @@ struct ClusterClient::Impl {
     void drop(const std::string &addr) {
         auto it = conns.find(addr);
         if (it == conns.end()) return;
+        armed.erase(it->second.ctx);
         redisFree(it->second.ctx);
         conns.erase(it);
     }
@@ -134,6 +140,74 @@ struct ClusterClient::Impl {
         if (it != addrs.end()) return int16_t(it - addrs.begin());
         addrs.push_back(addr);
         return int16_t(addrs.size() - 1);
+    }
+
+    // Sets the deadline of the call it spans.
+    struct CallScope {
+        Impl &im;
+        explicit CallScope(Impl &i) : im(i) {
+            im.deadline = im.user_deadline;
+            if (im.opts.call_timeout_ms)
+                im.deadline = std::min(
+                    im.deadline, Clock::now() + std::chrono::milliseconds(im.opts.call_timeout_ms));
+        }
+        ~CallScope() { im.deadline = Clock::time_point::max(); }
+    };
+
+    // How long the next blocking step may take: timeout_ms, or less when the
+    // call's deadline is nearer. 0: the deadline has passed.
+    uint32_t step_ms() const {
+        if (deadline == Clock::time_point::max()) return opts.timeout_ms;
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) return 0;
+        return uint32_t(std::min<long long>(left, opts.timeout_ms));
+    }
+
+    // Sets c's socket timeouts for the next step (a system call only when
+    // they change, i.e. near the deadline). False, with c's error set, if
+    // the deadline has passed.
+    bool arm(redisContext *c) {
+        uint32_t ms = step_ms();
+        if (ms == 0) {
+            c->err = REDIS_ERR_IO;
+            std::snprintf(c->errstr, sizeof c->errstr, "the call's deadline passed");
+            return false;
+        }
+        uint32_t &cur = armed[c];
+        if (cur != ms) {
+            if (redisSetTimeout(c, to_timeval(ms)) != REDIS_OK) return false;
+            cur = ms;
+        }
+        return true;
+    }
+
+    // Why c failed, in words: a socket timeout (EAGAIN from a blocking
+    // socket) reads "Resource temporarily unavailable" in hiredis.
+    std::string why(const redisContext *c) const {
+        if (deadline != Clock::time_point::max() && Clock::now() >= deadline)
+            return "the call's deadline passed";
+        if (c->err == REDIS_ERR_IO && std::strstr(c->errstr, "temporarily unavailable"))
+            return strf("no progress in %u ms", opts.timeout_ms);
+        return c->errstr;
+    }
+
+    // redisGetReply with each receive bounded by arm().
+    bool get_reply(redisContext *c, void **out) {
+        *out = nullptr;
+        if (redisGetReplyFromReader(c, out) != REDIS_OK) return false;
+        while (!*out) {
+            if (!arm(c) || redisBufferRead(c) != REDIS_OK) return false;
+            if (redisGetReplyFromReader(c, out) != REDIS_OK) return false;
+        }
+        return true;
+    }
+
+    // Sends c's output buffer, each send bounded by arm().
+    bool flush(redisContext *c) {
+        int done = 0;
+        while (!done)
+            if (!arm(c) || redisBufferWrite(c, &done) != REDIS_OK) return false;
+        return true;
     }
 
     // An authenticated connection to addr, or nullptr with err set. Closes
@@ -157,6 +231,7 @@ struct ClusterClient::Impl {
                            opts.max_connections);
                 return nullptr;
             }
+            armed.erase(victim->second.ctx);
             redisFree(victim->second.ctx);
             conns.erase(victim);
         }
@@ -167,14 +242,19 @@ struct ClusterClient::Impl {
             stats.connect_errors++;
             return nullptr;
         }
-        redisContext *c = redisConnectWithTimeout(host.c_str(), port, to_timeval(opts.timeout_ms));
+        const uint32_t ms = step_ms();
+        if (ms == 0) {
+            err = strf("%s: the call's deadline passed", addr.c_str());
+            return nullptr;
+        }
+        redisContext *c = redisConnectWithTimeout(host.c_str(), port, to_timeval(ms));
         if (!c || c->err) {
             err = strf("%s: connect: %s", addr.c_str(), c ? c->errstr : "out of memory");
             redisFree(c);
             stats.connect_errors++;
             return nullptr;
         }
-        if (redisSetTimeout(c, to_timeval(opts.timeout_ms)) != REDIS_OK) {
+        if (redisSetTimeout(c, to_timeval(ms)) != REDIS_OK) {
             err = strf("%s: set timeout: %s", addr.c_str(), c->errstr);
             redisFree(c);
             stats.connect_errors++;
@@ -192,13 +272,14 @@ struct ClusterClient::Impl {
             ReplyPtr rp(r);
             if (!r || r->type == REDIS_REPLY_ERROR) {
                 err = strf("%s: AUTH: %s", addr.c_str(),
-                           r ? std::string(r->str, r->len).c_str() : c->errstr);
+                           r ? std::string(r->str, r->len).c_str() : why(c).c_str());
                 redisFree(c);
                 stats.connect_errors++;
                 return nullptr;
             }
         }
         stats.connects++;
+        armed[c] = ms;
         conns[addr] = Conn{c, ++clock};
         return c;
     }
@@ -208,9 +289,12 @@ struct ClusterClient::Impl {
         std::string err;
         redisContext *c = connect(addr, {}, err);
         if (!c) return err;
-        ReplyPtr r(static_cast<redisReply *>(redisCommand(c, "CLUSTER SLOTS")));
+        void *raw = nullptr;
+        redisAppendCommand(c, "CLUSTER SLOTS");
+        if (flush(c)) get_reply(c, &raw);
+        ReplyPtr r(static_cast<redisReply *>(raw));
         if (!r) {
-            err = strf("%s: CLUSTER SLOTS: %s", addr.c_str(), c->errstr);
+            err = strf("%s: CLUSTER SLOTS: %s", addr.c_str(), why(c).c_str());
             drop(addr);
             return err;
         }
@@ -323,6 +407,7 @@ struct ClusterClient::Impl {
                 (*sets)[op.idx].error = std::move(why);
             }
         };
+        CallScope scope(*this);
         const std::string ttl = ttl_s ? std::to_string(ttl_s) : std::string();
         std::vector<Op> pending;
         pending.reserve(n);
@@ -390,11 +475,8 @@ struct ClusterClient::Impl {
                     }
                     // Flush now so every node works on its batch while we
                     // read the others' replies.
-                    int done = 0;
-                    while (!done)
-                        if (redisBufferWrite(c, &done) != REDIS_OK) break;
-                    if (c->err) {
-                        std::string e = strf("%s: send: %s", addr.c_str(), c->errstr);
+                    if (!flush(c)) {
+                        std::string e = strf("%s: send: %s", addr.c_str(), why(c).c_str());
                         stats.io_errors++;
                         drop(addr);
                         stale = true;
@@ -432,7 +514,7 @@ struct ClusterClient::Impl {
                       std::vector<SetResult> *sets, Fail &fail) {
         size_t i = 0;
         auto io_error = [&](const char *what) {
-            std::string e = strf("%s: %s: %s", addr.c_str(), what, c->errstr);
+            std::string e = strf("%s: %s: %s", addr.c_str(), what, why(c).c_str());
             stats.io_errors++;
             drop(addr);
             stale = true;
@@ -443,11 +525,11 @@ struct ClusterClient::Impl {
             Op &op = ops[i];
             void *raw = nullptr;
             if (op.asking) {
-                if (redisGetReply(c, &raw) != REDIS_OK) return io_error("receive");
+                if (!get_reply(c, &raw)) return io_error("receive");
                 ReplyPtr asking(static_cast<redisReply *>(raw));
                 raw = nullptr;
             }
-            if (redisGetReply(c, &raw) != REDIS_OK) return io_error("receive");
+            if (!get_reply(c, &raw)) return io_error("receive");
             ReplyPtr r(static_cast<redisReply *>(raw));
             if (!r) return io_error("receive");
             if (r->type == REDIS_REPLY_ERROR) {
@@ -563,10 +645,15 @@ std::vector<SetResult> ClusterClient::set_many(std::span<const SetItem> items, u
 
 std::string ClusterClient::refresh() {
     try {
+        Impl::CallScope scope(*impl_);
         return impl_->refresh();
     } catch (const std::exception &e) {
         return e.what();
     }
+}
+
+void ClusterClient::set_deadline(std::chrono::steady_clock::time_point t) {
+    impl_->user_deadline = t;
 }
 
 std::string ClusterClient::node_for(std::string_view key) const {

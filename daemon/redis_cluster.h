@@ -18,7 +18,9 @@
 //  - bounds every blocking step by timeout_ms: connect, and each send or
 //    receive that makes no progress for that long fails the node's pending
 //    keys and drops its connection. A call thus returns within about
-//    timeout_ms per unresponsive node (plus one more for the map refresh).
+//    timeout_ms per unresponsive node (plus one more for the map refresh);
+//    call_timeout_ms and set_deadline() bound a whole call, however slowly
+//    a node trickles its replies: past it, the keys not done fail.
 //
 // Batches are pipelined: get_many / set_many group the keys by node, send
 // every node's commands, then read the replies. They send one GET or SET
@@ -32,6 +34,7 @@
 // remote tier gives its uploader and its fetcher a client each).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -56,6 +59,7 @@ struct ClusterOptions {
     uint32_t max_connections = 8;   // to all nodes together; 0 counts as 1
     uint32_t timeout_ms = 2000;     // connect, and each send/receive without progress
     uint32_t max_redirects = 5;     // MOVED/ASK/TRYAGAIN hops a key may take
+    uint32_t call_timeout_ms = 0;   // a whole get_many/set_many/refresh; 0: no bound
 };
 
 enum class KeyStatus : uint8_t {
@@ -116,6 +120,10 @@ class ClusterClient {
 
     // SET each item (with EX ttl_s when ttl_s > 0); results[i] is items[i]'s.
     std::vector<SetResult> set_many(std::span<const SetItem> items, uint32_t ttl_s);
+
+    // Calls end by t at the latest (with call_timeout_ms, whichever comes
+    // first) until set_deadline(time_point::max()).
+    void set_deadline(std::chrono::steady_clock::time_point t);
 
     // Load the slot map now. "" on success, else why no node answered.
     std::string refresh();

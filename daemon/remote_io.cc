@@ -43,6 +43,12 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
             res.error = strf("namespace %u: digest mismatch with its manifest", ns);
             return res;
         }
+        // The cluster client stops at the deadline too; put it back after.
+        cluster.set_deadline(opts.deadline);
+        struct Undo {
+            ClusterClient &c;
+            ~Undo() { c.set_deadline(std::chrono::steady_clock::time_point::max()); }
+        } undo{cluster};
         const uint32_t batch = std::max<uint32_t>(1, opts.batch);
         std::vector<std::string> names;
         for (size_t i = first; i < keys.size();) {
@@ -50,6 +56,11 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
             names.clear();
             for (size_t k = 0; k < n; k++)
                 names.push_back(remote_key(opts.key_prefix, digest, keys[i + k]));
+            if (std::chrono::steady_clock::now() >= opts.deadline) {
+                res.errors = 1;
+                res.error = strf("%s: the fetch's deadline passed", names[0].c_str());
+                return res;
+            }
             std::vector<GetResult> got = cluster.get_many(names);
             for (size_t k = 0; k < n; k++, i++) {
                 GetResult &g = got[k];

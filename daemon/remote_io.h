@@ -29,6 +29,7 @@
 #include "redis_cluster.h"
 #include "remote_value.h"
 
+#include <chrono>
 #include <cstdint>
 #include <kv/kv.h>
 #include <span>
@@ -42,6 +43,8 @@ struct FetchOptions {
     uint32_t batch = 16;   // keys GET per pipelined round (bounds memory); 0 counts as 1
     uint32_t ttl_ms = 0;   // kv_put_opts.ttl_ms of the committed blocks
     uint32_t priority = 0; // kv_meta.priority of the committed blocks
+    // The call gives up (an error on the block it was at) by then.
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
 struct FetchResult {

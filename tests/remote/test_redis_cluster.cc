@@ -819,4 +819,47 @@ TEST(RemoteIo, UploadToADeadMasterFailsOnlyItsBlocks) {
     EXPECT_EQ(fr.errors, 1u);
 }
 
+TEST(RedisCluster, CallTimeoutBoundsAStoppedNode) {
+    NEED_CLUSTER();
+    ClusterOptions o = opts_for(*g_cluster, 5000);
+    o.call_timeout_ms = 400;
+    ClusterClient cc(o);
+    auto keys = make_keys("deadline:", 90);
+    std::vector<std::vector<uint8_t>> vals(keys.size(), bytes_of("d"));
+    set_all(cc, keys, vals);
+    const int victim = 0;
+    ASSERT_EQ(0, g_cluster->node("sigstop", victim));
+    struct Cont {
+        ~Cont() { g_cluster->node("sigcont", 0); }
+    } cont;
+    auto t0 = std::chrono::steady_clock::now();
+    auto got = cc.get_many(keys);
+    double t = secs_since(t0);
+    EXPECT_LT(t, 1.2) << t; // not the 5 s of timeout_ms
+    for (size_t i = 0; i < keys.size(); i++) {
+        if (g_cluster->index_of(cc.node_for(keys[i])) != victim) continue;
+        EXPECT_EQ(got[i].status, KeyStatus::Error);
+        EXPECT_NE(got[i].error.find("deadline"), std::string::npos) << got[i].error;
+    }
+    // fetch_into_pool's own deadline bounds it the same way.
+    Pool a("a");
+    FetchOptions fo;
+    fo.key_prefix = "deadline-fetch:";
+    fo.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+    ClusterClient slow(opts_for(*g_cluster, 5000));
+    std::vector<kv_key> chain;
+    for (uint64_t i = 0; i < 40; i++)
+        chain.push_back(K(9000 + i));
+    t0 = std::chrono::steady_clock::now();
+    auto fr = fetch_into_pool(slow, a.pool, a.ns, a.digest, chain, 0, fo);
+    t = secs_since(t0);
+    EXPECT_LT(t, 1.2) << t;
+    EXPECT_EQ(fr.committed, 0u);
+    EXPECT_EQ(fr.errors + fr.missing, 1u) << fr.error;
+    g_cluster->node("sigcont", victim);
+    got = cc.get_many(keys);
+    for (auto &g : got)
+        EXPECT_EQ(g.status, KeyStatus::Ok) << g.error;
+}
+
 } // namespace
