@@ -117,6 +117,7 @@ struct ClusterClient::Impl {
     Clock::time_point user_deadline = Clock::time_point::max(); // set_deadline
     Clock::time_point deadline = Clock::time_point::max();      // of the call in progress
     std::unordered_map<redisContext *, uint32_t> armed;         // socket timeout set, ms
+    std::unordered_map<std::string, Clock::time_point> failed;  // last connect/I/O failure
 
     explicit Impl(ClusterOptions o) : opts(std::move(o)) {
         owner.fill(-1);
@@ -128,6 +129,7 @@ struct ClusterClient::Impl {
     }
 
     void drop(const std::string &addr) {
+        failed[addr] = Clock::now();
         auto it = conns.find(addr);
         if (it == conns.end()) return;
         armed.erase(it->second.ctx);
@@ -240,6 +242,7 @@ struct ClusterClient::Impl {
         if (!split_addr(addr, host, port)) {
             err = strf("%s: not host:port", addr.c_str());
             stats.connect_errors++;
+            failed[addr] = Clock::now();
             return nullptr;
         }
         const uint32_t ms = step_ms();
@@ -252,12 +255,14 @@ struct ClusterClient::Impl {
             err = strf("%s: connect: %s", addr.c_str(), c ? c->errstr : "out of memory");
             redisFree(c);
             stats.connect_errors++;
+            failed[addr] = Clock::now();
             return nullptr;
         }
         if (redisSetTimeout(c, to_timeval(ms)) != REDIS_OK) {
             err = strf("%s: set timeout: %s", addr.c_str(), c->errstr);
             redisFree(c);
             stats.connect_errors++;
+            failed[addr] = Clock::now();
             return nullptr;
         }
         if (!opts.password.empty()) {
@@ -275,6 +280,7 @@ struct ClusterClient::Impl {
                            r ? std::string(r->str, r->len).c_str() : why(c).c_str());
                 redisFree(c);
                 stats.connect_errors++;
+                failed[addr] = Clock::now();
                 return nullptr;
             }
         }
@@ -348,10 +354,20 @@ struct ClusterClient::Impl {
             if (std::find(order.begin(), order.end(), a) == order.end()) order.push_back(a);
         for (auto &a : opts.seeds)
             if (std::find(order.begin(), order.end(), a) == order.end()) order.push_back(a);
+        // Nodes that failed lately go last: a stopped node would cost a
+        // whole timeout before the next one is asked.
+        const auto recent = Clock::now() - std::chrono::seconds(30);
+        std::stable_partition(order.begin(), order.end(), [&](const std::string &a) {
+            auto f = failed.find(a);
+            return f == failed.end() || f->second < recent;
+        });
         std::string errors;
         for (auto &a : order) {
             std::string e = load_slots(a);
-            if (e.empty()) return "";
+            if (e.empty()) {
+                failed.erase(a);
+                return "";
+            }
             if (!errors.empty()) errors += "; ";
             errors += e;
         }
