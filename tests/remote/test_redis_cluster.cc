@@ -729,6 +729,9 @@ TEST(RemoteIo, EveryBadValueIsRejectedAndNeverCommitted) {
     version[8] = 9;
     cases.push_back({"bad version", version, Reject::Version});
     cases.push_back({"not ours at all", bytes_of("hello"), Reject::Truncated});
+    // Well formed, but larger than the pool's largest block (its slab).
+    cases.push_back(
+        {"oversize", make_value(b.digest, keys[1], block_bytes(1, 5u << 20)), Reject::Oversize});
 
     for (auto &c : cases) {
         SCOPED_TRACE(c.what);
