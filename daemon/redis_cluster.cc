@@ -118,6 +118,7 @@ struct ClusterClient::Impl {
     Clock::time_point deadline = Clock::time_point::max();      // of the call in progress
     std::unordered_map<redisContext *, uint32_t> armed;         // socket timeout set, ms
     std::unordered_map<std::string, Clock::time_point> failed;  // last connect/I/O failure
+    uint64_t get_limit = 0; // of the get_many in progress: read at most this many bytes
 
     explicit Impl(ClusterOptions o) : opts(std::move(o)) {
         owner.fill(-1);
@@ -382,9 +383,19 @@ struct ClusterClient::Impl {
     }
 
     // Appends one command for op to c's output buffer.
-    static void append(redisContext *c, Cmd cmd, const Op &op, std::span<const std::string> keys,
-                       std::span<const SetItem> items, std::string_view ttl) {
+    void append(redisContext *c, Cmd cmd, const Op &op, std::span<const std::string> keys,
+                std::span<const SetItem> items, std::string_view ttl) {
         if (op.asking) redisAppendCommand(c, "ASKING");
+        if (cmd == Cmd::Get && get_limit) {
+            // GETRANGE clamps to the value: a huge value costs at most
+            // get_limit bytes here. A missing key reads as "".
+            const std::string &k = keys[op.idx];
+            const std::string last = std::to_string(get_limit - 1);
+            const char *argv[4] = {"GETRANGE", k.data(), "0", last.data()};
+            size_t argl[4] = {8, k.size(), 1, last.size()};
+            redisAppendCommandArgv(c, 4, argv, argl);
+            return;
+        }
         if (cmd == Cmd::Get) {
             const std::string &k = keys[op.idx];
             const char *argv[2] = {"GET", k.data()};
@@ -555,7 +566,8 @@ struct ClusterClient::Impl {
             }
             if (cmd == Cmd::Get) {
                 GetResult &g = (*gets)[op.idx];
-                if (r->type == REDIS_REPLY_NIL) {
+                if (r->type == REDIS_REPLY_NIL ||
+                    (get_limit && r->type == REDIS_REPLY_STRING && r->len == 0)) {
                     g.status = KeyStatus::Missing;
                 } else if (r->type == REDIS_REPLY_STRING) {
                     g.status = KeyStatus::Ok;
@@ -637,9 +649,11 @@ ClusterClient::ClusterClient(ClusterOptions opts)
     : impl_(std::make_unique<Impl>(std::move(opts))) {}
 ClusterClient::~ClusterClient() = default;
 
-std::vector<GetResult> ClusterClient::get_many(std::span<const std::string> keys) {
+std::vector<GetResult> ClusterClient::get_many(std::span<const std::string> keys,
+                                               uint64_t max_bytes) {
     std::vector<GetResult> out(keys.size());
     try {
+        impl_->get_limit = max_bytes;
         impl_->run(Cmd::Get, keys.size(), keys, {}, 0, &out, nullptr);
     } catch (const std::exception &e) {
         for (auto &g : out)

@@ -115,8 +115,12 @@ class ClusterClient {
     ClusterClient(const ClusterClient &) = delete;
     ClusterClient &operator=(const ClusterClient &) = delete;
 
-    // GET each key; results[i] is keys[i]'s.
-    std::vector<GetResult> get_many(std::span<const std::string> keys);
+    // GET each key; results[i] is keys[i]'s. max_bytes > 0 reads at most
+    // that many bytes of each value (GETRANGE key 0 max_bytes-1), so that a
+    // value written huge by someone else costs no more than that; an empty
+    // value then reads as Missing. A value of exactly max_bytes may have
+    // been cut: the caller sets max_bytes one above what it accepts.
+    std::vector<GetResult> get_many(std::span<const std::string> keys, uint64_t max_bytes = 0);
 
     // SET each item (with EX ttl_s when ttl_s > 0); results[i] is items[i]'s.
     std::vector<SetResult> set_many(std::span<const SetItem> items, uint32_t ttl_s);

@@ -49,6 +49,15 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
             ClusterClient &c;
             ~Undo() { c.set_deadline(std::chrono::steady_clock::time_point::max()); }
         } undo{cluster};
+        // Read at most one byte more than the largest value the pool can
+        // take: a longer one is refused without being read whole.
+        kv_stats st{};
+        if (int rc = kv_pool_stats(pool, &st); rc != 0) {
+            res.errors = 1;
+            res.error = strf("kv_pool_stats: %s", std::strerror(-rc));
+            return res;
+        }
+        const uint64_t max_value = sizeof(kv_remote_header) + st.slab_size;
         const uint32_t batch = std::max<uint32_t>(1, opts.batch);
         std::vector<std::string> names;
         for (size_t i = first; i < keys.size();) {
@@ -61,7 +70,7 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
                 res.error = strf("%s: the fetch's deadline passed", names[0].c_str());
                 return res;
             }
-            std::vector<GetResult> got = cluster.get_many(names);
+            std::vector<GetResult> got = cluster.get_many(names, max_value + 1);
             for (size_t k = 0; k < n; k++, i++) {
                 GetResult &g = got[k];
                 if (g.status == KeyStatus::Missing) {
@@ -71,6 +80,13 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
                 if (g.status == KeyStatus::Error) {
                     res.errors = 1;
                     res.error = g.error;
+                    return res;
+                }
+                if (g.value().size() > max_value) {
+                    res.rejected = 1;
+                    res.rejected_by[size_t(Reject::Oversize)]++;
+                    res.error = strf("%s: more than %" PRIu64 " bytes, the pool's largest block",
+                                     names[k].c_str(), st.slab_size);
                     return res;
                 }
                 CheckedValue v = check_header(g.value(), digest, keys[i]);

@@ -7,14 +7,16 @@
 // and calls these from its worker threads, one ClusterClient per thread.
 //
 // fetch_into_pool brings blocks [first, n) of a chain from the cluster into
-// the pool. It GETs them pipelined, a batch at a time, checks every header
-// field (remote_value.h) and copies each value's bytes into a reservation
-// while hashing them; only a value that passes every check, its checksum
-// included, is committed (with the previous key of the chain as its parent
-// and the namespace's block_tokens as its token count). It stops at the
-// first block that is missing, refused or fails, as a chain is useless past
-// a hole: the blocks committed so far stay. A key the pool already holds
-// counts as present and the chain goes on.
+// the pool. It GETs them pipelined, a batch at a time (reading at most one
+// byte more than the pool's largest block of each: a longer value is
+// refused unread), checks every header field (remote_value.h) and copies
+// each value's bytes into a reservation while hashing them; only a value
+// that passes every check, its checksum included, is committed (with the
+// previous key of the chain as its parent and the namespace's block_tokens
+// as its token count). It stops at the first block that is missing,
+// refused or fails, as a chain is useless past a hole: the blocks
+// committed so far stay. A key the pool already holds counts as present
+// and the chain goes on.
 //
 // upload_blocks checks that each item's digest is its namespace's, pins
 // each named block, checks that it is still the block the caller meant

@@ -297,6 +297,19 @@ TEST(RedisCluster, RoutesKeysAcrossAllMasters) {
     EXPECT_EQ(out, "value of " + keys[0] + "\n");
 }
 
+TEST(RedisCluster, GetManyReadsAtMostMaxBytes) {
+    NEED_CLUSTER();
+    ClusterClient cc(opts_for(*g_cluster));
+    set_all(cc, {"cap:big", "cap:small"},
+            {std::vector<uint8_t>(100000, 'b'), std::vector<uint8_t>(10, 's')});
+    auto got = cc.get_many(std::vector<std::string>{"cap:big", "cap:small", "cap:none"}, 1000);
+    ASSERT_EQ(got[0].status, KeyStatus::Ok) << got[0].error;
+    EXPECT_EQ(got[0].value().size(), 1000u);
+    ASSERT_EQ(got[1].status, KeyStatus::Ok) << got[1].error;
+    EXPECT_EQ(got[1].value().size(), 10u);
+    EXPECT_EQ(got[2].status, KeyStatus::Missing);
+}
+
 TEST(RedisCluster, OneConnectionServesThreeMasters) {
     NEED_CLUSTER();
     ClusterOptions o = opts_for(*g_cluster);
