@@ -200,9 +200,14 @@ UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<cons
     try {
         size_t i = 0;
         while (i < items.size()) {
-            // Pin up to batch_bytes worth of blocks (at least one).
+            // Pin up to batch_bytes worth of blocks, and at most
+            // batch_blocks of them (pins are a per-client budget), at
+            // least one.
             uint64_t bytes = 0;
-            for (; i < items.size() && (pinned.empty() || bytes < opts.batch_bytes); i++) {
+            const size_t max_blocks = std::max<uint32_t>(1, opts.batch_blocks);
+            for (; i < items.size() &&
+                   (pinned.empty() || (bytes < opts.batch_bytes && pinned.size() < max_blocks));
+                 i++) {
                 const UploadItem &it = items[i];
                 // A digest that is not the namespace's would publish the
                 // block as another model's, to every host.

@@ -89,8 +89,11 @@ const char *upload_status_name(UploadStatus s);
 struct UploadOptions {
     std::string key_prefix = "kvpool:";
     uint32_t ttl_s = 0; // SET ... EX ttl_s; 0: no expiry
-    uint64_t batch_bytes =
-        64ULL << 20; // bytes pinned and sent per pipelined round; at least one block
+    // Per pipelined round, blocks are pinned and sent up to batch_bytes and
+    // batch_blocks (the pins come out of the client's pins_per_client), and
+    // at least one.
+    uint64_t batch_bytes = 64ULL << 20;
+    uint32_t batch_blocks = 256;
 };
 
 struct UploadResult {

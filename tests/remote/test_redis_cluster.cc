@@ -767,6 +767,50 @@ TEST(RemoteIo, EveryBadValueIsRejectedAndNeverCommitted) {
     expect_block(b, keys[1], 3001, len);
 }
 
+TEST(RemoteIo, UploadBatchesStayWithinThePinBudget) {
+    NEED_CLUSTER();
+    // 64 small blocks, 16 pins per client: one batch of all would run out.
+    std::string path = "/dev/shm/kvtest-remote-" + std::to_string(getpid()) + "-pins";
+    kv_create_opts co;
+    kv_create_opts_init(&co, 32ULL << 20);
+    co.pins_per_client = 16;
+    char err[256] = "";
+    ASSERT_EQ(0, kv_pool_create(path.c_str(), &co, err, sizeof err)) << err;
+    kv_pool *pool = nullptr;
+    ASSERT_EQ(0, kv_pool_attach(path.c_str(), 0, &pool, err, sizeof err)) << err;
+    struct Gone {
+        std::string p;
+        kv_pool *h;
+        ~Gone() {
+            kv_pool_detach(h);
+            kv_pool_destroy(p.c_str());
+        }
+    } gone{path, pool};
+    kv_manifest m;
+    kv_manifest_init(&m, "pins", 16);
+    uint32_t ns = 0;
+    ASSERT_EQ(0, kv_ns_register(pool, &m, &ns, nullptr));
+    std::vector<UploadItem> items;
+    for (uint64_t i = 0; i < 64; i++) {
+        UploadItem it;
+        it.ns = ns;
+        it.key = K(7000 + i);
+        it.digest = ns_digest(m);
+        auto d = block_bytes(i, 4096);
+        ASSERT_EQ(0, kv_put(pool, ns, &it.key, d.data(), d.size(), nullptr));
+        items.push_back(it);
+    }
+    ClusterClient cc(opts_for(*g_cluster));
+    UploadOptions uo = upload_opts("pins" + std::to_string(getpid()) + ":");
+    uo.batch_blocks = 16;
+    auto ur = upload_blocks(cc, pool, items, uo);
+    EXPECT_EQ(ur.uploaded, 64u) << ur.error;
+    uo.batch_blocks = 64; // more than the budget: the pins run out
+    ur = upload_blocks(cc, pool, items, uo);
+    EXPECT_LT(ur.uploaded, 64u);
+    EXPECT_NE(ur.error.find("kv_get"), std::string::npos) << ur.error;
+}
+
 TEST(RemoteIo, UploadSkipsGoneAndChangedBlocks) {
     NEED_CLUSTER();
     Pool a("a");
