@@ -265,12 +265,22 @@ void KvEventPublisher::close_channel(Channel &c) {
     c.pub = c.replay = nullptr;
 }
 
+// A channel whose pool is still served by that very handle: a pool
+// destroyed (or re-created) since the last sync() has no channel here.
 KvEventPublisher::Channel *KvEventPublisher::find(const std::string &pool) {
     auto it = channels_.find(pool);
-    return it == channels_.end() || !it->second->pub ? nullptr : it->second.get();
+    if (it == channels_.end() || !it->second->pub) return nullptr;
+    if (pm_) {
+        bool live = false;
+        for (const auto &p : pm_->pools())
+            live |= p->cfg.name == pool && p->handle == it->second->handle;
+        if (!live) return nullptr;
+    }
+    return it->second.get();
 }
 
 void KvEventPublisher::sync(const PoolManager &pm) {
+    pm_ = &pm;
     try {
         // Close the channels of pools that went away or lost their table.
         for (auto it = channels_.begin(); it != channels_.end();) {

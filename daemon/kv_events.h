@@ -133,6 +133,7 @@ class KvEventPublisher final : public FeedSink {
     void close_channel(Channel &c);
 
     int epfd_;
+    const PoolManager *pm_ = nullptr; // from the last sync(); outlives this object
     void *ctx_ = nullptr;
     std::map<std::string, std::unique_ptr<Channel>> channels_;
     std::map<std::string, uint64_t> next_seq_;      // kept when a channel is reopened
