@@ -13,6 +13,7 @@
 #include "log.h"
 #include "pool_manager.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <msgpack.h>
@@ -310,6 +311,11 @@ void KvEventPublisher::sync(const PoolManager &pm) {
                     c.cfg.replay_endpoint == ec.replay_endpoint) {
                     const int hwm = int(ec.hwm);
                     zmq_setsockopt(c.pub, ZMQ_SNDHWM, &hwm, sizeof hwm); // new connections
+                    if (c.replay) {
+                        const int rh =
+                            int(std::min<uint64_t>(uint64_t(ec.buffer_steps) + 16, INT32_MAX));
+                        zmq_setsockopt(c.replay, ZMQ_SNDHWM, &rh, sizeof rh);
+                    }
                     c.cfg = ec;
                     c.topic = ec.topic.empty() ? p->cfg.name : ec.topic;
                     c.enc.encoding = ec.encoding;
@@ -379,7 +385,13 @@ void KvEventPublisher::sync(const PoolManager &pm) {
                 c->replay = zmq_socket(ctx_, ZMQ_ROUTER);
                 int fd = -1;
                 size_t fdlen = sizeof fd;
+                // A ROUTER drops what exceeds a peer's high-water mark (END_SEQ
+                // included): room for a whole buffer and its end per peer, which
+                // also bounds what a client that never reads can pin.
+                const int replay_hwm =
+                    int(std::min<uint64_t>(uint64_t(ec.buffer_steps) + 16, INT32_MAX));
                 if (!c->replay || zmq_setsockopt(c->replay, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
+                    zmq_setsockopt(c->replay, ZMQ_SNDHWM, &replay_hwm, sizeof replay_hwm) != 0 ||
                     zmq_bind(c->replay, ec.replay_endpoint.c_str()) != 0 ||
                     zmq_getsockopt(c->replay, ZMQ_FD, &fd, &fdlen) != 0) {
                     fail(zmq_err("replay socket " + ec.replay_endpoint));

@@ -121,6 +121,22 @@ def test_replay_fills_gap(daemon: EventsDaemon) -> None:
         sub.close()
 
 
+def test_replay_longer_than_a_high_water_mark(daemon: EventsDaemon) -> None:
+    """A replay of more batches than ZeroMQ's default high-water mark (1000)
+    arrives whole, END_SEQ included."""
+    ns = namespace(daemon)
+    put_chain(ns, 1500)
+    daemon.reopen(max_batch=1)  # 1 + 1500 batches
+    sub = daemon.subscriber()
+    try:
+        n = sub.replay_from(0)
+        assert n >= 1501
+        got, want = converge(sub, daemon, "int")
+        assert got == want and len(want) == 1500
+    finally:
+        sub.close()
+
+
 def test_kvctl_events_tail(daemon: EventsDaemon) -> None:
     """kvctl events tail decodes the stream: --from replays, --json prints
     one object per event, --count stops."""
