@@ -45,11 +45,26 @@ def namespace(d: EventsDaemon) -> "kvpool.Namespace":
     return pool.namespace(kvpool.Manifest("events-test", 16))
 
 
+_IDS: list[bool] = []  # whether put() takes token_ids (the feed's Python side)
+
+
 def put_chain(ns: "kvpool.Namespace", n: int, start: int = 0, ttl_ms: int = 0) -> list[int]:
-    keys = ns.hash_chain(list(range(start, start + 16 * n)))
+    """A chain of n blocks of 16 tokens, each naming its parent, with its
+    token ids when this build's put() takes them."""
+    tokens = list(range(start, start + 16 * n))
+    keys = ns.hash_chain(tokens)
     parent = None
-    for k in keys:
-        ns.put(k, bytes(BLOCK), tokens=16, parent=parent, ttl_ms=ttl_ms)
+    for i, k in enumerate(keys):
+        kw = {"tokens": 16, "parent": parent, "ttl_ms": ttl_ms}
+        if not _IDS or _IDS[0]:
+            try:
+                ns.put(k, bytes(BLOCK), token_ids=tokens[16 * i:16 * i + 16], **kw)
+                _IDS[:] = [True]
+                parent = k
+                continue
+            except TypeError:
+                _IDS[:] = [False]
+        ns.put(k, bytes(BLOCK), **kw)
         parent = k
     return keys
 
@@ -182,8 +197,13 @@ def test_index_follows_changes(daemon: EventsDaemon) -> None:
         keys = put_chain(ns, 30)
         got, want = converge(sub, daemon, form)
         assert got == want and len(want) == 30
-        stored = [e for e in sub.events if e["type"] == "BlockStored" and e["token_ids"] == []]
-        assert stored or True  # token ids are optional (python puts give none)
+        stored = [e for e in sub.events if e["type"] == "BlockStored" and e["token_ids"]]
+        if _IDS and _IDS[0]:  # put() passed the ids: commits carry them
+            assert stored and all(len(e["token_ids"]) == 16 * len(e["block_hashes"])
+                                  for e in stored)
+        chained = [e for e in sub.events
+                   if e["type"] == "BlockStored" and e["parent_block_hash"] is not None]
+        assert chained  # commits name their parent
 
         for k in keys[:5]:
             assert ns.remove(k)
