@@ -345,6 +345,19 @@ int main(int argc, char **argv) {
     KvEventPublisher::set_current(events.get());
     events->sync(*pm);
     Timer events_timer(epfd, 100ULL * 1000);
+    // The publisher drains the feeds only while a pool has events, so a
+    // daemon without them keeps the drain timer off.
+    bool events_sink = false;
+    auto events_follow = [&] {
+        if (events->active() == events_sink) return;
+        events_sink = events->active();
+        if (events_sink)
+            feed_drainer.add_sink(events.get());
+        else
+            feed_drainer.remove_sink(events.get());
+        feed_timer.set_interval(feed_drainer.interval_us());
+    };
+    events_follow();
 
     KV_LOGN(kComp, "ready: %zu pool%s, control socket %s", pm->pools().size(),
             pm->pools().size() == 1 ? "" : "s", cfg.control_socket.c_str());
@@ -376,6 +389,7 @@ int main(int argc, char **argv) {
                                 KV_LOGN(kComp, "reload: %s", line.c_str());
                             count_snapshot_runs(*pm, counters);
                             events->sync(*pm);
+                            events_follow();
                             reap_timer.set_interval(uint64_t(pm->config().reap_interval_ms) * 1000);
                             evict_timer.set_interval(uint64_t(pm->config().evict_interval_ms) *
                                                      1000);
@@ -412,6 +426,7 @@ int main(int argc, char **argv) {
             } else if (fd == events_timer.fd()) {
                 events_timer.drain();
                 events->sync(*pm);
+                events_follow();
                 events->service_all();
             } else if (events->owns_fd(fd)) {
                 events->on_fd(fd);
@@ -426,6 +441,7 @@ int main(int argc, char **argv) {
 
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     server.reset(); // no new requests while pools go away
+    if (events_sink) feed_drainer.remove_sink(events.get());
     KvEventPublisher::set_current(nullptr);
     events.reset();
     join_all_jobs(*pm);
