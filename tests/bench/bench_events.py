@@ -91,7 +91,8 @@ def main() -> int:
     print(f"blocks {args.blocks}, one every {args.interval_ms} ms; received {len(lat)}")
     print(f"commit -> subscriber latency (us): median {statistics.median(lat):.0f}  "
           f"p90 {pct(lat, 90):.0f}  p99 {pct(lat, 99):.0f}  max {max(lat):.0f}")
-    print(f"batches {st['batches']}, events {st['events']}, feed events {st['feed_events']}")
+    print(f"batches {st['batches']}, events {st['events']}, feed events {st['feed_events']}, "
+          f"resyncs {st['resyncs']}")
     return 0
 
 
