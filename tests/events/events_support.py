@@ -186,6 +186,7 @@ class EventsDaemon(Kvpoold):
         super().__init__(workdir, tag)
         self.port = free_port()
         self.replay_port = free_port()
+        self.metrics_port = free_port()
         self.encoding = encoding
         self.hash_form = hash_form
         self.feed_slots = feed_slots
@@ -205,6 +206,9 @@ class EventsDaemon(Kvpoold):
     def write_config(self) -> None:
         text = self.config.read_text()
         head = text.split("[[pool]]")[0]
+        if "metrics =" not in head:
+            head = head.replace("[daemon]\n",
+                                f'[daemon]\nmetrics = "tcp:127.0.0.1:{self.metrics_port}"\n')
         pool = ("[[pool]]\n"
                 f'name = "alpha"\nsize = "{self.size}"\nhugepages = "never"\nprefault = false\n'
                 'group = "root"\nmode = "0660"\n'
@@ -235,6 +239,12 @@ class EventsDaemon(Kvpoold):
             if time.monotonic() > deadline:
                 raise TimeoutError("no resync after the reload")
             time.sleep(0.02)
+
+    def metrics(self) -> str:
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=10) as r:
+            return r.read().decode()
 
     def status(self) -> dict[str, Any]:
         doc = self.kvctl("status", "alpha")

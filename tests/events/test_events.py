@@ -178,6 +178,10 @@ def test_status_and_metrics(daemon: EventsDaemon) -> None:
               "send_errors"):
         assert k in ev
     assert ev["open"] is True and ev["error"] == ""
+    text = daemon.metrics()
+    for fam in ("kvpool_events_batches_total", "kvpool_events_total",
+                "kvpool_events_resyncs_total", "kvpool_events_next_seq"):
+        assert f'{fam}{{pool="alpha"}} ' in text, fam
 
 
 # ---- With the change feed: every change reaches the index ----------------
