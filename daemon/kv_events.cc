@@ -447,6 +447,15 @@ void KvEventPublisher::resync(Channel &c) {
             s.entry = e.index;
             evs.push_back(std::move(s));
         }
+        // Publish as the scan goes, so a pool of millions of blocks does not
+        // hold them all in memory at once; whole batches only, so the
+        // batches are those one publish() of everything would make.
+        const size_t max = c.cfg.max_batch ? c.cfg.max_batch : 512;
+        if (evs.size() >= 4 * max) {
+            const size_t whole = evs.size() - evs.size() % max;
+            publish(c, std::span<const FeedEvent>(evs).first(whole), c.cfg.medium);
+            evs.erase(evs.begin(), evs.begin() + std::ptrdiff_t(whole));
+        }
     }
     publish(c, evs, c.cfg.medium);
 }
