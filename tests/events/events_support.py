@@ -60,12 +60,15 @@ class Subscriber:
     """SUB (and REQ for replay) on a pool's events; an index of held blocks."""
 
     def __init__(self, endpoint: str, topic: str, replay: str | None = None,
-                 medium: str = "CPU") -> None:
+                 medium: str = "CPU", bind: bool = False) -> None:
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self.sub.connect(endpoint)
+        if bind:  # the publisher connects (llm-d's indexer in local mode)
+            self.sub.bind(endpoint)
+        else:
+            self.sub.connect(endpoint)
         self.replay_ep = replay
         self.medium = medium
         self.index: set[Any] = set()
@@ -182,7 +185,7 @@ class EventsDaemon(Kvpoold):
 
     def __init__(self, workdir: Path, tag: str, *, encoding: str = "array",
                  hash_form: str = "int", feed_slots: int | None = None,
-                 size: str = "64M", extra: str = "") -> None:
+                 size: str = "64M", extra: str = "", connect: bool = False) -> None:
         super().__init__(workdir, tag)
         self.port = free_port()
         self.replay_port = free_port()
@@ -192,6 +195,7 @@ class EventsDaemon(Kvpoold):
         self.feed_slots = feed_slots
         self.size = size
         self.extra = extra
+        self.connect = connect  # kvpoold connects to a subscriber that binds
         self.max_batch = 512
         self.write_config()
 
@@ -216,8 +220,10 @@ class EventsDaemon(Kvpoold):
         if self.feed_slots is not None:
             pool += f"feed_slots = {self.feed_slots}\n"
         pool += self.extra
+        endpoint = (f"tcp://127.0.0.1:{self.port}" if self.connect
+                    else f"tcp://*:{self.port}")
         pool += ("\n[pool.events]\n"
-                 f'endpoint = "tcp://*:{self.port}"\n'
+                 f'endpoint = "{endpoint}"\n'
                  f'replay_endpoint = "tcp://*:{self.replay_port}"\n'
                  f'topic = "kv@test@alpha"\nencoding = "{self.encoding}"\n'
                  f'hash_form = "{self.hash_form}"\nmax_batch = {self.max_batch}\n')

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from events_support import ROOT, EventsDaemon, Subscriber, as_hashes, converge, held_keys
+from events_support import ROOT, EventsDaemon, Subscriber, converge
 
 import kvpool
 
@@ -233,6 +233,25 @@ def test_index_follows_changes(daemon: EventsDaemon) -> None:
         assert got == want
     finally:
         sub.close()
+
+
+@needs_feed
+def test_connects_to_a_binding_subscriber(tmp_path: Path) -> None:
+    """An endpoint without a wildcard host is connected to, as vLLM does:
+    a subscriber that binds (llm-d's indexer in local mode) receives."""
+    d = EventsDaemon(tmp_path, f"evc-{os.getpid()}-{time.monotonic_ns()}", connect=True)
+    sub = Subscriber(d.endpoint, "kv@test@alpha", d.replay, bind=True)
+    try:
+        d.start()
+        assert d.status()["events"]["open"] is True
+        time.sleep(0.5)  # kvpoold has connected and seen the subscription
+        sub.replay_from(0)
+        put_chain(namespace(d), 12)
+        got, want = converge(sub, d, "int")
+        assert got == want and len(want) == 12
+    finally:
+        sub.close()
+        d.close()
 
 
 @needs_feed
