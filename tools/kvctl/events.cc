@@ -343,7 +343,11 @@ Result<int> tail(const Options &o) {
     };
     const uint64_t want = o.count.value_or(UINT64_MAX);
     uint64_t printed = 0;
-    std::optional<uint64_t> last_seq;
+    // The last batch the replay printed: live batches up to it are skipped
+    // until the live stream passes it (after that a smaller seq means the
+    // daemon restarted, and is printed).
+    bool skip = false;
+    uint64_t replayed = 0;
 
     if (o.from) {
         // DEALER with REQ's empty delimiter: the request looks like vLLM's
@@ -369,7 +373,8 @@ Result<int> tail(const Options &o) {
             auto n = print_batch(o, seq, f[2].data(), f[2].size(), want - printed);
             if (!n) return std::unexpected(Failure{kExitProtocol, "malformed replayed batch"});
             printed += *n;
-            last_seq = seq;
+            skip = true;
+            replayed = seq;
             if (printed >= want) return kExitOk;
         }
     }
@@ -380,11 +385,11 @@ Result<int> tail(const Options &o) {
         if (f.empty()) continue;
         if (f.size() != 3 || f[1].size() != 8) continue; // not a KV-event message
         const uint64_t seq = be64(f[1].data());
-        if (last_seq && seq <= *last_seq) continue; // already replayed
+        if (skip && seq <= replayed) continue; // already replayed
+        skip = false;
         auto n = print_batch(o, seq, f[2].data(), f[2].size(), want - printed);
         if (!n) return std::unexpected(Failure{kExitProtocol, "malformed batch"});
         printed += *n;
-        last_seq = seq;
         if (printed >= want) return kExitOk;
     }
 }
