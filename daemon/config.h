@@ -22,8 +22,8 @@
 //   persist_on_stop, restore_on_start
 //
 // Nothing here throws, prints or touches the system beyond reading the file
-// in load_config: groups are not resolved and directories not checked here;
-// the daemon does that when it applies the config.
+// in load_config (and the password file in read_remote_password): groups are not resolved and
+// directories not checked here; the daemon does that when it applies the config.
 #pragma once
 
 #include <cstdint>
@@ -141,6 +141,12 @@ std::expected<DaemonConfig, std::string> load_config(const std::string &path);
 // One line for the startup log, e.g.
 //   control_socket=/run/kvpool/control ... pools=1 [default 1.0 GiB hugepages=prefer ...]
 std::string describe(const DaemonConfig &cfg);
+
+// The AUTH password of a remote tier: the first line of password_file (a
+// regular file owned by root or the daemon's user, with no access for
+// others), or of $CREDENTIALS_DIRECTORY/password_credential; "" when the
+// tier has neither. Errors name the file and what is wrong with it.
+std::expected<std::string, std::string> read_remote_password(const RemoteConfig &rc);
 
 // The spellings used in the file, for logs and kvctl.
 std::string_view to_string(HugepageMode m);
