@@ -81,12 +81,12 @@
 #define KV_CTL_OP_PERSIST 9  /* path optional: {"pool", "path", "bytes", "seconds"} */
 #define KV_CTL_OP_RESTORE 10 /* path optional; KV_CTL_F_FORCE: {"pool", "path", "bytes", "seconds", ...} */
 #define KV_CTL_OP_CLIENTS 11 /* {"pool", "clients": [CLIENT...]} */
-#define KV_CTL_OP_DETACH                                                                     \
-	12                  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"}; \
-	                     * ESRCH: the process is not attached to the pool */
-#define KV_CTL_OP_STATS 13  /* {"daemon": {...}, "pools": [POOL...]} */
-#define KV_CTL_OP_VERIFY 14 /* KV_CTL_F_REMOVE: see below */
-#define KV_CTL_OP_REMOTE_FETCH 15  /* payload struct kv_ctl_remote_fetch + keys: see below */
+#define KV_CTL_OP_DETACH                                                                           \
+	12                        /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"}; \
+	                           * ESRCH: the process is not attached to the pool */
+#define KV_CTL_OP_STATS 13        /* {"daemon": {...}, "pools": [POOL...]} */
+#define KV_CTL_OP_VERIFY 14       /* KV_CTL_F_REMOVE: see below */
+#define KV_CTL_OP_REMOTE_FETCH 15 /* payload struct kv_ctl_remote_fetch + keys: see below */
 #define KV_CTL_OP_REMOTE_STATUS \
 	16 /* pool set: {"pool", "remote": REMOTE or null}; empty: {"pools": [{"pool", "remote"}...]} */
 #define KV_CTL_OP_MAX 16
@@ -146,15 +146,14 @@
 struct kv_ctl_remote_fetch {
 	uint64_t pool_id_lo; /* the region's pool_id as the client sees it (both 0: not checked) */
 	uint64_t pool_id_hi;
-	uint32_t ns;         /* namespace id in the pool */
-	uint32_t n_keys;     /* keys after this struct, 1..KV_CTL_REMOTE_FETCH_MAX_KEYS */
-	uint32_t first;      /* fetch keys[first..n_keys), first < n_keys */
-	uint32_t timeout_ms; /* give up after this (0: the daemon's default, 10 s) */
+	uint32_t ns;          /* namespace id in the pool */
+	uint32_t n_keys;      /* keys after this struct, 1..KV_CTL_REMOTE_FETCH_MAX_KEYS */
+	uint32_t first;       /* fetch keys[first..n_keys), first < n_keys */
+	uint32_t timeout_ms;  /* give up after this (0: the daemon's default, 10 s) */
 	uint64_t reserved[2]; /* zero */
 };
 #define KV_CTL_REMOTE_FETCH_SIZE_V1 48
-KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_remote_fetch) == KV_CTL_REMOTE_FETCH_SIZE_V1,
-		     "remote fetch payload v1 size");
+KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_remote_fetch) == KV_CTL_REMOTE_FETCH_SIZE_V1, "remote fetch payload v1 size");
 
 /*
  * ENTRIES is paged so that no request costs the daemon more than a bounded
