@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "pool_manager.h"
 #include "pool_report.h"
+#include "remote_tier.h"
 #include "snapshot_jobs.h"
 
 #include <algorithm>
@@ -201,6 +202,13 @@ int reserve_hugepages(const DaemonConfig &cfg) {
     return required ? 1 : 0;
 }
 
+// Blocks the remote tiers uploaded, as remote-medium Stored events for
+// the KV-event publisher (kv_events.h) once it exists in this build.
+void publish_remote_stored(RemoteTiers &remote) {
+    for (auto &[pool, events] : remote.take_uploaded())
+        (void)pool, (void)events; // HOOK(publish_remote): KvEventPublisher::publish_remote
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -323,6 +331,10 @@ int main(int argc, char **argv) {
     jev.data.fd = jobfd;
     epoll_ctl(epfd, EPOLL_CTL_ADD, jobfd, &jev);
     server->set_job_wake_fd(jobfd);
+    // The remote tiers' workers wake the loop through the same eventfd.
+    auto remote = std::make_unique<RemoteTiers>(jobfd);
+    set_remote_tiers(remote.get());
+    remote->sync(*pm);
 
     Timer reap_timer(epfd, uint64_t(cfg.reap_interval_ms) * 1000);
     Timer evict_timer(epfd, uint64_t(cfg.evict_interval_ms) * 1000);
@@ -381,9 +393,13 @@ int main(int argc, char **argv) {
                 for (const JobAnswer &c : collect_jobs(*pm))
                     server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
                 count_snapshot_runs(*pm, counters);
+                for (const JobAnswer &c : remote->take_answers())
+                    server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
+                publish_remote_stored(*remote);
             } else if (fd == reap_timer.fd()) {
                 reap_timer.drain();
                 counters.reaped_clients += uint64_t(pm->reap_pass());
+                remote->sync(*pm); // pools created, destroyed or reloaded since
             } else if (fd == evict_timer.fd()) {
                 evict_timer.drain();
                 counters.background_evicted_bytes += pm->watermark_pass(kEvictChunkBytes);
@@ -401,6 +417,8 @@ int main(int argc, char **argv) {
 
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     server.reset(); // no new requests while pools go away
+    set_remote_tiers(nullptr);
+    remote.reset(); // joins the tiers' workers before their pools go
     join_all_jobs(*pm);
     int failed = 0;
     for (const auto &p : pm->pools()) {
