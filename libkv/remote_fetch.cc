@@ -10,7 +10,9 @@
 #include <cerrno>
 #include <charconv>
 #include <climits>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <kv/kv.h>
@@ -46,15 +48,29 @@ bool json_u64(std::string_view body, std::string_view name, uint64_t *out) {
     return ec == std::errc() && p != b;
 }
 
-// The pool's name as kvpoold serves it: the name of its file.
+// The pool's name as kvpoold serves it: the name of its file, found as the
+// file mapped at the region's base (/proc/self/maps; libkv keeps no path,
+// and may have closed the descriptor).
 std::string name_of(kv_pool *pool) {
-    char link[64], path[4096];
-    std::snprintf(link, sizeof link, "/proc/self/fd/%d", pool->fd);
-    const ssize_t n = readlink(link, path, sizeof path - 1);
-    if (n <= 0) return {};
-    std::string_view p(path, size_t(n));
-    if (p.ends_with(" (deleted)")) return {};
-    return std::string(p.substr(p.rfind('/') + 1));
+    std::FILE *f = std::fopen("/proc/self/maps", "re");
+    if (!f) return {};
+    char line[4352];
+    std::string found;
+    const auto base = reinterpret_cast<uintptr_t>(pool->base);
+    while (std::fgets(line, sizeof line, f)) {
+        char *end = nullptr;
+        const unsigned long long start = std::strtoull(line, &end, 16);
+        if (start != base || !end || *end != '-') continue;
+        std::string_view l(line);
+        while (!l.empty() && (l.back() == '\n' || l.back() == ' '))
+            l.remove_suffix(1);
+        const size_t slash = l.find('/');
+        if (slash == std::string_view::npos || l.ends_with(" (deleted)")) break;
+        found = std::string(l.substr(l.rfind('/') + 1));
+        break;
+    }
+    std::fclose(f);
+    return found;
 }
 
 } // namespace
