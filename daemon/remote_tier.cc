@@ -376,6 +376,7 @@ nlohmann::json RemoteTier::status_json() const {
         {"upload_errors", load(n_.upload_errors)},
         {"upload_dropped", load(n_.upload_dropped)},
         {"upload_skipped", load(n_.upload_skipped)},
+        {"upload_corrupt", load(n_.upload_corrupt)},
         {"fetches", load(n_.fetches)},
         {"fetched_blocks", load(n_.fetched_blocks)},
         {"fetched_bytes", load(n_.fetched_bytes)},
