@@ -53,7 +53,7 @@ constexpr std::string_view kDaemonKeys[] = {"control_socket",   "shm_dir",      
 constexpr std::string_view kPoolKeys[] = {
     "name", "size", "hugepages", "numa_node", "eviction", "group", "mode", "prefault",
     "high_watermark", "low_watermark", "slab_size", "avg_block_size", "max_clients", "max_entries",
-    "snapshot_dir", "persist_on_stop", "restore_on_start", "remote"};
+    "snapshot_dir", "persist_on_stop", "restore_on_start", "feed_slots", "remote"};
 constexpr std::string_view kRemoteKeys[] = {
     "seeds", "key_prefix", "write", "namespaces", "bandwidth", "ttl_s", "username",
     "password_file", "password_credential", "max_connections", "timeout_ms", "queue_bytes",
@@ -613,6 +613,16 @@ bool read_pool(Reader &r, const toml::table &t, const std::string &p, PoolConfig
                           std::to_string(pool.avg_block_size) + " bytes): expected " +
                           format_size(kMinAvgBlock) + " to the slab size (" +
                           format_size(slab_bytes) + ")");
+
+    // The change feed (uapi/kvpool/region.h KV_FEED_*): 0 or a power of two.
+    const Field feed = field(t, p, "feed_slots");
+    if (!r.u32(feed, 0, KV_FEED_MAX_SLOTS, &pool.feed_slots)) return false;
+    if (pool.feed_slots != 0 &&
+        (!std::has_single_bit(pool.feed_slots) || pool.feed_slots < KV_FEED_MIN_SLOTS))
+        return r.fail(
+            feed.node->source(), feed.path,
+            std::to_string(pool.feed_slots) + ": expected 0 (no feed) or a power of two from " +
+                std::to_string(KV_FEED_MIN_SLOTS) + " to " + std::to_string(KV_FEED_MAX_SLOTS));
 
     // At least 2: kvpoold itself takes one client slot of every pool.
     return r.u32(field(t, p, "max_clients"), 2, KV_MAX_CLIENTS, &pool.max_clients) &&

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "control_server.h"
 #include "detail.h"
+#include "feed_drain.h"
 #include "housekeeping.h"
 #include "log.h"
 #include "metrics.h"
@@ -339,6 +340,11 @@ int main(int argc, char **argv) {
     Timer reap_timer(epfd, uint64_t(cfg.reap_interval_ms) * 1000);
     Timer evict_timer(epfd, uint64_t(cfg.evict_interval_ms) * 1000);
     Timer idle_timer(epfd, 5ULL * 1000000);
+    // The change feeds' drainer: sinks (the KV-event publisher, the remote
+    // tier) register here before the loop starts; its timer runs only
+    // while one is registered.
+    FeedDrainer feed_drainer;
+    Timer feed_timer(epfd, feed_drainer.interval_us());
     uint64_t wd_usec = 0;
     bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0;
     Timer wd_timer(epfd, watchdog ? wd_usec / 2 : 0);
@@ -403,6 +409,9 @@ int main(int argc, char **argv) {
             } else if (fd == evict_timer.fd()) {
                 evict_timer.drain();
                 counters.background_evicted_bytes += pm->watermark_pass(kEvictChunkBytes);
+            } else if (fd == feed_timer.fd()) {
+                feed_timer.drain();
+                feed_drainer.poll_all(*pm);
             } else if (fd == wd_timer.fd()) {
                 wd_timer.drain();
                 sd_notify(0, "WATCHDOG=1");

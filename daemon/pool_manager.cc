@@ -296,6 +296,10 @@ PoolManager::open_pool(const PoolConfig &pc, const char *origin, bool adopt_mism
                        " with " + kv::detail::format_size(hd->page_size) + " pages, config asks " +
                        kv::detail::format_size(want) + " (hugepages " +
                        std::string(to_string(pc.hugepages)) + ")";
+        if (hd->feed_slots != pc.feed_slots)
+            differs += (differs.empty() ? "" : "; ") + std::string("feed_slots ") +
+                       std::to_string(hd->feed_slots) + ", config asks " +
+                       std::to_string(pc.feed_slots);
         if (!differs.empty()) {
             kv_stats st{};
             uint64_t live = 0;
@@ -343,6 +347,7 @@ PoolManager::open_pool(const PoolConfig &pc, const char *origin, bool adopt_mism
         o.avg_block_size = pc.avg_block_size;
         if (pc.max_clients) o.max_clients = pc.max_clients;
         o.max_entries = pc.max_entries;
+        o.feed_slots = pc.feed_slots;
         if (pc.prefault) o.flags |= KV_CREATE_F_PREFAULT;
         o.flags |= KV_CREATE_F_DAEMON_SLOT;
         const int policy = kv_evict_policy_parse(pc.eviction.c_str());
@@ -615,10 +620,12 @@ std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
         const PoolConfig &cur = p->cfg;
         if (pc.size != cur.size || pc.hugepages != cur.hugepages || pc.numa_node != cur.numa_node ||
             pc.slab_size != cur.slab_size || pc.avg_block_size != cur.avg_block_size ||
-            pc.max_clients != cur.max_clients || pc.max_entries != cur.max_entries) {
+            pc.max_clients != cur.max_clients || pc.max_entries != cur.max_entries ||
+            pc.feed_slots != cur.feed_slots) {
             refuse("pool " + pc.name +
                    ": geometry change (size, hugepages, numa_node, slab_size, avg_block_size, "
-                   "max_clients, max_entries); destroy and re-create the pool to apply it");
+                   "max_clients, max_entries, feed_slots); destroy and re-create the pool to "
+                   "apply it");
             continue;
         }
         if (pc.eviction != cur.eviction) {

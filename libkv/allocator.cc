@@ -551,7 +551,7 @@ bool slab_retire(kv_pool *p, uint32_t s) {
                     // with ALC-R2 (that free).
                     if (load(words[slot], std::memory_order_acquire) != w) continue;
                     if (Ctl::state(ec) == KV_ENTRY_COMMITTED && Ctl::pins(ec) == 0 &&
-                        entry_kill(p, e, Ctl::gen(ec), true)) {
+                        entry_kill(p, e, Ctl::gen(ec), true, KV_FEED_EVICT)) {
                         note_eviction(p);
                         continue; // its block is FREE now (or freed by the last unpinner soon)
                     }

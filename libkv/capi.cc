@@ -62,6 +62,10 @@ int check_opts(const kv_create_opts *o, kv_create_opts *out, char *err, size_t e
         errf(err, errlen, "opts.size is 0");
         return -EINVAL;
     }
+    if (out->reserved1) {
+        errf(err, errlen, "opts.reserved1 is %u: expected 0", out->reserved1);
+        return -EINVAL;
+    }
     if (out->max_entries && (out->max_entries < 64 || out->max_entries > 0xfffffff0U)) {
         errf(err, errlen, "opts.max_entries %u: expected 0 (no cap) or 64..%u", out->max_entries,
              0xfffffff0U);

@@ -222,6 +222,10 @@ struct kv_pool {
     kv_slab *slabs = nullptr;
     uint64_t *blocks = nullptr;
     uint8_t *data = nullptr;
+    // v1.3 change feed (feed.h); null / 0 when the region has none.
+    kv_feed_header *feed_hdr = nullptr;
+    kv_feed_slot *feed_slots = nullptr;
+    uint32_t feed_mask = 0;
     uint32_t bucket_mask = 0;
     uint32_t policy = 0; // hdr->evict_policy, fixed at creation (KV_EVICT_*)
     // Where this process looks for room for a put: scan cursor, streaks and
@@ -278,6 +282,15 @@ inline void (*acct_crash_hook)(AcctPoint) = nullptr;
 inline void acct_crash_point(AcctPoint at) {
     if (acct_crash_hook) [[unlikely]]
         acct_crash_hook(at);
+}
+
+// Fault injection for the feed's crash tests (feed.h, PROTOCOL.md 13), as
+// acct_crash_hook: after a producer's ticket claim (P1) and after its CAS (P2).
+enum class FeedPoint { Claimed, Changed, SlotClaimed, Published };
+inline void (*feed_crash_hook)(FeedPoint) = nullptr;
+inline void feed_crash_point(FeedPoint at) {
+    if (feed_crash_hook) [[unlikely]]
+        feed_crash_hook(at);
 }
 
 // Write down a commit (freeing false) or a free of len committed bytes of
@@ -482,7 +495,9 @@ void entry_maybe_free(kv_pool *p, uint32_t e);
 
 // Remove committed entry e at gen (eviction or remove). If require_unpinned,
 // only succeeds when the pin count is 0. Returns the length freed-to-be or 0.
-bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned);
+// cause (KV_FEED_REMOVE, EVICT or EXPIRE) is what the change feed records.
+bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned,
+                uint32_t cause = KV_FEED_REMOVE);
 // Count entry e (RESERVED, ours, linked) as a child of the committed entry
 // with key parent: kids + 1 on the parent, e.parent names it.
 void entry_link_parent(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &parent);

@@ -108,7 +108,7 @@ uint64_t clock_sweep(kv_pool *p, uint64_t budget, Filter &&want, Victim *victim)
             uint64_t len = load(en.length, std::memory_order_relaxed);
             uint64_t blk =
                 load(en.block, std::memory_order_relaxed); // read before the kill frees it
-            if (entry_kill(p, e, Ctl::gen(c), true)) {
+            if (entry_kill(p, e, Ctl::gen(c), true, expired ? KV_FEED_EXPIRE : KV_FEED_EVICT)) {
                 note_eviction(p);
                 if (victim) *victim = {blk, e};
                 return len ? len : 1;
@@ -352,7 +352,7 @@ uint64_t sample_evict(kv_pool *p, Filter &&want, Victim *victim) {
             uint64_t parent_ref = load(en.parent, std::memory_order_relaxed);
             uint64_t blk = load(en.block, std::memory_order_relaxed);
             cands_drop(cp, i);
-            if (entry_kill(p, c.e, c.gen, true)) {
+            if (entry_kill(p, c.e, c.gen, true, k.k1 == 0 ? KV_FEED_EXPIRE : KV_FEED_EVICT)) {
                 note_eviction(p);
                 if (victim) *victim = {blk, c.e};
                 if (p->policy == KV_EVICT_LFU && k.k1) raise_lfu_floor(p, k.k1 - 1);

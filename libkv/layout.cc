@@ -6,6 +6,7 @@
 // geometry and compares every offset, so a region that passes has all its
 // sections inside the mapping, aligned and non-overlapping.
 #include "detail.h"
+#include "feed.h"
 
 #include <bit>
 #include <ctime>
@@ -41,7 +42,7 @@ uint32_t make_classes(uint64_t slab_size, uint64_t *sizes) {
 
 struct Sections {
     uint64_t state_off, class_off, ns_off, client_off, journal_off, bucket_off, entry_off, slab_off,
-        block_off, data_off, end;
+        block_off, feed_off, data_off, end;
 };
 
 // The one layout function: creation and validation both call it.
@@ -63,6 +64,8 @@ Sections place(const kv_region_header &h) {
     s.entry_off = take(uint64_t(h.n_entries) * sizeof(kv_entry), 4096);
     s.slab_off = take(uint64_t(h.n_slabs) * sizeof(kv_slab), 4096);
     s.block_off = take(uint64_t(h.n_slabs) * h.blocks_per_slab * 8, 4096);
+    // v1.3: the change feed, when there is one (0 otherwise).
+    s.feed_off = h.feed_slots ? take(feed_bytes(h.feed_slots), 4096) : 0;
     uint64_t data_align = h.page_size > 4096 ? h.page_size : 4096;
     s.data_off = take(uint64_t(h.n_slabs) * h.slab_size, data_align);
     s.end = off;
@@ -90,6 +93,8 @@ void set_sections(kv_region_header &h, const Sections &s) {
     h.block_len = uint64_t(h.n_slabs) * h.blocks_per_slab * 8;
     h.data_off = s.data_off;
     h.data_len = uint64_t(h.n_slabs) * h.slab_size;
+    h.feed_off = s.feed_off;
+    h.feed_len = feed_bytes(h.feed_slots);
 }
 
 } // namespace
@@ -129,6 +134,14 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
         return -EINVAL;
     }
     h.evict_policy = o.evict_policy;
+    if (o.feed_slots && (!std::has_single_bit(o.feed_slots) || o.feed_slots < KV_FEED_MIN_SLOTS ||
+                         o.feed_slots > KV_FEED_MAX_SLOTS)) {
+        errf(err, errlen, "feed_slots %u: expected 0 (no feed) or a power of two from %u to %u",
+             o.feed_slots, KV_FEED_MIN_SLOTS, KV_FEED_MAX_SLOTS);
+        return -EINVAL;
+    }
+    h.feed_slots = o.feed_slots;
+    h.feed_slot_size = o.feed_slots ? sizeof(kv_feed_slot) : 0;
     h.max_clients = o.max_clients ? o.max_clients : 64;
     if (o.flags & KV_CREATE_F_DAEMON_SLOT) {
         // One slot beyond the ones asked for, kept for the daemon.
@@ -186,6 +199,7 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
     h.abi_minor = KV_ABI_MINOR;
     h.header_size = sizeof(kv_region_header);
     h.incompat_features = KV_INCOMPAT_F_CAS16 | KV_INCOMPAT_F_LIVE_ACCT;
+    if (h.feed_slots) h.incompat_features |= KV_INCOMPAT_F_FEED;
     h.compat_features = KV_COMPAT_F_EVICT_POLICY;
     h.numa_node = KV_NUMA_NONE;
     *out = h;
@@ -272,6 +286,19 @@ int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen)
         BAD(h.daemon_slots > 1 ? -EPROTO : -EBADMSG,
             "daemon_slots %u: expected 0 or 1, and fewer than max_clients (%u)", h.daemon_slots,
             h.max_clients);
+    // v1.3: a feed is announced by its incompat bit and nothing else.
+    if (!!(h.incompat_features & KV_INCOMPAT_F_FEED) != (h.feed_slots != 0))
+        BAD(-EBADMSG,
+            "feed_slots %u with incompat_features 0x%llx: expected FEED (0x%llx) exactly "
+            "when feed_slots > 0",
+            h.feed_slots, (ull)h.incompat_features, (ull)KV_INCOMPAT_F_FEED);
+    if (h.feed_slots && (!std::has_single_bit(h.feed_slots) || h.feed_slots < KV_FEED_MIN_SLOTS ||
+                         h.feed_slots > KV_FEED_MAX_SLOTS))
+        BAD(-EBADMSG, "feed_slots %u: expected a power of two from %u to %u", h.feed_slots,
+            KV_FEED_MIN_SLOTS, KV_FEED_MAX_SLOTS);
+    if (h.feed_slot_size != (h.feed_slots ? sizeof(kv_feed_slot) : 0))
+        BAD(-EPROTO, "feed_slot_size %u: expected %zu", h.feed_slot_size,
+            h.feed_slots ? sizeof(kv_feed_slot) : size_t(0));
     for (size_t i = 0; i < sizeof h.reserved / sizeof h.reserved[0]; i++)
         if (h.reserved[i])
             BAD(-EPROTO, "header reserved[%zu] is 0x%llx: expected 0", i, (ull)h.reserved[i]);
@@ -342,6 +369,8 @@ int validate_region(const uint8_t *base, uint64_t len, char *err, size_t errlen)
         {"block_len", h.block_len, want.block_len},
         {"data_off", h.data_off, want.data_off},
         {"data_len", h.data_len, want.data_len},
+        {"feed_off", h.feed_off, want.feed_off},
+        {"feed_len", h.feed_len, want.feed_len},
     };
     for (auto &f : fields)
         if (f.seen != f.expected)
@@ -378,6 +407,12 @@ void pool_bind(kv_pool *p, uint8_t *base, uint64_t len) {
     p->data = base + h.data_off;
     p->bucket_mask = h.n_buckets - 1;
     p->policy = h.evict_policy;
+    if (h.feed_slots) {
+        p->feed_hdr = reinterpret_cast<kv_feed_header *>(base + h.feed_off);
+        p->feed_slots =
+            reinterpret_cast<kv_feed_slot *>(base + h.feed_off + sizeof(kv_feed_header));
+        p->feed_mask = h.feed_slots - 1;
+    }
 }
 
 } // namespace kv::detail

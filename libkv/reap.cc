@@ -12,6 +12,7 @@
 // retiring, then OWNED blocks (claimed but never attached to an entry;
 // entry_finish_free leaves those to this last step).
 #include "detail.h"
+#include "feed.h"
 
 namespace kv::detail {
 
@@ -59,6 +60,9 @@ void reclaim_client(kv_pool *p, uint32_t client) {
         uint64_t w = load(p->blocks[b], std::memory_order_acquire);
         if (Blk::state(w) == KV_BLOCK_OWNED && Blk::owner(w) == client) block_free(p, b, w);
     }
+    // Feed slots the client left WRITING, and the loss it may have left
+    // (PROTOCOL.md section 13): after everything it changed is settled.
+    feed_reap_client(p, client);
     // Namespaces the client was registering: back to FREE so the slot can be
     // taken again (nobody can have seen a WRITING manifest as valid).
     for (uint32_t i = 0; i < h.max_namespaces; i++) {

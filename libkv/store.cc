@@ -28,6 +28,7 @@
 // immutable until the entry is freed, which a pin or the generation in the
 // next CAS rules out.
 #include "detail.h"
+#include "feed.h"
 
 #include <algorithm>
 
@@ -204,7 +205,7 @@ uint32_t entry_insert(kv_pool *p, uint32_t e, uint32_t ns, const kv_key &k) {
         // the kill's CAS names; pairs with ROOM-R1.
         std::atomic_thread_fence(std::memory_order_acquire);
         if (!entry_expired(he, now_ns())) break;
-        if (entry_kill(p, holder, Ctl::gen(hc), false)) bump(my_stats(p).removes);
+        if (entry_kill(p, holder, Ctl::gen(hc), false, KV_FEED_EXPIRE)) bump(my_stats(p).removes);
         holder = index_insert(p, e);
     }
     return holder;
@@ -264,7 +265,15 @@ int reserve_impl(kv_pool *p, const PutRequest &rq, Reserved *out) {
     return 0;
 }
 
-int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t sum) {
+// What a commit records in the change feed beyond the entry's own fields.
+struct CommitFeed {
+    const kv_key *parent = nullptr; // the put's parent (reservations: from the entry)
+    const uint32_t *ids = nullptr;
+    uint32_t n_ids = 0;
+};
+
+int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t sum,
+                const CommitFeed &cf = {}) {
     if (e >= p->hdr->n_entries) return -EINVAL;
     kv_entry &en = p->entries[e];
     // STO-A8: pairs with the claim ROOM-X1, which another thread of this
@@ -279,16 +288,40 @@ int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t su
         sum = copy_hash(nullptr,
                         block_data(p, load(en.block, std::memory_order_relaxed), en.class_id), len);
     store(en.checksum, sum, std::memory_order_relaxed);
-    store(en.commit_ns, now_ns(), std::memory_order_relaxed);
+    const uint64_t commit_ns = now_ns();
+    store(en.commit_ns, commit_ns, std::memory_order_relaxed);
+    FeedRec fr;
+    kv_key parent_key;
+    if (feed_on(p)) {
+        // Our own reservation's fields (relaxed: only we wrote them).
+        fr.kind = KV_FEED_COMMIT;
+        fr.ns = load(en.ns_id, std::memory_order_relaxed);
+        fr.key = {load(en.key_lo, std::memory_order_relaxed),
+                  load(en.key_hi, std::memory_order_relaxed)};
+        fr.length = len;
+        fr.tokens = load(en.tokens, std::memory_order_relaxed);
+        fr.entry = e;
+        fr.gen = gen;
+        fr.time_ns = commit_ns;
+        fr.ids = cf.ids;
+        fr.n_ids = cf.n_ids;
+        fr.parent = cf.parent;
+        if (!fr.parent && feed_parent_key(p, en, &parent_key)) fr.parent = &parent_key;
+    }
     const uint32_t rec = acct_begin(p, e, gen, len, false);
     acct_crash_point(AcctPoint::CommitWrittenDown);
+    // Feed P1: after STO-A8 (the state the CAS expects), before the CAS.
+    const uint64_t ticket = feed_claim(p);
+    feed_crash_point(FeedPoint::Claimed);
     // STO-X1 (C1): RESERVED(gen, us) -> COMMITTED(gen), a full barrier:
     // publishes the data, checksum, metadata and key to every acquire of
     // ctl that sees COMMITTED (STO-A1, A3, A5, A7, A9, A13, A16; index.cc,
-    // evict.cc, inspect.cc and the snapshot writer).
+    // evict.cc, inspect.cc, the snapshot writer and the feed's FEED-A6).
     const bool committed = cas16(
         &en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_COMMITTED, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
     acct_crash_point(AcctPoint::CommitDone);
+    feed_crash_point(FeedPoint::Changed);
+    feed_publish(p, ticket, fr, committed);
     acct_end(p, rec, committed);
     if (!committed) return -EINVAL;
     kv_client_stats &st = my_stats(p);
@@ -393,7 +426,7 @@ void entry_maybe_free(kv_pool *p, uint32_t e) {
     }
 }
 
-bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned) {
+bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned, uint32_t cause) {
     kv_entry &en = p->entries[e];
     for (;;) {
         // STO-A13: pairs with the commit STO-X1 of this generation.
@@ -401,10 +434,36 @@ bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned) {
         uint64_t x = load(en.aux, std::memory_order_relaxed); // checked by the CAS
         if (Ctl::gen(c) != gen || Ctl::state(c) != KV_ENTRY_COMMITTED) return false;
         if (require_unpinned && Ctl::pins(c) != 0) return false;
+        FeedRec fr;
+        if (feed_on(p)) {
+            // Relaxed: the committed life's fields, published by STO-X1
+            // (ordered by STO-A13); the CAS below names gen, so they are
+            // used only if they are that life's (STO-A17).
+            fr.kind = cause;
+            fr.ns = load(en.ns_id, std::memory_order_relaxed);
+            fr.key = {load(en.key_lo, std::memory_order_relaxed),
+                      load(en.key_hi, std::memory_order_relaxed)};
+            fr.length = load(en.length, std::memory_order_relaxed);
+            fr.tokens = load(en.tokens, std::memory_order_relaxed);
+            fr.entry = e;
+            fr.gen = gen;
+            fr.time_ns = now_ns();
+            // STO-A17: pairs with ROOM-R1 (a new life's fence before its key
+            // stores): a key of a later life read above makes the CAS16 see
+            // that life's generation and fail.
+            std::atomic_thread_fence(std::memory_order_acquire);
+        }
+        // Feed P1: after STO-A13 (the COMMITTED(gen) the CAS expects).
+        const uint64_t ticket = feed_claim(p);
+        feed_crash_point(FeedPoint::Claimed);
         // STO-X3: COMMITTED(gen) -> DEAD(gen). Pins and aux stay: pinned
         // views remain valid, the journal protocol keeps working on a DEAD
         // entry. The unlink that follows (index.cc) starts after it.
-        if (cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_DEAD, Ctl::pins(c)), x})) break;
+        const bool killed =
+            cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_DEAD, Ctl::pins(c)), x});
+        feed_crash_point(FeedPoint::Changed);
+        feed_publish(p, ticket, fr, killed); // a NOP when the CAS failed
+        if (killed) break;
     }
     index_remove(p, e, gen);
     return true;
@@ -442,15 +501,19 @@ struct PutOpts {
     kv_key parent_key{};
     const kv_key *parent = nullptr;
     uint32_t ttl_ms = 0;
+    const uint32_t *ids = nullptr; // for the change feed
+    uint32_t n_ids = 0;
 };
 int put_opts(const kv_put_opts *in, PutOpts *out) {
     if (!in) return 0;
     if (in->struct_size < offsetof(kv_put_opts, meta)) return -EINVAL;
     kv_put_opts o{};
     memcpy(&o, in, std::min<size_t>(in->struct_size, sizeof o));
-    if ((o.flags & ~KV_PUT_F_PARENT) || o.reserved) return -EINVAL;
+    if ((o.flags & ~KV_PUT_F_PARENT) || (o.n_token_ids && !o.token_ids)) return -EINVAL;
     out->meta = o.meta;
     out->ttl_ms = o.ttl_ms;
+    out->ids = o.token_ids;
+    out->n_ids = o.n_token_ids;
     if (o.flags & KV_PUT_F_PARENT) {
         out->parent_key = o.parent;
         out->parent = &out->parent_key;
@@ -459,13 +522,14 @@ int put_opts(const kv_put_opts *in, PutOpts *out) {
 }
 
 // The bodies of kv_put / kv_put_ex and kv_reserve / kv_reserve_ex.
-int put_common(kv_pool *p, const PutRequest &rq, const void *data) {
+int put_common(kv_pool *p, const PutRequest &rq, const void *data, const uint32_t *ids = nullptr,
+               uint32_t n_ids = 0) {
     Reserved r;
     if (int rc = reserve_impl(p, rq, &r)) return rc;
     kv_entry &en = p->entries[r.entry];
     uint8_t *dst = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
     uint64_t sum = copy_hash(dst, data, rq.len);
-    return commit_impl(p, r.entry, r.gen, true, sum);
+    return commit_impl(p, r.entry, r.gen, true, sum, {rq.parent, ids, n_ids});
 }
 
 int reserve_common(kv_pool *p, const PutRequest &rq, kv_reservation *out) {
@@ -493,6 +557,15 @@ int kv_commit(kv_pool *p, kv_reservation *r, uint32_t flags, uint64_t checksum) 
     if (!p || !r || (flags & ~KV_COMMIT_F_CHECKSUM) || r->handle[1] != p->client) return -EINVAL;
     return commit_impl(p, PinA::entry(r->handle[0]), PinA::gen(r->handle[0]),
                        flags & KV_COMMIT_F_CHECKSUM, checksum);
+}
+
+int kv_commit_ex(kv_pool *p, kv_reservation *r, uint32_t flags, uint64_t checksum,
+                 const uint32_t *token_ids, uint32_t n) noexcept {
+    if (!p || !r || (flags & ~KV_COMMIT_F_CHECKSUM) || r->handle[1] != p->client ||
+        (n && !token_ids))
+        return -EINVAL;
+    return commit_impl(p, PinA::entry(r->handle[0]), PinA::gen(r->handle[0]),
+                       flags & KV_COMMIT_F_CHECKSUM, checksum, {nullptr, token_ids, n});
 }
 
 int kv_abort(kv_pool *p, kv_reservation *r) noexcept {
@@ -525,7 +598,7 @@ int kv_put_ex(kv_pool *p, uint32_t ns, const kv_key *key, const void *data, uint
     if (!p || !key || (!data && len)) return -EINVAL;
     PutOpts o;
     if (int rc = put_opts(opts, &o)) return rc;
-    return put_common(p, {ns, *key, len, &o.meta, o.parent, o.ttl_ms}, data);
+    return put_common(p, {ns, *key, len, &o.meta, o.parent, o.ttl_ms}, data, o.ids, o.n_ids);
 }
 
 int kv_reserve_ex(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, const kv_put_opts *opts,
@@ -533,6 +606,7 @@ int kv_reserve_ex(kv_pool *p, uint32_t ns, const kv_key *key, uint64_t len, cons
     if (!p || !key || !out) return -EINVAL;
     PutOpts o;
     if (int rc = put_opts(opts, &o)) return rc;
+    if (o.n_ids) return -EINVAL; // token ids go to kv_commit_ex
     return reserve_common(p, {ns, *key, len, &o.meta, o.parent, o.ttl_ms}, out);
 }
 

@@ -13,8 +13,8 @@
 static int kv_test_kv_checks(void)
 {
 	KV_TEST_SIZE(struct kv_key, 16);
-	KV_TEST_SIZE(struct kv_create_opts, 64);
-	KV_TEST_SIZE(struct kv_put_opts, 48);
+	KV_TEST_SIZE(struct kv_create_opts, 72);
+	KV_TEST_SIZE(struct kv_put_opts, 56);
 	KV_TEST_SIZE(struct kv_meta, 16);
 	KV_TEST_SIZE(struct kv_view, 56);
 	KV_TEST_SIZE(struct kv_reservation, 32);
@@ -27,6 +27,10 @@ static int kv_test_kv_checks(void)
 	KV_TEST_OFFSET(struct kv_put_opts, meta, 8);
 	KV_TEST_OFFSET(struct kv_put_opts, parent, 24);
 	KV_TEST_OFFSET(struct kv_put_opts, ttl_ms, 40);
+	KV_TEST_OFFSET(struct kv_put_opts, n_token_ids, 44);
+	KV_TEST_OFFSET(struct kv_put_opts, token_ids, 48);
+	KV_TEST_OFFSET(struct kv_create_opts, max_entries, 60);
+	KV_TEST_OFFSET(struct kv_create_opts, feed_slots, 64);
 	KV_TEST_OFFSET(struct kv_view, handle, 40);
 	kv_test_check("KV_DEDUP", KV_DEDUP, 1);
 	return kv_test_region_checks();

@@ -37,6 +37,8 @@ static int kv_test_region_checks(void)
 	KV_TEST_SIZE(struct kv_pin_slot, KV_PIN_SLOT_SIZE_V1);
 	KV_TEST_SIZE(struct kv_entry, KV_ENTRY_SIZE_V1);
 	KV_TEST_SIZE(struct kv_slab, KV_SLAB_SIZE_V1);
+	KV_TEST_SIZE(struct kv_feed_header, KV_FEED_HEADER_SIZE_V1);
+	KV_TEST_SIZE(struct kv_feed_slot, KV_FEED_SLOT_SIZE_V1);
 
 	KV_TEST_OFFSET(struct kv_region_header, magic, 0);
 	KV_TEST_OFFSET(struct kv_region_header, abi_major, 8);
@@ -51,7 +53,26 @@ static int kv_test_region_checks(void)
 	KV_TEST_OFFSET(struct kv_region_header, data_len, 280);
 	KV_TEST_OFFSET(struct kv_region_header, evict_policy, 288);
 	KV_TEST_OFFSET(struct kv_region_header, daemon_slots, 292);
-	KV_TEST_OFFSET(struct kv_region_header, reserved, 296);
+	KV_TEST_OFFSET(struct kv_region_header, feed_off, 296);
+	KV_TEST_OFFSET(struct kv_region_header, feed_len, 304);
+	KV_TEST_OFFSET(struct kv_region_header, feed_slots, 312);
+	KV_TEST_OFFSET(struct kv_region_header, feed_slot_size, 316);
+	KV_TEST_OFFSET(struct kv_region_header, reserved, 320);
+	KV_TEST_OFFSET(struct kv_feed_header, head, 0);
+	KV_TEST_OFFSET(struct kv_feed_header, dropped, 64);
+	KV_TEST_OFFSET(struct kv_feed_header, floor, 128);
+	KV_TEST_OFFSET(struct kv_feed_slot, seq, 0);
+	KV_TEST_OFFSET(struct kv_feed_slot, kind, 8);
+	KV_TEST_OFFSET(struct kv_feed_slot, ns, 16);
+	KV_TEST_OFFSET(struct kv_feed_slot, n_ids, 20);
+	KV_TEST_OFFSET(struct kv_feed_slot, key_lo, 24);
+	KV_TEST_OFFSET(struct kv_feed_slot, parent_lo, 40);
+	KV_TEST_OFFSET(struct kv_feed_slot, length, 56);
+	KV_TEST_OFFSET(struct kv_feed_slot, tokens, 64);
+	KV_TEST_OFFSET(struct kv_feed_slot, entry, 68);
+	KV_TEST_OFFSET(struct kv_feed_slot, gen, 72);
+	KV_TEST_OFFSET(struct kv_feed_slot, time_ns, 80);
+	KV_TEST_OFFSET(struct kv_feed_slot, token_ids, 128);
 	KV_TEST_OFFSET(struct kv_region_state, slab_hand, 64);
 	KV_TEST_OFFSET(struct kv_region_state, reap_epoch, 128);
 	KV_TEST_OFFSET(struct kv_region_state, lfu_floor, 192);

@@ -213,10 +213,16 @@ TEST_F(BadRegionTest, UnknownIncompatBit) {
            {-EPROTO},
            {"incompat"},
            {}});
-    check({"incompat2",
-           [](Image &i) { hdr(i).incompat_features |= 1ULL << 2; },
+    check({"incompat3",
+           [](Image &i) { hdr(i).incompat_features |= 1ULL << 3; },
            {-EPROTO},
            {"incompat"},
+           {}});
+    // v1.3: the feed bit on a region without a feed (and so no section).
+    check({"feed_bit_without_slots",
+           [](Image &i) { hdr(i).incompat_features |= KV_INCOMPAT_F_FEED; },
+           {-EBADMSG},
+           {"feed_slots"},
            {}});
 }
 
@@ -235,8 +241,8 @@ TEST_F(BadRegionTest, HeaderSizeTooSmall) {
 
 TEST_F(BadRegionTest, NonZeroReserved) {
     check({"reserved5", [](Image &i) { hdr(i).reserved[5] = 1; }, {-EPROTO}, {"reserved"}, {}});
-    check({"reserved30",
-           [](Image &i) { hdr(i).reserved[30] = 1ULL << 63; },
+    check({"reserved27",
+           [](Image &i) { hdr(i).reserved[27] = 1ULL << 63; },
            {-EPROTO},
            {"reserved"},
            {}});

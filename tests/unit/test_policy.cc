@@ -321,9 +321,9 @@ TEST_F(PolicyTest, PutOptsValidation) {
     o.flags = 1U << 7;
     EXPECT_EQ(put_ex(1, o), -EINVAL) << "unknown flag";
     o.flags = 0;
-    o.reserved = 1;
-    EXPECT_EQ(put_ex(1, o), -EINVAL) << "non-zero reserved";
-    o.reserved = 0;
+    o.n_token_ids = 1; // and no ids
+    EXPECT_EQ(put_ex(1, o), -EINVAL) << "token ids without a pointer";
+    o.n_token_ids = 0;
     o.struct_size = 4;
     EXPECT_EQ(put_ex(1, o), -EINVAL) << "struct_size too small";
     o.struct_size = 24; // an older, shorter struct: meta only

@@ -36,7 +36,9 @@
  * lists every such pair. */
 #define KV_REGION_MAGIC 0x01004c4f4f50564bULL
 #define KV_ABI_MAJOR 1
-#define KV_ABI_MINOR 2 /* 1.1: eviction policies; 1.2: exact live bytes (KV_INCOMPAT_F_LIVE_ACCT) */
+#define KV_ABI_MINOR                                                                  \
+	3 /* 1.1: eviction policies; 1.2: exact live bytes (KV_INCOMPAT_F_LIVE_ACCT); \
+	   * 1.3: change feed (KV_INCOMPAT_F_FEED) */
 
 /* Incompatible features: an attacher that does not know a set bit refuses. */
 #define KV_INCOMPAT_F_CAS16 (1ULL << 0) /* entry ctl/aux pair updated with 16-byte CAS */
@@ -49,7 +51,15 @@
  * so a v1.1 process must not attach such a region.
  */
 #define KV_INCOMPAT_F_LIVE_ACCT (1ULL << 1)
-#define KV_INCOMPAT_KNOWN (KV_INCOMPAT_F_CAS16 | KV_INCOMPAT_F_LIVE_ACCT)
+/*
+ * v1.3: the region has a change feed (feed_off, feed_slots; PROTOCOL.md
+ * section 13): every commit, remove, eviction and expiry of a block is
+ * recorded by the process that makes it. Incompatible: a process that
+ * committed or removed without recording would make the feed lie, so a
+ * v1.2 process must not attach such a region. Set only when feed_slots > 0.
+ */
+#define KV_INCOMPAT_F_FEED (1ULL << 2)
+#define KV_INCOMPAT_KNOWN (KV_INCOMPAT_F_CAS16 | KV_INCOMPAT_F_LIVE_ACCT | KV_INCOMPAT_F_FEED)
 /*
  * Compatible features: unknown bits are ignored.
  * EVICT_POLICY (v1.1): the header's evict_policy names the pool's eviction
@@ -152,14 +162,22 @@ struct kv_region_header {
 	 * the daemon finds a slot when every other one is held. 0 or 1; 0 in
 	 * older regions. */
 	uint32_t daemon_slots;
-	uint64_t reserved[31]; /* zero on write, checked on attach */
+	/* v1.3 (KV_INCOMPAT_F_FEED), carved from reserved[0..2]: the change
+	 * feed, struct kv_feed_header then struct kv_feed_slot[feed_slots].
+	 * All zero when the region has no feed. */
+	uint64_t feed_off, feed_len;
+	uint32_t feed_slots;     /* 0, or a power of two, KV_FEED_MIN_SLOTS..KV_FEED_MAX_SLOTS */
+	uint32_t feed_slot_size; /* sizeof(struct kv_feed_slot) of the creator: KV_FEED_SLOT_SIZE_V1 */
+	uint64_t reserved[28];   /* zero on write, checked on attach */
 };
 #define KV_REGION_HEADER_SIZE_V1 544
 KV_STATIC_ASSERT(sizeof(struct kv_region_header) == KV_REGION_HEADER_SIZE_V1, "header v1 size");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, max_clients) == 88, "header geometry offset");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, state_off) == 128, "header sections offset");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, evict_policy) == 288, "header v1.1 policy offset");
-KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, reserved) == 296, "header reserved offset");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, feed_off) == 296, "header v1.3 feed offset");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, feed_slots) == 312, "header v1.3 feed slots");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_region_header, reserved) == 320, "header reserved offset");
 
 /*
  * Pool-wide mutable words, each on its own cache line because different
@@ -457,5 +475,80 @@ KV_STATIC_ASSERT(sizeof(struct kv_slab) == KV_SLAB_SIZE_V1, "slab v1 size");
 #define KV_BLOCK_OWNED 2   /* claimed by a client, not yet attached to an entry */
 #define KV_BLOCK_ENTRY 3   /* holds the data of the entry named by owner */
 #define KV_BLOCK_RETIRED 4 /* taken back by a slab retirer (owner) */
+
+/*
+ * v1.3 change feed (KV_INCOMPAT_F_FEED; PROTOCOL.md section 13): a
+ * lock-free multi-producer ring of fixed-size records, drained by one
+ * reader (kvpoold). Producers never wait: a record whose slot is busy is
+ * dropped and counted, and the reader then resynchronizes from the entry
+ * table.
+ *
+ * Tickets are 1-based: a producer takes t = head + 1 with one fetch_add
+ * on head, and writes slot (t - 1) % feed_slots. Ticket order follows the
+ * order of the changes to any one key (PROTOCOL.md 13 proves it).
+ */
+#define KV_FEED_MIN_SLOTS 64
+#define KV_FEED_MAX_SLOTS 1048576
+
+struct kv_feed_header {
+	uint64_t head; /* tickets taken so far; fetch_add (relaxed) by every producer */
+	uint64_t pad0[7];
+	/* Records not written (their slot was busy) and dead producers reaped:
+	 * each says "the reader lost something". fetch_add (release) by
+	 * producers and reapers, load (acquire) by the reader. */
+	uint64_t dropped;
+	uint64_t pad1[7];
+	/* Every ticket <= floor is abandoned by the reader (it resynchronized
+	 * instead of reading it). Stored (seq_cst) by the reader only; a
+	 * producer whose change came after it reads a floor >= its ticket and
+	 * counts a drop (PROTOCOL.md 13). */
+	uint64_t floor;
+	uint64_t pad2[7];
+	uint64_t reserved[8]; /* zero */
+};
+#define KV_FEED_HEADER_SIZE_V1 256
+KV_STATIC_ASSERT(sizeof(struct kv_feed_header) == KV_FEED_HEADER_SIZE_V1, "feed header v1 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_feed_header, dropped) == 64, "feed dropped on its own line");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_feed_header, floor) == 128, "feed floor on its own line");
+
+/* kv_feed_slot.seq: [63:16] ticket (mod 2^48), [15:4] client + 1 of the
+ * writer, [3:0] KV_FEED_SEQ_*. 0: never written. */
+#define KV_FEED_SEQ_WRITING 1   /* the client named is writing the body */
+#define KV_FEED_SEQ_PUBLISHED 2 /* the body is complete (release) */
+
+/* kv_feed_slot.kind */
+#define KV_FEED_NOP 0    /* the producer's CAS failed: nothing changed */
+#define KV_FEED_COMMIT 1 /* RESERVED -> COMMITTED */
+#define KV_FEED_REMOVE 2 /* COMMITTED -> DEAD by kv_remove (or a put replacing an expired block) */
+#define KV_FEED_EVICT 3  /* COMMITTED -> DEAD to make room (put, watermark, kv_evict_bytes) */
+#define KV_FEED_EXPIRE 4 /* COMMITTED -> DEAD of an expired block */
+
+/* kv_feed_slot.flags */
+#define KV_FEED_F_PARENT (1U << 0)      /* parent_lo/hi name the chain's previous block */
+#define KV_FEED_F_IDS_OMITTED (1U << 1) /* the producer had more token ids than fit: none recorded */
+
+#define KV_FEED_MAX_IDS 224
+
+struct kv_feed_slot {
+	uint64_t seq; /* CAS from a published or empty value of an older ticket to
+	               * WRITING(t, me); then a release store of PUBLISHED(t, me) */
+	uint32_t kind;
+	uint32_t flags;
+	uint32_t ns;
+	uint32_t n_ids; /* token ids recorded in token_ids, <= KV_FEED_MAX_IDS */
+	uint64_t key_lo, key_hi;
+	uint64_t parent_lo, parent_hi;
+	uint64_t length; /* bytes of the block */
+	uint32_t tokens; /* kv_meta.tokens */
+	uint32_t entry;  /* entry index of the block */
+	uint32_t gen;    /* its generation at the change */
+	uint32_t reserved0;
+	uint64_t time_ns; /* CLOCK_REALTIME of the change (commit_ns for a commit) */
+	uint64_t reserved[5];
+	uint32_t token_ids[KV_FEED_MAX_IDS];
+};
+#define KV_FEED_SLOT_SIZE_V1 1024
+KV_STATIC_ASSERT(sizeof(struct kv_feed_slot) == KV_FEED_SLOT_SIZE_V1, "feed slot v1 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_feed_slot, token_ids) == 128, "feed slot ids offset");
 
 #endif /* KVPOOL_UAPI_REGION_H */

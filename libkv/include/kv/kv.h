@@ -64,6 +64,11 @@ struct kv_create_opts {
 	uint32_t evict_policy; /* KV_EVICT_* (region.h); kv_create_opts_init: KV_EVICT_PREFIX */
 	/* Since LIBKV_0.3 (was reserved0, zero): */
 	uint32_t max_entries; /* 0: no cap; else 64..0xfffffff0, at most this many entry slots */
+	/* Since LIBKV_0.5 (struct_size >= 72; a smaller struct gets no feed): */
+	uint32_t feed_slots; /* 0: no change feed; else a power of two, 64..1048576 (region.h
+	                      * KV_FEED_*): records of commits, removes, evictions and expiries
+	                      * that kvpoold drains (uapi/PROTOCOL.md section 13) */
+	uint32_t reserved1;  /* zero */
 };
 
 /* Fill opts with defaults for a pool of size bytes (policy: KV_EVICT_PREFIX). */
@@ -255,7 +260,12 @@ struct kv_put_opts {
 	                       * which this one is useless; PREFIX pools evict children first */
 	uint32_t ttl_ms;      /* 0: no expiry; else the block expires ttl_ms after its commit: gets,
 	                       * contains and match_prefix stop finding it and eviction takes it first */
-	uint32_t reserved;    /* zero */
+	/* Since LIBKV_0.5 (was reserved, zero): the token ids the block covers,
+	 * recorded in the pool's change feed with the commit (kv_put_ex only;
+	 * kv_reserve_ex refuses them: pass them to kv_commit_ex). More than
+	 * KV_FEED_MAX_IDS are not recorded (the record says so). */
+	uint32_t n_token_ids;
+	const uint32_t *token_ids; /* n_token_ids ids; NULL when n_token_ids is 0 */
 };
 
 /* A pinned, read-only, zero-copy view of a committed block. */
@@ -314,6 +324,14 @@ int kv_reserve_ex(struct kv_pool *pool, uint32_t ns, const struct kv_key *key, u
  * Returns 0 or -EINVAL (not a live reservation of this client).
  */
 int kv_commit(struct kv_pool *pool, struct kv_reservation *r, uint32_t flags, uint64_t checksum) KV_NOEXCEPT;
+
+/*
+ * kv_commit with the block's token ids, recorded in the pool's change feed
+ * with the commit (ignored when the pool has no feed); token_ids may be
+ * NULL when n is 0. Since LIBKV_0.5. Returns what kv_commit returns.
+ */
+int kv_commit_ex(struct kv_pool *pool, struct kv_reservation *r, uint32_t flags, uint64_t checksum,
+                 const uint32_t *token_ids, uint32_t n) KV_NOEXCEPT;
 
 /* Drop a reservation; its space is freed. 0 or -EINVAL. */
 int kv_abort(struct kv_pool *pool, struct kv_reservation *r) KV_NOEXCEPT;

@@ -134,6 +134,12 @@ class Reservation
 		int rc = kv_commit(std::exchange(pool_, nullptr), &r_, 0, 0);
 		return rc;
 	}
+	// Publish with the block's token ids, recorded in the pool's change feed.
+	int commit(std::span<const uint32_t> token_ids)
+	{
+		return kv_commit_ex(std::exchange(pool_, nullptr), &r_, 0, 0, token_ids.data(),
+		                    uint32_t(token_ids.size()));
+	}
 
       private:
 	kv_pool *pool_ = nullptr;
@@ -150,6 +156,8 @@ struct PutOptions {
 	const Meta *meta = nullptr;
 	const Key *parent = nullptr;
 	uint32_t ttl_ms = 0;
+	// Recorded in the pool's change feed with the commit (put only).
+	std::span<const uint32_t> token_ids{};
 
 	kv_put_opts to_c() const
 	{
@@ -162,6 +170,8 @@ struct PutOptions {
 			o.parent = *parent;
 		}
 		o.ttl_ms = ttl_ms;
+		o.n_token_ids = uint32_t(token_ids.size());
+		o.token_ids = token_ids.empty() ? nullptr : token_ids.data();
 		return o;
 	}
 };
