@@ -344,6 +344,11 @@ int main(int argc, char **argv) {
     // tier) register here before the loop starts; its timer runs only
     // while one is registered.
     FeedDrainer feed_drainer;
+    // The remote tiers' write-behind: only when a configured pool has a
+    // tier (runtime pools have none), so that the timer stays off otherwise.
+    const bool any_remote =
+        std::ranges::any_of(cfg.pools, [](const PoolConfig &p) { return p.remote.enabled; });
+    if (any_remote) feed_drainer.add_sink(remote.get());
     Timer feed_timer(epfd, feed_drainer.interval_us());
     uint64_t wd_usec = 0;
     bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0;
@@ -427,6 +432,7 @@ int main(int argc, char **argv) {
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     server.reset(); // no new requests while pools go away
     set_remote_tiers(nullptr);
+    if (any_remote) feed_drainer.remove_sink(remote.get());
     remote.reset(); // joins the tiers' workers before their pools go
     join_all_jobs(*pm);
     int failed = 0;
