@@ -163,6 +163,22 @@ void RemoteTier::note_error(const std::string &what) {
     last_error_ns_ = realtime_ns();
 }
 
+void RemoteTier::remember_fetched(uint32_t ns, std::span<const kv_key> keys, bool add_them) {
+    std::lock_guard lk(mu_);
+    for (const kv_key &k : keys) {
+        const auto id = std::make_tuple(ns, k.lo, k.hi);
+        if (!add_them) {
+            fetched_.erase(id); // its entry in fetched_order_ goes when it comes up
+            continue;
+        }
+        if (fetched_.insert(id).second) fetched_order_.push_back(id);
+        while (fetched_order_.size() > kMaxFetchedMemo) {
+            fetched_.erase(fetched_order_.front());
+            fetched_order_.pop_front();
+        }
+    }
+}
+
 void RemoteTier::upload_loop(std::string password) {
     ClusterClient client(cluster_options(cfg_, password));
     UploadOptions uo;
@@ -282,24 +298,27 @@ void RemoteTier::fetch_loop(std::string password) {
         size_t pos = q.first;
         FetchOptions fo;
         fo.key_prefix = cfg_.key_prefix;
-        std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> committed_ids;
         while (!err && pos < q.keys.size()) {
             if (mono_ns() >= deadline_ns) {
                 stopped = "timeout";
                 break;
             }
             const size_t end = std::min(q.keys.size(), pos + kFetchChunk);
+            // The chunk's keys are marked as coming from the tier before
+            // they are committed: the drainer may hand their Stored events
+            // to on_events before fetch_into_pool returns. Those not
+            // committed are unmarked after, so that an engine's own commit
+            // of them is uploaded.
+            remember_fetched(q.ns, std::span<const kv_key>(q.keys.data() + pos, end - pos), true);
             const FetchResult r = fetch_into_pool(
                 client, own_, q.ns, digest, std::span<const kv_key>(q.keys.data(), end), pos, fo);
+            remember_fetched(
+                q.ns,
+                std::span<const kv_key>(q.keys.data() + pos + r.committed, end - pos - r.committed),
+                false);
             fetched += r.fetched;
             present += r.present;
             bytes += r.bytes;
-            // Which of the committed ones were fetched is not told apart:
-            // remembering a present one too only skips a re-upload.
-            for (size_t i = 0; i < r.committed; i++) {
-                const kv_key &k = q.keys[pos + i];
-                committed_ids.emplace_back(q.ns, k.lo, k.hi);
-            }
             for (size_t i = 0; i < kRejectCount; i++)
                 add(n_.rejected[i], r.rejected_by[i]);
             rejected += r.rejected;
@@ -335,13 +354,6 @@ void RemoteTier::fetch_loop(std::string password) {
                     {"seconds", double(mono_ns() - start_ns) / 1e9}};
         }
         lk.lock();
-        for (const auto &id : committed_ids) {
-            if (fetched_.insert(id).second) fetched_order_.push_back(id);
-            if (fetched_order_.size() > kMaxFetchedMemo) {
-                fetched_.erase(fetched_order_.front());
-                fetched_order_.pop_front();
-            }
-        }
         answers_.push_back(JobAnswer{
             q.conn_id, KV_CTL_OP_REMOTE_FETCH, q.seq, err,
             err ? fail : body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)});

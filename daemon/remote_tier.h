@@ -113,6 +113,8 @@ class RemoteTier {
     void fetch_loop(std::string password);
     bool ns_allowed(uint32_t ns); // main thread: the namespace filter, cached
     void note_error(const std::string &what);
+    // Mark (or unmark) blocks as brought in by the fetcher.
+    void remember_fetched(uint32_t ns, std::span<const kv_key> keys, bool add_them);
 
     struct Pending { // one block waiting for upload
         FeedEvent ev;
