@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 // sds.h (the send buffer's string type) has no extern "C" of its own;
 // hiredis.h includes it, so it comes first, wrapped.
@@ -76,6 +77,7 @@ struct Op {
     bool asking = false;  // send ASKING first (an -ASK redirect)
     bool retried = false; // already retried once after a connection error
     std::string target;   // node address for this round
+    std::string error;    // why its last attempt failed to reach the node
 };
 
 } // namespace
@@ -111,6 +113,12 @@ struct ClusterClient::Impl {
     std::unordered_map<std::string, Conn> conns; // open connections by address
     uint64_t clock = 0;                          // LRU stamps
     bool stale = true;                           // refresh before the next round
+    using Clock = std::chrono::steady_clock;
+    Clock::time_point user_deadline = Clock::time_point::max(); // set_deadline
+    Clock::time_point deadline = Clock::time_point::max();      // of the call in progress
+    std::unordered_map<redisContext *, uint32_t> armed;         // socket timeout set, ms
+    std::unordered_map<std::string, Clock::time_point> failed;  // last connect/I/O failure
+    uint64_t get_limit = 0; // of the get_many in progress: read at most this many bytes
 
     explicit Impl(ClusterOptions o) : opts(std::move(o)) {
         owner.fill(-1);
@@ -122,8 +130,10 @@ struct ClusterClient::Impl {
     }
 
     void drop(const std::string &addr) {
+        failed[addr] = Clock::now();
         auto it = conns.find(addr);
         if (it == conns.end()) return;
+        armed.erase(it->second.ctx);
         redisFree(it->second.ctx);
         conns.erase(it);
     }
@@ -133,6 +143,74 @@ struct ClusterClient::Impl {
         if (it != addrs.end()) return int16_t(it - addrs.begin());
         addrs.push_back(addr);
         return int16_t(addrs.size() - 1);
+    }
+
+    // Sets the deadline of the call it spans.
+    struct CallScope {
+        Impl &im;
+        explicit CallScope(Impl &i) : im(i) {
+            im.deadline = im.user_deadline;
+            if (im.opts.call_timeout_ms)
+                im.deadline = std::min(
+                    im.deadline, Clock::now() + std::chrono::milliseconds(im.opts.call_timeout_ms));
+        }
+        ~CallScope() { im.deadline = Clock::time_point::max(); }
+    };
+
+    // How long the next blocking step may take: timeout_ms, or less when the
+    // call's deadline is nearer. 0: the deadline has passed.
+    uint32_t step_ms() const {
+        if (deadline == Clock::time_point::max()) return opts.timeout_ms;
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) return 0;
+        return uint32_t(std::min<long long>(left, opts.timeout_ms));
+    }
+
+    // Sets c's socket timeouts for the next step (a system call only when
+    // they change, i.e. near the deadline). False, with c's error set, if
+    // the deadline has passed.
+    bool arm(redisContext *c) {
+        uint32_t ms = step_ms();
+        if (ms == 0) {
+            c->err = REDIS_ERR_IO;
+            std::snprintf(c->errstr, sizeof c->errstr, "the call's deadline passed");
+            return false;
+        }
+        uint32_t &cur = armed[c];
+        if (cur != ms) {
+            if (redisSetTimeout(c, to_timeval(ms)) != REDIS_OK) return false;
+            cur = ms;
+        }
+        return true;
+    }
+
+    // Why c failed, in words: a socket timeout (EAGAIN from a blocking
+    // socket) reads "Resource temporarily unavailable" in hiredis.
+    std::string why(const redisContext *c) const {
+        if (deadline != Clock::time_point::max() && Clock::now() >= deadline)
+            return "the call's deadline passed";
+        if (c->err == REDIS_ERR_IO && std::strstr(c->errstr, "temporarily unavailable"))
+            return strf("no progress in %u ms", opts.timeout_ms);
+        return c->errstr;
+    }
+
+    // redisGetReply with each receive bounded by arm().
+    bool get_reply(redisContext *c, void **out) {
+        *out = nullptr;
+        if (redisGetReplyFromReader(c, out) != REDIS_OK) return false;
+        while (!*out) {
+            if (!arm(c) || redisBufferRead(c) != REDIS_OK) return false;
+            if (redisGetReplyFromReader(c, out) != REDIS_OK) return false;
+        }
+        return true;
+    }
+
+    // Sends c's output buffer, each send bounded by arm().
+    bool flush(redisContext *c) {
+        int done = 0;
+        while (!done)
+            if (!arm(c) || redisBufferWrite(c, &done) != REDIS_OK) return false;
+        return true;
     }
 
     // An authenticated connection to addr, or nullptr with err set. Closes
@@ -156,6 +234,7 @@ struct ClusterClient::Impl {
                            opts.max_connections);
                 return nullptr;
             }
+            armed.erase(victim->second.ctx);
             redisFree(victim->second.ctx);
             conns.erase(victim);
         }
@@ -164,19 +243,27 @@ struct ClusterClient::Impl {
         if (!split_addr(addr, host, port)) {
             err = strf("%s: not host:port", addr.c_str());
             stats.connect_errors++;
+            failed[addr] = Clock::now();
             return nullptr;
         }
-        redisContext *c = redisConnectWithTimeout(host.c_str(), port, to_timeval(opts.timeout_ms));
+        const uint32_t ms = step_ms();
+        if (ms == 0) {
+            err = strf("%s: the call's deadline passed", addr.c_str());
+            return nullptr;
+        }
+        redisContext *c = redisConnectWithTimeout(host.c_str(), port, to_timeval(ms));
         if (!c || c->err) {
             err = strf("%s: connect: %s", addr.c_str(), c ? c->errstr : "out of memory");
             redisFree(c);
             stats.connect_errors++;
+            failed[addr] = Clock::now();
             return nullptr;
         }
-        if (redisSetTimeout(c, to_timeval(opts.timeout_ms)) != REDIS_OK) {
+        if (redisSetTimeout(c, to_timeval(ms)) != REDIS_OK) {
             err = strf("%s: set timeout: %s", addr.c_str(), c->errstr);
             redisFree(c);
             stats.connect_errors++;
+            failed[addr] = Clock::now();
             return nullptr;
         }
         if (!opts.password.empty()) {
@@ -191,13 +278,15 @@ struct ClusterClient::Impl {
             ReplyPtr rp(r);
             if (!r || r->type == REDIS_REPLY_ERROR) {
                 err = strf("%s: AUTH: %s", addr.c_str(),
-                           r ? std::string(r->str, r->len).c_str() : c->errstr);
+                           r ? std::string(r->str, r->len).c_str() : why(c).c_str());
                 redisFree(c);
                 stats.connect_errors++;
+                failed[addr] = Clock::now();
                 return nullptr;
             }
         }
         stats.connects++;
+        armed[c] = ms;
         conns[addr] = Conn{c, ++clock};
         return c;
     }
@@ -207,9 +296,12 @@ struct ClusterClient::Impl {
         std::string err;
         redisContext *c = connect(addr, {}, err);
         if (!c) return err;
-        ReplyPtr r(static_cast<redisReply *>(redisCommand(c, "CLUSTER SLOTS")));
+        void *raw = nullptr;
+        redisAppendCommand(c, "CLUSTER SLOTS");
+        if (flush(c)) get_reply(c, &raw);
+        ReplyPtr r(static_cast<redisReply *>(raw));
         if (!r) {
-            err = strf("%s: CLUSTER SLOTS: %s", addr.c_str(), c->errstr);
+            err = strf("%s: CLUSTER SLOTS: %s", addr.c_str(), why(c).c_str());
             drop(addr);
             return err;
         }
@@ -263,10 +355,20 @@ struct ClusterClient::Impl {
             if (std::find(order.begin(), order.end(), a) == order.end()) order.push_back(a);
         for (auto &a : opts.seeds)
             if (std::find(order.begin(), order.end(), a) == order.end()) order.push_back(a);
+        // Nodes that failed lately go last: a stopped node would cost a
+        // whole timeout before the next one is asked.
+        const auto recent = Clock::now() - std::chrono::seconds(30);
+        std::stable_partition(order.begin(), order.end(), [&](const std::string &a) {
+            auto f = failed.find(a);
+            return f == failed.end() || f->second < recent;
+        });
         std::string errors;
         for (auto &a : order) {
             std::string e = load_slots(a);
-            if (e.empty()) return "";
+            if (e.empty()) {
+                failed.erase(a);
+                return "";
+            }
             if (!errors.empty()) errors += "; ";
             errors += e;
         }
@@ -281,9 +383,19 @@ struct ClusterClient::Impl {
     }
 
     // Appends one command for op to c's output buffer.
-    static void append(redisContext *c, Cmd cmd, const Op &op, std::span<const std::string> keys,
-                       std::span<const SetItem> items, std::string_view ttl) {
+    void append(redisContext *c, Cmd cmd, const Op &op, std::span<const std::string> keys,
+                std::span<const SetItem> items, std::string_view ttl) {
         if (op.asking) redisAppendCommand(c, "ASKING");
+        if (cmd == Cmd::Get && get_limit) {
+            // GETRANGE clamps to the value: a huge value costs at most
+            // get_limit bytes here. A missing key reads as "".
+            const std::string &k = keys[op.idx];
+            const std::string last = std::to_string(get_limit - 1);
+            const char *argv[4] = {"GETRANGE", k.data(), "0", last.data()};
+            size_t argl[4] = {8, k.size(), 1, last.size()};
+            redisAppendCommandArgv(c, 4, argv, argl);
+            return;
+        }
         if (cmd == Cmd::Get) {
             const std::string &k = keys[op.idx];
             const char *argv[2] = {"GET", k.data()};
@@ -322,6 +434,7 @@ struct ClusterClient::Impl {
                 (*sets)[op.idx].error = std::move(why);
             }
         };
+        CallScope scope(*this);
         const std::string ttl = ttl_s ? std::to_string(ttl_s) : std::string();
         std::vector<Op> pending;
         pending.reserve(n);
@@ -375,6 +488,7 @@ struct ClusterClient::Impl {
                             if (!op.retried) {
                                 op.retried = true;
                                 op.asking = false;
+                                op.error = err;
                                 retry_after_refresh.push_back(std::move(op));
                             } else {
                                 fail(op, err);
@@ -388,11 +502,8 @@ struct ClusterClient::Impl {
                     }
                     // Flush now so every node works on its batch while we
                     // read the others' replies.
-                    int done = 0;
-                    while (!done)
-                        if (redisBufferWrite(c, &done) != REDIS_OK) break;
-                    if (c->err) {
-                        std::string e = strf("%s: send: %s", addr.c_str(), c->errstr);
+                    if (!flush(c)) {
+                        std::string e = strf("%s: send: %s", addr.c_str(), why(c).c_str());
                         stats.io_errors++;
                         drop(addr);
                         stale = true;
@@ -417,7 +528,7 @@ struct ClusterClient::Impl {
                     if (!now.empty() && now != op.target) {
                         pending.push_back(std::move(op));
                     } else {
-                        fail(op, strf("%s: unreachable", op.target.c_str()));
+                        fail(op, std::move(op.error));
                     }
                 }
             }
@@ -430,7 +541,7 @@ struct ClusterClient::Impl {
                       std::vector<SetResult> *sets, Fail &fail) {
         size_t i = 0;
         auto io_error = [&](const char *what) {
-            std::string e = strf("%s: %s: %s", addr.c_str(), what, c->errstr);
+            std::string e = strf("%s: %s: %s", addr.c_str(), what, why(c).c_str());
             stats.io_errors++;
             drop(addr);
             stale = true;
@@ -441,11 +552,11 @@ struct ClusterClient::Impl {
             Op &op = ops[i];
             void *raw = nullptr;
             if (op.asking) {
-                if (redisGetReply(c, &raw) != REDIS_OK) return io_error("receive");
+                if (!get_reply(c, &raw)) return io_error("receive");
                 ReplyPtr asking(static_cast<redisReply *>(raw));
                 raw = nullptr;
             }
-            if (redisGetReply(c, &raw) != REDIS_OK) return io_error("receive");
+            if (!get_reply(c, &raw)) return io_error("receive");
             ReplyPtr r(static_cast<redisReply *>(raw));
             if (!r) return io_error("receive");
             if (r->type == REDIS_REPLY_ERROR) {
@@ -455,7 +566,8 @@ struct ClusterClient::Impl {
             }
             if (cmd == Cmd::Get) {
                 GetResult &g = (*gets)[op.idx];
-                if (r->type == REDIS_REPLY_NIL) {
+                if (r->type == REDIS_REPLY_NIL ||
+                    (get_limit && r->type == REDIS_REPLY_STRING && r->len == 0)) {
                     g.status = KeyStatus::Missing;
                 } else if (r->type == REDIS_REPLY_STRING) {
                     g.status = KeyStatus::Ok;
@@ -537,9 +649,11 @@ ClusterClient::ClusterClient(ClusterOptions opts)
     : impl_(std::make_unique<Impl>(std::move(opts))) {}
 ClusterClient::~ClusterClient() = default;
 
-std::vector<GetResult> ClusterClient::get_many(std::span<const std::string> keys) {
+std::vector<GetResult> ClusterClient::get_many(std::span<const std::string> keys,
+                                               uint64_t max_bytes) {
     std::vector<GetResult> out(keys.size());
     try {
+        impl_->get_limit = max_bytes;
         impl_->run(Cmd::Get, keys.size(), keys, {}, 0, &out, nullptr);
     } catch (const std::exception &e) {
         for (auto &g : out)
@@ -561,10 +675,15 @@ std::vector<SetResult> ClusterClient::set_many(std::span<const SetItem> items, u
 
 std::string ClusterClient::refresh() {
     try {
+        Impl::CallScope scope(*impl_);
         return impl_->refresh();
     } catch (const std::exception &e) {
         return e.what();
     }
+}
+
+void ClusterClient::set_deadline(std::chrono::steady_clock::time_point t) {
+    impl_->user_deadline = t;
 }
 
 std::string ClusterClient::node_for(std::string_view key) const {

@@ -18,7 +18,9 @@
 //  - bounds every blocking step by timeout_ms: connect, and each send or
 //    receive that makes no progress for that long fails the node's pending
 //    keys and drops its connection. A call thus returns within about
-//    timeout_ms per unresponsive node (plus one more for the map refresh).
+//    timeout_ms per unresponsive node (plus one more for the map refresh);
+//    call_timeout_ms and set_deadline() bound a whole call, however slowly
+//    a node trickles its replies: past it, the keys not done fail.
 //
 // Batches are pipelined: get_many / set_many group the keys by node, send
 // every node's commands, then read the replies. They send one GET or SET
@@ -32,6 +34,7 @@
 // remote tier gives its uploader and its fetcher a client each).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -56,6 +59,7 @@ struct ClusterOptions {
     uint32_t max_connections = 8;   // to all nodes together; 0 counts as 1
     uint32_t timeout_ms = 2000;     // connect, and each send/receive without progress
     uint32_t max_redirects = 5;     // MOVED/ASK/TRYAGAIN hops a key may take
+    uint32_t call_timeout_ms = 0;   // a whole get_many/set_many/refresh; 0: no bound
 };
 
 enum class KeyStatus : uint8_t {
@@ -111,11 +115,19 @@ class ClusterClient {
     ClusterClient(const ClusterClient &) = delete;
     ClusterClient &operator=(const ClusterClient &) = delete;
 
-    // GET each key; results[i] is keys[i]'s.
-    std::vector<GetResult> get_many(std::span<const std::string> keys);
+    // GET each key; results[i] is keys[i]'s. max_bytes > 0 reads at most
+    // that many bytes of each value (GETRANGE key 0 max_bytes-1), so that a
+    // value written huge by someone else costs no more than that; an empty
+    // value then reads as Missing. A value of exactly max_bytes may have
+    // been cut: the caller sets max_bytes one above what it accepts.
+    std::vector<GetResult> get_many(std::span<const std::string> keys, uint64_t max_bytes = 0);
 
     // SET each item (with EX ttl_s when ttl_s > 0); results[i] is items[i]'s.
     std::vector<SetResult> set_many(std::span<const SetItem> items, uint32_t ttl_s);
+
+    // Calls end by t at the latest (with call_timeout_ms, whichever comes
+    // first) until set_deadline(time_point::max()).
+    void set_deadline(std::chrono::steady_clock::time_point t);
 
     // Load the slot map now. "" on success, else why no node answered.
     std::string refresh();

@@ -43,6 +43,21 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
             res.error = strf("namespace %u: digest mismatch with its manifest", ns);
             return res;
         }
+        // The cluster client stops at the deadline too; put it back after.
+        cluster.set_deadline(opts.deadline);
+        struct Undo {
+            ClusterClient &c;
+            ~Undo() { c.set_deadline(std::chrono::steady_clock::time_point::max()); }
+        } undo{cluster};
+        // Read at most one byte more than the largest value the pool can
+        // take: a longer one is refused without being read whole.
+        kv_stats st{};
+        if (int rc = kv_pool_stats(pool, &st); rc != 0) {
+            res.errors = 1;
+            res.error = strf("kv_pool_stats: %s", std::strerror(-rc));
+            return res;
+        }
+        const uint64_t max_value = sizeof(kv_remote_header) + st.slab_size;
         const uint32_t batch = std::max<uint32_t>(1, opts.batch);
         std::vector<std::string> names;
         for (size_t i = first; i < keys.size();) {
@@ -50,7 +65,12 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
             names.clear();
             for (size_t k = 0; k < n; k++)
                 names.push_back(remote_key(opts.key_prefix, digest, keys[i + k]));
-            std::vector<GetResult> got = cluster.get_many(names);
+            if (std::chrono::steady_clock::now() >= opts.deadline) {
+                res.errors = 1;
+                res.error = strf("%s: the fetch's deadline passed", names[0].c_str());
+                return res;
+            }
+            std::vector<GetResult> got = cluster.get_many(names, max_value + 1);
             for (size_t k = 0; k < n; k++, i++) {
                 GetResult &g = got[k];
                 if (g.status == KeyStatus::Missing) {
@@ -60,6 +80,13 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
                 if (g.status == KeyStatus::Error) {
                     res.errors = 1;
                     res.error = g.error;
+                    return res;
+                }
+                if (g.value().size() > max_value) {
+                    res.rejected = 1;
+                    res.rejected_by[size_t(Reject::Oversize)]++;
+                    res.error = strf("%s: more than %" PRIu64 " bytes, the pool's largest block",
+                                     names[k].c_str(), st.slab_size);
                     return res;
                 }
                 CheckedValue v = check_header(g.value(), digest, keys[i]);
@@ -143,6 +170,7 @@ UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<cons
     UploadResult res;
     res.status.assign(items.size(), UploadStatus::Error);
     std::vector<Pinned> pinned;
+    std::vector<std::pair<uint32_t, NsDigest>> digests; // checked namespaces
     auto note = [&](size_t i, UploadStatus s, std::string why) {
         res.status[i] = s;
         switch (s) {
@@ -172,10 +200,36 @@ UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<cons
     try {
         size_t i = 0;
         while (i < items.size()) {
-            // Pin up to batch_bytes worth of blocks (at least one).
+            // Pin up to batch_bytes worth of blocks, and at most
+            // batch_blocks of them (pins are a per-client budget), at
+            // least one.
             uint64_t bytes = 0;
-            for (; i < items.size() && (pinned.empty() || bytes < opts.batch_bytes); i++) {
+            const size_t max_blocks = std::max<uint32_t>(1, opts.batch_blocks);
+            for (; i < items.size() &&
+                   (pinned.empty() || (bytes < opts.batch_bytes && pinned.size() < max_blocks));
+                 i++) {
                 const UploadItem &it = items[i];
+                // A digest that is not the namespace's would publish the
+                // block as another model's, to every host.
+                const NsDigest *nd = nullptr;
+                for (auto &[n, d] : digests)
+                    if (n == it.ns) nd = &d;
+                if (!nd) {
+                    kv_manifest m{};
+                    int rc = kv_ns_get(pool, it.ns, &m, nullptr);
+                    if (rc != 0) {
+                        note(i, UploadStatus::Error,
+                             strf("namespace %u: kv_ns_get: %s", it.ns, std::strerror(-rc)));
+                        continue;
+                    }
+                    digests.emplace_back(it.ns, ns_digest(m));
+                    nd = &digests.back().second;
+                }
+                if (*nd != it.digest) {
+                    note(i, UploadStatus::Error,
+                         strf("namespace %u: the item's digest is not its manifest's", it.ns));
+                    continue;
+                }
                 Pinned p;
                 int rc = kv_get(pool, it.ns, &it.key, &p.view);
                 if (rc == -ENOENT) {

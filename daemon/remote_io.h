@@ -7,19 +7,22 @@
 // and calls these from its worker threads, one ClusterClient per thread.
 //
 // fetch_into_pool brings blocks [first, n) of a chain from the cluster into
-// the pool. It GETs them pipelined, a batch at a time, checks every header
-// field (remote_value.h) and copies each value's bytes into a reservation
-// while hashing them; only a value that passes every check, its checksum
-// included, is committed (with the previous key of the chain as its parent
-// and the namespace's block_tokens as its token count). It stops at the
-// first block that is missing, refused or fails, as a chain is useless past
-// a hole: the blocks committed so far stay. A key the pool already holds
-// counts as present and the chain goes on.
+// the pool. It GETs them pipelined, a batch at a time (reading at most one
+// byte more than the pool's largest block of each: a longer value is
+// refused unread), checks every header field (remote_value.h) and copies
+// each value's bytes into a reservation while hashing them; only a value
+// that passes every check, its checksum included, is committed (with the
+// previous key of the chain as its parent and the namespace's block_tokens
+// as its token count). It stops at the first block that is missing,
+// refused or fails, as a chain is useless past a hole: the blocks
+// committed so far stay. A key the pool already holds counts as present
+// and the chain goes on.
 //
-// upload_blocks pins each named block, checks that it is still the block
-// the caller meant (entry and generation when given, length) and that its
-// bytes still hash to its checksum, then SETs header + bytes, pipelined, a
-// batch at a time, straight from the pinned view, and unpins.
+// upload_blocks checks that each item's digest is its namespace's, pins
+// each named block, checks that it is still the block the caller meant
+// (entry and generation when given, length) and that its bytes still hash
+// to its checksum, then SETs header + bytes, pipelined, a batch at a time,
+// straight from the pinned view, and unpins.
 //
 // Neither throws. A node that is down, slow or empty shows up as errors or
 // misses in the result; nothing invalid reaches the pool.
@@ -28,6 +31,7 @@
 #include "redis_cluster.h"
 #include "remote_value.h"
 
+#include <chrono>
 #include <cstdint>
 #include <kv/kv.h>
 #include <span>
@@ -41,6 +45,8 @@ struct FetchOptions {
     uint32_t batch = 16;   // keys GET per pipelined round (bounds memory); 0 counts as 1
     uint32_t ttl_ms = 0;   // kv_put_opts.ttl_ms of the committed blocks
     uint32_t priority = 0; // kv_meta.priority of the committed blocks
+    // The call gives up (an error on the block it was at) by then.
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
 struct FetchResult {
@@ -83,8 +89,11 @@ const char *upload_status_name(UploadStatus s);
 struct UploadOptions {
     std::string key_prefix = "kvpool:";
     uint32_t ttl_s = 0; // SET ... EX ttl_s; 0: no expiry
-    uint64_t batch_bytes =
-        64ULL << 20; // bytes pinned and sent per pipelined round; at least one block
+    // Per pipelined round, blocks are pinned and sent up to batch_bytes and
+    // batch_blocks (the pins come out of the client's pins_per_client), and
+    // at least one.
+    uint64_t batch_bytes = 64ULL << 20;
+    uint32_t batch_blocks = 256;
 };
 
 struct UploadResult {

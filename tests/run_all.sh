@@ -59,6 +59,9 @@ run_suites build-test
 # Only here: the sanitizer builds leave the extension out (an instrumented
 # module cannot load into /usr/bin/python3).
 meson test -C build-test --suite python --print-errorlogs --num-processes "$jobs"
+# Real redis-server nodes on loopback ports: once, serially, not under the
+# sanitizers (the servers are not what is tested).
+meson test -C build-test --suite remote --print-errorlogs --num-processes 1
 
 # What users install, built as they would (-O3, NDEBUG): g++ warns about
 # some things only when it inlines that far.

@@ -16,7 +16,7 @@ leaves the others serving.
 
 As a module:
 
-    with RedisCluster() as rc:
+    with RedisCluster(watch_pid=os.getpid()) as rc:
         rc.seeds             # ["127.0.0.1:P1", ...]
         rc.kill(0); rc.restart(0)
         rc.reshard(0, 1, 100)
@@ -40,6 +40,7 @@ As a command line (for C++ tests; state lives in DIR/cluster.json):
     redis_cluster.py migrate-end DIR SLOT TO
     redis_cluster.py cli DIR I ARG...      run redis-cli against node I
     redis_cluster.py node-ids DIR          the node IDs, one a line
+    redis_cluster.py seeds DIR             the seeds again
 
 Exit status 0 on success, 1 on failure (message on stderr), 77 when
 redis-server or redis-cli is missing (the meson skip code).
@@ -113,7 +114,8 @@ class RedisCluster:
     """A private Redis Cluster. Always call stop() (the context manager does)."""
 
     def __init__(self, directory=None, masters=3, password=None, user=None,
-                 node_timeout_ms=2000, maxmemory=None, startup_timeout=30.0):
+                 node_timeout_ms=2000, maxmemory=None, startup_timeout=30.0,
+                 watch_pid=None):
         if user and not password:
             raise ValueError("user needs a password")
         self.owns_dir = directory is None
@@ -129,6 +131,7 @@ class RedisCluster:
         self.pids = []
         self.ids = []
         self.watchdog_pid = None
+        self.watch_pid = watch_pid
         self._procs = {}
 
     # --- state shared with the command line -------------------------------
@@ -340,6 +343,10 @@ class RedisCluster:
             raise ClusterError(f"redis-cli --cluster create: {r.stdout}{r.stderr}")
         self.wait_ok()
         self.ids = [self.cli(i, "CLUSTER", "MYID").strip() for i in range(self.masters)]
+        if self.watch_pid:
+            w = _spawn_watchdog(self.dir, self.watch_pid)
+            self._procs[w.pid] = w
+            self.watchdog_pid = w.pid
         self.save()
 
     def _kill_all(self):
@@ -361,6 +368,7 @@ class RedisCluster:
                 os.kill(self.watchdog_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            self._reap(self.watchdog_pid)
             self.watchdog_pid = None
         if self.owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -481,35 +489,24 @@ class RedisCluster:
         self.wait_ok()
 
 
-def _watchdog(directory, pid):
-    """Double-forks a process that stops the cluster once pid is gone."""
-    r, w = os.pipe()
-    child = os.fork()
-    if child:
-        os.close(w)
-        wd = int(os.read(r, 32) or b"0")
-        os.close(r)
-        os.waitpid(child, 0)
-        return wd
-    os.close(r)
-    os.setsid()
-    grandchild = os.fork()
-    if grandchild:
-        os.write(w, str(grandchild).encode())
-        os._exit(0)
-    os.close(w)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    try:
-        while _alive(pid) and os.path.exists(os.path.join(directory, "cluster.json")):
-            time.sleep(0.5)
-        if os.path.exists(os.path.join(directory, "cluster.json")):
-            rc = RedisCluster.load(directory)
-            rc.watchdog_pid = None
-            rc.stop()
-    finally:
-        os._exit(0)
+def _spawn_watchdog(directory, pid):
+    """Starts a detached process (redis_cluster.py watch) that stops the
+    cluster in directory once pid has exited. A separate interpreter, not
+    a fork: the caller may have threads."""
+    return subprocess.Popen([sys.executable or "/usr/bin/python3", os.path.abspath(__file__),
+                             "watch", directory, str(pid)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _watch(directory, pid):
+    state = os.path.join(directory, "cluster.json")
+    while _alive(pid) and os.path.exists(state):
+        time.sleep(0.5)
+    if os.path.exists(state):
+        rc = RedisCluster.load(directory)
+        rc.watchdog_pid = None
+        rc.stop()
 
 
 def main(argv):
@@ -537,6 +534,9 @@ def main(argv):
     p.add_argument("src", type=int)
     p.add_argument("dst", type=int)
     p.add_argument("nslots", type=int)
+    p = sub.add_parser("watch")
+    p.add_argument("dir")
+    p.add_argument("pid", type=int)
     p = sub.add_parser("slot")
     p.add_argument("key")
     p = sub.add_parser("owner")
@@ -564,6 +564,9 @@ def main(argv):
     a = ap.parse_args(argv)
 
     try:
+        if a.cmd == "watch":
+            _watch(a.dir, a.pid)
+            return 0
         if a.cmd == "slot":
             print(key_slot(a.key))
             return 0
@@ -571,12 +574,10 @@ def main(argv):
             if os.path.exists(os.path.join(a.dir, "cluster.json")):
                 print(f"{a.dir} already holds a cluster", file=sys.stderr)
                 return 1
-            rc = RedisCluster(a.dir, a.masters, a.password, a.user, a.node_timeout_ms)
+            rc = RedisCluster(a.dir, a.masters, a.password, a.user, a.node_timeout_ms,
+                              watch_pid=a.watch_pid)
             rc.owns_dir = True
             rc.start()
-            if a.watch_pid:
-                rc.watchdog_pid = _watchdog(a.dir, a.watch_pid)
-                rc.save()
             print("\n".join(rc.seeds))
             return 0
         if a.cmd == "stop":
