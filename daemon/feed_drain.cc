@@ -9,7 +9,6 @@
 #include "pool_manager.h"
 
 #include <algorithm>
-#include <set>
 
 namespace kv::daemon {
 
@@ -89,46 +88,55 @@ void FeedDrainer::remove_sink(FeedSink *sink) {
 size_t FeedDrainer::poll_all(PoolManager &pm) {
     if (sinks_.empty()) return 0;
     size_t total = 0;
-    std::set<std::string> seen;
+    std::vector<std::string> names;
     for (const auto &pool : pm.pools()) {
-        kv_pool *h = pool->handle;
-        if (!h || !h->feed_hdr) continue;
-        const std::string &name = pool->cfg.name;
-        seen.insert(name);
-        auto &pf = pools_[name];
-        if (!pf || pf->handle != h) {
-            pf = std::make_unique<PoolFeed>();
-            pf->handle = h;
-            pf->reader = std::make_unique<kv::detail::FeedReader>(h);
-        }
-        pf->items.clear();
-        pf->reader->poll(pf->items, kMaxPerPoll);
-        const kv::detail::FeedReaderStats &st = pf->reader->stats();
-        if (st.lost_grace != pf->lost_grace_seen) {
-            // A ticket stayed unpublished past the grace time: its producer
-            // may be dead holding a slot. Reap now (it publishes the slot as
-            // a NOP and counts a drop, so the next poll resyncs again).
-            pf->lost_grace_seen = st.lost_grace;
-            kv_reap(h);
-        }
-        pf->c.records = st.records;
-        pf->c.resyncs = st.resyncs;
-        pf->c.lost = st.lost_drops + st.lost_laps + st.lost_grace;
-        pf->c.head = pf->reader->head();
-        pf->c.lag = pf->c.head >= pf->reader->cursor() ? pf->c.head - pf->reader->cursor() + 1 : 0;
-        pf->c.slots = h->hdr->feed_slots;
-        if (pf->items.empty()) continue;
-        pf->events.clear();
-        pf->events.reserve(pf->items.size());
-        for (FeedItem &it : pf->items)
-            pf->events.push_back(translate(it));
-        pf->c.events += pf->events.size();
-        total += pf->events.size();
-        for (FeedSink *s : sinks_)
-            s->on_feed(name, h, pf->events);
+        if (!pool->handle || !pool->handle->feed_hdr) continue;
+        names.push_back(pool->cfg.name);
+        total += poll_pool(pool->cfg.name, pool->handle);
     }
-    std::erase_if(pools_, [&](const auto &kv) { return !seen.contains(kv.first); });
+    forget_others(names);
     return total;
+}
+
+size_t FeedDrainer::poll_pool(const std::string &name, kv_pool *h) {
+    if (sinks_.empty() || !h || !h->feed_hdr) return 0;
+    auto &pf = pools_[name];
+    if (!pf || pf->handle != h) {
+        pf = std::make_unique<PoolFeed>();
+        pf->handle = h;
+        pf->reader = std::make_unique<kv::detail::FeedReader>(h);
+    }
+    pf->items.clear();
+    pf->reader->poll(pf->items, kMaxPerPoll);
+    const kv::detail::FeedReaderStats &st = pf->reader->stats();
+    if (st.lost_grace != pf->lost_grace_seen) {
+        // A ticket stayed unpublished past the grace time: its producer may
+        // be dead holding a slot. Reap now (the reaper publishes the slot as
+        // a NOP and counts a drop, so the next poll resyncs again).
+        pf->lost_grace_seen = st.lost_grace;
+        kv_reap(h);
+    }
+    pf->c.records = st.records;
+    pf->c.resyncs = st.resyncs;
+    pf->c.lost = st.lost_drops + st.lost_laps + st.lost_grace;
+    pf->c.head = pf->reader->head();
+    pf->c.lag = pf->c.head >= pf->reader->cursor() ? pf->c.head - pf->reader->cursor() + 1 : 0;
+    pf->c.slots = h->hdr->feed_slots;
+    if (pf->items.empty()) return 0;
+    pf->events.clear();
+    pf->events.reserve(pf->items.size());
+    for (FeedItem &it : pf->items)
+        pf->events.push_back(translate(it));
+    pf->c.events += pf->events.size();
+    for (FeedSink *s : sinks_)
+        s->on_feed(name, h, pf->events);
+    return pf->events.size();
+}
+
+void FeedDrainer::forget_others(const std::vector<std::string> &names) {
+    std::erase_if(pools_, [&](const auto &kv) {
+        return std::find(names.begin(), names.end(), kv.first) == names.end();
+    });
 }
 
 FeedCounters FeedDrainer::counters(const std::string &pool) const {

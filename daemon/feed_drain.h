@@ -61,6 +61,11 @@ class FeedDrainer {
     // sinks. Pools destroyed or re-created since the last call are
     // forgotten or started afresh (a resync). Returns the events handed out.
     size_t poll_all(PoolManager &pm);
+    // The same for one pool (poll_all's step; tests call it directly).
+    // Returns the events handed out.
+    size_t poll_pool(const std::string &name, kv_pool *handle);
+    // Forget pools not in names (destroyed since the last poll).
+    void forget_others(const std::vector<std::string> &names);
 
     // Counters of a pool (zero when it has no feed or was never polled),
     // and the sum over pools.

@@ -66,6 +66,21 @@ inline uint64_t feed_claim(kv_pool *p) {
     return aref(p->feed_hdr->head).fetch_add(1, std::memory_order_relaxed) + 1;
 }
 
+// Start loading, for writing, the head line and the slot lines the next
+// ticket will use, so their misses (the reader last read them) overlap
+// the caller's copy instead of following it. A guess: another producer
+// may take that ticket; then the prefetch was only wasted. Not a memory
+// access in the C++ model (detail.h, prefetch_w).
+inline void feed_prefetch(kv_pool *p) {
+    if (!p->feed_hdr) return;
+    prefetch_w(&p->feed_hdr->head);
+    // Relaxed: only a guess of the next ticket.
+    const uint64_t h = load(p->feed_hdr->head, std::memory_order_relaxed);
+    const char *sl = reinterpret_cast<const char *>(&p->feed_slots[h & p->feed_mask]);
+    prefetch_w(sl);
+    prefetch_w(sl + 64);
+}
+
 // P3..P6 for ticket t (from feed_claim; nothing when 0). changed: the CAS
 // took effect (else a NOP is published).
 void feed_publish(kv_pool *p, uint64_t t, const FeedRec &rec, bool changed);

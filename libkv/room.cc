@@ -34,10 +34,9 @@ bool entry_claim_one(kv_pool *p, uint32_t i) {
         return false;
     // ROOM-R1 (K1): orders the claim before the key, next and other fields
     // this life writes next with relaxed stores. A reader that reads one of
-    // them and then fences with acquire (STO-A2, STO-A4, STO-A6: the K2
-    // fences in store.cc) or loads with acquire (index.cc, mark's load of
-    // next) sees the claim, so its pin or index CAS on the old generation
-    // fails.
+    // them and then fences with acquire (STO-A2, STO-A4, STO-A6, STO-A17:
+    // the K2 fences in store.cc; FEED-A7, FEED-A9 in feed.cc) or loads with acquire (index.cc,
+    // mark's load of next) sees the claim, so its pin or index CAS on the old generation fails.
     std::atomic_thread_fence(std::memory_order_release);
     return true;
 }

@@ -316,7 +316,8 @@ int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t su
     // STO-X1 (C1): RESERVED(gen, us) -> COMMITTED(gen), a full barrier:
     // publishes the data, checksum, metadata and key to every acquire of
     // ctl that sees COMMITTED (STO-A1, A3, A5, A7, A9, A13, A16; index.cc,
-    // evict.cc, inspect.cc, the snapshot writer and the feed's FEED-A6).
+    // evict.cc, inspect.cc, the snapshot writer, and feed.cc's FEED-A6 and
+    // FEED-A8). The feed's producer load FEED-X1 follows it (P6).
     const bool committed = cas16(
         &en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_COMMITTED, 0), Aux::make(KV_AUX_NONE, 0, 0, 0)});
     acct_crash_point(AcctPoint::CommitDone);
@@ -458,7 +459,9 @@ bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned, uin
         feed_crash_point(FeedPoint::Claimed);
         // STO-X3: COMMITTED(gen) -> DEAD(gen). Pins and aux stay: pinned
         // views remain valid, the journal protocol keeps working on a DEAD
-        // entry. The unlink that follows (index.cc) starts after it.
+        // entry. The unlink that follows (index.cc) starts after it. The
+        // feed's producer load FEED-X1 follows it (P6), and its resync scan
+        // (FEED-A6) sees it or the producer counts a drop.
         const bool killed =
             cas16(&en.ctl, {c, x}, {Ctl::make(gen, KV_ENTRY_DEAD, Ctl::pins(c)), x});
         feed_crash_point(FeedPoint::Changed);
@@ -528,6 +531,7 @@ int put_common(kv_pool *p, const PutRequest &rq, const void *data, const uint32_
     if (int rc = reserve_impl(p, rq, &r)) return rc;
     kv_entry &en = p->entries[r.entry];
     uint8_t *dst = block_data(p, load(en.block, std::memory_order_relaxed), en.class_id);
+    feed_prefetch(p); // overlaps the copy
     uint64_t sum = copy_hash(dst, data, rq.len);
     return commit_impl(p, r.entry, r.gen, true, sum, {rq.parent, ids, n_ids});
 }

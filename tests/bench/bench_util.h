@@ -159,7 +159,8 @@ struct PoolSpec {
     uint64_t avg_block_size = 0; // 0: library default
     uint64_t slab_size = 0;      // 0: library default
     uint32_t pins_per_client = 0;
-    bool prefault = true; // fault every page in at creation: no first-touch faults while timing
+    bool prefault = true;    // fault every page in at creation: no first-touch faults while timing
+    uint32_t feed_slots = 0; // the change feed's slots; 0: none
 };
 
 // A pool file under /dev/shm that this process created and is attached to;
@@ -175,6 +176,7 @@ class BenchPool {
         if (spec.avg_block_size) o.avg_block_size = spec.avg_block_size;
         if (spec.slab_size) o.slab_size = spec.slab_size;
         if (spec.pins_per_client) o.pins_per_client = spec.pins_per_client;
+        o.feed_slots = spec.feed_slots;
         char msg[256] = "";
         int rc = kv_pool_create(path.c_str(), &o, msg, sizeof msg);
         if (rc < 0)

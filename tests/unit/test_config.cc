@@ -693,6 +693,26 @@ TEST(Config, MaxEntries) {
     EXPECT_NE(c.error().find("10"), std::string::npos) << c.error();
 }
 
+TEST(Config, FeedSlots) {
+    auto dflt = kv::daemon::parse_config("[[pool]]\nname = \"a\"\nsize = \"16M\"\n", "t.toml");
+    ASSERT_TRUE(dflt) << dflt.error();
+    EXPECT_EQ(dflt->pools[0].feed_slots, 4096u);
+    for (const char *ok : {"0", "64", "1048576"}) {
+        auto c = kv::daemon::parse_config(
+            std::string("[[pool]]\nname = \"a\"\nsize = \"16M\"\nfeed_slots = ") + ok + "\n",
+            "t.toml");
+        ASSERT_TRUE(c) << ok << ": " << c.error();
+        EXPECT_EQ(c->pools[0].feed_slots, uint32_t(std::stoul(ok)));
+    }
+    for (const char *bad : {"32", "100", "2097152", "-1"}) {
+        auto c = kv::daemon::parse_config(
+            std::string("[[pool]]\nname = \"a\"\nsize = \"16M\"\nfeed_slots = ") + bad + "\n",
+            "t.toml");
+        ASSERT_FALSE(c) << bad;
+        EXPECT_NE(c.error().find("feed_slots"), std::string::npos) << c.error();
+    }
+}
+
 namespace kvtest {
 namespace {
 
