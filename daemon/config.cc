@@ -53,12 +53,15 @@ constexpr std::string_view kDaemonKeys[] = {"control_socket",   "shm_dir",      
 constexpr std::string_view kPoolKeys[] = {
     "name", "size", "hugepages", "numa_node", "eviction", "group", "mode", "prefault",
     "high_watermark", "low_watermark", "slab_size", "avg_block_size", "max_clients", "max_entries",
-    "snapshot_dir", "persist_on_stop", "restore_on_start", "feed_slots", "remote"};
+    "snapshot_dir", "persist_on_stop", "restore_on_start", "feed_slots", "remote", "events"};
 constexpr std::string_view kRemoteKeys[] = {
     "seeds", "key_prefix", "write", "namespaces", "bandwidth", "ttl_s", "username",
     "password_file", "password_credential", "max_connections", "timeout_ms", "queue_bytes",
     "medium"};
 // clang-format on
+constexpr std::string_view kEventsKeys[] = {"endpoint", "replay_endpoint", "topic",
+                                            "encoding", "hash_form",       "buffer_steps",
+                                            "hwm",      "max_batch",       "medium"};
 // The names of KV_EVICT_* (kv_evict_policy_name).
 constexpr std::array<std::string_view, 6> kEvictionPolicies{"clock", "lru",      "lfu",
                                                             "fifo",  "priority", "prefix"};
@@ -527,6 +530,90 @@ bool read_remote(Reader &r, const toml::node &n, const std::string &p, RemoteCon
     return true;
 }
 
+// A ZeroMQ endpoint kvpoold binds or connects (kv_events.h): tcp://HOST:PORT
+// (HOST may be *), ipc:///absolute/path or inproc://NAME. Checked here so a
+// typo is a config error, not a socket that never opens.
+std::string check_zmq_endpoint(std::string_view ep) {
+    if (ep.starts_with("ipc://")) {
+        const std::string_view path = ep.substr(6);
+        if (path.empty() || path[0] != '/')
+            return "expected an absolute path after \"ipc://\", e.g. ipc:///run/kvpool/events";
+        if (path.size() > kMaxSocketPath)
+            return "socket path of " + std::to_string(path.size()) +
+                   " bytes is too long; expected at most " + std::to_string(kMaxSocketPath);
+        return "";
+    }
+    if (ep.starts_with("inproc://")) return ep.size() > 9 ? "" : "expected a name after inproc://";
+    if (!ep.starts_with("tcp://"))
+        return "expected tcp://HOST:PORT, ipc:///PATH or inproc://NAME, e.g. tcp://*:5557";
+    const std::string_view rest = ep.substr(6);
+    const size_t colon = rest.rfind(':');
+    if (colon == std::string_view::npos || colon == 0)
+        return "expected tcp://HOST:PORT, e.g. tcp://*:5557";
+    const std::string_view port = rest.substr(colon + 1);
+    uint32_t pnum = 0;
+    bool ok = !port.empty() && port.size() <= 5;
+    for (char c : port) {
+        if (c < '0' || c > '9')
+            ok = false;
+        else
+            pnum = pnum * 10 + uint32_t(c - '0');
+    }
+    if (!ok || pnum == 0 || pnum > 65535) return "port " + quoted(port) + ": expected 1 to 65535";
+    return "";
+}
+
+// [pool.events]: vLLM-format KV events (EventsConfig). endpoint is required.
+bool read_events(Reader &r, const toml::node &n, const std::string &p, EventsConfig &ev) {
+    const auto *t = n.as_table();
+    if (!t) return r.fail_type(Field{&n, p}, "a table ([pool.events])");
+    if (!r.check_keys(*t, kEventsKeys, "in " + p)) return false;
+    ev.enabled = true;
+
+    const Field endpoint = field(*t, p, "endpoint");
+    if (!endpoint.node)
+        return r.fail(t->source(), p,
+                      "missing required key \"endpoint\" (e.g. endpoint = \"tcp://*:5557\")");
+    if (!r.string(endpoint, &ev.endpoint)) return false;
+    if (std::string bad = check_zmq_endpoint(ev.endpoint); !bad.empty())
+        return r.fail(endpoint.node->source(), endpoint.path, quoted(ev.endpoint) + ": " + bad);
+
+    const Field replay = field(*t, p, "replay_endpoint");
+    if (!r.string(replay, &ev.replay_endpoint)) return false;
+    if (!ev.replay_endpoint.empty()) {
+        if (std::string bad = check_zmq_endpoint(ev.replay_endpoint); !bad.empty())
+            return r.fail(replay.node->source(), replay.path,
+                          quoted(ev.replay_endpoint) + ": " + bad);
+        if (ev.replay_endpoint == ev.endpoint)
+            return r.fail(replay.node->source(), replay.path,
+                          quoted(ev.replay_endpoint) +
+                              " is also the endpoint; expected another address");
+    }
+
+    const Field topic = field(*t, p, "topic");
+    if (!r.string(topic, &ev.topic)) return false;
+    if (ev.topic.size() > 255 || ev.topic.find('\0') != std::string::npos)
+        return r.fail_type(topic, "a topic of at most 255 bytes without NUL");
+
+    static constexpr std::array<std::string_view, 2> kEncodings{"array", "map"};
+    size_t enc = SIZE_MAX;
+    if (!r.choice(field(*t, p, "encoding"), kEncodings, &enc)) return false;
+    if (enc != SIZE_MAX) ev.encoding = enc == 0 ? EventEncoding::Array : EventEncoding::Map;
+    static constexpr std::array<std::string_view, 2> kHashForms{"int", "bytes"};
+    size_t form = SIZE_MAX;
+    if (!r.choice(field(*t, p, "hash_form"), kHashForms, &form)) return false;
+    if (form != SIZE_MAX) ev.hash_form = form == 0 ? HashForm::Int : HashForm::Bytes;
+
+    const Field medium = field(*t, p, "medium");
+    if (!r.string(medium, &ev.medium)) return false;
+    if (ev.medium.empty() || ev.medium.size() > 63)
+        return r.fail_type(medium, "a medium name of 1 to 63 bytes, e.g. \"CPU\"");
+
+    return r.u32(field(*t, p, "buffer_steps"), 0, 1000000, &ev.buffer_steps) &&
+           r.u32(field(*t, p, "hwm"), 0, 10000000, &ev.hwm) &&
+           r.u32(field(*t, p, "max_batch"), 1, 65536, &ev.max_batch);
+}
+
 bool read_pool(Reader &r, const toml::table &t, const std::string &p, PoolConfig &pool) {
     if (!r.check_keys(t, kPoolKeys, "in " + p)) return false;
 
@@ -613,6 +700,9 @@ bool read_pool(Reader &r, const toml::table &t, const std::string &p, PoolConfig
                           std::to_string(pool.avg_block_size) + " bytes): expected " +
                           format_size(kMinAvgBlock) + " to the slab size (" +
                           format_size(slab_bytes) + ")");
+
+    if (const toml::node *ev = t.get("events"))
+        if (!read_events(r, *ev, p + ".events", pool.events)) return false;
 
     // The change feed (uapi/kvpool/region.h KV_FEED_*): 0 or a power of two.
     const Field feed = field(t, p, "feed_slots");

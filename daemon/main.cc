@@ -10,6 +10,7 @@
 #include "detail.h"
 #include "feed_drain.h"
 #include "housekeeping.h"
+#include "kv_events.h"
 #include "log.h"
 #include "metrics.h"
 #include "pool_manager.h"
@@ -354,6 +355,27 @@ int main(int argc, char **argv) {
     bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0;
     Timer wd_timer(epfd, watchdog ? wd_usec / 2 : 0);
 
+    // KV events: channels follow the pools' [pool.events] tables; the timer
+    // opens those of pools created or reconfigured since, and looks at the
+    // replay sockets besides their ZMQ_FD wakeups.
+    auto events = std::make_unique<KvEventPublisher>(epfd);
+    KvEventPublisher::set_current(events.get());
+    events->sync(*pm);
+    Timer events_timer(epfd, 100ULL * 1000);
+    // The publisher drains the feeds only while a pool has events, so a
+    // daemon without them keeps the drain timer off.
+    bool events_sink = false;
+    auto events_follow = [&] {
+        if (events->active() == events_sink) return;
+        events_sink = events->active();
+        if (events_sink)
+            feed_drainer.add_sink(events.get());
+        else
+            feed_drainer.remove_sink(events.get());
+        feed_timer.set_interval(feed_drainer.interval_us());
+    };
+    events_follow();
+
     KV_LOGN(kComp, "ready: %zu pool%s, control socket %s", pm->pools().size(),
             pm->pools().size() == 1 ? "" : "s", cfg.control_socket.c_str());
     sd_notifyf(0, "READY=1\nSTATUS=serving %zu pools on %s", pm->pools().size(),
@@ -383,6 +405,8 @@ int main(int argc, char **argv) {
                             for (const std::string &line : pm->reload(*next))
                                 KV_LOGN(kComp, "reload: %s", line.c_str());
                             count_snapshot_runs(*pm, counters);
+                            events->sync(*pm);
+                            events_follow();
                             reap_timer.set_interval(uint64_t(pm->config().reap_interval_ms) * 1000);
                             evict_timer.set_interval(uint64_t(pm->config().evict_interval_ms) *
                                                      1000);
@@ -420,6 +444,13 @@ int main(int argc, char **argv) {
             } else if (fd == wd_timer.fd()) {
                 wd_timer.drain();
                 sd_notify(0, "WATCHDOG=1");
+            } else if (fd == events_timer.fd()) {
+                events_timer.drain();
+                events->sync(*pm);
+                events_follow();
+                events->service_all();
+            } else if (events->owns_fd(fd)) {
+                events->on_fd(fd);
             } else if (fd == idle_timer.fd()) {
                 idle_timer.drain();
                 server->expire(mono_ms(), ControlServer::kIdleMs);
@@ -434,6 +465,9 @@ int main(int argc, char **argv) {
     set_remote_tiers(nullptr);
     if (any_remote) feed_drainer.remove_sink(remote.get());
     remote.reset(); // joins the tiers' workers before their pools go
+    if (events_sink) feed_drainer.remove_sink(events.get());
+    KvEventPublisher::set_current(nullptr);
+    events.reset();
     join_all_jobs(*pm);
     int failed = 0;
     for (const auto &p : pm->pools()) {

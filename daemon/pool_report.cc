@@ -3,6 +3,7 @@
 
 #include "clock.h"
 #include "inspect.h"
+#include "kv_events.h"
 #include "remote_tier.h"
 #include "snapshot_jobs.h"
 
@@ -147,7 +148,7 @@ nlohmann::json pool_json(const Pool &p) {
     const uint64_t gets = st.hits + st.misses;
     char mode[8];
     snprintf(mode, sizeof mode, "%04o", p.cfg.mode);
-    return {
+    nlohmann::json doc = {
         {"name", p.cfg.name},
         {"path", p.path},
         {"size", h->region_size},
@@ -185,6 +186,10 @@ nlohmann::json pool_json(const Pool &p) {
         {"create_time_ns", h->create_time_ns},
         {"created", iso_time(h->create_time_ns)},
     };
+    // KV events (kv_events.h): only for a pool with a [pool.events] table.
+    if (const KvEventPublisher *ev = KvEventPublisher::current())
+        if (nlohmann::json e = ev->status_json(p.cfg.name); !e.is_null()) doc["events"] = e;
+    return doc;
 }
 
 // One page of the ENTRIES op (control.h): the scan is bounded in table
@@ -468,6 +473,7 @@ std::string prometheus_text(const PoolManager &pm, DaemonCounters &c) {
                  kv_evict_policy_name(kv_pool_header(p->handle)->evict_policy));
         out += b;
     }
+    if (const KvEventPublisher *ev = KvEventPublisher::current()) ev->prometheus(out);
     metric("kvpoold_requests_total", "counter", "Control requests served.");
     sample("kvpoold_requests_total", "", double(c.requests));
     metric("kvpoold_request_errors_total", "counter", "Control requests answered with an error.");

@@ -154,6 +154,9 @@ void print_usage(FILE *out) {
             left.resize(kCol, ' ');
         std::fprintf(out, "%s%.*s\n", left.c_str(), int(v.help.size()), v.help.data());
     }
+    // Not control ops: they talk to the pool's own sockets (events.h).
+    std::fprintf(out, "  events tail POOL [--json] [--from SEQ] [--count N]\n%*s%s\n", int(kCol),
+                 "", "Print the pool's vLLM-format KV events as they come (events tail --help).");
     std::fprintf(out, "%-*s%s\n\n", int(kCol), "  help VERB", "Show a verb's options.");
     std::fputs(kGlobalOptions, out);
     std::fputs("\n", out);

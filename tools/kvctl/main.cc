@@ -15,6 +15,7 @@
 // the --help text.
 #include "args.h"
 #include "common.h"
+#include "events.h"
 #include "output.h"
 #include "requests.h"
 
@@ -111,6 +112,8 @@ int main(int argc, char **argv) {
     JsonWanted wanted;
     bool as_json = false;
     try {
+        // events tail is no control op: it talks to the pool's event sockets.
+        if (is_events_command(argc, argv)) return events_main(argc, argv);
         auto cmd = parse_command(argc, argv, wanted);
         as_json = cmd ? cmd->json : wanted.in_rest(argc, argv);
         auto r = cmd ? run(*cmd) : Result<int>(std::unexpected(cmd.error()));
