@@ -204,11 +204,14 @@ int reserve_hugepages(const DaemonConfig &cfg) {
     return required ? 1 : 0;
 }
 
-// Blocks the remote tiers uploaded, as remote-medium Stored events for
-// the KV-event publisher (kv_events.h) once it exists in this build.
+// Blocks the remote tiers uploaded, published as Stored events of the
+// tier's medium to the pool's KV-event subscribers (kv_events.h).
 void publish_remote_stored(RemoteTiers &remote) {
-    for (auto &[pool, events] : remote.take_uploaded())
-        (void)pool, (void)events; // HOOK(publish_remote): KvEventPublisher::publish_remote
+    KvEventPublisher *events = KvEventPublisher::current();
+    for (auto &[pool, stored] : remote.take_uploaded()) {
+        const RemoteTier *t = remote.find(pool);
+        if (events && t) events->publish_remote(pool, stored, t->config().medium);
+    }
 }
 
 } // namespace
