@@ -29,7 +29,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path[:0] = [str(HERE), str(ROOT / "python" / "tests")]
+sys.path[:0] = [str(HERE), str(ROOT / "python" / "tests"), str(ROOT / "tests" / "events")]
 
 import kvpool  # noqa: E402
 from e2e_support import Kvpoold, engine, tokens  # noqa: E402
@@ -46,11 +46,15 @@ class Host(Kvpoold):
     def __init__(self, workdir: Path, tag: str, seeds: list[str]) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(workdir, tag)
+        self.events_ep = f"ipc://{workdir}/events"
         with open(self.config, "a") as f:
             f.write("\n[pool.remote]\n"
                     "seeds = [" + ", ".join(f'"{s}"' for s in seeds) + "]\n"
                     'key_prefix = "kvt:"\n'
-                    "timeout_ms = 300\n")
+                    "timeout_ms = 300\n"
+                    "\n[pool.events]\n"
+                    f'endpoint = "{self.events_ep}"\n'
+                    'topic = "alpha"\n')
 
     def remote(self) -> dict[str, Any]:
         return self.kvctl("remote", "status", "alpha")["remote"]
@@ -185,6 +189,28 @@ def test_engines_on_both_hosts_give_identical_logits(world: Any, tmp_path: Path)
     assert torch.equal(rb["pool"]["logits"], rb["local"]["logits"])
     assert rb["pool"]["tokens"] == rb["full"]["tokens"]
     assert_clean(b)
+
+
+def test_uploads_are_published_as_remote_events(world: Any) -> None:
+    from events_support import Subscriber
+
+    rc, a, b = world
+    sub = Subscriber(a.events_ep, "alpha")
+    try:
+        sub.pump(0.3)  # the subscription reaches the publisher
+        base = a.remote()["uploads"]
+        keys, _ = put_chain(a.pool_path, 5, 4 << 10, 50)
+        wait_uploaded(a, base + 5)
+        deadline = time.monotonic() + 10
+        want = {k & ((1 << 64) - 1) for k in keys}  # vLLM's int form: the low 64 bits
+        while not want <= sub.remote and time.monotonic() < deadline:
+            sub.pump(0.2)
+        assert want <= sub.index, "the pool's own Stored events (medium CPU) are missing"
+        assert want <= sub.remote, "no Stored events of the remote medium for the uploads"
+        media = {e.get("medium") for e in sub.events if e["type"] == "BlockStored"}
+        assert "REDIS" in media, media
+    finally:
+        sub.close()
 
 
 @pytest.mark.parametrize("kind", ["other_key", "namespace", "flipped", "truncated"])
