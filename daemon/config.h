@@ -63,6 +63,7 @@ struct RemoteConfig {
     uint32_t timeout_ms = 2000;      // connect and command timeout, 10..60000
     uint64_t queue_bytes = 256ULL << 20; // write-behind backlog; beyond it uploads are dropped
     std::string medium = "REDIS";        // the "medium" of this tier in KV events
+    bool operator==(const RemoteConfig &) const = default; // a reload changed it
 };
 
 // vLLM's two msgpack encodings of the events inside a batch (kv_events.h).

@@ -348,12 +348,21 @@ int main(int argc, char **argv) {
     // tier) register here before the loop starts; its timer runs only
     // while one is registered.
     FeedDrainer feed_drainer;
-    // The remote tiers' write-behind: only when a configured pool has a
-    // tier (runtime pools have none), so that the timer stays off otherwise.
-    const bool any_remote =
-        std::ranges::any_of(cfg.pools, [](const PoolConfig &p) { return p.remote.enabled; });
-    if (any_remote) feed_drainer.add_sink(remote.get());
     Timer feed_timer(epfd, feed_drainer.interval_us());
+    // The remote tiers' write-behind drains the feeds only while a tier
+    // runs, so a daemon without one keeps the drain timer off.
+    bool remote_sink = false;
+    auto remote_follow = [&] {
+        const bool want = !remote->tiers().empty();
+        if (want == remote_sink) return;
+        remote_sink = want;
+        if (want)
+            feed_drainer.add_sink(remote.get());
+        else
+            feed_drainer.remove_sink(remote.get());
+        feed_timer.set_interval(feed_drainer.interval_us());
+    };
+    remote_follow();
     uint64_t wd_usec = 0;
     bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0;
     Timer wd_timer(epfd, watchdog ? wd_usec / 2 : 0);
@@ -410,6 +419,8 @@ int main(int argc, char **argv) {
                             count_snapshot_runs(*pm, counters);
                             events->sync(*pm);
                             events_follow();
+                            remote->sync(*pm);
+                            remote_follow();
                             reap_timer.set_interval(uint64_t(pm->config().reap_interval_ms) * 1000);
                             evict_timer.set_interval(uint64_t(pm->config().evict_interval_ms) *
                                                      1000);
@@ -438,6 +449,7 @@ int main(int argc, char **argv) {
                 reap_timer.drain();
                 counters.reaped_clients += uint64_t(pm->reap_pass());
                 remote->sync(*pm); // pools created, destroyed or reloaded since
+                remote_follow();
             } else if (fd == evict_timer.fd()) {
                 evict_timer.drain();
                 counters.background_evicted_bytes += pm->watermark_pass(kEvictChunkBytes);
@@ -466,7 +478,7 @@ int main(int argc, char **argv) {
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     server.reset(); // no new requests while pools go away
     set_remote_tiers(nullptr);
-    if (any_remote) feed_drainer.remove_sink(remote.get());
+    if (remote_sink) feed_drainer.remove_sink(remote.get());
     remote.reset(); // joins the tiers' workers before their pools go
     if (events_sink) feed_drainer.remove_sink(events.get());
     KvEventPublisher::set_current(nullptr);

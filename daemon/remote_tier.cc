@@ -428,11 +428,13 @@ RemoteTier::Snapshot RemoteTier::snapshot() const {
 // ---- RemoteTiers -----------------------------------------------------------
 
 void RemoteTiers::sync(PoolManager &pm) {
-    // Stop the tiers of pools that are gone, lost their [pool.remote], or
+    // Stop the tiers of pools that are gone, lost or changed their
+    // [pool.remote] (a reload: started again below with the new one), or
     // now name another region.
     for (auto it = tiers_.begin(); it != tiers_.end();) {
         const Pool *p = pm.find(it->first);
-        bool keep = p && p->cfg.remote.enabled && p->handle;
+        bool keep =
+            p && p->cfg.remote.enabled && p->handle && p->cfg.remote == it->second->config();
         if (keep) {
             const kv_region_header *h = kv_pool_header(p->handle);
             keep = h->pool_id_lo == it->second->pool_id_lo() &&
