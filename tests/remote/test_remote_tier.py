@@ -321,3 +321,23 @@ def test_reshard_during_a_run(world: Any) -> None:
     assert read_back(b, more[: r2["committed"]]) == more_datas[: r2["committed"]]
     assert_clean(b)
     assert b.kvctl("remote", "status")["pools"][0]["pool"] == "alpha"
+
+
+def test_reload_restarts_a_changed_tier(world: Any) -> None:
+    import signal
+
+    rc, a, b = world
+    text = b.config.read_text().replace('timeout_ms = 300\n', 'timeout_ms = 300\nmedium = "REDIS-B"\n')
+    b.config.write_text(text)
+    assert b.proc is not None
+    b.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while b.remote()["medium"] != "REDIS-B":
+        assert time.monotonic() < deadline, b.remote()
+        time.sleep(0.05)
+    base = a.remote()["uploads"]
+    keys, datas = put_chain(a.pool_path, 3, 4 << 10, 500)
+    wait_uploaded(a, base + 3)
+    r = fetch(b, keys)
+    assert r["committed"] == 3, r
+    assert read_back(b, keys) == datas
