@@ -345,8 +345,9 @@ int main(int argc, char **argv) {
     Timer evict_timer(epfd, uint64_t(cfg.evict_interval_ms) * 1000);
     Timer idle_timer(epfd, 5ULL * 1000000);
     // The change feeds' drainer: sinks (the KV-event publisher, the remote
-    // tier) register here before the loop starts; its timer runs only
-    // while one is registered.
+    // tier) register here with add_sink; its timer runs only while one is
+    // registered, so whoever adds or removes a sink sets the timer again:
+    // feed_timer.set_interval(feed_drainer.interval_us()).
     FeedDrainer feed_drainer;
     Timer feed_timer(epfd, feed_drainer.interval_us());
     // The remote tiers' write-behind drains the feeds only while a tier

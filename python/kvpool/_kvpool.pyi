@@ -76,8 +76,11 @@ def create_pool(
     mode: int = 0,
     replace: bool = False,
     prefault: bool = False,
+    feed_slots: int = 0,
 ) -> None:
     """Create a pool of ``size`` bytes backed by the file at ``path``.
+    ``feed_slots``: records in its change feed (0: none; else a power of
+    two, 64..1048576).
 
     Zero options take libkv's defaults (4 MiB slabs, 16 KiB average blocks,
     64 clients, 4096 pins per client, 64 namespaces). ``evict_policy``:
@@ -274,10 +277,11 @@ class Namespace:
         user_tag: int = 0,
         parent: Optional[_Key] = None,
         ttl_ms: int = 0,
+        token_ids: Optional[Sequence[int]] = None,
     ) -> bool:
         """Copy ``data`` (C-contiguous) into the pool under ``key`` and commit
-        it: True if stored, False if already committed. PoolFullError,
-        BusyError, TooLargeError."""
+        it: True if stored, False if already committed. ``token_ids`` go to
+        the pool's change feed. PoolFullError, BusyError, TooLargeError."""
     def reserve(
         self,
         key: _Key,
@@ -389,8 +393,10 @@ class Reservation:
     """Space reserved for one block: write .buffer, then commit() or abort();
     ``with r:`` commits on a normal exit, aborts on an exception."""
 
-    def commit(self, checksum: Optional[int] = None) -> None:
-        """Publish the block. BufferError while a buffer over it is alive;
+    def commit(
+        self, checksum: Optional[int] = None, *, token_ids: Optional[Sequence[int]] = None
+    ) -> None:
+        """Publish the block (``token_ids`` go to the pool's change feed). BufferError while a buffer over it is alive;
         ValueError if already committed or aborted."""
     def abort(self) -> None:
         """Drop the reservation (idempotent); ValueError if committed."""
@@ -459,6 +465,7 @@ class SaveBatch:
         parents: Optional[Sequence[Optional[_Key]]] = None,
         parent: Optional[_Key] = None,
         tokens: int = 0,
+        token_ids: Optional[Sequence[Optional[Sequence[int]]]] = None,
     ) -> None:
         """Reserve a block per key not yet in the pool (PoolFullError and
         nothing reserved when they do not all fit)."""
@@ -483,6 +490,7 @@ def save_blocks(
     parents: Optional[Sequence[Optional[_Key]]] = None,
     parent: Optional[_Key] = None,
     tokens: int = 0,
+    token_ids: Optional[Sequence[Optional[Sequence[int]]]] = None,
 ) -> list[bool]:
     """Reserve, gather and commit each block in turn; one flag per key
     (stored here). PoolFullError stops it: earlier blocks stay stored."""

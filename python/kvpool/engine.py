@@ -429,6 +429,7 @@ class PagedKVStore:
         parents: Optional[Sequence[Optional[Key]]] = None,
         *,
         parent: Optional[Key] = None,
+        token_ids: Optional[Sequence[Optional[Sequence[int]]]] = None,
     ) -> SaveBatch:
         """Reserve a pool block for each key not yet in the pool.
 
@@ -438,12 +439,21 @@ class PagedKVStore:
         parent reserved in the same batch is not committed when its child is
         reserved, so libkv does not link them (the child becomes a chain root
         for PREFIX eviction); :meth:`save` reserves block by block and keeps
-        the links. Raises PoolFullError (nothing stays reserved) when the
-        pool cannot hold them all even after eviction.
+        the links. ``token_ids`` (one sequence or None per key) are the
+        blocks' tokens, recorded with each commit in the pool's change feed
+        (KV events for routers). Raises PoolFullError (nothing stays
+        reserved) when the pool cannot hold them all even after eviction.
         """
         return SaveBatch(
             _kvpool.SaveBatch(
-                self._ns, self._cache, keys, list(block_ids), parents, parent, self.block_size
+                self._ns,
+                self._cache,
+                keys,
+                list(block_ids),
+                parents,
+                parent,
+                self.block_size,
+                token_ids,
             )
         )
 
@@ -454,15 +464,23 @@ class PagedKVStore:
         parents: Optional[Sequence[Optional[Key]]] = None,
         *,
         parent: Optional[Key] = None,
+        token_ids: Optional[Sequence[Optional[Sequence[int]]]] = None,
     ) -> int:
         """Store whole engine blocks under ``keys``; returns how many were
         stored (keys already present are skipped).
 
-        Block by block: reserve, gather, commit. Parents as for
-        :meth:`begin_save`. PoolFullError when a block finds no room: the
+        Block by block: reserve, gather, commit. Parents and token ids as
+        for :meth:`begin_save`. PoolFullError when a block finds no room: the
         blocks before it stay stored (whole, a chain prefix), nothing of it.
         """
         stored = _kvpool.save_blocks(
-            self._ns, self._cache, keys, list(block_ids), parents, parent, self.block_size
+            self._ns,
+            self._cache,
+            keys,
+            list(block_ids),
+            parents,
+            parent,
+            self.block_size,
+            token_ids,
         )
         return sum(1 for s in stored if s)

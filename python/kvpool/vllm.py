@@ -427,6 +427,10 @@ class SaveSpec:
     block_ids: list[int]
     parent: int | None
     prefix_block_ids: list[int]
+    # Per block, its token ids (empty when the request does not expose
+    # them): recorded with the commit in the pool's change feed, so KV
+    # events carry them as vLLM's do.
+    token_ids: list[list[int]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -1014,9 +1018,13 @@ class KvpoolConnector(KVConnectorBase_V1):
                          len(keys), len(block_ids))
                 if hi <= lo:
                     continue
+                tokens = getattr(request, "all_token_ids", None)
+                if tokens is None:
+                    tokens = getattr(request, "prompt_token_ids", None) or []
+                block_tokens = [list(tokens[i * bs:(i + 1) * bs]) for i in range(lo, hi)]
                 meta.saves.append(SaveSpec(req_id, keys[lo:hi], block_ids[lo:hi],
                                            keys[lo - 1] if lo > 0 else None,
-                                           block_ids[:hi]))
+                                           block_ids[:hi], block_tokens))
 
         for req_id in getattr(scheduler_output, "finished_req_ids", ()) or ():
             meta.finished.append(req_id)
@@ -1197,9 +1205,10 @@ class KvpoolConnector(KVConnectorBase_V1):
     def wait_for_layer_load(self, layer_name: str) -> None:
         """Loads finish in ``start_load_kv``: nothing to wait for."""
 
-    def _save_plan(self, meta: KvpoolConnectorMetadata) -> tuple[list[int], list[int],
-                                                                  list[int | None]]:
-        """This step's blocks to store: keys, engine block ids, chain parents.
+    def _save_plan(self, meta: KvpoolConnectorMetadata) -> tuple[
+            list[int], list[int], list[int | None], list[list[int] | None]]:
+        """This step's blocks to store: keys, engine block ids, chain parents,
+        token ids (None where unknown).
 
         A key two requests computed in the same step is stored once;
         requests whose blocks failed to load store nothing.
@@ -1207,27 +1216,30 @@ class KvpoolConnector(KVConnectorBase_V1):
         keys: list[int] = []
         block_ids: list[int] = []
         parents: list[int | None] = []
+        token_ids: list[list[int] | None] = []
         seen: set[int] = set()
         for spec in meta.saves:
             if spec.req_id in self._skip_save_reqs:
                 continue
             parent = spec.parent
-            for key, block_id in zip(spec.keys, spec.block_ids):
+            for i, (key, block_id) in enumerate(zip(spec.keys, spec.block_ids)):
                 if key not in seen:
                     seen.add(key)
                     keys.append(key)
                     block_ids.append(block_id)
                     parents.append(parent)
+                    ids = spec.token_ids[i] if i < len(spec.token_ids) else None
+                    token_ids.append(ids or None)
                 parent = key
-        return keys, block_ids, parents
+        return keys, block_ids, parents, token_ids
 
     def _begin_save(self, meta: KvpoolConnectorMetadata) -> Any:
-        keys, block_ids, parents = self._save_plan(meta)
+        keys, block_ids, parents, token_ids = self._save_plan(meta)
         store = self._worker_store(meta.hash_seed, meta.pool_file) if keys else None
         if store is None:
             return None
         try:
-            return store.begin_save(keys, block_ids, parents=parents)
+            return store.begin_save(keys, block_ids, parents=parents, token_ids=token_ids)
         except kvpool.Error as e:
             self.stats["save_failures"] += 1
             _log.warning("kvpool: cannot reserve %d blocks: %s", len(keys), e)
@@ -1306,12 +1318,13 @@ class KvpoolConnector(KVConnectorBase_V1):
 
     def _save_blocks(self, meta: KvpoolConnectorMetadata) -> None:
         """Block by block: reserve, gather every layer, commit (chains kept)."""
-        keys, block_ids, parents = self._save_plan(meta)
+        keys, block_ids, parents, token_ids = self._save_plan(meta)
         store = self._worker_store(meta.hash_seed, meta.pool_file) if keys else None
         if store is None:
             return
         try:
-            self.stats["saved_blocks"] += int(store.save(keys, block_ids, parents=parents))
+            self.stats["saved_blocks"] += int(
+                store.save(keys, block_ids, parents=parents, token_ids=token_ids))
         except kvpool.Error as e:  # the blocks before the one that failed stay
             self.stats["save_failures"] += 1
             _log.warning("kvpool: saving a step's blocks stopped: %s", e)

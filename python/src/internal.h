@@ -22,6 +22,10 @@ py::list keys_to_list(const kv_key *keys, size_t n);
 /* Token ids from a sequence of ints or a buffer of 4- or 8-byte integers;
  * OverflowError for one outside [0, 2**32). */
 std::vector<uint32_t> to_tokens(py::handle obj);
+/* Token ids of n blocks for the pool's change feed: None (none recorded), or
+ * a sequence of n items, each None or token ids as to_tokens takes them.
+ * ValueError when the count differs. */
+std::vector<std::vector<uint32_t>> to_block_tokens(py::handle obj, size_t n);
 /* kv_hash_chain over tokens (without the GIL for many blocks). */
 std::vector<kv_key> hash_chain_keys(const std::vector<uint32_t> &tokens, uint32_t block_tokens,
                                     uint64_t seed);

@@ -191,6 +191,22 @@ std::vector<uint32_t> to_tokens(py::handle obj) {
     return out;
 }
 
+std::vector<std::vector<uint32_t>> to_block_tokens(py::handle obj, size_t n) {
+    std::vector<std::vector<uint32_t>> out(n);
+    if (obj.is_none()) return out;
+    PyObject *fast =
+        PySequence_Fast(obj.ptr(), "token_ids must be a sequence (one item per block)");
+    if (!fast) throw py::error_already_set();
+    py::object holder = py::reinterpret_steal<py::object>(fast);
+    const size_t m = static_cast<size_t>(PySequence_Fast_GET_SIZE(fast));
+    if (m != n)
+        throw py::value_error(std::to_string(n) + " blocks but token_ids for " + std::to_string(m));
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    for (size_t i = 0; i < n; i++)
+        if (items[i] != Py_None) out[i] = to_tokens(py::handle(items[i]));
+    return out;
+}
+
 std::vector<kv_key> hash_chain_keys(const std::vector<uint32_t> &tokens, uint32_t block_tokens,
                                     uint64_t seed) {
     if (block_tokens == 0) throw py::value_error("block_tokens must be > 0");

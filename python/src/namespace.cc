@@ -167,10 +167,14 @@ class Bytes {
 constexpr uint64_t kGilFreeMinBytes = 256 * 1024;
 
 bool ns_put(py::handle self, py::handle key, py::handle data, uint32_t tokens, uint32_t priority,
-            uint64_t user_tag, py::handle parent, uint32_t ttl_ms) {
+            uint64_t user_tag, py::handle parent, uint32_t ttl_ms, py::handle token_ids) {
     Namespace &ns = ns_checked(self);
     kv_key k = to_key(key);
     kv_put_opts o = put_opts(tokens, priority, user_tag, parent, ttl_ms);
+    std::vector<uint32_t> ids;
+    if (!token_ids.is_none()) ids = to_tokens(token_ids);
+    o.n_token_ids = static_cast<uint32_t>(ids.size());
+    o.token_ids = ids.empty() ? nullptr : ids.data();
     Bytes b(data);
     int rc;
     if (b.size() >= kGilFreeMinBytes) {
@@ -510,12 +514,13 @@ void init_namespace(py::module_ &m) {
                                [](const Namespace &ns) { return ns.manifest.block_tokens; })
         .def("put", &ns_put, py::arg("key"), py::arg("data"), py::kw_only(), py::arg("tokens") = 0,
              py::arg("priority") = 0, py::arg("user_tag") = 0, py::arg("parent") = py::none(),
-             py::arg("ttl_ms") = 0,
+             py::arg("ttl_ms") = 0, py::arg("token_ids") = py::none(),
              "Copy data (any C-contiguous bytes-like object) into the pool under key\n"
              "and commit it, checksummed during the copy. True if stored, False if\n"
              "the key was already committed (nothing copied). parent: the key of the\n"
              "block before this one in its chain (prefix eviction takes children\n"
-             "first); ttl_ms: expiry after commit (0: none). PoolFullError,\n"
+             "first); ttl_ms: expiry after commit (0: none); token_ids: the block's\n"
+             "tokens, recorded in the pool's change feed (KV events). PoolFullError,\n"
              "BusyError (a writer holds the key), TooLargeError (empty or above the\n"
              "slab size).")
         .def("reserve", &ns_reserve, py::arg("key"), py::arg("length"), py::kw_only(),

@@ -18,6 +18,7 @@
 // parent's client, operations raise ValueError and releases and aborts
 // leave the parent's pins and reservations alone. An object is used by one thread at a time: a
 // second thread calling in while a copy runs gets RuntimeError.
+#include "internal.h"
 #include "paged_copy.h"
 #include "pool.h"
 
@@ -125,7 +126,7 @@ class SaveBatch {
   public:
     SaveBatch(py::object ns_obj, py::object cache_obj, py::iterable keys_in,
               const std::vector<int64_t> &ids, py::object parents, py::object parent,
-              uint32_t tokens)
+              uint32_t tokens, py::object token_ids)
         : ns_obj_(std::move(ns_obj)), ns_(namespace_of(ns_obj_)), cache_obj_(std::move(cache_obj)),
           cache_(cache_obj_.cast<const PagedCache &>()) {
         const std::vector<kv_key> keys = keys_of(keys_in);
@@ -134,6 +135,7 @@ class SaveBatch {
                                   std::to_string(ids.size()) + " block ids");
         const std::vector<uint64_t> blocks = cache_.block_ids(ids);
         const auto par = parents_of(keys, std::move(parents), std::move(parent));
+        auto toks = to_block_tokens(token_ids, keys.size());
         const Geometry &g = cache_.geometry();
         written_.assign(g.layers.size(), false);
         present_.assign(keys.size(), true);
@@ -149,7 +151,8 @@ class SaveBatch {
                 kv_reservation r;
                 rc = kv_reserve_ex(p, ns_.id, &keys[i], g.block_bytes(), &o, &r);
                 if (rc == 0) {
-                    slots_.push_back({r, keys[i], blocks[i], BlockHash(g.block_bytes())});
+                    slots_.push_back(
+                        {r, keys[i], blocks[i], BlockHash(g.block_bytes()), std::move(toks[i])});
                     continue;
                 }
                 rc = rc == KV_DEDUP || rc == -EBUSY ? 0 : rc; // present, or another writer's
@@ -242,7 +245,8 @@ class SaveBatch {
                 const auto *data = static_cast<const uint8_t *>(s.r.data);
                 const uint64_t sum =
                     streamed_ ? s.hash.digest(data) : paged::xxh3_64(data, s.r.length);
-                rc = kv_commit(p, &s.r, KV_COMMIT_F_CHECKSUM, sum);
+                rc = kv_commit_ex(p, &s.r, KV_COMMIT_F_CHECKSUM, sum, s.token_ids.data(),
+                                  static_cast<uint32_t>(s.token_ids.size()));
                 if (rc) break;
                 done++;
             }
@@ -286,6 +290,7 @@ class SaveBatch {
         kv_key key;
         uint64_t block;
         BlockHash hash;
+        std::vector<uint32_t> token_ids; // recorded with the commit (change feed)
     };
     py::object ns_obj_;
     Namespace &ns_;
@@ -306,7 +311,7 @@ class SaveBatch {
 // stored here, or skipped (present, or being written by another client).
 std::vector<bool> save_blocks(py::object ns_obj, py::object cache_obj, py::iterable keys_in,
                               const std::vector<int64_t> &ids, py::object parents,
-                              py::object parent, uint32_t tokens) {
+                              py::object parent, uint32_t tokens, py::object token_ids) {
     Namespace &ns = namespace_of(ns_obj);
     const PagedCache &cache = cache_obj.cast<const PagedCache &>();
     const std::vector<kv_key> keys = keys_of(keys_in);
@@ -315,6 +320,7 @@ std::vector<bool> save_blocks(py::object ns_obj, py::object cache_obj, py::itera
                               std::to_string(ids.size()) + " block ids");
     const std::vector<uint64_t> blocks = cache.block_ids(ids);
     const auto par = parents_of(keys, std::move(parents), std::move(parent));
+    const auto toks = to_block_tokens(token_ids, keys.size());
     const Geometry &g = cache.geometry();
     std::vector<bool> stored(keys.size(), false);
     ns.pool->check_open();
@@ -336,7 +342,8 @@ std::vector<bool> save_blocks(py::object ns_obj, py::object cache_obj, py::itera
             auto *data = static_cast<uint8_t *>(r.data);
             BlockHash h(r.length);
             paged::gather(g, blocks[i], 0, uint32_t(g.layers.size()), data, &h);
-            rc = kv_commit(p, &r, KV_COMMIT_F_CHECKSUM, h.digest(data));
+            rc = kv_commit_ex(p, &r, KV_COMMIT_F_CHECKSUM, h.digest(data), toks[i].data(),
+                              static_cast<uint32_t>(toks[i].size()));
             if (rc) {
                 kv_abort(p, &r);
                 break;
@@ -513,9 +520,10 @@ void init_paged(py::module_ &m) {
     py::class_<SaveBatch>(m, "SaveBatch",
                           "Reservations for engine blocks, written by layer or whole.")
         .def(py::init<py::object, py::object, py::iterable, const std::vector<int64_t> &,
-                      py::object, py::object, uint32_t>(),
+                      py::object, py::object, uint32_t, py::object>(),
              py::arg("ns"), py::arg("cache"), py::arg("keys"), py::arg("block_ids"),
-             py::arg("parents") = py::none(), py::arg("parent") = py::none(), py::arg("tokens") = 0)
+             py::arg("parents") = py::none(), py::arg("parent") = py::none(), py::arg("tokens") = 0,
+             py::arg("token_ids") = py::none())
         .def("write_layer", &SaveBatch::write_layer, py::arg("layer"))
         .def("write_all", &SaveBatch::write_all)
         .def("commit", &SaveBatch::commit)
@@ -526,8 +534,9 @@ void init_paged(py::module_ &m) {
 
     m.def("save_blocks", &save_blocks, py::arg("ns"), py::arg("cache"), py::arg("keys"),
           py::arg("block_ids"), py::arg("parents") = py::none(), py::arg("parent") = py::none(),
-          py::arg("tokens") = 0,
-          "Reserve, gather and commit each block in turn; one flag per key (stored here).");
+          py::arg("tokens") = 0, py::arg("token_ids") = py::none(),
+          "Reserve, gather and commit each block in turn; one flag per key (stored here).\n"
+          "token_ids: None, or per block None or its tokens (the pool's change feed).");
 
     py::class_<PinnedBlocks>(m, "PinnedBlocks",
                              "The pinned leading blocks of a key chain, loadable into an engine.")

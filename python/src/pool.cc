@@ -97,7 +97,8 @@ int parse_hugepages(const char *s) {
 void create_pool(const std::string &path, uint64_t size, uint64_t slab_size,
                  uint64_t avg_block_size, uint32_t max_clients, uint32_t pins_per_client,
                  uint32_t max_namespaces, uint32_t max_entries, py::handle evict_policy,
-                 py::handle hugepages, int numa_node, uint32_t mode, bool replace, bool prefault) {
+                 py::handle hugepages, int numa_node, uint32_t mode, bool replace, bool prefault,
+                 uint32_t feed_slots) {
     kv_create_opts o;
     kv_create_opts_init(&o, size);
     o.slab_size = slab_size;
@@ -106,6 +107,7 @@ void create_pool(const std::string &path, uint64_t size, uint64_t slab_size,
     o.pins_per_client = pins_per_client;
     o.max_namespaces = max_namespaces;
     o.max_entries = max_entries;
+    o.feed_slots = feed_slots;
     o.evict_policy = parse_named(evict_policy, "eviction policy", kv_evict_policy_parse);
     o.hugepages =
         parse_named(hugepages, "hugepages mode (never, prefer, require)", parse_hugepages);
@@ -205,7 +207,7 @@ void init_pool(py::module_ &m) {
           py::arg("pins_per_client") = 0, py::arg("max_namespaces") = 0, py::arg("max_entries") = 0,
           py::arg("evict_policy") = "prefix", py::arg("hugepages") = "never",
           py::arg("numa_node") = -1, py::arg("mode") = 0, py::arg("replace") = false,
-          py::arg("prefault") = false,
+          py::arg("prefault") = false, py::arg("feed_slots") = 0,
           "Create a pool of size bytes backed by the file at path (/dev/shm for 4 KiB\n"
           "pages, a hugetlbfs mount for hugepages), as kv_pool_create does. Zero\n"
           "options take libkv's defaults (4 MiB slabs, 16 KiB average blocks, 64\n"

@@ -338,7 +338,8 @@ void res_dealloc(PyObject *self) {
     Py_DECREF(tp);
 }
 
-PyObject *res_commit_impl(ReservationObject *r, PyObject *checksum) {
+PyObject *res_commit_impl(ReservationObject *r, PyObject *checksum,
+                          const std::vector<uint32_t> &ids = {}) {
     if (!res_open(r)) return nullptr;
     BlockMemory *m = r->mem;
     if (m->pool->foreign()) {
@@ -361,10 +362,12 @@ PyObject *res_commit_impl(ReservationObject *r, PyObject *checksum) {
     int rc;
     r->state = RES_COMMITTING;
     if (!flags && r->length >= kGilFreeMinBytes) {
-        Py_BEGIN_ALLOW_THREADS rc = kv_commit(m->pool->pool, &m->res, flags, sum);
+        Py_BEGIN_ALLOW_THREADS rc = kv_commit_ex(m->pool->pool, &m->res, flags, sum, ids.data(),
+                                                 static_cast<uint32_t>(ids.size()));
         Py_END_ALLOW_THREADS
     } else {
-        rc = kv_commit(m->pool->pool, &m->res, flags, sum);
+        rc = kv_commit_ex(m->pool->pool, &m->res, flags, sum, ids.data(),
+                          static_cast<uint32_t>(ids.size()));
     }
     if (rc < 0) {
         // libkv refused (not a live reservation): nothing is left to abort.
@@ -380,12 +383,21 @@ PyObject *res_commit_impl(ReservationObject *r, PyObject *checksum) {
 }
 
 PyObject *res_commit(PyObject *self, PyObject *args, PyObject *kwds) {
-    static const char *kwlist[] = {"checksum", nullptr};
-    PyObject *checksum = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:commit", const_cast<char **>(kwlist),
-                                     &checksum))
+    static const char *kwlist[] = {"checksum", "token_ids", nullptr};
+    PyObject *checksum = Py_None, *token_ids = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$O:commit", const_cast<char **>(kwlist),
+                                     &checksum, &token_ids))
         return nullptr;
-    return res_commit_impl(as<ReservationObject>(self), checksum);
+    std::vector<uint32_t> ids;
+    if (token_ids != Py_None) {
+        try {
+            ids = to_tokens(py::handle(token_ids));
+        } catch (py::error_already_set &e) {
+            e.restore();
+            return nullptr;
+        }
+    }
+    return res_commit_impl(as<ReservationObject>(self), checksum, ids);
 }
 
 void res_abort_impl(ReservationObject *r) noexcept {
@@ -457,10 +469,11 @@ PyObject *res_repr(PyObject *self) {
 
 PyMethodDef res_methods[] = {
     {"commit", as_cfunc(res_commit), METH_VARARGS | METH_KEYWORDS,
-     "commit(checksum=None)\n"
+     "commit(checksum=None, *, token_ids=None)\n"
      "Publish the block: it becomes immutable and visible to every client.\n"
      "checksum: the XXH3-64 of the data if the caller computed it (else libkv\n"
-     "computes it). BufferError while a memoryview, array or tensor over the\n"
+     "computes it); token_ids: the block's tokens, recorded in the pool's change\n"
+     "feed (KV events). BufferError while a memoryview, array or tensor over the\n"
      "reservation's memory is alive (writes after commit would change a\n"
      "published block); ValueError if already committed or aborted."},
     {"abort", res_abort, METH_NOARGS,
