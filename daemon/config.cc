@@ -14,13 +14,17 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <fcntl.h>
 #include <kvpool/region.h>
 #include <netinet/in.h>
 #include <span>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <toml++/toml.h>
+#include <unistd.h>
 #include <vector>
 
 namespace kv::daemon {
@@ -49,7 +53,11 @@ constexpr std::string_view kDaemonKeys[] = {"control_socket",   "shm_dir",      
 constexpr std::string_view kPoolKeys[] = {
     "name", "size", "hugepages", "numa_node", "eviction", "group", "mode", "prefault",
     "high_watermark", "low_watermark", "slab_size", "avg_block_size", "max_clients", "max_entries",
-    "snapshot_dir", "persist_on_stop", "restore_on_start", "feed_slots", "events"};
+    "snapshot_dir", "persist_on_stop", "restore_on_start", "feed_slots", "remote", "events"};
+constexpr std::string_view kRemoteKeys[] = {
+    "seeds", "key_prefix", "write", "namespaces", "bandwidth", "ttl_s", "username",
+    "password_file", "password_credential", "max_connections", "timeout_ms", "queue_bytes",
+    "medium"};
 // clang-format on
 constexpr std::string_view kEventsKeys[] = {"endpoint", "replay_endpoint", "topic",
                                             "encoding", "hash_form",       "buffer_steps",
@@ -391,6 +399,137 @@ bool read_daemon(Reader &r, const toml::table &t, DaemonConfig &cfg) {
     return true;
 }
 
+// ---- [pool.remote] ---------------------------------------------------------
+
+// "host:port" or "[v6]:port"; the host is a name or an address, resolved
+// when the tier connects.
+bool valid_seed(std::string_view s) {
+    std::string_view host, port;
+    if (s.starts_with("[")) {
+        const size_t close = s.find(']');
+        if (close == std::string_view::npos || close + 1 >= s.size() || s[close + 1] != ':')
+            return false;
+        host = s.substr(1, close - 1);
+        port = s.substr(close + 2);
+    } else {
+        const size_t colon = s.rfind(':');
+        if (colon == std::string_view::npos) return false;
+        host = s.substr(0, colon);
+        port = s.substr(colon + 1);
+        if (host.find(':') != std::string_view::npos) return false;
+    }
+    if (host.empty() || host.size() > 253 || port.empty() || port.size() > 5) return false;
+    for (char c : host)
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == ':' || c == '_'))
+            return false;
+    uint32_t n = 0;
+    for (char c : port) {
+        if (c < '0' || c > '9') return false;
+        n = n * 10 + uint32_t(c - '0');
+    }
+    return n >= 1 && n <= 65535;
+}
+
+// Printable ASCII without space: a Redis key prefix and names in messages.
+bool printable_word(std::string_view s) {
+    return std::all_of(s.begin(), s.end(), [](char c) { return c > ' ' && c < 0x7f; });
+}
+
+bool read_remote(Reader &r, const toml::node &n, const std::string &p, RemoteConfig &rc) {
+    const auto *t = n.as_table();
+    if (!t) return r.fail_type(Field{&n, p}, "a table ([pool.remote])");
+    if (!r.check_keys(*t, kRemoteKeys, "in " + p)) return false;
+    rc.enabled = true;
+
+    const Field seeds = field(*t, p, "seeds");
+    if (!seeds.node)
+        return r.fail(t->source(), p,
+                      "missing required key \"seeds\" (e.g. seeds = [\"10.0.0.1:7000\"])");
+    const auto *arr = seeds.node->as_array();
+    const char *seed_form = "an array of \"host:port\" strings (\"[v6]:port\" for IPv6)";
+    if (!arr || arr->empty()) return r.fail_type(seeds, seed_form);
+    for (size_t i = 0; i < arr->size(); i++) {
+        const Field f{arr->get(i), seeds.path + "[" + std::to_string(i) + "]"};
+        const auto *s = f.node->as_string();
+        if (!s || !valid_seed(s->get())) return r.fail_type(f, "\"host:port\" (\"[v6]:port\")");
+        rc.seeds.push_back(s->get());
+    }
+
+    const Field prefix = field(*t, p, "key_prefix");
+    if (!r.string(prefix, &rc.key_prefix)) return false;
+    if (prefix.node && (rc.key_prefix.size() > 64 || !printable_word(rc.key_prefix)))
+        return r.fail_type(prefix, "up to 64 printable ASCII characters without spaces");
+    // A hash tag in the prefix would put every block in one slot, on one master.
+    if (rc.key_prefix.find_first_of("{}") != std::string::npos)
+        return r.fail(prefix.node->source(), prefix.path,
+                      quoted(rc.key_prefix) +
+                          ": '{' and '}' make a Redis Cluster hash tag, which would put every "
+                          "block on one master; expected a prefix without them");
+
+    static constexpr std::array<std::string_view, 2> kWrite{"none", "write-behind"};
+    size_t write = SIZE_MAX;
+    if (!r.choice(field(*t, p, "write"), kWrite, &write)) return false;
+    if (write != SIZE_MAX) rc.write = write == 0 ? WritePolicy::None : WritePolicy::WriteBehind;
+
+    const Field nss = field(*t, p, "namespaces");
+    if (nss.node) {
+        const auto *a = nss.node->as_array();
+        if (!a) return r.fail_type(nss, "an array of model names");
+        for (size_t i = 0; i < a->size(); i++) {
+            const Field f{a->get(i), nss.path + "[" + std::to_string(i) + "]"};
+            const auto *s = f.node->as_string();
+            if (!s || s->get().empty() || s->get().size() > 63)
+                return r.fail_type(f, "a model name of 1 to 63 bytes");
+            rc.namespaces.push_back(s->get());
+        }
+    }
+
+    const Field bw = field(*t, p, "bandwidth");
+    if (!r.size(bw, &rc.bandwidth)) return false;
+    if (bw.node && rc.bandwidth != 0 && rc.bandwidth < (64ULL << 10))
+        return r.fail(bw.node->source(), bw.path,
+                      format_size(rc.bandwidth) +
+                          " per second: expected 0 (no cap) or at least 64K per second");
+
+    const Field qb = field(*t, p, "queue_bytes");
+    if (!r.size(qb, &rc.queue_bytes)) return false;
+    if (qb.node && (rc.queue_bytes < (1ULL << 20) || rc.queue_bytes > (64ULL << 30)))
+        return r.fail(qb.node->source(), qb.path,
+                      format_size(rc.queue_bytes) + ": expected 1M to 64G");
+
+    if (!r.u32(field(*t, p, "ttl_s"), 0, 10U * 366 * 86400, &rc.ttl_s) ||
+        !r.u32(field(*t, p, "max_connections"), 1, 64, &rc.max_connections) ||
+        !r.u32(field(*t, p, "timeout_ms"), 10, 60000, &rc.timeout_ms) ||
+        !r.string(field(*t, p, "username"), &rc.username) ||
+        !r.path(field(*t, p, "password_file"), &rc.password_file))
+        return false;
+
+    const Field cred = field(*t, p, "password_credential");
+    if (!r.string(cred, &rc.password_credential)) return false;
+    if (cred.node) {
+        const std::string &c = rc.password_credential;
+        if (c.empty() || c.size() > 255 || !printable_word(c) || c.find('/') != std::string::npos)
+            return r.fail_type(cred, "a systemd credential name (printable, no '/')");
+        if (!rc.password_file.empty())
+            return r.fail(cred.node->source(), cred.path,
+                          "both password_file and password_credential are set; expected one");
+    }
+    const Field user = field(*t, p, "username");
+    if (user.node && (rc.username.empty() || !printable_word(rc.username)))
+        return r.fail_type(user, "an ACL user name (printable, no spaces)");
+    if (user.node && rc.password_file.empty() && rc.password_credential.empty())
+        return r.fail(user.node->source(), user.path,
+                      "username " + quoted(rc.username) +
+                          " without a password: expected password_file or password_credential");
+
+    const Field medium = field(*t, p, "medium");
+    if (!r.string(medium, &rc.medium)) return false;
+    if (medium.node && (rc.medium.empty() || rc.medium.size() > 32 || !printable_word(rc.medium)))
+        return r.fail_type(medium, "a name of 1 to 32 printable characters");
+    return true;
+}
+
 // A ZeroMQ endpoint kvpoold binds or connects (kv_events.h): tcp://HOST:PORT
 // (HOST may be *), ipc:///absolute/path or inproc://NAME. Checked here so a
 // typo is a config error, not a socket that never opens.
@@ -580,7 +719,8 @@ bool read_pool(Reader &r, const toml::table &t, const std::string &p, PoolConfig
            r.u32(field(t, p, "max_entries"), 64, 0xfffffff0U, &pool.max_entries) &&
            r.path(field(t, p, "snapshot_dir"), &pool.snapshot_dir) &&
            r.boolean(field(t, p, "persist_on_stop"), &pool.persist_on_stop) &&
-           r.boolean(field(t, p, "restore_on_start"), &pool.restore_on_start);
+           r.boolean(field(t, p, "restore_on_start"), &pool.restore_on_start) &&
+           (!t.get("remote") || read_remote(r, *t.get("remote"), p + ".remote", pool.remote));
 }
 
 std::expected<DaemonConfig, std::string> check(Reader &r, const toml::table &root) {
@@ -783,6 +923,60 @@ std::expected<DaemonConfig, std::string> load_config(const std::string &path) {
     } catch (const std::exception &e) {
         return std::unexpected("config file " + quoted(path) + ": " + e.what());
     }
+}
+
+std::expected<std::string, std::string> read_remote_password(const RemoteConfig &rc) {
+    std::string path = rc.password_file;
+    const bool credential = path.empty();
+    if (credential) {
+        if (rc.password_credential.empty()) return std::string();
+        const char *dir = std::getenv("CREDENTIALS_DIRECTORY");
+        if (!dir || !*dir)
+            return std::unexpected("password_credential " + quoted(rc.password_credential) +
+                                   ": $CREDENTIALS_DIRECTORY is not set (expected kvpoold to be "
+                                   "started by systemd with LoadCredential= or SetCredential=)");
+        path = std::string(dir) + "/" + rc.password_credential;
+    }
+    const std::string what =
+        (credential ? "password credential " : "password_file ") + quoted(path);
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return std::unexpected(what + ": " + std::strerror(errno));
+    struct stat st{};
+    if (fstat(fd, &st) != 0) {
+        const int e = errno;
+        close(fd);
+        return std::unexpected(what + ": " + std::strerror(e));
+    }
+    // A secret anyone on the host may read or replace is no secret: only
+    // root (or the daemon's own user) may own it, and others may not read it.
+    // systemd's credentials directory is the daemon's already.
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
+    std::string bad;
+    if (!S_ISREG(st.st_mode))
+        bad = "is not a regular file";
+    else if (!credential && st.st_uid != 0 && st.st_uid != geteuid())
+        bad = "is owned by uid " + std::to_string(st.st_uid) +
+              "; expected root (uid 0): another user could replace the password";
+    else if (!credential && (st.st_mode & (S_IROTH | S_IWOTH)))
+        bad = std::string("has mode ") + mode +
+              ", readable or writable by others; expected no access for others (chmod o-rw)";
+    else if (st.st_size > 4096)
+        bad = "is " + std::to_string(st.st_size) + " bytes; expected a password of at most 4 KiB";
+    if (!bad.empty()) {
+        close(fd);
+        return std::unexpected(what + " " + bad);
+    }
+    std::string pw(size_t(st.st_size), '\0');
+    const ssize_t n = read(fd, pw.data(), pw.size());
+    const int e = errno;
+    close(fd);
+    if (n < 0) return std::unexpected(what + ": " + std::strerror(e));
+    pw.resize(size_t(n));
+    while (!pw.empty() && (pw.back() == '\n' || pw.back() == '\r'))
+        pw.pop_back();
+    if (pw.empty()) return std::unexpected(what + " is empty; expected the password");
+    return pw;
 }
 
 std::string describe(const DaemonConfig &cfg) {

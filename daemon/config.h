@@ -22,8 +22,8 @@
 //   persist_on_stop, restore_on_start
 //
 // Nothing here throws, prints or touches the system beyond reading the file
-// in load_config: groups are not resolved and directories not checked here;
-// the daemon does that when it applies the config.
+// in load_config (and the password file in read_remote_password): groups are not resolved and
+// directories not checked here; the daemon does that when it applies the config.
 #pragma once
 
 #include <cstdint>
@@ -63,6 +63,7 @@ struct RemoteConfig {
     uint32_t timeout_ms = 2000;      // connect and command timeout, 10..60000
     uint64_t queue_bytes = 256ULL << 20; // write-behind backlog; beyond it uploads are dropped
     std::string medium = "REDIS";        // the "medium" of this tier in KV events
+    bool operator==(const RemoteConfig &) const = default; // a reload changed it
 };
 
 // vLLM's two msgpack encodings of the events inside a batch (kv_events.h).
@@ -141,6 +142,12 @@ std::expected<DaemonConfig, std::string> load_config(const std::string &path);
 // One line for the startup log, e.g.
 //   control_socket=/run/kvpool/control ... pools=1 [default 1.0 GiB hugepages=prefer ...]
 std::string describe(const DaemonConfig &cfg);
+
+// The AUTH password of a remote tier: the first line of password_file (a
+// regular file owned by root or the daemon's user, with no access for
+// others), or of $CREDENTIALS_DIRECTORY/password_credential; "" when the
+// tier has neither. Errors name the file and what is wrong with it.
+std::expected<std::string, std::string> read_remote_password(const RemoteConfig &rc);
 
 // The spellings used in the file, for logs and kvctl.
 std::string_view to_string(HugepageMode m);

@@ -157,9 +157,14 @@ std::expected<Client, ClientError> Client::connect(const std::string &socket, do
 }
 
 std::expected<Reply, ClientError> Client::request(uint16_t op, const kv_ctl_request &req) {
+    return request(op, req, {});
+}
+
+std::expected<Reply, ClientError> Client::request(uint16_t op, const kv_ctl_request &req,
+                                                  std::string_view payload) {
     const Deadline deadline = Deadline::after(timeout_s_);
     const uint32_t seq = seq_++;
-    const std::string msg = encode_request(op, seq, req);
+    const std::string msg = encode_request(op, seq, req, payload);
     kv_ctl_hdr hdr{};
     if (auto r = send_all(fd_, msg.data(), msg.size()); !r) {
         // The daemon may have refused the connection and closed it before

@@ -16,6 +16,7 @@
 #include <expected>
 #include <kvpool/control.h>
 #include <string>
+#include <string_view>
 
 namespace kv::control {
 
@@ -48,6 +49,10 @@ class Client {
     // refused at accept (KV_CTL_OP_REFUSED) answers with the refusal's
     // error (EUSERS) and message, whichever request was sent.
     std::expected<Reply, ClientError> request(uint16_t op, const kv_ctl_request &req);
+    // The same for an op that takes a payload (REMOTE_FETCH): req.arg must
+    // be payload.size().
+    std::expected<Reply, ClientError> request(uint16_t op, const kv_ctl_request &req,
+                                              std::string_view payload);
 
     Client(Client &&o) noexcept;
     Client &operator=(Client &&o) noexcept;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 
@@ -46,6 +47,12 @@ constexpr OpInfo kOps[] = {
     // block: the pool's group, as for a change.
     {KV_CTL_OP_VERIFY, "verify", Access::PoolGroup, PoolName::Required, KV_CTL_F_REMOVE, false,
      false, false, false, true},
+    // REMOTE_FETCH writes blocks into the pool: the pool's group. Its wait
+    // is bounded by the payload's timeout_ms, not by the pool's size.
+    {KV_CTL_OP_REMOTE_FETCH, "remote fetch", Access::PoolGroup, PoolName::Required, 0, false, true,
+     false, false, false, true},
+    {KV_CTL_OP_REMOTE_STATUS, "remote status", Access::Anyone, PoolName::Optional, 0, false, false,
+     false, false, false},
 };
 static_assert(std::size(kOps) == KV_CTL_OP_MAX, "a row for every op");
 
@@ -91,9 +98,16 @@ NameProblem check_pool_name(std::string_view n) {
 }
 
 std::string encode_request(uint16_t op, uint32_t seq, const kv_ctl_request &req) {
-    const kv_ctl_hdr h{KV_CTL_MAGIC, KV_CTL_VERSION, op, uint32_t(sizeof req), seq};
+    return encode_request(op, seq, req, {});
+}
+
+std::string encode_request(uint16_t op, uint32_t seq, const kv_ctl_request &req,
+                           std::string_view payload) {
+    const kv_ctl_hdr h{KV_CTL_MAGIC, KV_CTL_VERSION, op, uint32_t(sizeof req + payload.size()),
+                       seq};
     std::string out(reinterpret_cast<const char *>(&h), sizeof h);
     out.append(reinterpret_cast<const char *>(&req), sizeof req);
+    out.append(payload);
     return out;
 }
 
@@ -124,12 +138,27 @@ Message next_message(std::string_view in) {
     if (in.size() < sizeof h + h.length) return m; // wait for the body
     m.kind = Message::Kind::Request;
     m.consumed = sizeof h + h.length;
-    const std::string_view body = in.substr(sizeof h, h.length);
+    std::string_view body = in.substr(sizeof h, h.length);
     if (body.size() < KV_CTL_REQUEST_SIZE_V1) {
         m.error = EPROTO;
         m.message = "request body of " + std::to_string(body.size()) +
                     " bytes: expected at least " + std::to_string(KV_CTL_REQUEST_SIZE_V1);
         return m;
+    }
+    // An op with a payload: its last arg bytes (arg is in every version's struct).
+    std::string_view payload;
+    if (const OpInfo *pi = find_op(h.op); pi && pi->payload) {
+        uint64_t arg;
+        memcpy(&arg, body.data() + offsetof(kv_ctl_request, arg), sizeof arg);
+        if (arg > body.size() - KV_CTL_REQUEST_SIZE_V1) {
+            m.error = EINVAL;
+            m.message = "payload of " + std::to_string(arg) + " bytes (arg) in a body of " +
+                        std::to_string(body.size()) + ": expected at most " +
+                        std::to_string(body.size() - KV_CTL_REQUEST_SIZE_V1);
+            return m;
+        }
+        payload = body.substr(body.size() - arg);
+        body.remove_suffix(arg);
     }
     // A newer client's larger struct: the tail must be zero (we cannot honour it).
     kv_ctl_request req;
@@ -160,6 +189,7 @@ Message next_message(std::string_view in) {
         m.message = std::string("unknown flag bits ") + hex;
     } else {
         m.req = req;
+        m.payload = payload;
     }
     return m;
 }

@@ -51,6 +51,8 @@ struct OpInfo {
     // The daemon answers once the op's work is done, which grows with the
     // pool's data: a client should not bound the wait by default.
     bool unbounded;
+    // The body ends with a payload of arg bytes (REMOTE_FETCH).
+    bool payload = false;
 };
 
 // Every op, 1..KV_CTL_OP_MAX, indexed by op - 1.
@@ -75,6 +77,10 @@ inline bool valid_pool_name(std::string_view n) {
 
 // Header + body of one request. req's reserved fields must be zero.
 std::string encode_request(uint16_t op, uint32_t seq, const kv_ctl_request &req);
+// The same with a payload after the struct (an op whose OpInfo::payload is
+// set); req.arg must be payload.size().
+std::string encode_request(uint16_t op, uint32_t seq, const kv_ctl_request &req,
+                           std::string_view payload);
 
 struct Message {
     enum class Kind {
@@ -93,6 +99,7 @@ struct Message {
     int error = 0;
     std::string message;  // why, when error != 0
     kv_ctl_request req{}; // Request with error == 0: the body's first KV_CTL_REQUEST_SIZE_V1 bytes
+    std::string payload;  // Request with error == 0, an op with a payload: its req.arg bytes
 };
 
 // Take the first message off a control stream.

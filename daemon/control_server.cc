@@ -8,6 +8,7 @@
 #include "inspect.h"
 #include "log.h"
 #include "metrics.h"
+#include "remote_tier.h"
 #include "snapshot_jobs.h"
 #include "units.h"
 
@@ -438,7 +439,7 @@ void ControlServer::process(int fd, Conn &c) {
     std::string reply = std::move(m.message);
     if (!err) {
         try {
-            std::tie(err, reply) = dispatch(c, h.op, h.seq, m.req);
+            std::tie(err, reply) = dispatch(c, h.op, h.seq, m.req, m.payload);
         } catch (const std::exception
                      &e) { // JSON or allocation failure: one request fails, not the daemon
             err = EIO;
@@ -607,8 +608,55 @@ void ControlServer::deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int err
     if (error) counters_.request_errors++; // its connection is gone
 }
 
+// REMOTE_FETCH (control.h): check the payload, hand the request to the
+// pool's tier; the tier's fetch thread leaves the answer for deliver().
+std::pair<int, std::string> ControlServer::remote_fetch(Conn &c, const Pool &p, uint32_t seq,
+                                                        std::string_view payload) {
+    kv_ctl_remote_fetch f;
+    if (payload.size() < sizeof f)
+        return {EINVAL, "remote fetch payload of " + std::to_string(payload.size()) +
+                            " bytes: expected at least " + std::to_string(sizeof f)};
+    std::memcpy(&f, payload.data(), sizeof f);
+    if (f.reserved[0] || f.reserved[1])
+        return {EINVAL, "remote fetch payload has non-zero reserved fields"};
+    if (f.n_keys == 0 || f.n_keys > KV_CTL_REMOTE_FETCH_MAX_KEYS)
+        return {EINVAL, "remote fetch of " + std::to_string(f.n_keys) + " keys: expected 1.." +
+                            std::to_string(KV_CTL_REMOTE_FETCH_MAX_KEYS)};
+    if (payload.size() != sizeof f + uint64_t(f.n_keys) * sizeof(kv_key))
+        return {EINVAL, "remote fetch payload of " + std::to_string(payload.size()) +
+                            " bytes: expected " +
+                            std::to_string(sizeof f + uint64_t(f.n_keys) * sizeof(kv_key)) +
+                            " for " + std::to_string(f.n_keys) + " keys"};
+    if (f.first >= f.n_keys)
+        return {EINVAL, "remote fetch from key " + std::to_string(f.first) + " of " +
+                            std::to_string(f.n_keys) + ": expected first < n_keys"};
+    RemoteTiers *tiers = remote_tiers();
+    RemoteTier *t = tiers ? tiers->find(p.cfg.name) : nullptr;
+    if (!t)
+        return {ENODEV, "pool " + p.cfg.name +
+                            (p.cfg.remote.enabled
+                                 ? " has a remote tier that is not running (see kvpoold's log)"
+                                 : " has no remote tier ([pool.remote] in kvpoold.toml)")};
+    if ((f.pool_id_lo || f.pool_id_hi) &&
+        (f.pool_id_lo != t->pool_id_lo() || f.pool_id_hi != t->pool_id_hi()))
+        return {ESTALE, "pool " + p.cfg.name +
+                            ": the client's region is not the one kvpoold serves under that "
+                            "name (recreated since the client attached?)"};
+    FetchRequest q;
+    q.conn_id = c.id;
+    q.seq = seq;
+    q.ns = f.ns;
+    q.first = f.first;
+    q.timeout_ms = f.timeout_ms;
+    q.keys.resize(f.n_keys);
+    std::memcpy(q.keys.data(), payload.data() + sizeof f, f.n_keys * sizeof(kv_key));
+    if (auto r = t->submit(std::move(q)); !r) return r.error();
+    return {kDeferred, ""};
+}
+
 std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32_t seq,
-                                                    const kv_ctl_request &req) {
+                                                    const kv_ctl_request &req,
+                                                    std::string_view payload) {
     const std::string name(reinterpret_cast<const char *>(req.pool));
     auto list = [&] {
         nlohmann::json pools = nlohmann::json::array();
@@ -625,6 +673,13 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
         return {0, dump({{"pools", list()}})};
     if (op == KV_CTL_OP_STATS)
         return {0, dump({{"daemon", daemon_json(counters_)}, {"pools", list()}})};
+    if (op == KV_CTL_OP_REMOTE_STATUS && name.empty()) {
+        nlohmann::json pools = nlohmann::json::array();
+        for (const auto &p : pm_.pools())
+            if (p->cfg.remote.enabled)
+                pools.push_back({{"pool", p->cfg.name}, {"remote", remote_json(p->cfg.name)}});
+        return {0, dump({{"pools", std::move(pools)}})};
+    }
 
     if (op == KV_CTL_OP_CREATE) {
         if (info->access == control::Access::Admin && !allowed(c.peer, pm_.admin_gid()))
@@ -701,6 +756,12 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
     switch (op) {
     case KV_CTL_OP_STATUS:
         return {0, dump(pool_json(*p))};
+    case KV_CTL_OP_REMOTE_STATUS:
+        return {0, dump({{"pool", name},
+                         {"remote",
+                          p->cfg.remote.enabled ? remote_json(name) : nlohmann::json(nullptr)}})};
+    case KV_CTL_OP_REMOTE_FETCH:
+        return remote_fetch(c, *p, seq, payload);
     case KV_CTL_OP_ENTRIES: {
         const uint64_t slots = kv_pool_header(p->handle)->n_entries;
         if (req.cursor > slots)
@@ -714,6 +775,7 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
     case KV_CTL_OP_CLIENTS:
         return {0, dump(clients_json(*p))};
     case KV_CTL_OP_DESTROY: {
+        if (RemoteTiers *t = remote_tiers()) t->stop(name); // its workers use the pool's handle
         auto r = pm_.destroy(name);
         if (!r) return {-r.error().code, r.error().message};
         return {0, dump({{"pool", name}, {"destroyed", true}})};

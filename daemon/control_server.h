@@ -15,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <sys/types.h>
 #include <vector>
 
@@ -107,7 +108,9 @@ class ControlServer {
     void drop(int fd);
     // Handle one request; returns the response body (JSON or message) and error.
     std::pair<int, std::string> dispatch(Conn &c, uint16_t op, uint32_t seq,
-                                         const kv_ctl_request &req);
+                                         const kv_ctl_request &req, std::string_view payload);
+    std::pair<int, std::string> remote_fetch(Conn &c, const Pool &p, uint32_t seq,
+                                             std::string_view payload);
     bool allowed(const Peer &p, gid_t gid) const;
 
     int epfd_;

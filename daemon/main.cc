@@ -15,6 +15,7 @@
 #include "metrics.h"
 #include "pool_manager.h"
 #include "pool_report.h"
+#include "remote_tier.h"
 #include "snapshot_jobs.h"
 
 #include <algorithm>
@@ -203,6 +204,16 @@ int reserve_hugepages(const DaemonConfig &cfg) {
     return required ? 1 : 0;
 }
 
+// Blocks the remote tiers uploaded, published as Stored events of the
+// tier's medium to the pool's KV-event subscribers (kv_events.h).
+void publish_remote_stored(RemoteTiers &remote) {
+    KvEventPublisher *events = KvEventPublisher::current();
+    for (auto &[pool, stored] : remote.take_uploaded()) {
+        const RemoteTier *t = remote.find(pool);
+        if (events && t) events->publish_remote(pool, stored, t->config().medium);
+    }
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -325,6 +336,10 @@ int main(int argc, char **argv) {
     jev.data.fd = jobfd;
     epoll_ctl(epfd, EPOLL_CTL_ADD, jobfd, &jev);
     server->set_job_wake_fd(jobfd);
+    // The remote tiers' workers wake the loop through the same eventfd.
+    auto remote = std::make_unique<RemoteTiers>(jobfd);
+    set_remote_tiers(remote.get());
+    remote->sync(*pm);
 
     Timer reap_timer(epfd, uint64_t(cfg.reap_interval_ms) * 1000);
     Timer evict_timer(epfd, uint64_t(cfg.evict_interval_ms) * 1000);
@@ -335,6 +350,20 @@ int main(int argc, char **argv) {
     // feed_timer.set_interval(feed_drainer.interval_us()).
     FeedDrainer feed_drainer;
     Timer feed_timer(epfd, feed_drainer.interval_us());
+    // The remote tiers' write-behind drains the feeds only while a tier
+    // runs, so a daemon without one keeps the drain timer off.
+    bool remote_sink = false;
+    auto remote_follow = [&] {
+        const bool want = !remote->tiers().empty();
+        if (want == remote_sink) return;
+        remote_sink = want;
+        if (want)
+            feed_drainer.add_sink(remote.get());
+        else
+            feed_drainer.remove_sink(remote.get());
+        feed_timer.set_interval(feed_drainer.interval_us());
+    };
+    remote_follow();
     uint64_t wd_usec = 0;
     bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0;
     Timer wd_timer(epfd, watchdog ? wd_usec / 2 : 0);
@@ -391,6 +420,8 @@ int main(int argc, char **argv) {
                             count_snapshot_runs(*pm, counters);
                             events->sync(*pm);
                             events_follow();
+                            remote->sync(*pm);
+                            remote_follow();
                             reap_timer.set_interval(uint64_t(pm->config().reap_interval_ms) * 1000);
                             evict_timer.set_interval(uint64_t(pm->config().evict_interval_ms) *
                                                      1000);
@@ -412,9 +443,14 @@ int main(int argc, char **argv) {
                 for (const JobAnswer &c : collect_jobs(*pm))
                     server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
                 count_snapshot_runs(*pm, counters);
+                for (const JobAnswer &c : remote->take_answers())
+                    server->deliver(c.conn_id, c.op, c.seq, c.error, c.body);
+                publish_remote_stored(*remote);
             } else if (fd == reap_timer.fd()) {
                 reap_timer.drain();
                 counters.reaped_clients += uint64_t(pm->reap_pass());
+                remote->sync(*pm); // pools created, destroyed or reloaded since
+                remote_follow();
             } else if (fd == evict_timer.fd()) {
                 evict_timer.drain();
                 counters.background_evicted_bytes += pm->watermark_pass(kEvictChunkBytes);
@@ -442,6 +478,9 @@ int main(int argc, char **argv) {
 
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     server.reset(); // no new requests while pools go away
+    set_remote_tiers(nullptr);
+    if (remote_sink) feed_drainer.remove_sink(remote.get());
+    remote.reset(); // joins the tiers' workers before their pools go
     if (events_sink) feed_drainer.remove_sink(events.get());
     KvEventPublisher::set_current(nullptr);
     events.reset();

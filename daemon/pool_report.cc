@@ -4,6 +4,7 @@
 #include "clock.h"
 #include "inspect.h"
 #include "kv_events.h"
+#include "remote_tier.h"
 #include "snapshot_jobs.h"
 
 #include <algorithm>
@@ -181,6 +182,7 @@ nlohmann::json pool_json(const Pool &p) {
         {"background_evicted_bytes", p.bg_evicted_bytes},
         {"reaped_clients", p.reaped_clients},
         {"snapshot", snapshot_json(p)},
+        {"remote", remote_json(p.cfg.name)},
         {"create_time_ns", h->create_time_ns},
         {"created", iso_time(h->create_time_ns)},
     };
@@ -478,6 +480,7 @@ std::string prometheus_text(const PoolManager &pm, DaemonCounters &c) {
     sample("kvpoold_request_errors_total", "", double(c.request_errors));
     metric("kvpoold_resident_bytes", "gauge", "Resident set size of kvpoold.");
     sample("kvpoold_resident_bytes", "", double(rss_bytes()));
+    out += remote_prometheus_text();
     return out;
 }
 

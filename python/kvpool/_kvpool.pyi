@@ -312,6 +312,17 @@ class Namespace:
         """How many leading keys are committed; with pin=True, Views of those
         blocks (all pinned, or NoPinsError and none)."""
     def get_many(self, keys: Iterable[_Key]) -> list[Optional[View]]: ...
+    def remote_fetch(
+        self,
+        keys: Iterable[_Key],
+        first: int = 0,
+        *,
+        timeout_ms: int = 0,
+        socket: Optional[str] = None,
+        pool_name: Optional[str] = None,
+    ) -> dict[str, int]:
+        """Ask kvpoold to bring keys[first:] from the pool's remote tier into
+        the pool; 'committed' of them are there now (doc/remote.md)."""
     def contains_many(self, keys: Iterable[_Key]) -> list[bool]: ...
     def put_many(
         self,

@@ -180,6 +180,29 @@ Extra config keys (``kv_connector_extra_config``)
                          pins (default 30000)
 ``pin_steps``            steps after which a load is taken as run without
                          a worker report (default: the steps in flight)
+``remote_fetch``         ``true``: when the local match stops short, ask
+                         kvpoold to bring the rest of the chain from the
+                         pool's remote tier (doc/remote.md), then match
+                         again (default ``false``)
+``control_socket``       kvpoold's control socket for ``remote_fetch``
+                         (default ``/run/kvpool/control``)
+``remote_pool_name``     kvpoold's name of the pool (default: the name of
+                         the pool file)
+``remote_timeout_ms``    the longest one fetch may hold the scheduler
+                         (default 2000)
+
+Fetch on miss
+-------------
+With ``remote_fetch`` the scheduler side, before pinning, matches the
+request's keys in every rank's namespace; where a rank's local run ends
+short of the request's usable blocks it calls
+``Namespace.remote_fetch(keys, first)`` (the whole chain up to the last
+usable block, so each fetched block names its parent), and kvpoold
+brings what the remote tier holds into the pool, verified, as committed
+blocks. The match that follows sees them like any local block. A fetch
+that fails (no tier, kvpoold down, Redis trouble) costs only its time:
+the request goes on with what is local. ``stats`` counts
+``remote_fetches``, ``remote_blocks`` and ``remote_errors``.
 """
 
 from __future__ import annotations
@@ -626,6 +649,13 @@ class KvpoolConnector(KVConnectorBase_V1):
             raise ValueError(f"kvpool connector: max_pinned_blocks {self._max_pins} and "
                              f"pin_ttl_ms {self._pin_ttl_s * 1000:g} must be >= 0, "
                              f"pin_steps {self._pin_steps} >= 1")
+        self._remote = bool(extra.get("remote_fetch", False))
+        self._control_socket = extra.get("control_socket")
+        self._remote_pool = extra.get("remote_pool_name")
+        self._remote_timeout_ms = int(extra.get("remote_timeout_ms", 2000))
+        if self._remote_timeout_ms < 0:
+            raise ValueError(f"kvpool connector: remote_timeout_ms {self._remote_timeout_ms} "
+                             "must be >= 0")
         self._save_mode = str(extra.get("save_mode", "per_block"))
         if self._save_mode not in ("per_block", "per_layer"):
             raise ValueError(f"kvpool connector: save_mode {self._save_mode!r}; "
@@ -684,7 +714,9 @@ class KvpoolConnector(KVConnectorBase_V1):
         self.stats: dict[str, int] = {"lookups": 0, "hit_blocks": 0, "loaded_blocks": 0,
                                       "failed_blocks": 0, "saved_blocks": 0,
                                       "save_failures": 0, "reattaches": 0,
-                                      "pin_shortfalls": 0, "pins_expired": 0}
+                                      "pin_shortfalls": 0, "pins_expired": 0,
+                                      "remote_fetches": 0, "remote_blocks": 0,
+                                      "remote_errors": 0}
 
     @staticmethod
     def _steps_in_flight(vllm_config: Any) -> int:
@@ -810,6 +842,8 @@ class KvpoolConnector(KVConnectorBase_V1):
         if room < len(want):
             self.stats["pin_shortfalls"] += 1
             want = want[:max(room, 0)]
+        if self._remote and want:
+            self._fetch_missing(namespaces, keys[:start + len(want)], start)
         views = self._pin_prefix(namespaces, want)
         self.stats["lookups"] += 1
         if not views:
@@ -819,6 +853,29 @@ class KvpoolConnector(KVConnectorBase_V1):
         self._pins[req_id] = pins
         self._pins_held += pins.pins
         return pins.blocks * bs, False
+
+    def _fetch_missing(self, namespaces: list[Any], chain: list[int], start: int) -> None:
+        """Ask kvpoold to bring, for each rank whose local run of ``chain``
+        from ``start`` stops short, the rest from the remote tier."""
+        for ns in namespaces:
+            try:
+                have = start + int(ns.match_prefix(chain[start:]))
+            except ValueError:
+                return  # detached under us: the match below finds nothing
+            if have >= len(chain):
+                continue
+            self.stats["remote_fetches"] += 1
+            try:
+                r = ns.remote_fetch(chain, have, timeout_ms=self._remote_timeout_ms,
+                                    socket=self._control_socket,
+                                    pool_name=self._remote_pool)
+            except (kvpool.Error, OSError, ValueError) as e:
+                self.stats["remote_errors"] += 1
+                _log.debug("kvpool connector: remote fetch: %s", e)
+                return  # the other ranks' fetches would not make a longer match
+            self.stats["remote_blocks"] += int(r.get("fetched", 0))
+            if have + int(r.get("committed", 0)) < len(chain):
+                return  # this rank stops short: the match is bounded by it
 
     def _pin_prefix(self, namespaces: list[Any], keys: list[int]) -> list[list[Any]]:
         """Pins of the leading ``keys`` present on every rank (one list of

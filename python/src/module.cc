@@ -12,4 +12,5 @@ PYBIND11_MODULE(_kvpool, m) {
     kvpool_py::init_pool(m);
     kvpool_py::init_hashes(m);
     kvpool_py::init_paged(m);
+    kvpool_py::init_remote(m);
 }

@@ -174,5 +174,6 @@ void init_views(py::module_ &m);
 void init_namespace(py::module_ &m);
 void init_hashes(py::module_ &m);
 void init_paged(py::module_ &m);
+void init_remote(py::module_ &m);
 
 } // namespace kvpool_py

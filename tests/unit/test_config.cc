@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <regex>
 #include <string>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -711,3 +712,102 @@ TEST(Config, FeedSlots) {
         EXPECT_NE(c.error().find("feed_slots"), std::string::npos) << c.error();
     }
 }
+
+namespace kvtest {
+namespace {
+
+using namespace kv::daemon;
+
+TEST(Config, Remote) {
+    const DaemonConfig c = parse_ok(pool_with(R"([pool.remote]
+seeds = ["127.0.0.1:7000", "[::1]:7001", "redis-0.example:6379"]
+key_prefix = "kv:"
+write = "none"
+namespaces = ["m1", "m2"]
+bandwidth = "100M"
+ttl_s = 3600
+max_connections = 4
+timeout_ms = 500
+queue_bytes = "64M"
+medium = "REDIS-EU")"));
+    ASSERT_EQ(c.pools.size(), 1u);
+    const RemoteConfig &r = c.pools[0].remote;
+    EXPECT_TRUE(r.enabled);
+    EXPECT_EQ(r.seeds.size(), 3u);
+    EXPECT_EQ(r.key_prefix, "kv:");
+    EXPECT_EQ(r.write, WritePolicy::None);
+    EXPECT_EQ(r.namespaces, (std::vector<std::string>{"m1", "m2"}));
+    EXPECT_EQ(r.bandwidth, 100ULL << 20);
+    EXPECT_EQ(r.ttl_s, 3600u);
+    EXPECT_EQ(r.max_connections, 4u);
+    EXPECT_EQ(r.timeout_ms, 500u);
+    EXPECT_EQ(r.queue_bytes, 64ULL << 20);
+    EXPECT_EQ(r.medium, "REDIS-EU");
+
+    const DaemonConfig d = parse_ok(pool_with("[pool.remote]\nseeds = [\"h:1\"]"));
+    EXPECT_EQ(d.pools[0].remote.write, WritePolicy::WriteBehind);
+    EXPECT_FALSE(parse_ok(pool_with("")).pools[0].remote.enabled);
+}
+
+TEST(Config, RemoteRejects) {
+    struct Case {
+        const char *body, *words;
+    };
+    const Case cases[] = {
+        {"key_prefix = \"x\"", "missing required key \"seeds\""},
+        {"seeds = []", "pool[0].remote.seeds"},
+        {"seeds = [\"nocolon\"]", "pool[0].remote.seeds[0]"},
+        {"seeds = [\"h:70000\"]", "host:port"},
+        {"seeds = [\"h:1\"]\nkey_prefix = \"{x}\"", "hash tag"},
+        {"seeds = [\"h:1\"]\nwrite = \"always\"", "write-behind"},
+        {"seeds = [\"h:1\"]\nbandwidth = 10", "64K"},
+        {"seeds = [\"h:1\"]\nmax_connections = 0", "1 to 64"},
+        {"seeds = [\"h:1\"]\ntimeout_ms = 1", "10 to 60000"},
+        {"seeds = [\"h:1\"]\nqueue_bytes = \"1K\"", "1M to 64G"},
+        {"seeds = [\"h:1\"]\nusername = \"u\"", "without a password"},
+        {"seeds = [\"h:1\"]\npassword_file = \"rel\"", "absolute path"},
+        {"seeds = [\"h:1\"]\npassword_file = \"/p\"\npassword_credential = \"c\"", "expected one"},
+        {"seeds = [\"h:1\"]\npasword_file = \"/p\"", "did you mean \"password_file\""},
+    };
+    for (const Case &k : cases) {
+        const std::string e = parse_err(pool_with(std::string("[pool.remote]\n") + k.body));
+        EXPECT_NE(e.find(k.words), std::string::npos) << k.body << "\n -> " << e;
+    }
+}
+
+TEST_F(LoadConfig, RemotePasswordFileChecks) {
+    RemoteConfig rc;
+    EXPECT_EQ(read_remote_password(rc).value_or("x"), ""); // none configured
+    rc.password_file = write("pw", "s3cret\n");
+    ASSERT_EQ(chmod(rc.password_file.c_str(), 0640), 0);
+    if (geteuid() == 0) {
+        auto ok = read_remote_password(rc);
+        ASSERT_TRUE(ok) << ok.error();
+        EXPECT_EQ(*ok, "s3cret");
+    }
+    ASSERT_EQ(chmod(rc.password_file.c_str(), 0644), 0);
+    auto world = read_remote_password(rc);
+    ASSERT_FALSE(world);
+    EXPECT_NE(world.error().find("mode 0644"), std::string::npos) << world.error();
+    EXPECT_NE(world.error().find(rc.password_file), std::string::npos) << world.error();
+    if (geteuid() == 0) {
+        ASSERT_EQ(chmod(rc.password_file.c_str(), 0600), 0);
+        ASSERT_EQ(chown(rc.password_file.c_str(), 65534, 0), 0);
+        auto other = read_remote_password(rc);
+        ASSERT_FALSE(other);
+        EXPECT_NE(other.error().find("owned by uid 65534"), std::string::npos) << other.error();
+    }
+    rc.password_file = dir_ + "/absent";
+    EXPECT_FALSE(read_remote_password(rc));
+    rc.password_file.clear();
+    rc.password_credential = "pw";
+    ::setenv("CREDENTIALS_DIRECTORY", dir_.c_str(), 1);
+    write("pw", "cred\n"); // credentials need no owner check: systemd's directory is private
+    auto cred = read_remote_password(rc);
+    ::unsetenv("CREDENTIALS_DIRECTORY");
+    ASSERT_TRUE(cred) << cred.error();
+    EXPECT_EQ(*cred, "cred");
+}
+
+} // namespace
+} // namespace kvtest

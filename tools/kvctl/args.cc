@@ -85,6 +85,8 @@ constexpr Verb kVerbs[] = {
      "Release a client's slot, pins and reservations."},
     {KV_CTL_OP_STATS, kNoOptions, "", "Show the daemon's counters, then each pool's."},
     {KV_CTL_OP_VERSION, kNoOptions, "", "Show kvctl's and kvpoold's versions."},
+    {KV_CTL_OP_REMOTE_STATUS, kNoOptions, "[POOL]",
+     "Show the remote tier (Redis Cluster) of a pool, or of every pool that has one."},
 };
 
 } // namespace
@@ -234,8 +236,12 @@ Result<Command> parse_command(int argc, char **argv, JsonWanted &wanted) {
             } else if (arg == "help") {
                 c.help_verb = true;
             } else if (!(c.verb = find_verb(arg))) {
-                return std::unexpected(usage_error(c, "unknown verb " + quote(arg) +
-                                                          "; expected one of " + verb_names()));
+                // A verb of two words ("remote status").
+                if (i + 1 < argc && (c.verb = find_verb(std::string(arg) + " " + argv[i + 1])))
+                    wanted.next = ++i + 1;
+                else
+                    return std::unexpected(usage_error(c, "unknown verb " + quote(arg) +
+                                                              "; expected one of " + verb_names()));
             }
             continue;
         }

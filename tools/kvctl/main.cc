@@ -40,7 +40,10 @@ Result<int> run(const Command &c) {
             print_usage(stdout);
             return kExitOk;
         }
-        const Verb *v = c.positional.size() == 1 ? find_verb(c.positional[0]) : nullptr;
+        const Verb *v = c.positional.size() == 1 ? find_verb(c.positional[0])
+                        : c.positional.size() == 2
+                            ? find_verb(c.positional[0] + " " + c.positional[1])
+                            : nullptr;
         if (!v)
             return std::unexpected(usage_error(c, "help: unknown verb " + quote(c.positional[0]) +
                                                       "; expected one of " + verb_names()));

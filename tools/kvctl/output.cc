@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "output.h"
 
+#include "remote.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -727,6 +729,8 @@ Result<int> render(const Command &c, const json &doc) {
         return kExitOk;
     case KV_CTL_OP_STATS:
         return print_stats(c, doc);
+    case KV_CTL_OP_REMOTE_STATUS:
+        return print_remote(c, doc);
     case KV_CTL_OP_VERSION:
         std::printf("kvpoold %s (protocol %s, pid %s)\n", text(doc, "daemon").c_str(),
                     count(doc, "protocol").c_str(), count(doc, "pid").c_str());

@@ -8,7 +8,10 @@
  * struct kv_ctl_hdr followed by exactly hdr.length bytes of body, at most
  * KV_CTL_MAX_BODY. All integers are little-endian fixed-width.
  *
- * Request body: struct kv_ctl_request, hdr.length == its size. A client built
+ * Request body: struct kv_ctl_request, hdr.length == its size, except for
+ * ops that take a payload (REMOTE_FETCH): their arg says how many of the
+ * body's last bytes are the payload, the struct being the bytes before it.
+ * A client built
  * against an older header may send a shorter struct (>= KV_CTL_REQUEST_SIZE_V1);
  * fields past it read as zero. Unknown op, unknown flag bits, a non-zero
  * reserved field, a pool name that is not NUL-terminated, or a wrong magic or
@@ -22,7 +25,8 @@
  * each op is described next to the op below; kvctl renders it as a table.
  *
  * Authorization (SO_PEERCRED): read ops (KV_CTL_OP_LIST, STATUS, ENTRIES,
- * HEALTH, CLIENTS, STATS, VERSION) are open to anyone who can connect.
+ * HEALTH, CLIENTS, STATS, VERSION, REMOTE_STATUS) are open to anyone who
+ * can connect.
  * Ops that change state need uid 0, or membership (primary or supplementary)
  * of the pool's group, and so does VERIFY, which reads every block of the
  * pool; CREATE needs uid 0 or the daemon's admin group.
@@ -77,12 +81,15 @@
 #define KV_CTL_OP_PERSIST 9  /* path optional: {"pool", "path", "bytes", "seconds"} */
 #define KV_CTL_OP_RESTORE 10 /* path optional; KV_CTL_F_FORCE: {"pool", "path", "bytes", "seconds", ...} */
 #define KV_CTL_OP_CLIENTS 11 /* {"pool", "clients": [CLIENT...]} */
-#define KV_CTL_OP_DETACH                                                                     \
-	12                  /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"}; \
-	                     * ESRCH: the process is not attached to the pool */
-#define KV_CTL_OP_STATS 13  /* {"daemon": {...}, "pools": [POOL...]} */
-#define KV_CTL_OP_VERIFY 14 /* KV_CTL_F_REMOVE: see below */
-#define KV_CTL_OP_MAX 14
+#define KV_CTL_OP_DETACH                                                                           \
+	12                        /* arg: pid; KV_CTL_F_KILL: {"pool", "pid", "killed", "reaped"}; \
+	                           * ESRCH: the process is not attached to the pool */
+#define KV_CTL_OP_STATS 13        /* {"daemon": {...}, "pools": [POOL...]} */
+#define KV_CTL_OP_VERIFY 14       /* KV_CTL_F_REMOVE: see below */
+#define KV_CTL_OP_REMOTE_FETCH 15 /* payload struct kv_ctl_remote_fetch + keys: see below */
+#define KV_CTL_OP_REMOTE_STATUS \
+	16 /* pool set: {"pool", "remote": REMOTE or null}; empty: {"pools": [{"pool", "remote"}...]} */
+#define KV_CTL_OP_MAX 16
 
 /*
  * VERIFY reads every committed block of the pool and checks it against the
@@ -103,6 +110,50 @@
  */
 #define KV_CTL_VERIFY_CHUNK_BYTES (64ULL << 20)
 #define KV_CTL_VERIFY_MAX_LISTED 1000
+
+/*
+ * REMOTE_FETCH asks the daemon to bring blocks keys[first..n_keys) of one
+ * chain (namespace ns of the pool) from the pool's remote tier (doc/
+ * remote.md) into the pool: it reads them in order, verifies each value
+ * (header, namespace digest, key, length, checksum), writes it into a
+ * reservation and commits it, with the previous key as parent; it stops at
+ * the first block it cannot bring (missing, rejected, an error). A block
+ * already in the pool counts as present and is not fetched. The request is
+ * struct kv_ctl_request with arg = the payload's size in bytes, followed by
+ * the payload: struct kv_ctl_remote_fetch, then n_keys keys of 16 bytes
+ * (lo, hi). The answer comes once the fetch ended (within timeout_ms plus
+ * the daemon's own Redis timeout); meanwhile the daemon serves other
+ * requests. ENODEV: the pool has no remote tier; ESTALE: pool_id is not the
+ * region's (the pool was recreated); EINVAL: a bad payload; EBUSY: too many
+ * fetches queued. Answer:
+ *   {"pool", "ns", "first", "requested" (n_keys - first), "committed"
+ *    (blocks first.. first+committed-1 are now in the pool), "present",
+ *    "fetched", "fetched_bytes", "missing", "rejected", "errors",
+ *    "stopped" ("end", "missing", "rejected", "error", "timeout",
+ *    "no_room"), "seconds"}
+ * Access: the pool's group (it writes into the pool).
+ *
+ * REMOTE_STATUS: the remote tier of one pool (or every pool with one):
+ *   REMOTE: {"enabled", "seeds", "key_prefix", "write", "namespaces",
+ *    "bandwidth", "ttl_s", "medium", "queue": {"blocks", "bytes",
+ *    "limit_bytes", "oldest_age_s"}, "uploads", "upload_bytes",
+ *    "upload_errors", "upload_dropped", "upload_skipped", "fetches",
+ *    "fetched_blocks", "fetched_bytes", "fetch_missing", "fetch_errors",
+ *    "rejected" {REASON: N}, "last_error", "last_error_age_s"}
+ */
+#define KV_CTL_REMOTE_FETCH_MAX_KEYS 16384
+
+struct kv_ctl_remote_fetch {
+	uint64_t pool_id_lo; /* the region's pool_id as the client sees it (both 0: not checked) */
+	uint64_t pool_id_hi;
+	uint32_t ns;          /* namespace id in the pool */
+	uint32_t n_keys;      /* keys after this struct, 1..KV_CTL_REMOTE_FETCH_MAX_KEYS */
+	uint32_t first;       /* fetch keys[first..n_keys), first < n_keys */
+	uint32_t timeout_ms;  /* give up after this (0: the daemon's default, 10 s) */
+	uint64_t reserved[2]; /* zero */
+};
+#define KV_CTL_REMOTE_FETCH_SIZE_V1 48
+KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_remote_fetch) == KV_CTL_REMOTE_FETCH_SIZE_V1, "remote fetch payload v1 size");
 
 /*
  * ENTRIES is paged so that no request costs the daemon more than a bounded
@@ -157,7 +208,8 @@ KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_hdr) == KV_CTL_HDR_SIZE_V1, "ctl heade
 struct kv_ctl_request {
 	uint8_t pool[KV_CTL_NAME_MAX]; /* NUL-terminated, NUL-padded; empty: all pools (LIST, STATUS, STATS) */
 	uint64_t size;                 /* CREATE: bytes */
-	uint64_t arg;                  /* EVICT: percent; DETACH: pid; ENTRIES: most rows (0: the maximum) */
+	uint64_t arg;                  /* EVICT: percent; DETACH: pid; ENTRIES: most rows (0: the maximum);
+	                                * REMOTE_FETCH: bytes of payload after this struct */
 	uint32_t flags;                /* KV_CTL_F_* */
 	uint32_t hugepages;            /* CREATE: KV_HUGEPAGES_* (0 never, 1 prefer, 2 require) */
 	uint32_t numa_node;            /* CREATE: node, KV_CTL_NUMA_NONE or KV_CTL_NUMA_LOCAL */

@@ -499,6 +499,42 @@ int kv_evict_policy_parse(const char *name) KV_NOEXCEPT;
 /* A short English description of a libkv return code. */
 const char *kv_strerror(int code) KV_NOEXCEPT;
 
+/* ---- Remote tier (since LIBKV_0.5) ------------------------------------- */
+
+/* What kv_remote_fetch did (kvpoold's answer, control.h REMOTE_FETCH). */
+struct kv_remote_fetch_result {
+	uint32_t struct_size; /* sizeof(struct kv_remote_fetch_result), set by the caller */
+	uint32_t committed;   /* keys[first, first + committed) are in the pool now */
+	uint32_t present;     /* of those, already in the pool */
+	uint32_t fetched;     /* of those, brought from the remote tier */
+	uint32_t missing;     /* blocks the remote tier did not hold (0 or 1: the fetch stops there) */
+	uint32_t rejected;    /* values that failed a check (never committed) */
+	uint32_t errors;      /* Redis errors and timeouts */
+	uint32_t reserved0;
+	uint64_t fetched_bytes;
+	uint64_t reserved[4];
+};
+
+/*
+ * Ask kvpoold to bring blocks keys[first, n) of one chain (namespace ns of
+ * pool) from the pool's remote tier into the pool, in order, stopping at
+ * the first block it cannot bring; then match them like any local block.
+ * control_socket: kvpoold's (NULL: /run/kvpool/control). pool_name: the
+ * name kvpoold serves the pool under (NULL: the name of the file the pool
+ * was attached from, which is kvpoold's name for it); the daemon checks
+ * that it is the region the caller attached. Blocks until kvpoold answers,
+ * at most about timeout_ms (0: 10 s) plus the daemon's Redis timeout.
+ * out (optional) receives the counts. Returns committed (>= 0), or
+ * -ENODEV (no remote tier), -ESTALE (the pool was recreated), -ENOENT (no
+ * such pool or namespace), -EPERM (not in the pool's group), -EINVAL (bad
+ * argument: n 0 or over 16384, first >= n), -ECONNREFUSED / -ENOENT (no
+ * daemon at the socket), -ETIMEDOUT, -EPROTO (a malformed answer); errbuf
+ * says why.
+ */
+int kv_remote_fetch(struct kv_pool *pool, const char *control_socket, const char *pool_name, uint32_t ns,
+                    const struct kv_key *keys, size_t n, size_t first, uint32_t timeout_ms,
+                    struct kv_remote_fetch_result *out, char *errbuf, size_t errlen) KV_NOEXCEPT;
+
 #ifdef __cplusplus
 }
 #endif

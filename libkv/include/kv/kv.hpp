@@ -291,6 +291,21 @@ class Pool
 	{
 		return kv_reap(p_);
 	}
+	// kv_remote_fetch: the count of keys[first..] now in the pool.
+	std::expected<kv_remote_fetch_result, Error> remote_fetch(uint32_t ns, std::span<const Key> keys, size_t first,
+	                                                          uint32_t timeout_ms = 0,
+	                                                          const char *pool_name = nullptr,
+	                                                          const char *control_socket = nullptr)
+	{
+		kv_remote_fetch_result r{};
+		r.struct_size = sizeof r;
+		char err[512] = "";
+		int rc = kv_remote_fetch(p_, control_socket, pool_name, ns, keys.data(), keys.size(), first, timeout_ms,
+		                         &r, err, sizeof err);
+		if (rc < 0)
+			return std::unexpected(Error{rc, err[0] ? err : kv_strerror(rc)});
+		return r;
+	}
 
       private:
 	explicit Pool(kv_pool *p) : p_(p)
