@@ -144,7 +144,7 @@ void take_slot(kv_pool *p, uint32_t i) {
 
 } // namespace
 
-void reclaim_client(kv_pool *p, uint32_t client);
+void reclaim_client(kv_pool *p, uint32_t client, bool died);
 
 int client_claim(kv_pool *p, bool daemon) {
     const uint32_t n = p->hdr->max_clients;
@@ -203,7 +203,7 @@ int client_claim(kv_pool *p, bool daemon) {
         p->acct_free = std::make_unique<SlotStack>(KV_ACCT_RECORDS);
         for (uint32_t r = KV_ACCT_RECORDS; r-- > 0;)
             p->acct_free->push(r);
-        reclaim_client(p, i); // decides the dead client's records before its operations
+        reclaim_client(p, i, true); // decides the dead client's records before its operations
         bump(my_stats(p).reaps);
         // Relaxed: published by CLI-X3 below.
         store(c.start_time, uint64_t(0), std::memory_order_relaxed);
@@ -225,7 +225,7 @@ int client_claim(kv_pool *p, bool daemon) {
 }
 
 void client_release_slot(kv_pool *p) {
-    reclaim_client(p, p->client);
+    reclaim_client(p, p->client, false);
     kv_client &c = p->clients[p->client];
     // start_time 0 means "not yet known": the next claimant's pid must never
     // be judged against our start time (a reaper would take it for a

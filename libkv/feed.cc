@@ -144,7 +144,7 @@ bool feed_parent_key(kv_pool *p, const kv_entry &en, kv_key *out) {
     return true;
 }
 
-void feed_reap_client(kv_pool *p, uint32_t client) {
+void feed_reap_client(kv_pool *p, uint32_t client, bool died) {
     if (!p->feed_hdr) return;
     const uint32_t n = p->feed_mask + 1;
     for (uint32_t i = 0; i < n; i++) {
@@ -159,8 +159,10 @@ void feed_reap_client(kv_pool *p, uint32_t client) {
         cas(sl.seq, s, FeedSeq::make(FeedSeq::ticket(s), client + 1, KV_FEED_SEQ_PUBLISHED),
             std::memory_order_release);
     }
-    // F3: the client may have died between a change and its record.
-    note_drop(p);
+    // F3: a dead client may have died between a change and its record. A
+    // client that detaches has finished every operation (kv_pool_detach's
+    // contract), so it leaves no such gap and its subscribers no resync.
+    if (died) note_drop(p);
 }
 
 // ---- FeedReader -------------------------------------------------------------------

@@ -90,9 +90,10 @@ void feed_publish(kv_pool *p, uint64_t t, const FeedRec &rec, bool changed);
 // parent's recycling. false when there is none or it has been recycled.
 bool feed_parent_key(kv_pool *p, const kv_entry &en, kv_key *out);
 
-// Reaper: publish as NOPs the slots a dead client left WRITING, and count a
-// loss (the client may have died between its change and its record).
-void feed_reap_client(kv_pool *p, uint32_t client);
+// Reclaim of a client slot: publish as NOPs the slots the client left
+// WRITING; when it died (died), count a loss, since it may have died
+// between its change and its record. A detaching client passes false.
+void feed_reap_client(kv_pool *p, uint32_t client, bool died);
 
 // Geometry helpers for layout.cc.
 inline uint64_t feed_bytes(uint32_t slots) {

@@ -16,7 +16,7 @@
 
 namespace kv::detail {
 
-void reclaim_client(kv_pool *p, uint32_t client) {
+void reclaim_client(kv_pool *p, uint32_t client, bool died) {
     const kv_region_header &h = *p->hdr;
     // First: a pending record is decided from its entry as the client left
     // it, before the steps below abort its reservations and finish its frees.
@@ -62,7 +62,7 @@ void reclaim_client(kv_pool *p, uint32_t client) {
     }
     // Feed slots the client left WRITING, and the loss it may have left
     // (PROTOCOL.md section 13): after everything it changed is settled.
-    feed_reap_client(p, client);
+    feed_reap_client(p, client, died);
     // Namespaces the client was registering: back to FREE so the slot can be
     // taken again (nobody can have seen a WRITING manifest as valid).
     for (uint32_t i = 0; i < h.max_namespaces; i++) {
@@ -121,7 +121,7 @@ int reap_dead_clients(kv_pool *p) {
         // dead process's claim); release publishes REAPING(us) to CLI-A4,
         // REAP-A8, INS-A3 and INS-A7, so no second reaper starts.
         if (!cas(c.ctl, w, mine, std::memory_order_acq_rel)) continue;
-        reclaim_client(p, i);
+        reclaim_client(p, i, true);
         // Relaxed: published by REAP-R1 (see client_release_slot).
         store(c.start_time, uint64_t(0), std::memory_order_relaxed);
         // REAP-R1: frees the slot (CLI-R3 does the same for a detach);

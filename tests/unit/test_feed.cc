@@ -355,3 +355,23 @@ TEST_F(FeedTest, NoFeedPoolHasNoReader) {
     o.feed_slots = 32;
     EXPECT_EQ(kv_pool_create(path.c_str(), &o, msg, sizeof msg), -EINVAL);
 }
+
+// A client that detaches cleanly has no change half recorded: its
+// subscribers must not be told the pool was cleared each time an engine
+// exits. Only the reclaim of a dead client may count a drop.
+TEST_F(FeedTest, CleanDetachIsNoLoss) {
+    FeedReader r(pool_);
+    drain(r); // the reader's first resync
+    kv_pool *other = attach_another();
+    ASSERT_NE(other, nullptr);
+    const kv_key k = key_of(7);
+    auto d = payload(8 * KiB, 7);
+    ASSERT_EQ(kv_put(other, ns_, &k, d.data(), d.size(), nullptr), 0);
+    const uint64_t dropped = pool_->feed_hdr->dropped;
+    ASSERT_EQ(detach_other(other), 0);
+    EXPECT_EQ(pool_->feed_hdr->dropped, dropped);
+    auto items = drain(r);
+    ASSERT_EQ(items.size(), 1u);
+    EXPECT_EQ(items[0].op, FeedItem::Op::Commit);
+    EXPECT_TRUE(key_eq(items[0].key, k));
+}
