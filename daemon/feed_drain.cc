@@ -144,6 +144,18 @@ FeedCounters FeedDrainer::counters(const std::string &pool) const {
     return it == pools_.end() ? FeedCounters{} : it->second->c;
 }
 
+namespace {
+const FeedDrainer *g_current = nullptr;
+} // namespace
+
+const FeedDrainer *FeedDrainer::current() {
+    return g_current;
+}
+
+void FeedDrainer::set_current(const FeedDrainer *d) {
+    g_current = d;
+}
+
 FeedCounters FeedDrainer::totals() const {
     FeedCounters t;
     for (const auto &[name, pf] : pools_) {

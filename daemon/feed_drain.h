@@ -72,6 +72,11 @@ class FeedDrainer {
     FeedCounters counters(const std::string &pool) const;
     FeedCounters totals() const;
 
+    // The drainer kvpoold runs, for status and metrics (pool_report.cc);
+    // null when none. Main thread only.
+    static const FeedDrainer *current();
+    static void set_current(const FeedDrainer *d);
+
     static constexpr uint64_t kIntervalUs = 1000;
     // Records read per pool per poll (a resync may add the pool's blocks):
     // bounds how long one poll keeps the loop away from other work.

@@ -349,6 +349,7 @@ int main(int argc, char **argv) {
     // registered, so whoever adds or removes a sink sets the timer again:
     // feed_timer.set_interval(feed_drainer.interval_us()).
     FeedDrainer feed_drainer;
+    FeedDrainer::set_current(&feed_drainer);
     Timer feed_timer(epfd, feed_drainer.interval_us());
     // The remote tiers' write-behind drains the feeds only while a tier
     // runs, so a daemon without one keeps the drain timer off.
@@ -484,6 +485,7 @@ int main(int argc, char **argv) {
     if (events_sink) feed_drainer.remove_sink(events.get());
     KvEventPublisher::set_current(nullptr);
     events.reset();
+    FeedDrainer::set_current(nullptr);
     join_all_jobs(*pm);
     int failed = 0;
     for (const auto &p : pm->pools()) {

@@ -2,6 +2,7 @@
 #include "pool_report.h"
 
 #include "clock.h"
+#include "feed_drain.h"
 #include "inspect.h"
 #include "kv_events.h"
 #include "remote_tier.h"
@@ -186,6 +187,15 @@ nlohmann::json pool_json(const Pool &p) {
         {"create_time_ns", h->create_time_ns},
         {"created", iso_time(h->create_time_ns)},
     };
+    // The change feed the daemon drains (feed_drain.h), for a pool with one.
+    if (h->feed_slots) {
+        const FeedDrainer *fd = FeedDrainer::current();
+        const FeedCounters fc = fd ? fd->counters(p.cfg.name) : FeedCounters{};
+        doc["feed"] = {{"slots", h->feed_slots}, {"drained", fd && fd->active()},
+                       {"events", fc.events},    {"records", fc.records},
+                       {"resyncs", fc.resyncs},  {"lost", fc.lost},
+                       {"head", fc.head},        {"lag", fc.lag}};
+    }
     // KV events (kv_events.h): only for a pool with a [pool.events] table.
     if (const KvEventPublisher *ev = KvEventPublisher::current())
         if (nlohmann::json e = ev->status_json(p.cfg.name); !e.is_null()) doc["events"] = e;
@@ -472,6 +482,33 @@ std::string prometheus_text(const PoolManager &pm, DaemonCounters &c) {
         snprintf(b, sizeof b, "kvpool_info{pool=\"%s\",policy=\"%s\"} 1\n", p->cfg.name.c_str(),
                  kv_evict_policy_name(kv_pool_header(p->handle)->evict_policy));
         out += b;
+    }
+    if (const FeedDrainer *fd = FeedDrainer::current(); fd && fd->active()) {
+        struct FeedFamily {
+            const char *name, *type, *help;
+            uint64_t FeedCounters::*field;
+        };
+        static constexpr FeedFamily kFeed[] = {
+            {"kvpool_feed_records_total", "counter",
+             "Change-feed records the daemon read from the pool's ring.", &FeedCounters::records},
+            {"kvpool_feed_events_total", "counter",
+             "Change-feed events handed to the daemon's sinks, resyncs included.",
+             &FeedCounters::events},
+            {"kvpool_feed_resyncs_total", "counter",
+             "Resyncs of the pool's feed (AllBlocksCleared, then every block held).",
+             &FeedCounters::resyncs},
+            {"kvpool_feed_lost_total", "counter",
+             "Resyncs caused by lost records: ring overflow, drops, dead or slow producers.",
+             &FeedCounters::lost},
+            {"kvpool_feed_lag", "gauge", "Feed tickets taken by producers and not yet read.",
+             &FeedCounters::lag},
+        };
+        for (const FeedFamily &f : kFeed) {
+            metric(f.name, f.type, f.help);
+            for (const auto &p : pm.pools())
+                if (kv_pool_header(p->handle)->feed_slots)
+                    sample(f.name, p->cfg.name, double(fd->counters(p->cfg.name).*f.field));
+        }
     }
     if (const KvEventPublisher *ev = KvEventPublisher::current()) ev->prometheus(out);
     metric("kvpoold_requests_total", "counter", "Control requests served.");

@@ -293,5 +293,13 @@ def test_ring_overflow_resyncs(daemon: EventsDaemon) -> None:
         got, want = converge(sub, daemon, "int", timeout=20)
         assert got == want and len(want) == 510
         assert sum(e["type"] == "AllBlocksCleared" for e in sub.events) > n_clear
+        # The drainer says why: a lost record, counted in status and metrics.
+        feed = daemon.status()["feed"]
+        assert feed["slots"] == 64 and feed["drained"] is True
+        assert feed["lost"] >= 1 and feed["resyncs"] > feed["lost"]
+        assert feed["head"] >= 510
+        text = daemon.metrics()
+        for fam in ("kvpool_feed_records_total", "kvpool_feed_lost_total", "kvpool_feed_lag"):
+            assert f'{fam}{{pool="alpha"}} ' in text, fam
     finally:
         sub.close()
