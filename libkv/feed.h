@@ -52,6 +52,25 @@ struct FeedRec {
     uint32_t n_ids = 0;
 };
 
+// The record of a change to entry e of generation gen: the entry's
+// namespace, key, length and token count, loaded relaxed. The caller says
+// why they are that life's: its own reservation, or a committed life whose
+// CAS names gen.
+inline FeedRec feed_rec_of(const kv_entry &en, uint32_t kind, uint32_t e, uint32_t gen,
+                           uint64_t time_ns) {
+    FeedRec fr;
+    fr.kind = kind;
+    fr.ns = load(en.ns_id, std::memory_order_relaxed);
+    fr.key = {load(en.key_lo, std::memory_order_relaxed),
+              load(en.key_hi, std::memory_order_relaxed)};
+    fr.length = load(en.length, std::memory_order_relaxed);
+    fr.tokens = load(en.tokens, std::memory_order_relaxed);
+    fr.entry = e;
+    fr.gen = gen;
+    fr.time_ns = time_ns;
+    return fr;
+}
+
 inline bool feed_on(const kv_pool *p) {
     return p->feed_hdr != nullptr;
 }

@@ -294,15 +294,7 @@ int commit_impl(kv_pool *p, uint32_t e, uint32_t gen, bool have_sum, uint64_t su
     kv_key parent_key;
     if (feed_on(p)) {
         // Our own reservation's fields (relaxed: only we wrote them).
-        fr.kind = KV_FEED_COMMIT;
-        fr.ns = load(en.ns_id, std::memory_order_relaxed);
-        fr.key = {load(en.key_lo, std::memory_order_relaxed),
-                  load(en.key_hi, std::memory_order_relaxed)};
-        fr.length = len;
-        fr.tokens = load(en.tokens, std::memory_order_relaxed);
-        fr.entry = e;
-        fr.gen = gen;
-        fr.time_ns = commit_ns;
+        fr = feed_rec_of(en, KV_FEED_COMMIT, e, gen, commit_ns);
         fr.ids = cf.ids;
         fr.n_ids = cf.n_ids;
         fr.parent = cf.parent;
@@ -440,15 +432,7 @@ bool entry_kill(kv_pool *p, uint32_t e, uint32_t gen, bool require_unpinned, uin
             // Relaxed: the committed life's fields, published by STO-X1
             // (ordered by STO-A13); the CAS below names gen, so they are
             // used only if they are that life's (STO-A17).
-            fr.kind = cause;
-            fr.ns = load(en.ns_id, std::memory_order_relaxed);
-            fr.key = {load(en.key_lo, std::memory_order_relaxed),
-                      load(en.key_hi, std::memory_order_relaxed)};
-            fr.length = load(en.length, std::memory_order_relaxed);
-            fr.tokens = load(en.tokens, std::memory_order_relaxed);
-            fr.entry = e;
-            fr.gen = gen;
-            fr.time_ns = now_ns();
+            fr = feed_rec_of(en, cause, e, gen, now_ns());
             // STO-A17: pairs with ROOM-R1 (a new life's fence before its key
             // stores): a key of a later life read above makes the CAS16 see
             // that life's generation and fail.
