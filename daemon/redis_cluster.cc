@@ -76,6 +76,7 @@ struct Op {
     uint32_t hops = 0;    // redirects followed so far
     bool asking = false;  // send ASKING first (an -ASK redirect)
     bool retried = false; // already retried once after a connection error
+    bool resent = false;  // already sent again on a new connection (a stale one failed)
     std::string target;   // node address for this round
     std::string error;    // why its last attempt failed to reach the node
 };
@@ -194,6 +195,16 @@ struct ClusterClient::Impl {
         return c->errstr;
     }
 
+    // Whether c failed because the node closed or reset it (EOF, ECONNRESET,
+    // EPIPE), as a restarted node or an idle timeout does to an old
+    // connection; not a timeout (a slow or stopped node: sending again would
+    // only wait again).
+    static bool closed_by_peer(const redisContext *c) {
+        return c->err == REDIS_ERR_EOF ||
+               (c->err == REDIS_ERR_IO &&
+                (std::strstr(c->errstr, "reset by peer") || std::strstr(c->errstr, "Broken pipe")));
+    }
+
     // redisGetReply with each receive bounded by arm().
     bool get_reply(redisContext *c, void **out) {
         *out = nullptr;
@@ -215,11 +226,15 @@ struct ClusterClient::Impl {
 
     // An authenticated connection to addr, or nullptr with err set. Closes
     // the least recently used connection not in keep when at the limit.
+    // *reused: the connection was open before this call; it may have gone
+    // stale since (the node restarted or closed it idle).
     redisContext *connect(const std::string &addr, const std::vector<std::string> &keep,
-                          std::string &err) {
+                          std::string &err, bool *reused = nullptr) {
+        if (reused) *reused = false;
         auto it = conns.find(addr);
         if (it != conns.end()) {
             it->second.last_used = ++clock;
+            if (reused) *reused = true;
             return it->second.ctx;
         }
         while (conns.size() >= opts.max_connections) {
@@ -478,10 +493,13 @@ struct ClusterClient::Impl {
                     keep.push_back(node_it->first);
                 }
                 std::vector<redisContext *> ctx(chunk.size(), nullptr);
+                std::vector<char> reused(chunk.size(), 0);
                 for (size_t k = 0; k < chunk.size(); k++) {
                     auto &[addr, ops] = chunk[k];
                     std::string err;
-                    redisContext *c = connect(addr, keep, err);
+                    bool was_open = false;
+                    redisContext *c = connect(addr, keep, err, &was_open);
+                    reused[k] = was_open;
                     if (!c) {
                         stale = true;
                         for (auto &op : *ops) {
@@ -504,11 +522,12 @@ struct ClusterClient::Impl {
                     // read the others' replies.
                     if (!flush(c)) {
                         std::string e = strf("%s: send: %s", addr.c_str(), why(c).c_str());
+                        const bool stale_conn = was_open && closed_by_peer(c);
                         stats.io_errors++;
                         drop(addr);
                         stale = true;
                         for (auto &op : *ops)
-                            fail(op, e);
+                            resend_or_fail(op, stale_conn, e, pending, fail);
                         continue;
                     }
                     ctx[k] = c;
@@ -516,7 +535,7 @@ struct ClusterClient::Impl {
                 for (size_t k = 0; k < chunk.size(); k++) {
                     if (!ctx[k]) continue;
                     auto &[addr, ops] = chunk[k];
-                    read_replies(cmd, addr, ctx[k], *ops, pending, gets, sets, fail);
+                    read_replies(cmd, addr, ctx[k], reused[k], *ops, pending, gets, sets, fail);
                 }
             }
             if (!retry_after_refresh.empty()) {
@@ -535,18 +554,38 @@ struct ClusterClient::Impl {
         }
     }
 
+    // An op whose connection the node closed goes round once more, on a
+    // new connection, when that connection was open before this call
+    // (stale_conn): a node that restarted, or closed an idle connection,
+    // since the last call fails the first use of the old one though it is
+    // up. GET and SET are idempotent, so sending one again is harmless even
+    // if the node had executed it. Otherwise (a timeout, a new connection
+    // failed, or the op was already sent again) the op fails.
     template <class Fail>
-    void read_replies(Cmd cmd, const std::string &addr, redisContext *c, std::vector<Op> &ops,
-                      std::vector<Op> &pending, std::vector<GetResult> *gets,
+    void resend_or_fail(Op &op, bool stale_conn, const std::string &e, std::vector<Op> &pending,
+                        Fail &fail) {
+        if (stale_conn && !op.resent) {
+            op.resent = true;
+            stats.resends++;
+            pending.push_back(std::move(op));
+        } else {
+            fail(op, e);
+        }
+    }
+
+    template <class Fail>
+    void read_replies(Cmd cmd, const std::string &addr, redisContext *c, bool was_open,
+                      std::vector<Op> &ops, std::vector<Op> &pending, std::vector<GetResult> *gets,
                       std::vector<SetResult> *sets, Fail &fail) {
         size_t i = 0;
         auto io_error = [&](const char *what) {
             std::string e = strf("%s: %s: %s", addr.c_str(), what, why(c).c_str());
+            const bool stale_conn = was_open && closed_by_peer(c);
             stats.io_errors++;
             drop(addr);
             stale = true;
             for (; i < ops.size(); i++)
-                fail(ops[i], e);
+                resend_or_fail(ops[i], stale_conn, e, pending, fail);
         };
         for (; i < ops.size(); i++) {
             Op &op = ops[i];

@@ -105,6 +105,7 @@ struct ClusterStats {
     uint64_t connects = 0;       // connections opened (and authenticated)
     uint64_t connect_errors = 0; // connections that failed to open or AUTH
     uint64_t io_errors = 0;      // connections dropped on an error or timeout
+    uint64_t resends = 0;        // ops sent again after a stale connection was closed
     uint64_t key_errors = 0;     // keys that ended in KeyStatus::Error
 };
 

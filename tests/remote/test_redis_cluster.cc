@@ -443,6 +443,37 @@ TEST(RedisCluster, KilledMasterErrorsThenComesBackEmpty) {
     }
 }
 
+// A node that restarts between two calls leaves the client a connection
+// that fails on first use. The client reconnects and sends that node's
+// batch once more (GET and SET are idempotent), so a restart between
+// calls costs no error: reads are misses (it came back empty), writes land.
+TEST(RedisCluster, NodeRestartedBetweenCallsIsReconnected) {
+    NEED_CLUSTER();
+    ClusterClient cc(opts_for(*g_cluster, 1000));
+    auto keys = make_keys("bounce:", 150);
+    std::vector<std::vector<uint8_t>> vals(keys.size(), bytes_of("v"));
+    set_all(cc, keys, vals); // a connection to every master is now open
+    const int victim = 1;
+    ASSERT_EQ(0, g_cluster->node("restart", victim));
+    auto got = cc.get_many(keys);
+    size_t on_victim = 0;
+    for (size_t i = 0; i < keys.size(); i++) {
+        const bool v = g_cluster->index_of(cc.node_for(keys[i])) == victim;
+        on_victim += v;
+        EXPECT_EQ(got[i].status, v ? KeyStatus::Missing : KeyStatus::Ok)
+            << keys[i] << ": " << got[i].error;
+    }
+    EXPECT_GT(on_victim, 0u);
+    EXPECT_GT(cc.stats().resends, 0u);
+    ASSERT_EQ(0, g_cluster->node("restart", victim));
+    std::vector<SetItem> items;
+    for (size_t i = 0; i < keys.size(); i++)
+        items.push_back(SetItem{keys[i], {}, vals[i]});
+    auto sr = cc.set_many(items, 0);
+    for (size_t i = 0; i < keys.size(); i++)
+        EXPECT_EQ(sr[i].status, KeyStatus::Ok) << keys[i] << ": " << sr[i].error;
+}
+
 TEST(RedisCluster, StoppedNodeTimesOutBounded) {
     NEED_CLUSTER();
     const uint32_t timeout_ms = 300;
