@@ -303,6 +303,43 @@ def test_master_killed_mid_upload_and_mid_fetch(world: Any) -> None:
     assert read_back(b, keys2) == datas2
 
 
+def test_master_killed_while_a_fetch_waits_on_it(world: Any) -> None:
+    """A fetch is in flight on a master (stopped, so the fetch waits on
+    its reply) when the master is SIGKILLed: the fetch ends with an error
+    at that master's first block, within its timeout; what it committed
+    before is exact; the daemon keeps answering."""
+    rc, a, b = world
+    base = a.remote()["uploads"]
+    keys, datas = put_chain(a.pool_path, 24, 64 << 10, 350)
+    wait_uploaded(a, base + 24)
+    owners = [rc.owner(int(rc.cli(0, "CLUSTER", "KEYSLOT", redis_key(rc, k)).strip()))
+              for k in keys]
+    victim = owners[5]
+    first = owners.index(victim)
+    errors = b.remote()["fetch_errors"]
+    rc.sigstop(victim)
+    result: dict[str, Any] = {}
+    fetcher = threading.Thread(target=lambda: result.update(r=fetch(b, keys, timeout_ms=5000)))
+    t0 = time.monotonic()
+    try:
+        fetcher.start()
+        time.sleep(0.1)  # the fetch is now waiting on the stopped master
+        rc.kill(victim)
+    finally:
+        fetcher.join()
+    took = time.monotonic() - t0
+    r = result["r"]
+    assert r["committed"] == first and r["errors"] == 1 and r["missing"] == 0, (r, first)
+    assert took < 5.0, took
+    assert read_back(b, keys[:first]) == datas[:first]
+    assert b.remote()["fetch_errors"] == errors + 1
+    assert b.kvctl("status", "alpha")["name"] == "alpha"
+    assert_clean(b)
+    rc.restart(victim)
+    r = fetch(b, keys)  # the master came back empty: a miss at the same block
+    assert r["committed"] == first and r["missing"] == 1, (r, first)
+
+
 def test_reshard_during_a_run(world: Any) -> None:
     rc, a, b = world
     base = a.remote()["uploads"]
