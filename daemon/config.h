@@ -86,6 +86,23 @@ struct EventsConfig {
     std::string medium = "CPU";    // the "medium" of the pool's own blocks
 };
 
+// One key of [pool.encryption]: where its 32 bytes come from (keyring.h).
+struct KeyConfig {
+    std::string id;         // 1..31 of [A-Za-z0-9_.-], unique in the pool
+    std::string file;       // absolute path of a root-owned key file, or
+    std::string credential; // the name of a systemd credential; exactly one is set
+    bool operator==(const KeyConfig &) const = default;
+};
+
+// [pool.encryption]: snapshots and remote values of the pool are sealed
+// with AES-256-GCM (uapi/kvpool/keywrap.h). Absent: written in the clear.
+struct EncryptionConfig {
+    bool enabled = false;        // the table is present
+    std::string key;             // the id of the key that seals; one of keys
+    std::vector<KeyConfig> keys; // [[pool.encryption.keys]]: at least one
+    bool operator==(const EncryptionConfig &) const = default;
+};
+
 struct PoolConfig {
     std::string name;  // [A-Za-z0-9_.-]{1,63}, not "." or "..", unique across pools
     uint64_t size = 0; // >= kMinPoolSize; "512M" or an integer byte count
@@ -110,6 +127,10 @@ struct PoolConfig {
     uint32_t feed_slots = 4096;
     RemoteConfig remote;
     EventsConfig events;
+    EncryptionConfig encryption;
+    // Zero a block's bytes before its space can be reused (remove, eviction,
+    // expiry, a reaped reservation): uapi/PROTOCOL.md, secure erase.
+    bool secure_erase = false;
 };
 
 struct DaemonConfig {
@@ -125,6 +146,11 @@ struct DaemonConfig {
     uint32_t evict_interval_ms = 100; // 10..10000
     uint32_t watchdog_divisor = 2;    // not configurable: ping at WATCHDOG_USEC / this
     LogLevel log_level = LogLevel::Info;
+    // Audit trail: every control operation that reads or changes data goes
+    // to the journal (audit.h), at most audit_rate entries a second on
+    // average (bursts of 10x), then one entry saying how many were dropped.
+    bool audit = true;
+    uint32_t audit_rate = 100; // 1..100000
     std::vector<PoolConfig> pools;
 };
 
