@@ -27,17 +27,17 @@ constexpr OpInfo kOps[] = {
      KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_NO_PERSIST, true, false, false, false, false},
     {KV_CTL_OP_DESTROY, "destroy", Access::PoolGroup, PoolName::Required, 0, false, false, false,
      false, false},
-    {KV_CTL_OP_ENTRIES, "entries", Access::Anyone, PoolName::Required, 0, false, true, false, true,
-     false},
-    {KV_CTL_OP_HEALTH, "health", Access::Anyone, PoolName::Required, 0, false, false, false, false,
-     false},
+    {KV_CTL_OP_ENTRIES, "entries", Access::PoolReader, PoolName::Required, 0, false, true, false,
+     true, false},
+    {KV_CTL_OP_HEALTH, "health", Access::PoolReader, PoolName::Required, 0, false, false, false,
+     false, false},
     {KV_CTL_OP_EVICT, "evict", Access::PoolGroup, PoolName::Required, 0, false, true, false, false,
      false},
     {KV_CTL_OP_PERSIST, "persist", Access::PoolGroup, PoolName::Required, 0, false, false, true,
      false, true},
     {KV_CTL_OP_RESTORE, "restore", Access::PoolGroup, PoolName::Required, KV_CTL_F_FORCE, false,
      false, true, false, true},
-    {KV_CTL_OP_CLIENTS, "clients", Access::Anyone, PoolName::Required, 0, false, false, false,
+    {KV_CTL_OP_CLIENTS, "clients", Access::PoolReader, PoolName::Required, 0, false, false, false,
      false, false},
     {KV_CTL_OP_DETACH, "detach", Access::PoolGroup, PoolName::Required, KV_CTL_F_KILL, false, true,
      false, false, false},
@@ -51,8 +51,8 @@ constexpr OpInfo kOps[] = {
     // is bounded by the payload's timeout_ms, not by the pool's size.
     {KV_CTL_OP_REMOTE_FETCH, "remote fetch", Access::PoolGroup, PoolName::Required, 0, false, true,
      false, false, false, true},
-    {KV_CTL_OP_REMOTE_STATUS, "remote status", Access::Anyone, PoolName::Optional, 0, false, false,
-     false, false, false},
+    {KV_CTL_OP_REMOTE_STATUS, "remote status", Access::PoolReader, PoolName::Optional, 0, false,
+     false, false, false, false},
 };
 static_assert(std::size(kOps) == KV_CTL_OP_MAX, "a row for every op");
 

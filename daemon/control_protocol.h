@@ -24,7 +24,12 @@ namespace kv::control {
 // Who may call an op (control.h, "Authorization"). The daemon decides with
 // SO_PEERCRED; uid 0 passes every check.
 enum class Access {
-    Anyone,    // read ops: anyone who can connect
+    // Anyone who can connect; what the answer holds about a pool depends on
+    // whether the peer may read it (PoolReader): the public view otherwise.
+    Anyone,
+    // Reads a pool's usage, entries or clients: the pool's group or the
+    // admin group.
+    PoolReader,
     PoolGroup, // changes a pool, or reads every block of it: the pool's group
     Admin,     // CREATE: the daemon's admin group
 };

@@ -57,6 +57,21 @@ std::string dump(const nlohmann::json &j) {
     return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+// uid, gid and groups of a unix-socket peer (SO_PEERCRED, SO_PEERGROUPS).
+bool unix_peer(int fd, uid_t *uid, pid_t *pid, std::vector<gid_t> *groups) {
+    ucred cr{};
+    socklen_t len = sizeof cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0) return false;
+    *uid = cr.uid;
+    *pid = cr.pid;
+    groups->push_back(cr.gid);
+    gid_t more[256];
+    len = sizeof more;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, more, &len) == 0)
+        groups->insert(groups->end(), more, more + len / sizeof(gid_t));
+    return true;
+}
+
 } // namespace
 
 ControlServer::ControlServer(int epfd, PoolManager &pm, DaemonCounters &counters)
@@ -145,15 +160,7 @@ void ControlServer::accept_on(int lfd, Kind kind) {
         int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return; // EAGAIN, or a transient error: try at the next event
         Conn c{kind, {}, {}, {}, false, mono_ms(), next_id_++, 0, std::nullopt, std::nullopt, 0};
-        if (kind == Kind::Control) {
-            ucred cr{};
-            socklen_t len = sizeof cr;
-            if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0) {
-                c.peer.uid = cr.uid;
-                c.peer.pid = cr.pid;
-                c.peer.groups.push_back(cr.gid);
-            }
-        }
+        if (kind == Kind::Control) unix_peer(fd, &c.peer.uid, &c.peer.pid, &c.peer.groups);
         // The socket is open to every local user: one user may hold at most
         // kMaxPerUser connections, so nobody can lock the others out, and
         // root keeps kRootReserve of its own beyond kMaxConnections. When
@@ -181,13 +188,6 @@ void ControlServer::accept_on(int lfd, Kind kind) {
             if (kind == Kind::Control) send_refusal(fd, c.peer.uid, mine, root);
             close(fd);
             continue;
-        }
-        if (kind == Kind::Control) {
-            socklen_t len;
-            gid_t groups[256];
-            len = sizeof groups;
-            if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
-                c.peer.groups.insert(c.peer.groups.end(), groups, groups + len / sizeof(gid_t));
         }
         epoll_event ev{};
         ev.events = EPOLLIN | EPOLLRDHUP;
@@ -594,6 +594,10 @@ bool ControlServer::allowed(const Peer &p, gid_t gid) const {
     return std::find(p.groups.begin(), p.groups.end(), gid) != p.groups.end();
 }
 
+bool ControlServer::may_read(const Peer &peer, const Pool &p) const {
+    return allowed(peer, p.gid) || allowed(peer, pm_.admin_gid());
+}
+
 void ControlServer::deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int error,
                             const std::string &body) {
     for (auto &[fd, c] : conns_) {
@@ -658,10 +662,14 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
                                                     const kv_ctl_request &req,
                                                     std::string_view payload) {
     const std::string name(reinterpret_cast<const char *>(req.pool));
+    // A pool the peer may not read shows as its public view (pool_report.h).
+    auto view = [&](const Pool &p) {
+        return may_read(c.peer, p) ? pool_json(p) : public_pool_json(p);
+    };
     auto list = [&] {
         nlohmann::json pools = nlohmann::json::array();
         for (const auto &p : pm_.pools())
-            pools.push_back(pool_json(*p));
+            pools.push_back(view(*p));
         return pools;
     };
     const control::OpInfo *info = control::find_op(op);
@@ -676,7 +684,7 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
     if (op == KV_CTL_OP_REMOTE_STATUS && name.empty()) {
         nlohmann::json pools = nlohmann::json::array();
         for (const auto &p : pm_.pools())
-            if (p->cfg.remote.enabled)
+            if (p->cfg.remote.enabled && may_read(c.peer, *p))
                 pools.push_back({{"pool", p->cfg.name}, {"remote", remote_json(p->cfg.name)}});
         return {0, dump({{"pools", std::move(pools)}})};
     }
@@ -752,10 +760,14 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
     if (info->access == control::Access::PoolGroup && !allowed(c.peer, p->gid))
         return {EPERM, std::string(op_name(op)) + " " + name +
                            " needs root or membership of group " + p->group_name};
+    if (info->access == control::Access::PoolReader && !may_read(c.peer, *p))
+        return {EPERM, std::string(op_name(op)) + " " + name +
+                           " needs root or membership of group " + p->group_name +
+                           " or of the admin group " + pm_.config().admin_group};
 
     switch (op) {
     case KV_CTL_OP_STATUS:
-        return {0, dump(pool_json(*p))};
+        return {0, dump(view(*p))};
     case KV_CTL_OP_REMOTE_STATUS:
         return {0, dump({{"pool", name},
                          {"remote",

@@ -112,6 +112,9 @@ class ControlServer {
     std::pair<int, std::string> remote_fetch(Conn &c, const Pool &p, uint32_t seq,
                                              std::string_view payload);
     bool allowed(const Peer &p, gid_t gid) const;
+    // Root, the pool's group or the admin group: may read the pool's usage,
+    // entries and clients (Access::PoolReader).
+    bool may_read(const Peer &peer, const Pool &p) const;
 
     int epfd_;
     PoolManager &pm_;

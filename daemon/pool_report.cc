@@ -202,6 +202,11 @@ nlohmann::json pool_json(const Pool &p) {
     return doc;
 }
 
+nlohmann::json public_pool_json(const Pool &p) {
+    return {
+        {"name", p.cfg.name}, {"state", p.state}, {"group", p.group_name}, {"restricted", true}};
+}
+
 // One page of the ENTRIES op (control.h): the scan is bounded in table
 // slots, the page in rows and in bytes, so a request costs the same on a
 // table of millions as on a small one and its reply always fits a frame.

@@ -36,6 +36,11 @@ struct DaemonCounters {
 void count_snapshot_runs(const PoolManager &pm, DaemonCounters &c);
 
 nlohmann::json pool_json(const Pool &p);
+// What a peer that may not read the pool (neither root, nor the pool's
+// group, nor the admin group) learns of it from LIST, STATUS and STATS:
+// {"name", "state", "group", "restricted": true}. Its usage, clients, keys,
+// namespaces, paths and counters are left out (doc/security.md).
+nlohmann::json public_pool_json(const Pool &p);
 // One page of ENTRIES from table index cursor (<= n_entries): at most
 // max_rows rows (0 or more than KV_CTL_ENTRIES_MAX_ROWS: that many).
 nlohmann::json entries_json(const Pool &p, uint64_t cursor, uint64_t max_rows);

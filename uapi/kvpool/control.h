@@ -24,13 +24,16 @@
  * when error != 0 (error is a positive errno value). The JSON document of
  * each op is described next to the op below; kvctl renders it as a table.
  *
- * Authorization (SO_PEERCRED): read ops (KV_CTL_OP_LIST, STATUS, ENTRIES,
- * HEALTH, CLIENTS, STATS, VERSION, REMOTE_STATUS) are open to anyone who
- * can connect.
- * Ops that change state need uid 0, or membership (primary or supplementary)
- * of the pool's group, and so does VERIFY, which reads every block of the
- * pool; CREATE needs uid 0 or the daemon's admin group.
- * Refused: error = EPERM.
+ * Authorization (SO_PEERCRED): a pool's readers are uid 0 and the members
+ * (primary or supplementary) of the pool's group or of the daemon's admin
+ * group. VERSION, LIST, STATUS and STATS are open to anyone who can
+ * connect, but a pool the peer may not read appears there only as its
+ * public view: {"name", "state", "group", "restricted": true}. ENTRIES,
+ * HEALTH, CLIENTS and REMOTE_STATUS of a pool need its readers
+ * (REMOTE_STATUS without a pool lists only the pools the peer may read).
+ * Ops that change state need uid 0, or membership of the pool's group, and
+ * so does VERIFY, which reads every block of the pool; CREATE needs uid 0
+ * or the daemon's admin group. Refused: error = EPERM.
  *
  * Snapshots (PERSIST, RESTORE): root may name any absolute path. Anyone
  * else may name only the pool's own snapshot files, in its snapshot
