@@ -17,8 +17,10 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <grp.h>
 #include <iterator>
 #include <numa.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -55,6 +57,22 @@ bool own_snapshot_file(const std::string &path, const std::string &dir, const st
 
 std::string dump(const nlohmann::json &j) {
     return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// The groups of uid as the user database has them (primary first): the
+// metrics endpoint's TCP peers, whose socket tells only the uid.
+std::vector<gid_t> groups_of(uid_t uid) {
+    std::vector<char> buf(16384);
+    passwd pw{}, *res = nullptr;
+    if (getpwuid_r(uid, &pw, buf.data(), buf.size(), &res) != 0 || !res) return {};
+    std::vector<gid_t> g(64);
+    int n = int(g.size());
+    if (getgrouplist(pw.pw_name, pw.pw_gid, g.data(), &n) < 0) {
+        g.resize(size_t(n));
+        if (getgrouplist(pw.pw_name, pw.pw_gid, g.data(), &n) < 0) return {pw.pw_gid};
+    }
+    g.resize(size_t(n));
+    return g;
 }
 
 // uid, gid and groups of a unix-socket peer (SO_PEERCRED, SO_PEERGROUPS).
@@ -189,6 +207,7 @@ void ControlServer::accept_on(int lfd, Kind kind) {
             close(fd);
             continue;
         }
+        if (kind == Kind::Metrics) identify_metrics_peer(fd, c.peer);
         epoll_event ev{};
         ev.events = EPOLLIN | EPOLLRDHUP;
         ev.data.fd = fd;
@@ -404,7 +423,14 @@ void ControlServer::process(int fd, Conn &c) {
             }
             return;
         }
-        c.out = http_answer(c.in, [&] { return prometheus_text(pm_, counters_); });
+        c.out = http_answer(c.in, [&] {
+            // Per-pool series only of the pools the peer may read (root,
+            // the admin group, the pool's group); daemon-wide ones for all.
+            return filter_pool_series(prometheus_text(pm_, counters_), [&](std::string_view n) {
+                const Pool *p = pm_.find(std::string(n));
+                return p ? may_read(c.peer, *p) : allowed(c.peer, pm_.admin_gid());
+            });
+        });
         c.in.clear();
         c.close_after_flush = true;
         return;
@@ -596,6 +622,32 @@ bool ControlServer::allowed(const Peer &p, gid_t gid) const {
 
 bool ControlServer::may_read(const Peer &peer, const Pool &p) const {
     return allowed(peer, p.gid) || allowed(peer, pm_.admin_gid());
+}
+
+// Who reads the metrics. A unix socket tells (SO_PEERCRED); a loopback TCP
+// connection is looked up in the kernel's socket table (tcp_peer_uid), its
+// groups in the user database. A peer that cannot be identified gets the
+// series of no pool: the endpoint fails closed.
+void ControlServer::identify_metrics_peer(int fd, Peer &peer) {
+    sockaddr_storage sa{};
+    socklen_t len = sizeof sa;
+    if (getsockname(fd, reinterpret_cast<sockaddr *>(&sa), &len) != 0) return;
+    if (sa.ss_family == AF_UNIX) {
+        unix_peer(fd, &peer.uid, &peer.pid, &peer.groups);
+        return;
+    }
+    auto uid = tcp_peer_uid(fd);
+    if (!uid) {
+        const uint64_t now = mono_ms();
+        if (now - unidentified_logged_ms_ >= 10000) {
+            KV_LOGN(kComp, "metrics: cannot tell who connected (%s): per-pool series withheld",
+                    uid.error().c_str());
+            unidentified_logged_ms_ = now;
+        }
+        return;
+    }
+    peer.uid = *uid;
+    peer.groups = groups_of(*uid);
 }
 
 void ControlServer::deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int error,

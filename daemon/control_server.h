@@ -113,8 +113,9 @@ class ControlServer {
                                              std::string_view payload);
     bool allowed(const Peer &p, gid_t gid) const;
     // Root, the pool's group or the admin group: may read the pool's usage,
-    // entries and clients (Access::PoolReader).
+    // entries, clients and metrics (Access::PoolReader).
     bool may_read(const Peer &peer, const Pool &p) const;
+    void identify_metrics_peer(int fd, Peer &peer);
 
     int epfd_;
     PoolManager &pm_;
@@ -128,6 +129,7 @@ class ControlServer {
     std::map<int, Conn> conns_;
     uint64_t next_id_ = 1;
     int wake_fd_ = -1;
+    uint64_t unidentified_logged_ms_ = 0; // metrics peers tcp_peer_uid could not identify
 };
 
 } // namespace kv::daemon

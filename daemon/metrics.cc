@@ -4,6 +4,9 @@
 #include <arpa/inet.h>
 #include <cerrno>
 #include <cstring>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -28,7 +31,144 @@ std::expected<int, std::string> listen_on(int family, const sockaddr *sa, sockle
     return fd;
 }
 
+bool label_name_char(char ch, bool first) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' ||
+           (!first && ch >= '0' && ch <= '9');
+}
+
+// A sample line's pool label (text format 0.0.4: NAME{L="V",...} VALUE):
+// 1 and *pool set when it has one, 0 when it has none, -1 when its label
+// set does not parse.
+int pool_label(std::string_view line, std::string *pool) {
+    const size_t brace = line.find_first_of("{ ");
+    if (brace == std::string_view::npos || line[brace] == ' ') return 0;
+    size_t i = brace + 1;
+    int found = 0;
+    for (;;) {
+        if (i < line.size() && line[i] == '}') return found;
+        const size_t start = i;
+        while (i < line.size() && label_name_char(line[i], i == start))
+            i++;
+        if (i == start || i + 1 >= line.size() || line[i] != '=' || line[i + 1] != '"') return -1;
+        const std::string_view name = line.substr(start, i - start);
+        i += 2;
+        std::string value;
+        for (;; i++) {
+            if (i >= line.size()) return -1;
+            if (line[i] == '"') break;
+            if (line[i] == '\\') {
+                if (++i >= line.size()) return -1;
+                value += line[i] == 'n' ? '\n' : line[i];
+                continue;
+            }
+            value += line[i];
+        }
+        i++; // the closing quote
+        if (name == "pool") {
+            if (found) return -1; // two pool labels: not a series this daemon writes
+            *pool = std::move(value);
+            found = 1;
+        }
+        if (i < line.size() && line[i] == ',')
+            i++;
+        else if (i >= line.size() || line[i] != '}')
+            return -1;
+    }
+}
+
 } // namespace
+
+std::string filter_pool_series(std::string_view text,
+                               const std::function<bool(std::string_view)> &visible) {
+    std::string out;
+    out.reserve(text.size());
+    std::string pool;
+    while (!text.empty()) {
+        const size_t nl = text.find('\n');
+        const std::string_view line = text.substr(0, nl == std::string_view::npos ? nl : nl + 1);
+        text.remove_prefix(line.size());
+        if (!line.starts_with('#')) {
+            const int r = pool_label(line, &pool);
+            if (r < 0 || (r > 0 && !visible(pool))) continue;
+        }
+        out += line;
+    }
+    return out;
+}
+
+std::expected<uid_t, std::string> tcp_peer_uid(int fd) {
+    sockaddr_storage local{}, peer{};
+    socklen_t llen = sizeof local, plen = sizeof peer;
+    if (getsockname(fd, reinterpret_cast<sockaddr *>(&local), &llen) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr *>(&peer), &plen) != 0)
+        return std::unexpected(std::string("getsockname/getpeername: ") + strerror(errno));
+    if (local.ss_family != peer.ss_family ||
+        (local.ss_family != AF_INET && local.ss_family != AF_INET6))
+        return std::unexpected("not a TCP/IP connection");
+    struct {
+        nlmsghdr nlh;
+        inet_diag_req_v2 req;
+    } msg{};
+    msg.nlh.nlmsg_len = sizeof msg;
+    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    msg.nlh.nlmsg_flags = NLM_F_REQUEST;
+    msg.req.sdiag_family = uint8_t(local.ss_family);
+    msg.req.sdiag_protocol = IPPROTO_TCP;
+    msg.req.idiag_states = ~0U;
+    msg.req.id.idiag_cookie[0] = msg.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+    // The client's socket, as seen from its side: its source is our peer,
+    // its destination us (ports and addresses stay in network order).
+    if (local.ss_family == AF_INET) {
+        const auto &l = reinterpret_cast<const sockaddr_in &>(local);
+        const auto &p = reinterpret_cast<const sockaddr_in &>(peer);
+        msg.req.id.idiag_sport = p.sin_port;
+        msg.req.id.idiag_dport = l.sin_port;
+        msg.req.id.idiag_src[0] = p.sin_addr.s_addr;
+        msg.req.id.idiag_dst[0] = l.sin_addr.s_addr;
+    } else {
+        const auto &l = reinterpret_cast<const sockaddr_in6 &>(local);
+        const auto &p = reinterpret_cast<const sockaddr_in6 &>(peer);
+        msg.req.id.idiag_sport = p.sin6_port;
+        msg.req.id.idiag_dport = l.sin6_port;
+        memcpy(msg.req.id.idiag_src, &p.sin6_addr, sizeof p.sin6_addr);
+        memcpy(msg.req.id.idiag_dst, &l.sin6_addr, sizeof l.sin6_addr);
+    }
+    const int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (nl < 0) return std::unexpected(std::string("netlink sock_diag: ") + strerror(errno));
+    // The kernel answers an exact lookup before send returns; the timeout
+    // only bounds a kernel that does not answer at all.
+    timeval tv{0, 200000};
+    setsockopt(nl, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_nl kernel{};
+    kernel.nl_family = AF_NETLINK;
+    if (sendto(nl, &msg, sizeof msg, 0, reinterpret_cast<sockaddr *>(&kernel), sizeof kernel) !=
+        ssize_t(sizeof msg)) {
+        std::string e = strerror(errno);
+        close(nl);
+        return std::unexpected("netlink sock_diag send: " + e);
+    }
+    alignas(nlmsghdr) char buf[8192];
+    const ssize_t n = recv(nl, buf, sizeof buf, 0);
+    const int rerr = errno;
+    close(nl);
+    if (n < 0) return std::unexpected(std::string("netlink sock_diag recv: ") + strerror(rerr));
+    int len = int(n);
+    for (auto *h = reinterpret_cast<nlmsghdr *>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+        if (h->nlmsg_type == NLMSG_ERROR) {
+            const auto *e = static_cast<const nlmsgerr *>(NLMSG_DATA(h));
+            return std::unexpected(std::string("inet_diag lookup: ") + strerror(-e->error));
+        }
+        if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
+            h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg)))
+            continue;
+        const auto *m = static_cast<const inet_diag_msg *>(NLMSG_DATA(h));
+        if (m->id.idiag_sport != msg.req.id.idiag_sport ||
+            m->id.idiag_dport != msg.req.id.idiag_dport)
+            continue;
+        return uid_t(m->idiag_uid);
+    }
+    return std::unexpected("inet_diag lookup: no answer for the connection");
+}
 
 std::expected<int, std::string> metrics_listen(const std::string &spec) {
     if (spec.rfind("unix:", 0) == 0) {
@@ -42,7 +182,9 @@ std::expected<int, std::string> metrics_listen(const std::string &spec) {
         memcpy(sa.sun_path, path.c_str(), path.size());
         unlink(path.c_str());
         auto fd = listen_on(AF_UNIX, reinterpret_cast<sockaddr *>(&sa), sizeof sa, spec);
-        if (fd) chmod(path.c_str(), 0666); // metrics are read-only and public, like status
+        // Anyone may connect: per-pool series go only to the pools' readers
+        // (SO_PEERCRED, filter_pool_series).
+        if (fd) chmod(path.c_str(), 0666);
         return fd;
     }
     if (spec.rfind("tcp:", 0) != 0)
