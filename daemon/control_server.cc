@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "control_server.h"
 
+#include "audit.h"
 #include "clock.h"
 #include "control_protocol.h"
 #include "detail.h"
@@ -57,6 +58,24 @@ bool own_snapshot_file(const std::string &path, const std::string &dir, const st
 
 std::string dump(const nlohmann::json &j) {
     return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// The ops that read or change a pool's data: each gets an audit entry
+// (audit.h), refused ones included.
+bool audited(uint16_t op) {
+    switch (op) {
+    case KV_CTL_OP_CREATE:
+    case KV_CTL_OP_DESTROY:
+    case KV_CTL_OP_ENTRIES:
+    case KV_CTL_OP_EVICT:
+    case KV_CTL_OP_PERSIST:
+    case KV_CTL_OP_RESTORE:
+    case KV_CTL_OP_DETACH:
+    case KV_CTL_OP_VERIFY:
+    case KV_CTL_OP_REMOTE_FETCH:
+        return true;
+    }
+    return false;
 }
 
 // The groups of uid as the user database has them (primary first): the
@@ -286,6 +305,17 @@ void ControlServer::send_refusal(int fd, uint32_t uid, size_t mine, bool root) {
 }
 
 void ControlServer::drop(int fd) {
+    // An EVICT or VERIFY ends with its connection (persists, restores and
+    // fetches run on and are answered through deliver()).
+    if (auto it = conns_.find(fd); it != conns_.end()) {
+        const Conn &c = it->second;
+        if (c.evict)
+            audit_done(c.id, KV_CTL_OP_EVICT, c.evict->seq, ECONNRESET,
+                       "connection closed before the answer");
+        if (c.verify)
+            audit_done(c.id, KV_CTL_OP_VERIFY, c.verify->seq, ECONNRESET,
+                       "connection closed before the answer");
+    }
     epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
     close(fd);
     conns_.erase(fd);
@@ -472,6 +502,13 @@ void ControlServer::process(int fd, Conn &c) {
             reply = std::string("internal error: ") + e.what();
         }
     }
+    if (audited(h.op)) {
+        const char *pool = reinterpret_cast<const char *>(m.req.pool);
+        if (err == kDeferred)
+            pending_audit_.push_back({c.id, h.op, h.seq, pool, c.peer});
+        else
+            audit(c.peer, h.op, pool, err, reply);
+    }
     if (err == kDeferred) {
         c.waiting++;
         return;
@@ -525,6 +562,7 @@ void ControlServer::step_evict(Conn &c) {
     }
     const uint16_t op = KV_CTL_OP_EVICT;
     const uint32_t seq = j.seq;
+    audit_done(c.id, op, seq, err, reply);
     c.evict.reset();
     if (c.waiting) c.waiting--;
     answer(c, op, seq, err, std::move(reply));
@@ -610,6 +648,7 @@ void ControlServer::step_verify(Conn &c) {
                       {"seconds", seconds}});
     }
     const uint32_t seq = j.seq;
+    audit_done(c.id, KV_CTL_OP_VERIFY, seq, err, reply);
     c.verify.reset();
     if (c.waiting) c.waiting--;
     answer(c, KV_CTL_OP_VERIFY, seq, err, std::move(reply));
@@ -650,8 +689,36 @@ void ControlServer::identify_metrics_peer(int fd, Peer &peer) {
     peer.groups = groups_of(*uid);
 }
 
+void ControlServer::audit(const Peer &peer, uint16_t op, std::string_view pool, int err,
+                          std::string_view reply) {
+    const uint64_t now = mono_ms();
+    audit_.configure(pm_.config().audit, pm_.config().audit_rate, now);
+    AuditRecord r;
+    r.op = op_name(op);
+    r.pool = pool;
+    r.uid = peer.uid;
+    r.gid = peer.groups.empty() ? gid_t(-1) : peer.groups.front();
+    r.pid = peer.pid;
+    r.error = err;
+    if (err) r.detail = reply;
+    audit_.record(r, now);
+}
+
+// The answer of a deferred op (persist, restore, evict, verify, remote
+// fetch) for the audit trail, whether or not its connection is still open.
+void ControlServer::audit_done(uint64_t conn_id, uint16_t op, uint32_t seq, int err,
+                               std::string_view reply) {
+    for (auto it = pending_audit_.begin(); it != pending_audit_.end(); ++it) {
+        if (it->conn_id != conn_id || it->op != op || it->seq != seq) continue;
+        audit(it->peer, op, it->pool, err, reply);
+        pending_audit_.erase(it);
+        return;
+    }
+}
+
 void ControlServer::deliver(uint64_t conn_id, uint16_t op, uint32_t seq, int error,
                             const std::string &body) {
+    audit_done(conn_id, op, seq, error, body);
     for (auto &[fd, c] : conns_) {
         if (c.id != conn_id) continue;
         if (c.waiting) c.waiting--;

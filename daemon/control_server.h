@@ -6,6 +6,7 @@
 // so a slow, malformed or hostile peer costs one connection, never the loop.
 #pragma once
 
+#include "audit.h"
 #include "pool_manager.h"
 #include "pool_report.h"
 
@@ -116,6 +117,9 @@ class ControlServer {
     // entries, clients and metrics (Access::PoolReader).
     bool may_read(const Peer &peer, const Pool &p) const;
     void identify_metrics_peer(int fd, Peer &peer);
+    void audit(const Peer &peer, uint16_t op, std::string_view pool, int err,
+               std::string_view reply);
+    void audit_done(uint64_t conn_id, uint16_t op, uint32_t seq, int err, std::string_view reply);
 
     int epfd_;
     PoolManager &pm_;
@@ -130,6 +134,15 @@ class ControlServer {
     uint64_t next_id_ = 1;
     int wake_fd_ = -1;
     uint64_t unidentified_logged_ms_ = 0; // metrics peers tcp_peer_uid could not identify
+    AuditTrail audit_;
+    struct PendingAudit { // a deferred audited op, until its answer
+        uint64_t conn_id;
+        uint16_t op;
+        uint32_t seq;
+        std::string pool;
+        Peer peer;
+    };
+    std::vector<PendingAudit> pending_audit_;
 };
 
 } // namespace kv::daemon
