@@ -351,6 +351,9 @@ def run_test(env):
             check(doc.get("restricted") is True and "used_bytes" not in doc
                   and "path" not in doc and "snapshot" not in doc and doc.get("name") == pool,
                   f"{user} status {pool} is not the public view: {doc}")
+            r = env.ctl(["status", pool], user)
+            check(r.returncode == 0 and "restricted" in r.stdout and "capacity" not in r.stdout,
+                  f"{user} kvctl status {pool}: {r.stdout}")
             for verb in ("list", "stats"):
                 r = env.ctl(["--json", verb], user)
                 docs = {p["name"]: p for p in json.loads(r.stdout or "{}").get("pools", [])}

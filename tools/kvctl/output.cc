@@ -301,6 +301,16 @@ Result<int> print_pools(const Command &c, const json &doc) {
 }
 
 void print_pool(const json &p) {
+    // A pool the caller may not read comes as its public view only
+    // (control.h, "Authorization"): say so instead of a page of dashes.
+    if (get_bool(p, "restricted").value_or(false)) {
+        print_lines({{"name", text(p, "name")},
+                     {"state", text(p, "state")},
+                     {"group", text(p, "group")},
+                     {"restricted", "its usage is shown to root, group " + text(p, "group") +
+                                        " and the admin group only"}});
+        return;
+    }
     Lines l = {
         {"name", text(p, "name")},
         {"path", text(p, "path")},
