@@ -418,8 +418,15 @@ def run_test(env):
     if not env.start(env.config(metrics_tcp, "audit_rate = 2\n")):
         check(False, "kvpoold did not restart")
         return
-    check_metrics(env, metrics_tcp, {"root": {"alpha", "beta"}, ua: {"alpha"}, ub: {"beta"},
-                                     uc: set()}, "tcp metrics")
+    root_view = pool_series(env.client("root", ["--http", metrics_tcp]))
+    log = open(env.dir + "/kvpoold.log").read()
+    no_diag = ("cannot tell who connected (netlink sock_diag: Protocol not" in log
+               or "cannot tell who connected (inet_diag lookup: No such file" in log)
+    if not root_view and no_diag:
+        print("note: this kernel has no inet_diag; the TCP metrics checks are skipped")
+    else:
+        check_metrics(env, metrics_tcp, {"root": {"alpha", "beta"}, ua: {"alpha"},
+                                         ub: {"beta"}, uc: set()}, "tcp metrics")
 
     # 7. The rate limit: 2/s, bursts of 20; 60 requests at once.
     before = len(journal.audit())
@@ -427,8 +434,7 @@ def run_test(env):
     for i in range(flood):
         err, _ = raw_request(env.sock, OPS["entries"], "alpha")
         check(err == 0, f"flood request {i}: errno {err}")
-    time.sleep(0.3)
-    passed = len(journal.audit()) - before
+    passed = settled(journal) - before
     check(20 <= passed < flood, f"{passed} of {flood} flood requests audited at audit_rate 2")
     time.sleep(1.1)  # two tokens back
     raw_request(env.sock, OPS["entries"], "beta")
@@ -454,6 +460,18 @@ def run_test(env):
         check(False, "kvpoold did not start with audit = false")
 
 
+def settled(journal):
+    """The number of audit entries once no more arrive for 0.3 s (at most 5 s)."""
+    n, deadline = len(journal.audit()), time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        m = len(journal.audit())
+        if m == n:
+            break
+        n = m
+    return n
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -468,6 +486,8 @@ def main():
     if len(sys.argv) != 2:
         print(__doc__)
         return 2
+    # useradd and friends live in sbin, which a root shell's PATH may lack.
+    os.environ["PATH"] = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
     if os.geteuid() != 0:
         print("skip: needs root (users, groups, a mount namespace)")
         return SKIP
