@@ -381,6 +381,15 @@ def run_test(env):
                                             "ENODEV: the pool has no remote tier)")
         expected_audit.append(("remote fetch", pool, uid[user], "error"))
 
+    # Creating pools is for root and the admin group; both outcomes audited.
+    r = env.ctl(["create", "gamma", "--size", "16M", "--no-persist"], uc)
+    check(r.returncode == 4, f"{uc} create gamma: exit {r.returncode}: {r.stderr}")
+    expected_audit.append(("create", "gamma", uid[uc], "error"))
+    for args in (["create", "gamma", "--size", "16M", "--no-persist"], ["destroy", "gamma"]):
+        r = env.ctl(args)
+        check(r.returncode == 0, f"root kvctl {' '.join(args)}: {r.stderr}")
+        expected_audit.append((args[0], "gamma", 0, "ok"))
+
     # 4. Metrics on the unix socket, by SO_PEERCRED.
     check_metrics(env, metrics_unix, {"root": {"alpha", "beta"}, ua: {"alpha"}, ub: {"beta"},
                                       uc: set()}, "unix metrics")
