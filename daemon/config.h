@@ -140,7 +140,8 @@ struct DaemonConfig {
     std::string state_dir = "/var/lib/kvpool";
     std::string admin_group = "kvpool"; // may create pools; owns the control socket
     // "" (off), "tcp:127.0.0.1:9464", "tcp:[::1]:9464" or "unix:/run/kvpool/metrics".
-    // TCP only on loopback (127.0.0.0/8 or ::1): the endpoint has no auth.
+    // TCP only on loopback (127.0.0.0/8 or ::1): a reader is identified in
+    // the kernel's socket table, which holds this host's sockets only.
     std::string metrics;
     uint32_t reap_interval_ms = 200;  // 10..1000
     uint32_t evict_interval_ms = 100; // 10..10000
