@@ -37,7 +37,7 @@ import time
 
 SKIP = 77
 CTL_MAGIC = 0x4C54434B
-OPS = {"status": 3, "entries": 6, "remote status": 16, "remote fetch": 15}
+OPS = {"status": 3, "entries": 6, "persist": 9, "remote status": 16, "remote fetch": 15}
 REQ_SIZE = 416
 FAILURES = []
 
@@ -50,8 +50,8 @@ def check(cond, what):
 
 # ---- Client modes, run as a test user through setpriv ----------------------
 
-def raw_request(sock_path, op, pool, payload=b""):
-    """One control request; returns (errno, body text)."""
+def raw_request(sock_path, op, pool, payload=b"", wait=True):
+    """One control request; returns (errno, body text), or None if not wait."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(sock_path)
@@ -59,6 +59,9 @@ def raw_request(sock_path, op, pool, payload=b""):
     req = req.ljust(REQ_SIZE, b"\0")
     body = req + payload
     s.sendall(struct.pack("<IHHII", CTL_MAGIC, 1, op, len(body), 1) + body)
+    if not wait:
+        s.close()
+        return None
     data = b""
     while len(data) < 16 or len(data) < 16 + struct.unpack_from("<I", data, 8)[0]:
         chunk = s.recv(65536)
@@ -389,6 +392,10 @@ def run_test(env):
         r = env.ctl(args)
         check(r.returncode == 0, f"root kvctl {' '.join(args)}: {r.stderr}")
         expected_audit.append((args[0], "gamma", 0, "ok"))
+
+    # A deferred op whose caller hung up is audited when it ends.
+    raw_request(env.sock, OPS["persist"], "beta", wait=False)
+    expected_audit.append(("persist", "beta", 0, "ok"))
 
     # 4. Metrics on the unix socket, by SO_PEERCRED.
     check_metrics(env, metrics_unix, {"root": {"alpha", "beta"}, ua: {"alpha"}, ub: {"beta"},
