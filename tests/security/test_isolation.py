@@ -51,7 +51,9 @@ def check(cond, what):
 # ---- Client modes, run as a test user through setpriv ----------------------
 
 def raw_request(sock_path, op, pool, payload=b"", wait=True):
-    """One control request; returns (errno, body text), or None if not wait."""
+    """One control request; returns (errno, body text). wait may be a
+    function instead: the connection is closed once it returns true, without
+    reading the answer, and None is returned."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(sock_path)
@@ -59,7 +61,10 @@ def raw_request(sock_path, op, pool, payload=b"", wait=True):
     req = req.ljust(REQ_SIZE, b"\0")
     body = req + payload
     s.sendall(struct.pack("<IHHII", CTL_MAGIC, 1, op, len(body), 1) + body)
-    if not wait:
+    if wait is not True:
+        deadline = time.monotonic() + 10
+        while not wait() and time.monotonic() < deadline:
+            time.sleep(0.01)
         s.close()
         return None
     data = b""
@@ -393,8 +398,12 @@ def run_test(env):
         check(r.returncode == 0, f"root kvctl {' '.join(args)}: {r.stderr}")
         expected_audit.append((args[0], "gamma", 0, "ok"))
 
-    # A deferred op whose caller hung up is audited when it ends.
-    raw_request(env.sock, OPS["persist"], "beta", wait=False)
+    # A deferred op is audited when it ends, also when its caller closed
+    # the connection once the daemon took the request (a close before
+    # that withdraws the request).
+    started = lambda: open(env.dir + "/kvpoold.log").read().count("persist of pool beta")
+    n = started()
+    raw_request(env.sock, OPS["persist"], "beta", wait=lambda: started() > n)
     expected_audit.append(("persist", "beta", 0, "ok"))
 
     # 4. Metrics on the unix socket, by SO_PEERCRED.
