@@ -247,7 +247,11 @@ TEST(RemoteValue, EveryFieldIsChecked) {
     EXPECT_EQ(with([](kv_remote_header &h) { h.version = 2; }), Reject::Version);
     EXPECT_EQ(with([](kv_remote_header &h) { h.version = 0; }), Reject::Version);
     EXPECT_EQ(with([](kv_remote_header &h) { h.header_size = 136; }), Reject::HeaderSize);
-    EXPECT_EQ(with([](kv_remote_header &h) { h.flags = 1; }), Reject::Flags);
+    EXPECT_EQ(with([](kv_remote_header &h) { h.flags = 2; }), Reject::Flags);
+    // Encrypted: a crypto block would take 128 of the bytes, leaving fewer
+    // than length.
+    EXPECT_EQ(with([](kv_remote_header &h) { h.flags = KV_REMOTE_F_ENCRYPTED; }),
+              Reject::Truncated);
     EXPECT_EQ(with([](kv_remote_header &h) { h.reserved[7] = 1; }), Reject::Reserved);
     EXPECT_EQ(with([](kv_remote_header &h) { h.length = 0; }), Reject::Length);
     EXPECT_EQ(with([](kv_remote_header &h) { h.length += 1; }), Reject::Truncated);
