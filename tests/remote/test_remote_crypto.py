@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -144,6 +145,9 @@ def test_round_trip_byte_exact_and_redis_holds_only_ciphertext(world: Any) -> No
     rc, a, b, _ = world
     ra = a.remote()
     assert ra["encrypted"] is True and ra["key"] == "k1", ra
+    text = subprocess.run([str(a.kvctl_binary), "--socket", str(a.sock), "remote", "status",
+                           "alpha"], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "sealed with key k1" in text, text
     keys, datas = chain_on_a(a, 8, 64 << 10, 1)
     r = fetch(b, keys)
     assert r["committed"] == 8 and r["fetched"] == 8, r
