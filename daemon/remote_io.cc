@@ -188,6 +188,7 @@ struct Pinned {
     kv_remote_header header{};
     SealedHead sealed{}; // encrypted: header and crypto block
     size_t offset = 0;   // encrypted: where its ciphertext is in the sealing buffer
+    bool pinned = true;  // view still held (an encrypted block is released once sealed)
     std::string name;
     size_t item = 0;
 };
@@ -230,7 +231,7 @@ UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<cons
     };
     auto release_all = [&] {
         for (auto &p : pinned)
-            kv_release(pool, &p.view);
+            if (p.pinned) kv_release(pool, &p.view);
         pinned.clear();
     };
     try {
@@ -321,6 +322,10 @@ UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<cons
                         pinned.erase(pinned.begin() + std::ptrdiff_t(k));
                         continue;
                     }
+                    // The SET sends the ciphertext: the block need not stay
+                    // pinned (nor unevictable) while Redis answers.
+                    kv_release(pool, &p.view);
+                    p.pinned = false;
                     p.offset = off;
                     off += p.view.length;
                     k++;
