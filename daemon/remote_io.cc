@@ -202,6 +202,10 @@ std::vector<uint8_t> &thread_sealed() {
 
 } // namespace
 
+void release_upload_buffer() {
+    std::vector<uint8_t>().swap(thread_sealed());
+}
+
 UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<const UploadItem> items,
                            const UploadOptions &opts) {
     UploadResult res;

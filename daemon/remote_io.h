@@ -123,4 +123,9 @@ struct UploadResult {
 UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<const UploadItem> items,
                            const UploadOptions &opts);
 
+// Free the calling thread's sealing buffer (an uploader going idle: it
+// would otherwise keep its largest batch's size). The next encrypted
+// upload_blocks on this thread allocates it again.
+void release_upload_buffer();
+
 } // namespace kv::daemon

@@ -265,6 +265,13 @@ void RemoteTier::upload_loop(std::string password) {
             uploaded_.push_back(std::move(ev));
         }
         if (r.uploaded) wake(wake_fd_);
+        // Idle: give back the sealing buffer (as large as the largest
+        // batch) rather than hold it until the next burst.
+        if (keyring_ && upq_.empty()) {
+            lk.unlock();
+            release_upload_buffer();
+            lk.lock();
+        }
     }
 }
 
