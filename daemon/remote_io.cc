@@ -9,6 +9,17 @@
 
 namespace kv::daemon {
 
+namespace {
+
+// One AES context per thread (crypto.h): the tier's workers and tests call
+// from several threads.
+crypto::Aead &thread_aead() {
+    static thread_local crypto::Aead aead;
+    return aead;
+}
+
+} // namespace
+
 const char *upload_status_name(UploadStatus s) {
     switch (s) {
     case UploadStatus::Uploaded:
@@ -50,14 +61,15 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
             ~Undo() { c.set_deadline(std::chrono::steady_clock::time_point::max()); }
         } undo{cluster};
         // Read at most one byte more than the largest value the pool can
-        // take: a longer one is refused without being read whole.
+        // take (with a crypto block, the larger head): a longer one is
+        // refused without being read whole.
         kv_stats st{};
         if (int rc = kv_pool_stats(pool, &st); rc != 0) {
             res.errors = 1;
             res.error = strf("kv_pool_stats: %s", std::strerror(-rc));
             return res;
         }
-        const uint64_t max_value = sizeof(kv_remote_header) + st.slab_size;
+        const uint64_t max_value = kSealedHeadBytes + st.slab_size;
         const uint32_t batch = std::max<uint32_t>(1, opts.batch);
         std::vector<std::string> names;
         for (size_t i = first; i < keys.size();) {
@@ -89,7 +101,7 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
                                      names[k].c_str(), st.slab_size);
                     return res;
                 }
-                CheckedValue v = check_header(g.value(), digest, keys[i]);
+                CheckedValue v = check_header(g.value(), digest, keys[i], opts.keyring);
                 if (v.reject != Reject::None) {
                     res.rejected = 1;
                     res.rejected_by[size_t(v.reject)]++;
@@ -124,10 +136,25 @@ FetchResult fetch_into_pool(ClusterClient &cluster, kv_pool *pool, uint32_t ns,
                     res.error = strf("%s: kv_reserve_ex: %s", names[k].c_str(), std::strerror(-rc));
                     return res;
                 }
+                if (v.encrypted) {
+                    // Decrypted straight into the reservation; on a bad tag
+                    // open_value zeroes it before it is given back. The
+                    // pool's checksum is of what is now in the reservation.
+                    if (open_value(thread_aead(), v, static_cast<uint8_t *>(r.data)) !=
+                        Reject::None) {
+                        kv_abort(pool, &r);
+                        res.rejected = 1;
+                        res.rejected_by[size_t(v.reject)]++;
+                        res.error = strf("%s: %s", names[k].c_str(), v.detail.c_str());
+                        return res;
+                    }
+                }
                 // The bytes come from this process's private reply buffer, so
                 // what is hashed here is what is committed.
-                uint64_t h = kv::detail::copy_hash(r.data, v.data.data(), v.data.size());
-                if (h != v.checksum) {
+                uint64_t h = v.encrypted
+                                 ? kv::detail::copy_hash(nullptr, r.data, v.data.size())
+                                 : kv::detail::copy_hash(r.data, v.data.data(), v.data.size());
+                if (!v.encrypted && h != v.checksum) {
                     kv_abort(pool, &r);
                     res.rejected = 1;
                     res.rejected_by[size_t(Reject::Checksum)]++;
@@ -159,11 +186,25 @@ namespace {
 struct Pinned {
     kv_view view{};
     kv_remote_header header{};
+    SealedHead sealed{}; // encrypted: header and crypto block
+    size_t offset = 0;   // encrypted: where its ciphertext is in the sealing buffer
+    bool pinned = true;  // view still held (an encrypted block is released once sealed)
     std::string name;
     size_t item = 0;
 };
 
+// The calling thread's sealing buffer, kept between calls (a batch's
+// ciphertext; it grows to the largest batch the thread sealed).
+std::vector<uint8_t> &thread_sealed() {
+    static thread_local std::vector<uint8_t> buf;
+    return buf;
+}
+
 } // namespace
+
+void release_upload_buffer() {
+    std::vector<uint8_t>().swap(thread_sealed());
+}
 
 UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<const UploadItem> items,
                            const UploadOptions &opts) {
@@ -194,7 +235,7 @@ UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<cons
     };
     auto release_all = [&] {
         for (auto &p : pinned)
-            kv_release(pool, &p.view);
+            if (p.pinned) kv_release(pool, &p.view);
         pinned.clear();
     };
     try {
@@ -267,13 +308,46 @@ UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<cons
                 pinned.push_back(std::move(p));
             }
             if (pinned.empty()) continue;
+            if (opts.keyring) {
+                // Seal the whole batch first: the buffer must not move once
+                // the SETs point into it.
+                std::vector<uint8_t> &buf = thread_sealed();
+                if (buf.size() < bytes) buf.resize(bytes);
+                size_t off = 0;
+                for (size_t k = 0; k < pinned.size();) {
+                    Pinned &p = pinned[k];
+                    const std::string err = seal_value(
+                        thread_aead(), *opts.keyring, items[p.item].digest, items[p.item].key,
+                        {static_cast<const uint8_t *>(p.view.data), p.view.length}, p.sealed,
+                        buf.data() + off);
+                    if (!err.empty()) {
+                        note(p.item, UploadStatus::Error, err);
+                        kv_release(pool, &p.view);
+                        pinned.erase(pinned.begin() + std::ptrdiff_t(k));
+                        continue;
+                    }
+                    // The SET sends the ciphertext: the block need not stay
+                    // pinned (nor unevictable) while Redis answers.
+                    kv_release(pool, &p.view);
+                    p.pinned = false;
+                    p.offset = off;
+                    off += p.view.length;
+                    k++;
+                }
+            }
             std::vector<SetItem> sets;
             sets.reserve(pinned.size());
-            for (auto &p : pinned)
-                sets.push_back(
-                    SetItem{p.name,
-                            {reinterpret_cast<const uint8_t *>(&p.header), sizeof p.header},
-                            {static_cast<const uint8_t *>(p.view.data), p.view.length}});
+            for (auto &p : pinned) {
+                if (opts.keyring)
+                    sets.push_back(SetItem{p.name,
+                                           {p.sealed.data(), p.sealed.size()},
+                                           {thread_sealed().data() + p.offset, p.view.length}});
+                else
+                    sets.push_back(
+                        SetItem{p.name,
+                                {reinterpret_cast<const uint8_t *>(&p.header), sizeof p.header},
+                                {static_cast<const uint8_t *>(p.view.data), p.view.length}});
+            }
             std::vector<SetResult> out = cluster.set_many(sets, opts.ttl_s);
             for (size_t k = 0; k < pinned.size(); k++) {
                 if (out[k].status == KeyStatus::Ok) {

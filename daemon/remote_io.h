@@ -10,8 +10,10 @@
 // the pool. It GETs them pipelined, a batch at a time (reading at most one
 // byte more than the pool's largest block of each: a longer value is
 // refused unread), checks every header field (remote_value.h) and copies
-// each value's bytes into a reservation while hashing them; only a value
-// that passes every check, its checksum included, is committed (with the
+// each value's bytes into a reservation while hashing them (an encrypted
+// value: decrypts them into it, then hashes them there for the pool's
+// checksum); only a value that passes every check, its checksum or its
+// tags included, is committed (with the
 // previous key of the chain as its parent and the namespace's block_tokens
 // as its token count). It stops at the first block that is missing,
 // refused or fails, as a chain is useless past a hole: the blocks
@@ -22,7 +24,13 @@
 // each named block, checks that it is still the block the caller meant
 // (entry and generation when given, length) and that its bytes still hash
 // to its checksum, then SETs header + bytes, pipelined, a batch at a time,
-// straight from the pinned view, and unpins.
+// straight from the pinned view, and unpins. With a keyring, each block is
+// sealed (remote_value.h seal_value) into a buffer of the calling thread's
+// first, and header + crypto block + ciphertext is SET instead.
+//
+// Encryption: keyring (in the options) is the pool's, null when it has
+// none. Each thread that calls these keeps its own AES context and, for
+// uploads, a sealing buffer as large as its largest batch.
 //
 // Neither throws. A node that is down, slow or empty shows up as errors or
 // misses in the result; nothing invalid reaches the pool.
@@ -45,6 +53,9 @@ struct FetchOptions {
     uint32_t batch = 16;   // keys GET per pipelined round (bounds memory); 0 counts as 1
     uint32_t ttl_ms = 0;   // kv_put_opts.ttl_ms of the committed blocks
     uint32_t priority = 0; // kv_meta.priority of the committed blocks
+    // The pool's keys: only values sealed under one of them are committed.
+    // Null: only plain values are.
+    const Keyring *keyring = nullptr;
     // The call gives up (an error on the block it was at) by then.
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
@@ -94,6 +105,8 @@ struct UploadOptions {
     // at least one.
     uint64_t batch_bytes = 64ULL << 20;
     uint32_t batch_blocks = 256;
+    // The pool's keys: values are sealed with the current one. Null: plain.
+    const Keyring *keyring = nullptr;
 };
 
 struct UploadResult {
@@ -102,12 +115,17 @@ struct UploadResult {
     size_t changed = 0;
     size_t corrupt = 0;
     size_t errors = 0;
-    uint64_t bytes = 0;               // block bytes stored (headers not counted)
+    uint64_t bytes = 0;               // block bytes stored (headers, crypto blocks not counted)
     std::vector<UploadStatus> status; // per item
     std::string error;                // the first error's reason
 };
 
 UploadResult upload_blocks(ClusterClient &cluster, kv_pool *pool, std::span<const UploadItem> items,
                            const UploadOptions &opts);
+
+// Free the calling thread's sealing buffer (an uploader going idle: it
+// would otherwise keep its largest batch's size). The next encrypted
+// upload_blocks on this thread allocates it again.
+void release_upload_buffer();
 
 } // namespace kv::daemon

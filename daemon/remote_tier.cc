@@ -2,6 +2,7 @@
 #include "remote_tier.h"
 
 #include "clock.h"
+#include "keyring.h"
 #include "log.h"
 #include "redis_cluster.h"
 #include "remote_io.h"
@@ -61,7 +62,7 @@ ClusterOptions cluster_options(const RemoteConfig &c, const std::string &passwor
 // ---- RemoteTier ------------------------------------------------------------
 
 RemoteTier::RemoteTier(const Pool &p, kv_pool *own)
-    : pool_(p.cfg.name), cfg_(p.cfg.remote), own_(own) {
+    : pool_(p.cfg.name), cfg_(p.cfg.remote), keyring_(p.keyring), own_(own) {
     const kv_region_header *h = kv_pool_header(own);
     pool_id_lo_ = h->pool_id_lo;
     pool_id_hi_ = h->pool_id_hi;
@@ -70,6 +71,10 @@ RemoteTier::RemoteTier(const Pool &p, kv_pool *own)
 std::expected<std::unique_ptr<RemoteTier>, std::string>
 RemoteTier::start(const Pool &p, const std::string &password, int wake_fd) {
     if (!p.handle) return std::unexpected("pool " + p.cfg.name + " is not open");
+    if (p.cfg.encryption.enabled && !p.keyring)
+        return std::unexpected("pool " + p.cfg.name +
+                               ": remote tier: [pool.encryption] is configured but its keys are "
+                               "not loaded; not started (it would upload in the clear)");
     std::unique_ptr<RemoteTier> t(new RemoteTier(p, p.handle));
     t->wake_fd_ = wake_fd;
     t->uploader_ = std::thread([raw = t.get(), password] { raw->upload_loop(password); });
@@ -184,6 +189,7 @@ void RemoteTier::upload_loop(std::string password) {
     UploadOptions uo;
     uo.key_prefix = cfg_.key_prefix;
     uo.ttl_s = cfg_.ttl_s;
+    uo.keyring = keyring_.get();
     std::map<uint32_t, NsDigest> digests;
     using clock = std::chrono::steady_clock;
     // Token bucket: a batch waits until the bytes sent stay within
@@ -259,6 +265,13 @@ void RemoteTier::upload_loop(std::string password) {
             uploaded_.push_back(std::move(ev));
         }
         if (r.uploaded) wake(wake_fd_);
+        // Idle: give back the sealing buffer (as large as the largest
+        // batch) rather than hold it until the next burst.
+        if (keyring_ && upq_.empty()) {
+            lk.unlock();
+            release_upload_buffer();
+            lk.lock();
+        }
     }
 }
 
@@ -298,6 +311,7 @@ void RemoteTier::fetch_loop(std::string password) {
         size_t pos = q.first;
         FetchOptions fo;
         fo.key_prefix = cfg_.key_prefix;
+        fo.keyring = keyring_.get();
         while (!err && pos < q.keys.size()) {
             if (mono_ns() >= deadline_ns) {
                 stopped = "timeout";
@@ -378,6 +392,8 @@ nlohmann::json RemoteTier::status_json() const {
         {"bandwidth", cfg_.bandwidth},
         {"ttl_s", cfg_.ttl_s},
         {"medium", cfg_.medium},
+        {"encrypted", keyring_ != nullptr},
+        {"key", keyring_ ? nlohmann::json(keyring_->current_id()) : nlohmann::json(nullptr)},
         {"queue",
          {{"blocks", upq_.size()},
           {"bytes", upq_bytes_},
@@ -429,12 +445,13 @@ RemoteTier::Snapshot RemoteTier::snapshot() const {
 
 void RemoteTiers::sync(PoolManager &pm) {
     // Stop the tiers of pools that are gone, lost or changed their
-    // [pool.remote] (a reload: started again below with the new one), or
-    // now name another region.
+    // [pool.remote] or their keys (a reload: started again below with the
+    // new ones), or now name another region. A reload replaces
+    // Pool::keyring exactly when [pool.encryption] changed.
     for (auto it = tiers_.begin(); it != tiers_.end();) {
         const Pool *p = pm.find(it->first);
-        bool keep =
-            p && p->cfg.remote.enabled && p->handle && p->cfg.remote == it->second->config();
+        bool keep = p && p->cfg.remote.enabled && p->handle &&
+                    p->cfg.remote == it->second->config() && p->keyring == it->second->keyring();
         if (keep) {
             const kv_region_header *h = kv_pool_header(p->handle);
             keep = h->pool_id_lo == it->second->pool_id_lo() &&
@@ -462,10 +479,12 @@ void RemoteTiers::sync(PoolManager &pm) {
             }
             continue;
         }
-        KV_LOGI(kComp, "pool %s: remote tier on %zu seed%s, prefix %s, write %s",
+        KV_LOGI(kComp, "pool %s: remote tier on %zu seed%s, prefix %s, write %s, %s%s",
                 p->cfg.name.c_str(), p->cfg.remote.seeds.size(),
                 p->cfg.remote.seeds.size() == 1 ? "" : "s", p->cfg.remote.key_prefix.c_str(),
-                p->cfg.remote.write == WritePolicy::WriteBehind ? "write-behind" : "none");
+                p->cfg.remote.write == WritePolicy::WriteBehind ? "write-behind" : "none",
+                p->keyring ? "sealed with key " : "in the clear",
+                p->keyring ? p->keyring->current_id().c_str() : "");
         failed_logged_ms_.erase(p->cfg.name);
         tiers_.emplace(p->cfg.name, std::move(*t));
     }
@@ -551,7 +570,8 @@ std::string remote_prometheus_text() {
                    std::to_string(s.v[f]) + "\n";
     }
     head("kvpool_remote_rejected_total", "counter",
-         "Fetched values refused by a check, by reason; never committed.");
+         "Fetched values refused by a check, by reason (plaintext, key_id and decrypt: by "
+         "encryption); never committed.");
     for (const auto &[pool, s] : snaps)
         for (size_t i = 1; i < kRejectCount; i++)
             out += "kvpool_remote_rejected_total{pool=\"" + pool + "\",reason=\"" +

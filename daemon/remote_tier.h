@@ -24,6 +24,12 @@
 // fetcher committed come back through the feed as Stored events; they are
 // not uploaded again (they came from the tier).
 //
+// Encryption: a pool with [pool.encryption] hands the tier its keyring
+// (Pool::keyring); the workers seal every upload with its current key and
+// commit only fetched values sealed under one of its keys (remote_io.h).
+// The tier keeps the keyring it started with: a reload that changes the
+// keys replaces Pool::keyring, and RemoteTiers::sync restarts the tier.
+//
 // Counters are relaxed atomics: each is written by one thread and read for
 // status, where a value a little behind is fine.
 #pragma once
@@ -74,7 +80,9 @@ struct FetchRequest {
 class RemoteTier {
   public:
     // Start the workers on the pool's handle. password: from
-    // read_remote_password. Errors name the pool and the cause.
+    // read_remote_password. Errors name the pool and the cause; a pool with
+    // [pool.encryption] but no keyring is refused (it would upload in the
+    // clear).
     static std::expected<std::unique_ptr<RemoteTier>, std::string>
     start(const Pool &p, const std::string &password, int wake_fd);
     ~RemoteTier(); // stops and joins the workers; queued fetches are answered ECANCELED
@@ -94,6 +102,7 @@ class RemoteTier {
     const RemoteConfig &config() const { return cfg_; }
     uint64_t pool_id_lo() const { return pool_id_lo_; }
     uint64_t pool_id_hi() const { return pool_id_hi_; }
+    const std::shared_ptr<const Keyring> &keyring() const { return keyring_; }
     nlohmann::json status_json() const;
     // The counters at one moment, for the metrics.
     struct Snapshot {
@@ -123,7 +132,8 @@ class RemoteTier {
 
     const std::string pool_;
     const RemoteConfig cfg_;
-    kv_pool *own_ = nullptr; // the daemon's handle of the pool
+    const std::shared_ptr<const Keyring> keyring_; // null: values in the clear
+    kv_pool *own_ = nullptr;                       // the daemon's handle of the pool
     uint64_t pool_id_lo_ = 0, pool_id_hi_ = 0;
     int wake_fd_ = -1;
     RemoteCounters n_;
@@ -155,8 +165,9 @@ class RemoteTiers : public FeedSink {
   public:
     explicit RemoteTiers(int wake_fd) : wake_fd_(wake_fd) {}
     // Start tiers for the pools whose config has [pool.remote] and none yet
-    // (or a tier on another region of the same name), stop those of pools
-    // that are gone. Failures to start are logged and tried at the next sync.
+    // (or a tier on another region of the same name, another [pool.remote]
+    // or other keys), stop those of pools that are gone. Failures to start
+    // are logged and tried at the next sync.
     void sync(PoolManager &pm);
     RemoteTier *find(const std::string &pool);
     // Before a pool is destroyed: stop its tier (joins its workers).

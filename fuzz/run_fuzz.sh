@@ -26,6 +26,8 @@ cd "$(dirname "$0")/.."
 all_targets=(region snapshot control config ops)
 declare -A max_len=([region]=8192 [snapshot]=32768 [control]=8192 [config]=8192 [ops]=2048)
 secs=60 runs=-1 build=build-fuzz merge=1 ci=0 targets=()
+all_targets+=(remote)
+max_len[remote]=1024
 while (($#)); do
     case $1 in
     --time) secs=$2; shift 2 ;;

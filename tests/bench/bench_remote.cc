@@ -13,7 +13,13 @@
 //   BM_UploadBlocks     upload_blocks of the chain (pin, check, SET header
 //                       + bytes from the pinned view);
 //   BM_PlainSet         plain pipelined SETs of the same bytes from private
-//                       memory.
+//                       memory;
+//   .../enc:1           the same fetch and upload of encrypted values (the
+//                       pool's key from a keyring, AES-256-GCM: seal into
+//                       a buffer before the SET, decrypt into the
+//                       reservation), against enc:0 in the same run;
+//   BM_SealValue,       seal_value / check_header + open_value of one block
+//   BM_OpenValue        in memory: the AES-GCM ceiling of the two paths.
 // Bytes per second are the blocks' bytes.
 //
 // The cluster: KV_REDIS_SEEDS="host:port,..." names a running one;
@@ -22,6 +28,7 @@
 // exit. KV_BENCH_BLOCK (bytes, default 2 MiB) and KV_BENCH_BLOCKS (default
 // 32) size the chain. Example:
 //   build-bench/tests/bench/bench_remote --benchmark_repetitions=3
+#include "../remote/remote_keys.h"
 #include "bench_util.h"
 #include "redis_cluster.h"
 #include "remote_io.h"
@@ -53,6 +60,8 @@ struct Env {
     size_t block = 2u << 20;
     size_t n = 32;
     std::string prefix;
+    std::string enc_prefix; // the encrypted copies of the chain
+    std::shared_ptr<const Keyring> keyring;
 };
 Env g;
 
@@ -144,6 +153,13 @@ std::string setup() {
     uo.key_prefix = g.prefix;
     auto ur = upload_blocks(cc, g.src->get(), items, uo);
     if (ur.uploaded != g.n) return "upload: " + ur.error;
+    g.keyring = kvtest::make_keyring({{"bench-1", 1}}, "bench-1");
+    if (!g.keyring) return "make_keyring failed";
+    g.enc_prefix = "benchenc" + std::to_string(getpid()) + ":";
+    uo.key_prefix = g.enc_prefix;
+    uo.keyring = g.keyring.get();
+    ur = upload_blocks(cc, g.src->get(), items, uo);
+    if (ur.uploaded != g.n) return "encrypted upload: " + ur.error;
     auto index = [&](const std::string &name) {
         std::string node = cc.node_for(name);
         auto it = std::find(g.nodes.begin(), g.nodes.end(), node);
@@ -167,8 +183,10 @@ void BM_FetchIntoPool(benchmark::State &state) {
     ClusterOptions o;
     o.seeds = g.seeds;
     ClusterClient cc(o);
+    const bool enc = state.range(1) != 0;
     FetchOptions fo;
-    fo.key_prefix = g.prefix;
+    fo.key_prefix = enc ? g.enc_prefix : g.prefix;
+    fo.keyring = enc ? g.keyring.get() : nullptr;
     fo.batch = uint32_t(state.range(0));
     kv_pool *p = g.dst->get();
     // Warm up, untimed: connections, the slot map, the pool's slabs.
@@ -246,8 +264,10 @@ void BM_UploadBlocks(benchmark::State &state) {
     std::vector<UploadItem> items;
     for (auto &k : g.keys)
         items.push_back(UploadItem{g.src->ns(), k, g.digest});
+    const bool enc = state.range(1) != 0;
     UploadOptions uo;
-    uo.key_prefix = g.prefix;
+    uo.key_prefix = enc ? g.enc_prefix : g.prefix;
+    uo.keyring = enc ? g.keyring.get() : nullptr;
     uo.batch_bytes = uint64_t(state.range(0)) * g.block;
     for (auto _ : state) {
         auto r = upload_blocks(cc, g.src->get(), items, uo);
@@ -293,16 +313,68 @@ void BM_PlainSet(benchmark::State &state) {
     state.SetBytesProcessed(int64_t(state.iterations() * g.n * g.block));
 }
 
+// One block sealed as upload_blocks seals it (fresh data key, wrap, GCM).
+void BM_SealValue(benchmark::State &state) {
+    std::vector<uint8_t> data(g.block, 7), out(g.block);
+    crypto::Aead aead;
+    SealedHead head;
+    const kv_key k = g.keys[0];
+    for (auto _ : state) {
+        std::string err = seal_value(aead, *g.keyring, g.digest, k, data, head, out.data());
+        if (!err.empty()) {
+            state.SkipWithError(err.c_str());
+            break;
+        }
+        benchmark::DoNotOptimize(out.data());
+    }
+    state.SetBytesProcessed(int64_t(state.iterations() * g.block));
+}
+
+// One sealed block checked and opened as fetch_into_pool opens it.
+void BM_OpenValue(benchmark::State &state) {
+    std::vector<uint8_t> data(g.block, 7), value(kSealedHeadBytes + g.block), out(g.block);
+    crypto::Aead aead;
+    SealedHead head;
+    const kv_key k = g.keys[0];
+    if (!seal_value(aead, *g.keyring, g.digest, k, data, head, value.data() + kSealedHeadBytes)
+             .empty()) {
+        state.SkipWithError("seal_value failed");
+        return;
+    }
+    std::memcpy(value.data(), head.data(), head.size());
+    for (auto _ : state) {
+        CheckedValue v = check_header(value, g.digest, k, g.keyring.get());
+        if (v.reject != Reject::None || open_value(aead, v, out.data()) != Reject::None) {
+            state.SkipWithError(("open: " + v.detail).c_str());
+            break;
+        }
+        benchmark::DoNotOptimize(out.data());
+    }
+    state.SetBytesProcessed(int64_t(state.iterations() * g.block));
+}
+
 } // namespace
 
 BENCHMARK(BM_PlainSet)->Arg(kBatch)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_UploadBlocks)->Arg(kBatch)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_UploadBlocks)
+    ->ArgNames({"batch", "enc"})
+    ->Args({kBatch, 0})
+    ->Args({kBatch, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PlainGet)
     ->Args({kBatch, 1})
     ->Args({kBatch, 0})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_FetchIntoPool)->Arg(kBatch)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_FetchIntoPool)
+    ->ArgNames({"batch", "enc"})
+    ->Args({kBatch, 0})
+    ->Args({kBatch, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_SealValue)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_OpenValue)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 int main(int argc, char **argv) {
     benchmark::Initialize(&argc, argv);
@@ -316,5 +388,6 @@ int main(int argc, char **argv) {
     benchmark::Shutdown();
     g.src.reset();
     g.dst.reset();
+    g.keyring.reset();
     return 0;
 }

@@ -4,6 +4,8 @@
 
 static_assert(__cplusplus == 202002L, "compiled as C++20");
 static_assert(sizeof(kv_remote_header) == KV_REMOTE_HEADER_SIZE_V1);
+static_assert(sizeof(kv_remote_crypto) == KV_REMOTE_CRYPTO_SIZE_V1);
+static_assert(KV_REMOTE_AAD_SIZE == 240);
 
 int main() {
     kv_remote_header h{};

@@ -13,6 +13,7 @@
 // tests that break a node put it back before they end.
 #include "redis_cluster.h"
 #include "remote_io.h"
+#include "remote_keys.h"
 #include "remote_value.h"
 
 #include <chrono>
@@ -247,7 +248,11 @@ TEST(RemoteValue, EveryFieldIsChecked) {
     EXPECT_EQ(with([](kv_remote_header &h) { h.version = 2; }), Reject::Version);
     EXPECT_EQ(with([](kv_remote_header &h) { h.version = 0; }), Reject::Version);
     EXPECT_EQ(with([](kv_remote_header &h) { h.header_size = 136; }), Reject::HeaderSize);
-    EXPECT_EQ(with([](kv_remote_header &h) { h.flags = 1; }), Reject::Flags);
+    EXPECT_EQ(with([](kv_remote_header &h) { h.flags = 2; }), Reject::Flags);
+    // Encrypted: a crypto block would take 128 of the bytes, leaving fewer
+    // than length.
+    EXPECT_EQ(with([](kv_remote_header &h) { h.flags = KV_REMOTE_F_ENCRYPTED; }),
+              Reject::Truncated);
     EXPECT_EQ(with([](kv_remote_header &h) { h.reserved[7] = 1; }), Reject::Reserved);
     EXPECT_EQ(with([](kv_remote_header &h) { h.length = 0; }), Reject::Length);
     EXPECT_EQ(with([](kv_remote_header &h) { h.length += 1; }), Reject::Truncated);
@@ -909,6 +914,101 @@ TEST(RemoteIo, UploadToADeadMasterFailsOnlyItsBlocks) {
         first_bad++;
     EXPECT_EQ(fr.committed, first_bad);
     EXPECT_EQ(fr.errors, 1u);
+}
+
+// Encrypted pools through the cluster: what is stored is ciphertext; a
+// host with the key reads it byte-exact; a wrong key, an unknown key id, a
+// pool without keys and plaintext offered to an encrypted pool are refused
+// by reason and leave nothing in the pool; after a rotation both keys'
+// values read.
+TEST(RemoteIo, EncryptedValuesRoundTripAndRefuseEveryOtherReader) {
+    NEED_CLUSTER();
+    auto k1 = kvtest::make_keyring({{"k1", 1}}, "k1");
+    auto wrong = kvtest::make_keyring({{"k1", 8}}, "k1");
+    auto other = kvtest::make_keyring({{"k9", 9}}, "k9");
+    auto rotated = kvtest::make_keyring({{"k1", 1}, {"k2", 2}}, "k2");
+    ASSERT_TRUE(k1 && wrong && other && rotated);
+    Pool a("a"), b("b");
+    const size_t len = 64 << 10, n = 6;
+    auto keys = put_chain(a, 6000, n, len);
+    ClusterClient cc(opts_for(*g_cluster));
+    const std::string prefix = "enc" + std::to_string(getpid()) + ":";
+    UploadOptions uo = upload_opts(prefix);
+    uo.keyring = k1.get();
+    auto ur = upload_blocks(cc, a.pool, items_for(a, keys), uo);
+    ASSERT_EQ(ur.uploaded, n) << ur.error;
+    EXPECT_EQ(ur.bytes, n * len);
+
+    // The store holds ciphertext: no 32 bytes of any block are in its value.
+    std::vector<std::string> names;
+    for (auto &k : keys)
+        names.push_back(remote_key(prefix, a.digest, k));
+    auto stored = cc.get_many(names);
+    for (size_t i = 0; i < n; i++) {
+        ASSERT_EQ(stored[i].status, KeyStatus::Ok);
+        auto v = stored[i].value();
+        EXPECT_EQ(v.size(), kSealedHeadBytes + len);
+        auto d = block_bytes(6000 + i, len);
+        for (size_t off = 0; off + 32 <= len; off += 4096)
+            EXPECT_EQ(memmem(v.data(), v.size(), d.data() + off, 32), nullptr)
+                << "block " << i << " offset " << off;
+    }
+
+    auto expect_refused = [&](const Keyring *kr, Reject why, const char *what) {
+        SCOPED_TRACE(what);
+        Pool c("c");
+        FetchOptions fo = fetch_opts(prefix);
+        fo.keyring = kr;
+        auto fr = fetch_into_pool(cc, c.pool, c.ns, c.digest, keys, 0, fo);
+        EXPECT_EQ(fr.committed, 0u);
+        EXPECT_EQ(fr.rejected, 1u) << fr.error;
+        EXPECT_EQ(fr.rejected_by[size_t(why)], 1u) << fr.error;
+        kv_usage u;
+        ASSERT_EQ(0, kv_pool_usage(c.pool, &u));
+        EXPECT_EQ(u.entries_reserved, 0u);
+        EXPECT_EQ(u.entries_committed, 0u);
+    };
+    expect_refused(wrong.get(), Reject::Decrypt, "the wrong key under the same id");
+    expect_refused(other.get(), Reject::KeyId, "another key id");
+    expect_refused(nullptr, Reject::KeyId, "a pool without keys");
+
+    FetchOptions fo = fetch_opts(prefix);
+    fo.keyring = k1.get();
+    auto fr = fetch_into_pool(cc, b.pool, b.ns, b.digest, keys, 0, fo);
+    EXPECT_EQ(fr.committed, n) << fr.error;
+    EXPECT_EQ(fr.fetched, n);
+    for (size_t i = 0; i < n; i++)
+        expect_block(b, keys[i], 6000 + i, len);
+
+    // Plaintext written under an encrypted pool's key is refused.
+    const std::string plain_prefix = "encplain" + std::to_string(getpid()) + ":";
+    ASSERT_EQ(upload_blocks(cc, a.pool, items_for(a, keys), upload_opts(plain_prefix)).uploaded, n);
+    {
+        Pool c("c");
+        FetchOptions po = fetch_opts(plain_prefix);
+        po.keyring = k1.get();
+        auto pr = fetch_into_pool(cc, c.pool, c.ns, c.digest, keys, 0, po);
+        EXPECT_EQ(pr.committed, 0u);
+        EXPECT_EQ(pr.rejected_by[size_t(Reject::Plaintext)], 1u) << pr.error;
+        EXPECT_EQ(kv_contains(c.pool, c.ns, &keys[0]), 0);
+    }
+
+    // Rotation: host A now seals with k2 and keeps k1; a reader with both
+    // reads the old chain and the new one, a reader with k1 only the old.
+    auto keys2 = put_chain(a, 6100, 3, len);
+    uo.keyring = rotated.get();
+    ASSERT_EQ(upload_blocks(cc, a.pool, items_for(a, keys2), uo).uploaded, 3u);
+    Pool r("r");
+    FetchOptions ro = fetch_opts(prefix);
+    ro.keyring = rotated.get();
+    EXPECT_EQ(fetch_into_pool(cc, r.pool, r.ns, r.digest, keys, 0, ro).committed, n);
+    EXPECT_EQ(fetch_into_pool(cc, r.pool, r.ns, r.digest, keys2, 0, ro).committed, 3u);
+    for (size_t i = 0; i < 3; i++)
+        expect_block(r, keys2[i], 6100 + i, len);
+    Pool old("old");
+    fr = fetch_into_pool(cc, old.pool, old.ns, old.digest, keys2, 0, fo);
+    EXPECT_EQ(fr.committed, 0u);
+    EXPECT_EQ(fr.rejected_by[size_t(Reject::KeyId)], 1u) << fr.error;
 }
 
 TEST(RedisCluster, CallTimeoutBoundsAStoppedNode) {

@@ -53,6 +53,7 @@ void print_one(const std::string &pool, const json &r) {
     if (!rejected.empty()) rejected += ")";
     const auto bw = get_u64(r, "bandwidth");
     const auto ttl = get_u64(r, "ttl_s");
+    const auto encrypted = get_bool(r, "encrypted");
     l = {
         {"seeds", list(r, "seeds", "-")},
         {"key prefix", text(r, "key_prefix")},
@@ -61,6 +62,9 @@ void print_one(const std::string &pool, const json &r) {
         {"bandwidth", bw == 0u ? std::string("no cap") : size(bw) + "/s"},
         {"ttl", ttl == 0u ? std::string("none") : count(ttl) + " s"},
         {"medium", text(r, "medium")},
+        {"encryption", !encrypted   ? std::string(kNone)
+                       : *encrypted ? "sealed with key " + text(r, "key")
+                                    : std::string("none (values in the clear)")},
         {"queue", count(qq, "blocks") + " blocks, " + size(qq, "bytes") + " of " +
                       size(qq, "limit_bytes") + ", oldest " + seconds(qq, "oldest_age_s")},
         {"uploads", count(r, "uploads") + " (" + size(r, "upload_bytes") + ")"},
