@@ -5,6 +5,7 @@
 // typo reports "unknown key" instead of a confusing "missing key" further on.
 #include "config.h"
 
+#include "crypto.h"
 #include "units.h"
 
 #include <algorithm>
@@ -45,20 +46,23 @@ constexpr uint64_t kMinAvgBlock = 4096;
 constexpr size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;
 
 constexpr std::string_view kTopKeys[] = {"daemon", "pool"};
-constexpr std::string_view kDaemonKeys[] = {"control_socket",   "shm_dir",           "hugepage_dir",
-                                            "state_dir",        "admin_group",       "metrics",
-                                            "reap_interval_ms", "evict_interval_ms", "log_level"};
+constexpr std::string_view kDaemonKeys[] = {
+    "control_socket",   "shm_dir",           "hugepage_dir", "state_dir", "admin_group", "metrics",
+    "reap_interval_ms", "evict_interval_ms", "log_level",    "audit",     "audit_rate"};
 // Packed by hand: clang-format would put one key per line.
 // clang-format off
 constexpr std::string_view kPoolKeys[] = {
     "name", "size", "hugepages", "numa_node", "eviction", "group", "mode", "prefault",
     "high_watermark", "low_watermark", "slab_size", "avg_block_size", "max_clients", "max_entries",
-    "snapshot_dir", "persist_on_stop", "restore_on_start", "feed_slots", "remote", "events"};
+    "snapshot_dir", "persist_on_stop", "restore_on_start", "feed_slots", "remote", "events",
+    "encryption", "secure_erase"};
 constexpr std::string_view kRemoteKeys[] = {
     "seeds", "key_prefix", "write", "namespaces", "bandwidth", "ttl_s", "username",
     "password_file", "password_credential", "max_connections", "timeout_ms", "queue_bytes",
     "medium"};
 // clang-format on
+constexpr std::string_view kEncryptionKeys[] = {"key", "keys"};
+constexpr std::string_view kKeyKeys[] = {"id", "file", "credential"};
 constexpr std::string_view kEventsKeys[] = {"endpoint", "replay_endpoint", "topic",
                                             "encoding", "hash_form",       "buffer_steps",
                                             "hwm",      "max_batch",       "medium"};
@@ -379,7 +383,9 @@ bool read_daemon(Reader &r, const toml::table &t, DaemonConfig &cfg) {
         !r.path(field(t, p, "state_dir"), &cfg.state_dir) ||
         !r.group(field(t, p, "admin_group"), &cfg.admin_group, false) ||
         !r.u32(field(t, p, "reap_interval_ms"), 10, 1000, &cfg.reap_interval_ms) ||
-        !r.u32(field(t, p, "evict_interval_ms"), 10, 10000, &cfg.evict_interval_ms))
+        !r.u32(field(t, p, "evict_interval_ms"), 10, 10000, &cfg.evict_interval_ms) ||
+        !r.boolean(field(t, p, "audit"), &cfg.audit) ||
+        !r.u32(field(t, p, "audit_rate"), 1, 100000, &cfg.audit_rate))
         return false;
 
     const Field metrics = field(t, p, "metrics");
@@ -527,6 +533,77 @@ bool read_remote(Reader &r, const toml::node &n, const std::string &p, RemoteCon
     if (!r.string(medium, &rc.medium)) return false;
     if (medium.node && (rc.medium.empty() || rc.medium.size() > 32 || !printable_word(rc.medium)))
         return r.fail_type(medium, "a name of 1 to 32 printable characters");
+    return true;
+}
+
+// ---- [pool.encryption] -----------------------------------------------------
+
+bool read_encryption(Reader &r, const toml::node &n, const std::string &p, EncryptionConfig &ec) {
+    const auto *t = n.as_table();
+    if (!t) return r.fail_type(Field{&n, p}, "a table ([pool.encryption])");
+    if (!r.check_keys(*t, kEncryptionKeys, "in " + p)) return false;
+    ec.enabled = true;
+    const char *id_form = "a key id of 1 to 31 letters, digits, '_', '.' or '-'";
+
+    const Field keys = field(*t, p, "keys");
+    if (!keys.node)
+        return r.fail(t->source(), p,
+                      "missing required key \"keys\" (e.g. [[" +
+                          std::string("pool.encryption.keys") +
+                          "]] with id = \"alpha-1\" and file = \"/etc/kvpool/alpha-1.key\")");
+    const auto *arr = keys.node->as_array();
+    if (!arr || arr->empty())
+        return r.fail_type(keys, "an array of tables ([[pool.encryption.keys]]), at least one");
+    for (size_t i = 0; i < arr->size(); i++) {
+        const std::string kp = keys.path + "[" + std::to_string(i) + "]";
+        const toml::node &kn = *arr->get(i);
+        const auto *kt = kn.as_table();
+        if (!kt) return r.fail_type(Field{&kn, kp}, "a table ([[pool.encryption.keys]])");
+        if (!r.check_keys(*kt, kKeyKeys, "in " + kp)) return false;
+        KeyConfig kc;
+        const Field id = field(*kt, kp, "id");
+        if (!id.node) return r.fail(kt->source(), kp, "missing required key \"id\"");
+        if (!r.string(id, &kc.id)) return false;
+        if (!crypto::valid_key_id(kc.id)) return r.fail_type(id, id_form);
+        for (const KeyConfig &other : ec.keys)
+            if (other.id == kc.id)
+                return r.fail(id.node->source(), id.path,
+                              quoted(kc.id) + " is configured twice; expected unique key ids");
+        if (!r.path(field(*kt, kp, "file"), &kc.file)) return false;
+        const Field cred = field(*kt, kp, "credential");
+        if (!r.string(cred, &kc.credential)) return false;
+        if (cred.node) {
+            const std::string &c = kc.credential;
+            if (c.empty() || c.size() > 255 || !printable_word(c) ||
+                c.find('/') != std::string::npos)
+                return r.fail_type(cred, "a systemd credential name (printable, no '/')");
+        }
+        if (kc.file.empty() == kc.credential.empty())
+            return r.fail(
+                kt->source(), kp,
+                kc.file.empty()
+                    ? "key " + quoted(kc.id) + " has neither file nor credential; expected one"
+                    : "key " + quoted(kc.id) + " has both file and credential; expected one");
+        ec.keys.push_back(std::move(kc));
+    }
+
+    const Field key = field(*t, p, "key");
+    if (!key.node)
+        return r.fail(t->source(), p,
+                      "missing required key \"key\": the id of the key that seals new "
+                      "snapshots and values (e.g. key = \"" +
+                          ec.keys.front().id + "\")");
+    if (!r.string(key, &ec.key)) return false;
+    if (!crypto::valid_key_id(ec.key)) return r.fail_type(key, id_form);
+    std::string ids;
+    bool found = false;
+    for (const KeyConfig &kc : ec.keys) {
+        found |= kc.id == ec.key;
+        ids += (ids.empty() ? "" : ", ") + kc.id;
+    }
+    if (!found)
+        return r.fail(key.node->source(), key.path,
+                      quoted(ec.key) + " is not the id of a configured key; configured: " + ids);
     return true;
 }
 
@@ -720,6 +797,9 @@ bool read_pool(Reader &r, const toml::table &t, const std::string &p, PoolConfig
            r.path(field(t, p, "snapshot_dir"), &pool.snapshot_dir) &&
            r.boolean(field(t, p, "persist_on_stop"), &pool.persist_on_stop) &&
            r.boolean(field(t, p, "restore_on_start"), &pool.restore_on_start) &&
+           r.boolean(field(t, p, "secure_erase"), &pool.secure_erase) &&
+           (!t.get("encryption") ||
+            read_encryption(r, *t.get("encryption"), p + ".encryption", pool.encryption)) &&
            (!t.get("remote") || read_remote(r, *t.get("remote"), p + ".remote", pool.remote));
 }
 

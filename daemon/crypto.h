@@ -95,6 +95,13 @@ bool unwrap_key(Aead &aead, const Key &pool_key, uint64_t context, const kv_wrap
 std::string key_id_of(const kv_wrapped_key &w);
 
 // A key id is 1..31 of [A-Za-z0-9_.-].
-bool valid_key_id(std::string_view id);
+inline bool valid_key_id(std::string_view id) {
+    if (id.empty() || id.size() >= KV_KEY_ID_BYTES) return false;
+    for (char c : id)
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return false;
+    return true;
+}
 
 } // namespace kv::daemon::crypto

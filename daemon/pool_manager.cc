@@ -215,6 +215,15 @@ PoolManager::open_pool(const PoolConfig &pc, const char *origin, bool adopt_mism
     if (!gid) return std::unexpected(Error{-EINVAL, "pool " + pc.name + ": " + gid.error()});
     auto pool = std::make_unique<Pool>();
     pool->cfg = pc;
+    // Keys first: a pool whose key cannot be read must not start and write
+    // its blocks in the clear.
+    if (pc.encryption.enabled) {
+        auto ring = load_keyring(pc.encryption);
+        if (!ring)
+            return std::unexpected(
+                Error{-EKEYREJECTED, "pool " + pc.name + ": encryption: " + ring.error()});
+        pool->keyring = std::make_shared<const Keyring>(std::move(*ring));
+    }
     pool->gid = *gid;
     pool->group_name = pc.group.empty() ? cfg_.admin_group : pc.group;
     pool->origin = origin;
@@ -621,12 +630,28 @@ std::vector<std::string> PoolManager::reload(const DaemonConfig &next) {
         if (pc.size != cur.size || pc.hugepages != cur.hugepages || pc.numa_node != cur.numa_node ||
             pc.slab_size != cur.slab_size || pc.avg_block_size != cur.avg_block_size ||
             pc.max_clients != cur.max_clients || pc.max_entries != cur.max_entries ||
-            pc.feed_slots != cur.feed_slots) {
+            pc.feed_slots != cur.feed_slots || pc.secure_erase != cur.secure_erase) {
             refuse("pool " + pc.name +
                    ": geometry change (size, hugepages, numa_node, slab_size, avg_block_size, "
-                   "max_clients, max_entries, feed_slots); destroy and re-create the pool to "
-                   "apply it");
+                   "max_clients, max_entries, feed_slots, secure_erase); destroy and re-create "
+                   "the pool to apply it");
             continue;
+        }
+        if (pc.encryption != cur.encryption) {
+            std::shared_ptr<const Keyring> ring;
+            if (pc.encryption.enabled) {
+                auto r = load_keyring(pc.encryption);
+                if (!r) {
+                    out.push_back("pool " + pc.name + ": encryption not changed: " + r.error());
+                    continue;
+                }
+                ring = std::make_shared<const Keyring>(std::move(*r));
+            }
+            p->keyring = std::move(ring);
+            out.push_back("pool " + pc.name + ": encryption " +
+                          (pc.encryption.enabled
+                               ? "keys loaded, sealing with key " + pc.encryption.key
+                               : std::string("off")));
         }
         if (pc.eviction != cur.eviction) {
             refuse("pool " + pc.name + ": eviction policy change");

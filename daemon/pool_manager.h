@@ -7,6 +7,7 @@
 #pragma once
 
 #include "config.h"
+#include "keyring.h"
 #include "snapshot.h"
 
 #include <atomic>
@@ -67,6 +68,9 @@ struct Pool {
     uint64_t reaped_clients = 0;
     std::string snapshot_path;        // default snapshot file: snapshot_dir/NAME.kvsnap
     std::shared_ptr<SnapshotJob> job; // a persist or restore in progress, else null
+    // The keys of [pool.encryption]; null when the pool writes in the clear.
+    // Replaced whole on a reload: a job or tier holds its own reference.
+    std::shared_ptr<const Keyring> keyring;
     SnapshotRecord last_persist, last_restore;
 };
 

@@ -775,6 +775,64 @@ TEST(Config, RemoteRejects) {
     }
 }
 
+TEST(Config, EncryptionEraseAudit) {
+    const DaemonConfig c = parse_ok("[daemon]\naudit = false\naudit_rate = 5\n" +
+                                    pool_with("secure_erase = true\n[pool.encryption]\n"
+                                              "key = \"a-2\"\n"
+                                              "[[pool.encryption.keys]]\nid = \"a-2\"\n"
+                                              "credential = \"kvpool-a-2\"\n"
+                                              "[[pool.encryption.keys]]\nid = \"a-1\"\n"
+                                              "file = \"/etc/kvpool/a-1.key\"\n"));
+    EXPECT_FALSE(c.audit);
+    EXPECT_EQ(c.audit_rate, 5u);
+    const PoolConfig &p = c.pools[0];
+    EXPECT_TRUE(p.secure_erase);
+    ASSERT_TRUE(p.encryption.enabled);
+    EXPECT_EQ(p.encryption.key, "a-2");
+    ASSERT_EQ(p.encryption.keys.size(), 2u);
+    EXPECT_EQ(p.encryption.keys[0].credential, "kvpool-a-2");
+    EXPECT_EQ(p.encryption.keys[1].file, "/etc/kvpool/a-1.key");
+
+    const DaemonConfig d = parse_ok(pool_with(""));
+    EXPECT_TRUE(d.audit);
+    EXPECT_EQ(d.audit_rate, 100u);
+    EXPECT_FALSE(d.pools[0].secure_erase);
+    EXPECT_FALSE(d.pools[0].encryption.enabled);
+}
+
+TEST(Config, EncryptionRejects) {
+    struct Case {
+        const char *body, *words;
+    };
+    const Case cases[] = {
+        {"key = \"k1\"", "missing required key \"keys\""},
+        {"keys = []", "at least one"},
+        {"[[pool.encryption.keys]]\nid = \"k1\"\nfile = \"/k1\"", "missing required key \"key\""},
+        {"key = \"k2\"\n[[pool.encryption.keys]]\nid = \"k1\"\nfile = \"/k1\"",
+         "\"k2\" is not the id of a configured key; configured: k1"},
+        {"key = \"k1\"\n[[pool.encryption.keys]]\nid = \"k 1\"\nfile = \"/k1\"",
+         "key id of 1 to 31"},
+        {"key = \"k1\"\n[[pool.encryption.keys]]\nid = \"k1\"", "neither file nor credential"},
+        {"key = \"k1\"\n[[pool.encryption.keys]]\nid = \"k1\"\nfile = \"/k\"\ncredential = \"c\"",
+         "both file and credential"},
+        {"key = \"k1\"\n[[pool.encryption.keys]]\nid = \"k1\"\nfile = \"rel\"", "absolute path"},
+        {"key = \"k1\"\n[[pool.encryption.keys]]\nid = \"k1\"\ncredential = \"a/b\"",
+         "credential name"},
+        {"key = \"k1\"\n[[pool.encryption.keys]]\nid = \"k1\"\nfile = \"/a\"\n"
+         "[[pool.encryption.keys]]\nid = \"k1\"\nfile = \"/b\"",
+         "configured twice"},
+        {"key = \"k1\"\nkeyz = 1\n[[pool.encryption.keys]]\nid = \"k1\"\nfile = \"/a\"",
+         "pool[0].encryption"},
+    };
+    for (const Case &k : cases) {
+        const std::string e = parse_err(pool_with(std::string("[pool.encryption]\n") + k.body));
+        EXPECT_NE(e.find(k.words), std::string::npos) << k.body << "\n -> " << e;
+    }
+    EXPECT_NE(parse_err(pool_with("secure_erase = 1")).find("pool[0].secure_erase"),
+              std::string::npos);
+    EXPECT_NE(parse_err("[daemon]\naudit_rate = 0\n").find("daemon.audit_rate"), std::string::npos);
+}
+
 TEST_F(LoadConfig, RemotePasswordFileChecks) {
     RemoteConfig rc;
     EXPECT_EQ(read_remote_password(rc).value_or("x"), ""); // none configured

@@ -44,9 +44,9 @@
 #define KV_KEY_ID_BYTES 32 /* key_id field: 1..31 characters, NUL-padded */
 
 struct kv_wrapped_key {
-	uint8_t key_id[KV_KEY_ID_BYTES];  /* the pool key that wrapped the data key */
-	uint8_t iv[KV_CRYPTO_IV_BYTES];   /* random */
-	uint32_t alg;                     /* KV_CRYPTO_AES_256_GCM */
+	uint8_t key_id[KV_KEY_ID_BYTES];      /* the pool key that wrapped the data key */
+	uint8_t iv[KV_CRYPTO_IV_BYTES];       /* random */
+	uint32_t alg;                         /* KV_CRYPTO_AES_256_GCM */
 	uint8_t wrapped[KV_CRYPTO_KEY_BYTES]; /* the data key, encrypted */
 	uint8_t tag[KV_CRYPTO_TAG_BYTES];     /* GCM tag, see above */
 };
