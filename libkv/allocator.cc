@@ -450,7 +450,21 @@ uint64_t block_alloc_near(kv_pool *p, uint32_t cls, uint64_t near) {
 
 void block_erase(kv_pool *p, uint64_t id, uint32_t cls) {
     if (!p->secure_erase) return;
-    if (cls >= p->hdr->n_classes) cls = 0; // a damaged entry: any class stays inside its slab
+    // A damaged region (an entry whose class is not its slab's) must not
+    // make us write outside the block's slab: then the slab's own class is
+    // used, and nothing is zeroed if the block does not fit it either.
+    // Relaxed: the slab's class cannot change while a word in it is ENTRY
+    // or OWNED (a retirement rolls back), and the caller's acquire of that
+    // word orders this load after the activation that set it.
+    const uint64_t slot = id % p->hdr->blocks_per_slab;
+    auto fits = [&](uint32_t c) {
+        return c < p->hdr->n_classes && (slot + 1) * p->classes[c].block_size <= p->hdr->slab_size;
+    };
+    if (!fits(cls)) {
+        cls = SlabCtl::cls(
+            load(p->slabs[id / p->hdr->blocks_per_slab].ctl, std::memory_order_relaxed));
+        if (!fits(cls)) return;
+    }
     // The whole block, not the entry's length: an aborted reservation's
     // length is 0 (PROTOCOL.md section 11, A4) whatever its writer wrote.
     // Plain stores: the block is ours alone, and block_free's release CAS
