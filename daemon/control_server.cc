@@ -855,6 +855,7 @@ std::pair<int, std::string> ControlServer::dispatch(Conn &c, uint16_t op, uint32
                                 " without KV_CTL_F_POLICY"};
         }
         pc.prefault = req.flags & KV_CTL_F_PREFAULT;
+        pc.secure_erase = req.flags & KV_CTL_F_SECURE_ERASE;
         if (req.max_entries && (req.max_entries < 64 || req.max_entries > 0xfffffff0U))
             return {EINVAL, "max_entries " + std::to_string(req.max_entries) + ": expected 64.." +
                                 std::to_string(0xfffffff0U) + " (or 0: no cap)"};

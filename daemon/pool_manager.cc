@@ -309,6 +309,10 @@ PoolManager::open_pool(const PoolConfig &pc, const char *origin, bool adopt_mism
             differs += (differs.empty() ? "" : "; ") + std::string("feed_slots ") +
                        std::to_string(hd->feed_slots) + ", config asks " +
                        std::to_string(pc.feed_slots);
+        if (!!(hd->incompat_features & KV_INCOMPAT_F_SECURE_ERASE) != pc.secure_erase)
+            differs += (differs.empty() ? "" : "; ") + std::string("secure_erase ") +
+                       (pc.secure_erase ? "off" : "on") + ", config asks " +
+                       (pc.secure_erase ? "on" : "off");
         if (!differs.empty()) {
             kv_stats st{};
             uint64_t live = 0;
@@ -358,6 +362,7 @@ PoolManager::open_pool(const PoolConfig &pc, const char *origin, bool adopt_mism
         o.max_entries = pc.max_entries;
         o.feed_slots = pc.feed_slots;
         if (pc.prefault) o.flags |= KV_CREATE_F_PREFAULT;
+        if (pc.secure_erase) o.flags |= KV_CREATE_F_SECURE_ERASE;
         o.flags |= KV_CREATE_F_DAEMON_SLOT;
         const int policy = kv_evict_policy_parse(pc.eviction.c_str());
         if (policy < 0) // the config parser and the control server validate it first

@@ -170,6 +170,7 @@ nlohmann::json pool_json(const Pool &p) {
         {"pins", pins},
         {"clients", st.clients > 0 ? st.clients - 1 : 0}, // not the daemon's own slot
         {"policy", kv_evict_policy_name(kv_pool_header(p.handle)->evict_policy)},
+        {"secure_erase", (h->incompat_features & KV_INCOMPAT_F_SECURE_ERASE) != 0},
         {"page_size", h->page_size},
         {"backing", backing_name(h->backing)},
         {"numa_node", h->numa_node == KV_NUMA_NONE ? -1 : int64_t(h->numa_node)},

@@ -67,6 +67,7 @@ std::string pool_toml(const PoolConfig &pc) {
     if (!pc.group.empty()) o << "group = " << quoted(pc.group) << "\n";
     o << "mode = " << quoted(mode) << "\n";
     o << "prefault = " << (pc.prefault ? "true" : "false") << "\n";
+    if (pc.secure_erase) o << "secure_erase = true\n";
     o << "high_watermark = " << real(pc.high_watermark) << "\n";
     o << "low_watermark = " << real(pc.low_watermark) << "\n";
     if (pc.slab_size) o << "slab_size = " << pc.slab_size << "\n";

@@ -72,6 +72,7 @@
 #include "detail.h"
 
 #include <algorithm>
+#include <cstring>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -445,6 +446,37 @@ uint64_t block_alloc_near(kv_pool *p, uint32_t cls, uint64_t near) {
     uint64_t c = load(p->slabs[s].ctl, std::memory_order_acquire);
     if (SlabCtl::state(c) != KV_SLAB_ACTIVE || SlabCtl::cls(c) != cls) return kNone;
     return scan_slab(p, s, cls, c); // block_free lowered scan_hint to the freed slot
+}
+
+void block_erase(kv_pool *p, uint64_t id, uint32_t cls) {
+    if (!p->secure_erase) return;
+    // A damaged region (an entry whose class is not its slab's) must not
+    // make us write outside the block's slab: then the slab's own class is
+    // used, and nothing is zeroed if the block does not fit it either.
+    // Relaxed: the slab's class cannot change while a word in it is ENTRY
+    // or OWNED (a retirement rolls back), and the caller's acquire of that
+    // word orders this load after the activation that set it.
+    const uint64_t slot = id % p->hdr->blocks_per_slab;
+    auto fits = [&](uint32_t c) {
+        return c < p->hdr->n_classes && (slot + 1) * p->classes[c].block_size <= p->hdr->slab_size;
+    };
+    if (!fits(cls)) {
+        cls = SlabCtl::cls(
+            load(p->slabs[id / p->hdr->blocks_per_slab].ctl, std::memory_order_relaxed));
+        if (!fits(cls)) return;
+    }
+    // The whole block, not the entry's length: an aborted reservation's
+    // length is 0 (PROTOCOL.md section 11, A4) whatever its writer wrote.
+    // Plain stores: the block is ours alone, and block_free's release CAS
+    // (ALC-R2) publishes them to the next claim (ALC-X1). memset's
+    // non-temporal path, if glibc takes it, ends with its own sfence.
+    uint8_t *d = block_data(p, id, cls);
+    const uint64_t n = p->classes[cls].block_size, half = n / 2;
+    erase_crash_point(ErasePoint::Begun);
+    std::memset(d, 0, half);
+    erase_crash_point(ErasePoint::Half);
+    std::memset(d + half, 0, n - half);
+    erase_crash_point(ErasePoint::Zeroed);
 }
 
 bool block_free(kv_pool *p, uint64_t id, uint64_t expected) {

@@ -49,7 +49,7 @@ int check_opts(const kv_create_opts *o, kv_create_opts *out, char *err, size_t e
         return -EINVAL;
     }
     if (o->flags & ~(KV_CREATE_F_PREFAULT | KV_CREATE_F_EXCL | KV_CREATE_F_REPLACE |
-                     KV_CREATE_F_DAEMON_SLOT)) {
+                     KV_CREATE_F_DAEMON_SLOT | KV_CREATE_F_SECURE_ERASE)) {
         errf(err, errlen, "opts.flags 0x%x has unknown bits", o->flags);
         return -EINVAL;
     }

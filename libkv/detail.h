@@ -228,6 +228,9 @@ struct kv_pool {
     uint32_t feed_mask = 0;
     uint32_t bucket_mask = 0;
     uint32_t policy = 0; // hdr->evict_policy, fixed at creation (KV_EVICT_*)
+    // hdr has KV_INCOMPAT_F_SECURE_ERASE: frees zero the block first
+    // (block_erase, PROTOCOL.md section 14). Fixed at creation.
+    bool secure_erase = false;
     // Where this process looks for room for a put: scan cursor, streaks and
     // hints (room.h). Process-local.
     kv::detail::RoomFinder room;
@@ -331,6 +334,24 @@ inline uint8_t *block_data(const kv_pool *p, uint64_t id, uint32_t cls) {
            uint64_t(slot) * p->classes[cls].block_size;
 }
 uint64_t now_ns();
+
+// ---- Secure erase (allocator.cc, PROTOCOL.md section 14) -----------------------
+// Fault injection for the erase's crash tests, as acct_crash_hook: before
+// the first byte is zeroed, with half of the block zeroed, and with all of
+// it zeroed before the block word is freed.
+enum class ErasePoint { Begun, Half, Zeroed };
+inline void (*erase_crash_hook)(ErasePoint) = nullptr;
+inline void erase_crash_point(ErasePoint at) {
+    if (erase_crash_hook) [[unlikely]]
+        erase_crash_hook(at);
+}
+// In a secure-erase pool, zero the whole of block id (which holds class
+// cls) before its word leaves ENTRY or OWNED; a no-op otherwise. The caller
+// owns the block: its word names the caller's FREEING entry or the caller
+// (or, for a reaper, the dead client it holds REAPING), so nobody else
+// writes or reads it meanwhile. The block free's release (ALC-R2) then
+// orders the zeroes before the next claim (ALC-X1).
+void block_erase(kv_pool *p, uint64_t id, uint32_t cls);
 
 // ---- Eviction ranks (evict.cc, PROTOCOL.md section 10) --------------------------
 // The access clock: the CPU's invariant timestamp counter, which Linux keeps

@@ -200,6 +200,7 @@ int layout_compute(const kv_create_opts &o, uint64_t page_size, kv_region_header
     h.header_size = sizeof(kv_region_header);
     h.incompat_features = KV_INCOMPAT_F_CAS16 | KV_INCOMPAT_F_LIVE_ACCT;
     if (h.feed_slots) h.incompat_features |= KV_INCOMPAT_F_FEED;
+    if (o.flags & KV_CREATE_F_SECURE_ERASE) h.incompat_features |= KV_INCOMPAT_F_SECURE_ERASE;
     h.compat_features = KV_COMPAT_F_EVICT_POLICY;
     h.numa_node = KV_NUMA_NONE;
     *out = h;
@@ -407,6 +408,7 @@ void pool_bind(kv_pool *p, uint8_t *base, uint64_t len) {
     p->data = base + h.data_off;
     p->bucket_mask = h.n_buckets - 1;
     p->policy = h.evict_policy;
+    p->secure_erase = h.incompat_features & KV_INCOMPAT_F_SECURE_ERASE;
     if (h.feed_slots) {
         p->feed_hdr = reinterpret_cast<kv_feed_header *>(base + h.feed_off);
         p->feed_slots =

@@ -58,7 +58,16 @@ void reclaim_client(kv_pool *p, uint32_t client, bool died) {
         // ALC-R1 (activate_at, which hands block 0 to the activator), ALC-R2
         // (a block freed since) and STO-X2 (a block attached to an entry).
         uint64_t w = load(p->blocks[b], std::memory_order_acquire);
-        if (Blk::state(w) == KV_BLOCK_OWNED && Blk::owner(w) == client) block_free(p, b, w);
+        if (Blk::state(w) != KV_BLOCK_OWNED || Blk::owner(w) != client) continue;
+        // Secure erase (PROTOCOL.md 14): a block gets data only once an
+        // entry names it, so an OWNED block should hold none; zeroed all
+        // the same (a rare path), in case its dead owner wrote it early.
+        // Its class: the slab's, which cannot change while a word in it is
+        // OWNED (a retirement rolls back on it). Relaxed: the acquire of
+        // REAP-A5 orders this load after the slab activation's ALC-R1.
+        const uint64_t sc = load(p->slabs[b / h.blocks_per_slab].ctl, std::memory_order_relaxed);
+        block_erase(p, b, SlabCtl::cls(sc));
+        block_free(p, b, w);
     }
     // Feed slots the client left WRITING, and the loss it may have left
     // (PROTOCOL.md section 13): after everything it changed is settled.

@@ -384,6 +384,13 @@ void entry_finish_free(kv_pool *p, uint32_t e) {
         // STO-A11: pairs with STO-X2 (the block word naming this entry).
         uint64_t w = load(p->blocks[b], std::memory_order_acquire);
         if (Blk::state(w) == KV_BLOCK_ENTRY && Blk::owner(w) == e) {
+            // Secure erase (PROTOCOL.md 14): zero the block while its word
+            // still names e, so a crash anywhere in it leaves FREEING with
+            // ENTRY(e), and the reaper that finishes this free zeroes it
+            // again. Before the accounting record: no record is pending
+            // while we zero. Relaxed: class_id was published with the
+            // FREEING claim that STO-A10 acquired.
+            block_erase(p, b, load(en.class_id, std::memory_order_relaxed));
             const uint32_t rec = acct_begin(p, e, Ctl::gen(c), len, true);
             acct_crash_point(AcctPoint::FreeWrittenDown);
             const bool freed = block_free(p, b, w);

@@ -77,10 +77,13 @@ def create_pool(
     replace: bool = False,
     prefault: bool = False,
     feed_slots: int = 0,
+    secure_erase: bool = False,
 ) -> None:
     """Create a pool of ``size`` bytes backed by the file at ``path``.
     ``feed_slots``: records in its change feed (0: none; else a power of
-    two, 64..1048576).
+    two, 64..1048576). ``secure_erase``: zero a block's bytes before its
+    space can be reused (remove, eviction, expiry, abort, a reaped
+    reservation); libkv before ABI v1.4 cannot attach such a pool.
 
     Zero options take libkv's defaults (4 MiB slabs, 16 KiB average blocks,
     64 clients, 4096 pins per client, 64 namespaces). ``evict_policy``:

@@ -98,7 +98,7 @@ void create_pool(const std::string &path, uint64_t size, uint64_t slab_size,
                  uint64_t avg_block_size, uint32_t max_clients, uint32_t pins_per_client,
                  uint32_t max_namespaces, uint32_t max_entries, py::handle evict_policy,
                  py::handle hugepages, int numa_node, uint32_t mode, bool replace, bool prefault,
-                 uint32_t feed_slots) {
+                 uint32_t feed_slots, bool secure_erase) {
     kv_create_opts o;
     kv_create_opts_init(&o, size);
     o.slab_size = slab_size;
@@ -115,6 +115,7 @@ void create_pool(const std::string &path, uint64_t size, uint64_t slab_size,
     o.mode = mode;
     if (replace) o.flags |= KV_CREATE_F_REPLACE;
     if (prefault) o.flags |= KV_CREATE_F_PREFAULT;
+    if (secure_erase) o.flags |= KV_CREATE_F_SECURE_ERASE;
     char err[256] = "";
     int rc;
     {
@@ -207,14 +208,16 @@ void init_pool(py::module_ &m) {
           py::arg("pins_per_client") = 0, py::arg("max_namespaces") = 0, py::arg("max_entries") = 0,
           py::arg("evict_policy") = "prefix", py::arg("hugepages") = "never",
           py::arg("numa_node") = -1, py::arg("mode") = 0, py::arg("replace") = false,
-          py::arg("prefault") = false, py::arg("feed_slots") = 0,
+          py::arg("prefault") = false, py::arg("feed_slots") = 0, py::arg("secure_erase") = false,
           "Create a pool of size bytes backed by the file at path (/dev/shm for 4 KiB\n"
           "pages, a hugetlbfs mount for hugepages), as kv_pool_create does. Zero\n"
           "options take libkv's defaults (4 MiB slabs, 16 KiB average blocks, 64\n"
           "clients, 4096 pins per client, 64 namespaces). evict_policy: 'clock',\n"
           "'lru', 'lfu', 'fifo', 'priority' or 'prefix' (or its KV_EVICT_* value);\n"
-          "hugepages: 'never', 'prefer' or 'require'. An existing file raises\n"
-          "kvpool.Error (EEXIST) unless replace=True.");
+          "hugepages: 'never', 'prefer' or 'require'. secure_erase=True zeroes a\n"
+          "block's bytes before its space can be reused (libkv before ABI v1.4\n"
+          "cannot attach the pool). An existing file raises kvpool.Error (EEXIST)\n"
+          "unless replace=True.");
     m.def(
         "destroy_pool",
         [](const std::string &path) {

@@ -1308,6 +1308,96 @@ BENCHMARK(BM_PutFeed)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
+// ---- 8c: secure erase's cost on a put ----------------------------------------------
+//
+// Puts into two full pools (every put evicts the oldest block) that differ
+// only in KV_CREATE_F_SECURE_ERASE, in alternating batches of one run,
+// timed with the thread's CPU clock as BM_PutFeed: erase_over_plain is the
+// ratio of the mean put cost with erase to without. With erase each put
+// zeroes its victim's block (a memset of the block size) before it copies
+// its own data in (PROTOCOL.md section 14).
+void BM_PutSecureErase(benchmark::State &state) {
+    const uint64_t block = uint64_t(state.range(0)) * KiB;
+    const uint64_t blocks = uint64_t(state.range(1)) * MiB / block;
+    std::unique_ptr<BenchPool> pools[2]; // [0] plain, [1] secure erase
+    for (int f = 0; f < 2; f++) {
+        PoolSpec spec;
+        spec.size = blocks * block + 64 * MiB;
+        spec.slab_size = std::max<uint64_t>(block, 1 * MiB);
+        spec.secure_erase = f == 1;
+        auto bp = BenchPool::create(spec, f ? "erase-on" : "erase-off");
+        if (!bp) {
+            state.SkipWithError(bp.error().c_str());
+            return;
+        }
+        pools[f] = std::move(*bp);
+    }
+    void *src = alloc_touched(block, 7);
+    uint64_t serial[2] = {0, 0};
+    auto put = [&](int f) {
+        const kv_key k = make_key(83, serial[f]++);
+        return kv_put(pools[f]->get(), pools[f]->ns(), &k, src, block, nullptr);
+    };
+    const uint64_t cap = std::min<uint64_t>(kv_pool_header(pools[0]->get())->data_len / block,
+                                            kv_pool_header(pools[0]->get())->n_entries);
+    for (int f = 0; f < 2; f++)
+        for (uint64_t i = 0; i < 2 * cap; i++)
+            if (int rc = put(f); rc < 0) {
+                state.SkipWithError(errstr("kv_put (warm-up)", rc).c_str());
+                std::free(src);
+                return;
+            }
+    const uint64_t batch = block >= MiB ? 8 : 32;
+    uint64_t spent[2] = {0, 0}, puts[2] = {0, 0}, evictions[2] = {0, 0};
+    kv_stats s0[2]{};
+    for (int f = 0; f < 2; f++)
+        kv_pool_stats(pools[f]->get(), &s0[f]);
+    int rc = 0;
+    int first = 0; // alternates, so neither pool always follows the other's batch
+    for (auto _ : state) {
+        uint64_t it_ns = 0;
+        first ^= 1;
+        for (int k = 0; k < 2 && rc >= 0; k++) {
+            const int f = first ^ k;
+            const uint64_t t0 = cpu_now();
+            for (uint64_t j = 0; j < batch && rc >= 0; j++)
+                rc = put(f);
+            const uint64_t dt = cpu_now() - t0;
+            spent[f] += dt;
+            puts[f] += batch;
+            it_ns += dt;
+        }
+        if (rc < 0) break;
+        state.SetIterationTime(double(it_ns) * 1e-9); // both batches
+    }
+    if (rc < 0) state.SkipWithError(errstr("kv_put", rc).c_str());
+    for (int f = 0; f < 2; f++) {
+        kv_stats s{};
+        kv_pool_stats(pools[f]->get(), &s);
+        evictions[f] = s.evictions - s0[f].evictions;
+    }
+    if (puts[0] && puts[1]) {
+        const double off = double(spent[0]) / double(puts[0]),
+                     on = double(spent[1]) / double(puts[1]);
+        state.counters["plain_us"] = off * 1e-3;
+        state.counters["erase_us"] = on * 1e-3;
+        state.counters["erase_over_plain"] = on / off;
+        // Every put should evict: a ratio below 1 means the pools were not full.
+        state.counters["evictions_per_put"] =
+            double(evictions[0] + evictions[1]) / double(puts[0] + puts[1]);
+    }
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * batch * block));
+    std::free(src);
+}
+BENCHMARK(BM_PutSecureErase)
+    ->ArgNames({"block_KiB", "data_MiB"})
+    ->Args({64, 64})
+    ->Args({64, 1024})
+    ->Args({2048, 128})
+    ->Args({2048, 1024})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
 // ---- 9: removes among puts into a full pool ---------------------------------------
 //
 // An engine that drops blocks (kv_remove) while it puts new ones, into a

@@ -161,6 +161,7 @@ struct PoolSpec {
     uint32_t pins_per_client = 0;
     bool prefault = true;    // fault every page in at creation: no first-touch faults while timing
     uint32_t feed_slots = 0; // the change feed's slots; 0: none
+    bool secure_erase = false; // KV_CREATE_F_SECURE_ERASE: frees zero the block
 };
 
 // A pool file under /dev/shm that this process created and is attached to;
@@ -177,6 +178,7 @@ class BenchPool {
         if (spec.slab_size) o.slab_size = spec.slab_size;
         if (spec.pins_per_client) o.pins_per_client = spec.pins_per_client;
         o.feed_slots = spec.feed_slots;
+        if (spec.secure_erase) o.flags |= KV_CREATE_F_SECURE_ERASE;
         char msg[256] = "";
         int rc = kv_pool_create(path.c_str(), &o, msg, sizeof msg);
         if (rc < 0)

@@ -933,11 +933,12 @@ class MpTest : public ::testing::Test {
     // Create a pool under /dev/shm; ASSERT-style: returns false on failure.
     ::testing::AssertionResult create_pool(const char *tag, uint64_t size, uint64_t slab,
                                            uint32_t policy = KV_EVICT_PREFIX,
-                                           uint64_t avg_block_size = 0) {
+                                           uint64_t avg_block_size = 0, uint32_t flags = 0) {
         path_ = unique_pool_path("/dev/shm", tag);
         kv_create_opts o = pool_opts(size, slab);
         o.evict_policy = policy;
         if (avg_block_size) o.avg_block_size = avg_block_size;
+        o.flags |= flags;
         char err[256] = "";
         int rc = kv_pool_create(path_.c_str(), &o, err, sizeof err);
         if (rc != 0)

@@ -9,6 +9,7 @@
 //
 // Environment: KV_MP_SEED, KV_CRASH_ROUNDS (default 200),
 // KV_CRASH_PIN_ROUNDS (default 100).
+#include "../security/erase_scan.h"
 #include "mp_common.h"
 
 #include <poll.h>
@@ -45,6 +46,7 @@ struct CrashPool {
     uint64_t default_rounds;
     uint64_t size = 64 * kMiB;
     bool expect_moves = false; // slabs must change class during the rounds
+    bool secure_erase = false; // KV_CREATE_F_SECURE_ERASE: free space must stay zero
 };
 
 // Each slab's state and class ([7:0] state, [15:8] class, as the ctl word
@@ -91,7 +93,8 @@ struct Victim {
 void CrashTest::run_rounds(const CrashPool &cp) {
     uint64_t seed = test_seed("crash");
     const uint64_t rounds = env_u64("KV_CRASH_ROUNDS", cp.default_rounds);
-    ASSERT_TRUE(create_pool(cp.tag, cp.size, 1 * kMiB, KV_EVICT_PREFIX, cp.avg_block_size));
+    ASSERT_TRUE(create_pool(cp.tag, cp.size, 1 * kMiB, KV_EVICT_PREFIX, cp.avg_block_size,
+                            cp.secure_erase ? KV_CREATE_F_SECURE_ERASE : 0U));
     ASSERT_TRUE(attach());
     KeySpace ks;
     ASSERT_TRUE(build_keys(&ks, 2048, 48, 8));
@@ -240,6 +243,11 @@ void CrashTest::run_rounds(const CrashPool &cp) {
         // every retirement and activation a victim was in.
         EXPECT_EQ(u.slabs_free + u.slabs_active, kv_pool_header(pool_)->n_slabs)
             << "slabs left RETIRING or ACTIVATING";
+        // Secure erase: whatever the victims were freeing, aborting or
+        // erasing when they died, the reaps left no old byte in free space.
+        if (cp.secure_erase) {
+            EXPECT_EQ(kverase::free_space_violation(pool_), "");
+        }
         const std::vector<uint64_t> slabs_now = slab_classes(pool_);
         for (size_t i = 0; i < slabs_now.size(); i++)
             moves += slabs_now[i] != slabs_before[i];
@@ -330,6 +338,16 @@ TEST_F(CrashTest, KillRandomWorkerRoundsEntryTableFull) {
 // RETIRING or ACTIVATING, and slabs must have changed class.
 TEST_F(CrashTest, KillRandomWorkerRoundsSlabMoves) {
     run_rounds({"crash-moves", 0, 100, 16 * kMiB, true});
+}
+
+// Secure erase under kills (uapi/PROTOCOL.md section 14): workers killed
+// anywhere, inside an erase too (a remove's, an eviction's, an abort's,
+// a reaper's), and after each round's reaps every byte outside the
+// blocks still owned is zero, while each round's other checks hold.
+TEST_F(CrashTest, KillRandomWorkerRoundsSecureErase) {
+    CrashPool cp{"crash-erase", 0, 60};
+    cp.secure_erase = true;
+    run_rounds(cp);
 }
 
 // A client killed while holding many pins (match_prefix with KV_MATCH_F_PIN,

@@ -213,8 +213,8 @@ TEST_F(BadRegionTest, UnknownIncompatBit) {
            {-EPROTO},
            {"incompat"},
            {}});
-    check({"incompat3",
-           [](Image &i) { hdr(i).incompat_features |= 1ULL << 3; },
+    check({"incompat4",
+           [](Image &i) { hdr(i).incompat_features |= 1ULL << 4; },
            {-EPROTO},
            {"incompat"},
            {}});

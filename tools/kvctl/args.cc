@@ -29,6 +29,8 @@ constexpr Option kCreateOptions[] = {
     {"--no-persist", "",
      "do not persist its blocks at stop nor restore them at start (the pool is kept)"},
     {"--max-entries", "N", "at most N entry slots, 64.. (default: capacity / 16 KiB)"},
+    {"--secure-erase", "",
+     "zero each block's bytes before its space is reused (engines need libkv ABI v1.4)"},
 };
 constexpr Option kEntriesOptions[] = {
     {"--limit", "N", "show at most N rows (default: every entry; pages of up to 2048 rows)"},
@@ -61,7 +63,7 @@ constexpr Verb kVerbs[] = {
     {KV_CTL_OP_CREATE, kCreateOptions,
      "POOL --size SIZE [--hugepages MODE] [--numa NODE] [--mode MODE] [--prefault] [--policy "
      "POLICY] "
-     "[--no-persist] [--max-entries N]",
+     "[--no-persist] [--max-entries N] [--secure-erase]",
      "Create a pool (needs uid 0 or the daemon's admin group). kvpoold keeps it across restarts, "
      "and persists "
      "its blocks at stop and restores them at start unless --no-persist."},
@@ -444,6 +446,7 @@ Result<kv_ctl_request> build_request(const Command &c) {
         }
         if (c.option("--prefault")) req.flags |= KV_CTL_F_PREFAULT;
         if (c.option("--no-persist")) req.flags |= KV_CTL_F_NO_PERSIST;
+        if (c.option("--secure-erase")) req.flags |= KV_CTL_F_SECURE_ERASE;
         if (const std::string *m = c.option("--max-entries")) {
             auto n = parse_uint(*m);
             if (!n || *n < 64 || *n > 0xfffffff0ULL)

@@ -191,8 +191,12 @@ KV_CTL_STATIC_ASSERT(sizeof(struct kv_ctl_remote_fetch) == KV_CTL_REMOTE_FETCH_S
  * (the pool itself is remembered across restarts either way). */
 #define KV_CTL_F_NO_PERSIST (1U << 4)
 #define KV_CTL_F_REMOVE (1U << 5) /* VERIFY: remove the blocks that fail their checksum */
-#define KV_CTL_F_KNOWN \
-	(KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_FORCE | KV_CTL_F_NO_PERSIST | KV_CTL_F_REMOVE)
+/* CREATE: zero every block's bytes before its space is reused (the pool's
+ * secure_erase; region.h KV_INCOMPAT_F_SECURE_ERASE). */
+#define KV_CTL_F_SECURE_ERASE (1U << 6)
+#define KV_CTL_F_KNOWN                                                                                \
+	(KV_CTL_F_KILL | KV_CTL_F_PREFAULT | KV_CTL_F_POLICY | KV_CTL_F_FORCE | KV_CTL_F_NO_PERSIST | \
+	 KV_CTL_F_REMOVE | KV_CTL_F_SECURE_ERASE)
 
 /* kv_ctl_request.numa_node special values */
 #define KV_CTL_NUMA_NONE 0xffffffffU

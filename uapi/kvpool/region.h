@@ -37,8 +37,9 @@
 #define KV_REGION_MAGIC 0x01004c4f4f50564bULL
 #define KV_ABI_MAJOR 1
 #define KV_ABI_MINOR                                                                  \
-	3 /* 1.1: eviction policies; 1.2: exact live bytes (KV_INCOMPAT_F_LIVE_ACCT); \
-	   * 1.3: change feed (KV_INCOMPAT_F_FEED) */
+	4 /* 1.1: eviction policies; 1.2: exact live bytes (KV_INCOMPAT_F_LIVE_ACCT); \
+	   * 1.3: change feed (KV_INCOMPAT_F_FEED); 1.4: secure erase                 \
+	   * (KV_INCOMPAT_F_SECURE_ERASE) */
 
 /* Incompatible features: an attacher that does not know a set bit refuses. */
 #define KV_INCOMPAT_F_CAS16 (1ULL << 0) /* entry ctl/aux pair updated with 16-byte CAS */
@@ -59,7 +60,18 @@
  * v1.2 process must not attach such a region. Set only when feed_slots > 0.
  */
 #define KV_INCOMPAT_F_FEED (1ULL << 2)
-#define KV_INCOMPAT_KNOWN (KV_INCOMPAT_F_CAS16 | KV_INCOMPAT_F_LIVE_ACCT | KV_INCOMPAT_F_FEED)
+/*
+ * v1.4: secure erase (PROTOCOL.md section 14). Every byte of the data area
+ * outside a block whose word is OWNED or ENTRY is zero: whoever frees a
+ * block (the remover, evictor or expirer that finishes the free, the last
+ * unpinner, a reaper finishing a dead client's free or aborting its
+ * reservation) zeroes the whole block before its word leaves ENTRY or
+ * OWNED. Incompatible: a v1.3 process would free without zeroing and leave
+ * a block's bytes readable in free space and in the next reservation.
+ */
+#define KV_INCOMPAT_F_SECURE_ERASE (1ULL << 3)
+#define KV_INCOMPAT_KNOWN \
+	(KV_INCOMPAT_F_CAS16 | KV_INCOMPAT_F_LIVE_ACCT | KV_INCOMPAT_F_FEED | KV_INCOMPAT_F_SECURE_ERASE)
 /*
  * Compatible features: unknown bits are ignored.
  * EVICT_POLICY (v1.1): the header's evict_policy names the pool's eviction

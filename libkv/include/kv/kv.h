@@ -47,6 +47,13 @@ struct kv_key {
 #define KV_CREATE_F_REPLACE (1U << 2)  /* replace an existing file: its blocks are lost to new attachers */
 /* A client slot beyond max_clients, claimed only with KV_ATTACH_F_DAEMON (v1.2). */
 #define KV_CREATE_F_DAEMON_SLOT (1U << 3)
+/* Since ABI v1.4 (an older libkv refuses the flag: -EINVAL): zero a
+ * block's bytes before its space can be reused (remove, eviction, expiry,
+ * an aborted or reaped reservation), so a freed block is never readable in
+ * the region, and a reservation is all zero. Sets the region's
+ * KV_INCOMPAT_F_SECURE_ERASE, so libkv before v1.4 cannot attach it
+ * (uapi/PROTOCOL.md section 14). */
+#define KV_CREATE_F_SECURE_ERASE (1U << 4)
 
 struct kv_create_opts {
 	uint32_t struct_size;     /* sizeof(struct kv_create_opts) */
