@@ -14,7 +14,8 @@
 #   4. build the libFuzzer targets with clang-19 and run each for 10 s
 #      (fuzz/run_fuzz.sh --ci), when clang-19 is installed (it is in deps).
 # The uapi, unit, mp, system, fuzz (corpus replay) and doc suites run in 2
-# and 3; python, remote (a real Redis Cluster) and events (ZeroMQ) in 2 only.
+# and 3; python, remote (a real Redis Cluster), events (ZeroMQ) and
+# security (encryption, secure erase, tenant isolation, audit) in 2 only.
 # Usage: tests/run_all.sh [--no-sanitizers]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,9 +61,13 @@ run_suites build-test
 # Only here: the sanitizer builds leave the extension out (an instrumented
 # module cannot load into /usr/bin/python3).
 meson test -C build-test --suite python --print-errorlogs --num-processes "$jobs"
-# Real redis-server nodes and ZeroMQ subscribers on loopback ports: once,
-# serially, not under the sanitizers (the servers are not what is tested).
-meson test -C build-test --suite remote --suite events --print-errorlogs --num-processes 1
+# Real redis-server nodes and ZeroMQ subscribers on loopback ports, and the
+# security suite (test users, a kvpoold in a private mount namespace, crash
+# rounds inside an erase): once, serially, not under the sanitizers (the
+# servers are not what is tested; the libkv parts of security also run in
+# suite unit and mp).
+meson test -C build-test --suite remote --suite events --suite security --print-errorlogs \
+    --num-processes 1
 
 # What users install, built as they would (-O3, NDEBUG): g++ warns about
 # some things only when it inlines that far.
