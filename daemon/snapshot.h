@@ -123,8 +123,8 @@ struct Options {
     bool allow_foreign = false;
     bool allow_unnamed = false;
     // persist: the group of the file (-1: the daemon's). The file is mode
-    // 0640 whatever the umask or the mode of a recycled spare, so only root
-    // and that group can read it.
+    // 0640 (0600 with no group) whatever the umask or the mode of a
+    // recycled spare, so only root and that group can read it.
     int file_gid = -1;
     // The pool's keys ([pool.encryption]), or null. persist: with a keyring
     // the file is encrypted (format 1.2, KV_SNAP_INCOMPAT_ENCRYPTED) under a

@@ -361,7 +361,8 @@ bool Writer::open_target() {
 bool Writer::restrict_access() {
     if (opts_.file_gid >= 0 && fchown(fd_, uid_t(-1), gid_t(opts_.file_gid)) != 0)
         return fail(errno, "set group %d on %s", opts_.file_gid, tmp_.c_str());
-    if (fchmod(fd_, 0640) != 0) return fail(errno, "set mode 0640 on %s", tmp_.c_str());
+    const mode_t mode = opts_.file_gid >= 0 ? 0640 : 0600;
+    if (fchmod(fd_, mode) != 0) return fail(errno, "set mode 0%o on %s", mode, tmp_.c_str());
     return true;
 }
 
