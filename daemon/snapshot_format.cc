@@ -414,16 +414,17 @@ std::string check_trailer(std::span<const uint8_t> buf, const TrailerExpect &e, 
     return {};
 }
 
-bool seal_extent(DataKey &k, uint64_t seq, uint32_t index, const kv_snap_record &rec,
-                 const uint8_t *in, uint8_t *out, crypto::Tag &tag) {
-    return k.aead.seal(k.key, crypto::make_iv(KV_SNAP_IV_DATA, index, seq), bytes_of(rec), in, out,
-                       rec.length, tag);
+bool seal_extent(crypto::Aead &aead, const crypto::Key &key, uint64_t seq, uint32_t index,
+                 const kv_snap_record &rec, const uint8_t *in, uint8_t *out, crypto::Tag &tag) {
+    return aead.seal(key, crypto::make_iv(KV_SNAP_IV_DATA, index, seq), bytes_of(rec), in, out,
+                     rec.length, tag);
 }
 
-bool open_extent(DataKey &k, uint64_t seq, uint32_t index, const kv_snap_record &rec,
-                 const uint8_t *in, uint8_t *out, const crypto::Tag &tag) {
-    return k.aead.open(k.key, crypto::make_iv(KV_SNAP_IV_DATA, index, seq), bytes_of(rec), in, out,
-                       rec.length, tag);
+bool open_extent(crypto::Aead &aead, const crypto::Key &key, uint64_t seq, uint32_t index,
+                 const kv_snap_record &rec, const uint8_t *in, uint8_t *out,
+                 const crypto::Tag &tag) {
+    return aead.open(key, crypto::make_iv(KV_SNAP_IV_DATA, index, seq), bytes_of(rec), in, out,
+                     rec.length, tag);
 }
 
 std::expected<Sealing, std::string> new_sealing(const crypto::Key &pool_key,

@@ -137,10 +137,21 @@ std::string check_trailer(std::span<const uint8_t> buf, const TrailerExpect &exp
 // sealed with the record as aad. seal_extent: false only on an OpenSSL
 // failure; open_extent: false when the tag does not match (out then holds
 // bytes that must not be used). in == out is allowed.
-bool seal_extent(DataKey &k, uint64_t seq, uint32_t index, const kv_snap_record &rec,
-                 const uint8_t *in, uint8_t *out, crypto::Tag &tag);
-bool open_extent(DataKey &k, uint64_t seq, uint32_t index, const kv_snap_record &rec,
-                 const uint8_t *in, uint8_t *out, const crypto::Tag &tag);
+// The forms with an Aead of their own are for other threads (one cipher
+// context per thread).
+bool seal_extent(crypto::Aead &aead, const crypto::Key &key, uint64_t seq, uint32_t index,
+                 const kv_snap_record &rec, const uint8_t *in, uint8_t *out, crypto::Tag &tag);
+bool open_extent(crypto::Aead &aead, const crypto::Key &key, uint64_t seq, uint32_t index,
+                 const kv_snap_record &rec, const uint8_t *in, uint8_t *out,
+                 const crypto::Tag &tag);
+inline bool seal_extent(DataKey &k, uint64_t seq, uint32_t index, const kv_snap_record &rec,
+                        const uint8_t *in, uint8_t *out, crypto::Tag &tag) {
+    return seal_extent(k.aead, k.key, seq, index, rec, in, out, tag);
+}
+inline bool open_extent(DataKey &k, uint64_t seq, uint32_t index, const kv_snap_record &rec,
+                        const uint8_t *in, uint8_t *out, const crypto::Tag &tag) {
+    return open_extent(k.aead, k.key, seq, index, rec, in, out, tag);
+}
 
 // A writer's encryption: a fresh data key, wrapped by the pool key
 // (key_id), for build_header. Error: what failed.

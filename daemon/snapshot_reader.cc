@@ -32,6 +32,7 @@
 #include "keyring.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
+#include "snapshot_team.h"
 #include "uring.h"
 
 #include <algorithm>
@@ -43,6 +44,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
+#include <memory>
 #include <optional>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -77,6 +79,7 @@ struct RecSlot {
     uint64_t seq = 0;
     uint32_t index = 0;
     crypto::Tag tag{};
+    bool verified = false; // decrypted, tag and checksum matched (finish_ready)
 };
 
 struct MetaRead {
@@ -106,6 +109,7 @@ class Reader final : private IoOwner {
     bool add_record(const Segment &seg, uint32_t i, uint64_t seg_off);
     void link_parents();
     void finish_record(uint32_t slot);
+    void finish_ready();
 
     uint32_t acquire_rec();
     void drop_piece(uint32_t slot);
@@ -142,6 +146,11 @@ class Reader final : private IoOwner {
     std::vector<RecSlot> recs_;
     std::vector<uint32_t> free_recs_;
     MetaRead meta_[3];
+    // Encrypted: blocks read whole, to decrypt and verify (finish_ready),
+    // and the team that does it, with a cipher context per worker.
+    std::vector<uint32_t> ready_;
+    std::unique_ptr<Team> team_;
+    std::vector<std::unique_ptr<crypto::Aead>> aeads_;
     std::optional<Pump> io_; // declared after the buffers: destroyed before them
 
     bool pool_full_ = false;
@@ -316,6 +325,9 @@ bool Reader::unlock() {
     auto ok = unlock_header({header_.data(), header_info_.hdr.header_len}, header_info_, *key);
     if (!ok) return fail(ok.error().code, "pool %s: %s", pool.c_str(), ok.error().what.c_str());
     res_.key_id = id;
+    team_ = std::make_unique<Team>(Team::helpers_for(3));
+    for (unsigned w = 0; w < team_->size(); w++)
+        aeads_.push_back(std::make_unique<crypto::Aead>());
     return true;
 }
 
@@ -514,6 +526,7 @@ bool Reader::add_record(const Segment &seg, uint32_t i, uint64_t seg_off) {
     rs.pieces = 1;
     const bool ok = io_->add_range(seg_off + rec.data_off, d, padded, slot);
     drop_piece(slot);
+    if (!ready_.empty()) finish_ready();
     return ok;
 }
 
@@ -526,17 +539,31 @@ void Reader::link_parents() {
     links_.clear();
 }
 
+// Decrypt and verify the blocks read whole, spread over the team, then
+// commit or abort each on this thread. The reads still in flight go on
+// meanwhile.
+void Reader::finish_ready() {
+    const crypto::Key &key = header_info_.crypt->key;
+    team_->run(ready_.size(), [&](unsigned w, size_t i) {
+        RecSlot &rs = recs_[ready_[i]];
+        auto *d = static_cast<uint8_t *>(rs.r.data);
+        const kv_view v{d, rs.length, rs.checksum, {}, {}};
+        rs.verified = !rs.failed &&
+                      open_extent(*aeads_[w], key, rs.seq, rs.index, rs.rec, d, d, rs.tag) &&
+                      kv_view_verify(&v) == 0;
+    });
+    for (uint32_t slot : ready_)
+        finish_record(slot);
+    ready_.clear();
+}
+
 void Reader::finish_record(uint32_t slot) {
     RecSlot &rs = recs_[slot];
     // libkv's own check (its fastest XXH3-64 for this CPU): the same sum
-    // kv_put computes and readers verify against.
+    // kv_put computes and readers verify against. Encrypted: done with the
+    // decryption (finish_ready), the tag first.
     const kv_view v{rs.r.data, rs.length, rs.checksum, {}, {}};
-    bool ok = !rs.failed;
-    if (ok && header_info_.encrypted()) {
-        auto *d = static_cast<uint8_t *>(rs.r.data);
-        ok = open_extent(*header_info_.crypt, rs.seq, rs.index, rs.rec, d, d, rs.tag);
-    }
-    ok = ok && kv_view_verify(&v) == 0;
+    const bool ok = header_info_.encrypted() ? rs.verified : !rs.failed && kv_view_verify(&v) == 0;
     const uint32_t e = kv::detail::PinA::entry(rs.r.handle[0]);
     const uint32_t gen = kv::detail::PinA::gen(rs.r.handle[0]);
     if (ok && kv_commit(pool_, &rs.r, KV_COMMIT_F_CHECKSUM, rs.checksum) == 0) {
@@ -564,7 +591,11 @@ uint32_t Reader::acquire_rec() {
 }
 
 void Reader::drop_piece(uint32_t slot) {
-    if (--recs_[slot].pieces == 0) finish_record(slot);
+    if (--recs_[slot].pieces != 0) return;
+    if (header_info_.encrypted())
+        ready_.push_back(slot); // finish_ready, once this completion's blocks are in
+    else
+        finish_record(slot);
 }
 
 bool Reader::io_error(IoStep step, int code) {
@@ -593,6 +624,7 @@ void Reader::io_done(uint32_t, IoReq &r, int res) {
             if (bad) recs_[rec].failed = true;
             drop_piece(rec);
         }
+        if (!ready_.empty()) finish_ready();
         if (res > 0) done_bytes_ += uint64_t(res);
     }
     if (opts_.progress && done_bytes_ >= next_progress_) {

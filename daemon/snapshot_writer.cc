@@ -34,8 +34,11 @@
 // there; its padding is zeroed in the ring. The ring is allocated in file
 // order and freed as writes complete (out of order: a span is reused once
 // every span before it is done too); the scan waits for completions when
-// it is full. Sealing runs on the scan's thread while the kernel works on
-// the writes already submitted, so encryption and I/O overlap.
+// it is full. Blocks are sealed in batches of about one request's bytes,
+// spread over a team of threads (snapshot_team.h: one core of AES-GCM is
+// slower than the disk), while the kernel works on the writes already
+// submitted; a batch is queued for writing in file order once sealed, and
+// always before its segment's head is sealed (the head holds its tags).
 //
 // The file is preallocated ahead of the writes (fallocate): ext4 serializes
 // O_DIRECT writes that extend the file (exclusive inode lock, waited for
@@ -58,6 +61,7 @@
 #include "keyring.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
+#include "snapshot_team.h"
 #include "uring.h"
 
 #include <algorithm>
@@ -69,6 +73,7 @@
 #include <cstring>
 #include <deque>
 #include <fcntl.h>
+#include <memory>
 #include <optional>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -202,6 +207,7 @@ class Writer final : private IoOwner {
     uint8_t *trailer_page() const { return tail_page(uint32_t(pins_.size())); }
     bool encrypted() const { return sealing_.has_value(); }
     bool seal_block(uint32_t pin, const kv_snap_record &rec, uint64_t off);
+    bool flush_batch();
 
     kv_pool *pool_;
     const kv_region_header *hdr_;
@@ -221,6 +227,22 @@ class Writer final : private IoOwner {
     AlignedBuffer stage_;  // encrypted: the staging ring's memory
     StageRing ring_;
     std::optional<Sealing> sealing_; // encrypted: this snapshot's data key
+    // Encrypted: blocks waiting to be sealed (flush_batch), and the team
+    // that seals them, with a cipher context per worker.
+    struct Pending {
+        uint32_t pin;
+        kv_snap_record rec;
+        uint64_t seq, off;
+        uint32_t index;
+        uint8_t *out;    // its span of the staging ring
+        uint8_t *tag_at; // its tag's place in the segment head
+        bool ok;
+    };
+    std::vector<Pending> batch_;
+    uint64_t batch_bytes_ = 0;
+    size_t batch_max_ = 1;
+    std::unique_ptr<Team> team_;
+    std::vector<std::unique_ptr<crypto::Aead>> aeads_;
     std::vector<PinSlot> pins_;
     std::vector<uint32_t> free_pins_;
     std::vector<uint32_t> free_heads_;
@@ -302,14 +324,20 @@ bool Writer::setup() {
     if (kv_pool_stats(pool_, &st) == 0 && st.bytes_committed > st.bytes_freed)
         total_est_ = st.bytes_committed - st.bytes_freed;
     if (encrypted()) {
-        // Room for every request in flight plus the one being sealed, and
-        // for the largest block.
+        // Room for every request in flight plus the batch being sealed,
+        // and for the largest block. Not more: the ring is fresh memory,
+        // faulted in (registering it too) on every persist.
         const uint64_t inflight =
             std::clamp<uint64_t>(uint64_t(qd + 1) * max_req_, 16ULL << 20, 256ULL << 20);
         auto st = AlignedBuffer::create(std::max(inflight, align_up(hdr_->slab_size, kAlign)));
         if (!st) return fail(st.error(), "allocate the staging buffer");
         stage_ = std::move(*st);
         ring_.init(stage_.data(), stage_.size());
+        team_ = std::make_unique<Team>(Team::helpers_for(3));
+        for (unsigned w = 0; w < team_->size(); w++)
+            aeads_.push_back(std::make_unique<crypto::Aead>());
+        // Each pending block holds a pin: leave most of them to the I/O.
+        batch_max_ = std::clamp<size_t>(npins / 4, 1, 64);
         if (opts_.register_buffers && stage_.size() <= kMaxFixedBuf) {
             const iovec bufs[] = {{stage_.data(), stage_.size()}, {arena_.data(), arena_.size()}};
             res_.fixed_buffers = io_->ring().register_buffers(bufs) == 0;
@@ -432,9 +460,9 @@ bool Writer::pin_and_add(const kv_entry_info &row) {
     for (;;) {
         int rc = kv::detail::pin_for_snapshot(pool_, row.ns, row.key, &ps.view);
         if (rc == 0) break;
-        if (rc == -ENOBUFS && (io_->filling() || io_->in_flight())) {
+        if (rc == -ENOBUFS && (!batch_.empty() || io_->filling() || io_->in_flight())) {
             // Our other pins come back as their writes complete.
-            if (!io_->flush() || !io_->reap(true)) return false;
+            if (!flush_batch() || !io_->flush() || !io_->reap(true)) return false;
             continue;
         }
         ps.used = false;
@@ -530,29 +558,49 @@ bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
     return ok;
 }
 
-// Seal the pinned block into the staging ring (its tag into the segment
-// head) and queue the write of the ciphertext at file offset off.
+// Give the pinned block a span of the staging ring and add it to the
+// batch; the batch is sealed and queued once it holds about a request.
 bool Writer::seal_block(uint32_t pin, const kv_snap_record &rec, uint64_t off) {
     PinSlot &ps = pins_[pin];
     const uint64_t padded = align_up(rec.length, kAlign);
     uint64_t id = 0;
     uint8_t *out;
-    while (!(out = ring_.take(padded, &id)))
-        if (!io_->wait_some()) return false;
-    ps.stage = id;
-    ps.pieces = 1;
-    crypto::Tag tag;
-    if (!seal_extent(*sealing_->crypt, seq_, seg_n_, rec,
-                     static_cast<const uint8_t *>(ps.view.data), out, tag)) {
-        drop_piece(pin);
-        return fail(EIO, "encrypt block %" PRIu64 ":%016" PRIx64 "%016" PRIx64, uint64_t(rec.ns),
-                    rec.key_hi, rec.key_lo);
+    while (!(out = ring_.take(padded, &id))) {
+        // The batch's spans come back only once it is written.
+        if (!batch_.empty() ? !flush_batch() : !io_->wait_some()) return false;
     }
-    memset(out + rec.length, 0, padded - rec.length);
-    memcpy(head_buf(seg_head_) + KV_SNAP_SEGMENT_TAGS_OFF + uint64_t(seg_n_) * tag.size(),
-           tag.data(), tag.size());
-    const bool ok = io_->add_range(off, out, padded, pin);
-    drop_piece(pin);
+    ps.stage = id;
+    ps.pieces = 1; // until flush_batch has queued its writes
+    uint8_t *tag_at =
+        head_buf(seg_head_) + KV_SNAP_SEGMENT_TAGS_OFF + uint64_t(seg_n_) * crypto::kTagBytes;
+    batch_.push_back({pin, rec, seq_, off, seg_n_, out, tag_at, false});
+    batch_bytes_ += padded;
+    if (batch_bytes_ >= max_req_ || batch_.size() >= batch_max_) return flush_batch();
+    return true;
+}
+
+// Seal the batch on the team, then queue its writes in file order.
+bool Writer::flush_batch() {
+    if (batch_.empty()) return true;
+    const crypto::Key &key = sealing_->crypt->key;
+    team_->run(batch_.size(), [&](unsigned w, size_t i) {
+        Pending &b = batch_[i];
+        crypto::Tag tag;
+        const auto *in = static_cast<const uint8_t *>(pins_[b.pin].view.data);
+        b.ok = seal_extent(*aeads_[w], key, b.seq, b.index, b.rec, in, b.out, tag);
+        memset(b.out + b.rec.length, 0, align_up(b.rec.length, kAlign) - b.rec.length);
+        memcpy(b.tag_at, tag.data(), tag.size());
+    });
+    bool ok = true;
+    for (const Pending &b : batch_) {
+        if (ok && !b.ok)
+            ok = fail(EIO, "encrypt block %" PRIu64 ":%016" PRIx64 "%016" PRIx64,
+                      uint64_t(b.rec.ns), b.rec.key_hi, b.rec.key_lo);
+        if (ok) ok = io_->add_range(b.off, b.out, align_up(b.rec.length, kAlign), b.pin);
+        drop_piece(b.pin);
+    }
+    batch_.clear();
+    batch_bytes_ = 0;
     return ok;
 }
 
@@ -569,6 +617,7 @@ bool Writer::open_segment() {
 }
 
 bool Writer::close_segment() {
+    if (!flush_batch()) return false; // the head holds the batch's tags
     const uint32_t slot = seg_head_;
     seg_head_ = kNone;
     if (seg_n_ == 0) { // nothing was added: the slot goes back unused
@@ -655,7 +704,7 @@ bool Writer::finish() {
 
 uint32_t Writer::acquire_pin() {
     while (free_pins_.empty())
-        if (!io_->wait_some()) return kNone;
+        if (!batch_.empty() ? !flush_batch() : !io_->wait_some()) return kNone;
     uint32_t pin = free_pins_.back();
     free_pins_.pop_back();
     pins_[pin].used = true;
