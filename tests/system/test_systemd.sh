@@ -147,6 +147,11 @@ boot() {
         if [ -n "$carry" ]; then exec 3<"$carry" || exit 1; fi
         mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /run &&
         mount -t tmpfs tmpfs /var/tmp && mount -t tmpfs tmpfs /var/lib || exit 1
+        # Shared inside the namespace only (its mounts are private copies of
+        # the host'"'"'s): a unit'"'"'s credentials are mounted by a helper of
+        # systemd in a namespace of its own and moved to /run/credentials,
+        # which reaches PID 1'"'"'s view only by propagation.
+        mount --make-rshared /run || exit 1
         if [ -n "$carry" ]; then
             mkdir -p "$carry" && mount --no-canonicalize --bind /proc/self/fd/3 "$carry" || exit 1
             exec 3<&-
