@@ -15,6 +15,10 @@
 //   Namespaces registered after the snapshot started are skipped too, and
 //   so is a key met a second time (removed and put again into a row the
 //   scan had yet to reach): each key is in the file once.
+//   With Options::keyring the file is encrypted: each block is sealed
+//   (AES-256-GCM) from the region into a staging buffer of the writer's
+//   and written from there; the index and the header's namespaces are
+//   sealed too (<kvpool/snapshot.h>, format 1.2).
 //   The file is written to path + ".tmp", preallocated, fdatasync'ed,
 //   renamed over path and the directory fsync'ed: the previous snapshot at
 //   path stays whole until the new one is. On any error (ENOSPC, EIO, an
@@ -48,6 +52,12 @@
 //   goes on; on the header, a segment head or the trailer the restore
 //   stops with Error (what was committed stays: each block was verified).
 //   Cancel: Error ECANCELED, committed blocks stay.
+//   An encrypted file (format 1.2): each block's data is read into its
+//   reservation as ciphertext and decrypted there; only a block whose tag
+//   matches (and whose checksum then verifies) is committed, any other is
+//   aborted and counted in corrupt. A segment head whose tag does not
+//   match is a damaged head (damaged_segments); a trailer whose tag does
+//   not match is a damaged trailer. The key errors are under Options::keyring.
 //   A file of format 1.1 gives every block the eviction history it had in
 //   the source (commit time, rank re-based on this host's clock, time to
 //   live, CLOCK bit; see kv_snap_history) and, once every block is in,
@@ -72,6 +82,10 @@
 #include <kv/kv.hpp>
 #include <kvpool/snapshot.h>
 #include <string>
+
+namespace kv::daemon {
+class Keyring;
+}
 
 namespace kv::daemon::snapshot {
 
@@ -109,9 +123,18 @@ struct Options {
     bool allow_foreign = false;
     bool allow_unnamed = false;
     // persist: the group of the file (-1: the daemon's). The file is mode
-    // 0640 whatever the umask or the mode of a recycled spare, so only root
-    // and that group can read it.
+    // 0640 (0600 with no group) whatever the umask or the mode of a
+    // recycled spare, so only root and that group can read it.
     int file_gid = -1;
+    // The pool's keys ([pool.encryption]), or null. persist: with a keyring
+    // the file is encrypted (format 1.2, KV_SNAP_INCOMPAT_ENCRYPTED) under a
+    // fresh data key wrapped by the keyring's current key; without, it is
+    // written plain. restore: an encrypted file needs the key its header
+    // names: none configured (or no keyring) refuses it with ENOKEY, a key
+    // of that id that does not unwrap its data key with EKEYREJECTED, and a
+    // header that does not authenticate with EBADMSG; each message names
+    // the pool, the file and the key id. Must outlive the call.
+    const Keyring *keyring = nullptr;
 };
 
 struct Result {
@@ -136,6 +159,7 @@ struct Result {
                                    // file holds no valid head after it)
     bool fixed_buffers = false;    // the data section was registered (false: plain reads/writes)
     bool recycled = false; // persist: written over PATH.spare's blocks (Options::recycle_spare)
+    std::string key_id;    // the pool key the file is encrypted with; "" for a plain file
 };
 
 // kv::Error (<kv/kv.hpp>): code is -errno, as the C API returns it; message

@@ -8,9 +8,12 @@
 // seen and the value expected.
 #pragma once
 
+#include "crypto.h"
+
 #include <cstdint>
 #include <expected>
 #include <kvpool/snapshot.h>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -50,13 +53,26 @@ constexpr uint64_t header_len_for(uint64_t header_size, uint64_t n_namespaces) {
     return align_up(header_size + n_namespaces * KV_SNAP_NAMESPACE_SIZE_V1, kAlign);
 }
 
+// The data key of one encrypted snapshot and a cipher context for it. One
+// thread at a time (the context is crypto::Aead's).
+struct DataKey {
+    crypto::Key key;
+    crypto::Aead aead;
+};
+
 // A header that passed every check, with its namespaces.
 struct Header {
     kv_snap_header hdr;
-    std::vector<kv_snap_namespace> namespaces; // ids unique
+    std::vector<kv_snap_namespace> namespaces; // ids unique; encrypted: empty until unlocked
     bool has_namespace(uint32_t id) const;
     // Format 1.1: segment heads carry each record's kv_snap_history.
     bool has_history() const { return hdr.compat_features & KV_SNAP_COMPAT_HISTORY; }
+    // Format 1.2: encrypted. key_id names the pool key that wrapped the
+    // data key; crypt holds the data key once unlock_header took it out
+    // (null before: no segment can be read).
+    bool encrypted() const { return hdr.incompat_features & KV_SNAP_INCOMPAT_ENCRYPTED; }
+    std::string key_id;
+    std::shared_ptr<DataKey> crypt;
 };
 
 // Check the fixed part (the file's first KV_SNAP_ALIGN bytes, or fewer if
@@ -67,8 +83,18 @@ std::expected<uint64_t, FormatError> check_header_prefix(std::span<const uint8_t
 // Check the whole header (header_len bytes): the prefix checks again, the
 // checksum, reserved fields, and the namespaces. Fields past the writer's
 // header_size read as zero. buf is only written while the checksum is
-// computed (restored before return).
+// computed (restored before return). An encrypted header is checked as far
+// as it can be without the key (its key id, algorithm, history feature):
+// its namespaces stay sealed until unlock_header.
 std::expected<Header, FormatError> parse_header(std::span<uint8_t> buf, uint64_t file_size);
+// Encrypted headers: unwrap the data key with pool_key (the key of id
+// h.key_id) and open and check the namespace table, authenticating the
+// header. EKEYREJECTED: pool_key does not unwrap the data key (another key
+// under that id); EBADMSG: the namespace table or the header was altered
+// (the tag does not match) or a namespace fails its checks. buf: the
+// header_len bytes parse_header took.
+std::expected<void, FormatError> unlock_header(std::span<const uint8_t> buf, Header &h,
+                                               const crypto::Key &pool_key);
 
 // A segment head that passed every check. data_cut: the segment runs past
 // the end of the file (records whose extent ends after file_size must not
@@ -78,13 +104,18 @@ struct Segment {
     kv_snap_record records[KV_SNAP_SEGMENT_RECORDS]; // [0, seg.n_records) valid; copied out
     // With Header::has_history(): [0, seg.n_records) valid, one per record.
     kv_snap_history history[KV_SNAP_SEGMENT_RECORDS_HISTORY];
+    // Encrypted: the tag of each record's data.
+    crypto::Tag tags[KV_SNAP_SEGMENT_RECORDS_ENCRYPTED];
     bool data_cut = false;
 };
 // Check the head of segment seq (KV_SNAP_SEGMENT_HEAD bytes) found at file
 // offset seg_off: magic, checksum, seq, n_records, length, reserved fields,
 // every record's length (1..slab_size), data_off (aligned, inside the
 // segment) and namespace (one of the header's), and with history each
-// history's flags (known ones) and reserved fields.
+// history's flags (known ones) and reserved fields. Encrypted (h.crypt set
+// by unlock_header): the head's tag after its checksum, then the checks on
+// the decrypted records (a head that does not authenticate is EBADMSG,
+// like any damaged head).
 std::expected<Segment, FormatError> parse_segment(std::span<const uint8_t> head, uint64_t seq,
                                                   uint64_t seg_off, uint64_t file_size,
                                                   const Header &h);
@@ -97,19 +128,56 @@ struct TrailerExpect {
     uint64_t file_size;
 };
 // Check the trailer (at least sizeof(kv_snap_trailer) bytes) found at
-// expect.offset. Returns an empty string when it matches.
-std::string check_trailer(std::span<const uint8_t> buf, const TrailerExpect &expect);
+// expect.offset, and its tag when h is encrypted. Returns an empty string
+// when it matches.
+std::string check_trailer(std::span<const uint8_t> buf, const TrailerExpect &expect,
+                          const Header &h);
+
+// Data extents of an encrypted snapshot: record index of segment seq,
+// sealed with the record as aad. seal_extent: false only on an OpenSSL
+// failure; open_extent: false when the tag does not match (out then holds
+// bytes that must not be used). in == out is allowed.
+// The forms with an Aead of their own are for other threads (one cipher
+// context per thread).
+bool seal_extent(crypto::Aead &aead, const crypto::Key &key, uint64_t seq, uint32_t index,
+                 const kv_snap_record &rec, const uint8_t *in, uint8_t *out, crypto::Tag &tag);
+bool open_extent(crypto::Aead &aead, const crypto::Key &key, uint64_t seq, uint32_t index,
+                 const kv_snap_record &rec, const uint8_t *in, uint8_t *out,
+                 const crypto::Tag &tag);
+inline bool seal_extent(DataKey &k, uint64_t seq, uint32_t index, const kv_snap_record &rec,
+                        const uint8_t *in, uint8_t *out, crypto::Tag &tag) {
+    return seal_extent(k.aead, k.key, seq, index, rec, in, out, tag);
+}
+inline bool open_extent(DataKey &k, uint64_t seq, uint32_t index, const kv_snap_record &rec,
+                        const uint8_t *in, uint8_t *out, const crypto::Tag &tag) {
+    return open_extent(k.aead, k.key, seq, index, rec, in, out, tag);
+}
+
+// A writer's encryption: a fresh data key, wrapped by the pool key
+// (key_id), for build_header. Error: what failed.
+struct Sealing {
+    std::shared_ptr<DataKey> crypt;
+    kv_wrapped_key wrapped;
+};
+std::expected<Sealing, std::string> new_sealing(const crypto::Key &pool_key,
+                                                std::string_view key_id);
 
 // Build the parts (buffers zeroed by the caller, sized as documented).
+// With a sealing (s non-null): the encrypted form (KV_SNAP_INCOMPAT_ENCRYPTED,
+// the wrapped data key, sealed namespaces, heads and trailer with their
+// tags); false only on an OpenSSL failure.
 // header_out: header_len_for(sizeof(kv_snap_header), namespaces.size()) bytes.
-void build_header(std::span<uint8_t> header_out, kv_snap_header h,
-                  std::span<const kv_snap_namespace> namespaces);
+bool build_header(std::span<uint8_t> header_out, kv_snap_header h,
+                  std::span<const kv_snap_namespace> namespaces, const Sealing *s = nullptr);
 // head: KV_SNAP_SEGMENT_HEAD bytes with the records already in place after
-// the struct (and the histories at KV_SNAP_SEGMENT_HISTORY_OFF); fills the
-// struct and its checksum, returns the checksum.
-uint64_t seal_segment(uint8_t *head, uint64_t seq, uint64_t length, uint32_t n_records);
-void build_trailer(kv_snap_trailer *out, uint64_t n_segments, uint64_t n_records,
+// the struct (and the histories at KV_SNAP_SEGMENT_HISTORY_OFF, the tags at
+// KV_SNAP_SEGMENT_TAGS_OFF when encrypted); fills the struct and its
+// checksum (encrypting the rest first), returns the checksum (0: an
+// OpenSSL failure).
+uint64_t seal_segment(uint8_t *head, uint64_t seq, uint64_t length, uint32_t n_records,
+                      DataKey *crypt = nullptr);
+bool build_trailer(kv_snap_trailer *out, uint64_t n_segments, uint64_t n_records,
                    uint64_t data_bytes, uint64_t file_len, uint64_t segments_hash,
-                   uint64_t hdr_checksum);
+                   uint64_t hdr_checksum, DataKey *crypt = nullptr);
 
 } // namespace kv::daemon::snapshot

@@ -49,7 +49,8 @@ nlohmann::json result_json(const Pool &p, uint16_t op, const std::string &path,
             {"trailing_bytes", r.trailing_bytes},
             {"damaged_segments", r.damaged_segments},
             {"fixed_buffers", r.fixed_buffers},
-            {"recycled_spare", r.recycled}};
+            {"recycled_spare", r.recycled},
+            {"key_id", r.key_id}};
 }
 
 void record(SnapshotRecord &rec, const std::string &path,
@@ -92,10 +93,11 @@ void log_result(const Pool &p, uint16_t op, const std::string &path,
     if (r.trailing_bytes)
         dropped += ", " + std::to_string(r.trailing_bytes) +
                    " bytes after the trailer ignored (not written by a persist)";
+    const std::string sealed = r.key_id.empty() ? "" : " (encrypted, key " + r.key_id + ")";
     ::kv::daemon::log(
         r.trailer_damaged || r.trailing_bytes ? LogLevel::Warning : LogLevel::Notice, kComp,
-        "%s pool %s %s %s: %llu blocks, %s in %.2f s (%.2f GiB/s)%s%s", op_word(op),
-        p.cfg.name.c_str(), op == KV_CTL_OP_PERSIST ? "to" : "from", path.c_str(),
+        "%s pool %s %s %s%s: %llu blocks, %s in %.2f s (%.2f GiB/s)%s%s", op_word(op),
+        p.cfg.name.c_str(), op == KV_CTL_OP_PERSIST ? "to" : "from", path.c_str(), sealed.c_str(),
         (unsigned long long)r.blocks, kv::detail::format_size(r.bytes).c_str(), r.seconds,
         rate_gib(r.file_bytes ? r.file_bytes : r.bytes, r.seconds), dropped.c_str(),
         r.truncated ? ", file truncated or damaged: its verified part was restored" : "");
@@ -105,10 +107,14 @@ void log_result(const Pool &p, uint16_t op, const std::string &path,
 // checks, a block whose copy did not verify or could not be read, a file
 // cut short or a trailer that does not match. Not: another pool's file, a
 // missing one, a full pool, a cancel.
+// An encrypted file whose key is not configured (ENOKEY) or does not open
+// it (EKEYREJECTED) is moved aside too: the next persist would otherwise
+// replace it, and it may still be read once the right key is configured.
 bool file_damaged(const std::expected<snapshot::Result, snapshot::Error> &res) {
     if (!res) {
         const int c = -res.error().code;
-        return c == EBADMSG || c == EPROTO || c == ENODATA || c == EIO;
+        return c == EBADMSG || c == EPROTO || c == ENODATA || c == EIO || c == ENOKEY ||
+               c == EKEYREJECTED;
     }
     return res->truncated || res->corrupt || res->damaged_segments || res->trailer_damaged;
 }
@@ -196,6 +202,7 @@ void restore_at_start(Pool &p, const std::function<void(const std::string &)> &s
     snapshot::Options o = snapshot_options(status_progress(p, KV_CTL_OP_RESTORE, status));
     o.expect_pool = p.cfg.name;
     o.allow_unnamed = true;
+    o.keyring = p.keyring.get();
     auto res = snapshot::restore(p.handle, p.snapshot_path, o);
     finish_restore(p, p.snapshot_path, res);
     if (res) p.state = "restored";
@@ -204,6 +211,7 @@ void restore_at_start(Pool &p, const std::function<void(const std::string &)> &s
 bool persist_at_stop(Pool &p, const std::function<void(const std::string &)> &status) {
     snapshot::Options o = snapshot_options(status_progress(p, KV_CTL_OP_PERSIST, status));
     o.file_gid = int(p.gid);
+    o.keyring = p.keyring.get();
     auto res = snapshot::persist(p.handle, p.cfg.name, p.snapshot_path, o);
     record(p.last_persist, p.snapshot_path, res);
     log_result(p, KV_CTL_OP_PERSIST, p.snapshot_path, res);
@@ -225,9 +233,11 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
     std::string name = p.cfg.name;
     SnapshotJob *j = job.get();
     const int gid = int(p.gid);
-    // The worker touches only the job and the pool handle; the Pool object
-    // itself belongs to the main thread.
-    j->thread = std::thread([j, handle, name, wake_fd, who, gid] {
+    // The worker touches only the job, the pool handle and its own
+    // reference to the keyring (a reload may replace the pool's); the Pool
+    // object itself belongs to the main thread.
+    std::shared_ptr<const Keyring> keyring = p.keyring;
+    j->thread = std::thread([j, handle, name, wake_fd, who, gid, keyring] {
         auto progress = [j](uint64_t done, uint64_t total) {
             // Relaxed: figures for status only; nothing else is read through
             // them, and a status may pair a done with the previous total.
@@ -239,6 +249,7 @@ std::expected<void, Error> start_job(Pool &p, uint16_t op, const std::string &pa
         o.expect_pool = name;
         o.allow_unnamed = who.root;
         o.allow_foreign = who.root && who.force;
+        o.keyring = keyring.get();
         if (j->op == KV_CTL_OP_PERSIST)
             j->result = snapshot::persist(handle, name, j->path, o);
         else

@@ -20,10 +20,19 @@
 // the committed entry (the commit writes the current time); chain parents
 // are linked by key once every block is in, since a parent may come after
 // its child in the file (kv::detail::history_*).
+//
+// Encrypted files (format 1.2): the header names the pool key; its data
+// key is unwrapped and the namespace table opened before anything is added
+// to the pool. A block's ciphertext is read into its reservation like
+// plain data and decrypted there in place when its last read completes;
+// the tag is checked before the checksum, and a block whose tag does not
+// match is aborted (the reservation's bytes are never published).
 #include "clock.h"
 #include "detail.h"
+#include "keyring.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
+#include "snapshot_team.h"
 #include "uring.h"
 
 #include <algorithm>
@@ -35,6 +44,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
+#include <memory>
 #include <optional>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -64,6 +74,12 @@ struct RecSlot {
     kv_key key{}, parent{};
     uint32_t pieces = 0; // reads not yet completed (+1 while being queued)
     bool failed = false, used = false;
+    // Encrypted: what opens the ciphertext (the record is the aad).
+    kv_snap_record rec{};
+    uint64_t seq = 0;
+    uint32_t index = 0;
+    crypto::Tag tag{};
+    bool verified = false; // decrypted, tag and checksum matched (finish_ready)
 };
 
 struct MetaRead {
@@ -85,12 +101,15 @@ class Reader final : private IoOwner {
     bool setup();
     bool read_header();
     bool check_origin();
+    bool unlock();
+    std::string pool_name() const;
     bool map_namespaces();
     bool segments();
     bool scan_for_segment(uint64_t from, uint64_t min_seq, uint64_t *at, uint64_t *seq);
-    bool add_record(const kv_snap_record &rec, const kv_snap_history *hist, uint64_t seg_off);
+    bool add_record(const Segment &seg, uint32_t i, uint64_t seg_off);
     void link_parents();
     void finish_record(uint32_t slot);
+    void finish_ready();
 
     uint32_t acquire_rec();
     void drop_piece(uint32_t slot);
@@ -127,6 +146,11 @@ class Reader final : private IoOwner {
     std::vector<RecSlot> recs_;
     std::vector<uint32_t> free_recs_;
     MetaRead meta_[3];
+    // Encrypted: blocks read whole, to decrypt and verify (finish_ready),
+    // and the team that does it, with a cipher context per worker.
+    std::vector<uint32_t> ready_;
+    std::unique_ptr<Team> team_;
+    std::vector<std::unique_ptr<crypto::Aead>> aeads_;
     std::optional<Pump> io_; // declared after the buffers: destroyed before them
 
     bool pool_full_ = false;
@@ -275,6 +299,38 @@ bool Reader::check_origin() {
         from.c_str(), opts_.expect_pool.c_str(), from.c_str());
 }
 
+std::string Reader::pool_name() const {
+    if (!opts_.expect_pool.empty()) return opts_.expect_pool;
+    const kv_snap_header &h = header_info_.hdr;
+    const auto *raw = reinterpret_cast<const char *>(h.pool_name);
+    return std::string(raw, strnlen(raw, sizeof h.pool_name));
+}
+
+// An encrypted file: the pool key its header names opens its data key and
+// the namespace table (which authenticates the header) before the pool is
+// touched.
+bool Reader::unlock() {
+    if (!header_info_.encrypted()) return true;
+    const std::string &id = header_info_.key_id;
+    const std::string pool = pool_name();
+    const crypto::Key *key = opts_.keyring ? opts_.keyring->find(id) : nullptr;
+    if (!key) {
+        const std::string have = opts_.keyring ? "configured: " + opts_.keyring->ids()
+                                               : "the pool has no [pool.encryption]";
+        return fail(ENOKEY,
+                    "pool %s: the snapshot is encrypted with key \"%s\", which is not configured "
+                    "for the pool (%s)",
+                    pool.c_str(), id.c_str(), have.c_str());
+    }
+    auto ok = unlock_header({header_.data(), header_info_.hdr.header_len}, header_info_, *key);
+    if (!ok) return fail(ok.error().code, "pool %s: %s", pool.c_str(), ok.error().what.c_str());
+    res_.key_id = id;
+    team_ = std::make_unique<Team>(Team::helpers_for(3));
+    for (unsigned w = 0; w < team_->size(); w++)
+        aeads_.push_back(std::make_unique<crypto::Aead>());
+    return true;
+}
+
 bool Reader::map_namespaces() {
     // A manifest the pool refuses (invalid, table full) costs its records,
     // not the restore.
@@ -303,7 +359,7 @@ bool Reader::segments() {
             // Every segment before it was read: a trailer that does not
             // match costs the proof that the file is whole, not blocks.
             TrailerExpect e{seq, n_records, data_bytes, off, chain, h.checksum, size_};
-            res_.trailer_problem = check_trailer({head(cur), size_t(got)}, e);
+            res_.trailer_problem = check_trailer({head(cur), size_t(got)}, e, header_info_);
             if (size_ - off < kAlign) // the file ends inside the trailer: cut off
                 res_.truncated = true;
             else
@@ -337,9 +393,7 @@ bool Reader::segments() {
         if (!seg->data_cut && !start_meta(3 - cur, next, head(3 - cur), kSegmentHead)) return false;
         for (uint32_t i = 0; i < seg->seg.n_records; i++) {
             if (cancelled()) return fail(ECANCELED, "cancelled at segment %" PRIu64, seq);
-            if (!add_record(seg->records[i],
-                            header_info_.has_history() ? &seg->history[i] : nullptr, off))
-                return false;
+            if (!add_record(*seg, i, off)) return false;
             data_bytes += seg->records[i].length;
         }
         n_records += seg->seg.n_records;
@@ -392,7 +446,9 @@ bool Reader::scan_for_segment(uint64_t from, uint64_t min_seq, uint64_t *at, uin
     return true;
 }
 
-bool Reader::add_record(const kv_snap_record &rec, const kv_snap_history *hist, uint64_t seg_off) {
+bool Reader::add_record(const Segment &seg, uint32_t i, uint64_t seg_off) {
+    const kv_snap_record &rec = seg.records[i];
+    const kv_snap_history *hist = header_info_.has_history() ? &seg.history[i] : nullptr;
     auto pos =
         std::lower_bound(header_info_.namespaces.begin(), header_info_.namespaces.end(), rec.ns,
                          [](const kv_snap_namespace &n, uint32_t v) { return n.id < v; });
@@ -461,9 +517,16 @@ bool Reader::add_record(const kv_snap_record &rec, const kv_snap_history *hist, 
     rs.length = rec.length;
     rs.checksum = rec.checksum;
     rs.failed = false;
+    if (header_info_.encrypted()) {
+        rs.rec = rec;
+        rs.seq = seg.seg.seq;
+        rs.index = i;
+        rs.tag = seg.tags[i];
+    }
     rs.pieces = 1;
     const bool ok = io_->add_range(seg_off + rec.data_off, d, padded, slot);
     drop_piece(slot);
+    if (!ready_.empty()) finish_ready();
     return ok;
 }
 
@@ -476,12 +539,31 @@ void Reader::link_parents() {
     links_.clear();
 }
 
+// Decrypt and verify the blocks read whole, spread over the team, then
+// commit or abort each on this thread. The reads still in flight go on
+// meanwhile.
+void Reader::finish_ready() {
+    const crypto::Key &key = header_info_.crypt->key;
+    team_->run(ready_.size(), [&](unsigned w, size_t i) {
+        RecSlot &rs = recs_[ready_[i]];
+        auto *d = static_cast<uint8_t *>(rs.r.data);
+        const kv_view v{d, rs.length, rs.checksum, {}, {}};
+        rs.verified = !rs.failed &&
+                      open_extent(*aeads_[w], key, rs.seq, rs.index, rs.rec, d, d, rs.tag) &&
+                      kv_view_verify(&v) == 0;
+    });
+    for (uint32_t slot : ready_)
+        finish_record(slot);
+    ready_.clear();
+}
+
 void Reader::finish_record(uint32_t slot) {
     RecSlot &rs = recs_[slot];
     // libkv's own check (its fastest XXH3-64 for this CPU): the same sum
-    // kv_put computes and readers verify against.
+    // kv_put computes and readers verify against. Encrypted: done with the
+    // decryption (finish_ready), the tag first.
     const kv_view v{rs.r.data, rs.length, rs.checksum, {}, {}};
-    bool ok = !rs.failed && kv_view_verify(&v) == 0;
+    const bool ok = header_info_.encrypted() ? rs.verified : !rs.failed && kv_view_verify(&v) == 0;
     const uint32_t e = kv::detail::PinA::entry(rs.r.handle[0]);
     const uint32_t gen = kv::detail::PinA::gen(rs.r.handle[0]);
     if (ok && kv_commit(pool_, &rs.r, KV_COMMIT_F_CHECKSUM, rs.checksum) == 0) {
@@ -509,7 +591,11 @@ uint32_t Reader::acquire_rec() {
 }
 
 void Reader::drop_piece(uint32_t slot) {
-    if (--recs_[slot].pieces == 0) finish_record(slot);
+    if (--recs_[slot].pieces != 0) return;
+    if (header_info_.encrypted())
+        ready_.push_back(slot); // finish_ready, once this completion's blocks are in
+    else
+        finish_record(slot);
 }
 
 bool Reader::io_error(IoStep step, int code) {
@@ -538,6 +624,7 @@ void Reader::io_done(uint32_t, IoReq &r, int res) {
             if (bad) recs_[rec].failed = true;
             drop_piece(rec);
         }
+        if (!ready_.empty()) finish_ready();
         if (res > 0) done_bytes_ += uint64_t(res);
     }
     if (opts_.progress && done_bytes_ >= next_progress_) {
@@ -576,7 +663,9 @@ void Reader::cleanup() {
 }
 
 std::expected<Result, Error> Reader::run() {
-    bool ok = setup() && read_header() && check_origin() && map_namespaces() && segments();
+    // The header is authenticated (unlock) before anything in it is trusted.
+    bool ok =
+        setup() && read_header() && unlock() && check_origin() && map_namespaces() && segments();
     // Whatever is in flight completes (and is committed when it verifies).
     if (ok) {
         ok = io_->flush();

@@ -28,6 +28,18 @@
 // zero-filled past the length, because the region holds a former block's
 // bytes there and the format promises zero padding.
 //
+// Encrypted (Options::keyring): the region cannot be written as it is, so
+// each block is sealed from the region into the staging ring (a buffer of
+// our own, registered in place of the data section) and written from
+// there; its padding is zeroed in the ring. The ring is allocated in file
+// order and freed as writes complete (out of order: a span is reused once
+// every span before it is done too); the scan waits for completions when
+// it is full. Blocks are sealed in batches of about one request's bytes,
+// spread over a team of threads (snapshot_team.h: one core of AES-GCM is
+// slower than the disk), while the kernel works on the writes already
+// submitted; a batch is queued for writing in file order once sealed, and
+// always before its segment's head is sealed (the head holds its tags).
+//
 // The file is preallocated ahead of the writes (fallocate): ext4 serializes
 // O_DIRECT writes that extend the file (exclusive inode lock, waited for
 // synchronously), while writes inside i_size run in parallel. The excess is
@@ -46,8 +58,10 @@
 // add up to the file length), and the excess past the new end is truncated.
 #include "clock.h"
 #include "detail.h"
+#include "keyring.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
+#include "snapshot_team.h"
 #include "uring.h"
 
 #include <algorithm>
@@ -57,7 +71,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fcntl.h>
+#include <memory>
 #include <optional>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -105,6 +121,47 @@ struct PinSlot {
     uint32_t pieces =
         0; // requests not yet completed that cover this block (+1 while it is being added)
     bool used = false;
+    uint64_t stage = UINT64_MAX; // encrypted: the staging span of the block's ciphertext
+};
+
+// The staging ring of an encrypted persist: spans handed out in order,
+// each freed when its block's writes are done; space comes back in order.
+class StageRing {
+  public:
+    void init(uint8_t *base, uint64_t size) { base_ = base, size_ = size; }
+    uint64_t size() const { return size_; }
+    // A span of len bytes (len <= size()), or nullptr when the ring is full.
+    uint8_t *take(uint64_t len, uint64_t *id) {
+        uint64_t at = head_ % size_;
+        uint64_t skip = at + len > size_ ? size_ - at : 0; // no span wraps
+        if (head_ + skip + len - tail_ > size_) return nullptr;
+        if (skip) {
+            spans_.push_back({head_ + skip, true});
+            head_ += skip;
+            at = 0;
+        }
+        head_ += len;
+        *id = first_ + spans_.size();
+        spans_.push_back({head_, false});
+        return base_ + at;
+    }
+    void done(uint64_t id) {
+        spans_[size_t(id - first_)].done = true;
+        while (!spans_.empty() && spans_.front().done) {
+            tail_ = spans_.front().end;
+            spans_.pop_front();
+            first_++;
+        }
+    }
+
+  private:
+    struct Span {
+        uint64_t end; // logical offset just past it
+        bool done;
+    };
+    uint8_t *base_ = nullptr;
+    uint64_t size_ = 0, head_ = 0, tail_ = 0, first_ = 0;
+    std::deque<Span> spans_;
 };
 
 // The pump's requests: tags are pin slots (one per piece of a block in
@@ -148,6 +205,9 @@ class Writer final : private IoOwner {
         return arena_.data() + kHeadSlots * kSegmentHead + uint64_t(pin) * kAlign;
     }
     uint8_t *trailer_page() const { return tail_page(uint32_t(pins_.size())); }
+    bool encrypted() const { return sealing_.has_value(); }
+    bool seal_block(uint32_t pin, const kv_snap_record &rec, uint64_t off);
+    bool flush_batch();
 
     kv_pool *pool_;
     const kv_region_header *hdr_;
@@ -164,6 +224,25 @@ class Writer final : private IoOwner {
     // Declared before the ring: destroyed after it.
     AlignedBuffer arena_;  // head slots, tail pages (one per pin slot), trailer page
     AlignedBuffer header_; // the file header
+    AlignedBuffer stage_;  // encrypted: the staging ring's memory
+    StageRing ring_;
+    std::optional<Sealing> sealing_; // encrypted: this snapshot's data key
+    // Encrypted: blocks waiting to be sealed (flush_batch), and the team
+    // that seals them, with a cipher context per worker.
+    struct Pending {
+        uint32_t pin;
+        kv_snap_record rec;
+        uint64_t seq, off;
+        uint32_t index;
+        uint8_t *out;    // its span of the staging ring
+        uint8_t *tag_at; // its tag's place in the segment head
+        bool ok;
+    };
+    std::vector<Pending> batch_;
+    uint64_t batch_bytes_ = 0;
+    size_t batch_max_ = 1;
+    std::unique_ptr<Team> team_;
+    std::vector<std::unique_ptr<crypto::Aead>> aeads_;
     std::vector<PinSlot> pins_;
     std::vector<uint32_t> free_pins_;
     std::vector<uint32_t> free_heads_;
@@ -214,6 +293,16 @@ bool Writer::setup() {
         ns_known_[i] = 1;
     }
 
+    if (opts_.keyring) {
+        const Keyring &kr = *opts_.keyring;
+        auto sealing = new_sealing(kr.current(), kr.current_id());
+        if (!sealing)
+            return fail(EIO, "encrypt with key \"%s\": %s", kr.current_id().c_str(),
+                        sealing.error().c_str());
+        sealing_ = std::move(*sealing);
+        res_.key_id = kr.current_id();
+    }
+
     if (!open_target()) return false;
 
     const uint32_t npins = pin_budget(*hdr_);
@@ -234,7 +323,26 @@ bool Writer::setup() {
     kv_stats st{};
     if (kv_pool_stats(pool_, &st) == 0 && st.bytes_committed > st.bytes_freed)
         total_est_ = st.bytes_committed - st.bytes_freed;
-    if (opts_.register_buffers && data_len_ <= 4 * total_est_) {
+    if (encrypted()) {
+        // Room for every request in flight plus the batch being sealed,
+        // and for the largest block. Not more: the ring is fresh memory,
+        // faulted in (registering it too) on every persist.
+        const uint64_t inflight =
+            std::clamp<uint64_t>(uint64_t(qd + 1) * max_req_, 16ULL << 20, 256ULL << 20);
+        auto st = AlignedBuffer::create(std::max(inflight, align_up(hdr_->slab_size, kAlign)));
+        if (!st) return fail(st.error(), "allocate the staging buffer");
+        stage_ = std::move(*st);
+        ring_.init(stage_.data(), stage_.size());
+        team_ = std::make_unique<Team>(Team::helpers_for(3));
+        for (unsigned w = 0; w < team_->size(); w++)
+            aeads_.push_back(std::make_unique<crypto::Aead>());
+        // Each pending block holds a pin: leave most of them to the I/O.
+        batch_max_ = std::clamp<size_t>(npins / 4, 1, 64);
+        if (opts_.register_buffers && stage_.size() <= kMaxFixedBuf) {
+            const iovec bufs[] = {{stage_.data(), stage_.size()}, {arena_.data(), arena_.size()}};
+            res_.fixed_buffers = io_->ring().register_buffers(bufs) == 0;
+        }
+    } else if (opts_.register_buffers && data_len_ <= 4 * total_est_) {
         // The data section in pieces of at most 1 GiB (slab boundaries: a
         // block never straddles two), then our own buffers. Registering pins
         // (and on a fresh pool first zeroes) every page of the section,
@@ -281,7 +389,8 @@ bool Writer::open_target() {
 bool Writer::restrict_access() {
     if (opts_.file_gid >= 0 && fchown(fd_, uid_t(-1), gid_t(opts_.file_gid)) != 0)
         return fail(errno, "set group %d on %s", opts_.file_gid, tmp_.c_str());
-    if (fchmod(fd_, 0640) != 0) return fail(errno, "set mode 0640 on %s", tmp_.c_str());
+    const mode_t mode = opts_.file_gid >= 0 ? 0640 : 0600;
+    if (fchmod(fd_, mode) != 0) return fail(errno, "set mode 0%o on %s", mode, tmp_.c_str());
     return true;
 }
 
@@ -302,7 +411,8 @@ bool Writer::write_header() {
     auto buf = AlignedBuffer::create(len);
     if (!buf) return fail(buf.error(), "allocate the %" PRIu64 "-byte header", len);
     header_ = std::move(*buf);
-    build_header({header_.data(), len}, h, namespaces_);
+    if (!build_header({header_.data(), len}, h, namespaces_, sealing_ ? &*sealing_ : nullptr))
+        return fail(EIO, "encrypt the header");
     memcpy(&header_checksum_, header_.data() + offsetof(kv_snap_header, checksum),
            sizeof header_checksum_);
     front_ = len;
@@ -350,9 +460,9 @@ bool Writer::pin_and_add(const kv_entry_info &row) {
     for (;;) {
         int rc = kv::detail::pin_for_snapshot(pool_, row.ns, row.key, &ps.view);
         if (rc == 0) break;
-        if (rc == -ENOBUFS && (io_->filling() || io_->in_flight())) {
+        if (rc == -ENOBUFS && (!batch_.empty() || io_->filling() || io_->in_flight())) {
             // Our other pins come back as their writes complete.
-            if (!io_->flush() || !io_->reap(true)) return false;
+            if (!flush_batch() || !io_->flush() || !io_->reap(true)) return false;
             continue;
         }
         ps.used = false;
@@ -383,8 +493,9 @@ bool Writer::pin_and_add(const kv_entry_info &row) {
 bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
     PinSlot &ps = pins_[pin];
     const kv_view &v = ps.view;
-    if (seg_head_ != kNone && seg_n_ == KV_SNAP_SEGMENT_RECORDS_HISTORY && !close_segment())
-        return false;
+    const uint32_t max_records =
+        encrypted() ? KV_SNAP_SEGMENT_RECORDS_ENCRYPTED : KV_SNAP_SEGMENT_RECORDS_HISTORY;
+    if (seg_head_ != kNone && seg_n_ == max_records && !close_segment()) return false;
     if (seg_head_ == kNone && !open_segment()) return false;
     const uint64_t padded = align_up(v.length, kAlign);
     const uint64_t off = seg_off_ + seg_cursor_;
@@ -418,6 +529,14 @@ bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
     }
     memcpy(head_buf(seg_head_) + KV_SNAP_SEGMENT_HISTORY_OFF + uint64_t(seg_n_) * sizeof hist,
            &hist, sizeof hist);
+    if (encrypted()) {
+        if (!seal_block(pin, rec, off)) return false;
+        seg_n_++;
+        seg_cursor_ += padded;
+        res_.blocks++;
+        res_.bytes += v.length;
+        return true;
+    }
     seg_n_++;
     seg_cursor_ += padded;
     res_.blocks++;
@@ -439,6 +558,52 @@ bool Writer::add_block(uint32_t pin, const kv_entry_info &row) {
     return ok;
 }
 
+// Give the pinned block a span of the staging ring and add it to the
+// batch; the batch is sealed and queued once it holds about a request.
+bool Writer::seal_block(uint32_t pin, const kv_snap_record &rec, uint64_t off) {
+    PinSlot &ps = pins_[pin];
+    const uint64_t padded = align_up(rec.length, kAlign);
+    uint64_t id = 0;
+    uint8_t *out;
+    while (!(out = ring_.take(padded, &id))) {
+        // The batch's spans come back only once it is written.
+        if (!batch_.empty() ? !flush_batch() : !io_->wait_some()) return false;
+    }
+    ps.stage = id;
+    ps.pieces = 1; // until flush_batch has queued its writes
+    uint8_t *tag_at =
+        head_buf(seg_head_) + KV_SNAP_SEGMENT_TAGS_OFF + uint64_t(seg_n_) * crypto::kTagBytes;
+    batch_.push_back({pin, rec, seq_, off, seg_n_, out, tag_at, false});
+    batch_bytes_ += padded;
+    if (batch_bytes_ >= max_req_ || batch_.size() >= batch_max_) return flush_batch();
+    return true;
+}
+
+// Seal the batch on the team, then queue its writes in file order.
+bool Writer::flush_batch() {
+    if (batch_.empty()) return true;
+    const crypto::Key &key = sealing_->crypt->key;
+    team_->run(batch_.size(), [&](unsigned w, size_t i) {
+        Pending &b = batch_[i];
+        crypto::Tag tag;
+        const auto *in = static_cast<const uint8_t *>(pins_[b.pin].view.data);
+        b.ok = seal_extent(*aeads_[w], key, b.seq, b.index, b.rec, in, b.out, tag);
+        memset(b.out + b.rec.length, 0, align_up(b.rec.length, kAlign) - b.rec.length);
+        memcpy(b.tag_at, tag.data(), tag.size());
+    });
+    bool ok = true;
+    for (const Pending &b : batch_) {
+        if (ok && !b.ok)
+            ok = fail(EIO, "encrypt block %" PRIu64 ":%016" PRIx64 "%016" PRIx64,
+                      uint64_t(b.rec.ns), b.rec.key_hi, b.rec.key_lo);
+        if (ok) ok = io_->add_range(b.off, b.out, align_up(b.rec.length, kAlign), b.pin);
+        drop_piece(b.pin);
+    }
+    batch_.clear();
+    batch_bytes_ = 0;
+    return ok;
+}
+
 bool Writer::open_segment() {
     while (free_heads_.empty())
         if (!io_->wait_some()) return false;
@@ -452,13 +617,19 @@ bool Writer::open_segment() {
 }
 
 bool Writer::close_segment() {
+    if (!flush_batch()) return false; // the head holds the batch's tags
     const uint32_t slot = seg_head_;
     seg_head_ = kNone;
     if (seg_n_ == 0) { // nothing was added: the slot goes back unused
         free_heads_.push_back(slot);
         return true;
     }
-    const uint64_t sum = seal_segment(head_buf(slot), seq_, seg_cursor_, seg_n_);
+    const uint64_t sum = seal_segment(head_buf(slot), seq_, seg_cursor_, seg_n_,
+                                      sealing_ ? sealing_->crypt.get() : nullptr);
+    if (encrypted() && sum == 0) {
+        free_heads_.push_back(slot);
+        return fail(EIO, "encrypt segment %" PRIu64, seq_);
+    }
     segments_hash_ = chain_segment(segments_hash_, sum);
     n_records_ += seg_n_;
     seq_++;
@@ -476,7 +647,9 @@ bool Writer::finish() {
     if (seg_head_ != kNone && !close_segment()) return false;
     kv_snap_trailer t;
     const uint64_t file_len = front_ + kAlign;
-    build_trailer(&t, seq_, n_records_, res_.bytes, file_len, segments_hash_, header_checksum_);
+    if (!build_trailer(&t, seq_, n_records_, res_.bytes, file_len, segments_hash_, header_checksum_,
+                       sealing_ ? sealing_->crypt.get() : nullptr))
+        return fail(EIO, "encrypt the trailer");
     memset(trailer_page(), 0, kAlign);
     memcpy(trailer_page(), &t, sizeof t);
     if (!ensure_alloc(file_len) || !io_->add_piece(front_, trailer_page(), kAlign, kNone) ||
@@ -531,17 +704,21 @@ bool Writer::finish() {
 
 uint32_t Writer::acquire_pin() {
     while (free_pins_.empty())
-        if (!io_->wait_some()) return kNone;
+        if (!batch_.empty() ? !flush_batch() : !io_->wait_some()) return kNone;
     uint32_t pin = free_pins_.back();
     free_pins_.pop_back();
     pins_[pin].used = true;
     pins_[pin].pieces = 0;
+    pins_[pin].stage = UINT64_MAX;
     return pin;
 }
 
 void Writer::drop_piece(uint32_t pin) {
     PinSlot &ps = pins_[pin];
     if (--ps.pieces != 0) return;
+    if (ps.stage != UINT64_MAX)
+        ring_.done(ps.stage); // its ciphertext is on disk (or never will be)
+    ps.stage = UINT64_MAX;
     kv_release(pool_, &ps.view);
     ps.used = false;
     free_pins_.push_back(pin);

@@ -23,8 +23,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_targets=(region snapshot control config ops)
-declare -A max_len=([region]=8192 [snapshot]=32768 [control]=8192 [config]=8192 [ops]=2048)
+all_targets=(region snapshot snapshot_crypto control config ops)
+declare -A max_len=([region]=8192 [snapshot]=32768 [snapshot_crypto]=32768 [control]=8192 [config]=8192 [ops]=2048)
 secs=60 runs=-1 build=build-fuzz merge=1 ci=0 targets=()
 all_targets+=(remote)
 max_len[remote]=1024

@@ -7,6 +7,7 @@
 // op, and op sequences for the differential target. Each input format is
 // described at the top of its fuzz_<target>.cc.
 #include "snapshot.h"
+#include "snapshot_key.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -129,7 +130,9 @@ Bytes read_all(const std::string &path) {
     return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
-void snapshot_seeds() {
+// target "snapshot": plain files; "snapshot_crypto": encrypted with the
+// fixed test key of snapshot_key.h.
+void snapshot_seeds(const std::string &target, const kv::daemon::Keyring *keyring) {
     const std::string path = "/var/tmp/kvpool-seedgen-" + std::to_string(getpid()) + ".kvsnap";
     for (int n : {0, 3}) {
         kv_create_opts o;
@@ -161,18 +164,21 @@ void snapshot_seeds() {
             if (i == n - 1) po.ttl_ms = 0x7fffffff;
             if (kv_put_ex(p, ns, &k, data.data(), data.size(), &po) != 0) die("put");
         }
-        auto w = kv::daemon::snapshot::persist(p, "seed", path, {});
+        kv::daemon::snapshot::Options so;
+        so.keyring = keyring;
+        auto w = kv::daemon::snapshot::persist(p, "seed", path, so);
         if (!w) die("persist: " + w.error().message);
         kv_pool_detach(p);
         close(fd);
         Bytes file = read_all(path);
         unlink(path.c_str());
-        for (uint8_t mode : {0, 1}) {
+        for (uint8_t mode : {0, 1, 2}) {
+            if (mode == 2 && !keyring) continue; // the keyless restore: encrypted only
             Bytes b(file.size() + 1);
             b[0] = mode;
             if (!file.empty()) memcpy(b.data() + 1, file.data(), file.size());
-            put_file("snapshot",
-                     "persist-" + std::to_string(n) + "-blocks" + (mode ? "-fixup" : ""), b);
+            const char *suffix[] = {"", "-fixup", "-keyless"};
+            put_file(target, "persist-" + std::to_string(n) + "-blocks" + suffix[mode], b);
         }
     }
 }
@@ -275,7 +281,10 @@ int main(int argc, char **argv) {
     }
     g_out = argv[1];
     region_seeds();
-    snapshot_seeds();
+    snapshot_seeds("snapshot", nullptr);
+    auto keyring = kv::fuzz::snapshot_keyring("/var/tmp");
+    if (!keyring) die("keyring: " + keyring.error());
+    snapshot_seeds("snapshot_crypto", keyring->get());
     control_seeds();
     ops_seeds();
     return 0;

@@ -790,16 +790,19 @@ TEST_F(KvctlCli, SnapshotResultsAreHumanText) {
     const std::string persist = R"({"pool": "alpha", "op": "persist", "path": "/s/alpha.kvsnap",
         "blocks": 2, "bytes": 8192, "file_bytes": 16384, "seconds": 0.5, "gib_per_s": 3.0517578125e-05,
         "dropped": 0, "dropped_corrupt": 0, "dropped_no_room": 0, "evicted": 0, "skipped": 0,
-        "truncated": false, "damaged_segments": 0, "fixed_buffers": true, "recycled_spare": true})";
+        "truncated": false, "damaged_segments": 0, "fixed_buffers": true, "recycled_spare": true,
+        "key_id": "alpha-2"})";
     FakeDaemon d2(reply(0, persist));
     const Outcome p = run_kvctl({"--socket", d2.path(), "persist", "alpha"});
     d2.join();
     EXPECT_EQ(p.code, 0) << p.err;
-    for (const char *want : {"persisted pool alpha to /s/alpha.kvsnap", "8.0 KiB (8192 bytes)",
-                             "16.0 KiB (16384 bytes)", "0.500 s", "0.00 GiB/s",
-                             "previous snapshot's blocks", "registered with io_uring"})
+    for (const char *want :
+         {"persisted pool alpha to /s/alpha.kvsnap", "8.0 KiB (8192 bytes)",
+          "16.0 KiB (16384 bytes)", "0.500 s", "0.00 GiB/s", "previous snapshot's blocks",
+          "registered with io_uring", "AES-256-GCM, pool key alpha-2"})
         EXPECT_NE(p.out.find(want), std::string::npos) << want << "\n" << p.out;
-    for (const char *raw : {"gib_per_s", "e-05", "dropped", "evicted", "recycled_spare", "true"})
+    for (const char *raw :
+         {"gib_per_s", "e-05", "dropped", "evicted", "recycled_spare", "true", "key_id"})
         EXPECT_EQ(p.out.find(raw), std::string::npos) << raw << "\n" << p.out;
 }
 

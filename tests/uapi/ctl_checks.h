@@ -18,8 +18,12 @@ static int kv_test_ctl_snapshot_checks(void)
 	KV_TEST_OFFSET(struct kv_ctl_request, max_entries, 356);
 	KV_TEST_OFFSET(struct kv_ctl_request, cursor, 360);
 	KV_TEST_OFFSET(struct kv_ctl_request, reserved, 368);
-	KV_TEST_SIZE(struct kv_snap_header, KV_SNAP_HEADER_SIZE_V2);
+	KV_TEST_SIZE(struct kv_snap_header, KV_SNAP_HEADER_SIZE_V3);
 	KV_TEST_OFFSET(struct kv_snap_header, evict_policy, KV_SNAP_HEADER_SIZE_V1);
+	KV_TEST_OFFSET(struct kv_snap_header, data_key, KV_SNAP_HEADER_SIZE_V2);
+	KV_TEST_OFFSET(struct kv_snap_header, ns_tag, KV_SNAP_HEADER_SIZE_V2 + KV_WRAPPED_KEY_SIZE_V1);
+	KV_TEST_OFFSET(struct kv_snap_segment, tag, 40);
+	KV_TEST_OFFSET(struct kv_snap_trailer, tag, 64);
 	KV_TEST_SIZE(struct kv_snap_history, KV_SNAP_HISTORY_SIZE_V1);
 	KV_TEST_OFFSET(struct kv_snap_history, ttl_ms, 32);
 	KV_TEST_OFFSET(struct kv_snap_history, reserved, 40);

@@ -560,6 +560,10 @@ void print_snapshot(const Command &c, const json &doc) {
     } else if (get_bool(doc, "recycled_spare").value_or(false)) {
         l.emplace_back("spare", "written over the previous snapshot's blocks (the .spare file)");
     }
+    if (field(doc, "key_id"))
+        l.emplace_back("encryption", text(doc, "key_id").empty()
+                                         ? "none (the pool has no [pool.encryption])"
+                                         : "AES-256-GCM, pool key " + text(doc, "key_id"));
     if (const auto fixed = get_bool(doc, "fixed_buffers"))
         l.emplace_back("buffers", *fixed ? "registered with io_uring (fixed buffers)"
                                          : "not registered (plain io_uring I/O)");
@@ -582,6 +586,7 @@ void print_snapshot(const Command &c, const json &doc) {
                  "skipped",
                  "truncated",
                  "damaged_segments",
+                 "key_id",
                  "fixed_buffers",
                  "recycled_spare",
                  "quarantined",

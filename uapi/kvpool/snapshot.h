@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvpool on-disk snapshot format, version 1.1.
+ * kvpool on-disk snapshot format, version 1.2.
  *
  * A snapshot holds the committed blocks of one pool, with their keys,
  * namespaces (identity manifests), metadata and checksums, so that a fresh
@@ -71,12 +71,62 @@
  *
  * Writing: to "<path>.tmp", then fsync, rename over <path>, fsync of the
  * directory, so the previous snapshot stays valid until the new one is whole.
+ *
+ * Encryption (format 1.2, KV_SNAP_INCOMPAT_ENCRYPTED; a reader that does not
+ * know the bit refuses the file). Everything but the plain header, the
+ * fixed part of each segment head and the trailer is AES-256-GCM ciphertext
+ * under a data key made for this one snapshot (random, 256 bits), which the
+ * header carries wrapped by the pool's key (struct kv_wrapped_key,
+ * kvpool/keywrap.h, context KV_SNAP_MAGIC; its key_id names the pool key).
+ * Each sealed part has its own iv, make_iv(kind, index, counter) below, so
+ * no iv repeats under one data key:
+ *
+ *   part           kind                   index   counter  aad
+ *   namespaces     KV_SNAP_IV_NAMESPACES  0       0        the header
+ *   segment head   KV_SNAP_IV_SEGMENT     0       seq      the segment struct
+ *   data extent    KV_SNAP_IV_DATA        record  seq      its record
+ *   trailer        KV_SNAP_IV_TRAILER     0       0        the trailer struct
+ *
+ * iv (12 bytes) = (kind << 24 | index) as 4 little-endian bytes, then
+ * counter as 8 little-endian bytes.
+ *
+ *  - The header: header_size bytes of struct kv_snap_header with checksum
+ *    and ns_tag zero are the aad of the namespace table, whose ciphertext
+ *    (n_namespaces * KV_SNAP_NAMESPACE_SIZE_V1 bytes at header_size) and
+ *    tag (ns_tag) follow; with no namespaces the tag authenticates the
+ *    header alone. So the header, and through the data key it wraps every
+ *    other part, is authenticated.
+ *  - A segment head: the bytes [KV_SNAP_SEGMENT_SIZE_V1, KV_SNAP_SEGMENT_HEAD)
+ *    (records, histories, the per-extent tags and the zero padding) are one
+ *    ciphertext; the aad is the struct kv_snap_segment with checksum and
+ *    tag zero; its tag is kv_snap_segment.tag (the 1.1 reserved words). At
+ *    most KV_SNAP_SEGMENT_RECORDS_ENCRYPTED records (history is required),
+ *    and tags[i] (16 bytes at KV_SNAP_SEGMENT_TAGS_OFF + 16 * i) is the tag
+ *    of record i's data.
+ *  - A data extent: the record's length bytes at data_off are ciphertext
+ *    (the padding to KV_SNAP_ALIGN stays zero and is not authenticated:
+ *    no reader uses it); the aad is the record's 64 bytes.
+ *  - The trailer: GMAC (an empty plaintext) with the trailer struct,
+ *    checksum and tag zero, as aad; the tag in kv_snap_trailer.tag.
+ * The XXH3-64 checksums are computed last, over the bytes as stored
+ * (ciphertext, tags): they still tell damage from a wrong key, and a reader
+ * checks them before any tag.
+ *
+ * Reading an encrypted file: a reader without the key named by key_id
+ * refuses the file (ENOKEY), as it does when the key of that id does not
+ * unwrap the data key (EKEYREJECTED: another key under that id) or the
+ * namespace table's tag does not match (EBADMSG: the header was altered).
+ * A segment head whose tag does not match is a damaged head; a data extent
+ * whose tag does not match is a damaged block (dropped, never committed);
+ * a trailer whose tag does not match is a damaged trailer. Decrypted bytes
+ * are used only once their tag matched.
  */
 #ifndef KVPOOL_UAPI_SNAPSHOT_H
 #define KVPOOL_UAPI_SNAPSHOT_H
 
 #include <stdint.h>
 
+#include "keywrap.h"
 #include "region.h"
 
 /* "KVSNAP\0\1", "KVSEG\0\0\1", "KVTRL\0\0\1" read as little-endian uint64_t. */
@@ -84,8 +134,10 @@
 #define KV_SNAP_SEGMENT_MAGIC 0x010000474553564bULL
 #define KV_SNAP_TRAILER_MAGIC 0x0100004c5254564bULL
 #define KV_SNAP_VERSION_MAJOR 1
-#define KV_SNAP_VERSION_MINOR 1
-#define KV_SNAP_INCOMPAT_KNOWN 0ULL
+#define KV_SNAP_VERSION_MINOR 2
+/* 1.2: encrypted and authenticated (see above); requires KV_SNAP_COMPAT_HISTORY. */
+#define KV_SNAP_INCOMPAT_ENCRYPTED (1ULL << 0)
+#define KV_SNAP_INCOMPAT_KNOWN KV_SNAP_INCOMPAT_ENCRYPTED
 /* 1.1: segment heads carry struct kv_snap_history; the header evict_policy. */
 #define KV_SNAP_COMPAT_HISTORY (1ULL << 0)
 #define KV_SNAP_COMPAT_KNOWN KV_SNAP_COMPAT_HISTORY
@@ -96,6 +148,15 @@
 /* With KV_SNAP_COMPAT_HISTORY: records fill the head's first page, histories its second. */
 #define KV_SNAP_SEGMENT_RECORDS_HISTORY 63 /* (KV_SNAP_SEGMENT_HISTORY_OFF - 64) / 64 */
 #define KV_SNAP_SEGMENT_HISTORY_OFF 4096
+/* With KV_SNAP_INCOMPAT_ENCRYPTED: fewer records, a 16-byte tag per record behind the histories. */
+#define KV_SNAP_SEGMENT_RECORDS_ENCRYPTED 51 /* (KV_SNAP_SEGMENT_HEAD - HISTORY_OFF) / (64 + 16) */
+#define KV_SNAP_SEGMENT_TAGS_OFF 7360        /* HISTORY_OFF + RECORDS_ENCRYPTED * 64 */
+
+/* make_iv kinds of the sealed parts of an encrypted snapshot (see above). */
+#define KV_SNAP_IV_NAMESPACES 1
+#define KV_SNAP_IV_SEGMENT 2
+#define KV_SNAP_IV_DATA 3
+#define KV_SNAP_IV_TRAILER 4
 
 struct kv_snap_header {
 	uint64_t magic;         /* KV_SNAP_MAGIC */
@@ -124,10 +185,19 @@ struct kv_snap_header {
 	 */
 	uint32_t evict_policy; /* KV_EVICT_* of the source pool: how kv_snap_history.rank_age reads */
 	uint32_t reserved1;    /* zero */
+	/*
+	 * Format 1.2 (KV_SNAP_HEADER_SIZE_V3). Zero unless
+	 * KV_SNAP_INCOMPAT_ENCRYPTED.
+	 */
+	struct kv_wrapped_key data_key;      /* this snapshot's data key, wrapped by the pool key */
+	uint8_t ns_tag[KV_CRYPTO_TAG_BYTES]; /* GCM tag of the namespace table (aad: this header) */
 };
 #define KV_SNAP_HEADER_SIZE_V1 304 /* format 1.0 */
 #define KV_SNAP_HEADER_SIZE_V2 312 /* format 1.1: evict_policy */
-KV_STATIC_ASSERT(sizeof(struct kv_snap_header) == KV_SNAP_HEADER_SIZE_V2, "snapshot header v2 size");
+#define KV_SNAP_HEADER_SIZE_V3 424 /* format 1.2: data_key, ns_tag */
+KV_STATIC_ASSERT(sizeof(struct kv_snap_header) == KV_SNAP_HEADER_SIZE_V3, "snapshot header v3 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_header, data_key) == KV_SNAP_HEADER_SIZE_V2,
+                 "snapshot header grows at the end (1.2)");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_header, pool_name) == 112, "snapshot header name offset");
 KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_header, evict_policy) == KV_SNAP_HEADER_SIZE_V1,
                  "snapshot header grows at the end");
@@ -148,12 +218,15 @@ struct kv_snap_segment {
 	uint64_t checksum;  /* XXH3-64 of KV_SNAP_SEGMENT_HEAD bytes with this field 0 */
 	uint64_t seq;       /* 0, 1, 2, ... */
 	uint64_t length;    /* bytes of this segment: head + data extents; multiple of KV_SNAP_ALIGN */
-	uint32_t n_records; /* 1..KV_SNAP_SEGMENT_RECORDS */
+	uint32_t n_records; /* 1..KV_SNAP_SEGMENT_RECORDS (see the other limits above) */
 	uint32_t reserved0;
-	uint64_t reserved[3];
+	/* KV_SNAP_INCOMPAT_ENCRYPTED: GCM tag of the rest of the head; else zero. */
+	uint8_t tag[KV_CRYPTO_TAG_BYTES];
+	uint64_t reserved; /* zero */
 };
 #define KV_SNAP_SEGMENT_SIZE_V1 64
 KV_STATIC_ASSERT(sizeof(struct kv_snap_segment) == KV_SNAP_SEGMENT_SIZE_V1, "snapshot segment v1 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_segment, tag) == 40, "segment tag in the 1.1 reserved words");
 
 /* One block. */
 struct kv_snap_record {
@@ -212,6 +285,12 @@ KV_STATIC_ASSERT(KV_SNAP_SEGMENT_SIZE_V1 + KV_SNAP_SEGMENT_RECORDS_HISTORY * KV_
 KV_STATIC_ASSERT(KV_SNAP_SEGMENT_HISTORY_OFF + KV_SNAP_SEGMENT_RECORDS_HISTORY * KV_SNAP_HISTORY_SIZE_V1 <=
                          KV_SNAP_SEGMENT_HEAD,
                  "segment head holds the histories");
+KV_STATIC_ASSERT(KV_SNAP_SEGMENT_TAGS_OFF ==
+                         KV_SNAP_SEGMENT_HISTORY_OFF + KV_SNAP_SEGMENT_RECORDS_ENCRYPTED * KV_SNAP_HISTORY_SIZE_V1,
+                 "tags follow the histories");
+KV_STATIC_ASSERT(KV_SNAP_SEGMENT_TAGS_OFF + KV_SNAP_SEGMENT_RECORDS_ENCRYPTED * KV_CRYPTO_TAG_BYTES <=
+                         KV_SNAP_SEGMENT_HEAD,
+                 "encrypted segment head holds the tags");
 
 struct kv_snap_trailer {
 	uint64_t magic;    /* KV_SNAP_TRAILER_MAGIC */
@@ -222,9 +301,12 @@ struct kv_snap_trailer {
 	uint64_t file_len;        /* total file bytes, trailer included */
 	uint64_t segments_hash;   /* chain of segment checksums, see above */
 	uint64_t header_checksum; /* the header's checksum again: the trailer belongs to that header */
-	uint64_t reserved[8];     /* zero */
+	/* KV_SNAP_INCOMPAT_ENCRYPTED: GMAC of this struct; else zero. */
+	uint8_t tag[KV_CRYPTO_TAG_BYTES];
+	uint64_t reserved[6]; /* zero */
 };
 #define KV_SNAP_TRAILER_SIZE_V1 128
 KV_STATIC_ASSERT(sizeof(struct kv_snap_trailer) == KV_SNAP_TRAILER_SIZE_V1, "snapshot trailer v1 size");
+KV_STATIC_ASSERT(KV_OFFSETOF(struct kv_snap_trailer, tag) == 64, "trailer tag in the 1.1 reserved words");
 
 #endif /* KVPOOL_UAPI_SNAPSHOT_H */

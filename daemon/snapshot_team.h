@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: MIT
+//
+// A fork-join team for the snapshot engine's cryptography: run(n, fn) calls
+// fn(worker, i) for every i in [0, n) on the calling thread and the team's
+// helper threads, and returns once every call returned. Sealing or opening
+// the blocks of a snapshot is independent per block and CPU-bound (one
+// core of AES-256-GCM is slower than the disk), so a persist or restore
+// spreads each batch of blocks over several cores while its io_uring
+// requests stay in flight.
+//
+// worker is 0 for the calling thread and 1..size()-1 for the helpers: an
+// index for per-worker state (a crypto::Aead each: one cipher context per
+// thread). fn must not throw. run is called by one thread at a time (the
+// engine's); helpers sleep on a condition variable between batches.
+#pragma once
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace kv::daemon::snapshot {
+
+class Team {
+  public:
+    // helpers: threads besides the caller (0: run calls fn inline).
+    explicit Team(unsigned helpers) {
+        for (unsigned w = 1; w <= helpers; w++)
+            threads_.emplace_back([this, w] { loop(w); });
+    }
+    ~Team() {
+        {
+            std::lock_guard lk(m_);
+            stop_ = true;
+        }
+        wake_.notify_all();
+        for (std::thread &t : threads_)
+            t.join();
+    }
+    Team(const Team &) = delete;
+    Team &operator=(const Team &) = delete;
+
+    unsigned size() const { return unsigned(threads_.size()) + 1; }
+
+    // Helpers for a process that may use cores cores: one per core beyond
+    // the caller's, at most max_helpers.
+    static unsigned helpers_for(unsigned max_helpers) {
+        const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
+        return std::min(cores - 1, max_helpers);
+    }
+
+    void run(size_t n, const std::function<void(unsigned, size_t)> &fn) {
+        if (n == 0) return;
+        if (threads_.empty() || n == 1) {
+            for (size_t i = 0; i < n; i++)
+                fn(0, i);
+            return;
+        }
+        {
+            std::lock_guard lk(m_);
+            fn_ = &fn;
+            n_ = n;
+            next_ = 0;
+            busy_ = 0;
+            gen_++;
+        }
+        wake_.notify_all();
+        work(0);
+        // Every index was taken; wait for the helpers still on theirs.
+        std::unique_lock lk(m_);
+        done_.wait(lk, [this] { return busy_ == 0; });
+        fn_ = nullptr;
+    }
+
+  private:
+    // Take indexes until none is left. Called with m_ not held.
+    void work(unsigned w) {
+        std::unique_lock lk(m_);
+        while (next_ < n_) {
+            const size_t i = next_++;
+            const auto *fn = fn_;
+            busy_++;
+            lk.unlock();
+            (*fn)(w, i);
+            lk.lock();
+            if (--busy_ == 0 && next_ >= n_) done_.notify_all();
+        }
+    }
+
+    void loop(unsigned w) {
+        uint64_t seen = 0;
+        for (;;) {
+            {
+                std::unique_lock lk(m_);
+                wake_.wait(lk, [&] { return stop_ || gen_ != seen; });
+                if (stop_) return;
+                seen = gen_;
+            }
+            work(w);
+        }
+    }
+
+    std::mutex m_;
+    std::condition_variable wake_, done_;
+    const std::function<void(unsigned, size_t)> *fn_ = nullptr;
+    size_t n_ = 0, next_ = 0, busy_ = 0;
+    uint64_t gen_ = 0;
+    bool stop_ = false;
+    std::vector<std::thread> threads_;
+};
+
+} // namespace kv::daemon::snapshot
