@@ -109,7 +109,7 @@ class Reader final : private IoOwner {
     bool add_record(const Segment &seg, uint32_t i, uint64_t seg_off);
     void link_parents();
     void finish_record(uint32_t slot);
-    void finish_ready();
+    void finish_ready(bool all);
 
     uint32_t acquire_rec();
     void drop_piece(uint32_t slot);
@@ -147,8 +147,10 @@ class Reader final : private IoOwner {
     std::vector<uint32_t> free_recs_;
     MetaRead meta_[3];
     // Encrypted: blocks read whole, to decrypt and verify (finish_ready),
-    // and the team that does it, with a cipher context per worker.
+    // the batch the team is decrypting meanwhile, and the team, with a
+    // cipher context per worker.
     std::vector<uint32_t> ready_;
+    std::vector<uint32_t> batch_;
     std::unique_ptr<Team> team_;
     std::vector<std::unique_ptr<crypto::Aead>> aeads_;
     std::optional<Pump> io_; // declared after the buffers: destroyed before them
@@ -325,7 +327,9 @@ bool Reader::unlock() {
     auto ok = unlock_header({header_.data(), header_info_.hdr.header_len}, header_info_, *key);
     if (!ok) return fail(ok.error().code, "pool %s: %s", pool.c_str(), ok.error().what.c_str());
     res_.key_id = id;
-    team_ = std::make_unique<Team>(Team::helpers_for(3));
+    // The helpers decrypt while this thread keeps the reads in flight: one
+    // per core, since this thread mostly sleeps on the ring.
+    team_ = std::make_unique<Team>(Team::helpers_for_async(4));
     for (unsigned w = 0; w < team_->size(); w++)
         aeads_.push_back(std::make_unique<crypto::Aead>());
     return true;
@@ -526,7 +530,7 @@ bool Reader::add_record(const Segment &seg, uint32_t i, uint64_t seg_off) {
     rs.pieces = 1;
     const bool ok = io_->add_range(seg_off + rec.data_off, d, padded, slot);
     drop_piece(slot);
-    if (!ready_.empty()) finish_ready();
+    if (!ready_.empty() || !batch_.empty()) finish_ready(false);
     return ok;
 }
 
@@ -539,22 +543,33 @@ void Reader::link_parents() {
     links_.clear();
 }
 
-// Decrypt and verify the blocks read whole, spread over the team, then
-// commit or abort each on this thread. The reads still in flight go on
-// meanwhile.
-void Reader::finish_ready() {
-    const crypto::Key &key = header_info_.crypt->key;
-    team_->run(ready_.size(), [&](unsigned w, size_t i) {
-        RecSlot &rs = recs_[ready_[i]];
-        auto *d = static_cast<uint8_t *>(rs.r.data);
-        const kv_view v{d, rs.length, rs.checksum, {}, {}};
-        rs.verified = !rs.failed &&
-                      open_extent(*aeads_[w], key, rs.seq, rs.index, rs.rec, d, d, rs.tag) &&
-                      kv_view_verify(&v) == 0;
-    });
-    for (uint32_t slot : ready_)
-        finish_record(slot);
-    ready_.clear();
+// Decrypt and verify the blocks read whole on the team's helpers, then
+// commit or abort each on this thread. The team works on one batch while
+// this thread goes on submitting and reaping reads (so the disk and the
+// cipher overlap); blocks read meanwhile wait in ready_ for the next batch.
+// all: return only once every block read so far is committed or aborted.
+void Reader::finish_ready(bool all) {
+    for (;;) {
+        if (!batch_.empty()) {
+            if (!all && !team_->idle()) return; // still decrypting: back to the reads
+            team_->wait();
+            for (uint32_t slot : batch_)
+                finish_record(slot);
+            batch_.clear();
+        }
+        if (ready_.empty()) return;
+        batch_.swap(ready_);
+        const crypto::Key *key = &header_info_.crypt->key;
+        team_->start(batch_.size(), [this, key](unsigned w, size_t i) {
+            RecSlot &rs = recs_[batch_[i]];
+            auto *d = static_cast<uint8_t *>(rs.r.data);
+            const kv_view v{d, rs.length, rs.checksum, {}, {}};
+            rs.verified = !rs.failed &&
+                          open_extent(*aeads_[w], *key, rs.seq, rs.index, rs.rec, d, d, rs.tag) &&
+                          kv_view_verify(&v) == 0;
+        });
+        if (!all) return;
+    }
 }
 
 void Reader::finish_record(uint32_t slot) {
@@ -581,8 +596,13 @@ void Reader::finish_record(uint32_t slot) {
 }
 
 uint32_t Reader::acquire_rec() {
-    while (free_recs_.empty())
+    while (free_recs_.empty()) {
+        if (!ready_.empty() || !batch_.empty()) { // blocks decrypted or to decrypt hold slots
+            finish_ready(true);
+            continue;
+        }
         if (!io_->wait_some()) return kNone;
+    }
     const uint32_t slot = free_recs_.back();
     free_recs_.pop_back();
     recs_[slot].used = true;
@@ -624,7 +644,7 @@ void Reader::io_done(uint32_t, IoReq &r, int res) {
             if (bad) recs_[rec].failed = true;
             drop_piece(rec);
         }
-        if (!ready_.empty()) finish_ready();
+        if (!ready_.empty() || !batch_.empty()) finish_ready(false);
         if (res > 0) done_bytes_ += uint64_t(res);
     }
     if (opts_.progress && done_bytes_ >= next_progress_) {
@@ -652,6 +672,8 @@ int Reader::wait_meta(int m) {
 }
 
 void Reader::cleanup() {
+    // The helpers write into reservations: they finish before any is aborted.
+    if (team_) team_->wait();
     if (io_) io_->drain(); // what was queued, never submitted: those blocks are not read
     for (RecSlot &rs : recs_) {
         if (!rs.used) continue;
@@ -671,6 +693,7 @@ std::expected<Result, Error> Reader::run() {
         ok = io_->flush();
         while (ok && io_->in_flight())
             ok = io_->reap(true);
+        if (ok && team_) finish_ready(true);
     }
     cleanup();
     link_parents(); // also after a failure: what was committed stays

@@ -53,6 +53,47 @@ class Team {
         return std::min(cores - 1, max_helpers);
     }
 
+    // Helpers for a caller that hands work off (start) and goes on with its
+    // I/O: one per core, at most max_helpers.
+    static unsigned helpers_for_async(unsigned max_helpers) {
+        const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
+        return std::min(cores, max_helpers);
+    }
+
+    // Hand fn(w, i) for every i in [0, n) to the helpers alone and return at
+    // once (with no helpers, run them inline first). The caller must wait()
+    // before the next start or run, and before it touches what fn writes.
+    void start(size_t n, std::function<void(unsigned, size_t)> fn) {
+        if (n == 0) return;
+        if (threads_.empty()) {
+            for (size_t i = 0; i < n; i++)
+                fn(0, i);
+            return;
+        }
+        {
+            std::lock_guard lk(m_);
+            owned_fn_ = std::move(fn);
+            fn_ = &owned_fn_;
+            n_ = n;
+            next_ = 0;
+            busy_ = 0;
+            gen_++;
+        }
+        wake_.notify_all();
+    }
+    // Whether the calls of the last start are all done (wait would not block).
+    bool idle() {
+        std::lock_guard lk(m_);
+        return next_ >= n_ && busy_ == 0;
+    }
+    // Until the calls of the last start have all returned. The mutex makes
+    // what they wrote visible to the caller.
+    void wait() {
+        std::unique_lock lk(m_);
+        done_.wait(lk, [this] { return next_ >= n_ && busy_ == 0; });
+        fn_ = nullptr;
+    }
+
     void run(size_t n, const std::function<void(unsigned, size_t)> &fn) {
         if (n == 0) return;
         if (threads_.empty() || n == 1) {
@@ -107,6 +148,7 @@ class Team {
     std::mutex m_;
     std::condition_variable wake_, done_;
     const std::function<void(unsigned, size_t)> *fn_ = nullptr;
+    std::function<void(unsigned, size_t)> owned_fn_; // start's copy
     size_t n_ = 0, next_ = 0, busy_ = 0;
     uint64_t gen_ = 0;
     bool stop_ = false;
