@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: MIT
 //
-// A fork-join team for the snapshot engine's cryptography: run(n, fn) calls
-// fn(worker, i) for every i in [0, n) on the calling thread and the team's
-// helper threads, and returns once every call returned. Sealing or opening
-// the blocks of a snapshot is independent per block and CPU-bound (one
-// core of AES-256-GCM is slower than the disk), so a persist or restore
-// spreads each batch of blocks over several cores while its io_uring
-// requests stay in flight.
+// A team of helper threads for the snapshot engine's cryptography:
+// start(n, fn) hands fn(worker, i) for every i in [0, n) to the helpers and
+// returns at once; wait() returns once every call returned. Sealing or
+// opening the blocks of a snapshot is independent per block and CPU-bound
+// (a core of AES-256-GCM can be slower than the disk), so a persist or
+// restore has one batch of blocks sealed or opened on every core while its
+// own thread goes on pinning, reserving, submitting and reaping io_uring
+// requests: the cipher's work hides behind the I/O instead of adding to it.
 //
-// worker is 0 for the calling thread and 1..size()-1 for the helpers: an
-// index for per-worker state (a crypto::Aead each: one cipher context per
-// thread). fn must not throw. run is called by one thread at a time (the
-// engine's); helpers sleep on a condition variable between batches.
+// worker is 1..size()-1 for the helpers (0 only with no helpers, when start
+// runs the calls inline): an index for per-worker state (a crypto::Aead
+// each: one cipher context per thread). fn must not throw. One thread (the
+// engine's) calls start and wait, and waits before the next start;
+// helpers sleep on a condition variable between batches.
 #pragma once
 
 #include <algorithm>
@@ -45,13 +47,6 @@ class Team {
     Team &operator=(const Team &) = delete;
 
     unsigned size() const { return unsigned(threads_.size()) + 1; }
-
-    // Helpers for a process that may use cores cores: one per core beyond
-    // the caller's, at most max_helpers.
-    static unsigned helpers_for(unsigned max_helpers) {
-        const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
-        return std::min(cores - 1, max_helpers);
-    }
 
     // Helpers for a caller that hands work off (start) and goes on with its
     // I/O: one per core, at most max_helpers.
@@ -91,29 +86,6 @@ class Team {
     void wait() {
         std::unique_lock lk(m_);
         done_.wait(lk, [this] { return next_ >= n_ && busy_ == 0; });
-        fn_ = nullptr;
-    }
-
-    void run(size_t n, const std::function<void(unsigned, size_t)> &fn) {
-        if (n == 0) return;
-        if (threads_.empty() || n == 1) {
-            for (size_t i = 0; i < n; i++)
-                fn(0, i);
-            return;
-        }
-        {
-            std::lock_guard lk(m_);
-            fn_ = &fn;
-            n_ = n;
-            next_ = 0;
-            busy_ = 0;
-            gen_++;
-        }
-        wake_.notify_all();
-        work(0);
-        // Every index was taken; wait for the helpers still on theirs.
-        std::unique_lock lk(m_);
-        done_.wait(lk, [this] { return busy_ == 0; });
         fn_ = nullptr;
     }
 

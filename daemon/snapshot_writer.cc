@@ -208,6 +208,8 @@ class Writer final : private IoOwner {
     bool encrypted() const { return sealing_.has_value(); }
     bool seal_block(uint32_t pin, const kv_snap_record &rec, uint64_t off);
     bool flush_batch();
+    bool drain_sealing();
+    bool flush_all() { return flush_batch() && drain_sealing(); }
 
     kv_pool *pool_;
     const kv_region_header *hdr_;
@@ -227,8 +229,9 @@ class Writer final : private IoOwner {
     AlignedBuffer stage_;  // encrypted: the staging ring's memory
     StageRing ring_;
     std::optional<Sealing> sealing_; // encrypted: this snapshot's data key
-    // Encrypted: blocks waiting to be sealed (flush_batch), and the team
-    // that seals them, with a cipher context per worker.
+    // Encrypted: blocks waiting to be sealed (flush_batch), the batch the
+    // team is sealing meanwhile (drain_sealing queues its writes), and the
+    // team, with a cipher context per worker.
     struct Pending {
         uint32_t pin;
         kv_snap_record rec;
@@ -238,7 +241,7 @@ class Writer final : private IoOwner {
         uint8_t *tag_at; // its tag's place in the segment head
         bool ok;
     };
-    std::vector<Pending> batch_;
+    std::vector<Pending> batch_, sealing_batch_;
     uint64_t batch_bytes_ = 0;
     size_t batch_max_ = 1;
     std::unique_ptr<Team> team_;
@@ -333,7 +336,10 @@ bool Writer::setup() {
         if (!st) return fail(st.error(), "allocate the staging buffer");
         stage_ = std::move(*st);
         ring_.init(stage_.data(), stage_.size());
-        team_ = std::make_unique<Team>(Team::helpers_for(3));
+        // The helpers seal while this thread pins blocks and keeps the
+        // writes in flight: one per core, since this thread mostly sleeps
+        // on the ring.
+        team_ = std::make_unique<Team>(Team::helpers_for_async(4));
         for (unsigned w = 0; w < team_->size(); w++)
             aeads_.push_back(std::make_unique<crypto::Aead>());
         // Each pending block holds a pin: leave most of them to the I/O.
@@ -460,9 +466,10 @@ bool Writer::pin_and_add(const kv_entry_info &row) {
     for (;;) {
         int rc = kv::detail::pin_for_snapshot(pool_, row.ns, row.key, &ps.view);
         if (rc == 0) break;
-        if (rc == -ENOBUFS && (!batch_.empty() || io_->filling() || io_->in_flight())) {
+        if (rc == -ENOBUFS &&
+            (!batch_.empty() || !sealing_batch_.empty() || io_->filling() || io_->in_flight())) {
             // Our other pins come back as their writes complete.
-            if (!flush_batch() || !io_->flush() || !io_->reap(true)) return false;
+            if (!flush_all() || !io_->flush() || !io_->reap(true)) return false;
             continue;
         }
         ps.used = false;
@@ -566,8 +573,11 @@ bool Writer::seal_block(uint32_t pin, const kv_snap_record &rec, uint64_t off) {
     uint64_t id = 0;
     uint8_t *out;
     while (!(out = ring_.take(padded, &id))) {
-        // The batch's spans come back only once it is written.
-        if (!batch_.empty() ? !flush_batch() : !io_->wait_some()) return false;
+        // The batches' spans come back only once they are written.
+        if (!batch_.empty()           ? !flush_batch()
+            : !sealing_batch_.empty() ? !drain_sealing()
+                                      : !io_->wait_some())
+            return false;
     }
     ps.stage = id;
     ps.pieces = 1; // until flush_batch has queued its writes
@@ -579,28 +589,40 @@ bool Writer::seal_block(uint32_t pin, const kv_snap_record &rec, uint64_t off) {
     return true;
 }
 
-// Seal the batch on the team, then queue its writes in file order.
+// Hand the batch to the team to seal, once the batch before it is sealed
+// and its writes queued: one batch is sealed while this thread pins the
+// next and the writes of the ones before stay in flight.
 bool Writer::flush_batch() {
     if (batch_.empty()) return true;
-    const crypto::Key &key = sealing_->crypt->key;
-    team_->run(batch_.size(), [&](unsigned w, size_t i) {
-        Pending &b = batch_[i];
+    if (!drain_sealing()) return false;
+    sealing_batch_.swap(batch_);
+    batch_.clear();
+    batch_bytes_ = 0;
+    const crypto::Key *key = &sealing_->crypt->key;
+    team_->start(sealing_batch_.size(), [this, key](unsigned w, size_t i) {
+        Pending &b = sealing_batch_[i];
         crypto::Tag tag;
         const auto *in = static_cast<const uint8_t *>(pins_[b.pin].view.data);
-        b.ok = seal_extent(*aeads_[w], key, b.seq, b.index, b.rec, in, b.out, tag);
+        b.ok = seal_extent(*aeads_[w], *key, b.seq, b.index, b.rec, in, b.out, tag);
         memset(b.out + b.rec.length, 0, align_up(b.rec.length, kAlign) - b.rec.length);
         memcpy(b.tag_at, tag.data(), tag.size());
     });
+    return true;
+}
+
+// Wait for the batch being sealed, then queue its writes in file order.
+bool Writer::drain_sealing() {
+    if (sealing_batch_.empty()) return true;
+    team_->wait();
     bool ok = true;
-    for (const Pending &b : batch_) {
+    for (const Pending &b : sealing_batch_) {
         if (ok && !b.ok)
             ok = fail(EIO, "encrypt block %" PRIu64 ":%016" PRIx64 "%016" PRIx64,
                       uint64_t(b.rec.ns), b.rec.key_hi, b.rec.key_lo);
         if (ok) ok = io_->add_range(b.off, b.out, align_up(b.rec.length, kAlign), b.pin);
         drop_piece(b.pin);
     }
-    batch_.clear();
-    batch_bytes_ = 0;
+    sealing_batch_.clear();
     return ok;
 }
 
@@ -617,7 +639,7 @@ bool Writer::open_segment() {
 }
 
 bool Writer::close_segment() {
-    if (!flush_batch()) return false; // the head holds the batch's tags
+    if (!flush_all()) return false; // the head holds the batches' tags
     const uint32_t slot = seg_head_;
     seg_head_ = kNone;
     if (seg_n_ == 0) { // nothing was added: the slot goes back unused
@@ -704,7 +726,10 @@ bool Writer::finish() {
 
 uint32_t Writer::acquire_pin() {
     while (free_pins_.empty())
-        if (!batch_.empty() ? !flush_batch() : !io_->wait_some()) return kNone;
+        if (!batch_.empty()           ? !flush_batch()
+            : !sealing_batch_.empty() ? !drain_sealing()
+                                      : !io_->wait_some())
+            return kNone;
     uint32_t pin = free_pins_.back();
     free_pins_.pop_back();
     pins_[pin].used = true;
@@ -798,7 +823,9 @@ bool Writer::ensure_alloc(uint64_t end) {
 }
 
 void Writer::cleanup() {
-    // Nothing may be released or freed while the kernel still uses it.
+    // Nothing may be released or freed while the kernel or the team still
+    // uses it.
+    if (team_) team_->wait();
     if (io_) io_->drain();
     for (PinSlot &ps : pins_) {
         if (!ps.used) continue;
