@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <kv/kv.h>
 #include <string>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
@@ -67,6 +68,15 @@ uint64_t parse_size(const char *s) {
 double now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
+}
+
+// User + system time of every thread of this process: with the wall time
+// it tells whether a run was bounded by the CPU or by the disk.
+double cpu_seconds() {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    auto s = [](const timeval &tv) { return double(tv.tv_sec) + double(tv.tv_usec) * 1e-6; };
+    return s(ru.ru_utime) + s(ru.ru_stime);
 }
 
 double median(std::vector<double> v) {
@@ -229,27 +239,28 @@ int main(int argc, char **argv) {
     uint64_t file_bytes[2] = {}, blocks[2] = {};
     for (int rep = 0; rep < reps; rep++) {
         for (bool enc : {rep % 2 == 1, rep % 2 == 0}) { // ABBA: neither always goes first
-            const double t0 = now();
+            const double t0 = now(), c0 = cpu_seconds();
             auto r = snap::persist(src.p, "bench", enc ? sealed : plain, opts(enc));
-            const double t = now() - t0;
+            const double t = now() - t0, c = cpu_seconds() - c0;
             if (!r) die(r.error().message);
             persist[enc].push_back(double(r->file_bytes) / t / double(1ULL << 30));
             file_bytes[enc] = r->file_bytes;
-            printf("persist %-9s %.2f s  %.2f GiB/s  (%s)\n", enc ? "encrypted" : "plain", t,
-                   persist[enc].back(), r->fixed_buffers ? "fixed buffers" : "plain buffers");
+            printf("persist %-9s %.2f s  %.2f GiB/s  cpu %.2f s  (%s)\n",
+                   enc ? "encrypted" : "plain", t, persist[enc].back(), c,
+                   r->fixed_buffers ? "fixed buffers" : "plain buffers");
         }
         for (bool enc : {rep % 2 == 1, rep % 2 == 0}) {
             empty_pool(dst);
-            const double t0 = now();
+            const double t0 = now(), c0 = cpu_seconds();
             auto r = snap::restore(dst.p, enc ? sealed : plain, opts(enc));
-            const double t = now() - t0;
+            const double t = now() - t0, c = cpu_seconds() - c0;
             if (!r) die(r.error().message);
             if (r->dropped || r->blocks != data / block)
                 die("restore dropped blocks: " + std::to_string(r->dropped));
             blocks[enc] = r->blocks;
             restore[enc].push_back(double(r->file_bytes) / t / double(1ULL << 30));
-            printf("restore %-9s %.2f s  %.2f GiB/s\n", enc ? "encrypted" : "plain", t,
-                   restore[enc].back());
+            printf("restore %-9s %.2f s  %.2f GiB/s  cpu %.2f s\n", enc ? "encrypted" : "plain", t,
+                   restore[enc].back(), c);
         }
     }
     const double pp = median(persist[0]), pe = median(persist[1]);
