@@ -86,7 +86,9 @@ if ((sanitizers)); then
 
     # The threaded code under ThreadSanitizer: kvpoold (its epoll loop,
     # snapshot worker threads and housekeeping) through the daemon and
-    # snapshot tests, and libkv used from many threads of one process.
+    # snapshot tests, the team that seals and opens encrypted snapshots
+    # beside the engine's thread, and libkv used from many threads of one
+    # process.
     # -Wno-tsan: gcc warns that TSan does not model standalone fences; the
     # ones in libkv order memory for other processes, which TSan cannot see
     # anyway. A race makes the process exit non-zero (a kvpoold that does
@@ -96,10 +98,12 @@ if ((sanitizers)); then
     [[ -d build-tsan ]] || meson setup build-tsan --buildtype=debugoptimized -Dwerror=true -Dbenchmarks=disabled \
         -Dtests=enabled -Db_sanitize=thread -Dcpp_args=-Wno-tsan -Dc_args=-Wno-tsan
     ninja -C build-tsan daemon/kvpoold tools/kvctl tools/kvfill tests/system/test_daemon \
-        tests/system/test_snapshot tests/unit/unit_tests
+        tests/system/test_snapshot tests/unit/unit_tests tests/security/test_snapshot_crypto
     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         meson test -C build-tsan --no-rebuild --print-errorlogs --timeout-multiplier 2 daemon snapshot
     TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/unit_tests --gtest_filter='ConcurrencyTest.*'
+    TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/security/test_snapshot_crypto \
+        --gtest_filter='SnapshotCryptoTest.KeyRotation:SnapshotDamageTest.ForgedChecksumsAreCaughtByTags:SnapshotDamageTest.PartsOfAnotherSnapshotDoNotOpen'
 fi
 if command -v clang++-19 >/dev/null && dpkg -s libclang-rt-19-dev >/dev/null 2>&1; then
     echo "== libFuzzer targets, 10 s each =="
