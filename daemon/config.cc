@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "crypto.h"
+#include "secret_file.h"
 #include "units.h"
 
 #include <algorithm>
@@ -1006,56 +1007,17 @@ std::expected<DaemonConfig, std::string> load_config(const std::string &path) {
 }
 
 std::expected<std::string, std::string> read_remote_password(const RemoteConfig &rc) {
-    std::string path = rc.password_file;
-    const bool credential = path.empty();
-    if (credential) {
-        if (rc.password_credential.empty()) return std::string();
-        const char *dir = std::getenv("CREDENTIALS_DIRECTORY");
-        if (!dir || !*dir)
-            return std::unexpected("password_credential " + quoted(rc.password_credential) +
-                                   ": $CREDENTIALS_DIRECTORY is not set (expected kvpoold to be "
-                                   "started by systemd with LoadCredential= or SetCredential=)");
-        path = std::string(dir) + "/" + rc.password_credential;
-    }
-    const std::string what =
-        (credential ? "password credential " : "password_file ") + quoted(path);
-    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) return std::unexpected(what + ": " + std::strerror(errno));
-    struct stat st{};
-    if (fstat(fd, &st) != 0) {
-        const int e = errno;
-        close(fd);
-        return std::unexpected(what + ": " + std::strerror(e));
-    }
-    // A secret anyone on the host may read or replace is no secret: only
-    // root (or the daemon's own user) may own it, and others may not read it.
-    // systemd's credentials directory is the daemon's already.
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
-    std::string bad;
-    if (!S_ISREG(st.st_mode))
-        bad = "is not a regular file";
-    else if (!credential && st.st_uid != 0 && st.st_uid != geteuid())
-        bad = "is owned by uid " + std::to_string(st.st_uid) +
-              "; expected root (uid 0): another user could replace the password";
-    else if (!credential && (st.st_mode & (S_IROTH | S_IWOTH)))
-        bad = std::string("has mode ") + mode +
-              ", readable or writable by others; expected no access for others (chmod o-rw)";
-    else if (st.st_size > 4096)
-        bad = "is " + std::to_string(st.st_size) + " bytes; expected a password of at most 4 KiB";
-    if (!bad.empty()) {
-        close(fd);
-        return std::unexpected(what + " " + bad);
-    }
-    std::string pw(size_t(st.st_size), '\0');
-    const ssize_t n = read(fd, pw.data(), pw.size());
-    const int e = errno;
-    close(fd);
-    if (n < 0) return std::unexpected(what + ": " + std::strerror(e));
-    pw.resize(size_t(n));
-    while (!pw.empty() && (pw.back() == '\n' || pw.back() == '\r'))
-        pw.pop_back();
-    if (pw.empty()) return std::unexpected(what + " is empty; expected the password");
+    if (rc.password_file.empty() && rc.password_credential.empty()) return std::string();
+    auto pw = read_secret(rc.password_file, rc.password_credential,
+                          rc.password_file.empty() ? "password" : "password_file", 4096);
+    if (!pw) return pw;
+    while (!pw->empty() && (pw->back() == '\n' || pw->back() == '\r'))
+        pw->pop_back();
+    if (pw->empty())
+        return std::unexpected((rc.password_file.empty()
+                                    ? "password credential " + rc.password_credential
+                                    : "password_file " + rc.password_file) +
+                               " is empty; expected the password");
     return pw;
 }
 

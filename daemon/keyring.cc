@@ -3,15 +3,11 @@
 // A pool's encryption keys: see keyring.h.
 #include "keyring.h"
 
-#include <cerrno>
-#include <cstdio>
-#include <cstdlib>
+#include "secret_file.h"
+
 #include <cstring>
-#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 namespace kv::daemon {
 
@@ -59,67 +55,17 @@ std::expected<crypto::Key, std::string> parse_key_bytes(std::string_view b) {
     return k;
 }
 
-// Read one key's bytes, checking who may have written or read the file.
+// Read one key's bytes (secret_file.h checks who else may read or write
+// the file) and wipe every copy but the key's.
 static std::expected<crypto::Key, std::string> read_key(const KeyConfig &kc) {
-    std::string path = kc.file;
-    const bool credential = path.empty();
-    if (credential) {
-        const char *dir = std::getenv("CREDENTIALS_DIRECTORY");
-        if (!dir || !*dir)
-            return std::unexpected("credential \"" + kc.credential +
-                                   "\": $CREDENTIALS_DIRECTORY is not set (expected kvpoold to be "
-                                   "started by systemd with LoadCredential=, "
-                                   "LoadCredentialEncrypted= or SetCredential=)");
-        path = std::string(dir) + "/" + kc.credential;
-    }
-    const std::string what = (credential ? "credential " : "key file ") + path;
-    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) return std::unexpected(what + ": " + std::strerror(errno));
-    struct stat st{};
-    if (fstat(fd, &st) != 0) {
-        const int e = errno;
-        close(fd);
-        return std::unexpected(what + ": " + std::strerror(e));
-    }
-    // A key anyone else may read is disclosed; one anyone else may write can
-    // be swapped for theirs. systemd's credentials directory is the unit's.
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
-    std::string bad;
-    if (!S_ISREG(st.st_mode))
-        bad = "is not a regular file";
-    else if (!credential && st.st_uid != 0 && st.st_uid != geteuid())
-        bad = "is owned by uid " + std::to_string(st.st_uid) +
-              "; expected root (uid 0): its owner could read or replace the key";
-    else if (!credential && (st.st_mode & S_IRWXO))
-        bad = std::string("has mode ") + mode +
-              ", readable or writable by others; expected no access for others (chmod 600)";
-    else if (!credential && (st.st_mode & S_IWGRP))
-        bad = std::string("has mode ") + mode +
-              ", writable by its group; expected no group write (chmod 600)";
-    else if (st.st_size > 4096)
-        bad = "is " + std::to_string(st.st_size) + " bytes; expected a 32-byte key";
-    if (!bad.empty()) {
-        close(fd);
-        return std::unexpected(what + " " + bad);
-    }
-    char buf[4097];
-    size_t got = 0;
-    for (;;) {
-        const ssize_t n = read(fd, buf + got, sizeof buf - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            const int e = errno;
-            close(fd);
-            OPENSSL_cleanse(buf, sizeof buf);
-            return std::unexpected(what + ": " + std::strerror(e));
-        }
-        if (n == 0 || (got += size_t(n)) == sizeof buf) break;
-    }
-    close(fd);
-    auto k = parse_key_bytes(std::string_view(buf, got));
-    OPENSSL_cleanse(buf, sizeof buf);
-    if (!k) return std::unexpected(what + " " + k.error());
+    auto bytes = read_secret(kc.file, kc.credential, "key file", 4096);
+    if (!bytes) return std::unexpected(bytes.error());
+    auto k = parse_key_bytes(*bytes);
+    OPENSSL_cleanse(bytes->data(), bytes->size());
+    if (!k)
+        return std::unexpected(
+            (kc.file.empty() ? "key file credential " + kc.credential : "key file " + kc.file) +
+            " " + k.error());
     return k;
 }
 
