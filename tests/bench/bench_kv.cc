@@ -1214,6 +1214,35 @@ BENCHMARK(BM_PutSteady)
 // <= 1.05 at 64 KiB, <= 1.01 at 2 MiB). A reader drains the feed pool
 // every millisecond from another thread, as kvpoold does, so the records'
 // lines move between cores as they would in production.
+// Two pools that differ in one setting, timed in one run: each iteration
+// puts a batch into each (put(0), put(1)), alternating which goes first
+// so neither always follows the other's batch, and adds the thread CPU
+// time of each batch to spent[f] and its puts to puts[f]. The iteration's
+// manual time is both batches'. Returns the first error of put, or 0.
+template <typename Put>
+int alternate_puts(benchmark::State &state, uint64_t batch, Put &put, uint64_t spent[2],
+                   uint64_t puts[2]) {
+    int rc = 0;
+    int first = 0;
+    for (auto _ : state) {
+        uint64_t it_ns = 0;
+        first ^= 1;
+        for (int k = 0; k < 2 && rc >= 0; k++) {
+            const int f = first ^ k;
+            const uint64_t t0 = cpu_now();
+            for (uint64_t j = 0; j < batch && rc >= 0; j++)
+                rc = put(f);
+            const uint64_t dt = cpu_now() - t0;
+            spent[f] += dt;
+            puts[f] += batch;
+            it_ns += dt;
+        }
+        if (rc < 0) break;
+        state.SetIterationTime(double(it_ns) * 1e-9);
+    }
+    return rc;
+}
+
 void BM_PutFeed(benchmark::State &state) {
     const uint64_t block = uint64_t(state.range(0)) * KiB;
     const uint64_t blocks = uint64_t(state.range(1)) * MiB / block;
@@ -1270,24 +1299,7 @@ void BM_PutFeed(benchmark::State &state) {
     });
     const uint64_t batch = block >= MiB ? 8 : 32;
     uint64_t spent[2] = {0, 0}, puts[2] = {0, 0};
-    int rc = 0;
-    int first = 0; // alternates, so neither pool always follows the other's batch
-    for (auto _ : state) {
-        uint64_t it_ns = 0;
-        first ^= 1;
-        for (int k = 0; k < 2 && rc >= 0; k++) {
-            const int f = first ^ k;
-            const uint64_t t0 = cpu_now();
-            for (uint64_t j = 0; j < batch && rc >= 0; j++)
-                rc = put(f);
-            const uint64_t dt = cpu_now() - t0;
-            spent[f] += dt;
-            puts[f] += batch;
-            it_ns += dt;
-        }
-        if (rc < 0) break;
-        state.SetIterationTime(double(it_ns) * 1e-9); // both batches
-    }
+    const int rc = alternate_puts(state, batch, put, spent, puts);
     stop.store(true, std::memory_order_relaxed);
     reader.join();
     if (rc < 0) state.SkipWithError(errstr("kv_put_ex", rc).c_str());
@@ -1352,24 +1364,7 @@ void BM_PutSecureErase(benchmark::State &state) {
     kv_stats s0[2]{};
     for (int f = 0; f < 2; f++)
         kv_pool_stats(pools[f]->get(), &s0[f]);
-    int rc = 0;
-    int first = 0; // alternates, so neither pool always follows the other's batch
-    for (auto _ : state) {
-        uint64_t it_ns = 0;
-        first ^= 1;
-        for (int k = 0; k < 2 && rc >= 0; k++) {
-            const int f = first ^ k;
-            const uint64_t t0 = cpu_now();
-            for (uint64_t j = 0; j < batch && rc >= 0; j++)
-                rc = put(f);
-            const uint64_t dt = cpu_now() - t0;
-            spent[f] += dt;
-            puts[f] += batch;
-            it_ns += dt;
-        }
-        if (rc < 0) break;
-        state.SetIterationTime(double(it_ns) * 1e-9); // both batches
-    }
+    const int rc = alternate_puts(state, batch, put, spent, puts);
     if (rc < 0) state.SkipWithError(errstr("kv_put", rc).c_str());
     for (int f = 0; f < 2; f++) {
         kv_stats s{};
