@@ -8,6 +8,7 @@
 #include <cstring>
 #include <openssl/crypto.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 namespace kv::daemon {
 
@@ -81,11 +82,19 @@ std::expected<Keyring, std::string> load_keyring(const EncryptionConfig &ec) {
     if (!ring.find(ring.current_id_))
         return std::unexpected("key \"" + ring.current_id_ +
                                "\" is not among the configured keys (" + ring.ids() + ")");
-    // Best effort: keep the keys out of swap. Without CAP_IPC_LOCK or
-    // enough RLIMIT_MEMLOCK this fails and the keys stay swappable (see
-    // doc/security.md); the unit runs as root, where it works.
-    if (!ring.keys_.empty())
-        (void)mlock(ring.keys_.data(), ring.keys_.size() * sizeof ring.keys_[0]);
+    // Best effort: keep the keys out of swap and out of core dumps.
+    // Without CAP_IPC_LOCK or enough RLIMIT_MEMLOCK mlock fails and the
+    // keys stay swappable (see doc/security.md); the unit runs as root,
+    // where it works. MADV_DONTDUMP takes whole pages: the heap pages
+    // around the keys are left out of a dump too, which costs nothing.
+    if (!ring.keys_.empty()) {
+        const size_t len = ring.keys_.size() * sizeof ring.keys_[0];
+        (void)mlock(ring.keys_.data(), len);
+        const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+        const uintptr_t lo = uintptr_t(ring.keys_.data()) & ~(page - 1);
+        const uintptr_t hi = (uintptr_t(ring.keys_.data()) + len + page - 1) & ~(page - 1);
+        (void)madvise(reinterpret_cast<void *>(lo), hi - lo, MADV_DONTDUMP);
+    }
     return ring;
 }
 
