@@ -373,10 +373,16 @@ struct ClusterClient::Impl {
         // Nodes that failed lately go last: a stopped node would cost a
         // whole timeout before the next one is asked.
         const auto recent = Clock::now() - std::chrono::seconds(30);
-        std::stable_partition(order.begin(), order.end(), [&](const std::string &a) {
+        // (Not std::stable_partition: libstdc++ 12's takes a deprecated
+        // temporary buffer, which clang refuses with -Werror.)
+        std::vector<std::string> first, later;
+        for (std::string &a : order) {
             auto f = failed.find(a);
-            return f == failed.end() || f->second < recent;
-        });
+            (f == failed.end() || f->second < recent ? first : later).push_back(std::move(a));
+        }
+        first.insert(first.end(), std::make_move_iterator(later.begin()),
+                     std::make_move_iterator(later.end()));
+        order = std::move(first);
         std::string errors;
         for (auto &a : order) {
             std::string e = load_slots(a);
